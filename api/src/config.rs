@@ -1,0 +1,79 @@
+//! Typed configuration: every `ledger serve` flag is also an environment
+//! variable of the same name (API.md "Configuration").
+
+use std::net::SocketAddr;
+
+use clap::Args;
+use secrecy::SecretString;
+
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Secrets never print (`SecretString`'s Debug is redacted), so the config can be logged.
+fn parse_secret(value: &str) -> Result<SecretString, String> {
+    if value.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes (got {})",
+            value.len()
+        ));
+    }
+    Ok(SecretString::from(value))
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/ledger")]
+    pub database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SecretArgs {
+    /// HS256 key for tokens, at least 32 bytes.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub jwt_secret: SecretString,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    #[arg(long, env = "LEDGER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[arg(long, env = "LEDGER_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
+    pub metrics_listen: SocketAddr,
+    #[arg(long, env = "LEDGER_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+    /// Connections in the PostgreSQL pool.
+    #[arg(long, env = "LEDGER_DB_POOL_SIZE", default_value_t = 32)]
+    pub db_pool_size: u32,
+}
+
+impl ServeConfig {
+    pub fn database_url(&self) -> &str {
+        &self.database.database_url
+    }
+
+    pub fn jwt_secret(&self) -> &SecretString {
+        &self.secret.jwt_secret
+    }
+
+    /// Names of the configuration variables set in the environment (never values).
+    pub fn env_vars_set() -> Vec<&'static str> {
+        [
+            "DATABASE_URL",
+            "NATS_URL",
+            "JWT_SECRET",
+            "LEDGER_LISTEN",
+            "LEDGER_METRICS_LISTEN",
+            "RUST_LOG",
+            "LEDGER_LOG_FORMAT",
+            "LEDGER_DB_POOL_SIZE",
+        ]
+        .into_iter()
+        .filter(|name| std::env::var_os(name).is_some())
+        .collect()
+    }
+}

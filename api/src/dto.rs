@@ -1,0 +1,480 @@
+//! The JSON shapes of the contract: request bodies (unknown fields refused)
+//! and the views written back. Mirrors of domain values live here so the
+//! domain stays free of HTTP and schema concerns.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use ledger_domain::commands::{
+    BlockNights, ModifyBooking, RegisterProperty, ReserveStay, UpdateProperty,
+};
+use ledger_domain::values::{self, BlockReason, BookingStatus, Channel};
+use ledger_domain::{Block, Booking, Property, PropertyCalendar};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Tells a field that is absent (`None`) from one set to null (`Some(None)`).
+fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GuestDto {
+    pub name: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub phone: Option<String>,
+}
+
+impl From<GuestDto> for values::Guest {
+    fn from(g: GuestDto) -> Self {
+        values::Guest {
+            name: g.name,
+            email: g.email,
+            phone: g.phone,
+        }
+    }
+}
+
+impl From<&values::Guest> for GuestDto {
+    fn from(g: &values::Guest) -> Self {
+        GuestDto {
+            name: g.name.clone(),
+            email: g.email.clone(),
+            phone: g.phone.clone(),
+        }
+    }
+}
+
+/// Money in integer minor units (cents) and an ISO 4217 currency.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceDto {
+    pub amount_minor: i64,
+    pub currency: String,
+}
+
+impl From<PriceDto> for values::Price {
+    fn from(p: PriceDto) -> Self {
+        values::Price {
+            amount_minor: p.amount_minor,
+            currency: p.currency,
+        }
+    }
+}
+
+impl From<&values::Price> for PriceDto {
+    fn from(p: &values::Price) -> Self {
+        PriceDto {
+            amount_minor: p.amount_minor,
+            currency: p.currency.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NewBookingStatus {
+    Tentative,
+    Confirmed,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelDto {
+    Direct,
+    Airbnb,
+    BookingCom,
+    Vrbo,
+    Ical,
+    Other,
+}
+
+impl From<ChannelDto> for Channel {
+    fn from(c: ChannelDto) -> Self {
+        match c {
+            ChannelDto::Direct => Channel::Direct,
+            ChannelDto::Airbnb => Channel::Airbnb,
+            ChannelDto::BookingCom => Channel::BookingCom,
+            ChannelDto::Vrbo => Channel::Vrbo,
+            ChannelDto::Ical => Channel::Ical,
+            ChannelDto::Other => Channel::Other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockReasonDto {
+    OwnerStay,
+    Maintenance,
+    Other,
+}
+
+impl From<BlockReasonDto> for BlockReason {
+    fn from(r: BlockReasonDto) -> Self {
+        match r {
+            BlockReasonDto::OwnerStay => BlockReason::OwnerStay,
+            BlockReasonDto::Maintenance => BlockReason::Maintenance,
+            BlockReasonDto::Other => BlockReason::Other,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- bodies
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterPropertyBody {
+    pub name: String,
+    /// IANA time zone; `UTC` when absent.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub owner_id: Option<String>,
+    #[serde(default)]
+    pub external_ref: Option<String>,
+}
+
+impl RegisterPropertyBody {
+    pub fn into_command(self, property_id: Uuid) -> RegisterProperty {
+        RegisterProperty {
+            property_id,
+            name: self.name,
+            timezone: self.timezone,
+            owner_id: self.owner_id,
+            external_ref: self.external_ref,
+        }
+    }
+}
+
+/// Any of the fields; `null` clears `owner_id` / `external_ref`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatePropertyBody {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub owner_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub external_ref: Option<Option<String>>,
+}
+
+impl From<UpdatePropertyBody> for UpdateProperty {
+    fn from(b: UpdatePropertyBody) -> Self {
+        UpdateProperty {
+            name: b.name,
+            timezone: b.timezone,
+            owner_id: b.owner_id,
+            external_ref: b.external_ref,
+        }
+    }
+}
+
+/// The body of action routes that take no parameters: `{}` or nothing.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyBody {}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveBody {
+    pub property_id: Uuid,
+    pub check_in: NaiveDate,
+    /// Exclusive: the day the guest leaves.
+    pub check_out: NaiveDate,
+    pub guest: GuestDto,
+    #[serde(default)]
+    pub adults: Option<u32>,
+    #[serde(default)]
+    pub children: Option<u32>,
+    /// `confirmed` when absent.
+    #[serde(default)]
+    pub status: Option<NewBookingStatus>,
+    #[serde(default)]
+    pub hold_expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub channel: Option<ChannelDto>,
+    #[serde(default)]
+    pub external_ref: Option<String>,
+    #[serde(default)]
+    pub price: Option<PriceDto>,
+    #[serde(default)]
+    pub notes: Option<String>,
+}
+
+impl ReserveBody {
+    pub fn into_command(self, booking_id: Uuid) -> ReserveStay {
+        ReserveStay {
+            booking_id,
+            check_in: self.check_in,
+            check_out: self.check_out,
+            guest: self.guest.into(),
+            adults: self.adults,
+            children: self.children,
+            status: self.status.map(|s| match s {
+                NewBookingStatus::Tentative => BookingStatus::Tentative,
+                NewBookingStatus::Confirmed => BookingStatus::Confirmed,
+            }),
+            hold_expires_at: self.hold_expires_at,
+            channel: self.channel.map(Into::into),
+            external_ref: self.external_ref,
+            price: self.price.map(Into::into),
+            notes: self.notes,
+        }
+    }
+}
+
+/// Any of the fields; `null` clears `price` / `notes`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModifyBookingBody {
+    #[serde(default)]
+    pub check_in: Option<NaiveDate>,
+    #[serde(default)]
+    pub check_out: Option<NaiveDate>,
+    #[serde(default)]
+    pub guest: Option<GuestDto>,
+    #[serde(default)]
+    pub adults: Option<u32>,
+    #[serde(default)]
+    pub children: Option<u32>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<PriceDto>)]
+    pub price: Option<Option<PriceDto>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub notes: Option<Option<String>>,
+}
+
+impl ModifyBookingBody {
+    pub fn into_command(self, booking_id: Uuid) -> ModifyBooking {
+        ModifyBooking {
+            booking_id,
+            check_in: self.check_in,
+            check_out: self.check_out,
+            guest: self.guest.map(Into::into),
+            adults: self.adults,
+            children: self.children,
+            price: self.price.map(|p| p.map(Into::into)),
+            notes: self.notes,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BlockBody {
+    pub property_id: Uuid,
+    pub start: NaiveDate,
+    /// Exclusive: the first night that is not blocked.
+    pub end: NaiveDate,
+    pub reason: BlockReasonDto,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+impl BlockBody {
+    pub fn into_command(self, block_id: Uuid) -> BlockNights {
+        BlockNights {
+            block_id,
+            start: self.start,
+            end: self.end,
+            reason: self.reason.into(),
+            note: self.note,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- views
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PropertyView {
+    pub id: Uuid,
+    pub agency_id: Uuid,
+    pub name: String,
+    pub timezone: String,
+    pub owner_id: Option<String>,
+    pub external_ref: Option<String>,
+    pub archived: bool,
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Global log position of the last event this reply reflects.
+    pub position: i64,
+}
+
+impl PropertyView {
+    pub fn new(p: &Property, position: i64) -> Self {
+        PropertyView {
+            id: p.id,
+            agency_id: p.agency_id,
+            name: p.name.clone(),
+            timezone: p.timezone.clone(),
+            owner_id: p.owner_id.clone(),
+            external_ref: p.external_ref.clone(),
+            archived: p.archived,
+            version: p.version,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+            position,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BookingView {
+    pub id: Uuid,
+    pub agency_id: Uuid,
+    pub property_id: Uuid,
+    /// tentative, confirmed, cancelled, checked_in, checked_out or no_show.
+    #[schema(value_type = String)]
+    pub status: BookingStatus,
+    pub check_in: NaiveDate,
+    pub check_out: NaiveDate,
+    pub nights: i64,
+    pub guest: GuestDto,
+    pub adults: u32,
+    pub children: u32,
+    #[schema(value_type = String)]
+    pub channel: Channel,
+    pub external_ref: Option<String>,
+    pub price: Option<PriceDto>,
+    pub notes: Option<String>,
+    pub hold_expires_at: Option<DateTime<Utc>>,
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub position: i64,
+}
+
+impl BookingView {
+    pub fn new(agency_id: Uuid, b: &Booking, position: i64) -> Self {
+        BookingView {
+            id: b.id,
+            agency_id,
+            property_id: b.property_id,
+            status: b.status,
+            check_in: b.nights.start,
+            check_out: b.nights.end,
+            nights: b.nights.count(),
+            guest: (&b.guest).into(),
+            adults: b.adults,
+            children: b.children,
+            channel: b.channel,
+            external_ref: b.external_ref.clone(),
+            price: b.price.as_ref().map(Into::into),
+            notes: b.notes.clone(),
+            hold_expires_at: b.hold_expires_at,
+            version: b.version,
+            created_at: b.created_at,
+            updated_at: b.updated_at,
+            position,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BlockView {
+    pub id: Uuid,
+    pub agency_id: Uuid,
+    pub property_id: Uuid,
+    pub start: NaiveDate,
+    pub end: NaiveDate,
+    #[schema(value_type = String)]
+    pub reason: BlockReason,
+    pub note: Option<String>,
+    pub released: bool,
+    pub created_at: DateTime<Utc>,
+    pub position: i64,
+}
+
+impl BlockView {
+    pub fn new(agency_id: Uuid, b: &Block, position: i64) -> Self {
+        BlockView {
+            id: b.id,
+            agency_id,
+            property_id: b.property_id,
+            start: b.nights.start,
+            end: b.nights.end,
+            reason: b.reason,
+            note: b.note.clone(),
+            released: b.released,
+            created_at: b.created_at,
+            position,
+        }
+    }
+}
+
+/// The views of one calendar, looked up by id after a command or for a read.
+pub fn property_view(calendar: &PropertyCalendar, position: i64) -> Option<PropertyView> {
+    calendar.property.as_ref().map(|p| PropertyView::new(p, position))
+}
+
+pub fn booking_view(calendar: &PropertyCalendar, id: Uuid, position: i64) -> Option<BookingView> {
+    let agency_id = calendar.property.as_ref()?.agency_id;
+    calendar
+        .bookings
+        .get(&id)
+        .map(|b| BookingView::new(agency_id, b, position))
+}
+
+pub fn block_view(calendar: &PropertyCalendar, id: Uuid, position: i64) -> Option<BlockView> {
+    let agency_id = calendar.property.as_ref()?.agency_id;
+    calendar
+        .blocks
+        .get(&id)
+        .map(|b| BlockView::new(agency_id, b, position))
+}
+
+/// The error body of every non-2xx reply.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
+    pub request_id: String,
+}
+
+/// One stored event of a property's raw history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub position: i64,
+    pub sequence: i64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub event_version: String,
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventPage {
+    pub items: Vec<EventView>,
+    pub next_cursor: Option<String>,
+}

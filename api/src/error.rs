@@ -1,0 +1,188 @@
+//! The one error type of the HTTP contract, mapped to its status and body in
+//! one place. Domain refusals, database failures and axum's own rejections
+//! all arrive here.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ledger_domain::CalendarError;
+use ledger_infra::ExecuteError;
+use serde_json::{json, Value};
+
+use crate::request_id;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    Validation { message: String, details: Value },
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("the token has expired")]
+    TokenExpired,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the agency is suspended")]
+    AgencySuspended,
+    #[error("the property does not exist")]
+    PropertyNotFound,
+    #[error("the booking does not exist")]
+    BookingNotFound,
+    #[error("the block does not exist")]
+    BlockNotFound,
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("{message}")]
+    BookingConflict { message: String, details: Value },
+    #[error("{0}")]
+    InvalidStateTransition(String),
+    #[error("the property is archived")]
+    PropertyArchived,
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyKeyReused,
+    #[error("the request body is larger than 64 KiB")]
+    PayloadTooLarge,
+    #[error("the database is unavailable")]
+    DatabaseUnavailable,
+    #[error("the read models did not reach position {0} within 5 s")]
+    ProjectionLagging(i64),
+    #[error("the property is too busy; retry")]
+    Busy,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn validation(message: impl Into<String>) -> Self {
+        ApiError::Validation {
+            message: message.into(),
+            details: Value::Null,
+        }
+    }
+
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        ApiError::Internal(error.to_string())
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use ApiError::*;
+        match self {
+            Validation { .. } => (StatusCode::BAD_REQUEST, "VALIDATION_ERROR"),
+            Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+            TokenExpired => (StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
+            AgencySuspended => (StatusCode::FORBIDDEN, "AGENCY_SUSPENDED"),
+            PropertyNotFound => (StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND"),
+            BookingNotFound => (StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND"),
+            BlockNotFound => (StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND"),
+            NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+            BookingConflict { .. } => (StatusCode::CONFLICT, "BOOKING_CONFLICT"),
+            InvalidStateTransition(_) => (StatusCode::CONFLICT, "INVALID_STATE_TRANSITION"),
+            PropertyArchived => (StatusCode::CONFLICT, "PROPERTY_ARCHIVED"),
+            IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED"),
+            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+            DatabaseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "DATABASE_UNAVAILABLE"),
+            ProjectionLagging(_) => (StatusCode::SERVICE_UNAVAILABLE, "PROJECTION_LAGGING"),
+            Busy => (StatusCode::SERVICE_UNAVAILABLE, "BUSY"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
+        }
+    }
+
+    /// The error an empty or non-JSON error response of this status stands for
+    /// (axum's own 404/405/413 and the like).
+    pub fn for_status(status: StatusCode) -> Self {
+        match status {
+            StatusCode::NOT_FOUND => ApiError::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+            StatusCode::UNAUTHORIZED => ApiError::Unauthenticated("authentication required"),
+            StatusCode::FORBIDDEN => ApiError::Forbidden("forbidden".into()),
+            s if s.is_client_error() => {
+                ApiError::validation(s.canonical_reason().unwrap_or("bad request"))
+            }
+            s => ApiError::Internal(format!("unexpected status {s}")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let request_id = request_id::current();
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(%request_id, cause, "internal error"),
+            ApiError::DatabaseUnavailable | ApiError::Busy => {
+                tracing::warn!(%request_id, code, "{self}")
+            }
+            _ => tracing::debug!(%request_id, code, "{self}"),
+        }
+        let mut error = json!({
+            "code": code,
+            "message": self.to_string(),
+            "request_id": request_id,
+        });
+        match &self {
+            ApiError::Validation { details, .. } | ApiError::BookingConflict { details, .. }
+                if !details.is_null() =>
+            {
+                error["details"] = details.clone();
+            }
+            _ => {}
+        }
+        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if let ApiError::Busy = self {
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<CalendarError> for ApiError {
+    fn from(error: CalendarError) -> Self {
+        match error {
+            CalendarError::Invalid { field, ref reason } => ApiError::Validation {
+                message: error.to_string(),
+                details: json!({ "field": field, "reason": reason }),
+            },
+            CalendarError::PropertyNotFound => ApiError::PropertyNotFound,
+            CalendarError::BookingNotFound => ApiError::BookingNotFound,
+            CalendarError::BlockNotFound => ApiError::BlockNotFound,
+            CalendarError::PropertyAlreadyRegistered => {
+                ApiError::validation("a property with this id is already registered")
+            }
+            CalendarError::Forbidden { .. } => ApiError::Forbidden(error.to_string()),
+            CalendarError::PropertyArchived => ApiError::PropertyArchived,
+            CalendarError::NightsTaken { ref conflicts } => ApiError::BookingConflict {
+                message: error.to_string(),
+                details: json!({ "conflicts": conflicts }),
+            },
+            CalendarError::InvalidTransition { .. }
+            | CalendarError::HoldExpired
+            | CalendarError::BlockAlreadyReleased => {
+                ApiError::InvalidStateTransition(error.to_string())
+            }
+        }
+    }
+}
+
+impl From<ExecuteError> for ApiError {
+    fn from(error: ExecuteError) -> Self {
+        match error {
+            ExecuteError::Domain(refusal) => refusal.into(),
+            ExecuteError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            ExecuteError::Busy => ApiError::Busy,
+            ExecuteError::Unavailable(_) => ApiError::DatabaseUnavailable,
+            ExecuteError::Internal(cause) => ApiError::Internal(cause),
+        }
+    }
+}
+
+impl From<ledger_infra::DbError> for ApiError {
+    fn from(error: ledger_infra::DbError) -> Self {
+        ExecuteError::from(error).into()
+    }
+}

@@ -1,0 +1,93 @@
+//! Request extractors: JSON bodies with the contract's errors, and the
+//! context every command carries (caller, request id, Idempotency-Key).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use chrono::Utc;
+use ledger_domain::{CalendarCommand, Command};
+use ledger_infra::command_bus::Idempotency;
+use ledger_infra::Execution;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::request_id;
+use crate::state::AppState;
+
+/// A JSON body. An empty body reads as `{}`, so action routes accept both;
+/// anything else must be `application/json`. Every failure is a 400
+/// `VALIDATION_ERROR` (413 when over the limit).
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                let mime = v.split(';').next().unwrap_or("").trim();
+                mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
+            });
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+                _ => ApiError::validation(rejection.body_text()),
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return parse(b"{}").map(Body);
+        }
+        if !is_json {
+            return Err(ApiError::validation(
+                "the body must be JSON with content-type: application/json",
+            ));
+        }
+        parse(&bytes).map(Body)
+    }
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::validation(format!("invalid body: {e}")))
+}
+
+/// Everything a command needs from the request besides its body.
+pub struct WriteCtx {
+    pub caller: Caller,
+    pub request_id: String,
+    pub idempotency: Option<Idempotency>,
+}
+
+impl FromRequestParts<AppState> for WriteCtx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        Ok(WriteCtx {
+            caller,
+            request_id: request_id::current(),
+            idempotency: parts.extensions.get::<Idempotency>().cloned(),
+        })
+    }
+}
+
+impl WriteCtx {
+    pub fn execution(&self, property_id: Uuid, action: CalendarCommand) -> Execution {
+        Execution {
+            property_id,
+            command: Command {
+                actor: self.caller.0.clone(),
+                now: Utc::now(),
+                action,
+            },
+            request_id: self.request_id.clone(),
+            idempotency: self.idempotency.clone(),
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The HTTP skin of the ledger: routes, extractors, auth and error mapping
+//! over the command bus, plus the `ledger` binary's application start-up.
+//! No business decision is made here; they are in `ledger-domain`.
+
+pub mod auth;
+pub mod config;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod idempotency;
+pub mod openapi;
+pub mod request_id;
+pub mod routes;
+pub mod startup;
+pub mod state;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::error::ApiError;
+use crate::routes::{blocks, bookings, health, ops, properties};
+use crate::state::AppState;
+
+/// Request bodies over this many bytes get 413 `PAYLOAD_TOO_LARGE`.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/properties", post(properties::register))
+        .route(
+            "/api/v1/properties/{id}",
+            get(properties::get).patch(properties::update),
+        )
+        .route("/api/v1/properties/{id}/archive", post(properties::archive))
+        .route("/api/v1/properties/{id}/events", get(properties::events))
+        .route("/api/v1/bookings", post(bookings::reserve))
+        .route(
+            "/api/v1/bookings/{id}",
+            get(bookings::get).patch(bookings::modify),
+        )
+        .route("/api/v1/bookings/{id}/confirm", post(bookings::confirm))
+        .route("/api/v1/bookings/{id}/cancel", post(bookings::cancel))
+        .route("/api/v1/bookings/{id}/check-in", post(bookings::check_in))
+        .route("/api/v1/bookings/{id}/check-out", post(bookings::check_out))
+        .route("/api/v1/bookings/{id}/no-show", post(bookings::no_show))
+        .route("/api/v1/availability/blocks", post(blocks::create))
+        .route(
+            "/api/v1/availability/blocks/{id}",
+            get(blocks::get).delete(blocks::release),
+        )
+        .route("/health", get(health::live))
+        .route("/healthz", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/readyz", get(health::ready))
+        .route("/ops/current-commit", get(ops::current_commit))
+        .route("/ops/env-sanity", get(ops::env_sanity))
+        .merge(openapi::routes())
+        .fallback(|| async { ApiError::NotFound })
+        .layer(middleware::from_fn(idempotency::middleware))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(CatchPanicLayer::custom(|_panic| {
+            axum::response::IntoResponse::into_response(ApiError::internal("a handler panicked"))
+        }))
+        .layer(middleware::from_fn(request_id::middleware))
+        .with_state(state)
+}

@@ -1,0 +1,45 @@
+//! The OpenAPI document, generated from the handlers' annotations, and the
+//! Swagger UI that renders it (assets compiled into the binary: no CDN).
+
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::routes::{blocks, bookings, health, ops, properties};
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Booking Ledger", description = "The system of record for who holds which nights of which property."),
+    paths(
+        properties::register, properties::update, properties::archive, properties::get, properties::events,
+        bookings::reserve, bookings::modify, bookings::confirm, bookings::cancel,
+        bookings::check_in, bookings::check_out, bookings::no_show, bookings::get,
+        blocks::create, blocks::release, blocks::get,
+        health::live, health::ready, ops::current_commit, ops::env_sanity,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::from(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+}

@@ -1,0 +1,84 @@
+//! Availability block routes: block nights, release, read one.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use ledger_domain::{Action, CalendarCommand};
+use ledger_infra::RefKind;
+use uuid::Uuid;
+
+use super::{execute, not_found_as, read_reply, PathId};
+use crate::auth::Caller;
+use crate::dto::{block_view, BlockBody, BlockView};
+use crate::error::ApiError;
+use crate::extract::{Body, WriteCtx};
+use crate::state::AppState;
+
+#[utoipa::path(post, path = "/api/v1/availability/blocks", tag = "availability",
+    request_body = BlockBody,
+    responses((status = 201, body = BlockView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    ctx: WriteCtx,
+    Body(body): Body<BlockBody>,
+) -> Result<Response, ApiError> {
+    let block_id = Uuid::now_v7();
+    let property_id = body.property_id;
+    let command = CalendarCommand::BlockNights(body.into_command(block_id));
+    let execution = ctx.execution(property_id, command);
+    execute(&state, execution, StatusCode::CREATED, move |calendar, position| {
+        block_view(calendar, block_id, position)
+    })
+    .await
+}
+
+async fn property_of(state: &AppState, caller: &Caller, block_id: Uuid) -> Result<Uuid, ApiError> {
+    state
+        .store()
+        .resolve_ref(block_id, RefKind::Block, caller.0.agency_id)
+        .await?
+        .ok_or(ApiError::BlockNotFound)
+}
+
+#[utoipa::path(delete, path = "/api/v1/availability/blocks/{id}", tag = "availability",
+    responses((status = 200, body = BlockView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn release(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    ctx: WriteCtx,
+) -> Result<Response, ApiError> {
+    let property_id = property_of(&state, &ctx.caller, id).await?;
+    let execution = ctx.execution(property_id, CalendarCommand::ReleaseBlock { block_id: id });
+    execute(&state, execution, StatusCode::OK, move |calendar, position| {
+        block_view(calendar, id, position)
+    })
+    .await
+    .map_err(not_found_as(|| ApiError::BlockNotFound))
+}
+
+#[utoipa::path(get, path = "/api/v1/availability/blocks/{id}", tag = "availability",
+    responses((status = 200, body = BlockView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let property_id = property_of(&state, &caller, id).await?;
+    let (position, view) = state
+        .bus
+        .read(property_id, |loaded| {
+            loaded
+                .calendar
+                .property_for(&caller.0, Action::ReadCalendar)
+                .map_err(ApiError::from)
+                .map_err(not_found_as(|| ApiError::BlockNotFound))?;
+            block_view(&loaded.calendar, id, loaded.position)
+                .map(|view| (loaded.position, view))
+                .ok_or(ApiError::BlockNotFound)
+        })
+        .await??;
+    Ok(read_reply(position, view))
+}

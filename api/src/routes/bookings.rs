@@ -1,0 +1,167 @@
+//! Booking routes: reserve, modify, the status changes, read one.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use ledger_domain::{Action, CalendarCommand};
+use ledger_infra::RefKind;
+use uuid::Uuid;
+
+use super::{execute, not_found_as, read_reply, PathId};
+use crate::auth::Caller;
+use crate::dto::{booking_view, BookingView, CancelBody, EmptyBody, ModifyBookingBody, ReserveBody};
+use crate::error::ApiError;
+use crate::extract::{Body, WriteCtx};
+use crate::state::AppState;
+
+#[utoipa::path(post, path = "/api/v1/bookings", tag = "bookings",
+    request_body = ReserveBody,
+    responses((status = 201, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn reserve(
+    State(state): State<AppState>,
+    ctx: WriteCtx,
+    Body(body): Body<ReserveBody>,
+) -> Result<Response, ApiError> {
+    let booking_id = Uuid::now_v7();
+    let property_id = body.property_id;
+    let command = CalendarCommand::ReserveStay(body.into_command(booking_id));
+    let execution = ctx.execution(property_id, command);
+    execute(&state, execution, StatusCode::CREATED, move |calendar, position| {
+        booking_view(calendar, booking_id, position)
+    })
+    .await
+}
+
+/// The property of one of the caller's agency's bookings, even when read
+/// models lag (the ref is written with the event that creates the booking).
+async fn property_of(state: &AppState, caller: &Caller, booking_id: Uuid) -> Result<Uuid, ApiError> {
+    state
+        .store()
+        .resolve_ref(booking_id, RefKind::Booking, caller.0.agency_id)
+        .await?
+        .ok_or(ApiError::BookingNotFound)
+}
+
+/// Runs a command on an existing booking and answers with the booking.
+async fn change(
+    state: AppState,
+    booking_id: Uuid,
+    ctx: WriteCtx,
+    command: CalendarCommand,
+) -> Result<Response, ApiError> {
+    let property_id = property_of(&state, &ctx.caller, booking_id).await?;
+    let execution = ctx.execution(property_id, command);
+    execute(&state, execution, StatusCode::OK, move |calendar, position| {
+        booking_view(calendar, booking_id, position)
+    })
+    .await
+    .map_err(not_found_as(|| ApiError::BookingNotFound))
+}
+
+#[utoipa::path(patch, path = "/api/v1/bookings/{id}", tag = "bookings",
+    request_body = ModifyBookingBody,
+    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn modify(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    ctx: WriteCtx,
+    Body(body): Body<ModifyBookingBody>,
+) -> Result<Response, ApiError> {
+    change(state, id, ctx, CalendarCommand::ModifyBooking(body.into_command(id))).await
+}
+
+#[utoipa::path(post, path = "/api/v1/bookings/{id}/confirm", tag = "bookings",
+    request_body = EmptyBody,
+    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn confirm(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    ctx: WriteCtx,
+    Body(EmptyBody {}): Body<EmptyBody>,
+) -> Result<Response, ApiError> {
+    change(state, id, ctx, CalendarCommand::ConfirmBooking { booking_id: id }).await
+}
+
+#[utoipa::path(post, path = "/api/v1/bookings/{id}/cancel", tag = "bookings",
+    request_body = CancelBody,
+    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    ctx: WriteCtx,
+    Body(body): Body<CancelBody>,
+) -> Result<Response, ApiError> {
+    let command = CalendarCommand::CancelBooking {
+        booking_id: id,
+        reason: body.reason,
+    };
+    change(state, id, ctx, command).await
+}
+
+#[utoipa::path(post, path = "/api/v1/bookings/{id}/check-in", tag = "bookings",
+    request_body = EmptyBody,
+    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn check_in(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    ctx: WriteCtx,
+    Body(EmptyBody {}): Body<EmptyBody>,
+) -> Result<Response, ApiError> {
+    change(state, id, ctx, CalendarCommand::CheckIn { booking_id: id }).await
+}
+
+#[utoipa::path(post, path = "/api/v1/bookings/{id}/check-out", tag = "bookings",
+    request_body = EmptyBody,
+    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn check_out(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    ctx: WriteCtx,
+    Body(EmptyBody {}): Body<EmptyBody>,
+) -> Result<Response, ApiError> {
+    change(state, id, ctx, CalendarCommand::CheckOut { booking_id: id }).await
+}
+
+#[utoipa::path(post, path = "/api/v1/bookings/{id}/no-show", tag = "bookings",
+    request_body = EmptyBody,
+    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn no_show(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    ctx: WriteCtx,
+    Body(EmptyBody {}): Body<EmptyBody>,
+) -> Result<Response, ApiError> {
+    change(state, id, ctx, CalendarCommand::MarkNoShow { booking_id: id }).await
+}
+
+#[utoipa::path(get, path = "/api/v1/bookings/{id}", tag = "bookings",
+    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let property_id = property_of(&state, &caller, id).await?;
+    let (position, view) = state
+        .bus
+        .read(property_id, |loaded| {
+            loaded
+                .calendar
+                .property_for(&caller.0, Action::ReadCalendar)
+                .map_err(ApiError::from)
+                .map_err(not_found_as(|| ApiError::BookingNotFound))?;
+            booking_view(&loaded.calendar, id, loaded.position)
+                .map(|view| (loaded.position, view))
+                .ok_or(ApiError::BookingNotFound)
+        })
+        .await??;
+    Ok(read_reply(position, view))
+}

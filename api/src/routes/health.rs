@@ -1,0 +1,70 @@
+//! Liveness (the process runs) and readiness (PostgreSQL answers).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Serialize, ToSchema)]
+pub struct Live {
+    status: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    /// `ok`, or `degraded` when NATS is down (writes still work).
+    pub status: &'static str,
+    pub db: &'static str,
+    pub nats: &'static str,
+    #[schema(value_type = Vec<Object>)]
+    pub projections: Vec<serde_json::Value>,
+}
+
+#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, body = Live)))]
+pub async fn live() -> Response {
+    Json(Live { status: "ok" }).into_response()
+}
+
+/// Whether PostgreSQL answers a query within a second.
+pub async fn database_answers(state: &AppState) -> bool {
+    let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
+    matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Ok(1)))
+}
+
+/// Whether something accepts connections at the NATS address.
+pub async fn nats_answers(state: &AppState) -> bool {
+    let address = state
+        .config
+        .nats_url
+        .split("://")
+        .last()
+        .unwrap_or_default()
+        .rsplit('@')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let connect = tokio::net::TcpStream::connect(address);
+    matches!(tokio::time::timeout(Duration::from_millis(500), connect).await, Ok(Ok(_)))
+}
+
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses((status = 200, body = Ready), (status = 503, body = crate::dto::ErrorBody)))]
+pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let (db, nats) = tokio::join!(database_answers(&state), nats_answers(&state));
+    if !db {
+        return Err(ApiError::DatabaseUnavailable);
+    }
+    Ok(Json(Ready {
+        status: if nats { "ok" } else { "degraded" },
+        db: "ok",
+        nats: if nats { "ok" } else { "down" },
+        projections: Vec::new(),
+    })
+    .into_response())
+}

@@ -1,0 +1,128 @@
+//! Property routes: register, update, archive, read one, raw history.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use ledger_domain::commands::UpdateProperty;
+use ledger_domain::{Action, CalendarCommand};
+use uuid::Uuid;
+
+use super::{execute, read_reply, Page, PathId};
+use crate::auth::Caller;
+use crate::dto::{
+    property_view, EmptyBody, EventPage, EventView, PropertyView, RegisterPropertyBody,
+    UpdatePropertyBody,
+};
+use crate::error::ApiError;
+use crate::extract::{Body, WriteCtx};
+use crate::state::AppState;
+
+#[utoipa::path(post, path = "/api/v1/properties", tag = "properties",
+    request_body = RegisterPropertyBody,
+    responses((status = 201, body = PropertyView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn register(
+    State(state): State<AppState>,
+    ctx: WriteCtx,
+    Body(body): Body<RegisterPropertyBody>,
+) -> Result<Response, ApiError> {
+    let property_id = Uuid::now_v7();
+    let command = CalendarCommand::RegisterProperty(body.into_command(property_id));
+    let execution = ctx.execution(property_id, command);
+    execute(&state, execution, StatusCode::CREATED, property_view).await
+}
+
+#[utoipa::path(patch, path = "/api/v1/properties/{id}", tag = "properties",
+    request_body = UpdatePropertyBody,
+    responses((status = 200, body = PropertyView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    ctx: WriteCtx,
+    Body(body): Body<UpdatePropertyBody>,
+) -> Result<Response, ApiError> {
+    let command = CalendarCommand::UpdateProperty(UpdateProperty::from(body));
+    execute(&state, ctx.execution(id, command), StatusCode::OK, property_view).await
+}
+
+#[utoipa::path(post, path = "/api/v1/properties/{id}/archive", tag = "properties",
+    request_body = EmptyBody,
+    responses((status = 200, body = PropertyView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn archive(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    ctx: WriteCtx,
+    Body(EmptyBody {}): Body<EmptyBody>,
+) -> Result<Response, ApiError> {
+    let execution = ctx.execution(id, CalendarCommand::ArchiveProperty);
+    execute(&state, execution, StatusCode::OK, property_view).await
+}
+
+#[utoipa::path(get, path = "/api/v1/properties/{id}", tag = "properties",
+    responses((status = 200, body = PropertyView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let (position, view) = state
+        .bus
+        .read(id, |loaded| {
+            let property = loaded.calendar.property_for(&caller.0, Action::ReadCalendar)?;
+            Ok::<_, ApiError>((loaded.position, PropertyView::new(property, loaded.position)))
+        })
+        .await??;
+    Ok(read_reply(position, view))
+}
+
+#[utoipa::path(get, path = "/api/v1/properties/{id}/events", tag = "properties",
+    params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = EventPage), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn events(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    caller: Caller,
+    page: Page,
+) -> Result<Response, ApiError> {
+    caller.require(Action::ReadEventHistory)?;
+    let position = state
+        .bus
+        .read(id, |loaded| {
+            loaded
+                .calendar
+                .property_for(&caller.0, Action::ReadEventHistory)
+                .map(|_| loaded.position)
+        })
+        .await??;
+    let after: i64 = match page.cursor.as_deref() {
+        None => 0,
+        Some(c) => c
+            .parse()
+            .map_err(|_| ApiError::validation("cursor is not one this route gave out"))?,
+    };
+    let mut rows = state.store().history(id, after, page.limit + 1).await?;
+    let next_cursor = if rows.len() as i64 > page.limit {
+        rows.truncate(page.limit as usize);
+        rows.last().map(|e| e.sequence.to_string())
+    } else {
+        None
+    };
+    let items = rows
+        .into_iter()
+        .map(|e| EventView {
+            position: e.position,
+            sequence: e.sequence,
+            event_id: e.event_id,
+            event_type: e.event_type,
+            event_version: e.event_version,
+            payload: e.payload,
+            metadata: e.metadata,
+            recorded_at: e.recorded_at,
+        })
+        .collect();
+    Ok(read_reply(position, EventPage { items, next_cursor }))
+}

@@ -1,0 +1,86 @@
+//! Builds the application from its configuration and runs it. Tests and
+//! `ledger serve` start the same thing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::config::ServeConfig;
+use crate::state::AppState;
+
+pub type StartError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long start-up waits for PostgreSQL before giving up.
+const DATABASE_WAIT: Duration = Duration::from_secs(30);
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(config: ServeConfig) -> Result<Self, StartError> {
+        let pool = ledger_infra::connect(config.database_url(), config.db_pool_size)?;
+        migrate_when_reachable(&pool).await?;
+        let listener = TcpListener::bind(config.listen).await?;
+        let state = AppState::new(config, pool);
+        state.suspensions.refresh(&state.pool).await?;
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let state = self.state;
+        tokio::spawn(state.suspensions.clone().run(state.pool.clone()));
+        let router = crate::router(state);
+        tracing::info!(address = %self.listener.local_addr()?, "ledger is serving");
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    }
+}
+
+/// Applies missing migrations, waiting for PostgreSQL to come up first.
+pub async fn migrate_when_reachable(pool: &PgPool) -> Result<(), StartError> {
+    let deadline = tokio::time::Instant::now() + DATABASE_WAIT;
+    loop {
+        match ledger_infra::migrate(pool).await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::migrate::MigrateError::Execute(e))
+                if ledger_infra::db::is_unavailable(&e)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::warn!("PostgreSQL is not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

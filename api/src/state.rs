@@ -1,0 +1,80 @@
+//! The one application state handed to every handler.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ledger_infra::{CommandBus, EventStore};
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::auth::Keys;
+use crate::config::ServeConfig;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<ServeConfig>,
+    pub pool: PgPool,
+    pub bus: Arc<CommandBus>,
+    pub keys: Arc<Keys>,
+    pub suspensions: Arc<Suspensions>,
+    pub started_at: DateTime<Utc>,
+}
+
+impl AppState {
+    pub fn new(config: ServeConfig, pool: PgPool) -> Self {
+        let keys = Keys::new(config.jwt_secret().expose_secret().as_bytes());
+        Self {
+            bus: Arc::new(CommandBus::new(EventStore::new(pool.clone()))),
+            keys: Arc::new(keys),
+            suspensions: Arc::new(Suspensions::default()),
+            started_at: Utc::now(),
+            config: Arc::new(config),
+            pool,
+        }
+    }
+
+    pub fn store(&self) -> &EventStore {
+        self.bus.store()
+    }
+}
+
+/// The suspended agencies, refreshed from the database every few seconds so
+/// the check costs no query per request.
+#[derive(Default)]
+pub struct Suspensions {
+    agencies: RwLock<HashSet<Uuid>>,
+}
+
+pub const SUSPENSION_REFRESH: Duration = Duration::from_secs(2);
+
+impl Suspensions {
+    pub fn is_suspended(&self, agency_id: Uuid) -> bool {
+        self.agencies
+            .read()
+            .map(|set| set.contains(&agency_id))
+            .unwrap_or(false)
+    }
+
+    pub async fn refresh(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let ids: Vec<Uuid> = sqlx::query_scalar("SELECT agency_id FROM agency_suspensions")
+            .fetch_all(pool)
+            .await?;
+        if let Ok(mut set) = self.agencies.write() {
+            *set = ids.into_iter().collect();
+        }
+        Ok(())
+    }
+
+    /// Keeps refreshing until the process ends; a failed refresh keeps the last set.
+    pub async fn run(self: Arc<Self>, pool: PgPool) {
+        loop {
+            if let Err(error) = self.refresh(&pool).await {
+                tracing::debug!(%error, "could not refresh agency suspensions");
+            }
+            tokio::time::sleep(SUSPENSION_REFRESH).await;
+        }
+    }
+}

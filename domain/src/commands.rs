@@ -1,0 +1,91 @@
+//! What callers ask of a property calendar. Ids and the clock come in with
+//! the command: the domain never generates them itself.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::policy::Actor;
+use crate::values::{BlockReason, BookingStatus, Channel, Guest, Price};
+
+/// A command with who asks and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub actor: Actor,
+    pub now: DateTime<Utc>,
+    pub action: CalendarCommand,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CalendarCommand {
+    RegisterProperty(RegisterProperty),
+    UpdateProperty(UpdateProperty),
+    ArchiveProperty,
+    ReserveStay(ReserveStay),
+    ModifyBooking(ModifyBooking),
+    ConfirmBooking { booking_id: Uuid },
+    CancelBooking { booking_id: Uuid, reason: Option<String> },
+    CheckIn { booking_id: Uuid },
+    CheckOut { booking_id: Uuid },
+    MarkNoShow { booking_id: Uuid },
+    ExpireHold { booking_id: Uuid },
+    BlockNights(BlockNights),
+    ReleaseBlock { block_id: Uuid },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterProperty {
+    pub property_id: Uuid,
+    pub name: String,
+    pub timezone: Option<String>,
+    pub owner_id: Option<String>,
+    pub external_ref: Option<String>,
+}
+
+/// `Some(None)` clears an optional field; `None` leaves it as it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpdateProperty {
+    pub name: Option<String>,
+    pub timezone: Option<String>,
+    pub owner_id: Option<Option<String>>,
+    pub external_ref: Option<Option<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReserveStay {
+    pub booking_id: Uuid,
+    pub check_in: NaiveDate,
+    pub check_out: NaiveDate,
+    pub guest: Guest,
+    pub adults: Option<u32>,
+    pub children: Option<u32>,
+    /// `Tentative` or `Confirmed` (the default).
+    pub status: Option<BookingStatus>,
+    pub hold_expires_at: Option<DateTime<Utc>>,
+    pub channel: Option<Channel>,
+    pub external_ref: Option<String>,
+    pub price: Option<Price>,
+    pub notes: Option<String>,
+}
+
+/// `None` leaves a field as it is; `Some(None)` clears an optional one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModifyBooking {
+    pub booking_id: Uuid,
+    pub check_in: Option<NaiveDate>,
+    pub check_out: Option<NaiveDate>,
+    pub guest: Option<Guest>,
+    pub adults: Option<u32>,
+    pub children: Option<u32>,
+    pub price: Option<Option<Price>>,
+    pub notes: Option<Option<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlockNights {
+    pub block_id: Uuid,
+    pub start: NaiveDate,
+    pub end: NaiveDate,
+    pub reason: BlockReason,
+    pub note: Option<String>,
+}

@@ -1,0 +1,221 @@
+//! What happened to a property calendar. Past tense, and each event carries
+//! every fact a reader needs (a projection or a channel adapter never has to
+//! look anything up). The serde name of a variant is its stable event type.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::values::{BlockReason, BookingStatus, Channel, Guest, Price};
+
+/// The version every event type is written with today. An event type that
+/// changes shape gets a new version and an upcaster for the old one.
+pub const EVENT_VERSION: &str = "1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CalendarEvent {
+    #[serde(rename = "property.registered")]
+    PropertyRegistered {
+        property_id: Uuid,
+        agency_id: Uuid,
+        name: String,
+        timezone: String,
+        owner_id: Option<String>,
+        external_ref: Option<String>,
+        at: DateTime<Utc>,
+    },
+    /// Carries the property's full state after the change and which fields changed.
+    #[serde(rename = "property.updated")]
+    PropertyUpdated {
+        property_id: Uuid,
+        name: String,
+        timezone: String,
+        owner_id: Option<String>,
+        external_ref: Option<String>,
+        changed: Vec<String>,
+        at: DateTime<Utc>,
+    },
+    #[serde(rename = "property.archived")]
+    PropertyArchived {
+        property_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    #[serde(rename = "booking.reserved")]
+    BookingReserved {
+        booking_id: Uuid,
+        property_id: Uuid,
+        status: BookingStatus,
+        check_in: NaiveDate,
+        check_out: NaiveDate,
+        guest: Guest,
+        adults: u32,
+        children: u32,
+        channel: Channel,
+        external_ref: Option<String>,
+        price: Option<Price>,
+        notes: Option<String>,
+        hold_expires_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    },
+    /// Carries the booking's modifiable fields after the change, the stay
+    /// before it, and which fields changed.
+    #[serde(rename = "booking.modified")]
+    BookingModified {
+        booking_id: Uuid,
+        property_id: Uuid,
+        check_in: NaiveDate,
+        check_out: NaiveDate,
+        previous_check_in: NaiveDate,
+        previous_check_out: NaiveDate,
+        guest: Guest,
+        adults: u32,
+        children: u32,
+        price: Option<Price>,
+        notes: Option<String>,
+        changed: Vec<String>,
+        at: DateTime<Utc>,
+    },
+    #[serde(rename = "booking.confirmed")]
+    BookingConfirmed {
+        booking_id: Uuid,
+        property_id: Uuid,
+        check_in: NaiveDate,
+        check_out: NaiveDate,
+        at: DateTime<Utc>,
+    },
+    #[serde(rename = "booking.cancelled")]
+    BookingCancelled {
+        booking_id: Uuid,
+        property_id: Uuid,
+        check_in: NaiveDate,
+        check_out: NaiveDate,
+        previous_status: BookingStatus,
+        reason: Option<String>,
+        at: DateTime<Utc>,
+    },
+    #[serde(rename = "booking.checked_in")]
+    BookingCheckedIn {
+        booking_id: Uuid,
+        property_id: Uuid,
+        check_in: NaiveDate,
+        check_out: NaiveDate,
+        at: DateTime<Utc>,
+    },
+    #[serde(rename = "booking.checked_out")]
+    BookingCheckedOut {
+        booking_id: Uuid,
+        property_id: Uuid,
+        check_in: NaiveDate,
+        check_out: NaiveDate,
+        at: DateTime<Utc>,
+    },
+    #[serde(rename = "booking.no_show")]
+    BookingNoShow {
+        booking_id: Uuid,
+        property_id: Uuid,
+        check_in: NaiveDate,
+        check_out: NaiveDate,
+        at: DateTime<Utc>,
+    },
+    /// A tentative hold passed its `hold_expires_at`; its nights are free.
+    #[serde(rename = "booking.hold_expired")]
+    BookingHoldExpired {
+        booking_id: Uuid,
+        property_id: Uuid,
+        check_in: NaiveDate,
+        check_out: NaiveDate,
+        hold_expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    #[serde(rename = "availability.blocked")]
+    AvailabilityBlocked {
+        block_id: Uuid,
+        property_id: Uuid,
+        start: NaiveDate,
+        end: NaiveDate,
+        reason: BlockReason,
+        note: Option<String>,
+        at: DateTime<Utc>,
+    },
+    #[serde(rename = "availability.released")]
+    AvailabilityReleased {
+        block_id: Uuid,
+        property_id: Uuid,
+        start: NaiveDate,
+        end: NaiveDate,
+        reason: BlockReason,
+        at: DateTime<Utc>,
+    },
+}
+
+impl CalendarEvent {
+    /// The stable name of the event type, as stored and as published.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::PropertyRegistered { .. } => "property.registered",
+            Self::PropertyUpdated { .. } => "property.updated",
+            Self::PropertyArchived { .. } => "property.archived",
+            Self::BookingReserved { .. } => "booking.reserved",
+            Self::BookingModified { .. } => "booking.modified",
+            Self::BookingConfirmed { .. } => "booking.confirmed",
+            Self::BookingCancelled { .. } => "booking.cancelled",
+            Self::BookingCheckedIn { .. } => "booking.checked_in",
+            Self::BookingCheckedOut { .. } => "booking.checked_out",
+            Self::BookingNoShow { .. } => "booking.no_show",
+            Self::BookingHoldExpired { .. } => "booking.hold_expired",
+            Self::AvailabilityBlocked { .. } => "availability.blocked",
+            Self::AvailabilityReleased { .. } => "availability.released",
+        }
+    }
+
+    /// The booking or block the event is about, when there is one.
+    pub fn subject(&self) -> Option<Uuid> {
+        match self {
+            Self::PropertyRegistered { .. }
+            | Self::PropertyUpdated { .. }
+            | Self::PropertyArchived { .. } => None,
+            Self::BookingReserved { booking_id, .. }
+            | Self::BookingModified { booking_id, .. }
+            | Self::BookingConfirmed { booking_id, .. }
+            | Self::BookingCancelled { booking_id, .. }
+            | Self::BookingCheckedIn { booking_id, .. }
+            | Self::BookingCheckedOut { booking_id, .. }
+            | Self::BookingNoShow { booking_id, .. }
+            | Self::BookingHoldExpired { booking_id, .. } => Some(*booking_id),
+            Self::AvailabilityBlocked { block_id, .. }
+            | Self::AvailabilityReleased { block_id, .. } => Some(*block_id),
+        }
+    }
+
+    /// The event body without its type tag: what is stored in `payload`.
+    pub fn payload(&self) -> serde_json::Value {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(mut tagged)) => tagged
+                .remove(self.kind())
+                .unwrap_or(serde_json::Value::Null),
+            // Every variant is a struct variant, so the tagged form is always an object.
+            _ => serde_json::Value::Null,
+        }
+    }
+
+    /// Rebuilds an event from its stored type and payload.
+    pub fn from_stored(
+        event_type: &str,
+        payload: serde_json::Value,
+    ) -> Result<Self, serde_json::Error> {
+        let mut tagged = serde_json::Map::with_capacity(1);
+        tagged.insert(event_type.to_owned(), payload);
+        serde_json::from_value(serde_json::Value::Object(tagged))
+    }
+}
+
+impl DomainEvent for CalendarEvent {
+    fn event_type(&self) -> String {
+        self.kind().to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        EVENT_VERSION.to_owned()
+    }
+}

@@ -1,0 +1,192 @@
+//! Value types of the booking domain: night ranges, guests, money, the
+//! closed vocabularies (status, channel, block reason) and their checks.
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+
+use crate::error::CalendarError;
+
+/// The longest stay or block the ledger accepts, in nights.
+pub const MAX_NIGHTS: i64 = 366;
+
+/// A half-open range of nights `[start, end)`: the `end` day is free for the
+/// next arrival. Always non-empty and at most [`MAX_NIGHTS`] long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Nights {
+    pub start: NaiveDate,
+    pub end: NaiveDate,
+}
+
+impl Nights {
+    /// Checks invariant 2: `end > start`, at most a year of nights.
+    pub fn new(start: NaiveDate, end: NaiveDate) -> Result<Self, CalendarError> {
+        if end <= start {
+            return Err(CalendarError::invalid(
+                "check_out",
+                "must be after check_in (the range is [check_in, check_out))",
+            ));
+        }
+        if (end - start).num_days() > MAX_NIGHTS {
+            return Err(CalendarError::invalid(
+                "check_out",
+                format!("a range is at most {MAX_NIGHTS} nights"),
+            ));
+        }
+        Ok(Self { start, end })
+    }
+
+    pub fn count(&self) -> i64 {
+        (self.end - self.start).num_days()
+    }
+
+    pub fn overlaps(&self, other: &Nights) -> bool {
+        self.start < other.end && other.start < self.end
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guest {
+    pub name: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+}
+
+impl Guest {
+    pub fn validate(&self) -> Result<(), CalendarError> {
+        text("guest.name", &self.name, 1, 200)?;
+        if let Some(email) = &self.email {
+            text("guest.email", email, 3, 254)?;
+            let well_formed = email
+                .split_once('@')
+                .is_some_and(|(local, host)| !local.is_empty() && !host.is_empty());
+            if !well_formed || email.chars().any(char::is_whitespace) {
+                return Err(CalendarError::invalid(
+                    "guest.email",
+                    "is not an e-mail address",
+                ));
+            }
+        }
+        optional_text("guest.phone", self.phone.as_deref(), 50)
+    }
+}
+
+/// Money as integer minor units (cents) with an ISO 4217 currency code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Price {
+    pub amount_minor: i64,
+    pub currency: String,
+}
+
+impl Price {
+    pub fn validate(&self) -> Result<(), CalendarError> {
+        if self.amount_minor < 0 {
+            return Err(CalendarError::invalid(
+                "price.amount_minor",
+                "must not be negative",
+            ));
+        }
+        let iso = self.currency.len() == 3 && self.currency.bytes().all(|b| b.is_ascii_uppercase());
+        if !iso {
+            return Err(CalendarError::invalid(
+                "price.currency",
+                "must be an ISO 4217 code such as EUR",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BookingStatus {
+    Tentative,
+    Confirmed,
+    Cancelled,
+    CheckedIn,
+    CheckedOut,
+    NoShow,
+}
+
+impl BookingStatus {
+    /// Active bookings hold their nights (invariant 1).
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Tentative | Self::Confirmed | Self::CheckedIn)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tentative => "tentative",
+            Self::Confirmed => "confirmed",
+            Self::Cancelled => "cancelled",
+            Self::CheckedIn => "checked_in",
+            Self::CheckedOut => "checked_out",
+            Self::NoShow => "no_show",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    #[default]
+    Direct,
+    Airbnb,
+    BookingCom,
+    Vrbo,
+    Ical,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockReason {
+    OwnerStay,
+    Maintenance,
+    Other,
+}
+
+/// What kind of claim holds a night.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClaimKind {
+    Booking,
+    Block,
+}
+
+/// Checks a required free-text field's length in characters.
+pub fn text(field: &'static str, value: &str, min: usize, max: usize) -> Result<(), CalendarError> {
+    let len = value.trim().chars().count();
+    if len < min {
+        return Err(CalendarError::invalid(field, "must not be empty"));
+    }
+    if value.chars().count() > max {
+        return Err(CalendarError::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an optional free-text field: absent is fine, present must fit.
+pub fn optional_text(
+    field: &'static str,
+    value: Option<&str>,
+    max: usize,
+) -> Result<(), CalendarError> {
+    match value {
+        Some(v) if v.chars().count() > max => Err(CalendarError::invalid(
+            field,
+            format!("must be at most {max} characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Checks that a time zone is a known IANA name such as `Europe/Lisbon`.
+pub fn timezone(value: &str) -> Result<(), CalendarError> {
+    value
+        .parse::<chrono_tz::Tz>()
+        .map(|_| ())
+        .map_err(|_| CalendarError::invalid("timezone", "is not an IANA time zone name"))
+}

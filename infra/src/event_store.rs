@@ -1,0 +1,297 @@
+//! Our event store on postgres-es's `events` layout. We do not go through
+//! postgres-es's repository: it cannot return the global position, cannot
+//! share its transaction, and its snapshots apply events twice
+//! (../shared/spec/EVENT-STORE.md). The primary key on
+//! `(aggregate_type, aggregate_id, sequence)` is the optimistic lock.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::{Aggregate, DomainEvent};
+use ledger_domain::{CalendarEvent, PropertyCalendar};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::db::DbError;
+
+const AGGREGATE_TYPE: &str = PropertyCalendar::TYPE;
+
+/// A property calendar as of its last stored event.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub calendar: PropertyCalendar,
+    /// Sequence of the last event folded in (0: no events).
+    pub sequence: i64,
+    /// Global position of the last event folded in (0: no events).
+    pub position: i64,
+}
+
+impl Loaded {
+    /// Folds newer events in order; events at or below `sequence` are ignored.
+    pub fn fold(&mut self, events: Vec<(i64, i64, CalendarEvent)>) {
+        for (sequence, position, event) in events {
+            if sequence <= self.sequence {
+                continue;
+            }
+            self.calendar.apply(event);
+            self.sequence = sequence;
+            self.position = self.position.max(position);
+        }
+    }
+}
+
+/// One row of the log as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEvent {
+    pub position: i64,
+    pub sequence: i64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: Value,
+    pub metadata: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The facts about a write that go into every event's `metadata`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventMetadata {
+    pub agency_id: Uuid,
+    pub user_id: String,
+    pub role: &'static str,
+    pub request_id: String,
+    pub recorded_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefKind {
+    Booking,
+    Block,
+}
+
+impl RefKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RefKind::Booking => "booking",
+            RefKind::Block => "block",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// A stored event that this code cannot read: a bug or a missing upcaster.
+    #[error("event {sequence} of property {property_id} cannot be read: {reason}")]
+    Unreadable {
+        property_id: Uuid,
+        sequence: i64,
+        reason: String,
+    },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        StoreError::Db(error.into())
+    }
+}
+
+#[derive(Clone)]
+pub struct EventStore {
+    pool: PgPool,
+}
+
+impl EventStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The events of a property after `after_sequence`, decoded, in order:
+    /// `(sequence, position, event)`.
+    #[tracing::instrument(skip(self), level = "debug")]
+    pub async fn load_after(
+        &self,
+        property_id: Uuid,
+        after_sequence: i64,
+    ) -> Result<Vec<(i64, i64, CalendarEvent)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sequence, position, event_type, event_version, payload
+               FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+              ORDER BY sequence",
+        )
+        .bind(AGGREGATE_TYPE)
+        .bind(property_id.to_string())
+        .bind(after_sequence)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let sequence: i64 = row.try_get("sequence")?;
+                let event = decode(
+                    row.try_get("event_type")?,
+                    row.try_get("event_version")?,
+                    row.try_get("payload")?,
+                )
+                .map_err(|reason| StoreError::Unreadable {
+                    property_id,
+                    sequence,
+                    reason,
+                })?;
+                Ok((sequence, row.try_get("position")?, event))
+            })
+            .collect()
+    }
+
+    /// A property's calendar replayed from its whole history.
+    pub async fn load(&self, property_id: Uuid) -> Result<Loaded, StoreError> {
+        let mut loaded = Loaded::default();
+        loaded.fold(self.load_after(property_id, 0).await?);
+        Ok(loaded)
+    }
+
+    /// Appends events after `expected_sequence` inside `tx` and returns their
+    /// global positions in order. A concurrent append shows up as a unique
+    /// violation on `events_pkey` when the transaction writes or commits.
+    pub async fn append(
+        tx: &mut Transaction<'_, Postgres>,
+        property_id: Uuid,
+        expected_sequence: i64,
+        events: &[CalendarEvent],
+        metadata: &EventMetadata,
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        let count = events.len() as i64;
+        let sequences: Vec<i64> = (1..=count).map(|i| expected_sequence + i).collect();
+        let types: Vec<String> = events.iter().map(|e| e.event_type()).collect();
+        let versions: Vec<String> = events.iter().map(|e| e.event_version()).collect();
+        let payloads: Vec<String> = events.iter().map(|e| e.payload().to_string()).collect();
+        let metadata = serde_json::to_string(metadata).unwrap_or_else(|_| "{}".into());
+        let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+        let rows = sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                 event_version, payload, metadata, event_id)
+             SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload::json,
+                    $3::json, e.event_id
+               FROM UNNEST($4::bigint[], $5::text[], $6::text[], $7::text[], $8::uuid[])
+                    WITH ORDINALITY AS e(sequence, event_type, event_version, payload, event_id, n)
+              ORDER BY e.n
+             RETURNING position",
+        )
+        .bind(AGGREGATE_TYPE)
+        .bind(property_id.to_string())
+        .bind(metadata)
+        .bind(&sequences)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&payloads)
+        .bind(&ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut positions = rows
+            .iter()
+            .map(|row| row.try_get::<i64, _>("position"))
+            .collect::<Result<Vec<_>, _>>()?;
+        positions.sort_unstable();
+        Ok(positions)
+    }
+
+    /// Records which property a new booking or block belongs to, in the
+    /// transaction of the event that creates it.
+    pub async fn record_ref(
+        tx: &mut Transaction<'_, Postgres>,
+        ref_id: Uuid,
+        kind: RefKind,
+        agency_id: Uuid,
+        property_id: Uuid,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO resource_refs (ref_id, kind, agency_id, property_id) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(ref_id)
+        .bind(kind.as_str())
+        .bind(agency_id)
+        .bind(property_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The property of an agency's booking or block; `None` when the id is
+    /// unknown or belongs to another agency (the caller answers 404 for both).
+    pub async fn resolve_ref(
+        &self,
+        ref_id: Uuid,
+        kind: RefKind,
+        agency_id: Uuid,
+    ) -> Result<Option<Uuid>, DbError> {
+        let property: Option<Uuid> = sqlx::query_scalar(
+            "SELECT property_id FROM resource_refs WHERE ref_id = $1 AND kind = $2 AND agency_id = $3",
+        )
+        .bind(ref_id)
+        .bind(kind.as_str())
+        .bind(agency_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(property)
+    }
+
+    /// A page of a property's raw history, in order, after `after_sequence`.
+    pub async fn history(
+        &self,
+        property_id: Uuid,
+        after_sequence: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, DbError> {
+        let rows = sqlx::query(
+            "SELECT position, sequence, event_id, event_type, event_version,
+                    payload::jsonb AS payload, metadata::jsonb AS metadata, recorded_at
+               FROM events
+              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+              ORDER BY sequence
+              LIMIT $4",
+        )
+        .bind(AGGREGATE_TYPE)
+        .bind(property_id.to_string())
+        .bind(after_sequence)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let events = rows
+            .into_iter()
+            .map(|row| {
+                Ok(StoredEvent {
+                    position: row.try_get("position")?,
+                    sequence: row.try_get("sequence")?,
+                    event_id: row.try_get("event_id")?,
+                    event_type: row.try_get("event_type")?,
+                    event_version: row.try_get("event_version")?,
+                    payload: row.try_get("payload")?,
+                    metadata: row.try_get("metadata")?,
+                    recorded_at: row.try_get("recorded_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(events)
+    }
+}
+
+/// Decodes a stored event, upcasting older versions first. Version "1" is the
+/// only one so far; a new version adds a step here, never an edit of the log.
+pub fn decode(event_type: String, event_version: String, payload: Value) -> Result<CalendarEvent, String> {
+    let payload = upcast(&event_type, &event_version, payload)?;
+    CalendarEvent::from_stored(&event_type, payload).map_err(|e| e.to_string())
+}
+
+fn upcast(event_type: &str, event_version: &str, payload: Value) -> Result<Value, String> {
+    match event_version {
+        ledger_domain::events::EVENT_VERSION => Ok(payload),
+        other => Err(format!("no upcaster for {event_type} version {other}")),
+    }
+}

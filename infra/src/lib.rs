@@ -1,0 +1,13 @@
+//! Everything that touches PostgreSQL (and, later, NATS): the pool and
+//! migrations, the event store on postgres-es's table layout, the command
+//! bus that appends events atomically with what must commit with them, and
+//! telemetry set-up. Business decisions stay in `ledger-domain`.
+
+pub mod command_bus;
+pub mod db;
+pub mod event_store;
+pub mod telemetry;
+
+pub use command_bus::{CommandBus, ExecuteError, Execution, Outcome, Reply};
+pub use db::{connect, migrate, DbError};
+pub use event_store::{EventStore, Loaded, RefKind, StoredEvent};

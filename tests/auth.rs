@@ -1,0 +1,1 @@
+//! Role table tests (to be written).

@@ -1,0 +1,294 @@
+//! Shared helpers of the black-box tests: each test starts the real `ledger`
+//! binary on a free port against a fresh PostgreSQL database and talks HTTP.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::HeaderMap;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use uuid::Uuid;
+
+pub const SECRET: &str = "test-secret-for-the-ledger-integration-tests";
+
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/ledger".to_owned())
+}
+
+/// A connection to the server's maintenance database, to create and drop test databases.
+async fn maintenance() -> PgConnection {
+    let options = PgConnectOptions::from_str(&server_url())
+        .expect("DATABASE_URL parses")
+        .database("postgres");
+    options
+        .connect()
+        .await
+        .expect("PostgreSQL is reachable (run scripts/test.sh, which starts it)")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub port: u16,
+    pub database_url: String,
+    pub db_name: String,
+    pub client: reqwest::Client,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// One HTTP reply: status, JSON body (Null when empty or not JSON), headers.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: HeaderMap,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.body["id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("reply has no id: {:?}", self))
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    let db_name = format!("ledger_test_{}", Uuid::new_v4().simple());
+    let mut conn = maintenance().await;
+    sqlx::query(&format!("CREATE DATABASE {db_name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create the test database");
+    let database_url = PgConnectOptions::from_str(&server_url())
+        .expect("DATABASE_URL parses")
+        .database(&db_name)
+        .to_url_lossy()
+        .to_string();
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!("{db_name}.log"));
+    let mut app = TestApp {
+        base: format!("http://127.0.0.1:{port}"),
+        port,
+        database_url,
+        db_name,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client"),
+        child: None,
+        log,
+    };
+    app.start().await;
+    app
+}
+
+impl TestApp {
+    /// Starts (or restarts) `ledger serve` on this app's port and database.
+    pub async fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("a log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_ledger"))
+            .arg("serve")
+            .env("DATABASE_URL", &self.database_url)
+            .env("JWT_SECRET", SECRET)
+            .env("LEDGER_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("LEDGER_METRICS_LISTEN", "127.0.0.1:0")
+            .env("LEDGER_DB_POOL_SIZE", "16")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the ledger binary");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "ledger exited with {status}: {}",
+                        std::fs::read_to_string(&self.log).unwrap_or_default()
+                    );
+                }
+            }
+            let ok = self
+                .client
+                .get(format!("{}/health", self.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "ledger did not come up in 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// kill -9: no graceful shutdown, nothing flushed by the process.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn db(&self) -> PgConnection {
+        PgConnection::connect(&self.database_url)
+            .await
+            .expect("connect to the test database")
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("the request is answered");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Reply {
+        self.send("GET", path, Some(token), None, &[]).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.send("POST", path, Some(token), Some(&body), &[]).await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.send("PATCH", path, Some(token), Some(&body), &[]).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> Reply {
+        self.send("DELETE", path, Some(token), None, &[]).await
+    }
+
+    /// Registers a property and returns its id.
+    pub async fn property(&self, token: &str, owner_id: Option<&str>) -> Uuid {
+        let reply = self
+            .post(
+                "/api/v1/properties",
+                token,
+                json!({"name": "Sea View", "timezone": "Europe/Lisbon", "owner_id": owner_id}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        reply.id()
+    }
+
+    /// Reserves `[check_in, check_out)` and returns the reply.
+    pub async fn reserve(&self, token: &str, property: Uuid, check_in: &str, check_out: &str) -> Reply {
+        self.post(
+            "/api/v1/bookings",
+            token,
+            json!({
+                "property_id": property,
+                "check_in": check_in,
+                "check_out": check_out,
+                "guest": {"name": "Ana Guest", "email": "ana@example.com"},
+            }),
+        )
+        .await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.kill();
+        let db_name = self.db_name.clone();
+        // Drop the database from a thread with its own runtime: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let mut conn = maintenance().await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// A token signed like the service's own, with any claims.
+pub fn token_with(claims: Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode a token")
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A valid one-hour token for a user of `agency` with `role`.
+pub fn token(agency: Uuid, role: &str, sub: &str) -> String {
+    token_with(
+        json!({"sub": sub, "agency_id": agency, "role": role, "exp": now_secs() + 3600}),
+        SECRET,
+    )
+}
+
+/// An agency of its own for one test, with an admin token.
+pub fn agency() -> (Uuid, String) {
+    let agency = Uuid::new_v4();
+    (agency, token(agency, "admin", "admin-1"))
+}

@@ -1,0 +1,1 @@
+//! Write route tests (to be written).
