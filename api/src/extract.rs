@@ -6,7 +6,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use ledger_domain::{CalendarCommand, Command};
 use ledger_infra::command_bus::Idempotency;
 use ledger_infra::Execution;
@@ -83,7 +83,8 @@ impl WriteCtx {
             property_id,
             command: Command {
                 actor: self.caller.0.clone(),
-                now: Utc::now(),
+                // Microseconds: what PostgreSQL keeps, so read models equal the aggregate.
+                now: Utc::now().trunc_subsecs(6),
                 action,
             },
             request_id: self.request_id.clone(),

@@ -105,6 +105,38 @@ struct Overlap {
 }
 
 impl PropertyCalendar {
+    /// A calendar from its records, e.g. rows of a read model; the index of
+    /// active claims is rebuilt from them.
+    pub fn from_parts(
+        property: Option<Property>,
+        bookings: BTreeMap<Uuid, Booking>,
+        blocks: BTreeMap<Uuid, Block>,
+    ) -> Self {
+        let mut calendar = Self {
+            property,
+            bookings,
+            blocks,
+            claims: BTreeMap::new(),
+        };
+        let active: Vec<(ClaimKind, Uuid, Nights)> = calendar
+            .bookings
+            .values()
+            .filter(|b| b.status.is_active())
+            .map(|b| (ClaimKind::Booking, b.id, b.nights))
+            .chain(
+                calendar
+                    .blocks
+                    .values()
+                    .filter(|b| !b.released)
+                    .map(|b| (ClaimKind::Block, b.id, b.nights)),
+            )
+            .collect();
+        for (kind, id, nights) in active {
+            calendar.claim(kind, id, nights);
+        }
+        calendar
+    }
+
     pub fn replay(events: impl IntoIterator<Item = CalendarEvent>) -> Self {
         let mut calendar = Self::default();
         for event in events {

@@ -1,0 +1,1 @@
+//! Rebuild of a projection into shadow tables, swapped in atomically.

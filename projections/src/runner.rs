@@ -1,0 +1,259 @@
+//! Runs projections: wakes on NOTIFY (polling as a fallback), applies a
+//! batch and advances the checkpoint in one transaction, so each event takes
+//! effect exactly once even when the process dies mid-batch.
+//!
+//! One runner at a time per projection across all processes: every batch
+//! transaction first takes a transaction-scoped advisory lock for the
+//! projection (`pg_try_advisory_xact_lock`), so whichever process gets it
+//! next simply carries on from the checkpoint; a process that dies holds
+//! nothing. No session locks, so it also works behind PgBouncer.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool, Row};
+use tokio::sync::watch;
+
+use crate::tail::{self, TailError};
+use crate::Projection;
+
+pub const LIVE_SCHEMA: &str = "public";
+pub const BATCH: i64 = 1000;
+/// How often a runner looks for work when no notification arrives.
+const POLL: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Tail(#[from] TailError),
+    #[error("applying the events after position {after} failed: {source}")]
+    Apply {
+        after: i64,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+impl StepError {
+    /// A failure of the database connection, not of the projection.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StepError::Db(e) | StepError::Tail(TailError::Db(e)) | StepError::Apply { source: e, .. } => {
+                ledger_infra::db::is_unavailable(e)
+            }
+            StepError::Tail(TailError::Unreadable { .. }) => false,
+        }
+    }
+}
+
+/// The advisory lock key of a checkpoint name.
+pub(crate) async fn try_lock(conn: &mut PgConnection, checkpoint: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended('ledger.projection.' || $1, 0))")
+        .bind(checkpoint)
+        .fetch_one(conn)
+        .await
+}
+
+pub(crate) async fn lock(conn: &mut PgConnection, checkpoint: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('ledger.projection.' || $1, 0))")
+        .bind(checkpoint)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Applies the next batch (at most `limit` events) inside `conn`'s open
+/// transaction; returns how many events it applied. The caller holds the lock.
+pub(crate) async fn apply_next(
+    conn: &mut PgConnection,
+    projection: Projection,
+    schema: &str,
+    checkpoint: &str,
+    limit: i64,
+) -> Result<usize, StepError> {
+    let after: i64 = sqlx::query_scalar(
+        "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
+    )
+    .bind(checkpoint)
+    .fetch_one(&mut *conn)
+    .await?;
+    let events = tail::read_batch(conn, after, limit).await?;
+    let Some(last) = events.last().map(|e| e.position) else {
+        return Ok(0);
+    };
+    projection
+        .apply(conn, schema, &events)
+        .await
+        .map_err(|source| StepError::Apply { after, source })?;
+    sqlx::query(
+        "UPDATE projection_checkpoints
+            SET position = $2, status = 'running', last_error = NULL, updated_at = now()
+          WHERE name = $1",
+    )
+    .bind(checkpoint)
+    .bind(last)
+    .execute(&mut *conn)
+    .await?;
+    Ok(events.len())
+}
+
+/// One batch in its own transaction. `Ok(0)` also when another process is
+/// running this projection right now.
+pub async fn step(
+    pool: &PgPool,
+    projection: Projection,
+    schema: &str,
+    checkpoint: &str,
+    limit: i64,
+) -> Result<usize, StepError> {
+    let mut tx = pool.begin().await?;
+    if !try_lock(&mut tx, checkpoint).await? {
+        return Ok(0);
+    }
+    let applied = apply_next(&mut tx, projection, schema, checkpoint, limit).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Applies everything available now; returns how many events it applied.
+pub async fn catch_up(pool: &PgPool, projection: Projection) -> Result<usize, StepError> {
+    let mut total = 0;
+    loop {
+        let applied = step(pool, projection, LIVE_SCHEMA, projection.name(), BATCH).await?;
+        total += applied;
+        if applied < BATCH as usize {
+            return Ok(total);
+        }
+    }
+}
+
+async fn record_failure(pool: &PgPool, checkpoint: &str, error: &StepError) {
+    let result = sqlx::query(
+        "UPDATE projection_checkpoints SET status = 'failed', last_error = $2, updated_at = now()
+          WHERE name = $1",
+    )
+    .bind(checkpoint)
+    .bind(error.to_string())
+    .execute(pool)
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(checkpoint, error = %e, "could not record a projection failure");
+    }
+}
+
+/// Ticks every time the log may have grown (a NOTIFY on `ledger_events`).
+#[derive(Clone)]
+pub struct LogSignal(watch::Receiver<u64>);
+
+impl LogSignal {
+    /// Listens for NOTIFY on its own connection, re-connecting when it drops.
+    pub fn listen(pool: PgPool) -> LogSignal {
+        let (sender, receiver) = watch::channel(0u64);
+        tokio::spawn(async move {
+            loop {
+                match PgListener::connect_with(&pool).await {
+                    Ok(mut listener) => {
+                        if listener.listen("ledger_events").await.is_ok() {
+                            // Anything committed while not listening is picked up by this tick.
+                            sender.send_modify(|n| *n += 1);
+                            while listener.recv().await.is_ok() {
+                                sender.send_modify(|n| *n += 1);
+                            }
+                        }
+                    }
+                    Err(error) => tracing::debug!(%error, "cannot LISTEN yet"),
+                }
+                if sender.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        LogSignal(receiver)
+    }
+
+    /// Waits for the next tick, or `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.0.changed()).await;
+    }
+}
+
+/// Keeps a projection up to date until the process ends.
+pub async fn run(pool: PgPool, projection: Projection, mut signal: LogSignal) {
+    let name = projection.name();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match step(&pool, projection, LIVE_SCHEMA, name, BATCH).await {
+            Ok(applied) => {
+                backoff = Duration::from_millis(100);
+                if applied < BATCH as usize {
+                    signal.wait(POLL).await;
+                }
+            }
+            Err(error) => {
+                if error.is_unavailable() {
+                    tracing::warn!(projection = name, %error, "database unavailable; retrying");
+                } else {
+                    // Stop at this event, keep the last good state, say why.
+                    tracing::error!(projection = name, %error, "projection failed; retrying");
+                    record_failure(&pool, name, &error).await;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// A projection's progress, for ops and readiness.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub position: i64,
+    pub head_position: i64,
+    pub lag: i64,
+    pub status: String,
+    pub last_error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn statuses(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT c.name, c.position, c.status, c.last_error, c.updated_at,
+                (SELECT coalesce(max(position), 0) FROM events) AS head
+           FROM projection_checkpoints c
+          WHERE c.name = ANY($1)
+          ORDER BY c.name",
+    )
+    .bind(Projection::ALL.map(|p| p.name()).to_vec())
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let position: i64 = row.try_get("position")?;
+            let head: i64 = row.try_get("head")?;
+            Ok(Status {
+                name: row.try_get("name")?,
+                position,
+                head_position: head,
+                lag: (head - position).max(0),
+                status: row.try_get("status")?,
+                last_error: row.try_get("last_error")?,
+                updated_at: row.try_get("updated_at")?,
+            })
+        })
+        .collect()
+}
+
+/// The position every projection in `which` has reached.
+pub async fn reached(pool: &PgPool, which: &[Projection]) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT coalesce(min(position), 0) FROM projection_checkpoints WHERE name = ANY($1)")
+        .bind(which.iter().map(|p| p.name()).collect::<Vec<_>>())
+        .fetch_one(pool)
+        .await
+}
