@@ -112,17 +112,20 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ledger_reader') THEN
         CREATE ROLE ledger_reader NOLOGIN;
     END IF;
+    -- The service switches to it (SET LOCAL ROLE) for every read.
+    EXECUTE format('GRANT ledger_reader TO %I', current_user);
 END $$;
 
 -- Applied to a read-model table and to its replay copy before the swap.
 CREATE FUNCTION ledger_secure_read_model(tbl regclass) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
-    EXECUTE format('DROP POLICY IF EXISTS agency_isolation ON %s', tbl);
-    EXECUTE format(
-        'CREATE POLICY agency_isolation ON %s FOR SELECT TO ledger_reader
-           USING (agency_id = nullif(current_setting(''ledger.agency_id'', true), '''')::uuid)',
-        tbl);
+    IF NOT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = tbl AND polname = 'agency_isolation') THEN
+        EXECUTE format(
+            'CREATE POLICY agency_isolation ON %s FOR SELECT TO ledger_reader
+               USING (agency_id = nullif(current_setting(''ledger.agency_id'', true), '''')::uuid)',
+            tbl);
+    END IF;
     EXECUTE format('GRANT SELECT ON %s TO ledger_reader', tbl);
 END $$;
 

@@ -75,10 +75,13 @@ impl Keys {
             })?;
         let claims = data.claims;
         if claims.iat.is_some_and(|iat| iat > unix_now() + LEEWAY_SECS) {
-            return Err(ApiError::Unauthenticated("the token was issued in the future"));
+            return Err(ApiError::Unauthenticated(
+                "the token was issued in the future",
+            ));
         }
-        let role = Role::parse(&claims.role)
-            .ok_or(ApiError::Unauthenticated("the token's role is not a known role"))?;
+        let role = Role::parse(&claims.role).ok_or(ApiError::Unauthenticated(
+            "the token's role is not a known role",
+        ))?;
         if claims.sub.is_empty() {
             return Err(ApiError::Unauthenticated("the token's sub is empty"));
         }
@@ -115,14 +118,21 @@ impl FromRequestParts<AppState> for Caller {
         let header = parts
             .headers
             .get(AUTHORIZATION)
-            .ok_or(ApiError::Unauthenticated("an Authorization: Bearer token is required"))?;
+            .ok_or(ApiError::Unauthenticated(
+                "an Authorization: Bearer token is required",
+            ))?;
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthenticated("the Authorization header must be Bearer <token>"))?;
+            .ok_or(ApiError::Unauthenticated(
+                "the Authorization header must be Bearer <token>",
+            ))?;
         let actor = state.keys.verify(token)?;
         if state.suspensions.is_suspended(actor.agency_id) {
             return Err(ApiError::AgencySuspended);

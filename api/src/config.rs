@@ -21,7 +21,11 @@ fn parse_secret(value: &str) -> Result<SecretString, String> {
 
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/ledger")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/ledger"
+    )]
     pub database_url: String,
 }
 

@@ -424,7 +424,10 @@ impl BlockView {
 
 /// The views of one calendar, looked up by id after a command or for a read.
 pub fn property_view(calendar: &PropertyCalendar, position: i64) -> Option<PropertyView> {
-    calendar.property.as_ref().map(|p| PropertyView::new(p, position))
+    calendar
+        .property
+        .as_ref()
+        .map(|p| PropertyView::new(p, position))
 }
 
 pub fn booking_view(calendar: &PropertyCalendar, id: Uuid, position: i64) -> Option<BookingView> {

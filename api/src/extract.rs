@@ -35,12 +35,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
                 let mime = v.split(';').next().unwrap_or("").trim();
                 mime.eq_ignore_ascii_case("application/json") || mime.ends_with("+json")
             });
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| match rejection.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-                _ => ApiError::validation(rejection.body_text()),
-            })?;
+        let bytes =
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection| match rejection.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+                    _ => ApiError::validation(rejection.body_text()),
+                })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return parse(b"{}").map(Body);
         }
@@ -77,14 +78,19 @@ impl FromRequestParts<AppState> for WriteCtx {
     }
 }
 
+/// The time a command is decided at, to the microsecond: what PostgreSQL
+/// keeps, so read models equal the aggregate's own state.
+pub fn now() -> chrono::DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
 impl WriteCtx {
     pub fn execution(&self, property_id: Uuid, action: CalendarCommand) -> Execution {
         Execution {
             property_id,
             command: Command {
                 actor: self.caller.0.clone(),
-                // Microseconds: what PostgreSQL keeps, so read models equal the aggregate.
-                now: Utc::now().trunc_subsecs(6),
+                now: now(),
                 action,
             },
             request_id: self.request_id.clone(),

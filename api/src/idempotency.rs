@@ -30,7 +30,12 @@ pub async fn middleware(request: Request, next: Next) -> Response {
     let Some(key) = request.headers().get(HEADER).filter(|_| is_write) else {
         return next.run(request).await;
     };
-    let Some(key) = key.to_str().ok().filter(|k| valid_key(k)).map(str::to_owned) else {
+    let Some(key) = key
+        .to_str()
+        .ok()
+        .filter(|k| valid_key(k))
+        .map(str::to_owned)
+    else {
         return ApiError::validation("Idempotency-Key must be 1 to 255 printable ASCII characters")
             .into_response();
     };
@@ -47,6 +52,8 @@ pub async fn middleware(request: Request, next: Next) -> Response {
     hasher.update(&bytes);
     let request_hash = hex::encode(hasher.finalize());
     let mut request = Request::from_parts(parts, Body::from(bytes));
-    request.extensions_mut().insert(Idempotency { key, request_hash });
+    request
+        .extensions_mut()
+        .insert(Idempotency { key, request_hash });
     next.run(request).await
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod dto;
 pub mod error;
+pub mod expiry;
 pub mod extract;
 pub mod idempotency;
 pub mod openapi;
@@ -20,7 +21,7 @@ use axum::{middleware, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::routes::{blocks, bookings, health, ops, properties};
+use crate::routes::{blocks, bookings, health, ops, properties, reads};
 use crate::state::AppState;
 
 /// Request bodies over this many bytes get 413 `PAYLOAD_TOO_LARGE`.
@@ -28,23 +29,32 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/v1/properties", post(properties::register))
+        .route(
+            "/api/v1/properties",
+            get(reads::list_properties).post(properties::register),
+        )
         .route(
             "/api/v1/properties/{id}",
-            get(properties::get).patch(properties::update),
+            get(reads::get_property).patch(properties::update),
         )
         .route("/api/v1/properties/{id}/archive", post(properties::archive))
         .route("/api/v1/properties/{id}/events", get(properties::events))
-        .route("/api/v1/bookings", post(bookings::reserve))
+        .route(
+            "/api/v1/bookings",
+            get(reads::list_bookings).post(bookings::reserve),
+        )
         .route(
             "/api/v1/bookings/{id}",
-            get(bookings::get).patch(bookings::modify),
+            get(reads::get_booking).patch(bookings::modify),
         )
         .route("/api/v1/bookings/{id}/confirm", post(bookings::confirm))
         .route("/api/v1/bookings/{id}/cancel", post(bookings::cancel))
         .route("/api/v1/bookings/{id}/check-in", post(bookings::check_in))
         .route("/api/v1/bookings/{id}/check-out", post(bookings::check_out))
         .route("/api/v1/bookings/{id}/no-show", post(bookings::no_show))
+        .route("/api/v1/availability", get(reads::availability))
+        .route("/api/v1/availability/search", get(reads::search))
+        .route("/api/v1/audit-log", get(reads::audit_log))
         .route("/api/v1/availability/blocks", post(blocks::create))
         .route(
             "/api/v1/availability/blocks/{id}",
@@ -56,6 +66,11 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::ready))
         .route("/ops/current-commit", get(ops::current_commit))
         .route("/ops/env-sanity", get(ops::env_sanity))
+        .route("/ops/projections", get(ops::projections))
+        .route(
+            "/ops/projections/{name}/replay",
+            get(ops::replay_progress).post(ops::start_replay),
+        )
         .merge(openapi::routes())
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn(idempotency::middleware))

@@ -12,7 +12,11 @@ use secrecy::ExposeSecret;
 use uuid::Uuid;
 
 #[derive(Parser)]
-#[command(name = "ledger", version, about = "Booking Ledger: the system of record for booked nights")]
+#[command(
+    name = "ledger",
+    version,
+    about = "Booking Ledger: the system of record for booked nights"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -69,9 +73,13 @@ fn parse_role(value: &str) -> Result<Role, String> {
 }
 
 fn parse_ttl(value: &str) -> Result<Duration, String> {
-    let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
     let (number, unit) = value.split_at(split);
-    let number: u64 = number.parse().map_err(|_| "a number and a unit: 90s, 30m, 1h, 7d")?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| "a number and a unit: 90s, 30m, 1h, 7d")?;
     let seconds = match unit {
         "" | "s" => 1,
         "m" => 60,

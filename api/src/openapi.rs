@@ -6,18 +6,21 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::routes::{blocks, bookings, health, ops, properties};
+use crate::routes::{blocks, bookings, health, ops, properties, reads};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Booking Ledger", description = "The system of record for who holds which nights of which property."),
     paths(
-        properties::register, properties::update, properties::archive, properties::get, properties::events,
+        properties::register, properties::update, properties::archive, properties::events,
         bookings::reserve, bookings::modify, bookings::confirm, bookings::cancel,
-        bookings::check_in, bookings::check_out, bookings::no_show, bookings::get,
+        bookings::check_in, bookings::check_out, bookings::no_show, 
         blocks::create, blocks::release, blocks::get,
         health::live, health::ready, ops::current_commit, ops::env_sanity,
+        ops::projections, ops::start_replay, ops::replay_progress,
+        reads::list_properties, reads::get_property, reads::list_bookings, reads::get_booking,
+        reads::availability, reads::search, reads::audit_log,
     ),
     modifiers(&BearerAuth)
 )]

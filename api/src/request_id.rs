@@ -26,9 +26,7 @@ pub fn current() -> String {
 
 fn usable(value: &HeaderValue) -> Option<String> {
     let text = value.to_str().ok()?;
-    let fits = !text.is_empty()
-        && text.len() <= 128
-        && text.bytes().all(|b| b.is_ascii_graphic());
+    let fits = !text.is_empty() && text.len() <= 128 && text.bytes().all(|b| b.is_ascii_graphic());
     fits.then(|| text.to_owned())
 }
 

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ledger_projections::runner::{self, LogSignal};
+use ledger_projections::Projection;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
@@ -37,6 +39,11 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let state = self.state;
         tokio::spawn(state.suspensions.clone().run(state.pool.clone()));
+        let signal = LogSignal::listen(state.pool.clone());
+        for projection in Projection::ALL {
+            tokio::spawn(runner::run(state.pool.clone(), projection, signal.clone()));
+        }
+        tokio::spawn(crate::expiry::run(state.clone()));
         let router = crate::router(state);
         tracing::info!(address = %self.listener.local_addr()?, "ledger is serving");
         axum::serve(self.listener, router)

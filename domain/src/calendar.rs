@@ -18,9 +18,7 @@ use crate::commands::{
 use crate::error::{CalendarError, Conflict};
 use crate::events::CalendarEvent;
 use crate::policy::{self, Action, Actor};
-use crate::values::{
-    self, BlockReason, BookingStatus, Channel, ClaimKind, Guest, Nights, Price,
-};
+use crate::values::{self, BlockReason, BookingStatus, Channel, ClaimKind, Guest, Nights, Price};
 
 pub const DEFAULT_TIMEZONE: &str = "UTC";
 pub const DEFAULT_ADULTS: u32 = 1;
@@ -147,9 +145,16 @@ impl PropertyCalendar {
 
     /// The active claims, in night order: `(kind, id, nights)`.
     pub fn active_claims(&self) -> impl Iterator<Item = (ClaimKind, Uuid, Nights)> + '_ {
-        self.claims
-            .iter()
-            .map(|(start, c)| (c.kind, c.id, Nights { start: *start, end: c.end }))
+        self.claims.iter().map(|(start, c)| {
+            (
+                c.kind,
+                c.id,
+                Nights {
+                    start: *start,
+                    end: c.end,
+                },
+            )
+        })
     }
 
     /// Decides a command against the current state: the events it produces, or
@@ -179,7 +184,11 @@ impl PropertyCalendar {
                 if booking.hold_expired(now) {
                     return Err(CalendarError::HoldExpired);
                 }
-                require_status(booking, &[BookingStatus::Tentative], BookingStatus::Confirmed)?;
+                require_status(
+                    booking,
+                    &[BookingStatus::Tentative],
+                    BookingStatus::Confirmed,
+                )?;
                 let (booking_id, property_id, check_in, check_out) = booking_facts(booking);
                 Ok(vec![CalendarEvent::BookingConfirmed {
                     booking_id,
@@ -210,7 +219,11 @@ impl PropertyCalendar {
             }
             CalendarCommand::CheckIn { booking_id } => {
                 let booking = self.booking(*booking_id)?;
-                require_status(booking, &[BookingStatus::Confirmed], BookingStatus::CheckedIn)?;
+                require_status(
+                    booking,
+                    &[BookingStatus::Confirmed],
+                    BookingStatus::CheckedIn,
+                )?;
                 let (booking_id, property_id, check_in, check_out) = booking_facts(booking);
                 Ok(vec![CalendarEvent::BookingCheckedIn {
                     booking_id,
@@ -222,7 +235,11 @@ impl PropertyCalendar {
             }
             CalendarCommand::CheckOut { booking_id } => {
                 let booking = self.booking(*booking_id)?;
-                require_status(booking, &[BookingStatus::CheckedIn], BookingStatus::CheckedOut)?;
+                require_status(
+                    booking,
+                    &[BookingStatus::CheckedIn],
+                    BookingStatus::CheckedOut,
+                )?;
                 let (booking_id, property_id, check_in, check_out) = booking_facts(booking);
                 Ok(vec![CalendarEvent::BookingCheckedOut {
                     booking_id,
@@ -326,8 +343,16 @@ impl PropertyCalendar {
         if self.property.is_some() {
             return Err(CalendarError::PropertyAlreadyRegistered);
         }
-        let timezone = register.timezone.clone().unwrap_or_else(|| DEFAULT_TIMEZONE.into());
-        validate_property(&register.name, &timezone, &register.owner_id, &register.external_ref)?;
+        let timezone = register
+            .timezone
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TIMEZONE.into());
+        validate_property(
+            &register.name,
+            &timezone,
+            &register.owner_id,
+            &register.external_ref,
+        )?;
         Ok(vec![CalendarEvent::PropertyRegistered {
             property_id: register.property_id,
             agency_id: actor.agency_id,
@@ -361,7 +386,10 @@ impl PropertyCalendar {
                 ))
             }
             (_, Some(at)) if at <= now => {
-                return Err(CalendarError::invalid("hold_expires_at", "must be in the future"))
+                return Err(CalendarError::invalid(
+                    "hold_expires_at",
+                    "must be in the future",
+                ))
             }
             _ => {}
         }
@@ -418,11 +446,20 @@ impl PropertyCalendar {
             modify.check_in.unwrap_or(booking.nights.start),
             modify.check_out.unwrap_or(booking.nights.end),
         )?;
-        let guest = modify.guest.clone().unwrap_or_else(|| booking.guest.clone());
+        let guest = modify
+            .guest
+            .clone()
+            .unwrap_or_else(|| booking.guest.clone());
         let adults = modify.adults.unwrap_or(booking.adults);
         let children = modify.children.unwrap_or(booking.children);
-        let price = modify.price.clone().unwrap_or_else(|| booking.price.clone());
-        let notes = modify.notes.clone().unwrap_or_else(|| booking.notes.clone());
+        let price = modify
+            .price
+            .clone()
+            .unwrap_or_else(|| booking.price.clone());
+        let notes = modify
+            .notes
+            .clone()
+            .unwrap_or_else(|| booking.notes.clone());
         validate_booking_details(&guest, adults, children, price.as_ref(), notes.as_deref())?;
 
         let mut changed = Vec::new();
@@ -470,7 +507,7 @@ impl PropertyCalendar {
         block: &BlockNights,
         now: DateTime<Utc>,
     ) -> Result<Vec<CalendarEvent>, CalendarError> {
-        let nights = Nights::new(block.start, block.end)?;
+        let nights = Nights::block(block.start, block.end)?;
         values::optional_text("note", block.note.as_deref(), MAX_NOTES)?;
         if self.blocks.contains_key(&block.block_id) {
             return Err(CalendarError::invalid("block_id", "is already taken"));
@@ -526,7 +563,10 @@ impl PropertyCalendar {
                 continue;
             }
             let lapsed_hold = claim.kind == ClaimKind::Booking
-                && self.bookings.get(&claim.id).is_some_and(|b| b.hold_expired(now));
+                && self
+                    .bookings
+                    .get(&claim.id)
+                    .is_some_and(|b| b.hold_expired(now));
             if lapsed_hold {
                 overlap.expired_holds.push(claim.id);
             } else {
@@ -556,7 +596,14 @@ impl PropertyCalendar {
     }
 
     fn claim(&mut self, kind: ClaimKind, id: Uuid, nights: Nights) {
-        self.claims.insert(nights.start, Claim { end: nights.end, kind, id });
+        self.claims.insert(
+            nights.start,
+            Claim {
+                end: nights.end,
+                kind,
+                id,
+            },
+        );
     }
 
     fn unclaim(&mut self, id: Uuid, nights: Nights) {
@@ -589,14 +636,21 @@ impl PropertyCalendar {
 }
 
 fn booking_facts(booking: &Booking) -> (Uuid, Uuid, NaiveDate, NaiveDate) {
-    (booking.id, booking.property_id, booking.nights.start, booking.nights.end)
+    (
+        booking.id,
+        booking.property_id,
+        booking.nights.start,
+        booking.nights.end,
+    )
 }
 
 fn stay(check_in: NaiveDate, check_out: NaiveDate) -> Result<Nights, CalendarError> {
     Nights::new(check_in, check_out).map_err(|e| match e {
         CalendarError::Invalid { reason, .. } => CalendarError::Invalid {
             field: "check_out",
-            reason: reason.replace("end", "check_out").replace("start", "check_in"),
+            reason: reason
+                .replace("end", "check_out")
+                .replace("start", "check_in"),
         },
         other => other,
     })
@@ -658,8 +712,14 @@ fn update_property(
     now: DateTime<Utc>,
 ) -> Result<Vec<CalendarEvent>, CalendarError> {
     let name = update.name.clone().unwrap_or_else(|| property.name.clone());
-    let timezone = update.timezone.clone().unwrap_or_else(|| property.timezone.clone());
-    let owner_id = update.owner_id.clone().unwrap_or_else(|| property.owner_id.clone());
+    let timezone = update
+        .timezone
+        .clone()
+        .unwrap_or_else(|| property.timezone.clone());
+    let owner_id = update
+        .owner_id
+        .clone()
+        .unwrap_or_else(|| property.owner_id.clone());
     let external_ref = update
         .external_ref
         .clone()

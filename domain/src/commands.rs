@@ -23,14 +23,29 @@ pub enum CalendarCommand {
     ArchiveProperty,
     ReserveStay(ReserveStay),
     ModifyBooking(ModifyBooking),
-    ConfirmBooking { booking_id: Uuid },
-    CancelBooking { booking_id: Uuid, reason: Option<String> },
-    CheckIn { booking_id: Uuid },
-    CheckOut { booking_id: Uuid },
-    MarkNoShow { booking_id: Uuid },
-    ExpireHold { booking_id: Uuid },
+    ConfirmBooking {
+        booking_id: Uuid,
+    },
+    CancelBooking {
+        booking_id: Uuid,
+        reason: Option<String>,
+    },
+    CheckIn {
+        booking_id: Uuid,
+    },
+    CheckOut {
+        booking_id: Uuid,
+    },
+    MarkNoShow {
+        booking_id: Uuid,
+    },
+    ExpireHold {
+        booking_id: Uuid,
+    },
     BlockNights(BlockNights),
-    ReleaseBlock { block_id: Uuid },
+    ReleaseBlock {
+        block_id: Uuid,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -28,13 +28,19 @@ pub enum CalendarError {
     #[error("a property with this id is already registered")]
     PropertyAlreadyRegistered,
     #[error("the role {role} may not {action}")]
-    Forbidden { role: &'static str, action: &'static str },
+    Forbidden {
+        role: &'static str,
+        action: &'static str,
+    },
     #[error("the property is archived")]
     PropertyArchived,
     #[error("the nights overlap {} active booking(s) or block(s)", conflicts.len())]
     NightsTaken { conflicts: Vec<Conflict> },
     #[error("a {from} booking cannot become {to}")]
-    InvalidTransition { from: &'static str, to: &'static str },
+    InvalidTransition {
+        from: &'static str,
+        to: &'static str,
+    },
     #[error("the hold expired at its hold_expires_at")]
     HoldExpired,
     #[error("the block is already released")]

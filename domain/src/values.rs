@@ -19,16 +19,30 @@ pub struct Nights {
 
 impl Nights {
     /// Checks invariant 2: `end > start`, at most a year of nights.
+    /// A stay: `[check_in, check_out)`.
     pub fn new(start: NaiveDate, end: NaiveDate) -> Result<Self, CalendarError> {
+        Self::named(start, end, ("check_in", "check_out"))
+    }
+
+    /// A block: `[start, end)`.
+    pub fn block(start: NaiveDate, end: NaiveDate) -> Result<Self, CalendarError> {
+        Self::named(start, end, ("start", "end"))
+    }
+
+    fn named(
+        start: NaiveDate,
+        end: NaiveDate,
+        (first, last): (&'static str, &'static str),
+    ) -> Result<Self, CalendarError> {
         if end <= start {
             return Err(CalendarError::invalid(
-                "check_out",
-                "must be after check_in (the range is [check_in, check_out))",
+                last,
+                format!("must be after {first} (the range is [{first}, {last}))"),
             ));
         }
         if (end - start).num_days() > MAX_NIGHTS {
             return Err(CalendarError::invalid(
-                "check_out",
+                last,
                 format!("a range is at most {MAX_NIGHTS} nights"),
             ));
         }

@@ -25,7 +25,11 @@ pub fn action(event: &CalendarEvent) -> (&'static str, &'static str) {
     }
 }
 
-pub async fn apply(conn: &mut PgConnection, schema: &str, events: &[Envelope]) -> Result<(), sqlx::Error> {
+pub async fn apply(
+    conn: &mut PgConnection,
+    schema: &str,
+    events: &[Envelope],
+) -> Result<(), sqlx::Error> {
     let mut ids = Vec::with_capacity(events.len());
     let mut agencies = Vec::with_capacity(events.len());
     let mut users = Vec::with_capacity(events.len());

@@ -23,7 +23,11 @@ struct Range {
     position: i64,
 }
 
-pub async fn apply(conn: &mut PgConnection, schema: &str, events: &[Envelope]) -> Result<(), sqlx::Error> {
+pub async fn apply(
+    conn: &mut PgConnection,
+    schema: &str,
+    events: &[Envelope],
+) -> Result<(), sqlx::Error> {
     let table = format!("{schema}.inventory_ranges");
     let mut touched: Vec<Uuid> = events.iter().filter_map(|e| e.event.subject()).collect();
     touched.sort_unstable();
@@ -82,7 +86,11 @@ pub async fn apply(conn: &mut PgConnection, schema: &str, events: &[Envelope]) -
     .bind(live.iter().map(|(_, r)| r.kind).collect::<Vec<_>>())
     .bind(live.iter().map(|(_, r)| r.start).collect::<Vec<_>>())
     .bind(live.iter().map(|(_, r)| r.end).collect::<Vec<_>>())
-    .bind(live.iter().map(|(_, r)| r.status.clone()).collect::<Vec<_>>())
+    .bind(
+        live.iter()
+            .map(|(_, r)| r.status.clone())
+            .collect::<Vec<_>>(),
+    )
     .bind(live.iter().map(|(_, r)| r.position).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
@@ -115,9 +123,15 @@ fn fold(ranges: &mut HashMap<Uuid, Option<Range>>, envelope: &Envelope) {
             check_out,
             ..
         } => {
-            let range = status
-                .is_active()
-                .then(|| claim("booking", *property_id, *check_in, *check_out, status.as_str()));
+            let range = status.is_active().then(|| {
+                claim(
+                    "booking",
+                    *property_id,
+                    *check_in,
+                    *check_out,
+                    status.as_str(),
+                )
+            });
             ranges.insert(*booking_id, range);
         }
         CalendarEvent::BookingModified {
@@ -148,7 +162,10 @@ fn fold(ranges: &mut HashMap<Uuid, Option<Range>>, envelope: &Envelope) {
             end,
             ..
         } => {
-            ranges.insert(*block_id, Some(claim("block", *property_id, *start, *end, "blocked")));
+            ranges.insert(
+                *block_id,
+                Some(claim("block", *property_id, *start, *end, "blocked")),
+            );
         }
         CalendarEvent::AvailabilityReleased { block_id, .. } => {
             ranges.insert(*block_id, None);

@@ -1,1 +1,262 @@
-//! Rebuild of a projection into shadow tables, swapped in atomically.
+//! Rebuilding a projection from position 0 while the service keeps running.
+//!
+//! The rebuild goes into copies of the projection's tables in the
+//! `ledger_replay` schema, under its own checkpoint `<name>@replay`, batch by
+//! batch, while the live projection keeps serving and keeps up. Once the copy
+//! is close to the head, one transaction takes the live projection's lock,
+//! applies the last events to the copy, drops the live tables, moves the
+//! copies into `public` and hands the copy's checkpoint to the live
+//! projection. Readers wait only for that transaction.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::runner::{self, StepError, BATCH};
+use crate::{tail, Projection};
+
+pub const SHADOW_SCHEMA: &str = "ledger_replay";
+/// A running replay whose heartbeat is older than this died with its process.
+const STALE_AFTER_SECS: i64 = 30;
+/// Swap once the copy is this close to the head.
+const SWAP_WITHIN: i64 = BATCH;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// Carries the id of the replay that is running.
+    #[error("a replay of this projection is already running: {0}")]
+    AlreadyRunning(Uuid),
+    #[error(transparent)]
+    Step(#[from] StepError),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// The progress of a replay, as ops see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub replay_id: Uuid,
+    pub name: String,
+    pub state: String,
+    pub processed: i64,
+    pub total: i64,
+    pub events_per_sec: f64,
+    pub error: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+fn checkpoint(projection: Projection) -> String {
+    format!("{}@replay", projection.name())
+}
+
+/// Registers a replay (refusing a second one of the same projection) and
+/// prepares empty copies of its tables. Run it with [`run`].
+pub async fn start(pool: &PgPool, projection: Projection) -> Result<Uuid, ReplayError> {
+    let id = Uuid::now_v7();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE projection_replays
+            SET state = 'failed', error = 'abandoned: its process stopped', finished_at = now()
+          WHERE name = $1 AND state IN ('running', 'swapping')
+            AND heartbeat_at < now() - make_interval(secs => $2)",
+    )
+    .bind(projection.name())
+    .bind(STALE_AFTER_SECS as f64)
+    .execute(&mut *tx)
+    .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO projection_replays (id, name, state, total)
+         VALUES ($1, $2, 'running', (SELECT coalesce(max(position), 0) FROM events))
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(projection.name())
+    .execute(&mut *tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        let running = sqlx::query_scalar(
+            "SELECT id FROM projection_replays WHERE name = $1 AND state IN ('running', 'swapping')",
+        )
+        .bind(projection.name())
+        .fetch_one(&mut *tx)
+        .await?;
+        return Err(ReplayError::AlreadyRunning(running));
+    }
+    for table in projection.tables() {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {SHADOW_SCHEMA}.{table}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!(
+            "CREATE TABLE {SHADOW_SCHEMA}.{table} (LIKE public.{table} INCLUDING ALL)"
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0)
+         ON CONFLICT (name) DO UPDATE SET position = 0, status = 'running', last_error = NULL,
+                                          updated_at = now()",
+    )
+    .bind(checkpoint(projection))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+async fn record(pool: &PgPool, id: Uuid, state: &str, processed: i64, error: Option<String>) {
+    let result = sqlx::query(
+        "UPDATE projection_replays
+            SET state = $2, processed = $3, error = $4, heartbeat_at = now(),
+                total = greatest(total, (SELECT coalesce(max(position), 0) FROM events)),
+                finished_at = CASE WHEN $2 IN ('done', 'failed') THEN now() END
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(state)
+    .bind(processed)
+    .bind(error)
+    .execute(pool)
+    .await;
+    if let Err(error) = result {
+        tracing::warn!(%error, "could not record replay progress");
+    }
+}
+
+/// Rebuilds into the copies, then swaps them in. Progress is written to
+/// `projection_replays` as it goes.
+pub async fn run(pool: &PgPool, projection: Projection, id: Uuid) -> Result<(), ReplayError> {
+    let result = rebuild_and_swap(pool, projection, id).await;
+    if let Err(error) = &result {
+        tracing::error!(projection = projection.name(), %error, "replay failed");
+        let processed = shadow_position(pool, projection).await.unwrap_or(0);
+        record(pool, id, "failed", processed, Some(error.to_string())).await;
+    }
+    result
+}
+
+async fn shadow_position(pool: &PgPool, projection: Projection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+        .bind(checkpoint(projection))
+        .fetch_one(pool)
+        .await
+}
+
+async fn rebuild_and_swap(
+    pool: &PgPool,
+    projection: Projection,
+    id: Uuid,
+) -> Result<(), ReplayError> {
+    let shadow = checkpoint(projection);
+    loop {
+        let applied = runner::step(pool, projection, SHADOW_SCHEMA, &shadow, BATCH).await?;
+        let position = shadow_position(pool, projection).await?;
+        record(pool, id, "running", position, None).await;
+        if applied < BATCH as usize {
+            let head = tail::head(&mut *pool.acquire().await?).await?;
+            if head - position <= SWAP_WITHIN {
+                break;
+            }
+            if applied == 0 {
+                // Only events of still-open transactions are left: wait for them.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    record(
+        pool,
+        id,
+        "swapping",
+        shadow_position(pool, projection).await?,
+        None,
+    )
+    .await;
+    swap(pool, projection).await?;
+    let processed: i64 =
+        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
+            .bind(projection.name())
+            .fetch_one(pool)
+            .await?;
+    record(pool, id, "done", processed, None).await;
+    Ok(())
+}
+
+/// The atomic part: with the live projection paused by its lock, finish the
+/// copy and put it in place of the live tables.
+async fn swap(pool: &PgPool, projection: Projection) -> Result<(), ReplayError> {
+    let shadow = checkpoint(projection);
+    let mut tx = pool.begin().await?;
+    runner::lock(&mut tx, projection.name()).await?;
+    runner::lock(&mut tx, &shadow).await?;
+    while runner::apply_next(&mut tx, projection, SHADOW_SCHEMA, &shadow, BATCH).await? > 0 {}
+    for table in projection.tables() {
+        sqlx::query("SELECT ledger_secure_read_model($1::regclass)")
+            .bind(format!("{SHADOW_SCHEMA}.{table}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!("DROP TABLE public.{table}"))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&format!(
+            "ALTER TABLE {SHADOW_SCHEMA}.{table} SET SCHEMA public"
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE projection_checkpoints live
+            SET position = shadow.position, status = 'running', last_error = NULL, updated_at = now()
+           FROM projection_checkpoints shadow
+          WHERE live.name = $1 AND shadow.name = $2",
+    )
+    .bind(projection.name())
+    .bind(&shadow)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
+        .bind(&shadow)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The latest replay of a projection.
+pub async fn progress(
+    pool: &PgPool,
+    projection: Projection,
+) -> Result<Option<Progress>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT id, name, state, processed, total, error, started_at, finished_at,
+                extract(epoch FROM coalesce(finished_at, now()) - started_at)::float8 AS elapsed
+           FROM projection_replays WHERE name = $1
+          ORDER BY started_at DESC LIMIT 1",
+    )
+    .bind(projection.name())
+    .fetch_optional(pool)
+    .await?;
+    row.map(|row| {
+        let processed: i64 = row.try_get("processed")?;
+        let elapsed: f64 = row.try_get("elapsed")?;
+        Ok(Progress {
+            replay_id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            state: row.try_get("state")?,
+            processed,
+            total: row.try_get("total")?,
+            events_per_sec: if elapsed > 0.0 {
+                (processed as f64 / elapsed).round()
+            } else {
+                0.0
+            },
+            error: row.try_get("error")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+        })
+    })
+    .transpose()
+}

@@ -43,20 +43,25 @@ impl StepError {
     /// A failure of the database connection, not of the projection.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StepError::Db(e) | StepError::Tail(TailError::Db(e)) | StepError::Apply { source: e, .. } => {
-                ledger_infra::db::is_unavailable(e)
-            }
+            StepError::Db(e)
+            | StepError::Tail(TailError::Db(e))
+            | StepError::Apply { source: e, .. } => ledger_infra::db::is_unavailable(e),
             StepError::Tail(TailError::Unreadable { .. }) => false,
         }
     }
 }
 
 /// The advisory lock key of a checkpoint name.
-pub(crate) async fn try_lock(conn: &mut PgConnection, checkpoint: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended('ledger.projection.' || $1, 0))")
-        .bind(checkpoint)
-        .fetch_one(conn)
-        .await
+pub(crate) async fn try_lock(
+    conn: &mut PgConnection,
+    checkpoint: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended('ledger.projection.' || $1, 0))",
+    )
+    .bind(checkpoint)
+    .fetch_one(conn)
+    .await
 }
 
 pub(crate) async fn lock(conn: &mut PgConnection, checkpoint: &str) -> Result<(), sqlx::Error> {
@@ -252,8 +257,10 @@ pub async fn statuses(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
 
 /// The position every projection in `which` has reached.
 pub async fn reached(pool: &PgPool, which: &[Projection]) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT coalesce(min(position), 0) FROM projection_checkpoints WHERE name = ANY($1)")
-        .bind(which.iter().map(|p| p.name()).collect::<Vec<_>>())
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar(
+        "SELECT coalesce(min(position), 0) FROM projection_checkpoints WHERE name = ANY($1)",
+    )
+    .bind(which.iter().map(|p| p.name()).collect::<Vec<_>>())
+    .fetch_one(pool)
+    .await
 }

@@ -179,11 +179,12 @@ async fn load_rows<T: for<'de> Deserialize<'de>>(
     key: &str,
     ids: &[Uuid],
 ) -> Result<Vec<T>, sqlx::Error> {
-    let rows: Vec<serde_json::Value> =
-        sqlx::query_scalar(&format!("SELECT to_jsonb(t) FROM {table} t WHERE {key} = ANY($1)"))
-            .bind(ids)
-            .fetch_all(conn)
-            .await?;
+    let rows: Vec<serde_json::Value> = sqlx::query_scalar(&format!(
+        "SELECT to_jsonb(t) FROM {table} t WHERE {key} = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
     rows.into_iter()
         .map(|row| serde_json::from_value(row).map_err(|e| sqlx::Error::Decode(Box::new(e))))
         .collect()
@@ -217,7 +218,11 @@ async fn upsert_rows<T: Serialize>(
     Ok(())
 }
 
-pub async fn apply(conn: &mut PgConnection, schema: &str, events: &[Envelope]) -> Result<(), sqlx::Error> {
+pub async fn apply(
+    conn: &mut PgConnection,
+    schema: &str,
+    events: &[Envelope],
+) -> Result<(), sqlx::Error> {
     let properties_table = format!("{schema}.properties_view");
     let bookings_table = format!("{schema}.bookings_view");
 
@@ -234,7 +239,9 @@ pub async fn apply(conn: &mut PgConnection, schema: &str, events: &[Envelope]) -
 
     // The calendars of the touched properties, holding just the touched rows.
     let mut parts: HashMap<Uuid, (Option<Property>, BTreeMap<Uuid, Booking>)> = HashMap::new();
-    for row in load_rows::<PropertyRow>(conn, &properties_table, "property_id", &property_ids).await? {
+    for row in
+        load_rows::<PropertyRow>(conn, &properties_table, "property_id", &property_ids).await?
+    {
         parts.entry(row.property_id).or_default().0 = Some(row.to_domain());
     }
     let mut booking_agency: HashMap<Uuid, Uuid> = HashMap::new();
@@ -249,7 +256,10 @@ pub async fn apply(conn: &mut PgConnection, schema: &str, events: &[Envelope]) -
     let mut calendars: HashMap<Uuid, PropertyCalendar> = parts
         .into_iter()
         .map(|(id, (property, bookings))| {
-            (id, PropertyCalendar::from_parts(property, bookings, BTreeMap::new()))
+            (
+                id,
+                PropertyCalendar::from_parts(property, bookings, BTreeMap::new()),
+            )
         })
         .collect();
 
@@ -287,10 +297,28 @@ pub async fn apply(conn: &mut PgConnection, schema: &str, events: &[Envelope]) -
         .iter()
         .filter_map(|(id, (property_id, position))| {
             let booking = calendars.get(property_id)?.bookings.get(id)?;
-            Some(BookingRow::new(*booking_agency.get(id)?, booking, *position))
+            Some(BookingRow::new(
+                *booking_agency.get(id)?,
+                booking,
+                *position,
+            ))
         })
         .collect();
-    upsert_rows(conn, &properties_table, "property_id", PROPERTY_COLUMNS, &properties).await?;
-    upsert_rows(conn, &bookings_table, "booking_id", BOOKING_COLUMNS, &bookings).await?;
+    upsert_rows(
+        conn,
+        &properties_table,
+        "property_id",
+        PROPERTY_COLUMNS,
+        &properties,
+    )
+    .await?;
+    upsert_rows(
+        conn,
+        &bookings_table,
+        "booking_id",
+        BOOKING_COLUMNS,
+        &bookings,
+    )
+    .await?;
     Ok(())
 }

@@ -27,9 +27,12 @@ pub async fn create(
     let property_id = body.property_id;
     let command = CalendarCommand::BlockNights(body.into_command(block_id));
     let execution = ctx.execution(property_id, command);
-    execute(&state, execution, StatusCode::CREATED, move |calendar, position| {
-        block_view(calendar, block_id, position)
-    })
+    execute(
+        &state,
+        execution,
+        StatusCode::CREATED,
+        move |calendar, position| block_view(calendar, block_id, position),
+    )
     .await
 }
 
@@ -51,9 +54,12 @@ pub async fn release(
 ) -> Result<Response, ApiError> {
     let property_id = property_of(&state, &ctx.caller, id).await?;
     let execution = ctx.execution(property_id, CalendarCommand::ReleaseBlock { block_id: id });
-    execute(&state, execution, StatusCode::OK, move |calendar, position| {
-        block_view(calendar, id, position)
-    })
+    execute(
+        &state,
+        execution,
+        StatusCode::OK,
+        move |calendar, position| block_view(calendar, id, position),
+    )
     .await
     .map_err(not_found_as(|| ApiError::BlockNotFound))
 }

@@ -3,13 +3,15 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use ledger_domain::{Action, CalendarCommand};
+use ledger_domain::CalendarCommand;
 use ledger_infra::RefKind;
 use uuid::Uuid;
 
-use super::{execute, not_found_as, read_reply, PathId};
+use super::{execute, not_found_as, PathId};
 use crate::auth::Caller;
-use crate::dto::{booking_view, BookingView, CancelBody, EmptyBody, ModifyBookingBody, ReserveBody};
+use crate::dto::{
+    booking_view, BookingView, CancelBody, EmptyBody, ModifyBookingBody, ReserveBody,
+};
 use crate::error::ApiError;
 use crate::extract::{Body, WriteCtx};
 use crate::state::AppState;
@@ -27,15 +29,22 @@ pub async fn reserve(
     let property_id = body.property_id;
     let command = CalendarCommand::ReserveStay(body.into_command(booking_id));
     let execution = ctx.execution(property_id, command);
-    execute(&state, execution, StatusCode::CREATED, move |calendar, position| {
-        booking_view(calendar, booking_id, position)
-    })
+    execute(
+        &state,
+        execution,
+        StatusCode::CREATED,
+        move |calendar, position| booking_view(calendar, booking_id, position),
+    )
     .await
 }
 
 /// The property of one of the caller's agency's bookings, even when read
 /// models lag (the ref is written with the event that creates the booking).
-async fn property_of(state: &AppState, caller: &Caller, booking_id: Uuid) -> Result<Uuid, ApiError> {
+async fn property_of(
+    state: &AppState,
+    caller: &Caller,
+    booking_id: Uuid,
+) -> Result<Uuid, ApiError> {
     state
         .store()
         .resolve_ref(booking_id, RefKind::Booking, caller.0.agency_id)
@@ -52,9 +61,12 @@ async fn change(
 ) -> Result<Response, ApiError> {
     let property_id = property_of(&state, &ctx.caller, booking_id).await?;
     let execution = ctx.execution(property_id, command);
-    execute(&state, execution, StatusCode::OK, move |calendar, position| {
-        booking_view(calendar, booking_id, position)
-    })
+    execute(
+        &state,
+        execution,
+        StatusCode::OK,
+        move |calendar, position| booking_view(calendar, booking_id, position),
+    )
     .await
     .map_err(not_found_as(|| ApiError::BookingNotFound))
 }
@@ -69,7 +81,13 @@ pub async fn modify(
     ctx: WriteCtx,
     Body(body): Body<ModifyBookingBody>,
 ) -> Result<Response, ApiError> {
-    change(state, id, ctx, CalendarCommand::ModifyBooking(body.into_command(id))).await
+    change(
+        state,
+        id,
+        ctx,
+        CalendarCommand::ModifyBooking(body.into_command(id)),
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/api/v1/bookings/{id}/confirm", tag = "bookings",
@@ -82,7 +100,13 @@ pub async fn confirm(
     ctx: WriteCtx,
     Body(EmptyBody {}): Body<EmptyBody>,
 ) -> Result<Response, ApiError> {
-    change(state, id, ctx, CalendarCommand::ConfirmBooking { booking_id: id }).await
+    change(
+        state,
+        id,
+        ctx,
+        CalendarCommand::ConfirmBooking { booking_id: id },
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/api/v1/bookings/{id}/cancel", tag = "bookings",
@@ -138,30 +162,11 @@ pub async fn no_show(
     ctx: WriteCtx,
     Body(EmptyBody {}): Body<EmptyBody>,
 ) -> Result<Response, ApiError> {
-    change(state, id, ctx, CalendarCommand::MarkNoShow { booking_id: id }).await
-}
-
-#[utoipa::path(get, path = "/api/v1/bookings/{id}", tag = "bookings",
-    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn get(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    caller: Caller,
-) -> Result<Response, ApiError> {
-    let property_id = property_of(&state, &caller, id).await?;
-    let (position, view) = state
-        .bus
-        .read(property_id, |loaded| {
-            loaded
-                .calendar
-                .property_for(&caller.0, Action::ReadCalendar)
-                .map_err(ApiError::from)
-                .map_err(not_found_as(|| ApiError::BookingNotFound))?;
-            booking_view(&loaded.calendar, id, loaded.position)
-                .map(|view| (loaded.position, view))
-                .ok_or(ApiError::BookingNotFound)
-        })
-        .await??;
-    Ok(read_reply(position, view))
+    change(
+        state,
+        id,
+        ctx,
+        CalendarCommand::MarkNoShow { booking_id: id },
+    )
+    .await
 }

@@ -8,6 +8,8 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use ledger_projections::runner::{self, Status};
+
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -22,8 +24,9 @@ pub struct Ready {
     pub status: &'static str,
     pub db: &'static str,
     pub nats: &'static str,
+    /// Each projection's position, the head of the log, and the lag between.
     #[schema(value_type = Vec<Object>)]
-    pub projections: Vec<serde_json::Value>,
+    pub projections: Vec<Status>,
 }
 
 #[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, body = Live)))]
@@ -34,7 +37,10 @@ pub async fn live() -> Response {
 /// Whether PostgreSQL answers a query within a second.
 pub async fn database_answers(state: &AppState) -> bool {
     let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
-    matches!(tokio::time::timeout(Duration::from_secs(1), probe).await, Ok(Ok(1)))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), probe).await,
+        Ok(Ok(1))
+    )
 }
 
 /// Whether something accepts connections at the NATS address.
@@ -50,7 +56,10 @@ pub async fn nats_answers(state: &AppState) -> bool {
         .unwrap_or_default()
         .to_owned();
     let connect = tokio::net::TcpStream::connect(address);
-    matches!(tokio::time::timeout(Duration::from_millis(500), connect).await, Ok(Ok(_)))
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), connect).await,
+        Ok(Ok(_))
+    )
 }
 
 #[utoipa::path(get, path = "/health/ready", tag = "health",
@@ -60,11 +69,14 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> 
     if !db {
         return Err(ApiError::DatabaseUnavailable);
     }
+    let projections = runner::statuses(&state.pool)
+        .await
+        .map_err(|_| ApiError::DatabaseUnavailable)?;
     Ok(Json(Ready {
         status: if nats { "ok" } else { "degraded" },
         db: "ok",
         nats: if nats { "ok" } else { "down" },
-        projections: Vec::new(),
+        projections,
     })
     .into_response())
 }

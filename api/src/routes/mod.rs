@@ -5,6 +5,7 @@ pub mod bookings;
 pub mod health;
 pub mod ops;
 pub mod properties;
+pub mod reads;
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
@@ -121,10 +122,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Page {
     }
 }
 
-fn serde_urlencoded_query<T: serde::de::DeserializeOwned>(query: &str) -> Result<T, ApiError> {
-    axum::extract::Query::<T>::try_from_uri(&format!("/?{query}").parse().map_err(|_| {
-        ApiError::validation("the query string is malformed")
-    })?)
+pub(crate) fn serde_urlencoded_query<T: serde::de::DeserializeOwned>(
+    query: &str,
+) -> Result<T, ApiError> {
+    axum::extract::Query::<T>::try_from_uri(
+        &format!("/?{query}")
+            .parse()
+            .map_err(|_| ApiError::validation("the query string is malformed"))?,
+    )
     .map(|q| q.0)
     .map_err(|e| ApiError::validation(format!("the query string is malformed: {}", e.body_text())))
 }

@@ -7,7 +7,15 @@ use ledger_domain::Action;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ledger_projections::replay::{self, ReplayError};
+use ledger_projections::runner::{self, Status};
+use ledger_projections::Projection;
+use uuid::Uuid;
+
 use super::health::{database_answers, nats_answers};
+use super::reads::db;
 use crate::auth::Caller;
 use crate::config::ServeConfig;
 use crate::error::ApiError;
@@ -42,7 +50,7 @@ pub struct EnvSanity {
     pub db: &'static str,
     pub nats: &'static str,
     #[schema(value_type = Vec<Object>)]
-    pub projections: Vec<serde_json::Value>,
+    pub projections: Vec<Status>,
     /// Names of the configuration variables that are set; never their values.
     pub env_vars: Vec<&'static str>,
 }
@@ -59,7 +67,79 @@ pub async fn env_sanity(
     Ok(Json(EnvSanity {
         db: if db { "ok" } else { "down" },
         nats: if nats { "ok" } else { "down" },
-        projections: Vec::new(),
+        projections: runner::statuses(&state.pool).await.unwrap_or_default(),
         env_vars: ServeConfig::env_vars_set(),
     }))
+}
+
+#[utoipa::path(get, path = "/ops/projections", tag = "ops",
+    responses((status = 200, body = Vec<Object>), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn projections(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<Status>>, ApiError> {
+    caller.require(Action::Operate)?;
+    Ok(Json(runner::statuses(&state.pool).await.map_err(db)?))
+}
+
+fn projection(name: &str) -> Result<Projection, ApiError> {
+    Projection::parse(name).ok_or_else(|| {
+        ApiError::validation(format!(
+            "{name:?} is not a projection; they are {}",
+            Projection::ALL.map(|p| p.name()).join(", ")
+        ))
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReplayStarted {
+    pub replay_id: Uuid,
+}
+
+#[utoipa::path(post, path = "/ops/projections/{name}/replay", tag = "ops",
+    responses((status = 202, body = ReplayStarted), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn start_replay(
+    State(state): State<AppState>,
+    caller: Caller,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Action::Operate)?;
+    let projection = projection(&name)?;
+    // Asking again while a replay runs answers with the running one.
+    let replay_id = match replay::start(&state.pool, projection).await {
+        Ok(id) => id,
+        Err(ReplayError::AlreadyRunning(running)) => {
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(ReplayStarted { replay_id: running }),
+            )
+                .into_response());
+        }
+        Err(ReplayError::Db(e)) => return Err(db(e)),
+        Err(other) => return Err(ApiError::internal(other.to_string())),
+    };
+    let pool = state.pool.clone();
+    tokio::spawn(async move {
+        let _ = replay::run(&pool, projection, replay_id).await;
+    });
+    Ok((StatusCode::ACCEPTED, Json(ReplayStarted { replay_id })).into_response())
+}
+
+#[utoipa::path(get, path = "/ops/projections/{name}/replay", tag = "ops",
+    responses((status = 200, body = Object), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn replay_progress(
+    State(state): State<AppState>,
+    caller: Caller,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<replay::Progress>, ApiError> {
+    caller.require(Action::Operate)?;
+    let projection = projection(&name)?;
+    replay::progress(&state.pool, projection)
+        .await
+        .map_err(db)?
+        .map(Json)
+        .ok_or(ApiError::NotFound)
 }

@@ -43,7 +43,13 @@ pub async fn update(
     Body(body): Body<UpdatePropertyBody>,
 ) -> Result<Response, ApiError> {
     let command = CalendarCommand::UpdateProperty(UpdateProperty::from(body));
-    execute(&state, ctx.execution(id, command), StatusCode::OK, property_view).await
+    execute(
+        &state,
+        ctx.execution(id, command),
+        StatusCode::OK,
+        property_view,
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/api/v1/properties/{id}/archive", tag = "properties",
@@ -58,24 +64,6 @@ pub async fn archive(
 ) -> Result<Response, ApiError> {
     let execution = ctx.execution(id, CalendarCommand::ArchiveProperty);
     execute(&state, execution, StatusCode::OK, property_view).await
-}
-
-#[utoipa::path(get, path = "/api/v1/properties/{id}", tag = "properties",
-    responses((status = 200, body = PropertyView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn get(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    caller: Caller,
-) -> Result<Response, ApiError> {
-    let (position, view) = state
-        .bus
-        .read(id, |loaded| {
-            let property = loaded.calendar.property_for(&caller.0, Action::ReadCalendar)?;
-            Ok::<_, ApiError>((loaded.position, PropertyView::new(property, loaded.position)))
-        })
-        .await??;
-    Ok(read_reply(position, view))
 }
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}/events", tag = "properties",

@@ -1,0 +1,516 @@
+//! The read routes of API.md, served from the projections. Every read
+//! accepts `?min_position=` (read-your-writes, at most 5 s of waiting) and
+//! answers with `x-ledger-position`, the position the read models reached.
+
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::response::Response;
+use chrono::NaiveDate;
+use ledger_domain::policy::{sees_property, Scope};
+use ledger_domain::Action;
+use ledger_projections::queries::{self, AuditFilter, BookingFilter};
+use ledger_projections::Projection;
+use serde::{Deserialize, Serialize};
+use sqlx::{Postgres, Transaction};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::{read_reply, serde_urlencoded_query, Page, PathId};
+use crate::auth::Caller;
+use crate::dto::{BookingView, PropertyView};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// How long a read waits for `min_position`.
+const MIN_POSITION_WAIT: Duration = Duration::from_secs(5);
+/// The widest date window a read accepts.
+const MAX_WINDOW_DAYS: i64 = 3 * 366;
+
+pub fn db(error: sqlx::Error) -> ApiError {
+    ledger_infra::DbError::from(error).into()
+}
+
+/// `?min_position=N` of every read.
+pub struct MinPosition(pub i64);
+
+#[derive(Deserialize)]
+struct MinPositionQuery {
+    min_position: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for MinPosition {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query: MinPositionQuery = serde_urlencoded_query(parts.uri.query().unwrap_or(""))?;
+        match query.min_position {
+            None => Ok(MinPosition(0)),
+            Some(raw) => raw
+                .parse::<i64>()
+                .ok()
+                .filter(|p| *p >= 0)
+                .map(MinPosition)
+                .ok_or_else(|| ApiError::validation("min_position must be a non-negative integer")),
+        }
+    }
+}
+
+/// Waits for the read models `which` to reach `min`, then opens the
+/// caller's agency-confined read transaction.
+async fn settle(
+    state: &AppState,
+    which: &[Projection],
+    MinPosition(min): MinPosition,
+    agency_id: Uuid,
+) -> Result<(i64, Transaction<'static, Postgres>), ApiError> {
+    let reached = queries::wait_for(&state.pool, which, min, MIN_POSITION_WAIT)
+        .await
+        .map_err(db)?
+        .ok_or(ApiError::ProjectionLagging(min))?;
+    let tx = queries::begin(&state.pool, agency_id).await.map_err(db)?;
+    Ok((reached, tx))
+}
+
+fn owner_filter(caller: &Caller, scope: Scope) -> Option<String> {
+    (scope == Scope::OwnProperties).then(|| caller.0.user_id.clone())
+}
+
+fn uuid_cursor(cursor: &Option<String>) -> Result<Option<Uuid>, ApiError> {
+    cursor
+        .as_deref()
+        .map(|c| {
+            c.parse()
+                .map_err(|_| ApiError::validation("cursor is not one this route gave out"))
+        })
+        .transpose()
+}
+
+fn parse_uuid(field: &str, raw: &Option<String>) -> Result<Option<Uuid>, ApiError> {
+    raw.as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| ApiError::validation(format!("{field} must be a UUID")))
+        })
+        .transpose()
+}
+
+fn parse_date(field: &str, raw: &Option<String>) -> Result<Option<NaiveDate>, ApiError> {
+    raw.as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .map_err(|_| ApiError::validation(format!("{field} must be a date YYYY-MM-DD")))
+        })
+        .transpose()
+}
+
+/// A required `[from, to)` window: from < to, at most three years.
+fn window(from: &Option<String>, to: &Option<String>) -> Result<(NaiveDate, NaiveDate), ApiError> {
+    let from = parse_date("from", from)?.ok_or_else(|| ApiError::validation("from is required"))?;
+    let to = parse_date("to", to)?.ok_or_else(|| ApiError::validation("to is required"))?;
+    check_window(from, to)?;
+    Ok((from, to))
+}
+
+fn check_window(from: NaiveDate, to: NaiveDate) -> Result<(), ApiError> {
+    if to <= from {
+        return Err(ApiError::validation("to must be after from"));
+    }
+    if (to - from).num_days() > MAX_WINDOW_DAYS {
+        return Err(ApiError::validation(format!(
+            "the window from..to may span at most {MAX_WINDOW_DAYS} days"
+        )));
+    }
+    Ok(())
+}
+
+fn next_cursor<T>(items: &mut Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Option<String> {
+    if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(key)
+    } else {
+        None
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PropertyPage {
+    pub items: Vec<PropertyView>,
+    pub next_cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/properties", tag = "properties",
+    params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
+    responses((status = 200, body = PropertyPage), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_properties(
+    State(state): State<AppState>,
+    caller: Caller,
+    page: Page,
+    min: MinPosition,
+) -> Result<Response, ApiError> {
+    let scope = caller.require(Action::ReadCalendar)?;
+    let after = uuid_cursor(&page.cursor)?;
+    let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
+    let owner = owner_filter(&caller, scope);
+    let mut rows = queries::properties(
+        &mut tx,
+        caller.0.agency_id,
+        owner.as_deref(),
+        after,
+        page.limit + 1,
+    )
+    .await
+    .map_err(db)?;
+    let next_cursor = next_cursor(&mut rows, page.limit, |r| r.property_id.to_string());
+    let items = rows
+        .iter()
+        .map(|r| PropertyView::new(&r.to_domain(), r.position))
+        .collect();
+    Ok(read_reply(position, PropertyPage { items, next_cursor }))
+}
+
+#[utoipa::path(get, path = "/api/v1/properties/{id}", tag = "properties",
+    params(("min_position" = Option<i64>, Query)),
+    responses((status = 200, body = PropertyView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_property(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    caller: Caller,
+    min: MinPosition,
+) -> Result<Response, ApiError> {
+    let scope = caller.require(Action::ReadCalendar)?;
+    let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
+    let row = queries::property(&mut tx, caller.0.agency_id, id)
+        .await
+        .map_err(db)?
+        .filter(|r| sees_property(&caller.0, scope, r.owner_id.as_deref()))
+        .ok_or(ApiError::PropertyNotFound)?;
+    Ok(read_reply(
+        position,
+        PropertyView::new(&row.to_domain(), row.position),
+    ))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct BookingQuery {
+    property_id: Option<String>,
+    status: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BookingPage {
+    pub items: Vec<BookingView>,
+    pub next_cursor: Option<String>,
+}
+
+const STATUSES: [&str; 6] = [
+    "tentative",
+    "confirmed",
+    "checked_in",
+    "checked_out",
+    "cancelled",
+    "no_show",
+];
+
+#[utoipa::path(get, path = "/api/v1/bookings", tag = "bookings",
+    params(BookingQuery, ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
+    responses((status = 200, body = BookingPage), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_bookings(
+    State(state): State<AppState>,
+    caller: Caller,
+    page: Page,
+    min: MinPosition,
+    parts: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let scope = caller.require(Action::ReadCalendar)?;
+    let query: BookingQuery = serde_urlencoded_query(parts.query().unwrap_or(""))?;
+    let status = query.status.filter(|s| !s.is_empty());
+    if let Some(status) = &status {
+        if !STATUSES.contains(&status.as_str()) {
+            return Err(ApiError::validation(format!(
+                "status must be one of {}",
+                STATUSES.join(", ")
+            )));
+        }
+    }
+    let filter = BookingFilter {
+        property_id: parse_uuid("property_id", &query.property_id)?,
+        status,
+        from: parse_date("from", &query.from)?,
+        to: parse_date("to", &query.to)?,
+        owner: owner_filter(&caller, scope),
+    };
+    if let (Some(from), Some(to)) = (filter.from, filter.to) {
+        if to <= from {
+            return Err(ApiError::validation("to must be after from"));
+        }
+    }
+    let after = uuid_cursor(&page.cursor)?;
+    let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
+    let mut rows = queries::bookings(&mut tx, caller.0.agency_id, &filter, after, page.limit + 1)
+        .await
+        .map_err(db)?;
+    let next_cursor = next_cursor(&mut rows, page.limit, |r| r.booking_id.to_string());
+    let items = rows
+        .iter()
+        .map(|r| BookingView::new(r.agency_id, &r.to_domain(), r.position))
+        .collect();
+    Ok(read_reply(position, BookingPage { items, next_cursor }))
+}
+
+#[utoipa::path(get, path = "/api/v1/bookings/{id}", tag = "bookings",
+    params(("min_position" = Option<i64>, Query)),
+    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_booking(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    caller: Caller,
+    min: MinPosition,
+) -> Result<Response, ApiError> {
+    let scope = caller.require(Action::ReadCalendar)?;
+    let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
+    let (row, _owner) = queries::booking(&mut tx, caller.0.agency_id, id)
+        .await
+        .map_err(db)?
+        .filter(|(_, owner)| sees_property(&caller.0, scope, owner.as_deref()))
+        .ok_or(ApiError::BookingNotFound)?;
+    Ok(read_reply(
+        position,
+        BookingView::new(row.agency_id, &row.to_domain(), row.position),
+    ))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct AvailabilityQuery {
+    property_id: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RangeView {
+    /// `booking` or `block`
+    pub kind: String,
+    pub id: Uuid,
+    pub start: NaiveDate,
+    pub end: NaiveDate,
+    pub status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FreeRun {
+    pub start: NaiveDate,
+    pub end: NaiveDate,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AvailabilityView {
+    pub property_id: Uuid,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub ranges: Vec<RangeView>,
+    pub free: Vec<FreeRun>,
+}
+
+#[utoipa::path(get, path = "/api/v1/availability", tag = "availability",
+    params(AvailabilityQuery, ("min_position" = Option<i64>, Query)),
+    responses((status = 200, body = AvailabilityView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn availability(
+    State(state): State<AppState>,
+    caller: Caller,
+    min: MinPosition,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let scope = caller.require(Action::ReadCalendar)?;
+    let query: AvailabilityQuery = serde_urlencoded_query(uri.query().unwrap_or(""))?;
+    let property_id = parse_uuid("property_id", &query.property_id)?
+        .ok_or_else(|| ApiError::validation("property_id is required"))?;
+    let (from, to) = window(&query.from, &query.to)?;
+    let (position, mut tx) = settle(
+        &state,
+        &[Projection::Views, Projection::Inventory],
+        min,
+        caller.0.agency_id,
+    )
+    .await?;
+    queries::property(&mut tx, caller.0.agency_id, property_id)
+        .await
+        .map_err(db)?
+        .filter(|r| sees_property(&caller.0, scope, r.owner_id.as_deref()))
+        .ok_or(ApiError::PropertyNotFound)?;
+    let ranges = queries::ranges(&mut tx, caller.0.agency_id, property_id, from, to)
+        .await
+        .map_err(db)?;
+    let free = queries::free_runs(&ranges, from, to)
+        .into_iter()
+        .map(|(start, end)| FreeRun { start, end })
+        .collect();
+    let ranges = ranges
+        .into_iter()
+        .map(|r| RangeView {
+            kind: r.kind,
+            id: r.id,
+            start: r.start,
+            end: r.end,
+            status: r.status,
+        })
+        .collect();
+    Ok(read_reply(
+        position,
+        AvailabilityView {
+            property_id,
+            from,
+            to,
+            ranges,
+            free,
+        },
+    ))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct SearchQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FreeProperty {
+    pub property_id: Uuid,
+    pub name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FreePropertyPage {
+    pub items: Vec<FreeProperty>,
+    pub next_cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/availability/search", tag = "availability",
+    params(SearchQuery, ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
+    responses((status = 200, body = FreePropertyPage), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn search(
+    State(state): State<AppState>,
+    caller: Caller,
+    page: Page,
+    min: MinPosition,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    let scope = caller.require(Action::ReadCalendar)?;
+    let query: SearchQuery = serde_urlencoded_query(uri.query().unwrap_or(""))?;
+    let (from, to) = window(&query.from, &query.to)?;
+    let after = uuid_cursor(&page.cursor)?;
+    let (position, mut tx) = settle(
+        &state,
+        &[Projection::Views, Projection::Inventory],
+        min,
+        caller.0.agency_id,
+    )
+    .await?;
+    let owner = owner_filter(&caller, scope);
+    let mut rows = queries::free_properties(
+        &mut tx,
+        caller.0.agency_id,
+        owner.as_deref(),
+        from,
+        to,
+        after,
+        page.limit + 1,
+    )
+    .await
+    .map_err(db)?;
+    let next_cursor = next_cursor(&mut rows, page.limit, |(id, _)| id.to_string());
+    let items = rows
+        .into_iter()
+        .map(|(property_id, name)| FreeProperty { property_id, name })
+        .collect();
+    Ok(read_reply(
+        position,
+        FreePropertyPage { items, next_cursor },
+    ))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct AuditQuery {
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    user_id: Option<String>,
+    action: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditEntryView {
+    pub id: Uuid,
+    pub agency_id: Uuid,
+    pub user_id: String,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: Uuid,
+    pub details: serde_json::Value,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub position: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditPage {
+    pub items: Vec<AuditEntryView>,
+    pub next_cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/audit-log", tag = "audit",
+    params(AuditQuery, ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
+    responses((status = 200, body = AuditPage), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn audit_log(
+    State(state): State<AppState>,
+    caller: Caller,
+    page: Page,
+    min: MinPosition,
+    uri: axum::http::Uri,
+) -> Result<Response, ApiError> {
+    caller.require(Action::ReadAuditLog)?;
+    let query: AuditQuery = serde_urlencoded_query(uri.query().unwrap_or(""))?;
+    let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+    let filter = AuditFilter {
+        resource_id: parse_uuid("resource_id", &query.resource_id)?,
+        resource_type: nonempty(query.resource_type),
+        user_id: nonempty(query.user_id),
+        action: nonempty(query.action),
+    };
+    let after = match page.cursor.as_deref() {
+        None => 0,
+        Some(c) => c
+            .parse()
+            .map_err(|_| ApiError::validation("cursor is not one this route gave out"))?,
+    };
+    let (position, mut tx) = settle(&state, &[Projection::Audit], min, caller.0.agency_id).await?;
+    let mut rows = queries::audit_log(&mut tx, caller.0.agency_id, &filter, after, page.limit + 1)
+        .await
+        .map_err(db)?;
+    let next_cursor = next_cursor(&mut rows, page.limit, |r| r.position.to_string());
+    let items = rows
+        .into_iter()
+        .map(|r| AuditEntryView {
+            id: r.id,
+            agency_id: r.agency_id,
+            user_id: r.user_id,
+            action: r.action,
+            resource_type: r.resource_type,
+            resource_id: r.resource_id,
+            details: r.details,
+            created_at: r.created_at,
+            position: r.position,
+        })
+        .collect();
+    Ok(read_reply(position, AuditPage { items, next_cursor }))
+}

@@ -1,0 +1,2001 @@
+//! Unit tests of the property calendar: given these events, when this
+//! command, then these events (or this refusal). The last section is a
+//! property test of invariant 1 over random command sequences.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Days, NaiveDate, TimeDelta, TimeZone, Utc};
+use cqrs_es::test::{AggregateTestExecutor, TestFramework};
+use cqrs_es::Aggregate;
+use ledger_domain::commands::{
+    BlockNights, ModifyBooking, RegisterProperty, ReserveStay, UpdateProperty,
+};
+use ledger_domain::values::{BlockReason, BookingStatus, Channel, ClaimKind, Guest, Nights, Price};
+use ledger_domain::{
+    Actor, CalendarCommand, CalendarError, CalendarEvent, Command, Conflict, PropertyCalendar, Role,
+};
+use proptest::prelude::*;
+use proptest::sample::Index;
+use uuid::Uuid;
+
+const AGENCY: Uuid = Uuid::from_u128(0xA6E0);
+const OTHER_AGENCY: Uuid = Uuid::from_u128(0xA6E1);
+const PROPERTY: Uuid = Uuid::from_u128(0x960);
+const OWNER: &str = "owner-1";
+const B1: Uuid = Uuid::from_u128(0xB1);
+const B2: Uuid = Uuid::from_u128(0xB2);
+const B3: Uuid = Uuid::from_u128(0xB3);
+const K1: Uuid = Uuid::from_u128(0xC1);
+const K2: Uuid = Uuid::from_u128(0xC2);
+
+// ---------------------------------------------------------------- helpers
+
+/// `hours` after the fixed instant every scenario starts at.
+fn at(hours: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 6, 1, 9, 0, 0).unwrap() + TimeDelta::hours(hours)
+}
+
+/// The night `n` days after 1 July 2025.
+fn day(n: u64) -> NaiveDate {
+    NaiveDate::from_ymd_opt(2025, 7, 1).unwrap() + Days::new(n)
+}
+
+fn actor(role: Role) -> Actor {
+    Actor {
+        agency_id: AGENCY,
+        user_id: format!("user-{}", role.as_str()),
+        role,
+    }
+}
+
+fn owner() -> Actor {
+    Actor {
+        agency_id: AGENCY,
+        user_id: OWNER.into(),
+        role: Role::Owner,
+    }
+}
+
+fn by(actor: Actor, now: DateTime<Utc>, action: CalendarCommand) -> Command {
+    Command { actor, now, action }
+}
+
+/// A command by staff (who may run every booking and block command) at `at(0)`.
+fn staff(action: CalendarCommand) -> Command {
+    by(actor(Role::Staff), at(0), action)
+}
+
+fn manager(action: CalendarCommand) -> Command {
+    by(actor(Role::Manager), at(0), action)
+}
+
+fn given(events: Vec<CalendarEvent>) -> AggregateTestExecutor<PropertyCalendar> {
+    TestFramework::<PropertyCalendar>::with(()).given(events)
+}
+
+fn refusal(events: Vec<CalendarEvent>, command: Command) -> CalendarError {
+    given(events)
+        .when(command)
+        .inspect_result()
+        .expect_err("the command should be refused")
+}
+
+fn guest() -> Guest {
+    Guest {
+        name: "Ada Lovelace".into(),
+        email: Some("ada@example.com".into()),
+        phone: None,
+    }
+}
+
+fn price() -> Price {
+    Price {
+        amount_minor: 42_000,
+        currency: "EUR".into(),
+    }
+}
+
+fn registered() -> CalendarEvent {
+    CalendarEvent::PropertyRegistered {
+        property_id: PROPERTY,
+        agency_id: AGENCY,
+        name: "Casa Azul".into(),
+        timezone: "Europe/Lisbon".into(),
+        owner_id: Some(OWNER.into()),
+        external_ref: None,
+        at: at(0),
+    }
+}
+
+fn archived() -> CalendarEvent {
+    CalendarEvent::PropertyArchived {
+        property_id: PROPERTY,
+        at: at(0),
+    }
+}
+
+/// A reserve command leaving status, children and channel to their defaults.
+fn reserve(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> ReserveStay {
+    ReserveStay {
+        booking_id,
+        check_in,
+        check_out,
+        guest: guest(),
+        adults: Some(2),
+        children: None,
+        status: None,
+        hold_expires_at: None,
+        channel: None,
+        external_ref: None,
+        price: Some(price()),
+        notes: None,
+    }
+}
+
+fn hold(
+    booking_id: Uuid,
+    check_in: NaiveDate,
+    check_out: NaiveDate,
+    expires: DateTime<Utc>,
+) -> ReserveStay {
+    ReserveStay {
+        status: Some(BookingStatus::Tentative),
+        hold_expires_at: Some(expires),
+        ..reserve(booking_id, check_in, check_out)
+    }
+}
+
+fn reserve_cmd(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> Command {
+    staff(CalendarCommand::ReserveStay(reserve(
+        booking_id, check_in, check_out,
+    )))
+}
+
+/// The event [`reserve`] produces at `at(0)`: confirmed, one party of two
+/// adults and no children, booked direct.
+fn reserved(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> CalendarEvent {
+    reserved_as(
+        booking_id,
+        (check_in, check_out),
+        BookingStatus::Confirmed,
+        None,
+    )
+}
+
+/// The event [`hold`] produces at `at(0)`.
+fn held(
+    booking_id: Uuid,
+    check_in: NaiveDate,
+    check_out: NaiveDate,
+    expires: DateTime<Utc>,
+) -> CalendarEvent {
+    reserved_as(
+        booking_id,
+        (check_in, check_out),
+        BookingStatus::Tentative,
+        Some(expires),
+    )
+}
+
+fn reserved_as(
+    booking_id: Uuid,
+    (check_in, check_out): (NaiveDate, NaiveDate),
+    status: BookingStatus,
+    hold_expires_at: Option<DateTime<Utc>>,
+) -> CalendarEvent {
+    CalendarEvent::BookingReserved {
+        booking_id,
+        property_id: PROPERTY,
+        status,
+        check_in,
+        check_out,
+        guest: guest(),
+        adults: 2,
+        children: 0,
+        channel: Channel::Direct,
+        external_ref: None,
+        price: Some(price()),
+        notes: None,
+        hold_expires_at,
+        at: at(0),
+    }
+}
+
+fn hold_expired(
+    booking_id: Uuid,
+    check_in: NaiveDate,
+    check_out: NaiveDate,
+    expires: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> CalendarEvent {
+    CalendarEvent::BookingHoldExpired {
+        booking_id,
+        property_id: PROPERTY,
+        check_in,
+        check_out,
+        hold_expires_at: expires,
+        at: now,
+    }
+}
+
+fn confirmed(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> CalendarEvent {
+    CalendarEvent::BookingConfirmed {
+        booking_id,
+        property_id: PROPERTY,
+        check_in,
+        check_out,
+        at: at(0),
+    }
+}
+
+fn cancelled(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> CalendarEvent {
+    CalendarEvent::BookingCancelled {
+        booking_id,
+        property_id: PROPERTY,
+        check_in,
+        check_out,
+        previous_status: BookingStatus::Confirmed,
+        reason: Some("guest asked".into()),
+        at: at(0),
+    }
+}
+
+fn checked_in(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> CalendarEvent {
+    CalendarEvent::BookingCheckedIn {
+        booking_id,
+        property_id: PROPERTY,
+        check_in,
+        check_out,
+        at: at(0),
+    }
+}
+
+fn block(block_id: Uuid, start: NaiveDate, end: NaiveDate, reason: BlockReason) -> CalendarCommand {
+    CalendarCommand::BlockNights(BlockNights {
+        block_id,
+        start,
+        end,
+        reason,
+        note: None,
+    })
+}
+
+fn blocked(block_id: Uuid, start: NaiveDate, end: NaiveDate, reason: BlockReason) -> CalendarEvent {
+    CalendarEvent::AvailabilityBlocked {
+        block_id,
+        property_id: PROPERTY,
+        start,
+        end,
+        reason,
+        note: None,
+        at: at(0),
+    }
+}
+
+fn released(
+    block_id: Uuid,
+    start: NaiveDate,
+    end: NaiveDate,
+    reason: BlockReason,
+) -> CalendarEvent {
+    CalendarEvent::AvailabilityReleased {
+        block_id,
+        property_id: PROPERTY,
+        start,
+        end,
+        reason,
+        at: at(0),
+    }
+}
+
+fn booking_conflict(id: Uuid, start: NaiveDate, end: NaiveDate) -> Conflict {
+    Conflict {
+        kind: ClaimKind::Booking,
+        id,
+        start,
+        end,
+    }
+}
+
+fn block_conflict(id: Uuid, start: NaiveDate, end: NaiveDate) -> Conflict {
+    Conflict {
+        kind: ClaimKind::Block,
+        id,
+        start,
+        end,
+    }
+}
+
+fn modify_stay(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> Command {
+    staff(CalendarCommand::ModifyBooking(ModifyBooking {
+        booking_id,
+        check_in: Some(check_in),
+        check_out: Some(check_out),
+        ..ModifyBooking::default()
+    }))
+}
+
+fn modified(
+    booking_id: Uuid,
+    (check_in, check_out): (NaiveDate, NaiveDate),
+    (previous_check_in, previous_check_out): (NaiveDate, NaiveDate),
+    changed: &[&str],
+) -> CalendarEvent {
+    CalendarEvent::BookingModified {
+        booking_id,
+        property_id: PROPERTY,
+        check_in,
+        check_out,
+        previous_check_in,
+        previous_check_out,
+        guest: guest(),
+        adults: 2,
+        children: 0,
+        price: Some(price()),
+        notes: None,
+        changed: changed.iter().map(|c| c.to_string()).collect(),
+        at: at(0),
+    }
+}
+
+fn is_invalid(error: &CalendarError) -> bool {
+    matches!(error, CalendarError::Invalid { .. })
+}
+
+fn calendar_after(events: Vec<CalendarEvent>) -> PropertyCalendar {
+    PropertyCalendar::replay(events)
+}
+
+// ---------------------------------------------------------------- property
+
+#[test]
+fn register_property_records_it_under_the_actors_agency() {
+    given(vec![])
+        .when(manager(CalendarCommand::RegisterProperty(
+            RegisterProperty {
+                property_id: PROPERTY,
+                name: "Casa Azul".into(),
+                timezone: Some("Europe/Lisbon".into()),
+                owner_id: Some(OWNER.into()),
+                external_ref: None,
+            },
+        )))
+        .then_expect_events(vec![registered()]);
+}
+
+#[test]
+fn register_property_without_a_timezone_defaults_to_utc() {
+    let events = given(vec![])
+        .when(manager(CalendarCommand::RegisterProperty(
+            RegisterProperty {
+                property_id: PROPERTY,
+                name: "Casa Azul".into(),
+                timezone: None,
+                owner_id: None,
+                external_ref: None,
+            },
+        )))
+        .inspect_result()
+        .unwrap();
+    assert!(matches!(
+        events.as_slice(),
+        [CalendarEvent::PropertyRegistered { timezone, .. }] if timezone == "UTC"
+    ));
+}
+
+#[test]
+fn register_property_with_an_unknown_timezone_is_invalid() {
+    let error = refusal(
+        vec![],
+        manager(CalendarCommand::RegisterProperty(RegisterProperty {
+            property_id: PROPERTY,
+            name: "Casa Azul".into(),
+            timezone: Some("Mars/Olympus_Mons".into()),
+            owner_id: None,
+            external_ref: None,
+        })),
+    );
+    assert!(
+        matches!(
+            error,
+            CalendarError::Invalid {
+                field: "timezone",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn register_property_twice_is_refused() {
+    given(vec![registered()])
+        .when(manager(CalendarCommand::RegisterProperty(
+            RegisterProperty {
+                property_id: PROPERTY,
+                name: "Casa Verde".into(),
+                timezone: None,
+                owner_id: None,
+                external_ref: None,
+            },
+        )))
+        .then_expect_error(CalendarError::PropertyAlreadyRegistered);
+}
+
+#[test]
+fn update_property_records_the_new_state_and_the_changed_fields() {
+    given(vec![registered()])
+        .when(manager(CalendarCommand::UpdateProperty(UpdateProperty {
+            name: Some("Casa Verde".into()),
+            owner_id: Some(None),
+            ..UpdateProperty::default()
+        })))
+        .then_expect_events(vec![CalendarEvent::PropertyUpdated {
+            property_id: PROPERTY,
+            name: "Casa Verde".into(),
+            timezone: "Europe/Lisbon".into(),
+            owner_id: None,
+            external_ref: None,
+            changed: vec!["name".into(), "owner_id".into()],
+            at: at(0),
+        }]);
+}
+
+#[test]
+fn update_property_that_changes_nothing_records_nothing() {
+    given(vec![registered()])
+        .when(manager(CalendarCommand::UpdateProperty(UpdateProperty {
+            name: Some("Casa Azul".into()),
+            ..UpdateProperty::default()
+        })))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn archive_property_records_the_archival() {
+    given(vec![registered()])
+        .when(manager(CalendarCommand::ArchiveProperty))
+        .then_expect_events(vec![archived()]);
+}
+
+#[test]
+fn every_command_on_an_archived_property_is_refused() {
+    let history = vec![
+        registered(),
+        reserved(B1, day(1), day(4)),
+        blocked(K1, day(10), day(12), BlockReason::Maintenance),
+        archived(),
+    ];
+    let commands = vec![
+        manager(CalendarCommand::UpdateProperty(UpdateProperty {
+            name: Some("Casa Verde".into()),
+            ..UpdateProperty::default()
+        })),
+        manager(CalendarCommand::ArchiveProperty),
+        reserve_cmd(B2, day(20), day(22)),
+        modify_stay(B1, day(1), day(5)),
+        staff(CalendarCommand::ConfirmBooking { booking_id: B1 }),
+        staff(CalendarCommand::CancelBooking {
+            booking_id: B1,
+            reason: None,
+        }),
+        staff(CalendarCommand::CheckIn { booking_id: B1 }),
+        staff(CalendarCommand::CheckOut { booking_id: B1 }),
+        staff(CalendarCommand::MarkNoShow { booking_id: B1 }),
+        staff(CalendarCommand::ExpireHold { booking_id: B1 }),
+        staff(block(K2, day(30), day(31), BlockReason::Other)),
+        staff(CalendarCommand::ReleaseBlock { block_id: K1 }),
+    ];
+    for command in commands {
+        let error = refusal(history.clone(), command.clone());
+        assert_eq!(
+            error,
+            CalendarError::PropertyArchived,
+            "{:?}",
+            command.action
+        );
+    }
+}
+
+#[test]
+fn commands_on_an_unregistered_property_are_not_found() {
+    given(vec![])
+        .when(reserve_cmd(B1, day(1), day(3)))
+        .then_expect_error(CalendarError::PropertyNotFound);
+}
+
+#[test]
+fn another_agencys_property_is_not_found() {
+    let stranger = Actor {
+        agency_id: OTHER_AGENCY,
+        user_id: "intruder".into(),
+        role: Role::Admin,
+    };
+    for action in [
+        CalendarCommand::ReserveStay(reserve(B2, day(20), day(22))),
+        CalendarCommand::CancelBooking {
+            booking_id: B1,
+            reason: None,
+        },
+        CalendarCommand::ArchiveProperty,
+    ] {
+        given(vec![registered(), reserved(B1, day(1), day(4))])
+            .when(by(stranger.clone(), at(0), action))
+            .then_expect_error(CalendarError::PropertyNotFound);
+    }
+}
+
+// ---------------------------------------------------------------- reserve
+
+#[test]
+fn reserve_stay_on_free_nights_records_a_confirmed_booking_with_defaults() {
+    given(vec![registered()])
+        .when(reserve_cmd(B1, day(1), day(4)))
+        .then_expect_events(vec![reserved(B1, day(1), day(4))]);
+}
+
+#[test]
+fn reserve_stay_as_a_tentative_hold_records_its_expiry() {
+    given(vec![registered()])
+        .when(staff(CalendarCommand::ReserveStay(hold(
+            B1,
+            day(1),
+            day(4),
+            at(24),
+        ))))
+        .then_expect_events(vec![held(B1, day(1), day(4), at(24))]);
+}
+
+#[test]
+fn reserve_stay_overlapping_a_single_night_is_refused_with_the_conflicting_booking() {
+    // B1 holds the nights of the 1st, 2nd and 3rd; B2 wants the 3rd and 4th.
+    given(vec![registered(), reserved(B1, day(1), day(4))])
+        .when(reserve_cmd(B2, day(3), day(5)))
+        .then_expect_error(CalendarError::NightsTaken {
+            conflicts: vec![booking_conflict(B1, day(1), day(4))],
+        });
+}
+
+#[test]
+fn reserve_stay_ending_on_a_taken_first_night_is_refused() {
+    given(vec![registered(), reserved(B1, day(5), day(8))])
+        .when(reserve_cmd(B2, day(2), day(6)))
+        .then_expect_error(CalendarError::NightsTaken {
+            conflicts: vec![booking_conflict(B1, day(5), day(8))],
+        });
+}
+
+#[test]
+fn reserve_stay_spanning_several_claims_lists_every_conflict_in_night_order() {
+    given(vec![
+        registered(),
+        reserved(B1, day(1), day(3)),
+        blocked(K1, day(4), day(6), BlockReason::Maintenance),
+        reserved(B2, day(7), day(9)),
+        reserved(B3, day(20), day(22)),
+    ])
+    .when(reserve_cmd(Uuid::from_u128(0xB9), day(2), day(8)))
+    .then_expect_error(CalendarError::NightsTaken {
+        conflicts: vec![
+            booking_conflict(B1, day(1), day(3)),
+            block_conflict(K1, day(4), day(6)),
+            booking_conflict(B2, day(7), day(9)),
+        ],
+    });
+}
+
+#[test]
+fn reserve_stay_arriving_on_the_previous_guests_check_out_day_is_allowed() {
+    given(vec![registered(), reserved(B1, day(1), day(4))])
+        .when(reserve_cmd(B2, day(4), day(6)))
+        .then_expect_events(vec![reserved(B2, day(4), day(6))]);
+}
+
+#[test]
+fn reserve_stay_leaving_on_the_next_guests_check_in_day_is_allowed() {
+    given(vec![registered(), reserved(B1, day(4), day(6))])
+        .when(reserve_cmd(B2, day(1), day(4)))
+        .then_expect_events(vec![reserved(B2, day(1), day(4))]);
+}
+
+#[test]
+fn reserve_stay_filling_the_gap_between_two_stays_exactly_is_allowed() {
+    given(vec![
+        registered(),
+        reserved(B1, day(1), day(4)),
+        reserved(B2, day(6), day(9)),
+    ])
+    .when(reserve_cmd(B3, day(4), day(6)))
+    .then_expect_events(vec![reserved(B3, day(4), day(6))]);
+}
+
+#[test]
+fn reserve_stay_with_check_out_on_or_before_check_in_is_invalid() {
+    for (check_in, check_out) in [(day(5), day(5)), (day(5), day(4))] {
+        let error = refusal(vec![registered()], reserve_cmd(B1, check_in, check_out));
+        assert!(
+            matches!(
+                error,
+                CalendarError::Invalid {
+                    field: "check_out",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
+}
+
+#[test]
+fn reserve_stay_of_366_nights_is_allowed_and_of_367_is_invalid() {
+    given(vec![registered()])
+        .when(reserve_cmd(B1, day(0), day(366)))
+        .then_expect_events(vec![reserved(B1, day(0), day(366))]);
+    let error = refusal(vec![registered()], reserve_cmd(B1, day(0), day(367)));
+    assert!(
+        matches!(
+            error,
+            CalendarError::Invalid {
+                field: "check_out",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn reserve_stay_reusing_a_booking_id_is_invalid() {
+    let error = refusal(
+        vec![
+            registered(),
+            reserved(B1, day(1), day(4)),
+            cancelled(B1, day(1), day(4)),
+        ],
+        reserve_cmd(B1, day(10), day(12)),
+    );
+    assert!(
+        matches!(
+            error,
+            CalendarError::Invalid {
+                field: "booking_id",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn reserve_stay_confirmed_with_a_hold_expiry_is_invalid() {
+    let mut command = reserve(B1, day(1), day(4));
+    command.hold_expires_at = Some(at(24));
+    let error = refusal(
+        vec![registered()],
+        staff(CalendarCommand::ReserveStay(command)),
+    );
+    assert!(
+        matches!(
+            error,
+            CalendarError::Invalid {
+                field: "hold_expires_at",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn reserve_stay_as_a_hold_expiring_in_the_past_is_invalid() {
+    let error = refusal(
+        vec![registered()],
+        by(
+            actor(Role::Staff),
+            at(5),
+            CalendarCommand::ReserveStay(hold(B1, day(1), day(4), at(5))),
+        ),
+    );
+    assert!(
+        matches!(
+            error,
+            CalendarError::Invalid {
+                field: "hold_expires_at",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn reserve_stay_in_a_state_other_than_tentative_or_confirmed_is_invalid() {
+    let mut command = reserve(B1, day(1), day(4));
+    command.status = Some(BookingStatus::CheckedIn);
+    let error = refusal(
+        vec![registered()],
+        staff(CalendarCommand::ReserveStay(command)),
+    );
+    assert!(
+        matches!(
+            error,
+            CalendarError::Invalid {
+                field: "status",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+// ---------------------------------------------------------------- modify
+
+#[test]
+fn modify_booking_records_the_new_stay_and_the_previous_one() {
+    given(vec![registered(), reserved(B1, day(1), day(4))])
+        .when(modify_stay(B1, day(10), day(12)))
+        .then_expect_events(vec![modified(
+            B1,
+            (day(10), day(12)),
+            (day(1), day(4)),
+            &["check_in", "check_out"],
+        )]);
+}
+
+#[test]
+fn modify_booking_overlapping_only_its_own_nights_is_allowed() {
+    // Shift by one night and extend: every old night but the first is reused.
+    given(vec![registered(), reserved(B1, day(1), day(4))])
+        .when(modify_stay(B1, day(2), day(6)))
+        .then_expect_events(vec![modified(
+            B1,
+            (day(2), day(6)),
+            (day(1), day(4)),
+            &["check_in", "check_out"],
+        )]);
+}
+
+#[test]
+fn modify_booking_onto_one_night_of_another_booking_is_refused_with_that_booking() {
+    given(vec![
+        registered(),
+        reserved(B1, day(1), day(4)),
+        reserved(B2, day(4), day(7)),
+    ])
+    .when(modify_stay(B1, day(1), day(5)))
+    .then_expect_error(CalendarError::NightsTaken {
+        conflicts: vec![booking_conflict(B2, day(4), day(7))],
+    });
+}
+
+#[test]
+fn modify_booking_up_to_the_next_guests_arrival_is_allowed() {
+    given(vec![
+        registered(),
+        reserved(B1, day(1), day(4)),
+        reserved(B2, day(6), day(9)),
+    ])
+    .when(modify_stay(B1, day(1), day(6)))
+    .then_expect_events(vec![modified(
+        B1,
+        (day(1), day(6)),
+        (day(1), day(4)),
+        &["check_out"],
+    )]);
+}
+
+#[test]
+fn modify_booking_onto_a_block_is_refused_with_the_block() {
+    given(vec![
+        registered(),
+        reserved(B1, day(1), day(4)),
+        blocked(K1, day(5), day(8), BlockReason::Maintenance),
+    ])
+    .when(modify_stay(B1, day(1), day(6)))
+    .then_expect_error(CalendarError::NightsTaken {
+        conflicts: vec![block_conflict(K1, day(5), day(8))],
+    });
+}
+
+#[test]
+fn modify_booking_with_check_out_on_or_before_check_in_is_invalid() {
+    for (check_in, check_out) in [(day(3), day(3)), (day(3), day(2))] {
+        let error = refusal(
+            vec![registered(), reserved(B1, day(1), day(4))],
+            modify_stay(B1, check_in, check_out),
+        );
+        assert!(
+            matches!(
+                error,
+                CalendarError::Invalid {
+                    field: "check_out",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
+}
+
+#[test]
+fn modify_booking_moving_check_in_past_the_old_check_out_is_invalid() {
+    // Only check_in is given: it is checked against the current check_out.
+    let error = refusal(
+        vec![registered(), reserved(B1, day(1), day(4))],
+        staff(CalendarCommand::ModifyBooking(ModifyBooking {
+            booking_id: B1,
+            check_in: Some(day(4)),
+            ..ModifyBooking::default()
+        })),
+    );
+    assert!(
+        matches!(
+            error,
+            CalendarError::Invalid {
+                field: "check_out",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn modify_booking_of_guest_details_only_records_just_those_fields() {
+    let new_guest = Guest {
+        name: "Grace Hopper".into(),
+        email: None,
+        phone: Some("+351 900 000 000".into()),
+    };
+    let events = given(vec![registered(), reserved(B1, day(1), day(4))])
+        .when(staff(CalendarCommand::ModifyBooking(ModifyBooking {
+            booking_id: B1,
+            guest: Some(new_guest.clone()),
+            notes: Some(Some("late arrival".into())),
+            ..ModifyBooking::default()
+        })))
+        .inspect_result()
+        .unwrap();
+    assert_eq!(
+        events,
+        vec![CalendarEvent::BookingModified {
+            booking_id: B1,
+            property_id: PROPERTY,
+            check_in: day(1),
+            check_out: day(4),
+            previous_check_in: day(1),
+            previous_check_out: day(4),
+            guest: new_guest,
+            adults: 2,
+            children: 0,
+            price: Some(price()),
+            notes: Some("late arrival".into()),
+            changed: vec!["guest".into(), "notes".into()],
+            at: at(0),
+        }]
+    );
+}
+
+#[test]
+fn modify_booking_that_changes_nothing_records_nothing() {
+    given(vec![registered(), reserved(B1, day(1), day(4))])
+        .when(modify_stay(B1, day(1), day(4)))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn modify_unknown_booking_is_not_found() {
+    given(vec![registered()])
+        .when(modify_stay(B1, day(1), day(4)))
+        .then_expect_error(CalendarError::BookingNotFound);
+}
+
+#[test]
+fn modify_a_lapsed_hold_is_refused_as_expired() {
+    given(vec![registered(), held(B1, day(1), day(4), at(24))])
+        .when(by(
+            actor(Role::Staff),
+            at(24),
+            CalendarCommand::ModifyBooking(ModifyBooking {
+                booking_id: B1,
+                check_out: Some(day(5)),
+                ..ModifyBooking::default()
+            }),
+        ))
+        .then_expect_error(CalendarError::HoldExpired);
+}
+
+#[test]
+fn modified_booking_frees_its_old_nights_and_holds_the_new_ones() {
+    let mut history = vec![registered(), reserved(B1, day(1), day(4))];
+    history.extend(
+        given(history.clone())
+            .when(modify_stay(B1, day(10), day(12)))
+            .inspect_result()
+            .unwrap(),
+    );
+    given(history.clone())
+        .when(reserve_cmd(B2, day(1), day(4)))
+        .then_expect_events(vec![reserved(B2, day(1), day(4))]);
+    given(history)
+        .when(reserve_cmd(B2, day(11), day(13)))
+        .then_expect_error(CalendarError::NightsTaken {
+            conflicts: vec![booking_conflict(B1, day(10), day(12))],
+        });
+}
+
+// ---------------------------------------------------------------- confirm
+
+#[test]
+fn confirm_a_tentative_hold_records_the_confirmation() {
+    given(vec![registered(), held(B1, day(1), day(4), at(24))])
+        .when(staff(CalendarCommand::ConfirmBooking { booking_id: B1 }))
+        .then_expect_events(vec![confirmed(B1, day(1), day(4))]);
+}
+
+#[test]
+fn confirmed_hold_no_longer_expires() {
+    let calendar = calendar_after(vec![
+        registered(),
+        held(B1, day(1), day(4), at(24)),
+        confirmed(B1, day(1), day(4)),
+    ]);
+    assert_eq!(calendar.bookings[&B1].hold_expires_at, None);
+    given(vec![
+        registered(),
+        held(B1, day(1), day(4), at(24)),
+        confirmed(B1, day(1), day(4)),
+    ])
+    .when(by(
+        actor(Role::Staff),
+        at(48),
+        CalendarCommand::ReserveStay(reserve(B2, day(2), day(3))),
+    ))
+    .then_expect_error(CalendarError::NightsTaken {
+        conflicts: vec![booking_conflict(B1, day(1), day(4))],
+    });
+}
+
+#[test]
+fn confirm_a_confirmed_booking_is_an_invalid_transition() {
+    given(vec![registered(), reserved(B1, day(1), day(4))])
+        .when(staff(CalendarCommand::ConfirmBooking { booking_id: B1 }))
+        .then_expect_error(CalendarError::InvalidTransition {
+            from: "confirmed",
+            to: "confirmed",
+        });
+}
+
+#[test]
+fn confirm_a_lapsed_hold_is_refused_as_expired() {
+    given(vec![registered(), held(B1, day(1), day(4), at(24))])
+        .when(by(
+            actor(Role::Staff),
+            at(25),
+            CalendarCommand::ConfirmBooking { booking_id: B1 },
+        ))
+        .then_expect_error(CalendarError::HoldExpired);
+}
+
+#[test]
+fn confirm_unknown_booking_is_not_found() {
+    given(vec![registered()])
+        .when(staff(CalendarCommand::ConfirmBooking { booking_id: B1 }))
+        .then_expect_error(CalendarError::BookingNotFound);
+}
+
+// ---------------------------------------------------------------- cancel
+
+#[test]
+fn cancel_booking_records_the_previous_status_and_the_reason() {
+    given(vec![registered(), reserved(B1, day(1), day(4))])
+        .when(staff(CalendarCommand::CancelBooking {
+            booking_id: B1,
+            reason: Some("guest asked".into()),
+        }))
+        .then_expect_events(vec![cancelled(B1, day(1), day(4))]);
+}
+
+#[test]
+fn cancel_a_tentative_hold_records_tentative_as_previous_status() {
+    let events = given(vec![registered(), held(B1, day(1), day(4), at(24))])
+        .when(staff(CalendarCommand::CancelBooking {
+            booking_id: B1,
+            reason: None,
+        }))
+        .inspect_result()
+        .unwrap();
+    assert!(matches!(
+        events.as_slice(),
+        [CalendarEvent::BookingCancelled {
+            previous_status: BookingStatus::Tentative,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn cancel_frees_the_nights_for_a_new_reserve() {
+    let history = vec![
+        registered(),
+        reserved(B1, day(1), day(4)),
+        cancelled(B1, day(1), day(4)),
+    ];
+    assert_eq!(calendar_after(history.clone()).active_claims().count(), 0);
+    given(history)
+        .when(reserve_cmd(B2, day(1), day(4)))
+        .then_expect_events(vec![reserved(B2, day(1), day(4))]);
+}
+
+#[test]
+fn cancel_frees_the_nights_for_a_new_block() {
+    given(vec![
+        registered(),
+        reserved(B1, day(1), day(4)),
+        cancelled(B1, day(1), day(4)),
+    ])
+    .when(staff(block(K1, day(2), day(3), BlockReason::Maintenance)))
+    .then_expect_events(vec![blocked(K1, day(2), day(3), BlockReason::Maintenance)]);
+}
+
+#[test]
+fn cancel_a_checked_in_booking_is_an_invalid_transition() {
+    given(vec![
+        registered(),
+        reserved(B1, day(1), day(4)),
+        checked_in(B1, day(1), day(4)),
+    ])
+    .when(staff(CalendarCommand::CancelBooking {
+        booking_id: B1,
+        reason: None,
+    }))
+    .then_expect_error(CalendarError::InvalidTransition {
+        from: "checked_in",
+        to: "cancelled",
+    });
+}
+
+#[test]
+fn every_transition_out_of_cancelled_is_refused() {
+    let history = vec![
+        registered(),
+        reserved(B1, day(1), day(4)),
+        cancelled(B1, day(1), day(4)),
+    ];
+    let cases = [
+        (
+            CalendarCommand::ConfirmBooking { booking_id: B1 },
+            "confirmed",
+        ),
+        (
+            CalendarCommand::CancelBooking {
+                booking_id: B1,
+                reason: None,
+            },
+            "cancelled",
+        ),
+        (CalendarCommand::CheckIn { booking_id: B1 }, "checked_in"),
+        (CalendarCommand::CheckOut { booking_id: B1 }, "checked_out"),
+        (CalendarCommand::MarkNoShow { booking_id: B1 }, "no_show"),
+        (
+            CalendarCommand::ExpireHold { booking_id: B1 },
+            "hold_expired",
+        ),
+        (
+            CalendarCommand::ModifyBooking(ModifyBooking {
+                booking_id: B1,
+                check_out: Some(day(5)),
+                ..ModifyBooking::default()
+            }),
+            "modified",
+        ),
+    ];
+    for (action, to) in cases {
+        given(history.clone())
+            .when(staff(action))
+            .then_expect_error(CalendarError::InvalidTransition {
+                from: "cancelled",
+                to,
+            });
+    }
+}
+
+#[test]
+fn a_hold_that_expired_cannot_be_confirmed_afterwards() {
+    given(vec![
+        registered(),
+        held(B1, day(1), day(4), at(24)),
+        hold_expired(B1, day(1), day(4), at(24), at(25)),
+    ])
+    .when(by(
+        actor(Role::Staff),
+        at(26),
+        CalendarCommand::ConfirmBooking { booking_id: B1 },
+    ))
+    .then_expect_error(CalendarError::InvalidTransition {
+        from: "cancelled",
+        to: "confirmed",
+    });
+}
+
+// ---------------------------------------------------------------- check in / out, no-show
+
+#[test]
+fn check_in_a_confirmed_booking_records_the_arrival() {
+    given(vec![registered(), reserved(B1, day(1), day(4))])
+        .when(staff(CalendarCommand::CheckIn { booking_id: B1 }))
+        .then_expect_events(vec![checked_in(B1, day(1), day(4))]);
+}
+
+#[test]
+fn check_in_a_tentative_hold_is_an_invalid_transition() {
+    given(vec![registered(), held(B1, day(1), day(4), at(24))])
+        .when(staff(CalendarCommand::CheckIn { booking_id: B1 }))
+        .then_expect_error(CalendarError::InvalidTransition {
+            from: "tentative",
+            to: "checked_in",
+        });
+}
+
+#[test]
+fn checked_in_booking_still_holds_its_nights() {
+    given(vec![
+        registered(),
+        reserved(B1, day(1), day(4)),
+        checked_in(B1, day(1), day(4)),
+    ])
+    .when(reserve_cmd(B2, day(3), day(5)))
+    .then_expect_error(CalendarError::NightsTaken {
+        conflicts: vec![booking_conflict(B1, day(1), day(4))],
+    });
+}
+
+#[test]
+fn check_out_a_checked_in_booking_records_the_departure() {
+    given(vec![
+        registered(),
+        reserved(B1, day(1), day(4)),
+        checked_in(B1, day(1), day(4)),
+    ])
+    .when(staff(CalendarCommand::CheckOut { booking_id: B1 }))
+    .then_expect_events(vec![CalendarEvent::BookingCheckedOut {
+        booking_id: B1,
+        property_id: PROPERTY,
+        check_in: day(1),
+        check_out: day(4),
+        at: at(0),
+    }]);
+}
+
+#[test]
+fn check_out_a_booking_not_checked_in_is_an_invalid_transition() {
+    given(vec![registered(), reserved(B1, day(1), day(4))])
+        .when(staff(CalendarCommand::CheckOut { booking_id: B1 }))
+        .then_expect_error(CalendarError::InvalidTransition {
+            from: "confirmed",
+            to: "checked_out",
+        });
+}
+
+#[test]
+fn mark_no_show_on_a_confirmed_booking_records_it() {
+    given(vec![registered(), reserved(B1, day(1), day(4))])
+        .when(staff(CalendarCommand::MarkNoShow { booking_id: B1 }))
+        .then_expect_events(vec![CalendarEvent::BookingNoShow {
+            booking_id: B1,
+            property_id: PROPERTY,
+            check_in: day(1),
+            check_out: day(4),
+            at: at(0),
+        }]);
+}
+
+#[test]
+fn mark_no_show_on_a_checked_in_booking_is_an_invalid_transition() {
+    given(vec![
+        registered(),
+        reserved(B1, day(1), day(4)),
+        checked_in(B1, day(1), day(4)),
+    ])
+    .when(staff(CalendarCommand::MarkNoShow { booking_id: B1 }))
+    .then_expect_error(CalendarError::InvalidTransition {
+        from: "checked_in",
+        to: "no_show",
+    });
+}
+
+#[test]
+fn no_show_frees_the_nights() {
+    let events = given(vec![registered(), reserved(B1, day(1), day(4))])
+        .when(staff(CalendarCommand::MarkNoShow { booking_id: B1 }))
+        .inspect_result()
+        .unwrap();
+    let mut history = vec![registered(), reserved(B1, day(1), day(4))];
+    history.extend(events);
+    given(history)
+        .when(reserve_cmd(B2, day(1), day(4)))
+        .then_expect_events(vec![reserved(B2, day(1), day(4))]);
+}
+
+// ---------------------------------------------------------------- hold expiry
+
+#[test]
+fn expire_hold_after_its_expiry_records_it() {
+    given(vec![registered(), held(B1, day(1), day(4), at(24))])
+        .when(by(
+            actor(Role::Staff),
+            at(30),
+            CalendarCommand::ExpireHold { booking_id: B1 },
+        ))
+        .then_expect_events(vec![hold_expired(B1, day(1), day(4), at(24), at(30))]);
+}
+
+#[test]
+fn expire_hold_at_exactly_its_expiry_instant_records_it() {
+    given(vec![registered(), held(B1, day(1), day(4), at(24))])
+        .when(by(
+            actor(Role::Staff),
+            at(24),
+            CalendarCommand::ExpireHold { booking_id: B1 },
+        ))
+        .then_expect_events(vec![hold_expired(B1, day(1), day(4), at(24), at(24))]);
+}
+
+#[test]
+fn expire_hold_before_its_expiry_is_refused() {
+    given(vec![registered(), held(B1, day(1), day(4), at(24))])
+        .when(by(
+            actor(Role::Staff),
+            at(23),
+            CalendarCommand::ExpireHold { booking_id: B1 },
+        ))
+        .then_expect_error(CalendarError::InvalidTransition {
+            from: "tentative",
+            to: "hold_expired",
+        });
+}
+
+#[test]
+fn expire_hold_on_a_confirmed_booking_is_refused() {
+    given(vec![registered(), reserved(B1, day(1), day(4))])
+        .when(by(
+            actor(Role::Staff),
+            at(100),
+            CalendarCommand::ExpireHold { booking_id: B1 },
+        ))
+        .then_expect_error(CalendarError::InvalidTransition {
+            from: "confirmed",
+            to: "hold_expired",
+        });
+}
+
+#[test]
+fn an_expired_hold_frees_its_nights() {
+    let history = vec![
+        registered(),
+        held(B1, day(1), day(4), at(24)),
+        hold_expired(B1, day(1), day(4), at(24), at(25)),
+    ];
+    let calendar = calendar_after(history.clone());
+    assert_eq!(calendar.bookings[&B1].status, BookingStatus::Cancelled);
+    assert_eq!(calendar.active_claims().count(), 0);
+    given(history)
+        .when(reserve_cmd(B2, day(1), day(4)))
+        .then_expect_events(vec![reserved(B2, day(1), day(4))]);
+}
+
+#[test]
+fn a_running_hold_blocks_its_nights() {
+    given(vec![registered(), held(B1, day(1), day(4), at(24))])
+        .when(by(
+            actor(Role::Staff),
+            at(23),
+            CalendarCommand::ReserveStay(reserve(B2, day(3), day(5))),
+        ))
+        .then_expect_error(CalendarError::NightsTaken {
+            conflicts: vec![booking_conflict(B1, day(1), day(4))],
+        });
+}
+
+#[test]
+fn a_lapsed_hold_no_longer_blocks_its_nights() {
+    // The expiry task has not run yet: the reserve expires the hold itself.
+    let events = given(vec![registered(), held(B1, day(1), day(4), at(24))])
+        .when(by(
+            actor(Role::Staff),
+            at(24),
+            CalendarCommand::ReserveStay(reserve(B2, day(3), day(5))),
+        ))
+        .inspect_result()
+        .unwrap();
+    let mut expected_reserved = reserved(B2, day(3), day(5));
+    if let CalendarEvent::BookingReserved {
+        at: recorded_at, ..
+    } = &mut expected_reserved
+    {
+        *recorded_at = at(24);
+    }
+    assert_eq!(
+        events,
+        vec![
+            hold_expired(B1, day(1), day(4), at(24), at(24)),
+            expected_reserved
+        ]
+    );
+    let mut history = vec![registered(), held(B1, day(1), day(4), at(24))];
+    history.extend(events);
+    let calendar = calendar_after(history);
+    assert_eq!(calendar.bookings[&B1].status, BookingStatus::Cancelled);
+    assert_eq!(
+        calendar
+            .active_claims()
+            .map(|(_, id, _)| id)
+            .collect::<Vec<_>>(),
+        vec![B2]
+    );
+}
+
+#[test]
+fn a_lapsed_hold_no_longer_blocks_a_block() {
+    let events = given(vec![registered(), held(B1, day(1), day(4), at(24))])
+        .when(by(
+            actor(Role::Staff),
+            at(30),
+            block(K1, day(1), day(2), BlockReason::Maintenance),
+        ))
+        .inspect_result()
+        .unwrap();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [
+                CalendarEvent::BookingHoldExpired { booking_id: B1, .. },
+                CalendarEvent::AvailabilityBlocked { block_id: K1, .. },
+            ]
+        ),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_lapsed_hold_no_longer_blocks_a_modified_stay() {
+    let events = given(vec![
+        registered(),
+        reserved(B1, day(1), day(4)),
+        held(B2, day(4), day(6), at(24)),
+    ])
+    .when(by(
+        actor(Role::Staff),
+        at(30),
+        CalendarCommand::ModifyBooking(ModifyBooking {
+            booking_id: B1,
+            check_out: Some(day(5)),
+            ..ModifyBooking::default()
+        }),
+    ))
+    .inspect_result()
+    .unwrap();
+    assert!(
+        matches!(
+            events.as_slice(),
+            [
+                CalendarEvent::BookingHoldExpired { booking_id: B2, .. },
+                CalendarEvent::BookingModified { booking_id: B1, .. },
+            ]
+        ),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_lapsed_hold_is_not_reported_among_real_conflicts() {
+    given(vec![
+        registered(),
+        held(B1, day(1), day(4), at(24)),
+        reserved(B2, day(4), day(6)),
+    ])
+    .when(by(
+        actor(Role::Staff),
+        at(30),
+        CalendarCommand::ReserveStay(reserve(B3, day(2), day(5))),
+    ))
+    .then_expect_error(CalendarError::NightsTaken {
+        conflicts: vec![booking_conflict(B2, day(4), day(6))],
+    });
+}
+
+// ---------------------------------------------------------------- blocks
+
+#[test]
+fn block_nights_on_free_nights_records_the_block() {
+    given(vec![registered()])
+        .when(staff(block(K1, day(1), day(5), BlockReason::Maintenance)))
+        .then_expect_events(vec![blocked(K1, day(1), day(5), BlockReason::Maintenance)]);
+}
+
+#[test]
+fn block_nights_over_a_booked_night_is_refused_with_the_booking() {
+    given(vec![registered(), reserved(B1, day(1), day(4))])
+        .when(staff(block(K1, day(3), day(8), BlockReason::Maintenance)))
+        .then_expect_error(CalendarError::NightsTaken {
+            conflicts: vec![booking_conflict(B1, day(1), day(4))],
+        });
+}
+
+#[test]
+fn reserve_stay_over_a_blocked_night_is_refused_with_the_block() {
+    given(vec![
+        registered(),
+        blocked(K1, day(3), day(8), BlockReason::OwnerStay),
+    ])
+    .when(reserve_cmd(B1, day(1), day(4)))
+    .then_expect_error(CalendarError::NightsTaken {
+        conflicts: vec![block_conflict(K1, day(3), day(8))],
+    });
+}
+
+#[test]
+fn block_nights_over_another_block_is_refused() {
+    given(vec![
+        registered(),
+        blocked(K1, day(3), day(8), BlockReason::OwnerStay),
+    ])
+    .when(staff(block(K2, day(7), day(9), BlockReason::Maintenance)))
+    .then_expect_error(CalendarError::NightsTaken {
+        conflicts: vec![block_conflict(K1, day(3), day(8))],
+    });
+}
+
+#[test]
+fn block_nights_back_to_back_with_bookings_is_allowed() {
+    given(vec![
+        registered(),
+        reserved(B1, day(1), day(4)),
+        reserved(B2, day(6), day(9)),
+    ])
+    .when(staff(block(K1, day(4), day(6), BlockReason::Maintenance)))
+    .then_expect_events(vec![blocked(K1, day(4), day(6), BlockReason::Maintenance)]);
+}
+
+#[test]
+fn block_nights_with_end_on_or_before_start_is_invalid() {
+    for (start, end) in [(day(4), day(4)), (day(4), day(2))] {
+        let error = refusal(
+            vec![registered()],
+            staff(block(K1, start, end, BlockReason::Maintenance)),
+        );
+        assert!(is_invalid(&error), "{error:?}");
+    }
+}
+
+#[test]
+fn block_nights_with_end_on_or_before_start_names_the_end_field() {
+    let error = refusal(
+        vec![registered()],
+        staff(block(K1, day(4), day(4), BlockReason::Maintenance)),
+    );
+    assert!(
+        matches!(error, CalendarError::Invalid { field: "end", .. }),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn block_nights_reusing_a_block_id_is_invalid() {
+    let error = refusal(
+        vec![
+            registered(),
+            blocked(K1, day(1), day(2), BlockReason::Other),
+            released(K1, day(1), day(2), BlockReason::Other),
+        ],
+        staff(block(K1, day(5), day(6), BlockReason::Other)),
+    );
+    assert!(
+        matches!(
+            error,
+            CalendarError::Invalid {
+                field: "block_id",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn release_block_records_the_release() {
+    given(vec![
+        registered(),
+        blocked(K1, day(3), day(8), BlockReason::Maintenance),
+    ])
+    .when(staff(CalendarCommand::ReleaseBlock { block_id: K1 }))
+    .then_expect_events(vec![released(K1, day(3), day(8), BlockReason::Maintenance)]);
+}
+
+#[test]
+fn release_block_frees_the_nights_for_a_new_reserve() {
+    given(vec![
+        registered(),
+        blocked(K1, day(3), day(8), BlockReason::Maintenance),
+        released(K1, day(3), day(8), BlockReason::Maintenance),
+    ])
+    .when(reserve_cmd(B1, day(3), day(8)))
+    .then_expect_events(vec![reserved(B1, day(3), day(8))]);
+}
+
+#[test]
+fn release_a_released_block_is_refused() {
+    given(vec![
+        registered(),
+        blocked(K1, day(3), day(8), BlockReason::Maintenance),
+        released(K1, day(3), day(8), BlockReason::Maintenance),
+    ])
+    .when(staff(CalendarCommand::ReleaseBlock { block_id: K1 }))
+    .then_expect_error(CalendarError::BlockAlreadyReleased);
+}
+
+#[test]
+fn release_unknown_block_is_not_found() {
+    given(vec![registered()])
+        .when(staff(CalendarCommand::ReleaseBlock { block_id: K1 }))
+        .then_expect_error(CalendarError::BlockNotFound);
+}
+
+// ---------------------------------------------------------------- roles
+
+fn forbidden_role(error: &CalendarError) -> Option<&'static str> {
+    match error {
+        CalendarError::Forbidden { role, .. } => Some(role),
+        _ => None,
+    }
+}
+
+#[test]
+fn staff_may_not_register_or_archive_a_property() {
+    let error = refusal(
+        vec![],
+        by(
+            actor(Role::Staff),
+            at(0),
+            CalendarCommand::RegisterProperty(RegisterProperty {
+                property_id: PROPERTY,
+                name: "Casa Azul".into(),
+                timezone: None,
+                owner_id: None,
+                external_ref: None,
+            }),
+        ),
+    );
+    assert_eq!(forbidden_role(&error), Some("staff"), "{error:?}");
+    let error = refusal(vec![registered()], staff(CalendarCommand::ArchiveProperty));
+    assert_eq!(forbidden_role(&error), Some("staff"), "{error:?}");
+}
+
+#[test]
+fn admin_and_manager_may_archive_a_property() {
+    for role in [Role::Admin, Role::Manager] {
+        given(vec![registered()])
+            .when(by(actor(role), at(0), CalendarCommand::ArchiveProperty))
+            .then_expect_events(vec![archived()]);
+    }
+}
+
+#[test]
+fn owner_and_accountant_may_not_reserve_a_stay() {
+    for actor in [owner(), actor(Role::Accountant)] {
+        let role = actor.role.as_str();
+        let error = refusal(
+            vec![registered()],
+            by(
+                actor,
+                at(0),
+                CalendarCommand::ReserveStay(reserve(B1, day(1), day(4))),
+            ),
+        );
+        assert_eq!(forbidden_role(&error), Some(role), "{error:?}");
+    }
+}
+
+#[test]
+fn accountant_may_not_cancel_a_booking() {
+    let error = refusal(
+        vec![registered(), reserved(B1, day(1), day(4))],
+        by(
+            actor(Role::Accountant),
+            at(0),
+            CalendarCommand::CancelBooking {
+                booking_id: B1,
+                reason: None,
+            },
+        ),
+    );
+    assert_eq!(forbidden_role(&error), Some("accountant"), "{error:?}");
+}
+
+#[test]
+fn owner_may_block_an_owner_stay_on_their_own_property() {
+    given(vec![registered()])
+        .when(by(
+            owner(),
+            at(0),
+            block(K1, day(1), day(5), BlockReason::OwnerStay),
+        ))
+        .then_expect_events(vec![blocked(K1, day(1), day(5), BlockReason::OwnerStay)]);
+}
+
+#[test]
+fn owner_may_release_their_own_owner_stay() {
+    given(vec![
+        registered(),
+        blocked(K1, day(1), day(5), BlockReason::OwnerStay),
+    ])
+    .when(by(
+        owner(),
+        at(0),
+        CalendarCommand::ReleaseBlock { block_id: K1 },
+    ))
+    .then_expect_events(vec![released(K1, day(1), day(5), BlockReason::OwnerStay)]);
+}
+
+#[test]
+fn owner_may_not_block_nights_for_maintenance() {
+    let error = refusal(
+        vec![registered()],
+        by(
+            owner(),
+            at(0),
+            block(K1, day(1), day(5), BlockReason::Maintenance),
+        ),
+    );
+    assert_eq!(forbidden_role(&error), Some("owner"), "{error:?}");
+}
+
+#[test]
+fn owner_may_not_release_a_maintenance_block() {
+    let error = refusal(
+        vec![
+            registered(),
+            blocked(K1, day(1), day(5), BlockReason::Maintenance),
+        ],
+        by(
+            owner(),
+            at(0),
+            CalendarCommand::ReleaseBlock { block_id: K1 },
+        ),
+    );
+    assert_eq!(forbidden_role(&error), Some("owner"), "{error:?}");
+}
+
+#[test]
+fn owner_does_not_see_a_property_they_do_not_own() {
+    let stranger_owner = Actor {
+        user_id: "owner-2".into(),
+        ..owner()
+    };
+    given(vec![registered()])
+        .when(by(
+            stranger_owner,
+            at(0),
+            block(K1, day(1), day(5), BlockReason::OwnerStay),
+        ))
+        .then_expect_error(CalendarError::PropertyNotFound);
+}
+
+#[test]
+fn accountant_may_not_block_nights() {
+    let error = refusal(
+        vec![registered()],
+        by(
+            actor(Role::Accountant),
+            at(0),
+            block(K1, day(1), day(5), BlockReason::OwnerStay),
+        ),
+    );
+    assert_eq!(forbidden_role(&error), Some("accountant"), "{error:?}");
+}
+
+// ---------------------------------------------------------------- invariant 1, by property
+
+/// One step of a random session on one calendar. Days are offsets into a
+/// short window so that claims collide often.
+#[derive(Debug, Clone)]
+enum Step {
+    Reserve {
+        start: u64,
+        nights: u64,
+        hold_hours: Option<i64>,
+    },
+    Modify {
+        pick: Index,
+        start: u64,
+        nights: u64,
+    },
+    Cancel {
+        pick: Index,
+    },
+    Confirm {
+        pick: Index,
+    },
+    CheckIn {
+        pick: Index,
+    },
+    CheckOut {
+        pick: Index,
+    },
+    ExpireHold {
+        pick: Index,
+    },
+    Block {
+        start: u64,
+        nights: u64,
+    },
+    Release {
+        pick: Index,
+    },
+    Wait {
+        hours: i64,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let start = 0u64..30;
+    let nights = 1u64..8;
+    prop_oneof![
+        5 => (start.clone(), nights.clone(), proptest::option::of(1i64..48))
+            .prop_map(|(start, nights, hold_hours)| Step::Reserve { start, nights, hold_hours }),
+        3 => (any::<Index>(), start.clone(), nights.clone())
+            .prop_map(|(pick, start, nights)| Step::Modify { pick, start, nights }),
+        2 => any::<Index>().prop_map(|pick| Step::Cancel { pick }),
+        1 => any::<Index>().prop_map(|pick| Step::Confirm { pick }),
+        1 => any::<Index>().prop_map(|pick| Step::CheckIn { pick }),
+        1 => any::<Index>().prop_map(|pick| Step::CheckOut { pick }),
+        1 => any::<Index>().prop_map(|pick| Step::ExpireHold { pick }),
+        3 => (start, nights).prop_map(|(start, nights)| Step::Block { start, nights }),
+        1 => any::<Index>().prop_map(|pick| Step::Release { pick }),
+        1 => (1i64..36).prop_map(|hours| Step::Wait { hours }),
+    ]
+}
+
+/// A calendar driven command by command, as the aggregate is in production:
+/// decide, then apply every emitted event in order.
+struct Session {
+    calendar: PropertyCalendar,
+    history: Vec<CalendarEvent>,
+    now: DateTime<Utc>,
+    next_id: u128,
+}
+
+impl Session {
+    fn new() -> Self {
+        Self {
+            calendar: PropertyCalendar::replay([registered()]),
+            history: vec![registered()],
+            now: at(0),
+            next_id: 0x1000,
+        }
+    }
+
+    fn fresh_id(&mut self) -> Uuid {
+        self.next_id += 1;
+        Uuid::from_u128(self.next_id)
+    }
+
+    fn run(&mut self, action: CalendarCommand) -> Result<Vec<CalendarEvent>, CalendarError> {
+        let command = by(actor(Role::Staff), self.now, action);
+        let events = self.calendar.decide(&command)?;
+        for event in &events {
+            self.calendar.apply(event.clone());
+        }
+        self.history.extend(events.clone());
+        Ok(events)
+    }
+
+    fn booking_ids(&self) -> Vec<Uuid> {
+        self.calendar.bookings.keys().copied().collect()
+    }
+
+    fn block_ids(&self) -> Vec<Uuid> {
+        self.calendar.blocks.keys().copied().collect()
+    }
+
+    /// Claims that stand in the way of new nights at `now`, computed from the
+    /// records alone: active bookings other than lapsed holds, unreleased blocks.
+    fn standing_claims(&self, nights: Nights, except: Option<Uuid>) -> BTreeSet<Uuid> {
+        let bookings = self
+            .calendar
+            .bookings
+            .values()
+            .filter(|b| b.status.is_active())
+            .filter(|b| !lapsed(b, self.now))
+            .map(|b| (b.id, b.nights));
+        let blocks = self
+            .calendar
+            .blocks
+            .values()
+            .filter(|b| !b.released)
+            .map(|b| (b.id, b.nights));
+        bookings
+            .chain(blocks)
+            .filter(|(id, other)| Some(*id) != except && other.overlaps(&nights))
+            .map(|(id, _)| id)
+            .collect()
+    }
+}
+
+fn lapsed(booking: &ledger_domain::Booking, now: DateTime<Utc>) -> bool {
+    booking.status == BookingStatus::Tentative
+        && booking.hold_expires_at.is_some_and(|at| at <= now)
+}
+
+fn range(start: u64, nights: u64) -> Nights {
+    Nights {
+        start: day(start),
+        end: day(start + nights),
+    }
+}
+
+/// A claim on new nights is accepted exactly when no standing claim overlaps
+/// them, and a refusal names exactly the standing claims that do.
+fn check_claim_outcome(
+    outcome: &Result<Vec<CalendarEvent>, CalendarError>,
+    expected_conflicts: &BTreeSet<Uuid>,
+) -> Result<(), TestCaseError> {
+    match outcome {
+        Ok(_) => prop_assert!(
+            expected_conflicts.is_empty(),
+            "accepted despite conflicts {expected_conflicts:?}"
+        ),
+        Err(CalendarError::NightsTaken { conflicts }) => {
+            let named: BTreeSet<Uuid> = conflicts.iter().map(|c| c.id).collect();
+            prop_assert_eq!(&named, expected_conflicts);
+            prop_assert_eq!(named.len(), conflicts.len(), "a conflict is named twice");
+        }
+        Err(other) => prop_assert!(false, "unexpected refusal {other:?}"),
+    }
+    Ok(())
+}
+
+/// Invariant 1 on the records, and the claim index agreeing with them.
+fn check_no_shared_night(calendar: &PropertyCalendar) -> Result<(), TestCaseError> {
+    let mut active: Vec<(Uuid, Nights)> = calendar
+        .bookings
+        .values()
+        .filter(|b| b.status.is_active())
+        .map(|b| (b.id, b.nights))
+        .chain(
+            calendar
+                .blocks
+                .values()
+                .filter(|b| !b.released)
+                .map(|b| (b.id, b.nights)),
+        )
+        .collect();
+    for (i, (a_id, a)) in active.iter().enumerate() {
+        for (b_id, b) in &active[i + 1..] {
+            prop_assert!(
+                !a.overlaps(b),
+                "{a_id} {a:?} and {b_id} {b:?} share a night"
+            );
+        }
+    }
+    let mut indexed: Vec<(Uuid, Nights)> = calendar
+        .active_claims()
+        .map(|(_, id, nights)| (id, nights))
+        .collect();
+    active.sort();
+    indexed.sort();
+    prop_assert_eq!(
+        indexed,
+        active,
+        "the claim index disagrees with the records"
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn random_sessions_never_leave_two_active_claims_sharing_a_night(
+        steps in proptest::collection::vec(step(), 1..60)
+    ) {
+        let mut session = Session::new();
+        for step in steps {
+            match step {
+                Step::Reserve { start, nights, hold_hours } => {
+                    let id = session.fresh_id();
+                    let mut stay = reserve(id, day(start), day(start + nights));
+                    if let Some(hours) = hold_hours {
+                        stay.status = Some(BookingStatus::Tentative);
+                        stay.hold_expires_at = Some(session.now + TimeDelta::hours(hours));
+                    }
+                    let expected = session.standing_claims(range(start, nights), None);
+                    let outcome = session.run(CalendarCommand::ReserveStay(stay));
+                    check_claim_outcome(&outcome, &expected)?;
+                }
+                Step::Block { start, nights } => {
+                    let id = session.fresh_id();
+                    let expected = session.standing_claims(range(start, nights), None);
+                    let outcome = session.run(block(id, day(start), day(start + nights), BlockReason::Maintenance));
+                    check_claim_outcome(&outcome, &expected)?;
+                }
+                Step::Modify { pick, start, nights } => {
+                    let ids = session.booking_ids();
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let booking = session.calendar.bookings[pick.get(&ids)].clone();
+                    let wanted = range(start, nights);
+                    let expected = session.standing_claims(wanted, Some(booking.id));
+                    let outcome = session.run(CalendarCommand::ModifyBooking(ModifyBooking {
+                        booking_id: booking.id,
+                        check_in: Some(wanted.start),
+                        check_out: Some(wanted.end),
+                        ..ModifyBooking::default()
+                    }));
+                    if !booking.status.is_active() {
+                        prop_assert!(
+                            matches!(outcome, Err(CalendarError::InvalidTransition { .. })),
+                            "{outcome:?}"
+                        );
+                    } else if lapsed(&booking, session.now) {
+                        prop_assert_eq!(outcome, Err(CalendarError::HoldExpired));
+                    } else if wanted == booking.nights {
+                        prop_assert_eq!(outcome, Ok(vec![]));
+                    } else {
+                        check_claim_outcome(&outcome, &expected)?;
+                    }
+                }
+                Step::Cancel { pick } => {
+                    let ids = session.booking_ids();
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let _ = session.run(CalendarCommand::CancelBooking {
+                        booking_id: *pick.get(&ids),
+                        reason: None,
+                    });
+                }
+                Step::Confirm { pick } => {
+                    let ids = session.booking_ids();
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let _ = session.run(CalendarCommand::ConfirmBooking { booking_id: *pick.get(&ids) });
+                }
+                Step::CheckIn { pick } => {
+                    let ids = session.booking_ids();
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let _ = session.run(CalendarCommand::CheckIn { booking_id: *pick.get(&ids) });
+                }
+                Step::CheckOut { pick } => {
+                    let ids = session.booking_ids();
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let _ = session.run(CalendarCommand::CheckOut { booking_id: *pick.get(&ids) });
+                }
+                Step::ExpireHold { pick } => {
+                    let ids = session.booking_ids();
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let _ = session.run(CalendarCommand::ExpireHold { booking_id: *pick.get(&ids) });
+                }
+                Step::Release { pick } => {
+                    let ids = session.block_ids();
+                    if ids.is_empty() {
+                        continue;
+                    }
+                    let _ = session.run(CalendarCommand::ReleaseBlock { block_id: *pick.get(&ids) });
+                }
+                Step::Wait { hours } => session.now += TimeDelta::hours(hours),
+            }
+            check_no_shared_night(&session.calendar)?;
+        }
+        // Replay equals live state: the events alone rebuild the calendar.
+        prop_assert_eq!(PropertyCalendar::replay(session.history.clone()), session.calendar);
+    }
+}
