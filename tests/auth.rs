@@ -1,1 +1,1020 @@
-//! Role table tests (to be written).
+//! Authentication and authorisation against the real binary: bad tokens get
+//! 401 in the contract format, the role table of PRODUCT.md decides every
+//! write route, agencies never see each other (invariant 6), suspended
+//! agencies are refused, and `ledger token` mints tokens the server accepts.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{
+    agency, assert_error, now_secs, raw_token, spawn_app, token, token_with, Reply, TestApp, SECRET,
+};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const PROPERTIES: &str = "/api/v1/properties";
+const BOOKINGS: &str = "/api/v1/bookings";
+const BLOCKS: &str = "/api/v1/availability/blocks";
+const OWNER: &str = "owner-1";
+
+fn hs(algorithm: jsonwebtoken::Algorithm, claims: &Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(algorithm),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode a token")
+}
+
+/// Sends with a raw `Authorization` header value (or none).
+async fn with_authorization(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    body: Option<&Value>,
+) -> Reply {
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|value| vec![("authorization", value)])
+        .unwrap_or_default();
+    app.send(method, path, None, body, &headers).await
+}
+
+// ------------------------------------------------------------------ 401
+
+#[tokio::test]
+async fn bad_tokens_get_401_in_the_contract_format_and_change_nothing() {
+    let app = spawn_app().await;
+    let (agency_id, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let booking = app
+        .reserve(&admin, property, "2027-03-01", "2027-03-05")
+        .await
+        .id();
+    let events = app.total_events().await;
+
+    let now = now_secs();
+    let claims = |extra: Value| {
+        let mut claims =
+            json!({"sub": "admin-1", "agency_id": agency_id, "role": "admin", "exp": now + 3600});
+        if let (Some(claims), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
+            for (key, value) in extra {
+                if value.is_null() {
+                    claims.remove(key);
+                } else {
+                    claims.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        claims
+    };
+    let valid = claims(json!({}));
+    let signed = |extra: Value| token_with(claims(extra), SECRET);
+
+    // A staff token with its payload swapped for an admin's, signature kept.
+    let staff = signed(json!({"role": "staff"}));
+    let admin_payload = admin.split('.').nth(1).expect("a payload").to_owned();
+    let mut parts: Vec<&str> = staff.split('.').collect();
+    parts[1] = &admin_payload;
+    let tampered = parts.join(".");
+    let valid_signature = admin.split('.').nth(2).expect("a signature").to_owned();
+
+    let unauthenticated: Vec<(&str, Option<String>)> = vec![
+        ("no Authorization header", None),
+        ("Basic scheme", Some("Basic YWRtaW46YWRtaW4=".into())),
+        ("Bearer and nothing", Some("Bearer ".into())),
+        ("Bearer with spaces", Some("Bearer    ".into())),
+        ("token without the scheme", Some(admin.clone())),
+        ("not a JWT", Some("Bearer not-a-jwt".into())),
+        ("three garbage parts", Some("Bearer a.b.c".into())),
+        (
+            "wrong key",
+            Some(format!(
+                "Bearer {}",
+                token_with(valid.clone(), "another-secret-of-at-least-32-bytes!")
+            )),
+        ),
+        ("tampered payload", Some(format!("Bearer {tampered}"))),
+        (
+            "alg none",
+            Some(format!(
+                "Bearer {}",
+                raw_token(json!({"alg": "none", "typ": "JWT"}), valid.clone(), "")
+            )),
+        ),
+        (
+            "alg None",
+            Some(format!(
+                "Bearer {}",
+                raw_token(json!({"alg": "None", "typ": "JWT"}), valid.clone(), "")
+            )),
+        ),
+        (
+            "alg none with a signature",
+            Some(format!(
+                "Bearer {}",
+                raw_token(
+                    json!({"alg": "none", "typ": "JWT"}),
+                    valid.clone(),
+                    &valid_signature
+                )
+            )),
+        ),
+        (
+            "HS384",
+            Some(format!(
+                "Bearer {}",
+                hs(jsonwebtoken::Algorithm::HS384, &valid, SECRET)
+            )),
+        ),
+        (
+            "HS512",
+            Some(format!(
+                "Bearer {}",
+                hs(jsonwebtoken::Algorithm::HS512, &valid, SECRET)
+            )),
+        ),
+        (
+            "no sub",
+            Some(format!("Bearer {}", signed(json!({"sub": null})))),
+        ),
+        (
+            "empty sub",
+            Some(format!("Bearer {}", signed(json!({"sub": ""})))),
+        ),
+        (
+            "no agency_id",
+            Some(format!("Bearer {}", signed(json!({"agency_id": null})))),
+        ),
+        (
+            "agency_id not a UUID",
+            Some(format!("Bearer {}", signed(json!({"agency_id": "acme"})))),
+        ),
+        (
+            "no role",
+            Some(format!("Bearer {}", signed(json!({"role": null})))),
+        ),
+        (
+            "unknown role",
+            Some(format!("Bearer {}", signed(json!({"role": "superuser"})))),
+        ),
+        (
+            "no exp",
+            Some(format!("Bearer {}", signed(json!({"exp": null})))),
+        ),
+        (
+            "exp not a number",
+            Some(format!("Bearer {}", signed(json!({"exp": "tomorrow"})))),
+        ),
+        (
+            "nbf in the future",
+            Some(format!("Bearer {}", signed(json!({"nbf": now + 600})))),
+        ),
+        (
+            "iat in the future",
+            Some(format!("Bearer {}", signed(json!({"iat": now + 600})))),
+        ),
+    ];
+    let expired = format!(
+        "Bearer {}",
+        signed(json!({"exp": now - 3600, "iat": now - 7200}))
+    );
+
+    let targets: Vec<(&str, String, Option<Value>)> = vec![
+        (
+            "POST",
+            PROPERTIES.to_owned(),
+            Some(json!({"name": "Intruder"})),
+        ),
+        ("GET", format!("{PROPERTIES}/{property}"), None),
+        (
+            "PATCH",
+            format!("{PROPERTIES}/{property}"),
+            Some(json!({"name": "Intruder"})),
+        ),
+        (
+            "POST",
+            BOOKINGS.to_owned(),
+            Some(
+                json!({"property_id": property, "check_in": "2027-04-01", "check_out": "2027-04-02", "guest": {"name": "X"}}),
+            ),
+        ),
+        ("GET", format!("{BOOKINGS}/{booking}"), None),
+        (
+            "POST",
+            format!("{BOOKINGS}/{booking}/cancel"),
+            Some(json!({})),
+        ),
+        ("DELETE", format!("{BLOCKS}/{}", Uuid::new_v4()), None),
+    ];
+    for (method, path, body) in &targets {
+        for (case, authorization) in &unauthenticated {
+            let reply =
+                with_authorization(&app, method, path, authorization.as_deref(), body.as_ref())
+                    .await;
+            assert_eq!(
+                reply.status,
+                StatusCode::UNAUTHORIZED,
+                "{case}: {method} {path}: {:?}",
+                reply.body
+            );
+            assert_error(&reply, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+        }
+        let reply = with_authorization(&app, method, path, Some(&expired), body.as_ref()).await;
+        assert_error(&reply, StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED");
+    }
+    assert_eq!(
+        app.total_events().await,
+        events,
+        "no refused request appended anything"
+    );
+
+    // nbf and iat in the past are honoured and fine; the valid token works.
+    let fine = format!(
+        "Bearer {}",
+        signed(json!({"nbf": now - 60, "iat": now - 60}))
+    );
+    let reply = with_authorization(
+        &app,
+        "GET",
+        &format!("{PROPERTIES}/{property}"),
+        Some(&fine),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let lower = format!("bearer {admin}");
+    let reply = with_authorization(
+        &app,
+        "GET",
+        &format!("{PROPERTIES}/{property}"),
+        Some(&lower),
+        None,
+    )
+    .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "the scheme is case-insensitive: {:?}",
+        reply.body
+    );
+}
+
+// ------------------------------------------------------------------ role table
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Route {
+    RegisterProperty,
+    UpdateProperty,
+    ArchiveProperty,
+    Reserve,
+    Modify,
+    Confirm,
+    Cancel,
+    CheckIn,
+    CheckOut,
+    NoShow,
+    CreateBlock(&'static str),
+    ReleaseBlock(&'static str),
+}
+
+const ROUTES: [Route; 16] = [
+    Route::RegisterProperty,
+    Route::UpdateProperty,
+    Route::ArchiveProperty,
+    Route::Reserve,
+    Route::Modify,
+    Route::Confirm,
+    Route::Cancel,
+    Route::CheckIn,
+    Route::CheckOut,
+    Route::NoShow,
+    Route::CreateBlock("owner_stay"),
+    Route::CreateBlock("maintenance"),
+    Route::CreateBlock("other"),
+    Route::ReleaseBlock("owner_stay"),
+    Route::ReleaseBlock("maintenance"),
+    Route::ReleaseBlock("other"),
+];
+
+const ROLES: [&str; 5] = ["admin", "manager", "staff", "owner", "accountant"];
+
+/// PRODUCT.md's role table, for a property the owner owns.
+fn allowed(role: &str, route: Route) -> bool {
+    use Route::*;
+    match route {
+        RegisterProperty | UpdateProperty | ArchiveProperty => matches!(role, "admin" | "manager"),
+        Reserve | Modify | Confirm | Cancel | CheckIn | CheckOut | NoShow => {
+            matches!(role, "admin" | "manager" | "staff")
+        }
+        CreateBlock(reason) | ReleaseBlock(reason) => {
+            matches!(role, "admin" | "manager" | "staff")
+                || (role == "owner" && reason == "owner_stay")
+        }
+    }
+}
+
+/// Sets up what `route` acts on (as admin) on a fresh property owned by
+/// OWNER, then runs it with `token`. Returns the reply and the property.
+async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, Uuid) {
+    let property = app.property(admin, Some(OWNER)).await;
+    let booking = |status: &'static str| async move {
+        let reply = app
+            .reserve_with(
+                admin,
+                property,
+                "2027-03-01",
+                "2027-03-05",
+                json!({"status": status}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        reply.id()
+    };
+    let reply = match route {
+        Route::RegisterProperty => {
+            app.post(PROPERTIES, token, json!({"name": "New", "owner_id": OWNER}))
+                .await
+        }
+        Route::UpdateProperty => {
+            app.patch(
+                &format!("{PROPERTIES}/{property}"),
+                token,
+                json!({"name": "Renamed"}),
+            )
+            .await
+        }
+        Route::ArchiveProperty => {
+            app.post(
+                &format!("{PROPERTIES}/{property}/archive"),
+                token,
+                json!({}),
+            )
+            .await
+        }
+        Route::Reserve => {
+            app.reserve(token, property, "2027-03-01", "2027-03-05")
+                .await
+        }
+        Route::Modify => {
+            let id = booking("confirmed").await;
+            app.patch(&format!("{BOOKINGS}/{id}"), token, json!({"notes": "late"}))
+                .await
+        }
+        Route::Confirm => {
+            let id = booking("tentative").await;
+            app.post(&format!("{BOOKINGS}/{id}/confirm"), token, json!({}))
+                .await
+        }
+        Route::Cancel => {
+            let id = booking("confirmed").await;
+            app.post(
+                &format!("{BOOKINGS}/{id}/cancel"),
+                token,
+                json!({"reason": "r"}),
+            )
+            .await
+        }
+        Route::CheckIn => {
+            let id = booking("confirmed").await;
+            app.post(&format!("{BOOKINGS}/{id}/check-in"), token, json!({}))
+                .await
+        }
+        Route::CheckOut => {
+            let id = booking("confirmed").await;
+            let reply = app
+                .post(&format!("{BOOKINGS}/{id}/check-in"), admin, json!({}))
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+            app.post(&format!("{BOOKINGS}/{id}/check-out"), token, json!({}))
+                .await
+        }
+        Route::NoShow => {
+            let id = booking("confirmed").await;
+            app.post(&format!("{BOOKINGS}/{id}/no-show"), token, json!({}))
+                .await
+        }
+        Route::CreateBlock(reason) => {
+            app.block(token, property, "2027-03-01", "2027-03-05", reason)
+                .await
+        }
+        Route::ReleaseBlock(reason) => {
+            let reply = app
+                .block(admin, property, "2027-03-01", "2027-03-05", reason)
+                .await;
+            assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+            app.delete(&format!("{BLOCKS}/{}", reply.id()), token).await
+        }
+    };
+    (reply, property)
+}
+
+#[tokio::test]
+async fn every_role_against_every_write_route_follows_the_role_table() {
+    let app = spawn_app().await;
+    let (agency_id, admin) = agency();
+    let mut failures = Vec::new();
+    for role in ROLES {
+        let sub = if role == "owner" { OWNER } else { "user-1" };
+        let caller = token(agency_id, role, sub);
+        for route in ROUTES {
+            let (reply, property) = run(&app, &admin, &caller, route).await;
+            let expected = allowed(role, route);
+            let ok = if expected {
+                reply.status.is_success()
+            } else {
+                reply.status == StatusCode::FORBIDDEN
+                    && reply.code() == "FORBIDDEN"
+                    && reply.body["error"]["request_id"].is_string()
+            };
+            if !ok {
+                failures.push(format!(
+                    "{role} {route:?}: expected {}, got {} {}",
+                    if expected { "2xx" } else { "403 FORBIDDEN" },
+                    reply.status,
+                    reply.body
+                ));
+            }
+            if !expected {
+                // Nothing but the set-up's events is in the property's stream.
+                let stream = app.property_events(property).await;
+                let setup_events = match route {
+                    Route::RegisterProperty
+                    | Route::UpdateProperty
+                    | Route::ArchiveProperty
+                    | Route::Reserve
+                    | Route::CreateBlock(_) => 1,
+                    Route::CheckOut => 3,
+                    _ => 2,
+                };
+                if stream != setup_events {
+                    failures.push(format!(
+                        "{role} {route:?}: a refused command appended events"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "role table violations:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn owners_act_on_their_own_properties_only() {
+    let app = spawn_app().await;
+    let (agency_id, admin) = agency();
+    let owner = token(agency_id, "owner", OWNER);
+    let own = app.property(&admin, Some(OWNER)).await;
+    let someone_elses = app.property(&admin, Some("owner-2")).await;
+    let unowned = app.property(&admin, None).await;
+
+    // Reads: own properties only; the others do not exist for the owner.
+    let reply = app.get(&format!("{PROPERTIES}/{own}"), &owner).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let own_booking = app
+        .reserve(&admin, own, "2027-03-01", "2027-03-03")
+        .await
+        .id();
+    let reply = app.get(&format!("{BOOKINGS}/{own_booking}"), &owner).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+
+    for other in [someone_elses, unowned] {
+        let reply = app.get(&format!("{PROPERTIES}/{other}"), &owner).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
+        let booking = app
+            .reserve(&admin, other, "2027-03-01", "2027-03-03")
+            .await
+            .id();
+        let reply = app.get(&format!("{BOOKINGS}/{booking}"), &owner).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
+
+        // An owner stay on a property they do not own: as if it did not exist.
+        let events = app.property_events(other).await;
+        let reply = app
+            .block(&owner, other, "2027-05-01", "2027-05-03", "owner_stay")
+            .await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
+        let block = app
+            .block(&admin, other, "2027-06-01", "2027-06-03", "owner_stay")
+            .await
+            .id();
+        let reply = app.delete(&format!("{BLOCKS}/{block}"), &owner).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
+        let reply = app.get(&format!("{BLOCKS}/{block}"), &owner).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
+        assert_eq!(
+            app.property_events(other).await,
+            events + 1,
+            "only the admin's block was appended"
+        );
+    }
+
+    // On their own property: owner stays yes, anything else no.
+    let reply = app
+        .block(&owner, own, "2027-05-01", "2027-05-03", "owner_stay")
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let reply = app
+        .delete(&format!("{BLOCKS}/{}", reply.id()), &owner)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["released"], true);
+    for reason in ["maintenance", "other"] {
+        let reply = app
+            .block(&owner, own, "2027-07-01", "2027-07-03", reason)
+            .await;
+        assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
+    }
+    let reply = app.reserve(&owner, own, "2027-08-01", "2027-08-03").await;
+    assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let reply = app
+        .post(
+            &format!("{BOOKINGS}/{own_booking}/cancel"),
+            &owner,
+            json!({}),
+        )
+        .await;
+    assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let reply = app
+        .patch(
+            &format!("{PROPERTIES}/{own}"),
+            &owner,
+            json!({"owner_id": "owner-9"}),
+        )
+        .await;
+    assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
+
+    // Once the property is given to someone else, the owner loses it.
+    let reply = app
+        .patch(
+            &format!("{PROPERTIES}/{own}"),
+            &admin,
+            json!({"owner_id": "owner-2"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = app.get(&format!("{PROPERTIES}/{own}"), &owner).await;
+    assert_error(&reply, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
+    let reply = app
+        .block(&owner, own, "2027-09-01", "2027-09-03", "owner_stay")
+        .await;
+    assert_error(&reply, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn every_role_but_the_owner_reads_the_agencys_calendar() {
+    let app = spawn_app().await;
+    let (agency_id, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let booking = app
+        .reserve(&admin, property, "2027-03-01", "2027-03-03")
+        .await
+        .id();
+    let block = app
+        .block(&admin, property, "2027-04-01", "2027-04-03", "other")
+        .await
+        .id();
+    for role in ["admin", "manager", "staff", "accountant"] {
+        let caller = token(agency_id, role, "reader");
+        for path in [
+            format!("{PROPERTIES}/{property}"),
+            format!("{BOOKINGS}/{booking}"),
+            format!("{BLOCKS}/{block}"),
+        ] {
+            let reply = app.get(&path, &caller).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::OK,
+                "{role} GET {path}: {:?}",
+                reply.body
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------------ isolation
+
+#[tokio::test]
+async fn another_agency_gets_404_on_everything_of_this_one() {
+    let app = spawn_app().await;
+    let (_, admin_a) = agency();
+    let (_, admin_b) = agency();
+    let property = app.property(&admin_a, None).await;
+    let booking = app
+        .reserve(&admin_a, property, "2027-03-01", "2027-03-05")
+        .await
+        .id();
+    let tentative = app
+        .reserve_with(
+            &admin_a,
+            property,
+            "2027-04-01",
+            "2027-04-05",
+            json!({"status": "tentative"}),
+        )
+        .await
+        .id();
+    let block = app
+        .block(
+            &admin_a,
+            property,
+            "2027-05-01",
+            "2027-05-05",
+            "maintenance",
+        )
+        .await
+        .id();
+    let events = app.total_events().await;
+
+    // What a made-up id gets, to compare with.
+    let ghost = Uuid::new_v4();
+    let unknown_property = app.get(&format!("{PROPERTIES}/{ghost}"), &admin_b).await;
+    let unknown_booking = app.get(&format!("{BOOKINGS}/{ghost}"), &admin_b).await;
+
+    let property_routes: Vec<Reply> = vec![
+        app.get(&format!("{PROPERTIES}/{property}"), &admin_b).await,
+        app.patch(
+            &format!("{PROPERTIES}/{property}"),
+            &admin_b,
+            json!({"name": "Mine now"}),
+        )
+        .await,
+        app.post(
+            &format!("{PROPERTIES}/{property}/archive"),
+            &admin_b,
+            json!({}),
+        )
+        .await,
+        // Overlapping nights: a 409 would betray the booking.
+        app.reserve(&admin_b, property, "2027-03-02", "2027-03-03")
+            .await,
+        app.block(
+            &admin_b,
+            property,
+            "2027-03-02",
+            "2027-03-03",
+            "maintenance",
+        )
+        .await,
+    ];
+    for reply in &property_routes {
+        assert_error(reply, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
+        assert_eq!(
+            reply.body["error"]["message"], unknown_property.body["error"]["message"],
+            "the same as for an unknown id"
+        );
+    }
+    let booking_routes: Vec<Reply> = vec![
+        app.get(&format!("{BOOKINGS}/{booking}"), &admin_b).await,
+        app.patch(
+            &format!("{BOOKINGS}/{booking}"),
+            &admin_b,
+            json!({"notes": "x"}),
+        )
+        .await,
+        app.post(
+            &format!("{BOOKINGS}/{tentative}/confirm"),
+            &admin_b,
+            json!({}),
+        )
+        .await,
+        app.post(&format!("{BOOKINGS}/{booking}/cancel"), &admin_b, json!({}))
+            .await,
+        app.post(
+            &format!("{BOOKINGS}/{booking}/check-in"),
+            &admin_b,
+            json!({}),
+        )
+        .await,
+        app.post(
+            &format!("{BOOKINGS}/{booking}/check-out"),
+            &admin_b,
+            json!({}),
+        )
+        .await,
+        app.post(
+            &format!("{BOOKINGS}/{booking}/no-show"),
+            &admin_b,
+            json!({}),
+        )
+        .await,
+    ];
+    for reply in &booking_routes {
+        assert_error(reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
+        assert_eq!(
+            reply.body["error"]["message"],
+            unknown_booking.body["error"]["message"]
+        );
+    }
+    for reply in [
+        app.get(&format!("{BLOCKS}/{block}"), &admin_b).await,
+        app.delete(&format!("{BLOCKS}/{block}"), &admin_b).await,
+    ] {
+        assert_error(&reply, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
+    }
+    // Every role of agency B, not only its admin.
+    let agency_b = Uuid::new_v4();
+    for role in ["manager", "staff", "owner", "accountant"] {
+        let caller = token(agency_b, role, "user-1");
+        let reply = app.get(&format!("{PROPERTIES}/{property}"), &caller).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::NOT_FOUND,
+            "{role}: {:?}",
+            reply.body
+        );
+        let reply = app.get(&format!("{BOOKINGS}/{booking}"), &caller).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::NOT_FOUND,
+            "{role}: {:?}",
+            reply.body
+        );
+    }
+
+    assert_eq!(app.total_events().await, events, "agency B changed nothing");
+    let reply = app.get(&format!("{PROPERTIES}/{property}"), &admin_a).await;
+    assert_eq!(reply.body["name"], "Sea View");
+    assert_eq!(reply.body["archived"], false);
+    let reply = app.get(&format!("{BOOKINGS}/{booking}"), &admin_a).await;
+    assert_eq!(reply.body["status"], "confirmed");
+    let reply = app.get(&format!("{BOOKINGS}/{tentative}"), &admin_a).await;
+    assert_eq!(reply.body["status"], "tentative");
+    let reply = app.get(&format!("{BLOCKS}/{block}"), &admin_a).await;
+    assert_eq!(reply.body["released"], false);
+
+    // An Idempotency-Key of agency A means nothing to agency B.
+    let key = [("idempotency-key", "shared-key")];
+    let a = app
+        .send(
+            "POST",
+            PROPERTIES,
+            Some(&admin_a),
+            Some(&json!({"name": "A's"})),
+            &key,
+        )
+        .await;
+    let b = app
+        .send(
+            "POST",
+            PROPERTIES,
+            Some(&admin_b),
+            Some(&json!({"name": "B's"})),
+            &key,
+        )
+        .await;
+    assert_eq!(
+        (a.status, b.status),
+        (StatusCode::CREATED, StatusCode::CREATED),
+        "{:?}",
+        b.body
+    );
+    assert_ne!(a.id(), b.id());
+    assert_eq!(b.body["name"], "B's");
+}
+
+// ------------------------------------------------------------------ suspension
+
+fn ledger(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
+    command
+        .args(args)
+        .env_remove("JWT_SECRET")
+        .env_remove("DATABASE_URL");
+    for (name, value) in envs {
+        command.env(name, value);
+    }
+    command.output().expect("run the ledger binary")
+}
+
+/// Polls `path` until it answers `status` (the server refreshes suspensions
+/// every few seconds), for at most 10 s.
+async fn wait_for(app: &TestApp, path: &str, token: &str, status: StatusCode) -> Reply {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = app.get(path, token).await;
+        if reply.status == status || Instant::now() > deadline {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
+    let app = spawn_app().await;
+    let (agency_id, admin) = agency();
+    let (_, other_admin) = agency();
+    let property = app.property(&admin, None).await;
+    let booking = app
+        .reserve(&admin, property, "2027-03-01", "2027-03-05")
+        .await
+        .id();
+    let other_property = app.property(&other_admin, None).await;
+    let agency_text = agency_id.to_string();
+    let db = [("DATABASE_URL", app.database_url.as_str())];
+
+    let out = ledger(
+        &["agency", "suspend", &agency_text, "--reason", "unpaid"],
+        &db,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = format!("{PROPERTIES}/{property}");
+    let reply = wait_for(&app, &path, &admin, StatusCode::FORBIDDEN).await;
+    assert_error(&reply, StatusCode::FORBIDDEN, "AGENCY_SUSPENDED");
+
+    let events = app.total_events().await;
+    let staff = token(agency_id, "staff", "staff-1");
+    let replies = [
+        app.post(PROPERTIES, &admin, json!({"name": "More"})).await,
+        app.patch(&path, &admin, json!({"name": "More"})).await,
+        app.reserve(&staff, property, "2027-04-01", "2027-04-02")
+            .await,
+        app.get(&format!("{BOOKINGS}/{booking}"), &staff).await,
+        app.post(&format!("{BOOKINGS}/{booking}/cancel"), &admin, json!({}))
+            .await,
+        app.block(&admin, property, "2027-05-01", "2027-05-02", "other")
+            .await,
+        app.get("/ops/current-commit", &admin).await,
+    ];
+    for reply in &replies {
+        assert_error(reply, StatusCode::FORBIDDEN, "AGENCY_SUSPENDED");
+    }
+    assert_eq!(
+        app.total_events().await,
+        events,
+        "a suspended agency writes nothing"
+    );
+
+    // Other agencies are unaffected; health needs no token.
+    let reply = app
+        .get(&format!("{PROPERTIES}/{other_property}"), &other_admin)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = app.send("GET", "/health", None, None, &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+
+    let out = ledger(&["agency", "reinstate", &agency_text], &db);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply = wait_for(&app, &path, &admin, StatusCode::OK).await;
+    assert_eq!(reply.status, StatusCode::OK, "reinstated: {:?}", reply.body);
+    let reply = app
+        .reserve(&staff, property, "2027-04-01", "2027-04-02")
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+}
+
+// ------------------------------------------------------------------ ledger token
+
+#[tokio::test]
+async fn ledger_token_mints_a_token_the_server_accepts() {
+    let app = spawn_app().await;
+    let agency_id = Uuid::new_v4();
+    let agency_text = agency_id.to_string();
+    let secret = [("JWT_SECRET", SECRET)];
+
+    let out = ledger(
+        &[
+            "token",
+            "--agency",
+            &agency_text,
+            "--role",
+            "manager",
+            "--sub",
+            "cli-user",
+            "--ttl",
+            "10m",
+        ],
+        &secret,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let minted = String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned();
+    assert_eq!(minted.split('.').count(), 3, "a JWT: {minted}");
+
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_required_spec_claims(&["exp"]);
+    let claims = jsonwebtoken::decode::<Value>(
+        &minted,
+        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
+        &validation,
+    )
+    .expect("signed with JWT_SECRET")
+    .claims;
+    assert_eq!(claims["sub"], "cli-user");
+    assert_eq!(claims["agency_id"], agency_text);
+    assert_eq!(claims["role"], "manager");
+    let exp = claims["exp"].as_u64().expect("exp");
+    assert!(
+        exp.abs_diff(now_secs() + 600) < 30,
+        "a ten-minute token: {claims}"
+    );
+
+    let reply = app
+        .post(PROPERTIES, &minted, json!({"name": "Minted"}))
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    assert_eq!(reply.body["agency_id"], agency_text);
+    let property = reply.id();
+    let reply = app.get(&format!("{PROPERTIES}/{property}"), &minted).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+
+    // A staff token from the CLI is held to the role table.
+    let out = ledger(
+        &[
+            "token",
+            "--agency",
+            &agency_text,
+            "--role",
+            "staff",
+            "--sub",
+            "cli-staff",
+        ],
+        &secret,
+    );
+    assert!(out.status.success());
+    let staff = String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned();
+    let reply = app.post(PROPERTIES, &staff, json!({"name": "Nope"})).await;
+    assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let reply = app
+        .reserve(&staff, property, "2027-03-01", "2027-03-02")
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+
+    // Signed with another secret: refused by the server.
+    let out = ledger(
+        &[
+            "token",
+            "--agency",
+            &agency_text,
+            "--role",
+            "admin",
+            "--sub",
+            "x",
+        ],
+        &[("JWT_SECRET", "a-different-secret-that-is-long-enough")],
+    );
+    assert!(out.status.success());
+    let foreign = String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned();
+    let reply = app.get(&format!("{PROPERTIES}/{property}"), &foreign).await;
+    assert_error(&reply, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
+
+    // The CLI refuses what the server would refuse.
+    let out = ledger(
+        &[
+            "token",
+            "--agency",
+            &agency_text,
+            "--role",
+            "root",
+            "--sub",
+            "x",
+        ],
+        &secret,
+    );
+    assert!(!out.status.success(), "an unknown role is refused");
+    let out = ledger(
+        &[
+            "token",
+            "--agency",
+            &agency_text,
+            "--role",
+            "admin",
+            "--sub",
+            "x",
+        ],
+        &[("JWT_SECRET", "too-short")],
+    );
+    assert!(!out.status.success(), "a secret under 32 bytes is refused");
+    let out = ledger(
+        &["token", "--agency", "acme", "--role", "admin", "--sub", "x"],
+        &secret,
+    );
+    assert!(!out.status.success(), "the agency is a UUID");
+}

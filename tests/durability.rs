@@ -13,7 +13,9 @@ async fn a_booking_acknowledged_with_201_survives_kill_9_right_after() {
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
 
-    let reply = app.reserve(&admin, property, "2027-03-01", "2027-03-05").await;
+    let reply = app
+        .reserve(&admin, property, "2027-03-01", "2027-03-05")
+        .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     let booking = reply.id();
     let position = reply.body["position"].as_i64().expect("a position");
@@ -30,11 +32,19 @@ async fn a_booking_acknowledged_with_201_survives_kill_9_right_after() {
     assert_eq!(row.get::<String, _>("booking"), booking.to_string());
 
     app.start().await;
-    let reply = app.get(&format!("/api/v1/bookings/{booking}"), &admin).await;
+    let reply = app
+        .get(&format!("/api/v1/bookings/{booking}"), &admin)
+        .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(reply.body["status"], "confirmed");
-    let again = app.reserve(&admin, property, "2027-03-04", "2027-03-06").await;
-    assert_eq!(again.status, StatusCode::CONFLICT, "the restarted service still holds the nights");
+    let again = app
+        .reserve(&admin, property, "2027-03-04", "2027-03-06")
+        .await;
+    assert_eq!(
+        again.status,
+        StatusCode::CONFLICT,
+        "the restarted service still holds the nights"
+    );
 }
 
 #[tokio::test]
@@ -51,14 +61,21 @@ async fn every_write_acknowledged_before_a_kill_9_mid_load_is_in_the_log() {
         let url = format!("{}/api/v1/bookings", app.base);
         let admin = admin.clone();
         in_flight.spawn(async move {
-            let start = chrono::NaiveDate::from_ymd_opt(2028, 1, 1).unwrap() + chrono::Days::new(i * 2);
+            let start =
+                chrono::NaiveDate::from_ymd_opt(2028, 1, 1).unwrap() + chrono::Days::new(i * 2);
             let body = serde_json::json!({
                 "property_id": property,
                 "check_in": start.to_string(),
                 "check_out": (start + chrono::Days::new(1)).to_string(),
                 "guest": {"name": "Load Guest"},
             });
-            let response = client.post(url).bearer_auth(admin).json(&body).send().await.ok()?;
+            let response = client
+                .post(url)
+                .bearer_auth(admin)
+                .json(&body)
+                .send()
+                .await
+                .ok()?;
             if response.status() != StatusCode::CREATED {
                 return None;
             }
@@ -77,7 +94,10 @@ async fn every_write_acknowledged_before_a_kill_9_mid_load_is_in_the_log() {
             app.kill();
         }
     }
-    assert!(acknowledged.len() >= 40, "at least the first answers were 201s");
+    assert!(
+        acknowledged.len() >= 40,
+        "at least the first answers were 201s"
+    );
 
     let logged: Vec<String> = sqlx::query(
         "SELECT payload::jsonb->>'booking_id' AS booking FROM events WHERE event_type = 'booking.reserved'",
@@ -89,6 +109,9 @@ async fn every_write_acknowledged_before_a_kill_9_mid_load_is_in_the_log() {
     .map(|row| row.get("booking"))
     .collect();
     for booking in &acknowledged {
-        assert!(logged.contains(booking), "acknowledged booking {booking} is missing");
+        assert!(
+            logged.contains(booking),
+            "acknowledged booking {booking} is missing"
+        );
     }
 }

@@ -1,1 +1,1486 @@
-//! Write route tests (to be written).
+//! The write routes of API.md against the real binary: every command's success
+//! and its error codes, the contract's error format for axum's own rejections,
+//! request ids, Idempotency-Key, concurrency (invariant 1), health and docs.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{agency, assert_error, spawn_app, token, Reply, TestApp};
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const PROPERTIES: &str = "/api/v1/properties";
+const BOOKINGS: &str = "/api/v1/bookings";
+const BLOCKS: &str = "/api/v1/availability/blocks";
+
+fn booking_path(id: Uuid, action: &str) -> String {
+    if action.is_empty() {
+        format!("{BOOKINGS}/{id}")
+    } else {
+        format!("{BOOKINGS}/{id}/{action}")
+    }
+}
+
+/// Reserves and returns the booking's id, asserting a 201.
+async fn booked(
+    app: &TestApp,
+    token: &str,
+    property: Uuid,
+    check_in: &str,
+    check_out: &str,
+) -> Uuid {
+    let reply = app.reserve(token, property, check_in, check_out).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    reply.id()
+}
+
+/// Posts a status change with an empty JSON body.
+async fn act(app: &TestApp, token: &str, booking: Uuid, action: &str) -> Reply {
+    app.post(&booking_path(booking, action), token, json!({}))
+        .await
+}
+
+fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
+    reply.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+// ------------------------------------------------------------------ properties
+
+#[tokio::test]
+async fn registering_a_property_returns_201_and_the_property() {
+    let app = spawn_app().await;
+    let (agency_id, admin) = agency();
+
+    let reply = app
+        .post(
+            PROPERTIES,
+            &admin,
+            json!({"name": "Sea View", "timezone": "Europe/Lisbon", "owner_id": "owner-7", "external_ref": "PMS-1"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let p = &reply.body;
+    assert_eq!(p["agency_id"], agency_id.to_string());
+    assert_eq!(p["name"], "Sea View");
+    assert_eq!(p["timezone"], "Europe/Lisbon");
+    assert_eq!(p["owner_id"], "owner-7");
+    assert_eq!(p["external_ref"], "PMS-1");
+    assert_eq!(p["archived"], false);
+    assert_eq!(p["version"], 1);
+    assert!(
+        p["created_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{p}"
+    );
+    assert!(p["updated_at"].is_string());
+    assert!(p["position"].as_i64().is_some_and(|n| n > 0), "{p}");
+    let id = reply.id();
+
+    // Only the name is required; the time zone defaults to UTC.
+    let minimal = app.post(PROPERTIES, &admin, json!({"name": "Loft"})).await;
+    assert_eq!(minimal.status, StatusCode::CREATED, "{:?}", minimal.body);
+    assert_eq!(minimal.body["timezone"], "UTC");
+    assert_eq!(minimal.body["owner_id"], Value::Null);
+    assert_eq!(minimal.body["external_ref"], Value::Null);
+    assert!(minimal.body["position"].as_i64() > p["position"].as_i64());
+
+    // GET by id gives the same property.
+    let read = app.get(&format!("{PROPERTIES}/{id}"), &admin).await;
+    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    for field in [
+        "id",
+        "agency_id",
+        "name",
+        "timezone",
+        "owner_id",
+        "external_ref",
+        "archived",
+        "version",
+    ] {
+        assert_eq!(read.body[field], p[field], "{field}");
+    }
+    assert!(
+        header(&read, "x-ledger-position").is_some(),
+        "reads carry x-ledger-position"
+    );
+
+    let missing = app
+        .get(&format!("{PROPERTIES}/{}", Uuid::new_v4()), &admin)
+        .await;
+    assert_error(&missing, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
+    let not_uuid = app.get(&format!("{PROPERTIES}/not-a-uuid"), &admin).await;
+    assert_error(&not_uuid, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+}
+
+#[tokio::test]
+async fn registering_a_property_refuses_bad_bodies_and_writes_nothing() {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let long_name = "x".repeat(201);
+    let bad_bodies = [
+        json!({}),
+        json!({"name": ""}),
+        json!({"name": "   "}),
+        json!({"name": 42}),
+        json!({"name": long_name}),
+        json!({"name": "Sea View", "timezone": "Mars/Olympus_Mons"}),
+        json!({"name": "Sea View", "colour": "blue"}),
+        json!({"name": "Sea View", "owner_id": 7}),
+        json!({"name": "Sea View", "external_ref": "r".repeat(256)}),
+        json!(["Sea View"]),
+    ];
+    for body in bad_bodies {
+        let reply = app.post(PROPERTIES, &admin, body.clone()).await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert!(reply.body["error"]["message"].is_string(), "{body}");
+    }
+    assert_eq!(
+        app.total_events().await,
+        0,
+        "a refused command appends nothing"
+    );
+}
+
+#[tokio::test]
+async fn updating_a_property() {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, Some("owner-1")).await;
+    let path = format!("{PROPERTIES}/{property}");
+
+    let reply = app
+        .patch(
+            &path,
+            &admin,
+            json!({"name": "Sea View II", "timezone": "Europe/Paris"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["id"], property.to_string());
+    assert_eq!(reply.body["name"], "Sea View II");
+    assert_eq!(reply.body["timezone"], "Europe/Paris");
+    assert_eq!(
+        reply.body["owner_id"], "owner-1",
+        "fields not sent are kept"
+    );
+    assert_eq!(reply.body["version"], 2);
+    let position = reply.body["position"].as_i64().expect("a position");
+
+    // null clears the owner and the external reference.
+    let reply = app
+        .patch(
+            &path,
+            &admin,
+            json!({"owner_id": null, "external_ref": "X-9"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["owner_id"], Value::Null);
+    assert_eq!(reply.body["external_ref"], "X-9");
+    assert_eq!(reply.body["version"], 3);
+    assert!(reply.body["position"].as_i64().expect("a position") > position);
+
+    for bad in [
+        json!({"timezone": "Nowhere/Special"}),
+        json!({"name": ""}),
+        json!({"archived": true}),
+        json!({"name": ["a"]}),
+    ] {
+        let reply = app.patch(&path, &admin, bad).await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
+    let missing = app
+        .patch(
+            &format!("{PROPERTIES}/{}", Uuid::new_v4()),
+            &admin,
+            json!({"name": "Other"}),
+        )
+        .await;
+    assert_error(&missing, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
+    let not_uuid = app
+        .patch(
+            &format!("{PROPERTIES}/42"),
+            &admin,
+            json!({"name": "Other"}),
+        )
+        .await;
+    assert_error(&not_uuid, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+
+    let read = app.get(&path, &admin).await;
+    assert_eq!(read.body["name"], "Sea View II");
+    assert_eq!(read.body["version"], 3);
+}
+
+#[tokio::test]
+async fn an_archived_property_refuses_every_command() {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let booking = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
+    let block = app
+        .block(&admin, property, "2027-04-01", "2027-04-03", "maintenance")
+        .await;
+    assert_eq!(block.status, StatusCode::CREATED, "{:?}", block.body);
+    let block = block.id();
+
+    let archive = format!("{PROPERTIES}/{property}/archive");
+    let bad = app.post(&archive, &admin, json!({"really": true})).await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+
+    let reply = app.post(&archive, &admin, json!({})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["archived"], true);
+    assert_eq!(reply.body["id"], property.to_string());
+    assert!(reply.body["position"].as_i64().is_some());
+    let events = app.property_events(property).await;
+
+    let refused = [
+        app.post(&archive, &admin, json!({})).await,
+        app.patch(
+            &format!("{PROPERTIES}/{property}"),
+            &admin,
+            json!({"name": "New"}),
+        )
+        .await,
+        app.reserve(&admin, property, "2027-05-01", "2027-05-03")
+            .await,
+        app.block(&admin, property, "2027-06-01", "2027-06-03", "other")
+            .await,
+        app.patch(&booking_path(booking, ""), &admin, json!({"notes": "late"}))
+            .await,
+        act(&app, &admin, booking, "cancel").await,
+        act(&app, &admin, booking, "check-in").await,
+        app.delete(&format!("{BLOCKS}/{block}"), &admin).await,
+    ];
+    for reply in &refused {
+        assert_error(reply, StatusCode::CONFLICT, "PROPERTY_ARCHIVED");
+    }
+    assert_eq!(
+        app.property_events(property).await,
+        events,
+        "nothing was appended"
+    );
+
+    let read = app.get(&format!("{PROPERTIES}/{property}"), &admin).await;
+    assert_eq!(
+        read.status,
+        StatusCode::OK,
+        "an archived property can still be read"
+    );
+    assert_eq!(read.body["archived"], true);
+
+    let missing = app
+        .post(
+            &format!("{PROPERTIES}/{}/archive", Uuid::new_v4()),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_error(&missing, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
+}
+
+// ------------------------------------------------------------------ bookings
+
+#[tokio::test]
+async fn reserving_returns_201_and_the_booking() {
+    let app = spawn_app().await;
+    let (agency_id, admin) = agency();
+    let property = app.property(&admin, None).await;
+
+    let reply = app
+        .post(
+            BOOKINGS,
+            &admin,
+            json!({
+                "property_id": property,
+                "check_in": "2027-03-01",
+                "check_out": "2027-03-05",
+                "guest": {"name": "Ana Guest", "email": "ana@example.com", "phone": "+351 910 000 000"},
+                "adults": 2,
+                "children": 1,
+                "channel": "airbnb",
+                "external_ref": "HM123",
+                "price": {"amount_minor": 48000, "currency": "EUR"},
+                "notes": "late arrival",
+            }),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let b = &reply.body;
+    assert_eq!(b["agency_id"], agency_id.to_string());
+    assert_eq!(b["property_id"], property.to_string());
+    assert_eq!(b["status"], "confirmed", "confirmed by default");
+    assert_eq!(b["check_in"], "2027-03-01");
+    assert_eq!(b["check_out"], "2027-03-05");
+    assert_eq!(b["nights"], 4);
+    assert_eq!(b["guest"]["name"], "Ana Guest");
+    assert_eq!(b["guest"]["email"], "ana@example.com");
+    assert_eq!(b["guest"]["phone"], "+351 910 000 000");
+    assert_eq!(b["adults"], 2);
+    assert_eq!(b["children"], 1);
+    assert_eq!(b["channel"], "airbnb");
+    assert_eq!(b["external_ref"], "HM123");
+    assert_eq!(
+        b["price"],
+        json!({"amount_minor": 48000, "currency": "EUR"})
+    );
+    assert_eq!(b["notes"], "late arrival");
+    assert_eq!(b["hold_expires_at"], Value::Null);
+    assert_eq!(b["version"], 1);
+    assert!(b["created_at"].is_string() && b["updated_at"].is_string());
+    assert!(b["position"].as_i64().is_some_and(|n| n > 0));
+    let id = reply.id();
+
+    let read = app.get(&booking_path(id, ""), &admin).await;
+    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    for field in [
+        "id",
+        "property_id",
+        "status",
+        "check_in",
+        "check_out",
+        "nights",
+        "guest",
+        "price",
+        "channel",
+    ] {
+        assert_eq!(read.body[field], b[field], "{field}");
+    }
+    assert!(header(&read, "x-ledger-position").is_some());
+
+    // Defaults: one adult, no children, direct channel.
+    let plain = app
+        .reserve(&admin, property, "2027-03-10", "2027-03-11")
+        .await;
+    assert_eq!(plain.status, StatusCode::CREATED, "{:?}", plain.body);
+    assert_eq!(plain.body["adults"], 1);
+    assert_eq!(plain.body["children"], 0);
+    assert_eq!(plain.body["channel"], "direct");
+    assert_eq!(plain.body["nights"], 1);
+    assert_eq!(plain.body["price"], Value::Null);
+
+    // The longest stay is 366 nights.
+    let year = app
+        .reserve(&admin, property, "2028-01-01", "2029-01-01")
+        .await;
+    assert_eq!(year.status, StatusCode::CREATED, "{:?}", year.body);
+    assert_eq!(year.body["nights"], 366);
+
+    let missing = app.get(&booking_path(Uuid::new_v4(), ""), &admin).await;
+    assert_error(&missing, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
+    let property_as_booking = app.get(&booking_path(property, ""), &admin).await;
+    assert_error(
+        &property_as_booking,
+        StatusCode::NOT_FOUND,
+        "BOOKING_NOT_FOUND",
+    );
+    let not_uuid = app.get(&format!("{BOOKINGS}/abc"), &admin).await;
+    assert_error(&not_uuid, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+}
+
+#[tokio::test]
+async fn reserving_refuses_bad_bodies_and_dates() {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let past = "2020-01-01T00:00:00Z";
+    let cases: Vec<(&str, &str, Value)> = vec![
+        ("2027-03-05", "2027-03-05", json!({})),
+        ("2027-03-05", "2027-03-04", json!({})),
+        ("2027-01-01", "2028-01-03", json!({})),
+        ("2027-02-30", "2027-03-02", json!({})),
+        ("01/03/2027", "2027-03-02", json!({})),
+        ("2027-03-01T00:00:00Z", "2027-03-02", json!({})),
+        ("2027-03-01", "2027-03-02", json!({"guest": {"name": ""}})),
+        (
+            "2027-03-01",
+            "2027-03-02",
+            json!({"guest": {"name": "A", "email": "not-an-email"}}),
+        ),
+        (
+            "2027-03-01",
+            "2027-03-02",
+            json!({"guest": {"name": "A", "age": 30}}),
+        ),
+        ("2027-03-01", "2027-03-02", json!({"guest": "Ana"})),
+        ("2027-03-01", "2027-03-02", json!({"adults": 0})),
+        ("2027-03-01", "2027-03-02", json!({"adults": 51})),
+        ("2027-03-01", "2027-03-02", json!({"adults": -1})),
+        ("2027-03-01", "2027-03-02", json!({"adults": "two"})),
+        ("2027-03-01", "2027-03-02", json!({"children": 51})),
+        (
+            "2027-03-01",
+            "2027-03-02",
+            json!({"price": {"amount_minor": -1, "currency": "EUR"}}),
+        ),
+        (
+            "2027-03-01",
+            "2027-03-02",
+            json!({"price": {"amount_minor": 100, "currency": "eur"}}),
+        ),
+        (
+            "2027-03-01",
+            "2027-03-02",
+            json!({"price": {"amount_minor": 1.5, "currency": "EUR"}}),
+        ),
+        ("2027-03-01", "2027-03-02", json!({"status": "cancelled"})),
+        ("2027-03-01", "2027-03-02", json!({"status": "checked_in"})),
+        (
+            "2027-03-01",
+            "2027-03-02",
+            json!({"hold_expires_at": "2099-01-01T00:00:00Z"}),
+        ),
+        (
+            "2027-03-01",
+            "2027-03-02",
+            json!({"status": "tentative", "hold_expires_at": past}),
+        ),
+        (
+            "2027-03-01",
+            "2027-03-02",
+            json!({"status": "tentative", "hold_expires_at": "soon"}),
+        ),
+        ("2027-03-01", "2027-03-02", json!({"channel": "expedia"})),
+        (
+            "2027-03-01",
+            "2027-03-02",
+            json!({"notes": "n".repeat(2001)}),
+        ),
+        (
+            "2027-03-01",
+            "2027-03-02",
+            json!({"external_ref": "r".repeat(256)}),
+        ),
+        ("2027-03-01", "2027-03-02", json!({"discount": 10})),
+        (
+            "2027-03-01",
+            "2027-03-02",
+            json!({"property_id": "not-a-uuid"}),
+        ),
+    ];
+    for (check_in, check_out, extra) in cases {
+        let reply = app
+            .reserve_with(&admin, property, check_in, check_out, extra.clone())
+            .await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        assert!(
+            reply.body["error"]["message"].is_string(),
+            "{check_in}..{check_out} {extra}"
+        );
+    }
+    // Required fields missing.
+    for body in [
+        json!({"property_id": property, "check_in": "2027-03-01", "check_out": "2027-03-02"}),
+        json!({"property_id": property, "check_in": "2027-03-01", "guest": {"name": "A"}}),
+        json!({"check_in": "2027-03-01", "check_out": "2027-03-02", "guest": {"name": "A"}}),
+    ] {
+        let reply = app.post(BOOKINGS, &admin, body).await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
+    // check_out <= check_in names the field.
+    let reply = app
+        .reserve(&admin, property, "2027-03-05", "2027-03-01")
+        .await;
+    assert_eq!(
+        reply.body["error"]["details"]["field"], "check_out",
+        "{:?}",
+        reply.body
+    );
+
+    assert_eq!(
+        app.count_events("booking.reserved").await,
+        0,
+        "no refused reserve appended an event"
+    );
+
+    let missing = app
+        .reserve(&admin, Uuid::new_v4(), "2027-03-01", "2027-03-02")
+        .await;
+    assert_error(&missing, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn a_single_night_overlap_conflicts_with_details_and_back_to_back_is_allowed() {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let first = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
+
+    // The last night of the stay (03-04) is taken.
+    let reply = app
+        .reserve(&admin, property, "2027-03-04", "2027-03-06")
+        .await;
+    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+    assert_eq!(
+        reply.body["error"]["details"]["conflicts"],
+        json!([{"kind": "booking", "id": first, "start": "2027-03-01", "end": "2027-03-05"}]),
+        "{:?}",
+        reply.body
+    );
+    // The first night (03-01) is taken.
+    let reply = app
+        .reserve(&admin, property, "2027-02-27", "2027-03-02")
+        .await;
+    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+    // Inside and around.
+    for (check_in, check_out) in [
+        ("2027-03-02", "2027-03-03"),
+        ("2027-02-01", "2027-04-01"),
+        ("2027-03-01", "2027-03-05"),
+    ] {
+        let reply = app.reserve(&admin, property, check_in, check_out).await;
+        assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+    }
+
+    // Back to back on both sides: the check-out day is free for the next arrival.
+    let after = booked(&app, &admin, property, "2027-03-05", "2027-03-08").await;
+    let before = booked(&app, &admin, property, "2027-02-25", "2027-03-01").await;
+
+    // A range over several claims lists them all, in night order.
+    let reply = app
+        .reserve(&admin, property, "2027-02-28", "2027-03-06")
+        .await;
+    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+    let ids: Vec<&str> = reply.body["error"]["details"]["conflicts"]
+        .as_array()
+        .expect("a list of conflicts")
+        .iter()
+        .map(|c| c["id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        ids,
+        [before.to_string(), first.to_string(), after.to_string()]
+    );
+
+    // A tentative booking holds its nights too.
+    let tentative = app
+        .reserve_with(
+            &admin,
+            property,
+            "2027-06-01",
+            "2027-06-03",
+            json!({"status": "tentative"}),
+        )
+        .await;
+    assert_eq!(
+        tentative.status,
+        StatusCode::CREATED,
+        "{:?}",
+        tentative.body
+    );
+    assert_eq!(tentative.body["status"], "tentative");
+    let reply = app
+        .reserve(&admin, property, "2027-06-02", "2027-06-04")
+        .await;
+    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+
+    // Another property's calendar is independent.
+    let other = app.property(&admin, None).await;
+    booked(&app, &admin, other, "2027-03-01", "2027-03-05").await;
+
+    assert_eq!(app.count_events("booking.reserved").await, 5);
+}
+
+#[tokio::test]
+async fn cancelling_frees_the_nights_and_cancelled_is_final() {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let booking = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
+
+    let too_long = app
+        .post(
+            &booking_path(booking, "cancel"),
+            &admin,
+            json!({"reason": "r".repeat(501)}),
+        )
+        .await;
+    assert_error(&too_long, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    let unknown = app
+        .post(
+            &booking_path(booking, "cancel"),
+            &admin,
+            json!({"why": "no"}),
+        )
+        .await;
+    assert_error(&unknown, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+
+    let reply = app
+        .post(
+            &booking_path(booking, "cancel"),
+            &admin,
+            json!({"reason": "guest asked"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], "cancelled");
+    assert_eq!(reply.body["id"], booking.to_string());
+    assert_eq!(reply.body["version"], 2);
+
+    // The nights are free at once.
+    booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
+
+    for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
+        let reply = act(&app, &admin, booking, action).await;
+        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
+    }
+    let reply = app
+        .patch(
+            &booking_path(booking, ""),
+            &admin,
+            json!({"notes": "again"}),
+        )
+        .await;
+    assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
+
+    // An empty body is accepted like {} on action routes.
+    let other = booked(&app, &admin, property, "2027-04-01", "2027-04-02").await;
+    let reply = app
+        .send(
+            "POST",
+            &booking_path(other, "cancel"),
+            Some(&admin),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn the_booking_life_cycle_and_its_invalid_transitions() {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+
+    // tentative -> confirmed
+    let hold = "2099-01-01T00:00:00Z";
+    let reply = app
+        .reserve_with(
+            &admin,
+            property,
+            "2027-03-01",
+            "2027-03-05",
+            json!({"status": "tentative", "hold_expires_at": hold}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], "tentative");
+    assert!(reply.body["hold_expires_at"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("2099-01-01")));
+    let booking = reply.id();
+    for action in ["check-in", "check-out", "no-show"] {
+        let reply = act(&app, &admin, booking, action).await;
+        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
+    }
+    let reply = act(&app, &admin, booking, "confirm").await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], "confirmed");
+    assert_eq!(reply.body["hold_expires_at"], Value::Null);
+    assert_eq!(reply.body["version"], 2);
+
+    // confirmed -> checked_in -> checked_out
+    for action in ["confirm", "check-out"] {
+        let reply = act(&app, &admin, booking, action).await;
+        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
+    }
+    let reply = act(&app, &admin, booking, "check-in").await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], "checked_in");
+    for action in ["confirm", "cancel", "check-in", "no-show"] {
+        let reply = act(&app, &admin, booking, action).await;
+        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
+    }
+    // A checked-in guest still holds the nights.
+    let reply = app
+        .reserve(&admin, property, "2027-03-04", "2027-03-06")
+        .await;
+    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+
+    let reply = act(&app, &admin, booking, "check-out").await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], "checked_out");
+    assert_eq!(reply.body["version"], 4);
+    for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
+        let reply = act(&app, &admin, booking, action).await;
+        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
+    }
+    let reply = app
+        .patch(&booking_path(booking, ""), &admin, json!({"adults": 3}))
+        .await;
+    assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
+
+    // confirmed -> no_show, which frees the nights.
+    let guest = booked(&app, &admin, property, "2027-05-01", "2027-05-03").await;
+    let reply = act(&app, &admin, guest, "no-show").await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["status"], "no_show");
+    for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
+        let reply = act(&app, &admin, guest, action).await;
+        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
+    }
+    booked(&app, &admin, property, "2027-05-01", "2027-05-03").await;
+
+    // Unknown bookings, on every route.
+    let unknown = Uuid::new_v4();
+    for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
+        let reply = act(&app, &admin, unknown, action).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
+    }
+    let reply = app
+        .patch(&booking_path(unknown, ""), &admin, json!({"notes": "x"}))
+        .await;
+    assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
+    let reply = act(&app, &admin, booking, "teleport").await;
+    assert_error(&reply, StatusCode::NOT_FOUND, "NOT_FOUND");
+    let reply = app
+        .post(
+            &booking_path(booking, "confirm"),
+            &admin,
+            json!({"force": true}),
+        )
+        .await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+}
+
+#[tokio::test]
+async fn an_expired_hold_cannot_be_confirmed_and_frees_its_nights() {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let expires = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let reply = app
+        .reserve_with(
+            &admin,
+            property,
+            "2027-03-01",
+            "2027-03-05",
+            json!({"status": "tentative", "hold_expires_at": expires.to_rfc3339()}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let hold = reply.id();
+    let reply = app
+        .reserve(&admin, property, "2027-03-02", "2027-03-03")
+        .await;
+    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let reply = act(&app, &admin, hold, "confirm").await;
+    assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
+    let reply = app
+        .reserve(&admin, property, "2027-03-02", "2027-03-03")
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::CREATED,
+        "an expired hold frees its nights: {:?}",
+        reply.body
+    );
+    let read = app.get(&booking_path(hold, ""), &admin).await;
+    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    assert_eq!(read.body["status"], "cancelled", "{:?}", read.body);
+}
+
+#[tokio::test]
+async fn modifying_a_booking() {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let booking = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
+    let neighbour = booked(&app, &admin, property, "2027-03-08", "2027-03-10").await;
+    let path = booking_path(booking, "");
+
+    // Shifting over its own nights is fine; up to the neighbour's arrival too.
+    let reply = app
+        .patch(
+            &path,
+            &admin,
+            json!({"check_in": "2027-03-03", "check_out": "2027-03-08"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["check_in"], "2027-03-03");
+    assert_eq!(reply.body["check_out"], "2027-03-08");
+    assert_eq!(reply.body["nights"], 5);
+    assert_eq!(reply.body["version"], 2);
+    assert_eq!(reply.body["status"], "confirmed");
+    // The released nights are free again.
+    booked(&app, &admin, property, "2027-03-01", "2027-03-03").await;
+
+    let reply = app
+        .patch(
+            &path,
+            &admin,
+            json!({"guest": {"name": "Bo Guest"}, "adults": 3, "children": 2, "price": {"amount_minor": 100, "currency": "GBP"}, "notes": "cot"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["guest"]["name"], "Bo Guest");
+    assert_eq!(reply.body["adults"], 3);
+    assert_eq!(reply.body["children"], 2);
+    assert_eq!(reply.body["price"]["currency"], "GBP");
+    assert_eq!(reply.body["notes"], "cot");
+    assert_eq!(
+        reply.body["check_in"], "2027-03-03",
+        "dates not sent are kept"
+    );
+    let reply = app
+        .patch(&path, &admin, json!({"price": null, "notes": null}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["price"], Value::Null);
+    assert_eq!(reply.body["notes"], Value::Null);
+
+    // One night into the neighbour's stay.
+    let reply = app
+        .patch(&path, &admin, json!({"check_out": "2027-03-09"}))
+        .await;
+    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+    assert_eq!(
+        reply.body["error"]["details"]["conflicts"],
+        json!([{"kind": "booking", "id": neighbour, "start": "2027-03-08", "end": "2027-03-10"}])
+    );
+    for bad in [
+        json!({"check_out": "2027-03-03"}),
+        json!({"check_in": "2027-03-09"}),
+        json!({"check_in": "2027-13-01"}),
+        json!({"adults": 0}),
+        json!({"guest": {"name": ""}}),
+        json!({"status": "cancelled"}),
+        json!({"property_id": property}),
+    ] {
+        let reply = app.patch(&path, &admin, bad.clone()).await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
+    let read = app.get(&path, &admin).await;
+    assert_eq!(read.body["check_in"], "2027-03-03");
+    assert_eq!(read.body["check_out"], "2027-03-08");
+}
+
+// ------------------------------------------------------------------ blocks
+
+#[tokio::test]
+async fn blocks_are_created_conflict_and_are_released() {
+    let app = spawn_app().await;
+    let (agency_id, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let booking = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
+
+    let reply = app
+        .post(
+            BLOCKS,
+            &admin,
+            json!({"property_id": property, "start": "2027-03-05", "end": "2027-03-10", "reason": "maintenance", "note": "paint"}),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        StatusCode::CREATED,
+        "back to back with a stay: {:?}",
+        reply.body
+    );
+    let b = &reply.body;
+    assert_eq!(b["agency_id"], agency_id.to_string());
+    assert_eq!(b["property_id"], property.to_string());
+    assert_eq!(b["start"], "2027-03-05");
+    assert_eq!(b["end"], "2027-03-10");
+    assert_eq!(b["reason"], "maintenance");
+    assert_eq!(b["note"], "paint");
+    assert_eq!(b["released"], false);
+    assert!(b["created_at"].is_string() && b["position"].as_i64().is_some());
+    let block = reply.id();
+
+    // Booking over a block, block over a booking.
+    let reply = app
+        .reserve(&admin, property, "2027-03-09", "2027-03-11")
+        .await;
+    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+    assert_eq!(
+        reply.body["error"]["details"]["conflicts"],
+        json!([{"kind": "block", "id": block, "start": "2027-03-05", "end": "2027-03-10"}])
+    );
+    let reply = app
+        .block(&admin, property, "2027-03-04", "2027-03-05", "owner_stay")
+        .await;
+    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+    assert_eq!(
+        reply.body["error"]["details"]["conflicts"][0]["kind"],
+        "booking"
+    );
+    assert_eq!(
+        reply.body["error"]["details"]["conflicts"][0]["id"],
+        booking.to_string()
+    );
+    booked(&app, &admin, property, "2027-03-10", "2027-03-11").await;
+
+    for bad in [
+        json!({"property_id": property, "start": "2027-05-01", "end": "2027-05-01", "reason": "other"}),
+        json!({"property_id": property, "start": "2027-05-02", "end": "2027-05-01", "reason": "other"}),
+        json!({"property_id": property, "start": "2027-01-01", "end": "2028-01-03", "reason": "other"}),
+        json!({"property_id": property, "start": "2027-05-01", "end": "2027-05-03", "reason": "party"}),
+        json!({"property_id": property, "start": "2027-05-01", "end": "2027-05-03"}),
+        json!({"property_id": property, "start": "2027-05-01", "end": "2027-05-03", "reason": "other", "colour": 1}),
+        json!({"property_id": property, "start": "2027-05-01", "end": "2027-05-03", "reason": "other", "note": "n".repeat(2001)}),
+        json!({"property_id": property, "start": "May 1", "end": "2027-05-03", "reason": "other"}),
+    ] {
+        let reply = app.post(BLOCKS, &admin, bad).await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
+    let missing = app
+        .block(&admin, Uuid::new_v4(), "2027-05-01", "2027-05-03", "other")
+        .await;
+    assert_error(&missing, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
+
+    let read = app.get(&format!("{BLOCKS}/{block}"), &admin).await;
+    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    assert_eq!(read.body["id"], block.to_string());
+
+    let reply = app.delete(&format!("{BLOCKS}/{block}"), &admin).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body["released"], true);
+    assert_eq!(reply.body["id"], block.to_string());
+    // Released nights are free.
+    booked(&app, &admin, property, "2027-03-05", "2027-03-10").await;
+
+    let again = app.delete(&format!("{BLOCKS}/{block}"), &admin).await;
+    assert_error(&again, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
+    let unknown = app
+        .delete(&format!("{BLOCKS}/{}", Uuid::new_v4()), &admin)
+        .await;
+    assert_error(&unknown, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
+    let booking_as_block = app.delete(&format!("{BLOCKS}/{booking}"), &admin).await;
+    assert_error(&booking_as_block, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
+    let block_as_booking = act(&app, &admin, block, "cancel").await;
+    assert_error(
+        &block_as_booking,
+        StatusCode::NOT_FOUND,
+        "BOOKING_NOT_FOUND",
+    );
+    let not_uuid = app.delete(&format!("{BLOCKS}/zzz"), &admin).await;
+    assert_error(&not_uuid, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+}
+
+// ------------------------------------------------------------------ HTTP edges
+
+#[tokio::test]
+async fn axum_rejections_come_in_the_contract_format() {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let json_type = [("content-type", "application/json")];
+
+    let malformed = app
+        .send_bytes(
+            "POST",
+            PROPERTIES,
+            Some(&admin),
+            b"{\"name\": \"Sea".to_vec(),
+            &json_type,
+        )
+        .await;
+    assert_error(&malformed, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    let not_json = app
+        .send_bytes(
+            "POST",
+            PROPERTIES,
+            Some(&admin),
+            b"name=Sea".to_vec(),
+            &json_type,
+        )
+        .await;
+    assert_error(&not_json, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+
+    // A JSON body under another content type (or none) is refused.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let reply = app
+            .send_bytes(
+                "POST",
+                PROPERTIES,
+                Some(&admin),
+                br#"{"name": "Sea View"}"#.to_vec(),
+                &[("content-type", content_type)],
+            )
+            .await;
+        assert!(
+            reply.status == StatusCode::BAD_REQUEST
+                || reply.status == StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{content_type}: {:?}",
+            reply
+        );
+        if reply.status == StatusCode::BAD_REQUEST {
+            assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        }
+        assert!(reply.body["error"]["request_id"].is_string(), "{reply:?}");
+    }
+    let untyped = app
+        .send_bytes(
+            "POST",
+            PROPERTIES,
+            Some(&admin),
+            br#"{"name": "Sea View"}"#.to_vec(),
+            &[],
+        )
+        .await;
+    assert!(untyped.status.is_client_error(), "{untyped:?}");
+    assert!(untyped.body["error"]["code"].is_string(), "{untyped:?}");
+
+    for path in [
+        "/nope",
+        "/api/v1/nope",
+        "/api/v2/properties",
+        "/api/v1/bookings/x/y/z",
+    ] {
+        let reply = app.get(path, &admin).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "NOT_FOUND");
+    }
+    let reply = app.send("GET", "/nope", None, None, &[]).await;
+    assert_error(&reply, StatusCode::NOT_FOUND, "NOT_FOUND");
+
+    for (method, path) in [
+        ("DELETE", PROPERTIES.to_owned()),
+        ("PUT", format!("{BOOKINGS}/{}", Uuid::new_v4())),
+        ("POST", "/health".to_owned()),
+        ("GET", format!("{BOOKINGS}/{}/confirm", Uuid::new_v4())),
+    ] {
+        let reply = app.send(&method, &path, Some(&admin), None, &[]).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {reply:?}"
+        );
+        assert!(!reply.code().is_empty(), "{method} {path}: {reply:?}");
+        assert_eq!(
+            reply.body["error"]["request_id"].as_str(),
+            header(&reply, "x-request-id"),
+            "{reply:?}"
+        );
+    }
+
+    let big = json!({"name": "x".repeat(70 * 1024)});
+    let reply = app.post(PROPERTIES, &admin, big.clone()).await;
+    assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
+    let reply = app
+        .send(
+            "POST",
+            PROPERTIES,
+            Some(&admin),
+            Some(&big),
+            &[("idempotency-key", "big-1")],
+        )
+        .await;
+    assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
+    // Just under the limit is not refused for its size (the name is too long).
+    let under = json!({"name": "x".repeat(60 * 1024)});
+    let reply = app.post(PROPERTIES, &admin, under).await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+
+    assert_eq!(app.total_events().await, 0);
+}
+
+#[tokio::test]
+async fn every_response_carries_x_request_id_and_echoes_the_one_sent() {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+
+    let mut replies = vec![
+        app.send("GET", "/health", None, None, &[]).await,
+        app.send("GET", "/health/ready", None, None, &[]).await,
+        app.send("GET", "/openapi.json", None, None, &[]).await,
+        app.get(&format!("{PROPERTIES}/{property}"), &admin).await,
+        app.post(PROPERTIES, &admin, json!({"name": "Two"})).await,
+        app.post(PROPERTIES, &admin, json!({})).await,
+        app.send("POST", PROPERTIES, None, Some(&json!({"name": "x"})), &[])
+            .await,
+        app.get("/nope", &admin).await,
+        app.send("DELETE", "/health", None, None, &[]).await,
+        app.post(PROPERTIES, &admin, json!({"name": "x".repeat(70 * 1024)}))
+            .await,
+        app.reserve(&admin, property, "2027-03-01", "2027-03-02")
+            .await,
+        app.reserve(&admin, property, "2027-03-01", "2027-03-02")
+            .await,
+    ];
+    let docs = app
+        .client
+        .get(format!("{}/docs/", app.base))
+        .send()
+        .await
+        .expect("docs answer");
+    assert!(
+        docs.headers().contains_key("x-request-id"),
+        "/docs/ has x-request-id"
+    );
+    for reply in replies.drain(..) {
+        let id =
+            header(&reply, "x-request-id").unwrap_or_else(|| panic!("no x-request-id: {reply:?}"));
+        assert!(!id.is_empty());
+        if !reply.status.is_success() {
+            assert_eq!(
+                reply.body["error"]["request_id"].as_str(),
+                Some(id),
+                "{reply:?}"
+            );
+        }
+    }
+    // Two requests get two ids.
+    let a = app.send("GET", "/health", None, None, &[]).await;
+    let b = app.send("GET", "/health", None, None, &[]).await;
+    assert_ne!(header(&a, "x-request-id"), header(&b, "x-request-id"));
+
+    // A request id sent by the client comes back, in the header and the error body.
+    let sent = "client-req-42";
+    let reply = app
+        .send(
+            "POST",
+            PROPERTIES,
+            Some(&admin),
+            Some(&json!({"name": "Three"})),
+            &[("x-request-id", sent)],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(header(&reply, "x-request-id"), Some(sent));
+    let reply = app
+        .send(
+            "POST",
+            PROPERTIES,
+            Some(&admin),
+            Some(&json!({})),
+            &[("x-request-id", sent)],
+        )
+        .await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    assert_eq!(header(&reply, "x-request-id"), Some(sent));
+    let reply = app
+        .send("GET", "/nope", None, None, &[("x-request-id", sent)])
+        .await;
+    assert_eq!(header(&reply, "x-request-id"), Some(sent));
+    assert_eq!(reply.body["error"]["request_id"], sent);
+    let reply = app
+        .send("GET", "/health", None, None, &[("x-request-id", sent)])
+        .await;
+    assert_eq!(header(&reply, "x-request-id"), Some(sent));
+}
+
+// ------------------------------------------------------------------ Idempotency-Key
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
+    let app = spawn_app().await;
+    let (agency_id, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let body = json!({
+        "property_id": property,
+        "check_in": "2027-03-01",
+        "check_out": "2027-03-05",
+        "guest": {"name": "Ana Guest"},
+    });
+    let key = [("idempotency-key", "reserve-0001")];
+
+    let first = app
+        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    let second = app
+        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+        .await;
+    assert_eq!(second.status, StatusCode::CREATED, "{:?}", second.body);
+    assert_eq!(second.body, first.body, "the same reply, position included");
+    assert_eq!(
+        app.count_events("booking.reserved").await,
+        1,
+        "appended once"
+    );
+
+    // The same key with another body, or on another route.
+    let mut other = body.clone();
+    other["check_out"] = json!("2027-03-06");
+    let reply = app
+        .send("POST", BOOKINGS, Some(&admin), Some(&other), &key)
+        .await;
+    assert_error(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "IDEMPOTENCY_KEY_REUSED",
+    );
+    let reply = app
+        .send(
+            "POST",
+            PROPERTIES,
+            Some(&admin),
+            Some(&json!({"name": "Other"})),
+            &key,
+        )
+        .await;
+    assert_error(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "IDEMPOTENCY_KEY_REUSED",
+    );
+    assert_eq!(app.count_events("booking.reserved").await, 1);
+    assert_eq!(app.count_events("property.registered").await, 1);
+
+    // Keys are scoped per agency: another agency's request with the same key is its own.
+    let other_agency = Uuid::new_v4();
+    let stranger = token(other_agency, "admin", "admin-2");
+    assert_ne!(other_agency, agency_id);
+    let reply = app
+        .send(
+            "POST",
+            PROPERTIES,
+            Some(&stranger),
+            Some(&json!({"name": "Theirs"})),
+            &key,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+
+    // Status changes and deletes replay too.
+    let booking = first.id();
+    let cancel_key = [("idempotency-key", "cancel-0001")];
+    let path = booking_path(booking, "cancel");
+    let c1 = app
+        .send("POST", &path, Some(&admin), Some(&json!({})), &cancel_key)
+        .await;
+    assert_eq!(c1.status, StatusCode::OK, "{:?}", c1.body);
+    let c2 = app
+        .send("POST", &path, Some(&admin), Some(&json!({})), &cancel_key)
+        .await;
+    assert_eq!(
+        c2.status,
+        StatusCode::OK,
+        "a replay, not INVALID_STATE_TRANSITION: {:?}",
+        c2.body
+    );
+    assert_eq!(c2.body, c1.body);
+    assert_eq!(app.count_events("booking.cancelled").await, 1);
+
+    let block = app
+        .block(&admin, property, "2027-04-01", "2027-04-02", "other")
+        .await
+        .id();
+    let release_key = [("idempotency-key", "release-0001")];
+    let block_path = format!("{BLOCKS}/{block}");
+    let r1 = app
+        .send("DELETE", &block_path, Some(&admin), None, &release_key)
+        .await;
+    let r2 = app
+        .send("DELETE", &block_path, Some(&admin), None, &release_key)
+        .await;
+    assert_eq!(r1.status, StatusCode::OK, "{:?}", r1.body);
+    assert_eq!((r2.status, &r2.body), (r1.status, &r1.body));
+
+    // Keys must be 1 to 255 printable ASCII characters.
+    let long = "k".repeat(256);
+    let reply = app
+        .send(
+            "POST",
+            PROPERTIES,
+            Some(&admin),
+            Some(&json!({"name": "Z"})),
+            &[("idempotency-key", long.as_str())],
+        )
+        .await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    let longest = "k".repeat(255);
+    let reply = app
+        .send(
+            "POST",
+            PROPERTIES,
+            Some(&admin),
+            Some(&json!({"name": "Z"})),
+            &[("idempotency-key", longest.as_str())],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_requests_with_one_key_make_one_booking() {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let body = json!({
+        "property_id": property,
+        "check_in": "2027-03-01",
+        "check_out": "2027-03-05",
+        "guest": {"name": "Ana Guest"},
+    });
+    let requests = (0..50).map(|_| {
+        app.client
+            .post(format!("{}{BOOKINGS}", app.base))
+            .bearer_auth(&admin)
+            .header("idempotency-key", "one-key-for-fifty")
+            .json(&body)
+            .send()
+    });
+    let mut ids = Vec::new();
+    for response in join_all(requests).await {
+        let response = response.expect("answered");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let reply: Value = response.json().await.expect("a JSON body");
+        ids.push(reply["id"].as_str().expect("an id").to_owned());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every reply names the same booking");
+    assert_eq!(app.count_events("booking.reserved").await, 1);
+
+    // Concurrent registrations with one key (each would be its own property).
+    let requests = (0..20).map(|_| {
+        app.client
+            .post(format!("{}{PROPERTIES}", app.base))
+            .bearer_auth(&admin)
+            .header("idempotency-key", "one-key-for-twenty")
+            .json(&json!({"name": "Twin"}))
+            .send()
+    });
+    let mut ids = Vec::new();
+    for response in join_all(requests).await {
+        let response = response.expect("answered");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let reply: Value = response.json().await.expect("a JSON body");
+        ids.push(reply["id"].as_str().expect("an id").to_owned());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every reply names the same property");
+    assert_eq!(app.count_events("property.registered").await, 2);
+}
+
+// ------------------------------------------------------------------ invariant 1
+
+#[tokio::test]
+async fn two_hundred_concurrent_overlapping_reserves_give_one_201() {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let requests = (0..200u64).map(|i| {
+        // All overlap the night of 2027-03-10.
+        let start = chrono::NaiveDate::from_ymd_opt(2027, 3, 10).expect("a date")
+            - chrono::Days::new(i % 5);
+        let end = chrono::NaiveDate::from_ymd_opt(2027, 3, 11).expect("a date")
+            + chrono::Days::new(i % 3);
+        app.client
+            .post(format!("{}{BOOKINGS}", app.base))
+            .bearer_auth(&admin)
+            .json(&json!({
+                "property_id": property,
+                "check_in": start.to_string(),
+                "check_out": end.to_string(),
+                "guest": {"name": format!("Guest {i}")},
+            }))
+            .send()
+    });
+    let mut created = 0;
+    let mut conflicts = 0;
+    for response in join_all(requests).await {
+        let response = response.expect("answered");
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        match status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::CONFLICT => {
+                assert_eq!(body["error"]["code"], "BOOKING_CONFLICT", "{body}");
+                conflicts += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!((created, conflicts), (1, 199));
+    assert_eq!(app.count_events("booking.reserved").await, 1);
+}
+
+// ------------------------------------------------------------------ health and docs
+
+#[tokio::test]
+async fn health_readiness_openapi_and_docs() {
+    let app = spawn_app().await;
+    for path in ["/health", "/healthz"] {
+        let reply = app.send("GET", path, None, None, &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+        assert_eq!(reply.body["status"], "ok", "{path}");
+    }
+    for path in ["/health/ready", "/readyz"] {
+        let reply = app.send("GET", path, None, None, &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {:?}", reply.body);
+        assert_eq!(reply.body["db"], "ok", "{path}");
+        let status = reply.body["status"].as_str().unwrap_or_default();
+        assert!(
+            ["ok", "degraded"].contains(&status),
+            "{path}: {:?}",
+            reply.body
+        );
+        assert!(reply.body.get("nats").is_some(), "{path}: {:?}", reply.body);
+        assert!(
+            reply.body.get("projections").is_some(),
+            "{path}: {:?}",
+            reply.body
+        );
+    }
+
+    let response = app
+        .client
+        .get(format!("{}/openapi.json", app.base))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    let doc: Value = serde_json::from_slice(&response.bytes().await.expect("a body"))
+        .expect("/openapi.json is JSON");
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with('3')),
+        "{}",
+        doc["openapi"]
+    );
+    let paths = &doc["paths"];
+    for (path, method) in [
+        ("/api/v1/properties", "post"),
+        ("/api/v1/properties/{id}", "patch"),
+        ("/api/v1/properties/{id}", "get"),
+        ("/api/v1/properties/{id}/archive", "post"),
+        ("/api/v1/bookings", "post"),
+        ("/api/v1/bookings/{id}", "patch"),
+        ("/api/v1/bookings/{id}", "get"),
+        ("/api/v1/bookings/{id}/confirm", "post"),
+        ("/api/v1/bookings/{id}/cancel", "post"),
+        ("/api/v1/bookings/{id}/check-in", "post"),
+        ("/api/v1/bookings/{id}/check-out", "post"),
+        ("/api/v1/bookings/{id}/no-show", "post"),
+        ("/api/v1/availability/blocks", "post"),
+        ("/api/v1/availability/blocks/{id}", "delete"),
+    ] {
+        assert!(
+            paths[path][method].is_object(),
+            "{method} {path} is in /openapi.json"
+        );
+    }
+
+    let response = app
+        .client
+        .get(format!("{}/docs/", app.base))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    let html = response.text().await.expect("a body");
+    assert!(html.to_lowercase().contains("<html"), "{html}");
+    // /docs (no slash) leads there too.
+    let response = app
+        .client
+        .get(format!("{}/docs", app.base))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+}

@@ -15,7 +15,7 @@ use crate::state::AppState;
     paths(
         properties::register, properties::update, properties::archive, properties::events,
         bookings::reserve, bookings::modify, bookings::confirm, bookings::cancel,
-        bookings::check_in, bookings::check_out, bookings::no_show, 
+        bookings::check_in, bookings::check_out, bookings::no_show,
         blocks::create, blocks::release, blocks::get,
         health::live, health::ready, ops::current_commit, ops::env_sanity,
         ops::projections, ops::start_replay, ops::replay_progress,

@@ -119,7 +119,10 @@ impl CommandBus {
     }
 
     fn slot(&self, property_id: Uuid) -> Slot {
-        let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slots = self
+            .slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if slots.len() >= MAX_CACHED && !slots.contains_key(&property_id) {
             slots.retain(|_, slot| Arc::strong_count(slot) > 1);
         }
@@ -219,16 +222,21 @@ impl CommandBus {
             idempotency_key: execution.idempotency.as_ref().map(|i| i.key.clone()),
         };
         let mut tx = self.store.pool().begin().await?;
-        let positions =
-            match EventStore::append(&mut tx, property_id, state.sequence, &events, &metadata)
-                .await
-            {
-                Ok(positions) => positions,
-                Err(e) if unique_violation(&e) == Some("events_pkey") => {
-                    return Ok(Err(Retry::LostRace))
-                }
-                Err(e) => return Err(e.into()),
-            };
+        let positions = match EventStore::append(
+            &mut tx,
+            property_id,
+            state.sequence,
+            &events,
+            &metadata,
+        )
+        .await
+        {
+            Ok(positions) => positions,
+            Err(e) if unique_violation(&e) == Some("events_pkey") => {
+                return Ok(Err(Retry::LostRace))
+            }
+            Err(e) => return Err(e.into()),
+        };
         state.sequence += events.len() as i64;
         state.position = positions.last().copied().unwrap_or(state.position);
         let reply = render(&state.calendar, state.position);

@@ -284,7 +284,11 @@ impl EventStore {
 
 /// Decodes a stored event, upcasting older versions first. Version "1" is the
 /// only one so far; a new version adds a step here, never an edit of the log.
-pub fn decode(event_type: String, event_version: String, payload: Value) -> Result<CalendarEvent, String> {
+pub fn decode(
+    event_type: String,
+    event_version: String,
+    payload: Value,
+) -> Result<CalendarEvent, String> {
     let payload = upcast(&event_type, &event_version, payload)?;
     CalendarEvent::from_stored(&event_type, payload).map_err(|e| e.to_string())
 }

@@ -203,7 +203,8 @@ impl TestApp {
     }
 
     pub async fn patch(&self, path: &str, token: &str, body: Value) -> Reply {
-        self.send("PATCH", path, Some(token), Some(&body), &[]).await
+        self.send("PATCH", path, Some(token), Some(&body), &[])
+            .await
     }
 
     pub async fn delete(&self, path: &str, token: &str) -> Reply {
@@ -224,7 +225,13 @@ impl TestApp {
     }
 
     /// Reserves `[check_in, check_out)` and returns the reply.
-    pub async fn reserve(&self, token: &str, property: Uuid, check_in: &str, check_out: &str) -> Reply {
+    pub async fn reserve(
+        &self,
+        token: &str,
+        property: Uuid,
+        check_in: &str,
+        check_out: &str,
+    ) -> Reply {
         self.post(
             "/api/v1/bookings",
             token,
@@ -291,4 +298,159 @@ pub fn token(agency: Uuid, role: &str, sub: &str) -> String {
 pub fn agency() -> (Uuid, String) {
     let agency = Uuid::new_v4();
     (agency, token(agency, "admin", "admin-1"))
+}
+
+// ------------------------------------------------------------------ added helpers
+// (used by write_side.rs and auth.rs; the helpers above are unchanged)
+
+impl TestApp {
+    /// Sends `body` as raw bytes (not necessarily JSON) with the given headers.
+    pub async fn send_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("the request is answered");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.unwrap_or_default();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    /// Blocks `[start, end)` for `reason` and returns the reply.
+    pub async fn block(
+        &self,
+        token: &str,
+        property: Uuid,
+        start: &str,
+        end: &str,
+        reason: &str,
+    ) -> Reply {
+        self.post(
+            "/api/v1/availability/blocks",
+            token,
+            json!({"property_id": property, "start": start, "end": end, "reason": reason}),
+        )
+        .await
+    }
+
+    /// Reserves a booking with any extra fields merged into the default body.
+    pub async fn reserve_with(
+        &self,
+        token: &str,
+        property: Uuid,
+        check_in: &str,
+        check_out: &str,
+        extra: Value,
+    ) -> Reply {
+        let mut body = json!({
+            "property_id": property,
+            "check_in": check_in,
+            "check_out": check_out,
+            "guest": {"name": "Ana Guest", "email": "ana@example.com"},
+        });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            for (key, value) in extra {
+                body.insert(key.clone(), value.clone());
+            }
+        }
+        self.post("/api/v1/bookings", token, body).await
+    }
+
+    /// How many events of `event_type` the whole log holds.
+    pub async fn count_events(&self, event_type: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1")
+            .bind(event_type)
+            .fetch_one(&mut self.db().await)
+            .await
+            .expect("count events")
+    }
+
+    /// How many events one property's stream holds.
+    pub async fn property_events(&self, property: Uuid) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+            .bind(property.to_string())
+            .fetch_one(&mut self.db().await)
+            .await
+            .expect("count a property's events")
+    }
+
+    /// How many events the whole log holds.
+    pub async fn total_events(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&mut self.db().await)
+            .await
+            .expect("count all events")
+    }
+}
+
+/// Asserts that `reply` is an error of the contract: the status, the code, a
+/// message, and a `request_id` equal to the `x-request-id` header.
+#[track_caller]
+pub fn assert_error(reply: &Reply, status: StatusCode, code: &str) {
+    assert_eq!(reply.status, status, "status of {:?}", reply.body);
+    assert_eq!(reply.code(), code, "code of {:?}", reply.body);
+    let error = &reply.body["error"];
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "a message in {:?}",
+        reply.body
+    );
+    let header = reply
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("no x-request-id header on {:?}", reply));
+    assert_eq!(
+        error["request_id"].as_str(),
+        Some(header),
+        "request_id of {:?}",
+        reply.body
+    );
+}
+
+/// Unpadded base64url, as in JWTs (for hand-made tokens).
+pub fn b64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A token with any header and claims, signed with `signature` as given
+/// (e.g. empty for `alg: none`).
+pub fn raw_token(header: Value, claims: Value, signature: &str) -> String {
+    format!(
+        "{}.{}.{signature}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    )
 }
