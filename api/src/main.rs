@@ -30,6 +30,13 @@ enum Commands {
     Migrate(DatabaseArgs),
     /// Mint a token signed with JWT_SECRET (development and ops).
     Token(TokenArgs),
+    /// Rebuild a projection (inventory, views, audit) from position 0 while
+    /// the service keeps running, then swap it in; shows progress.
+    Replay {
+        name: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
     /// Suspend or reinstate an agency.
     Agency {
         #[command(subcommand)]
@@ -119,6 +126,7 @@ async fn run(command: Commands) -> Result<(), StartError> {
             let keys = Keys::new(args.secret.jwt_secret.expose_secret().as_bytes());
             println!("{}", keys.mint(args.agency, args.role, &args.sub, args.ttl));
         }
+        Commands::Replay { name, database } => replay(&name, database).await?,
         Commands::Agency { action } => agency(action).await?,
     }
     Ok(())
@@ -150,6 +158,57 @@ async fn agency(action: AgencyAction) -> Result<(), StartError> {
                 .await?;
             println!("agency {agency} reinstated");
         }
+    }
+    Ok(())
+}
+
+/// Runs a replay in this process, drawing its progress (rate and ETA) from
+/// the same `projection_replays` row the HTTP route reports.
+async fn replay(name: &str, database: DatabaseArgs) -> Result<(), StartError> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    use ledger_projections::{replay, Projection};
+
+    let projection = Projection::parse(name).ok_or_else(|| {
+        format!(
+            "{name:?} is not a projection; they are {}",
+            Projection::ALL.map(|p| p.name()).join(", ")
+        )
+    })?;
+    let pool = ledger_infra::connect(&database.database_url, 4)?;
+    migrate_when_reachable(&pool).await?;
+    let id = replay::start(&pool, projection).await?;
+    let worker = {
+        let pool = pool.clone();
+        tokio::spawn(async move { replay::run(&pool, projection, id).await })
+    };
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template(
+            "{msg:>9} [{bar:40}] {pos}/{len} events  {per_sec}  ETA {eta}",
+        )
+        .expect("a valid progress template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(name.to_owned());
+    while !worker.is_finished() {
+        if let Some(progress) = replay::progress(&pool, projection).await? {
+            bar.set_length(progress.total.max(0) as u64);
+            bar.set_position(progress.processed.max(0) as u64);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let outcome = worker.await?;
+    let progress = replay::progress(&pool, projection).await?;
+    bar.finish_and_clear();
+    outcome?;
+    if let Some(p) = progress {
+        println!(
+            "{name}: replayed {} events in {:.1} s ({} events/s), swapped in",
+            p.processed,
+            p.finished_at
+                .map(|f| (f - p.started_at).num_milliseconds() as f64 / 1000.0)
+                .unwrap_or_default(),
+            p.events_per_sec
+        );
     }
     Ok(())
 }
