@@ -6,14 +6,31 @@ CREATE EXTENSION IF NOT EXISTS btree_gist;
 -- One row per projection (and per running replay, under '<name>@replay'):
 -- how far into the log it has applied, written in the same transaction as
 -- the rows it applied.
+--
+-- Tailers walk the log in (txid, position) order (see infra/src/tail.rs):
+-- the checkpoint is that pair. What a reader may rely on is the watermark,
+-- ledger_watermark(): every event at or below it has been applied.
 CREATE TABLE projection_checkpoints (
     name       text PRIMARY KEY,
+    txid       bigint      NOT NULL DEFAULT 0,
     position   bigint      NOT NULL DEFAULT 0,
     status     text        NOT NULL DEFAULT 'running' CHECK (status IN ('running', 'failed')),
     last_error text,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO projection_checkpoints (name) VALUES ('inventory'), ('views'), ('audit');
+
+CREATE INDEX events_txid_position ON events (txid, position);
+
+-- The highest position P such that every event at or below P lies at or
+-- behind the cursor (txid, position): what read-your-writes waits for.
+CREATE FUNCTION ledger_watermark(cp_txid bigint, cp_position bigint) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(
+        (SELECT min(position) - 1 FROM events
+          WHERE (txid, position) > (cp_txid::text::xid8, cp_position)),
+        (SELECT coalesce(max(position), 0) FROM events))
+$$;
 
 -- Replays rebuild a read model into a copy in this schema (CREATE TABLE
 -- ... LIKE ... INCLUDING ALL), then move it into public in one transaction.

@@ -13,7 +13,8 @@ pub mod inventory;
 pub mod queries;
 pub mod replay;
 pub mod runner;
-pub mod tail;
+/// The gap-free log reader lives in `ledger-infra` (the publisher shares it).
+pub use ledger_infra::tail;
 pub mod views;
 
 use sqlx::PgConnection;

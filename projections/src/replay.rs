@@ -98,7 +98,7 @@ pub async fn start(pool: &PgPool, projection: Projection) -> Result<Uuid, Replay
     }
     sqlx::query(
         "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0)
-         ON CONFLICT (name) DO UPDATE SET position = 0, status = 'running', last_error = NULL,
+         ON CONFLICT (name) DO UPDATE SET txid = 0, position = 0, status = 'running', last_error = NULL,
                                           updated_at = now()",
     )
     .bind(checkpoint(projection))
@@ -209,7 +209,8 @@ async fn swap(pool: &PgPool, projection: Projection) -> Result<(), ReplayError> 
     }
     sqlx::query(
         "UPDATE projection_checkpoints live
-            SET position = shadow.position, status = 'running', last_error = NULL, updated_at = now()
+            SET txid = shadow.txid, position = shadow.position, status = 'running',
+                last_error = NULL, updated_at = now()
            FROM projection_checkpoints shadow
           WHERE live.name = $1 AND shadow.name = $2",
     )

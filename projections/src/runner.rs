@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool, Row};
-use tokio::sync::watch;
 
 use crate::tail::{self, TailError};
 use crate::Projection;
+
+/// Moved to `ledger_infra::tail` (the publisher uses it too); kept here by name.
+pub use ledger_infra::tail::LogSignal;
 
 pub const LIVE_SCHEMA: &str = "public";
 pub const BATCH: i64 = 1000;
@@ -81,29 +82,19 @@ pub(crate) async fn apply_next(
     checkpoint: &str,
     limit: i64,
 ) -> Result<usize, StepError> {
-    let after: i64 = sqlx::query_scalar(
-        "SELECT position FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
-    )
-    .bind(checkpoint)
-    .fetch_one(&mut *conn)
-    .await?;
+    let after = tail::load_checkpoint(conn, checkpoint).await?;
     let events = tail::read_batch(conn, after, limit).await?;
-    let Some(last) = events.last().map(|e| e.position) else {
+    let Some(last) = events.last().map(|e| e.cursor()) else {
         return Ok(0);
     };
     projection
         .apply(conn, schema, &events)
         .await
-        .map_err(|source| StepError::Apply { after, source })?;
-    sqlx::query(
-        "UPDATE projection_checkpoints
-            SET position = $2, status = 'running', last_error = NULL, updated_at = now()
-          WHERE name = $1",
-    )
-    .bind(checkpoint)
-    .bind(last)
-    .execute(&mut *conn)
-    .await?;
+        .map_err(|source| StepError::Apply {
+            after: after.position,
+            source,
+        })?;
+    tail::store_checkpoint(conn, checkpoint, last).await?;
     Ok(events.len())
 }
 
@@ -151,43 +142,6 @@ async fn record_failure(pool: &PgPool, checkpoint: &str, error: &StepError) {
     }
 }
 
-/// Ticks every time the log may have grown (a NOTIFY on `ledger_events`).
-#[derive(Clone)]
-pub struct LogSignal(watch::Receiver<u64>);
-
-impl LogSignal {
-    /// Listens for NOTIFY on its own connection, re-connecting when it drops.
-    pub fn listen(pool: PgPool) -> LogSignal {
-        let (sender, receiver) = watch::channel(0u64);
-        tokio::spawn(async move {
-            loop {
-                match PgListener::connect_with(&pool).await {
-                    Ok(mut listener) => {
-                        if listener.listen("ledger_events").await.is_ok() {
-                            // Anything committed while not listening is picked up by this tick.
-                            sender.send_modify(|n| *n += 1);
-                            while listener.recv().await.is_ok() {
-                                sender.send_modify(|n| *n += 1);
-                            }
-                        }
-                    }
-                    Err(error) => tracing::debug!(%error, "cannot LISTEN yet"),
-                }
-                if sender.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
-        LogSignal(receiver)
-    }
-
-    /// Waits for the next tick, or `timeout`.
-    pub async fn wait(&mut self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.0.changed()).await;
-    }
-}
-
 /// Keeps a projection up to date until the process ends.
 pub async fn run(pool: PgPool, projection: Projection, mut signal: LogSignal) {
     let name = projection.name();
@@ -229,13 +183,14 @@ pub struct Status {
 
 pub async fn statuses(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT c.name, c.position, c.status, c.last_error, c.updated_at,
+        "SELECT c.name, ledger_watermark(c.txid, c.position) AS position, c.status,
+                c.last_error, c.updated_at,
                 (SELECT coalesce(max(position), 0) FROM events) AS head
            FROM projection_checkpoints c
           WHERE c.name = ANY($1)
           ORDER BY c.name",
     )
-    .bind(Projection::ALL.map(|p| p.name()).to_vec())
+    .bind(status_names())
     .fetch_all(pool)
     .await?;
     rows.into_iter()
@@ -255,10 +210,19 @@ pub async fn statuses(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
         .collect()
 }
 
-/// The position every projection in `which` has reached.
+/// The checkpoints ops see: every projection, and the NATS publisher.
+fn status_names() -> Vec<&'static str> {
+    let mut names = Projection::ALL.map(|p| p.name()).to_vec();
+    names.push(ledger_infra::publisher::CHECKPOINT);
+    names
+}
+
+/// The position every projection in `which` has reached: every event at
+/// or below it has been applied.
 pub async fn reached(pool: &PgPool, which: &[Projection]) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT coalesce(min(position), 0) FROM projection_checkpoints WHERE name = ANY($1)",
+        "SELECT coalesce(min(ledger_watermark(txid, position)), 0)
+           FROM projection_checkpoints WHERE name = ANY($1)",
     )
     .bind(which.iter().map(|p| p.name()).collect::<Vec<_>>())
     .fetch_one(pool)

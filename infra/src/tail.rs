@@ -1,0 +1,207 @@
+//! Reading the log in global order without ever skipping an event.
+//!
+//! Positions are taken when a row is inserted, not when its transaction
+//! commits, so position 7 can become visible after position 8. A reader that
+//! advanced its checkpoint past 8 would skip 7 forever. The reader therefore
+//! only takes rows whose transaction id is below the oldest transaction
+//! still running (`pg_snapshot_xmin`): every such transaction has finished.
+//!
+//! That alone is not enough when ordering by position: transaction ids and
+//! positions are not handed out in the same order (a transaction can take
+//! its id before another and its position after it), so a row with a lower
+//! position can still belong to a running transaction with a *higher* id.
+//! Tailers therefore walk the log in `(txid, position)` order and checkpoint
+//! that pair ([`Cursor`]): every transaction below `pg_snapshot_xmin` has
+//! finished, and every later one has a higher id, so nothing can ever appear
+//! behind the cursor. Within one property, this order is the sequence order:
+//! an append that follows another on the same property can only succeed
+//! after the first has committed, so its transaction id is higher.
+//!
+//! Every tailer uses this reader: the projections (`ledger-projections`)
+//! and the NATS publisher (`crate::publisher`). `LogSignal` wakes them when
+//! the log grows.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use ledger_domain::CalendarEvent;
+use serde::Deserialize;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool, Row};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Where a tailer is in the log: the last event it took, in `(txid, position)` order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    pub txid: i64,
+    pub position: i64,
+}
+
+/// One event as tailers see it.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub txid: i64,
+    pub position: i64,
+    pub property_id: Uuid,
+    pub sequence: i64,
+    pub event_id: Uuid,
+    pub event: CalendarEvent,
+    pub meta: Meta,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The parts of an event's metadata read models use.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Meta {
+    pub agency_id: Uuid,
+    pub user_id: String,
+    #[serde(default)]
+    pub role: String,
+    #[serde(default)]
+    pub request_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error("event at position {position} cannot be read: {reason}")]
+    Unreadable { position: i64, reason: String },
+}
+
+impl Envelope {
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            txid: self.txid,
+            position: self.position,
+        }
+    }
+}
+
+/// Up to `limit` events after `after`, in `(txid, position)` order, none of
+/// which a still-running transaction could precede.
+pub async fn read_batch(
+    conn: &mut PgConnection,
+    after: Cursor,
+    limit: i64,
+) -> Result<Vec<Envelope>, TailError> {
+    let rows = sqlx::query(
+        "SELECT txid::text::bigint AS txid, position, aggregate_id, sequence, event_id,
+                event_type, event_version, payload, metadata, recorded_at
+           FROM events
+          WHERE (txid, position) > ($1::text::xid8, $2)
+            AND txid < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY txid, position
+          LIMIT $3",
+    )
+    .bind(after.txid.to_string())
+    .bind(after.position)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(decode_row).collect()
+}
+
+/// A tailer's checkpoint (a row of `projection_checkpoints`), locked for
+/// the rest of the transaction.
+pub async fn load_checkpoint(conn: &mut PgConnection, name: &str) -> Result<Cursor, sqlx::Error> {
+    let row =
+        sqlx::query("SELECT txid, position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_one(conn)
+            .await?;
+    Ok(Cursor {
+        txid: row.try_get("txid")?,
+        position: row.try_get("position")?,
+    })
+}
+
+/// Moves a checkpoint forward to `to` (never back) and marks it running.
+pub async fn store_checkpoint(
+    conn: &mut PgConnection,
+    name: &str,
+    to: Cursor,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE projection_checkpoints
+            SET txid = $2, position = $3, status = 'running', last_error = NULL, updated_at = now()
+          WHERE name = $1 AND (txid, position) <= ($2, $3)",
+    )
+    .bind(name)
+    .bind(to.txid)
+    .bind(to.position)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn decode_row(row: sqlx::postgres::PgRow) -> Result<Envelope, TailError> {
+    let position: i64 = row.try_get("position")?;
+    let unreadable = |reason: String| TailError::Unreadable { position, reason };
+    let aggregate_id: String = row.try_get("aggregate_id")?;
+    let event = crate::event_store::decode(
+        row.try_get("event_type")?,
+        row.try_get("event_version")?,
+        row.try_get("payload")?,
+    )
+    .map_err(unreadable)?;
+    let meta: Meta = serde_json::from_value(row.try_get("metadata")?)
+        .map_err(|e| unreadable(format!("metadata: {e}")))?;
+    Ok(Envelope {
+        txid: row.try_get("txid")?,
+        position,
+        property_id: aggregate_id
+            .parse()
+            .map_err(|_| unreadable(format!("aggregate id {aggregate_id:?} is not a UUID")))?,
+        sequence: row.try_get("sequence")?,
+        event_id: row.try_get("event_id")?,
+        event,
+        meta,
+        recorded_at: row.try_get("recorded_at")?,
+    })
+}
+
+/// The position of the newest event in the log (0 when empty).
+pub async fn head(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+        .fetch_one(conn)
+        .await
+}
+
+/// Ticks every time the log may have grown (a NOTIFY on `ledger_events`).
+#[derive(Clone)]
+pub struct LogSignal(watch::Receiver<u64>);
+
+impl LogSignal {
+    /// Listens for NOTIFY on its own connection, re-connecting when it drops.
+    pub fn listen(pool: PgPool) -> LogSignal {
+        let (sender, receiver) = watch::channel(0u64);
+        tokio::spawn(async move {
+            loop {
+                match PgListener::connect_with(&pool).await {
+                    Ok(mut listener) => {
+                        if listener.listen("ledger_events").await.is_ok() {
+                            // Anything committed while not listening is picked up by this tick.
+                            sender.send_modify(|n| *n += 1);
+                            while listener.recv().await.is_ok() {
+                                sender.send_modify(|n| *n += 1);
+                            }
+                        }
+                    }
+                    Err(error) => tracing::debug!(%error, "cannot LISTEN yet"),
+                }
+                if sender.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        LogSignal(receiver)
+    }
+
+    /// Waits for the next tick, or `timeout`.
+    pub async fn wait(&mut self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.0.changed()).await;
+    }
+}

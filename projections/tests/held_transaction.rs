@@ -1,0 +1,179 @@
+//! A transaction that took its position early but commits late must never be
+//! skipped: projections stop below it until it commits, then apply it and
+//! everything after it exactly once.
+//!
+//! (Its own test binary: the held transaction holds back `pg_snapshot_xmin`
+//! for the whole server, which would stall tests running beside it.)
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use ledger_domain::commands::BlockNights;
+use ledger_domain::values::BlockReason;
+use ledger_domain::CalendarCommand;
+use ledger_infra::event_store::{EventStore, RefKind};
+use ledger_infra::CommandBus;
+use ledger_projections::{runner, tail, Projection};
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_open_transaction_is_never_skipped() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let bus = CommandBus::new(EventStore::new(pool.clone()));
+    let agency = Uuid::new_v4();
+    let (held_property, other) = (Uuid::new_v4(), Uuid::new_v4());
+    register(&bus, agency, held_property).await;
+    register(&bus, agency, other).await;
+    reserve(&bus, agency, held_property, Uuid::new_v4(), 0, 3).await;
+    let before = head(pool).await;
+    catch_up_to(pool, before).await;
+
+    // The held transaction appends a reservation the way the command bus
+    // would, and stays open.
+    let sequence = bus
+        .read(held_property, |loaded| loaded.sequence)
+        .await
+        .expect("read the calendar");
+    let held_booking = Uuid::new_v4();
+    let mut held = pool.begin().await.expect("begin");
+    let held_position = EventStore::append(
+        &mut held,
+        held_property,
+        sequence,
+        &[reserved_event(held_property, held_booking, 10, 14)],
+        &metadata(agency),
+    )
+    .await
+    .expect("append the held event")[0];
+    EventStore::record_ref(
+        &mut held,
+        held_booking,
+        RefKind::Booking,
+        agency,
+        held_property,
+    )
+    .await
+    .expect("record the held booking");
+    assert_eq!(held_position, before + 1);
+
+    // Meanwhile other writers commit events after it.
+    let later_booking = Uuid::new_v4();
+    let later_block = Uuid::new_v4();
+    reserve(&bus, agency, other, later_booking, 0, 5).await;
+    exec(
+        &bus,
+        agency,
+        other,
+        at(2),
+        CalendarCommand::BlockNights(BlockNights {
+            block_id: later_block,
+            start: day(6),
+            end: day(9),
+            reason: BlockReason::Maintenance,
+            note: None,
+        }),
+    )
+    .await
+    .expect("block nights");
+    exec(
+        &bus,
+        agency,
+        other,
+        at(3),
+        CalendarCommand::CancelBooking {
+            booking_id: later_booking,
+            reason: Some("plans changed".into()),
+        },
+    )
+    .await
+    .expect("cancel");
+    let committed_head = head(pool).await;
+    assert_eq!(committed_head, held_position + 3);
+
+    for _ in 0..3 {
+        for projection in Projection::ALL {
+            runner::catch_up(pool, projection)
+                .await
+                .unwrap_or_else(|e| panic!("catch up {}: {e}", projection.name()));
+            let at = cursor_position(pool, projection.name()).await;
+            assert_eq!(
+                at,
+                before,
+                "{} must stop below the held event at {held_position}",
+                projection.name()
+            );
+        }
+        let mut conn = pool.acquire().await.expect("a connection");
+        let after = tail::load_checkpoint(&mut conn, "inventory")
+            .await
+            .expect("the inventory checkpoint");
+        let batch = tail::read_batch(&mut conn, after, 100)
+            .await
+            .expect("read a batch");
+        assert!(
+            batch.is_empty(),
+            "nothing past an open transaction is readable: {:?}",
+            batch.iter().map(|e| e.position).collect::<Vec<_>>()
+        );
+        drop(conn);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // Nothing after the held event took effect.
+    let models = read_models(pool).await;
+    assert!(models.audit.iter().all(|a| a.position <= before));
+    let committed_before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE position <= $1")
+            .bind(before)
+            .fetch_one(pool)
+            .await
+            .expect("count events");
+    assert_eq!(models.audit.len() as i64, committed_before);
+    assert!(models.inventory.iter().all(|r| r.property_id != other));
+    assert!(models.bookings.iter().all(|b| b.property_id != other));
+    assert!(models.inventory.iter().all(|r| r.ref_id != held_booking));
+
+    held.commit().await.expect("commit the held transaction");
+    catch_up_to(pool, committed_head).await;
+
+    for projection in Projection::ALL {
+        assert_eq!(checkpoint(pool, projection.name()).await, committed_head);
+    }
+    // Every event exactly once in the audit log, the held one included.
+    let models = read_models(pool).await;
+    let logged: Vec<(Uuid, i64)> = sqlx::query_as("SELECT event_id, position FROM events")
+        .fetch_all(pool)
+        .await
+        .expect("read the log");
+    assert_eq!(models.audit.len(), logged.len());
+    let audited: BTreeSet<(Uuid, i64)> = models.audit.iter().map(|a| (a.id, a.position)).collect();
+    assert_eq!(audited, logged.into_iter().collect::<BTreeSet<_>>());
+    // The held claim is in the inventory, with its own position.
+    let held_row = models
+        .inventory
+        .iter()
+        .find(|r| r.ref_id == held_booking)
+        .expect("the held booking holds its nights");
+    assert_eq!(
+        (held_row.start, held_row.end, held_row.position),
+        (day(10), day(14), held_position)
+    );
+    assert!(models.bookings.iter().any(|b| b.booking_id == held_booking));
+    // The later events took effect too: the cancelled booking holds nothing,
+    // the block does.
+    assert!(models.inventory.iter().all(|r| r.ref_id != later_booking));
+    assert!(models.inventory.iter().any(|r| r.ref_id == later_block));
+    assert_read_models_match_aggregates(pool).await;
+
+    // A second catch-up applies nothing again.
+    for projection in Projection::ALL {
+        assert_eq!(
+            runner::catch_up(pool, projection).await.expect("catch up"),
+            0
+        );
+    }
+    assert_eq!(read_models(pool).await, models);
+}
