@@ -233,28 +233,15 @@ async fn bad_tokens_get_401_in_the_contract_format_and_change_nothing() {
     );
 
     // nbf and iat in the past are honoured and fine; the valid token works.
+    let property_path = format!("{PROPERTIES}/{property}?min_position={}", app.head().await);
     let fine = format!(
         "Bearer {}",
         signed(json!({"nbf": now - 60, "iat": now - 60}))
     );
-    let reply = with_authorization(
-        &app,
-        "GET",
-        &format!("{PROPERTIES}/{property}"),
-        Some(&fine),
-        None,
-    )
-    .await;
+    let reply = with_authorization(&app, "GET", &property_path, Some(&fine), None).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     let lower = format!("bearer {admin}");
-    let reply = with_authorization(
-        &app,
-        "GET",
-        &format!("{PROPERTIES}/{property}"),
-        Some(&lower),
-        None,
-    )
-    .await;
+    let reply = with_authorization(&app, "GET", &property_path, Some(&lower), None).await;
     assert_eq!(
         reply.status,
         StatusCode::OK,
@@ -475,23 +462,23 @@ async fn owners_act_on_their_own_properties_only() {
     let unowned = app.property(&admin, None).await;
 
     // Reads: own properties only; the others do not exist for the owner.
-    let reply = app.get(&format!("{PROPERTIES}/{own}"), &owner).await;
+    let reply = app.read(&format!("{PROPERTIES}/{own}"), &owner).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     let own_booking = app
         .reserve(&admin, own, "2027-03-01", "2027-03-03")
         .await
         .id();
-    let reply = app.get(&format!("{BOOKINGS}/{own_booking}"), &owner).await;
+    let reply = app.read(&format!("{BOOKINGS}/{own_booking}"), &owner).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
 
     for other in [someone_elses, unowned] {
-        let reply = app.get(&format!("{PROPERTIES}/{other}"), &owner).await;
+        let reply = app.read(&format!("{PROPERTIES}/{other}"), &owner).await;
         assert_error(&reply, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
         let booking = app
             .reserve(&admin, other, "2027-03-01", "2027-03-03")
             .await
             .id();
-        let reply = app.get(&format!("{BOOKINGS}/{booking}"), &owner).await;
+        let reply = app.read(&format!("{BOOKINGS}/{booking}"), &owner).await;
         assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
 
         // An owner stay on a property they do not own: as if it did not exist.
@@ -506,7 +493,7 @@ async fn owners_act_on_their_own_properties_only() {
             .id();
         let reply = app.delete(&format!("{BLOCKS}/{block}"), &owner).await;
         assert_error(&reply, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
-        let reply = app.get(&format!("{BLOCKS}/{block}"), &owner).await;
+        let reply = app.read(&format!("{BLOCKS}/{block}"), &owner).await;
         assert_error(&reply, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
         assert_eq!(
             app.property_events(other).await,
@@ -559,7 +546,7 @@ async fn owners_act_on_their_own_properties_only() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    let reply = app.get(&format!("{PROPERTIES}/{own}"), &owner).await;
+    let reply = app.read(&format!("{PROPERTIES}/{own}"), &owner).await;
     assert_error(&reply, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
     let reply = app
         .block(&owner, own, "2027-09-01", "2027-09-03", "owner_stay")
@@ -587,7 +574,7 @@ async fn every_role_but_the_owner_reads_the_agencys_calendar() {
             format!("{BOOKINGS}/{booking}"),
             format!("{BLOCKS}/{block}"),
         ] {
-            let reply = app.get(&path, &caller).await;
+            let reply = app.read(&path, &caller).await;
             assert_eq!(
                 reply.status,
                 StatusCode::OK,
@@ -596,6 +583,52 @@ async fn every_role_but_the_owner_reads_the_agencys_calendar() {
             );
         }
     }
+}
+
+/// A repeated Idempotency-Key answers with the stored reply, but only to a
+/// caller who may make the request: the role table still applies.
+#[tokio::test]
+#[ignore = "bug: an Idempotency-Key replay is answered before the role check (command_bus::execute looks up the stored reply before decide), so a role that may not write gets the 2xx reply of another user's command"]
+async fn an_idempotency_key_replay_is_still_held_to_the_role_table() {
+    let app = spawn_app().await;
+    let (agency_id, admin) = agency();
+    let accountant = token(agency_id, "accountant", "acc-1");
+    let owner = token(agency_id, "owner", OWNER);
+
+    let body = json!({"name": "Admin's"});
+    let key = [("idempotency-key", "admin-key-1")];
+    let first = app
+        .send("POST", PROPERTIES, Some(&admin), Some(&body), &key)
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    let replay = app
+        .send("POST", PROPERTIES, Some(&accountant), Some(&body), &key)
+        .await;
+    assert_error(&replay, StatusCode::FORBIDDEN, "FORBIDDEN");
+
+    // An owner may not read bookings of a property they do not own, nor
+    // book at all: a replay must not hand them the booking.
+    let property = first.id();
+    let body = json!({
+        "property_id": property,
+        "check_in": "2027-03-01",
+        "check_out": "2027-03-05",
+        "guest": {"name": "Private Guest", "email": "private@example.com"},
+    });
+    let key = [("idempotency-key", "admin-key-2")];
+    let first = app
+        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    let replay = app
+        .send("POST", BOOKINGS, Some(&owner), Some(&body), &key)
+        .await;
+    assert_eq!(replay.status, StatusCode::FORBIDDEN, "{:?}", replay.body);
+    assert!(
+        replay.body["guest"].is_null(),
+        "the guest leaked: {:?}",
+        replay.body
+    );
 }
 
 // ------------------------------------------------------------------ isolation
@@ -634,11 +667,12 @@ async fn another_agency_gets_404_on_everything_of_this_one() {
 
     // What a made-up id gets, to compare with.
     let ghost = Uuid::new_v4();
-    let unknown_property = app.get(&format!("{PROPERTIES}/{ghost}"), &admin_b).await;
-    let unknown_booking = app.get(&format!("{BOOKINGS}/{ghost}"), &admin_b).await;
+    let unknown_property = app.read(&format!("{PROPERTIES}/{ghost}"), &admin_b).await;
+    let unknown_booking = app.read(&format!("{BOOKINGS}/{ghost}"), &admin_b).await;
 
     let property_routes: Vec<Reply> = vec![
-        app.get(&format!("{PROPERTIES}/{property}"), &admin_b).await,
+        app.read(&format!("{PROPERTIES}/{property}"), &admin_b)
+            .await,
         app.patch(
             &format!("{PROPERTIES}/{property}"),
             &admin_b,
@@ -671,7 +705,7 @@ async fn another_agency_gets_404_on_everything_of_this_one() {
         );
     }
     let booking_routes: Vec<Reply> = vec![
-        app.get(&format!("{BOOKINGS}/{booking}"), &admin_b).await,
+        app.read(&format!("{BOOKINGS}/{booking}"), &admin_b).await,
         app.patch(
             &format!("{BOOKINGS}/{booking}"),
             &admin_b,
@@ -713,7 +747,7 @@ async fn another_agency_gets_404_on_everything_of_this_one() {
         );
     }
     for reply in [
-        app.get(&format!("{BLOCKS}/{block}"), &admin_b).await,
+        app.read(&format!("{BLOCKS}/{block}"), &admin_b).await,
         app.delete(&format!("{BLOCKS}/{block}"), &admin_b).await,
     ] {
         assert_error(&reply, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
@@ -722,14 +756,14 @@ async fn another_agency_gets_404_on_everything_of_this_one() {
     let agency_b = Uuid::new_v4();
     for role in ["manager", "staff", "owner", "accountant"] {
         let caller = token(agency_b, role, "user-1");
-        let reply = app.get(&format!("{PROPERTIES}/{property}"), &caller).await;
+        let reply = app.read(&format!("{PROPERTIES}/{property}"), &caller).await;
         assert_eq!(
             reply.status,
             StatusCode::NOT_FOUND,
             "{role}: {:?}",
             reply.body
         );
-        let reply = app.get(&format!("{BOOKINGS}/{booking}"), &caller).await;
+        let reply = app.read(&format!("{BOOKINGS}/{booking}"), &caller).await;
         assert_eq!(
             reply.status,
             StatusCode::NOT_FOUND,
@@ -739,14 +773,16 @@ async fn another_agency_gets_404_on_everything_of_this_one() {
     }
 
     assert_eq!(app.total_events().await, events, "agency B changed nothing");
-    let reply = app.get(&format!("{PROPERTIES}/{property}"), &admin_a).await;
+    let reply = app
+        .read(&format!("{PROPERTIES}/{property}"), &admin_a)
+        .await;
     assert_eq!(reply.body["name"], "Sea View");
     assert_eq!(reply.body["archived"], false);
-    let reply = app.get(&format!("{BOOKINGS}/{booking}"), &admin_a).await;
+    let reply = app.read(&format!("{BOOKINGS}/{booking}"), &admin_a).await;
     assert_eq!(reply.body["status"], "confirmed");
-    let reply = app.get(&format!("{BOOKINGS}/{tentative}"), &admin_a).await;
+    let reply = app.read(&format!("{BOOKINGS}/{tentative}"), &admin_a).await;
     assert_eq!(reply.body["status"], "tentative");
-    let reply = app.get(&format!("{BLOCKS}/{block}"), &admin_a).await;
+    let reply = app.read(&format!("{BLOCKS}/{block}"), &admin_a).await;
     assert_eq!(reply.body["released"], false);
 
     // An Idempotency-Key of agency A means nothing to agency B.
@@ -798,7 +834,7 @@ fn ledger(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
 async fn wait_for(app: &TestApp, path: &str, token: &str, status: StatusCode) -> Reply {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let reply = app.get(path, token).await;
+        let reply = app.read(path, token).await;
         if reply.status == status || Instant::now() > deadline {
             return reply;
         }
@@ -840,12 +876,12 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
         app.patch(&path, &admin, json!({"name": "More"})).await,
         app.reserve(&staff, property, "2027-04-01", "2027-04-02")
             .await,
-        app.get(&format!("{BOOKINGS}/{booking}"), &staff).await,
+        app.read(&format!("{BOOKINGS}/{booking}"), &staff).await,
         app.post(&format!("{BOOKINGS}/{booking}/cancel"), &admin, json!({}))
             .await,
         app.block(&admin, property, "2027-05-01", "2027-05-02", "other")
             .await,
-        app.get("/ops/current-commit", &admin).await,
+        app.read("/ops/current-commit", &admin).await,
     ];
     for reply in &replies {
         assert_error(reply, StatusCode::FORBIDDEN, "AGENCY_SUSPENDED");
@@ -858,7 +894,7 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
 
     // Other agencies are unaffected; health needs no token.
     let reply = app
-        .get(&format!("{PROPERTIES}/{other_property}"), &other_admin)
+        .read(&format!("{PROPERTIES}/{other_property}"), &other_admin)
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     let reply = app.send("GET", "/health", None, None, &[]).await;
@@ -936,7 +972,7 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     assert_eq!(reply.body["agency_id"], agency_text);
     let property = reply.id();
-    let reply = app.get(&format!("{PROPERTIES}/{property}"), &minted).await;
+    let reply = app.read(&format!("{PROPERTIES}/{property}"), &minted).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
 
     // A staff token from the CLI is held to the role table.
@@ -982,7 +1018,9 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
         .expect("UTF-8")
         .trim()
         .to_owned();
-    let reply = app.get(&format!("{PROPERTIES}/{property}"), &foreign).await;
+    let reply = app
+        .read(&format!("{PROPERTIES}/{property}"), &foreign)
+        .await;
     assert_error(&reply, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
 
     // The CLI refuses what the server would refuse.

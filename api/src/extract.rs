@@ -55,7 +55,30 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::validation(format!("invalid body: {e}")))?;
+    // serde's derived structs also accept arrays (fields by position); no
+    // body or field of the contract is an array, so refuse them outright.
+    let Some(object) = value.as_object() else {
+        return Err(ApiError::validation("the body must be a JSON object"));
+    };
+    if let Some(field) = first_array(object) {
+        return Err(ApiError::validation(format!(
+            "{field} must not be an array"
+        )));
+    }
+    // From the bytes again, not the Value: that one has already merged
+    // duplicate fields, which the typed parse refuses.
     serde_json::from_slice(bytes).map_err(|e| ApiError::validation(format!("invalid body: {e}")))
+}
+
+/// The path of the first array anywhere inside `object`.
+fn first_array(object: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    object.iter().find_map(|(key, value)| match value {
+        serde_json::Value::Array(_) => Some(key.clone()),
+        serde_json::Value::Object(inner) => first_array(inner).map(|path| format!("{key}.{path}")),
+        _ => None,
+    })
 }
 
 /// Everything a command needs from the request besides its body.

@@ -310,6 +310,14 @@ impl PropertyCalendar {
         })
     }
 
+    /// Whether the command's actor may take it on this calendar (the role
+    /// table, and who sees the property), without deciding it. A replayed
+    /// Idempotency-Key reply is held to this like a fresh request.
+    pub fn authorize(&self, command: &Command) -> Result<(), CalendarError> {
+        let action = self.required_action(&command.action)?;
+        self.property_for(&command.actor, action).map(|_| ())
+    }
+
     /// The property, if the actor's agency has it and the actor may act on it.
     /// Another agency's property, or one an owner does not own, is not found.
     pub fn property_for(&self, actor: &Actor, action: Action) -> Result<&Property, CalendarError> {

@@ -163,7 +163,7 @@ impl CommandBus {
         let slot = self.slot(execution.property_id);
         for attempt in 1..=MAX_ATTEMPTS {
             let mut state = slot.lock().await;
-            if let Some(reply) = self.stored_reply(execution).await? {
+            if let Some(reply) = self.replay(execution, &mut state).await? {
                 return Ok(reply);
             }
             let attempt_result = self.attempt(execution, &mut state, render).await;
@@ -181,7 +181,8 @@ impl CommandBus {
                 }
                 Err(ExecuteError::Domain(refusal)) => {
                     // A concurrent twin with the same key may have won: answer as it did.
-                    if let Some(reply) = self.stored_reply(execution).await? {
+                    let mut state = slot.lock().await;
+                    if let Some(reply) = self.replay(execution, &mut state).await? {
                         return Ok(reply);
                     }
                     return Err(refusal.into());
@@ -255,6 +256,22 @@ impl CommandBus {
         }
         tx.commit().await?;
         Ok(Ok(reply))
+    }
+
+    /// The stored reply for this request's Idempotency-Key, if there is one
+    /// and the caller may take the command now: a replay is held to the role
+    /// table and the agency's visibility rules like a fresh request.
+    async fn replay(
+        &self,
+        execution: &Execution,
+        state: &mut Loaded,
+    ) -> Result<Option<Reply>, ExecuteError> {
+        let Some(reply) = self.stored_reply(execution).await? else {
+            return Ok(None);
+        };
+        self.refresh(execution.property_id, state).await?;
+        state.calendar.authorize(&execution.command)?;
+        Ok(Some(reply))
     }
 
     /// The stored reply for this request's Idempotency-Key, if any.

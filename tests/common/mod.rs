@@ -2,6 +2,8 @@
 //! binary on a free port against a fresh PostgreSQL database and talks HTTP.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -48,6 +50,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     child: Option<Child>,
     log: PathBuf,
+    /// Extra environment of the ledger process (e.g. `NATS_URL`), set on
+    /// every (re)start after the defaults, so it can override them.
+    pub env: Vec<(String, String)>,
 }
 
 /// One HTTP reply: status, JSON body (Null when empty or not JSON), headers.
@@ -72,6 +77,11 @@ impl Reply {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with_env(&[]).await
+}
+
+/// `spawn_app` with extra environment for the ledger process.
+pub async fn spawn_app_with_env(env: &[(&str, &str)]) -> TestApp {
     let db_name = format!("ledger_test_{}", Uuid::new_v4().simple());
     let mut conn = maintenance().await;
     sqlx::query(&format!("CREATE DATABASE {db_name}"))
@@ -96,6 +106,10 @@ pub async fn spawn_app() -> TestApp {
             .expect("an HTTP client"),
         child: None,
         log,
+        env: env
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect(),
     };
     app.start().await;
     app
@@ -120,6 +134,7 @@ impl TestApp {
                 "RUST_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -374,6 +389,23 @@ impl TestApp {
             }
         }
         self.post("/api/v1/bookings", token, body).await
+    }
+
+    /// The position of the last committed event (0 for an empty log).
+    pub async fn head(&self) -> i64 {
+        sqlx::query_scalar("SELECT coalesce(max(position), 0)::bigint FROM events")
+            .fetch_one(&mut self.db().await)
+            .await
+            .expect("read the log's head")
+    }
+
+    /// A GET that reads its own writes: `?min_position=` is the log's head,
+    /// so the projections behind the read routes have caught up.
+    pub async fn read(&self, path: &str, token: &str) -> Reply {
+        let head = self.head().await;
+        let separator = if path.contains('?') { '&' } else { '?' };
+        self.get(&format!("{path}{separator}min_position={head}"), token)
+            .await
     }
 
     /// How many events of `event_type` the whole log holds.
