@@ -37,6 +37,9 @@ enum Commands {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Print the events published on NATS as they arrive, one CloudEvent
+    /// JSON document per line.
+    Tail(TailArgs),
     /// Suspend or reinstate an agency.
     Agency {
         #[command(subcommand)]
@@ -57,6 +60,23 @@ struct TokenArgs {
     /// Lifetime such as 30m, 1h, 7d.
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     ttl: Duration,
+}
+
+#[derive(clap::Args)]
+struct TailArgs {
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Only this agency's events.
+    #[arg(long)]
+    agency: Option<Uuid>,
+    /// Only this property's events.
+    #[arg(long)]
+    property: Option<Uuid>,
+    /// Start from log position N: the stream is read from the oldest event it
+    /// still holds and events with `ledgerposition` below N are skipped.
+    /// Without it, only events published from now on.
+    #[arg(long, value_name = "N")]
+    from_position: Option<i64>,
 }
 
 #[derive(Subcommand)]
@@ -127,7 +147,23 @@ async fn run(command: Commands) -> Result<(), StartError> {
             println!("{}", keys.mint(args.agency, args.role, &args.sub, args.ttl));
         }
         Commands::Replay { name, database } => replay(&name, database).await?,
+        Commands::Tail(args) => tail(args).await?,
         Commands::Agency { action } => agency(action).await?,
+    }
+    Ok(())
+}
+
+async fn tail(args: TailArgs) -> Result<(), StartError> {
+    use ledger_infra::channel::Follower;
+
+    let client = ledger_infra::nats::connect_now(&args.nats_url, "ledger-tail").await?;
+    let mut events =
+        Follower::open(&client, args.agency, args.property, args.from_position).await?;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => println!("{}", serde_json::to_string(&event)?),
+            Err(error) => eprintln!("ledger tail: {error}"),
+        }
     }
     Ok(())
 }

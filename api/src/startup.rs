@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ledger_infra::publisher::Publisher;
 use ledger_projections::runner::{self, LogSignal};
 use ledger_projections::Projection;
 use sqlx::PgPool;
@@ -27,7 +28,10 @@ impl Application {
         let pool = ledger_infra::connect(config.database_url(), config.db_pool_size)?;
         migrate_when_reachable(&pool).await?;
         let listener = TcpListener::bind(config.listen).await?;
-        let state = AppState::new(config, pool);
+        // Connects in the background: the service starts while NATS is down.
+        let nats = ledger_infra::nats::connect(&config.nats_url, "ledger").await?;
+        let mut state = AppState::new(config, pool);
+        state.nats = Some(nats);
         state.suspensions.refresh(&state.pool).await?;
         Ok(Self { listener, state })
     }
@@ -42,6 +46,9 @@ impl Application {
         let signal = LogSignal::listen(state.pool.clone());
         for projection in Projection::ALL {
             tokio::spawn(runner::run(state.pool.clone(), projection, signal.clone()));
+        }
+        if let Some(nats) = state.nats.clone() {
+            tokio::spawn(Publisher::new(state.pool.clone(), nats).run(signal.clone()));
         }
         tokio::spawn(crate::expiry::run(state.clone()));
         let router = crate::router(state);

@@ -21,6 +21,9 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     pub suspensions: Arc<Suspensions>,
     pub started_at: DateTime<Utc>,
+    /// The publisher's NATS connection, once `Application::build` made it;
+    /// readiness reports its state.
+    pub nats: Option<ledger_infra::nats::Client>,
 }
 
 impl AppState {
@@ -31,6 +34,7 @@ impl AppState {
             keys: Arc::new(keys),
             suspensions: Arc::new(Suspensions::default()),
             started_at: Utc::now(),
+            nats: None,
             config: Arc::new(config),
             pool,
         }

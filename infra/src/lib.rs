@@ -1,11 +1,17 @@
-//! Everything that touches PostgreSQL (and, later, NATS): the pool and
-//! migrations, the event store on postgres-es's table layout, the command
-//! bus that appends events atomically with what must commit with them, and
+//! Everything that touches PostgreSQL and NATS: the pool and migrations,
+//! the event store on postgres-es's table layout, the command bus that
+//! appends events atomically with what must commit with them, the gap-free
+//! log reader (`tail`), the NATS publisher and the channel-adapter kit, and
 //! telemetry set-up. Business decisions stay in `ledger-domain`.
 
+pub mod channel;
+pub mod cloudevent;
 pub mod command_bus;
 pub mod db;
 pub mod event_store;
+pub mod nats;
+pub mod publisher;
+pub mod tail;
 pub mod telemetry;
 
 pub use command_bus::{CommandBus, ExecuteError, Execution, Outcome, Reply};

@@ -43,8 +43,12 @@ pub async fn database_answers(state: &AppState) -> bool {
     )
 }
 
-/// Whether something accepts connections at the NATS address.
+/// Whether the publisher's NATS connection is up (without one, whether
+/// something accepts connections at the NATS address).
 pub async fn nats_answers(state: &AppState) -> bool {
+    if let Some(client) = &state.nats {
+        return ledger_infra::nats::is_connected(client);
+    }
     let address = state
         .config
         .nats_url

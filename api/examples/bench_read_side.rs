@@ -1,0 +1,395 @@
+//! Read-side benchmarks P4, P5 and P7 of QUALITY.md, each printed with its
+//! baseline measured in the same run on the same PostgreSQL.
+//!
+//!   cargo run --release -p ledger-api --example bench_read_side [-- --ranges 1000000]
+//!
+//! Uses a scratch database `ledger_bench` on the server of DATABASE_URL
+//! (dropped and recreated). Not a test: it prints figures.
+//!
+//! - P4: reserves through the command bus at 1,000/s; for each, the time from
+//!   its commit (the bus returned) to the inventory projection's checkpoint
+//!   passing its position, seen by a watcher polling every millisecond.
+//! - P5: a full rebuild (`replay`) of inventory_ranges from the log, against
+//!   raw GiST ingest (`INSERT ... SELECT` of as many ranges into a copy of
+//!   the table with the same EXCLUSION constraint); and of the audit log.
+//! - P7: availability search (`queries::free_properties`, in the same
+//!   RLS-confined read transaction the API uses) over 10,000 properties and
+//!   the generated ranges, random 7-night windows, 500 queries.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, Utc};
+use ledger_domain::commands::{RegisterProperty, ReserveStay};
+use ledger_domain::values::Guest;
+use ledger_domain::{Actor, CalendarCommand, Command, Role};
+use ledger_infra::{CommandBus, EventStore, Execution, Reply};
+use ledger_projections::runner::{self, LogSignal};
+use ledger_projections::{queries, replay, Projection};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Executor, PgPool};
+use uuid::Uuid;
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const AGENCY: Uuid = Uuid::from_u128(0x1111_1111_1111_4111_8111_1111_1111_1111);
+const PROPERTIES: i64 = 10_000;
+
+fn arg(name: &str, default: i64) -> i64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+async fn scratch_database() -> BenchResult<PgPool> {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/ledger".into());
+    let options: PgConnectOptions = url.parse()?;
+    let mut admin = options.clone().database("postgres").connect().await?;
+    admin
+        .execute("DROP DATABASE IF EXISTS ledger_bench WITH (FORCE)")
+        .await?;
+    admin.execute("CREATE DATABASE ledger_bench").await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(40)
+        .connect_with(options.database("ledger_bench"))
+        .await?;
+    ledger_infra::migrate(&pool).await?;
+    Ok(pool)
+}
+
+fn actor() -> Actor {
+    Actor {
+        agency_id: AGENCY,
+        user_id: "bench".into(),
+        role: Role::Admin,
+    }
+}
+
+fn execution(property_id: Uuid, action: CalendarCommand) -> Execution {
+    Execution {
+        property_id,
+        command: Command {
+            actor: actor(),
+            now: Utc::now(),
+            action,
+        },
+        request_id: "bench".into(),
+        idempotency: None,
+    }
+}
+
+fn render(_: &ledger_domain::PropertyCalendar, position: i64) -> Reply {
+    Reply {
+        status: 200,
+        body: serde_json::json!({ "position": position }),
+    }
+}
+
+fn day(n: i64) -> NaiveDate {
+    NaiveDate::from_ymd_opt(2027, 1, 1).unwrap() + chrono::Duration::days(n)
+}
+
+/// P4: commit -> visible in inventory_ranges at 1,000 commands/s.
+async fn p4(pool: &PgPool) -> BenchResult<()> {
+    let bus = Arc::new(CommandBus::new(EventStore::new(pool.clone())));
+    let properties: Vec<Uuid> = (0..500).map(|_| Uuid::now_v7()).collect();
+    for &id in &properties {
+        let register = CalendarCommand::RegisterProperty(RegisterProperty {
+            property_id: id,
+            name: "bench".into(),
+            timezone: None,
+            owner_id: None,
+            external_ref: None,
+        });
+        bus.execute(&execution(id, register), &render).await?;
+    }
+    runner::catch_up(pool, Projection::Inventory).await?;
+    let signal = LogSignal::listen(pool.clone());
+    let projector = tokio::spawn(runner::run(pool.clone(), Projection::Inventory, signal));
+
+    // The watcher: when did the checkpoint first reach each value?
+    let seen: Arc<Mutex<BTreeMap<i64, Instant>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (pool, seen, stop) = (pool.clone(), seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut conn = pool.acquire().await.expect("a connection");
+            let mut last = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let position: i64 = sqlx::query_scalar(
+                    "SELECT position FROM projection_checkpoints WHERE name = 'inventory'",
+                )
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap_or(last);
+                if position > last {
+                    seen.lock().unwrap().insert(position, Instant::now());
+                    last = position;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+
+    let rate = 1_000u64;
+    let seconds = arg("--p4-seconds", 10) as u64;
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let mut commits = Vec::new();
+    let started = Instant::now();
+    for i in 0..rate * seconds {
+        ticker.tick().await;
+        let bus = bus.clone();
+        let property = properties[(i as usize) % properties.len()];
+        let n = (i as usize / properties.len()) as i64;
+        commits.push(tokio::spawn(async move {
+            let reserve = CalendarCommand::ReserveStay(ReserveStay {
+                booking_id: Uuid::now_v7(),
+                check_in: day(n * 2),
+                check_out: day(n * 2 + 1),
+                guest: Guest {
+                    name: "Bench".into(),
+                    email: None,
+                    phone: None,
+                },
+                adults: None,
+                children: None,
+                status: None,
+                hold_expires_at: None,
+                channel: None,
+                external_ref: None,
+                price: None,
+                notes: None,
+            });
+            let reply = bus.execute(&execution(property, reserve), &render).await;
+            let at = Instant::now();
+            reply.map(|r| (r.body["position"].as_i64().unwrap_or(0), at))
+        }));
+    }
+    let mut committed = Vec::new();
+    for c in commits {
+        committed.push(c.await??);
+    }
+    let offered = committed.len() as f64 / started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.await?;
+    projector.abort();
+    let seen = seen.lock().unwrap();
+    let mut latencies: Vec<f64> = committed
+        .iter()
+        .filter_map(|(position, at)| {
+            let (_, visible) = seen.range(*position..).next()?;
+            Some(visible.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "P4  commit -> visible in inventory_ranges: {} commands at {offered:.0}/s; \
+         p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= 50 ms)",
+        latencies.len(),
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        percentile(&latencies, 100.0),
+    );
+    Ok(())
+}
+
+/// Writes `PROPERTIES` property.registered events and `ranges` booking.reserved
+/// events straight into the log (the same shape the event store writes).
+async fn generate_log(pool: &PgPool, ranges: i64) -> BenchResult<()> {
+    let per_property = (ranges / PROPERTIES).max(1);
+    let metadata = format!(
+        r#"{{"agency_id":"{AGENCY}","user_id":"bench","role":"admin","request_id":"bench","recorded_at":"2026-01-01T00:00:00Z"}}"#
+    );
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata, event_id)
+         SELECT 'property', md5('p' || p)::uuid::text, 1, 'property.registered', '1',
+                json_build_object('property_id', md5('p' || p)::uuid, 'agency_id', $1::uuid,
+                                  'name', 'Property ' || p, 'timezone', 'UTC', 'owner_id', NULL,
+                                  'external_ref', NULL, 'at', '2026-01-01T00:00:00Z'),
+                $2::json, gen_random_uuid()
+           FROM generate_series(1, $3) AS p ORDER BY p",
+    )
+    .bind(AGENCY)
+    .bind(&metadata)
+    .bind(PROPERTIES)
+    .execute(pool)
+    .await?;
+    // In chunks of properties, so one statement stays modest.
+    let chunk = 500;
+    for first in (1..=PROPERTIES).step_by(chunk as usize) {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                                 payload, metadata, event_id)
+             SELECT 'property', md5('p' || p)::uuid::text, k + 1, 'booking.reserved', '1',
+                    json_build_object('booking_id', md5('b' || p || '.' || k)::uuid,
+                                      'property_id', md5('p' || p)::uuid,
+                                      'check_in', date '2027-01-01' + (k * 3),
+                                      'check_out', date '2027-01-01' + (k * 3 + 2),
+                                      'guest', json_build_object('name', 'Guest', 'email', NULL, 'phone', NULL),
+                                      'adults', 2, 'children', 0, 'status', 'confirmed',
+                                      'hold_expires_at', NULL, 'channel', 'direct',
+                                      'external_ref', NULL, 'price', NULL, 'notes', NULL,
+                                      'at', '2026-01-01T00:00:00Z'),
+                    $1::json, gen_random_uuid()
+               FROM generate_series($2::bigint, $3::bigint) AS p, generate_series(1, $4::bigint) AS k
+              ORDER BY p, k",
+        )
+        .bind(&metadata)
+        .bind(first)
+        .bind((first + chunk - 1).min(PROPERTIES))
+        .bind(per_property)
+        .execute(pool)
+        .await?;
+    }
+    pool.execute("VACUUM ANALYZE events").await?;
+    Ok(())
+}
+
+async fn timed_replay(pool: &PgPool, projection: Projection) -> BenchResult<f64> {
+    let started = Instant::now();
+    let id = replay::start(pool, projection).await?;
+    replay::run(pool, projection, id).await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// P5: rebuild of inventory_ranges vs raw GiST ingest; audit log rebuild rate.
+async fn p5(pool: &PgPool, ranges: i64) -> BenchResult<()> {
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await?;
+    pool.execute(
+        "CREATE TABLE bench_gist (LIKE inventory_ranges INCLUDING ALL);
+         CREATE TABLE bench_source (LIKE inventory_ranges)",
+    )
+    .await?;
+    let per_property = (ranges / PROPERTIES).max(1);
+    sqlx::query(
+        "INSERT INTO bench_source
+         SELECT gen_random_uuid(), $1, md5('p' || p)::uuid, 'booking',
+                daterange(date '2027-01-01' + k * 3, date '2027-01-01' + k * 3 + 2), 'confirmed', 0
+           FROM generate_series(1, $2) p, generate_series(1, $3::bigint) k",
+    )
+    .bind(AGENCY)
+    .bind(PROPERTIES)
+    .bind(per_property)
+    .execute(pool)
+    .await?;
+    let started = Instant::now();
+    let rows = pool
+        .execute("INSERT INTO bench_gist SELECT * FROM bench_source")
+        .await?
+        .rows_affected();
+    let raw = rows as f64 / started.elapsed().as_secs_f64();
+    pool.execute("DROP TABLE bench_gist, bench_source").await?;
+
+    let inventory = events as f64 / timed_replay(pool, Projection::Inventory).await?;
+    let audit = events as f64 / timed_replay(pool, Projection::Audit).await?;
+    let built: i64 = sqlx::query_scalar("SELECT count(*) FROM inventory_ranges")
+        .fetch_one(pool)
+        .await?;
+    println!(
+        "P5  raw GiST ingest (INSERT ... SELECT, {rows} rows): {raw:.0} rows/s (baseline)\n\
+         P5  inventory_ranges rebuild from the log ({events} events -> {built} rows): \
+         {inventory:.0} events/s = {:.2} x baseline (target >= 0.7 x)\n\
+         P5  audit_log rebuild: {audit:.0} events/s (target >= 100,000 events/s)",
+        inventory / raw
+    );
+    Ok(())
+}
+
+/// P7: availability search over 10,000 properties and the generated ranges.
+async fn p7(pool: &PgPool) -> BenchResult<()> {
+    runner::catch_up(pool, Projection::Views).await?;
+    pool.execute("ANALYZE").await?;
+    let (properties, ranges): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM properties_view), (SELECT count(*) FROM inventory_ranges)",
+    )
+    .fetch_one(pool)
+    .await?;
+    let span: i64 = sqlx::query_scalar(
+        "SELECT coalesce(max(upper(during)) - min(lower(during)), 1) FROM inventory_ranges",
+    )
+    .fetch_one(pool)
+    .await?;
+    let mut latencies = Vec::new();
+    let mut found = 0usize;
+    let queries_to_run = 500;
+    for i in 0..queries_to_run {
+        let from = day((i * 7919) % span.max(1));
+        let to = from + chrono::Duration::days(7);
+        let started = Instant::now();
+        let mut tx = queries::begin(pool, AGENCY).await?;
+        let rows = queries::free_properties(&mut tx, AGENCY, None, from, to, None, 51).await?;
+        tx.commit().await?;
+        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+        found += rows.len();
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    // Baseline: the same search as one plain SQL statement, outside the RLS transaction.
+    let mut plain = Vec::new();
+    for i in 0..queries_to_run {
+        let from = day((i * 7919) % span.max(1));
+        let to = from + chrono::Duration::days(7);
+        let started = Instant::now();
+        let _: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT p.property_id FROM properties_view p
+              WHERE p.agency_id = $1 AND NOT p.archived AND NOT EXISTS (
+                    SELECT 1 FROM inventory_ranges r
+                     WHERE r.property_id = p.property_id AND r.during && daterange($2, $3))
+              ORDER BY p.property_id LIMIT 51",
+        )
+        .bind(AGENCY)
+        .bind(from)
+        .bind(to)
+        .fetch_all(pool)
+        .await?;
+        plain.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    plain.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "P7  availability search, {properties} properties, {ranges} ranges, {queries_to_run} queries \
+         (first page of 50, {:.1} hits avg): p50 {:.2} ms, p99 {:.2} ms (target p99 <= 20 ms); \
+         plain SQL baseline p50 {:.2} ms, p99 {:.2} ms",
+        found as f64 / queries_to_run as f64,
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        percentile(&plain, 50.0),
+        percentile(&plain, 99.0),
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> BenchResult<()> {
+    let ranges = arg("--ranges", 1_000_000);
+    let pool = scratch_database().await?;
+    p4(&pool).await?;
+
+    // P5 and P7 on a bigger log, in a fresh database.
+    drop(pool);
+    let pool = scratch_database().await?;
+    let started = Instant::now();
+    generate_log(&pool, ranges).await?;
+    println!(
+        "    generated {PROPERTIES} properties and {ranges} bookings in the log in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    p5(&pool, ranges).await?;
+    p7(&pool).await?;
+    Ok(())
+}

@@ -1,0 +1,554 @@
+//! The channel-adapter kit: what an adapter (Airbnb, Booking.com, Vrbo, ...)
+//! needs to follow the ledger's event stream safely.
+//!
+//! ```no_run
+//! # async fn adapter() -> Result<(), ledger_infra::channel::ChannelError> {
+//! use ledger_infra::channel::{Binding, ChannelConsumer};
+//! # let agency = uuid::Uuid::nil();
+//! let client = ledger_infra::nats::connect("nats://127.0.0.1:4222", "airbnb-adapter").await?;
+//! let mut events = ChannelConsumer::bind(&client, Binding::new("airbnb").agency(agency)).await?;
+//! while let Some(delivery) = events.next().await {
+//!     let delivery = delivery?;
+//!     if let Some(gap) = &delivery.gap {
+//!         // Missed something: resync gap.property_id from the HTTP API first.
+//!     }
+//!     match push_to_the_channel(&delivery.event).await {
+//!         Ok(()) => delivery.ack().await?,
+//!         Err(_) => delivery.nak(Some(std::time::Duration::from_secs(5))).await?,
+//!     }
+//! }
+//! # Ok(()) }
+//! # async fn push_to_the_channel(_: &ledger_infra::channel::LedgerEvent) -> Result<(), ()> { Ok(()) }
+//! ```
+//!
+//! What it guarantees on top of JetStream:
+//! - a durable pull consumer on one agency, one property, or everything
+//!   ([`Binding`]), so progress survives the adapter's restarts;
+//! - typed events: the CloudEvent as published plus its decoded
+//!   [`CalendarEvent`] ([`LedgerEvent`]);
+//! - ack after the adapter's own handling succeeded, nak for a redelivery;
+//! - per property, events are handed out in `ledgersequence` order: while an
+//!   event of a property is being handled or waits for its redelivery, later
+//!   events of that property are sent back (nak with a short delay) instead
+//!   of overtaking it;
+//! - a jump in `ledgersequence` is reported as a [`Gap`] on the delivery;
+//! - duplicates are skipped (and acked): an event id already handled, or a
+//!   `ledgersequence` at or below the property's last handled one. JetStream
+//!   drops republished events only within its duplicate window; this catches
+//!   the rest.
+//!
+//! The kit remembers in memory what was handled. An adapter that needs
+//! duplicate and gap detection across its own restarts stores
+//! [`ChannelConsumer::cursors`] with its own state and passes them back with
+//! [`ChannelConsumer::resume_from`]. Run one kit instance per durable name.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
+use ledger_domain::CalendarEvent;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::cloudevent::{self, CloudEvent, CloudEventError};
+use crate::nats::{self, Client};
+
+/// How many handled event ids the kit remembers, beyond the per-property
+/// sequence check.
+const SEEN_IDS: usize = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("NATS: {0}")]
+    Nats(#[source] async_nats::Error),
+    /// A message on the stream that is not a ledger event; it was terminated
+    /// (never redelivered).
+    #[error("message {stream_sequence} of the stream is not a ledger event: {source}")]
+    Malformed {
+        stream_sequence: u64,
+        #[source]
+        source: CloudEventError,
+    },
+}
+
+fn nats_error(error: impl Into<async_nats::Error>) -> ChannelError {
+    ChannelError::Nats(error.into())
+}
+
+impl From<async_nats::ConnectError> for ChannelError {
+    fn from(error: async_nats::ConnectError) -> Self {
+        nats_error(error)
+    }
+}
+
+/// Where a durable consumer starts the first time it is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Everything the stream still holds.
+    All,
+    /// Only events published after the consumer is created.
+    New,
+    /// From this stream sequence on.
+    StreamSequence(u64),
+}
+
+/// What to follow, and how.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    /// The durable consumer's name: the adapter's progress is kept under it.
+    pub name: String,
+    pub agency_id: Option<Uuid>,
+    pub property_id: Option<Uuid>,
+    pub start: Start,
+    /// How long a delivery may stay unacknowledged before JetStream
+    /// redelivers it (the adapter crashed or hung).
+    pub ack_wait: Duration,
+    /// Deliveries in flight (unacknowledged) at most.
+    pub max_ack_pending: i64,
+    /// How long an event waits before it is offered again when an earlier
+    /// event of its property is still being handled.
+    pub hold_delay: Duration,
+}
+
+impl Binding {
+    /// Every event of every agency, from the oldest the stream holds.
+    pub fn new(name: impl Into<String>) -> Binding {
+        Binding {
+            name: name.into(),
+            agency_id: None,
+            property_id: None,
+            start: Start::All,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 1000,
+            hold_delay: Duration::from_millis(50),
+        }
+    }
+
+    pub fn agency(mut self, agency_id: Uuid) -> Binding {
+        self.agency_id = Some(agency_id);
+        self
+    }
+
+    pub fn property(mut self, property_id: Uuid) -> Binding {
+        self.property_id = Some(property_id);
+        self
+    }
+
+    pub fn start(mut self, start: Start) -> Binding {
+        self.start = start;
+        self
+    }
+
+    /// The NATS subject filter this binding consumes.
+    pub fn filter_subject(&self) -> String {
+        cloudevent::filter(self.agency_id, self.property_id)
+    }
+}
+
+/// One event as the adapter receives it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerEvent {
+    /// The document as published (id, source, type, subject, time,
+    /// ledgerposition, ledgersequence, data).
+    pub cloud: CloudEvent,
+    pub agency_id: Uuid,
+    pub property_id: Uuid,
+    /// `data`, decoded.
+    pub event: CalendarEvent,
+}
+
+impl LedgerEvent {
+    pub fn from_cloud(cloud: CloudEvent) -> Result<LedgerEvent, CloudEventError> {
+        let (agency_id, property_id) = cloud.origin()?;
+        let event = cloud.decode()?;
+        Ok(LedgerEvent {
+            cloud,
+            agency_id,
+            property_id,
+            event,
+        })
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.cloud.id
+    }
+
+    pub fn position(&self) -> i64 {
+        self.cloud.ledgerposition
+    }
+
+    pub fn sequence(&self) -> i64 {
+        self.cloud.ledgersequence
+    }
+}
+
+/// `ledgersequence` jumped: events `expected..received` of the property were
+/// not seen. The adapter resynchronises the property (e.g. from
+/// `GET /api/v1/properties/{id}/events`) before acking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    pub property_id: Uuid,
+    pub expected: i64,
+    pub received: i64,
+}
+
+/// A durable pull consumer with the kit's ordering, gap and duplicate rules.
+pub struct ChannelConsumer {
+    messages: pull::Stream,
+    tracker: Arc<Mutex<Tracker>>,
+    hold_delay: Duration,
+}
+
+impl ChannelConsumer {
+    /// Creates the durable consumer if it does not exist yet (and the stream,
+    /// if no publisher has yet) and starts pulling.
+    pub async fn bind(client: &Client, binding: Binding) -> Result<ChannelConsumer, ChannelError> {
+        let context = jetstream::new(client.clone());
+        let stream = context
+            .get_or_create_stream(nats::stream_config())
+            .await
+            .map_err(nats_error)?;
+        let config = pull::Config {
+            durable_name: Some(binding.name.clone()),
+            filter_subject: binding.filter_subject(),
+            deliver_policy: match binding.start {
+                Start::All => DeliverPolicy::All,
+                Start::New => DeliverPolicy::New,
+                Start::StreamSequence(start_sequence) => {
+                    DeliverPolicy::ByStartSequence { start_sequence }
+                }
+            },
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: binding.ack_wait,
+            max_ack_pending: binding.max_ack_pending,
+            max_deliver: -1,
+            ..Default::default()
+        };
+        let consumer = stream
+            .get_or_create_consumer(&binding.name, config)
+            .await
+            .map_err(nats_error)?;
+        let messages = consumer.messages().await.map_err(nats_error)?;
+        Ok(ChannelConsumer {
+            messages,
+            tracker: Arc::new(Mutex::new(Tracker::default())),
+            hold_delay: binding.hold_delay,
+        })
+    }
+
+    /// Seeds the last handled `ledgersequence` per property (the adapter's
+    /// own stored progress), so duplicates and gaps are caught from the
+    /// first event.
+    pub fn resume_from(self, cursors: impl IntoIterator<Item = (Uuid, i64)>) -> ChannelConsumer {
+        lock(&self.tracker).last.extend(cursors);
+        self
+    }
+
+    /// The last handled `ledgersequence` of every property seen.
+    pub fn cursors(&self) -> HashMap<Uuid, i64> {
+        lock(&self.tracker).last.clone()
+    }
+
+    /// How many duplicates were skipped so far.
+    pub fn duplicates_skipped(&self) -> u64 {
+        lock(&self.tracker).duplicates
+    }
+
+    /// The next event to handle. Duplicates are acked and skipped; events
+    /// that must wait behind an earlier one of their property are sent back.
+    /// `None` when the subscription ends; an `Err` is one failed pull or one
+    /// malformed message, and the consumer can go on.
+    pub async fn next(&mut self) -> Option<Result<Delivery, ChannelError>> {
+        loop {
+            let message = match self.messages.next().await? {
+                Ok(message) => message,
+                Err(error) => return Some(Err(nats_error(error))),
+            };
+            let (stream_sequence, attempt) = message
+                .info()
+                .map(|info| (info.stream_sequence, info.delivered))
+                .unwrap_or_default();
+            let event =
+                match CloudEvent::from_json(&message.payload).and_then(LedgerEvent::from_cloud) {
+                    Ok(event) => event,
+                    Err(source) => {
+                        let _ = message.ack_with(AckKind::Term).await;
+                        return Some(Err(ChannelError::Malformed {
+                            stream_sequence,
+                            source,
+                        }));
+                    }
+                };
+            let verdict =
+                lock(&self.tracker).admit(event.property_id, event.sequence(), event.id());
+            let reply = match verdict {
+                Verdict::Deliver { gap } => {
+                    return Some(Ok(Delivery {
+                        event,
+                        gap,
+                        attempt,
+                        stream_sequence,
+                        message,
+                        tracker: self.tracker.clone(),
+                    }))
+                }
+                Verdict::Duplicate => AckKind::Ack,
+                Verdict::Hold => AckKind::Nak(Some(self.hold_delay)),
+            };
+            if let Err(error) = message.ack_with(reply).await {
+                return Some(Err(nats_error(error)));
+            }
+        }
+    }
+}
+
+/// One event handed to the adapter. Ack it once handled; nak it to have it
+/// redelivered. Dropped without either, it is redelivered after `ack_wait`.
+pub struct Delivery {
+    pub event: LedgerEvent,
+    /// Set when `ledgersequence` jumped past the property's last handled one.
+    pub gap: Option<Gap>,
+    /// 1 on the first delivery, 2 on the first redelivery, ...
+    pub attempt: i64,
+    pub stream_sequence: u64,
+    message: jetstream::Message,
+    tracker: Arc<Mutex<Tracker>>,
+}
+
+impl Delivery {
+    /// The adapter handled the event: it is never handed out again.
+    pub async fn ack(self) -> Result<(), ChannelError> {
+        let event = &self.event;
+        lock(&self.tracker).handled(event.property_id, event.sequence(), event.id());
+        // Should this ack be lost, the redelivery is recognised as a duplicate.
+        self.message.ack().await.map_err(nats_error)
+    }
+
+    /// The adapter failed: have the event redelivered (after `delay`). Later
+    /// events of the same property wait for it.
+    pub async fn nak(self, delay: Option<Duration>) -> Result<(), ChannelError> {
+        self.message
+            .ack_with(AckKind::Nak(delay))
+            .await
+            .map_err(nats_error)
+    }
+}
+
+/// Follows the stream without a durable consumer (`ledger tail`): an ordered
+/// consumer on one agency, one property or everything. With `from_position`
+/// it reads everything the stream still holds and skips events below that
+/// log position (stream sequences are not log positions: the stream may be
+/// shared, and old messages age out); without it, only new events.
+pub struct Follower {
+    messages: pull::Ordered,
+    from_position: i64,
+}
+
+impl Follower {
+    pub async fn open(
+        client: &Client,
+        agency_id: Option<Uuid>,
+        property_id: Option<Uuid>,
+        from_position: Option<i64>,
+    ) -> Result<Follower, ChannelError> {
+        let context = jetstream::new(client.clone());
+        let stream = context
+            .get_or_create_stream(nats::stream_config())
+            .await
+            .map_err(nats_error)?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: cloudevent::filter(agency_id, property_id),
+                deliver_policy: if from_position.is_some() {
+                    DeliverPolicy::All
+                } else {
+                    DeliverPolicy::New
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(nats_error)?;
+        Ok(Follower {
+            messages: consumer.messages().await.map_err(nats_error)?,
+            from_position: from_position.unwrap_or(0),
+        })
+    }
+
+    /// The next event, as published.
+    pub async fn next(&mut self) -> Option<Result<CloudEvent, ChannelError>> {
+        loop {
+            let message = match self.messages.next().await? {
+                Ok(message) => message,
+                Err(error) => return Some(Err(nats_error(error))),
+            };
+            match CloudEvent::from_json(&message.payload) {
+                Ok(event) if event.ledgerposition < self.from_position => continue,
+                Ok(event) => return Some(Ok(event)),
+                Err(source) => {
+                    return Some(Err(ChannelError::Malformed {
+                        stream_sequence: message.info().map(|i| i.stream_sequence).unwrap_or(0),
+                        source,
+                    }))
+                }
+            }
+        }
+    }
+}
+
+fn lock(tracker: &Mutex<Tracker>) -> MutexGuard<'_, Tracker> {
+    // The tracker's maps stay consistent even if a holder panicked.
+    tracker
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Deliver {
+        gap: Option<Gap>,
+    },
+    Duplicate,
+    /// An earlier event of the property is being handled or awaits redelivery.
+    Hold,
+}
+
+/// What the kit knows about handled events: pure bookkeeping, no I/O.
+#[derive(Debug, Default)]
+struct Tracker {
+    /// Last handled `ledgersequence` per property.
+    last: HashMap<Uuid, i64>,
+    /// Per property, the lowest sequence handed out and not yet acked.
+    outstanding: HashMap<Uuid, i64>,
+    seen: HashSet<Uuid>,
+    seen_order: VecDeque<Uuid>,
+    duplicates: u64,
+}
+
+impl Tracker {
+    fn admit(&mut self, property: Uuid, sequence: i64, id: Uuid) -> Verdict {
+        let last = self.last.get(&property).copied();
+        if self.seen.contains(&id) || last.is_some_and(|last| sequence <= last) {
+            self.duplicates += 1;
+            return Verdict::Duplicate;
+        }
+        match self.outstanding.get(&property) {
+            Some(&earlier) if earlier < sequence => return Verdict::Hold,
+            _ => {}
+        }
+        self.outstanding.insert(property, sequence);
+        let gap = last.filter(|last| sequence > last + 1).map(|last| Gap {
+            property_id: property,
+            expected: last + 1,
+            received: sequence,
+        });
+        Verdict::Deliver { gap }
+    }
+
+    fn handled(&mut self, property: Uuid, sequence: i64, id: Uuid) {
+        let last = self.last.entry(property).or_insert(sequence);
+        *last = (*last).max(sequence);
+        if self.outstanding.get(&property) == Some(&sequence) {
+            self.outstanding.remove(&property);
+        }
+        if self.seen.insert(id) {
+            self.seen_order.push_back(id);
+            if self.seen_order.len() > SEEN_IDS {
+                if let Some(oldest) = self.seen_order.pop_front() {
+                    self.seen.remove(&oldest);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> (Uuid, Uuid, Uuid) {
+        (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4())
+    }
+
+    #[test]
+    fn events_in_sequence_are_delivered_without_a_gap() {
+        let mut tracker = Tracker::default();
+        let (p, a, b) = ids();
+        assert_eq!(tracker.admit(p, 1, a), Verdict::Deliver { gap: None });
+        tracker.handled(p, 1, a);
+        assert_eq!(tracker.admit(p, 2, b), Verdict::Deliver { gap: None });
+    }
+
+    #[test]
+    fn a_jump_in_ledgersequence_is_reported_as_a_gap() {
+        let mut tracker = Tracker::default();
+        let (p, a, b) = ids();
+        tracker.admit(p, 1, a);
+        tracker.handled(p, 1, a);
+        let gap = Gap {
+            property_id: p,
+            expected: 2,
+            received: 4,
+        };
+        assert_eq!(tracker.admit(p, 4, b), Verdict::Deliver { gap: Some(gap) });
+    }
+
+    #[test]
+    fn the_first_event_seen_of_a_property_is_its_baseline() {
+        let mut tracker = Tracker::default();
+        let (p, a, _) = ids();
+        assert_eq!(tracker.admit(p, 17, a), Verdict::Deliver { gap: None });
+    }
+
+    #[test]
+    fn a_handled_id_or_an_old_sequence_is_a_duplicate() {
+        let mut tracker = Tracker::default();
+        let (p, a, b) = ids();
+        tracker.admit(p, 1, a);
+        tracker.handled(p, 1, a);
+        assert_eq!(tracker.admit(p, 1, a), Verdict::Duplicate);
+        assert_eq!(tracker.admit(p, 1, b), Verdict::Duplicate, "same sequence");
+        assert_eq!(tracker.duplicates, 2);
+    }
+
+    #[test]
+    fn resumed_cursors_catch_duplicates_and_gaps_from_the_start() {
+        let mut tracker = Tracker::default();
+        let (p, a, b) = ids();
+        tracker.last.insert(p, 5);
+        assert_eq!(tracker.admit(p, 5, a), Verdict::Duplicate);
+        assert!(matches!(
+            tracker.admit(p, 7, b),
+            Verdict::Deliver { gap: Some(_) }
+        ));
+    }
+
+    #[test]
+    fn a_later_event_waits_while_an_earlier_one_is_outstanding() {
+        let mut tracker = Tracker::default();
+        let (p, a, b) = ids();
+        tracker.admit(p, 1, a);
+        tracker.handled(p, 1, a);
+        let c = Uuid::new_v4();
+        assert_eq!(tracker.admit(p, 2, b), Verdict::Deliver { gap: None });
+        // 2 was naked (or is still being handled): 3 must not overtake it.
+        assert_eq!(tracker.admit(p, 3, c), Verdict::Hold);
+        // The redelivery of 2 is handed out again.
+        assert_eq!(tracker.admit(p, 2, b), Verdict::Deliver { gap: None });
+        tracker.handled(p, 2, b);
+        assert_eq!(tracker.admit(p, 3, c), Verdict::Deliver { gap: None });
+    }
+
+    #[test]
+    fn other_properties_do_not_wait() {
+        let mut tracker = Tracker::default();
+        let (p, q, a) = ids();
+        tracker.admit(p, 1, a);
+        assert_eq!(
+            tracker.admit(q, 1, Uuid::new_v4()),
+            Verdict::Deliver { gap: None }
+        );
+    }
+}

@@ -1,0 +1,527 @@
+//! The event stream on NATS JetStream (API.md "Event stream on NATS
+//! JetStream", QUALITY.md R3): what is published, in which order, and what
+//! survives NATS and publisher failures. Each test runs its own nats-server
+//! (tests/common/nats.rs), so stopping it touches nothing else.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::stream::StorageType;
+use chrono::{Days, NaiveDate};
+use common::nats::NatsServer;
+use common::{agency, spawn_app_with_env, TestApp};
+use futures::StreamExt;
+use ledger_domain::CalendarEvent;
+use ledger_infra::channel::{Binding, ChannelConsumer, ChannelError, Delivery, LedgerEvent};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// A ledger publishing to a private nats-server. The app is declared last so
+/// that it is dropped (killed) before the server.
+async fn start() -> (NatsServer, TestApp) {
+    let nats = NatsServer::start();
+    let app = spawn_app_with_env(&[("NATS_URL", &nats.url)]).await;
+    (nats, app)
+}
+
+async fn connect(nats: &NatsServer) -> async_nats::Client {
+    async_nats::connect(&nats.url)
+        .await
+        .expect("connect to the test's nats-server")
+}
+
+/// Waits until the publisher's checkpoint is the head of the log; returns it.
+async fn published(app: &TestApp, timeout: Duration) -> i64 {
+    let deadline = Instant::now() + timeout;
+    let mut db = app.db().await;
+    loop {
+        let (position, head): (i64, i64) = sqlx::query_as(
+            "SELECT position, (SELECT coalesce(max(position), 0) FROM events)
+               FROM projection_checkpoints WHERE name = 'publisher'",
+        )
+        .fetch_one(&mut db)
+        .await
+        .expect("read the publisher's checkpoint");
+        if position == head {
+            return head;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the publisher is at {position} of {head} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next delivery of the kit, within `timeout`; `None` when nothing came.
+async fn next(consumer: &mut ChannelConsumer, timeout: Duration) -> Option<Delivery> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Err(_) => return None,
+            Ok(None) => panic!("the subscription ended"),
+            Ok(Some(Ok(delivery))) => return Some(delivery),
+            // A pull that failed (e.g. a missed heartbeat): the consumer goes on.
+            Ok(Some(Err(ChannelError::Nats(error)))) => eprintln!("pull failed: {error}"),
+            Ok(Some(Err(error))) => panic!("{error}"),
+        }
+    }
+}
+
+/// Receives and acks `count` events, asserting that no delivery reports a
+/// gap; then asserts nothing more arrives.
+async fn receive_all(consumer: &mut ChannelConsumer, count: usize) -> Vec<LedgerEvent> {
+    let mut received = Vec::with_capacity(count);
+    while received.len() < count {
+        let delivery = next(consumer, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("only {} of {count} events arrived", received.len()));
+        assert_eq!(delivery.gap, None, "after {} events", received.len());
+        received.push(delivery.event.clone());
+        delivery.ack().await.expect("ack");
+    }
+    if let Some(extra) = next(consumer, Duration::from_millis(500)).await {
+        panic!("an event beyond the log: {:?}", extra.event.cloud);
+    }
+    received
+}
+
+/// Every event once, in log order, and per property `1, 2, 3, ...`.
+#[track_caller]
+fn assert_in_log_order(events: &[LedgerEvent]) {
+    let ids: HashSet<Uuid> = events.iter().map(LedgerEvent::id).collect();
+    assert_eq!(ids.len(), events.len(), "an event id arrived twice");
+    for pair in events.windows(2) {
+        assert!(
+            pair[0].position() < pair[1].position(),
+            "position {} arrived before {}",
+            pair[0].position(),
+            pair[1].position()
+        );
+    }
+    let mut last: HashMap<Uuid, i64> = HashMap::new();
+    for event in events {
+        let previous = last
+            .insert(event.property_id, event.sequence())
+            .unwrap_or(0);
+        assert_eq!(
+            event.sequence(),
+            previous + 1,
+            "property {} jumped from {previous}",
+            event.property_id
+        );
+    }
+}
+
+/// Writers reserving one-night stays, round robin over `properties`, until
+/// stopped. Connection failures (the ledger being killed) are counted, not fatal.
+struct Load {
+    acknowledged: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    writers: tokio::task::JoinSet<()>,
+}
+
+impl Load {
+    fn start(app: &TestApp, token: &str, properties: &[Uuid], writers: usize) -> Load {
+        let acknowledged = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let next_stay = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..writers {
+            let (client, token) = (app.client.clone(), token.to_owned());
+            let url = format!("{}/api/v1/bookings", app.base);
+            let properties = properties.to_vec();
+            let (acknowledged, refused, stop, next_stay) = (
+                acknowledged.clone(),
+                refused.clone(),
+                stop.clone(),
+                next_stay.clone(),
+            );
+            tasks.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next_stay.fetch_add(1, Ordering::Relaxed);
+                    let property = properties[i % properties.len()];
+                    let night = NaiveDate::from_ymd_opt(2030, 1, 1).expect("a date")
+                        + Days::new(2 * (i / properties.len()) as u64);
+                    let body = json!({
+                        "property_id": property,
+                        "check_in": night.to_string(),
+                        "check_out": (night + Days::new(1)).to_string(),
+                        "guest": {"name": "Stream Guest"},
+                    });
+                    let reply = client.post(&url).bearer_auth(&token).json(&body).send();
+                    match reply.await {
+                        Ok(r) if r.status() == StatusCode::CREATED => {
+                            acknowledged.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            });
+        }
+        Load {
+            acknowledged,
+            refused,
+            stop,
+            writers: tasks,
+        }
+    }
+
+    fn acknowledged(&self) -> usize {
+        self.acknowledged.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `count` writes were acknowledged.
+    async fn until(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.acknowledged() < count {
+            assert!(
+                Instant::now() < deadline,
+                "only {} writes acknowledged",
+                self.acknowledged()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the writers; returns (acknowledged, refused).
+    async fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        while self.writers.join_next().await.is_some() {}
+        (self.acknowledged(), self.refused.load(Ordering::Relaxed))
+    }
+}
+
+async fn properties(app: &TestApp, token: &str, count: usize) -> Vec<Uuid> {
+    let registered = futures::future::join_all((0..count).map(|_| app.property(token, None))).await;
+    assert_eq!(registered.len(), count);
+    registered
+}
+
+async fn total_events(app: &TestApp) -> usize {
+    app.total_events().await as usize
+}
+
+#[tokio::test]
+async fn a_reserve_is_published_as_the_documented_cloudevent() {
+    let (nats, app) = start().await;
+    let (agency_id, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let reply = app
+        .reserve(&admin, property, "2027-05-01", "2027-05-04")
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let booking = reply.id();
+    let position = reply.body["position"].as_i64().expect("a position");
+    published(&app, Duration::from_secs(10)).await;
+    let event_id: Uuid = sqlx::query_scalar("SELECT event_id FROM events WHERE position = $1")
+        .bind(position)
+        .fetch_one(&mut app.db().await)
+        .await
+        .expect("the event is in the log");
+
+    // The stream, as API.md and the publisher's doc comment define it.
+    let client = connect(&nats).await;
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let mut stream = jetstream.get_stream("LEDGER").await.expect("stream LEDGER");
+    let config = &stream.info().await.expect("stream info").config;
+    assert_eq!(config.subjects, vec!["ledger.>".to_owned()]);
+    assert_eq!(config.storage, StorageType::File);
+    assert_eq!(config.duplicate_window, Duration::from_secs(120));
+
+    // The raw message: subject, Nats-Msg-Id header, CloudEvent fields.
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: format!("ledger.{agency_id}.>"),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("an ordered consumer");
+    let mut messages = consumer.messages().await.expect("messages").take(2);
+    let mut raw = Vec::new();
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("two messages within 10 s")
+    {
+        raw.push(message.expect("a message"));
+    }
+    let message = &raw[1];
+    assert_eq!(
+        message.subject.as_str(),
+        format!("ledger.{agency_id}.{property}.booking.reserved")
+    );
+    let msg_id = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|v| v.as_str().to_owned());
+    assert_eq!(msg_id, Some(event_id.to_string()));
+    let document: Value = serde_json::from_slice(&message.payload).expect("JSON");
+    assert_eq!(document["specversion"], "1.0");
+    assert_eq!(document["id"], event_id.to_string());
+    assert_eq!(
+        document["source"],
+        format!("/agencies/{agency_id}/properties/{property}")
+    );
+    assert_eq!(document["type"], "ledger.booking.reserved");
+    assert_eq!(document["subject"], booking.to_string());
+    assert_eq!(document["datacontenttype"], "application/json");
+    assert_eq!(document["ledgerposition"], position);
+    assert_eq!(document["ledgersequence"], 2);
+    assert_eq!(document["data"]["booking_id"], booking.to_string());
+    assert_eq!(document["data"]["check_in"], "2027-05-01");
+    let time = document["time"].as_str().expect("a time");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(time).is_ok(),
+        "time {time} is RFC 3339"
+    );
+    assert_eq!(
+        raw[0].subject.as_str(),
+        format!("ledger.{agency_id}.{property}.property.registered")
+    );
+    let registered: Value = serde_json::from_slice(&raw[0].payload).expect("JSON");
+    assert!(
+        registered.get("subject").is_none(),
+        "no subject for a property event"
+    );
+
+    // Through the kit: typed, ack after handling, nak for a redelivery.
+    let binding = Binding::new("test-adapter").property(property);
+    let mut kit = ChannelConsumer::bind(&client, binding)
+        .await
+        .expect("bind the kit");
+    let first = next(&mut kit, Duration::from_secs(10))
+        .await
+        .expect("the registration");
+    assert!(matches!(
+        first.event.event,
+        CalendarEvent::PropertyRegistered { .. }
+    ));
+    first.ack().await.expect("ack");
+    let reserved = next(&mut kit, Duration::from_secs(10))
+        .await
+        .expect("the reserve");
+    assert_eq!(reserved.attempt, 1);
+    assert_eq!(reserved.event.id(), event_id);
+    reserved.nak(None).await.expect("nak");
+    let again = next(&mut kit, Duration::from_secs(10))
+        .await
+        .expect("the redelivery");
+    assert_eq!(again.event.id(), event_id);
+    assert_eq!(again.attempt, 2, "a nak brings the event back");
+    assert_eq!(
+        (again.event.agency_id, again.event.property_id),
+        (agency_id, property)
+    );
+    match &again.event.event {
+        CalendarEvent::BookingReserved { booking_id, .. } => assert_eq!(*booking_id, booking),
+        other => panic!("expected booking.reserved, got {other:?}"),
+    }
+    again.ack().await.expect("ack");
+    assert!(next(&mut kit, Duration::from_millis(300)).await.is_none());
+
+    // Readiness and ops see the publisher.
+    let ready = app.send("GET", "/health/ready", None, None, &[]).await;
+    assert_eq!(ready.body["nats"], "ok", "{:?}", ready.body);
+    assert_eq!(ready.body["status"], "ok", "{:?}", ready.body);
+    let ops = app.get("/ops/projections", &admin).await;
+    let publisher = publisher_entry(&ops.body);
+    assert_eq!(publisher["lag"], 0, "{publisher}");
+    assert_eq!(publisher["position"], position, "{publisher}");
+
+    // `ledger tail` prints the same document, one JSON line.
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_ledger"))
+        .args(["tail", "--agency", &agency_id.to_string()])
+        .args(["--from-position", &position.to_string()])
+        .env("NATS_URL", &nats.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ledger tail");
+    let stdout = tail.stdout.take().expect("stdout");
+    let (lines, line) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Some(Ok(first)) = BufReader::new(stdout).lines().next() {
+            let _ = lines.send(first);
+        }
+    });
+    let printed = line.recv_timeout(Duration::from_secs(10));
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let printed: Value =
+        serde_json::from_str(&printed.expect("ledger tail printed a line")).expect("a JSON line");
+    assert_eq!(printed, document);
+}
+
+#[tokio::test]
+async fn a_thousand_events_over_fifty_properties_arrive_in_order_without_gaps() {
+    let (nats, app) = start().await;
+    let (agency_id, admin) = agency();
+    let properties = properties(&app, &admin, 50).await;
+    let load = Load::start(&app, &admin, &properties, 32);
+    load.until(950).await;
+    let (acknowledged, refused) = load.finish().await;
+    assert_eq!(refused, 0, "every reserve is acknowledged");
+    let total = total_events(&app).await;
+    assert_eq!(total, 50 + acknowledged);
+    assert!(total >= 1000, "{total} events");
+
+    let client = connect(&nats).await;
+    let binding = Binding::new("thousand").agency(agency_id);
+    let mut kit = ChannelConsumer::bind(&client, binding).await.expect("bind");
+    let events = receive_all(&mut kit, total).await;
+    assert_in_log_order(&events);
+    let seen: HashSet<Uuid> = events.iter().map(|e| e.property_id).collect();
+    assert_eq!(seen, properties.iter().copied().collect());
+}
+
+#[tokio::test]
+async fn events_committed_while_nats_is_down_are_published_in_order_when_it_is_back() {
+    let (mut nats, app) = start().await;
+    let (_, admin) = agency();
+    let properties = properties(&app, &admin, 5).await;
+    let load = Load::start(&app, &admin, &properties, 4);
+    load.until(40).await;
+
+    nats.stop();
+    let stopped_at = load.acknowledged();
+    let ready = poll(&app, "/health/ready", None, |body| body["nats"] == "down").await;
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    // Writes go on while NATS is down; the publisher's lag shows in ops.
+    load.until(stopped_at + 100).await;
+    let ops = poll(&app, "/ops/projections", Some(&admin), |body| {
+        publisher_entry(body)["last_error"].is_string()
+    })
+    .await;
+    let lag = publisher_entry(&ops)["lag"].as_i64().unwrap_or_default();
+    assert!(lag >= 100, "publisher lag {lag} while NATS is down: {ops}");
+
+    nats.restart();
+    poll(&app, "/health/ready", None, |body| body["status"] == "ok").await;
+    load.until(load.acknowledged() + 40).await;
+    let (_, refused) = load.finish().await;
+    assert_eq!(refused, 0, "writes kept succeeding while NATS was down");
+    published(&app, Duration::from_secs(20)).await;
+    let ops = app.get("/ops/projections", &admin).await;
+    assert!(
+        publisher_entry(&ops.body)["last_error"].is_null(),
+        "{:?}",
+        ops.body
+    );
+
+    let client = connect(&nats).await;
+    let mut kit = ChannelConsumer::bind(&client, Binding::new("after-outage"))
+        .await
+        .expect("bind");
+    let events = receive_all(&mut kit, total_events(&app).await).await;
+    assert_in_log_order(&events);
+}
+
+#[tokio::test]
+async fn a_publisher_killed_mid_load_republishes_and_the_kit_sees_each_event_once() {
+    let (nats, mut app) = start().await;
+    let (_, admin) = agency();
+    let properties = properties(&app, &admin, 10).await;
+    let load = Load::start(&app, &admin, &properties, 8);
+    load.until(60).await;
+    app.kill();
+    let killed_at = load.acknowledged();
+    app.start().await;
+    load.until(killed_at + 60).await;
+    load.finish().await;
+    published(&app, Duration::from_secs(20)).await;
+
+    // Killed between publish and checkpoint, deterministically: the last
+    // 100 events were published but the checkpoint did not move past them.
+    app.kill();
+    sqlx::query(
+        "UPDATE projection_checkpoints SET position = greatest(position - 100, 0)
+          WHERE name = 'publisher'",
+    )
+    .execute(&mut app.db().await)
+    .await
+    .expect("move the checkpoint back");
+    app.start().await;
+    let head = published(&app, Duration::from_secs(20)).await;
+    let total = total_events(&app).await;
+
+    let client = connect(&nats).await;
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let mut stream = jetstream.get_stream("LEDGER").await.expect("stream LEDGER");
+    let stored = stream.info().await.expect("info").state.messages;
+    assert_eq!(
+        stored, total as u64,
+        "JetStream dropped the republished copies (head {head})"
+    );
+
+    // Copies older than the duplicate window reach consumers: publish 20
+    // stored messages again without Nats-Msg-Id, as such a copy would arrive.
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig::default())
+        .await
+        .expect("an ordered consumer");
+    let mut messages = consumer.messages().await.expect("messages").take(20);
+    while let Some(message) = messages.next().await {
+        let message = message.expect("a message");
+        jetstream
+            .publish(message.subject.clone(), message.payload.clone())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    assert_eq!(
+        stream.info().await.expect("info").state.messages,
+        total as u64 + 20
+    );
+
+    let mut kit = ChannelConsumer::bind(&client, Binding::new("after-crash"))
+        .await
+        .expect("bind");
+    let events = receive_all(&mut kit, total).await;
+    assert_in_log_order(&events);
+    assert_eq!(kit.duplicates_skipped(), 20);
+}
+
+fn publisher_entry(body: &Value) -> Value {
+    body.as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == "publisher").cloned())
+        .unwrap_or_else(|| panic!("no publisher in {body}"))
+}
+
+/// GETs `path` until `done(body)` holds (10 s at most); returns the body.
+async fn poll(
+    app: &TestApp,
+    path: &str,
+    token: Option<&str>,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = app.send("GET", path, token, None, &[]).await;
+        if done(&reply.body) {
+            return reply.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} never got there: {:?}",
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
