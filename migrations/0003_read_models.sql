@@ -124,13 +124,28 @@ CREATE UNIQUE INDEX ON projection_replays (name) WHERE state IN ('running', 'swa
 -- Row-level security: a second wall behind the application's own agency
 -- filter. Reads run as ledger_reader with ledger.agency_id set for the
 -- transaction; a query that forgot its WHERE still sees one agency only.
+-- Roles are shared by every database of the cluster, so databases migrated
+-- at the same moment (test runs do that) race on them: a loser of the race
+-- retries and finds the role or membership already there.
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ledger_reader') THEN
-        CREATE ROLE ledger_reader NOLOGIN;
-    END IF;
-    -- The service switches to it (SET LOCAL ROLE) for every read.
-    EXECUTE format('GRANT ledger_reader TO %I', current_user);
+    FOR attempt IN 1..20 LOOP
+        BEGIN
+            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ledger_reader') THEN
+                CREATE ROLE ledger_reader NOLOGIN;
+            END IF;
+            -- The service switches to it (SET LOCAL ROLE) for every read.
+            IF NOT pg_has_role(current_user, 'ledger_reader', 'MEMBER') THEN
+                EXECUTE format('GRANT ledger_reader TO %I', current_user);
+            END IF;
+            RETURN;
+        EXCEPTION WHEN OTHERS THEN
+            IF attempt = 20 THEN
+                RAISE;
+            END IF;
+            PERFORM pg_sleep(0.05 * attempt);
+        END;
+    END LOOP;
 END $$;
 
 -- Applied to a read-model table and to its replay copy before the swap.

@@ -588,7 +588,6 @@ async fn every_role_but_the_owner_reads_the_agencys_calendar() {
 /// A repeated Idempotency-Key answers with the stored reply, but only to a
 /// caller who may make the request: the role table still applies.
 #[tokio::test]
-#[ignore = "bug: an Idempotency-Key replay is answered before the role check (command_bus::execute looks up the stored reply before decide), so a role that may not write gets the 2xx reply of another user's command"]
 async fn an_idempotency_key_replay_is_still_held_to_the_role_table() {
     let app = spawn_app().await;
     let (agency_id, admin) = agency();

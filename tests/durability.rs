@@ -33,7 +33,7 @@ async fn a_booking_acknowledged_with_201_survives_kill_9_right_after() {
 
     app.start().await;
     let reply = app
-        .get(&format!("/api/v1/bookings/{booking}"), &admin)
+        .read(&format!("/api/v1/bookings/{booking}"), &admin)
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(reply.body["status"], "confirmed");

@@ -166,7 +166,7 @@ async fn wait_caught_up(app: &TestApp, admin: &str, secs: u64) -> BTreeMap<Strin
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let all = projections(app, admin).await;
-        let done = PROJECTIONS.iter().all(|name| {
+        let done = PROJECTIONS.iter().chain(&["publisher"]).all(|name| {
             all.get(*name)
                 .is_some_and(|p| p["lag"] == 0 && p["position"] == p["head_position"])
         });
@@ -1574,7 +1574,6 @@ async fn kill_9_while_projections_catch_up_loses_and_doubles_nothing() {
 /// `properties_view` and then `bookings_view` in one transaction; PostgreSQL
 /// aborts one of them and the read answers 500 INTERNAL_ERROR.
 #[tokio::test]
-#[ignore = "bug: GET /api/v1/bookings deadlocks with the views replay swap (500 INTERNAL_ERROR, 'deadlock detected')"]
 async fn replay_under_writes_keeps_every_read_working_and_converges() {
     replay_under_writes(true).await;
 }
@@ -1650,7 +1649,7 @@ async fn replay_under_writes(read_bookings: bool) {
                         reply.body["position"].as_i64().unwrap_or(0),
                         Ordering::Relaxed,
                     );
-                    if writes % 2 == 0 {
+                    if writes.is_multiple_of(2) {
                         let reply = app
                             .post(
                                 &format!("{BOOKINGS}/{}/cancel", reply.id()),
@@ -1806,7 +1805,7 @@ async fn ops_and_readiness_report_each_projection_with_its_lag() {
     let ops = wait_caught_up(&app, &admin, 10).await;
     assert_eq!(
         ops.keys().map(String::as_str).collect::<Vec<_>>(),
-        vec!["audit", "inventory", "views"]
+        vec!["audit", "inventory", "publisher", "views"]
     );
     for (name, p) in &ops {
         assert_eq!(p["position"], at, "{name}: {p}");
@@ -1837,10 +1836,14 @@ async fn ops_and_readiness_report_each_projection_with_its_lag() {
         let listed = reply.body["projections"]
             .as_array()
             .unwrap_or_else(|| panic!("{path}: {:?}", reply.body));
-        assert_eq!(listed.len(), 3, "{path}: {:?}", reply.body);
+        assert_eq!(listed.len(), 4, "{path}: {:?}", reply.body);
         for p in listed {
             assert!(p["position"].is_i64() && p["head_position"].is_i64(), "{p}");
             assert_eq!(p["head_position"], b2, "{p}");
+            if p["name"] == "publisher" {
+                // Publishing runs on its own pace (NATS acks); it is listed.
+                continue;
+            }
             let expected_lag = if p["name"] == "audit" { b2 - at } else { 0 };
             assert_eq!(p["lag"], expected_lag, "{path}: {p}");
         }

@@ -315,6 +315,11 @@ impl PropertyCalendar {
     /// Idempotency-Key reply is held to this like a fresh request.
     pub fn authorize(&self, command: &Command) -> Result<(), CalendarError> {
         let action = self.required_action(&command.action)?;
+        if let CalendarCommand::RegisterProperty(_) = command.action {
+            // A registration names a property that does not exist yet: only
+            // the role decides.
+            return policy::require(&command.actor, action).map(|_| ());
+        }
         self.property_for(&command.actor, action).map(|_| ())
     }
 

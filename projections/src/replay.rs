@@ -187,11 +187,55 @@ async fn rebuild_and_swap(
 
 /// The atomic part: with the live projection paused by its lock, finish the
 /// copy and put it in place of the live tables.
+///
+/// A reader holds a share lock on one live table while it asks for the next
+/// (a join, or two queries in its transaction), so taking the exclusive
+/// locks could close a deadlock whose victim might be the reader. The swap
+/// takes them with a `lock_timeout` shorter than the deadlock timeout and
+/// starts over when it times out: it is always the swap that backs off, never
+/// a read.
 async fn swap(pool: &PgPool, projection: Projection) -> Result<(), ReplayError> {
+    let mut attempt = 0u32;
+    loop {
+        match try_swap(pool, projection).await {
+            Err(ReplayError::Db(sqlx::Error::Database(e)))
+                if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) && attempt < SWAP_ATTEMPTS =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt.min(20)))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// `lock_not_available`, what `lock_timeout` raises.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+const SWAP_ATTEMPTS: u32 = 200;
+
+async fn try_swap(pool: &PgPool, projection: Projection) -> Result<(), ReplayError> {
     let shadow = checkpoint(projection);
     let mut tx = pool.begin().await?;
     runner::lock(&mut tx, projection.name()).await?;
     runner::lock(&mut tx, &shadow).await?;
+    // Catch up before taking the table locks, so reads wait only for the
+    // last few events and the rename.
+    while runner::apply_next(&mut tx, projection, SHADOW_SCHEMA, &shadow, BATCH).await? > 0 {}
+    let live = projection
+        .tables()
+        .iter()
+        .map(|table| format!("public.{table}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    sqlx::query("SET LOCAL lock_timeout = '200ms'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("LOCK TABLE {live} IN ACCESS EXCLUSIVE MODE"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SET LOCAL lock_timeout = 0")
+        .execute(&mut *tx)
+        .await?;
     while runner::apply_next(&mut tx, projection, SHADOW_SCHEMA, &shadow, BATCH).await? > 0 {}
     for table in projection.tables() {
         sqlx::query("SELECT ledger_secure_read_model($1::regclass)")

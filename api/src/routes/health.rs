@@ -79,7 +79,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> 
     Ok(Json(Ready {
         status: if nats { "ok" } else { "degraded" },
         db: "ok",
-        nats: if nats { "ok" } else { "down" },
+        nats: if nats { "ok" } else { "degraded" },
         projections,
     })
     .into_response())
