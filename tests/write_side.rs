@@ -1618,3 +1618,58 @@ async fn health_readiness_openapi_and_docs() {
         .expect("answered");
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+// ------------------------------------------------------------------ inbound channels
+
+#[tokio::test]
+async fn an_inbound_booking_sent_twice_returns_the_first_booking() {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let inbound = json!({"channel": "airbnb", "external_ref": "HM-4242"});
+    let first = app
+        .reserve_with(
+            &admin,
+            property,
+            "2027-05-01",
+            "2027-05-04",
+            inbound.clone(),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    assert_eq!(first.body["channel"], "airbnb");
+    assert_eq!(first.body["external_ref"], "HM-4242");
+
+    // The channel sends it again (a retry, a re-sync): the first booking, 200.
+    let again = app
+        .reserve_with(
+            &admin,
+            property,
+            "2027-05-01",
+            "2027-05-04",
+            inbound.clone(),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+    assert_eq!(again.id(), first.id());
+    assert_eq!(app.count_events("booking.reserved").await, 1);
+
+    // Another channel's booking with the same ref is a booking of its own.
+    let other = app
+        .reserve_with(
+            &admin,
+            property,
+            "2027-05-03",
+            "2027-05-05",
+            json!({"channel": "vrbo", "external_ref": "HM-4242"}),
+        )
+        .await;
+    assert_error(&other, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+    // The same ref on another property is another booking too.
+    let elsewhere = app.property(&admin, None).await;
+    let there = app
+        .reserve_with(&admin, elsewhere, "2027-05-01", "2027-05-04", inbound)
+        .await;
+    assert_eq!(there.status, StatusCode::CREATED, "{:?}", there.body);
+    assert_ne!(there.id(), first.id());
+}

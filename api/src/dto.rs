@@ -288,6 +288,9 @@ pub struct BlockBody {
     pub reason: BlockReasonDto,
     #[serde(default)]
     pub note: Option<String>,
+    /// The channel's id for what the block mirrors (an iCal `UID`).
+    #[serde(default)]
+    pub external_ref: Option<String>,
 }
 
 impl BlockBody {
@@ -298,6 +301,7 @@ impl BlockBody {
             end: self.end,
             reason: self.reason.into(),
             note: self.note,
+            external_ref: self.external_ref,
         }
     }
 }
@@ -400,6 +404,7 @@ pub struct BlockView {
     #[schema(value_type = String)]
     pub reason: BlockReason,
     pub note: Option<String>,
+    pub external_ref: Option<String>,
     pub released: bool,
     pub created_at: DateTime<Utc>,
     pub position: i64,
@@ -415,6 +420,7 @@ impl BlockView {
             end: b.nights.end,
             reason: b.reason,
             note: b.note.clone(),
+            external_ref: b.external_ref.clone(),
             released: b.released,
             created_at: b.created_at,
             position,

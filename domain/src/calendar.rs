@@ -73,6 +73,7 @@ pub struct Block {
     pub nights: Nights,
     pub reason: BlockReason,
     pub note: Option<String>,
+    pub external_ref: Option<String>,
     pub released: bool,
     pub created_at: DateTime<Utc>,
     pub released_at: Option<DateTime<Utc>>,
@@ -310,6 +311,14 @@ impl PropertyCalendar {
         })
     }
 
+    /// The booking that came in from `channel` under its `external_ref`:
+    /// inbound bookings are deduplicated on (property, channel, external_ref).
+    pub fn booking_from_channel(&self, channel: Channel, external_ref: &str) -> Option<&Booking> {
+        self.bookings
+            .values()
+            .find(|b| b.channel == channel && b.external_ref.as_deref() == Some(external_ref))
+    }
+
     /// Whether the command's actor may take it on this calendar (the role
     /// table, and who sees the property), without deciding it. A replayed
     /// Idempotency-Key reply is held to this like a fresh request.
@@ -416,6 +425,14 @@ impl PropertyCalendar {
             reserve.notes.as_deref(),
         )?;
         values::optional_text("external_ref", reserve.external_ref.as_deref(), MAX_REF)?;
+        if let Some(external_ref) = &reserve.external_ref {
+            let channel = reserve.channel.unwrap_or_default();
+            if self.booking_from_channel(channel, external_ref).is_some() {
+                // The channel sent this booking before: nothing new happens,
+                // and the reply is the first booking.
+                return Ok(Vec::new());
+            }
+        }
         if self.bookings.contains_key(&reserve.booking_id) {
             return Err(CalendarError::invalid("booking_id", "is already taken"));
         }
@@ -522,6 +539,7 @@ impl PropertyCalendar {
     ) -> Result<Vec<CalendarEvent>, CalendarError> {
         let nights = Nights::block(block.start, block.end)?;
         values::optional_text("note", block.note.as_deref(), MAX_NOTES)?;
+        values::optional_text("external_ref", block.external_ref.as_deref(), MAX_REF)?;
         if self.blocks.contains_key(&block.block_id) {
             return Err(CalendarError::invalid("block_id", "is already taken"));
         }
@@ -533,6 +551,7 @@ impl PropertyCalendar {
             end: nights.end,
             reason: block.reason,
             note: block.note.clone(),
+            external_ref: block.external_ref.clone(),
             at: now,
         });
         Ok(events)
@@ -942,6 +961,7 @@ impl Aggregate for PropertyCalendar {
                 end,
                 reason,
                 note,
+                external_ref,
                 at,
             } => {
                 let nights = Nights { start, end };
@@ -954,6 +974,7 @@ impl Aggregate for PropertyCalendar {
                         nights,
                         reason,
                         note,
+                        external_ref,
                         released: false,
                         created_at: at,
                         released_at: None,

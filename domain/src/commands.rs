@@ -103,4 +103,6 @@ pub struct BlockNights {
     pub end: NaiveDate,
     pub reason: BlockReason,
     pub note: Option<String>,
+    /// The channel's id for what this block mirrors (an iCal feed's `UID`).
+    pub external_ref: Option<String>,
 }

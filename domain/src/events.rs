@@ -136,6 +136,9 @@ pub enum CalendarEvent {
         end: NaiveDate,
         reason: BlockReason,
         note: Option<String>,
+        /// Added after v1: absent in older events.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        external_ref: Option<String>,
         at: DateTime<Utc>,
     },
     #[serde(rename = "availability.released")]

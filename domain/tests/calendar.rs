@@ -257,6 +257,7 @@ fn block(block_id: Uuid, start: NaiveDate, end: NaiveDate, reason: BlockReason) 
         end,
         reason,
         note: None,
+        external_ref: None,
     })
 }
 
@@ -268,6 +269,7 @@ fn blocked(block_id: Uuid, start: NaiveDate, end: NaiveDate, reason: BlockReason
         end,
         reason,
         note: None,
+        external_ref: None,
         at: at(0),
     }
 }
@@ -551,6 +553,64 @@ fn reserve_stay_overlapping_a_single_night_is_refused_with_the_conflicting_booki
     // B1 holds the nights of the 1st, 2nd and 3rd; B2 wants the 3rd and 4th.
     given(vec![registered(), reserved(B1, day(1), day(4))])
         .when(reserve_cmd(B2, day(3), day(5)))
+        .then_expect_error(CalendarError::NightsTaken {
+            conflicts: vec![booking_conflict(B1, day(1), day(4))],
+        });
+}
+
+fn from_airbnb(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> ReserveStay {
+    ReserveStay {
+        channel: Some(Channel::Airbnb),
+        external_ref: Some("HM-123".into()),
+        ..reserve(booking_id, check_in, check_out)
+    }
+}
+
+#[test]
+fn an_inbound_booking_sent_twice_records_nothing_the_second_time() {
+    let mut first = reserved(B1, day(1), day(4));
+    if let CalendarEvent::BookingReserved {
+        channel,
+        external_ref,
+        ..
+    } = &mut first
+    {
+        *channel = Channel::Airbnb;
+        *external_ref = Some("HM-123".into());
+    }
+    let calendar = calendar_after(vec![registered(), first.clone()]);
+    assert_eq!(
+        calendar
+            .booking_from_channel(Channel::Airbnb, "HM-123")
+            .map(|b| b.id),
+        Some(B1)
+    );
+    // Same channel and ref: no event, whatever the dates say (even a cancelled
+    // first booking is the answer, not a new one).
+    given(vec![registered(), first.clone()])
+        .when(staff(CalendarCommand::ReserveStay(from_airbnb(
+            B2,
+            day(1),
+            day(4),
+        ))))
+        .then_expect_events(vec![]);
+    given(vec![
+        registered(),
+        first.clone(),
+        cancelled(B1, day(1), day(4)),
+    ])
+    .when(staff(CalendarCommand::ReserveStay(from_airbnb(
+        B2,
+        day(10),
+        day(12),
+    ))))
+    .then_expect_events(vec![]);
+    // Another channel with the same ref is another booking: a real overlap.
+    given(vec![registered(), first])
+        .when(staff(CalendarCommand::ReserveStay(ReserveStay {
+            channel: Some(Channel::Vrbo),
+            ..from_airbnb(B2, day(3), day(5))
+        })))
         .then_expect_error(CalendarError::NightsTaken {
             conflicts: vec![booking_conflict(B1, day(1), day(4))],
         });

@@ -172,6 +172,7 @@ fn command(
                 BlockReason::OwnerStay
             },
             note: Some("painting".into()),
+            external_ref: None,
         }),
         Op::Release(target) => CalendarCommand::ReleaseBlock {
             block_id: pick(&subject.blocks, target)?,

@@ -75,6 +75,7 @@ async fn held_open_transaction_is_never_skipped() {
             end: day(9),
             reason: BlockReason::Maintenance,
             note: None,
+            external_ref: None,
         }),
     )
     .await

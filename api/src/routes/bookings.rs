@@ -7,7 +7,7 @@ use ledger_domain::CalendarCommand;
 use ledger_infra::RefKind;
 use uuid::Uuid;
 
-use super::{execute, not_found_as, PathId};
+use super::{execute, execute_as, not_found_as, PathId};
 use crate::auth::Caller;
 use crate::dto::{
     booking_view, BookingView, CancelBody, EmptyBody, ModifyBookingBody, ReserveBody,
@@ -27,14 +27,21 @@ pub async fn reserve(
 ) -> Result<Response, ApiError> {
     let booking_id = Uuid::now_v7();
     let property_id = body.property_id;
-    let command = CalendarCommand::ReserveStay(body.into_command(booking_id));
-    let execution = ctx.execution(property_id, command);
-    execute(
-        &state,
-        execution,
-        StatusCode::CREATED,
-        move |calendar, position| booking_view(calendar, booking_id, position),
-    )
+    let reserve = body.into_command(booking_id);
+    let inbound = reserve
+        .external_ref
+        .clone()
+        .map(|external_ref| (reserve.channel.unwrap_or_default(), external_ref));
+    let execution = ctx.execution(property_id, CalendarCommand::ReserveStay(reserve));
+    execute_as(&state, execution, move |calendar, position| {
+        if calendar.bookings.contains_key(&booking_id) {
+            return booking_view(calendar, booking_id, position).map(|v| (StatusCode::CREATED, v));
+        }
+        // A channel sent this booking before: 200 with the first booking.
+        let (channel, external_ref) = inbound.as_ref()?;
+        let first = calendar.booking_from_channel(*channel, external_ref)?.id;
+        booking_view(calendar, first, position).map(|v| (StatusCode::OK, v))
+    })
     .await
 }
 

@@ -50,10 +50,26 @@ where
     V: Serialize,
     F: Fn(&PropertyCalendar, i64) -> Option<V> + Send + Sync,
 {
+    execute_as(state, execution, move |calendar, position| {
+        view(calendar, position).map(|body| (status, body))
+    })
+    .await
+}
+
+/// Like [`execute`], with the status chosen by the view from the outcome.
+pub async fn execute_as<V, F>(
+    state: &AppState,
+    execution: Execution,
+    view: F,
+) -> Result<Response, ApiError>
+where
+    V: Serialize,
+    F: Fn(&PropertyCalendar, i64) -> Option<(StatusCode, V)> + Send + Sync,
+{
     let render = |calendar: &PropertyCalendar, position: i64| match view(calendar, position)
-        .map(serde_json::to_value)
+        .map(|(status, body)| (status, serde_json::to_value(body)))
     {
-        Some(Ok(body)) => Reply {
+        Some((status, Ok(body))) => Reply {
             status: status.as_u16(),
             body,
         },
