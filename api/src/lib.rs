@@ -8,6 +8,7 @@ pub mod dto;
 pub mod error;
 pub mod expiry;
 pub mod extract;
+pub mod ical_import;
 pub mod idempotency;
 pub mod openapi;
 pub mod request_id;
@@ -21,7 +22,7 @@ use axum::{middleware, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::routes::{blocks, bookings, health, ops, properties, reads};
+use crate::routes::{blocks, bookings, health, ical, ops, properties, reads};
 use crate::state::AppState;
 
 /// Request bodies over this many bytes get 413 `PAYLOAD_TOO_LARGE`.
@@ -60,6 +61,19 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/availability/blocks/{id}",
             get(blocks::get).delete(blocks::release),
         )
+        .route(
+            "/api/v1/properties/{id}/ical-token",
+            post(ical::rotate_token),
+        )
+        .route(
+            "/api/v1/properties/{id}/ical-feeds",
+            get(ical::list_feeds).post(ical::add_feed),
+        )
+        .route(
+            "/api/v1/properties/{id}/ical-feeds/{feed_id}",
+            axum::routing::delete(ical::delete_feed),
+        )
+        .route("/ical/{file}", get(ical::export_feed))
         .route("/health", get(health::live))
         .route("/healthz", get(health::live))
         .route("/health/ready", get(health::ready))

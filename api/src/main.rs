@@ -45,6 +45,26 @@ enum Commands {
         #[command(subcommand)]
         action: AgencyAction,
     },
+    /// The iCal channel (docs/ical.md).
+    Ical {
+        #[command(subcommand)]
+        action: IcalAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum IcalAction {
+    /// Make a property's imported blocks match a channel's iCal feed once;
+    /// prints the report as JSON.
+    Import {
+        #[arg(long)]
+        property: Uuid,
+        /// An http(s) URL, a file:// URL or a file path.
+        #[arg(long)]
+        url: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -149,6 +169,7 @@ async fn run(command: Commands) -> Result<(), StartError> {
         Commands::Replay { name, database } => replay(&name, database).await?,
         Commands::Tail(args) => tail(args).await?,
         Commands::Agency { action } => agency(action).await?,
+        Commands::Ical { action } => ical(action).await?,
     }
     Ok(())
 }
@@ -164,6 +185,24 @@ async fn tail(args: TailArgs) -> Result<(), StartError> {
             Ok(event) => println!("{}", serde_json::to_string(&event)?),
             Err(error) => eprintln!("ledger tail: {error}"),
         }
+    }
+    Ok(())
+}
+
+async fn ical(action: IcalAction) -> Result<(), StartError> {
+    let IcalAction::Import {
+        property,
+        url,
+        database,
+    } = action;
+    ledger_infra::telemetry::init("text");
+    let pool = ledger_infra::connect(&database.database_url, 2)?;
+    migrate_when_reachable(&pool).await?;
+    let bus = ledger_infra::CommandBus::new(ledger_infra::EventStore::new(pool));
+    let report = ledger_api::ical_import::import(&bus, property, &url, true).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(problems) = report.problems() {
+        eprintln!("ledger ical import: {problems}");
     }
     Ok(())
 }

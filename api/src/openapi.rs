@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::routes::{blocks, bookings, health, ops, properties, reads};
+use crate::routes::{blocks, bookings, health, ical, ops, properties, reads};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -21,6 +21,7 @@ use crate::state::AppState;
         ops::projections, ops::start_replay, ops::replay_progress,
         reads::list_properties, reads::get_property, reads::list_bookings, reads::get_booking,
         reads::availability, reads::search, reads::audit_log,
+        ical::export_feed, ical::rotate_token, ical::add_feed, ical::list_feeds, ical::delete_feed,
     ),
     modifiers(&BearerAuth)
 )]

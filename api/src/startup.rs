@@ -51,6 +51,11 @@ impl Application {
             tokio::spawn(Publisher::new(state.pool.clone(), nats).run(signal.clone()));
         }
         tokio::spawn(crate::expiry::run(state.clone()));
+        if let Some(nats) = state.nats.clone() {
+            let export = ledger_infra::ical::export::IcalExport::new(state.pool.clone());
+            tokio::spawn(export.run(nats));
+        }
+        tokio::spawn(crate::ical_import::run(state.clone()));
         let router = crate::router(state);
         tracing::info!(address = %self.listener.local_addr()?, "ledger is serving");
         axum::serve(self.listener, router)

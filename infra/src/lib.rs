@@ -9,6 +9,7 @@ pub mod cloudevent;
 pub mod command_bus;
 pub mod db;
 pub mod event_store;
+pub mod ical;
 pub mod nats;
 pub mod publisher;
 pub mod tail;

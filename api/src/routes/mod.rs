@@ -3,6 +3,7 @@
 pub mod blocks;
 pub mod bookings;
 pub mod health;
+pub mod ical;
 pub mod ops;
 pub mod properties;
 pub mod reads;

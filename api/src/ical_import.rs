@@ -1,0 +1,561 @@
+//! The iCal import: makes a property's imported blocks match a channel's
+//! feed (docs/ical.md), by ordinary commands through the command bus, as the
+//! system actor `system:ical-import` (role admin). `ledger ical import` runs
+//! it once; `ledger serve` runs the registered feeds at their interval.
+//!
+//! Which blocks belong to a feed: unreleased blocks with reason `other`, an
+//! `external_ref` (the event's UID) and the note [`source_note`] of the
+//! feed's URL. Blocks made by hand, or by another feed of the property, are
+//! never touched. The plan is made from the aggregate's state (not a view),
+//! and each command is decided again against the calendar as it is then, so
+//! a feed event that overlaps a booking is refused on its own, reported,
+//! and does not stop the rest.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use chrono::{NaiveDate, Utc};
+use ledger_domain::commands::BlockNights;
+use ledger_domain::values::BlockReason;
+use ledger_domain::{
+    Actor, CalendarCommand, CalendarError, Command, Conflict, PropertyCalendar, Role,
+};
+use ledger_infra::ical::feed::{self, FeedEvent, Unreadable};
+use ledger_infra::ical::{self, FeedRow};
+use ledger_infra::{CommandBus, ExecuteError, Execution, Reply};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::state::AppState;
+
+pub const SYSTEM_USER: &str = "system:ical-import";
+/// How often `ledger serve` looks for a feed that is due.
+const TICK: Duration = Duration::from_secs(2);
+/// A feed larger than this is refused.
+const MAX_FEED_BYTES: usize = 5 * 1024 * 1024;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How much of a run's problems `last_error` keeps.
+const MAX_ERROR_CHARS: usize = 2000;
+
+/// The note on every block imported from `source`: it marks the block as
+/// this feed's. A hash, because feed URLs often carry a secret.
+pub fn source_note(source: &str) -> String {
+    let source = source.trim();
+    let source = source.strip_prefix("file://").unwrap_or(source);
+    let digest = hex::encode(Sha256::digest(source.as_bytes()));
+    format!("iCal import, feed {}", &digest[..16])
+}
+
+/// One change the import makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The UID left the feed (or the block is a second copy of a UID).
+    Release { block_id: Uuid, uid: String },
+    /// The UID's dates changed: released, then blocked again.
+    Move { block_id: Uuid, event: FeedEvent },
+    /// A UID not imported yet.
+    Block { event: FeedEvent },
+}
+
+/// What the import does to `calendar` to match `events`. Past events
+/// (ending on or before `today`) are neither imported nor released: feeds
+/// drop their past, and history is not rewritten.
+pub fn plan(
+    calendar: &PropertyCalendar,
+    events: &[FeedEvent],
+    note: &str,
+    today: NaiveDate,
+) -> (Vec<Step>, usize) {
+    let mut wanted: BTreeMap<&str, &FeedEvent> = BTreeMap::new();
+    for event in events.iter().filter(|e| e.end > today) {
+        wanted.entry(event.uid.as_str()).or_insert(event);
+    }
+    let mut releases = Vec::new();
+    let mut moves = Vec::new();
+    let mut unchanged = 0;
+    let mut seen: HashSet<&str> = HashSet::new();
+    let owned = calendar.blocks.values().filter(|b| {
+        !b.released && b.reason == BlockReason::Other && b.note.as_deref() == Some(note)
+    });
+    for block in owned {
+        let Some(uid) = block.external_ref.as_deref() else {
+            continue;
+        };
+        let release = Step::Release {
+            block_id: block.id,
+            uid: uid.to_owned(),
+        };
+        if !seen.insert(uid) {
+            releases.push(release);
+            continue;
+        }
+        match wanted.get(uid) {
+            Some(event) if (event.start, event.end) == (block.nights.start, block.nights.end) => {
+                unchanged += 1
+            }
+            Some(event) => moves.push(Step::Move {
+                block_id: block.id,
+                event: (*event).clone(),
+            }),
+            None if block.nights.end <= today => unchanged += 1,
+            None => releases.push(release),
+        }
+    }
+    let blocks = wanted
+        .into_iter()
+        .filter(|(uid, _)| !seen.contains(uid))
+        .map(|(_, event)| Step::Block {
+            event: event.clone(),
+        });
+    // Releases first, so the nights they free can take moved and new events.
+    let steps = releases.into_iter().chain(moves).chain(blocks).collect();
+    (steps, unchanged)
+}
+
+/// What one import did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImportReport {
+    pub property_id: Uuid,
+    /// VEVENTs read from the feed (cancelled ones excluded).
+    pub feed_events: usize,
+    pub cancelled: usize,
+    pub created: Vec<String>,
+    pub moved: Vec<String>,
+    pub released: Vec<String>,
+    pub unchanged: usize,
+    /// Feed events not imported, and why (a conflict, unreadable dates, ...).
+    pub skipped: Vec<Skipped>,
+    /// Position of the last event the import appended, if it appended any.
+    pub position: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<NaiveDate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<NaiveDate>,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<Conflict>,
+}
+
+impl ImportReport {
+    /// Whether every feed event made it in.
+    pub fn complete(&self) -> bool {
+        self.skipped.is_empty()
+    }
+
+    /// The skipped events, as one line for `last_error`.
+    pub fn problems(&self) -> Option<String> {
+        if self.complete() {
+            return None;
+        }
+        let items: Vec<String> = self
+            .skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.uid.as_deref().unwrap_or("(no UID)"), s.reason))
+            .collect();
+        let text = format!(
+            "{} feed event(s) skipped: {}",
+            items.len(),
+            items.join("; ")
+        );
+        Some(text.chars().take(MAX_ERROR_CHARS).collect())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot read the feed: {0}")]
+    Fetch(String),
+    #[error("the feed is not iCalendar: {0}")]
+    Parse(#[from] feed::FeedError),
+    #[error("the property does not exist")]
+    PropertyNotFound,
+    #[error("the property is archived")]
+    PropertyArchived,
+    #[error(transparent)]
+    Execute(#[from] ExecuteError),
+}
+
+/// Reads a feed from an `http(s)://` URL, or, when `allow_files`, from a
+/// `file://` URL or a path.
+pub async fn fetch(source: &str, allow_files: bool) -> Result<String, ImportError> {
+    let source = source.trim();
+    let lower = source.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return fetch_http(source).await;
+    }
+    if !allow_files {
+        return Err(ImportError::Fetch(
+            "only http and https URLs are fetched".into(),
+        ));
+    }
+    let path = source.strip_prefix("file://").unwrap_or(source);
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|e| ImportError::Fetch(format!("{path}: {e}")))?;
+    if bytes.len() > MAX_FEED_BYTES {
+        return Err(ImportError::Fetch(format!(
+            "larger than {MAX_FEED_BYTES} bytes"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| ImportError::Fetch("the feed is not UTF-8".into()))
+}
+
+async fn fetch_http(url: &str) -> Result<String, ImportError> {
+    let failed = |e: reqwest::Error| ImportError::Fetch(e.without_url().to_string());
+    let client = reqwest::Client::builder()
+        .timeout(FETCH_TIMEOUT)
+        .user_agent(concat!("booking-ledger-ical/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(failed)?;
+    let mut response = client.get(url).send().await.map_err(failed)?;
+    if !response.status().is_success() {
+        return Err(ImportError::Fetch(format!(
+            "HTTP status {}",
+            response.status()
+        )));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(failed)? {
+        if body.len() + chunk.len() > MAX_FEED_BYTES {
+            return Err(ImportError::Fetch(format!(
+                "larger than {MAX_FEED_BYTES} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| ImportError::Fetch("the feed is not UTF-8".into()))
+}
+
+/// Fetches `source` and imports it into the property (see the module docs).
+pub async fn import(
+    bus: &CommandBus,
+    property_id: Uuid,
+    source: &str,
+    allow_files: bool,
+) -> Result<ImportReport, ImportError> {
+    let text = fetch(source, allow_files).await?;
+    let feed = feed::parse(&text)?;
+    apply_feed(bus, property_id, &feed, &source_note(source)).await
+}
+
+/// Makes the property's blocks of the feed marked `note` match `feed`.
+pub async fn apply_feed(
+    bus: &CommandBus,
+    property_id: Uuid,
+    feed: &feed::Feed,
+    note: &str,
+) -> Result<ImportReport, ImportError> {
+    let calendar = bus
+        .read(property_id, |loaded| loaded.calendar.clone())
+        .await?;
+    let property = calendar
+        .property
+        .as_ref()
+        .ok_or(ImportError::PropertyNotFound)?;
+    if property.archived {
+        return Err(ImportError::PropertyArchived);
+    }
+    let actor = Actor {
+        agency_id: property.agency_id,
+        user_id: SYSTEM_USER.to_owned(),
+        role: Role::Admin,
+    };
+    let (steps, unchanged) = plan(&calendar, &feed.events, note, Utc::now().date_naive());
+    let mut report = ImportReport {
+        property_id,
+        feed_events: feed.events.len(),
+        cancelled: feed.cancelled,
+        unchanged,
+        skipped: feed.unreadable.iter().map(Skipped::unreadable).collect(),
+        ..ImportReport::default()
+    };
+    let run = ImportRun {
+        bus,
+        property_id,
+        actor,
+        note,
+        batch: Uuid::now_v7(),
+    };
+    for step in steps {
+        match step {
+            Step::Release { block_id, uid } => {
+                if run.release(block_id, &mut report).await? {
+                    report.released.push(uid);
+                }
+            }
+            Step::Move { block_id, event } => {
+                if run.release(block_id, &mut report).await?
+                    && run.block(&event, &mut report).await?
+                {
+                    report.moved.push(event.uid);
+                }
+            }
+            Step::Block { event } => {
+                if run.block(&event, &mut report).await? {
+                    report.created.push(event.uid);
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+struct ImportRun<'a> {
+    bus: &'a CommandBus,
+    property_id: Uuid,
+    actor: Actor,
+    note: &'a str,
+    /// Shared by the commands of one run in their `request_id`.
+    batch: Uuid,
+}
+
+impl ImportRun<'_> {
+    async fn execute(
+        &self,
+        action: CalendarCommand,
+    ) -> Result<Result<i64, CalendarError>, ImportError> {
+        let execution = Execution {
+            property_id: self.property_id,
+            command: Command {
+                actor: self.actor.clone(),
+                now: crate::extract::now(),
+                action,
+            },
+            request_id: format!("ical-import-{}", self.batch),
+            idempotency: None,
+        };
+        let render = |_: &PropertyCalendar, position: i64| Reply {
+            status: 200,
+            body: serde_json::json!({ "position": position }),
+        };
+        match self.bus.execute(&execution, &render).await {
+            Ok(reply) => Ok(Ok(reply.body["position"].as_i64().unwrap_or_default())),
+            Err(ExecuteError::Domain(refusal)) => Ok(Err(refusal)),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    async fn release(
+        &self,
+        block_id: Uuid,
+        report: &mut ImportReport,
+    ) -> Result<bool, ImportError> {
+        match self
+            .execute(CalendarCommand::ReleaseBlock { block_id })
+            .await?
+        {
+            Ok(position) => {
+                report.position = Some(position);
+                Ok(true)
+            }
+            // Released meanwhile by someone else: what the import wanted.
+            Err(CalendarError::BlockAlreadyReleased) => Ok(true),
+            Err(refusal) => Err(ImportError::Execute(refusal.into())),
+        }
+    }
+
+    async fn block(
+        &self,
+        event: &FeedEvent,
+        report: &mut ImportReport,
+    ) -> Result<bool, ImportError> {
+        let command = CalendarCommand::BlockNights(BlockNights {
+            block_id: Uuid::now_v7(),
+            start: event.start,
+            end: event.end,
+            reason: BlockReason::Other,
+            note: Some(self.note.to_owned()),
+            external_ref: Some(event.uid.clone()),
+        });
+        match self.execute(command).await? {
+            Ok(position) => {
+                report.position = Some(position);
+                Ok(true)
+            }
+            Err(refusal) => {
+                let conflicts = match &refusal {
+                    CalendarError::NightsTaken { conflicts } => conflicts.clone(),
+                    _ => Vec::new(),
+                };
+                report.skipped.push(Skipped {
+                    uid: Some(event.uid.clone()),
+                    start: Some(event.start),
+                    end: Some(event.end),
+                    reason: refusal.to_string(),
+                    conflicts,
+                });
+                Ok(false)
+            }
+        }
+    }
+}
+
+impl Skipped {
+    fn unreadable(unreadable: &Unreadable) -> Skipped {
+        Skipped {
+            uid: unreadable.uid.clone(),
+            start: None,
+            end: None,
+            reason: unreadable.reason.clone(),
+            conflicts: Vec::new(),
+        }
+    }
+}
+
+/// Runs the registered feeds when they are due, for as long as the process
+/// runs. Processes share the work: each run claims its feed first.
+pub async fn run(state: AppState) {
+    loop {
+        match ical::claim_due_feed(&state.pool).await {
+            Ok(Some(feed)) => run_feed(&state, &feed).await,
+            Ok(None) => tokio::time::sleep(TICK).await,
+            Err(error) => {
+                tracing::debug!(%error, "ical import: cannot read the feeds; retrying");
+                tokio::time::sleep(TICK).await;
+            }
+        }
+    }
+}
+
+async fn run_feed(state: &AppState, feed: &FeedRow) {
+    let outcome = import(&state.bus, feed.property_id, &feed.url, false).await;
+    let (error, result) = match &outcome {
+        Ok(report) => (report.problems(), serde_json::to_value(report).ok()),
+        Err(error) => (Some(error.to_string()), None),
+    };
+    match &outcome {
+        Ok(report) => tracing::info!(feed_id = %feed.feed_id, property_id = %feed.property_id,
+            created = report.created.len(), moved = report.moved.len(),
+            released = report.released.len(), skipped = report.skipped.len(), "ical import ran"),
+        Err(error) => tracing::warn!(feed_id = %feed.feed_id, %error, "ical import failed"),
+    }
+    if let Err(e) =
+        ical::record_run(&state.pool, feed.feed_id, error.as_deref(), result.as_ref()).await
+    {
+        tracing::warn!(feed_id = %feed.feed_id, error = %e, "ical import: cannot record the run");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::DateTime;
+    use ledger_domain::values::Nights;
+    use ledger_domain::Block;
+
+    use super::*;
+
+    const NOTE: &str = "iCal import, feed 0123456789abcdef";
+
+    fn d(s: &str) -> NaiveDate {
+        s.parse().expect("a date")
+    }
+
+    fn event(uid: &str, start: &str, end: &str) -> FeedEvent {
+        FeedEvent {
+            uid: uid.into(),
+            start: d(start),
+            end: d(end),
+        }
+    }
+
+    fn block(uid: &str, start: &str, end: &str, note: &str) -> Block {
+        Block {
+            id: Uuid::now_v7(),
+            property_id: Uuid::nil(),
+            nights: Nights::block(d(start), d(end)).expect("nights"),
+            reason: BlockReason::Other,
+            note: Some(note.into()),
+            external_ref: Some(uid.into()),
+            released: false,
+            created_at: DateTime::from_timestamp(0, 0).expect("a time"),
+            released_at: None,
+        }
+    }
+
+    fn calendar(blocks: Vec<Block>) -> PropertyCalendar {
+        let blocks: BTreeMap<Uuid, Block> = blocks.into_iter().map(|b| (b.id, b)).collect();
+        PropertyCalendar::from_parts(None, BTreeMap::new(), blocks)
+    }
+
+    #[test]
+    fn new_uids_are_blocked_and_matching_ones_left_alone() {
+        let cal = calendar(vec![block("a", "2027-07-01", "2027-07-03", NOTE)]);
+        let events = [
+            event("a", "2027-07-01", "2027-07-03"),
+            event("b", "2027-08-01", "2027-08-02"),
+        ];
+        let (steps, unchanged) = plan(&cal, &events, NOTE, d("2027-01-01"));
+        assert_eq!(unchanged, 1);
+        assert_eq!(
+            steps,
+            vec![Step::Block {
+                event: events[1].clone()
+            }]
+        );
+    }
+
+    #[test]
+    fn moved_and_vanished_uids_are_moved_and_released_releases_first() {
+        let a = block("a", "2027-07-01", "2027-07-03", NOTE);
+        let b = block("b", "2027-08-01", "2027-08-02", NOTE);
+        let (a_id, b_id) = (a.id, b.id);
+        let cal = calendar(vec![a, b]);
+        let events = [event("a", "2027-07-02", "2027-07-05")];
+        let (steps, _) = plan(&cal, &events, NOTE, d("2027-01-01"));
+        assert_eq!(
+            steps,
+            vec![
+                Step::Release {
+                    block_id: b_id,
+                    uid: "b".into()
+                },
+                Step::Move {
+                    block_id: a_id,
+                    event: events[0].clone()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn blocks_of_other_feeds_or_made_by_hand_are_not_touched() {
+        let other = block(
+            "x",
+            "2027-07-01",
+            "2027-07-03",
+            "iCal import, feed ffffffffffffffff",
+        );
+        let mut by_hand = block("y", "2027-09-01", "2027-09-03", NOTE);
+        by_hand.reason = BlockReason::Maintenance;
+        let cal = calendar(vec![other, by_hand]);
+        let (steps, unchanged) = plan(&cal, &[], NOTE, d("2027-01-01"));
+        assert!(steps.is_empty(), "{steps:?}");
+        assert_eq!(unchanged, 0);
+    }
+
+    #[test]
+    fn the_past_is_neither_imported_nor_released() {
+        let cal = calendar(vec![block("old", "2026-01-01", "2026-01-03", NOTE)]);
+        let events = [event("older", "2025-12-01", "2025-12-03")];
+        let (steps, unchanged) = plan(&cal, &events, NOTE, d("2026-06-01"));
+        assert!(steps.is_empty(), "{steps:?}");
+        assert_eq!(unchanged, 1);
+    }
+
+    #[test]
+    fn the_note_names_the_feed_without_its_url() {
+        let note = source_note("https://example.com/feed.ics?s=secret");
+        assert!(!note.contains("secret"));
+        assert_eq!(note, source_note(" https://example.com/feed.ics?s=secret "));
+        assert_ne!(note, source_note("https://example.com/other.ics"));
+        assert_eq!(source_note("file:///tmp/a.ics"), source_note("/tmp/a.ics"));
+    }
+}

@@ -1,0 +1,272 @@
+//! iCal routes (docs/ical.md): the export feed a channel polls, its
+//! per-property secret, and the feeds `ledger serve` imports.
+
+use axum::extract::{Path, Query, State};
+use axum::http::header::{CONTENT_TYPE, HOST};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use ledger_domain::{Action, Role};
+use ledger_infra::ical::{self, export, FeedRow};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::PathId;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::Body;
+use crate::state::AppState;
+
+pub const CALENDAR_CONTENT_TYPE: &str = "text/calendar; charset=utf-8";
+const DEFAULT_INTERVAL_MINUTES: i32 = 60;
+const MAX_URL_LEN: usize = 2048;
+
+#[derive(Deserialize)]
+pub struct FeedQuery {
+    token: Option<String>,
+}
+
+/// `{property_id}.ics`: a wrong or missing token and an unknown property
+/// are the same 404, so the URL reveals nothing without its secret.
+#[utoipa::path(get, path = "/ical/{file}", tag = "ical",
+    params(("file" = String, Path, description = "<property_id>.ics"),
+           ("token" = String, Query, description = "the property's export secret")),
+    responses((status = 200, content_type = "text/calendar", body = String),
+              (status = 404, body = crate::dto::ErrorBody)))]
+pub async fn export_feed(
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+    Query(query): Query<FeedQuery>,
+) -> Result<Response, ApiError> {
+    let property_id: Uuid = file
+        .strip_suffix(".ics")
+        .and_then(|id| id.parse().ok())
+        .ok_or(ApiError::NotFound)?;
+    let token = query
+        .token
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::NotFound)?;
+    if !ical::token_matches(&state.pool, property_id, &token)
+        .await
+        .map_err(db)?
+    {
+        return Err(ApiError::NotFound);
+    }
+    let ranges = export::ranges(&state.pool, property_id).await.map_err(db)?;
+    let body = export::render(property_id, &ranges);
+    Ok((
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static(CALENDAR_CONTENT_TYPE),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IcalTokenView {
+    pub property_id: Uuid,
+    /// Shown once: only its hash is kept.
+    pub token: String,
+    /// The export URL to give the channel.
+    pub url: String,
+}
+
+/// Creates or rotates the property's export secret (the old URL stops
+/// working). Admin and manager: it is property management.
+#[utoipa::path(post, path = "/api/v1/properties/{id}/ical-token", tag = "ical",
+    responses((status = 201, body = IcalTokenView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn rotate_token(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    caller: Caller,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    visible_property(&state, &caller, id, Action::ManageProperty).await?;
+    let token = ical::rotate_token(&state.pool, caller.0.agency_id, id, &caller.0.user_id)
+        .await
+        .map_err(db)?;
+    let url = format!("{}/ical/{id}.ics?token={token}", base_url(&headers));
+    let view = IcalTokenView {
+        property_id: id,
+        token,
+        url,
+    };
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeedBody {
+    /// An `http://` or `https://` URL of the channel's iCal export.
+    pub url: String,
+    /// 5 to 10080 (a week); 60 when left out.
+    #[serde(default)]
+    pub interval_minutes: Option<i32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeedView {
+    pub id: Uuid,
+    pub property_id: Uuid,
+    pub url: String,
+    pub interval_minutes: i32,
+    pub created_at: DateTime<Utc>,
+    pub next_run_at: DateTime<Utc>,
+    pub last_run_at: Option<DateTime<Utc>>,
+    /// Why the last run failed, or which feed events it skipped.
+    pub last_error: Option<String>,
+    /// The last run's report: created, moved, released, skipped.
+    #[schema(value_type = Option<Object>)]
+    pub last_result: Option<serde_json::Value>,
+}
+
+impl From<FeedRow> for FeedView {
+    fn from(row: FeedRow) -> Self {
+        FeedView {
+            id: row.feed_id,
+            property_id: row.property_id,
+            url: row.url,
+            interval_minutes: row.interval_minutes,
+            created_at: row.created_at,
+            next_run_at: row.next_run_at,
+            last_run_at: row.last_run_at,
+            last_error: row.last_error,
+            last_result: row.last_result,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeedList {
+    pub items: Vec<FeedView>,
+}
+
+/// Registers a feed to import (admin only: the service fetches the URL).
+/// The first run is due at once.
+#[utoipa::path(post, path = "/api/v1/properties/{id}/ical-feeds", tag = "ical",
+    request_body = FeedBody,
+    responses((status = 201, body = FeedView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn add_feed(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    caller: Caller,
+    Body(body): Body<FeedBody>,
+) -> Result<Response, ApiError> {
+    let agency_id = admin_property(&state, &caller, id).await?;
+    let url = checked_url(&body.url)?;
+    let interval = body.interval_minutes.unwrap_or(DEFAULT_INTERVAL_MINUTES);
+    if !(5..=10080).contains(&interval) {
+        return Err(ApiError::validation(
+            "interval_minutes must be from 5 to 10080",
+        ));
+    }
+    let row = ical::add_feed(&state.pool, agency_id, id, &url, interval)
+        .await
+        .map_err(db)?;
+    Ok((StatusCode::CREATED, Json(FeedView::from(row))).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/properties/{id}/ical-feeds", tag = "ical",
+    responses((status = 200, body = FeedList), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_feeds(
+    State(state): State<AppState>,
+    PathId(id): PathId,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    admin_property(&state, &caller, id).await?;
+    let items = ical::list_feeds(&state.pool, id).await.map_err(db)?;
+    let items = items.into_iter().map(FeedView::from).collect();
+    Ok(Json(FeedList { items }).into_response())
+}
+
+/// Stops importing a feed. The blocks it imported stay.
+#[utoipa::path(delete, path = "/api/v1/properties/{id}/ical-feeds/{feed_id}", tag = "ical",
+    responses((status = 200, body = FeedView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn delete_feed(
+    State(state): State<AppState>,
+    Path((id, feed_id)): Path<(String, String)>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let parse = |raw: &str| {
+        raw.parse::<Uuid>()
+            .map_err(|_| ApiError::validation(format!("{raw:?} is not a UUID")))
+    };
+    let (id, feed_id) = (parse(&id)?, parse(&feed_id)?);
+    admin_property(&state, &caller, id).await?;
+    let row = ical::delete_feed(&state.pool, id, feed_id)
+        .await
+        .map_err(db)?
+        .ok_or(ApiError::NotFound)?;
+    Ok(Json(FeedView::from(row)).into_response())
+}
+
+/// 404 for a property the caller may not see, 403 for a role that may not
+/// take `action`.
+async fn visible_property(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    action: Action,
+) -> Result<(), ApiError> {
+    caller.require(action)?;
+    state
+        .bus
+        .read(id, |loaded| {
+            loaded.calendar.property_for(&caller.0, action).map(|_| ())
+        })
+        .await??;
+    Ok(())
+}
+
+/// Feeds are the admin's: the service fetches what they name. Returns the
+/// property's agency.
+async fn admin_property(state: &AppState, caller: &Caller, id: Uuid) -> Result<Uuid, ApiError> {
+    visible_property(state, caller, id, Action::ManageProperty).await?;
+    if caller.0.role != Role::Admin {
+        return Err(ApiError::Forbidden(format!(
+            "the role {} may not manage iCal feeds",
+            caller.0.role.as_str()
+        )));
+    }
+    Ok(caller.0.agency_id)
+}
+
+fn checked_url(raw: &str) -> Result<String, ApiError> {
+    let raw = raw.trim();
+    let url = reqwest::Url::parse(raw)
+        .map_err(|e| ApiError::validation(format!("url is not a URL: {e}")))?;
+    let fits = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some()
+        && raw.len() <= MAX_URL_LEN;
+    if !fits {
+        return Err(ApiError::validation(
+            "url must be an http or https URL of at most 2048 characters",
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+fn db(error: sqlx::Error) -> ApiError {
+    ledger_infra::DbError::from(error).into()
+}
+
+/// The service's own address as the caller reached it.
+fn base_url(headers: &HeaderMap) -> String {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = header("x-forwarded-host")
+        .or_else(|| headers.get(HOST).and_then(|v| v.to_str().ok()))
+        .unwrap_or("localhost");
+    let scheme = match header("x-forwarded-proto") {
+        Some("https") => "https",
+        _ => "http",
+    };
+    format!("{scheme}://{host}")
+}

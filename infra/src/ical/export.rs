@@ -1,0 +1,449 @@
+//! The export adapter: follows the stream with the channel kit and keeps, per
+//! property, the ranges of nights that are held (the same rule as the
+//! `inventory_ranges` projection: active bookings and unreleased blocks), and
+//! renders them as an iCalendar document.
+//!
+//! Each event is applied in one transaction with the property's cursor (its
+//! last applied `ledgersequence`), then acked. An event at or below the
+//! cursor is a duplicate and changes nothing; one past `cursor + 1` means the
+//! stream skipped something (or another process got ahead): the property is
+//! then rebuilt from the log up to that event. So the table is right whatever
+//! order deliveries arrive in, and however many processes share the durable
+//! consumer.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use ledger_domain::CalendarEvent;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+use super::text::{escape_text, push_line};
+use crate::channel::{Binding, ChannelConsumer, ChannelError, LedgerEvent};
+use crate::event_store::{EventStore, Loaded, StoreError};
+use crate::nats::Client;
+
+/// The durable consumer's name on the `LEDGER` stream.
+pub const CONSUMER: &str = "ical-export";
+/// The domain part of every exported UID.
+pub const UID_DOMAIN: &str = "booking-ledger";
+pub const PRODID: &str = "-//Booking Ledger//iCal export 1.0//EN";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeKind {
+    Booking,
+    Block,
+}
+
+impl RangeKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RangeKind::Booking => "booking",
+            RangeKind::Block => "block",
+        }
+    }
+
+    /// The VEVENT's SUMMARY: never anything about the guest.
+    fn summary(self) -> &'static str {
+        match self {
+            RangeKind::Booking => "Reserved",
+            RangeKind::Block => "Blocked",
+        }
+    }
+}
+
+/// One held range of nights `[start, end)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportRange {
+    pub ref_id: Uuid,
+    pub kind: RangeKind,
+    pub start: NaiveDate,
+    pub end: NaiveDate,
+    pub changed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What applying one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The event was the next one of its property.
+    Applied,
+    /// At or below the property's cursor: nothing changed.
+    Duplicate,
+    /// Past `cursor + 1`: the property was rebuilt from the log.
+    Resynchronised,
+}
+
+#[derive(Clone)]
+pub struct IcalExport {
+    store: EventStore,
+}
+
+impl IcalExport {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            store: EventStore::new(pool),
+        }
+    }
+
+    fn pool(&self) -> &PgPool {
+        self.store.pool()
+    }
+
+    /// Follows the stream for as long as the process runs. NATS or database
+    /// failures are logged and retried; an event that cannot be applied is
+    /// nak'ed and comes back.
+    pub async fn run(self, client: Client) {
+        let mut failures = 0u32;
+        loop {
+            match self.follow(&client).await {
+                Ok(()) => failures = 0,
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(%error, "ical export: cannot follow the stream; retrying");
+                }
+            }
+            tokio::time::sleep(backoff(failures)).await;
+        }
+    }
+
+    async fn follow(
+        &self,
+        client: &Client,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let cursors = self.cursors().await?;
+        let mut consumer = ChannelConsumer::bind(client, Binding::new(CONSUMER))
+            .await?
+            .resume_from(cursors);
+        tracing::info!("ical export: following the stream");
+        while let Some(delivery) = consumer.next().await {
+            let delivery = match delivery {
+                Ok(delivery) => delivery,
+                Err(ChannelError::Malformed { .. }) => continue,
+                Err(error) => {
+                    tracing::debug!(%error, "ical export: a pull failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            match self.apply(&delivery.event).await {
+                Ok(_) => delivery.ack().await?,
+                Err(error) => {
+                    tracing::warn!(%error, property_id = %delivery.event.property_id,
+                        sequence = delivery.event.sequence(), "ical export: event not applied; redelivering");
+                    delivery.nak(Some(Duration::from_secs(1))).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The last applied sequence of every property.
+    pub async fn cursors(&self) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+        let rows = sqlx::query("SELECT property_id, sequence FROM ical_export_cursors")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("property_id")?, row.try_get("sequence")?)))
+            .collect()
+    }
+
+    /// Applies one event idempotently (see the module docs).
+    #[tracing::instrument(skip_all, fields(property_id = %event.property_id, sequence = event.sequence()))]
+    pub async fn apply(&self, event: &LedgerEvent) -> Result<Applied, ExportError> {
+        let property_id = event.property_id;
+        let sequence = event.sequence();
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO ical_export_cursors (property_id, agency_id, sequence) VALUES ($1, $2, 0)
+             ON CONFLICT (property_id) DO NOTHING",
+        )
+        .bind(property_id)
+        .bind(event.agency_id)
+        .execute(&mut *tx)
+        .await?;
+        let last: i64 = sqlx::query_scalar(
+            "SELECT sequence FROM ical_export_cursors WHERE property_id = $1 FOR UPDATE",
+        )
+        .bind(property_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let applied = if sequence <= last {
+            Applied::Duplicate
+        } else if sequence == last + 1 {
+            apply_event(&mut tx, event).await?;
+            Applied::Applied
+        } else {
+            let ranges = self.ranges_from_log(property_id, sequence).await?;
+            replace_property(&mut tx, event.agency_id, property_id, &ranges).await?;
+            tracing::info!(%property_id, from = last, to = sequence, "ical export: resynchronised from the log");
+            Applied::Resynchronised
+        };
+        if applied != Applied::Duplicate {
+            sqlx::query(
+                "UPDATE ical_export_cursors SET sequence = $2, updated_at = now() WHERE property_id = $1",
+            )
+            .bind(property_id)
+            .bind(sequence)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    /// The held ranges of a property after its first `up_to` events.
+    async fn ranges_from_log(
+        &self,
+        property_id: Uuid,
+        up_to: i64,
+    ) -> Result<Vec<ExportRange>, StoreError> {
+        let mut events = self.store.load_after(property_id, 0).await?;
+        events.retain(|(sequence, _, _)| *sequence <= up_to);
+        let mut loaded = Loaded::default();
+        loaded.fold(events);
+        let calendar = &loaded.calendar;
+        let bookings = calendar
+            .bookings
+            .values()
+            .filter(|b| b.status.is_active())
+            .map(|b| ExportRange {
+                ref_id: b.id,
+                kind: RangeKind::Booking,
+                start: b.nights.start,
+                end: b.nights.end,
+                changed_at: b.updated_at,
+            });
+        let blocks = calendar
+            .blocks
+            .values()
+            .filter(|b| !b.released)
+            .map(|b| ExportRange {
+                ref_id: b.id,
+                kind: RangeKind::Block,
+                start: b.nights.start,
+                end: b.nights.end,
+                changed_at: b.created_at,
+            });
+        Ok(bookings.chain(blocks).collect())
+    }
+}
+
+/// The held ranges of a property as the adapter has them, by first night.
+pub async fn ranges(pool: &PgPool, property_id: Uuid) -> Result<Vec<ExportRange>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT ref_id, kind, start_night, end_night, changed_at FROM ical_export_ranges
+          WHERE property_id = $1 ORDER BY start_night, ref_id",
+    )
+    .bind(property_id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let kind: String = row.try_get("kind")?;
+            Ok(ExportRange {
+                ref_id: row.try_get("ref_id")?,
+                kind: if kind == "block" {
+                    RangeKind::Block
+                } else {
+                    RangeKind::Booking
+                },
+                start: row.try_get("start_night")?,
+                end: row.try_get("end_night")?,
+                changed_at: row.try_get("changed_at")?,
+            })
+        })
+        .collect()
+}
+
+async fn apply_event(conn: &mut PgConnection, event: &LedgerEvent) -> Result<(), sqlx::Error> {
+    let at = event.cloud.time;
+    let upsert = |ref_id, kind: RangeKind, start, end| ExportRange {
+        ref_id,
+        kind,
+        start,
+        end,
+        changed_at: at,
+    };
+    match &event.event {
+        CalendarEvent::BookingReserved {
+            booking_id,
+            status,
+            check_in,
+            check_out,
+            ..
+        } if status.is_active() => {
+            let range = upsert(*booking_id, RangeKind::Booking, *check_in, *check_out);
+            insert(conn, event.agency_id, event.property_id, &range).await
+        }
+        CalendarEvent::AvailabilityBlocked {
+            block_id,
+            start,
+            end,
+            ..
+        } => {
+            let range = upsert(*block_id, RangeKind::Block, *start, *end);
+            insert(conn, event.agency_id, event.property_id, &range).await
+        }
+        CalendarEvent::BookingModified {
+            booking_id,
+            check_in,
+            check_out,
+            ..
+        } => {
+            sqlx::query(
+                "UPDATE ical_export_ranges SET start_night = $2, end_night = $3, changed_at = $4
+                  WHERE ref_id = $1",
+            )
+            .bind(booking_id)
+            .bind(check_in)
+            .bind(check_out)
+            .bind(at)
+            .execute(conn)
+            .await?;
+            Ok(())
+        }
+        CalendarEvent::BookingCancelled { booking_id: id, .. }
+        | CalendarEvent::BookingCheckedOut { booking_id: id, .. }
+        | CalendarEvent::BookingNoShow { booking_id: id, .. }
+        | CalendarEvent::BookingHoldExpired { booking_id: id, .. }
+        | CalendarEvent::AvailabilityReleased { block_id: id, .. } => {
+            sqlx::query("DELETE FROM ical_export_ranges WHERE ref_id = $1")
+                .bind(id)
+                .execute(conn)
+                .await?;
+            Ok(())
+        }
+        // Confirming or checking in keeps the nights held; property events
+        // hold no nights; a reservation that is not active holds none.
+        CalendarEvent::BookingReserved { .. }
+        | CalendarEvent::BookingConfirmed { .. }
+        | CalendarEvent::BookingCheckedIn { .. }
+        | CalendarEvent::PropertyRegistered { .. }
+        | CalendarEvent::PropertyUpdated { .. }
+        | CalendarEvent::PropertyArchived { .. } => Ok(()),
+    }
+}
+
+async fn insert(
+    conn: &mut PgConnection,
+    agency_id: Uuid,
+    property_id: Uuid,
+    range: &ExportRange,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO ical_export_ranges (ref_id, agency_id, property_id, kind, start_night, end_night, changed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (ref_id) DO UPDATE SET start_night = EXCLUDED.start_night,
+             end_night = EXCLUDED.end_night, changed_at = EXCLUDED.changed_at",
+    )
+    .bind(range.ref_id)
+    .bind(agency_id)
+    .bind(property_id)
+    .bind(range.kind.as_str())
+    .bind(range.start)
+    .bind(range.end)
+    .bind(range.changed_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn replace_property(
+    conn: &mut PgConnection,
+    agency_id: Uuid,
+    property_id: Uuid,
+    ranges: &[ExportRange],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM ical_export_ranges WHERE property_id = $1")
+        .bind(property_id)
+        .execute(&mut *conn)
+        .await?;
+    for range in ranges {
+        insert(conn, agency_id, property_id, range).await?;
+    }
+    Ok(())
+}
+
+/// The iCalendar document of a property's held nights: one all-day VEVENT
+/// per booking or block, CRLF line endings, lines folded at 75 octets.
+pub fn render(property_id: Uuid, ranges: &[ExportRange]) -> String {
+    let mut out = String::with_capacity(256 + ranges.len() * 200);
+    let line = |out: &mut String, text: &str| push_line(out, text);
+    line(&mut out, "BEGIN:VCALENDAR");
+    line(&mut out, "VERSION:2.0");
+    line(&mut out, &format!("PRODID:{PRODID}"));
+    line(&mut out, "CALSCALE:GREGORIAN");
+    line(&mut out, "METHOD:PUBLISH");
+    line(
+        &mut out,
+        &format!(
+            "X-WR-CALNAME:{}",
+            escape_text(&format!(
+                "Booking Ledger, nights held at property {property_id}"
+            ))
+        ),
+    );
+    for range in ranges {
+        line(&mut out, "BEGIN:VEVENT");
+        line(&mut out, &format!("UID:{}@{UID_DOMAIN}", range.ref_id));
+        line(
+            &mut out,
+            &format!("DTSTAMP:{}", range.changed_at.format("%Y%m%dT%H%M%SZ")),
+        );
+        line(
+            &mut out,
+            &format!("DTSTART;VALUE=DATE:{}", range.start.format("%Y%m%d")),
+        );
+        line(
+            &mut out,
+            &format!("DTEND;VALUE=DATE:{}", range.end.format("%Y%m%d")),
+        );
+        line(&mut out, &format!("SUMMARY:{}", range.kind.summary()));
+        line(&mut out, "TRANSP:OPAQUE");
+        line(&mut out, "END:VEVENT");
+    }
+    line(&mut out, "END:VCALENDAR");
+    out
+}
+
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis((500 * u64::from(failures.min(10))).max(200))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ical::feed;
+
+    #[test]
+    fn the_document_reads_back_as_its_ranges() {
+        let range = ExportRange {
+            ref_id: Uuid::nil(),
+            kind: RangeKind::Booking,
+            start: NaiveDate::from_ymd_opt(2027, 7, 1).expect("a date"),
+            end: NaiveDate::from_ymd_opt(2027, 7, 4).expect("a date"),
+            changed_at: DateTime::from_timestamp(0, 0).expect("the epoch"),
+        };
+        let text = render(Uuid::nil(), std::slice::from_ref(&range));
+        assert!(text.contains("DTSTAMP:19700101T000000Z\r\n"));
+        assert!(text.split_terminator("\r\n").all(|l| l.len() <= 75));
+        assert!(!text.replace("\r\n", "").contains('\n'));
+        let parsed = feed::parse(&text).expect("a calendar");
+        assert_eq!(parsed.events.len(), 1);
+        assert_eq!(parsed.events[0].start, range.start);
+        assert_eq!(parsed.events[0].end, range.end);
+        assert_eq!(
+            parsed.events[0].uid,
+            format!("{}@{UID_DOMAIN}", Uuid::nil())
+        );
+    }
+}

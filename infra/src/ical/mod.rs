@@ -1,0 +1,215 @@
+//! The iCal channel (RFC 5545), the reference channel adapter (docs/ical.md):
+//! - [`export`]: follows the stream with the channel kit into a table of held
+//!   nights per property, and renders it as a `.ics` document;
+//! - [`feed`]: reads a channel's feed into ranges of nights (the import);
+//! - the per-property secrets of the export URLs and the table of feeds
+//!   `ledger serve` imports periodically (this module).
+//!
+//! Deciding what an import changes on a calendar is in `ledger-api`'s
+//! `ical_import`, which issues ordinary commands through the command bus.
+
+pub mod export;
+pub mod feed;
+pub mod text;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+/// A new export secret: 64 hex digits (244 random bits from two UUIDv4s).
+pub fn new_token() -> String {
+    format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+}
+
+/// What is stored of a token: its SHA-256, in hex.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Creates or replaces the property's export secret; returns the new token.
+/// The old one stops working at once.
+pub async fn rotate_token(
+    pool: &PgPool,
+    agency_id: Uuid,
+    property_id: Uuid,
+    created_by: &str,
+) -> Result<String, sqlx::Error> {
+    let token = new_token();
+    sqlx::query(
+        "INSERT INTO ical_tokens (property_id, agency_id, token_hash, created_by)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT (property_id) DO UPDATE SET token_hash = EXCLUDED.token_hash,
+             created_by = EXCLUDED.created_by, created_at = now()",
+    )
+    .bind(property_id)
+    .bind(agency_id)
+    .bind(hash_token(&token))
+    .bind(created_by)
+    .execute(pool)
+    .await?;
+    Ok(token)
+}
+
+/// Whether `token` is the property's current export secret.
+pub async fn token_matches(
+    pool: &PgPool,
+    property_id: Uuid,
+    token: &str,
+) -> Result<bool, sqlx::Error> {
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT token_hash FROM ical_tokens WHERE property_id = $1")
+            .bind(property_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(stored
+        .is_some_and(|stored| constant_time_eq(stored.as_bytes(), hash_token(token).as_bytes())))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A feed `ledger serve` imports into a property every `interval_minutes`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedRow {
+    pub feed_id: Uuid,
+    pub agency_id: Uuid,
+    pub property_id: Uuid,
+    pub url: String,
+    pub interval_minutes: i32,
+    pub created_at: DateTime<Utc>,
+    pub next_run_at: DateTime<Utc>,
+    pub last_run_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub last_result: Option<Value>,
+}
+
+impl FeedRow {
+    fn from_row(row: &PgRow) -> Result<FeedRow, sqlx::Error> {
+        Ok(FeedRow {
+            feed_id: row.try_get("feed_id")?,
+            agency_id: row.try_get("agency_id")?,
+            property_id: row.try_get("property_id")?,
+            url: row.try_get("url")?,
+            interval_minutes: row.try_get("interval_minutes")?,
+            created_at: row.try_get("created_at")?,
+            next_run_at: row.try_get("next_run_at")?,
+            last_run_at: row.try_get("last_run_at")?,
+            last_error: row.try_get("last_error")?,
+            last_result: row.try_get("last_result")?,
+        })
+    }
+}
+
+const FEED_COLUMNS: &str = "feed_id, agency_id, property_id, url, interval_minutes, created_at, \
+                            next_run_at, last_run_at, last_error, last_result";
+
+/// Adds a feed (due at once); the same URL again only changes its interval.
+pub async fn add_feed(
+    pool: &PgPool,
+    agency_id: Uuid,
+    property_id: Uuid,
+    url: &str,
+    interval_minutes: i32,
+) -> Result<FeedRow, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "INSERT INTO ical_feeds (feed_id, agency_id, property_id, url, interval_minutes)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (property_id, url) DO UPDATE SET interval_minutes = EXCLUDED.interval_minutes
+         RETURNING {FEED_COLUMNS}"
+    ))
+    .bind(Uuid::now_v7())
+    .bind(agency_id)
+    .bind(property_id)
+    .bind(url)
+    .bind(interval_minutes)
+    .fetch_one(pool)
+    .await?;
+    FeedRow::from_row(&row)
+}
+
+pub async fn list_feeds(pool: &PgPool, property_id: Uuid) -> Result<Vec<FeedRow>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {FEED_COLUMNS} FROM ical_feeds WHERE property_id = $1 ORDER BY feed_id"
+    ))
+    .bind(property_id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(FeedRow::from_row).collect()
+}
+
+/// Removes a feed of the property; `None` when there is no such feed.
+/// The blocks it imported stay (docs/ical.md).
+pub async fn delete_feed(
+    pool: &PgPool,
+    property_id: Uuid,
+    feed_id: Uuid,
+) -> Result<Option<FeedRow>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "DELETE FROM ical_feeds WHERE property_id = $1 AND feed_id = $2 RETURNING {FEED_COLUMNS}"
+    ))
+    .bind(property_id)
+    .bind(feed_id)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(FeedRow::from_row).transpose()
+}
+
+/// Takes the feed that is most overdue, if any, and moves its next run one
+/// interval ahead, so that no other process takes it meanwhile.
+pub async fn claim_due_feed(pool: &PgPool) -> Result<Option<FeedRow>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "UPDATE ical_feeds SET next_run_at = now() + make_interval(mins => interval_minutes)
+          WHERE feed_id = (SELECT feed_id FROM ical_feeds WHERE next_run_at <= now()
+                            ORDER BY next_run_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+          RETURNING {FEED_COLUMNS}"
+    ))
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(FeedRow::from_row).transpose()
+}
+
+/// Records how a feed's run went.
+pub async fn record_run(
+    pool: &PgPool,
+    feed_id: Uuid,
+    last_error: Option<&str>,
+    last_result: Option<&Value>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE ical_feeds SET last_run_at = now(), last_error = $2, last_result = $3
+          WHERE feed_id = $1",
+    )
+    .bind(feed_id)
+    .bind(last_error)
+    .bind(last_result)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_long_random_and_stored_hashed() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+        assert_eq!(hash_token(&a).len(), 64);
+        assert_ne!(hash_token(&a), a);
+        assert!(constant_time_eq(
+            hash_token(&a).as_bytes(),
+            hash_token(&a).as_bytes()
+        ));
+        assert!(!constant_time_eq(
+            hash_token(&a).as_bytes(),
+            hash_token(&b).as_bytes()
+        ));
+    }
+}
