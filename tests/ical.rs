@@ -283,6 +283,30 @@ async fn the_export_lists_exactly_the_nights_the_inventory_holds() {
     let (_, exported) = parse_with_ical_crate(&text);
     assert_eq!(exported, inventory(&app, &admin, property).await);
     assert_eq!(exported.len(), 3);
+
+    // The adapter's table falls behind the stream (as if events had been
+    // missed): the next event is past its cursor + 1, so the property is
+    // rebuilt from the log, not patched.
+    let mut db = app.db().await;
+    sqlx::query("DELETE FROM ical_export_ranges WHERE property_id = $1")
+        .bind(property)
+        .execute(&mut db)
+        .await
+        .expect("forget the ranges");
+    sqlx::query("UPDATE ical_export_cursors SET sequence = 1 WHERE property_id = $1")
+        .bind(property)
+        .execute(&mut db)
+        .await
+        .expect("move the cursor back");
+    let late = app
+        .reserve(&admin, property, "2027-10-01", "2027-10-02")
+        .await;
+    assert_eq!(late.status, StatusCode::CREATED);
+    export_caught_up(&app, property).await;
+    let (_, _, text) = fetch_ics(&app, &url).await;
+    let (_, exported) = parse_with_ical_crate(&text);
+    assert_eq!(exported, inventory(&app, &admin, property).await);
+    assert_eq!(exported.len(), 4, "rebuilt whole, with the new booking");
 }
 
 #[tokio::test]
