@@ -50,7 +50,9 @@ CREATE TABLE inventory_ranges (
     position    bigint    NOT NULL,
     EXCLUDE USING gist (property_id WITH =, during WITH &&)
 );
-CREATE INDEX ON inventory_ranges (agency_id, property_id);
+-- The free-property search: every range of an agency that overlaps a window,
+-- read from the index alone (property_id included), then anti-joined.
+CREATE INDEX ON inventory_ranges USING gist (agency_id, during) INCLUDE (property_id);
 
 CREATE TABLE properties_view (
     property_id  uuid PRIMARY KEY,

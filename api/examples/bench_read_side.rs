@@ -130,7 +130,8 @@ async fn p4(pool: &PgPool) -> BenchResult<()> {
             let mut last = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let position: i64 = sqlx::query_scalar(
-                    "SELECT position FROM projection_checkpoints WHERE name = 'inventory'",
+                    "SELECT ledger_watermark(txid, position) FROM projection_checkpoints
+                      WHERE name = 'inventory'",
                 )
                 .fetch_one(&mut *conn)
                 .await
@@ -144,7 +145,7 @@ async fn p4(pool: &PgPool) -> BenchResult<()> {
         })
     };
 
-    let rate = 1_000u64;
+    let rate = arg("--p4-rate", 1000) as u64;
     let seconds = arg("--p4-seconds", 10) as u64;
     let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     let mut commits = Vec::new();
@@ -221,7 +222,7 @@ async fn generate_log(pool: &PgPool, ranges: i64) -> BenchResult<()> {
                 json_build_object('property_id', md5('p' || p)::uuid, 'agency_id', $1::uuid,
                                   'name', 'Property ' || p, 'timezone', 'UTC', 'owner_id', NULL,
                                   'external_ref', NULL, 'at', '2026-01-01T00:00:00Z'),
-                $2::json, gen_random_uuid()
+                $2::json, ('00000000-0000-7000-8000-' || lpad(to_hex(p), 12, '0'))::uuid
            FROM generate_series(1, $3) AS p ORDER BY p",
     )
     .bind(AGENCY)
@@ -238,14 +239,15 @@ async fn generate_log(pool: &PgPool, ranges: i64) -> BenchResult<()> {
              SELECT 'property', md5('p' || p)::uuid::text, k + 1, 'booking.reserved', '1',
                     json_build_object('booking_id', md5('b' || p || '.' || k)::uuid,
                                       'property_id', md5('p' || p)::uuid,
-                                      'check_in', date '2027-01-01' + (k * 3),
-                                      'check_out', date '2027-01-01' + (k * 3 + 2),
+                                      'check_in', date '2027-01-01' + (k * 3)::int,
+                                      'check_out', date '2027-01-01' + (k * 3 + 2)::int,
                                       'guest', json_build_object('name', 'Guest', 'email', NULL, 'phone', NULL),
                                       'adults', 2, 'children', 0, 'status', 'confirmed',
                                       'hold_expires_at', NULL, 'channel', 'direct',
                                       'external_ref', NULL, 'price', NULL, 'notes', NULL,
                                       'at', '2026-01-01T00:00:00Z'),
-                    $1::json, gen_random_uuid()
+                    -- Time-ordered ids, as Uuid::now_v7() makes them.
+                    $1::json, ('00000001-0000-7000-8000-' || lpad(to_hex(p * 100000 + k), 12, '0'))::uuid
                FROM generate_series($2::bigint, $3::bigint) AS p, generate_series(1, $4::bigint) AS k
               ORDER BY p, k",
         )
@@ -281,7 +283,7 @@ async fn p5(pool: &PgPool, ranges: i64) -> BenchResult<()> {
     sqlx::query(
         "INSERT INTO bench_source
          SELECT gen_random_uuid(), $1, md5('p' || p)::uuid, 'booking',
-                daterange(date '2027-01-01' + k * 3, date '2027-01-01' + k * 3 + 2), 'confirmed', 0
+                daterange(date '2027-01-01' + (k * 3)::int, date '2027-01-01' + (k * 3 + 2)::int), 'confirmed', 0
            FROM generate_series(1, $2) p, generate_series(1, $3::bigint) k",
     )
     .bind(AGENCY)
@@ -322,7 +324,7 @@ async fn p7(pool: &PgPool) -> BenchResult<()> {
     .fetch_one(pool)
     .await?;
     let span: i64 = sqlx::query_scalar(
-        "SELECT coalesce(max(upper(during)) - min(lower(during)), 1) FROM inventory_ranges",
+        "SELECT coalesce(max(upper(during)) - min(lower(during)), 1)::bigint FROM inventory_ranges",
     )
     .fetch_one(pool)
     .await?;
@@ -350,7 +352,8 @@ async fn p7(pool: &PgPool) -> BenchResult<()> {
             "SELECT p.property_id FROM properties_view p
               WHERE p.agency_id = $1 AND NOT p.archived AND NOT EXISTS (
                     SELECT 1 FROM inventory_ranges r
-                     WHERE r.property_id = p.property_id AND r.during && daterange($2, $3))
+                     WHERE r.agency_id = p.agency_id AND r.property_id = p.property_id
+                       AND r.during && daterange($2, $3))
               ORDER BY p.property_id LIMIT 51",
         )
         .bind(AGENCY)

@@ -92,7 +92,9 @@ pub async fn read_batch(
            FROM events
           WHERE (txid, position) > ($1::text::xid8, $2)
             AND txid < pg_snapshot_xmin(pg_current_snapshot())
-          ORDER BY txid, position
+          -- events.txid, not the bigint output column of the same name: the
+          -- index gives this order without sorting the rest of the log.
+          ORDER BY events.txid, events.position
           LIMIT $3",
     )
     .bind(after.txid.to_string())

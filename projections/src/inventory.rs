@@ -3,7 +3,7 @@
 //! as deletes followed by inserts, so the EXCLUSION constraint sees only the
 //! batch's final state, never a transient overlap.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDate;
 use ledger_domain::CalendarEvent;
@@ -29,21 +29,35 @@ pub async fn apply(
     events: &[Envelope],
 ) -> Result<(), sqlx::Error> {
     let table = format!("{schema}.inventory_ranges");
-    let mut touched: Vec<Uuid> = events.iter().filter_map(|e| e.event.subject()).collect();
-    touched.sort_unstable();
-    touched.dedup();
-    if touched.is_empty() {
+    // Rows to read first: every ref the batch touches, except those it
+    // creates (a ref's first event creates it, so no row can exist yet).
+    // A replay is mostly creations, and then reads and deletes nothing.
+    let mut seen = HashSet::new();
+    let mut touched: Vec<Uuid> = Vec::new();
+    for envelope in events {
+        let Some(id) = envelope.event.subject() else {
+            continue;
+        };
+        if seen.insert(id) && !creates(&envelope.event) {
+            touched.push(id);
+        }
+    }
+    if seen.is_empty() {
         return Ok(());
     }
-    let mut ranges: HashMap<Uuid, Option<Range>> = HashMap::with_capacity(touched.len());
-    let existing = sqlx::query(&format!(
-        "SELECT ref_id, agency_id, property_id, kind, lower(during) AS start_night,
-                upper(during) AS end_night, status, position
-           FROM {table} WHERE ref_id = ANY($1)"
-    ))
-    .bind(&touched)
-    .fetch_all(&mut *conn)
-    .await?;
+    let mut ranges: HashMap<Uuid, Option<Range>> = HashMap::with_capacity(seen.len());
+    let existing = if touched.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query(&format!(
+            "SELECT ref_id, agency_id, property_id, kind, lower(during) AS start_night,
+                    upper(during) AS end_night, status, position
+               FROM {table} WHERE ref_id = ANY($1)"
+        ))
+        .bind(&touched)
+        .fetch_all(&mut *conn)
+        .await?
+    };
     for row in existing {
         let kind: String = row.try_get("kind")?;
         ranges.insert(
@@ -63,10 +77,12 @@ pub async fn apply(
         fold(&mut ranges, envelope);
     }
 
-    sqlx::query(&format!("DELETE FROM {table} WHERE ref_id = ANY($1)"))
-        .bind(&touched)
-        .execute(&mut *conn)
-        .await?;
+    if !touched.is_empty() {
+        sqlx::query(&format!("DELETE FROM {table} WHERE ref_id = ANY($1)"))
+            .bind(&touched)
+            .execute(&mut *conn)
+            .await?;
+    }
     let live: Vec<(Uuid, Range)> = ranges
         .into_iter()
         .filter_map(|(id, range)| range.map(|r| (id, r)))
@@ -95,6 +111,14 @@ pub async fn apply(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Whether the event is the first of its booking or block.
+fn creates(event: &CalendarEvent) -> bool {
+    matches!(
+        event,
+        CalendarEvent::BookingReserved { .. } | CalendarEvent::AvailabilityBlocked { .. }
+    )
 }
 
 fn fold(ranges: &mut HashMap<Uuid, Option<Range>>, envelope: &Envelope) {

@@ -253,7 +253,8 @@ pub async fn free_properties(
             AND ($5::uuid IS NULL OR p.property_id > $5)
             AND NOT EXISTS (
                 SELECT 1 FROM inventory_ranges r
-                 WHERE r.property_id = p.property_id AND r.during && daterange($3, $4))
+                 WHERE r.agency_id = p.agency_id AND r.property_id = p.property_id
+                   AND r.during && daterange($3, $4))
           ORDER BY p.property_id
           LIMIT $6",
     )

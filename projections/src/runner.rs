@@ -24,6 +24,10 @@ pub const LIVE_SCHEMA: &str = "public";
 pub const BATCH: i64 = 1000;
 /// How often a runner looks for work when no notification arrives.
 const POLL: Duration = Duration::from_millis(500);
+/// How soon to look again when committed events wait behind an older
+/// transaction still running: that one may write no event (a projection's
+/// own batch, say) and then its commit sends no NOTIFY.
+const BLOCKED_POLL: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -151,7 +155,8 @@ pub async fn run(pool: PgPool, projection: Projection, mut signal: LogSignal) {
             Ok(applied) => {
                 backoff = Duration::from_millis(100);
                 if applied < BATCH as usize {
-                    signal.wait(POLL).await;
+                    let blocked = matches!(waiting(&pool, name).await, Ok(true));
+                    signal.wait(if blocked { BLOCKED_POLL } else { POLL }).await;
                 }
             }
             Err(error) => {
@@ -167,6 +172,19 @@ pub async fn run(pool: PgPool, projection: Projection, mut signal: LogSignal) {
             }
         }
     }
+}
+
+/// Whether committed events lie beyond the checkpoint that the tail could
+/// not take yet (an older transaction is still open).
+async fn waiting(pool: &PgPool, checkpoint: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM events e, projection_checkpoints c
+                         WHERE c.name = $1
+                           AND (e.txid, e.position) > (c.txid::text::xid8, c.position))",
+    )
+    .bind(checkpoint)
+    .fetch_one(pool)
+    .await
 }
 
 /// A projection's progress, for ops and readiness.
