@@ -239,8 +239,8 @@ async fn generate_log(pool: &PgPool, ranges: i64) -> BenchResult<()> {
              SELECT 'property', md5('p' || p)::uuid::text, k + 1, 'booking.reserved', '1',
                     json_build_object('booking_id', md5('b' || p || '.' || k)::uuid,
                                       'property_id', md5('p' || p)::uuid,
-                                      'check_in', date '2027-01-01' + (k * 3)::int,
-                                      'check_out', date '2027-01-01' + (k * 3 + 2)::int,
+                                      'check_in', date '2027-01-01' + (k * 10 + (p * 7 + k * 13) % 5)::int,
+                                      'check_out', date '2027-01-01' + (k * 10 + (p * 7 + k * 13) % 5 + 2 + (p * 3 + k * 5) % 5)::int,
                                       'guest', json_build_object('name', 'Guest', 'email', NULL, 'phone', NULL),
                                       'adults', 2, 'children', 0, 'status', 'confirmed',
                                       'hold_expires_at', NULL, 'channel', 'direct',
@@ -275,7 +275,11 @@ async fn p5(pool: &PgPool, ranges: i64) -> BenchResult<()> {
         .fetch_one(pool)
         .await?;
     pool.execute(
-        "CREATE TABLE bench_gist (LIKE inventory_ranges INCLUDING ALL);
+        // The baseline table has the EXCLUSION constraint and nothing else
+        // (QUALITY.md); inventory_ranges also has its primary key and the
+        // covering index of the free search, so the ratio is conservative.
+        "CREATE TABLE bench_gist (LIKE inventory_ranges);
+         ALTER TABLE bench_gist ADD EXCLUDE USING gist (property_id WITH =, during WITH &&);
          CREATE TABLE bench_source (LIKE inventory_ranges)",
     )
     .await?;
@@ -283,7 +287,9 @@ async fn p5(pool: &PgPool, ranges: i64) -> BenchResult<()> {
     sqlx::query(
         "INSERT INTO bench_source
          SELECT gen_random_uuid(), $1, md5('p' || p)::uuid, 'booking',
-                daterange(date '2027-01-01' + (k * 3)::int, date '2027-01-01' + (k * 3 + 2)::int), 'confirmed', 0
+                daterange(date '2027-01-01' + (k * 10 + (p * 7 + k * 13) % 5)::int,
+                          date '2027-01-01' + (k * 10 + (p * 7 + k * 13) % 5 + 2 + (p * 3 + k * 5) % 5)::int),
+                'confirmed', 0
            FROM generate_series(1, $2) p, generate_series(1, $3::bigint) k",
     )
     .bind(AGENCY)
@@ -301,6 +307,23 @@ async fn p5(pool: &PgPool, ranges: i64) -> BenchResult<()> {
 
     let inventory = events as f64 / timed_replay(pool, Projection::Inventory).await?;
     let audit = events as f64 / timed_replay(pool, Projection::Audit).await?;
+    // What PostgreSQL alone pays for audit rows: INSERT ... SELECT straight
+    // from the events table into a copy of audit_log with its indexes.
+    pool.execute("CREATE TABLE bench_audit (LIKE audit_log INCLUDING ALL)")
+        .await?;
+    let started = Instant::now();
+    let audit_rows = pool
+        .execute(
+            "INSERT INTO bench_audit
+             SELECT event_id, (metadata->>'agency_id')::uuid, metadata->>'user_id', event_type,
+                    'booking', coalesce((payload->>'booking_id')::uuid, aggregate_id::uuid),
+                    payload::jsonb, recorded_at, position
+               FROM events",
+        )
+        .await?
+        .rows_affected();
+    let audit_raw = audit_rows as f64 / started.elapsed().as_secs_f64();
+    pool.execute("DROP TABLE bench_audit").await?;
     let built: i64 = sqlx::query_scalar("SELECT count(*) FROM inventory_ranges")
         .fetch_one(pool)
         .await?;
@@ -308,8 +331,11 @@ async fn p5(pool: &PgPool, ranges: i64) -> BenchResult<()> {
         "P5  raw GiST ingest (INSERT ... SELECT, {rows} rows): {raw:.0} rows/s (baseline)\n\
          P5  inventory_ranges rebuild from the log ({events} events -> {built} rows): \
          {inventory:.0} events/s = {:.2} x baseline (target >= 0.7 x)\n\
-         P5  audit_log rebuild: {audit:.0} events/s (target >= 100,000 events/s)",
-        inventory / raw
+         P5  audit_log rebuild: {audit:.0} events/s (target >= 100,000 events/s); \
+         raw audit ingest in SQL (INSERT ... SELECT FROM events, same indexes): \
+         {audit_raw:.0} rows/s, rebuild = {:.2} x that",
+        inventory / raw,
+        audit / audit_raw
     );
     Ok(())
 }
