@@ -486,3 +486,54 @@ pub fn raw_token(header: Value, claims: Value, signature: &str) -> String {
         b64url(claims.to_string().as_bytes())
     )
 }
+
+// ------------------------------------------------------------------ added helpers
+// (used by faults.rs; the helpers above are unchanged)
+
+/// `spawn_app_with_env` against a database that already exists at
+/// `database_url` (e.g. on a private PostgreSQL a test starts and stops
+/// itself), instead of a fresh database created on the shared server.
+/// `db_name` must be unique: dropping the app runs `DROP DATABASE IF EXISTS`
+/// of that name on the shared server, a no-op for a name that only exists
+/// on the private one.
+pub async fn spawn_app_on(database_url: &str, db_name: &str, env: &[(&str, &str)]) -> TestApp {
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!("{db_name}.log"));
+    let mut app = TestApp {
+        base: format!("http://127.0.0.1:{port}"),
+        port,
+        database_url: database_url.to_owned(),
+        db_name: db_name.to_owned(),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client"),
+        child: None,
+        log,
+        env: env
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect(),
+    };
+    app.start().await;
+    app
+}
+
+impl TestApp {
+    /// The process id of the running ledger, if one runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the ledger process this app started is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// What the ledger process wrote to stderr so far (for failure messages).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
