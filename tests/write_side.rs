@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{agency, assert_error, spawn_app, token, Reply, TestApp};
+use common::{agency, assert_error, spawn_app, spawn_app_with_env, token, Reply, TestApp};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -1672,4 +1672,57 @@ async fn an_inbound_booking_sent_twice_returns_the_first_booking() {
         .await;
     assert_eq!(there.status, StatusCode::CREATED, "{:?}", there.body);
     assert_ne!(there.id(), first.id());
+}
+
+// ------------------------------------------------------------------ metrics
+
+#[tokio::test]
+async fn metrics_count_responses_and_report_each_tailer() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let app = spawn_app_with_env(&[("LEDGER_METRICS_LISTEN", &listen)]).await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let missing = app
+        .get(&format!("{BOOKINGS}/{}", Uuid::now_v7()), &admin)
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let reserved = app
+        .reserve(&admin, property, "2027-06-01", "2027-06-03")
+        .await;
+    assert_eq!(reserved.status, StatusCode::CREATED);
+
+    let url = format!("http://{listen}/metrics");
+    let mut text = String::new();
+    for _ in 0..100 {
+        if let Ok(response) = app.client.get(&url).send().await {
+            text = response.text().await.unwrap_or_default();
+            if !text.is_empty() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    assert!(value("ledger_http_responses_total{class=\"2xx\"}") >= 2.0);
+    assert!(value("ledger_http_responses_total{class=\"4xx\"}") >= 1.0);
+    assert_eq!(value("ledger_database_up"), 1.0);
+    assert!(value("ledger_log_head_position") >= 2.0);
+    for name in ["inventory", "views", "audit", "publisher"] {
+        value(&format!("ledger_tailer_lag{{name=\"{name}\"}}"));
+        assert_eq!(
+            value(&format!("ledger_tailer_failed{{name=\"{name}\"}}")),
+            0.0
+        );
+    }
+    // Only on the metrics listener.
+    let on_api = app.send("GET", "/metrics", None, None, &[]).await;
+    assert_error(&on_api, StatusCode::NOT_FOUND, "NOT_FOUND");
 }

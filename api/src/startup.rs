@@ -56,6 +56,7 @@ impl Application {
             tokio::spawn(export.run(nats));
         }
         tokio::spawn(crate::ical_import::run(state.clone()));
+        tokio::spawn(crate::metrics::serve(state.clone()));
         let router = crate::router(state);
         tracing::info!(address = %self.listener.local_addr()?, "ledger is serving");
         axum::serve(self.listener, router)

@@ -24,6 +24,8 @@ pub struct AppState {
     /// The publisher's NATS connection, once `Application::build` made it;
     /// readiness reports its state.
     pub nats: Option<ledger_infra::nats::Client>,
+    /// Responses by status class, for `/metrics`.
+    pub http: Arc<crate::metrics::HttpCounters>,
 }
 
 impl AppState {
@@ -35,6 +37,7 @@ impl AppState {
             suspensions: Arc::new(Suspensions::default()),
             started_at: Utc::now(),
             nats: None,
+            http: Arc::default(),
             config: Arc::new(config),
             pool,
         }

@@ -1,0 +1,141 @@
+//! `GET /metrics` on its own listener (`LEDGER_METRICS_LISTEN`), in the
+//! Prometheus text format: HTTP responses by status class, each tailer's
+//! position and lag, the head of the log, and whether PostgreSQL and NATS
+//! answer. A handful of series, so they are written out directly.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::{Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::routes::health;
+use crate::state::AppState;
+
+/// Responses by status class: 1xx .. 5xx.
+#[derive(Default)]
+pub struct HttpCounters {
+    classes: [AtomicU64; 5],
+}
+
+impl HttpCounters {
+    fn record(&self, status: u16) {
+        if let Some(counter) = self.classes.get(usize::from(status / 100).wrapping_sub(1)) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counts every response of the API router.
+pub async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    state.http.record(response.status().as_u16());
+    response
+}
+
+/// Serves `/metrics` until the process ends. A listener that cannot be bound
+/// is logged, not fatal: the API matters more than its metrics.
+pub async fn serve(state: AppState) {
+    let address = state.config.metrics_listen;
+    let listener = match TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::warn!(%address, %error, "cannot listen for /metrics; serving without them");
+            return;
+        }
+    };
+    if let Ok(bound) = listener.local_addr() {
+        tracing::info!(address = %bound, "metrics on /metrics");
+    }
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    if let Err(error) = axum::serve(listener, router).await {
+        tracing::warn!(%error, "the metrics listener stopped");
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let (db, nats) = tokio::join!(
+        health::database_answers(&state),
+        health::nats_answers(&state)
+    );
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP ledger_http_responses_total API responses by status class."
+    );
+    let _ = writeln!(out, "# TYPE ledger_http_responses_total counter");
+    for (i, counter) in state.http.classes.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ledger_http_responses_total{{class=\"{}xx\"}} {}",
+            i + 1,
+            counter.load(Ordering::Relaxed)
+        );
+    }
+    gauge(
+        &mut out,
+        "ledger_database_up",
+        "Whether PostgreSQL answers.",
+        db,
+    );
+    gauge(
+        &mut out,
+        "ledger_nats_up",
+        "Whether NATS is connected.",
+        nats,
+    );
+    if db {
+        if let Ok(statuses) = ledger_projections::runner::statuses(&state.pool).await {
+            let head = statuses.first().map_or(0, |s| s.head_position);
+            let _ = writeln!(
+                out,
+                "# HELP ledger_log_head_position The last position in the event log."
+            );
+            let _ = writeln!(out, "# TYPE ledger_log_head_position gauge");
+            let _ = writeln!(out, "ledger_log_head_position {head}");
+            for (metric, help) in [
+                (
+                    "ledger_tailer_position",
+                    "Every event at or below it is applied (projections) or published (publisher).",
+                ),
+                (
+                    "ledger_tailer_lag",
+                    "Events between the head of the log and the tailer's position.",
+                ),
+                (
+                    "ledger_tailer_failed",
+                    "1 when the tailer stopped at an event it cannot apply.",
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {metric} {help}");
+                let _ = writeln!(out, "# TYPE {metric} gauge");
+                for s in &statuses {
+                    let value = match metric {
+                        "ledger_tailer_position" => s.position,
+                        "ledger_tailer_lag" => s.lag,
+                        _ => i64::from(s.status == "failed"),
+                    };
+                    let _ = writeln!(out, "{metric}{{name=\"{}\"}} {value}", s.name);
+                }
+            }
+        }
+    }
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        out,
+    )
+        .into_response()
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, up: bool) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "{name} {}", u8::from(up));
+}
