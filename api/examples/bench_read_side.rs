@@ -237,7 +237,7 @@ async fn generate_log(pool: &PgPool, ranges: i64) -> BenchResult<()> {
             "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
                                  payload, metadata, event_id)
              SELECT 'property', md5('p' || p)::uuid::text, k + 1, 'booking.reserved', '1',
-                    json_build_object('booking_id', md5('b' || p || '.' || k)::uuid,
+                    json_build_object('booking_id', ('00000002-0000-7000-8000-' || lpad(to_hex(p * 100000 + k), 12, '0'))::uuid,
                                       'property_id', md5('p' || p)::uuid,
                                       'check_in', date '2027-01-01' + (k * 10 + (p * 7 + k * 13) % 5)::int,
                                       'check_out', date '2027-01-01' + (k * 10 + (p * 7 + k * 13) % 5 + 2 + (p * 3 + k * 5) % 5)::int,
