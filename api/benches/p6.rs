@@ -21,6 +21,9 @@
 //!   backlog over the time from the publisher's first checkpoint move to its
 //!   reaching the head, and the consumer's receipt of the last event is shown
 //!   too.
+#[path = "support.rs"]
+mod support;
+use support::{arg, percentile, BenchResult};
 
 #[path = "../../tests/common/nats.rs"]
 mod nats;
@@ -40,28 +43,9 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgPool};
 use uuid::Uuid;
 
-type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
 const SECRET: &str = "p6-benchmark-secret-at-least-32-bytes-long";
 const PROPERTIES: usize = 50;
 const WARM_UP: Duration = Duration::from_secs(2);
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
 
 /// One received event: its type and commit -> received in milliseconds.
 struct Sample {

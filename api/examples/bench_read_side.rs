@@ -15,6 +15,9 @@
 //! - P7: availability search (`queries::free_properties`, in the same
 //!   RLS-confined read transaction the API uses) over 10,000 properties and
 //!   the generated ranges, random 7-night windows, 500 queries.
+#[path = "../benches/support.rs"]
+mod support;
+use support::{arg, percentile, BenchResult};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,27 +34,8 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Executor, PgPool};
 use uuid::Uuid;
 
-type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
 const AGENCY: Uuid = Uuid::from_u128(0x1111_1111_1111_4111_8111_1111_1111_1111);
 const PROPERTIES: i64 = 10_000;
-
-fn arg(name: &str, default: i64) -> i64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
 
 async fn scratch_database() -> BenchResult<PgPool> {
     let url = std::env::var("DATABASE_URL")
