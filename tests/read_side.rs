@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{Days, NaiveDate, Utc};
-use common::{agency, assert_error, spawn_app, token, Reply, TestApp};
+use common::{agency, assert_error, spawn_app, spawn_app_on, token, Reply, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -327,7 +327,7 @@ async fn assert_consistent_with_log(app: &TestApp) {
         &mut conn,
         "SELECT count(*) FROM projection_checkpoints
           WHERE name IN ('inventory', 'views', 'audit')
-            AND position <> (SELECT coalesce(max(position), 0) FROM events)",
+            AND ledger_watermark(txid, position) <> (SELECT coalesce(max(position), 0) FROM events)",
     )
     .await;
     assert_eq!(behind, 0, "checkpoints at the head");
@@ -1930,4 +1930,69 @@ async fn ops_and_readiness_report_each_projection_with_its_lag() {
     )
     .await;
     assert_eq!(count, 0);
+}
+
+// ------------------------------------------------------------------ several processes
+
+/// Two `ledger serve` processes on one database: every projection batch
+/// and every publish is taken by one of them (nothing is applied twice),
+/// and when one dies the other carries every tailer on.
+#[tokio::test]
+async fn two_processes_apply_each_event_once_and_the_survivor_takes_over() {
+    let mut first = spawn_app().await;
+    let (_, admin) = agency();
+    let mut properties = Vec::new();
+    for _ in 0..4 {
+        properties.push(first.property(&admin, None).await);
+    }
+    // Alone, the first process took the publisher's lease (a session lock it
+    // keeps while it lives): the takeover below is real.
+    wait_caught_up(&first, &admin, 20).await;
+    let second = spawn_app_on(
+        &first.database_url,
+        &format!("ledger_second_{}", Uuid::now_v7().simple()),
+        &[],
+    )
+    .await;
+    // Writes through both processes at once.
+    let writes = (0..40u64).map(|i| {
+        let app = if i % 2 == 0 { &first } else { &second };
+        let property = properties[(i % 4) as usize];
+        let from = day("2032-01-01") + chrono::Days::new(i * 3);
+        let (admin, to) = (admin.clone(), plus(from, 2));
+        async move {
+            let reply = app.reserve(&admin, property, &from.to_string(), &to).await;
+            assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+            if i % 5 == 0 {
+                let id = reply.id();
+                let cancelled = app
+                    .post(&format!("{BOOKINGS}/{id}/cancel"), &admin, json!({}))
+                    .await;
+                assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+            }
+        }
+    });
+    futures::future::join_all(writes).await;
+    wait_caught_up(&second, &admin, 20).await;
+    assert_consistent_with_log(&second).await;
+
+    // The first process dies; the second carries on alone.
+    first.kill();
+    for (i, property) in properties.iter().enumerate() {
+        let from = day("2033-01-01") + chrono::Days::new(i as u64 * 10);
+        booked(
+            &second,
+            &admin,
+            *property,
+            &from.to_string(),
+            &plus(from, 3),
+        )
+        .await;
+    }
+    let ops = wait_caught_up(&second, &admin, 20).await;
+    assert_consistent_with_log(&second).await;
+    let head = ops["inventory"]["head_position"].clone();
+    for name in ["inventory", "views", "audit", "publisher"] {
+        assert_eq!(ops[name]["position"], head, "{name}: {ops:?}");
+    }
 }
