@@ -1973,6 +1973,30 @@ async fn two_processes_apply_each_event_once_and_the_survivor_takes_over() {
         }
     });
     futures::future::join_all(writes).await;
+    // Overlapping reserves on one property through both processes: each
+    // process decides against its own cached calendar, the log's version
+    // check makes the loser decide again, so exactly one wins.
+    let contested = (0..60u64).map(|i| {
+        let app = if i % 2 == 0 { &first } else { &second };
+        let admin = admin.clone();
+        let property = properties[0];
+        async move {
+            let from = day("2034-03-10") - chrono::Days::new(i % 3);
+            app.reserve(&admin, property, &from.to_string(), "2034-03-11")
+                .await
+                .status
+        }
+    });
+    let statuses = futures::future::join_all(contested).await;
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    let conflicts = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CONFLICT)
+        .count();
+    assert_eq!((created, conflicts), (1, 59), "{statuses:?}");
     wait_caught_up(&second, &admin, 20).await;
     assert_consistent_with_log(&second).await;
 
