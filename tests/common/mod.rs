@@ -93,26 +93,7 @@ pub async fn spawn_app_with_env(env: &[(&str, &str)]) -> TestApp {
         .database(&db_name)
         .to_url_lossy()
         .to_string();
-    let port = free_port();
-    let log = std::env::temp_dir().join(format!("{db_name}.log"));
-    let mut app = TestApp {
-        base: format!("http://127.0.0.1:{port}"),
-        port,
-        database_url,
-        db_name,
-        client: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("an HTTP client"),
-        child: None,
-        log,
-        env: env
-            .iter()
-            .map(|(name, value)| (name.to_string(), value.to_string()))
-            .collect(),
-    };
-    app.start().await;
-    app
+    spawn_app_on(&database_url, &db_name, env).await
 }
 
 impl TestApp {
