@@ -43,8 +43,8 @@ pub const CHECKPOINT: &str = "publisher";
 pub const BATCH: i64 = 1000;
 /// How often an idle publisher looks for work without a NOTIFY.
 const POLL: Duration = Duration::from_millis(500);
-/// When committed events wait behind an older transaction still running:
-/// its commit sends no NOTIFY when it wrote no event, so look again soon.
+/// How soon to look again when committed events wait behind an older
+/// transaction still running (`tail::waiting`).
 const BLOCKED_POLL: Duration = Duration::from_millis(10);
 /// How often a standby publisher tries to take over.
 const STANDBY_RETRY: Duration = Duration::from_secs(1);
@@ -190,8 +190,7 @@ impl Publisher {
         if let Some(error) = failure {
             return Err(error);
         }
-        let last = reached.map_or(after.position, |e| e.position);
-        let more = events.len() < BATCH as usize && tail::head(conn).await? > last;
+        let more = events.len() < BATCH as usize && tail::waiting(&mut *conn, CHECKPOINT).await?;
         Ok(Step::Published {
             count: events.len(),
             more,

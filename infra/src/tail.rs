@@ -27,7 +27,7 @@ use chrono::{DateTime, Utc};
 use ledger_domain::CalendarEvent;
 use serde::Deserialize;
 use sqlx::postgres::PgListener;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgExecutor, PgPool, Row};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -162,6 +162,22 @@ fn decode_row(row: sqlx::postgres::PgRow) -> Result<Envelope, TailError> {
         meta,
         recorded_at: row.try_get("recorded_at")?,
     })
+}
+
+/// Whether committed events lie beyond a tailer's checkpoint (a row of
+/// `projection_checkpoints`) that `read_batch` could not take yet because
+/// an older transaction is still open. That transaction may write no event
+/// (a projection's own batch, say), and then its commit sends no NOTIFY:
+/// a tailer that sees this looks again soon instead of waiting for one.
+pub async fn waiting(conn: impl PgExecutor<'_>, checkpoint: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM events e, projection_checkpoints c
+                         WHERE c.name = $1
+                           AND (e.txid, e.position) > (c.txid::text::xid8, c.position))",
+    )
+    .bind(checkpoint)
+    .fetch_one(conn)
+    .await
 }
 
 /// The position of the newest event in the log (0 when empty).

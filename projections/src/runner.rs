@@ -25,8 +25,7 @@ pub const BATCH: i64 = 1000;
 /// How often a runner looks for work when no notification arrives.
 const POLL: Duration = Duration::from_millis(500);
 /// How soon to look again when committed events wait behind an older
-/// transaction still running: that one may write no event (a projection's
-/// own batch, say) and then its commit sends no NOTIFY.
+/// transaction still running (`tail::waiting`).
 const BLOCKED_POLL: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -161,7 +160,7 @@ pub async fn run(pool: PgPool, projection: Projection, mut signal: LogSignal) {
             Ok(applied) => {
                 backoff = Duration::from_millis(100);
                 if applied < BATCH as usize {
-                    let blocked = matches!(waiting(&pool, name).await, Ok(true));
+                    let blocked = matches!(tail::waiting(&pool, name).await, Ok(true));
                     signal.wait(if blocked { BLOCKED_POLL } else { POLL }).await;
                 }
             }
@@ -178,19 +177,6 @@ pub async fn run(pool: PgPool, projection: Projection, mut signal: LogSignal) {
             }
         }
     }
-}
-
-/// Whether committed events lie beyond the checkpoint that the tail could
-/// not take yet (an older transaction is still open).
-async fn waiting(pool: &PgPool, checkpoint: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM events e, projection_checkpoints c
-                         WHERE c.name = $1
-                           AND (e.txid, e.position) > (c.txid::text::xid8, c.position))",
-    )
-    .bind(checkpoint)
-    .fetch_one(pool)
-    .await
 }
 
 /// A projection's progress, for ops and readiness.
