@@ -14,6 +14,8 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use ledger_projections::runner::Status;
+
 use crate::routes::health;
 use crate::state::AppState;
 
@@ -60,17 +62,21 @@ pub async fn serve(state: AppState) {
     }
 }
 
+/// A per-tailer gauge: its name, its help text and its value.
+type TailerSeries = (&'static str, &'static str, fn(&Status) -> i64);
+
 async fn metrics(State(state): State<AppState>) -> Response {
     let (db, nats) = tokio::join!(
         health::database_answers(&state),
         health::nats_answers(&state)
     );
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP ledger_http_responses_total API responses by status class."
+    header(
+        &mut out,
+        "ledger_http_responses_total",
+        "counter",
+        "API responses by status class.",
     );
-    let _ = writeln!(out, "# TYPE ledger_http_responses_total counter");
     for (i, counter) in state.http.classes.iter().enumerate() {
         let _ = writeln!(
             out,
@@ -94,35 +100,34 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if db {
         if let Ok(statuses) = ledger_projections::runner::statuses(&state.pool).await {
             let head = statuses.first().map_or(0, |s| s.head_position);
-            let _ = writeln!(
-                out,
-                "# HELP ledger_log_head_position The last position in the event log."
+            header(
+                &mut out,
+                "ledger_log_head_position",
+                "gauge",
+                "The last position in the event log.",
             );
-            let _ = writeln!(out, "# TYPE ledger_log_head_position gauge");
             let _ = writeln!(out, "ledger_log_head_position {head}");
-            for (metric, help) in [
+            let series: [TailerSeries; 3] = [
                 (
                     "ledger_tailer_position",
                     "Every event at or below it is applied (projections) or published (publisher).",
+                    |s| s.position,
                 ),
                 (
                     "ledger_tailer_lag",
                     "Events between the head of the log and the tailer's position.",
+                    |s| s.lag,
                 ),
                 (
                     "ledger_tailer_failed",
                     "1 when the tailer stopped at an event it cannot apply.",
+                    |s| i64::from(s.status == "failed"),
                 ),
-            ] {
-                let _ = writeln!(out, "# HELP {metric} {help}");
-                let _ = writeln!(out, "# TYPE {metric} gauge");
+            ];
+            for (metric, help, value) in series {
+                header(&mut out, metric, "gauge", help);
                 for s in &statuses {
-                    let value = match metric {
-                        "ledger_tailer_position" => s.position,
-                        "ledger_tailer_lag" => s.lag,
-                        _ => i64::from(s.status == "failed"),
-                    };
-                    let _ = writeln!(out, "{metric}{{name=\"{}\"}} {value}", s.name);
+                    let _ = writeln!(out, "{metric}{{name=\"{}\"}} {}", s.name, value(s));
                 }
             }
         }
@@ -134,8 +139,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, up: bool) {
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, up: bool) {
+    header(out, name, "gauge", help);
     let _ = writeln!(out, "{name} {}", u8::from(up));
 }

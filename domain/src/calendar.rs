@@ -425,8 +425,7 @@ impl PropertyCalendar {
             reserve.notes.as_deref(),
         )?;
         values::optional_text("external_ref", reserve.external_ref.as_deref(), MAX_REF)?;
-        if let Some(external_ref) = &reserve.external_ref {
-            let channel = reserve.channel.unwrap_or_default();
+        if let Some((channel, external_ref)) = reserve.inbound_key() {
             if self.booking_from_channel(channel, external_ref).is_some() {
                 // The channel sent this booking before: nothing new happens,
                 // and the reply is the first booking.

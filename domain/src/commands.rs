@@ -83,6 +83,15 @@ pub struct ReserveStay {
     pub notes: Option<String>,
 }
 
+impl ReserveStay {
+    /// The key inbound bookings are deduplicated on within a property: the
+    /// channel (`direct` when none is given) and the channel's own reference.
+    pub fn inbound_key(&self) -> Option<(Channel, &str)> {
+        let external_ref = self.external_ref.as_deref()?;
+        Some((self.channel.unwrap_or_default(), external_ref))
+    }
+}
+
 /// `None` leaves a field as it is; `Some(None)` clears an optional one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModifyBooking {

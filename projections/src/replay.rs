@@ -96,8 +96,8 @@ pub async fn start(pool: &PgPool, projection: Projection) -> Result<Uuid, Replay
         .execute(&mut *tx)
         .await?;
         // Indexes that back no constraint are built in one pass once the
-        // copy is full (`build_deferred_indexes`): much cheaper than keeping
-        // them up to date row by row through the whole rebuild.
+        // copy is full (`build_deferred_indexes`) rather than kept up to date
+        // row by row through the whole rebuild (docs/benchmarks.md, P5).
         let deferred: Vec<String> = sqlx::query_scalar(
             "SELECT i.indexrelid::regclass::text FROM pg_index i
               WHERE i.indrelid = $1::regclass

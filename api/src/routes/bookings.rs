@@ -29,9 +29,8 @@ pub async fn reserve(
     let property_id = body.property_id;
     let reserve = body.into_command(booking_id);
     let inbound = reserve
-        .external_ref
-        .clone()
-        .map(|external_ref| (reserve.channel.unwrap_or_default(), external_ref));
+        .inbound_key()
+        .map(|(channel, external_ref)| (channel, external_ref.to_owned()));
     let execution = ctx.execution(property_id, CalendarCommand::ReserveStay(reserve));
     execute_as(&state, execution, move |calendar, position| {
         if calendar.bookings.contains_key(&booking_id) {
