@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{agency, assert_error, spawn_app, spawn_app_with_env, token, Reply, TestApp};
 use futures::future::join_all;
@@ -1725,4 +1725,118 @@ async fn metrics_count_responses_and_report_each_tailer() {
     // Only on the metrics listener.
     let on_api = app.send("GET", "/metrics", None, None, &[]).await;
     assert_error(&on_api, StatusCode::NOT_FOUND, "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn a_refusal_decided_from_state_is_the_first_reply_for_its_key() {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let taken = app
+        .reserve(&admin, property, "2027-04-01", "2027-04-05")
+        .await;
+    assert_eq!(taken.status, StatusCode::CREATED, "{:?}", taken.body);
+    let body = json!({
+        "property_id": property,
+        "check_in": "2027-04-02",
+        "check_out": "2027-04-03",
+        "guest": {"name": "Bo Guest"},
+    });
+    let key = [("idempotency-key", "refused-0001")];
+    let refused = app
+        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+        .await;
+    assert_error(&refused, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+
+    // The nights come free, but the key keeps its first answer.
+    let cancel = app
+        .post(
+            &format!("{BOOKINGS}/{}/cancel", taken.id()),
+            &admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(cancel.status, StatusCode::OK, "{:?}", cancel.body);
+    let retry = app
+        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+        .await;
+    assert_eq!(retry.status, StatusCode::CONFLICT, "{:?}", retry.body);
+    assert_eq!(retry.body, refused.body, "the same reply as the first time");
+    assert_eq!(app.count_events("booking.reserved").await, 1);
+
+    // A booking id never given out is 404 on every try; a 400 is not kept.
+    let missing = format!("{BOOKINGS}/{}/confirm", Uuid::now_v7());
+    let key = [("idempotency-key", "missing-0001")];
+    let reply = app
+        .send("POST", &missing, Some(&admin), Some(&json!({})), &key)
+        .await;
+    assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
+    let key = [("idempotency-key", "invalid-0001")];
+    let mut bad = body.clone();
+    bad["check_out"] = json!("2027-04-01");
+    let reply = app
+        .send("POST", BOOKINGS, Some(&admin), Some(&bad), &key)
+        .await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    // Not kept: the corrected request with the same key is decided afresh.
+    let reply = app
+        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let mut db = app.db().await;
+    let kept: Vec<(String, i16)> =
+        sqlx::query_as("SELECT key, status_code FROM idempotency_keys ORDER BY key")
+            .fetch_all(&mut db)
+            .await
+            .expect("read the kept replies");
+    assert!(
+        kept.contains(&("refused-0001".to_owned(), 409)),
+        "the 409 is kept: {kept:?}"
+    );
+    assert!(
+        kept.contains(&("invalid-0001".to_owned(), 201)),
+        "the corrected request's reply is kept: {kept:?}"
+    );
+}
+
+#[tokio::test]
+async fn idempotency_keys_expire_after_their_ttl() {
+    let app = spawn_app_with_env(&[("LEDGER_IDEMPOTENCY_TTL", "1s")]).await;
+    let (_, admin) = agency();
+    let key = [("idempotency-key", "short-lived-0001")];
+    let first = app
+        .send(
+            "POST",
+            PROPERTIES,
+            Some(&admin),
+            Some(&json!({"name": "First"})),
+            &key,
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    // Past the TTL the key is free again: another body is decided afresh.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = app
+            .send(
+                "POST",
+                PROPERTIES,
+                Some(&admin),
+                Some(&json!({"name": "Second"})),
+                &key,
+            )
+            .await;
+        if reply.status == StatusCode::CREATED {
+            assert_ne!(reply.id(), first.id());
+            break;
+        }
+        assert_error(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "IDEMPOTENCY_KEY_REUSED",
+        );
+        assert!(Instant::now() < deadline, "the key never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(app.count_events("property.registered").await, 2);
 }

@@ -27,7 +27,7 @@ use chrono::{NaiveDate, Utc};
 use ledger_domain::commands::{RegisterProperty, ReserveStay};
 use ledger_domain::values::Guest;
 use ledger_domain::{Actor, CalendarCommand, Command, Role};
-use ledger_infra::{CommandBus, EventStore, Execution, Reply};
+use ledger_infra::{CommandBus, EventStore, Execution};
 use ledger_projections::runner::{self, LogSignal};
 use ledger_projections::{queries, replay, Projection};
 use sqlx::postgres::PgConnectOptions;
@@ -75,13 +75,6 @@ fn execution(property_id: Uuid, action: CalendarCommand) -> Execution {
     }
 }
 
-fn render(_: &ledger_domain::PropertyCalendar, position: i64) -> Reply {
-    Reply {
-        status: 200,
-        body: serde_json::json!({ "position": position }),
-    }
-}
-
 fn day(n: i64) -> NaiveDate {
     NaiveDate::from_ymd_opt(2027, 1, 1).unwrap() + chrono::Duration::days(n)
 }
@@ -98,7 +91,7 @@ async fn p4(pool: &PgPool) -> BenchResult<()> {
             owner_id: None,
             external_ref: None,
         });
-        bus.execute(&execution(id, register), &render).await?;
+        bus.run_unkeyed(execution(id, register)).await?;
     }
     runner::catch_up(pool, Projection::Inventory).await?;
     let signal = LogSignal::listen(pool.clone());
@@ -158,9 +151,9 @@ async fn p4(pool: &PgPool) -> BenchResult<()> {
                 price: None,
                 notes: None,
             });
-            let reply = bus.execute(&execution(property, reserve), &render).await;
+            let decided = bus.run_unkeyed(execution(property, reserve)).await;
             let at = Instant::now();
-            reply.map(|r| (r.body["position"].as_i64().unwrap_or(0), at))
+            decided.map(|d| (d.position, at))
         }));
     }
     let mut committed = Vec::new();

@@ -2,6 +2,7 @@
 //! variable of the same name (API.md "Configuration").
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Args;
 use secrecy::SecretString;
@@ -53,6 +54,9 @@ pub struct ServeConfig {
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "LEDGER_DB_POOL_SIZE", default_value_t = 32)]
     pub db_pool_size: u32,
+    /// How long Idempotency-Key replies are kept (e.g. `48h`, `30m`).
+    #[arg(long, env = "LEDGER_IDEMPOTENCY_TTL", default_value = "48h", value_parser = humantime::parse_duration)]
+    pub idempotency_ttl: Duration,
 }
 
 impl ServeConfig {
@@ -75,6 +79,7 @@ impl ServeConfig {
             "RUST_LOG",
             "LEDGER_LOG_FORMAT",
             "LEDGER_DB_POOL_SIZE",
+            "LEDGER_IDEMPOTENCY_TTL",
         ]
         .into_iter()
         .filter(|name| std::env::var_os(name).is_some())

@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ledger_domain::CalendarError;
-use ledger_infra::ExecuteError;
+use ledger_infra::{ExecuteError, Reply};
 use serde_json::{json, Value};
 
 use crate::request_id;
@@ -107,6 +107,36 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The status and the contract's error body of the current request.
+    pub fn reply(&self) -> Reply {
+        self.reply_for(&request_id::current())
+    }
+
+    /// The status and the contract's error body, as sent and as kept for an
+    /// Idempotency-Key.
+    pub fn reply_for(&self, request_id: &str) -> Reply {
+        let (status, code) = self.status_and_code();
+        let mut error = json!({
+            "code": code,
+            "message": self.to_string(),
+            "request_id": request_id,
+        });
+        match self {
+            ApiError::Validation { details, .. } | ApiError::BookingConflict { details, .. }
+                if !details.is_null() =>
+            {
+                error["details"] = details.clone();
+            }
+            _ => {}
+        }
+        Reply {
+            status: status.as_u16(),
+            body: json!({ "error": error }),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
@@ -118,20 +148,7 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::debug!(%request_id, code, "{self}"),
         }
-        let mut error = json!({
-            "code": code,
-            "message": self.to_string(),
-            "request_id": request_id,
-        });
-        match &self {
-            ApiError::Validation { details, .. } | ApiError::BookingConflict { details, .. }
-                if !details.is_null() =>
-            {
-                error["details"] = details.clone();
-            }
-            _ => {}
-        }
-        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        let mut response = (status, Json(self.reply().body)).into_response();
         if let ApiError::Busy = self {
             response
                 .headers_mut()

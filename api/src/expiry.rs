@@ -1,13 +1,14 @@
-//! Releases tentative holds whose time has passed, with no traffic needed:
-//! every second it looks for lapsed holds in the bookings view and issues
-//! the expiry command, which appends `booking.hold_expired` to the log.
+//! Background expiry, with no traffic needed: Idempotency-Key replies past
+//! their TTL are purged, and tentative holds whose time has passed are
+//! released: every second it looks for lapsed holds in the bookings view and
+//! issues the expiry command, which appends `booking.hold_expired` to the log.
 //! Several processes may do this at once; the aggregate accepts only the
 //! first expiry of a hold and the rest are refused harmlessly.
 
 use std::time::Duration;
 
 use ledger_domain::{Actor, CalendarCommand, Command, Role};
-use ledger_infra::{ExecuteError, Execution, Reply};
+use ledger_infra::{ExecuteError, Execution};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -16,6 +17,24 @@ use crate::state::AppState;
 const EVERY: Duration = Duration::from_secs(1);
 const BATCH: i64 = 200;
 pub const SYSTEM_USER: &str = "system:hold-expiry";
+
+/// How often Idempotency-Key replies past their TTL are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+
+/// Purges Idempotency-Key replies past `LEDGER_IDEMPOTENCY_TTL` until the
+/// process ends. Several processes may purge at once; it is harmless.
+pub async fn purge_idempotency_keys(state: AppState) {
+    loop {
+        match state.bus.purge_expired_keys().await {
+            Ok(0) => {}
+            Ok(purged) => tracing::debug!(purged, "purged expired Idempotency-Key replies"),
+            Err(error) => {
+                tracing::debug!(%error, "purging Idempotency-Key replies failed; retrying")
+            }
+        }
+        tokio::time::sleep(PURGE_EVERY).await;
+    }
+}
 
 pub async fn run(state: AppState) {
     loop {
@@ -53,11 +72,7 @@ pub async fn expire_lapsed(state: &AppState) -> Result<usize, sqlx::Error> {
             request_id: format!("hold-expiry-{booking_id}"),
             idempotency: None,
         };
-        let render = |_: &ledger_domain::PropertyCalendar, position: i64| Reply {
-            status: 200,
-            body: serde_json::json!({ "position": position }),
-        };
-        match state.bus.execute(&execution, &render).await {
+        match state.bus.run_unkeyed(execution).await {
             Ok(_) => expired += 1,
             // Already expired, confirmed or cancelled meanwhile: nothing to do.
             Err(ExecuteError::Domain(refusal)) => {

@@ -22,7 +22,7 @@ use ledger_domain::{
 };
 use ledger_infra::ical::feed::{self, FeedEvent, Unreadable};
 use ledger_infra::ical::{self, FeedRow};
-use ledger_infra::{CommandBus, ExecuteError, Execution, Reply};
+use ledger_infra::{CommandBus, ExecuteError, Execution};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -330,12 +330,8 @@ impl ImportRun<'_> {
             request_id: format!("ical-import-{}", self.batch),
             idempotency: None,
         };
-        let render = |_: &PropertyCalendar, position: i64| Reply {
-            status: 200,
-            body: serde_json::json!({ "position": position }),
-        };
-        match self.bus.execute(&execution, &render).await {
-            Ok(reply) => Ok(Ok(reply.body["position"].as_i64().unwrap_or_default())),
+        match self.bus.run_unkeyed(execution).await {
+            Ok(decided) => Ok(Ok(decided.position)),
             Err(ExecuteError::Domain(refusal)) => Ok(Err(refusal)),
             Err(other) => Err(other.into()),
         }

@@ -51,6 +51,7 @@ impl Application {
             tokio::spawn(Publisher::new(state.pool.clone(), nats).run(signal.clone()));
         }
         tokio::spawn(crate::expiry::run(state.clone()));
+        tokio::spawn(crate::expiry::purge_idempotency_keys(state.clone()));
         if let Some(nats) = state.nats.clone() {
             let export = ledger_infra::ical::export::IcalExport::new(state.pool.clone());
             tokio::spawn(export.run(nats));

@@ -32,7 +32,10 @@ impl AppState {
     pub fn new(config: ServeConfig, pool: PgPool) -> Self {
         let keys = Keys::new(config.jwt_secret().expose_secret().as_bytes());
         Self {
-            bus: Arc::new(CommandBus::new(EventStore::new(pool.clone()))),
+            bus: Arc::new(CommandBus::with_idempotency_ttl(
+                EventStore::new(pool.clone()),
+                config.idempotency_ttl,
+            )),
             keys: Arc::new(keys),
             suspensions: Arc::new(Suspensions::default()),
             started_at: Utc::now(),

@@ -9,6 +9,7 @@ pub mod calendar;
 pub mod commands;
 pub mod error;
 pub mod events;
+pub mod outcome;
 pub mod policy;
 pub mod values;
 
@@ -16,4 +17,5 @@ pub use calendar::{Block, Booking, Property, PropertyCalendar};
 pub use commands::{CalendarCommand, Command};
 pub use error::{CalendarError, Conflict};
 pub use events::CalendarEvent;
+pub use outcome::Outcome;
 pub use policy::{Action, Actor, Role};

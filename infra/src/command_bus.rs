@@ -2,6 +2,15 @@
 //! everything that must be atomic with the events in the same transaction
 //! (booking/block refs, the Idempotency-Key reply).
 //!
+//! All or nothing, whatever the caller does (PRODUCT.md invariant 7):
+//! - a command runs in a task of its own, so a client that hangs up does not
+//!   cut it short: it commits or rolls back whole, and a retry with its key
+//!   finds the reply;
+//! - the calendar is decided on, never changed, before the commit: the new
+//!   events are folded into the cached calendar only once they are in the log,
+//!   so the cache is always a prefix of the log (never ahead of it; when it is
+//!   behind, the next command reads what it lacks).
+//!
 //! Within one process, commands on one property queue on that property's
 //! slot, which also caches the calendar so a command only reads the events
 //! it has not seen. Across processes the events primary key is the lock: a
@@ -12,9 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
-use cqrs_es::event_sink::EventSink;
-use cqrs_es::Aggregate;
-use ledger_domain::{CalendarError, CalendarEvent, Command, PropertyCalendar};
+use ledger_domain::{CalendarError, CalendarEvent, Command, Outcome, PropertyCalendar};
 use serde_json::Value;
 use sqlx::Row;
 use tokio::sync::Mutex;
@@ -26,8 +33,11 @@ use crate::event_store::{EventMetadata, EventStore, Loaded, RefKind, StoreError}
 const MAX_ATTEMPTS: u32 = 16;
 /// Past this many cached calendars, idle ones are dropped.
 const MAX_CACHED: usize = 20_000;
+/// How long Idempotency-Key replies are kept unless configured otherwise.
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(48 * 3600);
 
-/// An HTTP reply as stored for an Idempotency-Key.
+/// A reply as kept for an Idempotency-Key: what the caller answered the
+/// first time, returned as it was to every repeat.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reply {
     pub status: u16,
@@ -50,8 +60,41 @@ pub struct Execution {
     pub idempotency: Option<Idempotency>,
 }
 
-/// What `execute` did: a fresh reply, or the stored one for a repeated key.
-pub type Outcome = Reply;
+/// A command that was decided, and committed when it made events.
+#[derive(Debug, Clone)]
+pub struct Decided<V> {
+    pub outcome: Outcome,
+    /// The events appended (none for `Unchanged` and `AlreadyRecorded`).
+    pub events: Vec<CalendarEvent>,
+    /// Global position of the last event appended, or of the property's last
+    /// event when none was.
+    pub position: i64,
+    /// What the caller asked to see of the calendar after the command.
+    pub view: V,
+}
+
+/// How `execute` answered.
+#[derive(Debug, Clone)]
+pub enum Answer<V> {
+    Decided(Decided<V>),
+    /// The request repeats an Idempotency-Key: the first reply, nothing appended.
+    Replayed(Reply),
+}
+
+/// How a caller's replies are kept for its Idempotency-Keys: supplied by the
+/// caller (the HTTP layer), written by the bus in the command's transaction.
+pub trait ReplyHook<V>: Send + Sync {
+    /// The reply to keep for a decided command.
+    fn accepted(&self, decided: &Decided<V>) -> Reply;
+    /// The reply to keep for a refusal decided from the ledger's state;
+    /// `None` for refusals a corrected retry should decide afresh.
+    fn refused(&self, refusal: &CalendarError) -> Option<Reply>;
+}
+
+/// What the caller sees of the calendar after a command: `(calendar,
+/// outcome, position)`.
+pub trait View<V>: Fn(&PropertyCalendar, &Outcome, i64) -> V + Send + Sync + 'static {}
+impl<V, F: Fn(&PropertyCalendar, &Outcome, i64) -> V + Send + Sync + 'static> View<V> for F {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecuteError {
@@ -91,8 +134,9 @@ impl From<StoreError> for ExecuteError {
     }
 }
 
-/// How one attempt ended when it did not produce a reply.
-enum Retry {
+/// How one attempt ended.
+enum Attempt<V> {
+    Decided(Decided<V>),
     /// Another writer appended first: decide again on fresh state.
     LostRace,
     /// Another request with the same key committed first: answer with its reply.
@@ -101,25 +145,49 @@ enum Retry {
 
 type Slot = Arc<Mutex<Loaded>>;
 
+/// Cheap to clone: clones share the cached calendars.
+#[derive(Clone)]
 pub struct CommandBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     store: EventStore,
     slots: SyncMutex<HashMap<Uuid, Slot>>,
+    idempotency_ttl: Duration,
 }
 
 impl CommandBus {
     pub fn new(store: EventStore) -> Self {
+        Self::with_idempotency_ttl(store, DEFAULT_IDEMPOTENCY_TTL)
+    }
+
+    /// A bus whose Idempotency-Key replies count as gone after `ttl`.
+    pub fn with_idempotency_ttl(store: EventStore, ttl: Duration) -> Self {
         Self {
-            store,
-            slots: SyncMutex::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                store,
+                slots: SyncMutex::new(HashMap::new()),
+                idempotency_ttl: ttl,
+            }),
         }
     }
 
     pub fn store(&self) -> &EventStore {
-        &self.store
+        &self.inner.store
+    }
+
+    fn pool(&self) -> &sqlx::PgPool {
+        self.inner.store.pool()
+    }
+
+    fn ttl_secs(&self) -> f64 {
+        self.inner.idempotency_ttl.as_secs_f64()
     }
 
     fn slot(&self, property_id: Uuid) -> Slot {
         let mut slots = self
+            .inner
             .slots
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -131,7 +199,7 @@ impl CommandBus {
 
     /// Brings a cached calendar up to the log's latest event.
     async fn refresh(&self, property_id: Uuid, state: &mut Loaded) -> Result<(), StoreError> {
-        let newer = self.store.load_after(property_id, state.sequence).await?;
+        let newer = self.store().load_after(property_id, state.sequence).await?;
         state.fold(newer);
         Ok(())
     }
@@ -151,66 +219,105 @@ impl CommandBus {
         Ok(view(&state))
     }
 
-    /// Runs a command and returns the reply `render` builds from the calendar
-    /// after it and the position of its last event. With an Idempotency-Key, a
+    /// Runs a command to its end in a task of its own, so that the caller
+    /// going away (a client that hangs up drops the request's future) cannot
+    /// leave it half done. `view` says what to show of the calendar after
+    /// it; with an Idempotency-Key, `replies` says what to keep, and a
     /// repeated request gets the first reply back and appends nothing.
+    pub async fn execute<V: Send + 'static>(
+        &self,
+        execution: Execution,
+        view: impl View<V>,
+        replies: Option<Arc<dyn ReplyHook<V>>>,
+    ) -> Result<Answer<V>, ExecuteError> {
+        let bus = self.clone();
+        let task =
+            tokio::spawn(async move { bus.run(&execution, &view, replies.as_deref()).await });
+        task.await
+            .map_err(|e| ExecuteError::Internal(format!("the command task failed: {e}")))?
+    }
+
+    /// [`CommandBus::execute`] for callers that keep no reply (background
+    /// jobs, tools): what the command did, and nothing to show. The
+    /// execution's Idempotency-Key, if any, is ignored.
+    pub async fn run_unkeyed(&self, execution: Execution) -> Result<Decided<()>, ExecuteError> {
+        let execution = Execution {
+            idempotency: None,
+            ..execution
+        };
+        match self.execute(execution, |_, _, _| (), None).await? {
+            Answer::Decided(decided) => Ok(decided),
+            // Only a request with a key is ever replayed.
+            Answer::Replayed(_) => Err(ExecuteError::Internal(
+                "a command without an Idempotency-Key was replayed".into(),
+            )),
+        }
+    }
+
     #[tracing::instrument(skip_all, fields(property_id = %execution.property_id, request_id = %execution.request_id))]
-    pub async fn execute(
+    async fn run<V>(
         &self,
         execution: &Execution,
-        render: &(dyn Fn(&PropertyCalendar, i64) -> Reply + Send + Sync),
-    ) -> Result<Outcome, ExecuteError> {
+        view: &dyn View<V>,
+        replies: Option<&dyn ReplyHook<V>>,
+    ) -> Result<Answer<V>, ExecuteError> {
         let slot = self.slot(execution.property_id);
         for attempt in 1..=MAX_ATTEMPTS {
             let mut state = slot.lock().await;
             if let Some(reply) = self.replay(execution, &mut state).await? {
-                return Ok(reply);
+                return Ok(Answer::Replayed(reply));
             }
-            let attempt_result = self.attempt(execution, &mut state, render).await;
-            if !matches!(attempt_result, Ok(Ok(_)) | Err(ExecuteError::Domain(_))) {
-                // The cached calendar may hold events that did not commit.
-                *state = Loaded::default();
-            }
-            drop(state);
-            match attempt_result {
-                Ok(Ok(reply)) => return Ok(reply),
-                Ok(Err(Retry::KeyTaken)) => continue,
-                Ok(Err(Retry::LostRace)) => {
+            match self.attempt(execution, &mut state, view, replies).await? {
+                Attempt::Decided(decided) => return Ok(Answer::Decided(decided)),
+                Attempt::KeyTaken => continue,
+                Attempt::LostRace => {
+                    drop(state);
                     tracing::debug!(attempt, "lost an append race; deciding again");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
-                Err(ExecuteError::Domain(refusal)) => {
-                    // A concurrent twin with the same key may have won: answer as it did.
-                    let mut state = slot.lock().await;
-                    if let Some(reply) = self.replay(execution, &mut state).await? {
-                        return Ok(reply);
-                    }
-                    return Err(refusal.into());
-                }
-                Err(other) => return Err(other),
             }
         }
         tracing::warn!(property_id = %execution.property_id, "gave up after {MAX_ATTEMPTS} append races");
         Err(ExecuteError::Busy)
     }
 
-    async fn attempt(
+    async fn attempt<V>(
         &self,
         execution: &Execution,
         state: &mut Loaded,
-        render: &(dyn Fn(&PropertyCalendar, i64) -> Reply + Send + Sync),
-    ) -> Result<Result<Reply, Retry>, ExecuteError> {
+        view: &dyn View<V>,
+        replies: Option<&dyn ReplyHook<V>>,
+    ) -> Result<Attempt<V>, ExecuteError> {
         let property_id = execution.property_id;
         self.refresh(property_id, state).await?;
-        let sink = EventSink::<PropertyCalendar>::default();
-        // `handle` decides, then folds the new events into the calendar.
-        state
-            .calendar
-            .handle(execution.command.clone(), &(), &sink)
-            .await?;
-        let events = sink.collect().await;
+        let events = match state.calendar.decide(&execution.command) {
+            Ok(events) => events,
+            Err(refusal) => return self.refuse(execution, refusal, replies).await,
+        };
+        let outcome = state.calendar.outcome(&execution.command.action, &events);
+        let keep = |decided: &Decided<V>| {
+            execution
+                .idempotency
+                .as_ref()
+                .zip(replies)
+                .map(|(key, replies)| (key, replies.accepted(decided)))
+        };
+
         if events.is_empty() {
-            return Ok(Ok(render(&state.calendar, state.position)));
+            let decided = Decided {
+                outcome,
+                events,
+                position: state.position,
+                view: view(&state.calendar, &outcome, state.position),
+            };
+            if let Some((key, reply)) = keep(&decided) {
+                let mut tx = self.pool().begin().await?;
+                if !self.store_reply(&mut tx, execution, key, &reply).await? {
+                    return Ok(Attempt::KeyTaken);
+                }
+                tx.commit().await?;
+            }
+            return Ok(Attempt::Decided(decided));
         }
 
         let actor = &execution.command.actor;
@@ -222,7 +329,7 @@ impl CommandBus {
             recorded_at: execution.command.now,
             idempotency_key: execution.idempotency.as_ref().map(|i| i.key.clone()),
         };
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.pool().begin().await?;
         let positions = match EventStore::append(
             &mut tx,
             property_id,
@@ -233,29 +340,60 @@ impl CommandBus {
         .await
         {
             Ok(positions) => positions,
-            Err(e) if unique_violation(&e) == Some("events_pkey") => {
-                return Ok(Err(Retry::LostRace))
-            }
+            Err(e) if unique_violation(&e) == Some("events_pkey") => return Ok(Attempt::LostRace),
             Err(e) => return Err(e.into()),
         };
-        state.sequence += events.len() as i64;
-        state.position = positions.last().copied().unwrap_or(state.position);
-        let reply = render(&state.calendar, state.position);
-
-        for (ref_id, kind) in events.iter().filter_map(created_ref) {
+        let position = positions.last().copied().unwrap_or(state.position);
+        // Shown from a copy of what the events touch: the cached calendar
+        // stays as the log has it until the commit.
+        let preview = state.calendar.preview(&events);
+        let decided = Decided {
+            view: view(&preview, &outcome, position),
+            outcome,
+            events,
+            position,
+        };
+        for (ref_id, kind) in decided.events.iter().filter_map(created_ref) {
             EventStore::record_ref(&mut tx, ref_id, kind, actor.agency_id, property_id).await?;
         }
-        if let Some(idempotency) = &execution.idempotency {
-            match store_reply(&mut tx, actor.agency_id, idempotency, &reply).await {
-                Ok(()) => {}
-                Err(e) if unique_violation(&e) == Some("idempotency_keys_pkey") => {
-                    return Ok(Err(Retry::KeyTaken))
-                }
-                Err(e) => return Err(e.into()),
+        if let Some((key, reply)) = keep(&decided) {
+            if !self.store_reply(&mut tx, execution, key, &reply).await? {
+                return Ok(Attempt::KeyTaken);
             }
         }
         tx.commit().await?;
-        Ok(Ok(reply))
+        // In the log now: only from here on does the cache move.
+        let first = state.sequence + 1;
+        state.fold(
+            (first..)
+                .zip(positions)
+                .zip(decided.events.iter().cloned())
+                .map(|((sequence, position), event)| (sequence, position, event))
+                .collect(),
+        );
+        Ok(Attempt::Decided(decided))
+    }
+
+    /// A refusal decided from state is the first reply too: with a key, it is
+    /// kept, so a retry gets it again even if the state changes meanwhile.
+    async fn refuse<V>(
+        &self,
+        execution: &Execution,
+        refusal: CalendarError,
+        replies: Option<&dyn ReplyHook<V>>,
+    ) -> Result<Attempt<V>, ExecuteError> {
+        let kept = execution
+            .idempotency
+            .as_ref()
+            .zip(replies.and_then(|r| r.refused(&refusal)));
+        if let Some((key, reply)) = kept {
+            let mut tx = self.pool().begin().await?;
+            if !self.store_reply(&mut tx, execution, key, &reply).await? {
+                return Ok(Attempt::KeyTaken);
+            }
+            tx.commit().await?;
+        }
+        Err(refusal.into())
     }
 
     /// The stored reply for this request's Idempotency-Key, if there is one
@@ -270,22 +408,29 @@ impl CommandBus {
             return Ok(None);
         };
         self.refresh(execution.property_id, state).await?;
-        state.calendar.authorize(&execution.command)?;
-        Ok(Some(reply))
+        match state.calendar.authorize(&execution.command) {
+            Ok(()) => Ok(Some(reply)),
+            // A kept "not found" stays the answer while the property is still
+            // missing; other refusals of the caller are answered afresh.
+            Err(CalendarError::PropertyNotFound) if reply.status == 404 => Ok(Some(reply)),
+            Err(refusal) => Err(refusal.into()),
+        }
     }
 
-    /// The stored reply for this request's Idempotency-Key, if any.
+    /// The unexpired reply kept for this request's Idempotency-Key, if any.
     async fn stored_reply(&self, execution: &Execution) -> Result<Option<Reply>, ExecuteError> {
         let Some(idempotency) = &execution.idempotency else {
             return Ok(None);
         };
         let row = sqlx::query(
             "SELECT request_hash, status_code, response FROM idempotency_keys
-              WHERE agency_id = $1 AND key = $2",
+              WHERE agency_id = $1 AND key = $2
+                AND created_at > now() - make_interval(secs => $3)",
         )
         .bind(execution.command.actor.agency_id)
         .bind(&idempotency.key)
-        .fetch_optional(self.store.pool())
+        .bind(self.ttl_secs())
+        .fetch_optional(self.pool())
         .await?;
         let Some(row) = row else {
             return Ok(None);
@@ -300,26 +445,56 @@ impl CommandBus {
             body: row.try_get("response")?,
         }))
     }
-}
 
-async fn store_reply(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    agency_id: Uuid,
-    idempotency: &Idempotency,
-    reply: &Reply,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO idempotency_keys (agency_id, key, request_hash, status_code, response)
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(agency_id)
-    .bind(&idempotency.key)
-    .bind(&idempotency.request_hash)
-    .bind(reply.status as i16)
-    .bind(&reply.body)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    /// Keeps `reply` for the key in `tx`; `false` when another request holds
+    /// the key (an expired entry is taken over).
+    async fn store_reply(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        execution: &Execution,
+        idempotency: &Idempotency,
+        reply: &Reply,
+    ) -> Result<bool, ExecuteError> {
+        let stored = sqlx::query(
+            "INSERT INTO idempotency_keys AS k (agency_id, key, request_hash, status_code, response)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (agency_id, key) DO UPDATE
+                SET request_hash = EXCLUDED.request_hash, status_code = EXCLUDED.status_code,
+                    response = EXCLUDED.response, created_at = now()
+              WHERE k.created_at <= now() - make_interval(secs => $6)",
+        )
+        .bind(execution.command.actor.agency_id)
+        .bind(&idempotency.key)
+        .bind(&idempotency.request_hash)
+        .bind(reply.status as i16)
+        .bind(&reply.body)
+        .bind(self.ttl_secs())
+        .execute(&mut **tx)
+        .await?;
+        Ok(stored.rows_affected() == 1)
+    }
+
+    /// Deletes Idempotency-Key replies older than the TTL, a batch at a
+    /// time; returns how many went.
+    pub async fn purge_expired_keys(&self) -> Result<u64, DbError> {
+        let mut total = 0;
+        loop {
+            let purged = sqlx::query(
+                "DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
+                    SELECT ctid FROM idempotency_keys
+                     WHERE created_at <= now() - make_interval(secs => $1)
+                     LIMIT 5000))",
+            )
+            .bind(self.ttl_secs())
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+            total += purged;
+            if purged < 5000 {
+                return Ok(total);
+            }
+        }
+    }
 }
 
 /// The booking or block an event brings into existence.

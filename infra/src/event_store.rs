@@ -242,6 +242,14 @@ impl EventStore {
         Ok(property)
     }
 
+    /// The highest position in the log: a read of the log itself has reached it.
+    pub async fn head(&self) -> Result<i64, DbError> {
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(head)
+    }
+
     /// A page of a property's raw history, in order, after `after_sequence`.
     pub async fn history(
         &self,

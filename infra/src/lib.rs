@@ -15,6 +15,6 @@ pub mod publisher;
 pub mod tail;
 pub mod telemetry;
 
-pub use command_bus::{CommandBus, ExecuteError, Execution, Outcome, Reply};
+pub use command_bus::{Answer, CommandBus, Decided, ExecuteError, Execution, Reply, ReplyHook};
 pub use db::{connect, migrate, DbError};
 pub use event_store::{EventStore, Loaded, RefKind, StoredEvent};

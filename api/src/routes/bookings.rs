@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use ledger_domain::CalendarCommand;
+use ledger_domain::{CalendarCommand, Outcome};
 use ledger_infra::RefKind;
 use uuid::Uuid;
 
@@ -28,18 +28,14 @@ pub async fn reserve(
     let booking_id = Uuid::now_v7();
     let property_id = body.property_id;
     let reserve = body.into_command(booking_id);
-    let inbound = reserve
-        .inbound_key()
-        .map(|(channel, external_ref)| (channel, external_ref.to_owned()));
     let execution = ctx.execution(property_id, CalendarCommand::ReserveStay(reserve));
-    execute_as(&state, execution, move |calendar, position| {
-        if calendar.bookings.contains_key(&booking_id) {
-            return booking_view(calendar, booking_id, position).map(|v| (StatusCode::CREATED, v));
-        }
-        // A channel sent this booking before: 200 with the first booking.
-        let (channel, external_ref) = inbound.as_ref()?;
-        let first = calendar.booking_from_channel(*channel, external_ref)?.id;
-        booking_view(calendar, first, position).map(|v| (StatusCode::OK, v))
+    execute_as(&state, execution, move |calendar, outcome, position| {
+        let (id, status) = match outcome {
+            // A channel sent this booking before: 200 with the first booking.
+            Outcome::AlreadyRecorded(first) => (*first, StatusCode::OK),
+            _ => (booking_id, StatusCode::CREATED),
+        };
+        booking_view(calendar, id, position).map(|view| (status, view))
     })
     .await
 }

@@ -13,8 +13,10 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ledger_domain::PropertyCalendar;
-use ledger_infra::{Execution, Reply};
+use std::sync::Arc;
+
+use ledger_domain::{CalendarError, Outcome, PropertyCalendar};
+use ledger_infra::{Answer, Decided, Execution, Reply, ReplyHook};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -49,9 +51,9 @@ pub async fn execute<V, F>(
 ) -> Result<Response, ApiError>
 where
     V: Serialize,
-    F: Fn(&PropertyCalendar, i64) -> Option<V> + Send + Sync,
+    F: Fn(&PropertyCalendar, i64) -> Option<V> + Send + Sync + 'static,
 {
-    execute_as(state, execution, move |calendar, position| {
+    execute_as(state, execution, move |calendar, _, position| {
         view(calendar, position).map(|body| (status, body))
     })
     .await
@@ -65,22 +67,47 @@ pub async fn execute_as<V, F>(
 ) -> Result<Response, ApiError>
 where
     V: Serialize,
-    F: Fn(&PropertyCalendar, i64) -> Option<(StatusCode, V)> + Send + Sync,
+    F: Fn(&PropertyCalendar, &Outcome, i64) -> Option<(StatusCode, V)> + Send + Sync + 'static,
 {
-    let render = |calendar: &PropertyCalendar, position: i64| match view(calendar, position)
-        .map(|(status, body)| (status, serde_json::to_value(body)))
+    // Runs in the command's own task, outside this request's scope.
+    let request_id = execution.request_id.clone();
+    let replies: Arc<dyn ReplyHook<Reply>> = Arc::new(HttpReplies {
+        request_id: request_id.clone(),
+    });
+    let render = move |calendar: &PropertyCalendar, outcome: &Outcome, position: i64| match view(
+        calendar, outcome, position,
+    )
+    .map(|(status, body)| (status, serde_json::to_value(body)))
     {
         Some((status, Ok(body))) => Reply {
             status: status.as_u16(),
             body,
         },
-        _ => Reply {
-            status: StatusCode::INTERNAL_SERVER_ERROR.as_u16(),
-            body: serde_json::json!({"error": {"code": "INTERNAL_ERROR", "message": "the result could not be rendered", "request_id": crate::request_id::current()}}),
-        },
+        _ => ApiError::internal("the result could not be rendered").reply_for(&request_id),
     };
-    let reply = state.bus.execute(&execution, &render).await?;
-    Ok(written(reply))
+    let answer = state.bus.execute(execution, render, Some(replies)).await?;
+    Ok(written(match answer {
+        Answer::Decided(decided) => decided.view,
+        Answer::Replayed(reply) => reply,
+    }))
+}
+
+/// What the HTTP layer keeps for an Idempotency-Key: the reply it sent, and
+/// refusals decided from the ledger's state (404 of a missing resource, the
+/// 409s); a 400 or 403 is decided afresh on every retry.
+struct HttpReplies {
+    request_id: String,
+}
+
+impl ReplyHook<Reply> for HttpReplies {
+    fn accepted(&self, decided: &Decided<Reply>) -> Reply {
+        decided.view.clone()
+    }
+
+    fn refused(&self, refusal: &CalendarError) -> Option<Reply> {
+        let reply = ApiError::from(refusal.clone()).reply_for(&self.request_id);
+        matches!(reply.status, 404 | 409).then_some(reply)
+    }
 }
 
 fn written(reply: Reply) -> Response {

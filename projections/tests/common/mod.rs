@@ -11,13 +11,13 @@ use chrono::{DateTime, Days, NaiveDate, TimeDelta, TimeZone, Utc};
 use ledger_domain::commands::{RegisterProperty, ReserveStay};
 use ledger_domain::values::{BookingStatus, ClaimKind, Guest};
 use ledger_domain::{Actor, CalendarCommand, CalendarEvent, Command, PropertyCalendar, Role};
-use ledger_infra::command_bus::{ExecuteError, Execution, Reply};
+use ledger_infra::command_bus::{ExecuteError, Execution};
 use ledger_infra::event_store::{EventMetadata, EventStore};
 use ledger_infra::CommandBus;
 use ledger_projections::runner;
 use ledger_projections::views::{BookingRow, PropertyRow};
 use ledger_projections::Projection;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
@@ -118,13 +118,6 @@ pub fn admin(agency: Uuid) -> Actor {
     }
 }
 
-fn render(_: &PropertyCalendar, position: i64) -> Reply {
-    Reply {
-        status: 200,
-        body: json!({ "position": position }),
-    }
-}
-
 /// Runs one command on a property; `Ok` holds the position of its last event.
 pub async fn exec(
     bus: &CommandBus,
@@ -143,8 +136,7 @@ pub async fn exec(
         request_id: format!("req-{}", Uuid::new_v4().simple()),
         idempotency: None,
     };
-    let reply = bus.execute(&execution, &render).await?;
-    Ok(reply.body["position"].as_i64().unwrap_or(0))
+    Ok(bus.run_unkeyed(execution).await?.position)
 }
 
 pub async fn register(bus: &CommandBus, agency: Uuid, property: Uuid) -> i64 {
