@@ -11,8 +11,8 @@
 #   scripts/drills.sh all      # every drill above, one after the other
 #
 # Extra arguments go to the test binary (e.g. --nocapture is always set).
-# The drills build in release mode: the figures are about the service, not
-# about debug assertions. Set DRILLS_PROFILE=debug to reuse a debug build.
+# The drills assert behaviour, not speed, so they reuse the debug build of
+# the tests; DRILLS_PROFILE=release builds and runs them optimised.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -21,8 +21,8 @@ export JWT_SECRET="${JWT_SECRET:-test-secret-for-the-ledger-integration-tests}"
 NATS_SERVER="${NATS_SERVER:-$(nats_bin)}"
 export NATS_SERVER
 
-profile=(--release)
-[ "${DRILLS_PROFILE:-release}" = debug ] && profile=()
+profile=()
+[ "${DRILLS_PROFILE:-debug}" = release ] && profile=(--release)
 
 drill="${1:-}"
 [ $# -gt 0 ] && shift

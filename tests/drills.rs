@@ -977,8 +977,8 @@ async fn kill_nine_under_load_loses_no_acknowledged_write() {
     let seen = consumer_sees_the_whole_log(&app, &nats, "r2").await;
     eprintln!(
         "R2: {kills} kills in {:?}; {} acknowledged writes all in the log ({failed} failed \
-         attempts during restarts); head {head}; inventory_ranges equals the log; the consumer \
-         saw {seen} events",
+         attempts during restarts); log head at position {head}; inventory_ranges equals the \
+         log; the consumer saw all {seen} events of the log",
         started.elapsed(),
         acknowledged.len()
     );
