@@ -193,10 +193,7 @@ async fn audit_log(app: &TestApp) -> LogAudit {
     let store = EventStore::new(pool.clone());
     for property in properties {
         let id: Uuid = property.parse().expect("a property id");
-        let events = store
-            .load_after(id, 0)
-            .await
-            .expect("every event decodes");
+        let events = store.load_after(id, 0).await.expect("every event decodes");
         let mut loaded = Loaded::default();
         let mut seen = HashSet::new();
         for (sequence, position, event) in events {
@@ -272,7 +269,10 @@ async fn a_client_hanging_up_on_a_cancel_never_leaves_a_double_booking() {
                 assert_eq!(second.code(), "BOOKING_CONFLICT", "{:?}", second.body);
                 conflicts += 1;
             }
-            other => panic!("round {round}: the second reserve got {other}: {:?}", second.body),
+            other => panic!(
+                "round {round}: the second reserve got {other}: {:?}",
+                second.body
+            ),
         }
     }
 
@@ -281,7 +281,11 @@ async fn a_client_hanging_up_on_a_cancel_never_leaves_a_double_booking() {
     for (round, first, second) in &second_created {
         let cancelled = positions_of(&pool, "booking.cancelled", "booking_id", *first).await;
         let reserved = positions_of(&pool, "booking.reserved", "booking_id", *second).await;
-        assert_eq!(reserved.len(), 1, "round {round}: booking {second} in the log");
+        assert_eq!(
+            reserved.len(),
+            1,
+            "round {round}: booking {second} in the log"
+        );
         if cancelled.first().is_none_or(|cancel| *cancel > reserved[0]) {
             without_cancel.push(*round);
         }
@@ -333,10 +337,7 @@ struct Keyed {
 /// A random stay of 1-4 nights in a 30-night window, so commands collide.
 fn random_stay(base: NaiveDate) -> (String, String) {
     let start = random_below(30);
-    (
-        night(base, start),
-        night(base, start + 1 + random_below(4)),
-    )
+    (night(base, start), night(base, start + 1 + random_below(4)))
 }
 
 fn r8_command(properties: &[Uuid], bookings: &[Uuid], blocks: &[Uuid]) -> Keyed {
@@ -344,7 +345,13 @@ fn r8_command(properties: &[Uuid], bookings: &[Uuid], blocks: &[Uuid]) -> Keyed 
     let property = properties[random_below(properties.len() as u64) as usize];
     let kinds: &[Kind] = match (bookings.is_empty(), blocks.is_empty()) {
         (true, true) => &[Kind::Reserve, Kind::Block],
-        (false, true) => &[Kind::Reserve, Kind::Reserve, Kind::Modify, Kind::Cancel, Kind::Block],
+        (false, true) => &[
+            Kind::Reserve,
+            Kind::Reserve,
+            Kind::Modify,
+            Kind::Cancel,
+            Kind::Block,
+        ],
         (true, false) => &[Kind::Reserve, Kind::Block, Kind::Release],
         (false, false) => &[
             Kind::Reserve,
@@ -692,7 +699,10 @@ async fn five_hundred_overlapping_reserves_through_three_processes_admit_exactly
         .fetch_one(&mut first.db().await)
         .await
         .expect("count the reserves");
-        assert_eq!(reserved, 1, "round {round}: one booking.reserved in the log");
+        assert_eq!(
+            reserved, 1,
+            "round {round}: one booking.reserved in the log"
+        );
     }
     eprintln!(
         "R1: {rounds} rounds of {CONCURRENT} through 3 processes in {:?}",
@@ -764,11 +774,11 @@ impl MixedLoad {
                         )
                     } else if writer % 4 == 0 && turn % 5 == 0 {
                         (
-                            client.post(format!("{base}/api/v1/availability/blocks")).json(
-                                &json!({"property_id": property, "start": start.to_string(),
+                            client
+                                .post(format!("{base}/api/v1/availability/blocks"))
+                                .json(&json!({"property_id": property, "start": start.to_string(),
                                         "end": (start + Days::new(1)).to_string(),
-                                        "reason": "maintenance"}),
-                            ),
+                                        "reason": "maintenance"})),
                             "availability.blocked",
                             "block_id",
                         )
@@ -896,7 +906,11 @@ async fn consumer_sees_the_whole_log(app: &TestApp, nats: &NatsServer, name: &st
     let mut last_position = 0;
     while received.len() < expected.len() {
         let delivery = match tokio::time::timeout(Duration::from_secs(30), consumer.next()).await {
-            Err(_) => panic!("only {} of {} events arrived", received.len(), expected.len()),
+            Err(_) => panic!(
+                "only {} of {} events arrived",
+                received.len(),
+                expected.len()
+            ),
             Ok(None) => panic!("the subscription ended"),
             Ok(Some(Err(ChannelError::Nats(error)))) => {
                 eprintln!("pull failed: {error}");
@@ -1081,7 +1095,10 @@ async fn thirty_seconds_without_nats_keep_writes_going_and_publish_the_backlog_i
     load.finish().await;
     caught_up(&app, Duration::from_secs(120)).await;
     let caught_up_after = back.elapsed();
-    assert_eq!(failed, 0, "every write succeeded during and after the outage");
+    assert_eq!(
+        failed, 0,
+        "every write succeeded during and after the outage"
+    );
     let seen = consumer_sees_the_whole_log(&app, &nats, "r3").await;
     eprintln!(
         "R3: NATS down {outage:?}: {during} writes acknowledged meanwhile, 0 failed; publisher \

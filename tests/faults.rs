@@ -272,7 +272,6 @@ impl Drop for Frozen {
 }
 
 impl PgServer {
-
     fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
@@ -529,7 +528,11 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
     let (pg, nats, mut app) = private_stack().await;
     let pid = app.pid().expect("the ledger runs");
     let (waited, ready) = until_ready(&app, Duration::from_secs(30)).await;
-    assert_eq!(ready.status, StatusCode::OK, "ready before the drill: {ready:?}");
+    assert_eq!(
+        ready.status,
+        StatusCode::OK,
+        "ready before the drill: {ready:?}"
+    );
     eprintln!("ready 200 before the drill after {waited:?}");
     let (_, token) = agency();
     let property = app.property(&token, None).await;
@@ -543,14 +546,23 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
     // server leaves hanging (a stopped server's sockets accept, never answer).
 
     let frozen = pg.freeze();
-    eprintln!("PostgreSQL frozen (SIGSTOP to {} processes)", frozen.pids.len());
+    eprintln!(
+        "PostgreSQL frozen (SIGSTOP to {} processes)",
+        frozen.pids.len()
+    );
 
     let read = format!("/api/v1/bookings/{first_booking}?min_position={head}");
     for round in 1..=ROUNDS {
         let (reply, took) = timed(&app, "GET", "/healthz", None, None).await;
-        eprintln!("DB frozen (round {round}): GET /healthz -> {} in {took:?}", reply.status);
+        eprintln!(
+            "DB frozen (round {round}): GET /healthz -> {} in {took:?}",
+            reply.status
+        );
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-        assert!(took < FAST, "GET /healthz took {took:?} with the database frozen");
+        assert!(
+            took < FAST,
+            "GET /healthz took {took:?} with the database frozen"
+        );
         let requests = [
             ("GET", "/readyz".to_owned(), None, None),
             (
@@ -567,8 +579,15 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
                 "DB frozen (round {round}): {method} {path} -> {} {} in {took:?}",
                 reply.status, reply.body
             );
-            assert_error(&reply, StatusCode::SERVICE_UNAVAILABLE, "DATABASE_UNAVAILABLE");
-            assert!(took < FAST, "{method} {path} took {took:?} with the database frozen");
+            assert_error(
+                &reply,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "DATABASE_UNAVAILABLE",
+            );
+            assert!(
+                took < FAST,
+                "{method} {path} took {took:?} with the database frozen"
+            );
         }
     }
     assert!(
@@ -601,7 +620,10 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    eprintln!("after the thaw: a reserve succeeded {:?} later", thawed.elapsed());
+    eprintln!(
+        "after the thaw: a reserve succeeded {:?} later",
+        thawed.elapsed()
+    );
     let read = app
         .read(&format!("/api/v1/bookings/{}", created.id()), &token)
         .await;
