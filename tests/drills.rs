@@ -763,7 +763,8 @@ impl MixedLoad {
                     let i = next_stay.fetch_add(1, Ordering::Relaxed);
                     let property = properties[i % properties.len()];
                     let start = first + Days::new(2 * (i / properties.len()) as u64);
-                    let (request, event_type, field) = if turn % 3 == 0 && !mine.is_empty() {
+                    let (request, event_type, field) = if turn.is_multiple_of(3) && !mine.is_empty()
+                    {
                         let booking = mine.swap_remove(0);
                         (
                             client
@@ -772,7 +773,7 @@ impl MixedLoad {
                             "booking.cancelled",
                             "booking_id",
                         )
-                    } else if writer % 4 == 0 && turn % 5 == 0 {
+                    } else if writer.is_multiple_of(4) && turn.is_multiple_of(5) {
                         (
                             client
                                 .post(format!("{base}/api/v1/availability/blocks"))
