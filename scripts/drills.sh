@@ -16,6 +16,16 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+drill="${1:-}"
+[ $# -gt 0 ] && shift
+case "$drill" in
+  hangup | r1 | r2 | r3 | r4 | r8 | all) ;;
+  *)
+    sed -n '2,16p' "$0" >&2
+    exit 2
+    ;;
+esac
+
 . scripts/services.sh
 export JWT_SECRET="${JWT_SECRET:-test-secret-for-the-ledger-integration-tests}"
 NATS_SERVER="${NATS_SERVER:-$(nats_bin)}"
@@ -23,9 +33,6 @@ export NATS_SERVER
 
 profile=()
 [ "${DRILLS_PROFILE:-debug}" = release ] && profile=(--release)
-
-drill="${1:-}"
-[ $# -gt 0 ] && shift
 
 run() { # run TEST_TARGET TEST_NAME [args]
   local target="$1" name="$2"
@@ -69,9 +76,5 @@ case "$drill" in
       echo "drills that failed: ${failed[*]}" >&2
       exit 1
     fi
-    ;;
-  *)
-    sed -n '2,16p' "$0" >&2
-    exit 2
     ;;
 esac
