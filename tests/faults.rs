@@ -3,7 +3,12 @@
 //! that need the database answer 503 `DATABASE_UNAVAILABLE` fast, and the same
 //! ledger process recovers by itself once PostgreSQL is back.
 //!
-//! The test runs its own PostgreSQL cluster (initdb into a temporary
+//! The second drill freezes PostgreSQL instead (SIGSTOP of the postmaster
+//! and every backend): the server still accepts TCP connections but never
+//! answers, which is what a hung host or a network partition looks like.
+//! The same answers are due, and the same recovery once it thaws (SIGCONT).
+//!
+//! The tests run their own PostgreSQL cluster (initdb into a temporary
 //! directory, a free port, its own socket directory) and its own nats-server,
 //! so stopping them touches nothing else.
 
@@ -202,6 +207,71 @@ impl PgServer {
         std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
     }
 
+    /// The postmaster's pid (first line of `postmaster.pid`) and the pids of
+    /// all its children (backends and auxiliary processes), from /proc.
+    fn processes(&self) -> Vec<i32> {
+        let pid_file = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .expect("postmaster.pid of a running cluster");
+        let postmaster: i32 = pid_file
+            .lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .expect("a pid on postmaster.pid's first line");
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`: comm may hold spaces, so split after ')'.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<i32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// SIGSTOPs the whole cluster; it thaws (SIGCONT) when the guard drops.
+    fn freeze(&self) -> Frozen {
+        let pids = self.processes();
+        for pid in &pids {
+            // SAFETY: signalling processes of the cluster this test started.
+            unsafe {
+                libc::kill(*pid, libc::SIGSTOP);
+            }
+        }
+        Frozen { pids }
+    }
+}
+
+/// A frozen PostgreSQL cluster: every process stopped until this drops (a
+/// failing test thaws it, so the cluster can still be shut down).
+struct Frozen {
+    pids: Vec<i32>,
+}
+
+impl Frozen {
+    fn thaw(self) {}
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for pid in &self.pids {
+            // SAFETY: signalling processes of the cluster this test started.
+            unsafe {
+                libc::kill(*pid, libc::SIGCONT);
+            }
+        }
+    }
+}
+
+impl PgServer {
     fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
@@ -427,6 +497,139 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
     assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
 
     assert!(app.is_running(), "the ledger exited:\n{}", app.log_text());
+    assert_eq!(app.pid(), Some(pid), "the ledger was not restarted");
+    let log = app.log_text();
+    assert!(!log.contains("panicked"), "the ledger panicked:\n{log}");
+    drop(app);
+    drop(nats);
+    drop(pg);
+}
+
+/// A database on a fresh private cluster, a private nats-server and a ledger
+/// on them; the ledger is declared last so that it is killed first.
+async fn private_stack() -> (PgServer, NatsServer, TestApp) {
+    let pg = PgServer::start();
+    let db_name = format!("ledger_fault_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&pg.url("postgres"))
+        .await
+        .expect("connect to the private PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {db_name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+    admin.close().await.expect("close the admin connection");
+    let nats = NatsServer::start();
+    let app = spawn_app_on(&pg.url(&db_name), &db_name, &[("NATS_URL", &nats.url)]).await;
+    (pg, nats, app)
+}
+
+#[tokio::test]
+async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
+    let (pg, nats, mut app) = private_stack().await;
+    let pid = app.pid().expect("the ledger runs");
+    let (waited, ready) = until_ready(&app, Duration::from_secs(30)).await;
+    assert_eq!(
+        ready.status,
+        StatusCode::OK,
+        "ready before the drill: {ready:?}"
+    );
+    eprintln!("ready 200 before the drill after {waited:?}");
+    let (_, token) = agency();
+    let property = app.property(&token, None).await;
+    let first = app
+        .reserve(&token, property, "2027-06-01", "2027-06-03")
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    let first_booking = first.id();
+    let head = app.head().await;
+    // The pool now holds open connections: those are the ones a frozen
+    // server leaves hanging (a stopped server's sockets accept, never answer).
+
+    let frozen = pg.freeze();
+    eprintln!(
+        "PostgreSQL frozen (SIGSTOP to {} processes)",
+        frozen.pids.len()
+    );
+
+    let read = format!("/api/v1/bookings/{first_booking}?min_position={head}");
+    for round in 1..=ROUNDS {
+        let (reply, took) = timed(&app, "GET", "/healthz", None, None).await;
+        eprintln!(
+            "DB frozen (round {round}): GET /healthz -> {} in {took:?}",
+            reply.status
+        );
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert!(
+            took < FAST,
+            "GET /healthz took {took:?} with the database frozen"
+        );
+        let requests = [
+            ("GET", "/readyz".to_owned(), None, None),
+            (
+                "POST",
+                "/api/v1/bookings".to_owned(),
+                Some(token.as_str()),
+                Some(booking(property, "2027-07-01", "2027-07-04")),
+            ),
+            ("GET", read.clone(), Some(token.as_str()), None),
+        ];
+        for (method, path, token, body) in &requests {
+            let (reply, took) = timed(&app, method, path, *token, body.as_ref()).await;
+            eprintln!(
+                "DB frozen (round {round}): {method} {path} -> {} {} in {took:?}",
+                reply.status, reply.body
+            );
+            assert_error(
+                &reply,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "DATABASE_UNAVAILABLE",
+            );
+            assert!(
+                took < FAST,
+                "{method} {path} took {took:?} with the database frozen"
+            );
+        }
+    }
+    assert!(
+        app.is_running(),
+        "the ledger exited with the database frozen:\n{}",
+        app.log_text()
+    );
+
+    frozen.thaw();
+    eprintln!("PostgreSQL thawed (SIGCONT)");
+    let thawed = Instant::now();
+    let deadline = thawed + Duration::from_secs(30);
+    let created = loop {
+        let (reply, _) = timed(
+            &app,
+            "POST",
+            "/api/v1/bookings",
+            Some(&token),
+            Some(&booking(property, "2027-08-01", "2027-08-04")),
+        )
+        .await;
+        if reply.status == StatusCode::CREATED {
+            break reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write succeeded within 30 s of the thaw: {:?}\n{}",
+            reply.body,
+            app.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "after the thaw: a reserve succeeded {:?} later",
+        thawed.elapsed()
+    );
+    let read = app
+        .read(&format!("/api/v1/bookings/{}", created.id()), &token)
+        .await;
+    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    let (_, ready) = until_ready(&app, Duration::from_secs(30)).await;
+    assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.body);
     assert_eq!(app.pid(), Some(pid), "the ledger was not restarted");
     let log = app.log_text();
     assert!(!log.contains("panicked"), "the ledger panicked:\n{log}");

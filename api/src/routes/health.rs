@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -84,4 +85,42 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> 
         projections,
     })
     .into_response())
+}
+
+/// How long a request runs before the middleware below asks whether
+/// PostgreSQL still answers.
+const PATIENCE: Duration = Duration::from_millis(400);
+
+/// Answers 503 `DATABASE_UNAVAILABLE` for a request still running while
+/// PostgreSQL does not answer. A hung server (stopped, frozen host) accepts
+/// TCP and never replies, so a query on an open pool connection would wait
+/// forever: the pool's acquire timeout does not cover it and a server-side
+/// statement timeout cannot fire. A slow request on a database that answers
+/// (a `min_position` wait, a queue on a busy property) runs on; the probe is
+/// asked again every `PATIENCE`. The handler's future is dropped, exactly as
+/// when its client disconnects, which every handler must survive anyway.
+pub async fn bounded_by_database(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if matches!(request.uri().path(), "/health" | "/healthz") {
+        return next.run(request).await;
+    }
+    let handler = next.run(request);
+    tokio::pin!(handler);
+    loop {
+        tokio::select! {
+            response = &mut handler => return response,
+            () = tokio::time::sleep(PATIENCE) => {}
+        }
+        let probe = database_answers(&state);
+        tokio::pin!(probe);
+        tokio::select! {
+            response = &mut handler => return response,
+            answers = &mut probe => if !answers {
+                return ApiError::DatabaseUnavailable.into_response();
+            }
+        }
+    }
 }
