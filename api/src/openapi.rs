@@ -23,9 +23,27 @@ use crate::state::AppState;
         reads::availability, reads::search, reads::audit_log,
         ical::export_feed, ical::rotate_token, ical::add_feed, ical::list_feeds, ical::delete_feed,
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &HealthAliases)
 )]
 pub struct ApiDoc;
+
+/// `/healthz` and `/readyz` answer exactly as `/health` and `/health/ready`:
+/// the same operations under a second path, each with its own operationId.
+struct HealthAliases;
+
+impl Modify for HealthAliases {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, alias) in [("/health", "/healthz"), ("/health/ready", "/readyz")] {
+            let Some(mut item) = openapi.paths.get_path_item(path).cloned() else {
+                continue;
+            };
+            if let Some(get) = item.get.as_mut() {
+                get.operation_id = get.operation_id.as_ref().map(|id| format!("{id}_z"));
+            }
+            openapi.paths.paths.insert(alias.to_owned(), item);
+        }
+    }
+}
 
 struct BearerAuth;
 
