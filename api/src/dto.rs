@@ -43,10 +43,18 @@ where
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestDto {
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     #[serde(default)]
-    #[schema(min_length = 3, max_length = 254, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        min_length = 3,
+        max_length = 254,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub email: Option<String>,
     #[serde(default)]
     #[schema(max_length = 50, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
@@ -155,11 +163,19 @@ impl From<BlockReasonDto> for BlockReason {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterPropertyBody {
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     /// IANA time zone; `UTC` when absent.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub timezone: Option<String>,
     #[serde(default)]
     #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
@@ -251,7 +267,10 @@ pub struct ReserveBody {
     pub price: Option<PriceDto>,
     /// Free text; tab and newline are the only control characters allowed.
     #[serde(default)]
-    #[schema(max_length = 2000, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"
+    )]
     pub notes: Option<String>,
 }
 
@@ -342,7 +361,10 @@ pub struct BlockBody {
     pub reason: BlockReasonDto,
     /// Free text; tab and newline are the only control characters allowed.
     #[serde(default)]
-    #[schema(max_length = 2000, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"
+    )]
     pub note: Option<String>,
     /// The channel's id for what the block mirrors (an iCal `UID`).
     #[serde(default)]

@@ -194,7 +194,10 @@ pub fn date(field: &'static str, value: NaiveDate) -> Result<NaiveDate, Calendar
 }
 
 /// Checks that a timestamp falls within the years dates may take.
-pub fn timestamp(field: &'static str, value: DateTime<Utc>) -> Result<DateTime<Utc>, CalendarError> {
+pub fn timestamp(
+    field: &'static str,
+    value: DateTime<Utc>,
+) -> Result<DateTime<Utc>, CalendarError> {
     let years = FIRST_DATE.year()..=LAST_DATE.year();
     if years.contains(&value.year()) {
         Ok(value)
