@@ -621,6 +621,11 @@ async fn the_openapi_document_lists_the_health_aliases_and_the_value_limits() {
     for path in ["/healthz", "/readyz", "/health", "/health/ready"] {
         assert!(doc.body["paths"][path]["get"].is_object(), "{path} missing");
     }
+    let params = &doc.body["paths"]["/api/v1/bookings/{id}"]["patch"]["parameters"];
+    let declares_id = params
+        .as_array()
+        .is_some_and(|all| all.iter().any(|p| p["name"] == "id" && p["in"] == "path"));
+    assert!(declares_id, "{params}");
     let schemas = &doc.body["components"]["schemas"];
     let reserve = &schemas["ReserveBody"]["properties"];
     assert!(reserve["check_in"]["pattern"].is_string(), "{reserve}");
