@@ -12,6 +12,25 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+// The request schemas carry the limits the domain enforces
+// (`ledger_domain::values`), so generated clients and schema-driven fuzzers
+// see them: one-line texts match `^[^\u0000-\u001F\u007F-\u009F]*$` (no
+// control characters), `notes`/`note` also allow tab and newline, dates are
+// within 1900-01-01..2199-12-31 and timestamps within those years.
+
+/// A field that may be left out but, when given, may not be null: `null`
+/// for a name or a date that cannot be empty is a 400 naming the field,
+/// never a silent "leave as it is".
+fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer)?
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("must not be null"))
+}
+
 /// Tells a field that is absent (`None`) from one set to null (`Some(None)`).
 fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
@@ -24,10 +43,21 @@ where
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestDto {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     #[serde(default)]
+    #[schema(
+        min_length = 3,
+        max_length = 254,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub email: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 50, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub phone: Option<String>,
 }
 
@@ -55,7 +85,9 @@ impl From<&values::Guest> for GuestDto {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PriceDto {
+    #[schema(minimum = 0)]
     pub amount_minor: i64,
+    #[schema(min_length = 3, max_length = 3, pattern = "^[A-Z]{3}$")]
     pub currency: String,
 }
 
@@ -131,13 +163,25 @@ impl From<BlockReasonDto> for BlockReason {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterPropertyBody {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     /// IANA time zone; `UTC` when absent.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     pub timezone: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub owner_id: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub external_ref: Option<String>,
 }
 
@@ -153,19 +197,22 @@ impl RegisterPropertyBody {
     }
 }
 
-/// Any of the fields; `null` clears `owner_id` / `external_ref`.
+/// Any of the fields; `null` clears `owner_id` / `external_ref` and is
+/// refused for `name` and `timezone`, which a property always has.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdatePropertyBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = String, min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = String, min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub timezone: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub owner_id: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub external_ref: Option<Option<String>>,
 }
 
@@ -189,26 +236,41 @@ pub struct EmptyBody {}
 #[serde(deny_unknown_fields)]
 pub struct ReserveBody {
     pub property_id: Uuid,
+    /// A date from 1900-01-01 to 2199-12-31.
+    #[schema(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     pub check_in: NaiveDate,
-    /// Exclusive: the day the guest leaves.
+    /// Exclusive: the day the guest leaves (1900-01-02 to 2199-12-31, at
+    /// most 366 nights after check_in).
+    #[schema(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     pub check_out: NaiveDate,
     pub guest: GuestDto,
+    /// 1 when absent.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 50)]
     pub adults: Option<u32>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 50)]
     pub children: Option<u32>,
     /// `confirmed` when absent.
     #[serde(default)]
     pub status: Option<NewBookingStatus>,
+    /// Tentative bookings only; in the future, within the years 1900 to 2199.
     #[serde(default)]
+    #[schema(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}T")]
     pub hold_expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub channel: Option<ChannelDto>,
     #[serde(default)]
+    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub external_ref: Option<String>,
     #[serde(default)]
     pub price: Option<PriceDto>,
+    /// Free text; tab and newline are the only control characters allowed.
     #[serde(default)]
+    #[schema(
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"
+    )]
     pub notes: Option<String>,
 }
 
@@ -234,25 +296,31 @@ impl ReserveBody {
     }
 }
 
-/// Any of the fields; `null` clears `price` / `notes`.
+/// Any of the fields; `null` clears `price` / `notes` and is refused for the
+/// others, which a booking always has.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModifyBookingBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = NaiveDate, pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     pub check_in: Option<NaiveDate>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = NaiveDate, pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     pub check_out: Option<NaiveDate>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = GuestDto)]
     pub guest: Option<GuestDto>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = u32, minimum = 1, maximum = 50)]
     pub adults: Option<u32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = u32, minimum = 0, maximum = 50)]
     pub children: Option<u32>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<PriceDto>)]
     pub price: Option<Option<PriceDto>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 2000, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
     pub notes: Option<Option<String>>,
 }
 
@@ -275,6 +343,7 @@ impl ModifyBookingBody {
 #[serde(deny_unknown_fields)]
 pub struct CancelBody {
     #[serde(default)]
+    #[schema(max_length = 500, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub reason: Option<String>,
 }
 
@@ -282,14 +351,24 @@ pub struct CancelBody {
 #[serde(deny_unknown_fields)]
 pub struct BlockBody {
     pub property_id: Uuid,
+    /// A date from 1900-01-01 to 2199-12-31.
+    #[schema(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     pub start: NaiveDate,
-    /// Exclusive: the first night that is not blocked.
+    /// Exclusive: the first night that is not blocked (at most 366 nights
+    /// after start).
+    #[schema(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     pub end: NaiveDate,
     pub reason: BlockReasonDto,
+    /// Free text; tab and newline are the only control characters allowed.
     #[serde(default)]
+    #[schema(
+        max_length = 2000,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"
+    )]
     pub note: Option<String>,
     /// The channel's id for what the block mirrors (an iCal `UID`).
     #[serde(default)]
+    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub external_ref: Option<String>,
 }
 

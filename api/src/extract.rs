@@ -69,7 +69,29 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
     // From the bytes again, not the Value: that one has already merged
     // duplicate fields, which the typed parse refuses.
-    serde_json::from_slice(bytes).map_err(|e| ApiError::validation(format!("invalid body: {e}")))
+    typed(bytes)
+}
+
+/// The typed parse, whose refusals name the field they are about
+/// (`check_in`, `guest.name`) in the message and in `details.field`:
+/// serde's own errors say what was wrong, not where.
+fn typed<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let field = e.path().to_string();
+        let cause = e.into_inner();
+        if field == "." {
+            return ApiError::validation(format!("invalid body: {cause}"));
+        }
+        ApiError::Validation {
+            message: format!("invalid body: {field}: {cause}"),
+            details: serde_json::json!({ "field": field, "reason": cause.to_string() }),
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::validation(format!("invalid body: {e}")))?;
+    Ok(parsed)
 }
 
 /// The path of the first array anywhere inside `object`.

@@ -2,7 +2,9 @@
 //! Swagger UI that renders it (assets compiled into the binary: no CDN).
 
 use axum::Router;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{KnownFormat, ObjectBuilder, RefOr, Required, SchemaFormat, Type};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -23,9 +25,79 @@ use crate::state::AppState;
         reads::availability, reads::search, reads::audit_log,
         ical::export_feed, ical::rotate_token, ical::add_feed, ical::list_feeds, ical::delete_feed,
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &HealthAliases, &PathParameters)
 )]
 pub struct ApiDoc;
+
+/// `/healthz` and `/readyz` answer exactly as `/health` and `/health/ready`:
+/// the same operations under a second path, each with its own operationId.
+struct HealthAliases;
+
+impl Modify for HealthAliases {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, alias) in [("/health", "/healthz"), ("/health/ready", "/readyz")] {
+            let Some(mut item) = openapi.paths.get_path_item(path).cloned() else {
+                continue;
+            };
+            if let Some(get) = item.get.as_mut() {
+                get.operation_id = get.operation_id.as_ref().map(|id| format!("{id}_z"));
+            }
+            openapi.paths.paths.insert(alias.to_owned(), item);
+        }
+    }
+}
+
+/// Declares every `{name}` of a path template on each of its operations that
+/// does not declare it yet: a valid OpenAPI document needs them, and
+/// generated clients and fuzzers need to know ids are UUIDs.
+struct PathParameters;
+
+impl Modify for PathParameters {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let names: Vec<String> = path
+                .split('{')
+                .skip(1)
+                .filter_map(|rest| rest.split_once('}').map(|(name, _)| name.to_owned()))
+                .collect();
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let parameters = operation.parameters.get_or_insert_with(Vec::new);
+                for name in &names {
+                    let declared = parameters.iter().any(|p| {
+                        matches!(p, RefOr::T(p) if p.name == *name && p.parameter_in == ParameterIn::Path)
+                    });
+                    if !declared {
+                        parameters.push(RefOr::T(path_parameter(name)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `id`-like names are UUIDs; any other (a projection's name, a file) a string.
+fn path_parameter(name: &str) -> Parameter {
+    let schema = if name == "id" || name.ends_with("_id") {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+    } else {
+        ObjectBuilder::new().schema_type(Type::String)
+    };
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .schema(Some(schema))
+        .build()
+}
 
 struct BearerAuth;
 

@@ -25,6 +25,7 @@ pub const DEFAULT_ADULTS: u32 = 1;
 const MAX_PARTY: u32 = 50;
 const MAX_NOTES: usize = 2000;
 const MAX_REF: usize = 255;
+const MAX_REASON: usize = 500;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Property {
@@ -201,7 +202,7 @@ impl PropertyCalendar {
             }
             CalendarCommand::CancelBooking { booking_id, reason } => {
                 let booking = self.booking(*booking_id)?;
-                values::optional_text("reason", reason.as_deref(), 500)?;
+                values::optional_text("reason", reason.as_deref(), MAX_REASON)?;
                 require_status(
                     booking,
                     &[BookingStatus::Tentative, BookingStatus::Confirmed],
@@ -400,6 +401,9 @@ impl PropertyCalendar {
                 "a new booking is tentative or confirmed",
             ));
         }
+        if let Some(at) = reserve.hold_expires_at {
+            values::timestamp("hold_expires_at", at)?;
+        }
         match (status, reserve.hold_expires_at) {
             (BookingStatus::Confirmed, Some(_)) => {
                 return Err(CalendarError::invalid(
@@ -537,7 +541,7 @@ impl PropertyCalendar {
         now: DateTime<Utc>,
     ) -> Result<Vec<CalendarEvent>, CalendarError> {
         let nights = Nights::block(block.start, block.end)?;
-        values::optional_text("note", block.note.as_deref(), MAX_NOTES)?;
+        values::optional_note("note", block.note.as_deref(), MAX_NOTES)?;
         values::optional_text("external_ref", block.external_ref.as_deref(), MAX_REF)?;
         if self.blocks.contains_key(&block.block_id) {
             return Err(CalendarError::invalid("block_id", "is already taken"));
@@ -675,16 +679,9 @@ fn booking_facts(booking: &Booking) -> (Uuid, Uuid, NaiveDate, NaiveDate) {
     )
 }
 
+/// A stay `[check_in, check_out)`; refusals name `check_in` or `check_out`.
 fn stay(check_in: NaiveDate, check_out: NaiveDate) -> Result<Nights, CalendarError> {
-    Nights::new(check_in, check_out).map_err(|e| match e {
-        CalendarError::Invalid { reason, .. } => CalendarError::Invalid {
-            field: "check_out",
-            reason: reason
-                .replace("end", "check_out")
-                .replace("start", "check_in"),
-        },
-        other => other,
-    })
+    Nights::new(check_in, check_out)
 }
 
 fn require_status(
@@ -734,7 +731,7 @@ fn validate_booking_details(
     if let Some(price) = price {
         price.validate()?;
     }
-    values::optional_text("notes", notes, MAX_NOTES)
+    values::optional_note("notes", notes, MAX_NOTES)
 }
 
 fn update_property(

@@ -1,7 +1,14 @@
 //! Value types of the booking domain: night ranges, guests, money, the
 //! closed vocabularies (status, channel, block reason) and their checks.
+//!
+//! This is also where the ledger's value domain is defined, once: the dates
+//! and texts every layer below the write side can hold. PostgreSQL refuses a
+//! NUL inside `text` and `jsonb` and a `date` far outside the calendar, so a
+//! command carrying one would be appended to the log and then stop every
+//! projection that meets it. Commands are checked against this domain before
+//! anything is decided; nothing outside it ever reaches the log.
 
-use chrono::NaiveDate;
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::CalendarError;
@@ -34,6 +41,8 @@ impl Nights {
         end: NaiveDate,
         (first, last): (&'static str, &'static str),
     ) -> Result<Self, CalendarError> {
+        date(first, start)?;
+        date(last, end)?;
         if end <= start {
             return Err(CalendarError::invalid(
                 last,
@@ -167,10 +176,80 @@ pub enum ClaimKind {
     Block,
 }
 
-/// Checks a required free-text field's length in characters.
-pub fn text(field: &'static str, value: &str, min: usize, max: usize) -> Result<(), CalendarError> {
-    let len = value.trim().chars().count();
-    if len < min {
+/// The first calendar date the ledger holds.
+pub const FIRST_DATE: NaiveDate = NaiveDate::from_ymd_opt(1900, 1, 1).expect("a valid date");
+/// The last calendar date the ledger holds.
+pub const LAST_DATE: NaiveDate = NaiveDate::from_ymd_opt(2199, 12, 31).expect("a valid date");
+
+/// Checks that a calendar date is within [`FIRST_DATE`]..=[`LAST_DATE`].
+pub fn date(field: &'static str, value: NaiveDate) -> Result<NaiveDate, CalendarError> {
+    if (FIRST_DATE..=LAST_DATE).contains(&value) {
+        Ok(value)
+    } else {
+        Err(CalendarError::invalid(
+            field,
+            format!("must be a date from {FIRST_DATE} to {LAST_DATE}"),
+        ))
+    }
+}
+
+/// Checks that a timestamp falls within the years dates may take.
+pub fn timestamp(
+    field: &'static str,
+    value: DateTime<Utc>,
+) -> Result<DateTime<Utc>, CalendarError> {
+    let years = FIRST_DATE.year()..=LAST_DATE.year();
+    if years.contains(&value.year()) {
+        Ok(value)
+    } else {
+        Err(CalendarError::invalid(
+            field,
+            format!(
+                "must be a time in the years {} to {}",
+                FIRST_DATE.year(),
+                LAST_DATE.year()
+            ),
+        ))
+    }
+}
+
+/// Which control characters a text field may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lines {
+    /// None at all: names, codes, references.
+    One,
+    /// Tab and newline, for the free text of `notes` and `note`.
+    Many,
+}
+
+impl Lines {
+    fn allows(self, c: char) -> bool {
+        !c.is_control() || (self == Lines::Many && matches!(c, '\t' | '\n'))
+    }
+}
+
+/// Checks a text against the characters its field may hold and its length
+/// in characters (`min` counts what is left after trimming whitespace).
+pub fn checked_text(
+    field: &'static str,
+    value: &str,
+    lines: Lines,
+    (min, max): (usize, usize),
+) -> Result<(), CalendarError> {
+    if let Some(c) = value.chars().find(|c| !lines.allows(*c)) {
+        let allowed = match lines {
+            Lines::One => "",
+            Lines::Many => " other than tab and newline",
+        };
+        return Err(CalendarError::invalid(
+            field,
+            format!(
+                "must not contain control characters{allowed} (found U+{:04X})",
+                u32::from(c)
+            ),
+        ));
+    }
+    if value.trim().chars().count() < min {
         return Err(CalendarError::invalid(field, "must not be empty"));
     }
     if value.chars().count() > max {
@@ -182,23 +261,33 @@ pub fn text(field: &'static str, value: &str, min: usize, max: usize) -> Result<
     Ok(())
 }
 
-/// Checks an optional free-text field: absent is fine, present must fit.
+/// Checks a required one-line text field.
+pub fn text(field: &'static str, value: &str, min: usize, max: usize) -> Result<(), CalendarError> {
+    checked_text(field, value, Lines::One, (min, max))
+}
+
+/// Checks an optional one-line text field: absent is fine, present must fit.
 pub fn optional_text(
     field: &'static str,
     value: Option<&str>,
     max: usize,
 ) -> Result<(), CalendarError> {
-    match value {
-        Some(v) if v.chars().count() > max => Err(CalendarError::invalid(
-            field,
-            format!("must be at most {max} characters"),
-        )),
-        _ => Ok(()),
-    }
+    value.map_or(Ok(()), |v| checked_text(field, v, Lines::One, (0, max)))
+}
+
+/// Checks an optional free-text field that may run over several lines
+/// (`notes`, `note`).
+pub fn optional_note(
+    field: &'static str,
+    value: Option<&str>,
+    max: usize,
+) -> Result<(), CalendarError> {
+    value.map_or(Ok(()), |v| checked_text(field, v, Lines::Many, (0, max)))
 }
 
 /// Checks that a time zone is a known IANA name such as `Europe/Lisbon`.
 pub fn timezone(value: &str) -> Result<(), CalendarError> {
+    text("timezone", value, 1, 64)?;
     value
         .parse::<chrono_tz::Tz>()
         .map(|_| ())

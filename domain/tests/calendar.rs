@@ -2059,3 +2059,68 @@ proptest! {
         prop_assert_eq!(PropertyCalendar::replay(session.history.clone()), session.calendar);
     }
 }
+
+// ------------------------------------------------------------ values every layer can hold
+
+fn field_of(error: CalendarError) -> &'static str {
+    match error {
+        CalendarError::Invalid { field, .. } => field,
+        other => panic!("not a validation refusal: {other:?}"),
+    }
+}
+
+#[test]
+fn a_stay_outside_the_calendar_years_is_refused_naming_its_date() {
+    let date = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).expect("a date");
+    for (check_in, check_out, field) in [
+        (date(-5000, 1, 1), date(-5000, 1, 3), "check_in"),
+        (date(12000, 1, 1), date(12000, 1, 3), "check_in"),
+        (date(1899, 12, 31), date(1900, 1, 2), "check_in"),
+        (date(2199, 12, 30), date(2200, 1, 1), "check_out"),
+    ] {
+        let command = staff(CalendarCommand::ReserveStay(reserve(
+            Uuid::new_v4(),
+            check_in,
+            check_out,
+        )));
+        assert_eq!(field_of(refusal(vec![registered()], command)), field);
+    }
+}
+
+#[test]
+fn a_nul_in_the_guest_name_is_refused() {
+    let mut stay = reserve(Uuid::new_v4(), day(1), day(3));
+    stay.guest.name = "Ana\u{0}".into();
+    let command = staff(CalendarCommand::ReserveStay(stay));
+    assert_eq!(field_of(refusal(vec![registered()], command)), "guest.name");
+}
+
+#[test]
+fn tab_and_newline_are_held_in_notes_but_not_in_a_cancel_reason() {
+    let mut stay = reserve(Uuid::new_v4(), day(1), day(3));
+    stay.notes = Some("late\n\tarrival".into());
+    given(vec![registered()])
+        .when(staff(CalendarCommand::ReserveStay(stay.clone())))
+        .inspect_result()
+        .expect("notes may run over lines");
+    let cancel = staff(CalendarCommand::CancelBooking {
+        booking_id: stay.booking_id,
+        reason: Some("no\nshow".into()),
+    });
+    let booking = reserved(stay.booking_id, day(1), day(3));
+    assert_eq!(
+        field_of(refusal(vec![registered(), booking], cancel)),
+        "reason"
+    );
+}
+
+#[test]
+fn a_hold_expiring_beyond_the_calendar_years_is_refused() {
+    let mut stay = hold(Uuid::new_v4(), day(1), day(3), at(1));
+    stay.hold_expires_at = Some("2500-01-01T00:00:00Z".parse().expect("a time"));
+    let command = staff(CalendarCommand::ReserveStay(stay));
+    assert_eq!(
+        field_of(refusal(vec![registered()], command)),
+        "hold_expires_at"
+    );
+}

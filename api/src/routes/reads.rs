@@ -9,7 +9,8 @@ use axum::http::request::Parts;
 use axum::response::Response;
 use chrono::NaiveDate;
 use ledger_domain::policy::{sees_property, Scope};
-use ledger_domain::Action;
+use ledger_domain::values;
+use ledger_domain::{Action, CalendarError};
 use ledger_projections::queries::{self, AuditFilter, BookingFilter};
 use ledger_projections::Projection;
 use serde::{Deserialize, Serialize};
@@ -87,42 +88,55 @@ fn uuid_cursor(cursor: &Option<String>) -> Result<Option<Uuid>, ApiError> {
         .transpose()
 }
 
-fn parse_uuid(field: &str, raw: &Option<String>) -> Result<Option<Uuid>, ApiError> {
+/// A 400 naming the query parameter it is about.
+fn invalid(field: &'static str, reason: impl Into<String>) -> ApiError {
+    CalendarError::invalid(field, reason).into()
+}
+
+fn parse_uuid(field: &'static str, raw: &Option<String>) -> Result<Option<Uuid>, ApiError> {
+    raw.as_deref()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| invalid(field, "must be a UUID")))
+        .transpose()
+}
+
+/// A date parameter: `YYYY-MM-DD`, within the dates the ledger holds.
+fn parse_date(field: &'static str, raw: &Option<String>) -> Result<Option<NaiveDate>, ApiError> {
     raw.as_deref()
         .filter(|s| !s.is_empty())
         .map(|s| {
-            s.parse()
-                .map_err(|_| ApiError::validation(format!("{field} must be a UUID")))
+            let date = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .map_err(|_| invalid(field, "must be a date YYYY-MM-DD"))?;
+            Ok(values::date(field, date)?)
         })
         .transpose()
 }
 
-fn parse_date(field: &str, raw: &Option<String>) -> Result<Option<NaiveDate>, ApiError> {
-    raw.as_deref()
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                .map_err(|_| ApiError::validation(format!("{field} must be a date YYYY-MM-DD")))
-        })
-        .transpose()
+/// A free-text filter: one line of at most 255 characters, as the values it
+/// is compared with.
+fn parse_text(field: &'static str, raw: Option<String>) -> Result<Option<String>, ApiError> {
+    let text = raw.filter(|s| !s.is_empty());
+    values::optional_text(field, text.as_deref(), 255)?;
+    Ok(text)
 }
 
 /// A required `[from, to)` window: from < to, at most three years.
 fn window(from: &Option<String>, to: &Option<String>) -> Result<(NaiveDate, NaiveDate), ApiError> {
-    let from = parse_date("from", from)?.ok_or_else(|| ApiError::validation("from is required"))?;
-    let to = parse_date("to", to)?.ok_or_else(|| ApiError::validation("to is required"))?;
+    let from = parse_date("from", from)?.ok_or_else(|| invalid("from", "is required"))?;
+    let to = parse_date("to", to)?.ok_or_else(|| invalid("to", "is required"))?;
     check_window(from, to)?;
     Ok((from, to))
 }
 
 fn check_window(from: NaiveDate, to: NaiveDate) -> Result<(), ApiError> {
     if to <= from {
-        return Err(ApiError::validation("to must be after from"));
+        return Err(invalid("to", "must be after from"));
     }
     if (to - from).num_days() > MAX_WINDOW_DAYS {
-        return Err(ApiError::validation(format!(
-            "the window from..to may span at most {MAX_WINDOW_DAYS} days"
-        )));
+        return Err(invalid(
+            "to",
+            format!("the window from..to may span at most {MAX_WINDOW_DAYS} days"),
+        ));
     }
     Ok(())
 }
@@ -200,7 +214,11 @@ pub async fn get_property(
 pub struct BookingQuery {
     property_id: Option<String>,
     status: Option<String>,
+    /// A date from 1900-01-01 to 2199-12-31.
+    #[param(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     from: Option<String>,
+    /// A date from 1900-01-01 to 2199-12-31, after `from`.
+    #[param(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     to: Option<String>,
 }
 
@@ -235,10 +253,10 @@ pub async fn list_bookings(
     let status = query.status.filter(|s| !s.is_empty());
     if let Some(status) = &status {
         if !STATUSES.contains(&status.as_str()) {
-            return Err(ApiError::validation(format!(
-                "status must be one of {}",
-                STATUSES.join(", ")
-            )));
+            return Err(invalid(
+                "status",
+                format!("must be one of {}", STATUSES.join(", ")),
+            ));
         }
     }
     let filter = BookingFilter {
@@ -250,7 +268,7 @@ pub async fn list_bookings(
     };
     if let (Some(from), Some(to)) = (filter.from, filter.to) {
         if to <= from {
-            return Err(ApiError::validation("to must be after from"));
+            return Err(invalid("to", "must be after from"));
         }
     }
     let after = uuid_cursor(&page.cursor)?;
@@ -292,7 +310,11 @@ pub async fn get_booking(
 #[derive(Deserialize, IntoParams)]
 pub struct AvailabilityQuery {
     property_id: Option<String>,
+    /// A date from 1900-01-01 to 2199-12-31.
+    #[param(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     from: Option<String>,
+    /// A date from 1900-01-01 to 2199-12-31, after `from`.
+    #[param(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     to: Option<String>,
 }
 
@@ -379,7 +401,11 @@ pub async fn availability(
 
 #[derive(Deserialize, IntoParams)]
 pub struct SearchQuery {
+    /// A date from 1900-01-01 to 2199-12-31.
+    #[param(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     from: Option<String>,
+    /// A date from 1900-01-01 to 2199-12-31, after `from`.
+    #[param(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     to: Option<String>,
 }
 
@@ -442,9 +468,12 @@ pub async fn search(
 
 #[derive(Deserialize, IntoParams)]
 pub struct AuditQuery {
+    #[param(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     resource_type: Option<String>,
     resource_id: Option<String>,
+    #[param(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     user_id: Option<String>,
+    #[param(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     action: Option<String>,
 }
 
@@ -480,12 +509,11 @@ pub async fn audit_log(
 ) -> Result<Response, ApiError> {
     caller.require(Action::ReadAuditLog)?;
     let query: AuditQuery = serde_urlencoded_query(uri.query().unwrap_or(""))?;
-    let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
     let filter = AuditFilter {
         resource_id: parse_uuid("resource_id", &query.resource_id)?,
-        resource_type: nonempty(query.resource_type),
-        user_id: nonempty(query.user_id),
-        action: nonempty(query.action),
+        resource_type: parse_text("resource_type", query.resource_type)?,
+        user_id: parse_text("user_id", query.user_id)?,
+        action: parse_text("action", query.action)?,
     };
     let after = match page.cursor.as_deref() {
         None => 0,
