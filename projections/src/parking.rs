@@ -10,8 +10,9 @@
 //! `inventory_ranges` is per property), so leaving one property's events out
 //! of a batch changes nothing for the others.
 //!
-//! A failure that is the database being unavailable parks nothing: it is
-//! not the property's fault, so the batch is retried as a whole.
+//! A failure that is the database being unavailable (or a deadlock, a
+//! cancelled statement, ...) parks nothing: it is not the property's fault,
+//! so the batch is retried as a whole.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,17 @@ use crate::Projection;
 
 /// `exclusion_violation`: an event would give a property overlapping claims.
 const EXCLUSION_VIOLATION: &str = "23P01";
+
+/// Failures that say nothing about the event: the database unavailable, a
+/// deadlock or serialization failure (class 40), out of resources (53), a
+/// cancelled statement or lock wait (57014, 55P03). The batch is retried
+/// whole instead of parking anything.
+fn not_the_property(error: &sqlx::Error) -> bool {
+    ledger_infra::db::is_unavailable(error)
+        || matches!(error, sqlx::Error::Database(e) if e.code().is_some_and(|c| {
+            c.starts_with("40") || c.starts_with("53") || c == "57014" || c == "55P03"
+        }))
+}
 
 /// A parked property, as ops see it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -114,6 +126,13 @@ async fn savepoint(conn: &mut PgConnection, command: &str) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// Rolls back to a savepoint and releases it, so that savepoints do not
+/// pile up in the batch's transaction.
+async fn undo(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    savepoint(conn, &format!("ROLLBACK TO SAVEPOINT {name}")).await?;
+    savepoint(conn, &format!("RELEASE SAVEPOINT {name}")).await
+}
+
 /// Applies `events` (none of a parked property) inside a savepoint. Should
 /// that fail, applies them property by property, and parks each property at
 /// its first event that cannot be applied; the events before it stay
@@ -136,8 +155,8 @@ pub(crate) async fn apply_or_park(
     savepoint(conn, "SAVEPOINT ledger_batch").await?;
     match projection.apply(conn, schema, events).await {
         Ok(()) => return Ok(savepoint(conn, "RELEASE SAVEPOINT ledger_batch").await?),
-        Err(e) if ledger_infra::db::is_unavailable(&e) => return Err(apply_error(e)),
-        Err(_) => savepoint(conn, "ROLLBACK TO SAVEPOINT ledger_batch").await?,
+        Err(e) if not_the_property(&e) => return Err(apply_error(e)),
+        Err(_) => undo(conn, "ledger_batch").await?,
     }
     let mut order: Vec<Uuid> = Vec::new();
     let mut seen = HashSet::new();
@@ -180,8 +199,8 @@ async fn apply_property<'a>(
             savepoint(conn, "RELEASE SAVEPOINT ledger_property").await?;
             return Ok(None);
         }
-        Err(e) if ledger_infra::db::is_unavailable(&e) => return Err(unavailable(e)),
-        Err(_) => savepoint(conn, "ROLLBACK TO SAVEPOINT ledger_property").await?,
+        Err(e) if not_the_property(&e) => return Err(unavailable(e)),
+        Err(_) => undo(conn, "ledger_property").await?,
     }
     for (i, event) in events.iter().enumerate() {
         savepoint(conn, "SAVEPOINT ledger_event").await?;
@@ -190,9 +209,9 @@ async fn apply_property<'a>(
             .await
         {
             Ok(()) => savepoint(conn, "RELEASE SAVEPOINT ledger_event").await?,
-            Err(e) if ledger_infra::db::is_unavailable(&e) => return Err(unavailable(e)),
+            Err(e) if not_the_property(&e) => return Err(unavailable(e)),
             Err(e) => {
-                savepoint(conn, "ROLLBACK TO SAVEPOINT ledger_event").await?;
+                undo(conn, "ledger_event").await?;
                 return Ok(Some((&events[i], e)));
             }
         }
