@@ -110,13 +110,16 @@ pub async fn parked(
     .await?
     .into_iter()
     .map(|row| {
-        Ok((row.try_get("projection")?, Parked {
-            agency_id: row.try_get("agency_id")?,
-            property_id: row.try_get("property_id")?,
-            position: row.try_get("position")?,
-            error: row.try_get("error")?,
-            parked_at: row.try_get("parked_at")?,
-        }))
+        Ok((
+            row.try_get("projection")?,
+            Parked {
+                agency_id: row.try_get("agency_id")?,
+                property_id: row.try_get("property_id")?,
+                position: row.try_get("position")?,
+                error: row.try_get("error")?,
+                parked_at: row.try_get("parked_at")?,
+            },
+        ))
     })
     .collect()
 }
@@ -305,11 +308,13 @@ pub async fn retry(pool: &PgPool, projection: Projection) -> Result<Retried, Ste
         let events = tail::read_property(&mut tx, property, from, upto).await?;
         match apply_property(&mut tx, projection, runner::LIVE_SCHEMA, &events).await? {
             None => {
-                sqlx::query("DELETE FROM projection_parked WHERE projection = $1 AND property_id = $2")
-                    .bind(checkpoint)
-                    .bind(property)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "DELETE FROM projection_parked WHERE projection = $1 AND property_id = $2",
+                )
+                .bind(checkpoint)
+                .bind(property)
+                .execute(&mut *tx)
+                .await?;
                 tracing::info!(projection = checkpoint, %property, "parked property released");
                 retried.released.push(property);
             }

@@ -220,7 +220,8 @@ pub async fn statuses(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
             let position: i64 = row.try_get("position")?;
             let head: i64 = row.try_get("head")?;
             let mut status: String = row.try_get("status")?;
-            let (mine, others): (Vec<_>, Vec<_>) = parked.drain(..).partition(|(of, _)| *of == name);
+            let (mine, others): (Vec<_>, Vec<_>) =
+                parked.drain(..).partition(|(of, _)| *of == name);
             parked = others;
             let mine: Vec<Parked> = mine.into_iter().map(|(_, p)| p).collect();
             if status == "running" && !mine.is_empty() {

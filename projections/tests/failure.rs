@@ -174,10 +174,16 @@ async fn an_exclusion_violation_parks_only_its_property() {
         parked_now[0].error
     );
     let (_, exclusions_after) = parking::parkings(Projection::Inventory);
-    assert!(exclusions_after > exclusions_before, "the parking is counted");
+    assert!(
+        exclusions_after > exclusions_before,
+        "the parking is counted"
+    );
     let inventory = inventory_rows(pool).await;
     let refs: Vec<Uuid> = inventory.iter().map(|r| r.ref_id).collect();
-    assert!(refs.contains(&good) && refs.contains(&theirs), "{inventory:?}");
+    assert!(
+        refs.contains(&good) && refs.contains(&theirs),
+        "{inventory:?}"
+    );
     assert!(!refs.contains(&bad) && !refs.contains(&after_bad));
 
     let inventory_status = status(pool, "inventory").await;
@@ -222,7 +228,10 @@ async fn an_exclusion_violation_parks_only_its_property() {
     assert_eq!(retried.released, vec![property]);
     assert!(retried.still_parked.is_empty());
     let recovered = status(pool, "inventory").await;
-    assert_eq!((recovered.status.as_str(), recovered.parked.len()), ("running", 0));
+    assert_eq!(
+        (recovered.status.as_str(), recovered.parked.len()),
+        ("running", 0)
+    );
     let bad_row = inventory_rows(pool)
         .await
         .into_iter()
@@ -271,7 +280,10 @@ async fn a_refused_row_parks_its_property_and_a_retry_applies_its_events_in_orde
         degraded.parked[0]
     );
     assert_eq!(degraded.last_error, None, "a parking is not a failure");
-    assert_eq!(booking_status(pool, theirs).await.as_deref(), Some("confirmed"));
+    assert_eq!(
+        booking_status(pool, theirs).await.as_deref(),
+        Some("confirmed")
+    );
     assert_eq!(booking_status(pool, refused).await, None);
 
     stop_refusing(pool, "bookings_view").await;
@@ -280,7 +292,10 @@ async fn a_refused_row_parks_its_property_and_a_retry_applies_its_events_in_orde
         .expect("retry");
     assert_eq!(retried.released, vec![property]);
     // Both waiting events applied, in order: reserved, then cancelled.
-    assert_eq!(booking_status(pool, refused).await.as_deref(), Some("cancelled"));
+    assert_eq!(
+        booking_status(pool, refused).await.as_deref(),
+        Some("cancelled")
+    );
     let running = wait_for_status(pool, "views", "running", |s| s.status == "running").await;
     assert!(running.parked.is_empty());
 

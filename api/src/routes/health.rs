@@ -110,7 +110,11 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> 
         .iter()
         .all(|p| p.status == "running" && p.parked == 0);
     Ok(Json(Ready {
-        status: if nats && all_running { "ok" } else { "degraded" },
+        status: if nats && all_running {
+            "ok"
+        } else {
+            "degraded"
+        },
         db: "ok",
         nats: if nats { "ok" } else { "degraded" },
         projections,
