@@ -24,7 +24,12 @@ fn entry<'a>(ops: &'a Value, name: &str) -> &'a Value {
 }
 
 /// Polls `path` until `done` holds for its body (at most 15 s).
-async fn poll(app: &TestApp, path: &str, token: Option<&str>, done: impl Fn(&Value) -> bool) -> Value {
+async fn poll(
+    app: &TestApp,
+    path: &str,
+    token: Option<&str>,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let reply = app.send("GET", path, token, None, &[]).await;
@@ -32,7 +37,11 @@ async fn poll(app: &TestApp, path: &str, token: Option<&str>, done: impl Fn(&Val
         if done(&reply.body) {
             return reply.body;
         }
-        assert!(Instant::now() < deadline, "{path} never got there: {:?}", reply.body);
+        assert!(
+            Instant::now() < deadline,
+            "{path} never got there: {:?}",
+            reply.body
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -51,7 +60,10 @@ async fn reserve_and_read(
     let committed = Instant::now();
     let (id, position) = (reply.id(), reply.body["position"].as_i64().unwrap_or(0));
     let read = app
-        .get(&format!("/api/v1/bookings/{id}?min_position={position}"), token)
+        .get(
+            &format!("/api/v1/bookings/{id}?min_position={position}"),
+            token,
+        )
         .await;
     let took = committed.elapsed();
     assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
@@ -130,7 +142,10 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
         let check_in = format!("2030-04-{:02}", i + 1);
         let check_out = format!("2030-04-{:02}", i + 2);
         let (_, _, took) = reserve_and_read(&app, token, property, &check_in, &check_out).await;
-        assert!(took < READ_BOUND, "a read of another property took {took:?}");
+        assert!(
+            took < READ_BOUND,
+            "a read of another property took {took:?}"
+        );
         latencies.push(took);
     }
     latencies.sort();
@@ -142,7 +157,9 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
     );
 
     // The parked property's booking is not in the view: its events wait.
-    let missing = app.read(&format!("/api/v1/bookings/{waiting}"), &admin_a).await;
+    let missing = app
+        .read(&format!("/api/v1/bookings/{waiting}"), &admin_a)
+        .await;
     assert_error(&missing, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
 
     // Ops see which property waits and why.
@@ -173,7 +190,10 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
         let ready = app.send("GET", path, None, None, &[]).await;
         assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.body);
         assert_eq!(ready.body["status"], "degraded", "{:?}", ready.body);
-        assert_eq!(entry(&ready.body["projections"], "views")["status"], "degraded");
+        assert_eq!(
+            entry(&ready.body["projections"], "views")["status"],
+            "degraded"
+        );
         assert_eq!(entry(&ready.body["projections"], "views")["parked"], 1);
         let text = ready.body.to_string();
         assert!(
@@ -209,24 +229,32 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
     assert_eq!(retried.status, StatusCode::ACCEPTED, "{:?}", retried.body);
     assert_eq!(retried.body["released"], json!([stuck]));
     assert_eq!(retried.body["still_parked"], json!([]));
-    let booking = app.read(&format!("/api/v1/bookings/{waiting}"), &admin_a).await;
+    let booking = app
+        .read(&format!("/api/v1/bookings/{waiting}"), &admin_a)
+        .await;
     assert_eq!(booking.status, StatusCode::OK, "{:?}", booking.body);
     assert_eq!(booking.body["status"], "cancelled", "{:?}", booking.body);
 
     let ops = app.get(OPS, &admin_a).await;
-    assert_eq!(entry(&ops.body, "views")["status"], "running", "{:?}", ops.body);
+    assert_eq!(
+        entry(&ops.body, "views")["status"],
+        "running",
+        "{:?}",
+        ops.body
+    );
     assert_eq!(entry(&ops.body, "views")["parked"], json!([]));
     let ready = app.send("GET", "/health/ready", None, None, &[]).await;
     for p in ready.body["projections"].as_array().expect("projections") {
         assert_eq!(p["parked"], 0, "{p}");
     }
-    assert_eq!(entry(&ready.body["projections"], "views")["status"], "running");
+    assert_eq!(
+        entry(&ready.body["projections"], "views")["status"],
+        "running"
+    );
     if ready.body["nats"] == "ok" {
         assert_eq!(ready.body["status"], "ok", "{:?}", ready.body);
     }
-    assert!(
-        metrics(&listen)
-            .await
-            .contains("ledger_projection_parked_properties{name=\"views\"} 0"),
-    );
+    assert!(metrics(&listen)
+        .await
+        .contains("ledger_projection_parked_properties{name=\"views\"} 0"),);
 }

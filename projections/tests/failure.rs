@@ -361,3 +361,79 @@ async fn a_replay_that_meets_an_unappliable_event_parks_it_and_still_swaps() {
     catch_up_all(pool).await;
     assert_read_models_match_aggregates(pool).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failure_of_the_database_parks_nothing() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let bus = CommandBus::new(EventStore::new(pool.clone()));
+    let agency = Uuid::new_v4();
+    let (property, other) = (Uuid::new_v4(), Uuid::new_v4());
+    register(&bus, agency, property).await;
+    register(&bus, agency, other).await;
+    catch_up_all(pool).await;
+    let start = checkpoint(pool, "views").await;
+    // The connection "fails" (SQLSTATE 08006) whenever the property's row is written.
+    sqlx::query(&format!(
+        "CREATE FUNCTION fail_connection() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.property_id = '{property}'::uuid THEN
+                 RAISE EXCEPTION 'connection lost' USING ERRCODE = 'connection_failure';
+             END IF;
+             RETURN NEW;
+         END $$"
+    ))
+    .execute(pool)
+    .await
+    .expect("create the failing function");
+    sqlx::query(
+        "CREATE TRIGGER fail_connection BEFORE INSERT ON bookings_view
+         FOR EACH ROW EXECUTE FUNCTION fail_connection()",
+    )
+    .execute(pool)
+    .await
+    .expect("create the failing trigger");
+    let (theirs, fine) = (Uuid::new_v4(), Uuid::new_v4());
+    reserve(&bus, agency, property, theirs, 1, 3).await;
+    reserve(&bus, agency, other, fine, 1, 3).await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let error = loop {
+        match runner::step(
+            pool,
+            Projection::Views,
+            runner::LIVE_SCHEMA,
+            "views",
+            runner::BATCH,
+        )
+        .await
+        {
+            Err(error) => break error,
+            // Nothing readable yet: a transaction elsewhere holds back the snapshot.
+            Ok(0) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Ok(n) => panic!("the batch applied {n} events past a database failure"),
+        }
+    };
+    assert!(error.is_unavailable(), "{error}");
+    assert!(parked(pool, "views").await.is_empty());
+    assert_eq!(
+        checkpoint(pool, "views").await,
+        start,
+        "the batch rolled back whole"
+    );
+    assert_eq!(booking_status(pool, fine).await, None);
+
+    sqlx::query("DROP TRIGGER fail_connection ON bookings_view")
+        .execute(pool)
+        .await
+        .expect("drop the failing trigger");
+    catch_up_all(pool).await;
+    assert_eq!(
+        booking_status(pool, theirs).await.as_deref(),
+        Some("confirmed")
+    );
+    assert!(parked(pool, "views").await.is_empty());
+    assert_read_models_match_aggregates(pool).await;
+}
