@@ -139,7 +139,7 @@ async fn undo(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
 /// Applies `events` (none of a parked property) inside a savepoint. Should
 /// that fail, applies them property by property, and parks each property at
 /// its first event that cannot be applied; the events before it stay
-/// applied. Only an unavailable database is an error.
+/// applied. Only a failure that is not the property's is an error.
 pub(crate) async fn apply_or_park(
     conn: &mut PgConnection,
     projection: Projection,
@@ -150,15 +150,10 @@ pub(crate) async fn apply_or_park(
     if events.is_empty() {
         return Ok(());
     }
-    let first = events[0].position;
-    let apply_error = |source| StepError::Apply {
-        after: first - 1,
-        source,
-    };
     savepoint(conn, "SAVEPOINT ledger_batch").await?;
     match projection.apply(conn, schema, events).await {
         Ok(()) => return Ok(savepoint(conn, "RELEASE SAVEPOINT ledger_batch").await?),
-        Err(e) if not_the_property(&e) => return Err(apply_error(e)),
+        Err(e) if not_the_property(&e) => return Err(retry_whole(events, e)),
         Err(_) => undo(conn, "ledger_batch").await?,
     }
     let mut order: Vec<Uuid> = Vec::new();
@@ -181,6 +176,14 @@ pub(crate) async fn apply_or_park(
     Ok(())
 }
 
+/// The error of a batch that rolls back whole, to be tried again.
+fn retry_whole(events: &[Envelope], source: sqlx::Error) -> StepError {
+    StepError::Apply {
+        after: events.first().map_or(0, |e| e.position - 1),
+        source,
+    }
+}
+
 /// Applies one property's events in order; on a failure, the event it
 /// stopped at and the error (the events before it stay applied).
 async fn apply_property<'a>(
@@ -192,30 +195,26 @@ async fn apply_property<'a>(
     if events.is_empty() {
         return Ok(None);
     }
-    let unavailable = |e: sqlx::Error| StepError::Apply {
-        after: events.first().map_or(0, |e| e.position - 1),
-        source: e,
-    };
     savepoint(conn, "SAVEPOINT ledger_property").await?;
     match projection.apply(conn, schema, events).await {
         Ok(()) => {
             savepoint(conn, "RELEASE SAVEPOINT ledger_property").await?;
             return Ok(None);
         }
-        Err(e) if not_the_property(&e) => return Err(unavailable(e)),
+        Err(e) if not_the_property(&e) => return Err(retry_whole(events, e)),
         Err(_) => undo(conn, "ledger_property").await?,
     }
-    for (i, event) in events.iter().enumerate() {
+    for event in events {
         savepoint(conn, "SAVEPOINT ledger_event").await?;
         match projection
             .apply(conn, schema, std::slice::from_ref(event))
             .await
         {
             Ok(()) => savepoint(conn, "RELEASE SAVEPOINT ledger_event").await?,
-            Err(e) if not_the_property(&e) => return Err(unavailable(e)),
+            Err(e) if not_the_property(&e) => return Err(retry_whole(events, e)),
             Err(e) => {
                 undo(conn, "ledger_event").await?;
-                return Ok(Some((&events[i], e)));
+                return Ok(Some((event, e)));
             }
         }
     }
