@@ -8,6 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use chrono::{Days, NaiveDate};
+
 use common::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -71,6 +73,38 @@ async fn reserve_and_read(
     (id, position, took)
 }
 
+/// `count` reserves on the properties given in turn (one night each, from
+/// `first_night` days after 1 January 2031 on), each read back with `min_position` within the bound; the
+/// commit -> visible times, sorted.
+async fn others_read_back(
+    app: &TestApp,
+    properties: [(&String, Uuid); 2],
+    first_night: u64,
+    count: usize,
+) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    for (i, (token, property)) in properties.into_iter().cycle().take(count).enumerate() {
+        let check_in = NaiveDate::from_ymd_opt(2031, 1, 1).unwrap_or_default()
+            + Days::new(first_night + i as u64);
+        let check_out = check_in + Days::new(1);
+        let (_, _, took) = reserve_and_read(
+            app,
+            token,
+            property,
+            &check_in.to_string(),
+            &check_out.to_string(),
+        )
+        .await;
+        assert!(
+            took < READ_BOUND,
+            "a read of another property took {took:?}"
+        );
+        latencies.push(took);
+    }
+    latencies.sort();
+    latencies
+}
+
 async fn metrics(listen: &str) -> String {
     reqwest::get(format!("http://{listen}/metrics"))
         .await
@@ -93,6 +127,10 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
     let stuck = app.property(&admin_a, None).await;
     let neighbour = app.property(&admin_a, None).await;
     let elsewhere = app.property(&admin_b, None).await;
+
+    // The same reads before anything is parked, for comparison.
+    let baseline =
+        others_read_back(&app, [(&admin_a, neighbour), (&admin_b, elsewhere)], 0, 20).await;
 
     // bookings_view refuses every row of one property.
     let mut db = app.db().await;
@@ -132,28 +170,20 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
     assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
 
     // Everyone else's writes are read back within the bound.
-    let mut latencies = Vec::new();
-    for (i, (token, property)) in [(&admin_a, neighbour), (&admin_b, elsewhere)]
-        .into_iter()
-        .cycle()
-        .take(20)
-        .enumerate()
-    {
-        let check_in = format!("2030-04-{:02}", i + 1);
-        let check_out = format!("2030-04-{:02}", i + 2);
-        let (_, _, took) = reserve_and_read(&app, token, property, &check_in, &check_out).await;
-        assert!(
-            took < READ_BOUND,
-            "a read of another property took {took:?}"
-        );
-        latencies.push(took);
-    }
-    latencies.sort();
+    let parked_reads = others_read_back(
+        &app,
+        [(&admin_a, neighbour), (&admin_b, elsewhere)],
+        100,
+        20,
+    )
+    .await;
     println!(
-        "commit -> visible while a property is parked: p50 {:?}, max {:?} ({} reads)",
-        latencies[latencies.len() / 2],
-        latencies[latencies.len() - 1],
-        latencies.len()
+        "commit -> visible: p50 {:?}, max {:?} with nothing parked; p50 {:?}, max {:?} with a property parked ({} reads each)",
+        baseline[baseline.len() / 2],
+        baseline[baseline.len() - 1],
+        parked_reads[parked_reads.len() / 2],
+        parked_reads[parked_reads.len() - 1],
+        parked_reads.len()
     );
 
     // The parked property's booking is not in the view: its events wait.
