@@ -83,6 +83,10 @@ pub fn router(state: AppState) -> Router {
         .route("/ops/env-sanity", get(ops::env_sanity))
         .route("/ops/projections", get(ops::projections))
         .route(
+            "/ops/projections/{name}/parked/retry",
+            post(ops::retry_parked),
+        )
+        .route(
             "/ops/projections/{name}/replay",
             get(ops::replay_progress).post(ops::start_replay),
         )

@@ -1,7 +1,7 @@
 //! `GET /metrics` on its own listener (`LEDGER_METRICS_LISTEN`), in the
 //! Prometheus text format: HTTP responses by status class, each tailer's
-//! position and lag, the head of the log, and whether PostgreSQL and NATS
-//! answer. A handful of series, so they are written out directly.
+//! position and lag, parked properties, the head of the log, and whether
+//! PostgreSQL and NATS answer. A handful of series, so they are written out directly.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +14,9 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use ledger_projections::parking;
 use ledger_projections::runner::Status;
+use ledger_projections::Projection;
 
 use crate::routes::health;
 use crate::state::AppState;
@@ -107,7 +109,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
                 "The last position in the event log.",
             );
             let _ = writeln!(out, "ledger_log_head_position {head}");
-            let series: [TailerSeries; 3] = [
+            let series: [TailerSeries; 4] = [
                 (
                     "ledger_tailer_position",
                     "Every event at or below it is applied (projections) or published (publisher).",
@@ -123,6 +125,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
                     "1 when the tailer stopped at an event it cannot apply.",
                     |s| i64::from(s.status == "failed"),
                 ),
+                (
+                    "ledger_projection_parked_properties",
+                    "Properties whose events wait because one of them cannot be applied.",
+                    |s| s.parked.len() as i64,
+                ),
             ];
             for (metric, help, value) in series {
                 header(&mut out, metric, "gauge", help);
@@ -132,6 +139,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
             }
         }
     }
+    parkings(&mut out);
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         out,
@@ -147,4 +155,27 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 fn gauge(out: &mut String, name: &str, help: &str, up: bool) {
     header(out, name, "gauge", help);
     let _ = writeln!(out, "{name} {}", u8::from(up));
+}
+
+/// Properties this process parked, by projection and cause.
+fn parkings(out: &mut String) {
+    header(
+        out,
+        "ledger_projection_parkings_total",
+        "counter",
+        "Properties parked by this process since it started, by projection and cause.",
+    );
+    for projection in Projection::ALL {
+        let (all, exclusion) = parking::parkings(projection);
+        let name = projection.name();
+        let _ = writeln!(
+            out,
+            "ledger_projection_parkings_total{{name=\"{name}\",cause=\"exclusion_violation\"}} {exclusion}"
+        );
+        let _ = writeln!(
+            out,
+            "ledger_projection_parkings_total{{name=\"{name}\",cause=\"other\"}} {}",
+            all - exclusion
+        );
+    }
 }

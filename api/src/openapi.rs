@@ -20,7 +20,7 @@ use crate::state::AppState;
         bookings::check_in, bookings::check_out, bookings::no_show,
         blocks::create, blocks::release, blocks::get,
         health::live, health::ready, ops::current_commit, ops::env_sanity,
-        ops::projections, ops::start_replay, ops::replay_progress,
+        ops::projections, ops::retry_parked, ops::start_replay, ops::replay_progress,
         reads::list_properties, reads::get_property, reads::list_bookings, reads::get_booking,
         reads::availability, reads::search, reads::audit_log,
         ical::export_feed, ical::rotate_token, ical::add_feed, ical::list_feeds, ical::delete_feed,

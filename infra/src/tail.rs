@@ -105,6 +105,33 @@ pub async fn read_batch(
     rows.into_iter().map(decode_row).collect()
 }
 
+/// The events of one property from `from_position` on that lie at or behind
+/// the cursor `upto`, in order: what a projection skipped while the property
+/// was parked.
+pub async fn read_property(
+    conn: &mut PgConnection,
+    property_id: Uuid,
+    from_position: i64,
+    upto: Cursor,
+) -> Result<Vec<Envelope>, TailError> {
+    let rows = sqlx::query(
+        "SELECT txid::text::bigint AS txid, position, aggregate_id, sequence, event_id,
+                event_type, event_version, payload, metadata, recorded_at
+           FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND position >= $3
+            AND (txid, position) <= ($4::text::xid8, $5)
+          ORDER BY sequence",
+    )
+    .bind(<ledger_domain::PropertyCalendar as cqrs_es::Aggregate>::TYPE)
+    .bind(property_id.to_string())
+    .bind(from_position)
+    .bind(upto.txid.to_string())
+    .bind(upto.position)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(decode_row).collect()
+}
+
 /// A tailer's checkpoint (a row of `projection_checkpoints`), locked for
 /// the rest of the transaction.
 pub async fn load_checkpoint(conn: &mut PgConnection, name: &str) -> Result<Cursor, sqlx::Error> {

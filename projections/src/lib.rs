@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod inventory;
+pub mod parking;
 pub mod queries;
 pub mod replay;
 pub mod runner;

@@ -7,6 +7,10 @@
 //! applies the last events to the copy, drops the live tables, moves the
 //! copies into `public` and hands the copy's checkpoint to the live
 //! projection. Readers wait only for that transaction.
+//!
+//! An event the copy cannot apply parks its property in the copy, as the
+//! live runner does (`parking`): the rebuild goes on, and the swap hands the
+//! copy's parked properties to the live projection in place of its own.
 
 use std::time::Duration;
 
@@ -16,7 +20,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::runner::{self, StepError, BATCH};
-use crate::{tail, Projection};
+use crate::{parking, tail, Projection};
 
 pub const SHADOW_SCHEMA: &str = "ledger_replay";
 /// A running replay whose heartbeat is older than this died with its process.
@@ -112,6 +116,7 @@ pub async fn start(pool: &PgPool, projection: Projection) -> Result<Uuid, Replay
                 .await?;
         }
     }
+    parking::forget(&mut tx, &checkpoint(projection)).await?;
     sqlx::query(
         "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0)
          ON CONFLICT (name) DO UPDATE SET txid = 0, position = 0, status = 'running', last_error = NULL,
@@ -313,6 +318,8 @@ async fn try_swap(pool: &PgPool, projection: Projection) -> Result<(), ReplayErr
     .bind(&shadow)
     .execute(&mut *tx)
     .await?;
+    // The copy's parked properties are the ones the new tables lack.
+    parking::hand_over(&mut tx, projection.name(), &shadow).await?;
     sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
         .bind(&shadow)
         .execute(&mut *tx)

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Row};
 
+use crate::parking::{self, Parked};
 use crate::tail::{self, TailError};
 use crate::Projection;
 
@@ -77,7 +78,9 @@ pub(crate) async fn lock(conn: &mut PgConnection, checkpoint: &str) -> Result<()
 }
 
 /// Applies the next batch (at most `limit` events) inside `conn`'s open
-/// transaction; returns how many events it applied. The caller holds the lock.
+/// transaction, parking the property of any event that cannot be applied
+/// (see `parking`); returns how many events it took from the log. The
+/// caller holds the lock.
 pub(crate) async fn apply_next(
     conn: &mut PgConnection,
     projection: Projection,
@@ -90,15 +93,20 @@ pub(crate) async fn apply_next(
     let Some(last) = events.last().map(|e| e.cursor()) else {
         return Ok(0);
     };
-    projection
-        .apply(conn, schema, &events)
-        .await
-        .map_err(|source| StepError::Apply {
-            after: after.position,
-            source,
-        })?;
+    // A parked property's events wait for a retry; the rest go on.
+    let parked = parking::parked_properties(conn, checkpoint).await?;
+    let count = events.len();
+    let events = if parked.is_empty() {
+        events
+    } else {
+        events
+            .into_iter()
+            .filter(|e| !parked.contains(&e.property_id))
+            .collect()
+    };
+    parking::apply_or_park(conn, projection, schema, checkpoint, &events).await?;
     tail::store_checkpoint(conn, checkpoint, last).await?;
-    Ok(events.len())
+    Ok(count)
 }
 
 /// One batch in its own transaction. `Ok(0)` also when another process is
@@ -186,9 +194,11 @@ pub struct Status {
     pub position: i64,
     pub head_position: i64,
     pub lag: i64,
+    /// `running`, `degraded` (some properties parked) or `failed`.
     pub status: String,
     pub last_error: Option<String>,
     pub updated_at: DateTime<Utc>,
+    pub parked: Vec<Parked>,
 }
 
 pub async fn statuses(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
@@ -203,18 +213,29 @@ pub async fn statuses(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
     .bind(status_names())
     .fetch_all(pool)
     .await?;
+    let mut parked = parking::parked(pool, &status_names()).await?;
     rows.into_iter()
         .map(|row| {
+            let name: String = row.try_get("name")?;
             let position: i64 = row.try_get("position")?;
             let head: i64 = row.try_get("head")?;
+            let mut status: String = row.try_get("status")?;
+            let (mine, others): (Vec<_>, Vec<_>) =
+                parked.drain(..).partition(|(of, _)| *of == name);
+            parked = others;
+            let mine: Vec<Parked> = mine.into_iter().map(|(_, p)| p).collect();
+            if status == "running" && !mine.is_empty() {
+                status = "degraded".to_owned();
+            }
             Ok(Status {
-                name: row.try_get("name")?,
+                name,
                 position,
                 head_position: head,
                 lag: (head - position).max(0),
-                status: row.try_get("status")?,
+                status,
                 last_error: row.try_get("last_error")?,
                 updated_at: row.try_get("updated_at")?,
+                parked: mine,
             })
         })
         .collect()

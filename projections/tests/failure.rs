@@ -1,16 +1,19 @@
-//! A projection that cannot apply an event stops at it: the checkpoint stays
-//! before it, the runner records the failure in its status, and once the
-//! cause is removed it carries on from where it stopped.
+//! A failure stays with its property: an event a projection cannot apply
+//! parks its property, that property's later events wait in order, every
+//! other property (of every agency) goes on, and once the cause is removed
+//! a retry applies the waiting events and the projection runs clean again.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
+use ledger_domain::CalendarCommand;
 use ledger_infra::event_store::EventStore;
 use ledger_infra::CommandBus;
-use ledger_projections::runner::{self, LogSignal, Status, StepError, LIVE_SCHEMA};
-use ledger_projections::Projection;
+use ledger_projections::parking::{self, Parked};
+use ledger_projections::runner::{self, LogSignal, Status};
+use ledger_projections::{replay, Projection};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -23,47 +26,107 @@ async fn status(pool: &PgPool, name: &str) -> Status {
         .unwrap_or_else(|| panic!("no status for {name}"))
 }
 
-/// Polls the inventory status until `done` says so (at most 15 s).
-async fn wait_for_status(pool: &PgPool, what: &str, done: impl Fn(&Status) -> bool) -> Status {
+/// Polls a projection's status until `done` says so (at most 15 s).
+async fn wait_for_status(
+    pool: &PgPool,
+    name: &str,
+    what: &str,
+    done: impl Fn(&Status) -> bool,
+) -> Status {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let status = status(pool, "inventory").await;
+        let status = status(pool, name).await;
         if done(&status) {
             return status;
         }
         assert!(
             Instant::now() < deadline,
-            "inventory never became {what}: {status:?}"
+            "{name} never became {what}: {status:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-/// One inventory step; retried while it finds nothing to read, since a
-/// transaction elsewhere on the server may hold `pg_snapshot_xmin` back.
-async fn step_when_readable(pool: &PgPool, limit: i64) -> Result<usize, StepError> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match runner::step(pool, Projection::Inventory, LIVE_SCHEMA, "inventory", limit).await {
-            Ok(0) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            other => return other,
-        }
-    }
+async fn parked(pool: &PgPool, checkpoint: &str) -> Vec<Parked> {
+    parking::parked(pool, &[checkpoint])
+        .await
+        .expect("read the parked properties")
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
+}
+
+async fn booking_ids(pool: &PgPool) -> Vec<Uuid> {
+    sqlx::query_scalar("SELECT booking_id FROM bookings_view ORDER BY booking_id")
+        .fetch_all(pool)
+        .await
+        .expect("read bookings_view")
+}
+
+async fn booking_status(pool: &PgPool, booking: Uuid) -> Option<String> {
+    sqlx::query_scalar("SELECT status FROM bookings_view WHERE booking_id = $1")
+        .bind(booking)
+        .fetch_optional(pool)
+        .await
+        .expect("read bookings_view")
+}
+
+/// A trigger on `table` that refuses every row of `property`.
+async fn refuse_rows_of(pool: &PgPool, table: &str, property: Uuid) {
+    sqlx::query(&format!(
+        "CREATE OR REPLACE FUNCTION refuse_property() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.property_id = '{property}'::uuid THEN
+                 RAISE EXCEPTION 'refused on purpose for property %', NEW.property_id;
+             END IF;
+             RETURN NEW;
+         END $$"
+    ))
+    .execute(pool)
+    .await
+    .expect("create the refusing function");
+    sqlx::query(&format!(
+        "CREATE TRIGGER refuse_property BEFORE INSERT OR UPDATE ON {table}
+         FOR EACH ROW EXECUTE FUNCTION refuse_property()"
+    ))
+    .execute(pool)
+    .await
+    .expect("create the refusing trigger");
+}
+
+async fn stop_refusing(pool: &PgPool, table: &str) {
+    sqlx::query(&format!("DROP TRIGGER refuse_property ON {table}"))
+        .execute(pool)
+        .await
+        .expect("drop the refusing trigger");
+}
+
+async fn cancel(bus: &CommandBus, agency: Uuid, property: Uuid, booking: Uuid) -> i64 {
+    exec(
+        bus,
+        agency,
+        property,
+        at(2),
+        CalendarCommand::CancelBooking {
+            booking_id: booking,
+            reason: Some("plans changed".into()),
+        },
+    )
+    .await
+    .expect("cancel a booking")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn projection_failure_stops_at_the_event() {
+async fn an_exclusion_violation_parks_only_its_property() {
     let db = TestDb::new().await;
     let pool = &db.pool;
     let bus = CommandBus::new(EventStore::new(pool.clone()));
-    let agency = Uuid::new_v4();
-    let (property, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let (agency, other_agency) = (Uuid::new_v4(), Uuid::new_v4());
+    let (property, other, elsewhere) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     register(&bus, agency, property).await;
     register(&bus, agency, other).await;
+    register(&bus, other_agency, elsewhere).await;
     catch_up_all(pool).await;
-    let start = checkpoint(pool, "inventory").await;
 
     // A claim the aggregate knows nothing about, written by hand.
     let intruder = Uuid::new_v4();
@@ -79,120 +142,298 @@ async fn projection_failure_stops_at_the_event() {
     .execute(pool)
     .await
     .expect("insert a conflicting claim");
+    let (_, exclusions_before) = parking::parkings(Projection::Inventory);
 
-    let good = Uuid::new_v4();
-    let bad = Uuid::new_v4();
-    let after_bad = Uuid::new_v4();
-    let good_position = reserve(&bus, agency, other, good, 0, 3).await;
-    let bad_position = reserve(&bus, agency, property, bad, 11, 13).await;
-    let after_bad_position = reserve(&bus, agency, other, after_bad, 5, 7).await;
-    assert!(start < good_position && good_position < bad_position);
-    assert!(bad_position < after_bad_position);
-
-    // The event before the bad one applies on its own.
-    let applied = step_when_readable(pool, 1)
-        .await
-        .expect("the good event applies");
-    assert_eq!(applied, 1);
-    assert_eq!(checkpoint(pool, "inventory").await, good_position);
-
-    // The bad one fails, every time, and the checkpoint stays before it.
-    for _ in 0..2 {
-        let error = step_when_readable(pool, runner::BATCH)
-            .await
-            .expect_err("the conflicting claim cannot be applied");
-        match &error {
-            StepError::Apply {
-                after,
-                source: sqlx::Error::Database(db_error),
-            } => {
-                assert_eq!(*after, good_position);
-                assert_eq!(db_error.code().as_deref(), Some("23P01"), "{db_error}");
-            }
-            other => panic!("expected an exclusion violation, got {other:?}"),
-        }
-        assert!(!error.is_unavailable());
-        assert_eq!(checkpoint(pool, "inventory").await, good_position);
-        let inventory = inventory_rows(pool).await;
-        assert!(inventory.iter().all(|r| r.ref_id != bad));
-        assert!(inventory.iter().all(|r| r.ref_id != after_bad));
-    }
-    // catch_up reports the failure as well.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match runner::catch_up(pool, Projection::Inventory).await {
-            Err(_) => break,
-            Ok(0) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Ok(n) => panic!("catch_up applied {n} events past a failing one"),
-        }
-    }
-    assert_eq!(checkpoint(pool, "inventory").await, good_position);
-
-    // The other projections are not held up.
-    let head = head(pool).await;
-    for projection in [Projection::Views, Projection::Audit] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while checkpoint(pool, projection.name()).await < head {
-            runner::catch_up(pool, projection)
-                .await
-                .expect("other projections carry on");
-            assert!(Instant::now() < deadline, "{} is stuck", projection.name());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(checkpoint(pool, projection.name()).await, head);
-    }
-
-    // The runner records the failure and keeps the last good state.
-    let runner_task = tokio::spawn(runner::run(
-        pool.clone(),
-        Projection::Inventory,
-        LogSignal::listen(pool.clone()),
-    ));
-    let failed = wait_for_status(pool, "failed", |s| s.status == "failed").await;
-    assert_eq!(failed.position, good_position);
-    assert_eq!(failed.head_position, head);
-    assert_eq!(failed.lag, head - good_position);
-    let last_error = failed.last_error.clone().expect("the failure says why");
-    assert!(
-        last_error.contains(&format!("after position {good_position}"))
-            && last_error.contains("exclusion"),
-        "{last_error}"
+    let (good, bad, after_bad, theirs) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
     );
-    let others = runner::statuses(pool).await.expect("statuses");
-    for other in others
-        .iter()
-        .filter(|s| ["views", "audit"].contains(&s.name.as_str()))
-    {
-        assert_eq!(other.status, "running", "{other:?}");
-        assert_eq!(other.last_error, None);
-    }
-    assert_eq!(checkpoint(pool, "inventory").await, good_position);
+    reserve(&bus, agency, other, good, 0, 3).await;
+    let bad_position = reserve(&bus, agency, property, bad, 11, 13).await;
+    // Does not overlap the intruder, but comes after the bad event: it waits.
+    reserve(&bus, agency, property, after_bad, 20, 22).await;
+    reserve(&bus, other_agency, elsewhere, theirs, 11, 13).await;
 
-    // Once the intruder is gone, the runner carries on from the bad event.
+    // The projection goes on past the property's events.
+    catch_up_all(pool).await;
+    let parked_now = parked(pool, "inventory").await;
+    assert_eq!(parked_now.len(), 1, "{parked_now:?}");
+    assert_eq!(
+        (
+            parked_now[0].agency_id,
+            parked_now[0].property_id,
+            parked_now[0].position
+        ),
+        (agency, property, bad_position)
+    );
+    assert!(
+        parked_now[0].error.contains("exclusion"),
+        "{}",
+        parked_now[0].error
+    );
+    let (_, exclusions_after) = parking::parkings(Projection::Inventory);
+    assert!(
+        exclusions_after > exclusions_before,
+        "the parking is counted"
+    );
+    let inventory = inventory_rows(pool).await;
+    let refs: Vec<Uuid> = inventory.iter().map(|r| r.ref_id).collect();
+    assert!(
+        refs.contains(&good) && refs.contains(&theirs),
+        "{inventory:?}"
+    );
+    assert!(!refs.contains(&bad) && !refs.contains(&after_bad));
+
+    let inventory_status = status(pool, "inventory").await;
+    assert_eq!(inventory_status.status, "degraded");
+    assert_eq!(inventory_status.parked, parked_now);
+    assert_eq!(inventory_status.lag, 0);
+    for name in ["views", "audit"] {
+        let other = status(pool, name).await;
+        assert_eq!(
+            (other.status.as_str(), other.parked.len()),
+            ("running", 0),
+            "{other:?}"
+        );
+    }
+
+    // Later events of the property keep waiting; the parking stays where it was.
+    let later = Uuid::new_v4();
+    reserve(&bus, agency, property, later, 30, 32).await;
+    catch_up_all(pool).await;
+    assert_eq!(parked(pool, "inventory").await[0].position, bad_position);
+    assert!(inventory_rows(pool).await.iter().all(|r| r.ref_id != later));
+
+    // A retry before the fix changes nothing and keeps the property parked.
+    let retried = parking::retry(pool, Projection::Inventory)
+        .await
+        .expect("retry");
+    assert_eq!(
+        (retried.released.len(), retried.still_parked.as_slice()),
+        (0, [property].as_slice())
+    );
+    assert_eq!(status(pool, "inventory").await.status, "degraded");
+
+    // Once the intruder is gone, a retry applies the waiting events.
     sqlx::query("DELETE FROM inventory_ranges WHERE ref_id = $1")
         .bind(intruder)
         .execute(pool)
         .await
         .expect("remove the conflicting claim");
-    let recovered = wait_for_status(pool, "caught up", |s| {
-        s.status == "running" && s.position == head
-    })
-    .await;
-    runner_task.abort();
-    let _ = runner_task.await;
-    assert_eq!(recovered.last_error, None);
-    assert_eq!(recovered.lag, 0);
-    let inventory = inventory_rows(pool).await;
-    let bad_row = inventory
-        .iter()
+    let retried = parking::retry(pool, Projection::Inventory)
+        .await
+        .expect("retry");
+    assert_eq!(retried.released, vec![property]);
+    assert!(retried.still_parked.is_empty());
+    let recovered = status(pool, "inventory").await;
+    assert_eq!(
+        (recovered.status.as_str(), recovered.parked.len()),
+        ("running", 0)
+    );
+    let bad_row = inventory_rows(pool)
+        .await
+        .into_iter()
         .find(|r| r.ref_id == bad)
         .expect("the booking holds its nights now");
+    assert_eq!((bad_row.start, bad_row.end), (day(11), day(13)));
+    catch_up_all(pool).await;
+    assert_read_models_match_aggregates(pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_row_parks_its_property_and_a_retry_applies_its_events_in_order() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let bus = CommandBus::new(EventStore::new(pool.clone()));
+    let (agency, other_agency) = (Uuid::new_v4(), Uuid::new_v4());
+    let (property, elsewhere) = (Uuid::new_v4(), Uuid::new_v4());
+    register(&bus, agency, property).await;
+    register(&bus, other_agency, elsewhere).await;
+    catch_up_all(pool).await;
+    refuse_rows_of(pool, "bookings_view", property).await;
+
+    let runner_task = tokio::spawn(runner::run(
+        pool.clone(),
+        Projection::Views,
+        LogSignal::listen(pool.clone()),
+    ));
+    let (refused, theirs) = (Uuid::new_v4(), Uuid::new_v4());
+    let refused_position = reserve(&bus, agency, property, refused, 1, 4).await;
+    // The cancel comes after: applied alone it would find no row to change.
+    cancel(&bus, agency, property, refused).await;
+    let theirs_position = reserve(&bus, other_agency, elsewhere, theirs, 1, 4).await;
+
+    let degraded = wait_for_status(pool, "views", "degraded", |s| {
+        s.status == "degraded" && s.position >= theirs_position
+    })
+    .await;
+    assert_eq!(degraded.parked.len(), 1, "{degraded:?}");
     assert_eq!(
-        (bad_row.start, bad_row.end, bad_row.position),
-        (day(11), day(13), bad_position)
+        (degraded.parked[0].property_id, degraded.parked[0].position),
+        (property, refused_position)
     );
-    assert!(inventory.iter().any(|r| r.ref_id == after_bad));
+    assert!(
+        degraded.parked[0].error.contains("refused on purpose"),
+        "{:?}",
+        degraded.parked[0]
+    );
+    assert_eq!(degraded.last_error, None, "a parking is not a failure");
+    assert_eq!(
+        booking_status(pool, theirs).await.as_deref(),
+        Some("confirmed")
+    );
+    assert_eq!(booking_status(pool, refused).await, None);
+
+    stop_refusing(pool, "bookings_view").await;
+    let retried = parking::retry(pool, Projection::Views)
+        .await
+        .expect("retry");
+    assert_eq!(retried.released, vec![property]);
+    // Both waiting events applied, in order: reserved, then cancelled.
+    assert_eq!(
+        booking_status(pool, refused).await.as_deref(),
+        Some("cancelled")
+    );
+    let running = wait_for_status(pool, "views", "running", |s| s.status == "running").await;
+    assert!(running.parked.is_empty());
+
+    // New events of the released property apply as usual again.
+    let next = Uuid::new_v4();
+    let next_position = reserve(&bus, agency, property, next, 10, 12).await;
+    wait_for_status(pool, "views", "caught up", |s| s.position >= next_position).await;
+    runner_task.abort();
+    let _ = runner_task.await;
+    assert!(booking_ids(pool).await.contains(&next));
+    catch_up_all(pool).await;
+    assert_read_models_match_aggregates(pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replay_that_meets_an_unappliable_event_parks_it_and_still_swaps() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let bus = CommandBus::new(EventStore::new(pool.clone()));
+    let agency = Uuid::new_v4();
+    let (property, other) = (Uuid::new_v4(), Uuid::new_v4());
+    register(&bus, agency, property).await;
+    register(&bus, agency, other).await;
+    let (refused, fine) = (Uuid::new_v4(), Uuid::new_v4());
+    let refused_position = reserve(&bus, agency, property, refused, 1, 4).await;
+    reserve(&bus, agency, other, fine, 1, 4).await;
+    catch_up_all(pool).await;
+
+    let id = replay::start(pool, Projection::Views)
+        .await
+        .expect("start a replay");
+    refuse_rows_of(pool, "ledger_replay.bookings_view", property).await;
+    replay::run(pool, Projection::Views, id)
+        .await
+        .expect("the replay finishes");
+    let progress = replay::progress(pool, Projection::Views)
+        .await
+        .expect("read the progress")
+        .expect("a replay");
+    assert_eq!(progress.state, "done");
+
+    // The copy is live now, and so are its parked properties.
+    assert!(parked(pool, "views@replay").await.is_empty());
+    let parked_now = parked(pool, "views").await;
+    assert_eq!(
+        parked_now
+            .iter()
+            .map(|p| (p.property_id, p.position))
+            .collect::<Vec<_>>(),
+        vec![(property, refused_position)]
+    );
+    let ids = booking_ids(pool).await;
+    assert!(ids.contains(&fine) && !ids.contains(&refused), "{ids:?}");
+    assert_eq!(status(pool, "views").await.status, "degraded");
+
+    // The trigger moved with the table; without it the retry applies.
+    stop_refusing(pool, "public.bookings_view").await;
+    let retried = parking::retry(pool, Projection::Views)
+        .await
+        .expect("retry");
+    assert_eq!(retried.released, vec![property]);
+    assert_eq!(status(pool, "views").await.status, "running");
+    catch_up_all(pool).await;
+    assert_read_models_match_aggregates(pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failure_of_the_database_parks_nothing() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let bus = CommandBus::new(EventStore::new(pool.clone()));
+    let agency = Uuid::new_v4();
+    let (property, other) = (Uuid::new_v4(), Uuid::new_v4());
+    register(&bus, agency, property).await;
+    register(&bus, agency, other).await;
+    catch_up_all(pool).await;
+    let start = checkpoint(pool, "views").await;
+    // The connection "fails" (SQLSTATE 08006) whenever the property's row is written.
+    sqlx::query(&format!(
+        "CREATE FUNCTION fail_connection() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.property_id = '{property}'::uuid THEN
+                 RAISE EXCEPTION 'connection lost' USING ERRCODE = 'connection_failure';
+             END IF;
+             RETURN NEW;
+         END $$"
+    ))
+    .execute(pool)
+    .await
+    .expect("create the failing function");
+    sqlx::query(
+        "CREATE TRIGGER fail_connection BEFORE INSERT ON bookings_view
+         FOR EACH ROW EXECUTE FUNCTION fail_connection()",
+    )
+    .execute(pool)
+    .await
+    .expect("create the failing trigger");
+    let (theirs, fine) = (Uuid::new_v4(), Uuid::new_v4());
+    reserve(&bus, agency, property, theirs, 1, 3).await;
+    reserve(&bus, agency, other, fine, 1, 3).await;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let error = loop {
+        match runner::step(
+            pool,
+            Projection::Views,
+            runner::LIVE_SCHEMA,
+            "views",
+            runner::BATCH,
+        )
+        .await
+        {
+            Err(error) => break error,
+            // Nothing readable yet: a transaction elsewhere holds back the snapshot.
+            Ok(0) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Ok(n) => panic!("the batch applied {n} events past a database failure"),
+        }
+    };
+    assert!(error.is_unavailable(), "{error}");
+    assert!(parked(pool, "views").await.is_empty());
+    assert_eq!(
+        checkpoint(pool, "views").await,
+        start,
+        "the batch rolled back whole"
+    );
+    assert_eq!(booking_status(pool, fine).await, None);
+
+    sqlx::query("DROP TRIGGER fail_connection ON bookings_view")
+        .execute(pool)
+        .await
+        .expect("drop the failing trigger");
+    catch_up_all(pool).await;
+    assert_eq!(
+        booking_status(pool, theirs).await.as_deref(),
+        Some("confirmed")
+    );
+    assert!(parked(pool, "views").await.is_empty());
     assert_read_models_match_aggregates(pool).await;
 }

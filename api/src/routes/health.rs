@@ -21,13 +21,39 @@ pub struct Live {
 
 #[derive(Serialize, ToSchema)]
 pub struct Ready {
-    /// `ok`, or `degraded` when NATS is down (writes still work).
+    /// `ok` only when NATS answers and every projection is `running` with
+    /// nothing parked; `degraded` otherwise (reads and writes still work).
     pub status: &'static str,
     pub db: &'static str,
     pub nats: &'static str,
-    /// Each projection's position, the head of the log, and the lag between.
-    #[schema(value_type = Vec<Object>)]
-    pub projections: Vec<Status>,
+    pub projections: Vec<ReadyProjection>,
+}
+
+/// A projection's progress as anyone may see it: no error texts (this route
+/// is unauthenticated, and an error can carry an agency's data), no ids.
+#[derive(Serialize, ToSchema)]
+pub struct ReadyProjection {
+    pub name: String,
+    pub position: i64,
+    pub head_position: i64,
+    pub lag: i64,
+    /// `running`, `degraded` (some properties parked) or `failed`.
+    pub status: String,
+    /// How many properties are parked.
+    pub parked: usize,
+}
+
+impl From<Status> for ReadyProjection {
+    fn from(s: Status) -> Self {
+        ReadyProjection {
+            name: s.name,
+            position: s.position,
+            head_position: s.head_position,
+            lag: s.lag,
+            status: s.status,
+            parked: s.parked.len(),
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, body = Live)))]
@@ -75,11 +101,21 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> 
     if !db {
         return Err(ApiError::DatabaseUnavailable);
     }
-    let projections = runner::statuses(&state.pool)
+    let projections: Vec<ReadyProjection> = runner::statuses(&state.pool)
         .await
-        .map_err(|_| ApiError::DatabaseUnavailable)?;
+        .map_err(|_| ApiError::DatabaseUnavailable)?
+        .into_iter()
+        .map(ReadyProjection::from)
+        .collect();
+    let all_running = projections
+        .iter()
+        .all(|p| p.status == "running" && p.parked == 0);
     Ok(Json(Ready {
-        status: if nats { "ok" } else { "degraded" },
+        status: if nats && all_running {
+            "ok"
+        } else {
+            "degraded"
+        },
         db: "ok",
         nats: if nats { "ok" } else { "degraded" },
         projections,

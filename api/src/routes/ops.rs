@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use ledger_projections::parking;
 use ledger_projections::replay::{self, ReplayError};
 use ledger_projections::runner::{self, Status};
 use ledger_projections::Projection;
@@ -83,13 +84,9 @@ pub async fn projections(
     Ok(Json(runner::statuses(&state.pool).await.map_err(db)?))
 }
 
+/// The projection of a path, or 404 as for any unknown resource.
 fn projection(name: &str) -> Result<Projection, ApiError> {
-    Projection::parse(name).ok_or_else(|| {
-        ApiError::validation(format!(
-            "{name:?} is not a projection; they are {}",
-            Projection::ALL.map(|p| p.name()).join(", ")
-        ))
-    })
+    Projection::parse(name).ok_or(ApiError::NotFound)
 }
 
 #[derive(Serialize, ToSchema)]
@@ -142,4 +139,43 @@ pub async fn replay_progress(
         .map_err(db)?
         .map(Json)
         .ok_or(ApiError::NotFound)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ParkedRetried {
+    /// Properties whose waiting events all applied: no longer parked.
+    pub released: Vec<Uuid>,
+    /// Properties that still cannot be applied; they stay parked.
+    pub still_parked: Vec<Uuid>,
+}
+
+#[utoipa::path(post, path = "/ops/projections/{name}/parked/retry", tag = "ops",
+    params(("name" = String, Path, description = "inventory, views or audit")),
+    responses((status = 202, body = ParkedRetried), (status = "4XX", body = crate::dto::ErrorBody),
+              (status = 503, body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn retry_parked(
+    State(state): State<AppState>,
+    caller: Caller,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Action::Operate)?;
+    let projection = projection(&name)?;
+    // One transaction; its own task, so a client that hangs up cannot cut it short.
+    let pool = state.pool.clone();
+    let retried = tokio::spawn(async move { parking::retry(&pool, projection).await })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| {
+            if e.is_unavailable() {
+                ApiError::DatabaseUnavailable
+            } else {
+                ApiError::internal(e.to_string())
+            }
+        })?;
+    let body = ParkedRetried {
+        released: retried.released,
+        still_parked: retried.still_parked,
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
