@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The test command: formatting, lints, then every test of the workspace
-# against a real PostgreSQL and a real NATS (set up by services.sh).
+# The test command: formatting, lints, every test of the workspace against
+# a real PostgreSQL and a real NATS (set up by services.sh), then a short
+# schema-driven fuzz pass. The long drills have their own command:
+# scripts/drills.sh (docs/reliability.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -10,3 +12,5 @@ export JWT_SECRET="${JWT_SECRET:-test-secret-for-the-ledger-integration-tests}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- "$@"
+# A short schema-driven fuzz pass (R5): zero 5xx from generated requests.
+scripts/fuzz.sh short

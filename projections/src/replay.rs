@@ -82,13 +82,21 @@ pub async fn start(pool: &PgPool, projection: Projection) -> Result<Uuid, Replay
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
-        let running = sqlx::query_scalar(
+        let running: Option<Uuid> = sqlx::query_scalar(
             "SELECT id FROM projection_replays WHERE name = $1 AND state IN ('running', 'swapping')",
         )
         .bind(projection.name())
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        return Err(ReplayError::AlreadyRunning(running));
+        return match running {
+            Some(running) => Err(ReplayError::AlreadyRunning(running)),
+            // The replay that held the slot finished between the two
+            // statements: the slot is free, so start afresh.
+            None => {
+                tx.rollback().await?;
+                Box::pin(start(pool, projection)).await
+            }
+        };
     }
     for table in projection.tables() {
         sqlx::query(&format!("DROP TABLE IF EXISTS {SHADOW_SCHEMA}.{table}"))
