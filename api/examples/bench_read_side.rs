@@ -94,7 +94,7 @@ async fn p4(pool: &PgPool) -> BenchResult<()> {
         bus.run_unkeyed(execution(id, register)).await?;
     }
     runner::catch_up(pool, Projection::Inventory).await?;
-    let signal = LogSignal::listen(pool.clone());
+    let signal = LogSignal::listen(bus.waker());
     let projector = tokio::spawn(runner::run(pool.clone(), Projection::Inventory, signal));
 
     // The watcher: when did the checkpoint first reach each value?

@@ -43,7 +43,8 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let state = self.state;
         tokio::spawn(state.suspensions.clone().run(state.pool.clone()));
-        let signal = LogSignal::listen(state.pool.clone());
+        tokio::spawn(state.database.clone().run());
+        let signal = LogSignal::listen(state.bus.waker());
         for projection in Projection::ALL {
             tokio::spawn(runner::run(state.pool.clone(), projection, signal.clone()));
         }

@@ -26,6 +26,8 @@ pub struct AppState {
     pub nats: Option<ledger_infra::nats::Client>,
     /// Responses by status class, for `/metrics`.
     pub http: Arc<crate::metrics::HttpCounters>,
+    /// Whether PostgreSQL answered lately (its own connection, not the pool's).
+    pub database: Arc<ledger_infra::db::DatabaseWatch>,
 }
 
 impl AppState {
@@ -41,6 +43,10 @@ impl AppState {
             started_at: Utc::now(),
             nats: None,
             http: Arc::default(),
+            database: Arc::new(
+                ledger_infra::db::DatabaseWatch::new(config.database_url())
+                    .expect("DATABASE_URL parsed when the pool was made"),
+            ),
             config: Arc::new(config),
             pool,
         }

@@ -28,7 +28,10 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::db::{unique_violation, DbError};
-use crate::event_store::{EventMetadata, EventStore, Loaded, RefKind, StoreError};
+use crate::event_store::{
+    Append, EventMetadata, EventStore, KeptReply, Loaded, RefKind, StoreError,
+};
+use crate::tail::LogWaker;
 
 const MAX_ATTEMPTS: u32 = 16;
 /// Past this many cached calendars, idle ones are dropped.
@@ -155,6 +158,7 @@ struct Inner {
     store: EventStore,
     slots: SyncMutex<HashMap<Uuid, Slot>>,
     idempotency_ttl: Duration,
+    waker: LogWaker,
 }
 
 impl CommandBus {
@@ -166,6 +170,7 @@ impl CommandBus {
     pub fn with_idempotency_ttl(store: EventStore, ttl: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
+                waker: LogWaker::new(store.pool().clone()),
                 store,
                 slots: SyncMutex::new(HashMap::new()),
                 idempotency_ttl: ttl,
@@ -175,6 +180,12 @@ impl CommandBus {
 
     pub fn store(&self) -> &EventStore {
         &self.inner.store
+    }
+
+    /// What tells tailers that this bus appended: give it to
+    /// [`crate::tail::LogSignal::listen`] so this process's tailers wake at once.
+    pub fn waker(&self) -> &LogWaker {
+        &self.inner.waker
     }
 
     fn pool(&self) -> &sqlx::PgPool {
@@ -262,16 +273,26 @@ impl CommandBus {
         replies: Option<&dyn ReplyHook<V>>,
     ) -> Result<Answer<V>, ExecuteError> {
         let slot = self.slot(execution.property_id);
+        // The first attempt decides on the cached calendar as it is: when
+        // events of other processes are missing from it, the append of the
+        // next sequence fails on the primary key and the next attempt reads
+        // them first. Sequences are dense, so an append that succeeds proves
+        // the decision saw the whole log.
+        let mut read_first = false;
         for attempt in 1..=MAX_ATTEMPTS {
             let mut state = slot.lock().await;
             if let Some(reply) = self.replay(execution, &mut state).await? {
                 return Ok(Answer::Replayed(reply));
             }
-            match self.attempt(execution, &mut state, view, replies).await? {
+            match self
+                .attempt(execution, &mut state, read_first, view, replies)
+                .await?
+            {
                 Attempt::Decided(decided) => return Ok(Answer::Decided(decided)),
                 Attempt::KeyTaken => continue,
                 Attempt::LostRace => {
                     drop(state);
+                    read_first = true;
                     tracing::debug!(attempt, "lost an append race; deciding again");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
@@ -285,14 +306,33 @@ impl CommandBus {
         &self,
         execution: &Execution,
         state: &mut Loaded,
+        read_first: bool,
         view: &dyn View<V>,
         replies: Option<&dyn ReplyHook<V>>,
     ) -> Result<Attempt<V>, ExecuteError> {
         let property_id = execution.property_id;
-        self.refresh(property_id, state).await?;
-        let events = match state.calendar.decide(&execution.command) {
-            Ok(events) => events,
-            Err(refusal) => return self.refuse(execution, refusal, replies).await,
+        let mut fresh = false;
+        if read_first {
+            self.refresh(property_id, state).await?;
+            fresh = true;
+        }
+        let events = loop {
+            let decision = state.calendar.decide(&execution.command);
+            // A refusal, or nothing to do, appends nothing that would prove
+            // the cache whole: decide those on the log as it is now.
+            let proven = matches!(&decision, Ok(events) if !events.is_empty());
+            if !proven && !fresh {
+                let known = state.sequence;
+                self.refresh(property_id, state).await?;
+                fresh = true;
+                if state.sequence != known {
+                    continue;
+                }
+            }
+            match decision {
+                Ok(events) => break events,
+                Err(refusal) => return self.refuse(execution, refusal, replies).await,
+            }
         };
         let outcome = state.calendar.outcome(&execution.command.action, &events);
         let keep = |decided: &Decided<V>| {
@@ -311,11 +351,9 @@ impl CommandBus {
                 view: view(&state.calendar, &outcome, state.position),
             };
             if let Some((key, reply)) = keep(&decided) {
-                let mut tx = self.pool().begin().await?;
-                if !self.store_reply(&mut tx, execution, key, &reply).await? {
+                if !self.keep_reply(execution, key, &reply).await? {
                     return Ok(Attempt::KeyTaken);
                 }
-                tx.commit().await?;
             }
             return Ok(Attempt::Decided(decided));
         }
@@ -329,48 +367,55 @@ impl CommandBus {
             recorded_at: execution.command.now,
             idempotency_key: execution.idempotency.as_ref().map(|i| i.key.clone()),
         };
-        let mut tx = self.pool().begin().await?;
-        let positions = match EventStore::append(
-            &mut tx,
-            property_id,
-            state.sequence,
-            &events,
-            &metadata,
-        )
-        .await
-        {
-            Ok(positions) => positions,
-            Err(e) if unique_violation(&e) == Some("events_pkey") => return Ok(Attempt::LostRace),
-            Err(e) => return Err(e.into()),
-        };
-        let position = positions.last().copied().unwrap_or(state.position);
+        let refs: Vec<(Uuid, RefKind)> = events.iter().filter_map(created_ref).collect();
         // Shown from a copy of what the events touch: the cached calendar
-        // stays as the log has it until the commit.
+        // stays as the log has it until the append is committed.
         let preview = state.calendar.preview(&events);
-        let decided = Decided {
+        let render = |position: i64| Decided {
             view: view(&preview, &outcome, position),
             outcome,
-            events,
+            events: Vec::new(),
             position,
         };
-        for (ref_id, kind) in decided.events.iter().filter_map(created_ref) {
-            EventStore::record_ref(&mut tx, ref_id, kind, actor.agency_id, property_id).await?;
-        }
-        if let Some((key, reply)) = keep(&decided) {
-            if !self.store_reply(&mut tx, execution, key, &reply).await? {
-                return Ok(Attempt::KeyTaken);
+        // The reply kept for a key is rendered before the append, which
+        // writes the position it takes into the reply's `position` field.
+        let kept = keep(&render(0));
+        let append = Append {
+            property_id,
+            expected_sequence: state.sequence,
+            events: &events,
+            metadata: &metadata,
+            refs: &refs,
+            kept: kept.as_ref().map(|(key, reply)| KeptReply {
+                key: &key.key,
+                request_hash: &key.request_hash,
+                status: reply.status as i16,
+                body: &reply.body,
+            }),
+        };
+        let positions = match self.store().append_command(&append).await {
+            Ok(positions) => positions,
+            Err(e) => {
+                return match unique_violation(&e) {
+                    Some("events_pkey") => Ok(Attempt::LostRace),
+                    Some("idempotency_keys_pkey") => Ok(Attempt::KeyTaken),
+                    _ => Err(e.into()),
+                }
             }
-        }
-        tx.commit().await?;
+        };
+        self.inner.waker.appended();
+        let position = positions.last().copied().unwrap_or(state.position);
+        let mut decided = render(position);
         // In the log now: only from here on does the cache move.
         let first = state.sequence + 1;
         state.fold(
             (first..)
                 .zip(positions)
-                .zip(decided.events.iter().cloned())
+                .zip(events.iter().cloned())
                 .map(|((sequence, position), event)| (sequence, position, event))
                 .collect(),
         );
+        decided.events = events;
         Ok(Attempt::Decided(decided))
     }
 
@@ -387,11 +432,9 @@ impl CommandBus {
             .as_ref()
             .zip(replies.and_then(|r| r.refused(&refusal)));
         if let Some((key, reply)) = kept {
-            let mut tx = self.pool().begin().await?;
-            if !self.store_reply(&mut tx, execution, key, &reply).await? {
+            if !self.keep_reply(execution, key, &reply).await? {
                 return Ok(Attempt::KeyTaken);
             }
-            tx.commit().await?;
         }
         Err(refusal.into())
     }
@@ -418,16 +461,19 @@ impl CommandBus {
     }
 
     /// The unexpired reply kept for this request's Idempotency-Key, if any.
+    /// An expired one is deleted here, so the key can be taken afresh.
     async fn stored_reply(&self, execution: &Execution) -> Result<Option<Reply>, ExecuteError> {
         let Some(idempotency) = &execution.idempotency else {
             return Ok(None);
         };
+        let agency_id = execution.command.actor.agency_id;
         let row = sqlx::query(
-            "SELECT request_hash, status_code, response FROM idempotency_keys
-              WHERE agency_id = $1 AND key = $2
-                AND created_at > now() - make_interval(secs => $3)",
+            "SELECT request_hash, status_code, response,
+                    created_at <= now() - make_interval(secs => $3) AS expired
+               FROM idempotency_keys
+              WHERE agency_id = $1 AND key = $2",
         )
-        .bind(execution.command.actor.agency_id)
+        .bind(agency_id)
         .bind(&idempotency.key)
         .bind(self.ttl_secs())
         .fetch_optional(self.pool())
@@ -435,6 +481,19 @@ impl CommandBus {
         let Some(row) = row else {
             return Ok(None);
         };
+        if row.try_get::<bool, _>("expired")? {
+            sqlx::query(
+                "DELETE FROM idempotency_keys
+                  WHERE agency_id = $1 AND key = $2
+                    AND created_at <= now() - make_interval(secs => $3)",
+            )
+            .bind(agency_id)
+            .bind(&idempotency.key)
+            .bind(self.ttl_secs())
+            .execute(self.pool())
+            .await?;
+            return Ok(None);
+        }
         let hash: String = row.try_get("request_hash")?;
         if hash != idempotency.request_hash {
             return Err(ExecuteError::IdempotencyKeyReused);
@@ -446,32 +505,25 @@ impl CommandBus {
         }))
     }
 
-    /// Keeps `reply` for the key in `tx`; `false` when another request holds
-    /// the key (an expired entry is taken over).
-    async fn store_reply(
+    /// Keeps `reply` for the key, with no event; `false` when another
+    /// request holds the key.
+    async fn keep_reply(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         execution: &Execution,
         idempotency: &Idempotency,
         reply: &Reply,
     ) -> Result<bool, ExecuteError> {
-        let stored = sqlx::query(
-            "INSERT INTO idempotency_keys AS k (agency_id, key, request_hash, status_code, response)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (agency_id, key) DO UPDATE
-                SET request_hash = EXCLUDED.request_hash, status_code = EXCLUDED.status_code,
-                    response = EXCLUDED.response, created_at = now()
-              WHERE k.created_at <= now() - make_interval(secs => $6)",
-        )
-        .bind(execution.command.actor.agency_id)
-        .bind(&idempotency.key)
-        .bind(&idempotency.request_hash)
-        .bind(reply.status as i16)
-        .bind(&reply.body)
-        .bind(self.ttl_secs())
-        .execute(&mut **tx)
-        .await?;
-        Ok(stored.rows_affected() == 1)
+        let kept = KeptReply {
+            key: &idempotency.key,
+            request_hash: &idempotency.request_hash,
+            status: reply.status as i16,
+            body: &reply.body,
+        };
+        match EventStore::keep_reply(self.pool(), execution.command.actor.agency_id, &kept).await {
+            Ok(()) => Ok(true),
+            Err(e) if unique_violation(&e) == Some("idempotency_keys_pkey") => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Deletes Idempotency-Key replies older than the TTL, a batch at a

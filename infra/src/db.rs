@@ -67,3 +67,70 @@ pub fn connect(database_url: &str, max_connections: u32) -> Result<PgPool, DbErr
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     sqlx::migrate!("../migrations").run(pool).await
 }
+
+/// Whether PostgreSQL answered lately, from a probe on a connection of its
+/// own: one query every [`DatabaseWatch::EVERY`] however many requests ask,
+/// and never stuck behind a pool that busy requests hold.
+pub struct DatabaseWatch {
+    options: PgConnectOptions,
+    started: std::time::Instant,
+    /// Milliseconds after `started` of the last answer (0: none yet).
+    last_answer_ms: std::sync::atomic::AtomicU64,
+}
+
+impl DatabaseWatch {
+    pub const EVERY: Duration = Duration::from_millis(200);
+    /// How long one probe may take before the server counts as not answering.
+    const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+    /// Without an answer for this long, the database is not answering.
+    const STALE: Duration = Duration::from_millis(1200);
+
+    pub fn new(database_url: &str) -> Result<Self, DbError> {
+        let options: PgConnectOptions = database_url.parse().map_err(DbError::Other)?;
+        Ok(Self {
+            options: options.application_name("ledger-watch"),
+            started: std::time::Instant::now(),
+            last_answer_ms: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Whether the last answer is recent (the first `STALE` after start counts as answering).
+    pub fn answered_lately(&self) -> bool {
+        let last = Duration::from_millis(
+            self.last_answer_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        self.started.elapsed().saturating_sub(last) < Self::STALE
+    }
+
+    /// Probes until the process ends.
+    pub async fn run(self: std::sync::Arc<Self>) {
+        use sqlx::{ConnectOptions, Connection};
+        let mut connection: Option<sqlx::PgConnection> = None;
+        loop {
+            let probe = async {
+                let conn = match connection.as_mut() {
+                    Some(conn) => conn,
+                    None => connection.insert(self.options.connect().await?),
+                };
+                sqlx::query_scalar::<_, i32>("SELECT 1")
+                    .fetch_one(&mut *conn)
+                    .await
+            };
+            match tokio::time::timeout(Self::PROBE_TIMEOUT, probe).await {
+                Ok(Ok(_)) => {
+                    let now = self.started.elapsed().as_millis() as u64;
+                    self.last_answer_ms
+                        .store(now.max(1), std::sync::atomic::Ordering::Relaxed);
+                }
+                // A connection that failed or hung is dropped, not reused.
+                _ => {
+                    if let Some(conn) = connection.take() {
+                        drop(conn.close_hard());
+                    }
+                }
+            }
+            tokio::time::sleep(Self::EVERY).await;
+        }
+    }
+}

@@ -72,7 +72,7 @@ pub enum RefKind {
 }
 
 impl RefKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             RefKind::Booking => "booking",
             RefKind::Block => "block",
@@ -96,6 +96,92 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         StoreError::Db(error.into())
+    }
+}
+
+/// A reply kept for an Idempotency-Key, written with the events it answers for.
+#[derive(Debug, Clone, Copy)]
+pub struct KeptReply<'a> {
+    pub key: &'a str,
+    pub request_hash: &'a str,
+    pub status: i16,
+    pub body: &'a Value,
+}
+
+/// What one command writes to the log.
+#[derive(Debug, Clone, Copy)]
+pub struct Append<'a> {
+    pub property_id: Uuid,
+    pub expected_sequence: i64,
+    pub events: &'a [CalendarEvent],
+    pub metadata: &'a EventMetadata,
+    /// The bookings and blocks the events bring into existence.
+    pub refs: &'a [(Uuid, RefKind)],
+    pub kept: Option<KeptReply<'a>>,
+}
+
+impl Append<'_> {
+    async fn run<'e>(&self, executor: impl sqlx::PgExecutor<'e>) -> Result<Vec<i64>, sqlx::Error> {
+        let count = self.events.len() as i64;
+        let sequences: Vec<i64> = (1..=count).map(|i| self.expected_sequence + i).collect();
+        let types: Vec<&str> = self.events.iter().map(|e| e.kind()).collect();
+        let versions: Vec<String> = self.events.iter().map(|e| e.event_version()).collect();
+        let payloads: Vec<String> = self
+            .events
+            .iter()
+            .map(|e| e.payload().to_string())
+            .collect();
+        let metadata = serde_json::to_string(self.metadata).unwrap_or_else(|_| "{}".into());
+        let ids: Vec<Uuid> = self.events.iter().map(|_| Uuid::now_v7()).collect();
+        let ref_ids: Vec<Uuid> = self.refs.iter().map(|(id, _)| *id).collect();
+        let ref_kinds: Vec<&str> = self.refs.iter().map(|(_, kind)| kind.as_str()).collect();
+        let kept = self.kept.as_ref();
+        let rows = sqlx::query(
+            "WITH appended AS (
+                INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                    event_version, payload, metadata, event_id)
+                SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload::json,
+                       $3::json, e.event_id
+                  FROM UNNEST($4::bigint[], $5::text[], $6::text[], $7::text[], $8::uuid[])
+                       WITH ORDINALITY AS e(sequence, event_type, event_version, payload, event_id, n)
+                 ORDER BY e.n
+                RETURNING position
+             ), refs AS (
+                INSERT INTO resource_refs (ref_id, kind, agency_id, property_id)
+                SELECT r.ref_id, r.kind, $9, $10
+                  FROM UNNEST($11::uuid[], $12::text[]) AS r(ref_id, kind)
+             ), kept AS (
+                INSERT INTO idempotency_keys (agency_id, key, request_hash, status_code, response)
+                SELECT $9, $13, $14, $15,
+                       CASE WHEN $16::jsonb ? 'position'
+                            THEN jsonb_set($16::jsonb, '{position}',
+                                           to_jsonb((SELECT max(position) FROM appended)))
+                            ELSE $16::jsonb END
+                 WHERE $13::text IS NOT NULL
+             )
+             SELECT position FROM appended ORDER BY position",
+        )
+        .bind(AGGREGATE_TYPE)
+        .bind(self.property_id.to_string())
+        .bind(metadata)
+        .bind(&sequences)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&payloads)
+        .bind(&ids)
+        .bind(self.metadata.agency_id)
+        .bind(self.property_id)
+        .bind(&ref_ids)
+        .bind(&ref_kinds)
+        .bind(kept.map(|k| k.key))
+        .bind(kept.map(|k| k.request_hash))
+        .bind(kept.map(|k| k.status))
+        .bind(kept.map(|k| k.body))
+        .fetch_all(executor)
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get::<i64, _>("position"))
+            .collect()
     }
 }
 
@@ -167,39 +253,46 @@ impl EventStore {
         events: &[CalendarEvent],
         metadata: &EventMetadata,
     ) -> Result<Vec<i64>, sqlx::Error> {
-        let count = events.len() as i64;
-        let sequences: Vec<i64> = (1..=count).map(|i| expected_sequence + i).collect();
-        let types: Vec<String> = events.iter().map(|e| e.event_type()).collect();
-        let versions: Vec<String> = events.iter().map(|e| e.event_version()).collect();
-        let payloads: Vec<String> = events.iter().map(|e| e.payload().to_string()).collect();
-        let metadata = serde_json::to_string(metadata).unwrap_or_else(|_| "{}".into());
-        let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
-        let rows = sqlx::query(
-            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                                 event_version, payload, metadata, event_id)
-             SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload::json,
-                    $3::json, e.event_id
-               FROM UNNEST($4::bigint[], $5::text[], $6::text[], $7::text[], $8::uuid[])
-                    WITH ORDINALITY AS e(sequence, event_type, event_version, payload, event_id, n)
-              ORDER BY e.n
-             RETURNING position",
+        let append = Append {
+            property_id,
+            expected_sequence,
+            events,
+            metadata,
+            refs: &[],
+            kept: None,
+        };
+        append.run(&mut **tx).await
+    }
+
+    /// Appends a command's events with the refs they create and the reply
+    /// kept for its Idempotency-Key, in ONE statement: one round trip, one
+    /// commit, all or nothing. The kept reply's top-level `position`, when it
+    /// has one, is set to the position of the last event appended. A lost
+    /// race is a unique violation on `events_pkey`; a key another request
+    /// holds, on `idempotency_keys_pkey`.
+    pub async fn append_command(&self, append: &Append<'_>) -> Result<Vec<i64>, sqlx::Error> {
+        append.run(&self.pool).await
+    }
+
+    /// Keeps a reply for an Idempotency-Key that no event goes with (a
+    /// refusal, or a command that changed nothing).
+    pub async fn keep_reply<'e>(
+        executor: impl sqlx::PgExecutor<'e>,
+        agency_id: Uuid,
+        kept: &KeptReply<'_>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (agency_id, key, request_hash, status_code, response)
+             VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(AGGREGATE_TYPE)
-        .bind(property_id.to_string())
-        .bind(metadata)
-        .bind(&sequences)
-        .bind(&types)
-        .bind(&versions)
-        .bind(&payloads)
-        .bind(&ids)
-        .fetch_all(&mut **tx)
+        .bind(agency_id)
+        .bind(kept.key)
+        .bind(kept.request_hash)
+        .bind(kept.status)
+        .bind(kept.body)
+        .execute(executor)
         .await?;
-        let mut positions = rows
-            .iter()
-            .map(|row| row.try_get::<i64, _>("position"))
-            .collect::<Result<Vec<_>, _>>()?;
-        positions.sort_unstable();
-        Ok(positions)
+        Ok(())
     }
 
     /// Records which property a new booking or block belongs to, in the

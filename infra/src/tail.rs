@@ -21,6 +21,7 @@
 //! and the NATS publisher (`crate::publisher`). `LogSignal` wakes them when
 //! the log grows.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -28,7 +29,7 @@ use ledger_domain::CalendarEvent;
 use serde::Deserialize;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgExecutor, PgPool, Row};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
 /// Where a tailer is in the log: the last event it took, in `(txid, position)` order.
@@ -218,31 +219,86 @@ pub async fn head(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
 #[derive(Clone)]
 pub struct LogSignal(watch::Receiver<u64>);
 
+/// Tells tailers that the log grew. Appends do not NOTIFY inside their own
+/// transactions: PostgreSQL serialises the commits of notifying
+/// transactions on one cluster-wide lock, which would defeat its group
+/// commit. Instead a writer calls [`LogWaker::appended`] after each commit:
+/// tailers of its own process wake at once, and one `NOTIFY ledger_events`,
+/// sent on a statement of its own, wakes other processes for every burst of
+/// appends (appends made while one is in flight share the next).
+#[derive(Clone)]
+pub struct LogWaker {
+    ticks: Arc<watch::Sender<u64>>,
+    pending: Arc<Notify>,
+    notifier: Arc<OnceLock<()>>,
+    pool: PgPool,
+}
+
+impl LogWaker {
+    pub fn new(pool: PgPool) -> LogWaker {
+        LogWaker {
+            ticks: Arc::new(watch::channel(0u64).0),
+            pending: Arc::new(Notify::new()),
+            notifier: Arc::new(OnceLock::new()),
+            pool,
+        }
+    }
+
+    /// Events were committed.
+    pub fn appended(&self) {
+        self.tick();
+        self.notifier.get_or_init(|| {
+            let pending = self.pending.clone();
+            let pool = self.pool.clone();
+            tokio::spawn(async move {
+                loop {
+                    pending.notified().await;
+                    let sent = sqlx::query("SELECT pg_notify('ledger_events', '')")
+                        .execute(&pool)
+                        .await;
+                    if let Err(error) = sent {
+                        tracing::debug!(%error, "could not NOTIFY other processes");
+                    }
+                }
+            });
+        });
+        self.pending.notify_one();
+    }
+
+    fn tick(&self) {
+        self.ticks.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
 impl LogSignal {
-    /// Listens for NOTIFY on its own connection, re-connecting when it drops.
-    pub fn listen(pool: PgPool) -> LogSignal {
-        let (sender, receiver) = watch::channel(0u64);
+    /// Wakes on this process's appends (through `waker`) and, by LISTEN on a
+    /// connection of its own (re-connecting when it drops), on other
+    /// processes'.
+    pub fn listen(waker: &LogWaker) -> LogSignal {
+        let pool = waker.pool.clone();
+        let remote = waker.clone();
+        let signal = LogSignal(waker.ticks.subscribe());
         tokio::spawn(async move {
             loop {
                 match PgListener::connect_with(&pool).await {
                     Ok(mut listener) => {
                         if listener.listen("ledger_events").await.is_ok() {
                             // Anything committed while not listening is picked up by this tick.
-                            sender.send_modify(|n| *n += 1);
+                            remote.tick();
                             while listener.recv().await.is_ok() {
-                                sender.send_modify(|n| *n += 1);
+                                remote.tick();
                             }
                         }
                     }
                     Err(error) => tracing::debug!(%error, "cannot LISTEN yet"),
                 }
-                if sender.is_closed() {
+                if remote.ticks.receiver_count() == 0 {
                     return;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
-        LogSignal(receiver)
+        signal
     }
 
     /// Waits for the next tick, or `timeout`.

@@ -257,7 +257,7 @@ async fn a_refused_row_parks_its_property_and_a_retry_applies_its_events_in_orde
     let runner_task = tokio::spawn(runner::run(
         pool.clone(),
         Projection::Views,
-        LogSignal::listen(pool.clone()),
+        LogSignal::listen(bus.waker()),
     ));
     let (refused, theirs) = (Uuid::new_v4(), Uuid::new_v4());
     let refused_position = reserve(&bus, agency, property, refused, 1, 4).await;

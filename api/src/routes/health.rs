@@ -133,7 +133,9 @@ const PATIENCE: Duration = Duration::from_millis(400);
 /// forever: the pool's acquire timeout does not cover it and a server-side
 /// statement timeout cannot fire. A slow request on a database that answers
 /// (a `min_position` wait, a queue on a busy property) runs on; the probe is
-/// asked again every `PATIENCE`. The handler's future is dropped, exactly as
+/// asked again every `PATIENCE`. The answer comes from one shared watch
+/// with a connection of its own (`DatabaseWatch`), so a saturated pool is
+/// never mistaken for a hung server. The handler's future is dropped, exactly as
 /// when its client disconnects, which every handler must survive anyway.
 pub async fn bounded_by_database(
     State(state): State<AppState>,
@@ -150,13 +152,8 @@ pub async fn bounded_by_database(
             response = &mut handler => return response,
             () = tokio::time::sleep(PATIENCE) => {}
         }
-        let probe = database_answers(&state);
-        tokio::pin!(probe);
-        tokio::select! {
-            response = &mut handler => return response,
-            answers = &mut probe => if !answers {
-                return ApiError::DatabaseUnavailable.into_response();
-            }
+        if !state.database.answered_lately() {
+            return ApiError::DatabaseUnavailable.into_response();
         }
     }
 }
