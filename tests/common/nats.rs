@@ -40,6 +40,8 @@ impl NatsServer {
 
     /// A server that also reads `config` (nats-server's configuration
     /// syntax, e.g. an `authorization { users = [...] }` block).
+    // Not every target that includes this file starts one (benches/p6.rs).
+    #[allow(dead_code)]
     pub fn start_with_config(config: &str) -> NatsServer {
         NatsServer::start_with(Some(config))
     }
