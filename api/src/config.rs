@@ -2,6 +2,7 @@
 //! variable of the same name (API.md "Configuration").
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -28,6 +29,19 @@ pub struct DatabaseArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/ledger"
     )]
     pub database_url: String,
+    /// Who applies the migrations: the owner of the tables. Unset, the
+    /// migrations run as DATABASE_URL does (one URL for everything).
+    #[arg(long, env = "DATABASE_MIGRATE_URL", hide_env_values = true)]
+    pub database_migrate_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    /// The URL migrations run with: DATABASE_MIGRATE_URL, else DATABASE_URL.
+    pub fn migrate_url(&self) -> &str {
+        self.database_migrate_url
+            .as_deref()
+            .unwrap_or(&self.database_url)
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -43,8 +57,23 @@ pub struct ServeConfig {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub secret: SecretArgs,
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS with JetStream. Credentials may sit in the URL
+    /// (`nats://user:pass@host:4222`, `nats://token@host:4222`); `tls://`
+    /// requires TLS.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
+    /// A NATS `.creds` file (user JWT and NKey seed).
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// PEM file of the CA that signed the NATS server's certificate; setting
+    /// it requires TLS.
+    #[arg(long, env = "NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
     #[arg(long, env = "LEDGER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     #[arg(long, env = "LEDGER_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
@@ -64,6 +93,16 @@ impl ServeConfig {
         &self.database.database_url
     }
 
+    /// How `ledger serve` reaches NATS.
+    pub fn nats_endpoint(&self) -> ledger_infra::nats::Endpoint {
+        ledger_infra::nats::Endpoint {
+            url: self.nats_url.clone(),
+            creds: self.nats_creds.clone(),
+            tls_ca: self.nats_tls_ca.clone(),
+            inbox_prefix: None,
+        }
+    }
+
     pub fn jwt_secret(&self) -> &SecretString {
         &self.secret.jwt_secret
     }
@@ -72,7 +111,10 @@ impl ServeConfig {
     pub fn env_vars_set() -> Vec<&'static str> {
         [
             "DATABASE_URL",
+            "DATABASE_MIGRATE_URL",
             "NATS_URL",
+            "NATS_CREDS",
+            "NATS_TLS_CA",
             "JWT_SECRET",
             "LEDGER_LISTEN",
             "LEDGER_METRICS_LISTEN",

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ledger_api::auth::Keys;
 use ledger_api::config::{DatabaseArgs, SecretArgs, ServeConfig};
-use ledger_api::startup::{migrate_when_reachable, Application, StartError};
+use ledger_api::startup::{migrate_database, Application, StartError};
 use ledger_domain::Role;
 use secrecy::ExposeSecret;
 use uuid::Uuid;
@@ -45,6 +45,10 @@ enum Commands {
         #[command(subcommand)]
         action: AgencyAction,
     },
+    /// Print the nats-server `users` entry of one agency's adapters: they
+    /// consume that agency's events through their own durables and publish
+    /// nothing else (docs/security-nats.md).
+    NatsPermissions(NatsPermissionsArgs),
     /// The iCal channel (docs/ical.md).
     Ical {
         #[command(subcommand)]
@@ -80,6 +84,22 @@ struct TokenArgs {
     /// Lifetime such as 30m, 1h, 7d.
     #[arg(long, default_value = "1h", value_parser = parse_ttl)]
     ttl: Duration,
+}
+
+#[derive(clap::Args)]
+struct NatsPermissionsArgs {
+    #[arg(long)]
+    agency: Uuid,
+    /// The NATS user name; default `agency-<agency>`.
+    #[arg(long)]
+    user: Option<String>,
+    /// The password; default a random one, printed in the block.
+    #[arg(long, env = "LEDGER_NATS_AGENCY_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// A durable consumer the adapters bind (`Binding::for_agency(agency,
+    /// NAME)` names it `agency-<agency>-NAME`); repeat for several.
+    #[arg(long = "durable", value_name = "NAME", default_value = "adapter")]
+    durables: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -158,8 +178,7 @@ async fn run(command: Commands) -> Result<(), StartError> {
         }
         Commands::Migrate(database) => {
             ledger_infra::telemetry::init("text");
-            let pool = ledger_infra::connect(&database.database_url, 2)?;
-            migrate_when_reachable(&pool).await?;
+            migrate_database(&database).await?;
             println!("migrations applied");
         }
         Commands::Token(args) => {
@@ -169,9 +188,24 @@ async fn run(command: Commands) -> Result<(), StartError> {
         Commands::Replay { name, database } => replay(&name, database).await?,
         Commands::Tail(args) => tail(args).await?,
         Commands::Agency { action } => agency(action).await?,
+        Commands::NatsPermissions(args) => print!("{}", nats_permissions(args)),
         Commands::Ical { action } => ical(action).await?,
     }
     Ok(())
+}
+
+fn nats_permissions(args: NatsPermissionsArgs) -> String {
+    let agency = args.agency;
+    let user = args.user.unwrap_or_else(|| format!("agency-{agency}"));
+    let password = args
+        .password
+        .unwrap_or_else(|| format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple()));
+    let durables: Vec<String> = args
+        .durables
+        .iter()
+        .map(|name| ledger_infra::channel::agency_durable(agency, name))
+        .collect();
+    ledger_infra::nats::agency_permissions(agency, &user, &password, &durables)
 }
 
 async fn tail(args: TailArgs) -> Result<(), StartError> {
@@ -196,8 +230,8 @@ async fn ical(action: IcalAction) -> Result<(), StartError> {
         database,
     } = action;
     ledger_infra::telemetry::init("text");
+    migrate_database(&database).await?;
     let pool = ledger_infra::connect(&database.database_url, 2)?;
-    migrate_when_reachable(&pool).await?;
     let bus = ledger_infra::CommandBus::new(ledger_infra::EventStore::new(pool));
     let report = ledger_api::ical_import::import(&bus, property, &url, true).await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -249,8 +283,8 @@ async fn replay(name: &str, database: DatabaseArgs) -> Result<(), StartError> {
             Projection::ALL.map(|p| p.name()).join(", ")
         )
     })?;
+    migrate_database(&database).await?;
     let pool = ledger_infra::connect(&database.database_url, 4)?;
-    migrate_when_reachable(&pool).await?;
     let id = replay::start(&pool, projection).await?;
     let worker = {
         let pool = pool.clone();

@@ -10,7 +10,7 @@ use ledger_projections::Projection;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
-use crate::config::ServeConfig;
+use crate::config::{DatabaseArgs, ServeConfig};
 use crate::state::AppState;
 
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
@@ -25,11 +25,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: ServeConfig) -> Result<Self, StartError> {
+        migrate_database(&config.database).await?;
         let pool = ledger_infra::connect(config.database_url(), config.db_pool_size)?;
-        migrate_when_reachable(&pool).await?;
         let listener = TcpListener::bind(config.listen).await?;
         // Connects in the background: the service starts while NATS is down.
-        let nats = ledger_infra::nats::connect(&config.nats_url, "ledger").await?;
+        let nats = ledger_infra::nats::connect_to(&config.nats_endpoint(), "ledger").await?;
         let mut state = AppState::new(config, pool);
         state.nats = Some(nats);
         state.suspensions.refresh(&state.pool).await?;
@@ -65,6 +65,16 @@ impl Application {
             .with_graceful_shutdown(shutdown_signal())
             .await
     }
+}
+
+/// Applies missing migrations as the owner (DATABASE_MIGRATE_URL, else
+/// DATABASE_URL) on a connection of its own, closed afterwards: the rest of
+/// the process works through DATABASE_URL's role alone.
+pub async fn migrate_database(database: &DatabaseArgs) -> Result<(), StartError> {
+    let owner = ledger_infra::connect(database.migrate_url(), 1)?;
+    let migrated = migrate_when_reachable(&owner).await;
+    owner.close().await;
+    migrated
 }
 
 /// Applies missing migrations, waiting for PostgreSQL to come up first.

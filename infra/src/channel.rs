@@ -127,6 +127,13 @@ impl Binding {
         }
     }
 
+    /// One agency's events under a durable of that agency
+    /// ([`agency_durable`]): what an agency's own NATS user may consume
+    /// (`ledger nats-permissions`).
+    pub fn for_agency(agency_id: Uuid, name: &str) -> Binding {
+        Binding::new(agency_durable(agency_id, name)).agency(agency_id)
+    }
+
     pub fn agency(mut self, agency_id: Uuid) -> Binding {
         self.agency_id = Some(agency_id);
         self
@@ -146,6 +153,14 @@ impl Binding {
     pub fn filter_subject(&self) -> String {
         cloudevent::filter(self.agency_id, self.property_id)
     }
+}
+
+/// The durable name `name` takes for an agency: `agency-<agency_id>-<name>`.
+/// NATS permissions match whole subject tokens, so each durable an agency's
+/// user may use is listed by its full name; the agency in it keeps the
+/// names of two agencies apart.
+pub fn agency_durable(agency_id: Uuid, name: &str) -> String {
+    format!("agency-{agency_id}-{name}")
 }
 
 /// One event as the adapter receives it.
@@ -205,10 +220,13 @@ pub struct ChannelConsumer {
 impl ChannelConsumer {
     /// Creates the durable consumer if it does not exist yet (and the stream,
     /// if no publisher has yet) and starts pulling.
+    ///
+    /// The stream is not asked for its info: an agency's user may not see
+    /// it (it would tell every agency's subjects), only its own consumers.
     pub async fn bind(client: &Client, binding: Binding) -> Result<ChannelConsumer, ChannelError> {
         let context = jetstream::new(client.clone());
         let stream = context
-            .get_or_create_stream(nats::stream_config())
+            .get_stream_no_info(nats::STREAM)
             .await
             .map_err(nats_error)?;
         let config = pull::Config {
@@ -227,10 +245,19 @@ impl ChannelConsumer {
             max_deliver: -1,
             ..Default::default()
         };
-        let consumer = stream
-            .get_or_create_consumer(&binding.name, config)
+        let consumer = match stream
+            .get_or_create_consumer(&binding.name, config.clone())
             .await
-            .map_err(nats_error)?;
+        {
+            Err(error) if is_stream_missing(&error) => context
+                .get_or_create_stream(nats::stream_config())
+                .await
+                .map_err(nats_error)?
+                .get_or_create_consumer(&binding.name, config)
+                .await
+                .map_err(nats_error)?,
+            other => other.map_err(nats_error)?,
+        };
         let messages = consumer.messages().await.map_err(nats_error)?;
         Ok(ChannelConsumer {
             messages,
@@ -396,6 +423,14 @@ impl Follower {
             }
         }
     }
+}
+
+fn is_stream_missing(error: &async_nats::jetstream::stream::ConsumerError) -> bool {
+    use async_nats::jetstream::stream::ConsumerErrorKind;
+    matches!(
+        error.kind(),
+        ConsumerErrorKind::JetStream(e) if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
 }
 
 fn lock(tracker: &Mutex<Tracker>) -> MutexGuard<'_, Tracker> {

@@ -12,6 +12,9 @@ pub struct NatsServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// A configuration file passed with `-c` (the flags above override its
+    /// address, port and storage).
+    config: Option<PathBuf>,
 }
 
 /// `$NATS_SERVER`, else `nats-server` on the PATH, else the one
@@ -32,17 +35,35 @@ fn binary() -> PathBuf {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        NatsServer::start_with(None)
+    }
+
+    /// A server that also reads `config` (nats-server's configuration
+    /// syntax, e.g. an `authorization { users = [...] }` block).
+    // Not every target that includes this file starts one (benches/p6.rs).
+    #[allow(dead_code)]
+    pub fn start_with_config(config: &str) -> NatsServer {
+        NatsServer::start_with(Some(config))
+    }
+
+    fn start_with(config: Option<&str>) -> NatsServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
         let dir = std::env::temp_dir().join(format!("ledger-nats-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("a storage directory for nats-server");
+        let config = config.map(|text| {
+            let path = dir.join("nats.conf");
+            std::fs::write(&path, text).expect("write the nats-server configuration");
+            path
+        });
         let mut server = NatsServer {
             url: format!("nats://127.0.0.1:{port}"),
             port,
             dir,
             child: None,
+            config,
         };
         server.restart();
         server
@@ -56,7 +77,11 @@ impl NatsServer {
             .append(true)
             .open(self.dir.join("nats.log"))
             .expect("a log file");
-        let child = Command::new(binary())
+        let mut command = Command::new(binary());
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args([
                 "-a",
                 "127.0.0.1",
