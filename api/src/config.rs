@@ -59,7 +59,12 @@ pub struct ServeConfig {
     pub idempotency_ttl: Duration,
     /// Host names whose iCal feeds are fetched whatever address they
     /// resolve to (on-premises channel servers), comma-separated.
-    #[arg(long, env = "LEDGER_FEED_ALLOW_HOSTS", value_delimiter = ',', default_value = "")]
+    #[arg(
+        long,
+        env = "LEDGER_FEED_ALLOW_HOSTS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
     pub feed_allow_hosts: Vec<String>,
 }
 

@@ -56,7 +56,7 @@ pub enum FetchError {
     TooLarge,
     #[error("the feed took longer than 30 s")]
     TimedOut,
-    #[error("the feed is not an iCalendar file (not UTF-8 text)")]
+    #[error("the feed is not an iCalendar file")]
     NotText,
     #[error("the feed file cannot be read: {0}")]
     File(String),
@@ -133,8 +133,7 @@ impl AddressRules {
         if let Some(url::Host::Domain(name)) = url.host() {
             if !self.allows_host(name) {
                 let lookup = tokio::net::lookup_host((name, 0));
-                if let Ok(Ok(addresses)) = tokio::time::timeout(REGISTRATION_LOOKUP, lookup).await
-                {
+                if let Ok(Ok(addresses)) = tokio::time::timeout(REGISTRATION_LOOKUP, lookup).await {
                     let addresses: Vec<SocketAddr> = addresses.collect();
                     if addresses.iter().any(|a| !is_public(a.ip())) {
                         return Err(UrlRefusal::AddressNotAllowed);
@@ -231,9 +230,8 @@ impl Resolve for CheckedResolver {
         let rules = self.rules.clone();
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addresses: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if !rules.allows_host(&host) && addresses.iter().any(|a| !is_public(a.ip())) {
                 return Err(Box::new(FetchError::AddressNotAllowed) as _);
             }
@@ -427,7 +425,9 @@ mod tests {
     async fn registration_refuses_names_that_resolve_inside() {
         let rules = AddressRules::default();
         assert_eq!(
-            rules.check_registration("http://localhost:8080/x.ics").await,
+            rules
+                .check_registration("http://localhost:8080/x.ics")
+                .await,
             Err(UrlRefusal::AddressNotAllowed)
         );
         let allowed = AddressRules::new(["localhost"]);
