@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use channel::{all_ran, feeds_when, Answer, Channel, EMPTY_CALENDAR};
+use channel::{all_ran, feeds_when, register, Answer, Channel, EMPTY_CALENDAR};
 use chrono::{DateTime, NaiveDate, Utc};
 use common::nats::NatsServer;
 use common::{agency, assert_error, spawn_app_with_env, token, TestApp};
@@ -655,19 +655,6 @@ async fn feeds_registered_by_an_admin_are_imported_by_the_service() {
     assert_eq!(reply.body["items"], json!([]));
     let reply = app.delete(&format!("{feeds}/{feed_id}"), &admin).await;
     assert_error(&reply, StatusCode::NOT_FOUND, "NOT_FOUND");
-}
-
-/// Registers `url` as a feed of the property (201).
-async fn register(app: &TestApp, admin: &str, property: Uuid, url: &str) -> Uuid {
-    let reply = app
-        .post(
-            &format!("/api/v1/properties/{property}/ical-feeds"),
-            admin,
-            json!({ "url": url }),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    reply.id()
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 mod channel;
 mod common;
 
-use channel::{all_ran, feeds_when, Answer, Channel, EMPTY_CALENDAR};
+use channel::{all_ran, feeds_when, register, Answer, Channel, EMPTY_CALENDAR};
 use common::{agency, assert_error, spawn_app_with_env};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -87,14 +87,13 @@ async fn a_redirect_from_an_allowed_channel_to_an_inside_address_is_not_followed
     let app = spawn_app_with_env(&[("LEDGER_FEED_ALLOW_HOSTS", "localhost")]).await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
-    let reply = app
-        .post(
-            &format!("/api/v1/properties/{property}/ical-feeds"),
-            &admin,
-            json!({ "url": allowed.url("localhost", "/calendar.ics") }),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    register(
+        &app,
+        &admin,
+        property,
+        &allowed.url("localhost", "/calendar.ics"),
+    )
+    .await;
 
     let items = feeds_when(&app, &admin, property, all_ran).await;
     assert_eq!(items[0]["last_error"], "address not allowed", "{items:?}");
@@ -105,14 +104,7 @@ async fn a_redirect_from_an_allowed_channel_to_an_inside_address_is_not_followed
     // the refusal above is the address check, not redirects as such.
     allowed.answer(Answer::redirect(inside.url("localhost", "/")));
     let other = app.property(&admin, None).await;
-    let reply = app
-        .post(
-            &format!("/api/v1/properties/{other}/ical-feeds"),
-            &admin,
-            json!({ "url": allowed.url("localhost", "/other.ics") }),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    register(&app, &admin, other, &allowed.url("localhost", "/other.ics")).await;
     let items = feeds_when(&app, &admin, other, all_ran).await;
     assert!(items[0]["last_error"].is_null(), "{items:?}");
     assert_eq!(inside.requests(), 1);

@@ -174,3 +174,26 @@ pub async fn feeds_when(
 pub fn all_ran(items: &[serde_json::Value]) -> bool {
     !items.is_empty() && items.iter().all(|f| !f["last_run_at"].is_null())
 }
+
+/// Registers `url` as a feed of the property; asserts the 201.
+pub async fn register(
+    app: &crate::common::TestApp,
+    admin: &str,
+    property: uuid::Uuid,
+    url: &str,
+) -> uuid::Uuid {
+    let reply = app
+        .post(
+            &format!("/api/v1/properties/{property}/ical-feeds"),
+            admin,
+            serde_json::json!({ "url": url }),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        reqwest::StatusCode::CREATED,
+        "{:?}",
+        reply.body
+    );
+    reply.id()
+}
