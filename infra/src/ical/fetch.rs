@@ -421,6 +421,79 @@ mod tests {
         assert_eq!(rules.check_url(&url), Err(FetchError::AddressNotAllowed));
     }
 
+    /// A server on 127.0.0.1 that answers every request with `head` and
+    /// `body_len` bytes of `x`; returns its base URL.
+    async fn server(head: String, body_len: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let base = format!("http://{}", listener.local_addr().expect("an address"));
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let head = head.clone();
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    let _ = socket.read(&mut buffer).await;
+                    let body = vec![b'x'; body_len];
+                    let head = format!("HTTP/1.1 {head}\r\ncontent-length: {body_len}\r\nconnection: close\r\n\r\n");
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    let _ = socket.write_all(&body).await;
+                });
+            }
+        });
+        base
+    }
+
+    fn fetcher() -> FeedFetcher {
+        FeedFetcher::new(AddressRules::new(["127.0.0.1"])).expect("a client")
+    }
+
+    #[tokio::test]
+    async fn an_error_status_is_reported_by_its_code_only() {
+        let base = server("404 Secret Admin Console".into(), 12).await;
+        assert_eq!(fetcher().fetch(&base).await, Err(FetchError::Status(404)));
+    }
+
+    #[tokio::test]
+    async fn a_feed_over_5_mib_is_refused() {
+        let base = server("200 OK".into(), MAX_FEED_BYTES + 1).await;
+        assert_eq!(fetcher().fetch(&base).await, Err(FetchError::TooLarge));
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_5_times_at_most() {
+        let base = server("302 Found\r\nlocation: /again".into(), 0).await;
+        assert_eq!(
+            fetcher().fetch(&base).await,
+            Err(FetchError::TooManyRedirects)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_an_inside_address_is_refused_before_it_is_followed() {
+        let base = server("302 Found\r\nlocation: http://10.0.0.1/".into(), 0).await;
+        assert_eq!(
+            fetcher().fetch(&base).await,
+            Err(FetchError::AddressNotAllowed)
+        );
+        let base = server("302 Found\r\nlocation: file:///etc/passwd".into(), 0).await;
+        // The client follows no other scheme at all: the redirect is the answer.
+        assert_eq!(fetcher().fetch(&base).await, Err(FetchError::Status(302)));
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_could_not_be_reached() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a port")
+            .port();
+        assert_eq!(
+            fetcher().fetch(&format!("http://127.0.0.1:{port}/")).await,
+            Err(FetchError::Unreachable)
+        );
+    }
+
     #[tokio::test]
     async fn registration_refuses_names_that_resolve_inside() {
         let rules = AddressRules::default();
