@@ -697,7 +697,7 @@ async fn a_failing_feed_is_reported_in_our_words_never_the_servers() {
 
 #[tokio::test]
 async fn one_agencys_slow_feeds_do_not_hold_up_another_agencys() {
-    const SLOW: Duration = Duration::from_secs(3);
+    const SLOW: Duration = Duration::from_secs(4);
     let (_nats, app) = start().await;
     let slow = Channel::start(Answer::feed(EMPTY_CALENDAR).after(SLOW)).await;
     let fast = Channel::start(Answer::feed(EMPTY_CALENDAR)).await;

@@ -103,7 +103,9 @@ pub async fn rotate_token(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeedBody {
-    /// An `http://` or `https://` URL of the channel's iCal export.
+    /// An `http://` or `https://` URL of the channel's iCal export, whose
+    /// host resolves to public addresses only (or is listed in
+    /// `LEDGER_FEED_ALLOW_HOSTS`).
     pub url: String,
     /// 5 to 10080 (a week); 60 when left out.
     #[serde(default)]
