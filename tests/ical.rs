@@ -5,28 +5,33 @@
 //! property's blocks match a feed, idempotently, from the command line and
 //! from feeds `ledger serve` runs itself.
 
+mod channel;
 mod common;
 
 use std::collections::BTreeSet;
 use std::io::BufReader;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::NaiveDate;
+use channel::{all_ran, feeds_when, register, Answer, Channel, EMPTY_CALENDAR};
+use chrono::{DateTime, NaiveDate, Utc};
 use common::nats::NatsServer;
 use common::{agency, assert_error, spawn_app_with_env, token, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 /// A ledger on a private nats-server; the app is dropped (killed) first.
+/// The test channels listen on 127.0.0.1, so it is allow-listed.
 async fn start() -> (NatsServer, TestApp) {
     let nats = NatsServer::start();
-    let app = spawn_app_with_env(&[("NATS_URL", &nats.url)]).await;
+    let app = spawn_app_with_env(&[
+        ("NATS_URL", &nats.url),
+        ("LEDGER_FEED_ALLOW_HOSTS", "127.0.0.1"),
+    ])
+    .await;
     (nats, app)
 }
 
@@ -581,36 +586,6 @@ async fn the_import_makes_the_blocks_match_the_feed_and_is_idempotent() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Serves whatever `body` holds to every request, as a channel would.
-async fn serve_feed(body: Arc<Mutex<String>>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a port for the feed");
-    let address = listener.local_addr().expect("an address");
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let body = body.lock().expect("the feed").clone();
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buffer[..n]),
-                    }
-                }
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/calendar\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-                let _ = socket.shutdown().await;
-            });
-        }
-    });
-    format!("http://{address}/calendar.ics")
-}
-
 #[tokio::test]
 async fn feeds_registered_by_an_admin_are_imported_by_the_service() {
     let (_nats, app) = start().await;
@@ -620,11 +595,12 @@ async fn feeds_registered_by_an_admin_are_imported_by_the_service() {
         .reserve(&admin, property, "2027-07-20", "2027-07-22")
         .await;
     assert_eq!(booked.status, StatusCode::CREATED);
-    let body = Arc::new(Mutex::new(feed(&[
+    let channel = Channel::start(Answer::feed(feed(&[
         "UID:x@channel\nDTSTART;VALUE=DATE:20270601\nDTEND;VALUE=DATE:20270605",
         "UID:clash@channel\nDTSTART;VALUE=DATE:20270721\nDTEND;VALUE=DATE:20270723",
-    ])));
-    let url = serve_feed(body.clone()).await;
+    ])))
+    .await;
+    let url = channel.url("127.0.0.1", "/calendar.ics");
     let feeds = format!("/api/v1/properties/{property}/ical-feeds");
 
     // Only an admin registers feeds, only http(s), within the limits.
@@ -679,4 +655,85 @@ async fn feeds_registered_by_an_admin_are_imported_by_the_service() {
     assert_eq!(reply.body["items"], json!([]));
     let reply = app.delete(&format!("{feeds}/{feed_id}"), &admin).await;
     assert_error(&reply, StatusCode::NOT_FOUND, "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn a_failing_feed_is_reported_in_our_words_never_the_servers() {
+    let (_nats, app) = start().await;
+    let (_, admin) = agency();
+    let cases = [
+        (
+            Answer::page("403 Internal Proxy Says No", "<h1>admin panel v1.2</h1>"),
+            "the feed answered with an error (HTTP 403)",
+        ),
+        (
+            Answer::page("200 OK", "<h1>admin panel v1.2</h1>"),
+            "the feed is not an iCalendar file",
+        ),
+    ];
+    for (answer, expected) in cases {
+        let channel = Channel::start(answer).await;
+        let property = app.property(&admin, None).await;
+        register(&app, &admin, property, &channel.url("127.0.0.1", "/")).await;
+        let items = feeds_when(&app, &admin, property, all_ran).await;
+        assert_eq!(items[0]["last_error"], expected, "{items:?}");
+        assert_eq!(channel.requests(), 1);
+    }
+    // Nothing listens on a port just freed: our words, not the socket's.
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let url_closed = format!(
+        "http://127.0.0.1:{}/",
+        unused.local_addr().expect("an address").port()
+    );
+    drop(unused);
+    let property = app.property(&admin, None).await;
+    register(&app, &admin, property, &url_closed).await;
+    let items = feeds_when(&app, &admin, property, all_ran).await;
+    assert_eq!(
+        items[0]["last_error"], "the feed could not be reached",
+        "{items:?}"
+    );
+}
+
+#[tokio::test]
+async fn one_agencys_slow_feeds_do_not_hold_up_another_agencys() {
+    const SLOW: Duration = Duration::from_secs(4);
+    let (_nats, app) = start().await;
+    let slow = Channel::start(Answer::feed(EMPTY_CALENDAR).after(SLOW)).await;
+    let fast = Channel::start(Answer::feed(EMPTY_CALENDAR)).await;
+    let (_, busy_admin) = agency();
+    let (_, other_admin) = agency();
+    let busy_property = app.property(&busy_admin, None).await;
+    let other_property = app.property(&other_admin, None).await;
+    // The busy agency's feeds are registered first: they are the most overdue.
+    for n in 0..4 {
+        let url = slow.url("127.0.0.1", &format!("/calendar-{n}.ics"));
+        register(&app, &busy_admin, busy_property, &url).await;
+    }
+    register(
+        &app,
+        &other_admin,
+        other_property,
+        &fast.url("127.0.0.1", "/calendar.ics"),
+    )
+    .await;
+
+    let ran_at = |item: &Value| -> DateTime<Utc> {
+        item["last_run_at"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("a last_run_at in {item}"))
+    };
+    let other = feeds_when(&app, &other_admin, other_property, all_ran).await;
+    let busy = feeds_when(&app, &busy_admin, busy_property, all_ran).await;
+    let fast_done = ran_at(&other[0]);
+    let slow_done = busy.iter().map(ran_at).max().expect("four feeds");
+    assert!(
+        fast_done + chrono::Duration::seconds(2) < slow_done,
+        "the other agency's feed ran at {fast_done}, the busy agency's were done at {slow_done}"
+    );
+    assert!(busy.iter().all(|f| f["last_error"].is_null()), "{busy:?}");
+    // Two of the busy agency's feeds ran at once, never more.
+    assert_eq!(slow.most_at_once(), 2);
+    assert_eq!(slow.requests(), 4);
 }

@@ -86,6 +86,15 @@ pub struct ServeConfig {
     /// How long Idempotency-Key replies are kept (e.g. `48h`, `30m`).
     #[arg(long, env = "LEDGER_IDEMPOTENCY_TTL", default_value = "48h", value_parser = humantime::parse_duration)]
     pub idempotency_ttl: Duration,
+    /// Host names whose iCal feeds are fetched whatever address they
+    /// resolve to (on-premises channel servers), comma-separated.
+    #[arg(
+        long,
+        env = "LEDGER_FEED_ALLOW_HOSTS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub feed_allow_hosts: Vec<String>,
 }
 
 impl ServeConfig {
@@ -122,6 +131,7 @@ impl ServeConfig {
             "LEDGER_LOG_FORMAT",
             "LEDGER_DB_POOL_SIZE",
             "LEDGER_IDEMPOTENCY_TTL",
+            "LEDGER_FEED_ALLOW_HOSTS",
         ]
         .into_iter()
         .filter(|name| std::env::var_os(name).is_some())

@@ -11,7 +11,7 @@
 //! a feed event that overlaps a booking is refused on its own, reported,
 //! and does not stop the rest.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
@@ -21,10 +21,12 @@ use ledger_domain::{
     Actor, CalendarCommand, CalendarError, Command, Conflict, PropertyCalendar, Role,
 };
 use ledger_infra::ical::feed::{self, FeedEvent, Unreadable};
+use ledger_infra::ical::fetch::{self, AddressRules, FeedFetcher, FetchError};
 use ledger_infra::ical::{self, FeedRow};
 use ledger_infra::{CommandBus, ExecuteError, Execution};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use tokio::task::{self, JoinSet};
 use uuid::Uuid;
 
 use crate::state::AppState;
@@ -32,9 +34,11 @@ use crate::state::AppState;
 pub const SYSTEM_USER: &str = "system:ical-import";
 /// How often `ledger serve` looks for a feed that is due.
 const TICK: Duration = Duration::from_secs(2);
-/// A feed larger than this is refused.
-const MAX_FEED_BYTES: usize = 5 * 1024 * 1024;
-const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most this many feeds run at once in one process...
+const AT_ONCE: usize = 16;
+/// ...and at most this many of one agency's, so that its slow feeds
+/// (each may take up to 30 s) hold up only its own.
+const PER_AGENCY: usize = 2;
 /// How much of a run's problems `last_error` keeps.
 const MAX_ERROR_CHARS: usize = 2000;
 
@@ -169,9 +173,9 @@ impl ImportReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("cannot read the feed: {0}")]
-    Fetch(String),
-    #[error("the feed is not iCalendar: {0}")]
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
     Parse(#[from] feed::FeedError),
     #[error("the property does not exist")]
     PropertyNotFound,
@@ -181,66 +185,55 @@ pub enum ImportError {
     Execute(#[from] ExecuteError),
 }
 
-/// Reads a feed from an `http(s)://` URL, or, when `allow_files`, from a
-/// `file://` URL or a path.
-pub async fn fetch(source: &str, allow_files: bool) -> Result<String, ImportError> {
+impl ImportError {
+    /// What `last_error` says: our own words, never a server's reply, nor
+    /// the internals of a failed write (those are logged).
+    fn for_the_manager(&self) -> String {
+        match self {
+            ImportError::Execute(_) => {
+                "the import could not be saved; it runs again at the next interval".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Reads a feed from an `http(s)://` URL (public addresses only: see
+/// `ledger_infra::ical::fetch`), or, when `allow_files`, from a `file://`
+/// URL or a path.
+async fn read_source(source: &str, allow_files: bool) -> Result<String, ImportError> {
     let source = source.trim();
     let lower = source.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
-        return fetch_http(source).await;
+        let fetcher = FeedFetcher::new(AddressRules::default())?;
+        return Ok(fetcher.fetch(source).await?);
     }
     if !allow_files {
-        return Err(ImportError::Fetch(
-            "only http and https URLs are fetched".into(),
-        ));
+        return Err(FetchError::Scheme.into());
     }
     let path = source.strip_prefix("file://").unwrap_or(source);
-    let bytes = tokio::fs::read(path)
-        .await
-        .map_err(|e| ImportError::Fetch(format!("{path}: {e}")))?;
-    if bytes.len() > MAX_FEED_BYTES {
-        return Err(ImportError::Fetch(format!(
-            "larger than {MAX_FEED_BYTES} bytes"
-        )));
-    }
-    String::from_utf8(bytes).map_err(|_| ImportError::Fetch("the feed is not UTF-8".into()))
+    Ok(fetch::read_file(path).await?)
 }
 
-async fn fetch_http(url: &str) -> Result<String, ImportError> {
-    let failed = |e: reqwest::Error| ImportError::Fetch(e.without_url().to_string());
-    let client = reqwest::Client::builder()
-        .timeout(FETCH_TIMEOUT)
-        .user_agent(concat!("booking-ledger-ical/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(failed)?;
-    let mut response = client.get(url).send().await.map_err(failed)?;
-    if !response.status().is_success() {
-        return Err(ImportError::Fetch(format!(
-            "HTTP status {}",
-            response.status()
-        )));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(failed)? {
-        if body.len() + chunk.len() > MAX_FEED_BYTES {
-            return Err(ImportError::Fetch(format!(
-                "larger than {MAX_FEED_BYTES} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    String::from_utf8(body).map_err(|_| ImportError::Fetch("the feed is not UTF-8".into()))
-}
-
-/// Fetches `source` and imports it into the property (see the module docs).
+/// Reads `source` and imports it into the property (see the module docs):
+/// the operator's `ledger ical import`.
 pub async fn import(
     bus: &CommandBus,
     property_id: Uuid,
     source: &str,
     allow_files: bool,
 ) -> Result<ImportReport, ImportError> {
-    let text = fetch(source, allow_files).await?;
-    let feed = feed::parse(&text)?;
+    let text = read_source(source, allow_files).await?;
+    import_text(bus, property_id, source, &text).await
+}
+
+async fn import_text(
+    bus: &CommandBus,
+    property_id: Uuid,
+    source: &str,
+    text: &str,
+) -> Result<ImportReport, ImportError> {
+    let feed = feed::parse(text)?;
     apply_feed(bus, property_id, &feed, &source_note(source)).await
 }
 
@@ -405,25 +398,106 @@ impl Skipped {
 }
 
 /// Runs the registered feeds when they are due, for as long as the process
-/// runs. Processes share the work: each run claims its feed first.
+/// runs. Processes share the work: each run claims its feed first. Within a
+/// process, feeds run concurrently, at most [`AT_ONCE`] in all and
+/// [`PER_AGENCY`] of one agency, so one agency's slow feeds delay only its
+/// own.
 pub async fn run(state: AppState) {
+    let rules = AddressRules::new(&state.config.feed_allow_hosts);
+    let fetcher = match FeedFetcher::new(rules) {
+        Ok(fetcher) => fetcher,
+        Err(error) => {
+            tracing::error!(%error, "ical import: cannot build the feed client; feeds will not run");
+            return;
+        }
+    };
+    let mut running = Running::default();
     loop {
-        match ical::claim_due_feed(&state.pool).await {
-            Ok(Some(feed)) => run_feed(&state, &feed).await,
-            Ok(None) => tokio::time::sleep(TICK).await,
+        while let Some(done) = running.tasks.try_join_next_with_id() {
+            running.finished(done);
+        }
+        if running.tasks.len() >= AT_ONCE {
+            running.wait(TICK).await;
+            continue;
+        }
+        match ical::claim_due_feed(&state.pool, &running.busy_agencies()).await {
+            Ok(Some(feed)) => running.start(state.clone(), fetcher.clone(), feed),
+            Ok(None) => running.wait(TICK).await,
             Err(error) => {
                 tracing::debug!(%error, "ical import: cannot read the feeds; retrying");
-                tokio::time::sleep(TICK).await;
+                running.wait(TICK).await;
             }
         }
     }
 }
 
-async fn run_feed(state: &AppState, feed: &FeedRow) {
-    let outcome = import(&state.bus, feed.property_id, &feed.url, false).await;
+/// The imports this process is running, by agency.
+#[derive(Default)]
+struct Running {
+    tasks: JoinSet<()>,
+    agency_of: HashMap<task::Id, Uuid>,
+    per_agency: HashMap<Uuid, usize>,
+}
+
+impl Running {
+    fn start(&mut self, state: AppState, fetcher: FeedFetcher, feed: FeedRow) {
+        let agency_id = feed.agency_id;
+        let task = self
+            .tasks
+            .spawn(async move { run_feed(&state, &fetcher, &feed).await });
+        self.agency_of.insert(task.id(), agency_id);
+        *self.per_agency.entry(agency_id).or_default() += 1;
+    }
+
+    fn finished(&mut self, done: Result<(task::Id, ()), task::JoinError>) {
+        let id = match done {
+            Ok((id, ())) => id,
+            Err(error) => {
+                tracing::warn!(%error, "ical import: a feed's run ended abnormally");
+                error.id()
+            }
+        };
+        let Some(agency_id) = self.agency_of.remove(&id) else {
+            return;
+        };
+        if let Some(count) = self.per_agency.get_mut(&agency_id) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_agency.remove(&agency_id);
+            }
+        }
+    }
+
+    /// Agencies whose feeds wait until one of theirs ends.
+    fn busy_agencies(&self) -> Vec<Uuid> {
+        self.per_agency
+            .iter()
+            .filter(|(_, count)| **count >= PER_AGENCY)
+            .map(|(agency_id, _)| *agency_id)
+            .collect()
+    }
+
+    /// Until a run ends (a slot is free) or `tick` has passed.
+    async fn wait(&mut self, tick: Duration) {
+        if self.tasks.is_empty() {
+            tokio::time::sleep(tick).await;
+            return;
+        }
+        tokio::select! {
+            Some(done) = self.tasks.join_next_with_id() => self.finished(done),
+            _ = tokio::time::sleep(tick) => {}
+        }
+    }
+}
+
+async fn run_feed(state: &AppState, fetcher: &FeedFetcher, feed: &FeedRow) {
+    let outcome = match fetcher.fetch(&feed.url).await {
+        Ok(text) => import_text(&state.bus, feed.property_id, &feed.url, &text).await,
+        Err(error) => Err(error.into()),
+    };
     let (error, result) = match &outcome {
         Ok(report) => (report.problems(), serde_json::to_value(report).ok()),
-        Err(error) => (Some(error.to_string()), None),
+        Err(error) => (Some(error.for_the_manager()), None),
     };
     match &outcome {
         Ok(report) => tracing::info!(feed_id = %feed.feed_id, property_id = %feed.property_id,

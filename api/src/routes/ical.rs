@@ -8,8 +8,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use ledger_domain::{Action, Role};
+use ledger_infra::ical::fetch::AddressRules;
 use ledger_infra::ical::{self, export, FeedRow};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -21,7 +23,6 @@ use crate::state::AppState;
 
 pub const CALENDAR_CONTENT_TYPE: &str = "text/calendar; charset=utf-8";
 const DEFAULT_INTERVAL_MINUTES: i32 = 60;
-const MAX_URL_LEN: usize = 2048;
 
 #[derive(Deserialize)]
 pub struct FeedQuery {
@@ -102,7 +103,9 @@ pub async fn rotate_token(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeedBody {
-    /// An `http://` or `https://` URL of the channel's iCal export.
+    /// An `http://` or `https://` URL of the channel's iCal export, whose
+    /// host resolves to public addresses only (or is listed in
+    /// `LEDGER_FEED_ALLOW_HOSTS`).
     pub url: String,
     /// 5 to 10080 (a week); 60 when left out.
     #[serde(default)]
@@ -159,7 +162,7 @@ pub async fn add_feed(
     Body(body): Body<FeedBody>,
 ) -> Result<Response, ApiError> {
     let agency_id = admin_property(&state, &caller, id).await?;
-    let url = checked_url(&body.url)?;
+    let url = checked_url(&state, &body.url).await?;
     let interval = body.interval_minutes.unwrap_or(DEFAULT_INTERVAL_MINUTES);
     if !(5..=10080).contains(&interval) {
         return Err(ApiError::validation(
@@ -239,19 +242,17 @@ async fn admin_property(state: &AppState, caller: &Caller, id: Uuid) -> Result<U
     Ok(caller.0.agency_id)
 }
 
-fn checked_url(raw: &str) -> Result<String, ApiError> {
-    let raw = raw.trim();
-    let url = reqwest::Url::parse(raw)
-        .map_err(|e| ApiError::validation(format!("url is not a URL: {e}")))?;
-    let fits = matches!(url.scheme(), "http" | "https")
-        && url.host_str().is_some()
-        && raw.len() <= MAX_URL_LEN;
-    if !fits {
-        return Err(ApiError::validation(
-            "url must be an http or https URL of at most 2048 characters",
-        ));
+/// The URL as registered, or 400 naming `url`: only `http`/`https` URLs
+/// whose host is allow-listed or resolves to public addresses only.
+async fn checked_url(state: &AppState, raw: &str) -> Result<String, ApiError> {
+    let rules = AddressRules::new(&state.config.feed_allow_hosts);
+    match rules.check_registration(raw).await {
+        Ok(_) => Ok(raw.trim().to_owned()),
+        Err(refusal) => Err(ApiError::Validation {
+            message: refusal.to_string(),
+            details: json!({ "field": "url", "reason": refusal.to_string() }),
+        }),
     }
-    Ok(raw.to_owned())
 }
 
 fn db(error: sqlx::Error) -> ApiError {

@@ -42,7 +42,7 @@ pub struct Feed {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FeedError {
-    #[error("the document is not an iCalendar (no BEGIN:VCALENDAR)")]
+    #[error("the feed is not an iCalendar file")]
     NotICalendar,
 }
 

@@ -2,6 +2,8 @@
 //! - [`export`]: follows the stream with the channel kit into a table of held
 //!   nights per property, and renders it as a `.ics` document;
 //! - [`feed`]: reads a channel's feed into ranges of nights (the import);
+//! - [`fetch`]: fetches a feed by URL, only from public addresses (or
+//!   allow-listed hosts), with errors in our own words;
 //! - the per-property secrets of the export URLs and the table of feeds
 //!   `ledger serve` imports periodically (this module).
 //!
@@ -10,6 +12,7 @@
 
 pub mod export;
 pub mod feed;
+pub mod fetch;
 pub mod text;
 
 use chrono::{DateTime, Utc};
@@ -160,14 +163,20 @@ pub async fn delete_feed(
 }
 
 /// Takes the feed that is most overdue, if any, and moves its next run one
-/// interval ahead, so that no other process takes it meanwhile.
-pub async fn claim_due_feed(pool: &PgPool) -> Result<Option<FeedRow>, sqlx::Error> {
+/// interval ahead, so that no other process takes it meanwhile. Feeds of
+/// the `busy_agencies` (those at their cap of concurrent imports) wait.
+pub async fn claim_due_feed(
+    pool: &PgPool,
+    busy_agencies: &[Uuid],
+) -> Result<Option<FeedRow>, sqlx::Error> {
     let row = sqlx::query(&format!(
         "UPDATE ical_feeds SET next_run_at = now() + make_interval(mins => interval_minutes)
           WHERE feed_id = (SELECT feed_id FROM ical_feeds WHERE next_run_at <= now()
+                              AND agency_id <> ALL($1)
                             ORDER BY next_run_at LIMIT 1 FOR UPDATE SKIP LOCKED)
           RETURNING {FEED_COLUMNS}"
     ))
+    .bind(busy_agencies)
     .fetch_optional(pool)
     .await?;
     row.as_ref().map(FeedRow::from_row).transpose()
