@@ -1,7 +1,8 @@
 //! The signing keys an identity provider publishes at `JWT_JWKS_URL`, cached
-//! by `kid`. An unknown `kid` refetches the document, at most once a
-//! minute, so a flood of made-up `kid`s costs the IdP one request a minute
-//! and each of them a 401, never a stall.
+//! by `kid`. The first token with a `kid` loads the document; an unknown
+//! `kid` later refetches it, at most once a minute, so a flood of made-up
+//! `kid`s costs the IdP one request a minute and each of them a 401, never
+//! a stall.
 //!
 //! Each key decides its own algorithm (from its type and curve, and its
 //! `alg` when it names one): a token can pick a key by `kid`, never the
@@ -25,6 +26,32 @@ pub const MAX_AGE: Duration = Duration::from_secs(3600);
 /// How long a fetch may take; requests waiting on it wait no longer.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The first fetch loads the keys; every later one is a refetch, at most
+/// one per `REFETCH_INTERVAL`.
+#[derive(Default)]
+struct Fetches {
+    first_done: bool,
+    last_refetch: Option<Instant>,
+}
+
+impl Fetches {
+    /// Whether a fetch may start now; if so, it is counted.
+    fn may_fetch(&mut self) -> bool {
+        if !self.first_done {
+            self.first_done = true;
+            return true;
+        }
+        if self
+            .last_refetch
+            .is_some_and(|at| at.elapsed() < REFETCH_INTERVAL)
+        {
+            return false;
+        }
+        self.last_refetch = Some(Instant::now());
+        true
+    }
+}
+
 /// A published key and the one algorithm it verifies.
 pub struct VerifyingKey {
     pub algorithm: Algorithm,
@@ -35,9 +62,9 @@ pub struct Jwks {
     url: String,
     client: reqwest::Client,
     keys: RwLock<HashMap<String, Arc<VerifyingKey>>>,
-    /// When the last fetch started; held across a fetch so concurrent
-    /// misses wait for one fetch instead of starting their own.
-    last_fetch: Mutex<Option<Instant>>,
+    /// Held across a fetch so concurrent misses wait for one fetch
+    /// instead of starting their own.
+    fetches: Mutex<Fetches>,
     fetched_at: RwLock<Option<Instant>>,
 }
 
@@ -52,7 +79,7 @@ impl Jwks {
             url: url.into(),
             client,
             keys: RwLock::default(),
-            last_fetch: Mutex::new(None),
+            fetches: Mutex::new(Fetches::default()),
             fetched_at: RwLock::new(None),
         }
     }
@@ -65,18 +92,16 @@ impl Jwks {
                 return Some(key);
             }
         }
-        let Ok(mut last_fetch) = tokio::time::timeout(FETCH_TIMEOUT, self.last_fetch.lock()).await
-        else {
+        let Ok(mut fetches) = tokio::time::timeout(FETCH_TIMEOUT, self.fetches.lock()).await else {
             return self.cached(kid);
         };
         // Another request may have fetched while this one waited.
         if let Some(key) = self.cached(kid).filter(|_| !self.is_stale()) {
             return Some(key);
         }
-        if last_fetch.is_some_and(|at| at.elapsed() < REFETCH_INTERVAL) {
+        if !fetches.may_fetch() {
             return self.cached(kid);
         }
-        *last_fetch = Some(Instant::now());
         match self.fetch().await {
             Ok(keys) => {
                 tracing::info!(url = %self.url, keys = keys.len(), "fetched the JWKS");
