@@ -391,7 +391,7 @@ fn serve_exit(env: &[(&str, &str)]) -> (bool, String) {
 }
 
 #[test]
-fn serve_refuses_the_published_example_secret_a_short_one_and_none() {
+fn serve_refuses_the_published_example_secret_a_short_one_and_no_key_at_all() {
     let example = include_str!("../.env.example")
         .lines()
         .find_map(|line| line.strip_prefix("JWT_SECRET="))
@@ -409,6 +409,13 @@ fn serve_refuses_the_published_example_secret_a_short_one_and_none() {
     assert!(
         stderr.contains("at least 32 bytes"),
         "the reason is given: {stderr}"
+    );
+
+    let (ok, stderr) = serve_exit(&[("JWT_JWKS_URL", "")]);
+    assert!(!ok, "an empty JWT_JWKS_URL is refused");
+    assert!(
+        stderr.contains("JWT_JWKS_URL must be an http(s) URL"),
+        "{stderr}"
     );
 
     let (ok, stderr) = serve_exit(&[]);

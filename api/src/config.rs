@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use clap::builder::NonEmptyStringValueParser;
 use clap::{ArgGroup, Args};
 use secrecy::SecretString;
 
@@ -40,6 +41,19 @@ fn parse_secret(value: &str) -> Result<SecretString, String> {
         );
     }
     Ok(SecretString::from(value))
+}
+
+/// An identity provider's JWKS address: http(s) only, never empty (an empty
+/// value would start a service that accepts no token at all).
+fn parse_jwks_url(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.starts_with("https://") || value.starts_with("http://") {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "JWT_JWKS_URL must be an http(s) URL, not `{value}`"
+        ))
+    }
 }
 
 /// `LEDGER_RATE_LIMIT`: requests per agency per process, or `off`.
@@ -116,19 +130,19 @@ pub struct ServeConfig {
     #[arg(long, env = "JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
     pub jwt_secret: Option<SecretString>,
     /// JWKS document of an identity provider whose RS256/ES256/EdDSA tokens are accepted.
-    #[arg(long, env = "JWT_JWKS_URL")]
+    #[arg(long, env = "JWT_JWKS_URL", value_parser = parse_jwks_url)]
     pub jwt_jwks_url: Option<String>,
     /// When set, a token's `iss` must equal it.
-    #[arg(long, env = "JWT_ISSUER")]
+    #[arg(long, env = "JWT_ISSUER", value_parser = NonEmptyStringValueParser::new())]
     pub jwt_issuer: Option<String>,
     /// When set, a token's `aud` must contain it.
-    #[arg(long, env = "JWT_AUDIENCE")]
+    #[arg(long, env = "JWT_AUDIENCE", value_parser = NonEmptyStringValueParser::new())]
     pub jwt_audience: Option<String>,
     /// Dotted path of the agency claim (e.g. `app_metadata.agency_id`).
-    #[arg(long, env = "JWT_AGENCY_CLAIM", default_value = "agency_id")]
+    #[arg(long, env = "JWT_AGENCY_CLAIM", value_parser = NonEmptyStringValueParser::new(), default_value = "agency_id")]
     pub jwt_agency_claim: String,
     /// Dotted path of the role claim (e.g. `app_metadata.role`).
-    #[arg(long, env = "JWT_ROLE_CLAIM", default_value = "role")]
+    #[arg(long, env = "JWT_ROLE_CLAIM", value_parser = NonEmptyStringValueParser::new(), default_value = "role")]
     pub jwt_role_claim: String,
     /// Requests per agency per process (`200/s,burst=400`), or `off`.
     #[arg(long, env = "LEDGER_RATE_LIMIT", default_value = "off", value_parser = parse_rate_limit)]
