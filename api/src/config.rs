@@ -3,12 +3,28 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::num::NonZeroU32;
 use std::time::Duration;
 
-use clap::Args;
+use clap::builder::NonEmptyStringValueParser;
+use clap::{ArgGroup, Args};
 use secrecy::SecretString;
 
 pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The deployment example every copy of the repository publishes: a secret
+/// equal to its `JWT_SECRET=` line is known to everyone, so it is refused.
+const ENV_EXAMPLE: &str = include_str!("../../.env.example");
+
+/// `JWT_SECRET` values published as examples for deployments (`.env.example`).
+pub fn published_example_secrets() -> Vec<&'static str> {
+    ENV_EXAMPLE
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("JWT_SECRET="))
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .collect()
+}
 
 /// Secrets never print (`SecretString`'s Debug is redacted), so the config can be logged.
 fn parse_secret(value: &str) -> Result<SecretString, String> {
@@ -18,7 +34,70 @@ fn parse_secret(value: &str) -> Result<SecretString, String> {
             value.len()
         ));
     }
+    if published_example_secrets().contains(&value) {
+        return Err(
+            "JWT_SECRET is the example value published in .env.example; \
+             set a random secret of your own (scripts/run.sh writes one)"
+                .to_owned(),
+        );
+    }
     Ok(SecretString::from(value))
+}
+
+/// An identity provider's JWKS address: http(s) only, never empty (an empty
+/// value would start a service that accepts no token at all).
+fn parse_jwks_url(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.starts_with("https://") || value.starts_with("http://") {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "JWT_JWKS_URL must be an http(s) URL, not `{value}`"
+        ))
+    }
+}
+
+/// `LEDGER_RATE_LIMIT`: requests per agency per process, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimit {
+    Off,
+    /// `count` requests per `per`, with bursts of up to `burst`.
+    PerAgency {
+        count: NonZeroU32,
+        per: Duration,
+        burst: NonZeroU32,
+    },
+}
+
+/// Parses `off` or `<count>/<s|m|h>[,burst=<n>]` (e.g. `200/s,burst=400`);
+/// the burst defaults to the count.
+pub fn parse_rate_limit(value: &str) -> Result<RateLimit, String> {
+    let value = value.trim();
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(RateLimit::Off);
+    }
+    let bad =
+        || format!("LEDGER_RATE_LIMIT must be `off` or like `200/s,burst=400`, not `{value}`");
+    let (rate, burst) = match value.split_once(',') {
+        Some((rate, burst)) => (rate.trim(), Some(burst.trim())),
+        None => (value, None),
+    };
+    let (count, unit) = rate.split_once('/').ok_or_else(bad)?;
+    let count: NonZeroU32 = count.trim().parse().map_err(|_| bad())?;
+    let per = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    let burst = match burst {
+        Some(burst) => burst
+            .strip_prefix("burst=")
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(bad)?,
+        None => count,
+    };
+    Ok(RateLimit::PerAgency { count, per, burst })
 }
 
 #[derive(Debug, Clone, Args)]
@@ -52,11 +131,45 @@ pub struct SecretArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(group(
+    ArgGroup::new("token_keys")
+        .args(["jwt_secret", "jwt_jwks_url"])
+        .required(true)
+        .multiple(true)
+))]
 pub struct ServeConfig {
     #[command(flatten)]
     pub database: DatabaseArgs,
-    #[command(flatten)]
-    pub secret: SecretArgs,
+    /// HS256 key for tokens, at least 32 bytes; this or JWT_JWKS_URL is required.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub jwt_secret: Option<SecretString>,
+    /// JWKS document of an identity provider whose RS256/ES256/EdDSA tokens are accepted.
+    #[arg(long, env = "JWT_JWKS_URL", value_parser = parse_jwks_url)]
+    pub jwt_jwks_url: Option<String>,
+    /// When set, a token's `iss` must equal it.
+    #[arg(long, env = "JWT_ISSUER", value_parser = NonEmptyStringValueParser::new())]
+    pub jwt_issuer: Option<String>,
+    /// When set, a token's `aud` must contain it.
+    #[arg(long, env = "JWT_AUDIENCE", value_parser = NonEmptyStringValueParser::new())]
+    pub jwt_audience: Option<String>,
+    /// Dotted path of the agency claim (e.g. `app_metadata.agency_id`).
+    #[arg(long, env = "JWT_AGENCY_CLAIM", value_parser = NonEmptyStringValueParser::new(), default_value = "agency_id")]
+    pub jwt_agency_claim: String,
+    /// Dotted path of the role claim (e.g. `app_metadata.role`).
+    #[arg(long, env = "JWT_ROLE_CLAIM", value_parser = NonEmptyStringValueParser::new(), default_value = "role")]
+    pub jwt_role_claim: String,
+    /// Requests per agency per process (`200/s,burst=400`), or `off`.
+    #[arg(long, env = "LEDGER_RATE_LIMIT", default_value = "off", value_parser = parse_rate_limit)]
+    pub rate_limit: RateLimit,
+    /// Requests in flight past which new ones get 503 BUSY at once.
+    #[arg(long, env = "LEDGER_MAX_IN_FLIGHT", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+    /// Longest a request may take, body included, before 503 BUSY.
+    #[arg(long, env = "LEDGER_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Longest a client may take to send a request body before 503 BUSY.
+    #[arg(long, env = "LEDGER_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
     /// NATS with JetStream. Credentials may sit in the URL
     /// (`nats://user:pass@host:4222`, `nats://token@host:4222`); `tls://`
     /// requires TLS.
@@ -112,8 +225,8 @@ impl ServeConfig {
         }
     }
 
-    pub fn jwt_secret(&self) -> &SecretString {
-        &self.secret.jwt_secret
+    pub fn jwt_secret(&self) -> Option<&SecretString> {
+        self.jwt_secret.as_ref()
     }
 
     /// Names of the configuration variables set in the environment (never values).
@@ -132,9 +245,63 @@ impl ServeConfig {
             "LEDGER_DB_POOL_SIZE",
             "LEDGER_IDEMPOTENCY_TTL",
             "LEDGER_FEED_ALLOW_HOSTS",
+            "JWT_JWKS_URL",
+            "JWT_ISSUER",
+            "JWT_AUDIENCE",
+            "JWT_AGENCY_CLAIM",
+            "JWT_ROLE_CLAIM",
+            "LEDGER_RATE_LIMIT",
+            "LEDGER_MAX_IN_FLIGHT",
+            "LEDGER_REQUEST_TIMEOUT",
+            "LEDGER_BODY_TIMEOUT",
         ]
         .into_iter()
         .filter(|name| std::env::var_os(name).is_some())
         .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_env_example_secret_is_refused() {
+        let published = published_example_secrets();
+        assert!(!published.is_empty(), ".env.example has a JWT_SECRET line");
+        for secret in published {
+            assert!(parse_secret(secret).is_err(), "{secret} is refused");
+        }
+    }
+
+    #[test]
+    fn short_secrets_are_refused_and_long_random_ones_accepted() {
+        assert!(parse_secret("0123456789").is_err());
+        assert!(parse_secret("a-long-enough-secret-of-our-very-own-42").is_ok());
+    }
+
+    #[test]
+    fn rate_limits_parse_with_and_without_burst() {
+        assert_eq!(parse_rate_limit("off"), Ok(RateLimit::Off));
+        let n = |n| NonZeroU32::new(n).unwrap();
+        assert_eq!(
+            parse_rate_limit("200/s,burst=400"),
+            Ok(RateLimit::PerAgency {
+                count: n(200),
+                per: Duration::from_secs(1),
+                burst: n(400)
+            })
+        );
+        assert_eq!(
+            parse_rate_limit("5/m"),
+            Ok(RateLimit::PerAgency {
+                count: n(5),
+                per: Duration::from_secs(60),
+                burst: n(5)
+            })
+        );
+        for bad in ["", "0/s", "5", "5/d", "5/s,burst=0", "5/s,bust=3", "-1/s"] {
+            assert!(parse_rate_limit(bad).is_err(), "{bad} is refused");
+        }
     }
 }

@@ -49,6 +49,8 @@ pub enum ApiError {
     ProjectionLagging(i64),
     #[error("the property is too busy; retry")]
     Busy,
+    #[error("the agency's request rate is over its limit; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("internal error")]
     Internal(String),
 }
@@ -86,6 +88,7 @@ impl ApiError {
             DatabaseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "DATABASE_UNAVAILABLE"),
             ProjectionLagging(_) => (StatusCode::SERVICE_UNAVAILABLE, "PROJECTION_LAGGING"),
             Busy => (StatusCode::SERVICE_UNAVAILABLE, "BUSY"),
+            RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
         }
     }
@@ -149,10 +152,18 @@ impl IntoResponse for ApiError {
             _ => tracing::debug!(%request_id, code, "{self}"),
         }
         let mut response = (status, Json(self.reply().body)).into_response();
-        if let ApiError::Busy = self {
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
+        match self {
+            ApiError::Busy => {
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
+            }
+            ApiError::RateLimited { retry_after_secs } => {
+                response
+                    .headers_mut()
+                    .insert("retry-after", HeaderValue::from(retry_after_secs));
+            }
+            _ => {}
         }
         response
     }

@@ -10,6 +10,8 @@ pub mod expiry;
 pub mod extract;
 pub mod ical_import;
 pub mod idempotency;
+pub mod jwks;
+pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod request_id;
@@ -30,7 +32,7 @@ use crate::state::AppState;
 pub const BODY_LIMIT: usize = 64 * 1024;
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route(
             "/api/v1/properties",
             get(reads::list_properties).post(properties::register),
@@ -97,7 +99,8 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             health::bounded_by_database,
-        ))
+        ));
+    limits::around(routes, &state)
         .layer(CatchPanicLayer::custom(|_panic| {
             axum::response::IntoResponse::into_response(ApiError::internal("a handler panicked"))
         }))

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ledger_infra::{CommandBus, EventStore};
-use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -32,7 +31,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: ServeConfig, pool: PgPool) -> Self {
-        let keys = Keys::new(config.jwt_secret().expose_secret().as_bytes());
+        let keys = Keys::from_config(&config);
         Self {
             bus: Arc::new(CommandBus::with_idempotency_ttl(
                 EventStore::new(pool.clone()),
