@@ -22,7 +22,9 @@ const LEEWAY_SECS: u64 = 5;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
-    pub agency_id: Uuid,
+    /// Required, a UUID, except for operators (who have no agency: ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agency_id: Option<serde_json::Value>,
     pub role: String,
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,11 +54,12 @@ impl Keys {
         }
     }
 
+    /// A token of `role` for `agency_id` (left out of an operator's token).
     pub fn mint(&self, agency_id: Uuid, role: Role, sub: &str, ttl: Duration) -> String {
         let now = unix_now();
         let claims = Claims {
             sub: sub.to_owned(),
-            agency_id,
+            agency_id: role.has_agency().then(|| agency_id.to_string().into()),
             role: role.as_str().to_owned(),
             exp: now + ttl.as_secs(),
             nbf: None,
@@ -85,8 +88,19 @@ impl Keys {
         if claims.sub.is_empty() {
             return Err(ApiError::Unauthenticated("the token's sub is empty"));
         }
+        let agency_id = if role.has_agency() {
+            claims
+                .agency_id
+                .as_ref()
+                .and_then(|id| id.as_str()?.parse().ok())
+                .ok_or(ApiError::Unauthenticated(
+                    "the token's agency_id is missing or not a UUID",
+                ))?
+        } else {
+            Uuid::nil()
+        };
         Ok(Actor {
-            agency_id: claims.agency_id,
+            agency_id,
             user_id: claims.sub,
             role,
         })
@@ -134,9 +148,7 @@ impl FromRequestParts<AppState> for Caller {
                 "the Authorization header must be Bearer <token>",
             ))?;
         let actor = state.keys.verify(token)?;
-        if state.suspensions.is_suspended(actor.agency_id) {
-            return Err(ApiError::AgencySuspended);
-        }
+        state.agencies.admit(&actor, &state.pool).await?;
         Ok(Caller(actor))
     }
 }

@@ -27,7 +27,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::state::AppState;
+use crate::state::{AppState, Feature};
 
 pub const SYSTEM_USER: &str = "system:ical-import";
 /// How often `ledger serve` looks for a feed that is due.
@@ -409,6 +409,8 @@ impl Skipped {
 pub async fn run(state: AppState) {
     loop {
         match ical::claim_due_feed(&state.pool).await {
+            // A suspended agency or one with imports off: this run is skipped.
+            Ok(Some(feed)) if !state.agencies.allows(feed.agency_id, Feature::IcalImport) => {}
             Ok(Some(feed)) => run_feed(&state, &feed).await,
             Ok(None) => tokio::time::sleep(TICK).await,
             Err(error) => {
