@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use common::nats::NatsServer;
-use common::{agency, assert_error, spawn_app, spawn_app_with_env, Reply, TestApp};
+use common::{agency, assert_error, operator, spawn_app, spawn_app_with_env, Reply, TestApp};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use reqwest::StatusCode;
@@ -215,7 +215,7 @@ async fn applied_everywhere(
 ) -> Result<(), TestCaseError> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let ops = app.get("/ops/projections", admin).await;
+        let ops = app.get("/ops/projections", &operator()).await;
         prop_assert_eq!(ops.status, StatusCode::OK, "{}", ops.body);
         let entries = ops.body.as_array().cloned().unwrap_or_default();
         prop_assert!(

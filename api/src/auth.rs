@@ -148,7 +148,10 @@ impl FromRequestParts<AppState> for Caller {
                 "the Authorization header must be Bearer <token>",
             ))?;
         let actor = state.keys.verify(token)?;
-        state.agencies.admit(&actor, &state.pool).await?;
+        state
+            .agencies
+            .admit(&actor, parts.uri.path(), &state.pool)
+            .await?;
         Ok(Caller(actor))
     }
 }

@@ -116,11 +116,18 @@ impl AgencyCache {
             .and_then(|map| map.get(&agency_id).copied())
     }
 
-    /// Lets a verified token in: 403 `AGENCY_SUSPENDED` for a suspended
-    /// agency; an agency seen for the first time by this process gets a
-    /// record if it has none (one query per agency and process).
-    pub async fn admit(&self, actor: &Actor, pool: &PgPool) -> Result<(), ApiError> {
+    /// Lets a verified token in: an operator (who has no agency) on no
+    /// agency route (`/api/...`), 403 `FORBIDDEN` there whatever the route
+    /// would check first; 403 `AGENCY_SUSPENDED` for a suspended agency; an
+    /// agency seen for the first time by this process gets a record if it
+    /// has none (one query per agency and process).
+    pub async fn admit(&self, actor: &Actor, path: &str, pool: &PgPool) -> Result<(), ApiError> {
         if !actor.role.has_agency() {
+            if path.starts_with("/api/") {
+                return Err(ApiError::Forbidden(
+                    "operators may not call the agency API".into(),
+                ));
+            }
             return Ok(());
         }
         if self.is_suspended(actor.agency_id) {

@@ -235,6 +235,7 @@ pub async fn change(
             next.reason = reason.clone();
             ("agency.suspend", json!({ "reason": reason }))
         }
+        Change::Reinstate { .. } if !current.is_suspended() => return Ok(current),
         Change::Reinstate { reason } => {
             next.status = ACTIVE.into();
             next.reason = reason.clone();
