@@ -208,11 +208,7 @@ fn allowed(route: &str, sent: &Value, reply: &Reply) -> Result<(), TestCaseError
 
 /// Waits until every projection and the publisher have applied the log up
 /// to `position`, running, with no error; fails the case if one stops.
-async fn applied_everywhere(
-    app: &TestApp,
-    admin: &str,
-    position: i64,
-) -> Result<(), TestCaseError> {
+async fn applied_everywhere(app: &TestApp, position: i64) -> Result<(), TestCaseError> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let ops = app.get("/ops/projections", &operator()).await;
@@ -340,7 +336,7 @@ fn generated_values_are_refused_or_held_by_every_layer() {
                     .await;
                 prop_assert_eq!(reply.status, StatusCode::OK, "{}: {}", read, reply.body);
             }
-            applied_everywhere(&app, &admin, position).await
+            applied_everywhere(&app, position).await
         })
     });
     if let Err(failure) = result {
