@@ -147,8 +147,9 @@ impl AgencyCache {
                         recorded.insert(actor.agency_id);
                     }
                 }
+                // Debug: while the database is down every request would say it.
                 Err(error) => {
-                    tracing::warn!(%error, agency_id = %actor.agency_id, "could not record the agency")
+                    tracing::debug!(%error, agency_id = %actor.agency_id, "could not record the agency")
                 }
             }
         }

@@ -107,7 +107,7 @@ fn db(error: sqlx::Error) -> ApiError {
 
 #[utoipa::path(get, path = "/ops/agencies", operation_id = "list_agencies", tag = "ops",
     params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = AgencyPage), (status = "4XX", body = crate::dto::ErrorBody)),
+    responses((status = 200, description = "a page of agencies", body = AgencyPage), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
@@ -127,8 +127,8 @@ pub async fn list(
 /// 201 for a new agency; 200 when it names an agency that got its record
 /// from its first token; 400 when the id already has a named record.
 #[utoipa::path(post, path = "/ops/agencies", operation_id = "create_agency", tag = "ops", request_body = NewAgency,
-    responses((status = 201, body = AgencyView), (status = 200, body = AgencyView),
-              (status = "4XX", body = crate::dto::ErrorBody)),
+    responses((status = 201, description = "the new agency", body = AgencyView), (status = 200, description = "an existing unnamed agency, now named", body = AgencyView),
+              (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
@@ -151,7 +151,7 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/ops/agencies/{id}", operation_id = "get_agency", tag = "ops",
     params(("id" = Uuid, Path)),
-    responses((status = 200, body = AgencyView), (status = "4XX", body = crate::dto::ErrorBody)),
+    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
     State(state): State<AppState>,
@@ -168,7 +168,7 @@ pub async fn get(
 
 #[utoipa::path(post, path = "/ops/agencies/{id}/suspend", operation_id = "suspend_agency", tag = "ops",
     params(("id" = Uuid, Path)), request_body = StatusChange,
-    responses((status = 200, body = AgencyView), (status = "4XX", body = crate::dto::ErrorBody)),
+    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn suspend(
     State(state): State<AppState>,
@@ -186,7 +186,7 @@ pub async fn suspend(
 
 #[utoipa::path(post, path = "/ops/agencies/{id}/reinstate", operation_id = "reinstate_agency", tag = "ops",
     params(("id" = Uuid, Path)), request_body = StatusChange,
-    responses((status = 200, body = AgencyView), (status = "4XX", body = crate::dto::ErrorBody)),
+    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn reinstate(
     State(state): State<AppState>,
@@ -204,7 +204,7 @@ pub async fn reinstate(
 
 #[utoipa::path(put, path = "/ops/agencies/{id}/features", operation_id = "set_agency_features", tag = "ops",
     params(("id" = Uuid, Path)), request_body = FeatureChange,
-    responses((status = 200, body = AgencyView), (status = "4XX", body = crate::dto::ErrorBody)),
+    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn features(
     State(state): State<AppState>,
@@ -249,7 +249,7 @@ pub struct AgencyHistoryPage {
 /// (`resource_type` is `agency`; `position` is the history's own order).
 #[utoipa::path(get, path = "/ops/audit-log", operation_id = "agency_audit_log", tag = "ops",
     params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = AgencyHistoryPage), (status = "4XX", body = crate::dto::ErrorBody)),
+    responses((status = 200, description = "a page of the agency history", body = AgencyHistoryPage), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn audit_log(
     State(state): State<AppState>,
