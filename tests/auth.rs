@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    agency, assert_error, now_secs, raw_token, spawn_app, token, token_with, Reply, TestApp, SECRET,
+    agency, assert_error, now_secs, operator, raw_token, spawn_app, token, token_with, Reply,
+    TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -287,9 +288,18 @@ const ROUTES: [Route; 16] = [
     Route::ReleaseBlock("other"),
 ];
 
-const ROLES: [&str; 5] = ["admin", "manager", "staff", "owner", "accountant"];
+const ROLES: [&str; 6] = [
+    "admin",
+    "manager",
+    "staff",
+    "owner",
+    "accountant",
+    "operator",
+];
 
-/// PRODUCT.md's role table, for a property the owner owns.
+/// PRODUCT.md's role table, for a property the owner owns. Operators have
+/// no agency: every agency route is refused to them (their token here names
+/// the agency, which is ignored).
 fn allowed(role: &str, route: Route) -> bool {
     use Route::*;
     match route {
@@ -449,6 +459,174 @@ async fn every_role_against_every_write_route_follows_the_role_table() {
         failures.is_empty(),
         "role table violations:\n{}",
         failures.join("\n")
+    );
+}
+
+// ------------------------------------------------------------------ ops routes
+
+/// Every /ops route, and what it acts on: `None` for the platform, or the
+/// agency whose record it addresses.
+fn ops_routes(agency: Uuid) -> Vec<(&'static str, String, Option<Value>)> {
+    let one = format!("/ops/agencies/{agency}");
+    vec![
+        ("GET", "/ops/projections".into(), None),
+        ("GET", "/ops/current-commit".into(), None),
+        ("GET", "/ops/env-sanity".into(), None),
+        (
+            "POST",
+            "/ops/projections/audit/replay".into(),
+            Some(json!({})),
+        ),
+        ("GET", "/ops/projections/audit/replay".into(), None),
+        (
+            "POST",
+            "/ops/projections/audit/parked/retry".into(),
+            Some(json!({})),
+        ),
+        ("GET", "/ops/agencies".into(), None),
+        ("GET", one.clone(), None),
+        (
+            "POST",
+            format!("{one}/suspend"),
+            Some(json!({"reason": "r"})),
+        ),
+        ("POST", format!("{one}/reinstate"), Some(json!({}))),
+        (
+            "PUT",
+            format!("{one}/features"),
+            Some(json!({"ical_export": true})),
+        ),
+        ("GET", "/ops/audit-log".into(), None),
+    ]
+}
+
+/// The ops rows of the role table: an agency admin reads the projections'
+/// status and the current commit; everything else is the operators'.
+fn ops_allowed(role: &str, method: &str, path: &str) -> bool {
+    match role {
+        "operator" => true,
+        "admin" => method == "GET" && matches!(path, "/ops/projections" | "/ops/current-commit"),
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn every_role_of_either_agency_against_every_ops_route_follows_the_role_table() {
+    let app = spawn_app().await;
+    let (own, own_admin) = agency();
+    let (other, other_admin) = agency();
+    // Both agencies get their records from their first token.
+    app.property(&own_admin, None).await;
+    app.property(&other_admin, None).await;
+    let mut failures = Vec::new();
+    for role in ROLES {
+        for caller_agency in [own, other] {
+            let caller = token(caller_agency, role, "user-1");
+            for (method, path, body) in ops_routes(own) {
+                let reply = app
+                    .send(method, &path, Some(&caller), body.as_ref(), &[])
+                    .await;
+                let expected = ops_allowed(role, method, &path);
+                let ok = if expected {
+                    reply.status.is_success()
+                } else {
+                    reply.status == StatusCode::FORBIDDEN && reply.code() == "FORBIDDEN"
+                };
+                if !ok {
+                    failures.push(format!(
+                        "{role} of {} {method} {path}: got {} {}",
+                        if caller_agency == own { "own" } else { "other" },
+                        reply.status,
+                        reply.body
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "ops role table:\n{}",
+        failures.join("\n")
+    );
+    // The operator's suspend was followed by its reinstate: the agency works.
+    let reply = app.get(PROPERTIES, &own_admin).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+}
+
+#[tokio::test]
+async fn operators_need_no_agency_and_are_refused_every_agency_route() {
+    let app = spawn_app().await;
+    let (agency_id, admin) = agency();
+    let property = app.property(&admin, Some(OWNER)).await;
+    let booking = app
+        .reserve(&admin, property, "2027-03-01", "2027-03-03")
+        .await
+        .id();
+    let block = app
+        .block(&admin, property, "2027-04-01", "2027-04-03", "other")
+        .await
+        .id();
+    let no_agency = operator();
+    let garbage_agency = token_with(
+        json!({"sub": "op", "role": "operator", "agency_id": "acme", "exp": now_secs() + 600}),
+        SECRET,
+    );
+    let reply = app.get("/ops/env-sanity", &garbage_agency).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "agency_id is ignored: {:?}",
+        reply.body
+    );
+    let reads = [
+        PROPERTIES.to_owned(),
+        format!("{PROPERTIES}/{property}"),
+        format!("{PROPERTIES}/{property}/events"),
+        format!("{PROPERTIES}/{property}/ical-feeds"),
+        BOOKINGS.to_owned(),
+        format!("{BOOKINGS}/{booking}"),
+        format!("{BLOCKS}/{block}"),
+        format!("/api/v1/availability?property_id={property}&from=2027-03-01&to=2027-04-01"),
+        "/api/v1/availability/search?from=2027-03-01&to=2027-03-02".to_owned(),
+        "/api/v1/audit-log".to_owned(),
+    ];
+    let writes = [
+        (
+            "POST",
+            format!("{PROPERTIES}/{property}/ical-token"),
+            json!({}),
+        ),
+        (
+            "POST",
+            format!("{PROPERTIES}/{property}/ical-feeds"),
+            json!({"url": "https://example.com/a.ics"}),
+        ),
+        (
+            "POST",
+            format!("{PROPERTIES}/{property}/archive"),
+            json!({}),
+        ),
+        ("POST", format!("{BOOKINGS}/{booking}/cancel"), json!({})),
+    ];
+    let events = app.total_events().await;
+    for caller in [
+        &no_agency,
+        &garbage_agency,
+        &token(agency_id, "operator", "op"),
+    ] {
+        for path in &reads {
+            let reply = app.get(path, caller).await;
+            assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
+        }
+        for (method, path, body) in &writes {
+            let reply = app.send(method, path, Some(caller), Some(body), &[]).await;
+            assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
+        }
+    }
+    assert_eq!(
+        app.total_events().await,
+        events,
+        "operators changed nothing"
     );
 }
 

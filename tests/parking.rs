@@ -192,8 +192,8 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
         .await;
     assert_error(&missing, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
 
-    // Ops see which property waits and why.
-    let ops = poll(&app, OPS, Some(&admin_a), |body| {
+    // Operators see which property waits and why.
+    let ops = poll(&app, OPS, Some(&operator()), |body| {
         entry(body, "views")["status"] == "degraded"
     })
     .await;
@@ -210,6 +210,15 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
             .is_some_and(|e| e.contains("refused on purpose")),
         "{views}"
     );
+    // The agency's admin sees its own parked property, without the error
+    // text; another agency's admin sees none of it.
+    let seen_by_a = app.get(OPS, &admin_a).await;
+    let views_a = entry(&seen_by_a.body, "views");
+    assert_eq!(views_a["parked"][0]["property_id"], stuck.to_string());
+    assert!(views_a["parked"][0]["error"].is_null(), "{views_a}");
+    assert!(views_a["last_error"].is_null(), "{views_a}");
+    let seen_by_b = app.get(OPS, &admin_b).await;
+    assert_eq!(entry(&seen_by_b.body, "views")["parked"], json!([]));
     for name in ["inventory", "audit"] {
         assert_eq!(entry(&ops, name)["status"], "running", "{ops}");
         assert_eq!(entry(&ops, name)["parked"], json!([]), "{ops}");
@@ -244,7 +253,7 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
 
     // Unknown projections are 404, as for replay.
     let unknown = app
-        .post("/ops/projections/nope/parked/retry", &admin_a, json!({}))
+        .post("/ops/projections/nope/parked/retry", &operator(), json!({}))
         .await;
     assert_error(&unknown, StatusCode::NOT_FOUND, "NOT_FOUND");
 
@@ -253,8 +262,16 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
         .execute(&mut db)
         .await
         .expect("drop the refusing trigger");
-    let retried = app
+    let refused = app
         .post("/ops/projections/views/parked/retry", &admin_a, json!({}))
+        .await;
+    assert_error(&refused, StatusCode::FORBIDDEN, "FORBIDDEN");
+    let retried = app
+        .post(
+            "/ops/projections/views/parked/retry",
+            &operator(),
+            json!({}),
+        )
         .await;
     assert_eq!(retried.status, StatusCode::ACCEPTED, "{:?}", retried.body);
     assert_eq!(retried.body["released"], json!([stuck]));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{Days, NaiveDate, Utc};
-use common::{agency, assert_error, spawn_app, spawn_app_on, token, Reply, TestApp};
+use common::{agency, assert_error, operator, spawn_app, spawn_app_on, token, Reply, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -148,9 +148,9 @@ async fn booked(app: &TestApp, token: &str, property: Uuid, from: &str, to: &str
     (reply.id(), position)
 }
 
-/// `/ops/projections`, as a map name -> entry.
-async fn projections(app: &TestApp, admin: &str) -> BTreeMap<String, Value> {
-    let reply = app.get(OPS, admin).await;
+/// `/ops/projections` as an operator sees it, as a map name -> entry.
+async fn projections(app: &TestApp, operator: &str) -> BTreeMap<String, Value> {
+    let reply = app.get(OPS, operator).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     reply
         .body
@@ -162,10 +162,10 @@ async fn projections(app: &TestApp, admin: &str) -> BTreeMap<String, Value> {
 }
 
 /// Waits until every projection reports lag 0 (at most `secs`).
-async fn wait_caught_up(app: &TestApp, admin: &str, secs: u64) -> BTreeMap<String, Value> {
+async fn wait_caught_up(app: &TestApp, operator: &str, secs: u64) -> BTreeMap<String, Value> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let all = projections(app, admin).await;
+        let all = projections(app, operator).await;
         let done = PROJECTIONS.iter().chain(&["publisher"]).all(|name| {
             all.get(*name)
                 .is_some_and(|p| p["lag"] == 0 && p["position"] == p["head_position"])
@@ -182,19 +182,19 @@ async fn wait_caught_up(app: &TestApp, admin: &str, secs: u64) -> BTreeMap<Strin
 }
 
 /// Replays one projection through the API and waits until it is done.
-async fn replay(app: &TestApp, admin: &str, name: &str) -> Value {
+async fn replay(app: &TestApp, operator: &str, name: &str) -> Value {
     let reply = app
-        .post(&format!("{OPS}/{name}/replay"), admin, json!({}))
+        .post(&format!("{OPS}/{name}/replay"), operator, json!({}))
         .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
     let id = uuid_of(&reply.body, "replay_id");
-    wait_replay(app, admin, name, id).await
+    wait_replay(app, operator, name, id).await
 }
 
-async fn wait_replay(app: &TestApp, admin: &str, name: &str, id: Uuid) -> Value {
+async fn wait_replay(app: &TestApp, operator: &str, name: &str, id: Uuid) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let reply = app.get(&format!("{OPS}/{name}/replay"), admin).await;
+        let reply = app.get(&format!("{OPS}/{name}/replay"), operator).await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         let progress = reply.body;
         if progress.get("replay_id").is_some() {
@@ -1441,7 +1441,7 @@ async fn kill_9_while_projections_catch_up_loses_and_doubles_nothing() {
     )
     .await;
     assert!(head >= 1800, "head {head}");
-    let ops = projections(&app, &admin).await;
+    let ops = projections(&app, &operator()).await;
     for name in PROJECTIONS {
         assert!(
             ops[name]["lag"].as_i64().is_some_and(|l| l >= 1800),
@@ -1492,7 +1492,7 @@ async fn kill_9_while_projections_catch_up_loses_and_doubles_nothing() {
     );
 
     app.start().await;
-    let ops = wait_caught_up(&app, &admin, 30).await;
+    let ops = wait_caught_up(&app, &operator(), 30).await;
     for name in PROJECTIONS {
         assert_eq!(ops[name]["status"], "running", "{ops:?}");
         assert!(ops[name]["last_error"].is_null(), "{ops:?}");
@@ -1532,7 +1532,7 @@ async fn kill_9_while_projections_catch_up_loses_and_doubles_nothing() {
     // A replay from zero of each rebuilds exactly the same rows.
     let before = snapshot(&app).await;
     for name in PROJECTIONS {
-        let progress = replay(&app, &admin, name).await;
+        let progress = replay(&app, &operator(), name).await;
         assert!(progress["processed"].as_i64().is_some_and(|p| p >= head));
     }
     let after = snapshot(&app).await;
@@ -1601,7 +1601,7 @@ async fn replay_under_writes(read_bookings: bool) {
     // each read checks one is always there.
     let (seeded, _) = load(&app, &properties, 300, day("2033-01-01"), 0).await;
     let seeded_property = properties[0].0;
-    wait_caught_up(&app, &admin, 20).await;
+    wait_caught_up(&app, &operator(), 20).await;
     let reply = read(
         &app,
         &format!("{BOOKINGS}?property_id={seeded_property}&from=2033-01-01&to=2033-01-02"),
@@ -1746,13 +1746,13 @@ async fn replay_under_writes(read_bookings: bool) {
     let mut started = Vec::new();
     for name in ["inventory", "views"] {
         let reply = app
-            .post(&format!("{OPS}/{name}/replay"), &admin, json!({}))
+            .post(&format!("{OPS}/{name}/replay"), &operator(), json!({}))
             .await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
         started.push((name, uuid_of(&reply.body, "replay_id")));
     }
     for (name, id) in &started {
-        wait_replay(&app, &admin, name, *id).await;
+        wait_replay(&app, &operator(), name, *id).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
@@ -1783,11 +1783,11 @@ async fn replay_under_writes(read_bookings: bool) {
     let reads = reads_done.load(Ordering::Relaxed);
     assert!(reads >= 20, "only {reads} reads during the replay");
 
-    wait_caught_up(&app, &admin, 30).await;
+    wait_caught_up(&app, &operator(), 30).await;
     assert_consistent_with_log(&app).await;
     let before = snapshot(&app).await;
     for name in PROJECTIONS {
-        replay(&app, &admin, name).await;
+        replay(&app, &operator(), name).await;
     }
     let after = snapshot(&app).await;
     assert_same(&before, &after);
@@ -1802,7 +1802,7 @@ async fn ops_and_readiness_report_each_projection_with_its_lag() {
     let property = app.property(&admin, None).await;
     let (_, at) = booked(&app, &admin, property, "2031-12-01", "2031-12-03").await;
 
-    let ops = wait_caught_up(&app, &admin, 10).await;
+    let ops = wait_caught_up(&app, &operator(), 10).await;
     assert_eq!(
         ops.keys().map(String::as_str).collect::<Vec<_>>(),
         vec!["audit", "inventory", "publisher", "views"]
@@ -1821,7 +1821,7 @@ async fn ops_and_readiness_report_each_projection_with_its_lag() {
     let (_, b1) = booked(&app, &admin, property, "2031-12-05", "2031-12-06").await;
     let (_, b2) = booked(&app, &admin, property, "2031-12-07", "2031-12-08").await;
     read(&app, BOOKINGS, &admin, b2).await;
-    let ops = projections(&app, &admin).await;
+    let ops = projections(&app, &operator()).await;
     assert_eq!(ops["audit"]["position"], at, "{ops:?}");
     assert_eq!(ops["audit"]["head_position"], b2, "{ops:?}");
     assert_eq!(ops["audit"]["lag"], b2 - at, "{ops:?}");
@@ -1849,7 +1849,7 @@ async fn ops_and_readiness_report_each_projection_with_its_lag() {
         }
     }
     resume_projections(paused).await;
-    let ops = wait_caught_up(&app, &admin, 10).await;
+    let ops = wait_caught_up(&app, &operator(), 10).await;
     assert_eq!(ops["audit"]["position"], b2);
 
     // Replay progress.
@@ -1863,8 +1863,8 @@ async fn ops_and_readiness_report_each_projection_with_its_lag() {
         .expect("list the indexes")
     };
     let before = indexes().await;
-    let progress = replay(&app, &admin, "audit").await;
-    replay(&app, &admin, "inventory").await;
+    let progress = replay(&app, &operator(), "audit").await;
+    replay(&app, &operator(), "inventory").await;
     // The copies are built without their secondary indexes, which are
     // created before the swap: the swapped-in tables have them all.
     assert_eq!(indexes().await, before);
@@ -1884,7 +1884,7 @@ async fn ops_and_readiness_report_each_projection_with_its_lag() {
     let reply = app
         .post(
             &format!("{OPS}/no-such-projection/replay"),
-            &admin,
+            &operator(),
             json!({}),
         )
         .await;
@@ -1894,16 +1894,20 @@ async fn ops_and_readiness_report_each_projection_with_its_lag() {
         reply
     );
 
-    // Ops are for admins only.
-    for role in ["staff", "manager", "owner", "accountant"] {
+    // Replays and env-sanity are the operators'; agency roles but the
+    // admin may not even read the projections' status.
+    for role in ["admin", "staff", "manager", "owner", "accountant"] {
         let tok = token(agency_id, role, "someone");
-        for (method, path) in [
-            ("GET", OPS.to_owned()),
+        let mut refused = vec![
             ("GET", format!("{OPS}/views/replay")),
             ("POST", format!("{OPS}/views/replay")),
-            ("GET", "/ops/current-commit".to_owned()),
             ("GET", "/ops/env-sanity".to_owned()),
-        ] {
+        ];
+        if role != "admin" {
+            refused.push(("GET", OPS.to_owned()));
+            refused.push(("GET", "/ops/current-commit".to_owned()));
+        }
+        for (method, path) in refused {
             let body = (method == "POST").then(|| json!({}));
             let reply = app
                 .send(method, &path, Some(&tok), body.as_ref(), &[])
@@ -1947,7 +1951,7 @@ async fn two_processes_apply_each_event_once_and_the_survivor_takes_over() {
     }
     // Alone, the first process took the publisher's lease (a session lock it
     // keeps while it lives): the takeover below is real.
-    wait_caught_up(&first, &admin, 20).await;
+    wait_caught_up(&first, &operator(), 20).await;
     let second = spawn_app_on(
         &first.database_url,
         &format!("ledger_second_{}", Uuid::now_v7().simple()),
@@ -1997,7 +2001,7 @@ async fn two_processes_apply_each_event_once_and_the_survivor_takes_over() {
         .filter(|s| **s == StatusCode::CONFLICT)
         .count();
     assert_eq!((created, conflicts), (1, 59), "{statuses:?}");
-    wait_caught_up(&second, &admin, 20).await;
+    wait_caught_up(&second, &operator(), 20).await;
     assert_consistent_with_log(&second).await;
 
     // The first process dies; the second carries on alone.
@@ -2013,7 +2017,7 @@ async fn two_processes_apply_each_event_once_and_the_survivor_takes_over() {
         )
         .await;
     }
-    let ops = wait_caught_up(&second, &admin, 20).await;
+    let ops = wait_caught_up(&second, &operator(), 20).await;
     assert_consistent_with_log(&second).await;
     let head = ops["inventory"]["head_position"].clone();
     for name in ["inventory", "views", "audit", "publisher"] {

@@ -16,7 +16,7 @@ use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::stream::StorageType;
 use chrono::{Days, NaiveDate};
 use common::nats::NatsServer;
-use common::{agency, spawn_app_with_env, TestApp};
+use common::{agency, operator, spawn_app_with_env, TestApp};
 use futures::StreamExt;
 use ledger_domain::CalendarEvent;
 use ledger_infra::channel::{Binding, ChannelConsumer, ChannelError, Delivery, LedgerEvent};
@@ -407,7 +407,7 @@ async fn events_committed_while_nats_is_down_are_published_in_order_when_it_is_b
     assert_eq!(ready["status"], "degraded", "{ready}");
     // Writes go on while NATS is down; the publisher's lag shows in ops.
     load.until(stopped_at + 100).await;
-    let ops = poll(&app, "/ops/projections", Some(&admin), |body| {
+    let ops = poll(&app, "/ops/projections", Some(&operator()), |body| {
         publisher_entry(body)["last_error"].is_string()
     })
     .await;
@@ -420,7 +420,7 @@ async fn events_committed_while_nats_is_down_are_published_in_order_when_it_is_b
     let (_, refused) = load.finish().await;
     assert_eq!(refused, 0, "writes kept succeeding while NATS was down");
     published(&app, Duration::from_secs(20)).await;
-    let ops = app.get("/ops/projections", &admin).await;
+    let ops = app.get("/ops/projections", &operator()).await;
     assert!(
         publisher_entry(&ops.body)["last_error"].is_null(),
         "{:?}",

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use common::nats::NatsServer;
-use common::{agency, assert_error, spawn_app, spawn_app_with_env, Reply, TestApp};
+use common::{agency, assert_error, operator, spawn_app, spawn_app_with_env, Reply, TestApp};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use reqwest::StatusCode;
@@ -208,14 +208,10 @@ fn allowed(route: &str, sent: &Value, reply: &Reply) -> Result<(), TestCaseError
 
 /// Waits until every projection and the publisher have applied the log up
 /// to `position`, running, with no error; fails the case if one stops.
-async fn applied_everywhere(
-    app: &TestApp,
-    admin: &str,
-    position: i64,
-) -> Result<(), TestCaseError> {
+async fn applied_everywhere(app: &TestApp, position: i64) -> Result<(), TestCaseError> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let ops = app.get("/ops/projections", admin).await;
+        let ops = app.get("/ops/projections", &operator()).await;
         prop_assert_eq!(ops.status, StatusCode::OK, "{}", ops.body);
         let entries = ops.body.as_array().cloned().unwrap_or_default();
         prop_assert!(
@@ -340,7 +336,7 @@ fn generated_values_are_refused_or_held_by_every_layer() {
                     .await;
                 prop_assert_eq!(reply.status, StatusCode::OK, "{}: {}", read, reply.body);
             }
-            applied_everywhere(&app, &admin, position).await
+            applied_everywhere(&app, position).await
         })
     });
     if let Err(failure) = result {

@@ -27,7 +27,9 @@ const LEEWAY_SECS: u64 = 5;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
-    pub agency_id: Uuid,
+    /// Required, a UUID, except for operators (who have no agency: ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agency_id: Option<serde_json::Value>,
     pub role: String,
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,7 +89,8 @@ impl Keys {
         }
     }
 
-    /// An HS256 token; empty when no `JWT_SECRET` is configured.
+    /// An HS256 token of `role` for `agency_id` (left out of an operator's
+    /// token); empty when no `JWT_SECRET` is configured.
     pub fn mint(&self, agency_id: Uuid, role: Role, sub: &str, ttl: Duration) -> String {
         let Some(encoding) = &self.encoding else {
             return String::new();
@@ -95,7 +98,7 @@ impl Keys {
         let now = unix_now();
         let claims = Claims {
             sub: sub.to_owned(),
-            agency_id,
+            agency_id: role.has_agency().then(|| agency_id.to_string().into()),
             role: role.as_str().to_owned(),
             exp: now + ttl.as_secs(),
             nbf: None,
@@ -213,14 +216,6 @@ fn role_at(claims: &Value, path: &str) -> Option<String> {
 
 /// The actor a verified token speaks for.
 fn actor_from(claims: VerifiedClaims) -> Result<Actor, ApiError> {
-    let agency_id = claims
-        .agency
-        .as_ref()
-        .and_then(Value::as_str)
-        .and_then(|agency| agency.parse::<Uuid>().ok())
-        .ok_or(ApiError::Unauthenticated(
-            "the token has no agency_id (a UUID)",
-        ))?;
     let role = claims
         .role
         .as_deref()
@@ -228,6 +223,20 @@ fn actor_from(claims: VerifiedClaims) -> Result<Actor, ApiError> {
         .ok_or(ApiError::Unauthenticated(
             "the token's role is not a known role",
         ))?;
+    // Operators run the platform for every agency: an agency in their token
+    // is ignored, whatever it holds.
+    let agency_id = if role.has_agency() {
+        claims
+            .agency
+            .as_ref()
+            .and_then(Value::as_str)
+            .and_then(|agency| agency.parse::<Uuid>().ok())
+            .ok_or(ApiError::Unauthenticated(
+                "the token's agency_id is missing or not a UUID",
+            ))?
+    } else {
+        Uuid::nil()
+    };
     Ok(Actor {
         agency_id,
         user_id: claims.sub,
@@ -276,9 +285,10 @@ impl FromRequestParts<AppState> for Caller {
                 "the Authorization header must be Bearer <token>",
             ))?;
         let actor = state.keys.verify(token).await?;
-        if state.suspensions.is_suspended(actor.agency_id) {
-            return Err(ApiError::AgencySuspended);
-        }
+        state
+            .agencies
+            .admit(&actor, parts.uri.path(), &state.pool)
+            .await?;
         Ok(Caller(actor))
     }
 }

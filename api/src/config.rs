@@ -2,8 +2,8 @@
 //! variable of the same name (API.md "Configuration").
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::NonEmptyStringValueParser;

@@ -23,6 +23,10 @@ pub enum ApiError {
     Forbidden(String),
     #[error("the agency is suspended")]
     AgencySuspended,
+    #[error("the agency has no record")]
+    AgencyNotFound,
+    #[error("this feature is turned off for the agency")]
+    FeatureDisabled,
     #[error("the property does not exist")]
     PropertyNotFound,
     #[error("the booking does not exist")]
@@ -75,6 +79,8 @@ impl ApiError {
             TokenExpired => (StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             AgencySuspended => (StatusCode::FORBIDDEN, "AGENCY_SUSPENDED"),
+            AgencyNotFound => (StatusCode::NOT_FOUND, "AGENCY_NOT_FOUND"),
+            FeatureDisabled => (StatusCode::FORBIDDEN, "FEATURE_DISABLED"),
             PropertyNotFound => (StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND"),
             BookingNotFound => (StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND"),
             BlockNotFound => (StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND"),

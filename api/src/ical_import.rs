@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use tokio::task::{self, JoinSet};
 use uuid::Uuid;
 
-use crate::state::AppState;
+use crate::state::{AppState, Feature};
 
 pub const SYSTEM_USER: &str = "system:ical-import";
 /// How often `ledger serve` looks for a feed that is due.
@@ -421,6 +421,8 @@ pub async fn run(state: AppState) {
             continue;
         }
         match ical::claim_due_feed(&state.pool, &running.busy_agencies()).await {
+            // A suspended agency or one with imports off: this run is skipped.
+            Ok(Some(feed)) if !state.agencies.allows(feed.agency_id, Feature::IcalImport) => {}
             Ok(Some(feed)) => running.start(state.clone(), fetcher.clone(), feed),
             Ok(None) => running.wait(TICK).await,
             Err(error) => {

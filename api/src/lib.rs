@@ -20,12 +20,12 @@ pub mod startup;
 pub mod state;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{middleware, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::routes::{blocks, bookings, health, ical, ops, properties, reads};
+use crate::routes::{agencies, blocks, bookings, health, ical, ops, properties, reads};
 use crate::state::AppState;
 
 /// Request bodies over this many bytes get 413 `PAYLOAD_TOO_LARGE`.
@@ -92,6 +92,12 @@ pub fn router(state: AppState) -> Router {
             "/ops/projections/{name}/replay",
             get(ops::replay_progress).post(ops::start_replay),
         )
+        .route("/ops/agencies", get(agencies::list).post(agencies::create))
+        .route("/ops/agencies/{id}", get(agencies::get))
+        .route("/ops/agencies/{id}/suspend", post(agencies::suspend))
+        .route("/ops/agencies/{id}/reinstate", post(agencies::reinstate))
+        .route("/ops/agencies/{id}/features", put(agencies::features))
+        .route("/ops/audit-log", get(agencies::audit_log))
         .merge(openapi::routes())
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn(idempotency::middleware))

@@ -40,7 +40,8 @@ enum Commands {
     /// Print the events published on NATS as they arrive, one CloudEvent
     /// JSON document per line.
     Tail(TailArgs),
-    /// Suspend or reinstate an agency.
+    /// Create, suspend or reinstate an agency, or set its features (the
+    /// same code as the /ops/agencies routes).
     Agency {
         #[command(subcommand)]
         action: AgencyAction,
@@ -75,8 +76,9 @@ enum IcalAction {
 struct TokenArgs {
     #[command(flatten)]
     secret: SecretArgs,
+    /// The token's agency; required for every role but `operator`, who has none.
     #[arg(long)]
-    agency: Uuid,
+    agency: Option<Uuid>,
     #[arg(long, value_parser = parse_role)]
     role: Role,
     #[arg(long)]
@@ -121,6 +123,22 @@ struct TailArgs {
 
 #[derive(Subcommand)]
 enum AgencyAction {
+    /// Create an agency's record (or name one its first token created).
+    Create {
+        /// Chosen by the service when left out.
+        #[arg(long)]
+        id: Option<Uuid>,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Show an agency's record as JSON.
+    Show {
+        agency: Uuid,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
     Suspend {
         agency: Uuid,
         #[arg(long)]
@@ -130,13 +148,26 @@ enum AgencyAction {
     },
     Reinstate {
         agency: Uuid,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Turn an agency's features on or off.
+    Features {
+        agency: Uuid,
+        #[arg(long)]
+        ical_export: Option<bool>,
+        #[arg(long)]
+        ical_import: Option<bool>,
         #[command(flatten)]
         database: DatabaseArgs,
     },
 }
 
 fn parse_role(value: &str) -> Result<Role, String> {
-    Role::parse(value).ok_or_else(|| "one of admin, manager, staff, owner, accountant".into())
+    Role::parse(value)
+        .ok_or_else(|| "one of admin, manager, staff, owner, accountant, operator".into())
 }
 
 fn parse_ttl(value: &str) -> Result<Duration, String> {
@@ -182,8 +213,15 @@ async fn run(command: Commands) -> Result<(), StartError> {
             println!("migrations applied");
         }
         Commands::Token(args) => {
+            let agency = match (args.agency, args.role.has_agency()) {
+                (Some(agency), true) => agency,
+                (_, false) => Uuid::nil(),
+                (None, true) => {
+                    return Err("--agency is required for every role but operator".into())
+                }
+            };
             let keys = Keys::new(args.secret.jwt_secret.expose_secret().as_bytes());
-            println!("{}", keys.mint(args.agency, args.role, &args.sub, args.ttl));
+            println!("{}", keys.mint(agency, args.role, &args.sub, args.ttl));
         }
         Commands::Replay { name, database } => replay(&name, database).await?,
         Commands::Tail(args) => tail(args).await?,
@@ -241,33 +279,53 @@ async fn ical(action: IcalAction) -> Result<(), StartError> {
     Ok(())
 }
 
+/// `ledger agency ...`: the same functions as the /ops/agencies routes; the
+/// change is recorded in the agency history as made by `cli`, and every
+/// serving process picks it up within 2 s.
 async fn agency(action: AgencyAction) -> Result<(), StartError> {
-    match action {
+    use ledger_infra::agencies::{self, Change};
+
+    const BY: &str = "cli";
+    let connect = |database: &DatabaseArgs| ledger_infra::connect(&database.database_url, 1);
+    let agency = match action {
+        AgencyAction::Create { id, name, database } => {
+            let pool = connect(&database)?;
+            let id = id.unwrap_or_else(Uuid::now_v7);
+            agencies::create(&pool, id, &name, BY).await?.0
+        }
+        AgencyAction::Show { agency, database } => agencies::get(&connect(&database)?, agency)
+            .await?
+            .ok_or_else(|| format!("agency {agency} has no record"))?,
         AgencyAction::Suspend {
             agency,
             reason,
             database,
         } => {
-            let pool = ledger_infra::connect(&database.database_url, 1)?;
-            sqlx::query(
-                "INSERT INTO agency_suspensions (agency_id, reason) VALUES ($1, $2)
-                 ON CONFLICT (agency_id) DO UPDATE SET reason = EXCLUDED.reason",
-            )
-            .bind(agency)
-            .bind(reason)
-            .execute(&pool)
-            .await?;
-            println!("agency {agency} suspended");
+            let change = Change::Suspend { reason };
+            agencies::change(&connect(&database)?, agency, change, BY).await?
         }
-        AgencyAction::Reinstate { agency, database } => {
-            let pool = ledger_infra::connect(&database.database_url, 1)?;
-            sqlx::query("DELETE FROM agency_suspensions WHERE agency_id = $1")
-                .bind(agency)
-                .execute(&pool)
-                .await?;
-            println!("agency {agency} reinstated");
+        AgencyAction::Reinstate {
+            agency,
+            reason,
+            database,
+        } => {
+            let change = Change::Reinstate { reason };
+            agencies::change(&connect(&database)?, agency, change, BY).await?
         }
-    }
+        AgencyAction::Features {
+            agency,
+            ical_export,
+            ical_import,
+            database,
+        } => {
+            let change = Change::SetFeatures {
+                ical_export,
+                ical_import,
+            };
+            agencies::change(&connect(&database)?, agency, change, BY).await?
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&agency)?);
     Ok(())
 }
 

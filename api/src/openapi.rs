@@ -8,7 +8,7 @@ use utoipa::openapi::{KnownFormat, ObjectBuilder, RefOr, Required, SchemaFormat,
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::routes::{blocks, bookings, health, ical, ops, properties, reads};
+use crate::routes::{agencies, blocks, bookings, health, ical, ops, properties, reads};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -21,6 +21,8 @@ use crate::state::AppState;
         blocks::create, blocks::release, blocks::get,
         health::live, health::ready, ops::current_commit, ops::env_sanity,
         ops::projections, ops::retry_parked, ops::start_replay, ops::replay_progress,
+        agencies::list, agencies::create, agencies::get, agencies::suspend, agencies::reinstate,
+        agencies::features, agencies::audit_log,
         reads::list_properties, reads::get_property, reads::list_bookings, reads::get_booking,
         reads::availability, reads::search, reads::audit_log,
         ical::export_feed, ical::rotate_token, ical::add_feed, ical::list_feeds, ical::delete_feed,

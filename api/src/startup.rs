@@ -32,7 +32,7 @@ impl Application {
         let nats = ledger_infra::nats::connect_to(&config.nats_endpoint(), "ledger").await?;
         let mut state = AppState::new(config, pool);
         state.nats = Some(nats);
-        state.suspensions.refresh(&state.pool).await?;
+        state.agencies.refresh(&state.pool).await?;
         Ok(Self { listener, state })
     }
 
@@ -42,7 +42,7 @@ impl Application {
 
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let state = self.state;
-        tokio::spawn(state.suspensions.clone().run(state.pool.clone()));
+        tokio::spawn(state.agencies.clone().run(state.pool.clone()));
         tokio::spawn(state.database.clone().run());
         let signal = LogSignal::listen(state.bus.waker());
         for projection in Projection::ALL {

@@ -1,16 +1,19 @@
 //! The one application state handed to every handler.
 
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use ledger_domain::Actor;
+use ledger_infra::agencies::{self, Agency, Features};
 use ledger_infra::{CommandBus, EventStore};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::Keys;
 use crate::config::ServeConfig;
+use crate::error::ApiError;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -18,7 +21,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub bus: Arc<CommandBus>,
     pub keys: Arc<Keys>,
-    pub suspensions: Arc<Suspensions>,
+    pub agencies: Arc<AgencyCache>,
     pub started_at: DateTime<Utc>,
     /// The publisher's NATS connection, once `Application::build` made it;
     /// readiness reports its state.
@@ -38,7 +41,7 @@ impl AppState {
                 config.idempotency_ttl,
             )),
             keys: Arc::new(keys),
-            suspensions: Arc::new(Suspensions::default()),
+            agencies: Arc::new(AgencyCache::default()),
             started_at: Utc::now(),
             nats: None,
             http: Arc::default(),
@@ -56,40 +59,152 @@ impl AppState {
     }
 }
 
-/// The suspended agencies, refreshed from the database every few seconds so
-/// the check costs no query per request.
+/// What every process knows of the agencies without a query per request:
+/// the agencies whose status or features differ from the defaults (suspended,
+/// or a feature off), refreshed from the database every second so a change
+/// made in any process holds everywhere within 2 s; and the agencies this
+/// process has already made sure have a record.
 #[derive(Default)]
-pub struct Suspensions {
-    agencies: RwLock<HashSet<Uuid>>,
+pub struct AgencyCache {
+    restricted: RwLock<HashMap<Uuid, Restriction>>,
+    recorded: Mutex<HashSet<Uuid>>,
 }
 
-pub const SUSPENSION_REFRESH: Duration = Duration::from_secs(2);
+#[derive(Debug, Clone, Copy)]
+struct Restriction {
+    suspended: bool,
+    features: Features,
+}
 
-impl Suspensions {
+/// A feature an agency can have turned off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    IcalExport,
+    IcalImport,
+}
+
+impl Feature {
+    fn of(self, features: &Features) -> bool {
+        match self {
+            Feature::IcalExport => features.ical_export,
+            Feature::IcalImport => features.ical_import,
+        }
+    }
+}
+
+pub const AGENCY_REFRESH: Duration = Duration::from_secs(1);
+
+impl AgencyCache {
     pub fn is_suspended(&self, agency_id: Uuid) -> bool {
-        self.agencies
-            .read()
-            .map(|set| set.contains(&agency_id))
-            .unwrap_or(false)
+        self.restriction(agency_id).is_some_and(|r| r.suspended)
     }
 
-    pub async fn refresh(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        let ids: Vec<Uuid> = sqlx::query_scalar("SELECT agency_id FROM agency_suspensions")
-            .fetch_all(pool)
-            .await?;
-        if let Ok(mut set) = self.agencies.write() {
-            *set = ids.into_iter().collect();
+    /// Whether the agency has `feature` on (and is not suspended).
+    pub fn allows(&self, agency_id: Uuid, feature: Feature) -> bool {
+        self.restriction(agency_id)
+            .is_none_or(|r| !r.suspended && feature.of(&r.features))
+    }
+
+    /// 403 `FEATURE_DISABLED` when the caller's agency has `feature` off.
+    pub fn require(&self, agency_id: Uuid, feature: Feature) -> Result<(), ApiError> {
+        if self.allows(agency_id, feature) {
+            Ok(())
+        } else {
+            Err(ApiError::FeatureDisabled)
+        }
+    }
+
+    fn restriction(&self, agency_id: Uuid) -> Option<Restriction> {
+        self.restricted
+            .read()
+            .ok()
+            .and_then(|map| map.get(&agency_id).copied())
+    }
+
+    /// Lets a verified token in: an operator (who has no agency) on no
+    /// agency route (`/api/...`), 403 `FORBIDDEN` there whatever the route
+    /// would check first; 403 `AGENCY_SUSPENDED` for a suspended agency; an
+    /// agency seen for the first time by this process gets a record if it
+    /// has none (one query per agency and process).
+    pub async fn admit(&self, actor: &Actor, path: &str, pool: &PgPool) -> Result<(), ApiError> {
+        if !actor.role.has_agency() {
+            if path.starts_with("/api/") {
+                return Err(ApiError::Forbidden(
+                    "operators may not call the agency API".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if self.is_suspended(actor.agency_id) {
+            return Err(ApiError::AgencySuspended);
+        }
+        let first = self
+            .recorded
+            .lock()
+            .map(|recorded| !recorded.contains(&actor.agency_id))
+            .unwrap_or(false);
+        if first {
+            // Noted only once the record surely exists, so a failure (or a
+            // dropped request) is tried again on the agency's next request.
+            match agencies::ensure(pool, actor.agency_id).await {
+                Ok(_) => {
+                    if let Ok(mut recorded) = self.recorded.lock() {
+                        recorded.insert(actor.agency_id);
+                    }
+                }
+                // Debug: while the database is down every request would say it.
+                Err(error) => {
+                    tracing::debug!(%error, agency_id = %actor.agency_id, "could not record the agency")
+                }
+            }
         }
         Ok(())
     }
 
-    /// Keeps refreshing until the process ends; a failed refresh keeps the last set.
+    /// Takes a change this process just committed at once, ahead of the
+    /// next refresh.
+    pub fn note(&self, agency: &Agency) {
+        if let Ok(mut map) = self.restricted.write() {
+            let restriction = Restriction {
+                suspended: agency.is_suspended(),
+                features: agency.features,
+            };
+            if restriction.suspended || restriction.features != Features::default() {
+                map.insert(agency.id, restriction);
+            } else {
+                map.remove(&agency.id);
+            }
+        }
+        if let Ok(mut recorded) = self.recorded.lock() {
+            recorded.insert(agency.id);
+        }
+    }
+
+    pub async fn refresh(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let rows = agencies::restricted(pool).await?;
+        let map = rows
+            .iter()
+            .map(|a| {
+                let restriction = Restriction {
+                    suspended: a.is_suspended(),
+                    features: a.features,
+                };
+                (a.id, restriction)
+            })
+            .collect();
+        if let Ok(mut current) = self.restricted.write() {
+            *current = map;
+        }
+        Ok(())
+    }
+
+    /// Keeps refreshing until the process ends; a failed refresh keeps the last state.
     pub async fn run(self: Arc<Self>, pool: PgPool) {
         loop {
             if let Err(error) = self.refresh(&pool).await {
-                tracing::debug!(%error, "could not refresh agency suspensions");
+                tracing::debug!(%error, "could not refresh the agency cache");
             }
-            tokio::time::sleep(SUSPENSION_REFRESH).await;
+            tokio::time::sleep(AGENCY_REFRESH).await;
         }
     }
 }

@@ -15,15 +15,18 @@ pub enum Role {
     Staff,
     Owner,
     Accountant,
+    /// Runs the service for every agency; belongs to none.
+    Operator,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Admin,
         Role::Manager,
         Role::Staff,
         Role::Owner,
         Role::Accountant,
+        Role::Operator,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,17 +36,26 @@ impl Role {
             Role::Staff => "staff",
             Role::Owner => "owner",
             Role::Accountant => "accountant",
+            Role::Operator => "operator",
         }
     }
 
     pub fn parse(value: &str) -> Option<Role> {
         Role::ALL.into_iter().find(|r| r.as_str() == value)
     }
+
+    /// Whether tokens of this role belong to an agency (every role but the
+    /// platform operator).
+    pub fn has_agency(self) -> bool {
+        self != Role::Operator
+    }
 }
 
 /// The authenticated caller a command or query runs for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
+    /// The caller's agency; [`Uuid::nil`] for an operator, who has none and
+    /// whom the role table refuses every action on an agency's data.
     pub agency_id: Uuid,
     pub user_id: String,
     pub role: Role,
@@ -58,7 +70,12 @@ pub enum Action {
     ManageBlock(BlockReason),
     ReadAuditLog,
     ReadEventHistory,
+    /// Projection status and the current commit (read-only).
+    ReadOpsStatus,
+    /// Replays, parked-event retries, environment sanity.
     Operate,
+    /// Agency records: create, suspend, reinstate, feature flags, history.
+    AdministerAgencies,
 }
 
 impl Action {
@@ -70,18 +87,22 @@ impl Action {
             Action::ManageBlock(_) => "create or release this block",
             Action::ReadAuditLog => "read the audit log",
             Action::ReadEventHistory => "read raw event history",
-            Action::Operate => "use ops endpoints",
+            Action::ReadOpsStatus => "read the projections' status",
+            Action::Operate => "replay projections, retry parked events or check the environment",
+            Action::AdministerAgencies => "administer agencies",
         }
     }
 }
 
 /// What the role table says for `role` doing `action`:
 /// `Scope::Agency` (anything of its agency), `Scope::OwnProperties`
-/// (only properties whose `owner_id` is the caller), or refused.
+/// (only properties whose `owner_id` is the caller), `Scope::Platform`
+/// (every agency: operators), or refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Agency,
     OwnProperties,
+    Platform,
 }
 
 pub fn scope(role: Role, action: Action) -> Option<Scope> {
@@ -89,6 +110,7 @@ pub fn scope(role: Role, action: Action) -> Option<Scope> {
     use Role::*;
     let all = Some(Scope::Agency);
     let own = Some(Scope::OwnProperties);
+    let platform = Some(Scope::Platform);
     match (action, role) {
         (ManageProperty, Admin | Manager) => all,
         (ReadCalendar, Admin | Manager | Staff | Accountant) => all,
@@ -98,7 +120,8 @@ pub fn scope(role: Role, action: Action) -> Option<Scope> {
         (ManageBlock(BlockReason::OwnerStay), Owner) => own,
         (ReadAuditLog, Admin | Manager | Accountant) => all,
         (ReadEventHistory, Admin | Manager) => all,
-        (Operate, Admin) => all,
+        (ReadOpsStatus, Admin) => all,
+        (ReadOpsStatus | Operate | AdministerAgencies, Operator) => platform,
         _ => None,
     }
 }
@@ -116,7 +139,7 @@ pub fn require(actor: &Actor, action: Action) -> Result<Scope, CalendarError> {
 /// own is invisible to them (404, as if it did not exist).
 pub fn sees_property(actor: &Actor, scope: Scope, owner_id: Option<&str>) -> bool {
     match scope {
-        Scope::Agency => true,
+        Scope::Agency | Scope::Platform => true,
         Scope::OwnProperties => owner_id == Some(actor.user_id.as_str()),
     }
 }
@@ -138,13 +161,47 @@ mod tests {
     }
 
     #[test]
-    fn only_admin_operates() {
+    fn only_operators_replay_and_administer_agencies() {
         for role in Role::ALL {
-            assert_eq!(
-                scope(role, Action::Operate).is_some(),
-                role == Role::Admin,
-                "{role:?}"
-            );
+            for action in [Action::Operate, Action::AdministerAgencies] {
+                assert_eq!(
+                    scope(role, action),
+                    (role == Role::Operator).then_some(Scope::Platform),
+                    "{role:?} {action:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_agency_admin_only_reads_the_ops_status_of_its_agency() {
+        assert_eq!(
+            scope(Role::Admin, Action::ReadOpsStatus),
+            Some(Scope::Agency)
+        );
+        assert_eq!(
+            scope(Role::Operator, Action::ReadOpsStatus),
+            Some(Scope::Platform)
+        );
+        for role in [Role::Manager, Role::Staff, Role::Owner, Role::Accountant] {
+            assert_eq!(scope(role, Action::ReadOpsStatus), None, "{role:?}");
+        }
+    }
+
+    #[test]
+    fn operators_take_no_action_on_an_agencys_data() {
+        let agency_actions = [
+            Action::ManageProperty,
+            Action::ReadCalendar,
+            Action::ManageBooking,
+            Action::ManageBlock(BlockReason::OwnerStay),
+            Action::ManageBlock(BlockReason::Maintenance),
+            Action::ManageBlock(BlockReason::Other),
+            Action::ReadAuditLog,
+            Action::ReadEventHistory,
+        ];
+        for action in agency_actions {
+            assert_eq!(scope(Role::Operator, action), None, "{action:?}");
         }
     }
 

@@ -4,6 +4,7 @@
 //! log reader (`tail`), the NATS publisher and the channel-adapter kit, and
 //! telemetry set-up. Business decisions stay in `ledger-domain`.
 
+pub mod agencies;
 pub mod channel;
 pub mod cloudevent;
 pub mod command_bus;

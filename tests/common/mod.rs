@@ -296,6 +296,14 @@ pub fn agency() -> (Uuid, String) {
     (agency, token(agency, "admin", "admin-1"))
 }
 
+/// A valid one-hour token of a platform operator (no agency).
+pub fn operator() -> String {
+    token_with(
+        json!({"sub": "operator-1", "role": "operator", "exp": now_secs() + 3600}),
+        SECRET,
+    )
+}
+
 // ------------------------------------------------------------------ added helpers
 // (used by write_side.rs and auth.rs; the helpers above are unchanged)
 

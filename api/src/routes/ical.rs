@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use ledger_domain::{Action, Role};
+use ledger_infra::agencies;
 use ledger_infra::ical::fetch::AddressRules;
 use ledger_infra::ical::{self, export, FeedRow};
 use serde::{Deserialize, Serialize};
@@ -19,7 +20,7 @@ use super::PathId;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::Body;
-use crate::state::AppState;
+use crate::state::{AppState, Feature};
 
 pub const CALENDAR_CONTENT_TYPE: &str = "text/calendar; charset=utf-8";
 const DEFAULT_INTERVAL_MINUTES: i32 = 60;
@@ -29,8 +30,9 @@ pub struct FeedQuery {
     token: Option<String>,
 }
 
-/// `{property_id}.ics`: a wrong or missing token and an unknown property
-/// are the same 404, so the URL reveals nothing without its secret.
+/// `{property_id}.ics`: a wrong or missing token, an unknown property, a
+/// suspended agency and an agency with `ical_export` off are the same 404,
+/// so the URL reveals nothing without its secret.
 #[utoipa::path(get, path = "/ical/{file}", tag = "ical",
     params(("file" = String, Path, description = "<property_id>.ics"),
            ("token" = String, Query, description = "the property's export secret")),
@@ -53,6 +55,13 @@ pub async fn export_feed(
         .await
         .map_err(db)?
     {
+        return Err(ApiError::NotFound);
+    }
+    let agency_id = agencies::of_ical_export(&state.pool, property_id)
+        .await
+        .map_err(db)?
+        .ok_or(ApiError::NotFound)?;
+    if !state.agencies.allows(agency_id, Feature::IcalExport) {
         return Err(ApiError::NotFound);
     }
     let ranges = export::ranges(&state.pool, property_id).await.map_err(db)?;
@@ -88,6 +97,9 @@ pub async fn rotate_token(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     visible_property(&state, &caller, id, Action::ManageProperty).await?;
+    state
+        .agencies
+        .require(caller.0.agency_id, Feature::IcalExport)?;
     let token = ical::rotate_token(&state.pool, caller.0.agency_id, id, &caller.0.user_id)
         .await
         .map_err(db)?;
@@ -162,6 +174,7 @@ pub async fn add_feed(
     Body(body): Body<FeedBody>,
 ) -> Result<Response, ApiError> {
     let agency_id = admin_property(&state, &caller, id).await?;
+    state.agencies.require(agency_id, Feature::IcalImport)?;
     let url = checked_url(&state, &body.url).await?;
     let interval = body.interval_minutes.unwrap_or(DEFAULT_INTERVAL_MINUTES);
     if !(5..=10080).contains(&interval) {
@@ -183,7 +196,8 @@ pub async fn list_feeds(
     PathId(id): PathId,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    admin_property(&state, &caller, id).await?;
+    let agency_id = admin_property(&state, &caller, id).await?;
+    state.agencies.require(agency_id, Feature::IcalImport)?;
     let items = ical::list_feeds(&state.pool, id).await.map_err(db)?;
     let items = items.into_iter().map(FeedView::from).collect();
     Ok(Json(FeedList { items }).into_response())

@@ -1,5 +1,6 @@
 //! The routes of API.md and the helpers every handler shares.
 
+pub mod agencies;
 pub mod blocks;
 pub mod bookings;
 pub mod health;

@@ -1,10 +1,15 @@
-//! Ops routes (admin only): what is running, and whether its environment is sane.
+//! Ops routes: what is running, and whether its environment is sane.
+//! Operators may do everything here; an agency admin only reads the
+//! projections' status (without error texts, which can carry another
+//! agency's data) and the current commit.
 
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
+use ledger_domain::policy::Scope;
 use ledger_domain::Action;
 use serde::Serialize;
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use axum::http::StatusCode;
@@ -37,7 +42,7 @@ pub async fn current_commit(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<CurrentCommit>, ApiError> {
-    caller.require(Action::Operate)?;
+    caller.require(Action::ReadOpsStatus)?;
     Ok(Json(CurrentCommit {
         commit_sha: env!("LEDGER_COMMIT_SHA"),
         version: env!("CARGO_PKG_VERSION"),
@@ -79,9 +84,28 @@ pub async fn env_sanity(
 pub async fn projections(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Vec<Status>>, ApiError> {
-    caller.require(Action::Operate)?;
-    Ok(Json(runner::statuses(&state.pool).await.map_err(db)?))
+) -> Result<Json<Value>, ApiError> {
+    let scope = caller.require(Action::ReadOpsStatus)?;
+    let mut statuses = runner::statuses(&state.pool).await.map_err(db)?;
+    if scope != Scope::Platform {
+        for status in &mut statuses {
+            status.last_error = None;
+            status.parked.retain(|p| p.agency_id == caller.0.agency_id);
+        }
+    }
+    let mut body = serde_json::to_value(&statuses).map_err(ApiError::internal)?;
+    if scope != Scope::Platform {
+        for parked in body
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .filter_map(|status| status["parked"].as_array_mut())
+            .flatten()
+        {
+            parked["error"] = Value::Null;
+        }
+    }
+    Ok(Json(body))
 }
 
 /// The projection of a path, or 404 as for any unknown resource.

@@ -78,7 +78,7 @@ fn owner_filter(caller: &Caller, scope: Scope) -> Option<String> {
     (scope == Scope::OwnProperties).then(|| caller.0.user_id.clone())
 }
 
-fn uuid_cursor(cursor: &Option<String>) -> Result<Option<Uuid>, ApiError> {
+pub(crate) fn uuid_cursor(cursor: &Option<String>) -> Result<Option<Uuid>, ApiError> {
     cursor
         .as_deref()
         .map(|c| {
@@ -141,7 +141,11 @@ fn check_window(from: NaiveDate, to: NaiveDate) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn next_cursor<T>(items: &mut Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Option<String> {
+pub(crate) fn next_cursor<T>(
+    items: &mut Vec<T>,
+    limit: i64,
+    key: impl Fn(&T) -> String,
+) -> Option<String> {
     if items.len() as i64 > limit {
         items.truncate(limit as usize);
         items.last().map(key)

@@ -1,0 +1,274 @@
+//! Agency administration (operators only): agency records, their status and
+//! feature flags, and the history of their life-cycle changes. Every change
+//! goes through `ledger_infra::agencies`, as the `ledger agency` CLI does,
+//! and is taken into this process's agency cache at once (other processes
+//! within a second).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use ledger_domain::{values, Action};
+use ledger_infra::agencies::{self, Agency, AgencyError, Change, Created, HistoryEntry};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::reads::{next_cursor, uuid_cursor};
+use super::{Page, PathId};
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::Body;
+use crate::state::AppState;
+
+const NAME_MAX: usize = 200;
+const REASON_MAX: usize = 500;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeaturesView {
+    pub ical_export: bool,
+    pub ical_import: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgencyView {
+    pub id: Uuid,
+    pub name: Option<String>,
+    /// `active` or `suspended`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub features: FeaturesView,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Agency> for AgencyView {
+    fn from(agency: Agency) -> Self {
+        AgencyView {
+            id: agency.id,
+            name: agency.name,
+            status: agency.status,
+            reason: agency.reason,
+            features: FeaturesView {
+                ical_export: agency.features.ical_export,
+                ical_import: agency.features.ical_import,
+            },
+            created_at: agency.created_at,
+            updated_at: agency.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgencyPage {
+    pub items: Vec<AgencyView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAgency {
+    /// Chosen by the service when left out.
+    #[serde(default)]
+    pub id: Option<Uuid>,
+    #[schema(min_length = 1, max_length = 200)]
+    pub name: String,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChange {
+    #[serde(default)]
+    #[schema(max_length = 500)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureChange {
+    #[serde(default)]
+    pub ical_export: Option<bool>,
+    #[serde(default)]
+    pub ical_import: Option<bool>,
+}
+
+fn agency_error(error: AgencyError) -> ApiError {
+    match error {
+        AgencyError::NotFound => ApiError::AgencyNotFound,
+        AgencyError::AlreadyExists => ApiError::validation("an agency with this id already exists"),
+        AgencyError::Db(e) => ledger_infra::DbError::from(e).into(),
+    }
+}
+
+fn db(error: sqlx::Error) -> ApiError {
+    agency_error(AgencyError::Db(error))
+}
+
+#[utoipa::path(get, path = "/ops/agencies", operation_id = "list_agencies", tag = "ops",
+    params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, description = "a page of agencies", body = AgencyPage), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    page: Page,
+) -> Result<Json<AgencyPage>, ApiError> {
+    caller.require(Action::AdministerAgencies)?;
+    let after = uuid_cursor(&page.cursor)?;
+    let mut rows = agencies::list(&state.pool, after, page.limit + 1)
+        .await
+        .map_err(db)?;
+    let next_cursor = next_cursor(&mut rows, page.limit, |a| a.id.to_string());
+    let items = rows.into_iter().map(AgencyView::from).collect();
+    Ok(Json(AgencyPage { items, next_cursor }))
+}
+
+/// 201 for a new agency; 200 when it names an agency that got its record
+/// from its first token; 400 when the id already has a named record.
+#[utoipa::path(post, path = "/ops/agencies", operation_id = "create_agency", tag = "ops", request_body = NewAgency,
+    responses((status = 201, description = "the new agency", body = AgencyView), (status = 200, description = "an existing unnamed agency, now named", body = AgencyView),
+              (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Body(body): Body<NewAgency>,
+) -> Result<Response, ApiError> {
+    caller.require(Action::AdministerAgencies)?;
+    values::text("name", &body.name, 1, NAME_MAX)?;
+    let id = body.id.unwrap_or_else(Uuid::now_v7);
+    let (agency, created) = agencies::create(&state.pool, id, &body.name, &caller.0.user_id)
+        .await
+        .map_err(agency_error)?;
+    state.agencies.note(&agency);
+    let status = match created {
+        Created::New => StatusCode::CREATED,
+        Created::Named => StatusCode::OK,
+    };
+    Ok((status, Json(AgencyView::from(agency))).into_response())
+}
+
+#[utoipa::path(get, path = "/ops/agencies/{id}", operation_id = "get_agency", tag = "ops",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+) -> Result<Json<AgencyView>, ApiError> {
+    caller.require(Action::AdministerAgencies)?;
+    let agency = agencies::get(&state.pool, id)
+        .await
+        .map_err(db)?
+        .ok_or(ApiError::AgencyNotFound)?;
+    Ok(Json(agency.into()))
+}
+
+#[utoipa::path(post, path = "/ops/agencies/{id}/suspend", operation_id = "suspend_agency", tag = "ops",
+    params(("id" = Uuid, Path)), request_body = StatusChange,
+    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn suspend(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    Body(body): Body<StatusChange>,
+) -> Result<Json<AgencyView>, ApiError> {
+    caller.require(Action::AdministerAgencies)?;
+    values::optional_text("reason", body.reason.as_deref(), REASON_MAX)?;
+    let change = Change::Suspend {
+        reason: body.reason,
+    };
+    apply(&state, &caller, id, change).await
+}
+
+#[utoipa::path(post, path = "/ops/agencies/{id}/reinstate", operation_id = "reinstate_agency", tag = "ops",
+    params(("id" = Uuid, Path)), request_body = StatusChange,
+    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn reinstate(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    Body(body): Body<StatusChange>,
+) -> Result<Json<AgencyView>, ApiError> {
+    caller.require(Action::AdministerAgencies)?;
+    values::optional_text("reason", body.reason.as_deref(), REASON_MAX)?;
+    let change = Change::Reinstate {
+        reason: body.reason,
+    };
+    apply(&state, &caller, id, change).await
+}
+
+#[utoipa::path(put, path = "/ops/agencies/{id}/features", operation_id = "set_agency_features", tag = "ops",
+    params(("id" = Uuid, Path)), request_body = FeatureChange,
+    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn features(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathId(id): PathId,
+    Body(body): Body<FeatureChange>,
+) -> Result<Json<AgencyView>, ApiError> {
+    caller.require(Action::AdministerAgencies)?;
+    let change = Change::SetFeatures {
+        ical_export: body.ical_export,
+        ical_import: body.ical_import,
+    };
+    apply(&state, &caller, id, change).await
+}
+
+/// Runs a change in its own task (a client that hangs up cannot cut the
+/// transaction short), then takes it into this process's cache.
+async fn apply(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    change: Change,
+) -> Result<Json<AgencyView>, ApiError> {
+    let pool = state.pool.clone();
+    let by = caller.0.user_id.clone();
+    let agency = tokio::spawn(async move { agencies::change(&pool, id, change, &by).await })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(agency_error)?;
+    state.agencies.note(&agency);
+    Ok(Json(agency.into()))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgencyHistoryPage {
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<HistoryEntry>,
+    pub next_cursor: Option<String>,
+}
+
+/// The agencies' life-cycle changes, oldest first, in the audit log's shape
+/// (`resource_type` is `agency`; `position` is the history's own order).
+#[utoipa::path(get, path = "/ops/audit-log", operation_id = "agency_audit_log", tag = "ops",
+    params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, description = "a page of the agency history", body = AgencyHistoryPage), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn audit_log(
+    State(state): State<AppState>,
+    caller: Caller,
+    page: Page,
+) -> Result<Json<AgencyHistoryPage>, ApiError> {
+    caller.require(Action::AdministerAgencies)?;
+    let after = match page.cursor.as_deref() {
+        None => 0,
+        Some(c) => c
+            .parse()
+            .map_err(|_| ApiError::validation("cursor is not one this route gave out"))?,
+    };
+    let mut rows = agencies::history(&state.pool, after, page.limit + 1)
+        .await
+        .map_err(db)?;
+    let next_cursor = next_cursor(&mut rows, page.limit, |e| e.position.to_string());
+    Ok(Json(AgencyHistoryPage {
+        items: rows,
+        next_cursor,
+    }))
+}

@@ -1,0 +1,342 @@
+//! Agency records: what an operator manages (name, active or suspended,
+//! feature flags), and their history. Every change goes through [`change`]:
+//! one transaction that updates the record and appends what happened to
+//! `agency_history` (append-only, like the event log), so the record and its
+//! history never disagree. The HTTP routes and the `ledger agency` CLI both
+//! call this module.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+/// Who made a change that no person asked for: an agency's first token.
+pub const FIRST_USE: &str = "first-use";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Features {
+    pub ical_export: bool,
+    pub ical_import: bool,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Features {
+            ical_export: true,
+            ical_import: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Agency {
+    pub id: Uuid,
+    pub name: Option<String>,
+    /// `active` or `suspended`.
+    pub status: String,
+    pub reason: Option<String>,
+    pub features: Features,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Agency {
+    pub fn is_suspended(&self) -> bool {
+        self.status == SUSPENDED
+    }
+
+    fn from_row(row: &PgRow) -> Result<Agency, sqlx::Error> {
+        Ok(Agency {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            status: row.try_get("status")?,
+            reason: row.try_get("reason")?,
+            features: Features {
+                ical_export: row.try_get("ical_export")?,
+                ical_import: row.try_get("ical_import")?,
+            },
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+}
+
+const ACTIVE: &str = "active";
+const SUSPENDED: &str = "suspended";
+const COLUMNS: &str = "id, name, status, reason, ical_export, ical_import, created_at, updated_at";
+
+/// A life-cycle change of an agency.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Suspend {
+        reason: Option<String>,
+    },
+    Reinstate {
+        reason: Option<String>,
+    },
+    SetFeatures {
+        ical_export: Option<bool>,
+        ical_import: Option<bool>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgencyError {
+    #[error("the agency has no record")]
+    NotFound,
+    #[error("an agency with this id already has a name")]
+    AlreadyExists,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// What `created` did: a new record, or the name given to a record that an
+/// agency's first token made without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    New,
+    Named,
+}
+
+/// One entry of the agency history, in the audit log's shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    pub id: Uuid,
+    pub agency_id: Uuid,
+    pub user_id: String,
+    pub action: String,
+    pub resource_type: &'static str,
+    pub resource_id: Uuid,
+    pub details: Value,
+    pub created_at: DateTime<Utc>,
+    pub position: i64,
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Agency>, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM agencies WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(Agency::from_row).transpose()
+}
+
+/// Agencies in id order after `after`, at most `limit`.
+pub async fn list(
+    pool: &PgPool,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<Agency>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM agencies WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(Agency::from_row).collect()
+}
+
+/// The agencies whose status or features differ from the defaults: all an
+/// agency cache needs to hold.
+pub async fn restricted(pool: &PgPool) -> Result<Vec<Agency>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM agencies
+          WHERE status <> 'active' OR NOT ical_export OR NOT ical_import"
+    ))
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(Agency::from_row).collect()
+}
+
+/// Creates the record of agency `id` named `name`; an agency that got a
+/// record without a name (from its first token) gets the name instead.
+pub async fn create(
+    pool: &PgPool,
+    id: Uuid,
+    name: &str,
+    by: &str,
+) -> Result<(Agency, Created), AgencyError> {
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(&format!(
+        "INSERT INTO agencies (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING
+         RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(name)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (agency, created) = match inserted {
+        Some(row) => (Agency::from_row(&row)?, Created::New),
+        None => {
+            let unnamed = locked(&mut tx, id).await?.is_some_and(|a| a.name.is_none());
+            if !unnamed {
+                return Err(AgencyError::AlreadyExists);
+            }
+            let row = sqlx::query(&format!(
+                "UPDATE agencies SET name = $2, updated_at = now() WHERE id = $1
+                 RETURNING {COLUMNS}"
+            ))
+            .bind(id)
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+            (Agency::from_row(&row)?, Created::Named)
+        }
+    };
+    let action = match created {
+        Created::New => "agency.create",
+        Created::Named => "agency.name",
+    };
+    record(&mut tx, id, by, action, json!({ "name": name })).await?;
+    tx.commit().await?;
+    Ok((agency, created))
+}
+
+/// Makes sure agency `id` has a record (name null), for an agency whose
+/// token is used before an operator created it. Returns whether it made one.
+pub async fn ensure(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let made = sqlx::query("INSERT INTO agencies (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if made {
+        record(
+            &mut tx,
+            id,
+            FIRST_USE,
+            "agency.create",
+            json!({ "name": null }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(made)
+}
+
+/// Applies a life-cycle change to agency `id` and records it. A change that
+/// changes nothing (reinstating an active agency) records nothing.
+pub async fn change(
+    pool: &PgPool,
+    id: Uuid,
+    change: Change,
+    by: &str,
+) -> Result<Agency, AgencyError> {
+    let mut tx = pool.begin().await?;
+    let current = locked(&mut tx, id).await?.ok_or(AgencyError::NotFound)?;
+    let mut next = current.clone();
+    let (action, details) = match change {
+        Change::Suspend { reason } => {
+            next.status = SUSPENDED.into();
+            next.reason = reason.clone();
+            ("agency.suspend", json!({ "reason": reason }))
+        }
+        Change::Reinstate { .. } if !current.is_suspended() => return Ok(current),
+        Change::Reinstate { reason } => {
+            next.status = ACTIVE.into();
+            next.reason = reason.clone();
+            ("agency.reinstate", json!({ "reason": reason }))
+        }
+        Change::SetFeatures {
+            ical_export,
+            ical_import,
+        } => {
+            next.features.ical_export = ical_export.unwrap_or(current.features.ical_export);
+            next.features.ical_import = ical_import.unwrap_or(current.features.ical_import);
+            ("agency.features", json!({ "features": next.features }))
+        }
+    };
+    if next == current {
+        return Ok(current);
+    }
+    let row = sqlx::query(&format!(
+        "UPDATE agencies SET status = $2, reason = $3, ical_export = $4, ical_import = $5,
+                updated_at = now()
+          WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(&next.status)
+    .bind(&next.reason)
+    .bind(next.features.ical_export)
+    .bind(next.features.ical_import)
+    .fetch_one(&mut *tx)
+    .await?;
+    record(&mut tx, id, by, action, details).await?;
+    tx.commit().await?;
+    Ok(Agency::from_row(&row)?)
+}
+
+/// The agency history after `after` (a position), oldest first.
+pub async fn history(
+    pool: &PgPool,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<HistoryEntry>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT position, id, agency_id, user_id, action, details, created_at
+           FROM agency_history WHERE position > $1 ORDER BY position LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let agency_id: Uuid = row.try_get("agency_id")?;
+            Ok(HistoryEntry {
+                id: row.try_get("id")?,
+                agency_id,
+                user_id: row.try_get("user_id")?,
+                action: row.try_get("action")?,
+                resource_type: "agency",
+                resource_id: agency_id,
+                details: row.try_get("details")?,
+                created_at: row.try_get("created_at")?,
+                position: row.try_get("position")?,
+            })
+        })
+        .collect()
+}
+
+async fn locked(conn: &mut PgConnection, id: Uuid) -> Result<Option<Agency>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM agencies WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(Agency::from_row).transpose()
+}
+
+async fn record(
+    conn: &mut PgConnection,
+    agency_id: Uuid,
+    by: &str,
+    action: &str,
+    details: Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO agency_history (id, agency_id, user_id, action, details)
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(agency_id)
+    .bind(by)
+    .bind(action)
+    .bind(details)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The agency of a property that has an iCal export secret.
+pub async fn of_ical_export(pool: &PgPool, property_id: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT agency_id FROM ical_tokens WHERE property_id = $1")
+        .bind(property_id)
+        .fetch_optional(pool)
+        .await
+}
