@@ -12,7 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    agency, assert_error, operator, spawn_app, token, token_with, Reply, TestApp, SECRET,
+    agency, assert_error, operator, spawn_app, spawn_app_with_env, token, token_with, Reply,
+    TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -341,7 +342,8 @@ async fn features_turned_off_refuse_their_routes() {
 
 #[tokio::test]
 async fn the_import_job_skips_feeds_of_agencies_with_imports_off_or_suspended() {
-    let app = spawn_app().await;
+    // The feeds name a closed local port: only an allow-listed host may be local.
+    let app = spawn_app_with_env(&[("LEDGER_FEED_ALLOW_HOSTS", "127.0.0.1")]).await;
     let operator = operator();
     let (off_agency, off_admin) = agency();
     let (suspended_agency, suspended_admin) = agency();
