@@ -1821,7 +1821,19 @@ async fn ops_and_readiness_report_each_projection_with_its_lag() {
     let (_, b1) = booked(&app, &admin, property, "2031-12-05", "2031-12-06").await;
     let (_, b2) = booked(&app, &admin, property, "2031-12-07", "2031-12-08").await;
     read(&app, BOOKINGS, &admin, b2).await;
-    let ops = projections(&app, &operator()).await;
+    // The bookings read waited for `views`; `inventory` runs on its own.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ops = loop {
+        let ops = projections(&app, &operator()).await;
+        if ops["inventory"]["position"] == b2 && ops["views"]["position"] == b2 {
+            break ops;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "inventory and views at {b2}: {ops:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(ops["audit"]["position"], at, "{ops:?}");
     assert_eq!(ops["audit"]["head_position"], b2, "{ops:?}");
     assert_eq!(ops["audit"]["lag"], b2 - at, "{ops:?}");
