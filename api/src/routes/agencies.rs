@@ -176,12 +176,7 @@ pub async fn suspend(
     PathId(id): PathId,
     Body(body): Body<StatusChange>,
 ) -> Result<Json<AgencyView>, ApiError> {
-    caller.require(Action::AdministerAgencies)?;
-    values::optional_text("reason", body.reason.as_deref(), REASON_MAX)?;
-    let change = Change::Suspend {
-        reason: body.reason,
-    };
-    apply(&state, &caller, id, change).await
+    change_status(&state, &caller, id, body, |reason| Change::Suspend { reason }).await
 }
 
 #[utoipa::path(post, path = "/ops/agencies/{id}/reinstate", operation_id = "reinstate_agency", tag = "ops",
@@ -194,12 +189,20 @@ pub async fn reinstate(
     PathId(id): PathId,
     Body(body): Body<StatusChange>,
 ) -> Result<Json<AgencyView>, ApiError> {
+    change_status(&state, &caller, id, body, |reason| Change::Reinstate { reason }).await
+}
+
+/// Suspend and reinstate: an operator's change with a checked reason.
+async fn change_status(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    body: StatusChange,
+    change: fn(Option<String>) -> Change,
+) -> Result<Json<AgencyView>, ApiError> {
     caller.require(Action::AdministerAgencies)?;
     values::optional_text("reason", body.reason.as_deref(), REASON_MAX)?;
-    let change = Change::Reinstate {
-        reason: body.reason,
-    };
-    apply(&state, &caller, id, change).await
+    apply(state, caller, id, change(body.reason)).await
 }
 
 #[utoipa::path(put, path = "/ops/agencies/{id}/features", operation_id = "set_agency_features", tag = "ops",
