@@ -148,6 +148,7 @@ function forgetRows() {
     for (const entry of map.values()) (entry.row || entry.node).remove();
     map.clear();
   }
+  watchedReplays.clear();
   session.replaysRunning = false;
   session.resyncJob = null;
 }
@@ -203,13 +204,18 @@ async function signIn(token) {
     }
     return;
   }
+  // Asks the server whether this is an operator, unless the token itself
+  // names another role (the probe's 403 would only be noise then).
+  const role = claimsOf(token).role;
   let operator = false;
-  try {
-    await call('GET', '/ops/agencies?limit=1', { token });
-    operator = true;
-  } catch (error) {
-    if (!(error instanceof ApiError && error.status === 403)) {
-      showNotice(`Could not tell whether this is an operator token. ${explain(error)}`);
+  if (typeof role !== 'string' || role === 'operator') {
+    try {
+      await call('GET', '/ops/agencies?limit=1', { token });
+      operator = true;
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 403)) {
+        showNotice(`Could not tell whether this is an operator token. ${explain(error)}`);
+      }
     }
   }
   let resync = false;
@@ -343,7 +349,12 @@ function projectionRow(name) {
           act(
             event.currentTarget,
             `Rebuild the ${name} projection from position 0? Reads keep working; the rebuilt copy is swapped in when it has caught up.`,
-            () => call('POST', `/ops/projections/${encodeURIComponent(name)}/replay`, { token: session.token, body: {} }),
+            async () => {
+              const started = await call('POST', `/ops/projections/${encodeURIComponent(name)}/replay`, { token: session.token, body: {} });
+              watchedReplays.add(name);
+              session.replaysRunning = true;
+              return started;
+            },
             { okLabel: 'Start replay', done: () => `Replay of ${name} started.` },
           ),
       }, 'Replay'),
@@ -412,8 +423,15 @@ function renderProjections(list) {
 
 const replayItems = new Map();
 
+/** Projections whose replay this page shows: one started here, one that
+ * is replaying now, or one already on show (until the page is left). */
+const watchedReplays = new Set();
+
 async function loadReplays(token) {
-  const names = [...projectionRows.keys()];
+  for (const [name, entry] of projectionRows) {
+    if (entry.row.dataset.status === 'replaying') watchedReplays.add(name);
+  }
+  const names = [...watchedReplays];
   const progress = await Promise.all(names.map((name) =>
     call('GET', `/ops/projections/${encodeURIComponent(name)}/replay`, { token }).catch((error) => {
       if (error instanceof ApiError && error.status === 404) return null;
