@@ -18,7 +18,9 @@ VENV="$LOCAL/venv"
   "$VENV/bin/pip" install -q playwright
 }
 
-cargo build --bin ledger
+# The same `ledger` the black-box tests start (built with the test
+# profile's features, so after `cargo test` nothing is rebuilt).
+cargo test -p ledger-api --test console --no-run
 LEDGER="$ROOT/target/debug/ledger"
 
 owner="${DATABASE_MIGRATE_URL:-$DATABASE_URL}"

@@ -323,23 +323,26 @@ function renderCommit(commit) {
 // ------------------------------------------------------------ projections
 
 const projectionRows = new Map();
+/** The read models that replay and parked retry work on (the publisher's
+ * checkpoint is listed with them but is no read model). */
+const REBUILDABLE = ['inventory', 'views', 'audit'];
 
 function projectionRow(name) {
   const cells = {
     name: el('th', { scope: 'row' }, name),
-    position: el('td', { class: 'num' }),
-    head: el('td', { class: 'num' }),
+    position: el('td', { class: 'num', 'data-label': 'Position' }),
+    head: el('td', { class: 'num', 'data-label': 'Head' }),
     lagText: el('span', { class: 'lag-number' }),
     lagBar: el('progress', { max: '1', value: '1', 'aria-label': `${name}: share of the log applied` }),
     status: el('span', { class: 'badge' }),
     parkedCount: el('span'),
     parkedList: el('ul', { class: 'parked' }),
-    error: el('td', { class: 'error-text' }),
+    error: el('td', { class: 'error-text', 'data-label': 'Last error' }),
     actions: el('td', { class: 'operator-only actions' }),
   };
-  cells.lag = el('td', { class: 'lag' }, cells.lagText, cells.lagBar);
-  cells.parked = el('td', {}, cells.parkedCount, cells.parkedList);
-  if (session.operator) {
+  cells.lag = el('td', { class: 'lag', 'data-label': 'Lag' }, cells.lagText, cells.lagBar);
+  cells.parked = el('td', { 'data-label': 'Parked' }, cells.parkedCount, cells.parkedList);
+  if (session.operator && REBUILDABLE.includes(name)) {
     cells.actions.append(
       el('button', {
         type: 'button',
@@ -376,7 +379,7 @@ function projectionRow(name) {
     );
   }
   const row = el('tr', { 'data-projection': name }, cells.name, cells.position, cells.head, cells.lag,
-    el('td', {}, cells.status), cells.parked, cells.error, cells.actions);
+    el('td', { 'data-label': 'Status' }, cells.status), cells.parked, cells.error, cells.actions);
   return { row, cells, parkedKey: '' };
 }
 
@@ -534,8 +537,8 @@ function agencyRow(agency) {
   });
   const row = el('tr', { 'data-agency': agency.id },
     el('th', { scope: 'row' }, cells.name, el('br'), cells.id),
-    el('td', {}, cells.status, ' ', cells.reason),
-    el('td', { class: 'features' }, cells.icalExport, cells.icalImport),
+    el('td', { 'data-label': 'Status' }, cells.status, ' ', cells.reason),
+    el('td', { class: 'features', 'data-label': 'Features' }, cells.icalExport, cells.icalImport),
     el('td', { class: 'actions' }, cells.lifecycle));
   return { row, cells, data: agency };
 }
