@@ -55,7 +55,10 @@ async fn the_console_page_is_served_with_a_strict_content_security_policy() {
     assert!(!html.contains("<style"), "no inline style element");
     assert!(!html.contains(" style="), "no style attribute");
     assert!(!html.contains("<script>"), "no inline script");
-    assert!(!html.contains("http://") && !html.contains("https://"), "no outside file");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no outside file"
+    );
 }
 
 #[tokio::test]
@@ -93,7 +96,10 @@ async fn the_console_without_a_trailing_slash_redirects_to_the_page() {
         .expect("answered");
     assert!(response.status().is_redirection());
     assert_eq!(
-        response.headers().get("location").and_then(|v| v.to_str().ok()),
+        response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok()),
         Some("/console/")
     );
 }

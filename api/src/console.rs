@@ -34,7 +34,10 @@ pub fn routes(config: &ServeConfig) -> Router<AppState> {
         return Router::new();
     }
     Router::new()
-        .route("/console", get(|| async { Redirect::permanent("/console/") }))
+        .route(
+            "/console",
+            get(|| async { Redirect::permanent("/console/") }),
+        )
         .route("/console/", get(|| async { file("index.html") }))
         .route(
             "/console/{*path}",
