@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the Booking Ledger on 127.0.0.1:8080 (LEDGER_LISTEN), with PostgreSQL
-# and NATS set up as needed. Prints an admin token and a curl line to try.
+# and NATS set up as needed. Prints an admin token, a curl line to try and
+# the Ops Console's address with an operator token.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -38,6 +39,7 @@ fi
 
 agency="${LEDGER_DEMO_AGENCY:-11111111-1111-4111-8111-111111111111}"
 token="$("$LEDGER" token --agency "$agency" --role admin --sub demo-admin --ttl 12h)"
+operator_token="$("$LEDGER" token --role operator --sub demo-operator --ttl 12h)"
 listen="${LEDGER_LISTEN:-127.0.0.1:8080}"
 cat <<MSG
 
@@ -45,6 +47,10 @@ Booking Ledger starting on http://$listen (API docs: http://$listen/docs/)
 Admin token for agency $agency (12 h):
 
   export TOKEN=$token
+
+Ops Console (operator, 12 h; the token stays in the address fragment, never sent):
+
+  http://$listen/console/#token=$operator_token
 
 Try:
   curl -s -X POST http://$listen/api/v1/properties -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' -d '{"name":"Sea View","timezone":"Europe/Lisbon"}'

@@ -14,3 +14,4 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- "$@"
 # A short schema-driven fuzz pass (R5): zero 5xx from generated requests.
 scripts/fuzz.sh short
+scripts/browser-tests.sh

@@ -57,6 +57,15 @@ fn parse_jwks_url(value: &str) -> Result<String, String> {
     }
 }
 
+/// `LEDGER_CONSOLE`: `on` or `off` (also `true`/`false`, `1`/`0`).
+fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(format!("must be `on` or `off`, not `{value}`")),
+    }
+}
+
 /// `LEDGER_RATE_LIMIT`: requests per agency per process, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateLimit {
@@ -208,6 +217,9 @@ pub struct ServeConfig {
         default_value = ""
     )]
     pub feed_allow_hosts: Vec<String>,
+    /// The Ops Console at `/console/` (`on` or `off`; off, it answers 404).
+    #[arg(long, env = "LEDGER_CONSOLE", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub console: bool,
 }
 
 impl ServeConfig {
@@ -254,6 +266,7 @@ impl ServeConfig {
             "LEDGER_MAX_IN_FLIGHT",
             "LEDGER_REQUEST_TIMEOUT",
             "LEDGER_BODY_TIMEOUT",
+            "LEDGER_CONSOLE",
         ]
         .into_iter()
         .filter(|name| std::env::var_os(name).is_some())
@@ -278,6 +291,13 @@ mod tests {
     fn short_secrets_are_refused_and_long_random_ones_accepted() {
         assert!(parse_secret("0123456789").is_err());
         assert!(parse_secret("a-long-enough-secret-of-our-very-own-42").is_ok());
+    }
+
+    #[test]
+    fn the_console_switch_is_on_or_off() {
+        assert_eq!(parse_on_off("on"), Ok(true));
+        assert_eq!(parse_on_off("OFF"), Ok(false));
+        assert!(parse_on_off("maybe").is_err());
     }
 
     #[test]

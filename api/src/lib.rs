@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod dto;
 pub mod error;
 pub mod expiry;
@@ -99,6 +100,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ops/agencies/{id}/features", put(agencies::features))
         .route("/ops/audit-log", get(agencies::audit_log))
         .merge(openapi::routes())
+        .merge(console::routes(&state.config))
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn(idempotency::middleware))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
