@@ -14,4 +14,5 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- "$@"
 # A short schema-driven fuzz pass (R5): zero 5xx from generated requests.
 scripts/fuzz.sh short
+# The Ops Console in headless Chromium (Debian's chromium, Playwright from PyPI).
 scripts/browser-tests.sh
