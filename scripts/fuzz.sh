@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Schema-driven fuzzing (QUALITY.md R5): schemathesis generates requests from
+# Schema-driven fuzzing (docs/quality.md R5): schemathesis generates requests from
 # the service's own /openapi.json, valid and invalid alike, and fails on any
 # 5xx. It runs against a private `ledger serve` on a fresh database with a
 # token of its own, so nothing else is touched.

@@ -1,5 +1,5 @@
 //! Authentication and authorisation against the real binary: bad tokens get
-//! 401 in the contract format, the role table of PRODUCT.md decides every
+//! 401 in the contract format, the role table of docs/product.md decides every
 //! write route, agencies never see each other (invariant 6), suspended
 //! agencies are refused, and `ledger token` mints tokens the server accepts.
 
@@ -297,7 +297,7 @@ const ROLES: [&str; 6] = [
     "operator",
 ];
 
-/// PRODUCT.md's role table, for a property the owner owns. Operators have
+/// docs/product.md's role table, for a property the owner owns. Operators have
 /// no agency: every agency route is refused to them (their token here names
 /// the agency, which is ignored).
 fn allowed(role: &str, route: Route) -> bool {

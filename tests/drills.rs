@@ -1,4 +1,4 @@
-//! Reliability drills (QUALITY.md R1, R2, R3, R8 and the hang-up probe): the
+//! Reliability drills (docs/quality.md R1, R2, R3, R8 and the hang-up probe): the
 //! real `ledger` under concurrency, disconnects, kill -9 and a NATS outage,
 //! judged by the log itself (the `events` table), never by the read models.
 //!

@@ -1,4 +1,4 @@
-//! The read side of API.md against the real binary: the read routes with
+//! The read side of docs/api.md against the real binary: the read routes with
 //! read-your-writes (`?min_position=`), hold expiry without traffic, the
 //! projections surviving kill -9 mid-catch-up, replays under load, and the
 //! ops/health views of the projections.

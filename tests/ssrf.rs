@@ -1,4 +1,4 @@
-//! R11 (QUALITY.md): feed URLs naming loopback, private, link-local and
+//! R11 (docs/quality.md): feed URLs naming loopback, private, link-local and
 //! metadata addresses are never fetched: named directly (refused at
 //! registration), by a DNS name that resolves inside when the feed runs,
 //! or by a redirect from an allowed channel. Each case has a channel of the

@@ -1,5 +1,5 @@
-//! The event stream on NATS JetStream (API.md "Event stream on NATS
-//! JetStream", QUALITY.md R3): what is published, in which order, and what
+//! The event stream on NATS JetStream (docs/api.md "Event stream on NATS
+//! JetStream", docs/quality.md R3): what is published, in which order, and what
 //! survives NATS and publisher failures. Each test runs its own nats-server
 //! (tests/common/nats.rs), so stopping it touches nothing else.
 
@@ -234,7 +234,7 @@ async fn a_reserve_is_published_as_the_documented_cloudevent() {
         .await
         .expect("the event is in the log");
 
-    // The stream, as API.md and the publisher's doc comment define it.
+    // The stream, as docs/api.md and the publisher's doc comment define it.
     let client = connect(&nats).await;
     let jetstream = async_nats::jetstream::new(client.clone());
     let mut stream = jetstream.get_stream("LEDGER").await.expect("stream LEDGER");

@@ -1,4 +1,4 @@
-//! Values every layer can hold (API.md, PRODUCT.md invariant 8, QUALITY.md
+//! Values every layer can hold (docs/api.md, docs/product.md invariant 8, docs/quality.md
 //! R5/R9): generated texts, dates and numbers through every write route are
 //! either refused with a 400 naming the field or accepted, and whatever is
 //! accepted is applied by every projection and published to NATS. Then the

@@ -1,4 +1,4 @@
-//! The write routes of API.md against the real binary: every command's success
+//! The write routes of docs/api.md against the real binary: every command's success
 //! and its error codes, the contract's error format for axum's own rejections,
 //! request ids, Idempotency-Key, concurrency (invariant 1), health and docs.
 

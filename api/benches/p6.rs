@@ -1,4 +1,4 @@
-//! P6 of QUALITY.md: commit -> received by a JetStream consumer at 1,000
+//! P6 of docs/quality.md: commit -> received by a JetStream consumer at 1,000
 //! events/s (target p99 <= 100 ms), and catch-up publishing (target >= 10,000
 //! events/s). Not a test: it prints figures.
 //!

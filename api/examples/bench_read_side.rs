@@ -1,4 +1,4 @@
-//! Read-side benchmarks P4, P5 and P7 of QUALITY.md, each printed with its
+//! Read-side benchmarks P4, P5 and P7 of docs/quality.md, each printed with its
 //! baseline measured in the same run on the same PostgreSQL.
 //!
 //!   cargo run --release -p ledger-api --example bench_read_side [-- --ranges 1000000]
@@ -253,7 +253,7 @@ async fn p5(pool: &PgPool, ranges: i64) -> BenchResult<()> {
         .await?;
     pool.execute(
         // The baseline table has the EXCLUSION constraint and nothing else
-        // (QUALITY.md); inventory_ranges also has its primary key and the
+        // (docs/quality.md); inventory_ranges also has its primary key and the
         // covering index of the free search, so the ratio is conservative.
         "CREATE TABLE bench_gist (LIKE inventory_ranges);
          ALTER TABLE bench_gist ADD EXCLUDE USING gist (property_id WITH =, during WITH &&);

@@ -1,7 +1,7 @@
 //! What a decided command did, and the state its events lead to, told
 //! without touching the calendar they were decided on: a caller appends the
 //! events first and folds them into its own copy only once they are in the
-//! log (PRODUCT.md invariant 7: no cache runs ahead of the log).
+//! log (docs/product.md invariant 7: no cache runs ahead of the log).
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,4 @@
-//! PRODUCT.md invariant 7 at the command bus: a caller that goes away in the
+//! docs/product.md invariant 7 at the command bus: a caller that goes away in the
 //! middle of a command (an HTTP client hanging up drops the request's future)
 //! leaves the ledger as if the command had completed or never been sent, and
 //! the bus's cached calendars never run ahead of the log.

@@ -176,7 +176,10 @@ pub async fn suspend(
     PathId(id): PathId,
     Body(body): Body<StatusChange>,
 ) -> Result<Json<AgencyView>, ApiError> {
-    change_status(&state, &caller, id, body, |reason| Change::Suspend { reason }).await
+    change_status(&state, &caller, id, body, |reason| Change::Suspend {
+        reason,
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/ops/agencies/{id}/reinstate", operation_id = "reinstate_agency", tag = "ops",
@@ -189,7 +192,10 @@ pub async fn reinstate(
     PathId(id): PathId,
     Body(body): Body<StatusChange>,
 ) -> Result<Json<AgencyView>, ApiError> {
-    change_status(&state, &caller, id, body, |reason| Change::Reinstate { reason }).await
+    change_status(&state, &caller, id, body, |reason| Change::Reinstate {
+        reason,
+    })
+    .await
 }
 
 /// Suspend and reinstate: an operator's change with a checked reason.

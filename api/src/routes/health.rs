@@ -62,7 +62,7 @@ pub async fn live() -> Response {
 }
 
 /// Whether PostgreSQL answers a query within 800 ms: a readiness probe
-/// answers within a second either way (QUALITY.md R4).
+/// answers within a second either way (docs/quality.md R4).
 pub async fn database_answers(state: &AppState) -> bool {
     let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
     matches!(
