@@ -26,6 +26,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
 use crate::routes::{agencies, blocks, bookings, health, ical, ops, properties, reads};
+use crate::routes::resync;
 use crate::state::AppState;
 
 /// Request bodies over this many bytes get 413 `PAYLOAD_TOO_LARGE`.
@@ -43,6 +44,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/properties/{id}/archive", post(properties::archive))
         .route("/api/v1/properties/{id}/events", get(properties::events))
+        .route("/api/v1/properties/{id}/resync", post(resync::property))
+        .route("/api/v1/properties/{id}/checksum", get(resync::checksum))
         .route(
             "/api/v1/bookings",
             get(reads::list_bookings).post(bookings::reserve),
@@ -98,6 +101,9 @@ pub fn router(state: AppState) -> Router {
         .route("/ops/agencies/{id}/reinstate", post(agencies::reinstate))
         .route("/ops/agencies/{id}/features", put(agencies::features))
         .route("/ops/audit-log", get(agencies::audit_log))
+        .route("/ops/resync", post(resync::start))
+        .route("/ops/resync/{job_id}", get(resync::progress))
+        .route("/ops/consumers", get(ops::consumers))
         .merge(openapi::routes())
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn(idempotency::middleware))

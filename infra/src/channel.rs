@@ -660,6 +660,55 @@ impl Follower {
     }
 }
 
+/// One durable consumer of the `LEDGER` stream and how far behind it is
+/// (`GET /ops/consumers`, `/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsumerLag {
+    pub name: String,
+    pub filter_subject: String,
+    /// Messages of its subjects not yet delivered to it.
+    pub pending: u64,
+    /// Delivered, not yet acknowledged.
+    pub ack_pending: u64,
+    /// The stream sequence below which everything is acknowledged.
+    pub ack_floor: u64,
+    /// The last stream sequence delivered.
+    pub delivered: u64,
+    pub redelivered: u64,
+}
+
+/// Every durable consumer on the `LEDGER` stream, by name. An empty list
+/// when the stream does not exist yet.
+pub async fn consumers(client: &Client) -> Result<Vec<ConsumerLag>, ChannelError> {
+    let context = jetstream::new(client.clone());
+    let stream = match context.get_stream(nats::STREAM).await {
+        Ok(stream) => stream,
+        Err(error)
+            if matches!(error.kind(), jetstream::context::GetStreamErrorKind::JetStream(e)
+                if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Ok(Vec::new())
+        }
+        Err(error) => return Err(nats_error(error)),
+    };
+    let mut infos = stream.consumers();
+    let mut lags = Vec::new();
+    while let Some(info) = infos.next().await {
+        let info = info.map_err(nats_error)?;
+        lags.push(ConsumerLag {
+            name: info.name,
+            filter_subject: info.config.filter_subject,
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending as u64,
+            ack_floor: info.ack_floor.stream_sequence,
+            delivered: info.delivered.stream_sequence,
+            redelivered: info.num_redelivered as u64,
+        });
+    }
+    lags.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(lags)
+}
+
 fn is_stream_missing(error: &async_nats::jetstream::stream::ConsumerError) -> bool {
     use async_nats::jetstream::stream::ConsumerErrorKind;
     matches!(
