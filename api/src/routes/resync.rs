@@ -173,6 +173,9 @@ pub async fn checksum(
     let query: ChecksumQuery = serde_urlencoded_query(uri.query().unwrap_or(""))?;
     let from = date("from", &query.from)?;
     let to = date("to", &query.to)?;
+    if let (Some(from), Some(to)) = (from, to) {
+        check_window(from, to)?;
+    }
     let reached = queries::wait_for(
         &state.pool,
         &[Projection::Views, Projection::Inventory],
@@ -195,9 +198,7 @@ pub async fn checksum(
         Some(to) => to,
         None => checksum::window("UTC", from.and_time(chrono::NaiveTime::MIN).and_utc()).1,
     };
-    if to <= from {
-        return Err(CalendarError::invalid("to", "must be after from").into());
-    }
+    check_window(from, to)?;
     let ranges: Vec<ChannelRange> = queries::ranges(&mut tx, agency_id, id, from, to)
         .await
         .map_err(db)?
@@ -217,6 +218,13 @@ pub async fn checksum(
         checksum: checksum::checksum(&ranges),
     };
     Ok(read_reply(reached, body))
+}
+
+fn check_window(from: NaiveDate, to: NaiveDate) -> Result<(), ApiError> {
+    if to <= from {
+        return Err(CalendarError::invalid("to", "must be after from").into());
+    }
+    Ok(())
 }
 
 /// A date parameter: `YYYY-MM-DD`, within the dates the ledger holds.
