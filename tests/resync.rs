@@ -586,3 +586,200 @@ async fn resync_routes_refuse_what_the_contract_refuses() {
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     );
 }
+
+/// Registers `count` properties, each with one booking in the window, 16 at
+/// a time; returns their ids.
+async fn properties_with_a_booking(app: &TestApp, token: &str, count: usize) -> Vec<Uuid> {
+    let mut ids = Vec::with_capacity(count);
+    let mut pending = futures::stream::iter(0..count)
+        .map(|i| async move {
+            let property = app.property(token, None).await;
+            let offset = 1 + (i % 300) as u64;
+            booking_id(&app.reserve(token, property, &day(offset), &day(offset + 2)).await);
+            property
+        })
+        .buffer_unordered(16);
+    while let Some(id) = pending.next().await {
+        ids.push(id);
+    }
+    ids
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// Live reserves at `rate` a second for as long as `until` says, over
+/// `live`; returns commit -> received latencies (ms) of their events.
+async fn live_load(
+    app: &TestApp,
+    token: &str,
+    nats: &NatsServer,
+    live: &[Uuid],
+    rate: u64,
+    mut until: impl FnMut(usize) -> bool,
+) -> Vec<f64> {
+    let client = ledger_infra::nats::connect_now(&nats.url, "latency")
+        .await
+        .expect("connect");
+    let mut follower =
+        ledger_infra::channel::Follower::open(&client, None, None, None)
+            .await
+            .expect("follow the stream");
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let watching: std::collections::HashSet<Uuid> = live.iter().copied().collect();
+    let collector = {
+        let latencies = latencies.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(event)) = follower.next().await {
+                if event.event_type != "ledger.booking.reserved" {
+                    continue;
+                }
+                let Ok((_, property)) = event.origin() else { continue };
+                if watching.contains(&property) {
+                    let ms = (Utc::now() - event.time).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                    latencies.lock().unwrap().push(ms);
+                }
+            }
+        })
+    };
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let mut sent = 0usize;
+    let mut offset = 0u64;
+    while until(sent) {
+        tick.tick().await;
+        let property = live[sent % live.len()];
+        offset += 1;
+        let night = 400 + (offset / live.len() as u64) * 2;
+        app.reserve(token, property, &day(night), &day(night + 1)).await;
+        sent += 1;
+    }
+    let deadline = Instant::now() + WAIT;
+    while latencies.lock().unwrap().len() < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    collector.abort();
+    let mut all = latencies.lock().unwrap().clone();
+    all.sort_by(f64::total_cmp);
+    all
+}
+
+/// Not a test: figures for docs/benchmarks.md ("Channel resync"). Live
+/// reserves at `LIVE_RATE`/s (default 100) while a resync of every one of
+/// `RESYNC_PROPERTIES` (default 2000) properties runs; prints the live
+/// commit -> received p99 beside the same load without a resync.
+///
+///   cargo test -p ledger-api --test resync -- --ignored resync_under_live_load --nocapture
+#[tokio::test]
+#[ignore]
+async fn resync_under_live_load() {
+    let count: usize = std::env::var("RESYNC_PROPERTIES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let rate: u64 = std::env::var("LIVE_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let (nats, app) = start(&[("LEDGER_CHECKSUM_INTERVAL", "0"), ("RUST_LOG", "error")]).await;
+    let (_agency, admin) = agency();
+    let started = Instant::now();
+    let properties = properties_with_a_booking(&app, &admin, count).await;
+    app.read("/api/v1/properties?limit=1", &admin).await;
+    published(&app).await;
+    eprintln!("{count} properties set up in {:.1} s", started.elapsed().as_secs_f64());
+    let live = &properties[..20];
+
+    let baseline_end = Instant::now() + Duration::from_secs(10);
+    let baseline = live_load(&app, &admin, &nats, live, rate, |_| Instant::now() < baseline_end).await;
+
+    let op = operator();
+    let reply = app.post("/ops/resync", &op, json!({})).await;
+    let job = reply.body["job_id"].as_str().expect("a job").to_owned();
+    let resync_started = Instant::now();
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let finished = finished.clone();
+        let path = format!("/ops/resync/{job}");
+        let base = app.base.clone();
+        let op = op.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                let body: Value = client.get(format!("{base}{path}")).bearer_auth(&op).send().await
+                    .expect("progress").json().await.expect("json");
+                if body["state"] == "finished" {
+                    finished.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return body;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let during = live_load(&app, &admin, &nats, live, rate, |_| {
+        !finished.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    let progress = watcher.await.expect("the job");
+    let seconds = resync_started.elapsed().as_secs_f64();
+    println!(
+        "resync of {} properties: {:.1} s ({:.0} snapshots/s); live reserves at {rate}/s over 20 properties",
+        progress["total"], seconds, progress["total"].as_f64().unwrap_or(0.0) / seconds
+    );
+    println!(
+        "  without resync: {} events, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        baseline.len(), percentile(&baseline, 0.5), percentile(&baseline, 0.99), percentile(&baseline, 1.0)
+    );
+    println!(
+        "  during resync:  {} events, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        during.len(), percentile(&during, 0.5), percentile(&during, 0.99), percentile(&during, 1.0)
+    );
+    assert_eq!(progress["processed"], progress["total"]);
+}
+
+/// Not a test: figures for docs/benchmarks.md ("Drift checksums"). One
+/// checksum round over `CHECKSUM_PROPERTIES` (default 10000) properties that
+/// each hold a booking in the window: how long it takes and how many
+/// messages it publishes.
+///
+///   cargo test -p ledger-api --test resync -- --ignored checksum_round_cost --nocapture
+#[tokio::test]
+#[ignore]
+async fn checksum_round_cost() {
+    let count: usize = std::env::var("CHECKSUM_PROPERTIES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let (nats, app) = start(&[("LEDGER_CHECKSUM_INTERVAL", "1h"), ("RUST_LOG", "error")]).await;
+    let (agency_id, admin) = agency();
+    let started = Instant::now();
+    properties_with_a_booking(&app, &admin, count).await;
+    app.read("/api/v1/properties?limit=1", &admin).await;
+    published(&app).await;
+    eprintln!("{count} properties set up in {:.1} s", started.elapsed().as_secs_f64());
+    let mut db = app.db().await;
+    // Make the next round due now.
+    sqlx::query("UPDATE checksum_rounds SET last_run_at = NULL")
+        .execute(&mut db)
+        .await
+        .expect("make a round due");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let (queued, seconds): (i64, f64) = loop {
+        let (queued, left, seconds): (i64, i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE done_at IS NULL),
+                    extract(epoch FROM max(done_at) - min(requested_at))::float8
+               FROM resync_requests WHERE kind = 'checksum'
+                AND requested_at > now() - interval '1 hour'",
+        )
+        .fetch_one(&mut db)
+        .await
+        .expect("read the round");
+        if queued >= count as i64 && left == 0 {
+            break (queued, seconds.unwrap_or(0.0));
+        }
+        assert!(Instant::now() < deadline, "the round did not finish");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let on_stream = stream_messages(&nats, &format!("ledger.{agency_id}.*.availability.checksum"))
+        .await
+        .len();
+    println!(
+        "checksum round over {count} properties: {queued} queued, {on_stream} messages, {seconds:.1} s ({:.0} checksums/s)",
+        on_stream as f64 / seconds.max(0.001)
+    );
+    assert_eq!(on_stream, count);
+}
