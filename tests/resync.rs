@@ -99,7 +99,13 @@ impl Memory {
                 check_out,
                 ..
             } if status.is_active() => {
-                let r = range("booking", *booking_id, *check_in, *check_out, status.as_str());
+                let r = range(
+                    "booking",
+                    *booking_id,
+                    *check_in,
+                    *check_out,
+                    status.as_str(),
+                );
                 ranges.insert(*booking_id, r);
             }
             CalendarEvent::AvailabilityBlocked {
@@ -108,7 +114,10 @@ impl Memory {
                 end,
                 ..
             } => {
-                ranges.insert(*block_id, range("block", *block_id, *start, *end, "blocked"));
+                ranges.insert(
+                    *block_id,
+                    range("block", *block_id, *start, *end, "blocked"),
+                );
             }
             CalendarEvent::BookingModified {
                 booking_id,
@@ -213,7 +222,10 @@ async fn published(app: &TestApp) {
         if position == head {
             return;
         }
-        assert!(Instant::now() < deadline, "the publisher is at {position} of {head}");
+        assert!(
+            Instant::now() < deadline,
+            "the publisher is at {position} of {head}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -230,16 +242,27 @@ async fn a_wiped_adapter_is_back_in_step_from_one_snapshot_and_the_events_after_
     let property = app.property(&admin, None).await;
     let first = booking_id(&app.reserve(&admin, property, &day(10), &day(13)).await);
     let second = booking_id(
-        &app.reserve_with(&admin, property, &day(20), &day(22), json!({"status": "tentative"}))
-            .await,
+        &app.reserve_with(
+            &admin,
+            property,
+            &day(20),
+            &day(22),
+            json!({"status": "tentative"}),
+        )
+        .await,
     );
-    app.block(&admin, property, &day(30), &day(31), "maintenance").await;
+    app.block(&admin, property, &day(30), &day(31), "maintenance")
+        .await;
 
     published(&app).await;
     let memory = Arc::new(Memory::default());
     run_adapter(&nats, "wiped", memory.clone()).await;
     let reply = app
-        .post(&format!("/api/v1/properties/{property}/resync"), &admin, json!({}))
+        .post(
+            &format!("/api/v1/properties/{property}/resync"),
+            &admin,
+            json!({}),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
     assert!(reply.body["as_of_position"].as_i64().unwrap_or(0) > 0);
@@ -249,11 +272,19 @@ async fn a_wiped_adapter_is_back_in_step_from_one_snapshot_and_the_events_after_
     .await;
     // The events after the snapshot.
     let confirmed = app
-        .post(&format!("/api/v1/bookings/{second}/confirm"), &admin, json!({}))
+        .post(
+            &format!("/api/v1/bookings/{second}/confirm"),
+            &admin,
+            json!({}),
+        )
         .await;
     assert_eq!(confirmed.status, StatusCode::OK, "{:?}", confirmed.body);
     let cancelled = app
-        .post(&format!("/api/v1/bookings/{first}/cancel"), &admin, json!({}))
+        .post(
+            &format!("/api/v1/bookings/{first}/cancel"),
+            &admin,
+            json!({}),
+        )
         .await;
     assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
     booking_id(&app.reserve(&admin, property, &day(40), &day(45)).await);
@@ -265,9 +296,17 @@ async fn a_wiped_adapter_is_back_in_step_from_one_snapshot_and_the_events_after_
     })
     .await;
     let snapshots = memory.snapshots.lock().unwrap().clone();
-    assert_eq!(snapshots, vec![4], "one snapshot, as of the 4 events before it");
+    assert_eq!(
+        snapshots,
+        vec![4],
+        "one snapshot, as of the 4 events before it"
+    );
     let applied: Vec<i64> = memory.applied.lock().unwrap().iter().map(|a| a.1).collect();
-    assert_eq!(applied, vec![5, 6, 7], "every event after the snapshot, once, in order");
+    assert_eq!(
+        applied,
+        vec![5, 6, 7],
+        "every event after the snapshot, once, in order"
+    );
     assert!(memory.gaps.lock().unwrap().is_empty(), "no gap");
     let checksum_reply = app
         .read(&format!("/api/v1/properties/{property}/checksum"), &admin)
@@ -288,8 +327,12 @@ async fn a_faked_drift_is_found_by_the_checksum_and_mended_by_the_resync_it_trig
     published(&app).await;
     let memory = Arc::new(Memory::default());
     run_adapter(&nats, "drifting", memory.clone()).await;
-    app.post(&format!("/api/v1/properties/{property}/resync"), &admin, json!({}))
-        .await;
+    app.post(
+        &format!("/api/v1/properties/{property}/resync"),
+        &admin,
+        json!({}),
+    )
+    .await;
     let expected = truth(&app, &admin, property).await;
     eventually("the adapter is in step", || async {
         memory.held(property) == expected
@@ -306,12 +349,16 @@ async fn a_faked_drift_is_found_by_the_checksum_and_mended_by_the_resync_it_trig
         .expect("the property is held")
         .remove(&kept);
     assert_ne!(memory.held(property), expected);
-    eventually("the checksum finds the drift and the resync mends it", || async {
-        memory.held(property) == expected
-    })
+    eventually(
+        "the checksum finds the drift and the resync mends it",
+        || async { memory.held(property) == expected },
+    )
     .await;
     assert!(memory.snapshots.lock().unwrap().len() > snapshots_before);
-    assert!(memory.applied.lock().unwrap().is_empty(), "mended by a snapshot, not by events");
+    assert!(
+        memory.applied.lock().unwrap().is_empty(),
+        "mended by a snapshot, not by events"
+    );
 
     // The iCal export (an adapter on the same kit) is mended the same way.
     let mut db = app.db().await;
@@ -329,20 +376,28 @@ async fn a_faked_drift_is_found_by_the_checksum_and_mended_by_the_resync_it_trig
     eventually("the export gets the booking back", || async {
         ledger_infra::ical::export::ranges(&sqlx_pool(&app).await, property)
             .await
-            .is_ok_and(|r| r.iter().any(|r| r.ref_id == kept && r.status == "confirmed"))
+            .is_ok_and(|r| {
+                r.iter()
+                    .any(|r| r.ref_id == kept && r.status == "confirmed")
+            })
     })
     .await;
 }
 
 async fn sqlx_pool(app: &TestApp) -> sqlx::PgPool {
-    sqlx::PgPool::connect(&app.database_url).await.expect("a pool")
+    sqlx::PgPool::connect(&app.database_url)
+        .await
+        .expect("a pool")
 }
 
 /// The messages of the stream under `subject` (a filter), as
 /// `(subject, document)`, in stream order: everything there is now.
 async fn stream_messages(nats: &NatsServer, subject: &str) -> Vec<(String, Value)> {
     let client = async_nats::connect(&nats.url).await.expect("connect");
-    let Ok(stream) = async_nats::jetstream::new(client).get_stream("LEDGER").await else {
+    let Ok(stream) = async_nats::jetstream::new(client)
+        .get_stream("LEDGER")
+        .await
+    else {
         return Vec::new(); // Not created yet: nothing published yet.
     };
     let consumer = stream
@@ -380,7 +435,11 @@ async fn finished_job(app: &TestApp, op: &str, body: Value) -> Value {
             return reply.body;
         }
         assert_eq!(reply.body["state"], "running");
-        assert!(Instant::now() < deadline, "the job did not finish: {:?}", reply.body);
+        assert!(
+            Instant::now() < deadline,
+            "the job did not finish: {:?}",
+            reply.body
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -401,12 +460,17 @@ async fn snapshots_resyncs_and_checksums_are_on_the_stream_as_the_contract_says(
     let property = app.property(&admin, None).await;
     let other = app.property(&admin, None).await;
     booking_id(&app.reserve(&admin, property, &day(2), &day(4)).await);
-    app.block(&admin, property, &day(6), &day(7), "owner_stay").await;
+    app.block(&admin, property, &day(6), &day(7), "owner_stay")
+        .await;
     booking_id(&app.reserve(&admin, other, &day(1), &day(2)).await);
 
     // One property, on request.
     let reply = app
-        .post(&format!("/api/v1/properties/{property}/resync"), &admin, json!({}))
+        .post(
+            &format!("/api/v1/properties/{property}/resync"),
+            &admin,
+            json!({}),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
     let as_of_position = reply.body["as_of_position"].as_i64().expect("a position");
@@ -415,7 +479,9 @@ async fn snapshots_resyncs_and_checksums_are_on_the_stream_as_the_contract_says(
     let deadline = Instant::now() + WAIT;
     let messages = loop {
         let messages = stream_messages(&nats, &all).await;
-        if messages.iter().any(|(s, _)| s.ends_with(".availability.snapshot"))
+        if messages
+            .iter()
+            .any(|(s, _)| s.ends_with(".availability.snapshot"))
             && messages.iter().any(|(_, d)| d["ledgersequence"] == 4)
         {
             break messages;
@@ -433,7 +499,10 @@ async fn snapshots_resyncs_and_checksums_are_on_the_stream_as_the_contract_says(
         &format!("ledger.{agency_id}.{property}.availability.snapshot")
     );
     assert_eq!(snapshot["type"], "ledger.availability.snapshot");
-    assert_eq!(snapshot["source"], format!("/agencies/{agency_id}/properties/{property}"));
+    assert_eq!(
+        snapshot["source"],
+        format!("/agencies/{agency_id}/properties/{property}")
+    );
     let data = &snapshot["data"];
     assert_eq!(data["property_id"], property.to_string());
     // As of the last event published when the publisher served the
@@ -446,9 +515,16 @@ async fn snapshots_resyncs_and_checksums_are_on_the_stream_as_the_contract_says(
     assert_eq!(data["from"], from.to_string());
     assert_eq!(data["to"], to.to_string());
     let ranges: Vec<ChannelRange> = serde_json::from_value(data["ranges"].clone()).expect("ranges");
-    assert_eq!(ranges.len() as i64, as_of - 1, "one range per claim: {ranges:?}");
     assert_eq!(
-        ranges[..2].iter().map(|r| (r.kind.as_str(), r.status.as_str())).collect::<Vec<_>>(),
+        ranges.len() as i64,
+        as_of - 1,
+        "one range per claim: {ranges:?}"
+    );
+    assert_eq!(
+        ranges[..2]
+            .iter()
+            .map(|r| (r.kind.as_str(), r.status.as_str()))
+            .collect::<Vec<_>>(),
         vec![("booking", "confirmed"), ("block", "blocked")],
         "in start order"
     );
@@ -464,11 +540,18 @@ async fn snapshots_resyncs_and_checksums_are_on_the_stream_as_the_contract_says(
     assert!(route.body["as_of_position"].as_i64().is_some());
     // The event it does not include comes after it; those it does, before.
     for (i, (_, document)) in messages.iter().enumerate() {
-        if document["type"].as_str().is_some_and(|t| t.starts_with("ledger.availability")) {
+        if document["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("ledger.availability"))
+        {
             continue;
         }
         let sequence = document["ledgersequence"].as_i64().expect("a sequence");
-        assert_eq!(i < at, sequence <= as_of, "event {sequence} at {i}, snapshot at {at}");
+        assert_eq!(
+            i < at,
+            sequence <= as_of,
+            "event {sequence} at {i}, snapshot at {at}"
+        );
     }
 
     // The periodic checksum: same definition as the snapshot and the route.
@@ -487,14 +570,23 @@ async fn snapshots_resyncs_and_checksums_are_on_the_stream_as_the_contract_says(
     let now_sum = app
         .read(&format!("/api/v1/properties/{property}/checksum"), &admin)
         .await;
-    assert_eq!(checksum_message["data"]["checksum"], now_sum.body["checksum"]);
+    assert_eq!(
+        checksum_message["data"]["checksum"],
+        now_sum.body["checksum"]
+    );
     assert_eq!(checksum_message["data"]["from"], now_sum.body["from"]);
-    assert_eq!(checksum_message["data"]["property_id"], property.to_string());
+    assert_eq!(
+        checksum_message["data"]["property_id"],
+        property.to_string()
+    );
 
     // Resync jobs: one property, one agency, every property.
     let op = operator();
     let one = finished_job(&app, &op, json!({"property_id": other})).await;
-    assert_eq!((one["total"].as_i64(), one["processed"].as_i64()), (Some(1), Some(1)));
+    assert_eq!(
+        (one["total"].as_i64(), one["processed"].as_i64()),
+        (Some(1), Some(1))
+    );
     assert!(one["finished_at"].is_string() && one["started_at"].is_string());
     let agency_job = finished_job(&app, &op, json!({"agency_id": agency_id})).await;
     assert_eq!(agency_job["total"], 2);
@@ -539,9 +631,16 @@ async fn resync_routes_refuse_what_the_contract_refuses() {
     let property = app.property(&admin, None).await;
     let path = format!("/api/v1/properties/{property}/resync");
     let staff = token(agency_id, "staff", "s");
-    assert_error(&app.post(&path, &staff, json!({})).await, StatusCode::FORBIDDEN, "FORBIDDEN");
+    assert_error(
+        &app.post(&path, &staff, json!({})).await,
+        StatusCode::FORBIDDEN,
+        "FORBIDDEN",
+    );
     let manager = token(agency_id, "manager", "m");
-    assert_eq!(app.post(&path, &manager, json!({})).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        app.post(&path, &manager, json!({})).await.status,
+        StatusCode::ACCEPTED
+    );
     let (_, stranger) = agency();
     assert_error(
         &app.post(&path, &stranger, json!({})).await,
@@ -560,18 +659,21 @@ async fn resync_routes_refuse_what_the_contract_refuses() {
         "VALIDATION_ERROR",
     );
     assert_error(
-        &app.get(&format!("/ops/resync/{}", Uuid::new_v4()), &op).await,
+        &app.get(&format!("/ops/resync/{}", Uuid::new_v4()), &op)
+            .await,
         StatusCode::NOT_FOUND,
         "NOT_FOUND",
     );
     let checksum = format!("/api/v1/properties/{property}/checksum");
     assert_error(
-        &app.get(&format!("{checksum}?from=2027-13-01"), &admin).await,
+        &app.get(&format!("{checksum}?from=2027-13-01"), &admin)
+            .await,
         StatusCode::BAD_REQUEST,
         "VALIDATION_ERROR",
     );
     assert_error(
-        &app.get(&format!("{checksum}?from=2027-02-01&to=2027-01-01"), &admin).await,
+        &app.get(&format!("{checksum}?from=2027-02-01&to=2027-01-01"), &admin)
+            .await,
         StatusCode::BAD_REQUEST,
         "VALIDATION_ERROR",
     );
@@ -595,7 +697,10 @@ async fn properties_with_a_booking(app: &TestApp, token: &str, count: usize) -> 
         .map(|i| async move {
             let property = app.property(token, None).await;
             let offset = 1 + (i % 300) as u64;
-            booking_id(&app.reserve(token, property, &day(offset), &day(offset + 2)).await);
+            booking_id(
+                &app.reserve(token, property, &day(offset), &day(offset + 2))
+                    .await,
+            );
             property
         })
         .buffer_unordered(16);
@@ -625,10 +730,9 @@ async fn live_load(
     let client = ledger_infra::nats::connect_now(&nats.url, "latency")
         .await
         .expect("connect");
-    let mut follower =
-        ledger_infra::channel::Follower::open(&client, None, None, None)
-            .await
-            .expect("follow the stream");
+    let mut follower = ledger_infra::channel::Follower::open(&client, None, None, None)
+        .await
+        .expect("follow the stream");
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let watching: std::collections::HashSet<Uuid> = live.iter().copied().collect();
     let collector = {
@@ -638,9 +742,12 @@ async fn live_load(
                 if event.event_type != "ledger.booking.reserved" {
                     continue;
                 }
-                let Ok((_, property)) = event.origin() else { continue };
+                let Ok((_, property)) = event.origin() else {
+                    continue;
+                };
                 if watching.contains(&property) {
-                    let ms = (Utc::now() - event.time).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+                    let ms =
+                        (Utc::now() - event.time).num_microseconds().unwrap_or(0) as f64 / 1000.0;
                     latencies.lock().unwrap().push(ms);
                 }
             }
@@ -654,7 +761,8 @@ async fn live_load(
         let property = live[sent % live.len()];
         offset += 1;
         let night = 400 + (offset / live.len() as u64) * 2;
-        app.reserve(token, property, &day(night), &day(night + 1)).await;
+        app.reserve(token, property, &day(night), &day(night + 1))
+            .await;
         sent += 1;
     }
     let deadline = Instant::now() + WAIT;
@@ -676,19 +784,31 @@ async fn live_load(
 #[tokio::test]
 #[ignore]
 async fn resync_under_live_load() {
-    let count: usize = std::env::var("RESYNC_PROPERTIES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
-    let rate: u64 = std::env::var("LIVE_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let count: usize = std::env::var("RESYNC_PROPERTIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let rate: u64 = std::env::var("LIVE_RATE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
     let (nats, app) = start(&[("LEDGER_CHECKSUM_INTERVAL", "0"), ("RUST_LOG", "error")]).await;
     let (_agency, admin) = agency();
     let started = Instant::now();
     let properties = properties_with_a_booking(&app, &admin, count).await;
     app.read("/api/v1/properties?limit=1", &admin).await;
     published(&app).await;
-    eprintln!("{count} properties set up in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "{count} properties set up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let live = &properties[..20];
 
     let baseline_end = Instant::now() + Duration::from_secs(10);
-    let baseline = live_load(&app, &admin, &nats, live, rate, |_| Instant::now() < baseline_end).await;
+    let baseline = live_load(&app, &admin, &nats, live, rate, |_| {
+        Instant::now() < baseline_end
+    })
+    .await;
 
     let op = operator();
     let reply = app.post("/ops/resync", &op, json!({})).await;
@@ -703,8 +823,15 @@ async fn resync_under_live_load() {
         tokio::spawn(async move {
             let client = reqwest::Client::new();
             loop {
-                let body: Value = client.get(format!("{base}{path}")).bearer_auth(&op).send().await
-                    .expect("progress").json().await.expect("json");
+                let body: Value = client
+                    .get(format!("{base}{path}"))
+                    .bearer_auth(&op)
+                    .send()
+                    .await
+                    .expect("progress")
+                    .json()
+                    .await
+                    .expect("json");
                 if body["state"] == "finished" {
                     finished.store(true, std::sync::atomic::Ordering::SeqCst);
                     return body;
@@ -725,11 +852,17 @@ async fn resync_under_live_load() {
     );
     println!(
         "  without resync: {} events, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        baseline.len(), percentile(&baseline, 0.5), percentile(&baseline, 0.99), percentile(&baseline, 1.0)
+        baseline.len(),
+        percentile(&baseline, 0.5),
+        percentile(&baseline, 0.99),
+        percentile(&baseline, 1.0)
     );
     println!(
         "  during resync:  {} events, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        during.len(), percentile(&during, 0.5), percentile(&during, 0.99), percentile(&during, 1.0)
+        during.len(),
+        percentile(&during, 0.5),
+        percentile(&during, 0.99),
+        percentile(&during, 1.0)
     );
     assert_eq!(progress["processed"], progress["total"]);
 }
@@ -743,14 +876,20 @@ async fn resync_under_live_load() {
 #[tokio::test]
 #[ignore]
 async fn checksum_round_cost() {
-    let count: usize = std::env::var("CHECKSUM_PROPERTIES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let count: usize = std::env::var("CHECKSUM_PROPERTIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let (nats, app) = start(&[("LEDGER_CHECKSUM_INTERVAL", "1h"), ("RUST_LOG", "error")]).await;
     let (agency_id, admin) = agency();
     let started = Instant::now();
     properties_with_a_booking(&app, &admin, count).await;
     app.read("/api/v1/properties?limit=1", &admin).await;
     published(&app).await;
-    eprintln!("{count} properties set up in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "{count} properties set up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let mut db = app.db().await;
     // Make the next round due now.
     sqlx::query("UPDATE checksum_rounds SET last_run_at = NULL")
@@ -774,12 +913,66 @@ async fn checksum_round_cost() {
         assert!(Instant::now() < deadline, "the round did not finish");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let on_stream = stream_messages(&nats, &format!("ledger.{agency_id}.*.availability.checksum"))
-        .await
-        .len();
+    let on_stream = stream_messages(
+        &nats,
+        &format!("ledger.{agency_id}.*.availability.checksum"),
+    )
+    .await
+    .len();
     println!(
         "checksum round over {count} properties: {queued} queued, {on_stream} messages, {seconds:.1} s ({:.0} checksums/s)",
         on_stream as f64 / seconds.max(0.001)
     );
     assert_eq!(on_stream, count);
+}
+
+#[path = "../infra/examples/json_mirror.rs"]
+mod json_mirror;
+
+/// The mirror's file, or nothing while it has not been written yet.
+fn mirrored(path: &std::path::Path, property: Uuid) -> Option<Vec<ChannelRange>> {
+    let text = std::fs::read(path).ok()?;
+    let mut file: HashMap<Uuid, Vec<ChannelRange>> = serde_json::from_slice(&text).ok()?;
+    file.remove(&property)
+}
+
+#[tokio::test]
+async fn the_example_adapter_mirrors_availability_into_a_json_file() {
+    let (nats, app) = start(&[("LEDGER_CHECKSUM_INTERVAL", "0")]).await;
+    let (_agency, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let booking = booking_id(&app.reserve(&admin, property, &day(5), &day(7)).await);
+    app.block(&admin, property, &day(9), &day(10), "maintenance")
+        .await;
+    let path = std::env::temp_dir().join(format!("json-mirror-{}.json", Uuid::new_v4()));
+    let mirror = Arc::new(json_mirror::Mirror::new(&path));
+    let url = nats.url.clone();
+    tokio::spawn(async move { json_mirror::run(&url, "json-mirror", None, mirror).await });
+
+    let expected = truth(&app, &admin, property).await;
+    assert_eq!(expected.len(), 2);
+    eventually("the file mirrors the property", || async {
+        mirrored(&path, property) == Some(expected.clone())
+    })
+    .await;
+    app.post(
+        &format!("/api/v1/bookings/{booking}/cancel"),
+        &admin,
+        json!({}),
+    )
+    .await;
+    // A snapshot on request changes nothing for an adapter in step.
+    app.post(
+        &format!("/api/v1/properties/{property}/resync"),
+        &admin,
+        json!({}),
+    )
+    .await;
+    let expected = truth(&app, &admin, property).await;
+    assert_eq!(expected.len(), 1);
+    eventually("the file follows the cancellation", || async {
+        mirrored(&path, property) == Some(expected.clone())
+    })
+    .await;
+    let _ = std::fs::remove_file(&path);
 }

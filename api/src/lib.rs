@@ -25,8 +25,8 @@ use axum::{middleware, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::routes::{agencies, blocks, bookings, health, ical, ops, properties, reads};
 use crate::routes::resync;
+use crate::routes::{agencies, blocks, bookings, health, ical, ops, properties, reads};
 use crate::state::AppState;
 
 /// Request bodies over this many bytes get 413 `PAYLOAD_TOO_LARGE`.

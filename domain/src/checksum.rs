@@ -114,7 +114,12 @@ mod tests {
             id: Uuid::from_u128(id),
             start,
             end: start + Days::new(nights),
-            status: if kind == "block" { "blocked" } else { "confirmed" }.into(),
+            status: if kind == "block" {
+                "blocked"
+            } else {
+                "confirmed"
+            }
+            .into(),
         }
     }
 

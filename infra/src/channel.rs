@@ -371,8 +371,11 @@ impl ChannelConsumer {
             .await
             .map_err(nats_error)?
             .map_err(nats_error)?;
-        let requested: Requested = serde_json::from_slice(&reply.payload)
-            .map_err(|e| ChannelError::Refused(String::from_utf8_lossy(&reply.payload).into_owned() + ": " + &e.to_string()))?;
+        let requested: Requested = serde_json::from_slice(&reply.payload).map_err(|e| {
+            ChannelError::Refused(
+                String::from_utf8_lossy(&reply.payload).into_owned() + ": " + &e.to_string(),
+            )
+        })?;
         self.asked.insert(property_id, Instant::now());
         self.recovery.resyncs_requested += 1;
         tracing::info!(%property_id, as_of_position = requested.as_of_position, "channel: resync requested");
@@ -421,7 +424,9 @@ impl ChannelConsumer {
         };
         match state.replace(&snapshot).await {
             Ok(()) => {
-                lock(&self.tracker).last.insert(property_id, snapshot.data.as_of_sequence);
+                lock(&self.tracker)
+                    .last
+                    .insert(property_id, snapshot.data.as_of_sequence);
                 self.asked.remove(&property_id);
                 self.recovery.snapshots_applied += 1;
                 AckKind::Ack
@@ -528,17 +533,16 @@ impl ChannelConsumer {
                 }
                 continue;
             }
-            let event =
-                match cloud.and_then(LedgerEvent::from_cloud) {
-                    Ok(event) => event,
-                    Err(source) => {
-                        let _ = message.ack_with(AckKind::Term).await;
-                        return Some(Err(ChannelError::Malformed {
-                            stream_sequence,
-                            source,
-                        }));
-                    }
-                };
+            let event = match cloud.and_then(LedgerEvent::from_cloud) {
+                Ok(event) => event,
+                Err(source) => {
+                    let _ = message.ack_with(AckKind::Term).await;
+                    return Some(Err(ChannelError::Malformed {
+                        stream_sequence,
+                        source,
+                    }));
+                }
+            };
             let verdict =
                 lock(&self.tracker).admit(event.property_id, event.sequence(), event.id());
             let reply = match verdict {
@@ -555,7 +559,7 @@ impl ChannelConsumer {
                         stream_sequence,
                         message,
                         tracker: self.tracker.clone(),
-                    }))
+                    }));
                 }
                 Verdict::Duplicate => AckKind::Ack,
                 Verdict::Hold => AckKind::Nak(Some(self.hold_delay)),

@@ -216,7 +216,10 @@ pub async fn consumers(
     caller: Caller,
 ) -> Result<Json<Vec<ledger_infra::channel::ConsumerLag>>, ApiError> {
     let scope = caller.require(Action::ReadOpsStatus)?;
-    let client = state.nats.as_ref().ok_or_else(|| ApiError::internal("no NATS client"))?;
+    let client = state
+        .nats
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("no NATS client"))?;
     let mut consumers = ledger_infra::channel::consumers(client)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;

@@ -89,12 +89,13 @@ pub async fn start(
     // One statement queues every property; its own task, so a client that
     // hangs up cannot leave a job without its requests.
     let pool = state.pool.clone();
-    let job_id = tokio::spawn(async move {
-        resync::start_job(&pool, scope.agency_id, scope.property_id).await
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(db)?;
+    let job_id =
+        tokio::spawn(
+            async move { resync::start_job(&pool, scope.agency_id, scope.property_id).await },
+        )
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(db)?;
     Ok((StatusCode::ACCEPTED, Json(ResyncStarted { job_id })).into_response())
 }
 

@@ -434,7 +434,11 @@ async fn apply_event(conn: &mut PgConnection, event: &LedgerEvent) -> Result<(),
     }
 }
 
-async fn set_status(conn: &mut PgConnection, ref_id: Uuid, status: &str) -> Result<(), sqlx::Error> {
+async fn set_status(
+    conn: &mut PgConnection,
+    ref_id: Uuid,
+    status: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE ical_export_ranges SET status = $2 WHERE ref_id = $1")
         .bind(ref_id)
         .bind(status)
