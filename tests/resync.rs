@@ -725,6 +725,7 @@ async fn live_load(
     nats: &NatsServer,
     live: &[Uuid],
     rate: u64,
+    first_night: u64,
     mut until: impl FnMut(usize) -> bool,
 ) -> Vec<f64> {
     let client = ledger_infra::nats::connect_now(&nats.url, "latency")
@@ -805,7 +806,7 @@ async fn resync_under_live_load() {
     let live = &properties[..20];
 
     let baseline_end = Instant::now() + Duration::from_secs(10);
-    let baseline = live_load(&app, &admin, &nats, live, rate, |_| {
+    let baseline = live_load(&app, &admin, &nats, live, rate, 400, |_| {
         Instant::now() < baseline_end
     })
     .await;
@@ -840,7 +841,7 @@ async fn resync_under_live_load() {
             }
         })
     };
-    let during = live_load(&app, &admin, &nats, live, rate, |_| {
+    let during = live_load(&app, &admin, &nats, live, rate, 2000, |_| {
         !finished.load(std::sync::atomic::Ordering::SeqCst)
     })
     .await;

@@ -106,8 +106,13 @@ pub enum PublisherError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     /// Published (and checkpointed) this many events; `more` when committed
-    /// events are still waiting to be read.
-    Published { count: usize, more: bool },
+    /// events or resync requests are still waiting; `busy` when a whole
+    /// slice of resync requests was served (look again at once).
+    Published {
+        count: usize,
+        more: bool,
+        busy: bool,
+    },
     /// Another process holds the lease.
     Standby,
     /// NATS is not connected; nothing was tried.
@@ -203,10 +208,10 @@ impl Publisher {
             disconnected_since =
                 disconnected_since.filter(|_| matches!(step, Ok(Step::Disconnected)));
             match step {
-                Ok(Step::Published { count, more }) => {
+                Ok(Step::Published { count, more, busy }) => {
                     backoff = MIN_BACKOFF;
                     self.clear_problem().await;
-                    if count < BATCH as usize {
+                    if count < BATCH as usize && !busy {
                         signal.wait(if more { BLOCKED_POLL } else { POLL }).await;
                     }
                 }
@@ -266,13 +271,14 @@ impl Publisher {
             return Err(error);
         }
         let published = reached.map_or(after, Envelope::cursor);
-        let requests_left =
+        let served =
             serve_requests(conn, &self.jetstream, &mut self.resync_budget, published).await?;
-        let more = requests_left
+        let more = served.is_some()
             || events.len() < BATCH as usize && tail::waiting(&mut *conn, CHECKPOINT).await?;
         Ok(Step::Published {
             count: events.len(),
             more,
+            busy: served == Some(RESYNC_SLICE),
         })
     }
 
@@ -365,16 +371,17 @@ impl Publisher {
 
 /// Serves up to one slice of pending resync and checksum requests, as of
 /// `published` (the publisher's cursor: everything of a property at or
-/// behind it is on the stream). Returns whether requests remain.
+/// behind it is on the stream). Returns how many it served, `None` when
+/// none were pending.
 async fn serve_requests(
     conn: &mut PgConnection,
     jetstream: &jetstream::Context,
     budget: &mut TokenBucket,
     published: Cursor,
-) -> Result<bool, PublisherError> {
+) -> Result<Option<usize>, PublisherError> {
     let requests = resync::pending(&mut *conn, RESYNC_SLICE as i64).await?;
     if requests.is_empty() {
-        return Ok(false);
+        return Ok(None);
     }
     let allowed = budget.take(requests.len());
     let mut served = Vec::with_capacity(allowed);
@@ -431,7 +438,7 @@ async fn serve_requests(
     resync::finish(&mut *conn, &served).await?;
     match failure {
         Some(error) => Err(error),
-        None => Ok(true),
+        None => Ok(Some(served.len())),
     }
 }
 
