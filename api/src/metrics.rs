@@ -161,6 +161,13 @@ fn gauge(out: &mut String, name: &str, help: &str, up: bool) {
     let _ = writeln!(out, "{name} {}", u8::from(up));
 }
 
+/// A per-consumer gauge: its name, its help text and its value.
+type ConsumerSeries = (
+    &'static str,
+    &'static str,
+    fn(&ledger_infra::channel::ConsumerLag) -> u64,
+);
+
 /// Every durable consumer of the event stream: what it has still to take
 /// and what it has taken without acknowledging yet.
 async fn consumer_lags(out: &mut String, state: &AppState) {
@@ -170,7 +177,7 @@ async fn consumer_lags(out: &mut String, state: &AppState) {
     let Ok(consumers) = ledger_infra::channel::consumers(client).await else {
         return;
     };
-    let series: [(&str, &str, fn(&ledger_infra::channel::ConsumerLag) -> u64); 3] = [
+    let series: [ConsumerSeries; 3] = [
         (
             "ledger_consumer_pending",
             "Messages of the stream not yet delivered to the durable consumer.",

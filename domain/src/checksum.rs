@@ -82,7 +82,7 @@ pub fn kind_name(kind: ClaimKind) -> &'static str {
 
 /// Sorts ranges by start, then id: the order of the canonical text.
 pub fn in_canonical_order(mut ranges: Vec<ChannelRange>) -> Vec<ChannelRange> {
-    ranges.sort_by(|a, b| (a.start, a.id).cmp(&(b.start, b.id)));
+    ranges.sort_by_key(|a| (a.start, a.id));
     ranges
 }
 
@@ -90,7 +90,7 @@ pub fn in_canonical_order(mut ranges: Vec<ChannelRange>) -> Vec<ChannelRange> {
 /// start then id order, joined with `\n` (no trailing newline).
 pub fn canonical_text(ranges: &[ChannelRange]) -> String {
     let mut sorted: Vec<&ChannelRange> = ranges.iter().collect();
-    sorted.sort_by(|a, b| (a.start, a.id).cmp(&(b.start, b.id)));
+    sorted.sort_by_key(|a| (a.start, a.id));
     sorted
         .iter()
         .map(|r| format!("{}|{}|{}|{}|{}", r.kind, r.id, r.start, r.end, r.status))
