@@ -203,6 +203,7 @@ mod tests {
             Action::ManageBlock(BlockReason::Other),
             Action::ReadAuditLog,
             Action::ReadEventHistory,
+            Action::ResyncChannel,
         ];
         for action in agency_actions {
             assert_eq!(scope(Role::Operator, action), None, "{action:?}");

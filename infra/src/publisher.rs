@@ -29,9 +29,10 @@
 //! the last sequence it has itself published, and publishing it right
 //! there. So a snapshot sits in the stream after every event it includes
 //! and before every event it does not. A token bucket
-//! ([`RESYNC_PER_SECOND`], at most [`RESYNC_SLICE`] per batch) keeps a
-//! resync of every property from holding live events back: live events
-//! wait for at most one slice.
+//! ([`RESYNC_PER_SECOND`]) and a short slice between batches (at most
+//! [`RESYNC_SLICE`] snapshots, none started after [`RESYNC_SLICE_TIME`])
+//! keep a resync of every property from holding live events back: a live
+//! event waits for at most one slice.
 //!
 //! NATS down: commands keep committing; the publisher waits for the client
 //! to reconnect (retrying about every second), then publishes the backlog in
@@ -72,9 +73,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Snapshots and checksums per second, at most (docs/benchmarks.md).
 pub const RESYNC_PER_SECOND: f64 = 500.0;
-/// Snapshots and checksums served between two batches of events, at most:
-/// how long a live event may wait behind a resync.
+/// Snapshots and checksums served between two batches of events, at most.
 pub const RESYNC_SLICE: usize = 8;
+/// No further snapshot is started in a slice after this long: with the
+/// snapshot under way, how long a live event may wait behind a resync.
+pub const RESYNC_SLICE_TIME: Duration = Duration::from_millis(10);
 /// How often the active publisher looks whether a checksum round is due.
 const ROUND_POLL: Duration = Duration::from_secs(1);
 /// The default of `LEDGER_CHECKSUM_INTERVAL`.
@@ -106,8 +109,8 @@ pub enum PublisherError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     /// Published (and checkpointed) this many events; `more` when committed
-    /// events or resync requests are still waiting; `busy` when a whole
-    /// slice of resync requests was served (look again at once).
+    /// events or resync requests are still waiting; `busy` when resync
+    /// requests were served (look again at once: more may wait).
     Published {
         count: usize,
         more: bool,
@@ -278,7 +281,7 @@ impl Publisher {
         Ok(Step::Published {
             count: events.len(),
             more,
-            busy: served == Some(RESYNC_SLICE),
+            busy: served.is_some_and(|n| n > 0),
         })
     }
 
@@ -387,7 +390,12 @@ async fn serve_requests(
     let mut served = Vec::with_capacity(allowed);
     let mut pending_acks = Vec::with_capacity(allowed);
     let mut failure = None;
+    let started = Instant::now();
     for request in requests.into_iter().take(allowed) {
+        if started.elapsed() >= RESYNC_SLICE_TIME {
+            // Unused tokens stay spent: the bucket only ever slows down.
+            break;
+        }
         let events = tail::read_property(&mut *conn, request.property_id, 0, published).await?;
         let Some(document) = availability_document(&request, events) else {
             continue;
