@@ -72,7 +72,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long to wait for one publish ack before treating NATS as failing.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Snapshots and checksums per second, at most (docs/benchmarks.md).
-pub const RESYNC_PER_SECOND: f64 = 500.0;
+pub const RESYNC_PER_SECOND: f64 = 100.0;
 /// Snapshots and checksums served between two batches of events, at most.
 pub const RESYNC_SLICE: usize = 8;
 /// No further snapshot is started in a slice after this long: with the
