@@ -208,6 +208,10 @@ pub struct ServeConfig {
     /// How long Idempotency-Key replies are kept (e.g. `48h`, `30m`).
     #[arg(long, env = "LEDGER_IDEMPOTENCY_TTL", default_value = "48h", value_parser = humantime::parse_duration)]
     pub idempotency_ttl: Duration,
+    /// How often drift checksums are published to the channels (`1h`);
+    /// `0` turns them off.
+    #[arg(long, env = "LEDGER_CHECKSUM_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub checksum_interval: Duration,
     /// Host names whose iCal feeds are fetched whatever address they
     /// resolve to (on-premises channel servers), comma-separated.
     #[arg(
@@ -257,6 +261,7 @@ impl ServeConfig {
             "LEDGER_DB_POOL_SIZE",
             "LEDGER_IDEMPOTENCY_TTL",
             "LEDGER_FEED_ALLOW_HOSTS",
+            "LEDGER_CHECKSUM_INTERVAL",
             "JWT_JWKS_URL",
             "JWT_ISSUER",
             "JWT_AUDIENCE",

@@ -26,6 +26,7 @@ use axum::{middleware, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
+use crate::routes::resync;
 use crate::routes::{agencies, blocks, bookings, health, ical, ops, properties, reads};
 use crate::state::AppState;
 
@@ -44,6 +45,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/properties/{id}/archive", post(properties::archive))
         .route("/api/v1/properties/{id}/events", get(properties::events))
+        .route("/api/v1/properties/{id}/resync", post(resync::property))
+        .route("/api/v1/properties/{id}/checksum", get(resync::checksum))
         .route(
             "/api/v1/bookings",
             get(reads::list_bookings).post(bookings::reserve),
@@ -99,6 +102,9 @@ pub fn router(state: AppState) -> Router {
         .route("/ops/agencies/{id}/reinstate", post(agencies::reinstate))
         .route("/ops/agencies/{id}/features", put(agencies::features))
         .route("/ops/audit-log", get(agencies::audit_log))
+        .route("/ops/resync", post(resync::start))
+        .route("/ops/resync/{job_id}", get(resync::progress))
+        .route("/ops/consumers", get(ops::consumers))
         .merge(openapi::routes())
         .merge(console::routes(&state.config))
         .fallback(|| async { ApiError::NotFound })

@@ -37,6 +37,17 @@ enum Commands {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Publish fresh availability snapshots to the channels: one property,
+    /// one agency, or every property; shows progress. A serving process
+    /// (its NATS publisher) does the publishing.
+    Resync {
+        #[arg(long)]
+        agency: Option<Uuid>,
+        #[arg(long)]
+        property: Option<Uuid>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
     /// Print the events published on NATS as they arrive, one CloudEvent
     /// JSON document per line.
     Tail(TailArgs),
@@ -224,6 +235,11 @@ async fn run(command: Commands) -> Result<(), StartError> {
             println!("{}", keys.mint(agency, args.role, &args.sub, args.ttl));
         }
         Commands::Replay { name, database } => replay(&name, database).await?,
+        Commands::Resync {
+            agency,
+            property,
+            database,
+        } => resync(agency, property, database).await?,
         Commands::Tail(args) => tail(args).await?,
         Commands::Agency { action } => agency(action).await?,
         Commands::NatsPermissions(args) => print!("{}", nats_permissions(args)),
@@ -377,5 +393,49 @@ async fn replay(name: &str, database: DatabaseArgs) -> Result<(), StartError> {
             p.events_per_sec
         );
     }
+    Ok(())
+}
+
+/// Starts a resync job (the same as `POST /ops/resync`) and follows its
+/// progress until every snapshot is published.
+async fn resync(
+    agency: Option<Uuid>,
+    property: Option<Uuid>,
+    database: DatabaseArgs,
+) -> Result<(), StartError> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    use ledger_infra::resync;
+
+    migrate_database(&database).await?;
+    let pool = ledger_infra::connect(&database.database_url, 2)?;
+    let job = resync::start_job(&pool, agency, property).await?;
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template(
+            "{msg:>9} [{bar:40}] {pos}/{len} properties  {per_sec}  ETA {eta}",
+        )
+        .expect("a valid progress template")
+        .progress_chars("=> "),
+    );
+    bar.set_message("resync");
+    let progress = loop {
+        let Some(progress) = resync::progress(&pool, job).await? else {
+            return Err(format!("resync job {job} has gone").into());
+        };
+        bar.set_length(progress.total.max(0) as u64);
+        bar.set_position(progress.processed.max(0) as u64);
+        if progress.finished_at.is_some() {
+            break progress;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    bar.finish_and_clear();
+    println!(
+        "resync {job}: published {} snapshots in {:.1} s",
+        progress.processed,
+        progress
+            .finished_at
+            .map(|f| (f - progress.started_at).num_milliseconds() as f64 / 1000.0)
+            .unwrap_or_default()
+    );
     Ok(())
 }

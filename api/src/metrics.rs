@@ -1,7 +1,8 @@
 //! `GET /metrics` on its own listener (`LEDGER_METRICS_LISTEN`), in the
 //! Prometheus text format: HTTP responses by status class, each tailer's
-//! position and lag, parked properties, the head of the log, and whether
-//! PostgreSQL and NATS answer. A handful of series, so they are written out directly.
+//! position and lag, parked properties, the head of the log, whether
+//! PostgreSQL and NATS answer, and each durable consumer's pending count and
+//! ack floor. A handful of series, so they are written out directly.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -140,6 +141,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
         }
     }
     parkings(&mut out);
+    if nats {
+        consumer_lags(&mut out, &state).await;
+    }
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         out,
@@ -155,6 +159,47 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 fn gauge(out: &mut String, name: &str, help: &str, up: bool) {
     header(out, name, "gauge", help);
     let _ = writeln!(out, "{name} {}", u8::from(up));
+}
+
+/// A per-consumer gauge: its name, its help text and its value.
+type ConsumerSeries = (
+    &'static str,
+    &'static str,
+    fn(&ledger_infra::channel::ConsumerLag) -> u64,
+);
+
+/// Every durable consumer of the event stream: what it has still to take
+/// and what it has taken without acknowledging yet.
+async fn consumer_lags(out: &mut String, state: &AppState) {
+    let Some(client) = state.nats.as_ref() else {
+        return;
+    };
+    let Ok(consumers) = ledger_infra::channel::consumers(client).await else {
+        return;
+    };
+    let series: [ConsumerSeries; 3] = [
+        (
+            "ledger_consumer_pending",
+            "Messages of the stream not yet delivered to the durable consumer.",
+            |c| c.pending,
+        ),
+        (
+            "ledger_consumer_ack_pending",
+            "Messages delivered to the durable consumer and not yet acknowledged.",
+            |c| c.ack_pending,
+        ),
+        (
+            "ledger_consumer_ack_floor",
+            "Stream sequence below which the durable consumer acknowledged everything.",
+            |c| c.ack_floor,
+        ),
+    ];
+    for (metric, help, value) in series {
+        header(out, metric, "gauge", help);
+        for c in &consumers {
+            let _ = writeln!(out, "{metric}{{consumer=\"{}\"}} {}", c.name, value(c));
+        }
+    }
 }
 
 /// Properties this process parked, by projection and cause.

@@ -49,7 +49,9 @@ impl Application {
             tokio::spawn(runner::run(state.pool.clone(), projection, signal.clone()));
         }
         if let Some(nats) = state.nats.clone() {
-            tokio::spawn(Publisher::new(state.pool.clone(), nats).run(signal.clone()));
+            let publisher = Publisher::new(state.pool.clone(), nats)
+                .checksum_every(state.config.checksum_interval);
+            tokio::spawn(publisher.run(signal.clone()));
         }
         tokio::spawn(crate::expiry::run(state.clone()));
         tokio::spawn(crate::expiry::purge_idempotency_keys(state.clone()));

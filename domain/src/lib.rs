@@ -6,6 +6,7 @@
 //! ids arrive inside the commands.
 
 pub mod calendar;
+pub mod checksum;
 pub mod commands;
 pub mod error;
 pub mod events;

@@ -76,6 +76,8 @@ pub enum Action {
     Operate,
     /// Agency records: create, suspend, reinstate, feature flags, history.
     AdministerAgencies,
+    /// Publish a fresh availability snapshot of a property to its channels.
+    ResyncChannel,
 }
 
 impl Action {
@@ -90,6 +92,7 @@ impl Action {
             Action::ReadOpsStatus => "read the projections' status",
             Action::Operate => "replay projections, retry parked events or check the environment",
             Action::AdministerAgencies => "administer agencies",
+            Action::ResyncChannel => "resynchronise a property's channels",
         }
     }
 }
@@ -120,6 +123,7 @@ pub fn scope(role: Role, action: Action) -> Option<Scope> {
         (ManageBlock(BlockReason::OwnerStay), Owner) => own,
         (ReadAuditLog, Admin | Manager | Accountant) => all,
         (ReadEventHistory, Admin | Manager) => all,
+        (ResyncChannel, Admin | Manager) => all,
         (ReadOpsStatus, Admin) => all,
         (ReadOpsStatus | Operate | AdministerAgencies, Operator) => platform,
         _ => None,
@@ -199,6 +203,7 @@ mod tests {
             Action::ManageBlock(BlockReason::Other),
             Action::ReadAuditLog,
             Action::ReadEventHistory,
+            Action::ResyncChannel,
         ];
         for action in agency_actions {
             assert_eq!(scope(Role::Operator, action), None, "{action:?}");

@@ -37,6 +37,18 @@
 //!   drops republished events only within its duplicate window; this catches
 //!   the rest.
 //!
+//! Getting back in step (API.md "Channel resync and drift checks";
+//! docs/channels.md): an adapter that gives the kit its state
+//! ([`ChannelConsumer::with_state`], an [`AdapterState`]) has snapshots and
+//! checksums handled for it. A snapshot replaces what the adapter holds for
+//! the property, and the kit continues after its `as_of_sequence`; a
+//! checksum is compared with the checksum of the adapter's own ranges. On a
+//! `ledgersequence` gap, or a checksum that differs, the kit asks the ledger
+//! for a snapshot with a NATS request on
+//! `ledger-resync.<agency_id>.<property_id>` ([`crate::resync`]); the
+//! snapshot arrives on the stream in order with the property's events.
+//! Without a state, snapshots and checksums are acked and skipped.
+//!
 //! The kit remembers in memory what was handled. An adapter that needs
 //! duplicate and gap detection across its own restarts stores
 //! [`ChannelConsumer::cursors`] with its own state and passes them back with
@@ -44,17 +56,66 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, AckKind};
+use chrono::{DateTime, NaiveDate, Utc};
 use futures::StreamExt;
+use ledger_domain::checksum::{self, ChannelRange};
 use ledger_domain::CalendarEvent;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::cloudevent::{self, CloudEvent, CloudEventError};
+use crate::cloudevent::{self, ChecksumData, CloudEvent, CloudEventError, SnapshotData};
 use crate::nats::{self, Client};
+use crate::resync::{self, Requested};
+
+/// How long the kit waits before asking again for a snapshot it asked for
+/// and has not seen yet.
+const RESYNC_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a resync request may take to be answered.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a state operation of the adapter failed with.
+pub type StateError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An availability snapshot as the adapter receives it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub agency_id: Uuid,
+    /// When the snapshot was taken.
+    pub time: DateTime<Utc>,
+    pub data: SnapshotData,
+}
+
+/// The adapter's own state, as the kit needs it to resynchronise it.
+#[async_trait::async_trait]
+pub trait AdapterState: Send + Sync {
+    /// Replaces everything held for `snapshot.data.property_id` with the
+    /// snapshot's ranges, remembering `as_of_sequence` as the property's
+    /// last applied sequence.
+    async fn replace(&self, snapshot: &Snapshot) -> Result<(), StateError>;
+    /// The ranges the adapter holds for the property that end after `from`
+    /// and start before `to`.
+    async fn ranges(
+        &self,
+        property_id: Uuid,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<ChannelRange>, StateError>;
+}
+
+/// What the kit did to keep the adapter in step, since it was bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Recovery {
+    pub gaps: u64,
+    /// Checksums that differed from the adapter's own.
+    pub drifts: u64,
+    pub resyncs_requested: u64,
+    pub snapshots_applied: u64,
+    pub checksums_matched: u64,
+}
 
 /// How many handled event ids the kit remembers, beyond the per-property
 /// sequence check.
@@ -72,6 +133,9 @@ pub enum ChannelError {
         #[source]
         source: CloudEventError,
     },
+    /// The ledger did not take a resync request.
+    #[error("the ledger refused the resync request: {0}")]
+    Refused(String),
 }
 
 fn nats_error(error: impl Into<async_nats::Error>) -> ChannelError {
@@ -215,6 +279,11 @@ pub struct ChannelConsumer {
     messages: pull::Stream,
     tracker: Arc<Mutex<Tracker>>,
     hold_delay: Duration,
+    client: Client,
+    state: Option<Arc<dyn AdapterState>>,
+    /// Properties a snapshot was asked for, and when.
+    asked: HashMap<Uuid, Instant>,
+    recovery: Recovery,
 }
 
 impl ChannelConsumer {
@@ -263,7 +332,156 @@ impl ChannelConsumer {
             messages,
             tracker: Arc::new(Mutex::new(Tracker::default())),
             hold_delay: binding.hold_delay,
+            client: client.clone(),
+            state: None,
+            asked: HashMap::new(),
+            recovery: Recovery::default(),
         })
+    }
+
+    /// Lets the kit apply snapshots to the adapter's state and compare
+    /// checksums with it (see the module docs).
+    pub fn with_state(mut self, state: Arc<dyn AdapterState>) -> ChannelConsumer {
+        self.state = Some(state);
+        self
+    }
+
+    /// What the kit did to keep the adapter in step so far.
+    pub fn recovery(&self) -> Recovery {
+        self.recovery
+    }
+
+    /// Asks the ledger for a snapshot of a property (at most once per
+    /// [`RESYNC_PATIENCE`] while none arrives).
+    pub async fn request_resync(
+        &mut self,
+        agency_id: Uuid,
+        property_id: Uuid,
+    ) -> Result<Option<Requested>, ChannelError> {
+        if self
+            .asked
+            .get(&property_id)
+            .is_some_and(|at| at.elapsed() < RESYNC_PATIENCE)
+        {
+            return Ok(None);
+        }
+        let subject = resync::request_subject(agency_id, property_id);
+        let request = self.client.request(subject, Vec::new().into());
+        let reply = tokio::time::timeout(REQUEST_TIMEOUT, request)
+            .await
+            .map_err(nats_error)?
+            .map_err(nats_error)?;
+        let requested: Requested = serde_json::from_slice(&reply.payload).map_err(|e| {
+            ChannelError::Refused(
+                String::from_utf8_lossy(&reply.payload).into_owned() + ": " + &e.to_string(),
+            )
+        })?;
+        self.asked.insert(property_id, Instant::now());
+        self.recovery.resyncs_requested += 1;
+        tracing::info!(%property_id, as_of_position = requested.as_of_position, "channel: resync requested");
+        Ok(Some(requested))
+    }
+
+    async fn resync_quietly(&mut self, agency_id: Uuid, property_id: Uuid) {
+        if self.state.is_none() {
+            return;
+        }
+        if let Err(error) = self.request_resync(agency_id, property_id).await {
+            tracing::warn!(%error, %property_id, "channel: cannot request a resync; the next checksum or gap asks again");
+        }
+    }
+
+    /// Applies a snapshot to the adapter's state: the reply to send.
+    async fn on_snapshot(&mut self, cloud: &CloudEvent) -> AckKind {
+        let Some(state) = self.state.clone() else {
+            return AckKind::Ack;
+        };
+        let (Ok((agency_id, _)), Ok(data)) = (
+            cloud.origin(),
+            serde_json::from_value::<SnapshotData>(cloud.data.clone()),
+        ) else {
+            return AckKind::Term;
+        };
+        let property_id = data.property_id;
+        {
+            let tracker = lock(&self.tracker);
+            if tracker.outstanding.contains_key(&property_id) {
+                return AckKind::Nak(Some(self.hold_delay));
+            }
+            if tracker
+                .last
+                .get(&property_id)
+                .is_some_and(|&last| last > data.as_of_sequence)
+            {
+                // Older than what the adapter already applied.
+                return AckKind::Ack;
+            }
+        }
+        let snapshot = Snapshot {
+            agency_id,
+            time: cloud.time,
+            data,
+        };
+        match state.replace(&snapshot).await {
+            Ok(()) => {
+                lock(&self.tracker)
+                    .last
+                    .insert(property_id, snapshot.data.as_of_sequence);
+                self.asked.remove(&property_id);
+                self.recovery.snapshots_applied += 1;
+                AckKind::Ack
+            }
+            Err(error) => {
+                tracing::warn!(%error, %property_id, "channel: snapshot not applied; redelivering");
+                AckKind::Nak(Some(Duration::from_secs(1)))
+            }
+        }
+    }
+
+    /// Compares a checksum with the adapter's own state: the reply to send.
+    async fn on_checksum(&mut self, cloud: &CloudEvent) -> AckKind {
+        let Some(state) = self.state.clone() else {
+            return AckKind::Ack;
+        };
+        let (Ok((agency_id, _)), Ok(data)) = (
+            cloud.origin(),
+            serde_json::from_value::<ChecksumData>(cloud.data.clone()),
+        ) else {
+            return AckKind::Term;
+        };
+        let property_id = data.property_id;
+        {
+            let tracker = lock(&self.tracker);
+            if tracker.outstanding.contains_key(&property_id) {
+                return AckKind::Nak(Some(self.hold_delay));
+            }
+            if tracker
+                .last
+                .get(&property_id)
+                .is_some_and(|&last| last > data.as_of_sequence)
+            {
+                return AckKind::Ack;
+            }
+        }
+        let own = match state.ranges(property_id, data.from, data.to).await {
+            Ok(ranges) => ranges,
+            Err(error) => {
+                tracing::warn!(%error, %property_id, "channel: cannot read the adapter's state");
+                return AckKind::Nak(Some(Duration::from_secs(1)));
+            }
+        };
+        let own: Vec<ChannelRange> = own
+            .into_iter()
+            .filter(|r| r.end > data.from && r.start < data.to)
+            .collect();
+        if checksum::checksum(&own) == data.checksum {
+            self.recovery.checksums_matched += 1;
+        } else {
+            self.recovery.drifts += 1;
+            tracing::warn!(%property_id, as_of_sequence = data.as_of_sequence, "channel: drift found by the checksum");
+            self.resync_quietly(agency_id, property_id).await;
+        }
+        AckKind::Ack
     }
 
     /// Seeds the last handled `ledgersequence` per property (the adapter's
@@ -298,21 +516,42 @@ impl ChannelConsumer {
                 .info()
                 .map(|info| (info.stream_sequence, info.delivered))
                 .unwrap_or_default();
-            let event =
-                match CloudEvent::from_json(&message.payload).and_then(LedgerEvent::from_cloud) {
-                    Ok(event) => event,
-                    Err(source) => {
-                        let _ = message.ack_with(AckKind::Term).await;
-                        return Some(Err(ChannelError::Malformed {
-                            stream_sequence,
-                            source,
-                        }));
-                    }
+            let cloud = CloudEvent::from_json(&message.payload);
+            let availability = match cloud.as_ref().map(|c| c.kind()) {
+                Ok(Ok(cloudevent::SNAPSHOT)) => Some(true),
+                Ok(Ok(cloudevent::CHECKSUM)) => Some(false),
+                _ => None,
+            };
+            if let (Some(snapshot), Ok(cloud)) = (availability, cloud.as_ref()) {
+                let reply = if snapshot {
+                    self.on_snapshot(cloud).await
+                } else {
+                    self.on_checksum(cloud).await
                 };
+                if let Err(error) = message.ack_with(reply).await {
+                    return Some(Err(nats_error(error)));
+                }
+                continue;
+            }
+            let event = match cloud.and_then(LedgerEvent::from_cloud) {
+                Ok(event) => event,
+                Err(source) => {
+                    let _ = message.ack_with(AckKind::Term).await;
+                    return Some(Err(ChannelError::Malformed {
+                        stream_sequence,
+                        source,
+                    }));
+                }
+            };
             let verdict =
                 lock(&self.tracker).admit(event.property_id, event.sequence(), event.id());
             let reply = match verdict {
                 Verdict::Deliver { gap } => {
+                    if gap.is_some() {
+                        self.recovery.gaps += 1;
+                        self.resync_quietly(event.agency_id, event.property_id)
+                            .await;
+                    }
                     return Some(Ok(Delivery {
                         event,
                         gap,
@@ -320,7 +559,7 @@ impl ChannelConsumer {
                         stream_sequence,
                         message,
                         tracker: self.tracker.clone(),
-                    }))
+                    }));
                 }
                 Verdict::Duplicate => AckKind::Ack,
                 Verdict::Hold => AckKind::Nak(Some(self.hold_delay)),
@@ -423,6 +662,55 @@ impl Follower {
             }
         }
     }
+}
+
+/// One durable consumer of the `LEDGER` stream and how far behind it is
+/// (`GET /ops/consumers`, `/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsumerLag {
+    pub name: String,
+    pub filter_subject: String,
+    /// Messages of its subjects not yet delivered to it.
+    pub pending: u64,
+    /// Delivered, not yet acknowledged.
+    pub ack_pending: u64,
+    /// The stream sequence below which everything is acknowledged.
+    pub ack_floor: u64,
+    /// The last stream sequence delivered.
+    pub delivered: u64,
+    pub redelivered: u64,
+}
+
+/// Every durable consumer on the `LEDGER` stream, by name. An empty list
+/// when the stream does not exist yet.
+pub async fn consumers(client: &Client) -> Result<Vec<ConsumerLag>, ChannelError> {
+    let context = jetstream::new(client.clone());
+    let stream = match context.get_stream(nats::STREAM).await {
+        Ok(stream) => stream,
+        Err(error)
+            if matches!(error.kind(), jetstream::context::GetStreamErrorKind::JetStream(e)
+                if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Ok(Vec::new())
+        }
+        Err(error) => return Err(nats_error(error)),
+    };
+    let mut infos = stream.consumers();
+    let mut lags = Vec::new();
+    while let Some(info) = infos.next().await {
+        let info = info.map_err(nats_error)?;
+        lags.push(ConsumerLag {
+            name: info.name,
+            filter_subject: info.config.filter_subject,
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending as u64,
+            ack_floor: info.ack_floor.stream_sequence,
+            delivered: info.delivered.stream_sequence,
+            redelivered: info.num_redelivered as u64,
+        });
+    }
+    lags.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(lags)
 }
 
 fn is_stream_missing(error: &async_nats::jetstream::stream::ConsumerError) -> bool {

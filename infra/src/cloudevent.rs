@@ -3,7 +3,8 @@
 //! JetStream"). The publisher writes it; the channel kit and `ledger tail`
 //! read it. Nothing here talks to NATS.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
+use ledger_domain::checksum::ChannelRange;
 use ledger_domain::CalendarEvent;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -101,6 +102,62 @@ impl CloudEvent {
             event_type: kind.to_owned(),
             reason: e.to_string(),
         })
+    }
+}
+
+/// The `<event_type>` of availability snapshots (API.md "Channel resync and
+/// drift checks"): not an event of the log, a picture of the property's
+/// active claims as of `ledgersequence`.
+pub const SNAPSHOT: &str = "availability.snapshot";
+/// The `<event_type>` of the periodic drift checksums.
+pub const CHECKSUM: &str = "availability.checksum";
+
+/// `data` of an availability snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotData {
+    pub property_id: Uuid,
+    pub as_of_position: i64,
+    pub as_of_sequence: i64,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub ranges: Vec<ChannelRange>,
+    pub checksum: String,
+}
+
+/// `data` of a drift checksum message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChecksumData {
+    pub property_id: Uuid,
+    pub as_of_sequence: i64,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub checksum: String,
+}
+
+impl CloudEvent {
+    /// A snapshot or checksum message of a property: `ledgerposition` and
+    /// `ledgersequence` are those of the last event it takes into account,
+    /// so it sits in the property's sequence where it was taken.
+    pub fn availability(
+        agency_id: Uuid,
+        property_id: Uuid,
+        kind: &str,
+        position: i64,
+        sequence: i64,
+        data: Value,
+    ) -> CloudEvent {
+        CloudEvent {
+            specversion: SPEC_VERSION.to_owned(),
+            id: Uuid::new_v4(),
+            source: source(agency_id, property_id),
+            event_type: format!("{PREFIX}.{kind}"),
+            subject: None,
+            time: Utc::now(),
+            datacontenttype: CONTENT_TYPE.to_owned(),
+            ledgerposition: position,
+            ledgersequence: sequence,
+            data,
+        }
     }
 }
 

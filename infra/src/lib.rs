@@ -13,6 +13,7 @@ pub mod event_store;
 pub mod ical;
 pub mod nats;
 pub mod publisher;
+pub mod resync;
 pub mod tail;
 pub mod telemetry;
 

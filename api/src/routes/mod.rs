@@ -8,6 +8,7 @@ pub mod ical;
 pub mod ops;
 pub mod properties;
 pub mod reads;
+pub mod resync;
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;

@@ -203,3 +203,29 @@ pub async fn retry_parked(
     };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
+
+/// Every durable consumer of the event stream (the iCal export and every
+/// channel adapter) with what it has still to take: an operator sees them
+/// all, an agency admin its agency's own durables (`agency-<id>-...`).
+#[utoipa::path(get, path = "/ops/consumers", tag = "ops",
+    responses((status = 200, body = Vec<Object>), (status = "4XX", body = crate::dto::ErrorBody),
+              (status = 503, body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn consumers(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<ledger_infra::channel::ConsumerLag>>, ApiError> {
+    let scope = caller.require(Action::ReadOpsStatus)?;
+    let client = state
+        .nats
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("no NATS client"))?;
+    let mut consumers = ledger_infra::channel::consumers(client)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if scope != Scope::Platform {
+        let own = ledger_infra::channel::agency_durable(caller.0.agency_id, "");
+        consumers.retain(|c| c.name.starts_with(&own));
+    }
+    Ok(Json(consumers))
+}

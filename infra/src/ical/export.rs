@@ -10,17 +10,25 @@
 //! then rebuilt from the log up to that event. So the table is right whatever
 //! order deliveries arrive in, and however many processes share the durable
 //! consumer.
+//!
+//! The export gives the kit its state ([`AdapterState`]), so snapshots
+//! replace a property's ranges and drift checksums are checked against them
+//! (docs/channels.md); each range keeps its status for that.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use ledger_domain::checksum::{self, ChannelRange};
 use ledger_domain::CalendarEvent;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::text::{escape_text, push_line};
-use crate::channel::{Binding, ChannelConsumer, ChannelError, LedgerEvent};
+use crate::channel::{
+    AdapterState, Binding, ChannelConsumer, ChannelError, LedgerEvent, Snapshot, StateError,
+};
 use crate::event_store::{EventStore, Loaded, StoreError};
 use crate::nats::Client;
 
@@ -61,6 +69,8 @@ pub struct ExportRange {
     pub start: NaiveDate,
     pub end: NaiveDate,
     pub changed_at: DateTime<Utc>,
+    /// The booking's status, or `blocked` (what the drift checksum covers).
+    pub status: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +132,8 @@ impl IcalExport {
         let cursors = self.cursors().await?;
         let mut consumer = ChannelConsumer::bind(client, Binding::new(CONSUMER))
             .await?
-            .resume_from(cursors);
+            .resume_from(cursors)
+            .with_state(Arc::new(self.clone()));
         tracing::info!("ical export: following the stream");
         while let Some(delivery) = consumer.next().await {
             let delivery = match delivery {
@@ -221,6 +232,7 @@ impl IcalExport {
                 start: b.nights.start,
                 end: b.nights.end,
                 changed_at: b.updated_at,
+                status: b.status.as_str().to_owned(),
             });
         let blocks = calendar
             .blocks
@@ -232,6 +244,7 @@ impl IcalExport {
                 start: b.nights.start,
                 end: b.nights.end,
                 changed_at: b.created_at,
+                status: checksum::BLOCKED.to_owned(),
             });
         Ok(bookings.chain(blocks).collect())
     }
@@ -240,7 +253,7 @@ impl IcalExport {
 /// The held ranges of a property as the adapter has them, by first night.
 pub async fn ranges(pool: &PgPool, property_id: Uuid) -> Result<Vec<ExportRange>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT ref_id, kind, start_night, end_night, changed_at FROM ical_export_ranges
+        "SELECT ref_id, kind, start_night, end_night, changed_at, status FROM ical_export_ranges
           WHERE property_id = $1 ORDER BY start_night, ref_id",
     )
     .bind(property_id)
@@ -259,19 +272,96 @@ pub async fn ranges(pool: &PgPool, property_id: Uuid) -> Result<Vec<ExportRange>
                 start: row.try_get("start_night")?,
                 end: row.try_get("end_night")?,
                 changed_at: row.try_get("changed_at")?,
+                status: row.try_get("status")?,
             })
         })
         .collect()
 }
 
+#[async_trait::async_trait]
+impl AdapterState for IcalExport {
+    /// Replaces the property's ranges and moves its cursor to the
+    /// snapshot's sequence, unless the export is already past it.
+    async fn replace(&self, snapshot: &Snapshot) -> Result<(), StateError> {
+        let data = &snapshot.data;
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO ical_export_cursors (property_id, agency_id, sequence) VALUES ($1, $2, 0)
+             ON CONFLICT (property_id) DO NOTHING",
+        )
+        .bind(data.property_id)
+        .bind(snapshot.agency_id)
+        .execute(&mut *tx)
+        .await?;
+        let last: i64 = sqlx::query_scalar(
+            "SELECT sequence FROM ical_export_cursors WHERE property_id = $1 FOR UPDATE",
+        )
+        .bind(data.property_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if last > data.as_of_sequence {
+            return Ok(());
+        }
+        let ranges: Vec<ExportRange> = data
+            .ranges
+            .iter()
+            .map(|r| ExportRange {
+                ref_id: r.id,
+                kind: if r.kind == "block" {
+                    RangeKind::Block
+                } else {
+                    RangeKind::Booking
+                },
+                start: r.start,
+                end: r.end,
+                changed_at: snapshot.time,
+                status: r.status.clone(),
+            })
+            .collect();
+        replace_property(&mut tx, snapshot.agency_id, data.property_id, &ranges).await?;
+        sqlx::query(
+            "UPDATE ical_export_cursors SET sequence = $2, updated_at = now() WHERE property_id = $1",
+        )
+        .bind(data.property_id)
+        .bind(data.as_of_sequence)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(property_id = %data.property_id, as_of_sequence = data.as_of_sequence,
+            "ical export: snapshot applied");
+        Ok(())
+    }
+
+    async fn ranges(
+        &self,
+        property_id: Uuid,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<ChannelRange>, StateError> {
+        let held = ranges(self.pool(), property_id).await?;
+        Ok(held
+            .into_iter()
+            .filter(|r| r.end > from && r.start < to)
+            .map(|r| ChannelRange {
+                kind: r.kind.as_str().to_owned(),
+                id: r.ref_id,
+                start: r.start,
+                end: r.end,
+                status: r.status,
+            })
+            .collect())
+    }
+}
+
 async fn apply_event(conn: &mut PgConnection, event: &LedgerEvent) -> Result<(), sqlx::Error> {
     let at = event.cloud.time;
-    let upsert = |ref_id, kind: RangeKind, start, end| ExportRange {
+    let upsert = |ref_id, kind: RangeKind, start, end, status: &str| ExportRange {
         ref_id,
         kind,
         start,
         end,
         changed_at: at,
+        status: status.to_owned(),
     };
     match &event.event {
         CalendarEvent::BookingReserved {
@@ -281,7 +371,13 @@ async fn apply_event(conn: &mut PgConnection, event: &LedgerEvent) -> Result<(),
             check_out,
             ..
         } if status.is_active() => {
-            let range = upsert(*booking_id, RangeKind::Booking, *check_in, *check_out);
+            let range = upsert(
+                *booking_id,
+                RangeKind::Booking,
+                *check_in,
+                *check_out,
+                status.as_str(),
+            );
             insert(conn, event.agency_id, event.property_id, &range).await
         }
         CalendarEvent::AvailabilityBlocked {
@@ -290,7 +386,7 @@ async fn apply_event(conn: &mut PgConnection, event: &LedgerEvent) -> Result<(),
             end,
             ..
         } => {
-            let range = upsert(*block_id, RangeKind::Block, *start, *end);
+            let range = upsert(*block_id, RangeKind::Block, *start, *end, checksum::BLOCKED);
             insert(conn, event.agency_id, event.property_id, &range).await
         }
         CalendarEvent::BookingModified {
@@ -322,15 +418,33 @@ async fn apply_event(conn: &mut PgConnection, event: &LedgerEvent) -> Result<(),
                 .await?;
             Ok(())
         }
-        // Confirming or checking in keeps the nights held; property events
-        // hold no nights; a reservation that is not active holds none.
+        // Confirming or checking in keeps the nights held, with a new status.
+        CalendarEvent::BookingConfirmed { booking_id, .. } => {
+            set_status(conn, *booking_id, "confirmed").await
+        }
+        CalendarEvent::BookingCheckedIn { booking_id, .. } => {
+            set_status(conn, *booking_id, "checked_in").await
+        }
+        // Property events hold no nights; a reservation that is not active
+        // holds none.
         CalendarEvent::BookingReserved { .. }
-        | CalendarEvent::BookingConfirmed { .. }
-        | CalendarEvent::BookingCheckedIn { .. }
         | CalendarEvent::PropertyRegistered { .. }
         | CalendarEvent::PropertyUpdated { .. }
         | CalendarEvent::PropertyArchived { .. } => Ok(()),
     }
+}
+
+async fn set_status(
+    conn: &mut PgConnection,
+    ref_id: Uuid,
+    status: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE ical_export_ranges SET status = $2 WHERE ref_id = $1")
+        .bind(ref_id)
+        .bind(status)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 async fn insert(
@@ -340,10 +454,11 @@ async fn insert(
     range: &ExportRange,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO ical_export_ranges (ref_id, agency_id, property_id, kind, start_night, end_night, changed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+        "INSERT INTO ical_export_ranges (ref_id, agency_id, property_id, kind, start_night, end_night, changed_at, status)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (ref_id) DO UPDATE SET start_night = EXCLUDED.start_night,
-             end_night = EXCLUDED.end_night, changed_at = EXCLUDED.changed_at",
+             end_night = EXCLUDED.end_night, changed_at = EXCLUDED.changed_at,
+             status = EXCLUDED.status",
     )
     .bind(range.ref_id)
     .bind(agency_id)
@@ -352,6 +467,7 @@ async fn insert(
     .bind(range.start)
     .bind(range.end)
     .bind(range.changed_at)
+    .bind(&range.status)
     .execute(conn)
     .await?;
     Ok(())
@@ -432,6 +548,7 @@ mod tests {
             start: NaiveDate::from_ymd_opt(2027, 7, 1).expect("a date"),
             end: NaiveDate::from_ymd_opt(2027, 7, 4).expect("a date"),
             changed_at: DateTime::from_timestamp(0, 0).expect("the epoch"),
+            status: "confirmed".into(),
         };
         let text = render(Uuid::nil(), std::slice::from_ref(&range));
         assert!(text.contains("DTSTAMP:19700101T000000Z\r\n"));

@@ -1,0 +1,169 @@
+//! What a channel must hold for a property, and the one checksum that says
+//! whether it does (API.md "Channel resync and drift checks").
+//!
+//! A snapshot, a periodic checksum message, the checksum route (over the
+//! `inventory_ranges` read model) and the channel kit (over an adapter's own
+//! state) all describe the same thing: the active claims of a property in a
+//! window of nights. They agree only if they compute the checksum the same
+//! way, so it is defined here, once: the lowercase hex SHA-256 of one line
+//! per range, `kind|id|start|end|status`, `\n`-joined, in start then id order.
+
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::calendar::PropertyCalendar;
+use crate::values::ClaimKind;
+
+/// How many nights after "today" a snapshot and a checksum cover.
+pub const WINDOW_DAYS: u64 = 550;
+
+/// One active claim as channels see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRange {
+    /// `booking` or `block`.
+    pub kind: String,
+    pub id: Uuid,
+    pub start: NaiveDate,
+    /// Exclusive: the morning the claim ends.
+    pub end: NaiveDate,
+    /// A booking's status (`tentative`, `confirmed`, `checked_in`), or
+    /// `blocked` for a block.
+    pub status: String,
+}
+
+/// The window a snapshot covers: from "today" in the property's time zone
+/// for [`WINDOW_DAYS`] nights. An unknown time zone counts as UTC.
+pub fn window(timezone: &str, now: DateTime<Utc>) -> (NaiveDate, NaiveDate) {
+    let today = match timezone.parse::<chrono_tz::Tz>() {
+        Ok(zone) => now.with_timezone(&zone).date_naive(),
+        Err(_) => now.date_naive(),
+    };
+    let to = today
+        .checked_add_days(Days::new(WINDOW_DAYS))
+        .unwrap_or(NaiveDate::MAX);
+    (today, to)
+}
+
+/// The active claims of a calendar that end after `from` and start before
+/// `to`, in start then id order.
+pub fn ranges_in(calendar: &PropertyCalendar, from: NaiveDate, to: NaiveDate) -> Vec<ChannelRange> {
+    let ranges = calendar
+        .active_claims()
+        .filter(|(_, _, nights)| nights.end > from && nights.start < to)
+        .map(|(kind, id, nights)| ChannelRange {
+            kind: kind_name(kind).to_owned(),
+            id,
+            start: nights.start,
+            end: nights.end,
+            status: match kind {
+                ClaimKind::Booking => calendar
+                    .bookings
+                    .get(&id)
+                    .map_or("confirmed", |b| b.status.as_str())
+                    .to_owned(),
+                ClaimKind::Block => BLOCKED.to_owned(),
+            },
+        })
+        .collect();
+    in_canonical_order(ranges)
+}
+
+/// The status a block's range carries.
+pub const BLOCKED: &str = "blocked";
+
+pub fn kind_name(kind: ClaimKind) -> &'static str {
+    match kind {
+        ClaimKind::Booking => "booking",
+        ClaimKind::Block => "block",
+    }
+}
+
+/// Sorts ranges by start, then id: the order of the canonical text.
+pub fn in_canonical_order(mut ranges: Vec<ChannelRange>) -> Vec<ChannelRange> {
+    ranges.sort_by_key(|a| (a.start, a.id));
+    ranges
+}
+
+/// The canonical text: one `kind|id|start|end|status` line per range, in
+/// start then id order, joined with `\n` (no trailing newline).
+pub fn canonical_text(ranges: &[ChannelRange]) -> String {
+    let mut sorted: Vec<&ChannelRange> = ranges.iter().collect();
+    sorted.sort_by_key(|a| (a.start, a.id));
+    sorted
+        .iter()
+        .map(|r| format!("{}|{}|{}|{}|{}", r.kind, r.id, r.start, r.end, r.status))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The drift checksum: lowercase hex SHA-256 of [`canonical_text`].
+pub fn checksum(ranges: &[ChannelRange]) -> String {
+    hex::encode(Sha256::digest(canonical_text(ranges).as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(kind: &str, id: u128, start: (i32, u32, u32), nights: u64) -> ChannelRange {
+        let start = NaiveDate::from_ymd_opt(start.0, start.1, start.2).expect("a date");
+        ChannelRange {
+            kind: kind.into(),
+            id: Uuid::from_u128(id),
+            start,
+            end: start + Days::new(nights),
+            status: if kind == "block" {
+                "blocked"
+            } else {
+                "confirmed"
+            }
+            .into(),
+        }
+    }
+
+    #[test]
+    fn the_canonical_text_is_one_line_per_range_in_start_then_id_order() {
+        let late = range("booking", 1, (2027, 7, 10), 2);
+        let early = range("block", 2, (2027, 7, 1), 3);
+        let text = canonical_text(&[late, early]);
+        assert_eq!(
+            text,
+            "block|00000000-0000-0000-0000-000000000002|2027-07-01|2027-07-04|blocked\n\
+             booking|00000000-0000-0000-0000-000000000001|2027-07-10|2027-07-12|confirmed"
+        );
+    }
+
+    #[test]
+    fn the_checksum_does_not_depend_on_the_order_given() {
+        let a = range("booking", 1, (2027, 7, 10), 2);
+        let b = range("block", 2, (2027, 7, 1), 3);
+        assert_eq!(
+            checksum(&[a.clone(), b.clone()]),
+            checksum(&[b.clone(), a.clone()])
+        );
+        let mut changed = a.clone();
+        changed.status = "checked_in".into();
+        assert_ne!(checksum(&[a, b.clone()]), checksum(&[changed, b]));
+    }
+
+    #[test]
+    fn the_checksum_of_nothing_is_the_sha256_of_the_empty_text() {
+        assert_eq!(
+            checksum(&[]),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn the_window_starts_today_in_the_property_time_zone() {
+        let now = DateTime::parse_from_rfc3339("2027-01-01T23:30:00Z")
+            .expect("a time")
+            .with_timezone(&Utc);
+        let (from, to) = window("Asia/Tokyo", now);
+        assert_eq!(from, NaiveDate::from_ymd_opt(2027, 1, 2).expect("a date"));
+        assert_eq!(to, from + Days::new(WINDOW_DAYS));
+        assert_eq!(window("UTC", now).0, now.date_naive());
+    }
+}
