@@ -3,7 +3,9 @@
 //! No business decision is made here; they are in `ledger-domain`.
 
 pub mod auth;
+pub mod conditional;
 pub mod config;
+pub mod cors;
 pub mod dto;
 pub mod error;
 pub mod expiry;
@@ -12,6 +14,7 @@ pub mod ical_import;
 pub mod idempotency;
 pub mod jwks;
 pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod request_id;
@@ -21,11 +24,14 @@ pub mod state;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
-use axum::{middleware, Router};
+use axum::handler::Handler;
+use axum::{middleware, Extension, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::routes::{agencies, blocks, bookings, health, ical, ops, properties, reads};
+use crate::routes::{
+    agencies, blocks, bookings, health, ical, ops, properties, reads, stream,
+};
 use crate::state::AppState;
 
 /// Request bodies over this many bytes get 413 `PAYLOAD_TOO_LARGE`.
@@ -39,7 +45,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/api/v1/properties/{id}",
-            get(reads::get_property).patch(properties::update),
+            get(reads::get_property.layer(middleware::from_fn(conditional::on_read)))
+                .patch(properties::update),
         )
         .route("/api/v1/properties/{id}/archive", post(properties::archive))
         .route("/api/v1/properties/{id}/events", get(properties::events))
@@ -49,13 +56,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/api/v1/bookings/{id}",
-            get(reads::get_booking).patch(bookings::modify),
+            get(reads::get_booking.layer(middleware::from_fn(conditional::on_read)))
+                .patch(bookings::modify),
         )
         .route("/api/v1/bookings/{id}/confirm", post(bookings::confirm))
         .route("/api/v1/bookings/{id}/cancel", post(bookings::cancel))
         .route("/api/v1/bookings/{id}/check-in", post(bookings::check_in))
         .route("/api/v1/bookings/{id}/check-out", post(bookings::check_out))
         .route("/api/v1/bookings/{id}/no-show", post(bookings::no_show))
+        .route("/api/v1/stream", get(stream::stream))
         .route("/api/v1/availability", get(reads::availability))
         .route("/api/v1/availability/search", get(reads::search))
         .route("/api/v1/audit-log", get(reads::audit_log))
@@ -101,15 +110,24 @@ pub fn router(state: AppState) -> Router {
         .merge(openapi::routes())
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn(idempotency::middleware))
+        .layer(Extension(live::Hub::new(
+            state.pool.clone(),
+            state.bus.waker().clone(),
+        )))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             health::bounded_by_database,
         ));
-    limits::around(routes, &state)
-        .layer(CatchPanicLayer::custom(|_panic| {
-            axum::response::IntoResponse::into_response(ApiError::internal("a handler panicked"))
-        }))
+    let routes = limits::around(routes, &state).layer(CatchPanicLayer::custom(|_panic| {
+        axum::response::IntoResponse::into_response(ApiError::internal("a handler panicked"))
+    }));
+    // Outside the limits: a preflight needs no token and is no agency's request.
+    let routes = match cors::Origins::from_config(&state.config.cors_origins) {
+        Some(origins) => routes.layer(middleware::from_fn_with_state(origins, cors::middleware)),
+        None => routes,
+    };
+    routes
         .layer(middleware::from_fn(request_id::middleware))
         .layer(middleware::from_fn_with_state(
             state.clone(),

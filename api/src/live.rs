@@ -1,0 +1,175 @@
+//! Live updates: ONE reader per process tails the log with the same
+//! gap-free reader the projections use (`ledger_infra::tail::read_batch`,
+//! in `(txid, position)` order) and fans every event out on a broadcast
+//! channel; each open stream filters it for its caller. A stream that
+//! resumes from an old position, or falls behind the channel, reads its
+//! backlog from the log in bounded pages and then takes the channel again,
+//! dropping what it already sent (by cursor), so nothing is missed or
+//! doubled. The log is the source: a stream can resume across restarts.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ledger_infra::tail::{self, Cursor, Envelope, LogSignal, LogWaker, TailError};
+use sqlx::{PgPool, Row};
+use tokio::sync::{broadcast, OnceCell};
+
+/// Events one backlog page (and one read of the live reader) takes at most.
+pub const PAGE: i64 = 500;
+/// Events a stream may fall behind the live reader before it reads its
+/// backlog from the log instead.
+const CHANNEL_CAPACITY: usize = 4096;
+/// How often the reader looks again when nothing woke it: a transaction
+/// that holds back the horizon may commit without appending (and so
+/// without a wake-up).
+const POLL: Duration = Duration::from_millis(250);
+
+pub type Live = Arc<Envelope>;
+
+/// The process's one live reader, started by the first stream.
+pub struct Hub {
+    pool: PgPool,
+    waker: LogWaker,
+    sender: OnceCell<broadcast::Sender<Live>>,
+    /// The cursor of the last event the reader sent on the channel.
+    sent: Arc<Mutex<Cursor>>,
+}
+
+/// A new stream's place: events after `from` come from the log, then the
+/// channel.
+pub struct Subscription {
+    pub receiver: broadcast::Receiver<Live>,
+    pub from: Cursor,
+}
+
+impl Hub {
+    pub fn new(pool: PgPool, waker: LogWaker) -> Arc<Hub> {
+        Arc::new(Hub {
+            pool,
+            waker,
+            sender: OnceCell::new(),
+            sent: Arc::new(Mutex::new(Cursor::default())),
+        })
+    }
+
+    /// Joins the live feed. Without `resume_after`, the stream starts at the
+    /// reader's cursor as it is now, read BEFORE joining: what the reader
+    /// sends in between is read from the log (and the channel's copy is
+    /// dropped as a double).
+    pub async fn subscribe(&self, resume_after: Option<Cursor>) -> Result<Subscription, sqlx::Error> {
+        let sender = self.sender.get_or_try_init(|| self.start()).await?;
+        let from = resume_after.unwrap_or_else(|| self.sent_cursor());
+        Ok(Subscription {
+            receiver: sender.subscribe(),
+            from,
+        })
+    }
+
+    /// How many streams are open in this process.
+    pub fn streams(&self) -> usize {
+        self.sender.get().map_or(0, |s| s.receiver_count())
+    }
+
+    fn sent_cursor(&self) -> Cursor {
+        *self.sent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the reader at the log's horizon: every event at or behind it
+    /// is visible already, so a stream joining later reads them from the log.
+    async fn start(&self) -> Result<broadcast::Sender<Live>, sqlx::Error> {
+        let horizon = horizon(&self.pool).await?;
+        *self.sent.lock().unwrap_or_else(|p| p.into_inner()) = horizon;
+        let (sender, _) = broadcast::channel(CHANNEL_CAPACITY);
+        let reader = Reader {
+            pool: self.pool.clone(),
+            signal: LogSignal::listen(&self.waker),
+            sender: sender.clone(),
+            sent: self.sent.clone(),
+            cursor: horizon,
+        };
+        tokio::spawn(reader.run());
+        Ok(sender)
+    }
+
+    /// One page of the log after `after`, for a stream's backlog.
+    pub async fn page(&self, after: Cursor) -> Result<Vec<Envelope>, TailError> {
+        let mut conn = self.pool.acquire().await?;
+        tail::read_batch(&mut conn, after, PAGE).await
+    }
+
+    /// The cursor of the event at `position`: a stream that was sent it has
+    /// been sent everything before it in the reader's order, and nothing after.
+    pub async fn cursor_of(&self, position: i64) -> Result<Option<Cursor>, sqlx::Error> {
+        if position == 0 {
+            return Ok(Some(Cursor::default()));
+        }
+        let txid: Option<i64> =
+            sqlx::query_scalar("SELECT txid::text::bigint FROM events WHERE position = $1")
+                .bind(position)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(txid.map(|txid| Cursor { txid, position }))
+    }
+}
+
+/// The last event no running transaction can precede.
+async fn horizon(pool: &PgPool) -> Result<Cursor, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT txid::text::bigint AS txid, position FROM events
+          WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY events.txid DESC, events.position DESC
+          LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        Some(row) => Ok(Cursor {
+            txid: row.try_get("txid")?,
+            position: row.try_get("position")?,
+        }),
+        None => Ok(Cursor::default()),
+    }
+}
+
+struct Reader {
+    pool: PgPool,
+    signal: LogSignal,
+    sender: broadcast::Sender<Live>,
+    sent: Arc<Mutex<Cursor>>,
+    cursor: Cursor,
+}
+
+impl Reader {
+    async fn run(mut self) {
+        loop {
+            match self.read().await {
+                Ok(full) if full => continue,
+                Ok(_) => self.signal.wait(POLL).await,
+                Err(error) => {
+                    // An unreadable event holds the feed here (as it parks a
+                    // projection); streams keep their keep-alives meanwhile.
+                    tracing::warn!(%error, "the live reader cannot read the log; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Sends the next page; `true` when it was full (more may be waiting).
+    async fn read(&mut self) -> Result<bool, TailError> {
+        let mut conn = self.pool.acquire().await?;
+        let batch = tail::read_batch(&mut conn, self.cursor, PAGE).await?;
+        drop(conn);
+        let full = batch.len() as i64 == PAGE;
+        for envelope in batch {
+            self.cursor = envelope.cursor();
+            // The cursor first, then the event: a stream that reads the
+            // cursor before joining either gets the event on the channel
+            // or reads it from the log.
+            *self.sent.lock().unwrap_or_else(|p| p.into_inner()) = self.cursor;
+            // No open stream is not an error: the event is in the log.
+            let _ = self.sender.send(Arc::new(envelope));
+        }
+        Ok(full)
+    }
+}
