@@ -88,27 +88,31 @@ pub async fn middleware(State(origins): State<Origins>, request: Request, next: 
     }
     let preflight = request.method() == Method::OPTIONS
         && request.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD);
-    let layer = if preflight {
-        let methods = match route_methods(&next, request.uri().clone()).await {
-            Ok(methods) => methods,
+    if preflight {
+        let (methods, request_id) = match route_methods(&next, request.uri().clone()).await {
+            Ok(found) => found,
             // No such route (404), or the service could not say (503): that
             // answer, without CORS headers, so the browser stops here.
             Err(answer) => return answer,
         };
         let reads = methods.contains(&Method::GET);
-        origins
+        let layer = origins
             .layer()
             .allow_methods(methods)
             .allow_headers(allowed_headers(reads))
-            .max_age(PREFLIGHT_MAX_AGE)
-    } else {
-        origins.layer()
-    };
-    let mut response = run(layer, next, request).await;
-    if preflight && response.status() == StatusCode::OK {
-        *response.status_mut() = StatusCode::NO_CONTENT;
+            .max_age(PREFLIGHT_MAX_AGE);
+        let mut response = run(layer, next, request).await;
+        if response.status() == StatusCode::OK {
+            *response.status_mut() = StatusCode::NO_CONTENT;
+        }
+        if let Some(request_id) = request_id {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(request_id::HEADER), request_id);
+        }
+        return response;
     }
-    response
+    run(origins.layer(), next, request).await
 }
 
 async fn run(layer: CorsLayer, next: Next, request: Request) -> Response {
@@ -118,10 +122,14 @@ async fn run(layer: CorsLayer, next: Next, request: Request) -> Response {
     }
 }
 
-/// The methods of the route `request` names, from the router's 405 to a
-/// bare `OPTIONS` (no token, no origin: nothing else answers it); the
+/// The methods of the route `uri` names, from the router's 405 to a bare
+/// `OPTIONS` (no token, no origin: nothing else answers it), and the
+/// request id it was given (the preflight's answer carries it too); the
 /// router's answer when it names none (no such route).
-async fn route_methods(next: &Next, uri: Uri) -> Result<Vec<Method>, Response> {
+async fn route_methods(
+    next: &Next,
+    uri: Uri,
+) -> Result<(Vec<Method>, Option<HeaderValue>), Response> {
     let mut probe = Request::new(Body::empty());
     *probe.method_mut() = Method::OPTIONS;
     *probe.uri_mut() = uri;
@@ -141,6 +149,6 @@ async fn route_methods(next: &Next, uri: Uri) -> Result<Vec<Method>, Response> {
     if methods.is_empty() {
         Err(answer)
     } else {
-        Ok(methods)
+        Ok((methods, answer.headers().get(request_id::HEADER).cloned()))
     }
 }

@@ -119,19 +119,22 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             health::bounded_by_database,
         ));
-    let routes = limits::around(routes, &state).layer(CatchPanicLayer::custom(|_panic| {
-        axum::response::IntoResponse::into_response(ApiError::internal("a handler panicked"))
-    }));
-    // Outside the limits: a preflight needs no token and is no agency's request.
-    let routes = match cors::Origins::from_config(&state.config.cors_origins) {
-        Some(origins) => routes.layer(middleware::from_fn_with_state(origins, cors::middleware)),
-        None => routes,
-    };
-    routes
+    let app = limits::around(routes, &state)
+        .layer(CatchPanicLayer::custom(|_panic| {
+            axum::response::IntoResponse::into_response(ApiError::internal("a handler panicked"))
+        }))
         .layer(middleware::from_fn(request_id::middleware))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             metrics::count,
         ))
-        .with_state(state)
+        .with_state(state.clone());
+    // Around the whole router (a layer of a router wraps each route on its
+    // own): a preflight needs no token and is no agency's request.
+    match cors::Origins::from_config(&state.config.cors_origins) {
+        Some(origins) => Router::new()
+            .fallback_service(app)
+            .layer(middleware::from_fn_with_state(origins, cors::middleware)),
+        None => app,
+    }
 }
