@@ -46,7 +46,10 @@ fn listed(list: &str) -> Vec<String> {
 async fn a_preflight_from_a_listed_origin_answers_204_with_the_routes_methods() {
     // A rate limit of one request an hour: preflights are no agency's requests.
     let app = spawn_app_with_env(&[
-        ("LEDGER_CORS_ORIGINS", &format!("https://other.example.test,{ORIGIN}")),
+        (
+            "LEDGER_CORS_ORIGINS",
+            &format!("https://other.example.test,{ORIGIN}"),
+        ),
         ("LEDGER_RATE_LIMIT", "1/h"),
     ])
     .await;
@@ -55,10 +58,19 @@ async fn a_preflight_from_a_listed_origin_answers_204_with_the_routes_methods() 
         assert_eq!(reply.status(), StatusCode::NO_CONTENT);
         assert_eq!(header(&reply, "access-control-allow-origin"), ORIGIN);
         let methods = listed(&header(&reply, "access-control-allow-methods"));
-        assert!(methods.contains(&"post".into()) && methods.contains(&"get".into()), "{methods:?}");
+        assert!(
+            methods.contains(&"post".into()) && methods.contains(&"get".into()),
+            "{methods:?}"
+        );
         assert!(!methods.contains(&"patch".into()), "{methods:?}");
         let headers = listed(&header(&reply, "access-control-allow-headers"));
-        for name in ["authorization", "content-type", "idempotency-key", "if-match", "x-request-id"] {
+        for name in [
+            "authorization",
+            "content-type",
+            "idempotency-key",
+            "if-match",
+            "x-request-id",
+        ] {
             assert!(headers.contains(&name.into()), "{name} in {headers:?}");
         }
         assert!(!header(&reply, "x-request-id").is_empty());
@@ -68,15 +80,26 @@ async fn a_preflight_from_a_listed_origin_answers_204_with_the_routes_methods() 
     let one = preflight(&app, &format!("/api/v1/bookings/{id}"), ORIGIN, "PATCH").await;
     assert_eq!(one.status(), StatusCode::NO_CONTENT);
     let methods = listed(&header(&one, "access-control-allow-methods"));
-    assert!(methods.contains(&"patch".into()) && methods.contains(&"get".into()), "{methods:?}");
+    assert!(
+        methods.contains(&"patch".into()) && methods.contains(&"get".into()),
+        "{methods:?}"
+    );
     let headers = listed(&header(&one, "access-control-allow-headers"));
     assert!(headers.contains(&"if-none-match".into()), "{headers:?}");
 
     let stream = preflight(&app, "/api/v1/stream", ORIGIN, "GET").await;
     assert_eq!(stream.status(), StatusCode::NO_CONTENT);
-    assert!(listed(&header(&stream, "access-control-allow-headers")).contains(&"last-event-id".into()));
+    assert!(
+        listed(&header(&stream, "access-control-allow-headers")).contains(&"last-event-id".into())
+    );
 
-    let action = preflight(&app, &format!("/api/v1/bookings/{id}/cancel"), ORIGIN, "POST").await;
+    let action = preflight(
+        &app,
+        &format!("/api/v1/bookings/{id}/cancel"),
+        ORIGIN,
+        "POST",
+    )
+    .await;
     assert_eq!(action.status(), StatusCode::NO_CONTENT);
     assert_eq!(header(&action, "access-control-allow-methods"), "post");
 }
@@ -114,9 +137,17 @@ async fn a_listed_origins_replies_expose_the_headers_a_front_end_reads() {
 async fn an_unlisted_origin_gets_no_cors_headers_and_never_a_5xx() {
     let app = spawn_app_with_env(&[("LEDGER_CORS_ORIGINS", ORIGIN)]).await;
     let (_, admin) = agency();
-    for origin in ["https://evil.example.test", "null", "https://desk.example.test.evil"] {
+    for origin in [
+        "https://evil.example.test",
+        "null",
+        "https://desk.example.test.evil",
+    ] {
         let reply = preflight(&app, "/api/v1/bookings", origin, "POST").await;
-        assert!(reply.status().as_u16() < 500, "{origin}: {}", reply.status());
+        assert!(
+            reply.status().as_u16() < 500,
+            "{origin}: {}",
+            reply.status()
+        );
         assert!(
             !reply
                 .headers()
@@ -126,7 +157,13 @@ async fn an_unlisted_origin_gets_no_cors_headers_and_never_a_5xx() {
             reply.headers()
         );
         let read = app
-            .send("GET", "/api/v1/properties", Some(&admin), None, &[("origin", origin)])
+            .send(
+                "GET",
+                "/api/v1/properties",
+                Some(&admin),
+                None,
+                &[("origin", origin)],
+            )
             .await;
         assert_eq!(read.status, StatusCode::OK);
         assert!(read.headers.get("access-control-allow-origin").is_none());
@@ -155,8 +192,14 @@ fn etag(reply: &Reply) -> &str {
 }
 
 async fn patch_if(app: &TestApp, path: &str, token: &str, version: &str, body: Value) -> Reply {
-    app.send("PATCH", path, Some(token), Some(&body), &[("if-match", version)])
-        .await
+    app.send(
+        "PATCH",
+        path,
+        Some(token),
+        Some(&body),
+        &[("if-match", version)],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -164,19 +207,36 @@ async fn of_two_edits_from_the_same_version_exactly_one_wins() {
     let app = spawn_app().await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
-    let booking = app.reserve(&admin, property, "2031-03-01", "2031-03-04").await;
+    let booking = app
+        .reserve(&admin, property, "2031-03-01", "2031-03-04")
+        .await;
     assert_eq!(booking.status, StatusCode::CREATED);
     assert_eq!(etag(&booking), "\"1\"");
     let path = format!("/api/v1/bookings/{}", booking.id());
 
     let (first, second) = tokio::join!(
-        patch_if(&app, &path, &admin, "\"1\"", json!({"notes": "late arrival"})),
-        patch_if(&app, &path, &admin, "\"1\"", json!({"notes": "early arrival"})),
+        patch_if(
+            &app,
+            &path,
+            &admin,
+            "\"1\"",
+            json!({"notes": "late arrival"})
+        ),
+        patch_if(
+            &app,
+            &path,
+            &admin,
+            "\"1\"",
+            json!({"notes": "early arrival"})
+        ),
     );
     let (winner, loser) = match (first.status, second.status) {
         (StatusCode::OK, StatusCode::PRECONDITION_FAILED) => (first, second),
         (StatusCode::PRECONDITION_FAILED, StatusCode::OK) => (second, first),
-        other => panic!("exactly one edit wins: {other:?} {:?} {:?}", first.body, second.body),
+        other => panic!(
+            "exactly one edit wins: {other:?} {:?} {:?}",
+            first.body, second.body
+        ),
     };
     assert_eq!(etag(&winner), "\"2\"");
     assert_error(&loser, StatusCode::PRECONDITION_FAILED, "VERSION_MISMATCH");
@@ -192,7 +252,9 @@ async fn a_channel_booking_leaves_versions_alone_and_a_stale_version_is_refused(
     let app = spawn_app().await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
-    let booking = app.reserve(&admin, property, "2031-05-01", "2031-05-03").await;
+    let booking = app
+        .reserve(&admin, property, "2031-05-01", "2031-05-03")
+        .await;
     let booking_path = format!("/api/v1/bookings/{}", booking.id());
     let property_path = format!("/api/v1/properties/{property}");
     let seen = app.read(&property_path, &admin).await;
@@ -213,16 +275,33 @@ async fn a_channel_booking_leaves_versions_alone_and_a_stale_version_is_refused(
     // Neither the booking's nor the property's version moved.
     let edited = patch_if(&app, &booking_path, &admin, "\"1\"", json!({"adults": 3})).await;
     assert_eq!(edited.status, StatusCode::OK, "{:?}", edited.body);
-    let renamed = patch_if(&app, &property_path, &admin, "\"1\"", json!({"name": "Casa Nova"})).await;
+    let renamed = patch_if(
+        &app,
+        &property_path,
+        &admin,
+        "\"1\"",
+        json!({"name": "Casa Nova"}),
+    )
+    .await;
     assert_eq!(renamed.status, StatusCode::OK, "{:?}", renamed.body);
     assert_eq!(etag(&renamed), "\"2\"");
 
     // Now the first version is stale: refused, with the property as it is.
     let events = app.property_events(property).await;
-    let stale = patch_if(&app, &property_path, &admin, "\"1\"", json!({"name": "Casa Velha"})).await;
+    let stale = patch_if(
+        &app,
+        &property_path,
+        &admin,
+        "\"1\"",
+        json!({"name": "Casa Velha"}),
+    )
+    .await;
     assert_error(&stale, StatusCode::PRECONDITION_FAILED, "VERSION_MISMATCH");
     assert_eq!(stale.body["error"]["details"]["current"]["version"], 2);
-    assert_eq!(stale.body["error"]["details"]["current"]["name"], "Casa Nova");
+    assert_eq!(
+        stale.body["error"]["details"]["current"]["name"],
+        "Casa Nova"
+    );
     let archive = app
         .send(
             "POST",
@@ -232,7 +311,11 @@ async fn a_channel_booking_leaves_versions_alone_and_a_stale_version_is_refused(
             &[("if-match", "\"1\"")],
         )
         .await;
-    assert_error(&archive, StatusCode::PRECONDITION_FAILED, "VERSION_MISMATCH");
+    assert_error(
+        &archive,
+        StatusCode::PRECONDITION_FAILED,
+        "VERSION_MISMATCH",
+    );
     let cancel = app
         .send(
             "POST",
@@ -243,10 +326,21 @@ async fn a_channel_booking_leaves_versions_alone_and_a_stale_version_is_refused(
         )
         .await;
     assert_error(&cancel, StatusCode::PRECONDITION_FAILED, "VERSION_MISMATCH");
-    assert_eq!(app.property_events(property).await, events, "nothing appended");
+    assert_eq!(
+        app.property_events(property).await,
+        events,
+        "nothing appended"
+    );
 
     for malformed in ["1", "W/\"2\"", "\"two\"", "\"1\", \"2\""] {
-        let reply = patch_if(&app, &property_path, &admin, malformed, json!({"name": "X"})).await;
+        let reply = patch_if(
+            &app,
+            &property_path,
+            &admin,
+            malformed,
+            json!({"name": "X"}),
+        )
+        .await;
         assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     }
 }
@@ -259,9 +353,13 @@ async fn a_412_is_kept_for_its_idempotency_key() {
     let path = format!("/api/v1/properties/{property}");
     let headers = [("if-match", "\"7\""), ("idempotency-key", "edit-42")];
     let body = json!({"name": "Casa"});
-    let first = app.send("PATCH", &path, Some(&admin), Some(&body), &headers).await;
+    let first = app
+        .send("PATCH", &path, Some(&admin), Some(&body), &headers)
+        .await;
     assert_error(&first, StatusCode::PRECONDITION_FAILED, "VERSION_MISMATCH");
-    let again = app.send("PATCH", &path, Some(&admin), Some(&body), &headers).await;
+    let again = app
+        .send("PATCH", &path, Some(&admin), Some(&body), &headers)
+        .await;
     assert_eq!(again.status, StatusCode::PRECONDITION_FAILED);
     // The first reply itself, as kept: its request id, not the retry's.
     assert_eq!(again.body, first.body);
@@ -276,14 +374,22 @@ async fn get_by_id_answers_304_while_the_version_is_the_one_named() {
     let app = spawn_app().await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
-    let booking = app.reserve(&admin, property, "2031-07-01", "2031-07-02").await;
+    let booking = app
+        .reserve(&admin, property, "2031-07-01", "2031-07-02")
+        .await;
     let path = format!("/api/v1/bookings/{}", booking.id());
     let first = app.read(&path, &admin).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(etag(&first), "\"1\"");
 
     let cached = app
-        .send("GET", &path, Some(&admin), None, &[("if-none-match", "\"1\"")])
+        .send(
+            "GET",
+            &path,
+            Some(&admin),
+            None,
+            &[("if-none-match", "\"1\"")],
+        )
         .await;
     assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
     assert_eq!(etag(&cached), "\"1\"");
@@ -307,7 +413,13 @@ async fn get_by_id_answers_304_while_the_version_is_the_one_named() {
     let property_path = format!("/api/v1/properties/{property}");
     let seen = app.read(&property_path, &admin).await;
     let cached = app
-        .send("GET", &property_path, Some(&admin), None, &[("if-none-match", etag(&seen))])
+        .send(
+            "GET",
+            &property_path,
+            Some(&admin),
+            None,
+            &[("if-none-match", etag(&seen))],
+        )
         .await;
     assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
 }
@@ -387,10 +499,12 @@ impl Sse {
     async fn take(&mut self, count: usize) -> Vec<SseEvent> {
         let mut events = Vec::new();
         while events.len() < count {
-            let event = self
-                .next(Duration::from_secs(15))
-                .await
-                .unwrap_or_else(|| panic!("only {} of {count} events arrived: {events:?}", events.len()));
+            let event = self.next(Duration::from_secs(15)).await.unwrap_or_else(|| {
+                panic!(
+                    "only {} of {count} events arrived: {events:?}",
+                    events.len()
+                )
+            });
             events.push(event);
         }
         events
@@ -413,16 +527,32 @@ async fn a_stream_carries_its_own_agencys_events_only_in_order() {
     let mut stream = Sse::open(&app, "/api/v1/stream", &admin, &[]).await;
 
     let theirs = app.property(&other, None).await;
-    app.reserve(&other, theirs, "2031-01-01", "2031-01-03").await;
+    app.reserve(&other, theirs, "2031-01-01", "2031-01-03")
+        .await;
     let property = app.property(&admin, None).await;
-    let b1 = app.reserve(&admin, property, "2031-01-01", "2031-01-03").await;
-    let b2 = app.reserve(&admin, property, "2031-01-05", "2031-01-07").await;
-    app.reserve(&other, theirs, "2031-02-01", "2031-02-03").await;
+    let b1 = app
+        .reserve(&admin, property, "2031-01-01", "2031-01-03")
+        .await;
+    let b2 = app
+        .reserve(&admin, property, "2031-01-05", "2031-01-07")
+        .await;
+    app.reserve(&other, theirs, "2031-02-01", "2031-02-03")
+        .await;
 
     let events = stream.take(3).await;
     let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
-    assert_eq!(kinds, ["property.registered", "booking.reserved", "booking.reserved"]);
-    assert!(events.iter().all(|e| agency_of(e) == mine.to_string()), "{events:?}");
+    assert_eq!(
+        kinds,
+        [
+            "property.registered",
+            "booking.reserved",
+            "booking.reserved"
+        ]
+    );
+    assert!(
+        events.iter().all(|e| agency_of(e) == mine.to_string()),
+        "{events:?}"
+    );
     assert_eq!(events[1].data["subject"], b1.body["id"]);
     assert_eq!(events[2].data["subject"], b2.body["id"]);
     assert_eq!(events[2].data["type"], "ledger.booking.reserved");
@@ -430,7 +560,10 @@ async fn a_stream_carries_its_own_agencys_events_only_in_order() {
         assert_eq!(event.data["ledgerposition"], event.id);
         assert_eq!(event.data["specversion"], "1.0");
     }
-    let sequences: Vec<i64> = events.iter().map(|e| e.data["ledgersequence"].as_i64().unwrap_or(0)).collect();
+    let sequences: Vec<i64> = events
+        .iter()
+        .map(|e| e.data["ledgersequence"].as_i64().unwrap_or(0))
+        .collect();
     assert_eq!(sequences, [1, 2, 3]);
     // The other agency's last write is not delivered here.
     assert!(stream.next(Duration::from_millis(700)).await.is_none());
@@ -463,9 +596,15 @@ async fn a_resumed_stream_gets_exactly_the_events_in_between_even_across_a_resta
     let mut resumed = Sse::open(&app, "/api/v1/stream", &admin, &[("last-event-id", &last)]).await;
     let missed: Vec<i64> = resumed.take(3).await.iter().map(|e| e.id).collect();
     assert_eq!(missed, written);
-    let later = app.reserve(&admin, property, "2031-09-01", "2031-09-02").await;
+    let later = app
+        .reserve(&admin, property, "2031-09-01", "2031-09-02")
+        .await;
     let next = resumed.take(1).await.remove(0);
-    assert_eq!(Some(next.id), later.body["position"].as_i64(), "no double, no gap");
+    assert_eq!(
+        Some(next.id),
+        later.body["position"].as_i64(),
+        "no double, no gap"
+    );
 
     // ?from_position= does the same for clients that cannot set the header.
     let mut by_query = Sse::open(
@@ -488,9 +627,13 @@ async fn an_owner_streams_only_their_own_properties() {
     let not_theirs = app.property(&admin, Some("owner-8")).await;
 
     let mut stream = Sse::open(&app, "/api/v1/stream", &owner, &[]).await;
-    app.reserve(&admin, not_theirs, "2031-10-01", "2031-10-03").await;
-    let booked = app.reserve(&admin, theirs, "2031-10-01", "2031-10-03").await;
-    app.reserve(&admin, not_theirs, "2031-10-05", "2031-10-07").await;
+    app.reserve(&admin, not_theirs, "2031-10-01", "2031-10-03")
+        .await;
+    let booked = app
+        .reserve(&admin, theirs, "2031-10-01", "2031-10-03")
+        .await;
+    app.reserve(&admin, not_theirs, "2031-10-05", "2031-10-07")
+        .await;
     // A new stream starts at the reader's horizon, which a transaction still
     // open elsewhere can hold a little behind: the properties' registrations
     // may come first. Whatever comes is about the owner's property only.
@@ -535,7 +678,13 @@ async fn a_stream_ends_with_token_expired_when_its_token_expires() {
         response,
         buffer: String::new(),
     };
-    let last = stream.next(Duration::from_secs(10)).await.expect("an event");
+    let last = stream
+        .next(Duration::from_secs(10))
+        .await
+        .expect("an event");
     assert_eq!(last.event, "token_expired");
-    assert!(stream.next(Duration::from_secs(2)).await.is_none(), "the stream ended");
+    assert!(
+        stream.next(Duration::from_secs(2)).await.is_none(),
+        "the stream ended"
+    );
 }

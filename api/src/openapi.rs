@@ -8,7 +8,7 @@ use utoipa::openapi::{KnownFormat, ObjectBuilder, RefOr, Required, SchemaFormat,
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::routes::{agencies, blocks, bookings, health, ical, ops, properties, reads};
+use crate::routes::{agencies, blocks, bookings, health, ical, ops, properties, reads, stream};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -26,6 +26,7 @@ use crate::state::AppState;
         reads::list_properties, reads::get_property, reads::list_bookings, reads::get_booking,
         reads::availability, reads::search, reads::audit_log,
         ical::export_feed, ical::rotate_token, ical::add_feed, ical::list_feeds, ical::delete_feed,
+        stream::stream,
     ),
     modifiers(&BearerAuth, &HealthAliases, &PathParameters)
 )]
