@@ -688,3 +688,25 @@ async fn a_stream_ends_with_token_expired_when_its_token_expires() {
         "the stream ended"
     );
 }
+
+#[tokio::test]
+async fn open_streams_end_when_the_service_is_told_to_stop() {
+    let mut app = spawn_app().await;
+    let (_, admin) = agency();
+    let mut stream = Sse::open(&app, "/api/v1/stream", &admin, &[]).await;
+    let pid = app.pid().expect("the ledger runs") as i32;
+    // SAFETY: a plain kill(2) of the child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert!(
+        stream.next(Duration::from_secs(10)).await.is_none(),
+        "the stream ended"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "graceful shutdown waited on the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -136,7 +136,9 @@ async fn main() {
                         .and_then(|v| v["time"].as_str().map(str::to_owned))
                         .and_then(|t| t.parse::<DateTime<Utc>>().ok());
                     if let Some(time) = time {
-                        let _ = tx.send((received - time).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                        let _ = tx.send(
+                            (received - time).num_microseconds().unwrap_or(0) as f64 / 1000.0,
+                        );
                     }
                 }
             }
@@ -150,8 +152,12 @@ async fn main() {
     let first = chrono::NaiveDate::from_ymd_opt(2030, 1, 1).expect("a date");
     for i in 0..total {
         ticker.tick().await;
-        let (client, base, admin, property_id) =
-            (client.clone(), base.clone(), admin.clone(), property_id.clone());
+        let (client, base, admin, property_id) = (
+            client.clone(),
+            base.clone(),
+            admin.clone(),
+            property_id.clone(),
+        );
         let check_in = first + chrono::Days::new(2 * i as u64);
         writes.spawn(async move {
             client

@@ -31,9 +31,8 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
         let Some(value) = values.next() else {
             return Ok(IfMatch(None));
         };
-        let malformed = || {
-            ApiError::validation("If-Match must be one entity tag \"<version>\" (or *)")
-        };
+        let malformed =
+            || ApiError::validation("If-Match must be one entity tag \"<version>\" (or *)");
         if values.next().is_some() {
             return Err(malformed());
         }
@@ -41,7 +40,9 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
         if text == "*" {
             return Ok(IfMatch(None));
         }
-        version_of_tag(text).map(|v| IfMatch(Some(v))).ok_or_else(malformed)
+        version_of_tag(text)
+            .map(|v| IfMatch(Some(v)))
+            .ok_or_else(malformed)
     }
 }
 

@@ -319,7 +319,13 @@ mod tests {
             Ok("https://app.example.com:8443".to_owned())
         );
         assert_eq!(parse_origin(""), Ok(String::new()));
-        for bad in ["app.example.com", "https://", "https://a.example/", "ftp://a", "*"] {
+        for bad in [
+            "app.example.com",
+            "https://",
+            "https://a.example/",
+            "ftp://a",
+            "*",
+        ] {
             assert!(parse_origin(bad).is_err(), "{bad} is refused");
         }
     }

@@ -87,7 +87,9 @@ pub async fn middleware(State(origins): State<Origins>, request: Request, next: 
         return next.run(request).await;
     }
     let preflight = request.method() == Method::OPTIONS
-        && request.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD);
+        && request
+            .headers()
+            .contains_key(ACCESS_CONTROL_REQUEST_METHOD);
     if preflight {
         let (methods, request_id) = match route_methods(&next, request.uri().clone()).await {
             Ok(found) => found,

@@ -23,15 +23,13 @@ pub mod startup;
 pub mod state;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
 use axum::handler::Handler;
+use axum::routing::{get, post, put};
 use axum::{middleware, Extension, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::routes::{
-    agencies, blocks, bookings, health, ical, ops, properties, reads, stream,
-};
+use crate::routes::{agencies, blocks, bookings, health, ical, ops, properties, reads, stream};
 use crate::state::AppState;
 
 /// Request bodies over this many bytes get 413 `PAYLOAD_TOO_LARGE`.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ledger_infra::tail::{self, Cursor, Envelope, LogSignal, LogWaker, TailError};
 use sqlx::{PgPool, Row};
-use tokio::sync::{broadcast, OnceCell};
+use tokio::sync::{broadcast, watch, OnceCell};
 
 /// Events one backlog page (and one read of the live reader) takes at most.
 pub const PAGE: i64 = 500;
@@ -33,6 +33,10 @@ pub struct Hub {
     sender: OnceCell<broadcast::Sender<Live>>,
     /// The cursor of the last event the reader sent on the channel.
     sent: Arc<Mutex<Cursor>>,
+    /// Set when the process is told to stop: every stream ends, so the
+    /// server's graceful shutdown does not wait on them (their clients
+    /// reconnect elsewhere with Last-Event-ID).
+    closing: Arc<watch::Sender<bool>>,
 }
 
 /// A new stream's place: events after `from` come from the log, then the
@@ -40,6 +44,7 @@ pub struct Hub {
 pub struct Subscription {
     pub receiver: broadcast::Receiver<Live>,
     pub from: Cursor,
+    pub closing: watch::Receiver<bool>,
 }
 
 impl Hub {
@@ -49,6 +54,7 @@ impl Hub {
             waker,
             sender: OnceCell::new(),
             sent: Arc::new(Mutex::new(Cursor::default())),
+            closing: Arc::new(watch::channel(false).0),
         })
     }
 
@@ -56,12 +62,16 @@ impl Hub {
     /// reader's cursor as it is now, read BEFORE joining: what the reader
     /// sends in between is read from the log (and the channel's copy is
     /// dropped as a double).
-    pub async fn subscribe(&self, resume_after: Option<Cursor>) -> Result<Subscription, sqlx::Error> {
+    pub async fn subscribe(
+        &self,
+        resume_after: Option<Cursor>,
+    ) -> Result<Subscription, sqlx::Error> {
         let sender = self.sender.get_or_try_init(|| self.start()).await?;
         let from = resume_after.unwrap_or_else(|| self.sent_cursor());
         Ok(Subscription {
             receiver: sender.subscribe(),
             from,
+            closing: self.closing.subscribe(),
         })
     }
 
@@ -88,6 +98,11 @@ impl Hub {
             cursor: horizon,
         };
         tokio::spawn(reader.run());
+        let closing = self.closing.clone();
+        tokio::spawn(async move {
+            stop_signal().await;
+            closing.send_replace(true);
+        });
         Ok(sender)
     }
 
@@ -110,6 +125,22 @@ impl Hub {
                 .await?;
         Ok(txid.map(|txid| Cursor { txid, position }))
     }
+}
+
+/// SIGTERM or Ctrl-C: what starts the server's graceful shutdown.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// The last event no running transaction can precede.

@@ -9,10 +9,10 @@ use uuid::Uuid;
 
 use super::{execute, execute_as, not_found_as, PathId};
 use crate::auth::Caller;
+use crate::conditional::IfMatch;
 use crate::dto::{
     booking_view, BookingView, CancelBody, EmptyBody, ModifyBookingBody, ReserveBody,
 };
-use crate::conditional::IfMatch;
 use crate::error::ApiError;
 use crate::extract::{Body, WriteCtx};
 use crate::state::AppState;
@@ -145,7 +145,13 @@ pub async fn check_in(
     if_match: IfMatch,
     Body(EmptyBody {}): Body<EmptyBody>,
 ) -> Result<Response, ApiError> {
-    change(state, id, (ctx, if_match), CalendarCommand::CheckIn { booking_id: id }).await
+    change(
+        state,
+        id,
+        (ctx, if_match),
+        CalendarCommand::CheckIn { booking_id: id },
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/api/v1/bookings/{id}/check-out", tag = "bookings",
@@ -159,7 +165,13 @@ pub async fn check_out(
     if_match: IfMatch,
     Body(EmptyBody {}): Body<EmptyBody>,
 ) -> Result<Response, ApiError> {
-    change(state, id, (ctx, if_match), CalendarCommand::CheckOut { booking_id: id }).await
+    change(
+        state,
+        id,
+        (ctx, if_match),
+        CalendarCommand::CheckOut { booking_id: id },
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/api/v1/bookings/{id}/no-show", tag = "bookings",

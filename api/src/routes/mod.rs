@@ -11,8 +11,8 @@ pub mod reads;
 pub mod stream;
 
 use axum::extract::{FromRequestParts, Path};
-use axum::http::request::Parts;
 use axum::http::header::ETAG;
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;

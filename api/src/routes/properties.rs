@@ -9,11 +9,11 @@ use uuid::Uuid;
 
 use super::{execute, read_reply, Page, PathId};
 use crate::auth::Caller;
+use crate::conditional::IfMatch;
 use crate::dto::{
     property_view, EmptyBody, EventPage, EventView, PropertyView, RegisterPropertyBody,
     UpdatePropertyBody,
 };
-use crate::conditional::IfMatch;
 use crate::error::ApiError;
 use crate::extract::{Body, WriteCtx};
 use crate::state::AppState;

@@ -64,7 +64,8 @@ pub async fn stream(
 ) -> Result<Response, ApiError> {
     let query: StreamQuery = serde_urlencoded_query(uri.query().unwrap_or(""))?;
     let _ = query.min_position;
-    let (caller, expires_at) = authenticate(&state, &headers, query.access_token, uri.path()).await?;
+    let (caller, expires_at) =
+        authenticate(&state, &headers, query.access_token, uri.path()).await?;
     caller.require(Action::ReadCalendar)?;
     let property_id = match query.property_id.as_deref() {
         None | Some("") => None,
@@ -86,9 +87,12 @@ pub async fn stream(
     }
     let resume = match resume_position(&headers, query.from_position.as_deref())? {
         None => None,
-        Some(position) => Some(hub.cursor_of(position).await.map_err(db)?.ok_or_else(|| {
-            ApiError::validation(format!("no event has position {position}"))
-        })?),
+        Some(position) => Some(
+            hub.cursor_of(position)
+                .await
+                .map_err(db)?
+                .ok_or_else(|| ApiError::validation(format!("no event has position {position}")))?,
+        ),
     };
     let subscription = hub.subscribe(resume).await.map_err(db)?;
     let feed = Feed {
@@ -97,6 +101,7 @@ pub async fn stream(
         actor: caller.0,
         property_id,
         receiver: subscription.receiver,
+        closing: subscription.closing,
         last: subscription.from,
         catching_up: true,
         pending: VecDeque::new(),
@@ -129,7 +134,10 @@ async fn authenticate(
         Some(header) => header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(|t| t.trim().to_owned()),
         None => access_token,
     }
@@ -154,7 +162,10 @@ async fn authenticate(
 
 /// `Last-Event-ID` (what a reconnecting EventSource sends), else
 /// `?from_position=`: a position, 0 meaning the start of the log.
-fn resume_position(headers: &HeaderMap, from_position: Option<&str>) -> Result<Option<i64>, ApiError> {
+fn resume_position(
+    headers: &HeaderMap,
+    from_position: Option<&str>,
+) -> Result<Option<i64>, ApiError> {
     let raw = match headers.get("last-event-id") {
         Some(value) => Some(
             value
@@ -172,7 +183,9 @@ fn resume_position(headers: &HeaderMap, from_position: Option<&str>) -> Result<O
             .filter(|p| *p >= 0)
             .map(Some)
             .ok_or_else(|| {
-                ApiError::validation("Last-Event-ID and from_position must be a position (0 or more)")
+                ApiError::validation(
+                    "Last-Event-ID and from_position must be a position (0 or more)",
+                )
             }),
     }
 }
@@ -184,6 +197,8 @@ struct Feed {
     actor: Actor,
     property_id: Option<Uuid>,
     receiver: tokio::sync::broadcast::Receiver<Live>,
+    /// Becomes true when the process stops.
+    closing: tokio::sync::watch::Receiver<bool>,
     /// The last event taken (sent or filtered out), in `(txid, position)` order.
     last: Cursor,
     /// Reading the log (from `last`) rather than the channel.
@@ -198,7 +213,7 @@ struct Feed {
 impl Feed {
     async fn next(&mut self) -> Option<Event> {
         loop {
-            if self.done {
+            if self.done || *self.closing.borrow() {
                 return None;
             }
             while let Some(envelope) = self.pending.pop_front() {
@@ -233,6 +248,7 @@ impl Feed {
                     Err(RecvError::Lagged(_)) => self.catching_up = true,
                     Err(RecvError::Closed) => return None,
                 },
+                _ = self.closing.changed() => return None,
                 () = tokio::time::sleep_until(self.expires_at) => {
                     self.done = true;
                     return Some(Event::default().event("token_expired").data("{}"));
@@ -264,7 +280,8 @@ impl Feed {
             _ => None,
         };
         if let Some(owner_id) = owner_of_event {
-            let sees = ledger_domain::policy::sees_property(&self.actor, scope, owner_id.as_deref());
+            let sees =
+                ledger_domain::policy::sees_property(&self.actor, scope, owner_id.as_deref());
             self.visible.insert(envelope.property_id, sees);
             return sees;
         }
