@@ -1,36 +1,42 @@
 //! Live updates: ONE reader per process tails the log with the same
 //! gap-free reader the projections use (`ledger_infra::tail::read_batch`,
-//! in `(txid, position)` order) and fans every event out on a broadcast
-//! channel; each open stream filters it for its caller. A stream that
+//! in `(txid, position)` order) and fans every event out on its agency's
+//! broadcast channel (so an event wakes only the streams of its agency);
+//! each open stream filters it further for its caller. A stream that
 //! resumes from an old position, or falls behind the channel, reads its
 //! backlog from the log in bounded pages and then takes the channel again,
 //! dropping what it already sent (by cursor), so nothing is missed or
 //! doubled. The log is the source: a stream can resume across restarts.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ledger_infra::tail::{self, Cursor, Envelope, LogSignal, LogWaker, TailError};
 use sqlx::{PgPool, Row};
 use tokio::sync::{broadcast, watch, OnceCell};
+use uuid::Uuid;
 
 /// Events one backlog page (and one read of the live reader) takes at most.
 pub const PAGE: i64 = 500;
 /// Events a stream may fall behind the live reader before it reads its
-/// backlog from the log instead.
-const CHANNEL_CAPACITY: usize = 4096;
+/// backlog from the log instead (per agency).
+pub const CHANNEL_CAPACITY: usize = 256;
 /// How often the reader looks again when nothing woke it: a transaction
 /// that holds back the horizon may commit without appending (and so
 /// without a wake-up).
 const POLL: Duration = Duration::from_millis(250);
 
 pub type Live = Arc<Envelope>;
+type Channels = Arc<Mutex<HashMap<Uuid, broadcast::Sender<Live>>>>;
 
 /// The process's one live reader, started by the first stream.
 pub struct Hub {
     pool: PgPool,
     waker: LogWaker,
-    sender: OnceCell<broadcast::Sender<Live>>,
+    started: OnceCell<()>,
+    /// One channel per agency with an open stream.
+    channels: Channels,
     /// The cursor of the last event the reader sent on the channel.
     sent: Arc<Mutex<Cursor>>,
     /// Set when the process is told to stop: every stream ends, so the
@@ -52,7 +58,8 @@ impl Hub {
         Arc::new(Hub {
             pool,
             waker,
-            sender: OnceCell::new(),
+            started: OnceCell::new(),
+            channels: Arc::default(),
             sent: Arc::new(Mutex::new(Cursor::default())),
             closing: Arc::new(watch::channel(false).0),
         })
@@ -64,12 +71,17 @@ impl Hub {
     /// dropped as a double).
     pub async fn subscribe(
         &self,
+        agency_id: Uuid,
         resume_after: Option<Cursor>,
     ) -> Result<Subscription, sqlx::Error> {
-        let sender = self.sender.get_or_try_init(|| self.start()).await?;
+        self.started.get_or_try_init(|| self.start()).await?;
         let from = resume_after.unwrap_or_else(|| self.sent_cursor());
+        let receiver = lock(&self.channels)
+            .entry(agency_id)
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .subscribe();
         Ok(Subscription {
-            receiver: sender.subscribe(),
+            receiver,
             from,
             closing: self.closing.subscribe(),
         })
@@ -77,7 +89,10 @@ impl Hub {
 
     /// How many streams are open in this process.
     pub fn streams(&self) -> usize {
-        self.sender.get().map_or(0, |s| s.receiver_count())
+        lock(&self.channels)
+            .values()
+            .map(broadcast::Sender::receiver_count)
+            .sum()
     }
 
     fn sent_cursor(&self) -> Cursor {
@@ -86,14 +101,13 @@ impl Hub {
 
     /// Starts the reader at the log's horizon: every event at or behind it
     /// is visible already, so a stream joining later reads them from the log.
-    async fn start(&self) -> Result<broadcast::Sender<Live>, sqlx::Error> {
+    async fn start(&self) -> Result<(), sqlx::Error> {
         let horizon = horizon(&self.pool).await?;
         *self.sent.lock().unwrap_or_else(|p| p.into_inner()) = horizon;
-        let (sender, _) = broadcast::channel(CHANNEL_CAPACITY);
         let reader = Reader {
             pool: self.pool.clone(),
             signal: LogSignal::listen(&self.waker),
-            sender: sender.clone(),
+            channels: self.channels.clone(),
             sent: self.sent.clone(),
             cursor: horizon,
         };
@@ -103,7 +117,7 @@ impl Hub {
             stop_signal().await;
             closing.send_replace(true);
         });
-        Ok(sender)
+        Ok(())
     }
 
     /// One page of the log after `after`, for a stream's backlog.
@@ -162,10 +176,16 @@ async fn horizon(pool: &PgPool) -> Result<Cursor, sqlx::Error> {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 struct Reader {
     pool: PgPool,
     signal: LogSignal,
-    sender: broadcast::Sender<Live>,
+    channels: Channels,
     sent: Arc<Mutex<Cursor>>,
     cursor: Cursor,
 }
@@ -198,8 +218,15 @@ impl Reader {
             // cursor before joining either gets the event on the channel
             // or reads it from the log.
             *self.sent.lock().unwrap_or_else(|p| p.into_inner()) = self.cursor;
-            // No open stream is not an error: the event is in the log.
-            let _ = self.sender.send(Arc::new(envelope));
+            let agency_id = envelope.meta.agency_id;
+            let mut channels = lock(&self.channels);
+            if let Some(channel) = channels.get(&agency_id) {
+                // Its last stream closed: the channel goes (under the lock
+                // a new stream would subscribe with).
+                if channel.send(Arc::new(envelope)).is_err() {
+                    channels.remove(&agency_id);
+                }
+            }
         }
         Ok(full)
     }

@@ -94,7 +94,10 @@ pub async fn stream(
                 .ok_or_else(|| ApiError::validation(format!("no event has position {position}")))?,
         ),
     };
-    let subscription = hub.subscribe(resume).await.map_err(db)?;
+    let subscription = hub
+        .subscribe(caller.0.agency_id, resume)
+        .await
+        .map_err(db)?;
     let feed = Feed {
         state,
         hub,
@@ -217,12 +220,14 @@ impl Feed {
                 return None;
             }
             while let Some(envelope) = self.pending.pop_front() {
-                if self.allows(&envelope).await {
+                if Box::pin(self.allows(&envelope)).await {
                     return Some(sse_event(&envelope));
                 }
             }
             if self.catching_up {
-                match self.hub.page(self.last).await {
+                // Boxed, as the lookups below: an idle stream's state machine
+                // then holds a pointer, not these futures' whole size.
+                match Box::pin(self.hub.page(self.last)).await {
                     Ok(page) => {
                         self.catching_up = page.len() as i64 == PAGE;
                         if let Some(last) = page.last() {
@@ -289,16 +294,13 @@ impl Feed {
             return *sees;
         }
         let actor = self.actor.clone();
-        let looked_up = self
-            .state
-            .bus
-            .read(envelope.property_id, |loaded| {
-                loaded
-                    .calendar
-                    .property_for(&actor, Action::ReadCalendar)
-                    .is_ok()
-            })
-            .await;
+        let looked_up = Box::pin(self.state.bus.read(envelope.property_id, |loaded| {
+            loaded
+                .calendar
+                .property_for(&actor, Action::ReadCalendar)
+                .is_ok()
+        }))
+        .await;
         match looked_up {
             Ok(sees) => {
                 self.visible.insert(envelope.property_id, sees);
