@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use uuid::Uuid;
 
 const MEASURING_STREAMS: usize = 10;
+const PROPERTIES: usize = 50;
 
 fn token(agency: Uuid, role: &str) -> String {
     let secret = std::env::var("JWT_SECRET").expect("JWT_SECRET");
@@ -102,17 +103,22 @@ async fn main() {
     let agency = Uuid::new_v4();
     let admin = token(agency, "admin");
     let client = reqwest::Client::new();
-    let property: Value = client
-        .post(format!("{base}/api/v1/properties"))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "Bench"}))
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("a property");
-    let property_id = property["id"].as_str().unwrap_or_default().to_owned();
+    // Writes spread over properties, as a real agency's are: one
+    // property's commands are decided one at a time.
+    let mut properties = Vec::new();
+    for _ in 0..PROPERTIES {
+        let property: Value = client
+            .post(format!("{base}/api/v1/properties"))
+            .bearer_auth(&admin)
+            .json(&json!({"name": "Bench"}))
+            .send()
+            .await
+            .expect("register")
+            .json()
+            .await
+            .expect("a property");
+        properties.push(property["id"].as_str().unwrap_or_default().to_owned());
+    }
     let (latencies_tx, mut latencies_rx) = tokio::sync::mpsc::unbounded_channel::<f64>();
     for _ in 0..MEASURING_STREAMS {
         let response = client
@@ -156,9 +162,9 @@ async fn main() {
             client.clone(),
             base.clone(),
             admin.clone(),
-            property_id.clone(),
+            properties[i % PROPERTIES].clone(),
         );
-        let check_in = first + chrono::Days::new(2 * i as u64);
+        let check_in = first + chrono::Days::new(2 * (i / PROPERTIES) as u64);
         writes.spawn(async move {
             client
                 .post(format!("{base}/api/v1/bookings"))
