@@ -69,6 +69,7 @@ fn execution(property_id: Uuid, action: CalendarCommand) -> Execution {
             actor: actor(),
             now: Utc::now(),
             action,
+            expected_version: None,
         },
         request_id: "bench".into(),
         idempotency: None,

@@ -109,6 +109,27 @@ pub fn parse_rate_limit(value: &str) -> Result<RateLimit, String> {
     Ok(RateLimit::PerAgency { count, per, burst })
 }
 
+/// One origin of `LEDGER_CORS_ORIGINS`: `scheme://host[:port]`, as a browser
+/// sends it in `Origin` (no path, no trailing slash). Empty entries are kept
+/// as empty and skipped, so the empty default means "none".
+pub fn parse_origin(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    let host = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+        .ok_or_else(|| format!("LEDGER_CORS_ORIGINS: `{value}` is not an http(s) origin"))?;
+    let printable = value.bytes().all(|b| b.is_ascii_graphic());
+    if host.is_empty() || host.contains('/') || !printable {
+        return Err(format!(
+            "LEDGER_CORS_ORIGINS: `{value}` must be scheme://host[:port] with no path"
+        ));
+    }
+    Ok(value.to_owned())
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     #[arg(
@@ -224,6 +245,16 @@ pub struct ServeConfig {
     /// The Ops Console at `/console/` (`on` or `off`; off, it answers 404).
     #[arg(long, env = "LEDGER_CONSOLE", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub console: bool,
+    /// Browser origins allowed to call the API (`https://app.example.com`),
+    /// comma-separated and compared exactly; empty: no CORS headers at all.
+    #[arg(
+        long,
+        env = "LEDGER_CORS_ORIGINS",
+        value_delimiter = ',',
+        default_value = "",
+        value_parser = parse_origin
+    )]
+    pub cors_origins: Vec<String>,
 }
 
 impl ServeConfig {
@@ -272,6 +303,7 @@ impl ServeConfig {
             "LEDGER_REQUEST_TIMEOUT",
             "LEDGER_BODY_TIMEOUT",
             "LEDGER_CONSOLE",
+            "LEDGER_CORS_ORIGINS",
         ]
         .into_iter()
         .filter(|name| std::env::var_os(name).is_some())
@@ -303,6 +335,24 @@ mod tests {
         assert_eq!(parse_on_off("on"), Ok(true));
         assert_eq!(parse_on_off("OFF"), Ok(false));
         assert!(parse_on_off("maybe").is_err());
+    }
+
+    #[test]
+    fn cors_origins_are_exact_origins_without_paths() {
+        assert_eq!(
+            parse_origin(" https://app.example.com:8443 "),
+            Ok("https://app.example.com:8443".to_owned())
+        );
+        assert_eq!(parse_origin(""), Ok(String::new()));
+        for bad in [
+            "app.example.com",
+            "https://",
+            "https://a.example/",
+            "ftp://a",
+            "*",
+        ] {
+            assert!(parse_origin(bad).is_err(), "{bad} is refused");
+        }
     }
 
     #[test]

@@ -5,10 +5,11 @@
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ledger_domain::CalendarError;
+use ledger_domain::{CalendarError, Current};
 use ledger_infra::{ExecuteError, Reply};
 use serde_json::{json, Value};
 
+use crate::dto::{BookingView, PropertyView};
 use crate::request_id;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,9 @@ pub enum ApiError {
     InvalidStateTransition(String),
     #[error("the property is archived")]
     PropertyArchived,
+    /// `details.current`: the resource as it is now.
+    #[error("{message}")]
+    VersionMismatch { message: String, current: Value },
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
     #[error("the request body is larger than 64 KiB")]
@@ -89,6 +93,7 @@ impl ApiError {
             BookingConflict { .. } => (StatusCode::CONFLICT, "BOOKING_CONFLICT"),
             InvalidStateTransition(_) => (StatusCode::CONFLICT, "INVALID_STATE_TRANSITION"),
             PropertyArchived => (StatusCode::CONFLICT, "PROPERTY_ARCHIVED"),
+            VersionMismatch { .. } => (StatusCode::PRECONDITION_FAILED, "VERSION_MISMATCH"),
             IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             DatabaseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "DATABASE_UNAVAILABLE"),
@@ -136,6 +141,9 @@ impl ApiError {
                 if !details.is_null() =>
             {
                 error["details"] = details.clone();
+            }
+            ApiError::VersionMismatch { current, .. } => {
+                error["details"] = json!({ "current": current });
             }
             _ => {}
         }
@@ -194,6 +202,10 @@ impl From<CalendarError> for ApiError {
                 message: error.to_string(),
                 details: json!({ "conflicts": conflicts }),
             },
+            CalendarError::VersionMismatch { ref current, .. } => ApiError::VersionMismatch {
+                message: error.to_string(),
+                current: current_view(current),
+            },
             CalendarError::InvalidTransition { .. }
             | CalendarError::HoldExpired
             | CalendarError::BlockAlreadyReleased => {
@@ -201,6 +213,24 @@ impl From<CalendarError> for ApiError {
             }
         }
     }
+}
+
+/// The resource of a 412 as its own route shows it, less `position`: a
+/// refusal appends nothing, and the calendar does not know the position of
+/// the event that last changed the resource. Its `version` is what a retry
+/// sends in `If-Match`.
+fn current_view(current: &Current) -> Value {
+    let view = match current {
+        Current::Property(property) => serde_json::to_value(PropertyView::new(property, 0)),
+        Current::Booking { agency_id, booking } => {
+            serde_json::to_value(BookingView::new(*agency_id, booking, 0))
+        }
+    };
+    let mut view = view.unwrap_or(Value::Null);
+    if let Some(fields) = view.as_object_mut() {
+        fields.remove("position");
+    }
+    view
 }
 
 impl From<ExecuteError> for ApiError {

@@ -68,6 +68,7 @@ pub async fn expire_lapsed(state: &AppState) -> Result<usize, sqlx::Error> {
                 },
                 now: crate::extract::now(),
                 action: CalendarCommand::ExpireHold { booking_id },
+                expected_version: None,
             },
             request_id: format!("hold-expiry-{booking_id}"),
             idempotency: None,

@@ -137,6 +137,7 @@ impl WriteCtx {
                 actor: self.caller.0.clone(),
                 now: now(),
                 action,
+                expected_version: None,
             },
             request_id: self.request_id.clone(),
             idempotency: self.idempotency.clone(),

@@ -319,6 +319,7 @@ impl ImportRun<'_> {
                 actor: self.actor.clone(),
                 now: crate::extract::now(),
                 action,
+                expected_version: None,
             },
             request_id: format!("ical-import-{}", self.batch),
             idempotency: None,

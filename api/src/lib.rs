@@ -3,8 +3,10 @@
 //! No business decision is made here; they are in `ledger-domain`.
 
 pub mod auth;
+pub mod conditional;
 pub mod config;
 pub mod console;
+pub mod cors;
 pub mod dto;
 pub mod error;
 pub mod expiry;
@@ -13,6 +15,7 @@ pub mod ical_import;
 pub mod idempotency;
 pub mod jwks;
 pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod openapi;
 pub mod request_id;
@@ -21,13 +24,14 @@ pub mod startup;
 pub mod state;
 
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::routing::{get, post, put};
-use axum::{middleware, Router};
+use axum::{middleware, Extension, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
 use crate::routes::resync;
-use crate::routes::{agencies, blocks, bookings, health, ical, ops, properties, reads};
+use crate::routes::{agencies, blocks, bookings, health, ical, ops, properties, reads, stream};
 use crate::state::AppState;
 
 /// Request bodies over this many bytes get 413 `PAYLOAD_TOO_LARGE`.
@@ -41,7 +45,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/api/v1/properties/{id}",
-            get(reads::get_property).patch(properties::update),
+            get(reads::get_property.layer(middleware::from_fn(conditional::on_read)))
+                .patch(properties::update),
         )
         .route("/api/v1/properties/{id}/archive", post(properties::archive))
         .route("/api/v1/properties/{id}/events", get(properties::events))
@@ -53,13 +58,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/api/v1/bookings/{id}",
-            get(reads::get_booking).patch(bookings::modify),
+            get(reads::get_booking.layer(middleware::from_fn(conditional::on_read)))
+                .patch(bookings::modify),
         )
         .route("/api/v1/bookings/{id}/confirm", post(bookings::confirm))
         .route("/api/v1/bookings/{id}/cancel", post(bookings::cancel))
         .route("/api/v1/bookings/{id}/check-in", post(bookings::check_in))
         .route("/api/v1/bookings/{id}/check-out", post(bookings::check_out))
         .route("/api/v1/bookings/{id}/no-show", post(bookings::no_show))
+        .route("/api/v1/stream", get(stream::stream))
         .route("/api/v1/availability", get(reads::availability))
         .route("/api/v1/availability/search", get(reads::search))
         .route("/api/v1/audit-log", get(reads::audit_log))
@@ -109,12 +116,16 @@ pub fn router(state: AppState) -> Router {
         .merge(console::routes(&state.config))
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn(idempotency::middleware))
+        .layer(Extension(live::Hub::new(
+            state.pool.clone(),
+            state.bus.waker().clone(),
+        )))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             health::bounded_by_database,
         ));
-    limits::around(routes, &state)
+    let app = limits::around(routes, &state)
         .layer(CatchPanicLayer::custom(|_panic| {
             axum::response::IntoResponse::into_response(ApiError::internal("a handler panicked"))
         }))
@@ -123,5 +134,13 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             metrics::count,
         ))
-        .with_state(state)
+        .with_state(state.clone());
+    // Around the whole router (a layer of a router wraps each route on its
+    // own): a preflight needs no token and is no agency's request.
+    match cors::Origins::from_config(&state.config.cors_origins) {
+        Some(origins) => Router::new()
+            .fallback_service(app)
+            .layer(middleware::from_fn_with_state(origins, cors::middleware)),
+        None => app,
+    }
 }

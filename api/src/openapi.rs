@@ -8,7 +8,9 @@ use utoipa::openapi::{KnownFormat, ObjectBuilder, RefOr, Required, SchemaFormat,
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::routes::{agencies, blocks, bookings, health, ical, ops, properties, reads, resync};
+use crate::routes::{
+    agencies, blocks, bookings, health, ical, ops, properties, reads, resync, stream,
+};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -27,6 +29,7 @@ use crate::state::AppState;
         reads::availability, reads::search, reads::audit_log,
         ical::export_feed, ical::rotate_token, ical::add_feed, ical::list_feeds, ical::delete_feed,
         resync::property, resync::checksum, resync::start, resync::progress, ops::consumers,
+        stream::stream,
     ),
     modifiers(&BearerAuth, &HealthAliases, &PathParameters)
 )]

@@ -15,7 +15,7 @@ use crate::commands::{
     BlockNights, CalendarCommand, Command, ModifyBooking, RegisterProperty, ReserveStay,
     UpdateProperty,
 };
-use crate::error::{CalendarError, Conflict};
+use crate::error::{CalendarError, Conflict, Current};
 use crate::events::CalendarEvent;
 use crate::policy::{self, Action, Actor};
 use crate::values::{self, BlockReason, BookingStatus, Channel, ClaimKind, Guest, Nights, Price};
@@ -162,12 +162,20 @@ impl PropertyCalendar {
     /// Decides a command against the current state: the events it produces, or
     /// why it is refused. Never changes the state.
     pub fn decide(&self, command: &Command) -> Result<Vec<CalendarEvent>, CalendarError> {
-        let Command { actor, now, action } = command;
+        let Command {
+            actor,
+            now,
+            action,
+            expected_version,
+        } = command;
         let now = *now;
         if let CalendarCommand::RegisterProperty(register) = action {
             return self.register(actor, register, now);
         }
         let property = self.property_for(actor, self.required_action(action)?)?;
+        if let Some(expected) = *expected_version {
+            self.require_version(property, action, expected)?;
+        }
         if property.archived {
             return Err(CalendarError::PropertyArchived);
         }
@@ -346,6 +354,49 @@ impl PropertyCalendar {
             return Err(CalendarError::PropertyNotFound);
         }
         Ok(property)
+    }
+
+    /// Refuses a conditional command when the resource it changes is no
+    /// longer at the version the caller saw. Decided here, with the command,
+    /// so a change committed in between is seen: there is no window between
+    /// the check and the append. A property's version counts changes to the
+    /// property record only (register, update, archive), a booking's the
+    /// changes to that booking: another booking on the same property changes
+    /// neither.
+    fn require_version(
+        &self,
+        property: &Property,
+        action: &CalendarCommand,
+        expected: u64,
+    ) -> Result<(), CalendarError> {
+        let current = match action {
+            CalendarCommand::UpdateProperty(_) | CalendarCommand::ArchiveProperty => {
+                Current::Property(property.clone())
+            }
+            CalendarCommand::ModifyBooking(ModifyBooking { booking_id, .. })
+            | CalendarCommand::ConfirmBooking { booking_id }
+            | CalendarCommand::CancelBooking { booking_id, .. }
+            | CalendarCommand::CheckIn { booking_id }
+            | CalendarCommand::CheckOut { booking_id }
+            | CalendarCommand::MarkNoShow { booking_id }
+            | CalendarCommand::ExpireHold { booking_id } => Current::Booking {
+                agency_id: property.agency_id,
+                booking: self.booking(*booking_id)?.clone(),
+            },
+            // New resources and blocks carry no version to compare.
+            CalendarCommand::RegisterProperty(_)
+            | CalendarCommand::ReserveStay(_)
+            | CalendarCommand::BlockNights(_)
+            | CalendarCommand::ReleaseBlock { .. } => return Ok(()),
+        };
+        if current.version() == expected {
+            Ok(())
+        } else {
+            Err(CalendarError::VersionMismatch {
+                expected,
+                current: Box::new(current),
+            })
+        }
     }
 
     fn booking(&self, id: Uuid) -> Result<&Booking, CalendarError> {

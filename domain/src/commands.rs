@@ -14,6 +14,12 @@ pub struct Command {
     pub actor: Actor,
     pub now: DateTime<Utc>,
     pub action: CalendarCommand,
+    /// The version the caller last saw of the resource the command changes
+    /// (the property for property commands, the booking for booking
+    /// commands): when it has another version now, the command is refused
+    /// with [`crate::CalendarError::VersionMismatch`]. `None`: no condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::calendar::{Booking, Property};
 use crate::values::{BookingStatus, ClaimKind};
 
 /// One active claim that already holds some of the requested nights.
@@ -13,6 +14,26 @@ pub struct Conflict {
     pub id: Uuid,
     pub start: NaiveDate,
     pub end: NaiveDate,
+}
+
+/// The resource a conditional command was about, as it is now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Current {
+    Property(Property),
+    Booking { agency_id: Uuid, booking: Booking },
+}
+
+// Every field compares by value (dates, ids, integers, strings); the
+// derive only lacks `Eq` because the records do not spell it out.
+impl Eq for Current {}
+
+impl Current {
+    pub fn version(&self) -> u64 {
+        match self {
+            Current::Property(property) => property.version,
+            Current::Booking { booking, .. } => booking.version,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +66,11 @@ pub enum CalendarError {
     HoldExpired,
     #[error("the block is already released")]
     BlockAlreadyReleased,
+    #[error("the caller expected version {expected}; it is at version {}", current.version())]
+    VersionMismatch {
+        expected: u64,
+        current: Box<Current>,
+    },
 }
 
 impl CalendarError {

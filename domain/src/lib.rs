@@ -16,7 +16,7 @@ pub mod values;
 
 pub use calendar::{Block, Booking, Property, PropertyCalendar};
 pub use commands::{CalendarCommand, Command};
-pub use error::{CalendarError, Conflict};
+pub use error::{CalendarError, Conflict, Current};
 pub use events::CalendarEvent;
 pub use outcome::Outcome;
 pub use policy::{Action, Actor, Role};

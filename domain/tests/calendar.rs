@@ -12,7 +12,8 @@ use ledger_domain::commands::{
 };
 use ledger_domain::values::{BlockReason, BookingStatus, Channel, ClaimKind, Guest, Nights, Price};
 use ledger_domain::{
-    Actor, CalendarCommand, CalendarError, CalendarEvent, Command, Conflict, PropertyCalendar, Role,
+    Actor, CalendarCommand, CalendarError, CalendarEvent, Command, Conflict, Current,
+    PropertyCalendar, Role,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -57,7 +58,12 @@ fn owner() -> Actor {
 }
 
 fn by(actor: Actor, now: DateTime<Utc>, action: CalendarCommand) -> Command {
-    Command { actor, now, action }
+    Command {
+        actor,
+        now,
+        action,
+        expected_version: None,
+    }
 }
 
 /// A command by staff (who may run every booking and block command) at `at(0)`.
@@ -1599,6 +1605,92 @@ fn release_unknown_block_is_not_found() {
     given(vec![registered()])
         .when(staff(CalendarCommand::ReleaseBlock { block_id: K1 }))
         .then_expect_error(CalendarError::BlockNotFound);
+}
+
+// ---------------------------------------------------------------- expected versions
+
+fn expecting(version: u64, command: Command) -> Command {
+    Command {
+        expected_version: Some(version),
+        ..command
+    }
+}
+
+#[test]
+fn a_booking_command_at_the_expected_version_is_decided_as_usual() {
+    given(vec![registered(), reserved(B1, day(0), day(3))])
+        .when(expecting(1, modify_stay(B1, day(0), day(4))))
+        .then_expect_events(vec![modified(
+            B1,
+            (day(0), day(4)),
+            (day(0), day(3)),
+            &["check_out"],
+        )]);
+}
+
+#[test]
+fn a_booking_command_at_a_stale_version_is_refused_with_the_current_booking() {
+    let error = refusal(
+        vec![
+            registered(),
+            reserved(B1, day(0), day(3)),
+            modified(B1, (day(0), day(4)), (day(0), day(3)), &["check_out"]),
+        ],
+        expecting(1, modify_stay(B1, day(0), day(5))),
+    );
+    let CalendarError::VersionMismatch { expected, current } = error else {
+        panic!("expected a version mismatch, got {error:?}");
+    };
+    assert_eq!(expected, 1);
+    assert_eq!(current.version(), 2);
+    assert!(matches!(
+        *current,
+        Current::Booking { ref booking, agency_id } if booking.id == B1 && agency_id == AGENCY
+    ));
+}
+
+#[test]
+fn another_booking_on_the_property_leaves_a_bookings_version_as_it_was() {
+    given(vec![
+        registered(),
+        reserved(B1, day(0), day(3)),
+        reserved(B2, day(5), day(7)),
+    ])
+    .when(expecting(
+        1,
+        staff(CalendarCommand::CancelBooking {
+            booking_id: B1,
+            reason: None,
+        }),
+    ))
+    .then_expect_events(vec![CalendarEvent::BookingCancelled {
+        booking_id: B1,
+        property_id: PROPERTY,
+        check_in: day(0),
+        check_out: day(3),
+        previous_status: BookingStatus::Confirmed,
+        reason: None,
+        at: at(0),
+    }]);
+}
+
+#[test]
+fn a_property_update_at_a_stale_version_is_refused_with_the_current_property() {
+    let error = refusal(
+        vec![registered(), reserved(B1, day(0), day(3))],
+        expecting(
+            2,
+            manager(CalendarCommand::UpdateProperty(UpdateProperty {
+                name: Some("Casa Verde".into()),
+                ..UpdateProperty::default()
+            })),
+        ),
+    );
+    assert!(matches!(
+        error,
+        CalendarError::VersionMismatch { expected: 2, ref current }
+            if matches!(**current, Current::Property(ref p) if p.version == 1)
+    ));
 }
 
 // ---------------------------------------------------------------- roles

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::{execute, execute_as, not_found_as, PathId};
 use crate::auth::Caller;
+use crate::conditional::IfMatch;
 use crate::dto::{
     booking_view, BookingView, CancelBody, EmptyBody, ModifyBookingBody, ReserveBody,
 };
@@ -54,15 +55,17 @@ async fn property_of(
         .ok_or(ApiError::BookingNotFound)
 }
 
-/// Runs a command on an existing booking and answers with the booking.
+/// Runs a command on an existing booking and answers with the booking;
+/// with `If-Match`, only while the booking is at that version.
 async fn change(
     state: AppState,
     booking_id: Uuid,
-    ctx: WriteCtx,
+    (ctx, IfMatch(expected_version)): (WriteCtx, IfMatch),
     command: CalendarCommand,
 ) -> Result<Response, ApiError> {
     let property_id = property_of(&state, &ctx.caller, booking_id).await?;
-    let execution = ctx.execution(property_id, command);
+    let mut execution = ctx.execution(property_id, command);
+    execution.command.expected_version = expected_version;
     execute(
         &state,
         execution,
@@ -81,12 +84,13 @@ pub async fn modify(
     State(state): State<AppState>,
     PathId(id): PathId,
     ctx: WriteCtx,
+    if_match: IfMatch,
     Body(body): Body<ModifyBookingBody>,
 ) -> Result<Response, ApiError> {
     change(
         state,
         id,
-        ctx,
+        (ctx, if_match),
         CalendarCommand::ModifyBooking(body.into_command(id)),
     )
     .await
@@ -100,12 +104,13 @@ pub async fn confirm(
     State(state): State<AppState>,
     PathId(id): PathId,
     ctx: WriteCtx,
+    if_match: IfMatch,
     Body(EmptyBody {}): Body<EmptyBody>,
 ) -> Result<Response, ApiError> {
     change(
         state,
         id,
-        ctx,
+        (ctx, if_match),
         CalendarCommand::ConfirmBooking { booking_id: id },
     )
     .await
@@ -119,13 +124,14 @@ pub async fn cancel(
     State(state): State<AppState>,
     PathId(id): PathId,
     ctx: WriteCtx,
+    if_match: IfMatch,
     Body(body): Body<CancelBody>,
 ) -> Result<Response, ApiError> {
     let command = CalendarCommand::CancelBooking {
         booking_id: id,
         reason: body.reason,
     };
-    change(state, id, ctx, command).await
+    change(state, id, (ctx, if_match), command).await
 }
 
 #[utoipa::path(post, path = "/api/v1/bookings/{id}/check-in", tag = "bookings",
@@ -136,9 +142,16 @@ pub async fn check_in(
     State(state): State<AppState>,
     PathId(id): PathId,
     ctx: WriteCtx,
+    if_match: IfMatch,
     Body(EmptyBody {}): Body<EmptyBody>,
 ) -> Result<Response, ApiError> {
-    change(state, id, ctx, CalendarCommand::CheckIn { booking_id: id }).await
+    change(
+        state,
+        id,
+        (ctx, if_match),
+        CalendarCommand::CheckIn { booking_id: id },
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/api/v1/bookings/{id}/check-out", tag = "bookings",
@@ -149,9 +162,16 @@ pub async fn check_out(
     State(state): State<AppState>,
     PathId(id): PathId,
     ctx: WriteCtx,
+    if_match: IfMatch,
     Body(EmptyBody {}): Body<EmptyBody>,
 ) -> Result<Response, ApiError> {
-    change(state, id, ctx, CalendarCommand::CheckOut { booking_id: id }).await
+    change(
+        state,
+        id,
+        (ctx, if_match),
+        CalendarCommand::CheckOut { booking_id: id },
+    )
+    .await
 }
 
 #[utoipa::path(post, path = "/api/v1/bookings/{id}/no-show", tag = "bookings",
@@ -162,12 +182,13 @@ pub async fn no_show(
     State(state): State<AppState>,
     PathId(id): PathId,
     ctx: WriteCtx,
+    if_match: IfMatch,
     Body(EmptyBody {}): Body<EmptyBody>,
 ) -> Result<Response, ApiError> {
     change(
         state,
         id,
-        ctx,
+        (ctx, if_match),
         CalendarCommand::MarkNoShow { booking_id: id },
     )
     .await

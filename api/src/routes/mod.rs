@@ -9,8 +9,10 @@ pub mod ops;
 pub mod properties;
 pub mod reads;
 pub mod resync;
+pub mod stream;
 
 use axum::extract::{FromRequestParts, Path};
+use axum::http::header::ETAG;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +24,7 @@ use ledger_infra::{Answer, Decided, Execution, Reply, ReplyHook};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::conditional;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -96,7 +99,7 @@ where
 
 /// What the HTTP layer keeps for an Idempotency-Key: the reply it sent, and
 /// refusals decided from the ledger's state (404 of a missing resource, the
-/// 409s); a 400 or 403 is decided afresh on every retry.
+/// 409s, the 412 of a stale `If-Match`); a 400 or 403 is decided afresh on every retry.
 struct HttpReplies {
     request_id: String,
 }
@@ -108,13 +111,26 @@ impl ReplyHook<Reply> for HttpReplies {
 
     fn refused(&self, refusal: &CalendarError) -> Option<Reply> {
         let reply = ApiError::from(refusal.clone()).reply_for(&self.request_id);
-        matches!(reply.status, 404 | 409).then_some(reply)
+        // 412: the version the request named was not the resource's, a
+        // refusal from state like a 409.
+        matches!(reply.status, 404 | 409 | 412).then_some(reply)
     }
 }
 
+/// The reply of a write; a resource with a `version` carries its `ETag`.
 fn written(reply: Reply) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(reply.body)).into_response()
+    let version = status
+        .is_success()
+        .then(|| conditional::version_in(&reply.body))
+        .flatten();
+    let mut response = (status, Json(reply.body)).into_response();
+    if let Some(version) = version {
+        response
+            .headers_mut()
+            .insert(ETAG, conditional::etag(version));
+    }
+    response
 }
 
 /// A read reply with the log position it reflects in `x-ledger-position`.

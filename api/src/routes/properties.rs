@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::{execute, read_reply, Page, PathId};
 use crate::auth::Caller;
+use crate::conditional::IfMatch;
 use crate::dto::{
     property_view, EmptyBody, EventPage, EventView, PropertyView, RegisterPropertyBody,
     UpdatePropertyBody,
@@ -40,16 +41,13 @@ pub async fn update(
     State(state): State<AppState>,
     PathId(id): PathId,
     ctx: WriteCtx,
+    IfMatch(expected_version): IfMatch,
     Body(body): Body<UpdatePropertyBody>,
 ) -> Result<Response, ApiError> {
     let command = CalendarCommand::UpdateProperty(UpdateProperty::from(body));
-    execute(
-        &state,
-        ctx.execution(id, command),
-        StatusCode::OK,
-        property_view,
-    )
-    .await
+    let mut execution = ctx.execution(id, command);
+    execution.command.expected_version = expected_version;
+    execute(&state, execution, StatusCode::OK, property_view).await
 }
 
 #[utoipa::path(post, path = "/api/v1/properties/{id}/archive", tag = "properties",
@@ -60,9 +58,11 @@ pub async fn archive(
     State(state): State<AppState>,
     PathId(id): PathId,
     ctx: WriteCtx,
+    IfMatch(expected_version): IfMatch,
     Body(EmptyBody {}): Body<EmptyBody>,
 ) -> Result<Response, ApiError> {
-    let execution = ctx.execution(id, CalendarCommand::ArchiveProperty);
+    let mut execution = ctx.execution(id, CalendarCommand::ArchiveProperty);
+    execution.command.expected_version = expected_version;
     execute(&state, execution, StatusCode::OK, property_view).await
 }
 

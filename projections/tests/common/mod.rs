@@ -132,6 +132,7 @@ pub async fn exec(
             actor: admin(agency),
             now,
             action,
+            expected_version: None,
         },
         request_id: format!("req-{}", Uuid::new_v4().simple()),
         idempotency: None,
