@@ -170,15 +170,27 @@ pub async fn progress(pool: &PgPool, job_id: Uuid) -> Result<Option<JobProgress>
 /// served. Returns how many were queued.
 pub async fn queue_checksums(pool: &PgPool, interval: Duration) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let due: Option<bool> = sqlx::query_scalar(
-        "SELECT last_run_at IS NULL OR last_run_at + make_interval(secs => $1) <= now()
+    let due: Option<Option<bool>> = sqlx::query_scalar(
+        "SELECT last_run_at + make_interval(secs => $1) <= now()
            FROM checksum_rounds WHERE name = 'availability' FOR UPDATE SKIP LOCKED",
     )
     .bind(interval.as_secs_f64())
     .fetch_optional(&mut *tx)
     .await?;
-    if due != Some(true) {
-        return Ok(0);
+    match due {
+        Some(Some(true)) => {}
+        // Never run: the first round comes one interval after the first
+        // publisher started, not at once.
+        Some(None) => {
+            sqlx::query(
+                "UPDATE checksum_rounds SET last_run_at = now() WHERE name = 'availability'",
+            )
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(0);
+        }
+        _ => return Ok(0),
     }
     let unfinished: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM resync_requests WHERE kind = 'checksum' AND done_at IS NULL)",
