@@ -187,6 +187,9 @@ pub fn agency_permissions(
         publish.push(format!("$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{durable}"));
         publish.push(format!("$JS.ACK.{STREAM}.{durable}.>"));
     }
+    // The kit asks for a snapshot of one of its agency's properties when it
+    // sees a gap or a checksum that differs (`crate::resync`).
+    publish.push(format!("{}.{agency}.>", crate::resync::REQUEST_PREFIX));
     let list = |subjects: &[String]| {
         subjects
             .iter()
@@ -197,7 +200,7 @@ pub fn agency_permissions(
     format!(
         "# Agency {agency}: reads its own events (stream {STREAM}, subjects {prefix}.{agency}.>)\n\
          # through the durable consumers {names}, with the inbox prefix\n\
-         # {inbox}; may publish nothing else. Paste into the server's\n\
+         # {inbox}; may ask for its own properties' resyncs and publish nothing else. Paste into the server's\n\
          # authorization {{ users = [ ... ] }} (or the users of the ledger's account).\n\
          {{\n\
          \x20 user: \"{user}\"\n\
