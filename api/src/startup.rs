@@ -30,7 +30,11 @@ impl Application {
         let listener = TcpListener::bind(config.listen).await?;
         // Connects in the background: the service starts while NATS is down.
         let nats = ledger_infra::nats::connect_to(&config.nats_endpoint(), "ledger").await?;
-        let mut state = AppState::new(config, pool);
+        let read_pool = match &config.database_read_url {
+            Some(url) => ledger_infra::connect(url, config.db_pool_size)?,
+            None => pool.clone(),
+        };
+        let mut state = AppState::new(config, pool).with_read_pool(read_pool);
         state.nats = Some(nats);
         state.agencies.refresh(&state.pool).await?;
         Ok(Self { listener, state })
@@ -49,7 +53,9 @@ impl Application {
             tokio::spawn(runner::run(state.pool.clone(), projection, signal.clone()));
         }
         if let Some(nats) = state.nats.clone() {
-            tokio::spawn(Publisher::new(state.pool.clone(), nats).run(signal.clone()));
+            let publisher = Publisher::new(state.pool.clone(), nats)
+                .with_stream_replicas(usize::from(state.config.stream_replicas));
+            tokio::spawn(publisher.run(signal.clone()));
         }
         tokio::spawn(crate::expiry::run(state.clone()));
         tokio::spawn(crate::expiry::purge_idempotency_keys(state.clone()));
