@@ -26,9 +26,15 @@ NATS_SERVER="${NATS_SERVER:-$(nats_bin)}"
 export NATS_SERVER
 
 command -v wrk >/dev/null || apt_install wrk
-log "building the release binary"
-cargo build --release -q -p ledger-api --bin ledger
-LEDGER="$ROOT/target/release/ledger"
+# SCALE_LEDGER: a ledger binary to use instead of the release build (e.g.
+# target/debug/ledger to try the script itself; its figures mean nothing).
+if [ -n "${SCALE_LEDGER:-}" ]; then
+  LEDGER="$SCALE_LEDGER"
+else
+  log "building the release binary"
+  cargo build --release -q -p ledger-api --bin ledger
+  LEDGER="$ROOT/target/release/ledger"
+fi
 
 WORK="$(mktemp -d -t ledger-scale.XXXXXX)"
 DB="ledger_scale_$(date +%s)_$$"
@@ -69,12 +75,14 @@ export TOKEN
 
 start_ledger 0
 log "registering $PROPERTIES properties"
-seq 1 "$PROPERTIES" | xargs -P 8 -I{} curl -fs -X POST "http://127.0.0.1:${PORTS[0]}/api/v1/properties" \
+mkdir -p "$WORK/registered"
+seq 1 "$PROPERTIES" | xargs -P 8 -I{} curl -fs -o "$WORK/registered/{}.json" \
+  -X POST "http://127.0.0.1:${PORTS[0]}/api/v1/properties" \
   -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
-  -d '{"name":"Scale {}","timezone":"Europe/Lisbon"}' \
-  | python3 -c 'import sys,json
-for line in sys.stdin.read().replace("}{","}\n{").splitlines():
-    print(json.loads(line)["id"])' >"$WORK/properties.txt"
+  -d '{"name":"Scale {}","timezone":"Europe/Lisbon"}'
+python3 -c 'import glob, json, sys
+for path in glob.glob(sys.argv[1] + "/*.json"):
+    print(json.load(open(path))["id"])' "$WORK/registered" >"$WORK/properties.txt"
 [ "$(wc -l <"$WORK/properties.txt")" -eq "$PROPERTIES" ] || { log "property registration failed"; exit 1; }
 export SCALE_PROPERTY_FILE="$WORK/properties.txt"
 
@@ -85,10 +93,19 @@ for line in io.lines(os.getenv("SCALE_PROPERTY_FILE")) do
   properties[#properties + 1] = line
 end
 local token = os.getenv("TOKEN")
-local statuses = {}
+local threads = {}
+statuses = {}
 
-function setup(thread) thread:set("id", math.random(1, 1000000)) end
-function init(args) math.randomseed(os.time() + id) end
+function setup(thread)
+  thread:set("id", math.random(1, 1000000))
+  threads[#threads + 1] = thread
+end
+-- Each wrk process gets its own number after `--`, so the processes (and
+-- their threads) post different stays.
+function init(args) math.randomseed(os.time() + 7919 * tonumber(args[1] or 0) + id) end
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
 
 function request()
   local property = properties[math.random(1, #properties)]
@@ -104,6 +121,15 @@ function request()
 end
 
 function done(summary, latency, requests)
+  local tally = {}
+  for _, thread in ipairs(threads) do
+    for status, count in pairs(thread:get("statuses")) do
+      tally[status] = (tally[status] or 0) + count
+    end
+  end
+  local parts = {}
+  for status, count in pairs(tally) do parts[#parts + 1] = status .. ":" .. count end
+  io.write("STATUSES " .. table.concat(parts, ",") .. "\n")
   local seconds = summary.duration / 1e6
   io.write(string.format(
     "RESULT requests=%d seconds=%.2f rps=%.1f p50_ms=%.2f p99_ms=%.2f non2xx=%d errors=%d\n",
@@ -122,12 +148,13 @@ load() {
   local per=$((CONNECTIONS / $#)) i=0 pids=()
   [ "$per" -ge 1 ] || per=1
   for port in "$@"; do
-    wrk -t 1 -c "$per" -d "${seconds}s" -s "$WORK/reserve.lua" "http://127.0.0.1:$port" \
+    wrk -t 1 -c "$per" -d "${seconds}s" -s "$WORK/reserve.lua" "http://127.0.0.1:$port" -- "$i" \
       >"$WORK/wrk-$name-$i.txt" 2>&1 &
     pids+=("$!")
     i=$((i + 1))
   done
   for pid in "${pids[@]}"; do wait "$pid"; done
+  grep -h '^STATUSES' "$WORK"/wrk-"$name"-*.txt | sed "s/^/$name replies by status: /"
   grep -h '^RESULT' "$WORK"/wrk-"$name"-*.txt | python3 -c "
 import sys
 rows = [dict(kv.split('=') for kv in line.split()[1:]) for line in sys.stdin]
@@ -142,7 +169,7 @@ print(f'$name: {n} reserves, {rps:.0f}/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms (wo
 }
 
 rss() {
-  local total=0 pid
+  local pid
   for pid in "${PIDS[@]}"; do
     printf 'ledger pid %s RSS %s MB\n' "$pid" "$(($(ps -o rss= -p "$pid") / 1024))"
   done
@@ -165,9 +192,9 @@ psql -qAt "$DB_URL" -c "SELECT 'database ' || pg_size_pretty(pg_database_size(cu
 if [ "$RUN_R1" = 1 ]; then
   log "R1 while reserves load the 3 processes"
   cargo build -q -p ledger-api --tests 2>/dev/null || true
-  wrk -t 1 -c "$((CONNECTIONS / 2))" -d 3600s -s "$WORK/reserve.lua" "http://127.0.0.1:${PORTS[0]}" >/dev/null 2>&1 &
+  wrk -t 1 -c "$((CONNECTIONS / 2))" -d 3600s -s "$WORK/reserve.lua" "http://127.0.0.1:${PORTS[0]}" -- 10 >/dev/null 2>&1 &
   W1=$!
-  wrk -t 1 -c "$((CONNECTIONS / 2))" -d 3600s -s "$WORK/reserve.lua" "http://127.0.0.1:${PORTS[1]}" >/dev/null 2>&1 &
+  wrk -t 1 -c "$((CONNECTIONS / 2))" -d 3600s -s "$WORK/reserve.lua" "http://127.0.0.1:${PORTS[1]}" -- 11 >/dev/null 2>&1 &
   W2=$!
   set +e
   R1_ROUNDS="${R1_ROUNDS:-5}" cargo test -q -p ledger-api --test drills -- \
