@@ -168,6 +168,13 @@ print(f'$name: {n} reserves, {rps:.0f}/s, p50 {p50:.1f} ms, p99 {p99:.1f} ms (wo
 "
 }
 
+# CPU seconds the ledger processes have used so far, together.
+cpu_seconds() {
+  local pid total=0
+  for pid in "${PIDS[@]}"; do total=$((total + $(ps -o times= -p "$pid"))); done
+  echo "$total"
+}
+
 rss() {
   local pid
   for pid in "${PIDS[@]}"; do
@@ -176,11 +183,15 @@ rss() {
 }
 
 echo "== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $CONNECTIONS connections, ${SECONDS_PER_PHASE}s per phase"
+cpu=$(cpu_seconds)
 load "1-process" "$SECONDS_PER_PHASE" "${PORTS[0]}"
+echo "1-process: ledger used $(($(cpu_seconds) - cpu)) CPU s in ${SECONDS_PER_PHASE} s"
 rss
 start_ledger 1
 start_ledger 2
+cpu=$(cpu_seconds)
 load "3-processes" "$SECONDS_PER_PHASE" "${PORTS[0]}" "${PORTS[1]}" "${PORTS[2]}"
+echo "3-processes: ledger used $(($(cpu_seconds) - cpu)) CPU s in ${SECONDS_PER_PHASE} s"
 rss
 
 psql -qAt "$DB_URL" -c "SELECT 'events ' || count(*) || ', ' || pg_size_pretty(pg_total_relation_size('events'))
