@@ -9,7 +9,7 @@
 //! three nats-server processes, their own ports and storage).
 //!
 //! Runs only when asked (`DRILL_CLUSTER=1`; `scripts/drills.sh scale` sets
-//! it): in 2 of 5 runs here the surviving servers' JetStream API answered
+//! it): in 3 of 5 runs here the surviving servers' JetStream API answered
 //! nothing for 90 s after the leader was killed (docs/scaling.md, "Open").
 
 mod common;
