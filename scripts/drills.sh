@@ -8,7 +8,9 @@
 #   scripts/drills.sh r3       # NATS stopped for 30 s under load
 #   scripts/drills.sh r4       # PostgreSQL stopped, and PostgreSQL frozen (SIGSTOP)
 #   scripts/drills.sh r8       # 1,000 keyed commands whose clients hang up, retried
-#   scripts/drills.sh all      # every drill above, one after the other
+#   scripts/drills.sh scale    # JetStream R3 leader killed, hot standby reads,
+#                              # then scripts/scale-drill.sh (1 vs 3 processes, R1 under load)
+#   scripts/drills.sh all      # every drill above but scale, one after the other
 #
 # Extra arguments go to the test binary (e.g. --nocapture is always set).
 # The drills assert behaviour, not speed, so they reuse the debug build of
@@ -19,9 +21,9 @@ cd "$ROOT"
 drill="${1:-}"
 [ $# -gt 0 ] && shift
 case "$drill" in
-  hangup | r1 | r2 | r3 | r4 | r8 | all) ;;
+  hangup | r1 | r2 | r3 | r4 | r8 | scale | all) ;;
   *)
-    sed -n '2,16p' "$0" >&2
+    sed -n '2,18p' "$0" >&2
     exit 2
     ;;
 esac
@@ -64,9 +66,14 @@ r8() {
   R8_COMMANDS="${R8_COMMANDS:-1000}" \
     run drills commands_whose_clients_hang_up_then_retry_with_their_keys_match_the_log "$@"
 }
+scale() {
+  DRILL_CLUSTER=1 run cluster killing_the_stream_leader_under_load_loses_no_acknowledged_event "$@"
+  run standby a_write_is_read_back_through_the_standby_with_min_position "$@"
+  scripts/scale-drill.sh
+}
 
 case "$drill" in
-  hangup | r1 | r2 | r3 | r4 | r8) "$drill" "$@" ;;
+  hangup | r1 | r2 | r3 | r4 | r8 | scale) "$drill" "$@" ;;
   all)
     failed=()
     for d in hangup r1 r2 r3 r4 r8; do

@@ -210,6 +210,11 @@ pub struct ServeConfig {
         hide_env_values = true
     )]
     pub nats_url: String,
+    /// Copies JetStream keeps of the `LEDGER` stream: 1 on a single server,
+    /// 3 on a three-node cluster (NATS_URL then lists the servers
+    /// comma-separated).
+    #[arg(long, env = "LEDGER_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
     /// A NATS `.creds` file (user JWT and NKey seed).
     #[arg(long, env = "NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
@@ -223,6 +228,11 @@ pub struct ServeConfig {
     pub metrics_listen: SocketAddr,
     #[arg(long, env = "LEDGER_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// A hot standby of DATABASE_URL's database the read routes query
+    /// (`min_position` waits for the standby to replay). Unset, reads go to
+    /// DATABASE_URL.
+    #[arg(long, env = "DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "LEDGER_DB_POOL_SIZE", default_value_t = 32)]
     pub db_pool_size: u32,
@@ -281,7 +291,9 @@ impl ServeConfig {
         [
             "DATABASE_URL",
             "DATABASE_MIGRATE_URL",
+            "DATABASE_READ_URL",
             "NATS_URL",
+            "LEDGER_STREAM_REPLICAS",
             "NATS_CREDS",
             "NATS_TLS_CA",
             "JWT_SECRET",

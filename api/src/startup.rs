@@ -30,7 +30,11 @@ impl Application {
         let listener = TcpListener::bind(config.listen).await?;
         // Connects in the background: the service starts while NATS is down.
         let nats = ledger_infra::nats::connect_to(&config.nats_endpoint(), "ledger").await?;
-        let mut state = AppState::new(config, pool);
+        let read_pool = match &config.database_read_url {
+            Some(url) => ledger_infra::connect(url, config.db_pool_size)?,
+            None => pool.clone(),
+        };
+        let mut state = AppState::new(config, pool).with_read_pool(read_pool);
         state.nats = Some(nats);
         state.agencies.refresh(&state.pool).await?;
         Ok(Self { listener, state })
@@ -50,7 +54,8 @@ impl Application {
         }
         if let Some(nats) = state.nats.clone() {
             let publisher = Publisher::new(state.pool.clone(), nats)
-                .checksum_every(state.config.checksum_interval);
+                .checksum_every(state.config.checksum_interval)
+                .with_stream_replicas(usize::from(state.config.stream_replicas));
             tokio::spawn(publisher.run(signal.clone()));
         }
         tokio::spawn(crate::expiry::run(state.clone()));

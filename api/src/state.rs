@@ -19,6 +19,10 @@ use crate::error::ApiError;
 pub struct AppState {
     pub config: Arc<ServeConfig>,
     pub pool: PgPool,
+    /// Where the read routes query the read models: a hot standby when
+    /// DATABASE_READ_URL is set, else the same pool as `pool`. Writes,
+    /// idempotency and the projections stay on `pool` (the primary).
+    pub read_pool: PgPool,
     pub bus: Arc<CommandBus>,
     pub keys: Arc<Keys>,
     pub agencies: Arc<AgencyCache>,
@@ -50,8 +54,15 @@ impl AppState {
                     .expect("DATABASE_URL parsed when the pool was made"),
             ),
             config: Arc::new(config),
+            read_pool: pool.clone(),
             pool,
         }
+    }
+
+    /// Sends the read routes to `read_pool` (a standby of the primary).
+    pub fn with_read_pool(mut self, read_pool: PgPool) -> Self {
+        self.read_pool = read_pool;
+        self
     }
 
     pub fn store(&self) -> &EventStore {

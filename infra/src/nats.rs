@@ -63,6 +63,10 @@ pub fn stream_config() -> Config {
 ///   optional credentials: `nats://user:password@host:4222` or
 ///   `nats://token@host:4222` (percent-encode reserved characters). They
 ///   are taken out of the URL, so the URL the client keeps and logs has none.
+///   Several servers of one cluster are listed comma-separated
+///   (`nats://a:4222,nats://b:4222,nats://c:4222`): the client connects to
+///   one of them and moves to another when it goes away; credentials may sit
+///   in any one of the URLs and are used for all.
 /// - `creds`: a `.creds` file (user JWT and NKey seed), for servers run in
 ///   operator/JWT mode.
 /// - `tls_ca`: PEM file of a private CA that signed the server's
@@ -92,24 +96,39 @@ impl Endpoint {
         self
     }
 
-    /// The options that log in as this endpoint says, and the server's
-    /// address with any credentials removed.
-    async fn options(&self, name: &str) -> Result<(ConnectOptions, ServerAddr), ConnectError> {
+    /// The options that log in as this endpoint says, and the servers'
+    /// addresses with any credentials removed.
+    async fn options(&self, name: &str) -> Result<(ConnectOptions, Vec<ServerAddr>), ConnectError> {
         let parse = |e| ConnectError::with_source(ConnectErrorKind::ServerParse, e);
-        let address: ServerAddr = self.url.parse().map_err(parse)?;
         let mut options = ConnectOptions::new().name(name);
-        match (address.username(), address.password()) {
-            (Some(user), Some(password)) => {
-                options = options.user_and_password(percent_decode(user), percent_decode(password));
+        let mut logged_in = false;
+        let mut addresses = Vec::new();
+        for url in self.url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let address: ServerAddr = url.parse().map_err(parse)?;
+            match (address.username(), address.password()) {
+                (Some(user), Some(password)) if !logged_in => {
+                    options =
+                        options.user_and_password(percent_decode(user), percent_decode(password));
+                    logged_in = true;
+                }
+                (Some(token), None) if !logged_in => {
+                    options = options.token(percent_decode(token));
+                    logged_in = true;
+                }
+                _ => {}
             }
-            (Some(token), None) => options = options.token(percent_decode(token)),
-            _ => {}
+            let mut url = address.into_inner();
+            // Only fails for URLs that cannot have credentials, which parsed above.
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            addresses.push(ServerAddr::from_url(url).map_err(parse)?);
         }
-        let mut url = address.into_inner();
-        // Only fails for URLs that cannot have credentials, which parsed above.
-        let _ = url.set_username("");
-        let _ = url.set_password(None);
-        let address = ServerAddr::from_url(url).map_err(parse)?;
+        if addresses.is_empty() {
+            return Err(ConnectError::with_source(
+                ConnectErrorKind::ServerParse,
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "NATS_URL names no server"),
+            ));
+        }
         if let Some(creds) = &self.creds {
             options = options
                 .credentials_file(creds)
@@ -122,7 +141,7 @@ impl Endpoint {
         if let Some(prefix) = &self.inbox_prefix {
             options = options.custom_inbox_prefix(prefix);
         }
-        Ok((options, address))
+        Ok((options, addresses))
     }
 }
 
@@ -233,7 +252,7 @@ pub async fn connect(url: &str, name: &str) -> Result<Client, ConnectError> {
 
 /// [`connect`] with the endpoint's credentials and TLS settings.
 pub async fn connect_to(endpoint: &Endpoint, name: &str) -> Result<Client, ConnectError> {
-    let (options, address) = endpoint.options(name).await?;
+    let (options, addresses) = endpoint.options(name).await?;
     options
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -241,7 +260,7 @@ pub async fn connect_to(endpoint: &Endpoint, name: &str) -> Result<Client, Conne
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis((attempts as u64 * 100).clamp(100, 1000))
         })
-        .connect(address)
+        .connect(addresses)
         .await
 }
 
@@ -252,10 +271,10 @@ pub async fn connect_now(url: &str, name: &str) -> Result<Client, ConnectError> 
 
 /// [`connect_now`] with the endpoint's credentials and TLS settings.
 pub async fn connect_now_to(endpoint: &Endpoint, name: &str) -> Result<Client, ConnectError> {
-    let (options, address) = endpoint.options(name).await?;
+    let (options, addresses) = endpoint.options(name).await?;
     options
         .connection_timeout(Duration::from_secs(2))
-        .connect(address)
+        .connect(addresses)
         .await
 }
 
@@ -271,10 +290,23 @@ mod tests {
     #[tokio::test]
     async fn credentials_in_the_url_are_taken_out_of_it() {
         let endpoint = Endpoint::url("nats://ana:p%40ss@127.0.0.1:4222");
-        let (_, address) = endpoint.options("test").await.expect("valid");
-        assert_eq!(address.username(), None);
-        assert_eq!(address.password(), None);
-        assert_eq!(address.port(), 4222);
+        let (_, addresses) = endpoint.options("test").await.expect("valid");
+        assert_eq!(addresses.len(), 1);
+        assert_eq!(addresses[0].username(), None);
+        assert_eq!(addresses[0].password(), None);
+        assert_eq!(addresses[0].port(), 4222);
+    }
+
+    #[tokio::test]
+    async fn a_cluster_is_listed_comma_separated() {
+        let endpoint = Endpoint::url(
+            "nats://ana:pw@127.0.0.1:4222, nats://127.0.0.1:4223,nats://127.0.0.1:4224",
+        );
+        let (_, addresses) = endpoint.options("test").await.expect("valid");
+        let ports: Vec<u16> = addresses.iter().map(ServerAddr::port).collect();
+        assert_eq!(ports, [4222, 4223, 4224]);
+        assert!(addresses.iter().all(|a| a.username().is_none()));
+        assert!(Endpoint::url(" , ").options("test").await.is_err());
     }
 
     #[test]

@@ -129,6 +129,10 @@ pub struct Publisher {
     /// The dedicated connection, and whether it holds the publisher's lock.
     lease: Option<(PgConnection, bool)>,
     stream_ready: bool,
+    /// Copies JetStream keeps of the `LEDGER` stream (1 on one server, 3 in
+    /// a three-node cluster); applied whenever the stream is created or
+    /// updated.
+    stream_replicas: usize,
     /// The problem last reported (logged once, shown in `last_error`).
     problem: Option<String>,
     /// How often drift checksums go out; zero: never.
@@ -181,6 +185,7 @@ impl Publisher {
             jetstream,
             lease: None,
             stream_ready: false,
+            stream_replicas: 1,
             problem: None,
             checksum_interval: CHECKSUM_INTERVAL,
             last_round_check: None,
@@ -192,6 +197,14 @@ impl Publisher {
     /// zero turns them off.
     pub fn checksum_every(mut self, interval: Duration) -> Publisher {
         self.checksum_interval = interval;
+        self
+    }
+
+    /// Keeps the `LEDGER` stream at `replicas` copies (at least 1; at most
+    /// the cluster's size, or JetStream refuses the stream and the
+    /// publisher reports it and retries).
+    pub fn with_stream_replicas(mut self, replicas: usize) -> Publisher {
+        self.stream_replicas = replicas.max(1);
         self
     }
 
@@ -254,9 +267,11 @@ impl Publisher {
             return Ok(Step::Disconnected);
         }
         if !self.stream_ready {
-            self.jetstream
-                .create_or_update_stream(nats::stream_config())
-                .await?;
+            let config = async_nats::jetstream::stream::Config {
+                num_replicas: self.stream_replicas,
+                ..nats::stream_config()
+            };
+            self.jetstream.create_or_update_stream(config).await?;
             self.stream_ready = true;
         }
         self.queue_checksum_round().await;

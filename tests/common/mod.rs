@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod nats;
+pub mod pg;
+pub mod stream;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -111,6 +111,17 @@ impl NatsServer {
         }
     }
 
+    /// kill -9: the server dies at once, nothing flushed, no goodbye to its
+    /// clients or its cluster.
+    // Not every target that includes this file kills one (benches/p6.rs).
+    #[allow(dead_code)]
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the server (SIGTERM, then SIGKILL after 5 s) and waits for it.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
@@ -138,5 +149,64 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A JetStream cluster of `nats-server`s on loopback: each its own client
+/// port, route port and storage, named `n0`, `n1`, ... (the names JetStream
+/// reports as a stream's leader and replicas).
+// Not every target that includes this file starts one (benches/p6.rs).
+#[allow(dead_code)]
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+#[allow(dead_code)]
+impl NatsCluster {
+    pub fn start(size: usize) -> NatsCluster {
+        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let name = format!("ledger-{}", uuid::Uuid::new_v4().simple());
+        let servers = (0..size)
+            .map(|i| {
+                let peers: Vec<String> = routes
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, port)| format!("\"nats-route://127.0.0.1:{port}\""))
+                    .collect();
+                NatsServer::start_with_config(&format!(
+                    "server_name: n{i}\n\
+                     cluster {{\n  name: {name}\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    routes[i],
+                    peers.join(", ")
+                ))
+            })
+            .collect();
+        NatsCluster { servers }
+    }
+
+    /// Every server's URL, comma-separated, as `NATS_URL` takes them.
+    pub fn url(&self) -> String {
+        self.servers
+            .iter()
+            .map(|server| server.url.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The server JetStream calls `name` (`n0`, `n1`, ...).
+    pub fn server(&mut self, name: &str) -> &mut NatsServer {
+        let index: usize = name
+            .strip_prefix('n')
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_else(|| panic!("{name} is not a server of this cluster"));
+        &mut self.servers[index]
     }
 }

@@ -59,18 +59,22 @@ impl<S: Send + Sync> FromRequestParts<S> for MinPosition {
 }
 
 /// Waits for the read models `which` to reach `min`, then opens the
-/// caller's agency-confined read transaction.
+/// caller's agency-confined read transaction. Both on the read pool: on a
+/// standby the checkpoints are the ones it has replayed, so the wait is
+/// read-your-writes there too.
 async fn settle(
     state: &AppState,
     which: &[Projection],
     MinPosition(min): MinPosition,
     agency_id: Uuid,
 ) -> Result<(i64, Transaction<'static, Postgres>), ApiError> {
-    let reached = queries::wait_for(&state.pool, which, min, MIN_POSITION_WAIT)
+    let reached = queries::wait_for(&state.read_pool, which, min, MIN_POSITION_WAIT)
         .await
         .map_err(db)?
         .ok_or(ApiError::ProjectionLagging(min))?;
-    let tx = queries::begin(&state.pool, agency_id).await.map_err(db)?;
+    let tx = queries::begin(&state.read_pool, agency_id)
+        .await
+        .map_err(db)?;
     Ok((reached, tx))
 }
 

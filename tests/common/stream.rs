@@ -1,0 +1,191 @@
+//! Load and consumer checks shared by the tests of the event stream
+//! (stream.rs, cluster.rs): writers reserving under load, the publisher's
+//! progress, and a channel-kit consumer that must see every event once, in
+//! log order, with no gap per property.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{Days, NaiveDate};
+use ledger_infra::channel::{ChannelConsumer, ChannelError, Delivery, LedgerEvent};
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::TestApp;
+
+/// Waits until the publisher's checkpoint is the head of the log; returns it.
+pub async fn published(app: &TestApp, timeout: Duration) -> i64 {
+    let deadline = Instant::now() + timeout;
+    let mut db = app.db().await;
+    loop {
+        let (position, head): (i64, i64) = sqlx::query_as(
+            "SELECT position, (SELECT coalesce(max(position), 0) FROM events)
+               FROM projection_checkpoints WHERE name = 'publisher'",
+        )
+        .fetch_one(&mut db)
+        .await
+        .expect("read the publisher's checkpoint");
+        if position == head {
+            return head;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the publisher is at {position} of {head} after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next delivery of the kit, within `timeout`; `None` when nothing came.
+pub async fn next(consumer: &mut ChannelConsumer, timeout: Duration) -> Option<Delivery> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Err(_) => return None,
+            Ok(None) => panic!("the subscription ended"),
+            Ok(Some(Ok(delivery))) => return Some(delivery),
+            // A pull that failed (e.g. a missed heartbeat): the consumer goes on.
+            Ok(Some(Err(ChannelError::Nats(error)))) => eprintln!("pull failed: {error}"),
+            Ok(Some(Err(error))) => panic!("{error}"),
+        }
+    }
+}
+
+/// Receives and acks `count` events, asserting that no delivery reports a
+/// gap; then asserts nothing more arrives.
+pub async fn receive_all(consumer: &mut ChannelConsumer, count: usize) -> Vec<LedgerEvent> {
+    let mut received = Vec::with_capacity(count);
+    while received.len() < count {
+        let delivery = next(consumer, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("only {} of {count} events arrived", received.len()));
+        assert_eq!(delivery.gap, None, "after {} events", received.len());
+        received.push(delivery.event.clone());
+        delivery.ack().await.expect("ack");
+    }
+    if let Some(extra) = next(consumer, Duration::from_millis(500)).await {
+        panic!("an event beyond the log: {:?}", extra.event.cloud);
+    }
+    received
+}
+
+/// Every event once, in log order, and per property `1, 2, 3, ...`.
+#[track_caller]
+pub fn assert_in_log_order(events: &[LedgerEvent]) {
+    let ids: HashSet<Uuid> = events.iter().map(LedgerEvent::id).collect();
+    assert_eq!(ids.len(), events.len(), "an event id arrived twice");
+    for pair in events.windows(2) {
+        assert!(
+            pair[0].position() < pair[1].position(),
+            "position {} arrived before {}",
+            pair[0].position(),
+            pair[1].position()
+        );
+    }
+    let mut last: HashMap<Uuid, i64> = HashMap::new();
+    for event in events {
+        let previous = last
+            .insert(event.property_id, event.sequence())
+            .unwrap_or(0);
+        assert_eq!(
+            event.sequence(),
+            previous + 1,
+            "property {} jumped from {previous}",
+            event.property_id
+        );
+    }
+}
+
+/// Writers reserving one-night stays, round robin over `properties`, until
+/// stopped. Connection failures (the ledger being killed) are counted, not fatal.
+pub struct Load {
+    acknowledged: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    writers: tokio::task::JoinSet<()>,
+}
+
+impl Load {
+    pub fn start(app: &TestApp, token: &str, properties: &[Uuid], writers: usize) -> Load {
+        let acknowledged = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let next_stay = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..writers {
+            let (client, token) = (app.client.clone(), token.to_owned());
+            let url = format!("{}/api/v1/bookings", app.base);
+            let properties = properties.to_vec();
+            let (acknowledged, refused, stop, next_stay) = (
+                acknowledged.clone(),
+                refused.clone(),
+                stop.clone(),
+                next_stay.clone(),
+            );
+            tasks.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next_stay.fetch_add(1, Ordering::Relaxed);
+                    let property = properties[i % properties.len()];
+                    let night = NaiveDate::from_ymd_opt(2030, 1, 1).expect("a date")
+                        + Days::new(2 * (i / properties.len()) as u64);
+                    let body = json!({
+                        "property_id": property,
+                        "check_in": night.to_string(),
+                        "check_out": (night + Days::new(1)).to_string(),
+                        "guest": {"name": "Stream Guest"},
+                    });
+                    let reply = client.post(&url).bearer_auth(&token).json(&body).send();
+                    match reply.await {
+                        Ok(r) if r.status() == StatusCode::CREATED => {
+                            acknowledged.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            });
+        }
+        Load {
+            acknowledged,
+            refused,
+            stop,
+            writers: tasks,
+        }
+    }
+
+    pub fn acknowledged(&self) -> usize {
+        self.acknowledged.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `count` writes were acknowledged.
+    pub async fn until(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.acknowledged() < count {
+            assert!(
+                Instant::now() < deadline,
+                "only {} writes acknowledged",
+                self.acknowledged()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the writers; returns (acknowledged, refused).
+    pub async fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        while self.writers.join_next().await.is_some() {}
+        (self.acknowledged(), self.refused.load(Ordering::Relaxed))
+    }
+}
+
+pub async fn properties(app: &TestApp, token: &str, count: usize) -> Vec<Uuid> {
+    let registered = futures::future::join_all((0..count).map(|_| app.property(token, None))).await;
+    assert_eq!(registered.len(), count);
+    registered
+}
