@@ -45,7 +45,6 @@ use chrono::{Days, NaiveDate};
 use hdrhistogram::Histogram;
 use ledger_api::auth::Keys;
 use ledger_domain::Role;
-use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
@@ -476,7 +475,8 @@ async fn caught_up(pool: &PgPool, within: Duration) -> BenchResult<Duration> {
     loop {
         let behind: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM projection_checkpoints
-              WHERE position < (SELECT coalesce(max(position), 0) FROM events)",
+              WHERE name IN ('inventory', 'views', 'audit', 'publisher')
+                AND position < (SELECT coalesce(max(position), 0) FROM events)",
         )
         .fetch_one(pool)
         .await?;
