@@ -298,6 +298,61 @@ async fn drop_database(name: &str) -> BenchResult<()> {
     Ok(())
 }
 
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(ticks / 100.0)
+}
+
+/// CPU used by the ledger, this generator and the PostgreSQL backends
+/// serving the scratch database: a snapshot to diff.
+struct CpuShare {
+    ledger: f64,
+    generator: f64,
+    postgres: BTreeMap<u32, f64>,
+}
+
+impl CpuShare {
+    async fn now(pool: &PgPool, ledger: &Ledger) -> CpuShare {
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        CpuShare {
+            ledger: cpu_seconds(ledger.pid).unwrap_or(0.0),
+            generator: cpu_seconds(std::process::id()).unwrap_or(0.0),
+            postgres: pids
+                .into_iter()
+                .filter_map(|pid| Some((pid as u32, cpu_seconds(pid as u32)?)))
+                .collect(),
+        }
+    }
+
+    /// CPU milliseconds per command of each, from `before` to `self`.
+    fn per_command(&self, before: &CpuShare, commands: u64) -> String {
+        let per = |seconds: f64| seconds * 1000.0 / commands.max(1) as f64;
+        // Backends that lived through the whole interval.
+        let postgres: f64 = self
+            .postgres
+            .iter()
+            .filter_map(|(pid, end)| Some(end - before.postgres.get(pid)?))
+            .sum();
+        format!(
+            "CPU per command: ledger {:.3} ms, PostgreSQL backends {:.3} ms, generator {:.3} ms",
+            per(self.ledger - before.ledger),
+            per(postgres),
+            per(self.generator - before.generator)
+        )
+    }
+}
+
 /// A random stay of 1-3 nights in the three years from the first night.
 fn stay(rng: &mut Rng) -> (NaiveDate, NaiveDate) {
     let check_in = first_night() + Days::new(rng.below(SPAN_DAYS));
@@ -677,6 +732,7 @@ async fn run(settings: &Settings, database_url: &str, pool: &PgPool) -> BenchRes
     println!("  {baseline_tps:.0} tps; {}", summary(&baseline_h));
 
     let mut ledger = Ledger::start(settings, database_url).await?;
+    println!("ledger serve: pid {}", ledger.pid);
     let agency = Uuid::new_v4();
     let keys = Keys::new(SECRET.as_bytes());
     let api = Api {
@@ -699,7 +755,9 @@ async fn run(settings: &Settings, database_url: &str, pool: &PgPool) -> BenchRes
         "P1: {} clients closed-loop for {} s: 80 % reserve, 8 % modify, 7 % cancel, 5 % read",
         settings.clients, settings.seconds
     );
+    let cpu_before = CpuShare::now(pool, &ledger).await;
     let (elapsed, tally) = mixed(&api, properties.clone(), settings).await;
+    let cpu_after = CpuShare::now(pool, &ledger).await;
     let commands = tally.count("reserve") + tally.count("modify") + tally.count("cancel");
     let command_rate = commands as f64 / elapsed;
     let reserve_rate = tally.count("reserve") as f64 / elapsed;
@@ -710,6 +768,7 @@ async fn run(settings: &Settings, database_url: &str, pool: &PgPool) -> BenchRes
         (commands + tally.count("read")) as f64 / elapsed,
         command_rate / baseline_tps
     );
+    println!("  {}", cpu_after.per_command(&cpu_before, commands));
     unexpected += tally.unexpected();
     let rss = ledger.peak_rss_mib();
     println!(
