@@ -595,7 +595,10 @@ async fn mixed(api: &Api, properties: Arc<Vec<Uuid>>, settings: &Settings) -> (f
                     let booking = mine.swap_remove(pick);
                     let path = format!("/api/v1/bookings/{}/cancel", booking.id);
                     let body = json!({"reason": "load test"});
-                    ("cancel", api.send(reqwest::Method::POST, &path, Some(body)).await)
+                    (
+                        "cancel",
+                        api.send(reqwest::Method::POST, &path, Some(body)).await,
+                    )
                 } else {
                     let property = properties[rng.below(properties.len() as u64) as usize];
                     let path = format!("/api/v1/properties/{property}");
@@ -741,7 +744,12 @@ async fn run(settings: &Settings, database_url: &str, pool: &PgPool) -> BenchRes
             .build()?,
         base: ledger.base.clone(),
         token: keys
-            .mint(agency, Role::Admin, "loadgen", Duration::from_secs(3 * 3600))
+            .mint(
+                agency,
+                Role::Admin,
+                "loadgen",
+                Duration::from_secs(3 * 3600),
+            )
             .into(),
     };
     let properties = Arc::new(register(&api, settings).await?);
