@@ -18,28 +18,24 @@
 //! load → decide → append is retried, a bounded number of times.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex as SyncMutex, OnceLock};
+use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
 use ledger_domain::{CalendarError, CalendarEvent, Command, Outcome, PropertyCalendar};
 use serde_json::Value;
 use sqlx::Row;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::db::{unique_violation, DbError};
 use crate::event_store::{
-    Append, EventMetadata, EventStore, KeptReply, Loaded, Prepared, RefKind, StoreError,
+    Append, EventMetadata, EventStore, KeptReply, Loaded, RefKind, StoreError,
 };
 use crate::tail::LogWaker;
 
 const MAX_ATTEMPTS: u32 = 16;
 /// Past this many cached calendars, idle ones are dropped.
 const MAX_CACHED: usize = 20_000;
-/// Appends waiting together are written by one statement, up to this many.
-const MAX_GROUP: usize = 64;
-/// Group commits under way at once, each on its own connection.
-const COMMITTERS: usize = 4;
 /// How long Idempotency-Key replies are kept unless configured otherwise.
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(48 * 3600);
 
@@ -163,14 +159,6 @@ struct Inner {
     slots: SyncMutex<HashMap<Uuid, Slot>>,
     idempotency_ttl: Duration,
     waker: LogWaker,
-    /// The group committer's queue, started on first use.
-    appends: OnceLock<mpsc::UnboundedSender<PendingAppend>>,
-}
-
-/// A command's rows waiting for a group commit, and where its answer goes.
-struct PendingAppend {
-    prepared: Prepared,
-    answer: oneshot::Sender<Result<Vec<i64>, sqlx::Error>>,
 }
 
 impl CommandBus {
@@ -186,7 +174,6 @@ impl CommandBus {
                 store,
                 slots: SyncMutex::new(HashMap::new()),
                 idempotency_ttl: ttl,
-                appends: OnceLock::new(),
             }),
         }
     }
@@ -219,31 +206,6 @@ impl CommandBus {
             slots.retain(|_, slot| Arc::strong_count(slot) > 1);
         }
         slots.entry(property_id).or_default().clone()
-    }
-
-    /// Appends one command's rows through the group committer: commands on
-    /// other properties that wait at the same moment are written by the
-    /// same statement and transaction (one WAL flush for all), and each gets
-    /// its own answer. The caller holds the property's slot, so two
-    /// commands on one property are never in one group.
-    async fn append(&self, append: &Append<'_>) -> Result<Vec<i64>, sqlx::Error> {
-        let queue = self.inner.appends.get_or_init(|| {
-            let (sender, receiver) = mpsc::unbounded_channel();
-            let receiver = Arc::new(Mutex::new(receiver));
-            for _ in 0..COMMITTERS {
-                tokio::spawn(commit_groups(self.store().clone(), receiver.clone()));
-            }
-            sender
-        });
-        let (answer, answered) = oneshot::channel();
-        let pending = PendingAppend {
-            prepared: append.prepare(),
-            answer,
-        };
-        if queue.send(pending).is_err() {
-            return Err(sqlx::Error::WorkerCrashed);
-        }
-        answered.await.unwrap_or(Err(sqlx::Error::WorkerCrashed))
     }
 
     /// Brings a cached calendar up to the log's latest event.
@@ -317,20 +279,11 @@ impl CommandBus {
         // them first. Sequences are dense, so an append that succeeds proves
         // the decision saw the whole log.
         let mut read_first = false;
-        // Nor does it look for a kept reply first: a new key is the common
-        // case, and the append (or the kept refusal) inserting the key proves
-        // it new. When the key is taken, the insert fails on its primary key
-        // and the next attempt answers with the kept reply; a refusal that
-        // keeps no reply looks the key up before answering (`refuse`).
-        let mut look_up_key = false;
         for attempt in 1..=MAX_ATTEMPTS {
             let mut state = slot.lock().await;
-            if look_up_key {
-                if let Some(reply) = self.replay(execution, &mut state).await? {
-                    return Ok(Answer::Replayed(reply));
-                }
+            if let Some(reply) = self.replay(execution, &mut state).await? {
+                return Ok(Answer::Replayed(reply));
             }
-            look_up_key = true;
             match self
                 .attempt(execution, &mut state, read_first, view, replies)
                 .await?
@@ -440,7 +393,7 @@ impl CommandBus {
                 body: &reply.body,
             }),
         };
-        let positions = match self.append(&append).await {
+        let positions = match self.store().append_command(&append).await {
             Ok(positions) => positions,
             Err(e) => {
                 return match unique_violation(&e) {
@@ -482,10 +435,6 @@ impl CommandBus {
             if !self.keep_reply(execution, key, &reply).await? {
                 return Ok(Attempt::KeyTaken);
             }
-        } else if self.stored_reply(execution).await?.is_some() {
-            // A repeat of a request answered before: its reply, not this
-            // refusal (the next attempt replays it).
-            return Ok(Attempt::KeyTaken);
         }
         Err(refusal.into())
     }
@@ -595,63 +544,6 @@ impl CommandBus {
             total += purged;
             if purged < 5000 {
                 return Ok(total);
-            }
-        }
-    }
-}
-
-/// A group committer: takes what waits in the queue (at least one), writes
-/// it in one statement, and answers each command. A group refused as a
-/// whole (a lost race or a taken key in one command, or any error the
-/// server reports) is written again one command at a time, so only the
-/// command at fault sees its error. A lost connection is answered to every
-/// command of the group: whether the statement committed is unknown, as
-/// for a command written alone.
-async fn commit_groups(
-    store: EventStore,
-    queue: Arc<Mutex<mpsc::UnboundedReceiver<PendingAppend>>>,
-) {
-    loop {
-        let mut group = Vec::new();
-        {
-            let mut queue = queue.lock().await;
-            match queue.recv().await {
-                Some(first) => group.push(first),
-                None => return,
-            }
-            while group.len() < MAX_GROUP {
-                match queue.try_recv() {
-                    Ok(next) => group.push(next),
-                    Err(_) => break,
-                }
-            }
-        }
-        let rows: Vec<&Prepared> = group.iter().map(|p| &p.prepared).collect();
-        let written = store.append_prepared(&rows).await;
-        match written {
-            Ok(positions) => {
-                for (pending, positions) in group.into_iter().zip(positions) {
-                    let _ = pending.answer.send(Ok(positions));
-                }
-            }
-            Err(error) if group.len() == 1 || crate::db::is_unavailable(&error) => {
-                let message = error.to_string();
-                let mut group = group.into_iter();
-                if let Some(first) = group.next() {
-                    let _ = first.answer.send(Err(error));
-                }
-                for pending in group {
-                    let lost = std::io::Error::other(message.clone());
-                    let _ = pending.answer.send(Err(sqlx::Error::Io(lost)));
-                }
-            }
-            Err(_) => {
-                for pending in group {
-                    let one = store.append_prepared(&[&pending.prepared]).await;
-                    let _ = pending
-                        .answer
-                        .send(one.map(|mut p| p.pop().unwrap_or_default()));
-                }
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Our event store on postgres-es's `events` layout. We do not go through
 //! postgres-es's repository: it cannot return the global position, cannot
 //! share its transaction, and its snapshots apply events twice
-//! (docs/event-store.md). The primary key on
+//! (../shared/spec/EVENT-STORE.md). The primary key on
 //! `(aggregate_type, aggregate_id, sequence)` is the optimistic lock.
 
 use chrono::{DateTime, Utc};
@@ -121,170 +121,68 @@ pub struct Append<'a> {
 }
 
 impl Append<'_> {
-    /// The rows this command writes, encoded, owned: what a group commit
-    /// carries from the command's task to the statement.
-    pub fn prepare(&self) -> Prepared {
+    async fn run<'e>(&self, executor: impl sqlx::PgExecutor<'e>) -> Result<Vec<i64>, sqlx::Error> {
         let count = self.events.len() as i64;
-        Prepared {
-            property_id: self.property_id,
-            agency_id: self.metadata.agency_id,
-            sequences: (1..=count).map(|i| self.expected_sequence + i).collect(),
-            types: self.events.iter().map(|e| e.kind()).collect(),
-            versions: self.events.iter().map(|e| e.event_version()).collect(),
-            payloads: self
-                .events
-                .iter()
-                .map(|e| e.payload().to_string())
-                .collect(),
-            metadata: serde_json::to_string(self.metadata).unwrap_or_else(|_| "{}".into()),
-            ids: self.events.iter().map(|_| Uuid::now_v7()).collect(),
-            refs: self.refs.to_vec(),
-            kept: self.kept.map(|k| PreparedReply {
-                key: k.key.to_owned(),
-                request_hash: k.request_hash.to_owned(),
-                status: k.status,
-                body: k.body.to_string(),
-            }),
-        }
+        let sequences: Vec<i64> = (1..=count).map(|i| self.expected_sequence + i).collect();
+        let types: Vec<&str> = self.events.iter().map(|e| e.kind()).collect();
+        let versions: Vec<String> = self.events.iter().map(|e| e.event_version()).collect();
+        let payloads: Vec<String> = self
+            .events
+            .iter()
+            .map(|e| e.payload().to_string())
+            .collect();
+        let metadata = serde_json::to_string(self.metadata).unwrap_or_else(|_| "{}".into());
+        let ids: Vec<Uuid> = self.events.iter().map(|_| Uuid::now_v7()).collect();
+        let ref_ids: Vec<Uuid> = self.refs.iter().map(|(id, _)| *id).collect();
+        let ref_kinds: Vec<&str> = self.refs.iter().map(|(_, kind)| kind.as_str()).collect();
+        let kept = self.kept.as_ref();
+        let rows = sqlx::query(
+            "WITH appended AS (
+                INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                    event_version, payload, metadata, event_id)
+                SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload::json,
+                       $3::json, e.event_id
+                  FROM UNNEST($4::bigint[], $5::text[], $6::text[], $7::text[], $8::uuid[])
+                       WITH ORDINALITY AS e(sequence, event_type, event_version, payload, event_id, n)
+                 ORDER BY e.n
+                RETURNING position
+             ), refs AS (
+                INSERT INTO resource_refs (ref_id, kind, agency_id, property_id)
+                SELECT r.ref_id, r.kind, $9, $10
+                  FROM UNNEST($11::uuid[], $12::text[]) AS r(ref_id, kind)
+             ), kept AS (
+                INSERT INTO idempotency_keys (agency_id, key, request_hash, status_code, response)
+                SELECT $9, $13, $14, $15,
+                       CASE WHEN $16::jsonb ? 'position'
+                            THEN jsonb_set($16::jsonb, '{position}',
+                                           to_jsonb((SELECT max(position) FROM appended)))
+                            ELSE $16::jsonb END
+                 WHERE $13::text IS NOT NULL
+             )
+             SELECT position FROM appended ORDER BY position",
+        )
+        .bind(AGGREGATE_TYPE)
+        .bind(self.property_id.to_string())
+        .bind(metadata)
+        .bind(&sequences)
+        .bind(&types)
+        .bind(&versions)
+        .bind(&payloads)
+        .bind(&ids)
+        .bind(self.metadata.agency_id)
+        .bind(self.property_id)
+        .bind(&ref_ids)
+        .bind(&ref_kinds)
+        .bind(kept.map(|k| k.key))
+        .bind(kept.map(|k| k.request_hash))
+        .bind(kept.map(|k| k.status))
+        .bind(kept.map(|k| k.body))
+        .fetch_all(executor)
+        .await?;
+        rows.iter()
+            .map(|row| row.try_get::<i64, _>("position"))
+            .collect()
     }
-}
-
-/// A kept reply, owned and encoded.
-#[derive(Debug, Clone)]
-pub struct PreparedReply {
-    key: String,
-    request_hash: String,
-    status: i16,
-    body: String,
-}
-
-/// One command's rows, encoded and owned ([`Append::prepare`]).
-#[derive(Debug, Clone)]
-pub struct Prepared {
-    property_id: Uuid,
-    agency_id: Uuid,
-    sequences: Vec<i64>,
-    types: Vec<&'static str>,
-    versions: Vec<String>,
-    payloads: Vec<String>,
-    metadata: String,
-    ids: Vec<Uuid>,
-    refs: Vec<(Uuid, RefKind)>,
-    kept: Option<PreparedReply>,
-}
-
-/// Writes the rows of several commands (on different properties) in ONE
-/// statement: one round trip, and in autocommit one transaction and one WAL
-/// flush for all of them. All or nothing: when any row is refused (a lost
-/// race, a key already taken) nothing is written. Returns each command's
-/// positions, in the order given.
-async fn write_prepared<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    commands: &[&Prepared],
-) -> Result<Vec<Vec<i64>>, sqlx::Error> {
-    let mut cmd = Vec::new();
-    let mut aggregate_ids = Vec::new();
-    let mut sequences = Vec::new();
-    let mut types = Vec::new();
-    let mut versions = Vec::new();
-    let mut payloads = Vec::new();
-    let mut metadata = Vec::new();
-    let mut ids = Vec::new();
-    let (mut ref_ids, mut ref_kinds, mut ref_agencies, mut ref_properties) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut kept_cmd, mut kept_agency, mut kept_key, mut kept_hash, mut kept_status) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut kept_body = Vec::new();
-    for (i, c) in commands.iter().enumerate() {
-        let i = i as i32;
-        let property = c.property_id.to_string();
-        for n in 0..c.ids.len() {
-            cmd.push(i);
-            aggregate_ids.push(property.clone());
-            sequences.push(c.sequences[n]);
-            types.push(c.types[n]);
-            versions.push(c.versions[n].as_str());
-            payloads.push(c.payloads[n].as_str());
-            metadata.push(c.metadata.as_str());
-            ids.push(c.ids[n]);
-        }
-        for (id, kind) in &c.refs {
-            ref_ids.push(*id);
-            ref_kinds.push(kind.as_str());
-            ref_agencies.push(c.agency_id);
-            ref_properties.push(c.property_id);
-        }
-        if let Some(k) = &c.kept {
-            kept_cmd.push(i);
-            kept_agency.push(c.agency_id);
-            kept_key.push(k.key.as_str());
-            kept_hash.push(k.request_hash.as_str());
-            kept_status.push(k.status);
-            kept_body.push(k.body.as_str());
-        }
-    }
-    let rows = sqlx::query(
-        "WITH input AS (
-            SELECT * FROM UNNEST($2::int[], $3::text[], $4::bigint[], $5::text[], $6::text[],
-                                 $7::text[], $8::text[], $9::uuid[])
-                   WITH ORDINALITY AS e(cmd, aggregate_id, sequence, event_type, event_version,
-                                        payload, metadata, event_id, n)
-         ), appended AS (
-            INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                                event_version, payload, metadata, event_id)
-            SELECT $1, e.aggregate_id, e.sequence, e.event_type, e.event_version,
-                   e.payload::json, e.metadata::json, e.event_id
-              FROM input e
-             ORDER BY e.n
-            RETURNING position, event_id
-         ), placed AS (
-            SELECT e.cmd, a.position FROM appended a JOIN input e USING (event_id)
-         ), refs AS (
-            INSERT INTO resource_refs (ref_id, kind, agency_id, property_id)
-            SELECT * FROM UNNEST($10::uuid[], $11::text[], $12::uuid[], $13::uuid[])
-         ), kept AS (
-            INSERT INTO idempotency_keys (agency_id, key, request_hash, status_code, response)
-            SELECT k.agency_id, k.key, k.request_hash, k.status,
-                   CASE WHEN k.body::jsonb ? 'position'
-                        THEN jsonb_set(k.body::jsonb, '{position}',
-                                       to_jsonb((SELECT max(p.position) FROM placed p
-                                                  WHERE p.cmd = k.cmd)))
-                        ELSE k.body::jsonb END
-              FROM UNNEST($14::int[], $15::uuid[], $16::text[], $17::text[], $18::int2[],
-                          $19::text[]) AS k(cmd, agency_id, key, request_hash, status, body)
-         )
-         SELECT cmd, position FROM placed ORDER BY position",
-    )
-    .bind(AGGREGATE_TYPE)
-    .bind(&cmd)
-    .bind(&aggregate_ids)
-    .bind(&sequences)
-    .bind(&types)
-    .bind(&versions)
-    .bind(&payloads)
-    .bind(&metadata)
-    .bind(&ids)
-    .bind(&ref_ids)
-    .bind(&ref_kinds)
-    .bind(&ref_agencies)
-    .bind(&ref_properties)
-    .bind(&kept_cmd)
-    .bind(&kept_agency)
-    .bind(&kept_key)
-    .bind(&kept_hash)
-    .bind(&kept_status)
-    .bind(&kept_body)
-    .fetch_all(executor)
-    .await?;
-    let mut positions = vec![Vec::new(); commands.len()];
-    for row in rows {
-        let cmd: i32 = row.try_get("cmd")?;
-        let position: i64 = row.try_get("position")?;
-        if let Some(list) = positions.get_mut(cmd as usize) {
-            list.push(position);
-        }
-    }
-    Ok(positions)
 }
 
 #[derive(Clone)]
@@ -363,9 +261,7 @@ impl EventStore {
             refs: &[],
             kept: None,
         };
-        let prepared = append.prepare();
-        let mut positions = write_prepared(&mut **tx, &[&prepared]).await?;
-        Ok(positions.pop().unwrap_or_default())
+        append.run(&mut **tx).await
     }
 
     /// Appends a command's events with the refs they create and the reply
@@ -375,19 +271,7 @@ impl EventStore {
     /// race is a unique violation on `events_pkey`; a key another request
     /// holds, on `idempotency_keys_pkey`.
     pub async fn append_command(&self, append: &Append<'_>) -> Result<Vec<i64>, sqlx::Error> {
-        let mut positions = self.append_prepared(&[&append.prepare()]).await?;
-        Ok(positions.pop().unwrap_or_default())
-    }
-
-    /// [`EventStore::append_command`] for several commands on different
-    /// properties at once (group commit): one statement, one transaction,
-    /// one WAL flush; all are written or none. Each command's positions, in
-    /// the order given.
-    pub async fn append_prepared(
-        &self,
-        commands: &[&Prepared],
-    ) -> Result<Vec<Vec<i64>>, sqlx::Error> {
-        write_prepared(&self.pool, commands).await
+        append.run(&self.pool).await
     }
 
     /// Keeps a reply for an Idempotency-Key that no event goes with (a
