@@ -1,7 +1,7 @@
 //! Our event store on postgres-es's `events` layout. We do not go through
 //! postgres-es's repository: it cannot return the global position, cannot
 //! share its transaction, and its snapshots apply events twice
-//! (../shared/spec/EVENT-STORE.md). The primary key on
+//! (docs/event-store.md). The primary key on
 //! `(aggregate_type, aggregate_id, sequence)` is the optimistic lock.
 
 use chrono::{DateTime, Utc};
