@@ -12,6 +12,8 @@ export JWT_SECRET="${JWT_SECRET:-test-secret-for-the-ledger-integration-tests}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace -- "$@"
+# The write-path load generator, short (P1-P3, P8): fails on errors, never on speed.
+cargo run -q -p ledger-api --example loadgen -- --quick --ledger "${CARGO_TARGET_DIR:-target}/debug/ledger"
 # A short schema-driven fuzz pass (R5): zero 5xx from generated requests.
 scripts/fuzz.sh short
 # The Ops Console in headless Chromium (Debian's chromium, Playwright from PyPI).
