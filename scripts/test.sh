@@ -16,5 +16,7 @@ cargo test --workspace -- "$@"
 cargo run -q -p ledger-api --example loadgen -- --quick --ledger "${CARGO_TARGET_DIR:-target}/debug/ledger"
 # A short schema-driven fuzz pass (R5): zero 5xx from generated requests.
 scripts/fuzz.sh short
-# The Ops Console in headless Chromium (Debian's chromium, Playwright from PyPI).
+# The Ops Console and the front-end example page in headless Chromium
+# (Debian's chromium, Playwright from PyPI; no browser is downloaded).
 scripts/browser-tests.sh
+scripts/browser-frontend.sh
