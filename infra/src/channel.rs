@@ -391,32 +391,45 @@ impl ChannelConsumer {
         }
     }
 
-    /// Applies a snapshot to the adapter's state: the reply to send.
-    async fn on_snapshot(&mut self, cloud: &CloudEvent) -> AckKind {
+    /// An availability message (snapshot or checksum) the adapter's state
+    /// should take now, or the reply to send instead: no state is kept, the
+    /// message is unreadable, an event of its property is still being
+    /// handled, or it is older than what the adapter already applied.
+    #[allow(clippy::type_complexity)]
+    fn availability<T: AvailabilityData>(
+        &self,
+        cloud: &CloudEvent,
+    ) -> Result<(Arc<dyn AdapterState>, Uuid, T), AckKind> {
         let Some(state) = self.state.clone() else {
-            return AckKind::Ack;
+            return Err(AckKind::Ack);
         };
         let (Ok((agency_id, _)), Ok(data)) = (
             cloud.origin(),
-            serde_json::from_value::<SnapshotData>(cloud.data.clone()),
+            serde_json::from_value::<T>(cloud.data.clone()),
         ) else {
-            return AckKind::Term;
+            return Err(AckKind::Term);
+        };
+        let tracker = lock(&self.tracker);
+        if tracker.outstanding.contains_key(&data.property_id()) {
+            return Err(AckKind::Nak(Some(self.hold_delay)));
+        }
+        if tracker
+            .last
+            .get(&data.property_id())
+            .is_some_and(|&last| last > data.as_of_sequence())
+        {
+            return Err(AckKind::Ack);
+        }
+        Ok((state, agency_id, data))
+    }
+
+    /// Applies a snapshot to the adapter's state: the reply to send.
+    async fn on_snapshot(&mut self, cloud: &CloudEvent) -> AckKind {
+        let (state, agency_id, data) = match self.availability::<SnapshotData>(cloud) {
+            Ok(message) => message,
+            Err(reply) => return reply,
         };
         let property_id = data.property_id;
-        {
-            let tracker = lock(&self.tracker);
-            if tracker.outstanding.contains_key(&property_id) {
-                return AckKind::Nak(Some(self.hold_delay));
-            }
-            if tracker
-                .last
-                .get(&property_id)
-                .is_some_and(|&last| last > data.as_of_sequence)
-            {
-                // Older than what the adapter already applied.
-                return AckKind::Ack;
-            }
-        }
         let snapshot = Snapshot {
             agency_id,
             time: cloud.time,
@@ -440,29 +453,11 @@ impl ChannelConsumer {
 
     /// Compares a checksum with the adapter's own state: the reply to send.
     async fn on_checksum(&mut self, cloud: &CloudEvent) -> AckKind {
-        let Some(state) = self.state.clone() else {
-            return AckKind::Ack;
-        };
-        let (Ok((agency_id, _)), Ok(data)) = (
-            cloud.origin(),
-            serde_json::from_value::<ChecksumData>(cloud.data.clone()),
-        ) else {
-            return AckKind::Term;
+        let (state, agency_id, data) = match self.availability::<ChecksumData>(cloud) {
+            Ok(message) => message,
+            Err(reply) => return reply,
         };
         let property_id = data.property_id;
-        {
-            let tracker = lock(&self.tracker);
-            if tracker.outstanding.contains_key(&property_id) {
-                return AckKind::Nak(Some(self.hold_delay));
-            }
-            if tracker
-                .last
-                .get(&property_id)
-                .is_some_and(|&last| last > data.as_of_sequence)
-            {
-                return AckKind::Ack;
-            }
-        }
         let own = match state.ranges(property_id, data.from, data.to).await {
             Ok(ranges) => ranges,
             Err(error) => {
@@ -784,6 +779,31 @@ impl Tracker {
                 }
             }
         }
+    }
+}
+
+/// What snapshots and checksums share: the property, and the sequence they
+/// were taken at.
+trait AvailabilityData: serde::de::DeserializeOwned {
+    fn property_id(&self) -> Uuid;
+    fn as_of_sequence(&self) -> i64;
+}
+
+impl AvailabilityData for SnapshotData {
+    fn property_id(&self) -> Uuid {
+        self.property_id
+    }
+    fn as_of_sequence(&self) -> i64 {
+        self.as_of_sequence
+    }
+}
+
+impl AvailabilityData for ChecksumData {
+    fn property_id(&self) -> Uuid {
+        self.property_id
+    }
+    fn as_of_sequence(&self) -> i64 {
+        self.as_of_sequence
     }
 }
 
