@@ -74,19 +74,8 @@ fn booking(property: Uuid, check_in: &str, check_out: &str) -> Value {
 
 #[tokio::test]
 async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
-    // Declared in this order so that the ledger is killed before the servers.
-    let mut pg = PgServer::start();
-    let db_name = format!("ledger_fault_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&pg.url("postgres"))
-        .await
-        .expect("connect to the private PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {db_name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create the test database");
-    admin.close().await.expect("close the admin connection");
-    let nats = NatsServer::start();
-    let mut app = spawn_app_on(&pg.url(&db_name), &db_name, &[("NATS_URL", &nats.url)]).await;
+    // The ledger is declared last so that it is killed before the servers.
+    let (mut pg, nats, mut app) = private_stack().await;
     let pid = app.pid().expect("the ledger runs");
 
     // Up: ready, and writes work.
