@@ -789,14 +789,8 @@ async fn resync_under_live_load() {
     if !bench_requested("resync_under_live_load") {
         return;
     }
-    let count: usize = std::env::var("RESYNC_PROPERTIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let rate: u64 = std::env::var("LIVE_RATE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+    let count: usize = env_or("RESYNC_PROPERTIES", 2000);
+    let rate: u64 = env_or("LIVE_RATE", 100);
     let (nats, app) = start(&[("LEDGER_CHECKSUM_INTERVAL", "0"), ("RUST_LOG", "error")]).await;
     let (_agency, admin) = agency();
     let started = Instant::now();
@@ -883,10 +877,7 @@ async fn checksum_round_cost() {
     if !bench_requested("checksum_round_cost") {
         return;
     }
-    let count: usize = std::env::var("CHECKSUM_PROPERTIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let count: usize = env_or("CHECKSUM_PROPERTIES", 10_000);
     let (nats, app) = start(&[("LEDGER_CHECKSUM_INTERVAL", "1h"), ("RUST_LOG", "error")]).await;
     let (agency_id, admin) = agency();
     let started = Instant::now();
@@ -996,4 +987,12 @@ fn bench_requested(name: &str) -> bool {
         eprintln!("{name}: skipped (set RESYNC_BENCH=1 to measure)");
     }
     requested
+}
+
+/// A number from the environment, or `default` when unset or not a number.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
