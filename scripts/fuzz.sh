@@ -79,6 +79,11 @@ cat >"$config" <<'TOML'
 "query.min_position" = 0
 TOML
 
+# Schemathesis' health checks judge its own generator (too many examples
+# filtered out, too slow to generate), not the service: the run on a clean
+# clone once failed with "filter_too_much" on POST /api/v1/bookings after
+# every generated request had passed. They are switched off; a 5xx or an
+# internal error in the ledger's log still fails the run.
 seed_args=()
 [ -n "${FUZZ_SEED:-}" ] && seed_args=(--seed "$FUZZ_SEED")
 
@@ -92,6 +97,7 @@ status=0
   --max-time "$budget" \
   --workers 2 \
   --generation-allow-x00 true \
+  --suppress-health-check all \
   "${seed_args[@]}" || status=$?
 log "finished in $((SECONDS - started))s (exit $status); the ledger's log: $log_file"
 if grep -q 'internal error' "$log_file"; then
