@@ -49,10 +49,11 @@ pub async fn run(state: AppState) {
 pub async fn expire_lapsed(state: &AppState) -> Result<usize, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT booking_id, property_id, agency_id FROM bookings_view
-          WHERE status = 'tentative' AND hold_expires_at <= now()
+          WHERE status = 'tentative' AND hold_expires_at <= $2
           ORDER BY hold_expires_at LIMIT $1",
     )
     .bind(BATCH)
+    .bind(state.now())
     .fetch_all(&state.pool)
     .await?;
     let mut expired = 0;
@@ -66,7 +67,7 @@ pub async fn expire_lapsed(state: &AppState) -> Result<usize, sqlx::Error> {
                     user_id: SYSTEM_USER.to_owned(),
                     role: Role::Admin,
                 },
-                now: crate::extract::now(),
+                now: state.now(),
                 action: CalendarCommand::ExpireHold { booking_id },
                 expected_version: None,
             },

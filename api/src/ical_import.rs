@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use ledger_domain::commands::BlockNights;
 use ledger_domain::values::BlockReason;
 use ledger_domain::{
@@ -23,7 +23,7 @@ use ledger_domain::{
 use ledger_infra::ical::feed::{self, FeedEvent, Unreadable};
 use ledger_infra::ical::fetch::{self, AddressRules, FeedFetcher, FetchError};
 use ledger_infra::ical::{self, FeedRow};
-use ledger_infra::{CommandBus, ExecuteError, Execution};
+use ledger_infra::{Clock, CommandBus, ExecuteError, Execution};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::task::{self, JoinSet};
@@ -219,27 +219,30 @@ async fn read_source(source: &str, allow_files: bool) -> Result<String, ImportEr
 /// the operator's `ledger ical import`.
 pub async fn import(
     bus: &CommandBus,
+    clock: &dyn Clock,
     property_id: Uuid,
     source: &str,
     allow_files: bool,
 ) -> Result<ImportReport, ImportError> {
     let text = read_source(source, allow_files).await?;
-    import_text(bus, property_id, source, &text).await
+    import_text(bus, clock, property_id, source, &text).await
 }
 
 async fn import_text(
     bus: &CommandBus,
+    clock: &dyn Clock,
     property_id: Uuid,
     source: &str,
     text: &str,
 ) -> Result<ImportReport, ImportError> {
     let feed = feed::parse(text)?;
-    apply_feed(bus, property_id, &feed, &source_note(source)).await
+    apply_feed(bus, clock, property_id, &feed, &source_note(source)).await
 }
 
 /// Makes the property's blocks of the feed marked `note` match `feed`.
 pub async fn apply_feed(
     bus: &CommandBus,
+    clock: &dyn Clock,
     property_id: Uuid,
     feed: &feed::Feed,
     note: &str,
@@ -259,7 +262,7 @@ pub async fn apply_feed(
         user_id: SYSTEM_USER.to_owned(),
         role: Role::Admin,
     };
-    let (steps, unchanged) = plan(&calendar, &feed.events, note, Utc::now().date_naive());
+    let (steps, unchanged) = plan(&calendar, &feed.events, note, clock.now().date_naive());
     let mut report = ImportReport {
         property_id,
         feed_events: feed.events.len(),
@@ -270,6 +273,7 @@ pub async fn apply_feed(
     };
     let run = ImportRun {
         bus,
+        clock,
         property_id,
         actor,
         note,
@@ -301,6 +305,7 @@ pub async fn apply_feed(
 
 struct ImportRun<'a> {
     bus: &'a CommandBus,
+    clock: &'a dyn Clock,
     property_id: Uuid,
     actor: Actor,
     note: &'a str,
@@ -317,7 +322,7 @@ impl ImportRun<'_> {
             property_id: self.property_id,
             command: Command {
                 actor: self.actor.clone(),
-                now: crate::extract::now(),
+                now: self.clock.now(),
                 action,
                 expected_version: None,
             },
@@ -495,7 +500,16 @@ impl Running {
 
 async fn run_feed(state: &AppState, fetcher: &FeedFetcher, feed: &FeedRow) {
     let outcome = match fetcher.fetch(&feed.url).await {
-        Ok(text) => import_text(&state.bus, feed.property_id, &feed.url, &text).await,
+        Ok(text) => {
+            import_text(
+                &state.bus,
+                state.clock.as_ref(),
+                feed.property_id,
+                &feed.url,
+                &text,
+            )
+            .await
+        }
         Err(error) => Err(error.into()),
     };
     let (error, result) = match &outcome {

@@ -193,7 +193,7 @@ pub async fn checksum(
         .map_err(db)?
         .filter(|p| sees_property(&caller.0, scope, p.owner_id.as_deref()))
         .ok_or(ApiError::PropertyNotFound)?;
-    let (default_from, _) = checksum::window(&property.timezone, Utc::now());
+    let (default_from, _) = checksum::window(&property.timezone, state.now());
     let from = from.unwrap_or(default_from);
     let to = match to {
         Some(to) => to,
