@@ -288,7 +288,9 @@ async fn ical(action: IcalAction) -> Result<(), StartError> {
     migrate_database(&database).await?;
     let pool = ledger_infra::connect(&database.database_url, 2)?;
     let bus = ledger_infra::CommandBus::new(ledger_infra::EventStore::new(pool));
-    let report = ledger_api::ical_import::import(&bus, &SystemClock, property, &url, true).await?;
+    let report =
+        ledger_projections::jobs::ical_import::import(&bus, &SystemClock, property, &url, true)
+            .await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(problems) = report.problems() {
         eprintln!("ledger ical import: {problems}");

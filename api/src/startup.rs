@@ -3,10 +3,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ledger_infra::publisher::Publisher;
 use ledger_infra::SharedClock;
+use ledger_projections::jobs::Jobs;
 use ledger_projections::runner::{self, LogSignal};
 use ledger_projections::Projection;
 use sqlx::PgPool;
@@ -15,7 +17,7 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 
 use crate::config::{DatabaseArgs, ServeConfig};
-use crate::state::AppState;
+use crate::state::{AppState, Feature};
 
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -112,13 +114,16 @@ async fn serve(
             .with_stream_replicas(usize::from(state.config.stream_replicas));
         jobs.spawn(publisher.run(signal.clone()));
     }
-    jobs.spawn(crate::expiry::run(state.clone()));
-    jobs.spawn(crate::expiry::purge_idempotency_keys(state.clone()));
-    if let Some(nats) = state.nats.clone() {
-        let export = ledger_infra::ical::export::IcalExport::new(state.pool.clone());
-        jobs.spawn(export.run(nats));
+    let agencies = state.agencies.clone();
+    Jobs {
+        pool: state.pool.clone(),
+        bus: state.bus.clone(),
+        clock: state.clock.clone(),
+        nats: state.nats.clone(),
+        feed_allow_hosts: state.config.feed_allow_hosts.clone(),
+        imports_allowed: Arc::new(move |agency| agencies.allows(agency, Feature::IcalImport)),
     }
-    jobs.spawn(crate::ical_import::run(state.clone()));
+    .spawn(&mut jobs);
     jobs.spawn(crate::metrics::serve(state.clone()));
     let served = axum::serve(listener, crate::router(state))
         .with_graceful_shutdown(shutdown)

@@ -65,7 +65,7 @@ pub async fn export_feed(
         return Err(ApiError::NotFound);
     }
     let ranges = export::ranges(&state.pool, property_id).await.map_err(db)?;
-    let body = export::render(property_id, &ranges);
+    let body = ledger_domain::ical::render::render(property_id, &ranges);
     Ok((
         [(
             CONTENT_TYPE,
