@@ -78,7 +78,7 @@ impl RunningApp {
     pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> std::io::Result<()> {
         tokio::select! {
             served = &mut self.served => return flatten(served),
-            () = signal => {}
+            () = signal => tracing::info!("shutting down"),
         }
         self.stop().await
     }
@@ -180,5 +180,4 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = terminate => {},
     }
-    tracing::info!("shutting down");
 }

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use ledger_domain::{values, Action};
-use ledger_infra::agencies::{self, Agency, AgencyError, Change, Created, HistoryEntry};
+use ledger_infra::agencies::{self, Agency, Change, Created, HistoryEntry};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -93,18 +93,6 @@ pub struct FeatureChange {
     pub ical_import: Option<bool>,
 }
 
-fn agency_error(error: AgencyError) -> ApiError {
-    match error {
-        AgencyError::NotFound => ApiError::AgencyNotFound,
-        AgencyError::AlreadyExists => ApiError::validation("an agency with this id already exists"),
-        AgencyError::Db(e) => ledger_infra::DbError::from(e).into(),
-    }
-}
-
-fn db(error: sqlx::Error) -> ApiError {
-    agency_error(AgencyError::Db(error))
-}
-
 #[utoipa::path(get, path = "/ops/agencies", operation_id = "list_agencies", tag = "ops",
     params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
     responses((status = 200, description = "a page of agencies", body = AgencyPage), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
@@ -116,9 +104,7 @@ pub async fn list(
 ) -> Result<Json<AgencyPage>, ApiError> {
     caller.require(Action::AdministerAgencies)?;
     let after = uuid_cursor(&page.cursor)?;
-    let mut rows = agencies::list(&state.pool, after, page.limit + 1)
-        .await
-        .map_err(db)?;
+    let mut rows = agencies::list(&state.pool, after, page.limit + 1).await?;
     let next_cursor = next_cursor(&mut rows, page.limit, |a| a.id.to_string());
     let items = rows.into_iter().map(AgencyView::from).collect();
     Ok(Json(AgencyPage { items, next_cursor }))
@@ -138,9 +124,8 @@ pub async fn create(
     caller.require(Action::AdministerAgencies)?;
     values::text("name", &body.name, 1, NAME_MAX)?;
     let id = body.id.unwrap_or_else(Uuid::now_v7);
-    let (agency, created) = agencies::create(&state.pool, id, &body.name, &caller.0.user_id)
-        .await
-        .map_err(agency_error)?;
+    let (agency, created) =
+        agencies::create(&state.pool, id, &body.name, &caller.0.user_id).await?;
     state.agencies.note(&agency);
     let status = match created {
         Created::New => StatusCode::CREATED,
@@ -160,8 +145,7 @@ pub async fn get(
 ) -> Result<Json<AgencyView>, ApiError> {
     caller.require(Action::AdministerAgencies)?;
     let agency = agencies::get(&state.pool, id)
-        .await
-        .map_err(db)?
+        .await?
         .ok_or(ApiError::AgencyNotFound)?;
     Ok(Json(agency.into()))
 }
@@ -241,8 +225,7 @@ async fn apply(
     let by = caller.0.user_id.clone();
     let agency = tokio::spawn(async move { agencies::change(&pool, id, change, &by).await })
         .await
-        .map_err(ApiError::internal)?
-        .map_err(agency_error)?;
+        .map_err(ApiError::internal)??;
     state.agencies.note(&agency);
     Ok(Json(agency.into()))
 }
@@ -272,9 +255,7 @@ pub async fn audit_log(
             .parse()
             .map_err(|_| ApiError::validation("cursor is not one this route gave out"))?,
     };
-    let mut rows = agencies::history(&state.pool, after, page.limit + 1)
-        .await
-        .map_err(db)?;
+    let mut rows = agencies::history(&state.pool, after, page.limit + 1).await?;
     let next_cursor = next_cursor(&mut rows, page.limit, |e| e.position.to_string());
     Ok(Json(AgencyHistoryPage {
         items: rows,

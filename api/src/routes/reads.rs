@@ -29,10 +29,6 @@ const MIN_POSITION_WAIT: Duration = Duration::from_secs(5);
 /// The widest date window a read accepts.
 const MAX_WINDOW_DAYS: i64 = 3 * 366;
 
-pub fn db(error: sqlx::Error) -> ApiError {
-    ledger_infra::DbError::from(error).into()
-}
-
 /// `?min_position=N` of every read.
 pub struct MinPosition(pub i64);
 
@@ -69,12 +65,9 @@ async fn settle(
     agency_id: Uuid,
 ) -> Result<(i64, Transaction<'static, Postgres>), ApiError> {
     let reached = queries::wait_for(&state.read_pool, which, min, MIN_POSITION_WAIT)
-        .await
-        .map_err(db)?
+        .await?
         .ok_or(ApiError::ProjectionLagging(min))?;
-    let tx = queries::begin(&state.read_pool, agency_id)
-        .await
-        .map_err(db)?;
+    let tx = queries::begin(&state.read_pool, agency_id).await?;
     Ok((reached, tx))
 }
 
@@ -185,8 +178,7 @@ pub async fn list_properties(
         after,
         page.limit + 1,
     )
-    .await
-    .map_err(db)?;
+    .await?;
     let next_cursor = next_cursor(&mut rows, page.limit, |r| r.property_id.to_string());
     let items = rows
         .iter()
@@ -208,8 +200,7 @@ pub async fn get_property(
     let scope = caller.require(Action::ReadCalendar)?;
     let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
     let row = queries::property(&mut tx, caller.0.agency_id, id)
-        .await
-        .map_err(db)?
+        .await?
         .filter(|r| sees_property(&caller.0, scope, r.owner_id.as_deref()))
         .ok_or(ApiError::PropertyNotFound)?;
     Ok(read_reply(
@@ -281,9 +272,8 @@ pub async fn list_bookings(
     }
     let after = uuid_cursor(&page.cursor)?;
     let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
-    let mut rows = queries::bookings(&mut tx, caller.0.agency_id, &filter, after, page.limit + 1)
-        .await
-        .map_err(db)?;
+    let mut rows =
+        queries::bookings(&mut tx, caller.0.agency_id, &filter, after, page.limit + 1).await?;
     let next_cursor = next_cursor(&mut rows, page.limit, |r| r.booking_id.to_string());
     let items = rows
         .iter()
@@ -305,8 +295,7 @@ pub async fn get_booking(
     let scope = caller.require(Action::ReadCalendar)?;
     let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
     let (row, _owner) = queries::booking(&mut tx, caller.0.agency_id, id)
-        .await
-        .map_err(db)?
+        .await?
         .filter(|(_, owner)| sees_property(&caller.0, scope, owner.as_deref()))
         .ok_or(ApiError::BookingNotFound)?;
     Ok(read_reply(
@@ -374,13 +363,10 @@ pub async fn availability(
     )
     .await?;
     queries::property(&mut tx, caller.0.agency_id, property_id)
-        .await
-        .map_err(db)?
+        .await?
         .filter(|r| sees_property(&caller.0, scope, r.owner_id.as_deref()))
         .ok_or(ApiError::PropertyNotFound)?;
-    let ranges = queries::ranges(&mut tx, caller.0.agency_id, property_id, from, to)
-        .await
-        .map_err(db)?;
+    let ranges = queries::ranges(&mut tx, caller.0.agency_id, property_id, from, to).await?;
     let free = queries::free_runs(&ranges, from, to)
         .into_iter()
         .map(|(start, end)| FreeRun { start, end })
@@ -461,8 +447,7 @@ pub async fn search(
         after,
         page.limit + 1,
     )
-    .await
-    .map_err(db)?;
+    .await?;
     let next_cursor = next_cursor(&mut rows, page.limit, |(id, _)| id.to_string());
     let items = rows
         .into_iter()
@@ -530,9 +515,8 @@ pub async fn audit_log(
             .map_err(|_| ApiError::validation("cursor is not one this route gave out"))?,
     };
     let (position, mut tx) = settle(&state, &[Projection::Audit], min, caller.0.agency_id).await?;
-    let mut rows = queries::audit_log(&mut tx, caller.0.agency_id, &filter, after, page.limit + 1)
-        .await
-        .map_err(db)?;
+    let mut rows =
+        queries::audit_log(&mut tx, caller.0.agency_id, &filter, after, page.limit + 1).await?;
     let next_cursor = next_cursor(&mut rows, page.limit, |r| r.position.to_string());
     let items = rows
         .into_iter()
