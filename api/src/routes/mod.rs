@@ -229,6 +229,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Paging {
     }
 }
 
+/// A typed query string; one that does not parse is a 400
+/// `VALIDATION_ERROR`, like a malformed body.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        serde_urlencoded_query(parts.uri.query().unwrap_or("")).map(Params)
+    }
+}
+
 pub(crate) fn serde_urlencoded_query<T: serde::de::DeserializeOwned>(
     query: &str,
 ) -> Result<T, ApiError> {

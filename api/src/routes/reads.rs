@@ -18,7 +18,7 @@ use sqlx::{Postgres, Transaction};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{read_reply, serde_urlencoded_query, Paging, PathId};
+use super::{read_reply, serde_urlencoded_query, Paging, Params, PathId};
 use crate::auth::Caller;
 use crate::dto::{AuditEntryView, BookingView, Page, PropertyView};
 use crate::error::ApiError;
@@ -207,10 +207,9 @@ pub async fn list_bookings(
     caller: Caller,
     page: Paging,
     min: MinPosition,
-    parts: axum::http::Uri,
+    Params(query): Params<BookingQuery>,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
-    let query: BookingQuery = serde_urlencoded_query(parts.query().unwrap_or(""))?;
     let status = query.status.filter(|s| !s.is_empty());
     if let Some(status) = &status {
         if !STATUSES.contains(&status.as_str()) {
@@ -306,10 +305,9 @@ pub async fn availability(
     State(state): State<AppState>,
     caller: Caller,
     min: MinPosition,
-    uri: axum::http::Uri,
+    Params(query): Params<AvailabilityQuery>,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
-    let query: AvailabilityQuery = serde_urlencoded_query(uri.query().unwrap_or(""))?;
     let property_id = parse_uuid("property_id", &query.property_id)?
         .ok_or_else(|| ApiError::validation("property_id is required"))?;
     let (from, to) = window(&query.from, &query.to)?;
@@ -376,10 +374,9 @@ pub async fn search(
     caller: Caller,
     page: Paging,
     min: MinPosition,
-    uri: axum::http::Uri,
+    Params(query): Params<SearchQuery>,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
-    let query: SearchQuery = serde_urlencoded_query(uri.query().unwrap_or(""))?;
     let (from, to) = window(&query.from, &query.to)?;
     let after = page.after_id()?;
     let (position, mut tx) = settle(
@@ -428,10 +425,9 @@ pub async fn audit_log(
     caller: Caller,
     page: Paging,
     min: MinPosition,
-    uri: axum::http::Uri,
+    Params(query): Params<AuditQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(Action::ReadAuditLog)?;
-    let query: AuditQuery = serde_urlencoded_query(uri.query().unwrap_or(""))?;
     let filter = AuditFilter {
         resource_id: parse_uuid("resource_id", &query.resource_id)?,
         resource_type: parse_text("resource_type", query.resource_type)?,

@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::reads::MinPosition;
-use super::{read_reply, serde_urlencoded_query, PathId};
+use super::{read_reply, Params, PathId};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::Body;
@@ -164,10 +164,9 @@ pub async fn checksum(
     PathId(id): PathId,
     caller: Caller,
     MinPosition(min): MinPosition,
-    uri: axum::http::Uri,
+    Params(query): Params<ChecksumQuery>,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
-    let query: ChecksumQuery = serde_urlencoded_query(uri.query().unwrap_or(""))?;
     let from = date("from", &query.from)?;
     let to = date("to", &query.to)?;
     if let (Some(from), Some(to)) = (from, to) {
