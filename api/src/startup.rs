@@ -84,7 +84,9 @@ impl RunningApp {
     }
 
     /// Stops taking connections, lets open requests finish, then ends the
-    /// background jobs.
+    /// background jobs. An event stream (`/api/v1/stream`) is such a
+    /// request until its client hangs up: only SIGTERM or Ctrl-C ends the
+    /// streams from the server's side (`live::Hub`).
     pub async fn stop(self) -> std::io::Result<()> {
         let _ = self.stop.send(());
         flatten(self.served.await)
