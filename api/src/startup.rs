@@ -130,7 +130,10 @@ async fn serve(
     let served = axum::serve(listener, crate::router(state))
         .with_graceful_shutdown(shutdown)
         .await;
-    jobs.shutdown().await;
+    // Dropping the set aborts the jobs without waiting for them: a job may
+    // sit in a database call for seconds, and nothing it would still do
+    // matters once the process stops.
+    drop(jobs);
     served
 }
 

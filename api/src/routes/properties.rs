@@ -45,8 +45,7 @@ pub async fn update(
     Body(body): Body<UpdatePropertyBody>,
 ) -> Result<Response, ApiError> {
     let command = CalendarCommand::UpdateProperty(UpdateProperty::from(body));
-    let mut execution = ctx.execution(id, command);
-    execution.command.expected_version = expected_version;
+    let execution = ctx.execution_at(id, command, expected_version);
     execute(&state, execution, StatusCode::OK, property_view).await
 }
 
@@ -61,8 +60,7 @@ pub async fn archive(
     IfMatch(expected_version): IfMatch,
     Body(EmptyBody {}): Body<EmptyBody>,
 ) -> Result<Response, ApiError> {
-    let mut execution = ctx.execution(id, CalendarCommand::ArchiveProperty);
-    execution.command.expected_version = expected_version;
+    let execution = ctx.execution_at(id, CalendarCommand::ArchiveProperty, expected_version);
     execute(&state, execution, StatusCode::OK, property_view).await
 }
 
