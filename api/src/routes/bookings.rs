@@ -101,8 +101,7 @@ impl<B> Change<B> {
             body,
         } = self;
         let property_id = property_of(&state, &ctx.caller, booking_id).await?;
-        let execution =
-            ctx.execution_at(property_id, command(booking_id, body), expected_version);
+        let execution = ctx.execution_at(property_id, command(booking_id, body), expected_version);
         execute(
             &state,
             execution,

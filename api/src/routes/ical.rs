@@ -176,7 +176,7 @@ pub async fn add_feed(
             "interval_minutes must be from 5 to 10080",
         ));
     }
-    let row = ical::add_feed(&state.pool, agency_id, id, &url, interval).await?;
+    let row = ical::add_feed(&state.pool, agency_id, id, &url, interval, state.now()).await?;
     Ok((StatusCode::CREATED, Json(FeedView::from(row))).into_response())
 }
 

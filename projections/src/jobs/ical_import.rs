@@ -347,7 +347,7 @@ pub async fn run(jobs: &Jobs) {
             running.wait(TICK).await;
             continue;
         }
-        match ical::claim_due_feed(&jobs.pool, &running.busy_agencies()).await {
+        match ical::claim_due_feed(&jobs.pool, &running.busy_agencies(), jobs.clock.now()).await {
             // A suspended agency or one with imports off: this run is skipped.
             Ok(Some(feed)) if !(jobs.imports_allowed)(feed.agency_id) => {}
             Ok(Some(feed)) => running.start(jobs.clone(), fetcher.clone(), feed),
@@ -443,8 +443,14 @@ async fn run_feed(jobs: &Jobs, fetcher: &FeedFetcher, feed: &FeedRow) {
             released = report.released.len(), skipped = report.skipped.len(), "ical import ran"),
         Err(error) => tracing::warn!(feed_id = %feed.feed_id, %error, "ical import failed"),
     }
-    if let Err(e) =
-        ical::record_run(&jobs.pool, feed.feed_id, error.as_deref(), result.as_ref()).await
+    if let Err(e) = ical::record_run(
+        &jobs.pool,
+        feed.feed_id,
+        error.as_deref(),
+        result.as_ref(),
+        jobs.clock.now(),
+    )
+    .await
     {
         tracing::warn!(feed_id = %feed.feed_id, error = %e, "ical import: cannot record the run");
     }
