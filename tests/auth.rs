@@ -3,7 +3,7 @@
 //! write route, agencies never see each other (invariant 6), suspended
 //! agencies are refused, and `ledger token` mints tokens the server accepts.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! their types and security headers, and `LEDGER_CONSOLE=off` removing it.
 //! What the page does in a browser is tested by scripts/browser-tests.sh.
 
-mod common;
+use crate::common;
 
 use common::{spawn_app, spawn_app_with_env, Reply, TestApp};
 use reqwest::StatusCode;

@@ -7,7 +7,7 @@
 //! asked (`DRILL_R2=1`, `DRILL_R3=1`); `scripts/drills.sh` sets them, and
 //! docs/reliability.md records what each drill saw.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

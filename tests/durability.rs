@@ -1,7 +1,7 @@
 //! Invariant 5: a command answered 2xx is durable, even if the process dies
 //! the moment after the response.
 
-mod common;
+use crate::common;
 
 use common::{agency, spawn_app};
 use reqwest::StatusCode;

@@ -12,7 +12,7 @@
 //! into a temporary directory, a free port, its own socket directory) and
 //! its own nats-server, so stopping them touches nothing else.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -75,7 +75,7 @@ fn booking(property: Uuid, check_in: &str, check_out: &str) -> Value {
 #[tokio::test]
 async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
     // The ledger is declared last so that it is killed before the servers.
-    let (mut pg, nats, mut app) = private_stack().await;
+    let (mut pg, nats, app) = private_stack().await;
     let pid = app.pid().expect("the ledger runs");
 
     // Up: ready, and writes work.
@@ -259,7 +259,7 @@ async fn private_stack() -> (PgServer, NatsServer, TestApp) {
 
 #[tokio::test]
 async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
-    let (pg, nats, mut app) = private_stack().await;
+    let (pg, nats, app) = private_stack().await;
     let pid = app.pid().expect("the ledger runs");
     let (waited, ready) = until_ready(&app, Duration::from_secs(30)).await;
     assert_eq!(

@@ -2,7 +2,7 @@
 //! CORS preflights and headers, conditional writes (`ETag`, `If-Match`,
 //! `If-None-Match`), and live updates over Server-Sent Events.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -691,7 +691,7 @@ async fn a_stream_ends_with_token_expired_when_its_token_expires() {
 
 #[tokio::test]
 async fn open_streams_end_when_the_service_is_told_to_stop() {
-    let mut app = spawn_app().await;
+    let app = spawn_app().await;
     let (_, admin) = agency();
     let mut stream = Sse::open(&app, "/api/v1/stream", &admin, &[]).await;
     let pid = app.pid().expect("the ledger runs") as i32;

@@ -5,8 +5,8 @@
 //! property's blocks match a feed, idempotently, from the command line and
 //! from feeds `ledger serve` runs itself.
 
-mod channel;
-mod common;
+use crate::channel;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::BufReader;

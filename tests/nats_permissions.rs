@@ -4,7 +4,7 @@
 //! on another agency's subjects, no plain subscription to them or to other
 //! users' inboxes, no publishing on `ledger.>`.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! agency history (`GET /ops/audit-log`), and suspension and flags hold on
 //! every route, the `.ics` feed and the feed import job.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

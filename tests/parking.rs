@@ -4,7 +4,7 @@
 //! readiness say `degraded` (readiness without any error text), and a retry
 //! after the fix applies the waiting events in order.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

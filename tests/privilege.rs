@@ -3,7 +3,7 @@
 //! to end, and `ledger_app` cannot change or remove an event, even once the
 //! append-only triggers are gone: the grant stops it.
 
-mod common;
+use crate::common;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};

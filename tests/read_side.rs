@@ -3,7 +3,7 @@
 //! projections surviving kill -9 mid-catch-up, replays under load, and the
 //! ops/health views of the projections.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};

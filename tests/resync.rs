@@ -4,7 +4,7 @@
 //! periodic drift checksums, and the channel kit recovering by itself. Each
 //! test runs its own nats-server (tests/common/nats.rs).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -8,7 +8,7 @@
 //! to make it lag on purpose: a read then shows the standby's (stale) state
 //! and a `min_position` read waits for it, whatever the primary holds.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! survives NATS and publisher failures. Each test runs its own nats-server
 //! (tests/common/nats.rs), so stopping it touches nothing else.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};

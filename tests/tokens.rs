@@ -4,7 +4,7 @@
 //! that publishes a JWKS document built from the fixed test keys in
 //! tests/fixtures/jwks/ (generated once with openssl; test-only).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};

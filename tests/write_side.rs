@@ -2,7 +2,7 @@
 //! and its error codes, the contract's error format for axum's own rejections,
 //! request ids, Idempotency-Key, concurrency (invariant 1), health and docs.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

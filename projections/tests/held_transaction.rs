@@ -5,7 +5,7 @@
 //! (Its own test binary: the held transaction holds back `pg_snapshot_xmin`
 //! for the whole server, which would stall tests running beside it.)
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //!
 //! Own test binary: it holds a transaction open.
 
-mod common;
+use crate::common;
 
 use common::*;
 use ledger_infra::event_store::EventStore;

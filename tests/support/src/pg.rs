@@ -3,7 +3,6 @@
 //! or replicating it touches nothing else. [`PgServer::standby_of`] makes a
 //! streaming hot standby of one with `pg_basebackup -R`.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -132,10 +131,7 @@ impl PgServer {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .expect("hand the directory to the postgres user");
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let port = crate::free_port();
         PgServer {
             bin,
             dir,
