@@ -8,6 +8,10 @@ use ledger_domain::commands::{
 };
 use ledger_domain::values::{self, BlockReason, BookingStatus, Channel};
 use ledger_domain::{Block, Booking, Property, PropertyCalendar};
+use ledger_infra::agencies::HistoryEntry;
+use ledger_infra::StoredEvent;
+use ledger_projections::queries::AuditEntry;
+use ledger_projections::views::{BookingRow, PropertyRow};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -421,6 +425,12 @@ impl PropertyView {
     }
 }
 
+impl From<&PropertyRow> for PropertyView {
+    fn from(row: &PropertyRow) -> Self {
+        PropertyView::new(&row.to_domain(), row.position)
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BookingView {
     pub id: Uuid,
@@ -470,6 +480,12 @@ impl BookingView {
             updated_at: b.updated_at,
             position,
         }
+    }
+}
+
+impl From<&BookingRow> for BookingView {
+    fn from(row: &BookingRow) -> Self {
+        BookingView::new(row.agency_id, &row.to_domain(), row.position)
     }
 }
 
@@ -561,8 +577,72 @@ pub struct EventView {
     pub recorded_at: DateTime<Utc>,
 }
 
+impl From<StoredEvent> for EventView {
+    fn from(e: StoredEvent) -> Self {
+        EventView {
+            position: e.position,
+            sequence: e.sequence,
+            event_id: e.event_id,
+            event_type: e.event_type,
+            event_version: e.event_version,
+            payload: e.payload,
+            metadata: e.metadata,
+            recorded_at: e.recorded_at,
+        }
+    }
+}
+
+/// An entry of an audit log: the agency's (`/api/v1/audit-log`) or the
+/// agencies' history (`/ops/audit-log`), which has the same shape.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct EventPage {
-    pub items: Vec<EventView>,
+pub struct AuditEntryView {
+    pub id: Uuid,
+    pub agency_id: Uuid,
+    pub user_id: String,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: Uuid,
+    pub details: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub position: i64,
+}
+
+impl From<AuditEntry> for AuditEntryView {
+    fn from(r: AuditEntry) -> Self {
+        AuditEntryView {
+            id: r.id,
+            agency_id: r.agency_id,
+            user_id: r.user_id,
+            action: r.action,
+            resource_type: r.resource_type,
+            resource_id: r.resource_id,
+            details: r.details,
+            created_at: r.created_at,
+            position: r.position,
+        }
+    }
+}
+
+impl From<HistoryEntry> for AuditEntryView {
+    fn from(e: HistoryEntry) -> Self {
+        AuditEntryView {
+            id: e.id,
+            agency_id: e.agency_id,
+            user_id: e.user_id,
+            action: e.action,
+            resource_type: e.resource_type.to_owned(),
+            resource_id: e.resource_id,
+            details: e.details,
+            created_at: e.created_at,
+            position: e.position,
+        }
+    }
+}
+
+/// One page of a list route; `next_cursor` is the `cursor` of the next
+/// page, null on the last.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
     pub next_cursor: Option<String>,
 }

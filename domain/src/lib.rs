@@ -10,6 +10,7 @@ pub mod checksum;
 pub mod commands;
 pub mod error;
 pub mod events;
+pub mod ical;
 pub mod outcome;
 pub mod policy;
 pub mod values;

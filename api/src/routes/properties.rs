@@ -7,11 +7,11 @@ use ledger_domain::commands::UpdateProperty;
 use ledger_domain::{Action, CalendarCommand};
 use uuid::Uuid;
 
-use super::{execute, read_reply, Page, PathId};
+use super::{execute, read_reply, Paging, PathId};
 use crate::auth::Caller;
 use crate::conditional::IfMatch;
 use crate::dto::{
-    property_view, EmptyBody, EventPage, EventView, PropertyView, RegisterPropertyBody,
+    property_view, EmptyBody, EventView, Page, PropertyView, RegisterPropertyBody,
     UpdatePropertyBody,
 };
 use crate::error::ApiError;
@@ -68,13 +68,13 @@ pub async fn archive(
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}/events", tag = "properties",
     params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = EventPage), (status = "4XX", body = crate::dto::ErrorBody)),
+    responses((status = 200, body = Page<EventView>), (status = "4XX", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn events(
     State(state): State<AppState>,
     PathId(id): PathId,
     caller: Caller,
-    page: Page,
+    page: Paging,
 ) -> Result<Response, ApiError> {
     caller.require(Action::ReadEventHistory)?;
     state
@@ -86,34 +86,13 @@ pub async fn events(
                 .map(|_| ())
         })
         .await??;
-    let after: i64 = match page.cursor.as_deref() {
-        None => 0,
-        Some(c) => c
-            .parse()
-            .map_err(|_| ApiError::validation("cursor is not one this route gave out"))?,
-    };
-    let mut rows = state.store().history(id, after, page.limit + 1).await?;
+    let rows = state
+        .store()
+        .history(id, page.after_number()?, page.fetch())
+        .await?;
     // This route reads the log itself, which is always at its head: any
     // `min_position` a client sends is already reached.
     let position = state.store().head().await?;
-    let next_cursor = if rows.len() as i64 > page.limit {
-        rows.truncate(page.limit as usize);
-        rows.last().map(|e| e.sequence.to_string())
-    } else {
-        None
-    };
-    let items = rows
-        .into_iter()
-        .map(|e| EventView {
-            position: e.position,
-            sequence: e.sequence,
-            event_id: e.event_id,
-            event_type: e.event_type,
-            event_version: e.event_version,
-            payload: e.payload,
-            metadata: e.metadata,
-            recorded_at: e.recorded_at,
-        })
-        .collect();
-    Ok(read_reply(position, EventPage { items, next_cursor }))
+    let events = page.page(rows, |e| e.sequence.to_string(), EventView::from);
+    Ok(read_reply(position, events))
 }

@@ -1,19 +1,18 @@
-//! The iCal channel (RFC 5545), the reference channel adapter (docs/ical.md):
+//! The iCal channel's I/O (RFC 5545), the reference channel adapter
+//! (docs/ical.md):
 //! - [`export`]: follows the stream with the channel kit into a table of held
-//!   nights per property, and renders it as a `.ics` document;
-//! - [`feed`]: reads a channel's feed into ranges of nights (the import);
+//!   nights per property (rendered by `ledger_domain::ical::render`);
 //! - [`fetch`]: fetches a feed by URL, only from public addresses (or
 //!   allow-listed hosts), with errors in our own words;
 //! - the per-property secrets of the export URLs and the table of feeds
 //!   `ledger serve` imports periodically (this module).
 //!
-//! Deciding what an import changes on a calendar is in `ledger-api`'s
-//! `ical_import`, which issues ordinary commands through the command bus.
+//! Parsing a feed and planning what an import changes are pure
+//! (`ledger_domain::ical`); the import job that runs the feeds is
+//! `ledger_projections::jobs::ical_import`.
 
 pub mod export;
-pub mod feed;
 pub mod fetch;
-pub mod text;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
