@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    agency, assert_error, now_secs, operator, raw_token, spawn_app, token, token_with, Reply,
-    TestApp, SECRET,
+    agency, assert_error, created, now_secs, operator, raw_token, spawn_app, token, token_with,
+    Reply, TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -320,7 +320,7 @@ async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, U
     let property = app.property(admin, Some(OWNER)).await;
     let booking = |status: &'static str| async move {
         let reply = app
-            .reserve_with(
+            .booked_with(
                 admin,
                 property,
                 "2027-03-01",
@@ -328,7 +328,6 @@ async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, U
                 json!({"status": status}),
             )
             .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
         reply.id()
     };
     let reply = match route {
@@ -400,9 +399,8 @@ async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, U
         }
         Route::ReleaseBlock(reason) => {
             let reply = app
-                .block(admin, property, "2027-03-01", "2027-03-05", reason)
+                .blocked(admin, property, "2027-03-01", "2027-03-05", reason)
                 .await;
-            assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
             app.delete(&format!("{BLOCKS}/{}", reply.id()), token).await
         }
     };
@@ -682,9 +680,8 @@ async fn owners_act_on_their_own_properties_only() {
 
     // On their own property: owner stays yes, anything else no.
     let reply = app
-        .block(&owner, own, "2027-05-01", "2027-05-03", "owner_stay")
+        .blocked(&owner, own, "2027-05-01", "2027-05-03", "owner_stay")
         .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     let reply = app
         .delete(&format!("{BLOCKS}/{}", reply.id()), &owner)
         .await;
@@ -774,10 +771,10 @@ async fn an_idempotency_key_replay_is_still_held_to_the_role_table() {
 
     let body = json!({"name": "Admin's"});
     let key = [("idempotency-key", "admin-key-1")];
-    let first = app
-        .send("POST", PROPERTIES, Some(&admin), Some(&body), &key)
-        .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    let first = created(
+        app.send("POST", PROPERTIES, Some(&admin), Some(&body), &key)
+            .await,
+    );
     let replay = app
         .send("POST", PROPERTIES, Some(&accountant), Some(&body), &key)
         .await;
@@ -793,10 +790,10 @@ async fn an_idempotency_key_replay_is_still_held_to_the_role_table() {
         "guest": {"name": "Private Guest", "email": "private@example.com"},
     });
     let key = [("idempotency-key", "admin-key-2")];
-    let first = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-        .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    created(
+        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+            .await,
+    );
     let replay = app
         .send("POST", BOOKINGS, Some(&owner), Some(&body), &key)
         .await;
@@ -1085,10 +1082,8 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
     );
     let reply = wait_for(&app, &path, &admin, StatusCode::OK).await;
     assert_eq!(reply.status, StatusCode::OK, "reinstated: {:?}", reply.body);
-    let reply = app
-        .reserve(&staff, property, "2027-04-01", "2027-04-02")
+    app.booked(&staff, property, "2027-04-01", "2027-04-02")
         .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
 }
 
 // ------------------------------------------------------------------ ledger token
@@ -1143,10 +1138,10 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
         "a ten-minute token: {claims}"
     );
 
-    let reply = app
-        .post(PROPERTIES, &minted, json!({"name": "Minted"}))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let reply = created(
+        app.post(PROPERTIES, &minted, json!({"name": "Minted"}))
+            .await,
+    );
     assert_eq!(reply.body["agency_id"], agency_text);
     let property = reply.id();
     let reply = app.read(&format!("{PROPERTIES}/{property}"), &minted).await;
@@ -1172,10 +1167,8 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
         .to_owned();
     let reply = app.post(PROPERTIES, &staff, json!({"name": "Nope"})).await;
     assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
-    let reply = app
-        .reserve(&staff, property, "2027-03-01", "2027-03-02")
+    app.booked(&staff, property, "2027-03-01", "2027-03-02")
         .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
 
     // Signed with another secret: refused by the server.
     let out = ledger(

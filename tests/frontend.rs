@@ -261,16 +261,14 @@ async fn a_channel_booking_leaves_versions_alone_and_a_stale_version_is_refused(
     assert_eq!(etag(&seen), "\"1\"");
 
     // A channel books other nights of the same property meanwhile.
-    let inbound = app
-        .reserve_with(
-            &admin,
-            property,
-            "2031-06-01",
-            "2031-06-05",
-            json!({"channel": "airbnb", "external_ref": "HMABC123"}),
-        )
-        .await;
-    assert_eq!(inbound.status, StatusCode::CREATED, "{:?}", inbound.body);
+    app.booked_with(
+        &admin,
+        property,
+        "2031-06-01",
+        "2031-06-05",
+        json!({"channel": "airbnb", "external_ref": "HMABC123"}),
+    )
+    .await;
 
     // Neither the booking's nor the property's version moved.
     let edited = patch_if(&app, &booking_path, &admin, "\"1\"", json!({"adults": 3})).await;
@@ -571,7 +569,7 @@ async fn a_stream_carries_its_own_agencys_events_only_in_order() {
 
 #[tokio::test]
 async fn a_resumed_stream_gets_exactly_the_events_in_between_even_across_a_restart() {
-    let mut app = spawn_app().await;
+    let mut app = spawn_process().await;
     let (_, admin) = agency();
     let mut stream = Sse::open(&app, "/api/v1/stream", &admin, &[]).await;
     let property = app.property(&admin, None).await;
@@ -585,8 +583,7 @@ async fn a_resumed_stream_gets_exactly_the_events_in_between_even_across_a_resta
         ("2031-08-05", "2031-08-06"),
     ];
     for (check_in, check_out) in stays {
-        let reply = app.reserve(&admin, property, check_in, check_out).await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        let reply = app.booked(&admin, property, check_in, check_out).await;
         written.push(reply.body["position"].as_i64().unwrap_or(0));
     }
     app.kill();
@@ -691,7 +688,7 @@ async fn a_stream_ends_with_token_expired_when_its_token_expires() {
 
 #[tokio::test]
 async fn open_streams_end_when_the_service_is_told_to_stop() {
-    let app = spawn_app().await;
+    let app = spawn_process().await;
     let (_, admin) = agency();
     let mut stream = Sse::open(&app, "/api/v1/stream", &admin, &[]).await;
     let pid = app.pid().expect("the ledger runs") as i32;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use channel::{all_ran, feeds_when, register, Answer, Channel, EMPTY_CALENDAR};
 use chrono::{DateTime, NaiveDate, Utc};
 use common::nats::NatsServer;
-use common::{agency, assert_error, spawn_app_with_env, token, TestApp};
+use common::{agency, assert_error, created, spawn_app_with_env, token, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -66,14 +66,14 @@ async fn export_caught_up(app: &TestApp, property: Uuid) {
 }
 
 async fn new_export_token(app: &TestApp, admin: &str, property: Uuid) -> (String, String) {
-    let reply = app
-        .post(
+    let reply = created(
+        app.post(
             &format!("/api/v1/properties/{property}/ical-token"),
             admin,
             json!({}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        .await,
+    );
     let token = reply.body["token"].as_str().expect("a token").to_owned();
     let url = reply.body["url"].as_str().expect("a url").to_owned();
     (token, url)
@@ -169,9 +169,8 @@ async fn the_export_lists_exactly_the_nights_the_inventory_holds() {
     let other = app.property(&admin, None).await;
 
     let kept = app
-        .reserve(&admin, property, "2027-07-01", "2027-07-04")
+        .booked(&admin, property, "2027-07-01", "2027-07-04")
         .await;
-    assert_eq!(kept.status, StatusCode::CREATED, "{:?}", kept.body);
     let cancelled = app
         .reserve(&admin, property, "2027-07-10", "2027-07-12")
         .await;
@@ -195,7 +194,7 @@ async fn the_export_lists_exactly_the_nights_the_inventory_holds() {
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     let tentative = app
-        .reserve_with(
+        .booked_with(
             &admin,
             property,
             "2027-08-01",
@@ -203,16 +202,9 @@ async fn the_export_lists_exactly_the_nights_the_inventory_holds() {
             json!({"status": "tentative", "hold_expires_at": "2030-01-01T00:00:00Z"}),
         )
         .await;
-    assert_eq!(
-        tentative.status,
-        StatusCode::CREATED,
-        "{:?}",
-        tentative.body
-    );
     let block = app
-        .block(&admin, property, "2027-09-01", "2027-09-05", "maintenance")
+        .blocked(&admin, property, "2027-09-01", "2027-09-05", "maintenance")
         .await;
-    assert_eq!(block.status, StatusCode::CREATED, "{:?}", block.body);
     let released = app
         .block(&admin, property, "2027-09-10", "2027-09-12", "owner_stay")
         .await;
@@ -567,15 +559,15 @@ async fn the_import_makes_the_blocks_match_the_feed_and_is_idempotent() {
     assert_eq!(imported_blocks(&app, &admin, property).await, expected);
 
     // A block made by hand is never the import's, even with an external_ref.
-    let manual = app
-        .post(
+    created(
+        app.post(
             "/api/v1/availability/blocks",
             &admin,
             json!({"property_id": property, "start": "2027-12-01", "end": "2027-12-03",
                    "reason": "other", "external_ref": "manual@desk"}),
         )
-        .await;
-    assert_eq!(manual.status, StatusCode::CREATED, "{:?}", manual.body);
+        .await,
+    );
     write_feed(&dir, &feed(&[]));
     let report = import_cli(&app, property, path.to_str().expect("a path"));
     assert_eq!(uids(&report, "released").len(), 4, "{report}");
@@ -619,10 +611,10 @@ async fn feeds_registered_by_an_admin_are_imported_by_the_service() {
     let reply = app.post(&feeds, &stranger, json!({"url": url})).await;
     assert_error(&reply, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
 
-    let reply = app
-        .post(&feeds, &admin, json!({"url": url, "interval_minutes": 15}))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let reply = created(
+        app.post(&feeds, &admin, json!({"url": url, "interval_minutes": 15}))
+            .await,
+    );
     let feed_id = reply.id();
 
     // The first run is due at once.

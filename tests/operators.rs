@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    agency, assert_error, operator, spawn_app, spawn_app_with_env, token, token_with, Reply,
-    TestApp, SECRET,
+    agency, assert_error, created, operator, spawn_app, spawn_app_with_env, token, token_with,
+    Reply, TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -46,14 +46,14 @@ async fn answers_within(
 /// property and the `.ics` path with its token.
 async fn exported_property(app: &TestApp, admin: &str) -> (Uuid, String) {
     let property = app.property(admin, None).await;
-    let reply = app
-        .post(
+    let reply = created(
+        app.post(
             &format!("/api/v1/properties/{property}/ical-token"),
             admin,
             json!({}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        .await,
+    );
     let secret = reply.body["token"].as_str().expect("a token");
     (property, format!("/ical/{property}.ics?token={secret}"))
 }
@@ -315,8 +315,7 @@ async fn features_turned_off_refuse_their_routes() {
         .post(&feeds, &admin, json!({"url": "https://example.com/a.ics"}))
         .await;
     assert_error(&reply, StatusCode::FORBIDDEN, "FEATURE_DISABLED");
-    let reply = app.post(&token_path, &admin, json!({})).await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    created(app.post(&token_path, &admin, json!({})).await);
 
     // Bad bodies are 400; an empty one changes nothing.
     for body in [json!({"ical_export": "no"}), json!({"ical_sync": false})] {
@@ -395,14 +394,14 @@ async fn the_import_job_skips_feeds_of_agencies_with_imports_off_or_suspended() 
         .expect("a feed");
         skipped.push(feed);
     }
-    let reply = app
-        .post(
+    let reply = created(
+        app.post(
             &format!("/api/v1/properties/{on_property}/ical-feeds"),
             &on_admin,
             json!({"url": url}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        .await,
+    );
     let ran = reply.id();
 
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -460,19 +459,19 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(reply.body["name"], "Early Bird");
 
-    let reply = app
-        .post(AGENCIES, &operator, json!({"name": "Sunny Lets"}))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    let created = reply.id();
+    let reply = created(
+        app.post(AGENCIES, &operator, json!({"name": "Sunny Lets"}))
+            .await,
+    );
+    let agency_id = reply.id();
     assert_eq!(reply.body["status"], "active");
     assert!(reply.body["reason"].is_null());
     assert!(reply.body["created_at"].is_string() && reply.body["updated_at"].is_string());
     let chosen = Uuid::new_v4();
-    let reply = app
-        .post(AGENCIES, &operator, json!({"id": chosen, "name": "Chosen"}))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let reply = created(
+        app.post(AGENCIES, &operator, json!({"id": chosen, "name": "Chosen"}))
+            .await,
+    );
     assert_eq!(reply.id(), chosen);
     let again = app
         .post(AGENCIES, &operator, json!({"id": chosen, "name": "Twice"}))
@@ -511,7 +510,7 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
     assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 
     // The life cycle of one agency.
-    let base = format!("{AGENCIES}/{created}");
+    let base = format!("{AGENCIES}/{agency_id}");
     let reply = app
         .post(
             &format!("{base}/suspend"),
@@ -559,7 +558,7 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
         }
     }
     let ids: Vec<&str> = listed.iter().filter_map(|a| a["id"].as_str()).collect();
-    for id in [first_use, created, chosen] {
+    for id in [first_use, agency_id, chosen] {
         assert!(ids.contains(&id.to_string().as_str()), "{id} in {ids:?}");
     }
     assert_eq!(ids.len(), 3, "{ids:?}");
@@ -581,7 +580,7 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
             .collect()
     };
     assert_eq!(
-        of(created),
+        of(agency_id),
         vec![
             ("agency.create".into(), json!({"name": "Sunny Lets"})),
             ("agency.suspend".into(), json!({"reason": "unpaid"})),
@@ -605,7 +604,7 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
         .find(|e| e["action"] == "agency.suspend")
         .expect("a suspension");
     assert_eq!(entry["resource_type"], "agency");
-    assert_eq!(entry["resource_id"], created.to_string());
+    assert_eq!(entry["resource_id"], agency_id.to_string());
     assert_eq!(entry["user_id"], "operator-1");
     for field in ["id", "created_at"] {
         assert!(entry[field].is_string(), "{field}: {entry}");

@@ -57,8 +57,7 @@ async fn reserve_and_read(
     check_in: &str,
     check_out: &str,
 ) -> (Uuid, i64, Duration) {
-    let reply = app.reserve(token, property, check_in, check_out).await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let reply = app.booked(token, property, check_in, check_out).await;
     let committed = Instant::now();
     let (id, position) = (reply.id(), reply.body["position"].as_i64().unwrap_or(0));
     let read = app
@@ -121,7 +120,7 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
         .expect("a free port")
         .port();
     let listen = format!("127.0.0.1:{metrics_port}");
-    let app = spawn_app_with_env(&[("LEDGER_METRICS_LISTEN", &listen)]).await;
+    let app = spawn_process_with_env(&[("LEDGER_METRICS_LISTEN", &listen)]).await;
     let (agency_a, admin_a) = agency();
     let (_, admin_b) = agency();
     let stuck = app.property(&admin_a, None).await;
@@ -155,9 +154,8 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
     .expect("create the refusing trigger");
 
     let reserved = app
-        .reserve(&admin_a, stuck, "2030-03-01", "2030-03-04")
+        .booked(&admin_a, stuck, "2030-03-01", "2030-03-04")
         .await;
-    assert_eq!(reserved.status, StatusCode::CREATED, "{:?}", reserved.body);
     let (waiting, parked_at) = (reserved.id(), reserved.body["position"].clone());
     // A later event of the same property: it waits behind the first.
     let cancelled = app

@@ -762,10 +762,8 @@ async fn live_load(
         let property = live[sent % live.len()];
         offset += 1;
         let night = first_night + (offset / live.len() as u64) * 2;
-        let reply = app
-            .reserve(token, property, &day(night), &day(night + 1))
+        app.booked(token, property, &day(night), &day(night + 1))
             .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
         sent += 1;
     }
     let deadline = Instant::now() + WAIT;

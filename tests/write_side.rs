@@ -6,8 +6,12 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{agency, assert_error, spawn_app, spawn_app_with_env, token, Reply, TestApp};
+use common::{
+    agency, assert_error, created, spawn_app, spawn_app_at, spawn_app_with_env, spawn_process,
+    token, Reply, TestApp,
+};
 use futures::future::join_all;
+use ledger_infra::{Clock, ManualClock};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -32,8 +36,7 @@ async fn booked(
     check_in: &str,
     check_out: &str,
 ) -> Uuid {
-    let reply = app.reserve(token, property, check_in, check_out).await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let reply = app.booked(token, property, check_in, check_out).await;
     reply.id()
 }
 
@@ -54,14 +57,13 @@ async fn registering_a_property_returns_201_and_the_property() {
     let app = spawn_app().await;
     let (agency_id, admin) = agency();
 
-    let reply = app
+    let reply = created(app
         .post(
             PROPERTIES,
             &admin,
             json!({"name": "Sea View", "timezone": "Europe/Lisbon", "owner_id": "owner-7", "external_ref": "PMS-1"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        .await);
     let p = &reply.body;
     assert_eq!(p["agency_id"], agency_id.to_string());
     assert_eq!(p["name"], "Sea View");
@@ -79,8 +81,7 @@ async fn registering_a_property_returns_201_and_the_property() {
     let id = reply.id();
 
     // Only the name is required; the time zone defaults to UTC.
-    let minimal = app.post(PROPERTIES, &admin, json!({"name": "Loft"})).await;
-    assert_eq!(minimal.status, StatusCode::CREATED, "{:?}", minimal.body);
+    let minimal = created(app.post(PROPERTIES, &admin, json!({"name": "Loft"})).await);
     assert_eq!(minimal.body["timezone"], "UTC");
     assert_eq!(minimal.body["owner_id"], Value::Null);
     assert_eq!(minimal.body["external_ref"], Value::Null);
@@ -263,9 +264,8 @@ async fn an_archived_property_refuses_every_command() {
     let property = app.property(&admin, None).await;
     let booking = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
     let block = app
-        .block(&admin, property, "2027-04-01", "2027-04-03", "maintenance")
+        .blocked(&admin, property, "2027-04-01", "2027-04-03", "maintenance")
         .await;
-    assert_eq!(block.status, StatusCode::CREATED, "{:?}", block.body);
     let block = block.id();
 
     let archive = format!("{PROPERTIES}/{property}/archive");
@@ -332,7 +332,7 @@ async fn reserving_returns_201_and_the_booking() {
     let (agency_id, admin) = agency();
     let property = app.property(&admin, None).await;
 
-    let reply = app
+    let reply = created(app
         .post(
             BOOKINGS,
             &admin,
@@ -349,8 +349,7 @@ async fn reserving_returns_201_and_the_booking() {
                 "notes": "late arrival",
             }),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        .await);
     let b = &reply.body;
     assert_eq!(b["agency_id"], agency_id.to_string());
     assert_eq!(b["property_id"], property.to_string());
@@ -395,9 +394,8 @@ async fn reserving_returns_201_and_the_booking() {
 
     // Defaults: one adult, no children, direct channel.
     let plain = app
-        .reserve(&admin, property, "2027-03-10", "2027-03-11")
+        .booked(&admin, property, "2027-03-10", "2027-03-11")
         .await;
-    assert_eq!(plain.status, StatusCode::CREATED, "{:?}", plain.body);
     assert_eq!(plain.body["adults"], 1);
     assert_eq!(plain.body["children"], 0);
     assert_eq!(plain.body["channel"], "direct");
@@ -406,9 +404,8 @@ async fn reserving_returns_201_and_the_booking() {
 
     // The longest stay is 366 nights.
     let year = app
-        .reserve(&admin, property, "2028-01-01", "2029-01-01")
+        .booked(&admin, property, "2028-01-01", "2029-01-01")
         .await;
-    assert_eq!(year.status, StatusCode::CREATED, "{:?}", year.body);
     assert_eq!(year.body["nights"], 366);
 
     let missing = app.read(&booking_path(Uuid::new_v4(), ""), &admin).await;
@@ -599,7 +596,7 @@ async fn a_single_night_overlap_conflicts_with_details_and_back_to_back_is_allow
 
     // A tentative booking holds its nights too.
     let tentative = app
-        .reserve_with(
+        .booked_with(
             &admin,
             property,
             "2027-06-01",
@@ -607,12 +604,6 @@ async fn a_single_night_overlap_conflicts_with_details_and_back_to_back_is_allow
             json!({"status": "tentative"}),
         )
         .await;
-    assert_eq!(
-        tentative.status,
-        StatusCode::CREATED,
-        "{:?}",
-        tentative.body
-    );
     assert_eq!(tentative.body["status"], "tentative");
     let reply = app
         .reserve(&admin, property, "2027-06-02", "2027-06-04")
@@ -702,7 +693,7 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
     // tentative -> confirmed
     let hold = "2099-01-01T00:00:00Z";
     let reply = app
-        .reserve_with(
+        .booked_with(
             &admin,
             property,
             "2027-03-01",
@@ -710,7 +701,6 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
             json!({"status": "tentative", "hold_expires_at": hold}),
         )
         .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     assert_eq!(reply.body["status"], "tentative");
     assert!(reply.body["hold_expires_at"]
         .as_str()
@@ -794,12 +784,13 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
 
 #[tokio::test]
 async fn an_expired_hold_cannot_be_confirmed_and_frees_its_nights() {
-    let app = spawn_app().await;
+    let clock = ManualClock::at(chrono::Utc::now());
+    let app = spawn_app_at(&clock).await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
-    let expires = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let expires = clock.now() + chrono::Duration::milliseconds(1500);
     let reply = app
-        .reserve_with(
+        .booked_with(
             &admin,
             property,
             "2027-03-01",
@@ -807,14 +798,13 @@ async fn an_expired_hold_cannot_be_confirmed_and_frees_its_nights() {
             json!({"status": "tentative", "hold_expires_at": expires.to_rfc3339()}),
         )
         .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     let hold = reply.id();
     let reply = app
         .reserve(&admin, property, "2027-03-02", "2027-03-03")
         .await;
     assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
 
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    clock.advance(chrono::Duration::seconds(2));
     let reply = act(&app, &admin, hold, "confirm").await;
     assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
     let reply = app
@@ -1290,14 +1280,14 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     });
     let key = [("idempotency-key", "reserve-0001")];
 
-    let first = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-        .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
-    let second = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-        .await;
-    assert_eq!(second.status, StatusCode::CREATED, "{:?}", second.body);
+    let first = created(
+        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+            .await,
+    );
+    let second = created(
+        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+            .await,
+    );
     assert_eq!(second.body, first.body, "the same reply, position included");
     assert_eq!(
         app.count_events("booking.reserved").await,
@@ -1337,16 +1327,16 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     let other_agency = Uuid::new_v4();
     let stranger = token(other_agency, "admin", "admin-2");
     assert_ne!(other_agency, agency_id);
-    let reply = app
-        .send(
+    created(
+        app.send(
             "POST",
             PROPERTIES,
             Some(&stranger),
             Some(&json!({"name": "Theirs"})),
             &key,
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        .await,
+    );
 
     // Status changes and deletes replay too.
     let booking = first.id();
@@ -1396,21 +1386,21 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
         .await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     let longest = "k".repeat(255);
-    let reply = app
-        .send(
+    created(
+        app.send(
             "POST",
             PROPERTIES,
             Some(&admin),
             Some(&json!({"name": "Z"})),
             &[("idempotency-key", longest.as_str())],
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        .await,
+    );
 }
 
 #[tokio::test]
 async fn an_idempotent_reply_is_replayed_after_a_restart() {
-    let mut app = spawn_app().await;
+    let mut app = spawn_process().await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
     let body = json!({
@@ -1420,16 +1410,16 @@ async fn an_idempotent_reply_is_replayed_after_a_restart() {
         "guest": {"name": "Ana Guest"},
     });
     let key = [("idempotency-key", "survives-restarts")];
-    let first = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-        .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    let first = created(
+        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+            .await,
+    );
     app.kill();
     app.start().await;
-    let again = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-        .await;
-    assert_eq!(again.status, StatusCode::CREATED, "{:?}", again.body);
+    let again = created(
+        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+            .await,
+    );
     assert_eq!(again.body, first.body);
     assert_eq!(app.count_events("booking.reserved").await, 1);
 }
@@ -1628,7 +1618,7 @@ async fn an_inbound_booking_sent_twice_returns_the_first_booking() {
     let property = app.property(&admin, None).await;
     let inbound = json!({"channel": "airbnb", "external_ref": "HM-4242"});
     let first = app
-        .reserve_with(
+        .booked_with(
             &admin,
             property,
             "2027-05-01",
@@ -1636,7 +1626,6 @@ async fn an_inbound_booking_sent_twice_returns_the_first_booking() {
             inbound.clone(),
         )
         .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
     assert_eq!(first.body["channel"], "airbnb");
     assert_eq!(first.body["external_ref"], "HM-4242");
 
@@ -1668,9 +1657,8 @@ async fn an_inbound_booking_sent_twice_returns_the_first_booking() {
     // The same ref on another property is another booking too.
     let elsewhere = app.property(&admin, None).await;
     let there = app
-        .reserve_with(&admin, elsewhere, "2027-05-01", "2027-05-04", inbound)
+        .booked_with(&admin, elsewhere, "2027-05-01", "2027-05-04", inbound)
         .await;
-    assert_eq!(there.status, StatusCode::CREATED, "{:?}", there.body);
     assert_ne!(there.id(), first.id());
 }
 
@@ -1733,9 +1721,8 @@ async fn a_refusal_decided_from_state_is_the_first_reply_for_its_key() {
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
     let taken = app
-        .reserve(&admin, property, "2027-04-01", "2027-04-05")
+        .booked(&admin, property, "2027-04-01", "2027-04-05")
         .await;
-    assert_eq!(taken.status, StatusCode::CREATED, "{:?}", taken.body);
     let body = json!({
         "property_id": property,
         "check_in": "2027-04-02",
@@ -1779,10 +1766,10 @@ async fn a_refusal_decided_from_state_is_the_first_reply_for_its_key() {
         .await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     // Not kept: the corrected request with the same key is decided afresh.
-    let reply = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    created(
+        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+            .await,
+    );
     let mut db = app.db().await;
     let kept: Vec<(String, i16)> =
         sqlx::query_as("SELECT key, status_code FROM idempotency_keys ORDER BY key")
@@ -1804,16 +1791,16 @@ async fn idempotency_keys_expire_after_their_ttl() {
     let app = spawn_app_with_env(&[("LEDGER_IDEMPOTENCY_TTL", "1s")]).await;
     let (_, admin) = agency();
     let key = [("idempotency-key", "short-lived-0001")];
-    let first = app
-        .send(
+    let first = created(
+        app.send(
             "POST",
             PROPERTIES,
             Some(&admin),
             Some(&json!({"name": "First"})),
             &key,
         )
-        .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+        .await,
+    );
     // Past the TTL the key is free again: another body is decided afresh.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -1,6 +1,8 @@
-//! The black-box tests' own part of the harness: the real `ledger` binary
-//! started as a process against a fresh database; everything else comes from
-//! the workspace's test-support crate (`ledger-test-support`).
+//! The black-box tests' own part of the harness: the application against a
+//! fresh database, started in this process (`startup::spawn`, port 0, any
+//! clock) or, for the drills that kill, restart or run several of it, as the
+//! real `ledger` binary; everything else comes from the workspace's
+//! test-support crate (`ledger-test-support`).
 
 pub mod stream;
 
@@ -10,18 +12,56 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use clap::{Args, Command as Cli};
+use ledger_api::config::ServeConfig;
+use ledger_api::startup::{self, RunningApp};
+use ledger_infra::{ManualClock, SharedClock, SystemClock};
 use sqlx::{Connection, PgConnection};
 
 pub use ledger_test_support::*;
+
+/// The environment every ledger of the tests starts with; a test's own
+/// environment comes after it, so it can override it.
+fn base_env(database_url: &str, listen: &str) -> Vec<(String, String)> {
+    [
+        ("DATABASE_URL", database_url),
+        ("JWT_SECRET", SECRET),
+        ("LEDGER_LISTEN", listen),
+        ("LEDGER_METRICS_LISTEN", "127.0.0.1:0"),
+        ("LEDGER_DB_POOL_SIZE", "16"),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_owned(), value.to_owned()))
+    .collect()
+}
+
+/// `ledger serve`'s configuration from environment variables, as flags
+/// (`LEDGER_RATE_LIMIT=off` becomes `--rate-limit=off`): an in-process app
+/// must not set variables of the whole test process.
+fn serve_config(env: &[(String, String)]) -> ServeConfig {
+    let cli = ServeConfig::augment_args(Cli::new("serve"));
+    let flags = env.iter().map(|(name, value)| {
+        let flag = cli
+            .get_arguments()
+            .find(|arg| arg.get_env().is_some_and(|env| env == name.as_str()))
+            .and_then(|arg| arg.get_long())
+            .unwrap_or_else(|| panic!("`ledger serve` reads no {name}"));
+        format!("--{flag}={value}")
+    });
+    ServeConfig::from_args(flags).expect("a valid configuration")
+}
 
 pub struct TestApp {
     api: Api,
     pub port: u16,
     pub database_url: String,
     pub db_name: String,
-    /// Behind a lock so that the start-up wait can look at it from `eventually`.
+    /// The `ledger` process, for an app started as one. Behind a lock so
+    /// that the start-up wait can look at it from `eventually`.
     child: Mutex<Option<Child>>,
     log: PathBuf,
+    /// The application, for an app started in this process.
+    running: Option<RunningApp>,
     /// Extra environment of the ledger process (e.g. `NATS_URL`), set on
     /// every (re)start after the defaults, so it can override them.
     pub env: Vec<(String, String)>,
@@ -39,12 +79,52 @@ impl Deref for TestApp {
     }
 }
 
+/// The application in this process on a fresh database, on the machine's clock.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with_env(&[]).await
 }
 
-/// `spawn_app` with extra environment for the ledger process.
+/// `spawn_app` with `ledger serve`'s environment variables (e.g.
+/// `LEDGER_RATE_LIMIT`) set for this app only.
 pub async fn spawn_app_with_env(env: &[(&str, &str)]) -> TestApp {
+    in_process(env, SystemClock::shared()).await
+}
+
+/// `spawn_app` with the application's time standing still at `clock` until
+/// the test moves it (hold expiry without waiting for it).
+pub async fn spawn_app_at(clock: &ManualClock) -> TestApp {
+    in_process(&[], clock.shared()).await
+}
+
+async fn in_process(env: &[(&str, &str)], clock: SharedClock) -> TestApp {
+    let db = TestDb::create().await;
+    let mut config = base_env(&db.url, "127.0.0.1:0");
+    config.extend(env.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+    let running = startup::spawn(serve_config(&config), clock)
+        .await
+        .expect("the application starts");
+    let port = running.address().port();
+    TestApp {
+        api: Api::new(format!("http://127.0.0.1:{port}")),
+        port,
+        database_url: db.url.clone(),
+        db_name: db.name.clone(),
+        child: Mutex::new(None),
+        log: PathBuf::new(),
+        running: Some(running),
+        env: Vec::new(),
+        _db: Some(db),
+    }
+}
+
+/// The `ledger` binary as a process of its own on a fresh database: for the
+/// tests that kill and restart it, signal it, or read its log.
+pub async fn spawn_process() -> TestApp {
+    spawn_process_with_env(&[]).await
+}
+
+/// `spawn_process` with extra environment for the ledger process.
+pub async fn spawn_process_with_env(env: &[(&str, &str)]) -> TestApp {
     let db = TestDb::create().await;
     let mut app = spawn_app_on(&db.url, &db.name, env).await;
     app._db = Some(db);
@@ -66,6 +146,7 @@ pub async fn spawn_app_on(database_url: &str, db_name: &str, env: &[(&str, &str)
         db_name: db_name.to_owned(),
         child: Mutex::new(None),
         log: std::env::temp_dir().join(format!("{db_name}.log")),
+        running: None,
         env: env
             .iter()
             .map(|(name, value)| (name.to_string(), value.to_string()))
@@ -79,18 +160,16 @@ pub async fn spawn_app_on(database_url: &str, db_name: &str, env: &[(&str, &str)
 impl TestApp {
     /// Starts (or restarts) `ledger serve` on this app's port and database.
     pub async fn start(&mut self) {
+        assert!(self.running.is_none(), "an in-process app is not restarted");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("a log file");
+        let listen = format!("127.0.0.1:{}", self.port);
         let child = Command::new(env!("CARGO_BIN_EXE_ledger"))
             .arg("serve")
-            .env("DATABASE_URL", &self.database_url)
-            .env("JWT_SECRET", SECRET)
-            .env("LEDGER_LISTEN", format!("127.0.0.1:{}", self.port))
-            .env("LEDGER_METRICS_LISTEN", "127.0.0.1:0")
-            .env("LEDGER_DB_POOL_SIZE", "16")
+            .envs(base_env(&self.database_url, &listen))
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -213,7 +292,9 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         // Before the database goes: DROP DATABASE WITH (FORCE) would
-        // otherwise fight a live process's reconnects.
+        // otherwise fight a live process's reconnects. Dropping a running
+        // in-process app stops it as well.
         self.kill();
+        self.running = None;
     }
 }

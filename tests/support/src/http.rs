@@ -136,15 +136,8 @@ impl Api {
 
     /// Registers a property and returns its id.
     pub async fn property(&self, token: &str, owner_id: Option<&str>) -> Uuid {
-        let reply = self
-            .post(
-                PROPERTIES,
-                token,
-                json!({"name": "Sea View", "timezone": "Europe/Lisbon", "owner_id": owner_id}),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-        reply.id()
+        let body = json!({"name": "Sea View", "timezone": "Europe/Lisbon", "owner_id": owner_id});
+        created(self.post(PROPERTIES, token, body).await).id()
     }
 
     /// Reserves `[check_in, check_out)` and returns the reply.
@@ -198,6 +191,52 @@ impl Api {
         )
         .await
     }
+}
+
+impl Api {
+    /// `reserve`, asserting that it created the booking.
+    pub async fn booked(
+        &self,
+        token: &str,
+        property: Uuid,
+        check_in: &str,
+        check_out: &str,
+    ) -> Reply {
+        created(self.reserve(token, property, check_in, check_out).await)
+    }
+
+    /// `reserve_with`, asserting that it created the booking.
+    pub async fn booked_with(
+        &self,
+        token: &str,
+        property: Uuid,
+        check_in: &str,
+        check_out: &str,
+        extra: Value,
+    ) -> Reply {
+        created(
+            self.reserve_with(token, property, check_in, check_out, extra)
+                .await,
+        )
+    }
+
+    /// `block`, asserting that it created the block.
+    pub async fn blocked(
+        &self,
+        token: &str,
+        property: Uuid,
+        start: &str,
+        end: &str,
+        reason: &str,
+    ) -> Reply {
+        created(self.block(token, property, start, end, reason).await)
+    }
+}
+
+/// `reply`, once asserted to be 201 Created.
+pub fn created(reply: Reply) -> Reply {
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    reply
 }
 
 async fn answer(request: RequestBuilder) -> Reply {
