@@ -6,11 +6,11 @@
 use crate::common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    agency, assert_error, created, now_secs, operator, raw_token, spawn_app, token, token_with,
-    Reply, TestApp, SECRET,
+    agency, answers, assert_error, created, now_secs, operator, raw_token, spawn_app, token,
+    token_with, Reply, TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -1003,18 +1003,9 @@ fn ledger(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     command.output().expect("run the ledger binary")
 }
 
-/// Polls `path` until it answers `status` (the server refreshes suspensions
-/// every few seconds), for at most 10 s.
-async fn wait_for(app: &TestApp, path: &str, token: &str, status: StatusCode) -> Reply {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = app.read(path, token).await;
-        if reply.status == status || Instant::now() > deadline {
-            return reply;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+/// How long a suspension made by another process (the CLI) may take to hold
+/// here: the server refreshes suspensions every few seconds.
+const SUSPENSION_REFRESH: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
@@ -1040,7 +1031,10 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
         String::from_utf8_lossy(&out.stderr)
     );
     let path = format!("{PROPERTIES}/{property}");
-    let reply = wait_for(&app, &path, &admin, StatusCode::FORBIDDEN).await;
+    let reply = answers(StatusCode::FORBIDDEN, SUSPENSION_REFRESH, || {
+        app.read(&path, &admin)
+    })
+    .await;
     assert_error(&reply, StatusCode::FORBIDDEN, "AGENCY_SUSPENDED");
 
     let events = app.total_events().await;
@@ -1080,7 +1074,10 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let reply = wait_for(&app, &path, &admin, StatusCode::OK).await;
+    let reply = answers(StatusCode::OK, SUSPENSION_REFRESH, || {
+        app.read(&path, &admin)
+    })
+    .await;
     assert_eq!(reply.status, StatusCode::OK, "reinstated: {:?}", reply.body);
     app.booked(&staff, property, "2027-04-01", "2027-04-02")
         .await;

@@ -15,8 +15,10 @@ use std::time::Duration;
 
 use chrono::{Days, NaiveDate};
 use common::nats::NatsServer;
+use common::stream::acknowledged;
 use common::{
-    agency, spawn_app, spawn_app_on, spawn_app_with_env, spawn_process_with_env, TestApp,
+    agency, eventually, spawn_app, spawn_app_on, spawn_app_with_env, spawn_process_with_env,
+    TestApp,
 };
 use ledger_domain::values::Nights;
 use ledger_domain::PropertyCalendar;
@@ -846,15 +848,7 @@ impl MixedLoad {
 
     /// Waits until `count` writes were acknowledged (60 s at most).
     async fn until(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.acknowledged() < count {
-            assert!(
-                Instant::now() < deadline,
-                "only {} writes acknowledged",
-                self.acknowledged()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        acknowledged(Duration::from_secs(60), count, || self.acknowledged()).await
     }
 
     async fn finish(mut self) -> Vec<Acknowledged> {
@@ -868,25 +862,21 @@ impl MixedLoad {
 /// Waits until every projection and the publisher have reached the log's
 /// head (`limit` at most); returns the head.
 async fn caught_up(app: &TestApp, limit: Duration) -> i64 {
-    let deadline = Instant::now() + limit;
-    let mut db = app.db().await;
-    loop {
+    eventually(limit, || async {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
             "SELECT name, position, (SELECT coalesce(max(position), 0) FROM events)
                FROM projection_checkpoints ORDER BY name",
         )
-        .fetch_all(&mut db)
+        .fetch_all(&mut app.db().await)
         .await
         .expect("read the checkpoints");
         if !rows.is_empty() && rows.iter().all(|(_, position, head)| position == head) {
-            return rows[0].2;
+            Ok(rows[0].2)
+        } else {
+            Err(format!("not caught up: {rows:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "not caught up after {limit:?}: {rows:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// Receives every event of the log through the consumer kit; asserts each

@@ -698,12 +698,11 @@ async fn open_streams_end_when_the_service_is_told_to_stop() {
         stream.next(Duration::from_secs(10)).await.is_none(),
         "the stream ended"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.is_running() {
-        assert!(
-            Instant::now() < deadline,
-            "graceful shutdown waited on the stream"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(10), || async {
+        match app.is_running() {
+            true => Err("graceful shutdown waited on the stream"),
+            false => Ok(()),
+        }
+    })
+    .await;
 }

@@ -17,10 +17,9 @@ use std::time::Duration;
 use channel::{all_ran, feeds_when, register, Answer, Channel, EMPTY_CALENDAR};
 use chrono::{DateTime, NaiveDate, Utc};
 use common::nats::NatsServer;
-use common::{agency, assert_error, created, spawn_app_with_env, token, TestApp};
+use common::{agency, assert_error, created, eventually, spawn_app_with_env, token, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::time::Instant;
 use uuid::Uuid;
 
 /// A ledger on a private nats-server; the app is dropped (killed) first.
@@ -43,26 +42,22 @@ fn date(s: &str) -> NaiveDate {
 
 /// Waits until the export adapter has applied every event of the property.
 async fn export_caught_up(app: &TestApp, property: Uuid) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut db = app.db().await;
-    loop {
+    eventually(Duration::from_secs(30), || async {
         let (applied, head): (Option<i64>, Option<i64>) = sqlx::query_as(
             "SELECT (SELECT sequence FROM ical_export_cursors WHERE property_id = $1),
                     (SELECT max(sequence) FROM events WHERE aggregate_id = $1::text)",
         )
         .bind(property)
-        .fetch_one(&mut db)
+        .fetch_one(&mut app.db().await)
         .await
         .expect("read the export's cursor");
         if applied.is_some() && applied == head {
-            return;
+            Ok(())
+        } else {
+            Err(format!("the export applied {applied:?} of {head:?} events"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the export applied {applied:?} of {head:?} events in 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 async fn new_export_token(app: &TestApp, admin: &str, property: Uuid) -> (String, String) {
@@ -618,17 +613,17 @@ async fn feeds_registered_by_an_admin_are_imported_by_the_service() {
     let feed_id = reply.id();
 
     // The first run is due at once.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let listed = loop {
+    let listed = eventually(Duration::from_secs(30), || async {
         let reply = app.get(&feeds, &admin).await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         let item = reply.body["items"][0].clone();
         if !item["last_run_at"].is_null() {
-            break item;
+            Ok(item)
+        } else {
+            Err(format!("the feed did not run: {item}"))
         }
-        assert!(Instant::now() < deadline, "the feed did not run: {item}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert_eq!(listed["id"], feed_id.to_string());
     assert_eq!(listed["interval_minutes"], 15);
     assert_eq!(listed["last_result"]["created"], json!(["x@channel"]));

@@ -7,11 +7,11 @@
 use crate::common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use common::nats::NatsServer;
-use common::{agency, spawn_app_with_env};
+use common::{agency, eventually, spawn_app_with_env};
 use ledger_infra::channel::{agency_durable, Binding, ChannelConsumer};
 use ledger_infra::nats::{agency_inbox_prefix, connect_now_to, Endpoint};
 use tokio::sync::mpsc;
@@ -103,22 +103,18 @@ async fn an_agency_user_consumes_its_own_events_and_nothing_else() {
         .await
         .expect("the publisher's user logs in");
     let js = jetstream::new(admin.clone());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(Duration::from_secs(20), || async {
         let published = match js.get_stream("LEDGER").await {
             Ok(mut stream) => stream.info().await.map(|i| i.state.messages).unwrap_or(0),
             Err(_) => 0,
         };
         if published >= 3 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("the ledger did not publish: {}", app.log_text()))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the ledger did not publish: {}",
-            app.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
     // Agency A's adapter: credentials in the URL, its own inbox prefix.
     let endpoint = Endpoint::url(url(&nats, AGENCY_USER, AGENCY_PASSWORD))
@@ -146,8 +142,7 @@ async fn an_agency_user_consumes_its_own_events_and_nothing_else() {
     );
     // Nothing else is waiting for it: B's event is not in its consumer.
     let durable = agency_durable(a, "adapter");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), || async {
         let mut consumer: jetstream::consumer::PullConsumer = js
             .get_stream("LEDGER")
             .await
@@ -158,11 +153,12 @@ async fn an_agency_user_consumes_its_own_events_and_nothing_else() {
         let info = consumer.info().await.expect("consumer info");
         assert_eq!(info.num_pending, 0, "{info:?}");
         if info.num_ack_pending == 0 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("acks not seen: {info:?}"))
         }
-        assert!(Instant::now() < deadline, "acks not seen: {info:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
     // The same user, reaching for agency B or for the stream itself.
     let (client, mut errors) = watched_client(&nats, a).await;

@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    agency, assert_error, created, operator, spawn_app, spawn_app_with_env, token, token_with,
-    Reply, TestApp, SECRET,
+    agency, answers, assert_error, created, eventually, operator, spawn_app, spawn_app_with_env,
+    token, token_with, Reply, TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -22,25 +22,6 @@ use uuid::Uuid;
 
 const AGENCIES: &str = "/ops/agencies";
 const HISTORY: &str = "/ops/audit-log";
-
-/// Polls `path` with `token` until it answers `status`, for at most
-/// `within`; returns the last reply.
-async fn answers_within(
-    app: &TestApp,
-    path: &str,
-    token: Option<&str>,
-    status: StatusCode,
-    within: Duration,
-) -> Reply {
-    let deadline = Instant::now() + within;
-    loop {
-        let reply = app.send("GET", path, token, None, &[]).await;
-        if reply.status == status || Instant::now() > deadline {
-            return reply;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A property of `admin`'s agency with an iCal export secret; returns the
 /// property and the `.ics` path with its token.
@@ -197,13 +178,9 @@ async fn a_suspended_agency_is_locked_out_within_2_s_and_its_feed_is_gone_until_
     assert_eq!(reply.body["status"], "suspended");
     assert_eq!(reply.body["reason"], "unpaid");
 
-    let reply = answers_within(
-        &app,
-        &property_path,
-        Some(&admin),
-        StatusCode::FORBIDDEN,
-        Duration::from_secs(2),
-    )
+    let reply = answers(StatusCode::FORBIDDEN, Duration::from_secs(2), || {
+        app.send("GET", &property_path, Some(&admin), None, &[])
+    })
     .await;
     assert_error(&reply, StatusCode::FORBIDDEN, "AGENCY_SUSPENDED");
     let staff = token(agency_id, "staff", "staff-1");
@@ -226,13 +203,9 @@ async fn a_suspended_agency_is_locked_out_within_2_s_and_its_feed_is_gone_until_
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(reply.body["status"], "active");
-    let reply = answers_within(
-        &app,
-        &property_path,
-        Some(&admin),
-        StatusCode::OK,
-        Duration::from_secs(2),
-    )
+    let reply = answers(StatusCode::OK, Duration::from_secs(2), || {
+        app.send("GET", &property_path, Some(&admin), None, &[])
+    })
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(ics_status(&app, &ics).await, StatusCode::OK);
@@ -260,13 +233,9 @@ async fn a_suspension_made_in_another_process_holds_here_within_2_s() {
         String::from_utf8_lossy(&out.stderr)
     );
     let started = Instant::now();
-    let reply = answers_within(
-        &app,
-        "/api/v1/properties",
-        Some(&admin),
-        StatusCode::FORBIDDEN,
-        Duration::from_secs(3),
-    )
+    let reply = answers(StatusCode::FORBIDDEN, Duration::from_secs(3), || {
+        app.send("GET", "/api/v1/properties", Some(&admin), None, &[])
+    })
     .await;
     assert_error(&reply, StatusCode::FORBIDDEN, "AGENCY_SUSPENDED");
     assert!(
@@ -404,20 +373,20 @@ async fn the_import_job_skips_feeds_of_agencies_with_imports_off_or_suspended() 
     );
     let ran = reply.id();
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), || async {
         let row = sqlx::query("SELECT last_run_at FROM ical_feeds WHERE feed_id = $1")
             .bind(ran)
-            .fetch_one(&mut db)
+            .fetch_one(&mut app.db().await)
             .await
             .expect("the feed");
         let last: Option<chrono::DateTime<chrono::Utc>> = row.get("last_run_at");
         if last.is_some() {
-            break;
+            Ok(())
+        } else {
+            Err(format!("the allowed feed never ran"))
         }
-        assert!(Instant::now() < deadline, "the allowed feed never ran");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     for feed in skipped {
         let row = sqlx::query(
             "SELECT last_run_at IS NULL AS never, next_run_at > now() AS postponed

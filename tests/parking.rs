@@ -32,20 +32,16 @@ async fn poll(
     token: Option<&str>,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    eventually(Duration::from_secs(15), || async {
         let reply = app.send("GET", path, token, None, &[]).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}: {:?}", reply.body);
         if done(&reply.body) {
-            return reply.body;
+            Ok(reply.body)
+        } else {
+            Err(format!("{path} never got there: {:?}", reply.body))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never got there: {:?}",
-            reply.body
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    })
+    .await
 }
 
 /// Reserves, then reads the booking back with `min_position`; returns the

@@ -8,7 +8,7 @@ use crate::common;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use common::{agency, operator, server_url, spawn_app_on, TestApp};
+use common::{agency, eventually, operator, server_url, spawn_app_on, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
@@ -109,8 +109,7 @@ async fn serve_as_the_serving_role_works_end_to_end_with_replays() {
 
     // Once the owner's migration connection has gone, every connection of
     // the service is ledger_app's.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), || async {
         let users: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT usename::text FROM pg_stat_activity
               WHERE datname = current_database() AND application_name = 'ledger'",
@@ -119,14 +118,12 @@ async fn serve_as_the_serving_role_works_end_to_end_with_replays() {
         .await
         .expect("read pg_stat_activity");
         if users == [SERVING_ROLE] {
-            break;
+            Ok(())
+        } else {
+            Err(format!("the service connects as {users:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the service connects as {users:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
     let property = app.property(&admin, None).await;
     let booking = app

@@ -13,23 +13,20 @@ use crate::common;
 use std::time::Duration;
 
 use common::pg::PgServer;
-use common::{agency, assert_error, spawn_app_on, Reply, TestApp};
+use common::{agency, assert_error, eventually, spawn_app_on, Reply, TestApp};
 use reqwest::StatusCode;
 use sqlx::{Connection, PgConnection};
-use tokio::time::Instant;
 use uuid::Uuid;
 
 /// Connects to `url`, retrying until `timeout` (a database created on the
 /// primary appears on the standby once replayed).
 async fn connect(url: &str, timeout: Duration) -> PgConnection {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match PgConnection::connect(url).await {
-            Ok(conn) => return conn,
-            Err(error) => assert!(Instant::now() < deadline, "connect to {url}: {error}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(timeout, || async {
+        PgConnection::connect(url)
+            .await
+            .map_err(|error| format!("connect to {url}: {error}"))
+    })
+    .await
 }
 
 async fn get_booking(app: &TestApp, token: &str, id: Uuid, min_position: Option<i64>) -> Reply {
@@ -81,23 +78,19 @@ async fn a_write_is_read_back_through_the_standby_with_min_position() {
         .await;
     let head = app.head().await;
     // The primary's read model of bookings has it (the projection runs there).
-    let mut app_db = app.db().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), || async {
         let applied: i64 =
             sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = 'views'")
-                .fetch_one(&mut app_db)
+                .fetch_one(&mut app.db().await)
                 .await
                 .expect("read the primary's checkpoints");
         if applied >= head {
-            break;
+            Ok(())
+        } else {
+            Err(format!("the primary's projections stay at {applied}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the primary's projections stay at {applied}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 
     let stale = get_booking(&app, &admin, second.id(), None).await;
     assert_error(&stale, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");

@@ -14,12 +14,11 @@ use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::stream::StorageType;
 use common::nats::NatsServer;
 use common::stream::{assert_in_log_order, next, properties, published, receive_all, Load};
-use common::{agency, operator, spawn_process_with_env, TestApp};
+use common::{agency, eventually, operator, spawn_process_with_env, TestApp};
 use futures::StreamExt;
 use ledger_domain::CalendarEvent;
 use ledger_infra::channel::{Binding, ChannelConsumer};
 use serde_json::Value;
-use tokio::time::Instant;
 use uuid::Uuid;
 
 /// A ledger publishing to a private nats-server. The app is declared last so
@@ -363,17 +362,13 @@ async fn poll(
     token: Option<&str>,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), || async {
         let reply = app.send("GET", path, token, None, &[]).await;
         if done(&reply.body) {
-            return reply.body;
+            Ok(reply.body)
+        } else {
+            Err(format!("{path} never got there: {:?}", reply.body))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never got there: {:?}",
-            reply.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }

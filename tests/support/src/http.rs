@@ -1,3 +1,4 @@
+use std::future::Future;
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
@@ -5,6 +6,7 @@ use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use crate::eventually;
 use crate::routes::{BLOCKS, BOOKINGS, PROPERTIES};
 
 /// One HTTP reply: status, JSON body (Null when empty or not JSON), headers.
@@ -231,6 +233,30 @@ impl Api {
     ) -> Reply {
         created(self.block(token, property, start, end, reason).await)
     }
+}
+
+/// Asks `ask` until it answers `status`, for at most `within` (what a
+/// refresh or another process makes visible); returns that reply.
+pub async fn answers<F, Fut>(status: StatusCode, within: Duration, mut ask: F) -> Reply
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Reply>,
+{
+    eventually(within, || {
+        let reply = ask();
+        async move {
+            let reply = reply.await;
+            if reply.status == status {
+                Ok(reply)
+            } else {
+                Err(format!(
+                    "{} instead of {status}: {}",
+                    reply.status, reply.body
+                ))
+            }
+        }
+    })
+    .await
 }
 
 /// `reply`, once asserted to be 201 Created.
