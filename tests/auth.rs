@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{
     agency, answers, assert_error, created, now_secs, operator, raw_token, spawn_app, token,
-    token_with, Reply, TestApp, SECRET,
+    token_with, with_status, Reply, TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -239,8 +239,10 @@ async fn bad_tokens_get_401_in_the_contract_format_and_change_nothing() {
         "Bearer {}",
         signed(json!({"nbf": now - 60, "iat": now - 60}))
     );
-    let reply = with_authorization(&app, "GET", &property_path, Some(&fine), None).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        with_authorization(&app, "GET", &property_path, Some(&fine), None).await,
+    );
     let lower = format!("bearer {admin}");
     let reply = with_authorization(&app, "GET", &property_path, Some(&lower), None).await;
     assert_eq!(
@@ -381,10 +383,11 @@ async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, U
         }
         Route::CheckOut => {
             let id = booking("confirmed").await;
-            let reply = app
-                .post(&format!("{BOOKINGS}/{id}/check-in"), admin, json!({}))
-                .await;
-            assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+            with_status(
+                StatusCode::OK,
+                app.post(&format!("{BOOKINGS}/{id}/check-in"), admin, json!({}))
+                    .await,
+            );
             app.post(&format!("{BOOKINGS}/{id}/check-out"), token, json!({}))
                 .await
         }
@@ -547,8 +550,7 @@ async fn every_role_of_either_agency_against_every_ops_route_follows_the_role_ta
         failures.join("\n")
     );
     // The operator's suspend was followed by its reinstate: the agency works.
-    let reply = app.get(PROPERTIES, &own_admin).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(StatusCode::OK, app.get(PROPERTIES, &own_admin).await);
 }
 
 #[tokio::test]
@@ -638,14 +640,18 @@ async fn owners_act_on_their_own_properties_only() {
     let unowned = app.property(&admin, None).await;
 
     // Reads: own properties only; the others do not exist for the owner.
-    let reply = app.read(&format!("{PROPERTIES}/{own}"), &owner).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        app.read(&format!("{PROPERTIES}/{own}"), &owner).await,
+    );
     let own_booking = app
         .reserve(&admin, own, "2027-03-01", "2027-03-03")
         .await
         .id();
-    let reply = app.read(&format!("{BOOKINGS}/{own_booking}"), &owner).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        app.read(&format!("{BOOKINGS}/{own_booking}"), &owner).await,
+    );
 
     for other in [someone_elses, unowned] {
         let reply = app.read(&format!("{PROPERTIES}/{other}"), &owner).await;
@@ -682,10 +688,11 @@ async fn owners_act_on_their_own_properties_only() {
     let reply = app
         .blocked(&owner, own, "2027-05-01", "2027-05-03", "owner_stay")
         .await;
-    let reply = app
-        .delete(&format!("{BLOCKS}/{}", reply.id()), &owner)
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::OK,
+        app.delete(&format!("{BLOCKS}/{}", reply.id()), &owner)
+            .await,
+    );
     assert_eq!(reply.body["released"], true);
     for reason in ["maintenance", "other"] {
         let reply = app
@@ -713,14 +720,15 @@ async fn owners_act_on_their_own_properties_only() {
     assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
 
     // Once the property is given to someone else, the owner loses it.
-    let reply = app
-        .patch(
+    with_status(
+        StatusCode::OK,
+        app.patch(
             &format!("{PROPERTIES}/{own}"),
             &admin,
             json!({"owner_id": "owner-2"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     let reply = app.read(&format!("{PROPERTIES}/{own}"), &owner).await;
     assert_error(&reply, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
     let reply = app
@@ -794,10 +802,11 @@ async fn an_idempotency_key_replay_is_still_held_to_the_role_table() {
         app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
             .await,
     );
-    let replay = app
-        .send("POST", BOOKINGS, Some(&owner), Some(&body), &key)
-        .await;
-    assert_eq!(replay.status, StatusCode::FORBIDDEN, "{:?}", replay.body);
+    let replay = with_status(
+        StatusCode::FORBIDDEN,
+        app.send("POST", BOOKINGS, Some(&owner), Some(&body), &key)
+            .await,
+    );
     assert!(
         replay.body["guest"].is_null(),
         "the guest leaked: {:?}",
@@ -1061,10 +1070,11 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
     );
 
     // Other agencies are unaffected; health needs no token.
-    let reply = app
-        .read(&format!("{PROPERTIES}/{other_property}"), &other_admin)
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        app.read(&format!("{PROPERTIES}/{other_property}"), &other_admin)
+            .await,
+    );
     let reply = app.send("GET", "/health", None, None, &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
 
@@ -1141,8 +1151,10 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
     );
     assert_eq!(reply.body["agency_id"], agency_text);
     let property = reply.id();
-    let reply = app.read(&format!("{PROPERTIES}/{property}"), &minted).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        app.read(&format!("{PROPERTIES}/{property}"), &minted).await,
+    );
 
     // A staff token from the CLI is held to the role table.
     let out = ledger(

@@ -17,8 +17,8 @@ use chrono::{Days, NaiveDate};
 use common::nats::NatsServer;
 use common::stream::acknowledged;
 use common::{
-    agency, eventually, spawn_app, spawn_app_on, spawn_app_with_env, spawn_process_with_env,
-    TestApp,
+    agency, eventually, spawn_app, spawn_app_on, spawn_app_with_env, spawn_process,
+    spawn_process_with_env, TestApp,
 };
 use ledger_domain::values::Nights;
 use ledger_domain::PropertyCalendar;
@@ -639,7 +639,7 @@ async fn commands_whose_clients_hang_up_then_retry_with_their_keys_match_the_log
 async fn five_hundred_overlapping_reserves_through_three_processes_admit_exactly_one() {
     let rounds = size("R1_ROUNDS", 20);
     const CONCURRENT: usize = 500;
-    let first = spawn_app().await;
+    let first = spawn_process().await;
     let second = spawn_app_on(&first.database_url, &format!("{}_b", first.db_name), &[]).await;
     let third = spawn_app_on(&first.database_url, &format!("{}_c", first.db_name), &[]).await;
     let bases = [&first.base, &second.base, &third.base];

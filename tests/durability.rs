@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{agency, spawn_process};
+use common::{agency, spawn_process, with_status};
 use reqwest::StatusCode;
 use sqlx::Row;
 
@@ -31,10 +31,11 @@ async fn a_booking_acknowledged_with_201_survives_kill_9_right_after() {
     assert_eq!(row.get::<String, _>("booking"), booking.to_string());
 
     app.start().await;
-    let reply = app
-        .read(&format!("/api/v1/bookings/{booking}"), &admin)
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::OK,
+        app.read(&format!("/api/v1/bookings/{booking}"), &admin)
+            .await,
+    );
     assert_eq!(reply.body["status"], "confirmed");
     let again = app
         .reserve(&admin, property, "2027-03-04", "2027-03-06")

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::nats::NatsServer;
 use common::pg::PgServer;
-use common::{agency, assert_error, spawn_app_on, Reply, TestApp};
+use common::{agency, assert_error, spawn_app_on, with_status, Reply, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -224,10 +224,11 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
 
     // The read side caught up too: a read of the new booking at the log's head.
-    let read = app
-        .read(&format!("/api/v1/bookings/{second}"), &token)
-        .await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    with_status(
+        StatusCode::OK,
+        app.read(&format!("/api/v1/bookings/{second}"), &token)
+            .await,
+    );
 
     assert!(app.is_running(), "the ledger exited:\n{}", app.log_text());
     assert_eq!(app.pid(), Some(pid), "the ledger was not restarted");
@@ -356,10 +357,11 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
         "after the thaw: a reserve succeeded {:?} later",
         thawed.elapsed()
     );
-    let read = app
-        .read(&format!("/api/v1/bookings/{}", created.id()), &token)
-        .await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    with_status(
+        StatusCode::OK,
+        app.read(&format!("/api/v1/bookings/{}", created.id()), &token)
+            .await,
+    );
     let (_, ready) = until_ready(&app, Duration::from_secs(30)).await;
     assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.body);
     assert_eq!(app.pid(), Some(pid), "the ledger was not restarted");

@@ -17,7 +17,9 @@ use std::time::Duration;
 use channel::{all_ran, feeds_when, register, Answer, Channel, EMPTY_CALENDAR};
 use chrono::{DateTime, NaiveDate, Utc};
 use common::nats::NatsServer;
-use common::{agency, assert_error, created, eventually, spawn_app_with_env, token, TestApp};
+use common::{
+    agency, assert_error, created, eventually, spawn_app_with_env, token, with_status, TestApp,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -90,13 +92,14 @@ async fn fetch_ics(app: &TestApp, url: &str) -> (StatusCode, String, String) {
 
 /// The held ranges the availability API shows for the property, as UIDs.
 async fn inventory(app: &TestApp, admin: &str, property: Uuid) -> BTreeSet<Range> {
-    let reply = app
-        .read(
+    let reply = with_status(
+        StatusCode::OK,
+        app.read(
             &format!("/api/v1/availability?property_id={property}&from=2027-01-01&to=2028-12-31"),
             admin,
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     reply.body["ranges"]
         .as_array()
         .expect("ranges")
@@ -169,25 +172,27 @@ async fn the_export_lists_exactly_the_nights_the_inventory_holds() {
     let cancelled = app
         .reserve(&admin, property, "2027-07-10", "2027-07-12")
         .await;
-    let reply = app
-        .post(
+    with_status(
+        StatusCode::OK,
+        app.post(
             &format!("/api/v1/bookings/{}/cancel", cancelled.id()),
             &admin,
             json!({}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     let modified = app
         .reserve(&admin, property, "2027-07-20", "2027-07-23")
         .await;
-    let reply = app
-        .patch(
+    with_status(
+        StatusCode::OK,
+        app.patch(
             &format!("/api/v1/bookings/{}", modified.id()),
             &admin,
             json!({"check_in": "2027-07-21", "check_out": "2027-07-25"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     let tentative = app
         .booked_with(
             &admin,
@@ -203,13 +208,14 @@ async fn the_export_lists_exactly_the_nights_the_inventory_holds() {
     let released = app
         .block(&admin, property, "2027-09-10", "2027-09-12", "owner_stay")
         .await;
-    let reply = app
-        .delete(
+    with_status(
+        StatusCode::OK,
+        app.delete(
             &format!("/api/v1/availability/blocks/{}", released.id()),
             &admin,
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     let elsewhere = app.reserve(&admin, other, "2027-07-01", "2027-07-04").await;
     assert_eq!(elsewhere.status, StatusCode::CREATED);
 
@@ -424,23 +430,25 @@ fn import_cli(app: &TestApp, property: Uuid, url: &str) -> Value {
 /// The property's unreleased blocks, as (external_ref, start, end), read
 /// from the write side's own block route after the inventory caught up.
 async fn imported_blocks(app: &TestApp, admin: &str, property: Uuid) -> BTreeSet<Range> {
-    let reply = app
-        .read(
+    let reply = with_status(
+        StatusCode::OK,
+        app.read(
             &format!("/api/v1/availability?property_id={property}&from=2027-01-01&to=2028-12-31"),
             admin,
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     let mut blocks = BTreeSet::new();
     for range in reply.body["ranges"].as_array().expect("ranges") {
         if range["kind"] != "block" {
             continue;
         }
         let id = range["id"].as_str().expect("an id");
-        let block = app
-            .get(&format!("/api/v1/availability/blocks/{id}"), admin)
-            .await;
-        assert_eq!(block.status, StatusCode::OK, "{:?}", block.body);
+        let block = with_status(
+            StatusCode::OK,
+            app.get(&format!("/api/v1/availability/blocks/{id}"), admin)
+                .await,
+        );
         assert_eq!(block.body["reason"], "other");
         blocks.insert((
             block.body["external_ref"]
@@ -614,8 +622,7 @@ async fn feeds_registered_by_an_admin_are_imported_by_the_service() {
 
     // The first run is due at once.
     let listed = eventually(Duration::from_secs(30), || async {
-        let reply = app.get(&feeds, &admin).await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let reply = with_status(StatusCode::OK, app.get(&feeds, &admin).await);
         let item = reply.body["items"][0].clone();
         if !item["last_run_at"].is_null() {
             Ok(item)
@@ -636,8 +643,10 @@ async fn feeds_registered_by_an_admin_are_imported_by_the_service() {
         ranges(&[("x@channel", "2027-06-01", "2027-06-05")])
     );
 
-    let reply = app.delete(&format!("{feeds}/{feed_id}"), &admin).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        app.delete(&format!("{feeds}/{feed_id}"), &admin).await,
+    );
     let reply = app.get(&feeds, &admin).await;
     assert_eq!(reply.body["items"], json!([]));
     let reply = app.delete(&format!("{feeds}/{feed_id}"), &admin).await;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     agency, answers, assert_error, created, eventually, operator, spawn_app, spawn_app_with_env,
-    token, token_with, Reply, TestApp, SECRET,
+    token, token_with, with_status, Reply, TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -58,21 +58,25 @@ async fn operators_run_every_ops_route_and_nothing_of_an_agencys_api() {
         let reply = app.get(path, &operator).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}: {:?}", reply.body);
     }
-    let started = app
-        .post("/ops/projections/views/replay", &operator, json!({}))
-        .await;
-    assert_eq!(started.status, StatusCode::ACCEPTED, "{:?}", started.body);
+    let started = with_status(
+        StatusCode::ACCEPTED,
+        app.post("/ops/projections/views/replay", &operator, json!({}))
+            .await,
+    );
     assert!(started.body["replay_id"].is_string(), "{:?}", started.body);
-    let progress = app.get("/ops/projections/views/replay", &operator).await;
-    assert_eq!(progress.status, StatusCode::OK, "{:?}", progress.body);
-    let retried = app
-        .post(
+    with_status(
+        StatusCode::OK,
+        app.get("/ops/projections/views/replay", &operator).await,
+    );
+    let retried = with_status(
+        StatusCode::ACCEPTED,
+        app.post(
             "/ops/projections/inventory/parked/retry",
             &operator,
             json!({}),
         )
-        .await;
-    assert_eq!(retried.status, StatusCode::ACCEPTED, "{:?}", retried.body);
+        .await,
+    );
     assert_eq!(retried.body["still_parked"], json!([]));
 
     // Nothing under /api/v1, even with an agency_id in the token (ignored).
@@ -106,8 +110,7 @@ async fn an_agency_admin_only_reads_the_ops_status_without_error_texts() {
     let (agency_id, admin) = agency();
     app.property(&admin, None).await;
 
-    let reply = app.get("/ops/projections", &admin).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(StatusCode::OK, app.get("/ops/projections", &admin).await);
     let entries = reply.body.as_array().expect("a list");
     assert!(!entries.is_empty());
     for entry in entries {
@@ -116,8 +119,7 @@ async fn an_agency_admin_only_reads_the_ops_status_without_error_texts() {
             assert!(parked["error"].is_null(), "{parked}");
         }
     }
-    let reply = app.get("/ops/current-commit", &admin).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(StatusCode::OK, app.get("/ops/current-commit", &admin).await);
 
     let refused = [
         app.post("/ops/projections/views/replay", &admin, json!({}))
@@ -167,14 +169,15 @@ async fn a_suspended_agency_is_locked_out_within_2_s_and_its_feed_is_gone_until_
     assert_eq!(ics_status(&app, &ics).await, StatusCode::OK);
     let property_path = format!("/api/v1/properties/{property}");
 
-    let reply = app
-        .post(
+    let reply = with_status(
+        StatusCode::OK,
+        app.post(
             &format!("{AGENCIES}/{agency_id}/suspend"),
             &operator,
             json!({"reason": "unpaid"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["status"], "suspended");
     assert_eq!(reply.body["reason"], "unpaid");
 
@@ -191,23 +194,28 @@ async fn a_suspended_agency_is_locked_out_within_2_s_and_its_feed_is_gone_until_
     assert_eq!(ics_status(&app, &ics).await, StatusCode::NOT_FOUND);
     // Another agency is untouched.
     assert_eq!(ics_status(&app, &other_ics).await, StatusCode::OK);
-    let reply = app.get("/api/v1/properties", &other_admin).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        app.get("/api/v1/properties", &other_admin).await,
+    );
 
-    let reply = app
-        .post(
+    let reply = with_status(
+        StatusCode::OK,
+        app.post(
             &format!("{AGENCIES}/{agency_id}/reinstate"),
             &operator,
             json!({}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["status"], "active");
-    let reply = answers(StatusCode::OK, Duration::from_secs(2), || {
-        app.send("GET", &property_path, Some(&admin), None, &[])
-    })
-    .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        answers(StatusCode::OK, Duration::from_secs(2), || {
+            app.send("GET", &property_path, Some(&admin), None, &[])
+        })
+        .await,
+    );
     assert_eq!(ics_status(&app, &ics).await, StatusCode::OK);
 }
 
@@ -263,8 +271,7 @@ async fn features_turned_off_refuse_their_routes() {
         }
     };
 
-    let reply = put(json!({"ical_export": false})).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(StatusCode::OK, put(json!({"ical_export": false})).await);
     assert_eq!(
         reply.body["features"],
         json!({"ical_export": false, "ical_import": true})
@@ -275,8 +282,10 @@ async fn features_turned_off_refuse_their_routes() {
     let reply = app.get(&feeds, &admin).await;
     assert_eq!(reply.status, StatusCode::OK, "imports are still on");
 
-    let reply = put(json!({"ical_export": true, "ical_import": false})).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        put(json!({"ical_export": true, "ical_import": false})).await,
+    );
     assert_eq!(ics_status(&app, &ics).await, StatusCode::OK);
     let reply = app.get(&feeds, &admin).await;
     assert_error(&reply, StatusCode::FORBIDDEN, "FEATURE_DISABLED");
@@ -319,24 +328,26 @@ async fn the_import_job_skips_feeds_of_agencies_with_imports_off_or_suspended() 
     let off_property = app.property(&off_admin, None).await;
     let suspended_property = app.property(&suspended_admin, None).await;
     let on_property = app.property(&on_admin, None).await;
-    let reply = app
-        .send(
+    with_status(
+        StatusCode::OK,
+        app.send(
             "PUT",
             &format!("{AGENCIES}/{off_agency}/features"),
             Some(&operator),
             Some(&json!({"ical_import": false})),
             &[],
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    let reply = app
-        .post(
+        .await,
+    );
+    with_status(
+        StatusCode::OK,
+        app.post(
             &format!("{AGENCIES}/{suspended_agency}/suspend"),
             &operator,
             json!({}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
 
     // Three due feeds; the two refused ones are the most overdue, so the job
     // takes them before the one that runs.
@@ -409,8 +420,10 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
     // An agency whose token is used first gets a record without a name.
     let (first_use, admin) = agency();
     app.property(&admin, None).await;
-    let reply = app.get(&format!("{AGENCIES}/{first_use}"), &operator).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::OK,
+        app.get(&format!("{AGENCIES}/{first_use}"), &operator).await,
+    );
     assert!(reply.body["name"].is_null(), "{:?}", reply.body);
     assert_eq!(reply.body["status"], "active");
     assert_eq!(
@@ -418,14 +431,15 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
         json!({"ical_export": true, "ical_import": true})
     );
     // Naming it later is 200 (it already existed).
-    let reply = app
-        .post(
+    let reply = with_status(
+        StatusCode::OK,
+        app.post(
             AGENCIES,
             &operator,
             json!({"id": first_use, "name": "Early Bird"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["name"], "Early Bird");
 
     let reply = created(
@@ -496,28 +510,29 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
         )
         .await;
     assert_eq!(reply.body["status"], "active", "{:?}", reply.body);
-    let reply = app
-        .send(
+    with_status(
+        StatusCode::OK,
+        app.send(
             "PUT",
             &format!("{base}/features"),
             Some(&operator),
             Some(&json!({"ical_import": false})),
             &[],
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     // Reinstating an active agency changes nothing and records nothing.
-    let reply = app
-        .post(&format!("{base}/reinstate"), &operator, json!({}))
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        app.post(&format!("{base}/reinstate"), &operator, json!({}))
+            .await,
+    );
 
     // Listed, one page at a time.
     let mut listed = Vec::new();
     let mut path = format!("{AGENCIES}?limit=1");
     loop {
-        let reply = app.get(&path, &operator).await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let reply = with_status(StatusCode::OK, app.get(&path, &operator).await);
         let page = items(&reply);
         assert!(page.len() <= 1);
         listed.extend(page);
@@ -533,8 +548,10 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
     assert_eq!(ids.len(), 3, "{ids:?}");
 
     // The history, oldest first, in the audit log's shape.
-    let reply = app.get(&format!("{HISTORY}?limit=500"), &operator).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::OK,
+        app.get(&format!("{HISTORY}?limit=500"), &operator).await,
+    );
     let history = items(&reply);
     let of = |agency: Uuid| -> Vec<(String, Value)> {
         history
@@ -639,8 +656,7 @@ async fn the_cli_mints_operator_tokens_and_administers_agencies_as_the_routes_do
         .expect("UTF-8")
         .trim()
         .to_owned();
-    let reply = app.get(AGENCIES, &minted).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(StatusCode::OK, app.get(AGENCIES, &minted).await);
     let out = ledger(
         &["token", "--role", "admin", "--sub", "x"],
         &[("JWT_SECRET", SECRET)],

@@ -8,7 +8,7 @@ use crate::common;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use common::{agency, eventually, operator, server_url, spawn_app_on, TestApp};
+use common::{agency, eventually, operator, server_url, spawn_app_on, with_status, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
@@ -76,10 +76,11 @@ async fn sqlstate_of(conn: &mut PgConnection, statement: &str) -> Option<String>
 async fn wait_for_replay(app: &TestApp, token: &str, name: &str, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let progress = app
-            .get(&format!("/ops/projections/{name}/replay"), token)
-            .await;
-        assert_eq!(progress.status, StatusCode::OK, "{:?}", progress.body);
+        let progress = with_status(
+            StatusCode::OK,
+            app.get(&format!("/ops/projections/{name}/replay"), token)
+                .await,
+        );
         if progress.body["replay_id"] == json!(id) {
             match progress.body["state"].as_str() {
                 Some("done") => return,
@@ -131,10 +132,11 @@ async fn serve_as_the_serving_role_works_end_to_end_with_replays() {
         .await;
     app.blocked(&admin, property, "2031-05-04", "2031-05-06", "maintenance")
         .await;
-    let read = app
-        .read(&format!("/api/v1/bookings/{}", booking.id()), &admin)
-        .await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    let read = with_status(
+        StatusCode::OK,
+        app.read(&format!("/api/v1/bookings/{}", booking.id()), &admin)
+            .await,
+    );
     assert_eq!(read.body["check_in"], "2031-05-01");
     // A retry with the same key answers from idempotency_keys.
     let body = json!({"property_id": property, "check_in": "2031-06-01",
@@ -150,14 +152,15 @@ async fn serve_as_the_serving_role_works_end_to_end_with_replays() {
     assert_eq!(again.body, first.body);
 
     for name in ["inventory", "views", "audit"] {
-        let started = app
-            .post(
+        let started = with_status(
+            StatusCode::ACCEPTED,
+            app.post(
                 &format!("/ops/projections/{name}/replay"),
                 &operator,
                 json!({}),
             )
-            .await;
-        assert_eq!(started.status, StatusCode::ACCEPTED, "{:?}", started.body);
+            .await,
+        );
         let id = started.body["replay_id"]
             .as_str()
             .expect("a replay_id")
@@ -176,29 +179,25 @@ async fn serve_as_the_serving_role_works_end_to_end_with_replays() {
     .await
     .expect("read table owners");
     assert_eq!(owners, vec!["ledger_projector".to_owned()]);
-    let again = app
-        .post("/ops/projections/inventory/replay", &operator, json!({}))
-        .await;
-    assert_eq!(again.status, StatusCode::ACCEPTED, "{:?}", again.body);
+    let again = with_status(
+        StatusCode::ACCEPTED,
+        app.post("/ops/projections/inventory/replay", &operator, json!({}))
+            .await,
+    );
     let id = again.body["replay_id"].as_str().expect("a replay_id");
     wait_for_replay(&app, &operator, "inventory", id).await;
 
-    let availability = app
-        .read(
+    let availability = with_status(
+        StatusCode::OK,
+        app.read(
             &format!("/api/v1/availability?property_id={property}&from=2031-04-01&to=2031-07-01"),
             &admin,
         )
-        .await;
-    assert_eq!(
-        availability.status,
-        StatusCode::OK,
-        "{:?}",
-        availability.body
+        .await,
     );
     let ranges = availability.body["ranges"].as_array().expect("ranges");
     assert_eq!(ranges.len(), 3, "{}", availability.body);
-    let audit = app.read("/api/v1/audit-log", &admin).await;
-    assert_eq!(audit.status, StatusCode::OK, "{:?}", audit.body);
+    let audit = with_status(StatusCode::OK, app.read("/api/v1/audit-log", &admin).await);
     assert_eq!(
         audit.body["items"].as_array().map(Vec::len),
         Some(4),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use chrono::{Days, NaiveDate, Utc};
 use common::{
     agency, assert_error, eventually, operator, spawn_app, spawn_app_at, spawn_app_on,
-    spawn_process, token, Reply, TestApp,
+    spawn_process, token, with_status, Reply, TestApp,
 };
 use ledger_infra::{Clock, ManualClock};
 use reqwest::StatusCode;
@@ -154,8 +154,7 @@ async fn booked(app: &TestApp, token: &str, property: Uuid, from: &str, to: &str
 
 /// `/ops/projections` as an operator sees it, as a map name -> entry.
 async fn projections(app: &TestApp, operator: &str) -> BTreeMap<String, Value> {
-    let reply = app.get(OPS, operator).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(StatusCode::OK, app.get(OPS, operator).await);
     reply
         .body
         .as_array()
@@ -184,10 +183,11 @@ async fn wait_caught_up(app: &TestApp, operator: &str, secs: u64) -> BTreeMap<St
 
 /// Replays one projection through the API and waits until it is done.
 async fn replay(app: &TestApp, operator: &str, name: &str) -> Value {
-    let reply = app
-        .post(&format!("{OPS}/{name}/replay"), operator, json!({}))
-        .await;
-    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::ACCEPTED,
+        app.post(&format!("{OPS}/{name}/replay"), operator, json!({}))
+            .await,
+    );
     let id = uuid_of(&reply.body, "replay_id");
     wait_replay(app, operator, name, id).await
 }
@@ -195,8 +195,10 @@ async fn replay(app: &TestApp, operator: &str, name: &str) -> Value {
 async fn wait_replay(app: &TestApp, operator: &str, name: &str, id: Uuid) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let reply = app.get(&format!("{OPS}/{name}/replay"), operator).await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let reply = with_status(
+            StatusCode::OK,
+            app.get(&format!("{OPS}/{name}/replay"), operator).await,
+        );
         let progress = reply.body;
         if progress.get("replay_id").is_some() {
             assert_eq!(uuid_of(&progress, "replay_id"), id, "{progress}");
@@ -1311,10 +1313,11 @@ async fn a_lapsed_hold_expires_without_traffic_and_frees_its_nights() {
     assert_eq!(ids(&reply), vec![long_hold]);
 
     // The log holds booking.hold_expired for it, after its reservation.
-    let reply = app
-        .get(&format!("{PROPERTIES}/{property}/events?limit=500"), &admin)
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::OK,
+        app.get(&format!("{PROPERTIES}/{property}/events?limit=500"), &admin)
+            .await,
+    );
     let events = items(&reply);
     let types: Vec<&str> = events
         .iter()
@@ -1742,10 +1745,11 @@ async fn replay_under_writes(read_bookings: bool) {
     // Replay inventory and views together while writes and reads go on.
     let mut started = Vec::new();
     for name in ["inventory", "views"] {
-        let reply = app
-            .post(&format!("{OPS}/{name}/replay"), &operator(), json!({}))
-            .await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+        let reply = with_status(
+            StatusCode::ACCEPTED,
+            app.post(&format!("{OPS}/{name}/replay"), &operator(), json!({}))
+                .await,
+        );
         started.push((name, uuid_of(&reply.body, "replay_id")));
     }
     for (name, id) in &started {
@@ -1974,10 +1978,11 @@ async fn two_processes_apply_each_event_once_and_the_survivor_takes_over() {
             let reply = app.booked(&admin, property, &from.to_string(), &to).await;
             if i % 5 == 0 {
                 let id = reply.id();
-                let cancelled = app
-                    .post(&format!("{BOOKINGS}/{id}/cancel"), &admin, json!({}))
-                    .await;
-                assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+                with_status(
+                    StatusCode::OK,
+                    app.post(&format!("{BOOKINGS}/{id}/cancel"), &admin, json!({}))
+                        .await,
+                );
             }
         }
     });

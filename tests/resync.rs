@@ -14,7 +14,9 @@ use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use chrono::{Days, NaiveDate, Utc};
 use common::nats::NatsServer;
 use common::stream::published;
-use common::{agency, assert_error, eventually, operator, spawn_app_with_env, token, TestApp};
+use common::{
+    agency, assert_error, eventually, operator, spawn_app_with_env, token, with_status, TestApp,
+};
 use futures::StreamExt;
 use ledger_domain::checksum::{self, ChannelRange};
 use ledger_domain::CalendarEvent;
@@ -184,13 +186,14 @@ async fn run_adapter(nats: &NatsServer, name: &str, memory: Arc<Memory>) {
 /// The property's ranges in the snapshot window, from the read model.
 async fn truth(app: &TestApp, token: &str, property: Uuid) -> Vec<ChannelRange> {
     let (from, to) = checksum::window("Europe/Lisbon", Utc::now());
-    let reply = app
-        .read(
+    let reply = with_status(
+        StatusCode::OK,
+        app.read(
             &format!("/api/v1/availability?property_id={property}&from={from}&to={to}"),
             token,
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     let ranges = serde_json::from_value(reply.body["ranges"].clone()).expect("ranges");
     checksum::in_canonical_order(ranges)
 }
@@ -235,36 +238,39 @@ async fn a_wiped_adapter_is_back_in_step_from_one_snapshot_and_the_events_after_
     published(&app, WAIT).await;
     let memory = Arc::new(Memory::default());
     run_adapter(&nats, "wiped", memory.clone()).await;
-    let reply = app
-        .post(
+    let reply = with_status(
+        StatusCode::ACCEPTED,
+        app.post(
             &format!("/api/v1/properties/{property}/resync"),
             &admin,
             json!({}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+        .await,
+    );
     assert!(reply.body["as_of_position"].as_i64().unwrap_or(0) > 0);
     holds("the snapshot is applied", || async {
         !memory.snapshots.lock().unwrap().is_empty()
     })
     .await;
     // The events after the snapshot.
-    let confirmed = app
-        .post(
+    with_status(
+        StatusCode::OK,
+        app.post(
             &format!("/api/v1/bookings/{second}/confirm"),
             &admin,
             json!({}),
         )
-        .await;
-    assert_eq!(confirmed.status, StatusCode::OK, "{:?}", confirmed.body);
-    let cancelled = app
-        .post(
+        .await,
+    );
+    with_status(
+        StatusCode::OK,
+        app.post(
             &format!("/api/v1/bookings/{first}/cancel"),
             &admin,
             json!({}),
         )
-        .await;
-    assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+        .await,
+    );
     booking_id(&app.reserve(&admin, property, &day(40), &day(45)).await);
 
     let expected = truth(&app, &admin, property).await;
@@ -402,12 +408,16 @@ async fn stream_messages(nats: &NatsServer, subject: &str) -> Vec<(String, Value
 }
 
 async fn finished_job(app: &TestApp, op: &str, body: Value) -> Value {
-    let reply = app.post("/ops/resync", op, body).await;
-    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::ACCEPTED,
+        app.post("/ops/resync", op, body).await,
+    );
     let job = reply.body["job_id"].as_str().expect("a job id").to_owned();
     eventually(WAIT, || async {
-        let reply = app.get(&format!("/ops/resync/{job}"), op).await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let reply = with_status(
+            StatusCode::OK,
+            app.get(&format!("/ops/resync/{job}"), op).await,
+        );
         if reply.body["state"] == "finished" {
             return Ok(reply.body);
         }
@@ -438,14 +448,15 @@ async fn snapshots_resyncs_and_checksums_are_on_the_stream_as_the_contract_says(
     booking_id(&app.reserve(&admin, other, &day(1), &day(2)).await);
 
     // One property, on request.
-    let reply = app
-        .post(
+    let reply = with_status(
+        StatusCode::ACCEPTED,
+        app.post(
             &format!("/api/v1/properties/{property}/resync"),
             &admin,
             json!({}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+        .await,
+    );
     let as_of_position = reply.body["as_of_position"].as_i64().expect("a position");
     booking_id(&app.reserve(&admin, property, &day(9), &day(11)).await);
     let all = format!("ledger.{agency_id}.{property}.>");
@@ -502,13 +513,14 @@ async fn snapshots_resyncs_and_checksums_are_on_the_stream_as_the_contract_says(
         "in start order"
     );
     assert_eq!(data["checksum"], checksum::checksum(&ranges));
-    let route = app
-        .read(
+    let route = with_status(
+        StatusCode::OK,
+        app.read(
             &format!("/api/v1/properties/{property}/checksum?from={from}&to={to}"),
             &admin,
         )
-        .await;
-    assert_eq!(route.status, StatusCode::OK, "{:?}", route.body);
+        .await,
+    );
     assert_eq!(route.body["from"], from.to_string());
     assert!(route.body["as_of_position"].as_i64().is_some());
     // The event it does not include comes after it; those it does, before.
@@ -574,8 +586,7 @@ async fn snapshots_resyncs_and_checksums_are_on_the_stream_as_the_contract_says(
     assert_eq!(snapshots_of_other.len(), 3, "one per job that covered it");
 
     // Lag per channel: the iCal export's durable consumer.
-    let consumers = app.get("/ops/consumers", &op).await;
-    assert_eq!(consumers.status, StatusCode::OK, "{:?}", consumers.body);
+    let consumers = with_status(StatusCode::OK, app.get("/ops/consumers", &op).await);
     let export = consumers
         .body
         .as_array()

@@ -13,7 +13,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::pg::PgServer;
-use common::{agency, assert_error, eventually, spawn_app_on, Reply, TestApp};
+use common::{agency, assert_error, eventually, spawn_app_on, with_status, Reply, TestApp};
 use reqwest::StatusCode;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
@@ -64,8 +64,10 @@ async fn a_write_is_read_back_through_the_standby_with_min_position() {
         .booked(&admin, property, "2031-03-01", "2031-03-04")
         .await;
     let head = app.head().await;
-    let read = get_booking(&app, &admin, first.id(), Some(head)).await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    with_status(
+        StatusCode::OK,
+        get_booking(&app, &admin, first.id(), Some(head)).await,
+    );
 
     // The standby stops replaying: it keeps receiving WAL but its tables,
     // checkpoints included, stay where they are.
@@ -105,8 +107,10 @@ async fn a_write_is_read_back_through_the_standby_with_min_position() {
         .execute(&mut standby_db)
         .await
         .expect("resume the standby's replay");
-    let fresh = get_booking(&app, &admin, second.id(), Some(head)).await;
-    assert_eq!(fresh.status, StatusCode::OK, "{:?}", fresh.body);
+    let fresh = with_status(
+        StatusCode::OK,
+        get_booking(&app, &admin, second.id(), Some(head)).await,
+    );
     assert_eq!(fresh.body["check_in"], "2031-04-01");
     let position: i64 = fresh.headers["x-ledger-position"]
         .to_str()

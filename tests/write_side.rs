@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     agency, assert_error, created, spawn_app, spawn_app_at, spawn_app_with_env, spawn_process,
-    token, Reply, TestApp,
+    token, with_status, Reply, TestApp,
 };
 use futures::future::join_all;
 use ledger_infra::{Clock, ManualClock};
@@ -88,8 +88,10 @@ async fn registering_a_property_returns_201_and_the_property() {
     assert!(minimal.body["position"].as_i64() > p["position"].as_i64());
 
     // GET by id gives the same property.
-    let read = app.read(&format!("{PROPERTIES}/{id}"), &admin).await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    let read = with_status(
+        StatusCode::OK,
+        app.read(&format!("{PROPERTIES}/{id}"), &admin).await,
+    );
     for field in [
         "id",
         "agency_id",
@@ -194,14 +196,15 @@ async fn updating_a_property() {
     let property = app.property(&admin, Some("owner-1")).await;
     let path = format!("{PROPERTIES}/{property}");
 
-    let reply = app
-        .patch(
+    let reply = with_status(
+        StatusCode::OK,
+        app.patch(
             &path,
             &admin,
             json!({"name": "Sea View II", "timezone": "Europe/Paris"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["id"], property.to_string());
     assert_eq!(reply.body["name"], "Sea View II");
     assert_eq!(reply.body["timezone"], "Europe/Paris");
@@ -213,14 +216,15 @@ async fn updating_a_property() {
     let position = reply.body["position"].as_i64().expect("a position");
 
     // null clears the owner and the external reference.
-    let reply = app
-        .patch(
+    let reply = with_status(
+        StatusCode::OK,
+        app.patch(
             &path,
             &admin,
             json!({"owner_id": null, "external_ref": "X-9"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["owner_id"], Value::Null);
     assert_eq!(reply.body["external_ref"], "X-9");
     assert_eq!(reply.body["version"], 3);
@@ -272,8 +276,7 @@ async fn an_archived_property_refuses_every_command() {
     let bad = app.post(&archive, &admin, json!({"really": true})).await;
     assert_error(&bad, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 
-    let reply = app.post(&archive, &admin, json!({})).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(StatusCode::OK, app.post(&archive, &admin, json!({})).await);
     assert_eq!(reply.body["archived"], true);
     assert_eq!(reply.body["id"], property.to_string());
     assert!(reply.body["position"].as_i64().is_some());
@@ -375,8 +378,10 @@ async fn reserving_returns_201_and_the_booking() {
     assert!(b["position"].as_i64().is_some_and(|n| n > 0));
     let id = reply.id();
 
-    let read = app.read(&booking_path(id, ""), &admin).await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    let read = with_status(
+        StatusCode::OK,
+        app.read(&booking_path(id, ""), &admin).await,
+    );
     for field in [
         "id",
         "property_id",
@@ -641,14 +646,15 @@ async fn cancelling_frees_the_nights_and_cancelled_is_final() {
         .await;
     assert_error(&unknown, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 
-    let reply = app
-        .post(
+    let reply = with_status(
+        StatusCode::OK,
+        app.post(
             &booking_path(booking, "cancel"),
             &admin,
             json!({"reason": "guest asked"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["status"], "cancelled");
     assert_eq!(reply.body["id"], booking.to_string());
     assert_eq!(reply.body["version"], 2);
@@ -671,16 +677,17 @@ async fn cancelling_frees_the_nights_and_cancelled_is_final() {
 
     // An empty body is accepted like {} on action routes.
     let other = booked(&app, &admin, property, "2027-04-01", "2027-04-02").await;
-    let reply = app
-        .send(
+    let reply = with_status(
+        StatusCode::OK,
+        app.send(
             "POST",
             &booking_path(other, "cancel"),
             Some(&admin),
             None,
             &[],
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["status"], "cancelled");
 }
 
@@ -710,8 +717,7 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
         let reply = act(&app, &admin, booking, action).await;
         assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
     }
-    let reply = act(&app, &admin, booking, "confirm").await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(StatusCode::OK, act(&app, &admin, booking, "confirm").await);
     assert_eq!(reply.body["status"], "confirmed");
     assert_eq!(reply.body["hold_expires_at"], Value::Null);
     assert_eq!(reply.body["version"], 2);
@@ -721,8 +727,7 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
         let reply = act(&app, &admin, booking, action).await;
         assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
     }
-    let reply = act(&app, &admin, booking, "check-in").await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(StatusCode::OK, act(&app, &admin, booking, "check-in").await);
     assert_eq!(reply.body["status"], "checked_in");
     for action in ["confirm", "cancel", "check-in", "no-show"] {
         let reply = act(&app, &admin, booking, action).await;
@@ -734,8 +739,10 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
         .await;
     assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
 
-    let reply = act(&app, &admin, booking, "check-out").await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::OK,
+        act(&app, &admin, booking, "check-out").await,
+    );
     assert_eq!(reply.body["status"], "checked_out");
     assert_eq!(reply.body["version"], 4);
     // A checked-out stay no longer holds its nights.
@@ -751,8 +758,7 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
 
     // confirmed -> no_show, which frees the nights.
     let guest = booked(&app, &admin, property, "2027-05-01", "2027-05-03").await;
-    let reply = act(&app, &admin, guest, "no-show").await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(StatusCode::OK, act(&app, &admin, guest, "no-show").await);
     assert_eq!(reply.body["status"], "no_show");
     for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
         let reply = act(&app, &admin, guest, action).await;
@@ -816,8 +822,10 @@ async fn an_expired_hold_cannot_be_confirmed_and_frees_its_nights() {
         "an expired hold frees its nights: {:?}",
         reply.body
     );
-    let read = app.read(&booking_path(hold, ""), &admin).await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    let read = with_status(
+        StatusCode::OK,
+        app.read(&booking_path(hold, ""), &admin).await,
+    );
     assert_eq!(read.body["status"], "cancelled", "{:?}", read.body);
 }
 
@@ -831,14 +839,15 @@ async fn modifying_a_booking() {
     let path = booking_path(booking, "");
 
     // Shifting over its own nights is fine; up to the neighbour's arrival too.
-    let reply = app
-        .patch(
+    let reply = with_status(
+        StatusCode::OK,
+        app.patch(
             &path,
             &admin,
             json!({"check_in": "2027-03-03", "check_out": "2027-03-08"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["check_in"], "2027-03-03");
     assert_eq!(reply.body["check_out"], "2027-03-08");
     assert_eq!(reply.body["nights"], 5);
@@ -847,14 +856,13 @@ async fn modifying_a_booking() {
     // The released nights are free again.
     booked(&app, &admin, property, "2027-03-01", "2027-03-03").await;
 
-    let reply = app
+    let reply = with_status(StatusCode::OK, app
         .patch(
             &path,
             &admin,
             json!({"guest": {"name": "Bo Guest"}, "adults": 3, "children": 2, "price": {"amount_minor": 100, "currency": "GBP"}, "notes": "cot"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await);
     assert_eq!(reply.body["guest"]["name"], "Bo Guest");
     assert_eq!(reply.body["adults"], 3);
     assert_eq!(reply.body["children"], 2);
@@ -864,10 +872,11 @@ async fn modifying_a_booking() {
         reply.body["check_in"], "2027-03-03",
         "dates not sent are kept"
     );
-    let reply = app
-        .patch(&path, &admin, json!({"price": null, "notes": null}))
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::OK,
+        app.patch(&path, &admin, json!({"price": null, "notes": null}))
+            .await,
+    );
     assert_eq!(reply.body["price"], Value::Null);
     assert_eq!(reply.body["notes"], Value::Null);
 
@@ -971,12 +980,16 @@ async fn blocks_are_created_conflict_and_are_released() {
         .await;
     assert_error(&missing, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
 
-    let read = app.read(&format!("{BLOCKS}/{block}"), &admin).await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    let read = with_status(
+        StatusCode::OK,
+        app.read(&format!("{BLOCKS}/{block}"), &admin).await,
+    );
     assert_eq!(read.body["id"], block.to_string());
 
-    let reply = app.delete(&format!("{BLOCKS}/{block}"), &admin).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::OK,
+        app.delete(&format!("{BLOCKS}/{block}"), &admin).await,
+    );
     assert_eq!(reply.body["released"], true);
     assert_eq!(reply.body["id"], block.to_string());
     // Released nights are free.
@@ -1342,10 +1355,11 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     let booking = first.id();
     let cancel_key = [("idempotency-key", "cancel-0001")];
     let path = booking_path(booking, "cancel");
-    let c1 = app
-        .send("POST", &path, Some(&admin), Some(&json!({})), &cancel_key)
-        .await;
-    assert_eq!(c1.status, StatusCode::OK, "{:?}", c1.body);
+    let c1 = with_status(
+        StatusCode::OK,
+        app.send("POST", &path, Some(&admin), Some(&json!({})), &cancel_key)
+            .await,
+    );
     let c2 = app
         .send("POST", &path, Some(&admin), Some(&json!({})), &cancel_key)
         .await;
@@ -1630,16 +1644,17 @@ async fn an_inbound_booking_sent_twice_returns_the_first_booking() {
     assert_eq!(first.body["external_ref"], "HM-4242");
 
     // The channel sends it again (a retry, a re-sync): the first booking, 200.
-    let again = app
-        .reserve_with(
+    let again = with_status(
+        StatusCode::OK,
+        app.reserve_with(
             &admin,
             property,
             "2027-05-01",
             "2027-05-04",
             inbound.clone(),
         )
-        .await;
-    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+        .await,
+    );
     assert_eq!(again.id(), first.id());
     assert_eq!(app.count_events("booking.reserved").await, 1);
 
@@ -1736,18 +1751,20 @@ async fn a_refusal_decided_from_state_is_the_first_reply_for_its_key() {
     assert_error(&refused, StatusCode::CONFLICT, "BOOKING_CONFLICT");
 
     // The nights come free, but the key keeps its first answer.
-    let cancel = app
-        .post(
+    with_status(
+        StatusCode::OK,
+        app.post(
             &format!("{BOOKINGS}/{}/cancel", taken.id()),
             &admin,
             json!({}),
         )
-        .await;
-    assert_eq!(cancel.status, StatusCode::OK, "{:?}", cancel.body);
-    let retry = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-        .await;
-    assert_eq!(retry.status, StatusCode::CONFLICT, "{:?}", retry.body);
+        .await,
+    );
+    let retry = with_status(
+        StatusCode::CONFLICT,
+        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+            .await,
+    );
     assert_eq!(retry.body, refused.body, "the same reply as the first time");
     assert_eq!(app.count_events("booking.reserved").await, 1);
 

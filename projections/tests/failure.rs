@@ -309,13 +309,8 @@ async fn a_refused_row_parks_its_property_and_a_retry_applies_its_events_in_orde
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replay_that_meets_an_unappliable_event_parks_it_and_still_swaps() {
-    let db = TestDb::new().await;
+    let (db, bus, agency, [property, other]) = two_properties().await;
     let pool = &db.pool;
-    let bus = CommandBus::new(EventStore::new(pool.clone()));
-    let agency = Uuid::new_v4();
-    let (property, other) = (Uuid::new_v4(), Uuid::new_v4());
-    register(&bus, agency, property).await;
-    register(&bus, agency, other).await;
     let (refused, fine) = (Uuid::new_v4(), Uuid::new_v4());
     let refused_position = reserve(&bus, agency, property, refused, 1, 4).await;
     reserve(&bus, agency, other, fine, 1, 4).await;
@@ -361,13 +356,8 @@ async fn a_replay_that_meets_an_unappliable_event_parks_it_and_still_swaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failure_of_the_database_parks_nothing() {
-    let db = TestDb::new().await;
+    let (db, bus, agency, [property, other]) = two_properties().await;
     let pool = &db.pool;
-    let bus = CommandBus::new(EventStore::new(pool.clone()));
-    let agency = Uuid::new_v4();
-    let (property, other) = (Uuid::new_v4(), Uuid::new_v4());
-    register(&bus, agency, property).await;
-    register(&bus, agency, other).await;
     catch_up_all(pool).await;
     let start = checkpoint(pool, "views").await;
     // The connection "fails" (SQLSTATE 08006) whenever the property's row is written.

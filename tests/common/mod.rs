@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use clap::{Args, Command as Cli};
 use ledger_api::config::ServeConfig;
-use ledger_api::startup::{self, RunningApp};
+use ledger_api::startup;
 use ledger_infra::{ManualClock, SharedClock, SystemClock};
 use sqlx::{Connection, PgConnection};
+use tokio::sync::oneshot;
 
 pub use ledger_test_support::*;
 
@@ -61,7 +62,7 @@ pub struct TestApp {
     child: Mutex<Option<Child>>,
     log: PathBuf,
     /// The application, for an app started in this process.
-    running: Option<RunningApp>,
+    running: Option<InProcess>,
     /// Extra environment of the ledger process (e.g. `NATS_URL`), set on
     /// every (re)start after the defaults, so it can override them.
     pub env: Vec<(String, String)>,
@@ -99,11 +100,13 @@ pub async fn spawn_app_at(clock: &ManualClock) -> TestApp {
 async fn in_process(env: &[(&str, &str)], clock: SharedClock) -> TestApp {
     let db = TestDb::create().await;
     let mut config = base_env(&db.url, "127.0.0.1:0");
-    config.extend(env.iter().map(|(n, v)| (n.to_string(), v.to_string())));
-    let running = startup::spawn(serve_config(&config), clock)
-        .await
-        .expect("the application starts");
-    let port = running.address().port();
+    for (name, value) in env {
+        // The test's value replaces the default (a flag may be given once).
+        config.retain(|(default, _)| default != name);
+        config.push((name.to_string(), value.to_string()));
+    }
+    let running = InProcess::start(serve_config(&config), clock).await;
+    let port = running.address.port();
     TestApp {
         api: Api::new(format!("http://127.0.0.1:{port}")),
         port,
@@ -114,6 +117,45 @@ async fn in_process(env: &[(&str, &str)], clock: SharedClock) -> TestApp {
         running: Some(running),
         env: Vec::new(),
         _db: Some(db),
+    }
+}
+
+/// The application running in a thread of this process with a runtime of its
+/// own: a test's load, or a blocking call on the test's (single-threaded)
+/// runtime, cannot starve its server, its jobs or its database probe.
+struct InProcess {
+    address: std::net::SocketAddr,
+    /// Stops the application when sent or dropped.
+    _stop: oneshot::Sender<()>,
+}
+
+impl InProcess {
+    async fn start(config: ServeConfig, clock: SharedClock) -> InProcess {
+        let (started, address) = oneshot::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("a runtime for the application");
+            runtime.block_on(async move {
+                let app = startup::spawn(config, clock)
+                    .await
+                    .expect("the application starts");
+                let _ = started.send(app.address());
+                let _ = app
+                    .run_until(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        });
+        let address = address.await.expect("the application started");
+        InProcess {
+            address,
+            _stop: stop,
+        }
     }
 }
 

@@ -41,6 +41,19 @@ impl TestDb {
     }
 }
 
+/// A fresh database, a command bus on it, and two properties one agency
+/// registered: where most scenarios start.
+pub async fn two_properties() -> (TestDb, CommandBus, Uuid, [Uuid; 2]) {
+    let db = TestDb::new().await;
+    let bus = CommandBus::new(EventStore::new(db.pool.clone()));
+    let agency = Uuid::new_v4();
+    let properties = [Uuid::new_v4(), Uuid::new_v4()];
+    for property in properties {
+        register(&bus, agency, property).await;
+    }
+    (db, bus, agency, properties)
+}
+
 // ------------------------------------------------------------------ commands
 
 /// `hours` after the fixed instant every scenario starts at (whole seconds,

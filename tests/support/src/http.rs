@@ -261,7 +261,12 @@ where
 
 /// `reply`, once asserted to be 201 Created.
 pub fn created(reply: Reply) -> Reply {
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    with_status(StatusCode::CREATED, reply)
+}
+
+/// `reply`, once asserted to have `status`.
+pub fn with_status(status: StatusCode, reply: Reply) -> Reply {
+    assert_eq!(reply.status, status, "{:?}", reply.body);
     reply
 }
 
