@@ -239,6 +239,7 @@ async fn positions_of(pool: &PgPool, event_type: &str, field: &str, id: Uuid) ->
 /// two active claims on one night.
 #[tokio::test]
 async fn a_client_hanging_up_on_a_cancel_never_leaves_a_double_booking() {
+    let _heavy = common::heavy().await;
     let rounds = size("HANGUP_ROUNDS", 150);
     let app = spawn_app().await;
     let (_, token) = agency();
@@ -473,6 +474,7 @@ async fn refusal_against_the_log(pool: &PgPool, command: &Keyed, body: &Value) -
 /// retry's reply is what the log holds for that key.
 #[tokio::test]
 async fn commands_whose_clients_hang_up_then_retry_with_their_keys_match_the_log() {
+    let _heavy = common::heavy().await;
     let total = size("R8_COMMANDS", 300);
     const WAVE: usize = 25;
     let app = spawn_app().await;
@@ -637,6 +639,7 @@ async fn commands_whose_clients_hang_up_then_retry_with_their_keys_match_the_log
 /// processes on one database: exactly one 201, the rest 409 BOOKING_CONFLICT.
 #[tokio::test]
 async fn five_hundred_overlapping_reserves_through_three_processes_admit_exactly_one() {
+    let _heavy = common::heavy().await;
     let rounds = size("R1_ROUNDS", 20);
     const CONCURRENT: usize = 500;
     let first = spawn_process().await;
@@ -937,6 +940,7 @@ async fn consumer_sees_the_whole_log(app: &TestApp, nats: &NatsServer, name: &st
 /// what the log says, and a NATS consumer sees every event.
 #[tokio::test]
 async fn kill_nine_under_load_loses_no_acknowledged_write() {
+    let _heavy = common::heavy().await;
     if !asked_for("DRILL_R2") {
         return;
     }
@@ -1044,6 +1048,7 @@ async fn inventory_matches_the_log(pool: &PgPool) -> Vec<String> {
 /// succeeding, and afterwards the backlog is published in log order.
 #[tokio::test]
 async fn thirty_seconds_without_nats_keep_writes_going_and_publish_the_backlog_in_order() {
+    let _heavy = common::heavy().await;
     if !asked_for("DRILL_R3") {
         return;
     }

@@ -49,6 +49,7 @@ async fn a_booking_acknowledged_with_201_survives_kill_9_right_after() {
 
 #[tokio::test]
 async fn every_write_acknowledged_before_a_kill_9_mid_load_is_in_the_log() {
+    let _heavy = common::heavy().await;
     let mut app = spawn_process().await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;

@@ -74,6 +74,7 @@ fn booking(property: Uuid, check_in: &str, check_out: &str) -> Value {
 
 #[tokio::test]
 async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
+    let _heavy = common::heavy().await;
     // The ledger is declared last so that it is killed before the servers.
     let (mut pg, nats, app) = private_stack().await;
     let pid = app.pid().expect("the ledger runs");
@@ -259,6 +260,7 @@ async fn private_stack() -> (PgServer, NatsServer, TestApp) {
 
 #[tokio::test]
 async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
+    let _heavy = common::heavy().await;
     let (pg, nats, app) = private_stack().await;
     let pid = app.pid().expect("the ledger runs");
     let (waited, ready) = until_ready(&app, Duration::from_secs(30)).await;

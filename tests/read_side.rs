@@ -1422,6 +1422,7 @@ async fn load(
 
 #[tokio::test]
 async fn kill_9_while_projections_catch_up_loses_and_doubles_nothing() {
+    let _heavy = common::heavy().await;
     let mut app = spawn_process().await;
     let (_, admin) = agency();
     let (_, other) = agency();
@@ -1575,6 +1576,7 @@ async fn kill_9_while_projections_catch_up_loses_and_doubles_nothing() {
 /// aborts one of them and the read answers 500 INTERNAL_ERROR.
 #[tokio::test]
 async fn replay_under_writes_keeps_every_read_working_and_converges() {
+    let _heavy = common::heavy().await;
     replay_under_writes(true).await;
 }
 
@@ -1582,6 +1584,7 @@ async fn replay_under_writes_keeps_every_read_working_and_converges() {
 /// hit the deadlock above).
 #[tokio::test]
 async fn replay_under_writes_keeps_availability_reads_working_and_converges() {
+    let _heavy = common::heavy().await;
     replay_under_writes(false).await;
 }
 

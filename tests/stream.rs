@@ -215,6 +215,7 @@ async fn a_reserve_is_published_as_the_documented_cloudevent() {
 
 #[tokio::test]
 async fn a_thousand_events_over_fifty_properties_arrive_in_order_without_gaps() {
+    let _heavy = common::heavy().await;
     let (nats, app) = start().await;
     let (agency_id, admin) = agency();
     let properties = properties(&app, &admin, 50).await;
@@ -282,6 +283,7 @@ async fn events_committed_while_nats_is_down_are_published_in_order_when_it_is_b
 
 #[tokio::test]
 async fn a_publisher_killed_mid_load_republishes_and_the_kit_sees_each_event_once() {
+    let _heavy = common::heavy().await;
     let (nats, mut app) = start().await;
     let (_, admin) = agency();
     let properties = properties(&app, &admin, 10).await;

@@ -80,6 +80,16 @@ impl Deref for TestApp {
     }
 }
 
+/// Held by the tests that load the machine on purpose (drills, kill -9 under
+/// load, replays under writes, PostgreSQL stopped): one at a time, as when
+/// each lived in a binary of its own, so that one's load does not make
+/// another's timing (a 1 s pool wait, "503 fast") fail. The other tests
+/// still run beside them.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 /// The application in this process on a fresh database, on the machine's clock.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with_env(&[]).await
