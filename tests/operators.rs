@@ -394,7 +394,7 @@ async fn the_import_job_skips_feeds_of_agencies_with_imports_off_or_suspended() 
         if last.is_some() {
             Ok(())
         } else {
-            Err(format!("the allowed feed never ran"))
+            Err("the allowed feed never ran")
         }
     })
     .await;

@@ -1475,7 +1475,7 @@ async fn kill_9_while_projections_catch_up_loses_and_doubles_nothing() {
         if advanced > 0 {
             Ok(())
         } else {
-            Err(format!("the projections never resumed"))
+            Err("the projections never resumed")
         }
     })
     .await;
