@@ -321,15 +321,16 @@ fn allowed(role: &str, route: Route) -> bool {
 async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, Uuid) {
     let property = app.property(admin, Some(OWNER)).await;
     let booking = |status: &'static str| async move {
-        let reply = app
-            .booked_with(
+        let reply = created(
+            app.reserve_with(
                 admin,
                 property,
                 "2027-03-01",
                 "2027-03-05",
                 json!({"status": status}),
             )
-            .await;
+            .await,
+        );
         reply.id()
     };
     let reply = match route {
@@ -401,9 +402,10 @@ async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, U
                 .await
         }
         Route::ReleaseBlock(reason) => {
-            let reply = app
-                .blocked(admin, property, "2027-03-01", "2027-03-05", reason)
-                .await;
+            let reply = created(
+                app.block(admin, property, "2027-03-01", "2027-03-05", reason)
+                    .await,
+            );
             app.delete(&format!("{BLOCKS}/{}", reply.id()), token).await
         }
     };
@@ -685,9 +687,10 @@ async fn owners_act_on_their_own_properties_only() {
     }
 
     // On their own property: owner stays yes, anything else no.
-    let reply = app
-        .blocked(&owner, own, "2027-05-01", "2027-05-03", "owner_stay")
-        .await;
+    let reply = created(
+        app.block(&owner, own, "2027-05-01", "2027-05-03", "owner_stay")
+            .await,
+    );
     let reply = with_status(
         StatusCode::OK,
         app.delete(&format!("{BLOCKS}/{}", reply.id()), &owner)

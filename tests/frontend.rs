@@ -261,14 +261,16 @@ async fn a_channel_booking_leaves_versions_alone_and_a_stale_version_is_refused(
     assert_eq!(etag(&seen), "\"1\"");
 
     // A channel books other nights of the same property meanwhile.
-    app.booked_with(
-        &admin,
-        property,
-        "2031-06-01",
-        "2031-06-05",
-        json!({"channel": "airbnb", "external_ref": "HMABC123"}),
-    )
-    .await;
+    created(
+        app.reserve_with(
+            &admin,
+            property,
+            "2031-06-01",
+            "2031-06-05",
+            json!({"channel": "airbnb", "external_ref": "HMABC123"}),
+        )
+        .await,
+    );
 
     // Neither the booking's nor the property's version moved.
     with_status(

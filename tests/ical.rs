@@ -193,18 +193,20 @@ async fn the_export_lists_exactly_the_nights_the_inventory_holds() {
         )
         .await,
     );
-    let tentative = app
-        .booked_with(
+    let tentative = created(
+        app.reserve_with(
             &admin,
             property,
             "2027-08-01",
             "2027-08-03",
             json!({"status": "tentative", "hold_expires_at": "2030-01-01T00:00:00Z"}),
         )
-        .await;
-    let block = app
-        .blocked(&admin, property, "2027-09-01", "2027-09-05", "maintenance")
-        .await;
+        .await,
+    );
+    let block = created(
+        app.block(&admin, property, "2027-09-01", "2027-09-05", "maintenance")
+            .await,
+    );
     let released = app
         .block(&admin, property, "2027-09-10", "2027-09-12", "owner_stay")
         .await;

@@ -8,7 +8,9 @@ use crate::common;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use common::{agency, eventually, operator, server_url, spawn_app_on, with_status, TestApp};
+use common::{
+    agency, created, eventually, operator, server_url, spawn_app_on, with_status, TestApp,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
@@ -130,8 +132,10 @@ async fn serve_as_the_serving_role_works_end_to_end_with_replays() {
     let booking = app
         .booked(&admin, property, "2031-05-01", "2031-05-04")
         .await;
-    app.blocked(&admin, property, "2031-05-04", "2031-05-06", "maintenance")
-        .await;
+    created(
+        app.block(&admin, property, "2031-05-04", "2031-05-06", "maintenance")
+            .await,
+    );
     let read = with_status(
         StatusCode::OK,
         app.read(&format!("/api/v1/bookings/{}", booking.id()), &admin)

@@ -267,9 +267,10 @@ async fn an_archived_property_refuses_every_command() {
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
     let booking = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
-    let block = app
-        .blocked(&admin, property, "2027-04-01", "2027-04-03", "maintenance")
-        .await;
+    let block = created(
+        app.block(&admin, property, "2027-04-01", "2027-04-03", "maintenance")
+            .await,
+    );
     let block = block.id();
 
     let archive = format!("{PROPERTIES}/{property}/archive");
@@ -600,15 +601,16 @@ async fn a_single_night_overlap_conflicts_with_details_and_back_to_back_is_allow
     );
 
     // A tentative booking holds its nights too.
-    let tentative = app
-        .booked_with(
+    let tentative = created(
+        app.reserve_with(
             &admin,
             property,
             "2027-06-01",
             "2027-06-03",
             json!({"status": "tentative"}),
         )
-        .await;
+        .await,
+    );
     assert_eq!(tentative.body["status"], "tentative");
     let reply = app
         .reserve(&admin, property, "2027-06-02", "2027-06-04")
@@ -699,15 +701,16 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
 
     // tentative -> confirmed
     let hold = "2099-01-01T00:00:00Z";
-    let reply = app
-        .booked_with(
+    let reply = created(
+        app.reserve_with(
             &admin,
             property,
             "2027-03-01",
             "2027-03-05",
             json!({"status": "tentative", "hold_expires_at": hold}),
         )
-        .await;
+        .await,
+    );
     assert_eq!(reply.body["status"], "tentative");
     assert!(reply.body["hold_expires_at"]
         .as_str()
@@ -795,15 +798,16 @@ async fn an_expired_hold_cannot_be_confirmed_and_frees_its_nights() {
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
     let expires = clock.now() + chrono::Duration::milliseconds(1500);
-    let reply = app
-        .booked_with(
+    let reply = created(
+        app.reserve_with(
             &admin,
             property,
             "2027-03-01",
             "2027-03-05",
             json!({"status": "tentative", "hold_expires_at": expires.to_rfc3339()}),
         )
-        .await;
+        .await,
+    );
     let hold = reply.id();
     let reply = app
         .reserve(&admin, property, "2027-03-02", "2027-03-03")
@@ -1631,15 +1635,16 @@ async fn an_inbound_booking_sent_twice_returns_the_first_booking() {
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
     let inbound = json!({"channel": "airbnb", "external_ref": "HM-4242"});
-    let first = app
-        .booked_with(
+    let first = created(
+        app.reserve_with(
             &admin,
             property,
             "2027-05-01",
             "2027-05-04",
             inbound.clone(),
         )
-        .await;
+        .await,
+    );
     assert_eq!(first.body["channel"], "airbnb");
     assert_eq!(first.body["external_ref"], "HM-4242");
 
@@ -1671,9 +1676,10 @@ async fn an_inbound_booking_sent_twice_returns_the_first_booking() {
     assert_error(&other, StatusCode::CONFLICT, "BOOKING_CONFLICT");
     // The same ref on another property is another booking too.
     let elsewhere = app.property(&admin, None).await;
-    let there = app
-        .booked_with(&admin, elsewhere, "2027-05-01", "2027-05-04", inbound)
-        .await;
+    let there = created(
+        app.reserve_with(&admin, elsewhere, "2027-05-01", "2027-05-04", inbound)
+            .await,
+    );
     assert_ne!(there.id(), first.id());
 }
 

@@ -154,6 +154,17 @@ impl Api {
             .await
     }
 
+    /// `reserve`, asserting that it created the booking.
+    pub async fn booked(
+        &self,
+        token: &str,
+        property: Uuid,
+        check_in: &str,
+        check_out: &str,
+    ) -> Reply {
+        created(self.reserve(token, property, check_in, check_out).await)
+    }
+
     /// Reserves a booking with any extra fields merged into the default body.
     pub async fn reserve_with(
         &self,
@@ -192,46 +203,6 @@ impl Api {
             json!({"property_id": property, "start": start, "end": end, "reason": reason}),
         )
         .await
-    }
-}
-
-impl Api {
-    /// `reserve`, asserting that it created the booking.
-    pub async fn booked(
-        &self,
-        token: &str,
-        property: Uuid,
-        check_in: &str,
-        check_out: &str,
-    ) -> Reply {
-        created(self.reserve(token, property, check_in, check_out).await)
-    }
-
-    /// `reserve_with`, asserting that it created the booking.
-    pub async fn booked_with(
-        &self,
-        token: &str,
-        property: Uuid,
-        check_in: &str,
-        check_out: &str,
-        extra: Value,
-    ) -> Reply {
-        created(
-            self.reserve_with(token, property, check_in, check_out, extra)
-                .await,
-        )
-    }
-
-    /// `block`, asserting that it created the block.
-    pub async fn blocked(
-        &self,
-        token: &str,
-        property: Uuid,
-        start: &str,
-        end: &str,
-        reason: &str,
-    ) -> Reply {
-        created(self.block(token, property, start, end, reason).await)
     }
 }
 
