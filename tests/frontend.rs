@@ -671,11 +671,8 @@ async fn a_stream_ends_with_token_expired_when_its_token_expires() {
     );
     // The token in the query, as an EventSource sends it.
     let response = app
-        .client
-        .get(format!("{}/api/v1/stream?access_token={short}", app.base))
-        .send()
-        .await
-        .expect("the stream opens");
+        .raw_get(&format!("/api/v1/stream?access_token={short}"))
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut stream = Sse {
         response,

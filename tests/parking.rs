@@ -25,25 +25,6 @@ fn entry<'a>(ops: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {name} in {ops}"))
 }
 
-/// Polls `path` until `done` holds for its body (at most 15 s).
-async fn poll(
-    app: &TestApp,
-    path: &str,
-    token: Option<&str>,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    eventually(Duration::from_secs(15), || async {
-        let reply = app.send("GET", path, token, None, &[]).await;
-        assert_eq!(reply.status, StatusCode::OK, "{path}: {:?}", reply.body);
-        if done(&reply.body) {
-            Ok(reply.body)
-        } else {
-            Err(format!("{path} never got there: {:?}", reply.body))
-        }
-    })
-    .await
-}
-
 /// Reserves, then reads the booking back with `min_position`; returns the
 /// booking's id, its position and how long commit -> visible took.
 async fn reserve_and_read(
@@ -188,10 +169,11 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
     assert_error(&missing, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
 
     // Operators see which property waits and why.
-    let ops = poll(&app, OPS, Some(&operator()), |body| {
-        entry(body, "views")["status"] == "degraded"
-    })
-    .await;
+    let ops = app
+        .poll(OPS, Some(&operator()), Duration::from_secs(15), |body| {
+            entry(body, "views")["status"] == "degraded"
+        })
+        .await;
     let views = entry(&ops, "views");
     let parked = views["parked"].as_array().expect("a parked list");
     assert_eq!(parked.len(), 1, "{views}");

@@ -14,7 +14,7 @@ use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::stream::StorageType;
 use common::nats::NatsServer;
 use common::stream::{assert_in_log_order, next, properties, published, receive_all, Load};
-use common::{agency, eventually, operator, spawn_process_with_env, TestApp};
+use common::{agency, operator, spawn_process_with_env, TestApp};
 use futures::StreamExt;
 use ledger_domain::CalendarEvent;
 use ledger_infra::channel::{Binding, ChannelConsumer};
@@ -246,22 +246,30 @@ async fn events_committed_while_nats_is_down_are_published_in_order_when_it_is_b
 
     nats.stop();
     let stopped_at = load.acknowledged();
-    let ready = poll(&app, "/health/ready", None, |body| {
-        body["nats"] == "degraded"
-    })
-    .await;
+    let ready = app
+        .poll("/health/ready", None, Duration::from_secs(10), |body| {
+            body["nats"] == "degraded"
+        })
+        .await;
     assert_eq!(ready["status"], "degraded", "{ready}");
     // Writes go on while NATS is down; the publisher's lag shows in ops.
     load.until(stopped_at + 100).await;
-    let ops = poll(&app, "/ops/projections", Some(&operator()), |body| {
-        publisher_entry(body)["last_error"].is_string()
-    })
-    .await;
+    let ops = app
+        .poll(
+            "/ops/projections",
+            Some(&operator()),
+            Duration::from_secs(10),
+            |body| publisher_entry(body)["last_error"].is_string(),
+        )
+        .await;
     let lag = publisher_entry(&ops)["lag"].as_i64().unwrap_or_default();
     assert!(lag >= 100, "publisher lag {lag} while NATS is down: {ops}");
 
     nats.restart();
-    poll(&app, "/health/ready", None, |body| body["status"] == "ok").await;
+    app.poll("/health/ready", None, Duration::from_secs(10), |body| {
+        body["status"] == "ok"
+    })
+    .await;
     load.until(load.acknowledged() + 40).await;
     let (_, refused) = load.finish().await;
     assert_eq!(refused, 0, "writes kept succeeding while NATS was down");
@@ -355,22 +363,4 @@ fn publisher_entry(body: &Value) -> Value {
     body.as_array()
         .and_then(|all| all.iter().find(|p| p["name"] == "publisher").cloned())
         .unwrap_or_else(|| panic!("no publisher in {body}"))
-}
-
-/// GETs `path` until `done(body)` holds (10 s at most); returns the body.
-async fn poll(
-    app: &TestApp,
-    path: &str,
-    token: Option<&str>,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    eventually(Duration::from_secs(10), || async {
-        let reply = app.send("GET", path, token, None, &[]).await;
-        if done(&reply.body) {
-            Ok(reply.body)
-        } else {
-            Err(format!("{path} never got there: {:?}", reply.body))
-        }
-    })
-    .await
 }

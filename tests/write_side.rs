@@ -1205,12 +1205,7 @@ async fn every_response_carries_x_request_id_and_echoes_the_one_sent() {
         app.reserve(&admin, property, "2027-03-01", "2027-03-02")
             .await,
     ];
-    let docs = app
-        .client
-        .get(format!("{}/docs/", app.base))
-        .send()
-        .await
-        .expect("docs answer");
+    let docs = app.raw_get("/docs/").await;
     assert!(
         docs.headers().contains_key("x-request-id"),
         "/docs/ has x-request-id"
@@ -1564,12 +1559,7 @@ async fn health_readiness_openapi_and_docs() {
         );
     }
 
-    let response = app
-        .client
-        .get(format!("{}/openapi.json", app.base))
-        .send()
-        .await
-        .expect("answered");
+    let response = app.raw_get("/openapi.json").await;
     assert_eq!(response.status(), StatusCode::OK);
     let doc: Value = serde_json::from_slice(&response.bytes().await.expect("a body"))
         .expect("/openapi.json is JSON");
@@ -1601,12 +1591,7 @@ async fn health_readiness_openapi_and_docs() {
         );
     }
 
-    let response = app
-        .client
-        .get(format!("{}/docs/", app.base))
-        .send()
-        .await
-        .expect("answered");
+    let response = app.raw_get("/docs/").await;
     assert_eq!(response.status(), StatusCode::OK);
     let content_type = response
         .headers()
@@ -1618,12 +1603,7 @@ async fn health_readiness_openapi_and_docs() {
     let html = response.text().await.expect("a body");
     assert!(html.to_lowercase().contains("<html"), "{html}");
     // /docs (no slash) leads there too.
-    let response = app
-        .client
-        .get(format!("{}/docs", app.base))
-        .send()
-        .await
-        .expect("answered");
+    let response = app.raw_get("/docs").await;
     assert_eq!(response.status(), StatusCode::OK);
 }
 

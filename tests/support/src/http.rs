@@ -136,6 +136,37 @@ impl Api {
         self.send("DELETE", path, Some(token), None, &[]).await
     }
 
+    /// A GET of `path` as it comes (for bodies that are not JSON, and
+    /// streams), failing only when nothing answers.
+    pub async fn raw_get(&self, path: &str) -> reqwest::Response {
+        let url = format!("{}{path}", self.base);
+        let sent = self.client.get(url).send().await;
+        sent.unwrap_or_else(|e| panic!("GET {path} is answered: {e}"))
+    }
+
+    /// GETs `path` until `done` holds for its body, for at most `within`;
+    /// returns that body.
+    pub async fn poll(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        eventually(within, || async {
+            let reply = self.send("GET", path, token, None, &[]).await;
+            if done(&reply.body) {
+                Ok(reply.body)
+            } else {
+                Err(format!(
+                    "{path} never got there: {} {}",
+                    reply.status, reply.body
+                ))
+            }
+        })
+        .await
+    }
+
     /// Registers a property and returns its id.
     pub async fn property(&self, token: &str, owner_id: Option<&str>) -> Uuid {
         let body = json!({"name": "Sea View", "timezone": "Europe/Lisbon", "owner_id": owner_id});
