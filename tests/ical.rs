@@ -62,20 +62,6 @@ async fn export_caught_up(app: &TestApp, property: Uuid) {
     .await
 }
 
-async fn new_export_token(app: &TestApp, admin: &str, property: Uuid) -> (String, String) {
-    let reply = created(
-        app.post(
-            &format!("/api/v1/properties/{property}/ical-token"),
-            admin,
-            json!({}),
-        )
-        .await,
-    );
-    let token = reply.body["token"].as_str().expect("a token").to_owned();
-    let url = reply.body["url"].as_str().expect("a url").to_owned();
-    (token, url)
-}
-
 /// The export as bytes, with its status and content type.
 async fn fetch_ics(app: &TestApp, url: &str) -> (StatusCode, String, String) {
     let response = app.client.get(url).send().await.expect("an answer");
@@ -221,7 +207,7 @@ async fn the_export_lists_exactly_the_nights_the_inventory_holds() {
     let elsewhere = app.reserve(&admin, other, "2027-07-01", "2027-07-04").await;
     assert_eq!(elsewhere.status, StatusCode::CREATED);
 
-    let (_, url) = new_export_token(&app, &admin, property).await;
+    let (_, url) = app.export_token(&admin, property).await;
     export_caught_up(&app, property).await;
     let (status, content_type, text) = fetch_ics(&app, &url).await;
     assert_eq!(status, StatusCode::OK, "{text}");
@@ -319,7 +305,7 @@ async fn the_export_needs_the_current_secret_and_rotation_revokes_the_old_one() 
     // No secret yet, none given, a wrong one: all the same 404.
     let reply = app.send("GET", &path, None, None, &[]).await;
     assert_error(&reply, StatusCode::NOT_FOUND, "NOT_FOUND");
-    let (old, old_url) = new_export_token(&app, &admin, property).await;
+    let (old, old_url) = app.export_token(&admin, property).await;
     assert!(
         old_url.ends_with(&format!("{path}?token={old}")),
         "{old_url}"
@@ -343,7 +329,7 @@ async fn the_export_needs_the_current_secret_and_rotation_revokes_the_old_one() 
 
     // A manager may rotate it; the old URL stops working at once.
     let manager = token(agency_id, "manager", "manager-1");
-    let (new, new_url) = new_export_token(&app, &manager, property).await;
+    let (new, new_url) = app.export_token(&manager, property).await;
     assert_ne!(new, old);
     let (status, _, _) = fetch_ics(&app, &old_url).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "the rotated-out secret");

@@ -27,15 +27,7 @@ const HISTORY: &str = "/ops/audit-log";
 /// property and the `.ics` path with its token.
 async fn exported_property(app: &TestApp, admin: &str) -> (Uuid, String) {
     let property = app.property(admin, None).await;
-    let reply = created(
-        app.post(
-            &format!("/api/v1/properties/{property}/ical-token"),
-            admin,
-            json!({}),
-        )
-        .await,
-    );
-    let secret = reply.body["token"].as_str().expect("a token");
+    let (secret, _) = app.export_token(admin, property).await;
     (property, format!("/ical/{property}.ics?token={secret}"))
 }
 

@@ -173,6 +173,14 @@ impl Api {
         created(self.post(PROPERTIES, token, body).await).id()
     }
 
+    /// A new iCal export secret of `property`: `(token, url)`.
+    pub async fn export_token(&self, token: &str, property: Uuid) -> (String, String) {
+        let path = format!("{PROPERTIES}/{property}/ical-token");
+        let reply = created(self.post(&path, token, json!({})).await);
+        let text = |field: &str| reply.body[field].as_str().expect(field).to_owned();
+        (text("token"), text("url"))
+    }
+
     /// Reserves `[check_in, check_out)` and returns the reply.
     pub async fn reserve(
         &self,
