@@ -1092,8 +1092,10 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
     })
     .await;
     assert_eq!(reply.status, StatusCode::OK, "reinstated: {:?}", reply.body);
-    app.booked(&staff, property, "2027-04-01", "2027-04-02")
-        .await;
+    created(
+        app.reserve(&staff, property, "2027-04-01", "2027-04-02")
+            .await,
+    );
 }
 
 // ------------------------------------------------------------------ ledger token
@@ -1179,8 +1181,10 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
         .to_owned();
     let reply = app.post(PROPERTIES, &staff, json!({"name": "Nope"})).await;
     assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
-    app.booked(&staff, property, "2027-03-01", "2027-03-02")
-        .await;
+    created(
+        app.reserve(&staff, property, "2027-03-01", "2027-03-02")
+            .await,
+    );
 
     // Signed with another secret: refused by the server.
     let out = ledger(

@@ -17,7 +17,7 @@ use chrono::{Days, NaiveDate};
 use common::nats::NatsServer;
 use common::stream::acknowledged;
 use common::{
-    agency, eventually, spawn_app, spawn_app_on, spawn_app_with_env, spawn_process,
+    agency, created, eventually, spawn_app, spawn_app_on, spawn_app_with_env, spawn_process,
     spawn_process_with_env, TestApp,
 };
 use ledger_domain::values::Nights;
@@ -249,9 +249,10 @@ async fn a_client_hanging_up_on_a_cancel_never_leaves_a_double_booking() {
     let mut conflicts = 0;
     for round in 0..rounds {
         let property = app.property(&token, None).await;
-        let first = app
-            .booked(&token, property, "2027-07-01", "2027-07-04")
-            .await;
+        let first = created(
+            app.reserve(&token, property, "2027-07-01", "2027-07-04")
+                .await,
+        );
         let booking = first.id();
         let after = Duration::from_micros(random_below(4_001));
         hang_up(

@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{agency, spawn_process, with_status};
+use common::{agency, created, spawn_process, with_status};
 use reqwest::StatusCode;
 use sqlx::Row;
 
@@ -13,9 +13,10 @@ async fn a_booking_acknowledged_with_201_survives_kill_9_right_after() {
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
 
-    let reply = app
-        .booked(&admin, property, "2027-03-01", "2027-03-05")
-        .await;
+    let reply = created(
+        app.reserve(&admin, property, "2027-03-01", "2027-03-05")
+            .await,
+    );
     let booking = reply.id();
     let position = reply.body["position"].as_i64().expect("a position");
     app.kill();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::nats::NatsServer;
 use common::pg::PgServer;
-use common::{agency, assert_error, spawn_app_on, with_status, Reply, TestApp};
+use common::{agency, assert_error, created, spawn_app_on, with_status, Reply, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -90,9 +90,10 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
     eprintln!("ready 200 before the drill after {waited:?}");
     let (_, token) = agency();
     let property = app.property(&token, None).await;
-    let first = app
-        .booked(&token, property, "2027-06-01", "2027-06-03")
-        .await;
+    let first = created(
+        app.reserve(&token, property, "2027-06-01", "2027-06-03")
+            .await,
+    );
     let first_booking = first.id();
 
     // Down.
@@ -272,9 +273,10 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
     eprintln!("ready 200 before the drill after {waited:?}");
     let (_, token) = agency();
     let property = app.property(&token, None).await;
-    let first = app
-        .booked(&token, property, "2027-06-01", "2027-06-03")
-        .await;
+    let first = created(
+        app.reserve(&token, property, "2027-06-01", "2027-06-03")
+            .await,
+    );
     let first_booking = first.id();
     let head = app.head().await;
     // The pool now holds open connections: those are the ones a frozen

@@ -589,7 +589,7 @@ async fn a_resumed_stream_gets_exactly_the_events_in_between_even_across_a_resta
         ("2031-08-05", "2031-08-06"),
     ];
     for (check_in, check_out) in stays {
-        let reply = app.booked(&admin, property, check_in, check_out).await;
+        let reply = created(app.reserve(&admin, property, check_in, check_out).await);
         written.push(reply.body["position"].as_i64().unwrap_or(0));
     }
     app.kill();

@@ -152,9 +152,10 @@ async fn the_export_lists_exactly_the_nights_the_inventory_holds() {
     let property = app.property(&admin, None).await;
     let other = app.property(&admin, None).await;
 
-    let kept = app
-        .booked(&admin, property, "2027-07-01", "2027-07-04")
-        .await;
+    let kept = created(
+        app.reserve(&admin, property, "2027-07-01", "2027-07-04")
+            .await,
+    );
     let cancelled = app
         .reserve(&admin, property, "2027-07-10", "2027-07-12")
         .await;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use common::nats::NatsServer;
-use common::{agency, eventually, spawn_app_with_env};
+use common::{agency, created, eventually, spawn_app_with_env};
 use ledger_infra::channel::{agency_durable, Binding, ChannelConsumer};
 use ledger_infra::nats::{agency_inbox_prefix, connect_now_to, Endpoint};
 use tokio::sync::mpsc;
@@ -94,8 +94,10 @@ async fn an_agency_user_consumes_its_own_events_and_nothing_else() {
     let app = spawn_app_with_env(&[("NATS_URL", publisher_url.as_str())]).await;
 
     let property_a = app.property(&admin_a, None).await;
-    app.booked(&admin_a, property_a, "2031-05-01", "2031-05-03")
-        .await;
+    created(
+        app.reserve(&admin_a, property_a, "2031-05-01", "2031-05-03")
+            .await,
+    );
     app.property(&admin_b, None).await;
 
     // The ledger logs in with the credentials in NATS_URL and publishes all three.

@@ -34,7 +34,7 @@ async fn reserve_and_read(
     check_in: &str,
     check_out: &str,
 ) -> (Uuid, i64, Duration) {
-    let reply = app.booked(token, property, check_in, check_out).await;
+    let reply = created(app.reserve(token, property, check_in, check_out).await);
     let committed = Instant::now();
     let (id, position) = (reply.id(), reply.body["position"].as_i64().unwrap_or(0));
     let read = app
@@ -130,9 +130,10 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
     .await
     .expect("create the refusing trigger");
 
-    let reserved = app
-        .booked(&admin_a, stuck, "2030-03-01", "2030-03-04")
-        .await;
+    let reserved = created(
+        app.reserve(&admin_a, stuck, "2030-03-01", "2030-03-04")
+            .await,
+    );
     let (waiting, parked_at) = (reserved.id(), reserved.body["position"].clone());
     // A later event of the same property: it waits behind the first.
     with_status(

@@ -129,9 +129,10 @@ async fn serve_as_the_serving_role_works_end_to_end_with_replays() {
     .await;
 
     let property = app.property(&admin, None).await;
-    let booking = app
-        .booked(&admin, property, "2031-05-01", "2031-05-04")
-        .await;
+    let booking = created(
+        app.reserve(&admin, property, "2031-05-01", "2031-05-04")
+            .await,
+    );
     created(
         app.block(&admin, property, "2031-05-04", "2031-05-06", "maintenance")
             .await,

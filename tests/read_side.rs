@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{Days, NaiveDate, Utc};
 use common::{
-    agency, assert_error, eventually, operator, spawn_app, spawn_app_at, spawn_app_on,
+    agency, assert_error, created, eventually, operator, spawn_app, spawn_app_at, spawn_app_on,
     spawn_process, token, with_status, Reply, TestApp,
 };
 use ledger_infra::{Clock, ManualClock};
@@ -1978,7 +1978,7 @@ async fn two_processes_apply_each_event_once_and_the_survivor_takes_over() {
         let from = day("2032-01-01") + chrono::Days::new(i * 3);
         let (admin, to) = (admin.clone(), plus(from, 2));
         async move {
-            let reply = app.booked(&admin, property, &from.to_string(), &to).await;
+            let reply = created(app.reserve(&admin, property, &from.to_string(), &to).await);
             if i % 5 == 0 {
                 let id = reply.id();
                 with_status(

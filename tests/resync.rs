@@ -15,7 +15,8 @@ use chrono::{Days, NaiveDate, Utc};
 use common::nats::NatsServer;
 use common::stream::published;
 use common::{
-    agency, assert_error, eventually, operator, spawn_app_with_env, token, with_status, TestApp,
+    agency, assert_error, created, eventually, operator, spawn_app_with_env, token, with_status,
+    TestApp,
 };
 use futures::StreamExt;
 use ledger_domain::checksum::{self, ChannelRange};
@@ -744,8 +745,10 @@ async fn live_load(
         let property = live[sent % live.len()];
         offset += 1;
         let night = first_night + (offset / live.len() as u64) * 2;
-        app.booked(token, property, &day(night), &day(night + 1))
-            .await;
+        created(
+            app.reserve(token, property, &day(night), &day(night + 1))
+                .await,
+        );
         sent += 1;
     }
     let deadline = Instant::now() + WAIT;

@@ -13,7 +13,9 @@ use crate::common;
 use std::time::Duration;
 
 use common::pg::PgServer;
-use common::{agency, assert_error, eventually, spawn_app_on, with_status, Reply, TestApp};
+use common::{
+    agency, assert_error, created, eventually, spawn_app_on, with_status, Reply, TestApp,
+};
 use reqwest::StatusCode;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
@@ -60,9 +62,10 @@ async fn a_write_is_read_back_through_the_standby_with_min_position() {
     .await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
-    let first = app
-        .booked(&admin, property, "2031-03-01", "2031-03-04")
-        .await;
+    let first = created(
+        app.reserve(&admin, property, "2031-03-01", "2031-03-04")
+            .await,
+    );
     let head = app.head().await;
     with_status(
         StatusCode::OK,
@@ -75,9 +78,10 @@ async fn a_write_is_read_back_through_the_standby_with_min_position() {
         .execute(&mut standby_db)
         .await
         .expect("pause the standby's replay");
-    let second = app
-        .booked(&admin, property, "2031-04-01", "2031-04-03")
-        .await;
+    let second = created(
+        app.reserve(&admin, property, "2031-04-01", "2031-04-03")
+            .await,
+    );
     let head = app.head().await;
     // The primary's read model of bookings has it (the projection runs there).
     eventually(Duration::from_secs(10), || async {

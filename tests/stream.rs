@@ -14,7 +14,7 @@ use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::stream::StorageType;
 use common::nats::NatsServer;
 use common::stream::{assert_in_log_order, next, properties, published, receive_all, Load};
-use common::{agency, operator, spawn_process_with_env, TestApp};
+use common::{agency, created, operator, spawn_process_with_env, TestApp};
 use futures::StreamExt;
 use ledger_domain::CalendarEvent;
 use ledger_infra::channel::{Binding, ChannelConsumer};
@@ -67,9 +67,10 @@ async fn a_reserve_is_published_as_the_documented_cloudevent() {
     let (nats, app) = start().await;
     let (agency_id, admin) = agency();
     let property = app.property(&admin, None).await;
-    let reply = app
-        .booked(&admin, property, "2027-05-01", "2027-05-04")
-        .await;
+    let reply = created(
+        app.reserve(&admin, property, "2027-05-01", "2027-05-04")
+            .await,
+    );
     let booking = reply.id();
     let position = reply.body["position"].as_i64().expect("a position");
     published(&app, Duration::from_secs(10)).await;

@@ -36,7 +36,7 @@ async fn booked(
     check_in: &str,
     check_out: &str,
 ) -> Uuid {
-    let reply = app.booked(token, property, check_in, check_out).await;
+    let reply = created(app.reserve(token, property, check_in, check_out).await);
     reply.id()
 }
 
@@ -399,9 +399,10 @@ async fn reserving_returns_201_and_the_booking() {
     assert!(header(&read, "x-ledger-position").is_some());
 
     // Defaults: one adult, no children, direct channel.
-    let plain = app
-        .booked(&admin, property, "2027-03-10", "2027-03-11")
-        .await;
+    let plain = created(
+        app.reserve(&admin, property, "2027-03-10", "2027-03-11")
+            .await,
+    );
     assert_eq!(plain.body["adults"], 1);
     assert_eq!(plain.body["children"], 0);
     assert_eq!(plain.body["channel"], "direct");
@@ -409,9 +410,10 @@ async fn reserving_returns_201_and_the_booking() {
     assert_eq!(plain.body["price"], Value::Null);
 
     // The longest stay is 366 nights.
-    let year = app
-        .booked(&admin, property, "2028-01-01", "2029-01-01")
-        .await;
+    let year = created(
+        app.reserve(&admin, property, "2028-01-01", "2029-01-01")
+            .await,
+    );
     assert_eq!(year.body["nights"], 366);
 
     let missing = app.read(&booking_path(Uuid::new_v4(), ""), &admin).await;
@@ -1721,9 +1723,10 @@ async fn a_refusal_decided_from_state_is_the_first_reply_for_its_key() {
     let app = spawn_app().await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
-    let taken = app
-        .booked(&admin, property, "2027-04-01", "2027-04-05")
-        .await;
+    let taken = created(
+        app.reserve(&admin, property, "2027-04-01", "2027-04-05")
+            .await,
+    );
     let body = json!({
         "property_id": property,
         "check_in": "2027-04-02",

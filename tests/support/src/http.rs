@@ -193,17 +193,6 @@ impl Api {
             .await
     }
 
-    /// `reserve`, asserting that it created the booking.
-    pub async fn booked(
-        &self,
-        token: &str,
-        property: Uuid,
-        check_in: &str,
-        check_out: &str,
-    ) -> Reply {
-        created(self.reserve(token, property, check_in, check_out).await)
-    }
-
     /// Reserves a booking with any extra fields merged into the default body.
     pub async fn reserve_with(
         &self,
