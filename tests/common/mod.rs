@@ -41,7 +41,9 @@ fn base_env(database_url: &str, listen: &str) -> Vec<(String, String)> {
 /// must not set variables of the whole test process.
 fn serve_config(env: &[(String, String)]) -> ServeConfig {
     let cli = ServeConfig::augment_args(Cli::new("serve"));
-    let flags = env.iter().map(|(name, value)| {
+    // RUST_LOG is the process's logging; an in-process app logs nothing.
+    let settings = env.iter().filter(|(name, _)| name != "RUST_LOG");
+    let flags = settings.map(|(name, value)| {
         let flag = cli
             .get_arguments()
             .find(|arg| arg.get_env().is_some_and(|env| env == name.as_str()))
@@ -188,12 +190,10 @@ pub async fn spawn_process_with_env(env: &[(&str, &str)]) -> TestApp {
 /// or another app's), instead of a fresh database made for this app.
 /// `db_name` names the app's log file, so it must be unique.
 pub async fn spawn_app_on(database_url: &str, db_name: &str, env: &[(&str, &str)]) -> TestApp {
-    // `ledger serve` is told its address, and must come back on it after a
-    // kill, so the port is picked here.
-    let port = free_port();
     let mut app = TestApp {
-        api: Api::new(format!("http://127.0.0.1:{port}")),
-        port,
+        // Until the first start has bound port 0 and logged its address.
+        api: Api::new(String::new()),
+        port: 0,
         database_url: database_url.to_owned(),
         db_name: db_name.to_owned(),
         child: Mutex::new(None),
@@ -218,20 +218,38 @@ impl TestApp {
             .append(true)
             .open(&self.log)
             .expect("a log file");
+        // The first start binds port 0; a restart comes back on the port the
+        // first one got, where the test's clients (and loads) still point.
         let listen = format!("127.0.0.1:{}", self.port);
+        let logging = self
+            .env
+            .iter()
+            .find(|(name, _)| name == "RUST_LOG")
+            .map(|(_, value)| value.clone())
+            .or_else(|| std::env::var("TEST_LOG").ok())
+            .unwrap_or_else(|| "warn".into());
+        let logged_before = self.log_text().len();
         let child = Command::new(env!("CARGO_BIN_EXE_ledger"))
             .arg("serve")
             .envs(base_env(&self.database_url, &listen))
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
             .envs(self.env.iter().map(|(name, value)| (name, value)))
+            // The address line is how the tests learn the port.
+            .env("RUST_LOG", format!("{logging},{SERVING}=info"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start the ledger binary");
         *self.child.get_mut().expect("not poisoned") = Some(child);
+        if self.port == 0 {
+            self.port = eventually(Duration::from_secs(30), || async {
+                if !self.is_running() {
+                    panic!("ledger exited: {}", self.log_text());
+                }
+                serving_port(&self.log_text()[logged_before..]).ok_or("no address logged yet")
+            })
+            .await;
+            self.api = Api::new(format!("http://127.0.0.1:{}", self.port));
+        }
         eventually(Duration::from_secs(30), || async {
             if !self.is_running() {
                 panic!("ledger exited: {}", self.log_text());
@@ -339,6 +357,20 @@ impl TestApp {
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
+}
+
+/// The module whose info line names the address `ledger serve` listens on.
+const SERVING: &str = "ledger_api::startup";
+
+/// The port of the first `ledger is serving address=127.0.0.1:PORT` line of
+/// `log` (text format, possibly with colour codes).
+fn serving_port(log: &str) -> Option<u16> {
+    let line = log
+        .lines()
+        .find(|line| line.contains("ledger is serving"))?;
+    let (_, after) = line.rsplit_once("127.0.0.1:")?;
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 impl Drop for TestApp {
