@@ -4,7 +4,7 @@
 //! one of another version is ignored, and loading through one gives the
 //! same calendar as replaying the whole history.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -73,16 +73,17 @@ async fn long_histories_load_from_a_snapshot_that_is_only_a_cache() {
     let head = history + 1;
 
     // The first load folds the whole history and writes a snapshot of it.
-    assert_eq!(name_after_restart(&store, property).await, format!("History {head}"));
-    let mut written = None;
-    for _ in 0..100 {
-        written = snapshot_sequence(pool, property).await;
-        if written.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(written, Some(head), "a snapshot of the whole history");
+    assert_eq!(
+        name_after_restart(&store, property).await,
+        format!("History {head}")
+    );
+    let written = eventually(Duration::from_secs(5), || async {
+        snapshot_sequence(pool, property)
+            .await
+            .ok_or("no snapshot written yet")
+    })
+    .await;
+    assert_eq!(written, head, "a snapshot of the whole history");
 
     // Later loads start from it: a snapshot whose state says otherwise is
     // believed (which is how this test sees that it is read at all)...
@@ -109,7 +110,10 @@ async fn long_histories_load_from_a_snapshot_that_is_only_a_cache() {
         .execute(pool)
         .await
         .expect("age the snapshot");
-    assert_eq!(name_after_restart(&store, property).await, format!("History {head}"));
+    assert_eq!(
+        name_after_restart(&store, property).await,
+        format!("History {head}")
+    );
 
     // Through the genuine snapshot and the events after it, the calendar is
     // the one the whole history gives.
@@ -123,7 +127,9 @@ async fn long_histories_load_from_a_snapshot_that_is_only_a_cache() {
     write_history(pool, property, 5).await;
     let bus = CommandBus::new(store.clone());
     let through_snapshot = bus
-        .read(property, |loaded| (loaded.sequence, loaded.calendar.clone()))
+        .read(property, |loaded| {
+            (loaded.sequence, loaded.calendar.clone())
+        })
         .await
         .expect("load through the snapshot");
     let replayed = store.load(property).await.expect("replay the history");
