@@ -11,6 +11,7 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::claims::{claim_change, ClaimChange};
 use crate::commands::{
     BlockNights, CalendarCommand, Command, ModifyBooking, RegisterProperty, ReserveStay,
     UpdateProperty,
@@ -157,6 +158,18 @@ impl PropertyCalendar {
                 },
             )
         })
+    }
+
+    /// The status an active claim is held under: its booking's status, or
+    /// [`BLOCKED`](crate::checksum::BLOCKED) for a block.
+    pub fn claim_status(&self, kind: ClaimKind, id: Uuid) -> &'static str {
+        match kind {
+            ClaimKind::Booking => self
+                .bookings
+                .get(&id)
+                .map_or(BookingStatus::Confirmed.as_str(), |b| b.status.as_str()),
+            ClaimKind::Block => crate::checksum::BLOCKED,
+        }
     }
 
     /// Decides a command against the current state: the events it produces, or
@@ -692,25 +705,50 @@ impl PropertyCalendar {
         );
     }
 
-    fn unclaim(&mut self, id: Uuid, nights: Nights) {
-        if self.claims.get(&nights.start).is_some_and(|c| c.id == id) {
+    /// Frees the claim `id` holds from `nights.start`; whether it held one.
+    fn unclaim(&mut self, id: Uuid, nights: Nights) -> bool {
+        let held = self.claims.get(&nights.start).is_some_and(|c| c.id == id);
+        if held {
             self.claims.remove(&nights.start);
+        }
+        held
+    }
+
+    /// Folds what an event does to held nights into the index. Runs before
+    /// the records change, so a booking's or block's record still has the
+    /// nights it held.
+    fn change_claims(&mut self, change: ClaimChange) {
+        match change {
+            ClaimChange::Hold {
+                kind, id, nights, ..
+            } => self.claim(kind, id, nights),
+            ClaimChange::Move { id, nights } => {
+                let before = self.bookings.get(&id).map(|b| b.nights);
+                if before.is_some_and(|before| self.unclaim(id, before)) {
+                    self.claim(ClaimKind::Booking, id, nights);
+                }
+            }
+            // The index keeps no status.
+            ClaimChange::Restatus { .. } => {}
+            ClaimChange::Release { kind, id } => {
+                let held = match kind {
+                    ClaimKind::Booking => self.bookings.get(&id).map(|b| b.nights),
+                    ClaimKind::Block => self.blocks.get(&id).map(|b| b.nights),
+                };
+                if let Some(nights) = held {
+                    self.unclaim(id, nights);
+                }
+            }
         }
     }
 
-    /// Moves a booking to a new status, freeing its nights when it stops being active.
     fn set_status(&mut self, id: Uuid, status: BookingStatus, at: DateTime<Utc>) {
         let Some(booking) = self.bookings.get_mut(&id) else {
             return;
         };
-        let was_active = booking.status.is_active();
         booking.status = status;
         booking.version += 1;
         booking.updated_at = at;
-        let nights = booking.nights;
-        if was_active && !status.is_active() {
-            self.unclaim(id, nights);
-        }
     }
 
     fn touch_property(&mut self, at: DateTime<Utc>) -> Option<&mut Property> {
@@ -848,6 +886,9 @@ impl Aggregate for PropertyCalendar {
     }
 
     fn apply(&mut self, event: Self::Event) {
+        if let Some(change) = claim_change(&event) {
+            self.change_claims(change);
+        }
         match event {
             CalendarEvent::PropertyRegistered {
                 property_id,
@@ -911,9 +952,6 @@ impl Aggregate for PropertyCalendar {
                     start: check_in,
                     end: check_out,
                 };
-                if status.is_active() {
-                    self.claim(ClaimKind::Booking, booking_id, nights);
-                }
                 self.bookings.insert(
                     booking_id,
                     Booking {
@@ -951,12 +989,10 @@ impl Aggregate for PropertyCalendar {
                 let Some(booking) = self.bookings.get_mut(&booking_id) else {
                     return;
                 };
-                let before = booking.nights;
-                let after = Nights {
+                booking.nights = Nights {
                     start: check_in,
                     end: check_out,
                 };
-                booking.nights = after;
                 booking.guest = guest;
                 booking.adults = adults;
                 booking.children = children;
@@ -964,10 +1000,6 @@ impl Aggregate for PropertyCalendar {
                 booking.notes = notes;
                 booking.version += 1;
                 booking.updated_at = at;
-                if booking.status.is_active() && before != after {
-                    self.unclaim(booking_id, before);
-                    self.claim(ClaimKind::Booking, booking_id, after);
-                }
             }
             CalendarEvent::BookingConfirmed { booking_id, at, .. } => {
                 self.set_status(booking_id, BookingStatus::Confirmed, at);
@@ -1012,7 +1044,6 @@ impl Aggregate for PropertyCalendar {
                 at,
             } => {
                 let nights = Nights { start, end };
-                self.claim(ClaimKind::Block, block_id, nights);
                 self.blocks.insert(
                     block_id,
                     Block {
@@ -1034,8 +1065,6 @@ impl Aggregate for PropertyCalendar {
                 };
                 block.released = true;
                 block.released_at = Some(at);
-                let nights = block.nights;
-                self.unclaim(block_id, nights);
             }
         }
     }

@@ -7,6 +7,7 @@
 
 pub mod calendar;
 pub mod checksum;
+pub mod claims;
 pub mod commands;
 pub mod error;
 pub mod events;

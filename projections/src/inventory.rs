@@ -6,6 +6,8 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::NaiveDate;
+use ledger_domain::claims::{claim_change, ClaimChange};
+use ledger_domain::values::ClaimKind;
 use ledger_domain::CalendarEvent;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -16,7 +18,7 @@ use crate::tail::Envelope;
 struct Range {
     agency_id: Uuid,
     property_id: Uuid,
-    kind: &'static str,
+    kind: ClaimKind,
     start: NaiveDate,
     end: NaiveDate,
     status: String,
@@ -59,13 +61,12 @@ pub async fn apply(
         .await?
     };
     for row in existing {
-        let kind: String = row.try_get("kind")?;
         ranges.insert(
             row.try_get("ref_id")?,
             Some(Range {
                 agency_id: row.try_get("agency_id")?,
                 property_id: row.try_get("property_id")?,
-                kind: if kind == "block" { "block" } else { "booking" },
+                kind: row.try_get("kind")?,
                 start: row.try_get("start_night")?,
                 end: row.try_get("end_night")?,
                 status: row.try_get("status")?,
@@ -121,81 +122,43 @@ fn creates(event: &CalendarEvent) -> bool {
     )
 }
 
+/// Folds one event with the domain's rule of held nights.
 fn fold(ranges: &mut HashMap<Uuid, Option<Range>>, envelope: &Envelope) {
-    let position = envelope.position;
-    let claim = |kind, property_id, start, end, status: &str| Range {
-        agency_id: envelope.meta.agency_id,
-        property_id,
-        kind,
-        start,
-        end,
-        status: status.to_owned(),
-        position,
+    let Some(change) = claim_change(&envelope.event) else {
+        return;
     };
+    let position = envelope.position;
     let mut update = |id: Uuid, change: &dyn Fn(&mut Range)| {
         if let Some(Some(range)) = ranges.get_mut(&id) {
             change(range);
             range.position = position;
         }
     };
-    match &envelope.event {
-        CalendarEvent::BookingReserved {
-            booking_id,
-            property_id,
+    match change {
+        ClaimChange::Hold {
+            kind,
+            id,
+            nights,
             status,
-            check_in,
-            check_out,
-            ..
         } => {
-            let range = status.is_active().then(|| {
-                claim(
-                    "booking",
-                    *property_id,
-                    *check_in,
-                    *check_out,
-                    status.as_str(),
-                )
-            });
-            ranges.insert(*booking_id, range);
+            let range = Range {
+                agency_id: envelope.meta.agency_id,
+                property_id: envelope.property_id,
+                kind,
+                start: nights.start,
+                end: nights.end,
+                status: status.into(),
+                position,
+            };
+            ranges.insert(id, Some(range));
         }
-        CalendarEvent::BookingModified {
-            booking_id,
-            check_in,
-            check_out,
-            ..
-        } => update(*booking_id, &|r| {
-            r.start = *check_in;
-            r.end = *check_out;
+        ClaimChange::Move { id, nights } => update(id, &|r| {
+            r.start = nights.start;
+            r.end = nights.end;
         }),
-        CalendarEvent::BookingConfirmed { booking_id, .. } => {
-            update(*booking_id, &|r| r.status = "confirmed".into())
+        ClaimChange::Restatus { id, status } => update(id, &|r| r.status = status.into()),
+        ClaimChange::Release { id, .. } => {
+            ranges.insert(id, None);
         }
-        CalendarEvent::BookingCheckedIn { booking_id, .. } => {
-            update(*booking_id, &|r| r.status = "checked_in".into())
-        }
-        CalendarEvent::BookingCancelled { booking_id, .. }
-        | CalendarEvent::BookingCheckedOut { booking_id, .. }
-        | CalendarEvent::BookingNoShow { booking_id, .. }
-        | CalendarEvent::BookingHoldExpired { booking_id, .. } => {
-            ranges.insert(*booking_id, None);
-        }
-        CalendarEvent::AvailabilityBlocked {
-            block_id,
-            property_id,
-            start,
-            end,
-            ..
-        } => {
-            ranges.insert(
-                *block_id,
-                Some(claim("block", *property_id, *start, *end, "blocked")),
-            );
-        }
-        CalendarEvent::AvailabilityReleased { block_id, .. } => {
-            ranges.insert(*block_id, None);
-        }
-        CalendarEvent::PropertyRegistered { .. }
-        | CalendarEvent::PropertyUpdated { .. }
-        | CalendarEvent::PropertyArchived { .. } => {}
     }
 }

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use ledger_domain::values::ClaimKind;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
@@ -179,7 +180,7 @@ pub async fn booking(
 /// One active claim on a property's nights.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClaimedRange {
-    pub kind: String,
+    pub kind: ClaimKind,
     pub id: Uuid,
     pub start: NaiveDate,
     pub end: NaiveDate,
@@ -339,7 +340,7 @@ mod tests {
 
     fn range(start: u32, end: u32) -> ClaimedRange {
         ClaimedRange {
-            kind: "booking".into(),
+            kind: ClaimKind::Booking,
             id: Uuid::nil(),
             start: d(start),
             end: d(end),

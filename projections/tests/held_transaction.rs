@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use common::*;
 use ledger_domain::commands::BlockNights;
-use ledger_domain::values::BlockReason;
+use ledger_domain::values::{BlockReason, ClaimKind};
 use ledger_domain::CalendarCommand;
-use ledger_infra::event_store::{EventStore, RefKind};
+use ledger_infra::event_store::EventStore;
 use ledger_infra::CommandBus;
 use ledger_projections::{runner, tail, Projection};
 use uuid::Uuid;
@@ -52,7 +52,7 @@ async fn held_open_transaction_is_never_skipped() {
     EventStore::record_ref(
         &mut held,
         held_booking,
-        RefKind::Booking,
+        ClaimKind::Booking,
         agency,
         held_property,
     )

@@ -3,8 +3,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use ledger_domain::values::ClaimKind;
 use ledger_domain::{CalendarCommand, Outcome};
-use ledger_infra::RefKind;
 use uuid::Uuid;
 
 use super::{execute, execute_as, not_found_as, PathId};
@@ -50,7 +50,7 @@ async fn property_of(
 ) -> Result<Uuid, ApiError> {
     state
         .store()
-        .resolve_ref(booking_id, RefKind::Booking, caller.0.agency_id)
+        .resolve_ref(booking_id, ClaimKind::Booking, caller.0.agency_id)
         .await?
         .ok_or(ApiError::BookingNotFound)
 }

@@ -1,7 +1,7 @@
 //! The export adapter: follows the stream with the channel kit and keeps, per
-//! property, the ranges of nights that are held (the same rule as the
-//! `inventory_ranges` projection: active bookings and unreleased blocks), and
-//! renders them as an iCalendar document.
+//! property, the ranges of nights that are held (the domain's rule,
+//! `ledger_domain::claims`, which the `inventory_ranges` projection folds
+//! too), and renders them as an iCalendar document.
 //!
 //! Each event is applied in one transaction with the property's cursor (its
 //! last applied `ledgersequence`), then acked. An event at or below the
@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use ledger_domain::checksum::{self, ChannelRange};
-use ledger_domain::CalendarEvent;
+use ledger_domain::checksum::ChannelRange;
+use ledger_domain::claims::{claim_change, ClaimChange};
+use ledger_domain::values::ClaimKind;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -38,26 +39,11 @@ pub const CONSUMER: &str = "ical-export";
 pub const UID_DOMAIN: &str = "booking-ledger";
 pub const PRODID: &str = "-//Booking Ledger//iCal export 1.0//EN";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RangeKind {
-    Booking,
-    Block,
-}
-
-impl RangeKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            RangeKind::Booking => "booking",
-            RangeKind::Block => "block",
-        }
-    }
-
-    /// The VEVENT's SUMMARY: never anything about the guest.
-    fn summary(self) -> &'static str {
-        match self {
-            RangeKind::Booking => "Reserved",
-            RangeKind::Block => "Blocked",
-        }
+/// The VEVENT's SUMMARY: never anything about the guest.
+fn summary(kind: ClaimKind) -> &'static str {
+    match kind {
+        ClaimKind::Booking => "Reserved",
+        ClaimKind::Block => "Blocked",
     }
 }
 
@@ -65,7 +51,7 @@ impl RangeKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportRange {
     pub ref_id: Uuid,
-    pub kind: RangeKind,
+    pub kind: ClaimKind,
     pub start: NaiveDate,
     pub end: NaiveDate,
     pub changed_at: DateTime<Utc>,
@@ -222,31 +208,23 @@ impl IcalExport {
         let mut loaded = Loaded::default();
         loaded.fold(events);
         let calendar = &loaded.calendar;
-        let bookings = calendar
-            .bookings
-            .values()
-            .filter(|b| b.status.is_active())
-            .map(|b| ExportRange {
-                ref_id: b.id,
-                kind: RangeKind::Booking,
-                start: b.nights.start,
-                end: b.nights.end,
-                changed_at: b.updated_at,
-                status: b.status.as_str().to_owned(),
-            });
-        let blocks = calendar
-            .blocks
-            .values()
-            .filter(|b| !b.released)
-            .map(|b| ExportRange {
-                ref_id: b.id,
-                kind: RangeKind::Block,
-                start: b.nights.start,
-                end: b.nights.end,
-                changed_at: b.created_at,
-                status: checksum::BLOCKED.to_owned(),
-            });
-        Ok(bookings.chain(blocks).collect())
+        Ok(calendar
+            .active_claims()
+            .map(|(kind, id, nights)| {
+                let changed_at = match kind {
+                    ClaimKind::Booking => calendar.bookings.get(&id).map(|b| b.updated_at),
+                    ClaimKind::Block => calendar.blocks.get(&id).map(|b| b.created_at),
+                };
+                ExportRange {
+                    ref_id: id,
+                    kind,
+                    start: nights.start,
+                    end: nights.end,
+                    changed_at: changed_at.unwrap_or_default(),
+                    status: calendar.claim_status(kind, id).to_owned(),
+                }
+            })
+            .collect())
     }
 }
 
@@ -261,14 +239,9 @@ pub async fn ranges(pool: &PgPool, property_id: Uuid) -> Result<Vec<ExportRange>
     .await?;
     rows.iter()
         .map(|row| {
-            let kind: String = row.try_get("kind")?;
             Ok(ExportRange {
                 ref_id: row.try_get("ref_id")?,
-                kind: if kind == "block" {
-                    RangeKind::Block
-                } else {
-                    RangeKind::Booking
-                },
+                kind: row.try_get("kind")?,
                 start: row.try_get("start_night")?,
                 end: row.try_get("end_night")?,
                 changed_at: row.try_get("changed_at")?,
@@ -307,11 +280,7 @@ impl AdapterState for IcalExport {
             .iter()
             .map(|r| ExportRange {
                 ref_id: r.id,
-                kind: if r.kind == "block" {
-                    RangeKind::Block
-                } else {
-                    RangeKind::Booking
-                },
+                kind: r.kind,
                 start: r.start,
                 end: r.end,
                 changed_at: snapshot.time,
@@ -343,7 +312,7 @@ impl AdapterState for IcalExport {
             .into_iter()
             .filter(|r| r.end > from && r.start < to)
             .map(|r| ChannelRange {
-                kind: r.kind.as_str().to_owned(),
+                kind: r.kind,
                 id: r.ref_id,
                 start: r.start,
                 end: r.end,
@@ -353,84 +322,50 @@ impl AdapterState for IcalExport {
     }
 }
 
+/// Folds one event with the domain's rule of held nights.
 async fn apply_event(conn: &mut PgConnection, event: &LedgerEvent) -> Result<(), sqlx::Error> {
-    let at = event.cloud.time;
-    let upsert = |ref_id, kind: RangeKind, start, end, status: &str| ExportRange {
-        ref_id,
-        kind,
-        start,
-        end,
-        changed_at: at,
-        status: status.to_owned(),
+    let Some(change) = claim_change(&event.event) else {
+        return Ok(());
     };
-    match &event.event {
-        CalendarEvent::BookingReserved {
-            booking_id,
+    let at = event.cloud.time;
+    match change {
+        ClaimChange::Hold {
+            kind,
+            id,
+            nights,
             status,
-            check_in,
-            check_out,
-            ..
-        } if status.is_active() => {
-            let range = upsert(
-                *booking_id,
-                RangeKind::Booking,
-                *check_in,
-                *check_out,
-                status.as_str(),
-            );
+        } => {
+            let range = ExportRange {
+                ref_id: id,
+                kind,
+                start: nights.start,
+                end: nights.end,
+                changed_at: at,
+                status: status.to_owned(),
+            };
             insert(conn, event.agency_id, event.property_id, &range).await
         }
-        CalendarEvent::AvailabilityBlocked {
-            block_id,
-            start,
-            end,
-            ..
-        } => {
-            let range = upsert(*block_id, RangeKind::Block, *start, *end, checksum::BLOCKED);
-            insert(conn, event.agency_id, event.property_id, &range).await
-        }
-        CalendarEvent::BookingModified {
-            booking_id,
-            check_in,
-            check_out,
-            ..
-        } => {
+        ClaimChange::Move { id, nights } => {
             sqlx::query(
                 "UPDATE ical_export_ranges SET start_night = $2, end_night = $3, changed_at = $4
                   WHERE ref_id = $1",
             )
-            .bind(booking_id)
-            .bind(check_in)
-            .bind(check_out)
+            .bind(id)
+            .bind(nights.start)
+            .bind(nights.end)
             .bind(at)
             .execute(conn)
             .await?;
             Ok(())
         }
-        CalendarEvent::BookingCancelled { booking_id: id, .. }
-        | CalendarEvent::BookingCheckedOut { booking_id: id, .. }
-        | CalendarEvent::BookingNoShow { booking_id: id, .. }
-        | CalendarEvent::BookingHoldExpired { booking_id: id, .. }
-        | CalendarEvent::AvailabilityReleased { block_id: id, .. } => {
+        ClaimChange::Restatus { id, status } => set_status(conn, id, status).await,
+        ClaimChange::Release { id, .. } => {
             sqlx::query("DELETE FROM ical_export_ranges WHERE ref_id = $1")
                 .bind(id)
                 .execute(conn)
                 .await?;
             Ok(())
         }
-        // Confirming or checking in keeps the nights held, with a new status.
-        CalendarEvent::BookingConfirmed { booking_id, .. } => {
-            set_status(conn, *booking_id, "confirmed").await
-        }
-        CalendarEvent::BookingCheckedIn { booking_id, .. } => {
-            set_status(conn, *booking_id, "checked_in").await
-        }
-        // Property events hold no nights; a reservation that is not active
-        // holds none.
-        CalendarEvent::BookingReserved { .. }
-        | CalendarEvent::PropertyRegistered { .. }
-        | CalendarEvent::PropertyUpdated { .. }
-        | CalendarEvent::PropertyArchived { .. } => Ok(()),
     }
 }
 
@@ -463,7 +398,7 @@ async fn insert(
     .bind(range.ref_id)
     .bind(agency_id)
     .bind(property_id)
-    .bind(range.kind.as_str())
+    .bind(range.kind)
     .bind(range.start)
     .bind(range.end)
     .bind(range.changed_at)
@@ -523,7 +458,7 @@ pub fn render(property_id: Uuid, ranges: &[ExportRange]) -> String {
             &mut out,
             &format!("DTEND;VALUE=DATE:{}", range.end.format("%Y%m%d")),
         );
-        line(&mut out, &format!("SUMMARY:{}", range.kind.summary()));
+        line(&mut out, &format!("SUMMARY:{}", summary(range.kind)));
         line(&mut out, "TRANSP:OPAQUE");
         line(&mut out, "END:VEVENT");
     }
@@ -544,7 +479,7 @@ mod tests {
     fn the_document_reads_back_as_its_ranges() {
         let range = ExportRange {
             ref_id: Uuid::nil(),
-            kind: RangeKind::Booking,
+            kind: ClaimKind::Booking,
             start: NaiveDate::from_ymd_opt(2027, 7, 1).expect("a date"),
             end: NaiveDate::from_ymd_opt(2027, 7, 4).expect("a date"),
             changed_at: DateTime::from_timestamp(0, 0).expect("the epoch"),
