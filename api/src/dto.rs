@@ -292,6 +292,7 @@ impl ReserveBody {
             external_ref: self.external_ref,
             price: self.price.map(Into::into),
             notes: self.notes,
+            room_type_id: None,
         }
     }
 }
@@ -381,6 +382,8 @@ impl BlockBody {
             reason: self.reason.into(),
             note: self.note,
             external_ref: self.external_ref,
+            room_type_id: None,
+            units: None,
         }
     }
 }

@@ -362,6 +362,8 @@ impl ImportRun<'_> {
             reason: BlockReason::Other,
             note: Some(self.note.to_owned()),
             external_ref: Some(event.uid.clone()),
+            room_type_id: None,
+            units: None,
         });
         match self.execute(command).await? {
             Ok(position) => {
@@ -550,6 +552,8 @@ mod tests {
             released: false,
             created_at: DateTime::from_timestamp(0, 0).expect("a time"),
             released_at: None,
+            room_type_id: None,
+            units: 1,
         }
     }
 

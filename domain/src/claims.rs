@@ -20,12 +20,15 @@ use crate::values::{BookingStatus, ClaimKind, Nights};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimChange {
     /// A booking or block starts holding `nights`, under `status` (a
-    /// booking's status, or [`BLOCKED`]).
+    /// booking's status, or [`BLOCKED`]): the whole property, or `units` of
+    /// a room type.
     Hold {
         kind: ClaimKind,
         id: Uuid,
         nights: Nights,
         status: &'static str,
+        room_type_id: Option<Uuid>,
+        units: u32,
     },
     /// A booking moves to other nights. Changes nothing when it holds none.
     Move { id: Uuid, nights: Nights },
@@ -44,6 +47,7 @@ pub fn claim_change(event: &CalendarEvent) -> Option<ClaimChange> {
             status,
             check_in,
             check_out,
+            room_type_id,
             ..
         } => status.is_active().then_some(ClaimChange::Hold {
             kind: ClaimKind::Booking,
@@ -53,11 +57,15 @@ pub fn claim_change(event: &CalendarEvent) -> Option<ClaimChange> {
                 end: *check_out,
             },
             status: status.as_str(),
+            room_type_id: *room_type_id,
+            units: 1,
         }),
         CalendarEvent::AvailabilityBlocked {
             block_id,
             start,
             end,
+            room_type_id,
+            units,
             ..
         } => Some(ClaimChange::Hold {
             kind: ClaimKind::Block,
@@ -67,6 +75,8 @@ pub fn claim_change(event: &CalendarEvent) -> Option<ClaimChange> {
                 end: *end,
             },
             status: BLOCKED,
+            room_type_id: *room_type_id,
+            units: *units,
         }),
         CalendarEvent::BookingModified {
             booking_id,
@@ -101,9 +111,12 @@ pub fn claim_change(event: &CalendarEvent) -> Option<ClaimChange> {
             kind: ClaimKind::Block,
             id: *block_id,
         }),
+        // A room type's units change what a night can take, not what is held.
         CalendarEvent::PropertyRegistered { .. }
         | CalendarEvent::PropertyUpdated { .. }
-        | CalendarEvent::PropertyArchived { .. } => None,
+        | CalendarEvent::PropertyArchived { .. }
+        | CalendarEvent::RoomTypeCreated { .. }
+        | CalendarEvent::RoomTypeUpdated { .. } => None,
     }
 }
 
@@ -116,6 +129,7 @@ pub fn fold_ranges(held: &mut BTreeMap<Uuid, ChannelRange>, event: &CalendarEven
             id,
             nights,
             status,
+            ..
         }) => {
             let range = ChannelRange {
                 kind,

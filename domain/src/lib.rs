@@ -15,9 +15,9 @@ pub mod outcome;
 pub mod policy;
 pub mod values;
 
-pub use calendar::{Block, Booking, Property, PropertyCalendar};
+pub use calendar::{Block, Booking, Property, PropertyCalendar, RoomType};
 pub use commands::{CalendarCommand, Command};
-pub use error::{CalendarError, Conflict, Current};
+pub use error::{CalendarError, Conflict, Current, FullNight};
 pub use events::CalendarEvent;
 pub use outcome::Outcome;
 pub use policy::{Action, Actor, Role};

@@ -558,6 +558,9 @@ fn created_ref(event: &CalendarEvent) -> Option<(Uuid, ClaimKind)> {
         CalendarEvent::PropertyRegistered { .. }
         | CalendarEvent::PropertyUpdated { .. }
         | CalendarEvent::PropertyArchived { .. }
+        // Room types are addressed under their property's path.
+        | CalendarEvent::RoomTypeCreated { .. }
+        | CalendarEvent::RoomTypeUpdated { .. }
         | CalendarEvent::BookingModified { .. }
         | CalendarEvent::BookingConfirmed { .. }
         | CalendarEvent::BookingCancelled { .. }

@@ -76,6 +76,8 @@ async fn held_open_transaction_is_never_skipped() {
             reason: BlockReason::Maintenance,
             note: None,
             external_ref: None,
+            room_type_id: None,
+            units: None,
         }),
     )
     .await

@@ -329,11 +329,19 @@ async fn apply_event(conn: &mut PgConnection, event: &LedgerEvent) -> Result<(),
     };
     let at = event.cloud.time;
     match change {
+        // A room type's nights are exported by count, not per claim (not
+        // built yet: docs/api.md "Room types").
+        ClaimChange::Hold {
+            room_type_id: Some(_),
+            ..
+        } => Ok(()),
         ClaimChange::Hold {
             kind,
             id,
             nights,
             status,
+            room_type_id: None,
+            ..
         } => {
             let range = ExportRange {
                 ref_id: id,
