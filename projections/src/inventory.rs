@@ -345,20 +345,35 @@ async fn write_nights(
                 .get(id)
                 .map_or((Uuid::nil(), Uuid::nil()), |t| (t.agency_id, t.property_id))
         };
+        // An update of the nights that have a row, then an insert of the
+        // others: with INSERT ... ON CONFLICT the CHECKs would judge the
+        // proposed row (a bare delta, maybe negative) before the conflict.
+        let rows = (
+            nights.keys().map(|(r, _)| *r).collect::<Vec<_>>(),
+            nights.keys().map(|(_, n)| *n).collect::<Vec<_>>(),
+            nights.keys().map(|(r, _)| owner(r).0).collect::<Vec<_>>(),
+            nights.keys().map(|(r, _)| owner(r).1).collect::<Vec<_>>(),
+            nights.keys().map(|(r, _)| units_of(r)).collect::<Vec<_>>(),
+            nights.values().copied().collect::<Vec<_>>(),
+        );
         sqlx::query(&format!(
-            "INSERT INTO {table} (room_type_id, night, agency_id, property_id, units, taken)
-             SELECT r, n, a, p, u, d
-               FROM UNNEST($1::uuid[], $2::date[], $3::uuid[], $4::uuid[], $5::int[], $6::int[])
-                    AS x(r, n, a, p, u, d)
-             ON CONFLICT (room_type_id, night) DO UPDATE
-                SET taken = {table}.taken + EXCLUDED.taken, units = EXCLUDED.units"
+            "WITH x AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::date[], $3::uuid[], $4::uuid[], $5::int[],
+                                      $6::int[]) AS x(r, n, a, p, u, d)),
+             moved AS (
+                 UPDATE {table} t SET taken = t.taken + x.d, units = x.u
+                   FROM x WHERE t.room_type_id = x.r AND t.night = x.n
+                 RETURNING t.room_type_id, t.night)
+             INSERT INTO {table} (room_type_id, night, agency_id, property_id, units, taken)
+             SELECT x.r, x.n, x.a, x.p, x.u, x.d FROM x
+              WHERE NOT EXISTS (SELECT 1 FROM moved m WHERE m.room_type_id = x.r AND m.night = x.n)"
         ))
-        .bind(nights.keys().map(|(r, _)| *r).collect::<Vec<_>>())
-        .bind(nights.keys().map(|(_, n)| *n).collect::<Vec<_>>())
-        .bind(nights.keys().map(|(r, _)| owner(r).0).collect::<Vec<_>>())
-        .bind(nights.keys().map(|(r, _)| owner(r).1).collect::<Vec<_>>())
-        .bind(nights.keys().map(|(r, _)| units_of(r)).collect::<Vec<_>>())
-        .bind(nights.values().copied().collect::<Vec<_>>())
+        .bind(rows.0)
+        .bind(rows.1)
+        .bind(rows.2)
+        .bind(rows.3)
+        .bind(rows.4)
+        .bind(rows.5)
         .execute(&mut *conn)
         .await?;
     }
