@@ -1,6 +1,6 @@
 //! `inventory_ranges`: one row per active booking or unreleased block;
 //! `inventory_room_types` and `inventory_nights`, the units each room type
-//! has and holds per night (migration 0011). The batch is folded in memory
+//! has and holds per night (migration 0013). The batch is folded in memory
 //! (rows it touches are read first), then written as deletes followed by
 //! inserts, so the EXCLUSION constraint sees only the batch's final state,
 //! never a transient overlap; each night's count moves once, by the batch's

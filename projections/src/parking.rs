@@ -29,7 +29,7 @@ use crate::Projection;
 /// `exclusion_violation`: an event would give a property overlapping claims.
 const EXCLUSION_VIOLATION: &str = "23P01";
 /// The CHECK that a room type's night holds no more than its units
-/// (migration 0011): the same line of defence, counted per night.
+/// (migration 0013): the same line of defence, counted per night.
 const CAPACITY_CHECK: &str = "inventory_nights_capacity";
 
 /// Failures that say nothing about the event: the database unavailable, a

@@ -1,4 +1,4 @@
-//! Room types on the read side (migration 0011): `inventory_nights` holds
+//! Room types on the read side (migration 0013): `inventory_nights` holds
 //! what the aggregate counts per night, a replay rebuilds it equal, and its
 //! CHECK (taken <= units) parks a property the way the EXCLUSION constraint
 //! does.
