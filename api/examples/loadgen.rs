@@ -353,6 +353,60 @@ impl CpuShare {
     }
 }
 
+/// P1's time inside PostgreSQL, statement by statement, when the server
+/// preloads `pg_stat_statements` (`scripts/profile-p1.sh` starts one that
+/// does; elsewhere this prints one line saying it is off). Execution time is
+/// wall time in the backend: on a CPU-bound server it is close to CPU.
+struct Statements {
+    on: bool,
+}
+
+impl Statements {
+    async fn reset(pool: &PgPool) -> Statements {
+        let on = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(pool)
+            .await
+            .is_ok()
+            && sqlx::query("SELECT pg_stat_statements_reset()")
+                .execute(pool)
+                .await
+                .is_ok();
+        Statements { on }
+    }
+
+    async fn print(&self, pool: &PgPool, commands: u64) {
+        if !self.on {
+            println!("  statements: pg_stat_statements is not preloaded (scripts/profile-p1.sh)");
+            return;
+        }
+        let rows: Vec<(String, i64, f64)> = sqlx::query_as(
+            "SELECT regexp_replace(query, '\\s+', ' ', 'g'), calls, total_exec_time
+               FROM pg_stat_statements
+              WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+              ORDER BY total_exec_time DESC",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default();
+        let total: f64 = rows.iter().map(|r| r.2).sum();
+        let per = commands.max(1) as f64;
+        println!(
+            "  statements: {:.3} ms of execution per command in {} statements; the top 15:",
+            total / per,
+            rows.len()
+        );
+        for (query, calls, ms) in rows.iter().take(15) {
+            let text: String = query.chars().take(110).collect();
+            println!(
+                "    {:5.1} %  {:.3} ms/cmd  {:6.2} calls/cmd  {text}",
+                100.0 * ms / total.max(f64::MIN_POSITIVE),
+                ms / per,
+                *calls as f64 / per
+            );
+        }
+    }
+}
+
 /// A random stay of 1-3 nights in the three years from the first night.
 fn stay(rng: &mut Rng) -> (NaiveDate, NaiveDate) {
     let check_in = first_night() + Days::new(rng.below(SPAN_DAYS));
@@ -763,6 +817,7 @@ async fn run(settings: &Settings, database_url: &str, pool: &PgPool) -> BenchRes
         "P1: {} clients closed-loop for {} s: 80 % reserve, 8 % modify, 7 % cancel, 5 % read",
         settings.clients, settings.seconds
     );
+    let statements = Statements::reset(pool).await;
     let cpu_before = CpuShare::now(pool, &ledger).await;
     let (elapsed, tally) = mixed(&api, properties.clone(), settings).await;
     let cpu_after = CpuShare::now(pool, &ledger).await;
@@ -777,6 +832,7 @@ async fn run(settings: &Settings, database_url: &str, pool: &PgPool) -> BenchRes
         command_rate / baseline_tps
     );
     println!("  {}", cpu_after.per_command(&cpu_before, commands));
+    statements.print(pool, commands).await;
     unexpected += tally.unexpected();
     let rss = ledger.peak_rss_mib();
     println!(

@@ -386,3 +386,28 @@ fn upcast(event_type: &str, event_version: &str, payload: Value) -> Result<Value
         other => Err(format!("no upcaster for {event_type} version {other}")),
     }
 }
+
+/// For cqrs-es tools pointed at our log (postgres-es's
+/// `PostgresEventRepository` reads it as it is, projections/tests/postgres_es.rs):
+/// cqrs-es stores an event as its externally tagged enum,
+/// `{"booking.reserved": {...}}`, and we store only the inner object, because
+/// `event_type` already names it. This upcaster adds the tag back, so
+/// `PersistedEventStore::new_event_store(repo).with_upcasters(vec![Box::new(TagPayload)])`
+/// loads a `PropertyCalendar` exactly as [`EventStore::load`] does.
+pub struct TagPayload;
+
+impl cqrs_es::persist::EventUpcaster for TagPayload {
+    fn can_upcast(&self, _event_type: &str, event_version: &str) -> bool {
+        event_version == ledger_domain::events::EVENT_VERSION
+    }
+
+    fn upcast(
+        &self,
+        mut event: cqrs_es::persist::SerializedEvent,
+    ) -> cqrs_es::persist::SerializedEvent {
+        let mut tagged = serde_json::Map::with_capacity(1);
+        tagged.insert(event.event_type.clone(), event.payload.take());
+        event.payload = Value::Object(tagged);
+        event
+    }
+}

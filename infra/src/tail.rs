@@ -192,20 +192,27 @@ fn decode_row(row: sqlx::postgres::PgRow) -> Result<Envelope, TailError> {
     })
 }
 
+/// The ORDER BY ... LIMIT 1 makes the planner walk events_txid_position
+/// from the cursor; a bare EXISTS scanned the whole log (migration 0012).
+/// Public for the test that checks its plan.
+pub const WAITING: &str = "SELECT EXISTS (SELECT 1 FROM projection_checkpoints c
+                  CROSS JOIN LATERAL (
+                        SELECT 1 FROM events e
+                         WHERE (e.txid, e.position) > (c.txid::text::xid8, c.position)
+                         ORDER BY e.txid, e.position
+                         LIMIT 1) AS next
+                 WHERE c.name = $1)";
+
 /// Whether committed events lie beyond a tailer's checkpoint (a row of
 /// `projection_checkpoints`) that `read_batch` could not take yet because
 /// an older transaction is still open. That transaction may write no event
 /// (a projection's own batch, say), and then its commit sends no NOTIFY:
 /// a tailer that sees this looks again soon instead of waiting for one.
 pub async fn waiting(conn: impl PgExecutor<'_>, checkpoint: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM events e, projection_checkpoints c
-                         WHERE c.name = $1
-                           AND (e.txid, e.position) > (c.txid::text::xid8, c.position))",
-    )
-    .bind(checkpoint)
-    .fetch_one(conn)
-    .await
+    sqlx::query_scalar(WAITING)
+        .bind(checkpoint)
+        .fetch_one(conn)
+        .await
 }
 
 /// The position of the newest event in the log (0 when empty).
