@@ -1,6 +1,9 @@
 -- Room types (docs/api.md "Room types"): a property with several identical
--- units, booked by count. All three tables belong to the `inventory`
+-- units, booked by count. The tables below belong to the `inventory`
 -- projection (projections/src/inventory.rs) and are rebuilt by its replay.
+
+-- The room type a booking takes a unit of (`views` projection).
+ALTER TABLE bookings_view ADD COLUMN room_type_id uuid;
 
 -- Claims on a room type overlap by design (three bookings of a 3-unit
 -- Double share their nights), so the EXCLUSION constraint now holds only

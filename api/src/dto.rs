@@ -21,7 +21,7 @@ use uuid::Uuid;
 /// A field that may be left out but, when given, may not be null: `null`
 /// for a name or a date that cannot be empty is a 400 naming the field,
 /// never a silent "leave as it is".
-fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+pub(crate) fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
@@ -32,7 +32,7 @@ where
 }
 
 /// Tells a field that is absent (`None`) from one set to null (`Some(None)`).
-fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+pub(crate) fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
@@ -272,6 +272,9 @@ pub struct ReserveBody {
         pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"
     )]
     pub notes: Option<String>,
+    /// Required on a property with room types, refused elsewhere.
+    #[serde(default)]
+    pub room_type_id: Option<Uuid>,
 }
 
 impl ReserveBody {
@@ -292,7 +295,7 @@ impl ReserveBody {
             external_ref: self.external_ref,
             price: self.price.map(Into::into),
             notes: self.notes,
-            room_type_id: None,
+            room_type_id: self.room_type_id,
         }
     }
 }
@@ -371,6 +374,14 @@ pub struct BlockBody {
     #[serde(default)]
     #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub external_ref: Option<String>,
+    /// Required on a property with room types, refused elsewhere.
+    #[serde(default)]
+    pub room_type_id: Option<Uuid>,
+    /// How many units of the room type the block closes: 1 when absent, at
+    /// most the room type's units; only 1 on a single-unit property.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub units: Option<u32>,
 }
 
 impl BlockBody {
@@ -382,8 +393,8 @@ impl BlockBody {
             reason: self.reason.into(),
             note: self.note,
             external_ref: self.external_ref,
-            room_type_id: None,
-            units: None,
+            room_type_id: self.room_type_id,
+            units: self.units,
         }
     }
 }
@@ -444,6 +455,9 @@ pub struct BookingView {
     pub price: Option<PriceDto>,
     pub notes: Option<String>,
     pub hold_expires_at: Option<DateTime<Utc>>,
+    /// On a property with room types only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_type_id: Option<Uuid>,
     pub version: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -468,6 +482,7 @@ impl BookingView {
             price: b.price.as_ref().map(Into::into),
             notes: b.notes.clone(),
             hold_expires_at: b.hold_expires_at,
+            room_type_id: b.room_type_id,
             version: b.version,
             created_at: b.created_at,
             updated_at: b.updated_at,
@@ -487,6 +502,11 @@ pub struct BlockView {
     pub reason: BlockReason,
     pub note: Option<String>,
     pub external_ref: Option<String>,
+    /// On a property with room types only, with the units it closes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_type_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub units: Option<u32>,
     pub released: bool,
     pub created_at: DateTime<Utc>,
     pub position: i64,
@@ -503,6 +523,8 @@ impl BlockView {
             reason: b.reason,
             note: b.note.clone(),
             external_ref: b.external_ref.clone(),
+            room_type_id: b.room_type_id,
+            units: b.room_type_id.map(|_| b.units),
             released: b.released,
             created_at: b.created_at,
             position,

@@ -82,6 +82,9 @@ pub struct BookingRow {
     pub notes: Option<String>,
     pub hold_expires_at: Option<DateTime<Utc>>,
     pub cancel_reason: Option<String>,
+    /// Added with room types (migration 0013).
+    #[serde(default)]
+    pub room_type_id: Option<Uuid>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -106,6 +109,7 @@ impl BookingRow {
             notes: b.notes.clone(),
             hold_expires_at: b.hold_expires_at,
             cancel_reason: b.cancel_reason.clone(),
+            room_type_id: b.room_type_id,
             version: b.version as i64,
             created_at: b.created_at,
             updated_at: b.updated_at,
@@ -134,7 +138,7 @@ impl BookingRow {
             version: self.version as u64,
             created_at: self.created_at,
             updated_at: self.updated_at,
-            room_type_id: None,
+            room_type_id: self.room_type_id,
         }
     }
 }
