@@ -121,7 +121,9 @@ pub fn claim_change(event: &CalendarEvent) -> Option<ClaimChange> {
 }
 
 /// Folds `event` into a channel's held ranges of one property, by claim id:
-/// what an adapter on the channel kit keeps (docs/channels.md).
+/// what an adapter on the channel kit keeps (docs/channels.md). Claims on a
+/// room type are not ranges a channel holds (their nights go to channels
+/// as counts, not built yet), as in snapshots and checksums.
 pub fn fold_ranges(held: &mut BTreeMap<Uuid, ChannelRange>, event: &CalendarEvent) {
     match claim_change(event) {
         Some(ClaimChange::Hold {
@@ -129,6 +131,7 @@ pub fn fold_ranges(held: &mut BTreeMap<Uuid, ChannelRange>, event: &CalendarEven
             id,
             nights,
             status,
+            room_type_id: None,
             ..
         }) => {
             let range = ChannelRange {
@@ -153,6 +156,6 @@ pub fn fold_ranges(held: &mut BTreeMap<Uuid, ChannelRange>, event: &CalendarEven
         Some(ClaimChange::Release { id, .. }) => {
             held.remove(&id);
         }
-        None => {}
+        Some(ClaimChange::Hold { .. }) | None => {}
     }
 }

@@ -185,6 +185,8 @@ pub struct ClaimedRange {
     pub start: NaiveDate,
     pub end: NaiveDate,
     pub status: String,
+    /// The room type the claim holds units of; `None` on a single unit.
+    pub room_type_id: Option<Uuid>,
 }
 
 /// Active claims of a property overlapping `[from, to)`, in date order.
@@ -196,7 +198,8 @@ pub async fn ranges(
     to: NaiveDate,
 ) -> Result<Vec<ClaimedRange>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT kind, ref_id, lower(during) AS start_night, upper(during) AS end_night, status
+        "SELECT kind, ref_id, lower(during) AS start_night, upper(during) AS end_night, status,
+                room_type_id
            FROM inventory_ranges
           WHERE agency_id = $1 AND property_id = $2 AND during && daterange($3, $4)
           ORDER BY lower(during)",
@@ -215,6 +218,7 @@ pub async fn ranges(
                 start: row.try_get("start_night")?,
                 end: row.try_get("end_night")?,
                 status: row.try_get("status")?,
+                room_type_id: row.try_get("room_type_id")?,
             })
         })
         .collect()
@@ -345,6 +349,7 @@ mod tests {
             start: d(start),
             end: d(end),
             status: "confirmed".into(),
+            room_type_id: None,
         }
     }
 
