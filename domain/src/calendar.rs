@@ -104,6 +104,56 @@ pub struct RoomType {
     pub updated_at: DateTime<Utc>,
 }
 
+impl RoomType {
+    /// Folds a `room_type.*` event into the room types of a property: the
+    /// id of the room type it created or changed. Other events change
+    /// nothing. The aggregate and the `inventory` projection both fold with it.
+    pub fn fold(room_types: &mut BTreeMap<Uuid, RoomType>, event: &CalendarEvent) -> Option<Uuid> {
+        match event {
+            CalendarEvent::RoomTypeCreated {
+                room_type_id,
+                property_id,
+                name,
+                units,
+                external_ref,
+                at,
+            } => {
+                room_types.insert(
+                    *room_type_id,
+                    RoomType {
+                        id: *room_type_id,
+                        property_id: *property_id,
+                        name: name.clone(),
+                        units: *units,
+                        external_ref: external_ref.clone(),
+                        version: 1,
+                        created_at: *at,
+                        updated_at: *at,
+                    },
+                );
+                Some(*room_type_id)
+            }
+            CalendarEvent::RoomTypeUpdated {
+                room_type_id,
+                name,
+                units,
+                external_ref,
+                at,
+                ..
+            } => {
+                let room_type = room_types.get_mut(room_type_id)?;
+                room_type.name = name.clone();
+                room_type.units = *units;
+                room_type.external_ref = external_ref.clone();
+                room_type.version += 1;
+                room_type.updated_at = *at;
+                Some(*room_type_id)
+            }
+            _ => None,
+        }
+    }
+}
+
 fn one_unit() -> u32 {
     1
 }
@@ -526,15 +576,11 @@ impl PropertyCalendar {
             .clone()
             .unwrap_or_else(|| room_type.external_ref.clone());
         validate_room_type(&name, units, &external_ref)?;
-        let changed: Vec<String> = [
+        let changed = changed_fields([
             ("name", name != room_type.name),
             ("units", units != room_type.units),
             ("external_ref", external_ref != room_type.external_ref),
-        ]
-        .into_iter()
-        .filter(|(_, differs)| *differs)
-        .map(|(field, _)| field.to_owned())
-        .collect();
+        ]);
         if changed.is_empty() {
             return Ok(Vec::new());
         }
@@ -1105,6 +1151,15 @@ fn validate_property(
     values::optional_text("external_ref", external_ref.as_deref(), MAX_REF)
 }
 
+/// The names of the fields that differ, for an `*.updated` event's `changed`.
+fn changed_fields<const N: usize>(fields: [(&str, bool); N]) -> Vec<String> {
+    fields
+        .into_iter()
+        .filter(|(_, differs)| *differs)
+        .map(|(field, _)| field.to_owned())
+        .collect()
+}
+
 fn validate_room_type(
     name: &str,
     units: u32,
@@ -1165,16 +1220,12 @@ fn update_property(
         .clone()
         .unwrap_or_else(|| property.external_ref.clone());
     validate_property(&name, &timezone, &owner_id, &external_ref)?;
-    let changed: Vec<String> = [
+    let changed = changed_fields([
         ("name", name != property.name),
         ("timezone", timezone != property.timezone),
         ("owner_id", owner_id != property.owner_id),
         ("external_ref", external_ref != property.external_ref),
-    ]
-    .into_iter()
-    .filter(|(_, differs)| *differs)
-    .map(|(field, _)| field.to_owned())
-    .collect();
+    ]);
     if changed.is_empty() {
         return Ok(Vec::new());
     }
@@ -1255,43 +1306,8 @@ impl Aggregate for PropertyCalendar {
                     property.archived = true;
                 }
             }
-            CalendarEvent::RoomTypeCreated {
-                room_type_id,
-                property_id,
-                name,
-                units,
-                external_ref,
-                at,
-            } => {
-                self.room_types.insert(
-                    room_type_id,
-                    RoomType {
-                        id: room_type_id,
-                        property_id,
-                        name,
-                        units,
-                        external_ref,
-                        version: 1,
-                        created_at: at,
-                        updated_at: at,
-                    },
-                );
-            }
-            CalendarEvent::RoomTypeUpdated {
-                room_type_id,
-                name,
-                units,
-                external_ref,
-                at,
-                ..
-            } => {
-                if let Some(room_type) = self.room_types.get_mut(&room_type_id) {
-                    room_type.name = name;
-                    room_type.units = units;
-                    room_type.external_ref = external_ref;
-                    room_type.version += 1;
-                    room_type.updated_at = at;
-                }
+            CalendarEvent::RoomTypeCreated { .. } | CalendarEvent::RoomTypeUpdated { .. } => {
+                RoomType::fold(&mut self.room_types, &event);
             }
             CalendarEvent::BookingReserved {
                 booking_id,

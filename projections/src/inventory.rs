@@ -10,10 +10,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::NaiveDate;
-use chrono::{DateTime, Utc};
 use ledger_domain::claims::{claim_change, ClaimChange};
 use ledger_domain::values::ClaimKind;
-use ledger_domain::CalendarEvent;
+use ledger_domain::{CalendarEvent, RoomType};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
@@ -45,17 +44,20 @@ impl Range {
     }
 }
 
-#[derive(Debug, Clone)]
-struct RoomType {
-    agency_id: Uuid,
-    property_id: Uuid,
-    name: String,
-    units: i32,
-    external_ref: Option<String>,
-    version: i64,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    position: i64,
+/// The room types a batch touches, folded with the domain's own rule, and
+/// what their rows add: the agency and the position of the last change.
+#[derive(Debug, Default)]
+struct RoomTypes {
+    types: BTreeMap<Uuid, RoomType>,
+    rows: HashMap<Uuid, (Uuid, i64)>,
+}
+
+impl RoomTypes {
+    fn units(&self, id: &Uuid) -> i32 {
+        self.types
+            .get(id)
+            .map_or(0, |t| i32::try_from(t.units).unwrap_or(i32::MAX))
+    }
 }
 
 pub async fn apply(
@@ -115,7 +117,10 @@ pub async fn apply(
     let mut room_types = load_room_types(conn, &types_table, events, &before).await?;
     let mut changed_types: HashSet<Uuid> = HashSet::new();
     for envelope in events {
-        if let Some(id) = fold_room_type(&mut room_types, envelope) {
+        if let Some(id) = RoomType::fold(&mut room_types.types, &envelope.event) {
+            room_types
+                .rows
+                .insert(id, (envelope.meta.agency_id, envelope.position));
             changed_types.insert(id);
         }
         fold(&mut ranges, envelope);
@@ -196,7 +201,7 @@ async fn load_room_types(
     table: &str,
     events: &[Envelope],
     before: &[Range],
-) -> Result<HashMap<Uuid, RoomType>, sqlx::Error> {
+) -> Result<RoomTypes, sqlx::Error> {
     let mut wanted: HashSet<Uuid> = before.iter().filter_map(|r| r.room_type_id).collect();
     for envelope in events {
         match &envelope.event {
@@ -214,8 +219,9 @@ async fn load_room_types(
             _ => {}
         }
     }
+    let mut room_types = RoomTypes::default();
     if wanted.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(room_types);
     }
     let rows = sqlx::query(&format!(
         "SELECT room_type_id, agency_id, property_id, name, units, external_ref, version,
@@ -225,82 +231,42 @@ async fn load_room_types(
     .bind(wanted.into_iter().collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                row.try_get("room_type_id")?,
-                RoomType {
-                    agency_id: row.try_get("agency_id")?,
-                    property_id: row.try_get("property_id")?,
-                    name: row.try_get("name")?,
-                    units: row.try_get("units")?,
-                    external_ref: row.try_get("external_ref")?,
-                    version: row.try_get("version")?,
-                    created_at: row.try_get("created_at")?,
-                    updated_at: row.try_get("updated_at")?,
-                    position: row.try_get("position")?,
-                },
-            ))
-        })
-        .collect()
-}
-
-/// Folds a room type's own events; the id of the room type it changed.
-fn fold_room_type(room_types: &mut HashMap<Uuid, RoomType>, envelope: &Envelope) -> Option<Uuid> {
-    match &envelope.event {
-        CalendarEvent::RoomTypeCreated {
-            room_type_id,
-            property_id,
-            name,
-            units,
-            external_ref,
-            at,
-        } => {
-            room_types.insert(
-                *room_type_id,
-                RoomType {
-                    agency_id: envelope.meta.agency_id,
-                    property_id: *property_id,
-                    name: name.clone(),
-                    units: i32::try_from(*units).unwrap_or(i32::MAX),
-                    external_ref: external_ref.clone(),
-                    version: 1,
-                    created_at: *at,
-                    updated_at: *at,
-                    position: envelope.position,
-                },
-            );
-            Some(*room_type_id)
-        }
-        CalendarEvent::RoomTypeUpdated {
-            room_type_id,
-            name,
-            units,
-            external_ref,
-            at,
-            ..
-        } => {
-            let room_type = room_types.get_mut(room_type_id)?;
-            room_type.name = name.clone();
-            room_type.units = i32::try_from(*units).unwrap_or(i32::MAX);
-            room_type.external_ref = external_ref.clone();
-            room_type.version += 1;
-            room_type.updated_at = *at;
-            room_type.position = envelope.position;
-            Some(*room_type_id)
-        }
-        _ => None,
+    for row in rows {
+        let id: Uuid = row.try_get("room_type_id")?;
+        let units: i32 = row.try_get("units")?;
+        let version: i64 = row.try_get("version")?;
+        room_types.types.insert(
+            id,
+            RoomType {
+                id,
+                property_id: row.try_get("property_id")?,
+                name: row.try_get("name")?,
+                units: u32::try_from(units).unwrap_or(0),
+                external_ref: row.try_get("external_ref")?,
+                version: u64::try_from(version).unwrap_or(0),
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+            },
+        );
+        room_types
+            .rows
+            .insert(id, (row.try_get("agency_id")?, row.try_get("position")?));
     }
+    Ok(room_types)
 }
 
 async fn write_room_types(
     conn: &mut PgConnection,
     table: &str,
-    room_types: &HashMap<Uuid, RoomType>,
+    room_types: &RoomTypes,
     changed: &HashSet<Uuid>,
 ) -> Result<(), sqlx::Error> {
     for id in changed {
-        let t = &room_types[id];
+        let (Some(t), Some((agency_id, position))) =
+            (room_types.types.get(id), room_types.rows.get(id))
+        else {
+            continue;
+        };
         sqlx::query(&format!(
             "INSERT INTO {table} (room_type_id, agency_id, property_id, name, units, external_ref,
                                   version, created_at, updated_at, position)
@@ -311,15 +277,15 @@ async fn write_room_types(
                  position = EXCLUDED.position"
         ))
         .bind(id)
-        .bind(t.agency_id)
+        .bind(agency_id)
         .bind(t.property_id)
         .bind(&t.name)
-        .bind(t.units)
+        .bind(room_types.units(id))
         .bind(&t.external_ref)
-        .bind(t.version)
+        .bind(i64::try_from(t.version).unwrap_or(i64::MAX))
         .bind(t.created_at)
         .bind(t.updated_at)
-        .bind(t.position)
+        .bind(position)
         .execute(&mut *conn)
         .await?;
     }
@@ -332,18 +298,21 @@ async fn write_room_types(
 async fn write_nights(
     conn: &mut PgConnection,
     table: &str,
-    room_types: &HashMap<Uuid, RoomType>,
+    room_types: &RoomTypes,
     changed_types: &HashSet<Uuid>,
     nights: &BTreeMap<(Uuid, NaiveDate), i32>,
 ) -> Result<(), sqlx::Error> {
     if !nights.is_empty() {
         // A night of a room type the projection does not have cannot be
         // counted: the CHECK (0 units) parks the property loudly.
-        let units_of = |id: &Uuid| room_types.get(id).map_or(0, |t| t.units);
+        let units_of = |id: &Uuid| room_types.units(id);
         let owner = |id: &Uuid| {
-            room_types
+            let agency = room_types.rows.get(id).map_or(Uuid::nil(), |r| r.0);
+            let property = room_types
+                .types
                 .get(id)
-                .map_or((Uuid::nil(), Uuid::nil()), |t| (t.agency_id, t.property_id))
+                .map_or(Uuid::nil(), |t| t.property_id);
+            (agency, property)
         };
         // An update of the nights that have a row, then an insert of the
         // others: with INSERT ... ON CONFLICT the CHECKs would judge the
@@ -387,7 +356,7 @@ async fn write_nights(
         .bind(&ids)
         .bind(
             ids.iter()
-                .map(|id| room_types[id].units)
+                .map(|id| room_types.units(id))
                 .collect::<Vec<_>>(),
         )
         .execute(&mut *conn)

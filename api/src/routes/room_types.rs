@@ -108,12 +108,13 @@ pub async fn create(
         units: body.units,
         external_ref: body.external_ref,
     });
-    let execution = ctx.execution(property_id, command);
-    execute(
+    decide(
         &state,
-        execution,
+        ctx,
+        property_id,
+        command,
+        room_type_id,
         StatusCode::CREATED,
-        move |calendar, position| room_type_view(calendar, room_type_id, position),
     )
     .await
 }
@@ -136,13 +137,30 @@ pub async fn update(
         units: body.units,
         external_ref: body.external_ref,
     });
-    let execution = ctx.execution(property_id, command);
-    execute(
+    decide(
         &state,
-        execution,
+        ctx,
+        property_id,
+        command,
+        room_type_id,
         StatusCode::OK,
-        move |calendar, position| room_type_view(calendar, room_type_id, position),
     )
+    .await
+}
+
+/// Runs a room type's command and answers with the room type after it.
+async fn decide(
+    state: &AppState,
+    ctx: WriteCtx,
+    property_id: Uuid,
+    command: CalendarCommand,
+    room_type_id: Uuid,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let execution = ctx.execution(property_id, command);
+    execute(state, execution, status, move |calendar, position| {
+        room_type_view(calendar, room_type_id, position)
+    })
     .await
 }
 
