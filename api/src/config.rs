@@ -267,7 +267,26 @@ pub struct ServeConfig {
     pub cors_origins: Vec<String>,
 }
 
+/// `ledger serve`'s arguments alone, for [`ServeConfig::from_args`].
+#[derive(clap::Parser)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ServeConfig,
+}
+
 impl ServeConfig {
+    /// The configuration `ledger serve ARGS...` would run with, the
+    /// environment read as it would be: how an in-process start
+    /// (`startup::spawn`) is configured.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args = std::iter::once("serve".into()).chain(args.into_iter().map(Into::into));
+        <ServeArgs as clap::Parser>::try_parse_from(args).map(|parsed| parsed.config)
+    }
+
     pub fn database_url(&self) -> &str {
         &self.database.database_url
     }

@@ -6,6 +6,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ledger_domain::{CalendarError, Current};
+use ledger_infra::agencies::AgencyError;
 use ledger_infra::{ExecuteError, Reply};
 use serde_json::{json, Value};
 
@@ -265,6 +266,28 @@ impl From<ExecuteError> for ApiError {
             ExecuteError::Busy => ApiError::Busy,
             ExecuteError::Unavailable(_) => ApiError::DatabaseUnavailable,
             ExecuteError::Internal(cause) => ApiError::Internal(cause),
+        }
+    }
+}
+
+/// Every database failure of a handler: 503 when PostgreSQL is out of
+/// reach, else a 500 (a bug). A constraint a client can break is mapped
+/// where it is named, in `ledger_infra` (for example
+/// `AgencyError::AlreadyExists`), never from its name here.
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        ledger_infra::DbError::from(error).into()
+    }
+}
+
+impl From<AgencyError> for ApiError {
+    fn from(error: AgencyError) -> Self {
+        match error {
+            AgencyError::NotFound => ApiError::AgencyNotFound,
+            AgencyError::AlreadyExists => {
+                ApiError::validation("an agency with this id already exists")
+            }
+            AgencyError::Db(e) => e.into(),
         }
     }
 }

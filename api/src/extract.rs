@@ -6,7 +6,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use chrono::{SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use ledger_domain::{CalendarCommand, Command};
 use ledger_infra::command_bus::Idempotency;
 use ledger_infra::Execution;
@@ -108,6 +108,8 @@ pub struct WriteCtx {
     pub caller: Caller,
     pub request_id: String,
     pub idempotency: Option<Idempotency>,
+    /// The application clock's time when the request arrived.
+    pub now: DateTime<Utc>,
 }
 
 impl FromRequestParts<AppState> for WriteCtx {
@@ -119,23 +121,31 @@ impl FromRequestParts<AppState> for WriteCtx {
             caller,
             request_id: request_id::current(),
             idempotency: parts.extensions.get::<Idempotency>().cloned(),
+            now: state.now(),
         })
     }
 }
 
-/// The time a command is decided at, to the microsecond: what PostgreSQL
-/// keeps, so read models equal the aggregate's own state.
-pub fn now() -> chrono::DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
-}
-
 impl WriteCtx {
+    /// A command that holds only while its resource is at
+    /// `expected_version` (`If-Match`), when there is one.
+    pub fn execution_at(
+        &self,
+        property_id: Uuid,
+        action: CalendarCommand,
+        expected_version: Option<u64>,
+    ) -> Execution {
+        let mut execution = self.execution(property_id, action);
+        execution.command.expected_version = expected_version;
+        execution
+    }
+
     pub fn execution(&self, property_id: Uuid, action: CalendarCommand) -> Execution {
         Execution {
             property_id,
             command: Command {
                 actor: self.caller.0.clone(),
-                now: now(),
+                now: self.now,
                 action,
                 expected_version: None,
             },

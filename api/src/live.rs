@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ledger_infra::tail::{self, Cursor, Envelope, LogSignal, LogWaker, TailError};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::sync::{broadcast, watch, OnceCell};
 use uuid::Uuid;
 
@@ -102,7 +102,7 @@ impl Hub {
     /// Starts the reader at the log's horizon: every event at or behind it
     /// is visible already, so a stream joining later reads them from the log.
     async fn start(&self) -> Result<(), sqlx::Error> {
-        let horizon = horizon(&self.pool).await?;
+        let horizon = tail::horizon(&self.pool).await?;
         *self.sent.lock().unwrap_or_else(|p| p.into_inner()) = horizon;
         let reader = Reader {
             pool: self.pool.clone(),
@@ -114,7 +114,7 @@ impl Hub {
         tokio::spawn(reader.run());
         let closing = self.closing.clone();
         tokio::spawn(async move {
-            stop_signal().await;
+            crate::startup::shutdown_signal().await;
             closing.send_replace(true);
         });
         Ok(())
@@ -129,50 +129,7 @@ impl Hub {
     /// The cursor of the event at `position`: a stream that was sent it has
     /// been sent everything before it in the reader's order, and nothing after.
     pub async fn cursor_of(&self, position: i64) -> Result<Option<Cursor>, sqlx::Error> {
-        if position == 0 {
-            return Ok(Some(Cursor::default()));
-        }
-        let txid: Option<i64> =
-            sqlx::query_scalar("SELECT txid::text::bigint FROM events WHERE position = $1")
-                .bind(position)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(txid.map(|txid| Cursor { txid, position }))
-    }
-}
-
-/// SIGTERM or Ctrl-C: what starts the server's graceful shutdown.
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
-/// The last event no running transaction can precede.
-async fn horizon(pool: &PgPool) -> Result<Cursor, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT txid::text::bigint AS txid, position FROM events
-          WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
-          ORDER BY events.txid DESC, events.position DESC
-          LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await?;
-    match row {
-        Some(row) => Ok(Cursor {
-            txid: row.try_get("txid")?,
-            position: row.try_get("position")?,
-        }),
-        None => Ok(Cursor::default()),
+        tail::cursor_of(&self.pool, position).await
     }
 }
 

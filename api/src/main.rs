@@ -6,8 +6,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ledger_api::auth::Keys;
 use ledger_api::config::{DatabaseArgs, SecretArgs, ServeConfig};
-use ledger_api::startup::{migrate_database, Application, StartError};
+use ledger_api::startup::{self, migrate_database, StartError};
 use ledger_domain::Role;
+use ledger_infra::SystemClock;
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
@@ -215,8 +216,8 @@ async fn run(command: Commands) -> Result<(), StartError> {
     match command {
         Commands::Serve(config) => {
             ledger_infra::telemetry::init(&config.log_format);
-            let app = Application::build(*config).await?;
-            app.run_until_stopped().await?;
+            let app = startup::spawn(*config, SystemClock::shared()).await?;
+            app.run_until(startup::shutdown_signal()).await?;
         }
         Commands::Migrate(database) => {
             ledger_infra::telemetry::init("text");
@@ -287,7 +288,9 @@ async fn ical(action: IcalAction) -> Result<(), StartError> {
     migrate_database(&database).await?;
     let pool = ledger_infra::connect(&database.database_url, 2)?;
     let bus = ledger_infra::CommandBus::new(ledger_infra::EventStore::new(pool));
-    let report = ledger_api::ical_import::import(&bus, property, &url, true).await?;
+    let report =
+        ledger_projections::jobs::ical_import::import(&bus, &SystemClock, property, &url, true)
+            .await?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(problems) = report.problems() {
         eprintln!("ledger ical import: {problems}");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use ledger_domain::Actor;
 use ledger_infra::agencies::{self, Agency, Features};
-use ledger_infra::{CommandBus, EventStore};
+use ledger_infra::{CommandBus, EventStore, SharedClock};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -34,10 +34,13 @@ pub struct AppState {
     pub http: Arc<crate::metrics::HttpCounters>,
     /// Whether PostgreSQL answered lately (its own connection, not the pool's).
     pub database: Arc<ledger_infra::db::DatabaseWatch>,
+    /// Where every "now" of the process comes from: commands, hold expiry,
+    /// the iCal import.
+    pub clock: SharedClock,
 }
 
 impl AppState {
-    pub fn new(config: ServeConfig, pool: PgPool) -> Self {
+    pub fn new(config: ServeConfig, pool: PgPool, clock: SharedClock) -> Self {
         let keys = Keys::from_config(&config);
         Self {
             bus: Arc::new(CommandBus::with_idempotency_ttl(
@@ -46,7 +49,7 @@ impl AppState {
             )),
             keys: Arc::new(keys),
             agencies: Arc::new(AgencyCache::default()),
-            started_at: Utc::now(),
+            started_at: clock.now(),
             nats: None,
             http: Arc::default(),
             database: Arc::new(
@@ -56,6 +59,7 @@ impl AppState {
             config: Arc::new(config),
             read_pool: pool.clone(),
             pool,
+            clock,
         }
     }
 
@@ -63,6 +67,11 @@ impl AppState {
     pub fn with_read_pool(mut self, read_pool: PgPool) -> Self {
         self.read_pool = read_pool;
         self
+    }
+
+    /// The time a command is decided at (see `ledger_infra::clock`).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     pub fn store(&self) -> &EventStore {

@@ -11,6 +11,7 @@ pub mod claims;
 pub mod commands;
 pub mod error;
 pub mod events;
+pub mod ical;
 pub mod outcome;
 pub mod policy;
 pub mod values;

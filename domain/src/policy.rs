@@ -78,6 +78,9 @@ pub enum Action {
     AdministerAgencies,
     /// Publish a fresh availability snapshot of a property to its channels.
     ResyncChannel,
+    /// Register, list or remove the iCal feeds the service imports: it
+    /// fetches what they name.
+    ManageFeeds,
 }
 
 impl Action {
@@ -93,6 +96,7 @@ impl Action {
             Action::Operate => "replay projections, retry parked events or check the environment",
             Action::AdministerAgencies => "administer agencies",
             Action::ResyncChannel => "resynchronise a property's channels",
+            Action::ManageFeeds => "manage iCal feeds",
         }
     }
 }
@@ -124,6 +128,7 @@ pub fn scope(role: Role, action: Action) -> Option<Scope> {
         (ReadAuditLog, Admin | Manager | Accountant) => all,
         (ReadEventHistory, Admin | Manager) => all,
         (ResyncChannel, Admin | Manager) => all,
+        (ManageFeeds, Admin) => all,
         (ReadOpsStatus, Admin) => all,
         (ReadOpsStatus | Operate | AdministerAgencies, Operator) => platform,
         _ => None,

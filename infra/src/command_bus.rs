@@ -207,10 +207,28 @@ impl CommandBus {
         slots.entry(property_id).or_default().clone()
     }
 
-    /// Brings a cached calendar up to the log's latest event.
+    /// Brings a cached calendar up to the log's latest event. A calendar
+    /// not in the cache starts from its stored snapshot, if any; when a load
+    /// folded many events past the newest snapshot, a new one is written in
+    /// the background (a cache of a committed prefix of the log, so it can
+    /// never be ahead of it).
     async fn refresh(&self, property_id: Uuid, state: &mut Loaded) -> Result<(), StoreError> {
+        if state.sequence == 0 {
+            if let Some(snapshot) = self.store().load_snapshot(property_id).await? {
+                *state = snapshot;
+            }
+        }
         let newer = self.store().load_after(property_id, state.sequence).await?;
         state.fold(newer);
+        if state.snapshot_due() {
+            state.snapshot_sequence = state.sequence;
+            let (store, snapshot) = (self.store().clone(), state.clone());
+            tokio::spawn(async move {
+                if let Err(error) = store.save_snapshot(property_id, &snapshot).await {
+                    tracing::warn!(%property_id, %error, "calendar snapshot not written");
+                }
+            });
+        }
         Ok(())
     }
 

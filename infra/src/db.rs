@@ -50,6 +50,12 @@ pub fn unique_violation(error: &sqlx::Error) -> Option<&str> {
     }
 }
 
+/// Whether PostgreSQL answers a query on `pool` within `within`.
+pub async fn answers(pool: &PgPool, within: Duration) -> bool {
+    let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool);
+    matches!(tokio::time::timeout(within, probe).await, Ok(Ok(1)))
+}
+
 /// A lazily connecting pool: the process starts and keeps running while the
 /// database is down, and a request fails fast (1 s) instead of hanging.
 pub fn connect(database_url: &str, max_connections: u32) -> Result<PgPool, DbError> {

@@ -25,9 +25,27 @@ pub struct Loaded {
     pub sequence: i64,
     /// Global position of the last event folded in (0: no events).
     pub position: i64,
+    /// Sequence of the newest snapshot of this calendar known to be stored
+    /// (0: none), so a load knows when another one is due.
+    pub snapshot_sequence: i64,
 }
 
+/// Version of the calendar snapshots written by this build. Bump it when
+/// `PropertyCalendar`'s fields or its `apply` change meaning: older
+/// snapshots are then ignored (and replaced) instead of being trusted.
+pub const SNAPSHOT_VERSION: i32 = 2;
+
+/// A load that folds at least this many events past the newest snapshot
+/// writes a new one.
+pub const SNAPSHOT_EVERY: i64 = 1_000;
+
 impl Loaded {
+    /// Whether enough events were folded since the newest snapshot to write
+    /// another one.
+    pub fn snapshot_due(&self) -> bool {
+        self.sequence - self.snapshot_sequence >= SNAPSHOT_EVERY
+    }
+
     /// Folds newer events in order; events at or below `sequence` are ignored.
     pub fn fold(&mut self, events: Vec<(i64, i64, CalendarEvent)>) {
         for (sequence, position, event) in events {
@@ -220,6 +238,62 @@ impl EventStore {
                 Ok((sequence, row.try_get("position")?, event))
             })
             .collect()
+    }
+
+    /// The stored snapshot of a property's calendar, if there is one of
+    /// [`SNAPSHOT_VERSION`] that decodes. A snapshot that does not decode is
+    /// logged and ignored: the history is the truth, the snapshot a cache.
+    pub async fn load_snapshot(&self, property_id: Uuid) -> Result<Option<Loaded>, StoreError> {
+        let row: Option<(i64, i64, Value)> = sqlx::query_as(
+            "SELECT sequence, position, state FROM calendar_snapshots
+              WHERE property_id = $1 AND version = $2",
+        )
+        .bind(property_id)
+        .bind(SNAPSHOT_VERSION)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(sequence, position, state)| {
+            match serde_json::from_value::<PropertyCalendar>(state) {
+                Ok(calendar) => Some(Loaded {
+                    calendar,
+                    sequence,
+                    position,
+                    snapshot_sequence: sequence,
+                }),
+                Err(error) => {
+                    tracing::warn!(%property_id, sequence, %error, "calendar snapshot ignored: it does not decode");
+                    None
+                }
+            }
+        }))
+    }
+
+    /// Stores `loaded` as the property's snapshot, unless a newer one of
+    /// this version is already there (two processes may write at once).
+    pub async fn save_snapshot(
+        &self,
+        property_id: Uuid,
+        loaded: &Loaded,
+    ) -> Result<(), sqlx::Error> {
+        let state = serde_json::to_value(&loaded.calendar)
+            .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+        sqlx::query(
+            "INSERT INTO calendar_snapshots (property_id, version, sequence, position, state)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (property_id) DO UPDATE
+                SET version = EXCLUDED.version, sequence = EXCLUDED.sequence,
+                    position = EXCLUDED.position, state = EXCLUDED.state, taken_at = now()
+              WHERE calendar_snapshots.version <> EXCLUDED.version
+                 OR calendar_snapshots.sequence < EXCLUDED.sequence",
+        )
+        .bind(property_id)
+        .bind(SNAPSHOT_VERSION)
+        .bind(loaded.sequence)
+        .bind(loaded.position)
+        .bind(state)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// A property's calendar replayed from its whole history.

@@ -6,6 +6,7 @@
 
 pub mod agencies;
 pub mod channel;
+pub mod clock;
 pub mod cloudevent;
 pub mod command_bus;
 pub mod db;
@@ -17,6 +18,7 @@ pub mod resync;
 pub mod tail;
 pub mod telemetry;
 
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use command_bus::{Answer, CommandBus, Decided, ExecuteError, Execution, Reply, ReplyHook};
 pub use db::{connect, migrate, DbError};
 pub use event_store::{EventStore, Loaded, StoredEvent};

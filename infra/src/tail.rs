@@ -222,6 +222,40 @@ pub async fn head(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
         .await
 }
 
+/// The last event no running transaction can precede: every event at or
+/// behind it is visible already.
+pub async fn horizon(pool: &PgPool) -> Result<Cursor, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT txid::text::bigint AS txid, position FROM events
+          WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY events.txid DESC, events.position DESC
+          LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        Some(row) => Ok(Cursor {
+            txid: row.try_get("txid")?,
+            position: row.try_get("position")?,
+        }),
+        None => Ok(Cursor::default()),
+    }
+}
+
+/// The cursor of the event at `position` (the empty cursor for 0); `None`
+/// when there is no such event.
+pub async fn cursor_of(pool: &PgPool, position: i64) -> Result<Option<Cursor>, sqlx::Error> {
+    if position == 0 {
+        return Ok(Some(Cursor::default()));
+    }
+    let txid: Option<i64> =
+        sqlx::query_scalar("SELECT txid::text::bigint FROM events WHERE position = $1")
+            .bind(position)
+            .fetch_optional(pool)
+            .await?;
+    Ok(txid.map(|txid| Cursor { txid, position }))
+}
+
 /// Ticks every time the log may have grown (a NOTIFY on `ledger_events`).
 #[derive(Clone)]
 pub struct LogSignal(watch::Receiver<u64>);

@@ -3,13 +3,15 @@
 //! log by global position (see `tail`), applies a batch and advances its
 //! checkpoint in one transaction, and can be rebuilt from position 0 into a
 //! copy that is swapped in atomically (`replay`). `queries` holds the reads
-//! the API serves from these tables.
+//! the API serves from these tables, and `jobs` the background jobs of a
+//! serving process (hold expiry, the iCal import and export).
 //!
 //! Nothing here decides anything: the fold of the views is the aggregate's
 //! own `apply`.
 
 pub mod audit;
 pub mod inventory;
+pub mod jobs;
 pub mod parking;
 pub mod queries;
 pub mod replay;

@@ -69,6 +69,32 @@ fn decode<T: for<'de> serde::Deserialize<'de>>(rows: Vec<Value>) -> Result<Vec<T
         .collect()
 }
 
+/// A tentative booking whose hold has lapsed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LapsedHold {
+    pub booking_id: Uuid,
+    pub property_id: Uuid,
+    pub agency_id: Uuid,
+}
+
+/// Holds lapsed by `now`, of every agency, the longest lapsed first (the
+/// hold expiry job's work; not confined to an agency).
+pub async fn lapsed_holds(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<LapsedHold>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT booking_id, property_id, agency_id FROM bookings_view
+          WHERE status = 'tentative' AND hold_expires_at <= $1
+          ORDER BY hold_expires_at LIMIT $2",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
 /// `owner` restricts to properties whose `owner_id` is that user.
 pub async fn properties(
     conn: &mut PgConnection,

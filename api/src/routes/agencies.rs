@@ -10,14 +10,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use ledger_domain::{values, Action};
-use ledger_infra::agencies::{self, Agency, AgencyError, Change, Created, HistoryEntry};
+use ledger_infra::agencies::{self, Agency, Change, Created};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::reads::{next_cursor, uuid_cursor};
-use super::{Page, PathId};
+use super::{Paging, PathId};
 use crate::auth::Caller;
+use crate::dto::{AuditEntryView, Page};
 use crate::error::ApiError;
 use crate::extract::Body;
 use crate::state::AppState;
@@ -60,12 +60,6 @@ impl From<Agency> for AgencyView {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AgencyPage {
-    pub items: Vec<AgencyView>,
-    pub next_cursor: Option<String>,
-}
-
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAgency {
@@ -93,35 +87,22 @@ pub struct FeatureChange {
     pub ical_import: Option<bool>,
 }
 
-fn agency_error(error: AgencyError) -> ApiError {
-    match error {
-        AgencyError::NotFound => ApiError::AgencyNotFound,
-        AgencyError::AlreadyExists => ApiError::validation("an agency with this id already exists"),
-        AgencyError::Db(e) => ledger_infra::DbError::from(e).into(),
-    }
-}
-
-fn db(error: sqlx::Error) -> ApiError {
-    agency_error(AgencyError::Db(error))
-}
-
 #[utoipa::path(get, path = "/ops/agencies", operation_id = "list_agencies", tag = "ops",
     params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, description = "a page of agencies", body = AgencyPage), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
+    responses((status = 200, description = "a page of agencies", body = Page<AgencyView>), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    page: Page,
-) -> Result<Json<AgencyPage>, ApiError> {
+    page: Paging,
+) -> Result<Json<Page<AgencyView>>, ApiError> {
     caller.require(Action::AdministerAgencies)?;
-    let after = uuid_cursor(&page.cursor)?;
-    let mut rows = agencies::list(&state.pool, after, page.limit + 1)
-        .await
-        .map_err(db)?;
-    let next_cursor = next_cursor(&mut rows, page.limit, |a| a.id.to_string());
-    let items = rows.into_iter().map(AgencyView::from).collect();
-    Ok(Json(AgencyPage { items, next_cursor }))
+    let rows = agencies::list(&state.pool, page.after_id()?, page.fetch()).await?;
+    Ok(Json(page.page(
+        rows,
+        |a| a.id.to_string(),
+        AgencyView::from,
+    )))
 }
 
 /// 201 for a new agency; 200 when it names an agency that got its record
@@ -138,9 +119,8 @@ pub async fn create(
     caller.require(Action::AdministerAgencies)?;
     values::text("name", &body.name, 1, NAME_MAX)?;
     let id = body.id.unwrap_or_else(Uuid::now_v7);
-    let (agency, created) = agencies::create(&state.pool, id, &body.name, &caller.0.user_id)
-        .await
-        .map_err(agency_error)?;
+    let (agency, created) =
+        agencies::create(&state.pool, id, &body.name, &caller.0.user_id).await?;
     state.agencies.note(&agency);
     let status = match created {
         Created::New => StatusCode::CREATED,
@@ -160,8 +140,7 @@ pub async fn get(
 ) -> Result<Json<AgencyView>, ApiError> {
     caller.require(Action::AdministerAgencies)?;
     let agency = agencies::get(&state.pool, id)
-        .await
-        .map_err(db)?
+        .await?
         .ok_or(ApiError::AgencyNotFound)?;
     Ok(Json(agency.into()))
 }
@@ -241,43 +220,27 @@ async fn apply(
     let by = caller.0.user_id.clone();
     let agency = tokio::spawn(async move { agencies::change(&pool, id, change, &by).await })
         .await
-        .map_err(ApiError::internal)?
-        .map_err(agency_error)?;
+        .map_err(ApiError::internal)??;
     state.agencies.note(&agency);
     Ok(Json(agency.into()))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AgencyHistoryPage {
-    #[schema(value_type = Vec<Object>)]
-    pub items: Vec<HistoryEntry>,
-    pub next_cursor: Option<String>,
 }
 
 /// The agencies' life-cycle changes, oldest first, in the audit log's shape
 /// (`resource_type` is `agency`; `position` is the history's own order).
 #[utoipa::path(get, path = "/ops/audit-log", operation_id = "agency_audit_log", tag = "ops",
     params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, description = "a page of the agency history", body = AgencyHistoryPage), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
+    responses((status = 200, description = "a page of the agency history", body = Page<AuditEntryView>), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn audit_log(
     State(state): State<AppState>,
     caller: Caller,
-    page: Page,
-) -> Result<Json<AgencyHistoryPage>, ApiError> {
+    page: Paging,
+) -> Result<Json<Page<AuditEntryView>>, ApiError> {
     caller.require(Action::AdministerAgencies)?;
-    let after = match page.cursor.as_deref() {
-        None => 0,
-        Some(c) => c
-            .parse()
-            .map_err(|_| ApiError::validation("cursor is not one this route gave out"))?,
-    };
-    let mut rows = agencies::history(&state.pool, after, page.limit + 1)
-        .await
-        .map_err(db)?;
-    let next_cursor = next_cursor(&mut rows, page.limit, |e| e.position.to_string());
-    Ok(Json(AgencyHistoryPage {
-        items: rows,
-        next_cursor,
-    }))
+    let rows = agencies::history(&state.pool, page.after_number()?, page.fetch()).await?;
+    Ok(Json(page.page(
+        rows,
+        |e| e.position.to_string(),
+        AuditEntryView::from,
+    )))
 }

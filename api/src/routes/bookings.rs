@@ -1,10 +1,11 @@
 //! Booking routes: reserve, modify, the status changes, read one.
 
-use axum::extract::State;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use ledger_domain::values::ClaimKind;
 use ledger_domain::{CalendarCommand, Outcome};
+use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::{execute, execute_as, not_found_as, PathId};
@@ -55,141 +56,122 @@ async fn property_of(
         .ok_or(ApiError::BookingNotFound)
 }
 
-/// Runs a command on an existing booking and answers with the booking;
-/// with `If-Match`, only while the booking is at that version.
-async fn change(
+/// A request that changes an existing booking: its id, the command context,
+/// `If-Match` and the body, extracted in the order every write route uses.
+pub struct Change<B> {
     state: AppState,
     booking_id: Uuid,
-    (ctx, IfMatch(expected_version)): (WriteCtx, IfMatch),
-    command: CalendarCommand,
-) -> Result<Response, ApiError> {
-    let property_id = property_of(&state, &ctx.caller, booking_id).await?;
-    let mut execution = ctx.execution(property_id, command);
-    execution.command.expected_version = expected_version;
-    execute(
-        &state,
-        execution,
-        StatusCode::OK,
-        move |calendar, position| booking_view(calendar, booking_id, position),
-    )
-    .await
-    .map_err(not_found_as(|| ApiError::BookingNotFound))
+    ctx: WriteCtx,
+    if_match: IfMatch,
+    body: B,
+}
+
+impl<B: DeserializeOwned> FromRequest<AppState> for Change<B> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let PathId(booking_id) = PathId::from_request_parts(&mut parts, state).await?;
+        let ctx = WriteCtx::from_request_parts(&mut parts, state).await?;
+        let if_match = IfMatch::from_request_parts(&mut parts, state).await?;
+        let Body(body) = Body::from_request(Request::from_parts(parts, body), state).await?;
+        Ok(Change {
+            state: state.clone(),
+            booking_id,
+            ctx,
+            if_match,
+            body,
+        })
+    }
+}
+
+impl<B> Change<B> {
+    /// Runs the command made from the booking id (and the body) and answers
+    /// with the booking; with `If-Match`, only while the booking is at that
+    /// version.
+    async fn run(
+        self,
+        command: impl FnOnce(Uuid, B) -> CalendarCommand,
+    ) -> Result<Response, ApiError> {
+        let Change {
+            state,
+            booking_id,
+            ctx,
+            if_match: IfMatch(expected_version),
+            body,
+        } = self;
+        let property_id = property_of(&state, &ctx.caller, booking_id).await?;
+        let execution = ctx.execution_at(property_id, command(booking_id, body), expected_version);
+        execute(
+            &state,
+            execution,
+            StatusCode::OK,
+            move |calendar, position| booking_view(calendar, booking_id, position),
+        )
+        .await
+        .map_err(not_found_as(|| ApiError::BookingNotFound))
+    }
 }
 
 #[utoipa::path(patch, path = "/api/v1/bookings/{id}", tag = "bookings",
     request_body = ModifyBookingBody,
     responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn modify(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    ctx: WriteCtx,
-    if_match: IfMatch,
-    Body(body): Body<ModifyBookingBody>,
-) -> Result<Response, ApiError> {
-    change(
-        state,
-        id,
-        (ctx, if_match),
-        CalendarCommand::ModifyBooking(body.into_command(id)),
-    )
-    .await
+pub async fn modify(change: Change<ModifyBookingBody>) -> Result<Response, ApiError> {
+    change
+        .run(|id, body| CalendarCommand::ModifyBooking(body.into_command(id)))
+        .await
 }
 
 #[utoipa::path(post, path = "/api/v1/bookings/{id}/confirm", tag = "bookings",
     request_body = EmptyBody,
     responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn confirm(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    ctx: WriteCtx,
-    if_match: IfMatch,
-    Body(EmptyBody {}): Body<EmptyBody>,
-) -> Result<Response, ApiError> {
-    change(
-        state,
-        id,
-        (ctx, if_match),
-        CalendarCommand::ConfirmBooking { booking_id: id },
-    )
-    .await
+pub async fn confirm(change: Change<EmptyBody>) -> Result<Response, ApiError> {
+    change
+        .run(|id, EmptyBody {}| CalendarCommand::ConfirmBooking { booking_id: id })
+        .await
 }
 
 #[utoipa::path(post, path = "/api/v1/bookings/{id}/cancel", tag = "bookings",
     request_body = CancelBody,
     responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn cancel(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    ctx: WriteCtx,
-    if_match: IfMatch,
-    Body(body): Body<CancelBody>,
-) -> Result<Response, ApiError> {
-    let command = CalendarCommand::CancelBooking {
-        booking_id: id,
-        reason: body.reason,
-    };
-    change(state, id, (ctx, if_match), command).await
+pub async fn cancel(change: Change<CancelBody>) -> Result<Response, ApiError> {
+    change
+        .run(|id, body| CalendarCommand::CancelBooking {
+            booking_id: id,
+            reason: body.reason,
+        })
+        .await
 }
 
 #[utoipa::path(post, path = "/api/v1/bookings/{id}/check-in", tag = "bookings",
     request_body = EmptyBody,
     responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn check_in(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    ctx: WriteCtx,
-    if_match: IfMatch,
-    Body(EmptyBody {}): Body<EmptyBody>,
-) -> Result<Response, ApiError> {
-    change(
-        state,
-        id,
-        (ctx, if_match),
-        CalendarCommand::CheckIn { booking_id: id },
-    )
-    .await
+pub async fn check_in(change: Change<EmptyBody>) -> Result<Response, ApiError> {
+    change
+        .run(|id, EmptyBody {}| CalendarCommand::CheckIn { booking_id: id })
+        .await
 }
 
 #[utoipa::path(post, path = "/api/v1/bookings/{id}/check-out", tag = "bookings",
     request_body = EmptyBody,
     responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn check_out(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    ctx: WriteCtx,
-    if_match: IfMatch,
-    Body(EmptyBody {}): Body<EmptyBody>,
-) -> Result<Response, ApiError> {
-    change(
-        state,
-        id,
-        (ctx, if_match),
-        CalendarCommand::CheckOut { booking_id: id },
-    )
-    .await
+pub async fn check_out(change: Change<EmptyBody>) -> Result<Response, ApiError> {
+    change
+        .run(|id, EmptyBody {}| CalendarCommand::CheckOut { booking_id: id })
+        .await
 }
 
 #[utoipa::path(post, path = "/api/v1/bookings/{id}/no-show", tag = "bookings",
     request_body = EmptyBody,
     responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
-pub async fn no_show(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    ctx: WriteCtx,
-    if_match: IfMatch,
-    Body(EmptyBody {}): Body<EmptyBody>,
-) -> Result<Response, ApiError> {
-    change(
-        state,
-        id,
-        (ctx, if_match),
-        CalendarCommand::MarkNoShow { booking_id: id },
-    )
-    .await
+pub async fn no_show(change: Change<EmptyBody>) -> Result<Response, ApiError> {
+    change
+        .run(|id, EmptyBody {}| CalendarCommand::MarkNoShow { booking_id: id })
+        .await
 }

@@ -64,11 +64,7 @@ pub async fn live() -> Response {
 /// Whether PostgreSQL answers a query within 800 ms: a readiness probe
 /// answers within a second either way (docs/quality.md R4).
 pub async fn database_answers(state: &AppState) -> bool {
-    let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
-    matches!(
-        tokio::time::timeout(Duration::from_millis(800), probe).await,
-        Ok(Ok(1))
-    )
+    ledger_infra::db::answers(&state.pool, Duration::from_millis(800)).await
 }
 
 /// Whether the publisher's NATS connection is up (without one, whether

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
-use ledger_domain::{Action, Role};
+use ledger_domain::Action;
 use ledger_infra::agencies;
 use ledger_infra::ical::fetch::AddressRules;
 use ledger_infra::ical::{self, export, FeedRow};
@@ -51,21 +51,17 @@ pub async fn export_feed(
         .token
         .filter(|t| !t.is_empty())
         .ok_or(ApiError::NotFound)?;
-    if !ical::token_matches(&state.pool, property_id, &token)
-        .await
-        .map_err(db)?
-    {
+    if !ical::token_matches(&state.pool, property_id, &token).await? {
         return Err(ApiError::NotFound);
     }
     let agency_id = agencies::of_ical_export(&state.pool, property_id)
-        .await
-        .map_err(db)?
+        .await?
         .ok_or(ApiError::NotFound)?;
     if !state.agencies.allows(agency_id, Feature::IcalExport) {
         return Err(ApiError::NotFound);
     }
-    let ranges = export::ranges(&state.pool, property_id).await.map_err(db)?;
-    let body = export::render(property_id, &ranges);
+    let ranges = export::ranges(&state.pool, property_id).await?;
+    let body = ledger_domain::ical::render::render(property_id, &ranges);
     Ok((
         [(
             CONTENT_TYPE,
@@ -100,9 +96,7 @@ pub async fn rotate_token(
     state
         .agencies
         .require(caller.0.agency_id, Feature::IcalExport)?;
-    let token = ical::rotate_token(&state.pool, caller.0.agency_id, id, &caller.0.user_id)
-        .await
-        .map_err(db)?;
+    let token = ical::rotate_token(&state.pool, caller.0.agency_id, id, &caller.0.user_id).await?;
     let url = format!("{}/ical/{id}.ics?token={token}", base_url(&headers));
     let view = IcalTokenView {
         property_id: id,
@@ -182,9 +176,7 @@ pub async fn add_feed(
             "interval_minutes must be from 5 to 10080",
         ));
     }
-    let row = ical::add_feed(&state.pool, agency_id, id, &url, interval)
-        .await
-        .map_err(db)?;
+    let row = ical::add_feed(&state.pool, agency_id, id, &url, interval, state.now()).await?;
     Ok((StatusCode::CREATED, Json(FeedView::from(row))).into_response())
 }
 
@@ -198,7 +190,7 @@ pub async fn list_feeds(
 ) -> Result<Response, ApiError> {
     let agency_id = admin_property(&state, &caller, id).await?;
     state.agencies.require(agency_id, Feature::IcalImport)?;
-    let items = ical::list_feeds(&state.pool, id).await.map_err(db)?;
+    let items = ical::list_feeds(&state.pool, id).await?;
     let items = items.into_iter().map(FeedView::from).collect();
     Ok(Json(FeedList { items }).into_response())
 }
@@ -219,8 +211,7 @@ pub async fn delete_feed(
     let (id, feed_id) = (parse(&id)?, parse(&feed_id)?);
     admin_property(&state, &caller, id).await?;
     let row = ical::delete_feed(&state.pool, id, feed_id)
-        .await
-        .map_err(db)?
+        .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(FeedView::from(row)).into_response())
 }
@@ -243,16 +234,10 @@ async fn visible_property(
     Ok(())
 }
 
-/// Feeds are the admin's: the service fetches what they name. Returns the
-/// property's agency.
+/// Feeds are the admin's (`Action::ManageFeeds`). Returns the property's
+/// agency.
 async fn admin_property(state: &AppState, caller: &Caller, id: Uuid) -> Result<Uuid, ApiError> {
-    visible_property(state, caller, id, Action::ManageProperty).await?;
-    if caller.0.role != Role::Admin {
-        return Err(ApiError::Forbidden(format!(
-            "the role {} may not manage iCal feeds",
-            caller.0.role.as_str()
-        )));
-    }
+    visible_property(state, caller, id, Action::ManageFeeds).await?;
     Ok(caller.0.agency_id)
 }
 
@@ -267,10 +252,6 @@ async fn checked_url(state: &AppState, raw: &str) -> Result<String, ApiError> {
             details: json!({ "field": "url", "reason": refusal.to_string() }),
         }),
     }
-}
-
-fn db(error: sqlx::Error) -> ApiError {
-    ledger_infra::DbError::from(error).into()
 }
 
 /// The service's own address as the caller reached it.

@@ -26,6 +26,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::conditional;
+use crate::dto::Page;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -154,9 +155,53 @@ pub fn not_found_as(replacement: fn() -> ApiError) -> impl Fn(ApiError) -> ApiEr
 
 /// `?limit=` (1–500, default 50) and `?cursor=` of list routes.
 #[derive(Debug, Clone)]
-pub struct Page {
+pub struct Paging {
     pub limit: i64,
     pub cursor: Option<String>,
+}
+
+impl Paging {
+    /// How many rows to ask for: one past the page, which tells whether
+    /// another page follows.
+    pub fn fetch(&self) -> i64 {
+        self.limit + 1
+    }
+
+    /// The cursor of a list ordered by id.
+    pub fn after_id(&self) -> Result<Option<Uuid>, ApiError> {
+        self.cursor.as_deref().map(parse_cursor).transpose()
+    }
+
+    /// The cursor of a list ordered by a position or sequence (0: from the start).
+    pub fn after_number(&self) -> Result<i64, ApiError> {
+        self.cursor.as_deref().map_or(Ok(0), parse_cursor)
+    }
+
+    /// The page of `rows` (fetched with [`Paging::fetch`]): at most `limit`
+    /// items, and the cursor of the last one when more follow.
+    pub fn page<R, T>(
+        &self,
+        mut rows: Vec<R>,
+        key: impl Fn(&R) -> String,
+        item: impl FnMut(R) -> T,
+    ) -> Page<T> {
+        let next_cursor = if rows.len() as i64 > self.limit {
+            rows.truncate(self.limit as usize);
+            rows.last().map(key)
+        } else {
+            None
+        };
+        Page {
+            items: rows.into_iter().map(item).collect(),
+            next_cursor,
+        }
+    }
+}
+
+fn parse_cursor<T: std::str::FromStr>(cursor: &str) -> Result<T, ApiError> {
+    cursor
+        .parse()
+        .map_err(|_| ApiError::validation("cursor is not one this route gave out"))
 }
 
 #[derive(serde::Deserialize)]
@@ -165,7 +210,7 @@ struct PageQuery {
     cursor: Option<String>,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Page {
+impl<S: Send + Sync> FromRequestParts<S> for Paging {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
@@ -178,10 +223,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Page {
                 .filter(|l| (1..=500).contains(l))
                 .ok_or_else(|| ApiError::validation("limit must be an integer from 1 to 500"))?,
         };
-        Ok(Page {
+        Ok(Paging {
             limit,
             cursor: query.cursor.filter(|c| !c.is_empty()),
         })
+    }
+}
+
+/// A typed query string; one that does not parse is a 400
+/// `VALIDATION_ERROR`, like a malformed body.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        serde_urlencoded_query(parts.uri.query().unwrap_or("")).map(Params)
     }
 }
 

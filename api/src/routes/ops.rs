@@ -21,7 +21,6 @@ use ledger_projections::Projection;
 use uuid::Uuid;
 
 use super::health::{database_answers, nats_answers};
-use super::reads::db;
 use crate::auth::Caller;
 use crate::config::ServeConfig;
 use crate::error::ApiError;
@@ -86,7 +85,7 @@ pub async fn projections(
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     let scope = caller.require(Action::ReadOpsStatus)?;
-    let mut statuses = runner::statuses(&state.pool).await.map_err(db)?;
+    let mut statuses = runner::statuses(&state.pool).await?;
     if scope != Scope::Platform {
         for status in &mut statuses {
             status.last_error = None;
@@ -138,7 +137,7 @@ pub async fn start_replay(
             )
                 .into_response());
         }
-        Err(ReplayError::Db(e)) => return Err(db(e)),
+        Err(ReplayError::Db(e)) => return Err(e.into()),
         Err(other) => return Err(ApiError::internal(other.to_string())),
     };
     let pool = state.pool.clone();
@@ -159,8 +158,7 @@ pub async fn replay_progress(
     caller.require(Action::Operate)?;
     let projection = projection(&name)?;
     replay::progress(&state.pool, projection)
-        .await
-        .map_err(db)?
+        .await?
         .map(Json)
         .ok_or(ApiError::NotFound)
 }

@@ -7,11 +7,11 @@ use ledger_domain::commands::UpdateProperty;
 use ledger_domain::{Action, CalendarCommand};
 use uuid::Uuid;
 
-use super::{execute, read_reply, Page, PathId};
+use super::{execute, read_reply, Paging, PathId};
 use crate::auth::Caller;
 use crate::conditional::IfMatch;
 use crate::dto::{
-    property_view, EmptyBody, EventPage, EventView, PropertyView, RegisterPropertyBody,
+    property_view, EmptyBody, EventView, Page, PropertyView, RegisterPropertyBody,
     UpdatePropertyBody,
 };
 use crate::error::ApiError;
@@ -45,8 +45,7 @@ pub async fn update(
     Body(body): Body<UpdatePropertyBody>,
 ) -> Result<Response, ApiError> {
     let command = CalendarCommand::UpdateProperty(UpdateProperty::from(body));
-    let mut execution = ctx.execution(id, command);
-    execution.command.expected_version = expected_version;
+    let execution = ctx.execution_at(id, command, expected_version);
     execute(&state, execution, StatusCode::OK, property_view).await
 }
 
@@ -61,20 +60,19 @@ pub async fn archive(
     IfMatch(expected_version): IfMatch,
     Body(EmptyBody {}): Body<EmptyBody>,
 ) -> Result<Response, ApiError> {
-    let mut execution = ctx.execution(id, CalendarCommand::ArchiveProperty);
-    execution.command.expected_version = expected_version;
+    let execution = ctx.execution_at(id, CalendarCommand::ArchiveProperty, expected_version);
     execute(&state, execution, StatusCode::OK, property_view).await
 }
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}/events", tag = "properties",
     params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = EventPage), (status = "4XX", body = crate::dto::ErrorBody)),
+    responses((status = 200, body = Page<EventView>), (status = "4XX", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn events(
     State(state): State<AppState>,
     PathId(id): PathId,
     caller: Caller,
-    page: Page,
+    page: Paging,
 ) -> Result<Response, ApiError> {
     caller.require(Action::ReadEventHistory)?;
     state
@@ -86,34 +84,13 @@ pub async fn events(
                 .map(|_| ())
         })
         .await??;
-    let after: i64 = match page.cursor.as_deref() {
-        None => 0,
-        Some(c) => c
-            .parse()
-            .map_err(|_| ApiError::validation("cursor is not one this route gave out"))?,
-    };
-    let mut rows = state.store().history(id, after, page.limit + 1).await?;
+    let rows = state
+        .store()
+        .history(id, page.after_number()?, page.fetch())
+        .await?;
     // This route reads the log itself, which is always at its head: any
     // `min_position` a client sends is already reached.
     let position = state.store().head().await?;
-    let next_cursor = if rows.len() as i64 > page.limit {
-        rows.truncate(page.limit as usize);
-        rows.last().map(|e| e.sequence.to_string())
-    } else {
-        None
-    };
-    let items = rows
-        .into_iter()
-        .map(|e| EventView {
-            position: e.position,
-            sequence: e.sequence,
-            event_id: e.event_id,
-            event_type: e.event_type,
-            event_version: e.event_version,
-            payload: e.payload,
-            metadata: e.metadata,
-            recorded_at: e.recorded_at,
-        })
-        .collect();
-    Ok(read_reply(position, EventPage { items, next_cursor }))
+    let events = page.page(rows, |e| e.sequence.to_string(), EventView::from);
+    Ok(read_reply(position, events))
 }

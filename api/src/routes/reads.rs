@@ -18,9 +18,9 @@ use sqlx::{Postgres, Transaction};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{read_reply, serde_urlencoded_query, Page, PathId};
+use super::{read_reply, serde_urlencoded_query, Paging, Params, PathId};
 use crate::auth::Caller;
-use crate::dto::{BookingView, PropertyView};
+use crate::dto::{AuditEntryView, BookingView, Page, PropertyView};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -28,10 +28,6 @@ use crate::state::AppState;
 const MIN_POSITION_WAIT: Duration = Duration::from_secs(5);
 /// The widest date window a read accepts.
 const MAX_WINDOW_DAYS: i64 = 3 * 366;
-
-pub fn db(error: sqlx::Error) -> ApiError {
-    ledger_infra::DbError::from(error).into()
-}
 
 /// `?min_position=N` of every read.
 pub struct MinPosition(pub i64);
@@ -69,27 +65,14 @@ async fn settle(
     agency_id: Uuid,
 ) -> Result<(i64, Transaction<'static, Postgres>), ApiError> {
     let reached = queries::wait_for(&state.read_pool, which, min, MIN_POSITION_WAIT)
-        .await
-        .map_err(db)?
+        .await?
         .ok_or(ApiError::ProjectionLagging(min))?;
-    let tx = queries::begin(&state.read_pool, agency_id)
-        .await
-        .map_err(db)?;
+    let tx = queries::begin(&state.read_pool, agency_id).await?;
     Ok((reached, tx))
 }
 
 fn owner_filter(caller: &Caller, scope: Scope) -> Option<String> {
     (scope == Scope::OwnProperties).then(|| caller.0.user_id.clone())
-}
-
-pub(crate) fn uuid_cursor(cursor: &Option<String>) -> Result<Option<Uuid>, ApiError> {
-    cursor
-        .as_deref()
-        .map(|c| {
-            c.parse()
-                .map_err(|_| ApiError::validation("cursor is not one this route gave out"))
-        })
-        .transpose()
 }
 
 /// A 400 naming the query parameter it is about.
@@ -145,54 +128,34 @@ fn check_window(from: NaiveDate, to: NaiveDate) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub(crate) fn next_cursor<T>(
-    items: &mut Vec<T>,
-    limit: i64,
-    key: impl Fn(&T) -> String,
-) -> Option<String> {
-    if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(key)
-    } else {
-        None
-    }
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct PropertyPage {
-    pub items: Vec<PropertyView>,
-    pub next_cursor: Option<String>,
-}
-
 #[utoipa::path(get, path = "/api/v1/properties", tag = "properties",
     params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = PropertyPage), (status = "4XX", body = crate::dto::ErrorBody)),
+    responses((status = 200, body = Page<PropertyView>), (status = "4XX", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_properties(
     State(state): State<AppState>,
     caller: Caller,
-    page: Page,
+    page: Paging,
     min: MinPosition,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
-    let after = uuid_cursor(&page.cursor)?;
+    let after = page.after_id()?;
     let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
     let owner = owner_filter(&caller, scope);
-    let mut rows = queries::properties(
+    let rows = queries::properties(
         &mut tx,
         caller.0.agency_id,
         owner.as_deref(),
         after,
-        page.limit + 1,
+        page.fetch(),
     )
-    .await
-    .map_err(db)?;
-    let next_cursor = next_cursor(&mut rows, page.limit, |r| r.property_id.to_string());
-    let items = rows
-        .iter()
-        .map(|r| PropertyView::new(&r.to_domain(), r.position))
-        .collect();
-    Ok(read_reply(position, PropertyPage { items, next_cursor }))
+    .await?;
+    let properties = page.page(
+        rows,
+        |r| r.property_id.to_string(),
+        |r| PropertyView::from(&r),
+    );
+    Ok(read_reply(position, properties))
 }
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}", tag = "properties",
@@ -208,14 +171,10 @@ pub async fn get_property(
     let scope = caller.require(Action::ReadCalendar)?;
     let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
     let row = queries::property(&mut tx, caller.0.agency_id, id)
-        .await
-        .map_err(db)?
+        .await?
         .filter(|r| sees_property(&caller.0, scope, r.owner_id.as_deref()))
         .ok_or(ApiError::PropertyNotFound)?;
-    Ok(read_reply(
-        position,
-        PropertyView::new(&row.to_domain(), row.position),
-    ))
+    Ok(read_reply(position, PropertyView::from(&row)))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -230,12 +189,6 @@ pub struct BookingQuery {
     to: Option<String>,
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct BookingPage {
-    pub items: Vec<BookingView>,
-    pub next_cursor: Option<String>,
-}
-
 const STATUSES: [&str; 6] = [
     "tentative",
     "confirmed",
@@ -247,17 +200,16 @@ const STATUSES: [&str; 6] = [
 
 #[utoipa::path(get, path = "/api/v1/bookings", tag = "bookings",
     params(BookingQuery, ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = BookingPage), (status = "4XX", body = crate::dto::ErrorBody)),
+    responses((status = 200, body = Page<BookingView>), (status = "4XX", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list_bookings(
     State(state): State<AppState>,
     caller: Caller,
-    page: Page,
+    page: Paging,
     min: MinPosition,
-    parts: axum::http::Uri,
+    Params(query): Params<BookingQuery>,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
-    let query: BookingQuery = serde_urlencoded_query(parts.query().unwrap_or(""))?;
     let status = query.status.filter(|s| !s.is_empty());
     if let Some(status) = &status {
         if !STATUSES.contains(&status.as_str()) {
@@ -279,17 +231,15 @@ pub async fn list_bookings(
             return Err(invalid("to", "must be after from"));
         }
     }
-    let after = uuid_cursor(&page.cursor)?;
+    let after = page.after_id()?;
     let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
-    let mut rows = queries::bookings(&mut tx, caller.0.agency_id, &filter, after, page.limit + 1)
-        .await
-        .map_err(db)?;
-    let next_cursor = next_cursor(&mut rows, page.limit, |r| r.booking_id.to_string());
-    let items = rows
-        .iter()
-        .map(|r| BookingView::new(r.agency_id, &r.to_domain(), r.position))
-        .collect();
-    Ok(read_reply(position, BookingPage { items, next_cursor }))
+    let rows = queries::bookings(&mut tx, caller.0.agency_id, &filter, after, page.fetch()).await?;
+    let bookings = page.page(
+        rows,
+        |r| r.booking_id.to_string(),
+        |r| BookingView::from(&r),
+    );
+    Ok(read_reply(position, bookings))
 }
 
 #[utoipa::path(get, path = "/api/v1/bookings/{id}", tag = "bookings",
@@ -305,14 +255,10 @@ pub async fn get_booking(
     let scope = caller.require(Action::ReadCalendar)?;
     let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
     let (row, _owner) = queries::booking(&mut tx, caller.0.agency_id, id)
-        .await
-        .map_err(db)?
+        .await?
         .filter(|(_, owner)| sees_property(&caller.0, scope, owner.as_deref()))
         .ok_or(ApiError::BookingNotFound)?;
-    Ok(read_reply(
-        position,
-        BookingView::new(row.agency_id, &row.to_domain(), row.position),
-    ))
+    Ok(read_reply(position, BookingView::from(&row)))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -359,10 +305,9 @@ pub async fn availability(
     State(state): State<AppState>,
     caller: Caller,
     min: MinPosition,
-    uri: axum::http::Uri,
+    Params(query): Params<AvailabilityQuery>,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
-    let query: AvailabilityQuery = serde_urlencoded_query(uri.query().unwrap_or(""))?;
     let property_id = parse_uuid("property_id", &query.property_id)?
         .ok_or_else(|| ApiError::validation("property_id is required"))?;
     let (from, to) = window(&query.from, &query.to)?;
@@ -374,13 +319,10 @@ pub async fn availability(
     )
     .await?;
     queries::property(&mut tx, caller.0.agency_id, property_id)
-        .await
-        .map_err(db)?
+        .await?
         .filter(|r| sees_property(&caller.0, scope, r.owner_id.as_deref()))
         .ok_or(ApiError::PropertyNotFound)?;
-    let ranges = queries::ranges(&mut tx, caller.0.agency_id, property_id, from, to)
-        .await
-        .map_err(db)?;
+    let ranges = queries::ranges(&mut tx, caller.0.agency_id, property_id, from, to).await?;
     let free = queries::free_runs(&ranges, from, to)
         .into_iter()
         .map(|(start, end)| FreeRun { start, end })
@@ -423,27 +365,20 @@ pub struct FreeProperty {
     pub name: String,
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct FreePropertyPage {
-    pub items: Vec<FreeProperty>,
-    pub next_cursor: Option<String>,
-}
-
 #[utoipa::path(get, path = "/api/v1/availability/search", tag = "availability",
     params(SearchQuery, ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = FreePropertyPage), (status = "4XX", body = crate::dto::ErrorBody)),
+    responses((status = 200, body = Page<FreeProperty>), (status = "4XX", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn search(
     State(state): State<AppState>,
     caller: Caller,
-    page: Page,
+    page: Paging,
     min: MinPosition,
-    uri: axum::http::Uri,
+    Params(query): Params<SearchQuery>,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
-    let query: SearchQuery = serde_urlencoded_query(uri.query().unwrap_or(""))?;
     let (from, to) = window(&query.from, &query.to)?;
-    let after = uuid_cursor(&page.cursor)?;
+    let after = page.after_id()?;
     let (position, mut tx) = settle(
         &state,
         &[Projection::Views, Projection::Inventory],
@@ -452,26 +387,22 @@ pub async fn search(
     )
     .await?;
     let owner = owner_filter(&caller, scope);
-    let mut rows = queries::free_properties(
+    let rows = queries::free_properties(
         &mut tx,
         caller.0.agency_id,
         owner.as_deref(),
         from,
         to,
         after,
-        page.limit + 1,
+        page.fetch(),
     )
-    .await
-    .map_err(db)?;
-    let next_cursor = next_cursor(&mut rows, page.limit, |(id, _)| id.to_string());
-    let items = rows
-        .into_iter()
-        .map(|(property_id, name)| FreeProperty { property_id, name })
-        .collect();
-    Ok(read_reply(
-        position,
-        FreePropertyPage { items, next_cursor },
-    ))
+    .await?;
+    let free = page.page(
+        rows,
+        |(id, _)| id.to_string(),
+        |(property_id, name)| FreeProperty { property_id, name },
+    );
+    Ok(read_reply(position, free))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -485,68 +416,28 @@ pub struct AuditQuery {
     action: Option<String>,
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct AuditEntryView {
-    pub id: Uuid,
-    pub agency_id: Uuid,
-    pub user_id: String,
-    pub action: String,
-    pub resource_type: String,
-    pub resource_id: Uuid,
-    pub details: serde_json::Value,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    pub position: i64,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct AuditPage {
-    pub items: Vec<AuditEntryView>,
-    pub next_cursor: Option<String>,
-}
-
 #[utoipa::path(get, path = "/api/v1/audit-log", tag = "audit",
     params(AuditQuery, ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = AuditPage), (status = "4XX", body = crate::dto::ErrorBody)),
+    responses((status = 200, body = Page<AuditEntryView>), (status = "4XX", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn audit_log(
     State(state): State<AppState>,
     caller: Caller,
-    page: Page,
+    page: Paging,
     min: MinPosition,
-    uri: axum::http::Uri,
+    Params(query): Params<AuditQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(Action::ReadAuditLog)?;
-    let query: AuditQuery = serde_urlencoded_query(uri.query().unwrap_or(""))?;
     let filter = AuditFilter {
         resource_id: parse_uuid("resource_id", &query.resource_id)?,
         resource_type: parse_text("resource_type", query.resource_type)?,
         user_id: parse_text("user_id", query.user_id)?,
         action: parse_text("action", query.action)?,
     };
-    let after = match page.cursor.as_deref() {
-        None => 0,
-        Some(c) => c
-            .parse()
-            .map_err(|_| ApiError::validation("cursor is not one this route gave out"))?,
-    };
+    let after = page.after_number()?;
     let (position, mut tx) = settle(&state, &[Projection::Audit], min, caller.0.agency_id).await?;
-    let mut rows = queries::audit_log(&mut tx, caller.0.agency_id, &filter, after, page.limit + 1)
-        .await
-        .map_err(db)?;
-    let next_cursor = next_cursor(&mut rows, page.limit, |r| r.position.to_string());
-    let items = rows
-        .into_iter()
-        .map(|r| AuditEntryView {
-            id: r.id,
-            agency_id: r.agency_id,
-            user_id: r.user_id,
-            action: r.action,
-            resource_type: r.resource_type,
-            resource_id: r.resource_id,
-            details: r.details,
-            created_at: r.created_at,
-            position: r.position,
-        })
-        .collect();
-    Ok(read_reply(position, AuditPage { items, next_cursor }))
+    let rows =
+        queries::audit_log(&mut tx, caller.0.agency_id, &filter, after, page.fetch()).await?;
+    let entries = page.page(rows, |r| r.position.to_string(), AuditEntryView::from);
+    Ok(read_reply(position, entries))
 }

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::reads::{db, MinPosition};
-use super::{read_reply, serde_urlencoded_query, PathId};
+use super::reads::MinPosition;
+use super::{read_reply, Params, PathId};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::Body;
@@ -52,9 +52,7 @@ pub async fn property(
                 .map(|_| ())
         })
         .await??;
-    let requested = resync::request_snapshot(&state.pool, id)
-        .await
-        .map_err(db)?;
+    let requested = resync::request_snapshot(&state.pool, id).await?;
     let body = ResyncRequested {
         as_of_position: requested.as_of_position,
     };
@@ -94,8 +92,7 @@ pub async fn start(
             async move { resync::start_job(&pool, scope.agency_id, scope.property_id).await },
         )
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(db)?;
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     Ok((StatusCode::ACCEPTED, Json(ResyncStarted { job_id })).into_response())
 }
 
@@ -131,8 +128,7 @@ pub async fn progress(
 ) -> Result<Json<ResyncProgress>, ApiError> {
     caller.require(Action::Operate)?;
     resync::progress(&state.pool, job_id)
-        .await
-        .map_err(db)?
+        .await?
         .map(|p| Json(p.into()))
         .ok_or(ApiError::NotFound)
 }
@@ -168,10 +164,9 @@ pub async fn checksum(
     PathId(id): PathId,
     caller: Caller,
     MinPosition(min): MinPosition,
-    uri: axum::http::Uri,
+    Params(query): Params<ChecksumQuery>,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
-    let query: ChecksumQuery = serde_urlencoded_query(uri.query().unwrap_or(""))?;
     let from = date("from", &query.from)?;
     let to = date("to", &query.to)?;
     if let (Some(from), Some(to)) = (from, to) {
@@ -183,17 +178,15 @@ pub async fn checksum(
         min,
         MIN_POSITION_WAIT,
     )
-    .await
-    .map_err(db)?
+    .await?
     .ok_or(ApiError::ProjectionLagging(min))?;
     let agency_id = caller.0.agency_id;
-    let mut tx = queries::begin(&state.pool, agency_id).await.map_err(db)?;
+    let mut tx = queries::begin(&state.pool, agency_id).await?;
     let property = queries::property(&mut tx, agency_id, id)
-        .await
-        .map_err(db)?
+        .await?
         .filter(|p| sees_property(&caller.0, scope, p.owner_id.as_deref()))
         .ok_or(ApiError::PropertyNotFound)?;
-    let (default_from, _) = checksum::window(&property.timezone, Utc::now());
+    let (default_from, _) = checksum::window(&property.timezone, state.now());
     let from = from.unwrap_or(default_from);
     let to = match to {
         Some(to) => to,
@@ -201,8 +194,7 @@ pub async fn checksum(
     };
     check_window(from, to)?;
     let ranges: Vec<ChannelRange> = queries::ranges(&mut tx, agency_id, id, from, to)
-        .await
-        .map_err(db)?
+        .await?
         .into_iter()
         // Channels get a room type's nights as counts (not built yet), never
         // its claims one by one: the same ranges as a snapshot.

@@ -85,19 +85,14 @@ pub async fn stream(
             })
             .await??;
     }
-    let resume = match resume_position(&headers, query.from_position.as_deref())? {
-        None => None,
-        Some(position) => Some(
-            hub.cursor_of(position)
-                .await
-                .map_err(db)?
-                .ok_or_else(|| ApiError::validation(format!("no event has position {position}")))?,
-        ),
-    };
-    let subscription = hub
-        .subscribe(caller.0.agency_id, resume)
-        .await
-        .map_err(db)?;
+    let resume =
+        match resume_position(&headers, query.from_position.as_deref())? {
+            None => None,
+            Some(position) => Some(hub.cursor_of(position).await?.ok_or_else(|| {
+                ApiError::validation(format!("no event has position {position}"))
+            })?),
+        };
+    let subscription = hub.subscribe(caller.0.agency_id, resume).await?;
     let feed = Feed {
         state,
         hub,
@@ -119,10 +114,6 @@ pub async fn stream(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
-}
-
-fn db(error: sqlx::Error) -> ApiError {
-    ledger_infra::DbError::from(error).into()
 }
 
 /// The caller, from the Authorization header or else `?access_token=`, and

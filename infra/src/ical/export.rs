@@ -1,7 +1,7 @@
 //! The export adapter: follows the stream with the channel kit and keeps, per
 //! property, the ranges of nights that are held (the domain's rule,
 //! `ledger_domain::claims`, which the `inventory_ranges` projection folds
-//! too), and renders them as an iCalendar document.
+//! too), which `ledger_domain::ical::render` renders as an iCalendar document.
 //!
 //! Each event is applied in one transaction with the property's cursor (its
 //! last applied `ledgersequence`), then acked. An event at or below the
@@ -19,14 +19,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use ledger_domain::checksum::ChannelRange;
 use ledger_domain::claims::{claim_change, ClaimChange};
+pub use ledger_domain::ical::render::ExportRange;
 use ledger_domain::values::ClaimKind;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use super::text::{escape_text, push_line};
 use crate::channel::{
     AdapterState, Binding, ChannelConsumer, ChannelError, LedgerEvent, Snapshot, StateError,
 };
@@ -35,30 +35,6 @@ use crate::nats::Client;
 
 /// The durable consumer's name on the `LEDGER` stream.
 pub const CONSUMER: &str = "ical-export";
-/// The domain part of every exported UID.
-pub const UID_DOMAIN: &str = "booking-ledger";
-pub const PRODID: &str = "-//Booking Ledger//iCal export 1.0//EN";
-
-/// The VEVENT's SUMMARY: never anything about the guest.
-fn summary(kind: ClaimKind) -> &'static str {
-    match kind {
-        ClaimKind::Booking => "Reserved",
-        ClaimKind::Block => "Blocked",
-    }
-}
-
-/// One held range of nights `[start, end)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportRange {
-    pub ref_id: Uuid,
-    pub kind: ClaimKind,
-    pub start: NaiveDate,
-    pub end: NaiveDate,
-    pub changed_at: DateTime<Utc>,
-    /// The booking's status, or `blocked` (what the drift checksum covers).
-    pub status: String,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("database: {0}")]
@@ -432,78 +408,6 @@ async fn replace_property(
     Ok(())
 }
 
-/// The iCalendar document of a property's held nights: one all-day VEVENT
-/// per booking or block, CRLF line endings, lines folded at 75 octets.
-pub fn render(property_id: Uuid, ranges: &[ExportRange]) -> String {
-    let mut out = String::with_capacity(256 + ranges.len() * 200);
-    let line = |out: &mut String, text: &str| push_line(out, text);
-    line(&mut out, "BEGIN:VCALENDAR");
-    line(&mut out, "VERSION:2.0");
-    line(&mut out, &format!("PRODID:{PRODID}"));
-    line(&mut out, "CALSCALE:GREGORIAN");
-    line(&mut out, "METHOD:PUBLISH");
-    line(
-        &mut out,
-        &format!(
-            "X-WR-CALNAME:{}",
-            escape_text(&format!(
-                "Booking Ledger, nights held at property {property_id}"
-            ))
-        ),
-    );
-    for range in ranges {
-        line(&mut out, "BEGIN:VEVENT");
-        line(&mut out, &format!("UID:{}@{UID_DOMAIN}", range.ref_id));
-        line(
-            &mut out,
-            &format!("DTSTAMP:{}", range.changed_at.format("%Y%m%dT%H%M%SZ")),
-        );
-        line(
-            &mut out,
-            &format!("DTSTART;VALUE=DATE:{}", range.start.format("%Y%m%d")),
-        );
-        line(
-            &mut out,
-            &format!("DTEND;VALUE=DATE:{}", range.end.format("%Y%m%d")),
-        );
-        line(&mut out, &format!("SUMMARY:{}", summary(range.kind)));
-        line(&mut out, "TRANSP:OPAQUE");
-        line(&mut out, "END:VEVENT");
-    }
-    line(&mut out, "END:VCALENDAR");
-    out
-}
-
 fn backoff(failures: u32) -> Duration {
     Duration::from_millis((500 * u64::from(failures.min(10))).max(200))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ical::feed;
-
-    #[test]
-    fn the_document_reads_back_as_its_ranges() {
-        let range = ExportRange {
-            ref_id: Uuid::nil(),
-            kind: ClaimKind::Booking,
-            start: NaiveDate::from_ymd_opt(2027, 7, 1).expect("a date"),
-            end: NaiveDate::from_ymd_opt(2027, 7, 4).expect("a date"),
-            changed_at: DateTime::from_timestamp(0, 0).expect("the epoch"),
-            status: "confirmed".into(),
-        };
-        let text = render(Uuid::nil(), std::slice::from_ref(&range));
-        assert!(text.contains("DTSTAMP:19700101T000000Z\r\n"));
-        assert!(text.split_terminator("\r\n").all(|l| l.len() <= 75));
-        assert!(!text.replace("\r\n", "").contains('\n'));
-        let parsed = feed::parse(&text).expect("a calendar");
-        assert_eq!(parsed.events.len(), 1);
-        assert_eq!(parsed.events[0].start, range.start);
-        assert_eq!(parsed.events[0].end, range.end);
-        assert_eq!(
-            parsed.events[0].uid,
-            format!("{}@{UID_DOMAIN}", Uuid::nil())
-        );
-    }
 }

@@ -1,19 +1,18 @@
-//! The iCal channel (RFC 5545), the reference channel adapter (docs/ical.md):
+//! The iCal channel's I/O (RFC 5545), the reference channel adapter
+//! (docs/ical.md):
 //! - [`export`]: follows the stream with the channel kit into a table of held
-//!   nights per property, and renders it as a `.ics` document;
-//! - [`feed`]: reads a channel's feed into ranges of nights (the import);
+//!   nights per property (rendered by `ledger_domain::ical::render`);
 //! - [`fetch`]: fetches a feed by URL, only from public addresses (or
 //!   allow-listed hosts), with errors in our own words;
 //! - the per-property secrets of the export URLs and the table of feeds
 //!   `ledger serve` imports periodically (this module).
 //!
-//! Deciding what an import changes on a calendar is in `ledger-api`'s
-//! `ical_import`, which issues ordinary commands through the command bus.
+//! Parsing a feed and planning what an import changes are pure
+//! (`ledger_domain::ical`); the import job that runs the feeds is
+//! `ledger_projections::jobs::ical_import`.
 
 pub mod export;
-pub mod feed;
 pub mod fetch;
-pub mod text;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -111,17 +110,20 @@ impl FeedRow {
 const FEED_COLUMNS: &str = "feed_id, agency_id, property_id, url, interval_minutes, created_at, \
                             next_run_at, last_run_at, last_error, last_result";
 
-/// Adds a feed (due at once); the same URL again only changes its interval.
+/// Adds a feed, due at `now`; the same URL again only changes its interval.
+/// The schedule's times (`now` here and in [`claim_due_feed`] and
+/// [`record_run`]) are the application clock's, not the database's.
 pub async fn add_feed(
     pool: &PgPool,
     agency_id: Uuid,
     property_id: Uuid,
     url: &str,
     interval_minutes: i32,
+    now: DateTime<Utc>,
 ) -> Result<FeedRow, sqlx::Error> {
     let row = sqlx::query(&format!(
-        "INSERT INTO ical_feeds (feed_id, agency_id, property_id, url, interval_minutes)
-         VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO ical_feeds (feed_id, agency_id, property_id, url, interval_minutes, next_run_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (property_id, url) DO UPDATE SET interval_minutes = EXCLUDED.interval_minutes
          RETURNING {FEED_COLUMNS}"
     ))
@@ -130,6 +132,7 @@ pub async fn add_feed(
     .bind(property_id)
     .bind(url)
     .bind(interval_minutes)
+    .bind(now)
     .fetch_one(pool)
     .await?;
     FeedRow::from_row(&row)
@@ -162,21 +165,24 @@ pub async fn delete_feed(
     row.as_ref().map(FeedRow::from_row).transpose()
 }
 
-/// Takes the feed that is most overdue, if any, and moves its next run one
-/// interval ahead, so that no other process takes it meanwhile. Feeds of
-/// the `busy_agencies` (those at their cap of concurrent imports) wait.
+/// Takes the feed that is most overdue at `now`, if any, and moves its next
+/// run one interval ahead, so that no other process takes it meanwhile.
+/// Feeds of the `busy_agencies` (those at their cap of concurrent imports)
+/// wait.
 pub async fn claim_due_feed(
     pool: &PgPool,
     busy_agencies: &[Uuid],
+    now: DateTime<Utc>,
 ) -> Result<Option<FeedRow>, sqlx::Error> {
     let row = sqlx::query(&format!(
-        "UPDATE ical_feeds SET next_run_at = now() + make_interval(mins => interval_minutes)
-          WHERE feed_id = (SELECT feed_id FROM ical_feeds WHERE next_run_at <= now()
+        "UPDATE ical_feeds SET next_run_at = $2 + make_interval(mins => interval_minutes)
+          WHERE feed_id = (SELECT feed_id FROM ical_feeds WHERE next_run_at <= $2
                               AND agency_id <> ALL($1)
                             ORDER BY next_run_at LIMIT 1 FOR UPDATE SKIP LOCKED)
           RETURNING {FEED_COLUMNS}"
     ))
     .bind(busy_agencies)
+    .bind(now)
     .fetch_optional(pool)
     .await?;
     row.as_ref().map(FeedRow::from_row).transpose()
@@ -188,14 +194,16 @@ pub async fn record_run(
     feed_id: Uuid,
     last_error: Option<&str>,
     last_result: Option<&Value>,
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE ical_feeds SET last_run_at = now(), last_error = $2, last_result = $3
+        "UPDATE ical_feeds SET last_run_at = $4, last_error = $2, last_result = $3
           WHERE feed_id = $1",
     )
     .bind(feed_id)
     .bind(last_error)
     .bind(last_result)
+    .bind(now)
     .execute(pool)
     .await?;
     Ok(())

@@ -3,33 +3,29 @@
 //! system actor `system:ical-import` (role admin). `ledger ical import` runs
 //! it once; `ledger serve` runs the registered feeds at their interval.
 //!
-//! Which blocks belong to a feed: unreleased blocks with reason `other`, an
-//! `external_ref` (the event's UID) and the note [`source_note`] of the
-//! feed's URL. Blocks made by hand, or by another feed of the property, are
-//! never touched. The plan is made from the aggregate's state (not a view),
-//! and each command is decided again against the calendar as it is then, so
-//! a feed event that overlaps a booking is refused on its own, reported,
-//! and does not stop the rest.
+//! Which blocks belong to a feed, and what changes, is the pure
+//! `ledger_domain::ical::plan`. The plan is made from the aggregate's state
+//! (not a view), and each command is decided again against the calendar as
+//! it is then, so a feed event that overlaps a booking is refused on its
+//! own, reported, and does not stop the rest.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use ledger_domain::commands::BlockNights;
+use ledger_domain::ical::feed::{self, FeedEvent, Unreadable};
+use ledger_domain::ical::plan::{plan, source_note, Step};
 use ledger_domain::values::BlockReason;
-use ledger_domain::{
-    Actor, CalendarCommand, CalendarError, Command, Conflict, PropertyCalendar, Role,
-};
-use ledger_infra::ical::feed::{self, FeedEvent, Unreadable};
+use ledger_domain::{Actor, CalendarCommand, CalendarError, Command, Conflict, Role};
 use ledger_infra::ical::fetch::{self, AddressRules, FeedFetcher, FetchError};
 use ledger_infra::ical::{self, FeedRow};
-use ledger_infra::{CommandBus, ExecuteError, Execution};
+use ledger_infra::{Clock, CommandBus, ExecuteError, Execution};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio::task::{self, JoinSet};
 use uuid::Uuid;
 
-use crate::state::{AppState, Feature};
+use super::Jobs;
 
 pub const SYSTEM_USER: &str = "system:ical-import";
 /// How often `ledger serve` looks for a feed that is due.
@@ -41,81 +37,6 @@ const AT_ONCE: usize = 16;
 const PER_AGENCY: usize = 2;
 /// How much of a run's problems `last_error` keeps.
 const MAX_ERROR_CHARS: usize = 2000;
-
-/// The note on every block imported from `source`: it marks the block as
-/// this feed's. A hash, because feed URLs often carry a secret.
-pub fn source_note(source: &str) -> String {
-    let source = source.trim();
-    let source = source.strip_prefix("file://").unwrap_or(source);
-    let digest = hex::encode(Sha256::digest(source.as_bytes()));
-    format!("iCal import, feed {}", &digest[..16])
-}
-
-/// One change the import makes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
-    /// The UID left the feed (or the block is a second copy of a UID).
-    Release { block_id: Uuid, uid: String },
-    /// The UID's dates changed: released, then blocked again.
-    Move { block_id: Uuid, event: FeedEvent },
-    /// A UID not imported yet.
-    Block { event: FeedEvent },
-}
-
-/// What the import does to `calendar` to match `events`. Past events
-/// (ending on or before `today`) are neither imported nor released: feeds
-/// drop their past, and history is not rewritten.
-pub fn plan(
-    calendar: &PropertyCalendar,
-    events: &[FeedEvent],
-    note: &str,
-    today: NaiveDate,
-) -> (Vec<Step>, usize) {
-    let mut wanted: BTreeMap<&str, &FeedEvent> = BTreeMap::new();
-    for event in events.iter().filter(|e| e.end > today) {
-        wanted.entry(event.uid.as_str()).or_insert(event);
-    }
-    let mut releases = Vec::new();
-    let mut moves = Vec::new();
-    let mut unchanged = 0;
-    let mut seen: HashSet<&str> = HashSet::new();
-    let owned = calendar.blocks.values().filter(|b| {
-        !b.released && b.reason == BlockReason::Other && b.note.as_deref() == Some(note)
-    });
-    for block in owned {
-        let Some(uid) = block.external_ref.as_deref() else {
-            continue;
-        };
-        let release = Step::Release {
-            block_id: block.id,
-            uid: uid.to_owned(),
-        };
-        if !seen.insert(uid) {
-            releases.push(release);
-            continue;
-        }
-        match wanted.get(uid) {
-            Some(event) if (event.start, event.end) == (block.nights.start, block.nights.end) => {
-                unchanged += 1
-            }
-            Some(event) => moves.push(Step::Move {
-                block_id: block.id,
-                event: (*event).clone(),
-            }),
-            None if block.nights.end <= today => unchanged += 1,
-            None => releases.push(release),
-        }
-    }
-    let blocks = wanted
-        .into_iter()
-        .filter(|(uid, _)| !seen.contains(uid))
-        .map(|(_, event)| Step::Block {
-            event: event.clone(),
-        });
-    // Releases first, so the nights they free can take moved and new events.
-    let steps = releases.into_iter().chain(moves).chain(blocks).collect();
-    (steps, unchanged)
-}
 
 /// What one import did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -219,27 +140,30 @@ async fn read_source(source: &str, allow_files: bool) -> Result<String, ImportEr
 /// the operator's `ledger ical import`.
 pub async fn import(
     bus: &CommandBus,
+    clock: &dyn Clock,
     property_id: Uuid,
     source: &str,
     allow_files: bool,
 ) -> Result<ImportReport, ImportError> {
     let text = read_source(source, allow_files).await?;
-    import_text(bus, property_id, source, &text).await
+    import_text(bus, clock, property_id, source, &text).await
 }
 
 async fn import_text(
     bus: &CommandBus,
+    clock: &dyn Clock,
     property_id: Uuid,
     source: &str,
     text: &str,
 ) -> Result<ImportReport, ImportError> {
     let feed = feed::parse(text)?;
-    apply_feed(bus, property_id, &feed, &source_note(source)).await
+    apply_feed(bus, clock, property_id, &feed, &source_note(source)).await
 }
 
 /// Makes the property's blocks of the feed marked `note` match `feed`.
 pub async fn apply_feed(
     bus: &CommandBus,
+    clock: &dyn Clock,
     property_id: Uuid,
     feed: &feed::Feed,
     note: &str,
@@ -259,7 +183,7 @@ pub async fn apply_feed(
         user_id: SYSTEM_USER.to_owned(),
         role: Role::Admin,
     };
-    let (steps, unchanged) = plan(&calendar, &feed.events, note, Utc::now().date_naive());
+    let (steps, unchanged) = plan(&calendar, &feed.events, note, clock.now().date_naive());
     let mut report = ImportReport {
         property_id,
         feed_events: feed.events.len(),
@@ -270,6 +194,7 @@ pub async fn apply_feed(
     };
     let run = ImportRun {
         bus,
+        clock,
         property_id,
         actor,
         note,
@@ -301,6 +226,7 @@ pub async fn apply_feed(
 
 struct ImportRun<'a> {
     bus: &'a CommandBus,
+    clock: &'a dyn Clock,
     property_id: Uuid,
     actor: Actor,
     note: &'a str,
@@ -317,7 +243,7 @@ impl ImportRun<'_> {
             property_id: self.property_id,
             command: Command {
                 actor: self.actor.clone(),
-                now: crate::extract::now(),
+                now: self.clock.now(),
                 action,
                 expected_version: None,
             },
@@ -405,8 +331,8 @@ impl Skipped {
 /// process, feeds run concurrently, at most [`AT_ONCE`] in all and
 /// [`PER_AGENCY`] of one agency, so one agency's slow feeds delay only its
 /// own.
-pub async fn run(state: AppState) {
-    let rules = AddressRules::new(&state.config.feed_allow_hosts);
+pub async fn run(jobs: &Jobs) {
+    let rules = AddressRules::new(&jobs.feed_allow_hosts);
     let fetcher = match FeedFetcher::new(rules) {
         Ok(fetcher) => fetcher,
         Err(error) => {
@@ -423,10 +349,10 @@ pub async fn run(state: AppState) {
             running.wait(TICK).await;
             continue;
         }
-        match ical::claim_due_feed(&state.pool, &running.busy_agencies()).await {
+        match ical::claim_due_feed(&jobs.pool, &running.busy_agencies(), jobs.clock.now()).await {
             // A suspended agency or one with imports off: this run is skipped.
-            Ok(Some(feed)) if !state.agencies.allows(feed.agency_id, Feature::IcalImport) => {}
-            Ok(Some(feed)) => running.start(state.clone(), fetcher.clone(), feed),
+            Ok(Some(feed)) if !(jobs.imports_allowed)(feed.agency_id) => {}
+            Ok(Some(feed)) => running.start(jobs.clone(), fetcher.clone(), feed),
             Ok(None) => running.wait(TICK).await,
             Err(error) => {
                 tracing::debug!(%error, "ical import: cannot read the feeds; retrying");
@@ -445,11 +371,11 @@ struct Running {
 }
 
 impl Running {
-    fn start(&mut self, state: AppState, fetcher: FeedFetcher, feed: FeedRow) {
+    fn start(&mut self, jobs: Jobs, fetcher: FeedFetcher, feed: FeedRow) {
         let agency_id = feed.agency_id;
         let task = self
             .tasks
-            .spawn(async move { run_feed(&state, &fetcher, &feed).await });
+            .spawn(async move { run_feed(&jobs, &fetcher, &feed).await });
         self.agency_of.insert(task.id(), agency_id);
         *self.per_agency.entry(agency_id).or_default() += 1;
     }
@@ -495,9 +421,18 @@ impl Running {
     }
 }
 
-async fn run_feed(state: &AppState, fetcher: &FeedFetcher, feed: &FeedRow) {
+async fn run_feed(jobs: &Jobs, fetcher: &FeedFetcher, feed: &FeedRow) {
     let outcome = match fetcher.fetch(&feed.url).await {
-        Ok(text) => import_text(&state.bus, feed.property_id, &feed.url, &text).await,
+        Ok(text) => {
+            import_text(
+                &jobs.bus,
+                jobs.clock.as_ref(),
+                feed.property_id,
+                &feed.url,
+                &text,
+            )
+            .await
+        }
         Err(error) => Err(error.into()),
     };
     let (error, result) = match &outcome {
@@ -510,129 +445,15 @@ async fn run_feed(state: &AppState, fetcher: &FeedFetcher, feed: &FeedRow) {
             released = report.released.len(), skipped = report.skipped.len(), "ical import ran"),
         Err(error) => tracing::warn!(feed_id = %feed.feed_id, %error, "ical import failed"),
     }
-    if let Err(e) =
-        ical::record_run(&state.pool, feed.feed_id, error.as_deref(), result.as_ref()).await
+    if let Err(e) = ical::record_run(
+        &jobs.pool,
+        feed.feed_id,
+        error.as_deref(),
+        result.as_ref(),
+        jobs.clock.now(),
+    )
+    .await
     {
         tracing::warn!(feed_id = %feed.feed_id, error = %e, "ical import: cannot record the run");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use chrono::DateTime;
-    use ledger_domain::values::Nights;
-    use ledger_domain::Block;
-
-    use super::*;
-
-    const NOTE: &str = "iCal import, feed 0123456789abcdef";
-
-    fn d(s: &str) -> NaiveDate {
-        s.parse().expect("a date")
-    }
-
-    fn event(uid: &str, start: &str, end: &str) -> FeedEvent {
-        FeedEvent {
-            uid: uid.into(),
-            start: d(start),
-            end: d(end),
-        }
-    }
-
-    fn block(uid: &str, start: &str, end: &str, note: &str) -> Block {
-        Block {
-            id: Uuid::now_v7(),
-            property_id: Uuid::nil(),
-            nights: Nights::block(d(start), d(end)).expect("nights"),
-            reason: BlockReason::Other,
-            note: Some(note.into()),
-            external_ref: Some(uid.into()),
-            released: false,
-            created_at: DateTime::from_timestamp(0, 0).expect("a time"),
-            released_at: None,
-            room_type_id: None,
-            units: 1,
-        }
-    }
-
-    fn calendar(blocks: Vec<Block>) -> PropertyCalendar {
-        let blocks: BTreeMap<Uuid, Block> = blocks.into_iter().map(|b| (b.id, b)).collect();
-        PropertyCalendar::from_parts(None, BTreeMap::new(), blocks)
-    }
-
-    #[test]
-    fn new_uids_are_blocked_and_matching_ones_left_alone() {
-        let cal = calendar(vec![block("a", "2027-07-01", "2027-07-03", NOTE)]);
-        let events = [
-            event("a", "2027-07-01", "2027-07-03"),
-            event("b", "2027-08-01", "2027-08-02"),
-        ];
-        let (steps, unchanged) = plan(&cal, &events, NOTE, d("2027-01-01"));
-        assert_eq!(unchanged, 1);
-        assert_eq!(
-            steps,
-            vec![Step::Block {
-                event: events[1].clone()
-            }]
-        );
-    }
-
-    #[test]
-    fn moved_and_vanished_uids_are_moved_and_released_releases_first() {
-        let a = block("a", "2027-07-01", "2027-07-03", NOTE);
-        let b = block("b", "2027-08-01", "2027-08-02", NOTE);
-        let (a_id, b_id) = (a.id, b.id);
-        let cal = calendar(vec![a, b]);
-        let events = [event("a", "2027-07-02", "2027-07-05")];
-        let (steps, _) = plan(&cal, &events, NOTE, d("2027-01-01"));
-        assert_eq!(
-            steps,
-            vec![
-                Step::Release {
-                    block_id: b_id,
-                    uid: "b".into()
-                },
-                Step::Move {
-                    block_id: a_id,
-                    event: events[0].clone()
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn blocks_of_other_feeds_or_made_by_hand_are_not_touched() {
-        let other = block(
-            "x",
-            "2027-07-01",
-            "2027-07-03",
-            "iCal import, feed ffffffffffffffff",
-        );
-        let mut by_hand = block("y", "2027-09-01", "2027-09-03", NOTE);
-        by_hand.reason = BlockReason::Maintenance;
-        let cal = calendar(vec![other, by_hand]);
-        let (steps, unchanged) = plan(&cal, &[], NOTE, d("2027-01-01"));
-        assert!(steps.is_empty(), "{steps:?}");
-        assert_eq!(unchanged, 0);
-    }
-
-    #[test]
-    fn the_past_is_neither_imported_nor_released() {
-        let cal = calendar(vec![block("old", "2026-01-01", "2026-01-03", NOTE)]);
-        let events = [event("older", "2025-12-01", "2025-12-03")];
-        let (steps, unchanged) = plan(&cal, &events, NOTE, d("2026-06-01"));
-        assert!(steps.is_empty(), "{steps:?}");
-        assert_eq!(unchanged, 1);
-    }
-
-    #[test]
-    fn the_note_names_the_feed_without_its_url() {
-        let note = source_note("https://example.com/feed.ics?s=secret");
-        assert!(!note.contains("secret"));
-        assert_eq!(note, source_note(" https://example.com/feed.ics?s=secret "));
-        assert_ne!(note, source_note("https://example.com/other.ics"));
-        assert_eq!(source_note("file:///tmp/a.ics"), source_note("/tmp/a.ics"));
     }
 }

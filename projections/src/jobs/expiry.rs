@@ -8,11 +8,10 @@
 use std::time::Duration;
 
 use ledger_domain::{Actor, CalendarCommand, Command, Role};
-use ledger_infra::{ExecuteError, Execution};
-use sqlx::Row;
-use uuid::Uuid;
+use ledger_infra::{CommandBus, ExecuteError, Execution};
 
-use crate::state::AppState;
+use super::Jobs;
+use crate::queries;
 
 const EVERY: Duration = Duration::from_secs(1);
 const BATCH: i64 = 200;
@@ -23,9 +22,9 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 /// Purges Idempotency-Key replies past `LEDGER_IDEMPOTENCY_TTL` until the
 /// process ends. Several processes may purge at once; it is harmless.
-pub async fn purge_idempotency_keys(state: AppState) {
+pub async fn purge_idempotency_keys(bus: &CommandBus) {
     loop {
-        match state.bus.purge_expired_keys().await {
+        match bus.purge_expired_keys().await {
             Ok(0) => {}
             Ok(purged) => tracing::debug!(purged, "purged expired Idempotency-Key replies"),
             Err(error) => {
@@ -36,44 +35,39 @@ pub async fn purge_idempotency_keys(state: AppState) {
     }
 }
 
-pub async fn run(state: AppState) {
+/// Expires lapsed holds every second until the process ends.
+pub async fn run(jobs: &Jobs) {
     loop {
-        if let Err(error) = expire_lapsed(&state).await {
+        if let Err(error) = expire_lapsed(jobs).await {
             tracing::debug!(%error, "hold expiry pass failed; retrying");
         }
         tokio::time::sleep(EVERY).await;
     }
 }
 
-/// One pass: expires the holds that have lapsed; returns how many.
-pub async fn expire_lapsed(state: &AppState) -> Result<usize, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT booking_id, property_id, agency_id FROM bookings_view
-          WHERE status = 'tentative' AND hold_expires_at <= now()
-          ORDER BY hold_expires_at LIMIT $1",
-    )
-    .bind(BATCH)
-    .fetch_all(&state.pool)
-    .await?;
+/// One pass: expires the holds that have lapsed by the jobs' clock; returns
+/// how many.
+pub async fn expire_lapsed(jobs: &Jobs) -> Result<usize, sqlx::Error> {
+    let lapsed = queries::lapsed_holds(&jobs.pool, jobs.clock.now(), BATCH).await?;
     let mut expired = 0;
-    for row in rows {
-        let booking_id: Uuid = row.try_get("booking_id")?;
+    for hold in lapsed {
+        let booking_id = hold.booking_id;
         let execution = Execution {
-            property_id: row.try_get("property_id")?,
+            property_id: hold.property_id,
             command: Command {
                 actor: Actor {
-                    agency_id: row.try_get("agency_id")?,
+                    agency_id: hold.agency_id,
                     user_id: SYSTEM_USER.to_owned(),
                     role: Role::Admin,
                 },
-                now: crate::extract::now(),
+                now: jobs.clock.now(),
                 action: CalendarCommand::ExpireHold { booking_id },
                 expected_version: None,
             },
             request_id: format!("hold-expiry-{booking_id}"),
             idempotency: None,
         };
-        match state.bus.run_unkeyed(execution).await {
+        match jobs.bus.run_unkeyed(execution).await {
             Ok(_) => expired += 1,
             // Already expired, confirmed or cancelled meanwhile: nothing to do.
             Err(ExecuteError::Domain(refusal)) => {

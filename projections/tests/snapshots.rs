@@ -1,0 +1,140 @@
+//! Calendar snapshots (migration 0014): a property with a long history is
+//! loaded from its snapshot and the events after it, the snapshot is written
+//! by the load that folded the history, and a snapshot is only ever a cache:
+//! one of another version is ignored, and loading through one gives the
+//! same calendar as replaying the whole history.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ledger_infra::event_store::{EventStore, SNAPSHOT_EVERY, SNAPSHOT_VERSION};
+use ledger_infra::CommandBus;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Appends `count` `property.updated` events named "History <n>", in SQL.
+async fn write_history(pool: &PgPool, property: Uuid, count: i64) {
+    sqlx::query(
+        "WITH head AS (
+             SELECT max(sequence) AS sequence, (array_agg(metadata::text))[1] AS metadata
+               FROM events WHERE aggregate_type = 'property' AND aggregate_id = $1)
+         INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                             event_version, payload, metadata, event_id)
+         SELECT 'property', $1, h.sequence + g, 'property.updated', '1',
+                json_build_object('property_id', $1, 'name', 'History ' || (h.sequence + g),
+                    'timezone', 'Europe/Lisbon', 'owner_id', NULL, 'external_ref', NULL,
+                    'changed', json_build_array('name'), 'at', now()),
+                h.metadata::json, gen_random_uuid()
+           FROM head h, generate_series(1, $2) g
+          ORDER BY g",
+    )
+    .bind(property.to_string())
+    .bind(count)
+    .execute(pool)
+    .await
+    .expect("write the history");
+}
+
+/// The property's name as a fresh bus (nothing cached) loads it.
+async fn name_after_restart(store: &EventStore, property: Uuid) -> String {
+    CommandBus::new(store.clone())
+        .read(property, |loaded| {
+            loaded
+                .calendar
+                .property
+                .as_ref()
+                .map(|p| p.name.clone())
+                .unwrap_or_default()
+        })
+        .await
+        .expect("load the calendar")
+}
+
+async fn snapshot_sequence(pool: &PgPool, property: Uuid) -> Option<i64> {
+    sqlx::query_scalar("SELECT sequence FROM calendar_snapshots WHERE property_id = $1")
+        .bind(property)
+        .fetch_optional(pool)
+        .await
+        .expect("read the snapshot")
+}
+
+#[tokio::test]
+async fn long_histories_load_from_a_snapshot_that_is_only_a_cache() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let store = EventStore::new(pool.clone());
+    let agency = Uuid::new_v4();
+    let property = Uuid::new_v4();
+    register(&CommandBus::new(store.clone()), agency, property).await;
+    let history = SNAPSHOT_EVERY + 200;
+    write_history(pool, property, history).await;
+    let head = history + 1;
+
+    // The first load folds the whole history and writes a snapshot of it.
+    assert_eq!(
+        name_after_restart(&store, property).await,
+        format!("History {head}")
+    );
+    let mut written = None;
+    for _ in 0..100 {
+        written = snapshot_sequence(pool, property).await;
+        if written.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(written, Some(head), "a snapshot of the whole history");
+
+    // Later loads start from it: a snapshot whose state says otherwise is
+    // believed (which is how this test sees that it is read at all)...
+    let genuine: serde_json::Value =
+        sqlx::query_scalar("SELECT state FROM calendar_snapshots WHERE property_id = $1")
+            .bind(property)
+            .fetch_one(pool)
+            .await
+            .expect("the snapshot");
+    let mut planted = genuine.clone();
+    planted["property"]["name"] = "Planted".into();
+    sqlx::query("UPDATE calendar_snapshots SET state = $2 WHERE property_id = $1")
+        .bind(property)
+        .bind(&planted)
+        .execute(pool)
+        .await
+        .expect("plant a state");
+    assert_eq!(name_after_restart(&store, property).await, "Planted");
+
+    // ...unless it is of another version: then the history is read.
+    sqlx::query("UPDATE calendar_snapshots SET version = $2 WHERE property_id = $1")
+        .bind(property)
+        .bind(SNAPSHOT_VERSION + 1)
+        .execute(pool)
+        .await
+        .expect("age the snapshot");
+    assert_eq!(
+        name_after_restart(&store, property).await,
+        format!("History {head}")
+    );
+
+    // Through the genuine snapshot and the events after it, the calendar is
+    // the one the whole history gives.
+    sqlx::query("UPDATE calendar_snapshots SET version = $2, state = $3 WHERE property_id = $1")
+        .bind(property)
+        .bind(SNAPSHOT_VERSION)
+        .bind(&genuine)
+        .execute(pool)
+        .await
+        .expect("restore the snapshot");
+    write_history(pool, property, 5).await;
+    let bus = CommandBus::new(store.clone());
+    let through_snapshot = bus
+        .read(property, |loaded| {
+            (loaded.sequence, loaded.calendar.clone())
+        })
+        .await
+        .expect("load through the snapshot");
+    let replayed = store.load(property).await.expect("replay the history");
+    assert_eq!(through_snapshot.0, head + 5);
+    assert_eq!(through_snapshot.1, replayed.calendar);
+}
