@@ -24,7 +24,9 @@ BEGIN
         EXECUTE format('ALTER TABLE inventory_ranges DROP CONSTRAINT %I', excl);
     END LOOP;
 END $$;
-ALTER TABLE inventory_ranges ADD CONSTRAINT inventory_ranges_single_unit_excl
+-- Under the name PostgreSQL gives it, which is also what a replay's copy
+-- (CREATE TABLE ... LIKE) calls it.
+ALTER TABLE inventory_ranges ADD CONSTRAINT inventory_ranges_property_id_during_excl
     EXCLUDE USING gist (property_id WITH =, during WITH &&) WHERE (room_type_id IS NULL);
 
 -- The room types, as the API lists them.
