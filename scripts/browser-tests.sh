@@ -20,7 +20,7 @@ VENV="$LOCAL/venv"
 
 # The same `ledger` the black-box tests start (built with the test
 # profile's features, so after `cargo test` nothing is rebuilt).
-cargo test -p ledger-api --test console --no-run
+cargo test -p ledger-api --test integration --no-run
 LEDGER="$ROOT/target/debug/ledger"
 
 owner="${DATABASE_MIGRATE_URL:-$DATABASE_URL}"

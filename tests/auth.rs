@@ -3,14 +3,14 @@
 //! write route, agencies never see each other (invariant 6), suspended
 //! agencies are refused, and `ledger token` mints tokens the server accepts.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    agency, assert_error, now_secs, operator, raw_token, spawn_app, token, token_with, Reply,
-    TestApp, SECRET,
+    agency, answers, assert_error, created, now_secs, operator, raw_token, spawn_app, token,
+    token_with, with_status, Reply, TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -239,8 +239,10 @@ async fn bad_tokens_get_401_in_the_contract_format_and_change_nothing() {
         "Bearer {}",
         signed(json!({"nbf": now - 60, "iat": now - 60}))
     );
-    let reply = with_authorization(&app, "GET", &property_path, Some(&fine), None).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        with_authorization(&app, "GET", &property_path, Some(&fine), None).await,
+    );
     let lower = format!("bearer {admin}");
     let reply = with_authorization(&app, "GET", &property_path, Some(&lower), None).await;
     assert_eq!(
@@ -319,16 +321,16 @@ fn allowed(role: &str, route: Route) -> bool {
 async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, Uuid) {
     let property = app.property(admin, Some(OWNER)).await;
     let booking = |status: &'static str| async move {
-        let reply = app
-            .reserve_with(
+        let reply = created(
+            app.reserve_with(
                 admin,
                 property,
                 "2027-03-01",
                 "2027-03-05",
                 json!({"status": status}),
             )
-            .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+            .await,
+        );
         reply.id()
     };
     let reply = match route {
@@ -382,10 +384,11 @@ async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, U
         }
         Route::CheckOut => {
             let id = booking("confirmed").await;
-            let reply = app
-                .post(&format!("{BOOKINGS}/{id}/check-in"), admin, json!({}))
-                .await;
-            assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+            with_status(
+                StatusCode::OK,
+                app.post(&format!("{BOOKINGS}/{id}/check-in"), admin, json!({}))
+                    .await,
+            );
             app.post(&format!("{BOOKINGS}/{id}/check-out"), token, json!({}))
                 .await
         }
@@ -399,10 +402,10 @@ async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, U
                 .await
         }
         Route::ReleaseBlock(reason) => {
-            let reply = app
-                .block(admin, property, "2027-03-01", "2027-03-05", reason)
-                .await;
-            assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+            let reply = created(
+                app.block(admin, property, "2027-03-01", "2027-03-05", reason)
+                    .await,
+            );
             app.delete(&format!("{BLOCKS}/{}", reply.id()), token).await
         }
     };
@@ -549,8 +552,7 @@ async fn every_role_of_either_agency_against_every_ops_route_follows_the_role_ta
         failures.join("\n")
     );
     // The operator's suspend was followed by its reinstate: the agency works.
-    let reply = app.get(PROPERTIES, &own_admin).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(StatusCode::OK, app.get(PROPERTIES, &own_admin).await);
 }
 
 #[tokio::test]
@@ -640,14 +642,18 @@ async fn owners_act_on_their_own_properties_only() {
     let unowned = app.property(&admin, None).await;
 
     // Reads: own properties only; the others do not exist for the owner.
-    let reply = app.read(&format!("{PROPERTIES}/{own}"), &owner).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        app.read(&format!("{PROPERTIES}/{own}"), &owner).await,
+    );
     let own_booking = app
         .reserve(&admin, own, "2027-03-01", "2027-03-03")
         .await
         .id();
-    let reply = app.read(&format!("{BOOKINGS}/{own_booking}"), &owner).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        app.read(&format!("{BOOKINGS}/{own_booking}"), &owner).await,
+    );
 
     for other in [someone_elses, unowned] {
         let reply = app.read(&format!("{PROPERTIES}/{other}"), &owner).await;
@@ -681,14 +687,15 @@ async fn owners_act_on_their_own_properties_only() {
     }
 
     // On their own property: owner stays yes, anything else no.
-    let reply = app
-        .block(&owner, own, "2027-05-01", "2027-05-03", "owner_stay")
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    let reply = app
-        .delete(&format!("{BLOCKS}/{}", reply.id()), &owner)
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = created(
+        app.block(&owner, own, "2027-05-01", "2027-05-03", "owner_stay")
+            .await,
+    );
+    let reply = with_status(
+        StatusCode::OK,
+        app.delete(&format!("{BLOCKS}/{}", reply.id()), &owner)
+            .await,
+    );
     assert_eq!(reply.body["released"], true);
     for reason in ["maintenance", "other"] {
         let reply = app
@@ -716,14 +723,15 @@ async fn owners_act_on_their_own_properties_only() {
     assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
 
     // Once the property is given to someone else, the owner loses it.
-    let reply = app
-        .patch(
+    with_status(
+        StatusCode::OK,
+        app.patch(
             &format!("{PROPERTIES}/{own}"),
             &admin,
             json!({"owner_id": "owner-2"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     let reply = app.read(&format!("{PROPERTIES}/{own}"), &owner).await;
     assert_error(&reply, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
     let reply = app
@@ -774,10 +782,10 @@ async fn an_idempotency_key_replay_is_still_held_to_the_role_table() {
 
     let body = json!({"name": "Admin's"});
     let key = [("idempotency-key", "admin-key-1")];
-    let first = app
-        .send("POST", PROPERTIES, Some(&admin), Some(&body), &key)
-        .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    let first = created(
+        app.send("POST", PROPERTIES, Some(&admin), Some(&body), &key)
+            .await,
+    );
     let replay = app
         .send("POST", PROPERTIES, Some(&accountant), Some(&body), &key)
         .await;
@@ -793,14 +801,15 @@ async fn an_idempotency_key_replay_is_still_held_to_the_role_table() {
         "guest": {"name": "Private Guest", "email": "private@example.com"},
     });
     let key = [("idempotency-key", "admin-key-2")];
-    let first = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-        .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
-    let replay = app
-        .send("POST", BOOKINGS, Some(&owner), Some(&body), &key)
-        .await;
-    assert_eq!(replay.status, StatusCode::FORBIDDEN, "{:?}", replay.body);
+    created(
+        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+            .await,
+    );
+    let replay = with_status(
+        StatusCode::FORBIDDEN,
+        app.send("POST", BOOKINGS, Some(&owner), Some(&body), &key)
+            .await,
+    );
     assert!(
         replay.body["guest"].is_null(),
         "the guest leaked: {:?}",
@@ -1006,18 +1015,9 @@ fn ledger(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     command.output().expect("run the ledger binary")
 }
 
-/// Polls `path` until it answers `status` (the server refreshes suspensions
-/// every few seconds), for at most 10 s.
-async fn wait_for(app: &TestApp, path: &str, token: &str, status: StatusCode) -> Reply {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = app.read(path, token).await;
-        if reply.status == status || Instant::now() > deadline {
-            return reply;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+/// How long a suspension made by another process (the CLI) may take to hold
+/// here: the server refreshes suspensions every few seconds.
+const SUSPENSION_REFRESH: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
@@ -1043,7 +1043,10 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
         String::from_utf8_lossy(&out.stderr)
     );
     let path = format!("{PROPERTIES}/{property}");
-    let reply = wait_for(&app, &path, &admin, StatusCode::FORBIDDEN).await;
+    let reply = answers(StatusCode::FORBIDDEN, SUSPENSION_REFRESH, || {
+        app.read(&path, &admin)
+    })
+    .await;
     assert_error(&reply, StatusCode::FORBIDDEN, "AGENCY_SUSPENDED");
 
     let events = app.total_events().await;
@@ -1070,10 +1073,11 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
     );
 
     // Other agencies are unaffected; health needs no token.
-    let reply = app
-        .read(&format!("{PROPERTIES}/{other_property}"), &other_admin)
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        app.read(&format!("{PROPERTIES}/{other_property}"), &other_admin)
+            .await,
+    );
     let reply = app.send("GET", "/health", None, None, &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
 
@@ -1083,12 +1087,15 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let reply = wait_for(&app, &path, &admin, StatusCode::OK).await;
+    let reply = answers(StatusCode::OK, SUSPENSION_REFRESH, || {
+        app.read(&path, &admin)
+    })
+    .await;
     assert_eq!(reply.status, StatusCode::OK, "reinstated: {:?}", reply.body);
-    let reply = app
-        .reserve(&staff, property, "2027-04-01", "2027-04-02")
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    created(
+        app.reserve(&staff, property, "2027-04-01", "2027-04-02")
+            .await,
+    );
 }
 
 // ------------------------------------------------------------------ ledger token
@@ -1143,14 +1150,16 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
         "a ten-minute token: {claims}"
     );
 
-    let reply = app
-        .post(PROPERTIES, &minted, json!({"name": "Minted"}))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let reply = created(
+        app.post(PROPERTIES, &minted, json!({"name": "Minted"}))
+            .await,
+    );
     assert_eq!(reply.body["agency_id"], agency_text);
     let property = reply.id();
-    let reply = app.read(&format!("{PROPERTIES}/{property}"), &minted).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        app.read(&format!("{PROPERTIES}/{property}"), &minted).await,
+    );
 
     // A staff token from the CLI is held to the role table.
     let out = ledger(
@@ -1172,10 +1181,10 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
         .to_owned();
     let reply = app.post(PROPERTIES, &staff, json!({"name": "Nope"})).await;
     assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
-    let reply = app
-        .reserve(&staff, property, "2027-03-01", "2027-03-02")
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    created(
+        app.reserve(&staff, property, "2027-03-01", "2027-03-02")
+            .await,
+    );
 
     // Signed with another secret: refused by the server.
     let out = ledger(

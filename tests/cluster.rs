@@ -12,7 +12,7 @@
 //! it): in 3 of 5 runs here the surviving servers' JetStream API answered
 //! nothing for 90 s after the leader was killed (docs/scaling.md, "Open").
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! their types and security headers, and `LEDGER_CONSOLE=off` removing it.
 //! What the page does in a browser is tested by scripts/browser-tests.sh.
 
-mod common;
+use crate::common;
 
 use common::{spawn_app, spawn_app_with_env, Reply, TestApp};
 use reqwest::StatusCode;
@@ -13,12 +13,7 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
 
 /// The raw text of a GET (the console's files are not JSON).
 async fn fetch(app: &TestApp, path: &str) -> (Reply, String) {
-    let response = app
-        .client
-        .get(format!("{}{path}", app.base))
-        .send()
-        .await
-        .expect("the request is answered");
+    let response = app.raw_get(path).await;
     let status = response.status();
     let headers = response.headers().clone();
     let text = response.text().await.unwrap_or_default();

@@ -7,7 +7,7 @@
 //! asked (`DRILL_R2=1`, `DRILL_R3=1`); `scripts/drills.sh` sets them, and
 //! docs/reliability.md records what each drill saw.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,11 @@ use std::time::Duration;
 
 use chrono::{Days, NaiveDate};
 use common::nats::NatsServer;
-use common::{agency, spawn_app, spawn_app_on, spawn_app_with_env, TestApp};
+use common::stream::acknowledged;
+use common::{
+    agency, created, eventually, spawn_app, spawn_app_on, spawn_app_with_env, spawn_process,
+    spawn_process_with_env, TestApp,
+};
 use ledger_domain::values::Nights;
 use ledger_domain::PropertyCalendar;
 use ledger_infra::channel::{Binding, ChannelConsumer, ChannelError};
@@ -271,6 +275,7 @@ async fn positions_of(pool: &PgPool, event_type: &str, field: &str, id: Uuid) ->
 /// two active claims on one night.
 #[tokio::test]
 async fn a_client_hanging_up_on_a_cancel_never_leaves_a_double_booking() {
+    let _heavy = common::heavy().await;
     let rounds = size("HANGUP_ROUNDS", 150);
     let app = spawn_app().await;
     let (_, token) = agency();
@@ -280,10 +285,10 @@ async fn a_client_hanging_up_on_a_cancel_never_leaves_a_double_booking() {
     let mut conflicts = 0;
     for round in 0..rounds {
         let property = app.property(&token, None).await;
-        let first = app
-            .reserve(&token, property, "2027-07-01", "2027-07-04")
-            .await;
-        assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+        let first = created(
+            app.reserve(&token, property, "2027-07-01", "2027-07-04")
+                .await,
+        );
         let booking = first.id();
         let after = Duration::from_micros(random_below(4_001));
         hang_up(
@@ -506,6 +511,7 @@ async fn refusal_against_the_log(pool: &PgPool, command: &Keyed, body: &Value) -
 /// retry's reply is what the log holds for that key.
 #[tokio::test]
 async fn commands_whose_clients_hang_up_then_retry_with_their_keys_match_the_log() {
+    let _heavy = common::heavy().await;
     let total = size("R8_COMMANDS", 300);
     const WAVE: usize = 25;
     let app = spawn_app().await;
@@ -686,7 +692,8 @@ async fn overlapping_reserves_through_three_processes(units: Option<u32>) {
     let rounds = size("R1_ROUNDS", 20);
     const CONCURRENT: usize = 500;
     let admitted = units.map_or(1, |u| u as usize);
-    let first = spawn_app().await;
+    let _heavy = common::heavy().await;
+    let first = spawn_process().await;
     let second = spawn_app_on(&first.database_url, &format!("{}_b", first.db_name), &[]).await;
     let third = spawn_app_on(&first.database_url, &format!("{}_c", first.db_name), &[]).await;
     let bases = [&first.base, &second.base, &third.base];
@@ -912,15 +919,7 @@ impl MixedLoad {
 
     /// Waits until `count` writes were acknowledged (60 s at most).
     async fn until(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.acknowledged() < count {
-            assert!(
-                Instant::now() < deadline,
-                "only {} writes acknowledged",
-                self.acknowledged()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        acknowledged(Duration::from_secs(60), count, || self.acknowledged()).await
     }
 
     async fn finish(mut self) -> Vec<Acknowledged> {
@@ -934,25 +933,21 @@ impl MixedLoad {
 /// Waits until every projection and the publisher have reached the log's
 /// head (`limit` at most); returns the head.
 async fn caught_up(app: &TestApp, limit: Duration) -> i64 {
-    let deadline = Instant::now() + limit;
-    let mut db = app.db().await;
-    loop {
+    eventually(limit, || async {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
             "SELECT name, position, (SELECT coalesce(max(position), 0) FROM events)
                FROM projection_checkpoints ORDER BY name",
         )
-        .fetch_all(&mut db)
+        .fetch_all(&mut app.db().await)
         .await
         .expect("read the checkpoints");
         if !rows.is_empty() && rows.iter().all(|(_, position, head)| position == head) {
-            return rows[0].2;
+            Ok(rows[0].2)
+        } else {
+            Err(format!("not caught up: {rows:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "not caught up after {limit:?}: {rows:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// Receives every event of the log through the consumer kit; asserts each
@@ -1013,12 +1008,13 @@ async fn consumer_sees_the_whole_log(app: &TestApp, nats: &NatsServer, name: &st
 /// what the log says, and a NATS consumer sees every event.
 #[tokio::test]
 async fn kill_nine_under_load_loses_no_acknowledged_write() {
+    let _heavy = common::heavy().await;
     if !asked_for("DRILL_R2") {
         return;
     }
     let kills = size("R2_KILLS", 10);
     let nats = NatsServer::start();
-    let mut app = spawn_app_with_env(&[("NATS_URL", &nats.url)]).await;
+    let mut app = spawn_process_with_env(&[("NATS_URL", &nats.url)]).await;
     let (_, token) = agency();
     let properties = futures::future::join_all((0..20).map(|_| app.property(&token, None))).await;
     let load = MixedLoad::start(&app, &token, &properties, 16);
@@ -1120,6 +1116,7 @@ async fn inventory_matches_the_log(pool: &PgPool) -> Vec<String> {
 /// succeeding, and afterwards the backlog is published in log order.
 #[tokio::test]
 async fn thirty_seconds_without_nats_keep_writes_going_and_publish_the_backlog_in_order() {
+    let _heavy = common::heavy().await;
     if !asked_for("DRILL_R3") {
         return;
     }

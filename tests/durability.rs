@@ -1,22 +1,22 @@
 //! Invariant 5: a command answered 2xx is durable, even if the process dies
 //! the moment after the response.
 
-mod common;
+use crate::common;
 
-use common::{agency, spawn_app};
+use common::{agency, created, spawn_process, with_status};
 use reqwest::StatusCode;
 use sqlx::Row;
 
 #[tokio::test]
 async fn a_booking_acknowledged_with_201_survives_kill_9_right_after() {
-    let mut app = spawn_app().await;
+    let mut app = spawn_process().await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
 
-    let reply = app
-        .reserve(&admin, property, "2027-03-01", "2027-03-05")
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let reply = created(
+        app.reserve(&admin, property, "2027-03-01", "2027-03-05")
+            .await,
+    );
     let booking = reply.id();
     let position = reply.body["position"].as_i64().expect("a position");
     app.kill();
@@ -32,10 +32,11 @@ async fn a_booking_acknowledged_with_201_survives_kill_9_right_after() {
     assert_eq!(row.get::<String, _>("booking"), booking.to_string());
 
     app.start().await;
-    let reply = app
-        .read(&format!("/api/v1/bookings/{booking}"), &admin)
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::OK,
+        app.read(&format!("/api/v1/bookings/{booking}"), &admin)
+            .await,
+    );
     assert_eq!(reply.body["status"], "confirmed");
     let again = app
         .reserve(&admin, property, "2027-03-04", "2027-03-06")
@@ -49,7 +50,8 @@ async fn a_booking_acknowledged_with_201_survives_kill_9_right_after() {
 
 #[tokio::test]
 async fn every_write_acknowledged_before_a_kill_9_mid_load_is_in_the_log() {
-    let mut app = spawn_app().await;
+    let _heavy = common::heavy().await;
+    let mut app = spawn_process().await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
 

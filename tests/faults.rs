@@ -12,13 +12,13 @@
 //! into a temporary directory, a free port, its own socket directory) and
 //! its own nats-server, so stopping them touches nothing else.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
 use common::nats::NatsServer;
 use common::pg::PgServer;
-use common::{agency, assert_error, spawn_app_on, Reply, TestApp};
+use common::{agency, assert_error, created, spawn_app_on, with_status, Reply, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -74,8 +74,9 @@ fn booking(property: Uuid, check_in: &str, check_out: &str) -> Value {
 
 #[tokio::test]
 async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
+    let _heavy = common::heavy().await;
     // The ledger is declared last so that it is killed before the servers.
-    let (mut pg, nats, mut app) = private_stack().await;
+    let (mut pg, nats, app) = private_stack().await;
     let pid = app.pid().expect("the ledger runs");
 
     // Up: ready, and writes work.
@@ -89,10 +90,10 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
     eprintln!("ready 200 before the drill after {waited:?}");
     let (_, token) = agency();
     let property = app.property(&token, None).await;
-    let first = app
-        .reserve(&token, property, "2027-06-01", "2027-06-03")
-        .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    let first = created(
+        app.reserve(&token, property, "2027-06-01", "2027-06-03")
+            .await,
+    );
     let first_booking = first.id();
 
     // Down.
@@ -225,10 +226,11 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
 
     // The read side caught up too: a read of the new booking at the log's head.
-    let read = app
-        .read(&format!("/api/v1/bookings/{second}"), &token)
-        .await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    with_status(
+        StatusCode::OK,
+        app.read(&format!("/api/v1/bookings/{second}"), &token)
+            .await,
+    );
 
     assert!(app.is_running(), "the ledger exited:\n{}", app.log_text());
     assert_eq!(app.pid(), Some(pid), "the ledger was not restarted");
@@ -259,7 +261,8 @@ async fn private_stack() -> (PgServer, NatsServer, TestApp) {
 
 #[tokio::test]
 async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
-    let (pg, nats, mut app) = private_stack().await;
+    let _heavy = common::heavy().await;
+    let (pg, nats, app) = private_stack().await;
     let pid = app.pid().expect("the ledger runs");
     let (waited, ready) = until_ready(&app, Duration::from_secs(30)).await;
     assert_eq!(
@@ -270,10 +273,10 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
     eprintln!("ready 200 before the drill after {waited:?}");
     let (_, token) = agency();
     let property = app.property(&token, None).await;
-    let first = app
-        .reserve(&token, property, "2027-06-01", "2027-06-03")
-        .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    let first = created(
+        app.reserve(&token, property, "2027-06-01", "2027-06-03")
+            .await,
+    );
     let first_booking = first.id();
     let head = app.head().await;
     // The pool now holds open connections: those are the ones a frozen
@@ -358,10 +361,11 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
         "after the thaw: a reserve succeeded {:?} later",
         thawed.elapsed()
     );
-    let read = app
-        .read(&format!("/api/v1/bookings/{}", created.id()), &token)
-        .await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    with_status(
+        StatusCode::OK,
+        app.read(&format!("/api/v1/bookings/{}", created.id()), &token)
+            .await,
+    );
     let (_, ready) = until_ready(&app, Duration::from_secs(30)).await;
     assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.body);
     assert_eq!(app.pid(), Some(pid), "the ledger was not restarted");

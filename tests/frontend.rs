@@ -2,7 +2,7 @@
 //! CORS preflights and headers, conditional writes (`ETag`, `If-Match`,
 //! `If-None-Match`), and live updates over Server-Sent Events.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -261,29 +261,33 @@ async fn a_channel_booking_leaves_versions_alone_and_a_stale_version_is_refused(
     assert_eq!(etag(&seen), "\"1\"");
 
     // A channel books other nights of the same property meanwhile.
-    let inbound = app
-        .reserve_with(
+    created(
+        app.reserve_with(
             &admin,
             property,
             "2031-06-01",
             "2031-06-05",
             json!({"channel": "airbnb", "external_ref": "HMABC123"}),
         )
-        .await;
-    assert_eq!(inbound.status, StatusCode::CREATED, "{:?}", inbound.body);
+        .await,
+    );
 
     // Neither the booking's nor the property's version moved.
-    let edited = patch_if(&app, &booking_path, &admin, "\"1\"", json!({"adults": 3})).await;
-    assert_eq!(edited.status, StatusCode::OK, "{:?}", edited.body);
-    let renamed = patch_if(
-        &app,
-        &property_path,
-        &admin,
-        "\"1\"",
-        json!({"name": "Casa Nova"}),
-    )
-    .await;
-    assert_eq!(renamed.status, StatusCode::OK, "{:?}", renamed.body);
+    with_status(
+        StatusCode::OK,
+        patch_if(&app, &booking_path, &admin, "\"1\"", json!({"adults": 3})).await,
+    );
+    let renamed = with_status(
+        StatusCode::OK,
+        patch_if(
+            &app,
+            &property_path,
+            &admin,
+            "\"1\"",
+            json!({"name": "Casa Nova"}),
+        )
+        .await,
+    );
     assert_eq!(etag(&renamed), "\"2\"");
 
     // Now the first version is stale: refused, with the property as it is.
@@ -571,7 +575,7 @@ async fn a_stream_carries_its_own_agencys_events_only_in_order() {
 
 #[tokio::test]
 async fn a_resumed_stream_gets_exactly_the_events_in_between_even_across_a_restart() {
-    let mut app = spawn_app().await;
+    let mut app = spawn_process().await;
     let (_, admin) = agency();
     let mut stream = Sse::open(&app, "/api/v1/stream", &admin, &[]).await;
     let property = app.property(&admin, None).await;
@@ -585,8 +589,7 @@ async fn a_resumed_stream_gets_exactly_the_events_in_between_even_across_a_resta
         ("2031-08-05", "2031-08-06"),
     ];
     for (check_in, check_out) in stays {
-        let reply = app.reserve(&admin, property, check_in, check_out).await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        let reply = created(app.reserve(&admin, property, check_in, check_out).await);
         written.push(reply.body["position"].as_i64().unwrap_or(0));
     }
     app.kill();
@@ -668,11 +671,8 @@ async fn a_stream_ends_with_token_expired_when_its_token_expires() {
     );
     // The token in the query, as an EventSource sends it.
     let response = app
-        .client
-        .get(format!("{}/api/v1/stream?access_token={short}", app.base))
-        .send()
-        .await
-        .expect("the stream opens");
+        .raw_get(&format!("/api/v1/stream?access_token={short}"))
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut stream = Sse {
         response,
@@ -691,7 +691,7 @@ async fn a_stream_ends_with_token_expired_when_its_token_expires() {
 
 #[tokio::test]
 async fn open_streams_end_when_the_service_is_told_to_stop() {
-    let mut app = spawn_app().await;
+    let app = spawn_process().await;
     let (_, admin) = agency();
     let mut stream = Sse::open(&app, "/api/v1/stream", &admin, &[]).await;
     let pid = app.pid().expect("the ledger runs") as i32;
@@ -701,12 +701,11 @@ async fn open_streams_end_when_the_service_is_told_to_stop() {
         stream.next(Duration::from_secs(10)).await.is_none(),
         "the stream ended"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.is_running() {
-        assert!(
-            Instant::now() < deadline,
-            "graceful shutdown waited on the stream"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(10), || async {
+        match app.is_running() {
+            true => Err("graceful shutdown waited on the stream"),
+            false => Ok(()),
+        }
+    })
+    .await;
 }

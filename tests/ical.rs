@@ -5,8 +5,8 @@
 //! property's blocks match a feed, idempotently, from the command line and
 //! from feeds `ledger serve` runs itself.
 
-mod channel;
-mod common;
+use crate::channel;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::BufReader;
@@ -17,10 +17,11 @@ use std::time::Duration;
 use channel::{all_ran, feeds_when, register, Answer, Channel, EMPTY_CALENDAR};
 use chrono::{DateTime, NaiveDate, Utc};
 use common::nats::NatsServer;
-use common::{agency, assert_error, spawn_app_with_env, token, TestApp};
+use common::{
+    agency, assert_error, created, eventually, spawn_app_with_env, token, with_status, TestApp,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio::time::Instant;
 use uuid::Uuid;
 
 /// A ledger on a private nats-server; the app is dropped (killed) first.
@@ -43,40 +44,22 @@ fn date(s: &str) -> NaiveDate {
 
 /// Waits until the export adapter has applied every event of the property.
 async fn export_caught_up(app: &TestApp, property: Uuid) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut db = app.db().await;
-    loop {
+    eventually(Duration::from_secs(30), || async {
         let (applied, head): (Option<i64>, Option<i64>) = sqlx::query_as(
             "SELECT (SELECT sequence FROM ical_export_cursors WHERE property_id = $1),
                     (SELECT max(sequence) FROM events WHERE aggregate_id = $1::text)",
         )
         .bind(property)
-        .fetch_one(&mut db)
+        .fetch_one(&mut app.db().await)
         .await
         .expect("read the export's cursor");
         if applied.is_some() && applied == head {
-            return;
+            Ok(())
+        } else {
+            Err(format!("the export applied {applied:?} of {head:?} events"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the export applied {applied:?} of {head:?} events in 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn new_export_token(app: &TestApp, admin: &str, property: Uuid) -> (String, String) {
-    let reply = app
-        .post(
-            &format!("/api/v1/properties/{property}/ical-token"),
-            admin,
-            json!({}),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    let token = reply.body["token"].as_str().expect("a token").to_owned();
-    let url = reply.body["url"].as_str().expect("a url").to_owned();
-    (token, url)
+    })
+    .await
 }
 
 /// The export as bytes, with its status and content type.
@@ -95,13 +78,14 @@ async fn fetch_ics(app: &TestApp, url: &str) -> (StatusCode, String, String) {
 
 /// The held ranges the availability API shows for the property, as UIDs.
 async fn inventory(app: &TestApp, admin: &str, property: Uuid) -> BTreeSet<Range> {
-    let reply = app
-        .read(
+    let reply = with_status(
+        StatusCode::OK,
+        app.read(
             &format!("/api/v1/availability?property_id={property}&from=2027-01-01&to=2028-12-31"),
             admin,
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     reply.body["ranges"]
         .as_array()
         .expect("ranges")
@@ -168,65 +152,63 @@ async fn the_export_lists_exactly_the_nights_the_inventory_holds() {
     let property = app.property(&admin, None).await;
     let other = app.property(&admin, None).await;
 
-    let kept = app
-        .reserve(&admin, property, "2027-07-01", "2027-07-04")
-        .await;
-    assert_eq!(kept.status, StatusCode::CREATED, "{:?}", kept.body);
+    let kept = created(
+        app.reserve(&admin, property, "2027-07-01", "2027-07-04")
+            .await,
+    );
     let cancelled = app
         .reserve(&admin, property, "2027-07-10", "2027-07-12")
         .await;
-    let reply = app
-        .post(
+    with_status(
+        StatusCode::OK,
+        app.post(
             &format!("/api/v1/bookings/{}/cancel", cancelled.id()),
             &admin,
             json!({}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     let modified = app
         .reserve(&admin, property, "2027-07-20", "2027-07-23")
         .await;
-    let reply = app
-        .patch(
+    with_status(
+        StatusCode::OK,
+        app.patch(
             &format!("/api/v1/bookings/{}", modified.id()),
             &admin,
             json!({"check_in": "2027-07-21", "check_out": "2027-07-25"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    let tentative = app
-        .reserve_with(
+        .await,
+    );
+    let tentative = created(
+        app.reserve_with(
             &admin,
             property,
             "2027-08-01",
             "2027-08-03",
             json!({"status": "tentative", "hold_expires_at": "2030-01-01T00:00:00Z"}),
         )
-        .await;
-    assert_eq!(
-        tentative.status,
-        StatusCode::CREATED,
-        "{:?}",
-        tentative.body
+        .await,
     );
-    let block = app
-        .block(&admin, property, "2027-09-01", "2027-09-05", "maintenance")
-        .await;
-    assert_eq!(block.status, StatusCode::CREATED, "{:?}", block.body);
+    let block = created(
+        app.block(&admin, property, "2027-09-01", "2027-09-05", "maintenance")
+            .await,
+    );
     let released = app
         .block(&admin, property, "2027-09-10", "2027-09-12", "owner_stay")
         .await;
-    let reply = app
-        .delete(
+    with_status(
+        StatusCode::OK,
+        app.delete(
             &format!("/api/v1/availability/blocks/{}", released.id()),
             &admin,
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     let elsewhere = app.reserve(&admin, other, "2027-07-01", "2027-07-04").await;
     assert_eq!(elsewhere.status, StatusCode::CREATED);
 
-    let (_, url) = new_export_token(&app, &admin, property).await;
+    let (_, url) = app.export_token(&admin, property).await;
     export_caught_up(&app, property).await;
     let (status, content_type, text) = fetch_ics(&app, &url).await;
     assert_eq!(status, StatusCode::OK, "{text}");
@@ -324,7 +306,7 @@ async fn the_export_needs_the_current_secret_and_rotation_revokes_the_old_one() 
     // No secret yet, none given, a wrong one: all the same 404.
     let reply = app.send("GET", &path, None, None, &[]).await;
     assert_error(&reply, StatusCode::NOT_FOUND, "NOT_FOUND");
-    let (old, old_url) = new_export_token(&app, &admin, property).await;
+    let (old, old_url) = app.export_token(&admin, property).await;
     assert!(
         old_url.ends_with(&format!("{path}?token={old}")),
         "{old_url}"
@@ -348,7 +330,7 @@ async fn the_export_needs_the_current_secret_and_rotation_revokes_the_old_one() 
 
     // A manager may rotate it; the old URL stops working at once.
     let manager = token(agency_id, "manager", "manager-1");
-    let (new, new_url) = new_export_token(&app, &manager, property).await;
+    let (new, new_url) = app.export_token(&manager, property).await;
     assert_ne!(new, old);
     let (status, _, _) = fetch_ics(&app, &old_url).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "the rotated-out secret");
@@ -437,23 +419,25 @@ fn import_cli(app: &TestApp, property: Uuid, url: &str) -> Value {
 /// The property's unreleased blocks, as (external_ref, start, end), read
 /// from the write side's own block route after the inventory caught up.
 async fn imported_blocks(app: &TestApp, admin: &str, property: Uuid) -> BTreeSet<Range> {
-    let reply = app
-        .read(
+    let reply = with_status(
+        StatusCode::OK,
+        app.read(
             &format!("/api/v1/availability?property_id={property}&from=2027-01-01&to=2028-12-31"),
             admin,
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     let mut blocks = BTreeSet::new();
     for range in reply.body["ranges"].as_array().expect("ranges") {
         if range["kind"] != "block" {
             continue;
         }
         let id = range["id"].as_str().expect("an id");
-        let block = app
-            .get(&format!("/api/v1/availability/blocks/{id}"), admin)
-            .await;
-        assert_eq!(block.status, StatusCode::OK, "{:?}", block.body);
+        let block = with_status(
+            StatusCode::OK,
+            app.get(&format!("/api/v1/availability/blocks/{id}"), admin)
+                .await,
+        );
         assert_eq!(block.body["reason"], "other");
         blocks.insert((
             block.body["external_ref"]
@@ -567,15 +551,15 @@ async fn the_import_makes_the_blocks_match_the_feed_and_is_idempotent() {
     assert_eq!(imported_blocks(&app, &admin, property).await, expected);
 
     // A block made by hand is never the import's, even with an external_ref.
-    let manual = app
-        .post(
+    created(
+        app.post(
             "/api/v1/availability/blocks",
             &admin,
             json!({"property_id": property, "start": "2027-12-01", "end": "2027-12-03",
                    "reason": "other", "external_ref": "manual@desk"}),
         )
-        .await;
-    assert_eq!(manual.status, StatusCode::CREATED, "{:?}", manual.body);
+        .await,
+    );
     write_feed(&dir, &feed(&[]));
     let report = import_cli(&app, property, path.to_str().expect("a path"));
     assert_eq!(uids(&report, "released").len(), 4, "{report}");
@@ -619,24 +603,23 @@ async fn feeds_registered_by_an_admin_are_imported_by_the_service() {
     let reply = app.post(&feeds, &stranger, json!({"url": url})).await;
     assert_error(&reply, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
 
-    let reply = app
-        .post(&feeds, &admin, json!({"url": url, "interval_minutes": 15}))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let reply = created(
+        app.post(&feeds, &admin, json!({"url": url, "interval_minutes": 15}))
+            .await,
+    );
     let feed_id = reply.id();
 
     // The first run is due at once.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let listed = loop {
-        let reply = app.get(&feeds, &admin).await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let listed = eventually(Duration::from_secs(30), || async {
+        let reply = with_status(StatusCode::OK, app.get(&feeds, &admin).await);
         let item = reply.body["items"][0].clone();
         if !item["last_run_at"].is_null() {
-            break item;
+            Ok(item)
+        } else {
+            Err(format!("the feed did not run: {item}"))
         }
-        assert!(Instant::now() < deadline, "the feed did not run: {item}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert_eq!(listed["id"], feed_id.to_string());
     assert_eq!(listed["interval_minutes"], 15);
     assert_eq!(listed["last_result"]["created"], json!(["x@channel"]));
@@ -649,8 +632,10 @@ async fn feeds_registered_by_an_admin_are_imported_by_the_service() {
         ranges(&[("x@channel", "2027-06-01", "2027-06-05")])
     );
 
-    let reply = app.delete(&format!("{feeds}/{feed_id}"), &admin).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        app.delete(&format!("{feeds}/{feed_id}"), &admin).await,
+    );
     let reply = app.get(&feeds, &admin).await;
     assert_eq!(reply.body["items"], json!([]));
     let reply = app.delete(&format!("{feeds}/{feed_id}"), &admin).await;

@@ -4,17 +4,16 @@
 //! on another agency's subjects, no plain subscription to them or to other
 //! users' inboxes, no publishing on `ledger.>`.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use common::nats::NatsServer;
-use common::{agency, spawn_app_with_env};
+use common::{agency, created, eventually, spawn_app_with_env};
 use ledger_infra::channel::{agency_durable, Binding, ChannelConsumer};
 use ledger_infra::nats::{agency_inbox_prefix, connect_now_to, Endpoint};
-use reqwest::StatusCode;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -95,10 +94,10 @@ async fn an_agency_user_consumes_its_own_events_and_nothing_else() {
     let app = spawn_app_with_env(&[("NATS_URL", publisher_url.as_str())]).await;
 
     let property_a = app.property(&admin_a, None).await;
-    let booking = app
-        .reserve(&admin_a, property_a, "2031-05-01", "2031-05-03")
-        .await;
-    assert_eq!(booking.status, StatusCode::CREATED, "{:?}", booking.body);
+    created(
+        app.reserve(&admin_a, property_a, "2031-05-01", "2031-05-03")
+            .await,
+    );
     app.property(&admin_b, None).await;
 
     // The ledger logs in with the credentials in NATS_URL and publishes all three.
@@ -106,22 +105,18 @@ async fn an_agency_user_consumes_its_own_events_and_nothing_else() {
         .await
         .expect("the publisher's user logs in");
     let js = jetstream::new(admin.clone());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(Duration::from_secs(20), || async {
         let published = match js.get_stream("LEDGER").await {
             Ok(mut stream) => stream.info().await.map(|i| i.state.messages).unwrap_or(0),
             Err(_) => 0,
         };
         if published >= 3 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("the ledger did not publish: {}", app.log_text()))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the ledger did not publish: {}",
-            app.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
     // Agency A's adapter: credentials in the URL, its own inbox prefix.
     let endpoint = Endpoint::url(url(&nats, AGENCY_USER, AGENCY_PASSWORD))
@@ -149,8 +144,7 @@ async fn an_agency_user_consumes_its_own_events_and_nothing_else() {
     );
     // Nothing else is waiting for it: B's event is not in its consumer.
     let durable = agency_durable(a, "adapter");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), || async {
         let mut consumer: jetstream::consumer::PullConsumer = js
             .get_stream("LEDGER")
             .await
@@ -161,11 +155,12 @@ async fn an_agency_user_consumes_its_own_events_and_nothing_else() {
         let info = consumer.info().await.expect("consumer info");
         assert_eq!(info.num_pending, 0, "{info:?}");
         if info.num_ack_pending == 0 {
-            break;
+            Ok(())
+        } else {
+            Err(format!("acks not seen: {info:?}"))
         }
-        assert!(Instant::now() < deadline, "acks not seen: {info:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
     // The same user, reaching for agency B or for the stream itself.
     let (client, mut errors) = watched_client(&nats, a).await;

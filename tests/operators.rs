@@ -6,14 +6,14 @@
 //! agency history (`GET /ops/audit-log`), and suspension and flags hold on
 //! every route, the `.ics` feed and the feed import job.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    agency, assert_error, operator, spawn_app, spawn_app_with_env, token, token_with, Reply,
-    TestApp, SECRET,
+    agency, answers, assert_error, created, eventually, operator, spawn_app, spawn_app_with_env,
+    token, token_with, with_status, Reply, TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -23,38 +23,11 @@ use uuid::Uuid;
 const AGENCIES: &str = "/ops/agencies";
 const HISTORY: &str = "/ops/audit-log";
 
-/// Polls `path` with `token` until it answers `status`, for at most
-/// `within`; returns the last reply.
-async fn answers_within(
-    app: &TestApp,
-    path: &str,
-    token: Option<&str>,
-    status: StatusCode,
-    within: Duration,
-) -> Reply {
-    let deadline = Instant::now() + within;
-    loop {
-        let reply = app.send("GET", path, token, None, &[]).await;
-        if reply.status == status || Instant::now() > deadline {
-            return reply;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A property of `admin`'s agency with an iCal export secret; returns the
 /// property and the `.ics` path with its token.
 async fn exported_property(app: &TestApp, admin: &str) -> (Uuid, String) {
     let property = app.property(admin, None).await;
-    let reply = app
-        .post(
-            &format!("/api/v1/properties/{property}/ical-token"),
-            admin,
-            json!({}),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    let secret = reply.body["token"].as_str().expect("a token");
+    let (secret, _) = app.export_token(admin, property).await;
     (property, format!("/ical/{property}.ics?token={secret}"))
 }
 
@@ -77,21 +50,25 @@ async fn operators_run_every_ops_route_and_nothing_of_an_agencys_api() {
         let reply = app.get(path, &operator).await;
         assert_eq!(reply.status, StatusCode::OK, "{path}: {:?}", reply.body);
     }
-    let started = app
-        .post("/ops/projections/views/replay", &operator, json!({}))
-        .await;
-    assert_eq!(started.status, StatusCode::ACCEPTED, "{:?}", started.body);
+    let started = with_status(
+        StatusCode::ACCEPTED,
+        app.post("/ops/projections/views/replay", &operator, json!({}))
+            .await,
+    );
     assert!(started.body["replay_id"].is_string(), "{:?}", started.body);
-    let progress = app.get("/ops/projections/views/replay", &operator).await;
-    assert_eq!(progress.status, StatusCode::OK, "{:?}", progress.body);
-    let retried = app
-        .post(
+    with_status(
+        StatusCode::OK,
+        app.get("/ops/projections/views/replay", &operator).await,
+    );
+    let retried = with_status(
+        StatusCode::ACCEPTED,
+        app.post(
             "/ops/projections/inventory/parked/retry",
             &operator,
             json!({}),
         )
-        .await;
-    assert_eq!(retried.status, StatusCode::ACCEPTED, "{:?}", retried.body);
+        .await,
+    );
     assert_eq!(retried.body["still_parked"], json!([]));
 
     // Nothing under /api/v1, even with an agency_id in the token (ignored).
@@ -125,8 +102,7 @@ async fn an_agency_admin_only_reads_the_ops_status_without_error_texts() {
     let (agency_id, admin) = agency();
     app.property(&admin, None).await;
 
-    let reply = app.get("/ops/projections", &admin).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(StatusCode::OK, app.get("/ops/projections", &admin).await);
     let entries = reply.body.as_array().expect("a list");
     assert!(!entries.is_empty());
     for entry in entries {
@@ -135,8 +111,7 @@ async fn an_agency_admin_only_reads_the_ops_status_without_error_texts() {
             assert!(parked["error"].is_null(), "{parked}");
         }
     }
-    let reply = app.get("/ops/current-commit", &admin).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(StatusCode::OK, app.get("/ops/current-commit", &admin).await);
 
     let refused = [
         app.post("/ops/projections/views/replay", &admin, json!({}))
@@ -186,24 +161,21 @@ async fn a_suspended_agency_is_locked_out_within_2_s_and_its_feed_is_gone_until_
     assert_eq!(ics_status(&app, &ics).await, StatusCode::OK);
     let property_path = format!("/api/v1/properties/{property}");
 
-    let reply = app
-        .post(
+    let reply = with_status(
+        StatusCode::OK,
+        app.post(
             &format!("{AGENCIES}/{agency_id}/suspend"),
             &operator,
             json!({"reason": "unpaid"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["status"], "suspended");
     assert_eq!(reply.body["reason"], "unpaid");
 
-    let reply = answers_within(
-        &app,
-        &property_path,
-        Some(&admin),
-        StatusCode::FORBIDDEN,
-        Duration::from_secs(2),
-    )
+    let reply = answers(StatusCode::FORBIDDEN, Duration::from_secs(2), || {
+        app.send("GET", &property_path, Some(&admin), None, &[])
+    })
     .await;
     assert_error(&reply, StatusCode::FORBIDDEN, "AGENCY_SUSPENDED");
     let staff = token(agency_id, "staff", "staff-1");
@@ -214,27 +186,28 @@ async fn a_suspended_agency_is_locked_out_within_2_s_and_its_feed_is_gone_until_
     assert_eq!(ics_status(&app, &ics).await, StatusCode::NOT_FOUND);
     // Another agency is untouched.
     assert_eq!(ics_status(&app, &other_ics).await, StatusCode::OK);
-    let reply = app.get("/api/v1/properties", &other_admin).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        app.get("/api/v1/properties", &other_admin).await,
+    );
 
-    let reply = app
-        .post(
+    let reply = with_status(
+        StatusCode::OK,
+        app.post(
             &format!("{AGENCIES}/{agency_id}/reinstate"),
             &operator,
             json!({}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["status"], "active");
-    let reply = answers_within(
-        &app,
-        &property_path,
-        Some(&admin),
+    with_status(
         StatusCode::OK,
-        Duration::from_secs(2),
-    )
-    .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        answers(StatusCode::OK, Duration::from_secs(2), || {
+            app.send("GET", &property_path, Some(&admin), None, &[])
+        })
+        .await,
+    );
     assert_eq!(ics_status(&app, &ics).await, StatusCode::OK);
 }
 
@@ -260,13 +233,9 @@ async fn a_suspension_made_in_another_process_holds_here_within_2_s() {
         String::from_utf8_lossy(&out.stderr)
     );
     let started = Instant::now();
-    let reply = answers_within(
-        &app,
-        "/api/v1/properties",
-        Some(&admin),
-        StatusCode::FORBIDDEN,
-        Duration::from_secs(3),
-    )
+    let reply = answers(StatusCode::FORBIDDEN, Duration::from_secs(3), || {
+        app.send("GET", "/api/v1/properties", Some(&admin), None, &[])
+    })
     .await;
     assert_error(&reply, StatusCode::FORBIDDEN, "AGENCY_SUSPENDED");
     assert!(
@@ -294,8 +263,7 @@ async fn features_turned_off_refuse_their_routes() {
         }
     };
 
-    let reply = put(json!({"ical_export": false})).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(StatusCode::OK, put(json!({"ical_export": false})).await);
     assert_eq!(
         reply.body["features"],
         json!({"ical_export": false, "ical_import": true})
@@ -306,8 +274,10 @@ async fn features_turned_off_refuse_their_routes() {
     let reply = app.get(&feeds, &admin).await;
     assert_eq!(reply.status, StatusCode::OK, "imports are still on");
 
-    let reply = put(json!({"ical_export": true, "ical_import": false})).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        put(json!({"ical_export": true, "ical_import": false})).await,
+    );
     assert_eq!(ics_status(&app, &ics).await, StatusCode::OK);
     let reply = app.get(&feeds, &admin).await;
     assert_error(&reply, StatusCode::FORBIDDEN, "FEATURE_DISABLED");
@@ -315,8 +285,7 @@ async fn features_turned_off_refuse_their_routes() {
         .post(&feeds, &admin, json!({"url": "https://example.com/a.ics"}))
         .await;
     assert_error(&reply, StatusCode::FORBIDDEN, "FEATURE_DISABLED");
-    let reply = app.post(&token_path, &admin, json!({})).await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    created(app.post(&token_path, &admin, json!({})).await);
 
     // Bad bodies are 400; an empty one changes nothing.
     for body in [json!({"ical_export": "no"}), json!({"ical_sync": false})] {
@@ -351,24 +320,26 @@ async fn the_import_job_skips_feeds_of_agencies_with_imports_off_or_suspended() 
     let off_property = app.property(&off_admin, None).await;
     let suspended_property = app.property(&suspended_admin, None).await;
     let on_property = app.property(&on_admin, None).await;
-    let reply = app
-        .send(
+    with_status(
+        StatusCode::OK,
+        app.send(
             "PUT",
             &format!("{AGENCIES}/{off_agency}/features"),
             Some(&operator),
             Some(&json!({"ical_import": false})),
             &[],
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    let reply = app
-        .post(
+        .await,
+    );
+    with_status(
+        StatusCode::OK,
+        app.post(
             &format!("{AGENCIES}/{suspended_agency}/suspend"),
             &operator,
             json!({}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
 
     // Three due feeds; the two refused ones are the most overdue, so the job
     // takes them before the one that runs.
@@ -395,30 +366,30 @@ async fn the_import_job_skips_feeds_of_agencies_with_imports_off_or_suspended() 
         .expect("a feed");
         skipped.push(feed);
     }
-    let reply = app
-        .post(
+    let reply = created(
+        app.post(
             &format!("/api/v1/properties/{on_property}/ical-feeds"),
             &on_admin,
             json!({"url": url}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        .await,
+    );
     let ran = reply.id();
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), || async {
         let row = sqlx::query("SELECT last_run_at FROM ical_feeds WHERE feed_id = $1")
             .bind(ran)
-            .fetch_one(&mut db)
+            .fetch_one(&mut app.db().await)
             .await
             .expect("the feed");
         let last: Option<chrono::DateTime<chrono::Utc>> = row.get("last_run_at");
         if last.is_some() {
-            break;
+            Ok(())
+        } else {
+            Err("the allowed feed never ran")
         }
-        assert!(Instant::now() < deadline, "the allowed feed never ran");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     for feed in skipped {
         let row = sqlx::query(
             "SELECT last_run_at IS NULL AS never, next_run_at > now() AS postponed
@@ -441,8 +412,10 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
     // An agency whose token is used first gets a record without a name.
     let (first_use, admin) = agency();
     app.property(&admin, None).await;
-    let reply = app.get(&format!("{AGENCIES}/{first_use}"), &operator).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::OK,
+        app.get(&format!("{AGENCIES}/{first_use}"), &operator).await,
+    );
     assert!(reply.body["name"].is_null(), "{:?}", reply.body);
     assert_eq!(reply.body["status"], "active");
     assert_eq!(
@@ -450,29 +423,30 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
         json!({"ical_export": true, "ical_import": true})
     );
     // Naming it later is 200 (it already existed).
-    let reply = app
-        .post(
+    let reply = with_status(
+        StatusCode::OK,
+        app.post(
             AGENCIES,
             &operator,
             json!({"id": first_use, "name": "Early Bird"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["name"], "Early Bird");
 
-    let reply = app
-        .post(AGENCIES, &operator, json!({"name": "Sunny Lets"}))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    let created = reply.id();
+    let reply = created(
+        app.post(AGENCIES, &operator, json!({"name": "Sunny Lets"}))
+            .await,
+    );
+    let agency_id = reply.id();
     assert_eq!(reply.body["status"], "active");
     assert!(reply.body["reason"].is_null());
     assert!(reply.body["created_at"].is_string() && reply.body["updated_at"].is_string());
     let chosen = Uuid::new_v4();
-    let reply = app
-        .post(AGENCIES, &operator, json!({"id": chosen, "name": "Chosen"}))
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let reply = created(
+        app.post(AGENCIES, &operator, json!({"id": chosen, "name": "Chosen"}))
+            .await,
+    );
     assert_eq!(reply.id(), chosen);
     let again = app
         .post(AGENCIES, &operator, json!({"id": chosen, "name": "Twice"}))
@@ -511,7 +485,7 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
     assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 
     // The life cycle of one agency.
-    let base = format!("{AGENCIES}/{created}");
+    let base = format!("{AGENCIES}/{agency_id}");
     let reply = app
         .post(
             &format!("{base}/suspend"),
@@ -528,28 +502,29 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
         )
         .await;
     assert_eq!(reply.body["status"], "active", "{:?}", reply.body);
-    let reply = app
-        .send(
+    with_status(
+        StatusCode::OK,
+        app.send(
             "PUT",
             &format!("{base}/features"),
             Some(&operator),
             Some(&json!({"ical_import": false})),
             &[],
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     // Reinstating an active agency changes nothing and records nothing.
-    let reply = app
-        .post(&format!("{base}/reinstate"), &operator, json!({}))
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(
+        StatusCode::OK,
+        app.post(&format!("{base}/reinstate"), &operator, json!({}))
+            .await,
+    );
 
     // Listed, one page at a time.
     let mut listed = Vec::new();
     let mut path = format!("{AGENCIES}?limit=1");
     loop {
-        let reply = app.get(&path, &operator).await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let reply = with_status(StatusCode::OK, app.get(&path, &operator).await);
         let page = items(&reply);
         assert!(page.len() <= 1);
         listed.extend(page);
@@ -559,14 +534,16 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
         }
     }
     let ids: Vec<&str> = listed.iter().filter_map(|a| a["id"].as_str()).collect();
-    for id in [first_use, created, chosen] {
+    for id in [first_use, agency_id, chosen] {
         assert!(ids.contains(&id.to_string().as_str()), "{id} in {ids:?}");
     }
     assert_eq!(ids.len(), 3, "{ids:?}");
 
     // The history, oldest first, in the audit log's shape.
-    let reply = app.get(&format!("{HISTORY}?limit=500"), &operator).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::OK,
+        app.get(&format!("{HISTORY}?limit=500"), &operator).await,
+    );
     let history = items(&reply);
     let of = |agency: Uuid| -> Vec<(String, Value)> {
         history
@@ -581,7 +558,7 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
             .collect()
     };
     assert_eq!(
-        of(created),
+        of(agency_id),
         vec![
             ("agency.create".into(), json!({"name": "Sunny Lets"})),
             ("agency.suspend".into(), json!({"reason": "unpaid"})),
@@ -605,7 +582,7 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
         .find(|e| e["action"] == "agency.suspend")
         .expect("a suspension");
     assert_eq!(entry["resource_type"], "agency");
-    assert_eq!(entry["resource_id"], created.to_string());
+    assert_eq!(entry["resource_id"], agency_id.to_string());
     assert_eq!(entry["user_id"], "operator-1");
     for field in ["id", "created_at"] {
         assert!(entry[field].is_string(), "{field}: {entry}");
@@ -671,8 +648,7 @@ async fn the_cli_mints_operator_tokens_and_administers_agencies_as_the_routes_do
         .expect("UTF-8")
         .trim()
         .to_owned();
-    let reply = app.get(AGENCIES, &minted).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    with_status(StatusCode::OK, app.get(AGENCIES, &minted).await);
     let out = ledger(
         &["token", "--role", "admin", "--sub", "x"],
         &[("JWT_SECRET", SECRET)],

@@ -4,7 +4,7 @@
 //! readiness say `degraded` (readiness without any error text), and a retry
 //! after the fix applies the waiting events in order.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
@@ -25,29 +25,6 @@ fn entry<'a>(ops: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {name} in {ops}"))
 }
 
-/// Polls `path` until `done` holds for its body (at most 15 s).
-async fn poll(
-    app: &TestApp,
-    path: &str,
-    token: Option<&str>,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let reply = app.send("GET", path, token, None, &[]).await;
-        assert_eq!(reply.status, StatusCode::OK, "{path}: {:?}", reply.body);
-        if done(&reply.body) {
-            return reply.body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never got there: {:?}",
-            reply.body
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// Reserves, then reads the booking back with `min_position`; returns the
 /// booking's id, its position and how long commit -> visible took.
 async fn reserve_and_read(
@@ -57,8 +34,7 @@ async fn reserve_and_read(
     check_in: &str,
     check_out: &str,
 ) -> (Uuid, i64, Duration) {
-    let reply = app.reserve(token, property, check_in, check_out).await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let reply = created(app.reserve(token, property, check_in, check_out).await);
     let committed = Instant::now();
     let (id, position) = (reply.id(), reply.body["position"].as_i64().unwrap_or(0));
     let read = app
@@ -121,7 +97,7 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
         .expect("a free port")
         .port();
     let listen = format!("127.0.0.1:{metrics_port}");
-    let app = spawn_app_with_env(&[("LEDGER_METRICS_LISTEN", &listen)]).await;
+    let app = spawn_process_with_env(&[("LEDGER_METRICS_LISTEN", &listen)]).await;
     let (agency_a, admin_a) = agency();
     let (_, admin_b) = agency();
     let stuck = app.property(&admin_a, None).await;
@@ -154,20 +130,21 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
     .await
     .expect("create the refusing trigger");
 
-    let reserved = app
-        .reserve(&admin_a, stuck, "2030-03-01", "2030-03-04")
-        .await;
-    assert_eq!(reserved.status, StatusCode::CREATED, "{:?}", reserved.body);
+    let reserved = created(
+        app.reserve(&admin_a, stuck, "2030-03-01", "2030-03-04")
+            .await,
+    );
     let (waiting, parked_at) = (reserved.id(), reserved.body["position"].clone());
     // A later event of the same property: it waits behind the first.
-    let cancelled = app
-        .post(
+    with_status(
+        StatusCode::OK,
+        app.post(
             &format!("/api/v1/bookings/{waiting}/cancel"),
             &admin_a,
             json!({}),
         )
-        .await;
-    assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+        .await,
+    );
 
     // Everyone else's writes are read back within the bound.
     let parked_reads = others_read_back(
@@ -193,10 +170,11 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
     assert_error(&missing, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
 
     // Operators see which property waits and why.
-    let ops = poll(&app, OPS, Some(&operator()), |body| {
-        entry(body, "views")["status"] == "degraded"
-    })
-    .await;
+    let ops = app
+        .poll(OPS, Some(&operator()), Duration::from_secs(15), |body| {
+            entry(body, "views")["status"] == "degraded"
+        })
+        .await;
     let views = entry(&ops, "views");
     let parked = views["parked"].as_array().expect("a parked list");
     assert_eq!(parked.len(), 1, "{views}");
@@ -226,8 +204,7 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
 
     // Readiness says degraded, with no error text at all.
     for path in ["/health/ready", "/readyz"] {
-        let ready = app.send("GET", path, None, None, &[]).await;
-        assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.body);
+        let ready = with_status(StatusCode::OK, app.send("GET", path, None, None, &[]).await);
         assert_eq!(ready.body["status"], "degraded", "{:?}", ready.body);
         assert_eq!(
             entry(&ready.body["projections"], "views")["status"],
@@ -266,20 +243,22 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
         .post("/ops/projections/views/parked/retry", &admin_a, json!({}))
         .await;
     assert_error(&refused, StatusCode::FORBIDDEN, "FORBIDDEN");
-    let retried = app
-        .post(
+    let retried = with_status(
+        StatusCode::ACCEPTED,
+        app.post(
             "/ops/projections/views/parked/retry",
             &operator(),
             json!({}),
         )
-        .await;
-    assert_eq!(retried.status, StatusCode::ACCEPTED, "{:?}", retried.body);
+        .await,
+    );
     assert_eq!(retried.body["released"], json!([stuck]));
     assert_eq!(retried.body["still_parked"], json!([]));
-    let booking = app
-        .read(&format!("/api/v1/bookings/{waiting}"), &admin_a)
-        .await;
-    assert_eq!(booking.status, StatusCode::OK, "{:?}", booking.body);
+    let booking = with_status(
+        StatusCode::OK,
+        app.read(&format!("/api/v1/bookings/{waiting}"), &admin_a)
+            .await,
+    );
     assert_eq!(booking.body["status"], "cancelled", "{:?}", booking.body);
 
     let ops = app.get(OPS, &admin_a).await;

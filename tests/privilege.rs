@@ -3,12 +3,14 @@
 //! to end, and `ledger_app` cannot change or remove an event, even once the
 //! append-only triggers are gone: the grant stops it.
 
-mod common;
+use crate::common;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use common::{agency, operator, server_url, spawn_app_on, TestApp};
+use common::{
+    agency, created, eventually, operator, server_url, spawn_app_on, with_status, TestApp,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
@@ -76,10 +78,11 @@ async fn sqlstate_of(conn: &mut PgConnection, statement: &str) -> Option<String>
 async fn wait_for_replay(app: &TestApp, token: &str, name: &str, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let progress = app
-            .get(&format!("/ops/projections/{name}/replay"), token)
-            .await;
-        assert_eq!(progress.status, StatusCode::OK, "{:?}", progress.body);
+        let progress = with_status(
+            StatusCode::OK,
+            app.get(&format!("/ops/projections/{name}/replay"), token)
+                .await,
+        );
         if progress.body["replay_id"] == json!(id) {
             match progress.body["state"].as_str() {
                 Some("done") => return,
@@ -109,8 +112,7 @@ async fn serve_as_the_serving_role_works_end_to_end_with_replays() {
 
     // Once the owner's migration connection has gone, every connection of
     // the service is ledger_app's.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), || async {
         let users: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT usename::text FROM pg_stat_activity
               WHERE datname = current_database() AND application_name = 'ledger'",
@@ -119,28 +121,27 @@ async fn serve_as_the_serving_role_works_end_to_end_with_replays() {
         .await
         .expect("read pg_stat_activity");
         if users == [SERVING_ROLE] {
-            break;
+            Ok(())
+        } else {
+            Err(format!("the service connects as {users:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the service connects as {users:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
     let property = app.property(&admin, None).await;
-    let booking = app
-        .reserve(&admin, property, "2031-05-01", "2031-05-04")
-        .await;
-    assert_eq!(booking.status, StatusCode::CREATED, "{:?}", booking.body);
-    let blocked = app
-        .block(&admin, property, "2031-05-04", "2031-05-06", "maintenance")
-        .await;
-    assert_eq!(blocked.status, StatusCode::CREATED, "{:?}", blocked.body);
-    let read = app
-        .read(&format!("/api/v1/bookings/{}", booking.id()), &admin)
-        .await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    let booking = created(
+        app.reserve(&admin, property, "2031-05-01", "2031-05-04")
+            .await,
+    );
+    created(
+        app.block(&admin, property, "2031-05-04", "2031-05-06", "maintenance")
+            .await,
+    );
+    let read = with_status(
+        StatusCode::OK,
+        app.read(&format!("/api/v1/bookings/{}", booking.id()), &admin)
+            .await,
+    );
     assert_eq!(read.body["check_in"], "2031-05-01");
     // A retry with the same key answers from idempotency_keys.
     let body = json!({"property_id": property, "check_in": "2031-06-01",
@@ -156,14 +157,15 @@ async fn serve_as_the_serving_role_works_end_to_end_with_replays() {
     assert_eq!(again.body, first.body);
 
     for name in ["inventory", "views", "audit"] {
-        let started = app
-            .post(
+        let started = with_status(
+            StatusCode::ACCEPTED,
+            app.post(
                 &format!("/ops/projections/{name}/replay"),
                 &operator,
                 json!({}),
             )
-            .await;
-        assert_eq!(started.status, StatusCode::ACCEPTED, "{:?}", started.body);
+            .await,
+        );
         let id = started.body["replay_id"]
             .as_str()
             .expect("a replay_id")
@@ -182,29 +184,25 @@ async fn serve_as_the_serving_role_works_end_to_end_with_replays() {
     .await
     .expect("read table owners");
     assert_eq!(owners, vec!["ledger_projector".to_owned()]);
-    let again = app
-        .post("/ops/projections/inventory/replay", &operator, json!({}))
-        .await;
-    assert_eq!(again.status, StatusCode::ACCEPTED, "{:?}", again.body);
+    let again = with_status(
+        StatusCode::ACCEPTED,
+        app.post("/ops/projections/inventory/replay", &operator, json!({}))
+            .await,
+    );
     let id = again.body["replay_id"].as_str().expect("a replay_id");
     wait_for_replay(&app, &operator, "inventory", id).await;
 
-    let availability = app
-        .read(
+    let availability = with_status(
+        StatusCode::OK,
+        app.read(
             &format!("/api/v1/availability?property_id={property}&from=2031-04-01&to=2031-07-01"),
             &admin,
         )
-        .await;
-    assert_eq!(
-        availability.status,
-        StatusCode::OK,
-        "{:?}",
-        availability.body
+        .await,
     );
     let ranges = availability.body["ranges"].as_array().expect("ranges");
     assert_eq!(ranges.len(), 3, "{}", availability.body);
-    let audit = app.read("/api/v1/audit-log", &admin).await;
-    assert_eq!(audit.status, StatusCode::OK, "{:?}", audit.body);
+    let audit = with_status(StatusCode::OK, app.read("/api/v1/audit-log", &admin).await);
     assert_eq!(
         audit.body["items"].as_array().map(Vec::len),
         Some(4),

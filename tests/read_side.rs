@@ -3,7 +3,7 @@
 //! projections surviving kill -9 mid-catch-up, replays under load, and the
 //! ops/health views of the projections.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
@@ -11,7 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{Days, NaiveDate, Utc};
-use common::{agency, assert_error, operator, spawn_app, spawn_app_on, token, Reply, TestApp};
+use common::{
+    agency, assert_error, created, eventually, operator, spawn_app, spawn_app_at, spawn_app_on,
+    spawn_process, token, with_status, Reply, TestApp,
+};
+use ledger_infra::{Clock, ManualClock};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -150,8 +154,7 @@ async fn booked(app: &TestApp, token: &str, property: Uuid, from: &str, to: &str
 
 /// `/ops/projections` as an operator sees it, as a map name -> entry.
 async fn projections(app: &TestApp, operator: &str) -> BTreeMap<String, Value> {
-    let reply = app.get(OPS, operator).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(StatusCode::OK, app.get(OPS, operator).await);
     reply
         .body
         .as_array()
@@ -163,30 +166,28 @@ async fn projections(app: &TestApp, operator: &str) -> BTreeMap<String, Value> {
 
 /// Waits until every projection reports lag 0 (at most `secs`).
 async fn wait_caught_up(app: &TestApp, operator: &str, secs: u64) -> BTreeMap<String, Value> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
+    eventually(Duration::from_secs(secs), || async {
         let all = projections(app, operator).await;
         let done = PROJECTIONS.iter().chain(&["publisher"]).all(|name| {
             all.get(*name)
                 .is_some_and(|p| p["lag"] == 0 && p["position"] == p["head_position"])
         });
         if done {
-            return all;
+            Ok(all)
+        } else {
+            Err(format!("projections did not catch up in {secs} s: {all:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "projections did not catch up in {secs} s: {all:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Replays one projection through the API and waits until it is done.
 async fn replay(app: &TestApp, operator: &str, name: &str) -> Value {
-    let reply = app
-        .post(&format!("{OPS}/{name}/replay"), operator, json!({}))
-        .await;
-    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::ACCEPTED,
+        app.post(&format!("{OPS}/{name}/replay"), operator, json!({}))
+            .await,
+    );
     let id = uuid_of(&reply.body, "replay_id");
     wait_replay(app, operator, name, id).await
 }
@@ -194,8 +195,10 @@ async fn replay(app: &TestApp, operator: &str, name: &str) -> Value {
 async fn wait_replay(app: &TestApp, operator: &str, name: &str, id: Uuid) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let reply = app.get(&format!("{OPS}/{name}/replay"), operator).await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let reply = with_status(
+            StatusCode::OK,
+            app.get(&format!("{OPS}/{name}/replay"), operator).await,
+        );
         let progress = reply.body;
         if progress.get("replay_id").is_some() {
             assert_eq!(uuid_of(&progress, "replay_id"), id, "{progress}");
@@ -1226,13 +1229,13 @@ async fn min_position_waits_for_the_projection_and_gives_up_after_5_s() {
 
 #[tokio::test]
 async fn a_lapsed_hold_expires_without_traffic_and_frees_its_nights() {
-    let app = spawn_app().await;
+    let clock = ManualClock::at(Utc::now());
+    let app = spawn_app_at(&clock).await;
     let (agency_id, admin) = agency();
     let property = app.property(&admin, None).await;
     let spare = app.property(&admin, None).await;
 
-    let reserved_at = Instant::now();
-    let expires = Utc::now() + chrono::Duration::seconds(2);
+    let expires = clock.now() + chrono::Duration::seconds(2);
     let reply = app
         .reserve_with(
             &admin,
@@ -1253,7 +1256,7 @@ async fn a_lapsed_hold_expires_without_traffic_and_frees_its_nights() {
             "2031-11-01",
             "2031-11-04",
             json!({"status": "tentative",
-                   "hold_expires_at": (Utc::now() + chrono::Duration::hours(1)).to_rfc3339()}),
+                   "hold_expires_at": (clock.now() + chrono::Duration::hours(1)).to_rfc3339()}),
         )
         .await;
     written(&reply, StatusCode::CREATED);
@@ -1268,21 +1271,17 @@ async fn a_lapsed_hold_expires_without_traffic_and_frees_its_nights() {
         json!([{"kind": "booking", "id": hold, "start": "2031-11-01", "end": "2031-11-04", "status": "tentative"}])
     );
 
-    // No traffic until the hold has lapsed.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let deadline = reserved_at + Duration::from_secs(7);
-    let expired_view = loop {
+    // No traffic: the hold lapses, and the expiry job (every second) notices.
+    clock.advance(chrono::Duration::milliseconds(2500));
+    let expired_view = eventually(Duration::from_secs(5), || async {
         let reply = read(&app, &format!("{BOOKINGS}/{hold}"), &admin, min).await;
         if reply.body["status"] != "tentative" {
-            break reply;
+            Ok(reply)
+        } else {
+            Err("the hold is still tentative after it lapsed")
         }
-        assert!(
-            Instant::now() < deadline,
-            "the hold is still tentative {:?} after it lapsed",
-            reserved_at.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     // BookingStatus has no `hold_expired`: an expired hold reads as cancelled.
     assert_eq!(
         expired_view.body["status"], "cancelled",
@@ -1314,10 +1313,11 @@ async fn a_lapsed_hold_expires_without_traffic_and_frees_its_nights() {
     assert_eq!(ids(&reply), vec![long_hold]);
 
     // The log holds booking.hold_expired for it, after its reservation.
-    let reply = app
-        .get(&format!("{PROPERTIES}/{property}/events?limit=500"), &admin)
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::OK,
+        app.get(&format!("{PROPERTIES}/{property}/events?limit=500"), &admin)
+            .await,
+    );
     let events = items(&reply);
     let types: Vec<&str> = events
         .iter()
@@ -1422,7 +1422,8 @@ async fn load(
 
 #[tokio::test]
 async fn kill_9_while_projections_catch_up_loses_and_doubles_nothing() {
-    let mut app = spawn_app().await;
+    let _heavy = common::heavy().await;
+    let mut app = spawn_process().await;
     let (_, admin) = agency();
     let (_, other) = agency();
 
@@ -1462,22 +1463,22 @@ async fn kill_9_while_projections_catch_up_loses_and_doubles_nothing() {
     resume_projections(paused).await;
     // One more event wakes the runners at once (NOTIFY).
     let (_, last) = booked(&app, &admin, properties[0].0, "2035-01-01", "2035-01-02").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), || async {
         let advanced: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM projection_checkpoints
               WHERE name IN ('inventory', 'views', 'audit') AND position > $1",
         )
         .bind(paused_at)
-        .fetch_one(&mut probe)
+        .fetch_one(&mut app.db().await)
         .await
         .expect("read the checkpoints");
         if advanced > 0 {
-            break;
+            Ok(())
+        } else {
+            Err("the projections never resumed")
         }
-        assert!(Instant::now() < deadline, "the projections never resumed");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    })
+    .await;
     app.kill();
     let behind = scalar(
         &mut probe,
@@ -1575,6 +1576,7 @@ async fn kill_9_while_projections_catch_up_loses_and_doubles_nothing() {
 /// aborts one of them and the read answers 500 INTERNAL_ERROR.
 #[tokio::test]
 async fn replay_under_writes_keeps_every_read_working_and_converges() {
+    let _heavy = common::heavy().await;
     replay_under_writes(true).await;
 }
 
@@ -1582,6 +1584,7 @@ async fn replay_under_writes_keeps_every_read_working_and_converges() {
 /// hit the deadlock above).
 #[tokio::test]
 async fn replay_under_writes_keeps_availability_reads_working_and_converges() {
+    let _heavy = common::heavy().await;
     replay_under_writes(false).await;
 }
 
@@ -1745,10 +1748,11 @@ async fn replay_under_writes(read_bookings: bool) {
     // Replay inventory and views together while writes and reads go on.
     let mut started = Vec::new();
     for name in ["inventory", "views"] {
-        let reply = app
-            .post(&format!("{OPS}/{name}/replay"), &operator(), json!({}))
-            .await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+        let reply = with_status(
+            StatusCode::ACCEPTED,
+            app.post(&format!("{OPS}/{name}/replay"), &operator(), json!({}))
+                .await,
+        );
         started.push((name, uuid_of(&reply.body, "replay_id")));
     }
     for (name, id) in &started {
@@ -1822,18 +1826,15 @@ async fn ops_and_readiness_report_each_projection_with_its_lag() {
     let (_, b2) = booked(&app, &admin, property, "2031-12-07", "2031-12-08").await;
     read(&app, BOOKINGS, &admin, b2).await;
     // The bookings read waited for `views`; `inventory` runs on its own.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let ops = loop {
+    let ops = eventually(Duration::from_secs(10), || async {
         let ops = projections(&app, &operator()).await;
         if ops["inventory"]["position"] == b2 && ops["views"]["position"] == b2 {
-            break ops;
+            Ok(ops)
+        } else {
+            Err(format!("inventory and views at {b2}: {ops:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "inventory and views at {b2}: {ops:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert_eq!(ops["audit"]["position"], at, "{ops:?}");
     assert_eq!(ops["audit"]["head_position"], b2, "{ops:?}");
     assert_eq!(ops["audit"]["lag"], b2 - at, "{ops:?}");
@@ -1977,14 +1978,14 @@ async fn two_processes_apply_each_event_once_and_the_survivor_takes_over() {
         let from = day("2032-01-01") + chrono::Days::new(i * 3);
         let (admin, to) = (admin.clone(), plus(from, 2));
         async move {
-            let reply = app.reserve(&admin, property, &from.to_string(), &to).await;
-            assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+            let reply = created(app.reserve(&admin, property, &from.to_string(), &to).await);
             if i % 5 == 0 {
                 let id = reply.id();
-                let cancelled = app
-                    .post(&format!("{BOOKINGS}/{id}/cancel"), &admin, json!({}))
-                    .await;
-                assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+                with_status(
+                    StatusCode::OK,
+                    app.post(&format!("{BOOKINGS}/{id}/cancel"), &admin, json!({}))
+                        .await,
+                );
             }
         }
     });

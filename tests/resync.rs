@@ -4,7 +4,7 @@
 //! periodic drift checksums, and the channel kit recovering by itself. Each
 //! test runs its own nats-server (tests/common/nats.rs).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,11 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use chrono::{Days, NaiveDate, Utc};
 use common::nats::NatsServer;
-use common::{agency, assert_error, operator, spawn_app_with_env, token, TestApp};
+use common::stream::published;
+use common::{
+    agency, assert_error, created, eventually, operator, spawn_app_with_env, token, with_status,
+    TestApp,
+};
 use futures::StreamExt;
 use ledger_domain::checksum::{self, ChannelRange};
 use ledger_domain::claims;
@@ -119,51 +123,29 @@ async fn run_adapter(nats: &NatsServer, name: &str, memory: Arc<Memory>) {
 /// The property's ranges in the snapshot window, from the read model.
 async fn truth(app: &TestApp, token: &str, property: Uuid) -> Vec<ChannelRange> {
     let (from, to) = checksum::window("Europe/Lisbon", Utc::now());
-    let reply = app
-        .read(
+    let reply = with_status(
+        StatusCode::OK,
+        app.read(
             &format!("/api/v1/availability?property_id={property}&from={from}&to={to}"),
             token,
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     let ranges = serde_json::from_value(reply.body["ranges"].clone()).expect("ranges");
     checksum::in_canonical_order(ranges)
 }
 
 /// Polls `check` until it holds, at most [`WAIT`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn holds<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until the publisher has published the whole log.
-async fn published(app: &TestApp) {
-    let mut db = app.db().await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (position, head): (i64, i64) = sqlx::query_as(
-            "SELECT position, (SELECT coalesce(max(position), 0) FROM events)
-               FROM projection_checkpoints WHERE name = 'publisher'",
-        )
-        .fetch_one(&mut db)
-        .await
-        .expect("read the publisher's checkpoint");
-        if position == head {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the publisher is at {position} of {head}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(WAIT, || {
+        let held = check();
+        async move { held.await.then_some(()).ok_or(what) }
+    })
+    .await
 }
 
 fn booking_id(reply: &common::Reply) -> Uuid {
@@ -190,44 +172,47 @@ async fn a_wiped_adapter_is_back_in_step_from_one_snapshot_and_the_events_after_
     app.block(&admin, property, &day(30), &day(31), "maintenance")
         .await;
 
-    published(&app).await;
+    published(&app, WAIT).await;
     let memory = Arc::new(Memory::default());
     run_adapter(&nats, "wiped", memory.clone()).await;
-    let reply = app
-        .post(
+    let reply = with_status(
+        StatusCode::ACCEPTED,
+        app.post(
             &format!("/api/v1/properties/{property}/resync"),
             &admin,
             json!({}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+        .await,
+    );
     assert!(reply.body["as_of_position"].as_i64().unwrap_or(0) > 0);
-    eventually("the snapshot is applied", || async {
+    holds("the snapshot is applied", || async {
         !memory.snapshots.lock().unwrap().is_empty()
     })
     .await;
     // The events after the snapshot.
-    let confirmed = app
-        .post(
+    with_status(
+        StatusCode::OK,
+        app.post(
             &format!("/api/v1/bookings/{second}/confirm"),
             &admin,
             json!({}),
         )
-        .await;
-    assert_eq!(confirmed.status, StatusCode::OK, "{:?}", confirmed.body);
-    let cancelled = app
-        .post(
+        .await,
+    );
+    with_status(
+        StatusCode::OK,
+        app.post(
             &format!("/api/v1/bookings/{first}/cancel"),
             &admin,
             json!({}),
         )
-        .await;
-    assert_eq!(cancelled.status, StatusCode::OK, "{:?}", cancelled.body);
+        .await,
+    );
     booking_id(&app.reserve(&admin, property, &day(40), &day(45)).await);
 
     let expected = truth(&app, &admin, property).await;
     assert_eq!(expected.len(), 3, "{expected:?}");
-    eventually("the adapter holds what the ledger holds", || async {
+    holds("the adapter holds what the ledger holds", || async {
         memory.held(property) == expected
     })
     .await;
@@ -260,7 +245,7 @@ async fn a_faked_drift_is_found_by_the_checksum_and_mended_by_the_resync_it_trig
     let property = app.property(&admin, None).await;
     let kept = booking_id(&app.reserve(&admin, property, &day(3), &day(5)).await);
     app.block(&admin, property, &day(8), &day(9), "other").await;
-    published(&app).await;
+    published(&app, WAIT).await;
     let memory = Arc::new(Memory::default());
     run_adapter(&nats, "drifting", memory.clone()).await;
     app.post(
@@ -270,7 +255,7 @@ async fn a_faked_drift_is_found_by_the_checksum_and_mended_by_the_resync_it_trig
     )
     .await;
     let expected = truth(&app, &admin, property).await;
-    eventually("the adapter is in step", || async {
+    holds("the adapter is in step", || async {
         memory.held(property) == expected
     })
     .await;
@@ -285,7 +270,7 @@ async fn a_faked_drift_is_found_by_the_checksum_and_mended_by_the_resync_it_trig
         .expect("the property is held")
         .remove(&kept);
     assert_ne!(memory.held(property), expected);
-    eventually(
+    holds(
         "the checksum finds the drift and the resync mends it",
         || async { memory.held(property) == expected },
     )
@@ -298,7 +283,7 @@ async fn a_faked_drift_is_found_by_the_checksum_and_mended_by_the_resync_it_trig
 
     // The iCal export (an adapter on the same kit) is mended the same way.
     let mut db = app.db().await;
-    eventually("the export holds the booking", || async {
+    holds("the export holds the booking", || async {
         ledger_infra::ical::export::ranges(&sqlx_pool(&app).await, property)
             .await
             .is_ok_and(|r| r.iter().any(|r| r.ref_id == kept))
@@ -309,7 +294,7 @@ async fn a_faked_drift_is_found_by_the_checksum_and_mended_by_the_resync_it_trig
         .execute(&mut db)
         .await
         .expect("fake a drift in the export");
-    eventually("the export gets the booking back", || async {
+    holds("the export gets the booking back", || async {
         ledger_infra::ical::export::ranges(&sqlx_pool(&app).await, property)
             .await
             .is_ok_and(|r| {
@@ -360,24 +345,23 @@ async fn stream_messages(nats: &NatsServer, subject: &str) -> Vec<(String, Value
 }
 
 async fn finished_job(app: &TestApp, op: &str, body: Value) -> Value {
-    let reply = app.post("/ops/resync", op, body).await;
-    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::ACCEPTED,
+        app.post("/ops/resync", op, body).await,
+    );
     let job = reply.body["job_id"].as_str().expect("a job id").to_owned();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let reply = app.get(&format!("/ops/resync/{job}"), op).await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    eventually(WAIT, || async {
+        let reply = with_status(
+            StatusCode::OK,
+            app.get(&format!("/ops/resync/{job}"), op).await,
+        );
         if reply.body["state"] == "finished" {
-            return reply.body;
+            return Ok(reply.body);
         }
         assert_eq!(reply.body["state"], "running");
-        assert!(
-            Instant::now() < deadline,
-            "the job did not finish: {:?}",
-            reply.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(format!("the job did not finish: {:?}", reply.body))
+    })
+    .await
 }
 
 #[tokio::test]
@@ -401,30 +385,31 @@ async fn snapshots_resyncs_and_checksums_are_on_the_stream_as_the_contract_says(
     booking_id(&app.reserve(&admin, other, &day(1), &day(2)).await);
 
     // One property, on request.
-    let reply = app
-        .post(
+    let reply = with_status(
+        StatusCode::ACCEPTED,
+        app.post(
             &format!("/api/v1/properties/{property}/resync"),
             &admin,
             json!({}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.body);
+        .await,
+    );
     let as_of_position = reply.body["as_of_position"].as_i64().expect("a position");
     booking_id(&app.reserve(&admin, property, &day(9), &day(11)).await);
     let all = format!("ledger.{agency_id}.{property}.>");
-    let deadline = Instant::now() + WAIT;
-    let messages = loop {
+    let messages = eventually(WAIT, || async {
         let messages = stream_messages(&nats, &all).await;
         if messages
             .iter()
             .any(|(s, _)| s.ends_with(".availability.snapshot"))
             && messages.iter().any(|(_, d)| d["ledgersequence"] == 4)
         {
-            break messages;
+            Ok(messages)
+        } else {
+            Err(format!("not on the stream: {messages:?}"))
         }
-        assert!(Instant::now() < deadline, "not on the stream: {messages:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     let at = messages
         .iter()
         .position(|(s, _)| s.ends_with(".availability.snapshot"))
@@ -465,13 +450,14 @@ async fn snapshots_resyncs_and_checksums_are_on_the_stream_as_the_contract_says(
         "in start order"
     );
     assert_eq!(data["checksum"], checksum::checksum(&ranges));
-    let route = app
-        .read(
+    let route = with_status(
+        StatusCode::OK,
+        app.read(
             &format!("/api/v1/properties/{property}/checksum?from={from}&to={to}"),
             &admin,
         )
-        .await;
-    assert_eq!(route.status, StatusCode::OK, "{:?}", route.body);
+        .await,
+    );
     assert_eq!(route.body["from"], from.to_string());
     assert!(route.body["as_of_position"].as_i64().is_some());
     // The event it does not include comes after it; those it does, before.
@@ -492,16 +478,14 @@ async fn snapshots_resyncs_and_checksums_are_on_the_stream_as_the_contract_says(
 
     // The periodic checksum: same definition as the snapshot and the route.
     let sums = format!("ledger.{agency_id}.{property}.availability.checksum");
-    let deadline = Instant::now() + WAIT;
-    let checksum_message = loop {
+    let checksum_message = eventually(WAIT, || async {
         let found = stream_messages(&nats, &sums).await;
         match found.last() {
-            Some((_, d)) if d["data"]["as_of_sequence"] == 4 => break d.clone(),
-            _ => {}
+            Some((_, d)) if d["data"]["as_of_sequence"] == 4 => Ok(d.clone()),
+            _ => Err(format!("no checksum message: {found:?}")),
         }
-        assert!(Instant::now() < deadline, "no checksum message: {found:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     assert_eq!(checksum_message["type"], "ledger.availability.checksum");
     let now_sum = app
         .read(&format!("/api/v1/properties/{property}/checksum"), &admin)
@@ -539,8 +523,7 @@ async fn snapshots_resyncs_and_checksums_are_on_the_stream_as_the_contract_says(
     assert_eq!(snapshots_of_other.len(), 3, "one per job that covered it");
 
     // Lag per channel: the iCal export's durable consumer.
-    let consumers = app.get("/ops/consumers", &op).await;
-    assert_eq!(consumers.status, StatusCode::OK, "{:?}", consumers.body);
+    let consumers = with_status(StatusCode::OK, app.get("/ops/consumers", &op).await);
     let export = consumers
         .body
         .as_array()
@@ -698,10 +681,10 @@ async fn live_load(
         let property = live[sent % live.len()];
         offset += 1;
         let night = first_night + (offset / live.len() as u64) * 2;
-        let reply = app
-            .reserve(token, property, &day(night), &day(night + 1))
-            .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        created(
+            app.reserve(token, property, &day(night), &day(night + 1))
+                .await,
+        );
         sent += 1;
     }
     let deadline = Instant::now() + WAIT;
@@ -732,7 +715,7 @@ async fn resync_under_live_load() {
     let started = Instant::now();
     let properties = properties_with_a_booking(&app, &admin, count).await;
     app.read("/api/v1/properties?limit=1", &admin).await;
-    published(&app).await;
+    published(&app, WAIT).await;
     eprintln!(
         "{count} properties set up in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -819,7 +802,7 @@ async fn checksum_round_cost() {
     let started = Instant::now();
     properties_with_a_booking(&app, &admin, count).await;
     app.read("/api/v1/properties?limit=1", &admin).await;
-    published(&app).await;
+    published(&app, WAIT).await;
     eprintln!(
         "{count} properties set up in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -889,7 +872,7 @@ async fn the_example_adapter_mirrors_availability_into_a_json_file() {
 
     let expected = truth(&app, &admin, property).await;
     assert_eq!(expected.len(), 2);
-    eventually("the file mirrors the property", || async {
+    holds("the file mirrors the property", || async {
         mirrored(&path, property) == Some(expected.clone())
     })
     .await;
@@ -908,7 +891,7 @@ async fn the_example_adapter_mirrors_availability_into_a_json_file() {
     .await;
     let expected = truth(&app, &admin, property).await;
     assert_eq!(expected.len(), 1);
-    eventually("the file follows the cancellation", || async {
+    holds("the file follows the cancellation", || async {
         mirrored(&path, property) == Some(expected.clone())
     })
     .await;

@@ -3,7 +3,7 @@
 //! concurrency and the 13th is 409 naming the full nights; the error codes
 //! of room types; bookings and blocks naming their room type.
 
-mod common;
+use crate::common;
 
 use common::{agency, assert_error, spawn_app, TestApp};
 use futures::future::join_all;

@@ -4,8 +4,8 @@
 //! or by a redirect from an allowed channel. Each case has a channel of the
 //! test's own listening where the URL points, and asserts it saw nothing.
 
-mod channel;
-mod common;
+use crate::channel;
+use crate::common;
 
 use channel::{all_ran, feeds_when, register, Answer, Channel, EMPTY_CALENDAR};
 use common::{agency, assert_error, spawn_app_with_env};

@@ -8,28 +8,27 @@
 //! to make it lag on purpose: a read then shows the standby's (stale) state
 //! and a `min_position` read waits for it, whatever the primary holds.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use common::pg::PgServer;
-use common::{agency, assert_error, spawn_app_on, Reply, TestApp};
+use common::{
+    agency, assert_error, created, eventually, spawn_app_on, with_status, Reply, TestApp,
+};
 use reqwest::StatusCode;
 use sqlx::{Connection, PgConnection};
-use tokio::time::Instant;
 use uuid::Uuid;
 
 /// Connects to `url`, retrying until `timeout` (a database created on the
 /// primary appears on the standby once replayed).
 async fn connect(url: &str, timeout: Duration) -> PgConnection {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match PgConnection::connect(url).await {
-            Ok(conn) => return conn,
-            Err(error) => assert!(Instant::now() < deadline, "connect to {url}: {error}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(timeout, || async {
+        PgConnection::connect(url)
+            .await
+            .map_err(|error| format!("connect to {url}: {error}"))
+    })
+    .await
 }
 
 async fn get_booking(app: &TestApp, token: &str, id: Uuid, min_position: Option<i64>) -> Reply {
@@ -63,13 +62,15 @@ async fn a_write_is_read_back_through_the_standby_with_min_position() {
     .await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
-    let first = app
-        .reserve(&admin, property, "2031-03-01", "2031-03-04")
-        .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    let first = created(
+        app.reserve(&admin, property, "2031-03-01", "2031-03-04")
+            .await,
+    );
     let head = app.head().await;
-    let read = get_booking(&app, &admin, first.id(), Some(head)).await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    with_status(
+        StatusCode::OK,
+        get_booking(&app, &admin, first.id(), Some(head)).await,
+    );
 
     // The standby stops replaying: it keeps receiving WAL but its tables,
     // checkpoints included, stay where they are.
@@ -77,29 +78,25 @@ async fn a_write_is_read_back_through_the_standby_with_min_position() {
         .execute(&mut standby_db)
         .await
         .expect("pause the standby's replay");
-    let second = app
-        .reserve(&admin, property, "2031-04-01", "2031-04-03")
-        .await;
-    assert_eq!(second.status, StatusCode::CREATED, "{:?}", second.body);
+    let second = created(
+        app.reserve(&admin, property, "2031-04-01", "2031-04-03")
+            .await,
+    );
     let head = app.head().await;
     // The primary's read model of bookings has it (the projection runs there).
-    let mut app_db = app.db().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(Duration::from_secs(10), || async {
         let applied: i64 =
             sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = 'views'")
-                .fetch_one(&mut app_db)
+                .fetch_one(&mut app.db().await)
                 .await
                 .expect("read the primary's checkpoints");
         if applied >= head {
-            break;
+            Ok(())
+        } else {
+            Err(format!("the primary's projections stay at {applied}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the primary's projections stay at {applied}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 
     let stale = get_booking(&app, &admin, second.id(), None).await;
     assert_error(&stale, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
@@ -114,8 +111,10 @@ async fn a_write_is_read_back_through_the_standby_with_min_position() {
         .execute(&mut standby_db)
         .await
         .expect("resume the standby's replay");
-    let fresh = get_booking(&app, &admin, second.id(), Some(head)).await;
-    assert_eq!(fresh.status, StatusCode::OK, "{:?}", fresh.body);
+    let fresh = with_status(
+        StatusCode::OK,
+        get_booking(&app, &admin, second.id(), Some(head)).await,
+    );
     assert_eq!(fresh.body["check_in"], "2031-04-01");
     let position: i64 = fresh.headers["x-ledger-position"]
         .to_str()

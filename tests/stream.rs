@@ -3,7 +3,7 @@
 //! survives NATS and publisher failures. Each test runs its own nats-server
 //! (tests/common/nats.rs), so stopping it touches nothing else.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -14,20 +14,18 @@ use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::stream::StorageType;
 use common::nats::NatsServer;
 use common::stream::{assert_in_log_order, next, properties, published, receive_all, Load};
-use common::{agency, operator, spawn_app_with_env, TestApp};
+use common::{agency, created, operator, spawn_process_with_env, TestApp};
 use futures::StreamExt;
 use ledger_domain::CalendarEvent;
 use ledger_infra::channel::{Binding, ChannelConsumer};
-use reqwest::StatusCode;
 use serde_json::Value;
-use tokio::time::Instant;
 use uuid::Uuid;
 
 /// A ledger publishing to a private nats-server. The app is declared last so
 /// that it is dropped (killed) before the server.
 async fn start() -> (NatsServer, TestApp) {
     let nats = NatsServer::start();
-    let app = spawn_app_with_env(&[("NATS_URL", &nats.url)]).await;
+    let app = spawn_process_with_env(&[("NATS_URL", &nats.url)]).await;
     (nats, app)
 }
 
@@ -69,10 +67,10 @@ async fn a_reserve_is_published_as_the_documented_cloudevent() {
     let (nats, app) = start().await;
     let (agency_id, admin) = agency();
     let property = app.property(&admin, None).await;
-    let reply = app
-        .reserve(&admin, property, "2027-05-01", "2027-05-04")
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let reply = created(
+        app.reserve(&admin, property, "2027-05-01", "2027-05-04")
+            .await,
+    );
     let booking = reply.id();
     let position = reply.body["position"].as_i64().expect("a position");
     published(&app, Duration::from_secs(10)).await;
@@ -218,6 +216,7 @@ async fn a_reserve_is_published_as_the_documented_cloudevent() {
 
 #[tokio::test]
 async fn a_thousand_events_over_fifty_properties_arrive_in_order_without_gaps() {
+    let _heavy = common::heavy().await;
     let (nats, app) = start().await;
     let (agency_id, admin) = agency();
     let properties = properties(&app, &admin, 50).await;
@@ -248,22 +247,30 @@ async fn events_committed_while_nats_is_down_are_published_in_order_when_it_is_b
 
     nats.stop();
     let stopped_at = load.acknowledged();
-    let ready = poll(&app, "/health/ready", None, |body| {
-        body["nats"] == "degraded"
-    })
-    .await;
+    let ready = app
+        .poll("/health/ready", None, Duration::from_secs(10), |body| {
+            body["nats"] == "degraded"
+        })
+        .await;
     assert_eq!(ready["status"], "degraded", "{ready}");
     // Writes go on while NATS is down; the publisher's lag shows in ops.
     load.until(stopped_at + 100).await;
-    let ops = poll(&app, "/ops/projections", Some(&operator()), |body| {
-        publisher_entry(body)["last_error"].is_string()
-    })
-    .await;
+    let ops = app
+        .poll(
+            "/ops/projections",
+            Some(&operator()),
+            Duration::from_secs(10),
+            |body| publisher_entry(body)["last_error"].is_string(),
+        )
+        .await;
     let lag = publisher_entry(&ops)["lag"].as_i64().unwrap_or_default();
     assert!(lag >= 100, "publisher lag {lag} while NATS is down: {ops}");
 
     nats.restart();
-    poll(&app, "/health/ready", None, |body| body["status"] == "ok").await;
+    app.poll("/health/ready", None, Duration::from_secs(10), |body| {
+        body["status"] == "ok"
+    })
+    .await;
     load.until(load.acknowledged() + 40).await;
     let (_, refused) = load.finish().await;
     assert_eq!(refused, 0, "writes kept succeeding while NATS was down");
@@ -285,6 +292,7 @@ async fn events_committed_while_nats_is_down_are_published_in_order_when_it_is_b
 
 #[tokio::test]
 async fn a_publisher_killed_mid_load_republishes_and_the_kit_sees_each_event_once() {
+    let _heavy = common::heavy().await;
     let (nats, mut app) = start().await;
     let (_, admin) = agency();
     let properties = properties(&app, &admin, 10).await;
@@ -356,26 +364,4 @@ fn publisher_entry(body: &Value) -> Value {
     body.as_array()
         .and_then(|all| all.iter().find(|p| p["name"] == "publisher").cloned())
         .unwrap_or_else(|| panic!("no publisher in {body}"))
-}
-
-/// GETs `path` until `done(body)` holds (10 s at most); returns the body.
-async fn poll(
-    app: &TestApp,
-    path: &str,
-    token: Option<&str>,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = app.send("GET", path, token, None, &[]).await;
-        if done(&reply.body) {
-            return reply.body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never got there: {:?}",
-            reply.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

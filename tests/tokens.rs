@@ -4,7 +4,7 @@
 //! that publishes a JWKS document built from the fixed test keys in
 //! tests/fixtures/jwks/ (generated once with openssl; test-only).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use axum::{Json, Router};
-use common::{agency, assert_error, now_secs, spawn_app_with_env, token, Reply, TestApp};
+use common::{
+    agency, assert_error, now_secs, spawn_app_with_env, token, with_status, Reply, TestApp,
+};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
@@ -319,10 +321,11 @@ async fn iss_and_aud_must_match_and_claims_may_be_nested() {
     };
     let good = nested("https://idp.example.test/", json!(["ledger", "other"]));
     let property = app.property(&rsa.sign(&good), None).await;
-    let read = app
-        .read(&format!("{PROPERTIES}/{property}"), &rsa.sign(&good))
-        .await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    with_status(
+        StatusCode::OK,
+        app.read(&format!("{PROPERTIES}/{property}"), &rsa.sign(&good))
+            .await,
+    );
 
     let wrong_iss = nested("https://evil.example.test/", json!("ledger"));
     assert_401(

@@ -6,7 +6,7 @@
 //!
 //! `R9_CASES=500 cargo test -p ledger-api --test values` for a longer run.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,12 +2,16 @@
 //! and its error codes, the contract's error format for axum's own rejections,
 //! request ids, Idempotency-Key, concurrency (invariant 1), health and docs.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{agency, assert_error, spawn_app, spawn_app_with_env, token, Reply, TestApp};
+use common::{
+    agency, assert_error, created, spawn_app, spawn_app_at, spawn_app_with_env, spawn_process,
+    token, with_status, Reply, TestApp,
+};
 use futures::future::join_all;
+use ledger_infra::{Clock, ManualClock};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -32,8 +36,7 @@ async fn booked(
     check_in: &str,
     check_out: &str,
 ) -> Uuid {
-    let reply = app.reserve(token, property, check_in, check_out).await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let reply = created(app.reserve(token, property, check_in, check_out).await);
     reply.id()
 }
 
@@ -54,14 +57,13 @@ async fn registering_a_property_returns_201_and_the_property() {
     let app = spawn_app().await;
     let (agency_id, admin) = agency();
 
-    let reply = app
+    let reply = created(app
         .post(
             PROPERTIES,
             &admin,
             json!({"name": "Sea View", "timezone": "Europe/Lisbon", "owner_id": "owner-7", "external_ref": "PMS-1"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        .await);
     let p = &reply.body;
     assert_eq!(p["agency_id"], agency_id.to_string());
     assert_eq!(p["name"], "Sea View");
@@ -79,16 +81,17 @@ async fn registering_a_property_returns_201_and_the_property() {
     let id = reply.id();
 
     // Only the name is required; the time zone defaults to UTC.
-    let minimal = app.post(PROPERTIES, &admin, json!({"name": "Loft"})).await;
-    assert_eq!(minimal.status, StatusCode::CREATED, "{:?}", minimal.body);
+    let minimal = created(app.post(PROPERTIES, &admin, json!({"name": "Loft"})).await);
     assert_eq!(minimal.body["timezone"], "UTC");
     assert_eq!(minimal.body["owner_id"], Value::Null);
     assert_eq!(minimal.body["external_ref"], Value::Null);
     assert!(minimal.body["position"].as_i64() > p["position"].as_i64());
 
     // GET by id gives the same property.
-    let read = app.read(&format!("{PROPERTIES}/{id}"), &admin).await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    let read = with_status(
+        StatusCode::OK,
+        app.read(&format!("{PROPERTIES}/{id}"), &admin).await,
+    );
     for field in [
         "id",
         "agency_id",
@@ -193,14 +196,15 @@ async fn updating_a_property() {
     let property = app.property(&admin, Some("owner-1")).await;
     let path = format!("{PROPERTIES}/{property}");
 
-    let reply = app
-        .patch(
+    let reply = with_status(
+        StatusCode::OK,
+        app.patch(
             &path,
             &admin,
             json!({"name": "Sea View II", "timezone": "Europe/Paris"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["id"], property.to_string());
     assert_eq!(reply.body["name"], "Sea View II");
     assert_eq!(reply.body["timezone"], "Europe/Paris");
@@ -212,14 +216,15 @@ async fn updating_a_property() {
     let position = reply.body["position"].as_i64().expect("a position");
 
     // null clears the owner and the external reference.
-    let reply = app
-        .patch(
+    let reply = with_status(
+        StatusCode::OK,
+        app.patch(
             &path,
             &admin,
             json!({"owner_id": null, "external_ref": "X-9"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["owner_id"], Value::Null);
     assert_eq!(reply.body["external_ref"], "X-9");
     assert_eq!(reply.body["version"], 3);
@@ -262,18 +267,17 @@ async fn an_archived_property_refuses_every_command() {
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
     let booking = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
-    let block = app
-        .block(&admin, property, "2027-04-01", "2027-04-03", "maintenance")
-        .await;
-    assert_eq!(block.status, StatusCode::CREATED, "{:?}", block.body);
+    let block = created(
+        app.block(&admin, property, "2027-04-01", "2027-04-03", "maintenance")
+            .await,
+    );
     let block = block.id();
 
     let archive = format!("{PROPERTIES}/{property}/archive");
     let bad = app.post(&archive, &admin, json!({"really": true})).await;
     assert_error(&bad, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 
-    let reply = app.post(&archive, &admin, json!({})).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(StatusCode::OK, app.post(&archive, &admin, json!({})).await);
     assert_eq!(reply.body["archived"], true);
     assert_eq!(reply.body["id"], property.to_string());
     assert!(reply.body["position"].as_i64().is_some());
@@ -332,7 +336,7 @@ async fn reserving_returns_201_and_the_booking() {
     let (agency_id, admin) = agency();
     let property = app.property(&admin, None).await;
 
-    let reply = app
+    let reply = created(app
         .post(
             BOOKINGS,
             &admin,
@@ -349,8 +353,7 @@ async fn reserving_returns_201_and_the_booking() {
                 "notes": "late arrival",
             }),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        .await);
     let b = &reply.body;
     assert_eq!(b["agency_id"], agency_id.to_string());
     assert_eq!(b["property_id"], property.to_string());
@@ -376,8 +379,10 @@ async fn reserving_returns_201_and_the_booking() {
     assert!(b["position"].as_i64().is_some_and(|n| n > 0));
     let id = reply.id();
 
-    let read = app.read(&booking_path(id, ""), &admin).await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    let read = with_status(
+        StatusCode::OK,
+        app.read(&booking_path(id, ""), &admin).await,
+    );
     for field in [
         "id",
         "property_id",
@@ -394,10 +399,10 @@ async fn reserving_returns_201_and_the_booking() {
     assert!(header(&read, "x-ledger-position").is_some());
 
     // Defaults: one adult, no children, direct channel.
-    let plain = app
-        .reserve(&admin, property, "2027-03-10", "2027-03-11")
-        .await;
-    assert_eq!(plain.status, StatusCode::CREATED, "{:?}", plain.body);
+    let plain = created(
+        app.reserve(&admin, property, "2027-03-10", "2027-03-11")
+            .await,
+    );
     assert_eq!(plain.body["adults"], 1);
     assert_eq!(plain.body["children"], 0);
     assert_eq!(plain.body["channel"], "direct");
@@ -405,10 +410,10 @@ async fn reserving_returns_201_and_the_booking() {
     assert_eq!(plain.body["price"], Value::Null);
 
     // The longest stay is 366 nights.
-    let year = app
-        .reserve(&admin, property, "2028-01-01", "2029-01-01")
-        .await;
-    assert_eq!(year.status, StatusCode::CREATED, "{:?}", year.body);
+    let year = created(
+        app.reserve(&admin, property, "2028-01-01", "2029-01-01")
+            .await,
+    );
     assert_eq!(year.body["nights"], 366);
 
     let missing = app.read(&booking_path(Uuid::new_v4(), ""), &admin).await;
@@ -598,20 +603,15 @@ async fn a_single_night_overlap_conflicts_with_details_and_back_to_back_is_allow
     );
 
     // A tentative booking holds its nights too.
-    let tentative = app
-        .reserve_with(
+    let tentative = created(
+        app.reserve_with(
             &admin,
             property,
             "2027-06-01",
             "2027-06-03",
             json!({"status": "tentative"}),
         )
-        .await;
-    assert_eq!(
-        tentative.status,
-        StatusCode::CREATED,
-        "{:?}",
-        tentative.body
+        .await,
     );
     assert_eq!(tentative.body["status"], "tentative");
     let reply = app
@@ -650,14 +650,15 @@ async fn cancelling_frees_the_nights_and_cancelled_is_final() {
         .await;
     assert_error(&unknown, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 
-    let reply = app
-        .post(
+    let reply = with_status(
+        StatusCode::OK,
+        app.post(
             &booking_path(booking, "cancel"),
             &admin,
             json!({"reason": "guest asked"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["status"], "cancelled");
     assert_eq!(reply.body["id"], booking.to_string());
     assert_eq!(reply.body["version"], 2);
@@ -680,16 +681,17 @@ async fn cancelling_frees_the_nights_and_cancelled_is_final() {
 
     // An empty body is accepted like {} on action routes.
     let other = booked(&app, &admin, property, "2027-04-01", "2027-04-02").await;
-    let reply = app
-        .send(
+    let reply = with_status(
+        StatusCode::OK,
+        app.send(
             "POST",
             &booking_path(other, "cancel"),
             Some(&admin),
             None,
             &[],
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["status"], "cancelled");
 }
 
@@ -701,16 +703,16 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
 
     // tentative -> confirmed
     let hold = "2099-01-01T00:00:00Z";
-    let reply = app
-        .reserve_with(
+    let reply = created(
+        app.reserve_with(
             &admin,
             property,
             "2027-03-01",
             "2027-03-05",
             json!({"status": "tentative", "hold_expires_at": hold}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["status"], "tentative");
     assert!(reply.body["hold_expires_at"]
         .as_str()
@@ -720,8 +722,7 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
         let reply = act(&app, &admin, booking, action).await;
         assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
     }
-    let reply = act(&app, &admin, booking, "confirm").await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(StatusCode::OK, act(&app, &admin, booking, "confirm").await);
     assert_eq!(reply.body["status"], "confirmed");
     assert_eq!(reply.body["hold_expires_at"], Value::Null);
     assert_eq!(reply.body["version"], 2);
@@ -731,8 +732,7 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
         let reply = act(&app, &admin, booking, action).await;
         assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
     }
-    let reply = act(&app, &admin, booking, "check-in").await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(StatusCode::OK, act(&app, &admin, booking, "check-in").await);
     assert_eq!(reply.body["status"], "checked_in");
     for action in ["confirm", "cancel", "check-in", "no-show"] {
         let reply = act(&app, &admin, booking, action).await;
@@ -744,8 +744,10 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
         .await;
     assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
 
-    let reply = act(&app, &admin, booking, "check-out").await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::OK,
+        act(&app, &admin, booking, "check-out").await,
+    );
     assert_eq!(reply.body["status"], "checked_out");
     assert_eq!(reply.body["version"], 4);
     // A checked-out stay no longer holds its nights.
@@ -761,8 +763,7 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
 
     // confirmed -> no_show, which frees the nights.
     let guest = booked(&app, &admin, property, "2027-05-01", "2027-05-03").await;
-    let reply = act(&app, &admin, guest, "no-show").await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(StatusCode::OK, act(&app, &admin, guest, "no-show").await);
     assert_eq!(reply.body["status"], "no_show");
     for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
         let reply = act(&app, &admin, guest, action).await;
@@ -794,27 +795,28 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
 
 #[tokio::test]
 async fn an_expired_hold_cannot_be_confirmed_and_frees_its_nights() {
-    let app = spawn_app().await;
+    let clock = ManualClock::at(chrono::Utc::now());
+    let app = spawn_app_at(&clock).await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
-    let expires = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
-    let reply = app
-        .reserve_with(
+    let expires = clock.now() + chrono::Duration::milliseconds(1500);
+    let reply = created(
+        app.reserve_with(
             &admin,
             property,
             "2027-03-01",
             "2027-03-05",
             json!({"status": "tentative", "hold_expires_at": expires.to_rfc3339()}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        .await,
+    );
     let hold = reply.id();
     let reply = app
         .reserve(&admin, property, "2027-03-02", "2027-03-03")
         .await;
     assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
 
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    clock.advance(chrono::Duration::seconds(2));
     let reply = act(&app, &admin, hold, "confirm").await;
     assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
     let reply = app
@@ -826,8 +828,10 @@ async fn an_expired_hold_cannot_be_confirmed_and_frees_its_nights() {
         "an expired hold frees its nights: {:?}",
         reply.body
     );
-    let read = app.read(&booking_path(hold, ""), &admin).await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    let read = with_status(
+        StatusCode::OK,
+        app.read(&booking_path(hold, ""), &admin).await,
+    );
     assert_eq!(read.body["status"], "cancelled", "{:?}", read.body);
 }
 
@@ -841,14 +845,15 @@ async fn modifying_a_booking() {
     let path = booking_path(booking, "");
 
     // Shifting over its own nights is fine; up to the neighbour's arrival too.
-    let reply = app
-        .patch(
+    let reply = with_status(
+        StatusCode::OK,
+        app.patch(
             &path,
             &admin,
             json!({"check_in": "2027-03-03", "check_out": "2027-03-08"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await,
+    );
     assert_eq!(reply.body["check_in"], "2027-03-03");
     assert_eq!(reply.body["check_out"], "2027-03-08");
     assert_eq!(reply.body["nights"], 5);
@@ -857,14 +862,13 @@ async fn modifying_a_booking() {
     // The released nights are free again.
     booked(&app, &admin, property, "2027-03-01", "2027-03-03").await;
 
-    let reply = app
+    let reply = with_status(StatusCode::OK, app
         .patch(
             &path,
             &admin,
             json!({"guest": {"name": "Bo Guest"}, "adults": 3, "children": 2, "price": {"amount_minor": 100, "currency": "GBP"}, "notes": "cot"}),
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        .await);
     assert_eq!(reply.body["guest"]["name"], "Bo Guest");
     assert_eq!(reply.body["adults"], 3);
     assert_eq!(reply.body["children"], 2);
@@ -874,10 +878,11 @@ async fn modifying_a_booking() {
         reply.body["check_in"], "2027-03-03",
         "dates not sent are kept"
     );
-    let reply = app
-        .patch(&path, &admin, json!({"price": null, "notes": null}))
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::OK,
+        app.patch(&path, &admin, json!({"price": null, "notes": null}))
+            .await,
+    );
     assert_eq!(reply.body["price"], Value::Null);
     assert_eq!(reply.body["notes"], Value::Null);
 
@@ -981,12 +986,16 @@ async fn blocks_are_created_conflict_and_are_released() {
         .await;
     assert_error(&missing, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
 
-    let read = app.read(&format!("{BLOCKS}/{block}"), &admin).await;
-    assert_eq!(read.status, StatusCode::OK, "{:?}", read.body);
+    let read = with_status(
+        StatusCode::OK,
+        app.read(&format!("{BLOCKS}/{block}"), &admin).await,
+    );
     assert_eq!(read.body["id"], block.to_string());
 
-    let reply = app.delete(&format!("{BLOCKS}/{block}"), &admin).await;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let reply = with_status(
+        StatusCode::OK,
+        app.delete(&format!("{BLOCKS}/{block}"), &admin).await,
+    );
     assert_eq!(reply.body["released"], true);
     assert_eq!(reply.body["id"], block.to_string());
     // Released nights are free.
@@ -1198,12 +1207,7 @@ async fn every_response_carries_x_request_id_and_echoes_the_one_sent() {
         app.reserve(&admin, property, "2027-03-01", "2027-03-02")
             .await,
     ];
-    let docs = app
-        .client
-        .get(format!("{}/docs/", app.base))
-        .send()
-        .await
-        .expect("docs answer");
+    let docs = app.raw_get("/docs/").await;
     assert!(
         docs.headers().contains_key("x-request-id"),
         "/docs/ has x-request-id"
@@ -1290,14 +1294,14 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     });
     let key = [("idempotency-key", "reserve-0001")];
 
-    let first = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-        .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
-    let second = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-        .await;
-    assert_eq!(second.status, StatusCode::CREATED, "{:?}", second.body);
+    let first = created(
+        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+            .await,
+    );
+    let second = created(
+        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+            .await,
+    );
     assert_eq!(second.body, first.body, "the same reply, position included");
     assert_eq!(
         app.count_events("booking.reserved").await,
@@ -1337,25 +1341,26 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     let other_agency = Uuid::new_v4();
     let stranger = token(other_agency, "admin", "admin-2");
     assert_ne!(other_agency, agency_id);
-    let reply = app
-        .send(
+    created(
+        app.send(
             "POST",
             PROPERTIES,
             Some(&stranger),
             Some(&json!({"name": "Theirs"})),
             &key,
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        .await,
+    );
 
     // Status changes and deletes replay too.
     let booking = first.id();
     let cancel_key = [("idempotency-key", "cancel-0001")];
     let path = booking_path(booking, "cancel");
-    let c1 = app
-        .send("POST", &path, Some(&admin), Some(&json!({})), &cancel_key)
-        .await;
-    assert_eq!(c1.status, StatusCode::OK, "{:?}", c1.body);
+    let c1 = with_status(
+        StatusCode::OK,
+        app.send("POST", &path, Some(&admin), Some(&json!({})), &cancel_key)
+            .await,
+    );
     let c2 = app
         .send("POST", &path, Some(&admin), Some(&json!({})), &cancel_key)
         .await;
@@ -1396,21 +1401,21 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
         .await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     let longest = "k".repeat(255);
-    let reply = app
-        .send(
+    created(
+        app.send(
             "POST",
             PROPERTIES,
             Some(&admin),
             Some(&json!({"name": "Z"})),
             &[("idempotency-key", longest.as_str())],
         )
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        .await,
+    );
 }
 
 #[tokio::test]
 async fn an_idempotent_reply_is_replayed_after_a_restart() {
-    let mut app = spawn_app().await;
+    let mut app = spawn_process().await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
     let body = json!({
@@ -1420,16 +1425,16 @@ async fn an_idempotent_reply_is_replayed_after_a_restart() {
         "guest": {"name": "Ana Guest"},
     });
     let key = [("idempotency-key", "survives-restarts")];
-    let first = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-        .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    let first = created(
+        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+            .await,
+    );
     app.kill();
     app.start().await;
-    let again = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-        .await;
-    assert_eq!(again.status, StatusCode::CREATED, "{:?}", again.body);
+    let again = created(
+        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+            .await,
+    );
     assert_eq!(again.body, first.body);
     assert_eq!(app.count_events("booking.reserved").await, 1);
 }
@@ -1556,12 +1561,7 @@ async fn health_readiness_openapi_and_docs() {
         );
     }
 
-    let response = app
-        .client
-        .get(format!("{}/openapi.json", app.base))
-        .send()
-        .await
-        .expect("answered");
+    let response = app.raw_get("/openapi.json").await;
     assert_eq!(response.status(), StatusCode::OK);
     let doc: Value = serde_json::from_slice(&response.bytes().await.expect("a body"))
         .expect("/openapi.json is JSON");
@@ -1593,12 +1593,7 @@ async fn health_readiness_openapi_and_docs() {
         );
     }
 
-    let response = app
-        .client
-        .get(format!("{}/docs/", app.base))
-        .send()
-        .await
-        .expect("answered");
+    let response = app.raw_get("/docs/").await;
     assert_eq!(response.status(), StatusCode::OK);
     let content_type = response
         .headers()
@@ -1610,12 +1605,7 @@ async fn health_readiness_openapi_and_docs() {
     let html = response.text().await.expect("a body");
     assert!(html.to_lowercase().contains("<html"), "{html}");
     // /docs (no slash) leads there too.
-    let response = app
-        .client
-        .get(format!("{}/docs", app.base))
-        .send()
-        .await
-        .expect("answered");
+    let response = app.raw_get("/docs").await;
     assert_eq!(response.status(), StatusCode::OK);
 }
 
@@ -1627,30 +1617,31 @@ async fn an_inbound_booking_sent_twice_returns_the_first_booking() {
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
     let inbound = json!({"channel": "airbnb", "external_ref": "HM-4242"});
-    let first = app
-        .reserve_with(
+    let first = created(
+        app.reserve_with(
             &admin,
             property,
             "2027-05-01",
             "2027-05-04",
             inbound.clone(),
         )
-        .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+        .await,
+    );
     assert_eq!(first.body["channel"], "airbnb");
     assert_eq!(first.body["external_ref"], "HM-4242");
 
     // The channel sends it again (a retry, a re-sync): the first booking, 200.
-    let again = app
-        .reserve_with(
+    let again = with_status(
+        StatusCode::OK,
+        app.reserve_with(
             &admin,
             property,
             "2027-05-01",
             "2027-05-04",
             inbound.clone(),
         )
-        .await;
-    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+        .await,
+    );
     assert_eq!(again.id(), first.id());
     assert_eq!(app.count_events("booking.reserved").await, 1);
 
@@ -1667,10 +1658,10 @@ async fn an_inbound_booking_sent_twice_returns_the_first_booking() {
     assert_error(&other, StatusCode::CONFLICT, "BOOKING_CONFLICT");
     // The same ref on another property is another booking too.
     let elsewhere = app.property(&admin, None).await;
-    let there = app
-        .reserve_with(&admin, elsewhere, "2027-05-01", "2027-05-04", inbound)
-        .await;
-    assert_eq!(there.status, StatusCode::CREATED, "{:?}", there.body);
+    let there = created(
+        app.reserve_with(&admin, elsewhere, "2027-05-01", "2027-05-04", inbound)
+            .await,
+    );
     assert_ne!(there.id(), first.id());
 }
 
@@ -1732,10 +1723,10 @@ async fn a_refusal_decided_from_state_is_the_first_reply_for_its_key() {
     let app = spawn_app().await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
-    let taken = app
-        .reserve(&admin, property, "2027-04-01", "2027-04-05")
-        .await;
-    assert_eq!(taken.status, StatusCode::CREATED, "{:?}", taken.body);
+    let taken = created(
+        app.reserve(&admin, property, "2027-04-01", "2027-04-05")
+            .await,
+    );
     let body = json!({
         "property_id": property,
         "check_in": "2027-04-02",
@@ -1749,18 +1740,20 @@ async fn a_refusal_decided_from_state_is_the_first_reply_for_its_key() {
     assert_error(&refused, StatusCode::CONFLICT, "BOOKING_CONFLICT");
 
     // The nights come free, but the key keeps its first answer.
-    let cancel = app
-        .post(
+    with_status(
+        StatusCode::OK,
+        app.post(
             &format!("{BOOKINGS}/{}/cancel", taken.id()),
             &admin,
             json!({}),
         )
-        .await;
-    assert_eq!(cancel.status, StatusCode::OK, "{:?}", cancel.body);
-    let retry = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-        .await;
-    assert_eq!(retry.status, StatusCode::CONFLICT, "{:?}", retry.body);
+        .await,
+    );
+    let retry = with_status(
+        StatusCode::CONFLICT,
+        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+            .await,
+    );
     assert_eq!(retry.body, refused.body, "the same reply as the first time");
     assert_eq!(app.count_events("booking.reserved").await, 1);
 
@@ -1779,10 +1772,10 @@ async fn a_refusal_decided_from_state_is_the_first_reply_for_its_key() {
         .await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     // Not kept: the corrected request with the same key is decided afresh.
-    let reply = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    created(
+        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
+            .await,
+    );
     let mut db = app.db().await;
     let kept: Vec<(String, i16)> =
         sqlx::query_as("SELECT key, status_code FROM idempotency_keys ORDER BY key")
@@ -1804,16 +1797,16 @@ async fn idempotency_keys_expire_after_their_ttl() {
     let app = spawn_app_with_env(&[("LEDGER_IDEMPOTENCY_TTL", "1s")]).await;
     let (_, admin) = agency();
     let key = [("idempotency-key", "short-lived-0001")];
-    let first = app
-        .send(
+    let first = created(
+        app.send(
             "POST",
             PROPERTIES,
             Some(&admin),
             Some(&json!({"name": "First"})),
             &key,
         )
-        .await;
-    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+        .await,
+    );
     // Past the TTL the key is free again: another body is decided afresh.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -25,9 +25,6 @@
 mod support;
 use support::{arg, percentile, BenchResult};
 
-#[path = "../../tests/common/nats.rs"]
-mod nats;
-
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,7 +34,7 @@ use chrono::{Days, NaiveDate, Utc};
 use ledger_api::auth::Keys;
 use ledger_domain::Role;
 use ledger_infra::channel::{Binding, ChannelConsumer, Start};
-use nats::NatsServer;
+use ledger_test_support::nats::NatsServer;
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, PgPool};

@@ -3,11 +3,11 @@
 //! leaves the ledger as if the command had completed or never been sent, and
 //! the bus's cached calendars never run ahead of the log.
 
-mod common;
+use crate::common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{at, exec, register, reserve, reserve_stay, TestDb};
+use common::{at, eventually, exec, register, reserve, reserve_stay, TestDb};
 use ledger_domain::values::BookingStatus;
 use ledger_domain::CalendarCommand;
 use ledger_infra::event_store::EventStore;
@@ -94,24 +94,22 @@ async fn a_caller_that_goes_away_mid_command_never_double_books() {
         );
         // The cache equals the log once the abandoned command has ended (it
         // runs to its end on its own).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
+        eventually(Duration::from_secs(5), || async {
             let logged = store.load(property).await.expect("the log reads back");
             let cached = bus
                 .read(property, |l| (l.sequence, l.calendar.clone()))
                 .await
                 .expect("read through the bus");
             if cached == (logged.sequence, logged.calendar.clone()) {
-                break;
+                Ok(())
+            } else {
+                Err(format!(
+                    "property {property}: the cached calendar is not the log's \
+                     (cached sequence {}, logged {})",
+                    cached.0, logged.sequence
+                ))
             }
-            assert!(
-                Instant::now() < deadline,
-                "property {property}: the cached calendar is not the log's \
-                 (cached sequence {}, logged {})",
-                cached.0,
-                logged.sequence
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await;
     }
 }

@@ -4,7 +4,7 @@
 //! models equal (a) what the aggregates themselves hold and (b) a full
 //! rebuild from position 0.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

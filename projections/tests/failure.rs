@@ -3,9 +3,9 @@
 //! other property (of every agency) goes on, and once the cause is removed
 //! a retry applies the waiting events and the projection runs clean again.
 
-mod common;
+use crate::common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use ledger_domain::CalendarCommand;
@@ -33,18 +33,15 @@ async fn wait_for_status(
     what: &str,
     done: impl Fn(&Status) -> bool,
 ) -> Status {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    eventually(Duration::from_secs(15), || async {
         let status = status(pool, name).await;
         if done(&status) {
-            return status;
+            Ok(status)
+        } else {
+            Err(format!("{name} is not {what}: {status:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never became {what}: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 async fn parked(pool: &PgPool, checkpoint: &str) -> Vec<Parked> {
@@ -312,13 +309,8 @@ async fn a_refused_row_parks_its_property_and_a_retry_applies_its_events_in_orde
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replay_that_meets_an_unappliable_event_parks_it_and_still_swaps() {
-    let db = TestDb::new().await;
+    let (db, bus, agency, [property, other]) = two_properties().await;
     let pool = &db.pool;
-    let bus = CommandBus::new(EventStore::new(pool.clone()));
-    let agency = Uuid::new_v4();
-    let (property, other) = (Uuid::new_v4(), Uuid::new_v4());
-    register(&bus, agency, property).await;
-    register(&bus, agency, other).await;
     let (refused, fine) = (Uuid::new_v4(), Uuid::new_v4());
     let refused_position = reserve(&bus, agency, property, refused, 1, 4).await;
     reserve(&bus, agency, other, fine, 1, 4).await;
@@ -364,13 +356,8 @@ async fn a_replay_that_meets_an_unappliable_event_parks_it_and_still_swaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failure_of_the_database_parks_nothing() {
-    let db = TestDb::new().await;
+    let (db, bus, agency, [property, other]) = two_properties().await;
     let pool = &db.pool;
-    let bus = CommandBus::new(EventStore::new(pool.clone()));
-    let agency = Uuid::new_v4();
-    let (property, other) = (Uuid::new_v4(), Uuid::new_v4());
-    register(&bus, agency, property).await;
-    register(&bus, agency, other).await;
     catch_up_all(pool).await;
     let start = checkpoint(pool, "views").await;
     // The connection "fails" (SQLSTATE 08006) whenever the property's row is written.
@@ -397,25 +384,22 @@ async fn a_failure_of_the_database_parks_nothing() {
     reserve(&bus, agency, property, theirs, 1, 3).await;
     reserve(&bus, agency, other, fine, 1, 3).await;
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let error = loop {
-        match runner::step(
+    let error = eventually(Duration::from_secs(10), || async {
+        let step = runner::step(
             pool,
             Projection::Views,
             runner::LIVE_SCHEMA,
             "views",
             runner::BATCH,
-        )
-        .await
-        {
-            Err(error) => break error,
+        );
+        match step.await {
+            Err(error) => Ok(error),
             // Nothing readable yet: a transaction elsewhere holds back the snapshot.
-            Ok(0) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
+            Ok(0) => Err("the batch read nothing"),
             Ok(n) => panic!("the batch applied {n} events past a database failure"),
         }
-    };
+    })
+    .await;
     assert!(error.is_unavailable(), "{error}");
     assert!(parked(pool, "views").await.is_empty());
     assert_eq!(

@@ -5,7 +5,7 @@
 //! (Its own test binary: the held transaction holds back `pg_snapshot_xmin`
 //! for the whole server, which would stall tests running beside it.)
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -15,19 +15,13 @@ use ledger_domain::commands::BlockNights;
 use ledger_domain::values::{BlockReason, ClaimKind};
 use ledger_domain::CalendarCommand;
 use ledger_infra::event_store::EventStore;
-use ledger_infra::CommandBus;
 use ledger_projections::{runner, tail, Projection};
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn held_open_transaction_is_never_skipped() {
-    let db = TestDb::new().await;
+    let (db, bus, agency, [held_property, other]) = two_properties().await;
     let pool = &db.pool;
-    let bus = CommandBus::new(EventStore::new(pool.clone()));
-    let agency = Uuid::new_v4();
-    let (held_property, other) = (Uuid::new_v4(), Uuid::new_v4());
-    register(&bus, agency, held_property).await;
-    register(&bus, agency, other).await;
     reserve(&bus, agency, held_property, Uuid::new_v4(), 0, 3).await;
     let before = head(pool).await;
     catch_up_to(pool, before).await;

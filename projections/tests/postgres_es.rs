@@ -3,7 +3,7 @@
 //! publish (`TagPayload`), loads every property exactly as our event store
 //! does. postgres-es is a dev-dependency only; this test is why it is kept.
 
-mod common;
+use crate::common;
 
 use common::*;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore};

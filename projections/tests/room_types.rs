@@ -3,7 +3,7 @@
 //! CHECK (taken <= units) parks a property the way the EXCLUSION constraint
 //! does.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -4,7 +4,7 @@
 //! one of another version is ignored, and loading through one gives the
 //! same calendar as replaying the whole history.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -77,15 +77,13 @@ async fn long_histories_load_from_a_snapshot_that_is_only_a_cache() {
         name_after_restart(&store, property).await,
         format!("History {head}")
     );
-    let mut written = None;
-    for _ in 0..100 {
-        written = snapshot_sequence(pool, property).await;
-        if written.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(written, Some(head), "a snapshot of the whole history");
+    let written = eventually(Duration::from_secs(5), || async {
+        snapshot_sequence(pool, property)
+            .await
+            .ok_or("no snapshot written yet")
+    })
+    .await;
+    assert_eq!(written, head, "a snapshot of the whole history");
 
     // Later loads start from it: a snapshot whose state says otherwise is
     // believed (which is how this test sees that it is read at all)...

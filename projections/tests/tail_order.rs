@@ -7,22 +7,16 @@
 //!
 //! Own test binary: it holds a transaction open.
 
-mod common;
+use crate::common;
 
 use common::*;
 use ledger_infra::event_store::EventStore;
-use ledger_infra::CommandBus;
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_older_xid_with_a_newer_position_does_not_skip_an_in_flight_event() {
-    let db = TestDb::new().await;
+    let (db, _bus, agency, [first, second]) = two_properties().await;
     let pool = &db.pool;
-    let bus = CommandBus::new(EventStore::new(pool.clone()));
-    let agency = Uuid::new_v4();
-    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
-    register(&bus, agency, first).await;
-    register(&bus, agency, second).await;
     catch_up_all(pool).await;
 
     // A takes its transaction id first (as a writer does that writes

@@ -4,7 +4,7 @@
 //! past any cursor and scanned the log from its start, on every read that
 //! reports its position (44 ms at 50,000 events, docs/benchmarks.md).
 
-mod common;
+use crate::common;
 
 use common::*;
 

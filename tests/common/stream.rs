@@ -15,29 +15,37 @@ use serde_json::json;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::TestApp;
+use super::{eventually, TestApp};
+
+/// Waits until `count` writes were acknowledged, as `acknowledged` counts
+/// them (the loads of these tests and of the drills).
+pub async fn acknowledged(within: Duration, count: usize, acknowledged: impl Fn() -> usize) {
+    eventually(within, || async {
+        match acknowledged() {
+            done if done >= count => Ok(()),
+            done => Err(format!("only {done} of {count} writes acknowledged")),
+        }
+    })
+    .await
+}
 
 /// Waits until the publisher's checkpoint is the head of the log; returns it.
 pub async fn published(app: &TestApp, timeout: Duration) -> i64 {
-    let deadline = Instant::now() + timeout;
-    let mut db = app.db().await;
-    loop {
+    eventually(timeout, || async {
         let (position, head): (i64, i64) = sqlx::query_as(
             "SELECT position, (SELECT coalesce(max(position), 0) FROM events)
                FROM projection_checkpoints WHERE name = 'publisher'",
         )
-        .fetch_one(&mut db)
+        .fetch_one(&mut app.db().await)
         .await
         .expect("read the publisher's checkpoint");
         if position == head {
-            return head;
+            Ok(head)
+        } else {
+            Err(format!("the publisher is at {position} of {head}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the publisher is at {position} of {head} after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// The next delivery of the kit, within `timeout`; `None` when nothing came.
@@ -175,15 +183,7 @@ impl Load {
 
     /// Waits until `count` writes were acknowledged.
     pub async fn until(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.acknowledged() < count {
-            assert!(
-                Instant::now() < deadline,
-                "only {} writes acknowledged",
-                self.acknowledged()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        acknowledged(Duration::from_secs(30), count, || self.acknowledged()).await
     }
 
     /// Stops the writers; returns (acknowledged, refused).

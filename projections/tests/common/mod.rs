@@ -4,8 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, TimeZone, Utc};
 use ledger_domain::commands::{RegisterProperty, ReserveStay};
@@ -18,83 +17,41 @@ use ledger_projections::runner;
 use ledger_projections::views::{BookingRow, PropertyRow};
 use ledger_projections::Projection;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-/// The server's URL: `DATABASE_URL` when set (only its server is used).
-pub fn server_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-fn options(database: &str) -> PgConnectOptions {
-    PgConnectOptions::from_str(&server_url())
-        .expect("DATABASE_URL parses")
-        .database(database)
-}
-
-async fn maintenance() -> PgConnection {
-    PgConnection::connect_with(&options("postgres"))
-        .await
-        .expect("PostgreSQL is reachable (run scripts/services.sh)")
-}
+pub use ledger_test_support::eventually;
 
 /// A database of its own, migrated; dropped when this value is dropped.
 pub struct TestDb {
     pub pool: PgPool,
-    pub name: String,
+    db: ledger_test_support::TestDb,
 }
 
 impl TestDb {
     pub async fn new() -> TestDb {
-        let name = format!("ledger_ptest_{}", Uuid::new_v4().simple());
-        let mut conn = maintenance().await;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create the test database");
-        let _ = conn.close().await;
-        let pool = PgPoolOptions::new()
-            .max_connections(24)
-            .acquire_timeout(Duration::from_secs(20))
-            .connect_with(options(&name).disable_statement_logging())
-            .await
-            .expect("connect to the test database");
-        ledger_infra::migrate(&pool)
-            .await
-            .expect("migrate the test database");
-        TestDb { pool, name }
+        let db = ledger_test_support::TestDb::create().await;
+        let pool = db.migrated_pool().await;
+        TestDb { pool, db }
     }
 
     /// A connection of its own (outside the pool).
     pub async fn connect(&self) -> PgConnection {
-        PgConnection::connect_with(&options(&self.name))
-            .await
-            .expect("connect to the test database")
+        self.db.connect().await
     }
 }
 
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop cannot await: drop the database from a thread with its own runtime.
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                let mut conn = maintenance().await;
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await;
-            });
-        })
-        .join();
+/// A fresh database, a command bus on it, and two properties one agency
+/// registered: where most scenarios start.
+pub async fn two_properties() -> (TestDb, CommandBus, Uuid, [Uuid; 2]) {
+    let db = TestDb::new().await;
+    let bus = CommandBus::new(EventStore::new(db.pool.clone()));
+    let agency = Uuid::new_v4();
+    let properties = [Uuid::new_v4(), Uuid::new_v4()];
+    for property in properties {
+        register(&bus, agency, property).await;
     }
+    (db, bus, agency, properties)
 }
 
 // ------------------------------------------------------------------ commands
@@ -250,8 +207,7 @@ pub async fn checkpoint(pool: &PgPool, name: &str) -> i64 {
 /// Loops because a transaction of another test anywhere on the server holds
 /// back `pg_snapshot_xmin` for a moment.
 pub async fn catch_up_to(pool: &PgPool, target: i64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(Duration::from_secs(20), || async {
         let mut reached = i64::MAX;
         for projection in Projection::ALL {
             runner::catch_up(pool, projection)
@@ -260,14 +216,12 @@ pub async fn catch_up_to(pool: &PgPool, target: i64) {
             reached = reached.min(checkpoint(pool, projection.name()).await);
         }
         if reached >= target {
-            return;
+            Ok(())
+        } else {
+            Err(format!("the projections are at {reached} of {target}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the projections did not reach position {target} (at {reached})"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Catches every projection up to the current head of the log.

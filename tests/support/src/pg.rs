@@ -3,7 +3,6 @@
 //! or replicating it touches nothing else. [`PgServer::standby_of`] makes a
 //! streaming hot standby of one with `pg_basebackup -R`.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -67,6 +66,18 @@ fn describe(output: &Output) -> String {
     )
 }
 
+/// Runs `command` to its end and asserts that it succeeded.
+fn succeed(mut command: Command, what: &str) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        describe(&output)
+    );
+}
+
 /// A private PostgreSQL cluster for one test, stopped (`-m immediate`) and
 /// its directory removed on drop.
 pub struct PgServer {
@@ -82,18 +93,16 @@ impl PgServer {
     /// initdb into a fresh temporary directory, then start on a free port.
     pub fn start() -> PgServer {
         let mut server = PgServer::empty();
-        let output = server
-            .command("initdb")
-            .arg("-D")
-            .arg(server.data())
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
-            .output()
-            .expect("run initdb");
-        assert!(
-            output.status.success(),
-            "initdb failed: {}",
-            describe(&output)
-        );
+        let mut initdb = server.command("initdb");
+        initdb.arg("-D").arg(server.data()).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        succeed(initdb, "initdb");
         server.restart();
         server
     }
@@ -104,19 +113,13 @@ impl PgServer {
     /// read-only queries and replays whatever the primary commits.
     pub fn standby_of(primary: &PgServer) -> PgServer {
         let mut server = PgServer::empty();
-        let output = server
-            .command("pg_basebackup")
+        let mut backup = server.command("pg_basebackup");
+        backup
             .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
             .args(["-U", "postgres", "-D"])
             .arg(server.data())
-            .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"])
-            .output()
-            .expect("run pg_basebackup");
-        assert!(
-            output.status.success(),
-            "pg_basebackup failed: {}",
-            describe(&output)
-        );
+            .args(["-R", "-X", "stream", "--checkpoint=fast", "--no-sync"]);
+        succeed(backup, "pg_basebackup");
         server.restart();
         server
     }
@@ -132,10 +135,7 @@ impl PgServer {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .expect("hand the directory to the postgres user");
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let port = crate::free_port();
         PgServer {
             bin,
             dir,

@@ -2,10 +2,12 @@
 //! its own free port and its own storage directory, so it can be stopped and
 //! restarted without touching the shared server that scripts/services.sh runs.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::free_port;
 
 pub struct NatsServer {
     pub url: String,
@@ -29,7 +31,7 @@ fn binary() -> PathBuf {
             .find(|candidate| candidate.is_file())
     });
     on_path.unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.local/venv/bin/nats-server")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.local/venv/bin/nats-server")
     })
 }
 
@@ -40,17 +42,12 @@ impl NatsServer {
 
     /// A server that also reads `config` (nats-server's configuration
     /// syntax, e.g. an `authorization { users = [...] }` block).
-    // Not every target that includes this file starts one (benches/p6.rs).
-    #[allow(dead_code)]
     pub fn start_with_config(config: &str) -> NatsServer {
         NatsServer::start_with(Some(config))
     }
 
     fn start_with(config: Option<&str>) -> NatsServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!("ledger-nats-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("a storage directory for nats-server");
         let config = config.map(|text| {
@@ -113,8 +110,6 @@ impl NatsServer {
 
     /// kill -9: the server dies at once, nothing flushed, no goodbye to its
     /// clients or its cluster.
-    // Not every target that includes this file kills one (benches/p6.rs).
-    #[allow(dead_code)]
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -152,23 +147,13 @@ impl Drop for NatsServer {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// A JetStream cluster of `nats-server`s on loopback: each its own client
 /// port, route port and storage, named `n0`, `n1`, ... (the names JetStream
 /// reports as a stream's leader and replicas).
-// Not every target that includes this file starts one (benches/p6.rs).
-#[allow(dead_code)]
 pub struct NatsCluster {
     pub servers: Vec<NatsServer>,
 }
 
-#[allow(dead_code)]
 impl NatsCluster {
     pub fn start(size: usize) -> NatsCluster {
         let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
