@@ -49,6 +49,8 @@ hangup() {
 r1() {
   R1_ROUNDS="${R1_ROUNDS:-20}" \
     run drills five_hundred_overlapping_reserves_through_three_processes_admit_exactly_one "$@"
+  R1_ROUNDS="${R1_ROUNDS:-20}" \
+    run drills five_hundred_overlapping_reserves_on_a_three_unit_room_type_admit_exactly_three "$@"
 }
 r2() {
   DRILL_R2=1 R2_KILLS="${R2_KILLS:-10}" \

@@ -123,35 +123,71 @@ impl LogAudit {
     }
 }
 
+/// An active claim: `(kind, id, nights, room type, units)`.
+type ActiveClaim = (&'static str, Uuid, Nights, Option<Uuid>, u32);
+
 /// The active claims of a calendar: bookings with an active status and
 /// blocks not released, read from the records rather than from the claim
 /// index (which assumes what is being checked).
-fn active_claims(calendar: &PropertyCalendar) -> Vec<(&'static str, Uuid, Nights)> {
+fn active_claims(calendar: &PropertyCalendar) -> Vec<ActiveClaim> {
     let bookings = calendar
         .bookings
         .values()
         .filter(|booking| booking.status.is_active())
-        .map(|booking| ("booking", booking.id, booking.nights));
+        .map(|booking| {
+            (
+                "booking",
+                booking.id,
+                booking.nights,
+                booking.room_type_id,
+                1,
+            )
+        });
     let blocks = calendar
         .blocks
         .values()
         .filter(|block| !block.released)
-        .map(|block| ("block", block.id, block.nights));
+        .map(|block| {
+            (
+                "block",
+                block.id,
+                block.nights,
+                block.room_type_id,
+                block.units,
+            )
+        });
     bookings.chain(blocks).collect()
 }
 
-/// Every pair of active claims that share a night.
+/// Every pair of single-unit claims that share a night, and every night of
+/// a room type that holds more than its units.
 fn overlapping_pairs(calendar: &PropertyCalendar) -> Vec<String> {
     let claims = active_claims(calendar);
+    let single: Vec<&ActiveClaim> = claims.iter().filter(|c| c.3.is_none()).collect();
     let mut pairs = Vec::new();
-    for (i, a) in claims.iter().enumerate() {
-        for b in &claims[i + 1..] {
+    for (i, a) in single.iter().enumerate() {
+        for b in &single[i + 1..] {
             if a.2.overlaps(&b.2) {
                 pairs.push(format!(
                     "{} {} [{}, {}) and {} {} [{}, {})",
                     a.0, a.1, a.2.start, a.2.end, b.0, b.1, b.2.start, b.2.end
                 ));
             }
+        }
+    }
+    let mut held: HashMap<(Uuid, NaiveDate), u32> = HashMap::new();
+    for (_, _, nights, room_type, units) in &claims {
+        let Some(room_type) = room_type else { continue };
+        for night in nights.start.iter_days().take_while(|d| *d < nights.end) {
+            *held.entry((*room_type, night)).or_default() += units;
+        }
+    }
+    for ((room_type, night), taken) in held {
+        let units = calendar.room_types.get(&room_type).map_or(0, |t| t.units);
+        if taken > units {
+            pairs.push(format!(
+                "room type {room_type} holds {taken} of {units} units on {night}"
+            ));
         }
     }
     pairs
@@ -640,9 +676,23 @@ async fn commands_whose_clients_hang_up_then_retry_with_their_keys_match_the_log
 /// processes on one database: exactly one 201, the rest 409 BOOKING_CONFLICT.
 #[tokio::test]
 async fn five_hundred_overlapping_reserves_through_three_processes_admit_exactly_one() {
-    let _heavy = common::heavy().await;
+    overlapping_reserves_through_three_processes(None).await;
+}
+
+/// R1 on a room type of 3 units: exactly three 201s.
+#[tokio::test]
+async fn five_hundred_overlapping_reserves_on_a_three_unit_room_type_admit_exactly_three() {
+    overlapping_reserves_through_three_processes(Some(3)).await;
+}
+
+/// 500 concurrent reserves that all hold the night of Aug 5, spread over 3
+/// processes, on a single-unit property or on a room type of `units`: as
+/// many succeed as there are units, the rest are 409 BOOKING_CONFLICT.
+async fn overlapping_reserves_through_three_processes(units: Option<u32>) {
     let rounds = size("R1_ROUNDS", 20);
     const CONCURRENT: usize = 500;
+    let admitted = units.map_or(1, |u| u as usize);
+    let _heavy = common::heavy().await;
     let first = spawn_process().await;
     let second = spawn_app_on(&first.database_url, &format!("{}_b", first.db_name), &[]).await;
     let third = spawn_app_on(&first.database_url, &format!("{}_c", first.db_name), &[]).await;
@@ -657,15 +707,32 @@ async fn five_hundred_overlapping_reserves_through_three_processes_admit_exactly
     let started = Instant::now();
     for round in 0..rounds {
         let property = first.property(&token, None).await;
+        let room_type = match units {
+            Some(units) => {
+                let reply = first
+                    .post(
+                        &format!("/api/v1/properties/{property}/room-types"),
+                        &token,
+                        json!({"name": "Double", "units": units}),
+                    )
+                    .await;
+                assert_eq!(reply.status, 201, "{:?}", reply.body);
+                Some(reply.id())
+            }
+            None => None,
+        };
         let round_started = Instant::now();
         // Every stay holds the night of Aug 5.
         let replies = futures::future::join_all((0..CONCURRENT).map(|i| {
-            let body = json!({
+            let mut body = json!({
                 "property_id": property,
                 "check_in": night(base, random_below(5)),
                 "check_out": night(base, 5 + random_below(5)),
                 "guest": {"name": "Race Guest"},
             });
+            if let Some(room_type) = room_type {
+                body["room_type_id"] = json!(room_type);
+            }
             let request = client
                 .post(format!("{}/api/v1/bookings", bases[i % bases.len()]))
                 .bearer_auth(&token)
@@ -685,17 +752,17 @@ async fn five_hundred_overlapping_reserves_through_three_processes_admit_exactly
             *counts.entry((status.as_u16(), code)).or_default() += 1;
         }
         eprintln!(
-            "R1 round {round}: {counts:?} in {:?}",
+            "R1 ({units:?} units) round {round}: {counts:?} in {:?}",
             round_started.elapsed()
         );
         assert_eq!(
             counts.get(&(201, String::new())),
-            Some(&1),
-            "round {round}: exactly one reserve succeeds: {counts:?}"
+            Some(&admitted),
+            "round {round}: exactly {admitted} reserve(s) succeed: {counts:?}"
         );
         assert_eq!(
             counts.get(&(409, "BOOKING_CONFLICT".to_owned())),
-            Some(&(CONCURRENT - 1)),
+            Some(&(CONCURRENT - admitted)),
             "round {round}: the rest are 409 BOOKING_CONFLICT: {counts:?}"
         );
         let reserved: i64 = sqlx::query_scalar(
@@ -707,12 +774,12 @@ async fn five_hundred_overlapping_reserves_through_three_processes_admit_exactly
         .await
         .expect("count the reserves");
         assert_eq!(
-            reserved, 1,
-            "round {round}: one booking.reserved in the log"
+            reserved, admitted as i64,
+            "round {round}: {admitted} booking.reserved in the log"
         );
     }
     eprintln!(
-        "R1: {rounds} rounds of {CONCURRENT} through 3 processes in {:?}",
+        "R1 ({units:?} units): {rounds} rounds of {CONCURRENT} through 3 processes in {:?}",
         started.elapsed()
     );
     audit_log(&first).await.assert_sound();
@@ -1027,7 +1094,7 @@ async fn inventory_matches_the_log(pool: &PgPool) -> Vec<String> {
     for property in properties {
         let id: Uuid = property.parse().expect("a property id");
         let loaded = store.load(id).await.expect("the events decode");
-        for (kind, ref_id, nights) in active_claims(&loaded.calendar) {
+        for (kind, ref_id, nights, ..) in active_claims(&loaded.calendar) {
             folded.insert((ref_id, id, kind.to_owned(), nights.start, nights.end));
         }
     }

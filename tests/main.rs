@@ -20,6 +20,7 @@ mod parking;
 mod privilege;
 mod read_side;
 mod resync;
+mod room_types;
 mod ssrf;
 mod standby;
 mod stream;

@@ -20,6 +20,7 @@ use common::{
 };
 use futures::StreamExt;
 use ledger_domain::checksum::{self, ChannelRange};
+use ledger_domain::claims;
 use ledger_domain::CalendarEvent;
 use ledger_infra::channel::{
     AdapterState, Binding, ChannelConsumer, ChannelError, Gap, Snapshot, Start, StateError,
@@ -82,77 +83,12 @@ impl Memory {
         checksum::in_canonical_order(held.unwrap_or_default())
     }
 
-    /// What the adapter does with one event: the same rule as the ledger's
-    /// inventory (active bookings and unreleased blocks hold nights).
+    /// What the adapter does with one event: the domain's rule of held
+    /// nights, as every adapter on the kit applies it.
     fn apply(&self, property: Uuid, sequence: i64, event: &CalendarEvent) {
         self.applied.lock().unwrap().push((property, sequence));
         let mut all = self.ranges.lock().unwrap();
-        let ranges = all.entry(property).or_default();
-        let range = |kind: &str, id, start, end, status: &str| ChannelRange {
-            kind: kind.into(),
-            id,
-            start,
-            end,
-            status: status.into(),
-        };
-        match event {
-            CalendarEvent::BookingReserved {
-                booking_id,
-                status,
-                check_in,
-                check_out,
-                ..
-            } if status.is_active() => {
-                let r = range(
-                    "booking",
-                    *booking_id,
-                    *check_in,
-                    *check_out,
-                    status.as_str(),
-                );
-                ranges.insert(*booking_id, r);
-            }
-            CalendarEvent::AvailabilityBlocked {
-                block_id,
-                start,
-                end,
-                ..
-            } => {
-                ranges.insert(
-                    *block_id,
-                    range("block", *block_id, *start, *end, "blocked"),
-                );
-            }
-            CalendarEvent::BookingModified {
-                booking_id,
-                check_in,
-                check_out,
-                ..
-            } => {
-                if let Some(r) = ranges.get_mut(booking_id) {
-                    r.start = *check_in;
-                    r.end = *check_out;
-                }
-            }
-            CalendarEvent::BookingConfirmed { booking_id, .. } => {
-                if let Some(r) = ranges.get_mut(booking_id) {
-                    r.status = "confirmed".into();
-                }
-            }
-            CalendarEvent::BookingCheckedIn { booking_id, .. } => {
-                if let Some(r) = ranges.get_mut(booking_id) {
-                    r.status = "checked_in".into();
-                }
-            }
-            CalendarEvent::BookingCancelled { booking_id: id, .. }
-            | CalendarEvent::BookingCheckedOut { booking_id: id, .. }
-            | CalendarEvent::BookingNoShow { booking_id: id, .. }
-            | CalendarEvent::BookingHoldExpired { booking_id: id, .. }
-            | CalendarEvent::AvailabilityReleased { block_id: id, .. } => {
-                ranges.remove(id);
-            }
-            _ => {}
-        }
+        claims::fold_ranges(all.entry(property).or_default(), event);
     }
 }
 

@@ -151,6 +151,7 @@ async fn p4(pool: &PgPool) -> BenchResult<()> {
                 external_ref: None,
                 price: None,
                 notes: None,
+                room_type_id: None,
             });
             let decided = bus.run_unkeyed(execution(property, reserve)).await;
             let at = Instant::now();

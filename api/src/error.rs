@@ -35,6 +35,8 @@ pub enum ApiError {
     BookingNotFound,
     #[error("the block does not exist")]
     BlockNotFound,
+    #[error("the room type does not exist")]
+    RoomTypeNotFound,
     #[error("no such route")]
     NotFound,
     #[error("method not allowed on this route")]
@@ -45,6 +47,11 @@ pub enum ApiError {
     InvalidStateTransition(String),
     #[error("the property is archived")]
     PropertyArchived,
+    #[error("the property has bookings or blocks without a room type")]
+    PropertyHasSingleUnitClaims,
+    /// `details.nights`: the nights that hold more than the new units.
+    #[error("{message}")]
+    CapacityExceeded { message: String, details: Value },
     /// `details.current`: the resource as it is now.
     #[error("{message}")]
     VersionMismatch { message: String, current: Value },
@@ -89,11 +96,16 @@ impl ApiError {
             PropertyNotFound => (StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND"),
             BookingNotFound => (StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND"),
             BlockNotFound => (StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND"),
+            RoomTypeNotFound => (StatusCode::NOT_FOUND, "ROOM_TYPE_NOT_FOUND"),
             NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             BookingConflict { .. } => (StatusCode::CONFLICT, "BOOKING_CONFLICT"),
             InvalidStateTransition(_) => (StatusCode::CONFLICT, "INVALID_STATE_TRANSITION"),
             PropertyArchived => (StatusCode::CONFLICT, "PROPERTY_ARCHIVED"),
+            PropertyHasSingleUnitClaims => {
+                (StatusCode::CONFLICT, "PROPERTY_HAS_SINGLE_UNIT_CLAIMS")
+            }
+            CapacityExceeded { .. } => (StatusCode::CONFLICT, "CAPACITY_EXCEEDED"),
             VersionMismatch { .. } => (StatusCode::PRECONDITION_FAILED, "VERSION_MISMATCH"),
             IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
@@ -138,7 +150,9 @@ impl ApiError {
             "request_id": request_id,
         });
         match self {
-            ApiError::Validation { details, .. } | ApiError::BookingConflict { details, .. }
+            ApiError::Validation { details, .. }
+            | ApiError::BookingConflict { details, .. }
+            | ApiError::CapacityExceeded { details, .. }
                 if !details.is_null() =>
             {
                 error["details"] = details.clone();
@@ -202,6 +216,16 @@ impl From<CalendarError> for ApiError {
             CalendarError::NightsTaken { ref conflicts } => ApiError::BookingConflict {
                 message: error.to_string(),
                 details: json!({ "conflicts": conflicts }),
+            },
+            CalendarError::NightsFull { ref nights } => ApiError::BookingConflict {
+                message: error.to_string(),
+                details: json!({ "nights": nights }),
+            },
+            CalendarError::RoomTypeNotFound => ApiError::RoomTypeNotFound,
+            CalendarError::PropertyHasSingleUnitClaims => ApiError::PropertyHasSingleUnitClaims,
+            CalendarError::CapacityExceeded { ref nights } => ApiError::CapacityExceeded {
+                message: error.to_string(),
+                details: json!({ "nights": nights }),
             },
             CalendarError::VersionMismatch { ref current, .. } => ApiError::VersionMismatch {
                 message: error.to_string(),

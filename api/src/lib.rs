@@ -23,13 +23,15 @@ pub mod state;
 
 use axum::extract::DefaultBodyLimit;
 use axum::handler::Handler;
-use axum::routing::{get, post, put};
+use axum::routing::{get, patch, post, put};
 use axum::{middleware, Extension, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
 use crate::routes::resync;
-use crate::routes::{agencies, blocks, bookings, health, ical, ops, properties, reads, stream};
+use crate::routes::{
+    agencies, blocks, bookings, health, ical, ops, properties, reads, room_types, stream,
+};
 use crate::state::AppState;
 
 /// Request bodies over this many bytes get 413 `PAYLOAD_TOO_LARGE`.
@@ -50,6 +52,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/properties/{id}/events", get(properties::events))
         .route("/api/v1/properties/{id}/resync", post(resync::property))
         .route("/api/v1/properties/{id}/checksum", get(resync::checksum))
+        .route(
+            "/api/v1/properties/{id}/room-types",
+            get(room_types::list).post(room_types::create),
+        )
+        .route(
+            "/api/v1/properties/{id}/room-types/{room_type_id}",
+            patch(room_types::update),
+        )
         .route(
             "/api/v1/bookings",
             get(reads::list_bookings).post(bookings::reserve),

@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::routes::{
-    agencies, blocks, bookings, health, ical, ops, properties, reads, resync, stream,
+    agencies, blocks, bookings, health, ical, ops, properties, reads, resync, room_types, stream,
 };
 use crate::state::AppState;
 
@@ -30,6 +30,7 @@ use crate::state::AppState;
         ical::export_feed, ical::rotate_token, ical::add_feed, ical::list_feeds, ical::delete_feed,
         resync::property, resync::checksum, resync::start, resync::progress, ops::consumers,
         stream::stream,
+        room_types::create, room_types::update, room_types::list,
     ),
     modifiers(&BearerAuth, &HealthAliases, &PathParameters)
 )]

@@ -11,11 +11,12 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::claims::{claim_change, ClaimChange};
 use crate::commands::{
-    BlockNights, CalendarCommand, Command, ModifyBooking, RegisterProperty, ReserveStay,
-    UpdateProperty,
+    BlockNights, CalendarCommand, Command, CreateRoomType, ModifyBooking, RegisterProperty,
+    ReserveStay, UpdateProperty, UpdateRoomType,
 };
-use crate::error::{CalendarError, Conflict, Current};
+use crate::error::{CalendarError, Conflict, Current, FullNight};
 use crate::events::CalendarEvent;
 use crate::policy::{self, Action, Actor};
 use crate::values::{self, BlockReason, BookingStatus, Channel, ClaimKind, Guest, Nights, Price};
@@ -26,6 +27,8 @@ const MAX_PARTY: u32 = 50;
 const MAX_NOTES: usize = 2000;
 const MAX_REF: usize = 255;
 const MAX_REASON: usize = 500;
+/// The most units a room type may have.
+pub const MAX_UNITS: u32 = 1000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Property {
@@ -56,6 +59,9 @@ pub struct Booking {
     pub notes: Option<String>,
     pub hold_expires_at: Option<DateTime<Utc>>,
     pub cancel_reason: Option<String>,
+    /// The room type it takes a unit of; `None` on a single-unit property.
+    #[serde(default)]
+    pub room_type_id: Option<Uuid>,
     pub version: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -75,9 +81,81 @@ pub struct Block {
     pub reason: BlockReason,
     pub note: Option<String>,
     pub external_ref: Option<String>,
+    /// The room type it closes `units` of; `None` on a single-unit property.
+    #[serde(default)]
+    pub room_type_id: Option<Uuid>,
+    #[serde(default = "one_unit")]
+    pub units: u32,
     pub released: bool,
     pub created_at: DateTime<Utc>,
     pub released_at: Option<DateTime<Utc>>,
+}
+
+/// A kind of identical units a property sells by count (a "Double").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomType {
+    pub id: Uuid,
+    pub property_id: Uuid,
+    pub name: String,
+    pub units: u32,
+    pub external_ref: Option<String>,
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl RoomType {
+    /// Folds a `room_type.*` event into the room types of a property: the
+    /// id of the room type it created or changed. Other events change
+    /// nothing. The aggregate and the `inventory` projection both fold with it.
+    pub fn fold(room_types: &mut BTreeMap<Uuid, RoomType>, event: &CalendarEvent) -> Option<Uuid> {
+        match event {
+            CalendarEvent::RoomTypeCreated {
+                room_type_id,
+                property_id,
+                name,
+                units,
+                external_ref,
+                at,
+            } => {
+                room_types.insert(
+                    *room_type_id,
+                    RoomType {
+                        id: *room_type_id,
+                        property_id: *property_id,
+                        name: name.clone(),
+                        units: *units,
+                        external_ref: external_ref.clone(),
+                        version: 1,
+                        created_at: *at,
+                        updated_at: *at,
+                    },
+                );
+                Some(*room_type_id)
+            }
+            CalendarEvent::RoomTypeUpdated {
+                room_type_id,
+                name,
+                units,
+                external_ref,
+                at,
+                ..
+            } => {
+                let room_type = room_types.get_mut(room_type_id)?;
+                room_type.name = name.clone();
+                room_type.units = *units;
+                room_type.external_ref = external_ref.clone();
+                room_type.version += 1;
+                room_type.updated_at = *at;
+                Some(*room_type_id)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn one_unit() -> u32 {
+    1
 }
 
 /// An active claim on a run of nights, indexed by its first night.
@@ -93,9 +171,16 @@ pub struct PropertyCalendar {
     pub property: Option<Property>,
     pub bookings: BTreeMap<Uuid, Booking>,
     pub blocks: BTreeMap<Uuid, Block>,
-    /// Active claims by first night. Active claims never overlap, so their
-    /// starts are distinct and their ends ascend with their starts.
+    #[serde(default)]
+    pub room_types: BTreeMap<Uuid, RoomType>,
+    /// Active claims on the single unit, by first night. They never
+    /// overlap, so their starts are distinct and their ends ascend with
+    /// their starts.
     claims: BTreeMap<NaiveDate, Claim>,
+    /// Units held by active claims, per room type and night (nights that
+    /// hold none are absent).
+    #[serde(default)]
+    taken: BTreeMap<Uuid, BTreeMap<NaiveDate, u32>>,
 }
 
 /// What stands in the way of a range of nights.
@@ -116,23 +201,23 @@ impl PropertyCalendar {
             property,
             bookings,
             blocks,
-            claims: BTreeMap::new(),
+            ..Self::default()
         };
-        let active: Vec<(ClaimKind, Uuid, Nights)> = calendar
+        let active: Vec<(ClaimKind, Uuid, Nights, Option<Uuid>, u32)> = calendar
             .bookings
             .values()
             .filter(|b| b.status.is_active())
-            .map(|b| (ClaimKind::Booking, b.id, b.nights))
+            .map(|b| (ClaimKind::Booking, b.id, b.nights, b.room_type_id, 1))
             .chain(
                 calendar
                     .blocks
                     .values()
                     .filter(|b| !b.released)
-                    .map(|b| (ClaimKind::Block, b.id, b.nights)),
+                    .map(|b| (ClaimKind::Block, b.id, b.nights, b.room_type_id, b.units)),
             )
             .collect();
-        for (kind, id, nights) in active {
-            calendar.claim(kind, id, nights);
+        for (kind, id, nights, room_type, units) in active {
+            calendar.hold(kind, id, nights, room_type, units);
         }
         calendar
     }
@@ -145,7 +230,7 @@ impl PropertyCalendar {
         calendar
     }
 
-    /// The active claims, in night order: `(kind, id, nights)`.
+    /// The active claims on the single unit, in night order: `(kind, id, nights)`.
     pub fn active_claims(&self) -> impl Iterator<Item = (ClaimKind, Uuid, Nights)> + '_ {
         self.claims.iter().map(|(start, c)| {
             (
@@ -157,6 +242,18 @@ impl PropertyCalendar {
                 },
             )
         })
+    }
+
+    /// The status an active claim is held under: its booking's status, or
+    /// [`BLOCKED`](crate::checksum::BLOCKED) for a block.
+    pub fn claim_status(&self, kind: ClaimKind, id: Uuid) -> &'static str {
+        match kind {
+            ClaimKind::Booking => self
+                .bookings
+                .get(&id)
+                .map_or(BookingStatus::Confirmed.as_str(), |b| b.status.as_str()),
+            ClaimKind::Block => crate::checksum::BLOCKED,
+        }
     }
 
     /// Decides a command against the current state: the events it produces, or
@@ -282,6 +379,8 @@ impl PropertyCalendar {
                 Ok(vec![self.hold_expired_event(booking, now)])
             }
             CalendarCommand::BlockNights(block) => self.block(pid, block, now),
+            CalendarCommand::CreateRoomType(create) => self.create_room_type(pid, create, now),
+            CalendarCommand::UpdateRoomType(update) => self.update_room_type(update, now),
             CalendarCommand::ReleaseBlock { block_id } => {
                 let block = self.block_by_id(*block_id)?;
                 if block.released {
@@ -304,7 +403,9 @@ impl PropertyCalendar {
         Ok(match command {
             CalendarCommand::RegisterProperty(_)
             | CalendarCommand::UpdateProperty(_)
-            | CalendarCommand::ArchiveProperty => Action::ManageProperty,
+            | CalendarCommand::ArchiveProperty
+            | CalendarCommand::CreateRoomType(_)
+            | CalendarCommand::UpdateRoomType(_) => Action::ManageProperty,
             CalendarCommand::BlockNights(block) => Action::ManageBlock(block.reason),
             CalendarCommand::ReleaseBlock { block_id } => {
                 Action::ManageBlock(self.block_by_id(*block_id)?.reason)
@@ -387,7 +488,9 @@ impl PropertyCalendar {
             CalendarCommand::RegisterProperty(_)
             | CalendarCommand::ReserveStay(_)
             | CalendarCommand::BlockNights(_)
-            | CalendarCommand::ReleaseBlock { .. } => return Ok(()),
+            | CalendarCommand::ReleaseBlock { .. }
+            | CalendarCommand::CreateRoomType(_)
+            | CalendarCommand::UpdateRoomType(_) => return Ok(()),
         };
         if current.version() == expected {
             Ok(())
@@ -405,6 +508,108 @@ impl PropertyCalendar {
 
     fn block_by_id(&self, id: Uuid) -> Result<&Block, CalendarError> {
         self.blocks.get(&id).ok_or(CalendarError::BlockNotFound)
+    }
+
+    /// The room type a new booking or block names: required on a property
+    /// with room types, refused on a single-unit one.
+    fn room_type_for(&self, id: Option<Uuid>) -> Result<Option<&RoomType>, CalendarError> {
+        match id {
+            None if self.room_types.is_empty() => Ok(None),
+            None => Err(CalendarError::invalid(
+                "room_type_id",
+                "is required on a property with room types",
+            )),
+            Some(_) if self.room_types.is_empty() => Err(CalendarError::invalid(
+                "room_type_id",
+                "is not allowed on a property without room types",
+            )),
+            Some(id) => self
+                .room_types
+                .get(&id)
+                .map(Some)
+                .ok_or(CalendarError::RoomTypeNotFound),
+        }
+    }
+
+    fn create_room_type(
+        &self,
+        property_id: Uuid,
+        create: &CreateRoomType,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CalendarEvent>, CalendarError> {
+        validate_room_type(&create.name, create.units, &create.external_ref)?;
+        if self.room_types.contains_key(&create.room_type_id) {
+            return Err(CalendarError::invalid("room_type_id", "is already taken"));
+        }
+        // Bookings and blocks that hold the whole property cannot be
+        // counted against a room type; the history of the others stays as
+        // it is.
+        if !self.claims.is_empty() {
+            return Err(CalendarError::PropertyHasSingleUnitClaims);
+        }
+        Ok(vec![CalendarEvent::RoomTypeCreated {
+            room_type_id: create.room_type_id,
+            property_id,
+            name: create.name.clone(),
+            units: create.units,
+            external_ref: create.external_ref.clone(),
+            at: now,
+        }])
+    }
+
+    fn update_room_type(
+        &self,
+        update: &UpdateRoomType,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CalendarEvent>, CalendarError> {
+        let room_type = self
+            .room_types
+            .get(&update.room_type_id)
+            .ok_or(CalendarError::RoomTypeNotFound)?;
+        let name = update
+            .name
+            .clone()
+            .unwrap_or_else(|| room_type.name.clone());
+        let units = update.units.unwrap_or(room_type.units);
+        let external_ref = update
+            .external_ref
+            .clone()
+            .unwrap_or_else(|| room_type.external_ref.clone());
+        validate_room_type(&name, units, &external_ref)?;
+        let changed = changed_fields([
+            ("name", name != room_type.name),
+            ("units", units != room_type.units),
+            ("external_ref", external_ref != room_type.external_ref),
+        ]);
+        if changed.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A lapsed hold still counts here until it is expired: lowering
+        // units is rare enough to wait for the expiry task.
+        let over: Vec<FullNight> = self
+            .taken
+            .get(&room_type.id)
+            .into_iter()
+            .flatten()
+            .filter(|(_, taken)| **taken > units)
+            .map(|(date, taken)| FullNight {
+                date: *date,
+                units,
+                taken: *taken,
+            })
+            .collect();
+        if !over.is_empty() {
+            return Err(CalendarError::CapacityExceeded { nights: over });
+        }
+        Ok(vec![CalendarEvent::RoomTypeUpdated {
+            room_type_id: room_type.id,
+            property_id: room_type.property_id,
+            name,
+            units,
+            external_ref,
+            changed,
+            at: now,
+        }])
     }
 
     fn register(
@@ -490,7 +695,8 @@ impl PropertyCalendar {
         if self.bookings.contains_key(&reserve.booking_id) {
             return Err(CalendarError::invalid("booking_id", "is already taken"));
         }
-        let mut events = self.clear_nights(nights, None, now)?;
+        let room_type = self.room_type_for(reserve.room_type_id)?;
+        let mut events = self.make_room(room_type, nights, 1, None, now)?;
         events.push(CalendarEvent::BookingReserved {
             booking_id: reserve.booking_id,
             property_id,
@@ -505,6 +711,7 @@ impl PropertyCalendar {
             price: reserve.price.clone(),
             notes: reserve.notes.clone(),
             hold_expires_at: reserve.hold_expires_at,
+            room_type_id: room_type.map(|t| t.id),
             at: now,
         });
         Ok(events)
@@ -563,7 +770,8 @@ impl PropertyCalendar {
             return Ok(Vec::new());
         }
         let mut events = if nights != booking.nights {
-            self.clear_nights(nights, Some(booking.id), now)?
+            let room_type = booking.room_type_id.and_then(|id| self.room_types.get(&id));
+            self.make_room(room_type, nights, 1, Some(booking.id), now)?
         } else {
             Vec::new()
         };
@@ -597,7 +805,19 @@ impl PropertyCalendar {
         if self.blocks.contains_key(&block.block_id) {
             return Err(CalendarError::invalid("block_id", "is already taken"));
         }
-        let mut events = self.clear_nights(nights, None, now)?;
+        let room_type = self.room_type_for(block.room_type_id)?;
+        let units = block.units.unwrap_or(1);
+        let most = room_type.map_or(1, |t| t.units);
+        if !(1..=most).contains(&units) {
+            return Err(CalendarError::invalid(
+                "units",
+                match room_type {
+                    Some(_) => format!("must be between 1 and the room type's {most} units"),
+                    None => "a property without room types has one unit".to_owned(),
+                },
+            ));
+        }
+        let mut events = self.make_room(room_type, nights, units, None, now)?;
         events.push(CalendarEvent::AvailabilityBlocked {
             block_id: block.block_id,
             property_id,
@@ -606,9 +826,90 @@ impl PropertyCalendar {
             reason: block.reason,
             note: block.note.clone(),
             external_ref: block.external_ref.clone(),
+            room_type_id: room_type.map(|t| t.id),
+            units,
             at: now,
         });
         Ok(events)
+    }
+
+    /// Makes room for a claim of `units` on `nights`: of the room type, or
+    /// of the single unit when there is none. `except` is the booking being
+    /// moved, whose own nights do not count against it.
+    fn make_room(
+        &self,
+        room_type: Option<&RoomType>,
+        nights: Nights,
+        units: u32,
+        except: Option<Uuid>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CalendarEvent>, CalendarError> {
+        let Some(room_type) = room_type else {
+            return self.clear_nights(nights, except, now);
+        };
+        let own: Vec<Nights> = except
+            .and_then(|id| self.bookings.get(&id))
+            .map(|b| b.nights)
+            .into_iter()
+            .collect();
+        if self.full_nights(room_type, nights, units, &own).is_empty() {
+            return Ok(Vec::new());
+        }
+        // Some night is full: the holds that lapsed on it but were not
+        // expired yet give their units back first (invariant 3). Looked for
+        // only now, so a booking that fits costs no walk over the bookings.
+        let lapsed: Vec<&Booking> = self
+            .bookings
+            .values()
+            .filter(|b| {
+                b.room_type_id == Some(room_type.id)
+                    && Some(b.id) != except
+                    && b.hold_expired(now)
+                    && b.nights.overlaps(&nights)
+            })
+            .collect();
+        let freed: Vec<Nights> = own
+            .into_iter()
+            .chain(lapsed.iter().map(|b| b.nights))
+            .collect();
+        let full = self.full_nights(room_type, nights, units, &freed);
+        if !full.is_empty() {
+            return Err(CalendarError::NightsFull { nights: full });
+        }
+        Ok(lapsed
+            .into_iter()
+            .map(|booking| self.hold_expired_event(booking, now))
+            .collect())
+    }
+
+    /// The nights of `nights` on which the room type cannot take `units`
+    /// more, not counting one unit for each of `freed` that covers the night.
+    fn full_nights(
+        &self,
+        room_type: &RoomType,
+        nights: Nights,
+        units: u32,
+        freed: &[Nights],
+    ) -> Vec<FullNight> {
+        let taken = self.taken.get(&room_type.id);
+        nights
+            .start
+            .iter_days()
+            .take_while(|date| *date < nights.end)
+            .filter_map(|date| {
+                let held = taken.and_then(|t| t.get(&date)).copied().unwrap_or(0);
+                let back = freed
+                    .iter()
+                    .filter(|n| n.start <= date && date < n.end)
+                    .count();
+                let taken = held.saturating_sub(u32::try_from(back).unwrap_or(u32::MAX));
+                (taken + units > room_type.units).then_some(FullNight {
+                    date,
+                    units: room_type.units,
+                    taken,
+                })
+            })
+            .collect()
     }
 
     /// Makes room for `nights`: refuses when an active claim holds any of them,
@@ -681,6 +982,41 @@ impl PropertyCalendar {
         }
     }
 
+    /// Holds `nights`: `units` of a room type, or the single unit.
+    fn hold(
+        &mut self,
+        kind: ClaimKind,
+        id: Uuid,
+        nights: Nights,
+        room_type: Option<Uuid>,
+        units: u32,
+    ) {
+        match room_type {
+            Some(room_type) => self.count(room_type, nights, units, true),
+            None => self.claim(kind, id, nights),
+        }
+    }
+
+    /// Adds `units` to (or takes them from) the room type's count of every night.
+    fn count(&mut self, room_type: Uuid, nights: Nights, units: u32, add: bool) {
+        let counts = self.taken.entry(room_type).or_default();
+        for date in nights.start.iter_days().take_while(|d| *d < nights.end) {
+            let taken = counts.entry(date).or_default();
+            *taken = if add {
+                *taken + units
+            } else {
+                taken.saturating_sub(units)
+            };
+            if *taken == 0 {
+                counts.remove(&date);
+            }
+        }
+        // Equal states compare equal whatever they went through.
+        if counts.is_empty() {
+            self.taken.remove(&room_type);
+        }
+    }
+
     fn claim(&mut self, kind: ClaimKind, id: Uuid, nights: Nights) {
         self.claims.insert(
             nights.start,
@@ -692,25 +1028,81 @@ impl PropertyCalendar {
         );
     }
 
-    fn unclaim(&mut self, id: Uuid, nights: Nights) {
-        if self.claims.get(&nights.start).is_some_and(|c| c.id == id) {
+    /// Frees the claim `id` holds from `nights.start`; whether it held one.
+    fn unclaim(&mut self, id: Uuid, nights: Nights) -> bool {
+        let held = self.claims.get(&nights.start).is_some_and(|c| c.id == id);
+        if held {
             self.claims.remove(&nights.start);
+        }
+        held
+    }
+
+    /// Folds what an event does to held nights into the index. Runs before
+    /// the records change, so a booking's or block's record still has the
+    /// nights it held.
+    fn change_claims(&mut self, change: ClaimChange) {
+        match change {
+            ClaimChange::Hold {
+                kind,
+                id,
+                nights,
+                room_type_id,
+                units,
+                ..
+            } => self.hold(kind, id, nights, room_type_id, units),
+            ClaimChange::Move { id, nights } => {
+                let Some(booking) = self.bookings.get(&id) else {
+                    return;
+                };
+                let (before, room_type) = (booking.nights, booking.room_type_id);
+                match room_type {
+                    Some(room_type) if booking.status.is_active() => {
+                        self.count(room_type, before, 1, false);
+                        self.count(room_type, nights, 1, true);
+                    }
+                    Some(_) => {}
+                    None => {
+                        if self.unclaim(id, before) {
+                            self.claim(ClaimKind::Booking, id, nights);
+                        }
+                    }
+                }
+            }
+            // The indexes keep no status.
+            ClaimChange::Restatus { .. } => {}
+            ClaimChange::Release { kind, id } => {
+                let held = match kind {
+                    ClaimKind::Booking => self
+                        .bookings
+                        .get(&id)
+                        .filter(|b| b.status.is_active())
+                        .map(|b| (b.nights, b.room_type_id, 1)),
+                    ClaimKind::Block => self
+                        .blocks
+                        .get(&id)
+                        .filter(|b| !b.released)
+                        .map(|b| (b.nights, b.room_type_id, b.units)),
+                };
+                match held {
+                    Some((nights, Some(room_type), units)) => {
+                        self.count(room_type, nights, units, false)
+                    }
+                    Some((nights, None, _)) => {
+                        self.unclaim(id, nights);
+                    }
+                    None => {}
+                }
+            }
         }
     }
 
-    /// Moves a booking to a new status, freeing its nights when it stops being active.
     fn set_status(&mut self, id: Uuid, status: BookingStatus, at: DateTime<Utc>) {
         let Some(booking) = self.bookings.get_mut(&id) else {
             return;
         };
-        let was_active = booking.status.is_active();
         booking.status = status;
         booking.version += 1;
         booking.updated_at = at;
-        let nights = booking.nights;
-        if was_active && !status.is_active() {
-            self.unclaim(id, nights);
-        }
     }
 
     fn touch_property(&mut self, at: DateTime<Utc>) -> Option<&mut Property> {
@@ -759,6 +1151,30 @@ fn validate_property(
     values::optional_text("external_ref", external_ref.as_deref(), MAX_REF)
 }
 
+/// The names of the fields that differ, for an `*.updated` event's `changed`.
+fn changed_fields<const N: usize>(fields: [(&str, bool); N]) -> Vec<String> {
+    fields
+        .into_iter()
+        .filter(|(_, differs)| *differs)
+        .map(|(field, _)| field.to_owned())
+        .collect()
+}
+
+fn validate_room_type(
+    name: &str,
+    units: u32,
+    external_ref: &Option<String>,
+) -> Result<(), CalendarError> {
+    values::text("name", name, 1, 200)?;
+    if !(1..=MAX_UNITS).contains(&units) {
+        return Err(CalendarError::invalid(
+            "units",
+            format!("must be between 1 and {MAX_UNITS}"),
+        ));
+    }
+    values::optional_text("external_ref", external_ref.as_deref(), MAX_REF)
+}
+
 fn validate_booking_details(
     guest: &Guest,
     adults: u32,
@@ -804,16 +1220,12 @@ fn update_property(
         .clone()
         .unwrap_or_else(|| property.external_ref.clone());
     validate_property(&name, &timezone, &owner_id, &external_ref)?;
-    let changed: Vec<String> = [
+    let changed = changed_fields([
         ("name", name != property.name),
         ("timezone", timezone != property.timezone),
         ("owner_id", owner_id != property.owner_id),
         ("external_ref", external_ref != property.external_ref),
-    ]
-    .into_iter()
-    .filter(|(_, differs)| *differs)
-    .map(|(field, _)| field.to_owned())
-    .collect();
+    ]);
     if changed.is_empty() {
         return Ok(Vec::new());
     }
@@ -848,6 +1260,9 @@ impl Aggregate for PropertyCalendar {
     }
 
     fn apply(&mut self, event: Self::Event) {
+        if let Some(change) = claim_change(&event) {
+            self.change_claims(change);
+        }
         match event {
             CalendarEvent::PropertyRegistered {
                 property_id,
@@ -891,6 +1306,9 @@ impl Aggregate for PropertyCalendar {
                     property.archived = true;
                 }
             }
+            CalendarEvent::RoomTypeCreated { .. } | CalendarEvent::RoomTypeUpdated { .. } => {
+                RoomType::fold(&mut self.room_types, &event);
+            }
             CalendarEvent::BookingReserved {
                 booking_id,
                 property_id,
@@ -905,15 +1323,13 @@ impl Aggregate for PropertyCalendar {
                 price,
                 notes,
                 hold_expires_at,
+                room_type_id,
                 at,
             } => {
                 let nights = Nights {
                     start: check_in,
                     end: check_out,
                 };
-                if status.is_active() {
-                    self.claim(ClaimKind::Booking, booking_id, nights);
-                }
                 self.bookings.insert(
                     booking_id,
                     Booking {
@@ -930,6 +1346,7 @@ impl Aggregate for PropertyCalendar {
                         notes,
                         hold_expires_at,
                         cancel_reason: None,
+                        room_type_id,
                         version: 1,
                         created_at: at,
                         updated_at: at,
@@ -951,12 +1368,10 @@ impl Aggregate for PropertyCalendar {
                 let Some(booking) = self.bookings.get_mut(&booking_id) else {
                     return;
                 };
-                let before = booking.nights;
-                let after = Nights {
+                booking.nights = Nights {
                     start: check_in,
                     end: check_out,
                 };
-                booking.nights = after;
                 booking.guest = guest;
                 booking.adults = adults;
                 booking.children = children;
@@ -964,10 +1379,6 @@ impl Aggregate for PropertyCalendar {
                 booking.notes = notes;
                 booking.version += 1;
                 booking.updated_at = at;
-                if booking.status.is_active() && before != after {
-                    self.unclaim(booking_id, before);
-                    self.claim(ClaimKind::Booking, booking_id, after);
-                }
             }
             CalendarEvent::BookingConfirmed { booking_id, at, .. } => {
                 self.set_status(booking_id, BookingStatus::Confirmed, at);
@@ -1009,10 +1420,11 @@ impl Aggregate for PropertyCalendar {
                 reason,
                 note,
                 external_ref,
+                room_type_id,
+                units,
                 at,
             } => {
                 let nights = Nights { start, end };
-                self.claim(ClaimKind::Block, block_id, nights);
                 self.blocks.insert(
                     block_id,
                     Block {
@@ -1022,6 +1434,8 @@ impl Aggregate for PropertyCalendar {
                         reason,
                         note,
                         external_ref,
+                        room_type_id,
+                        units,
                         released: false,
                         created_at: at,
                         released_at: None,
@@ -1034,8 +1448,6 @@ impl Aggregate for PropertyCalendar {
                 };
                 block.released = true;
                 block.released_at = Some(at);
-                let nights = block.nights;
-                self.unclaim(block_id, nights);
             }
         }
     }

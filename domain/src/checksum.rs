@@ -22,8 +22,7 @@ pub const WINDOW_DAYS: u64 = 550;
 /// One active claim as channels see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelRange {
-    /// `booking` or `block`.
-    pub kind: String,
+    pub kind: ClaimKind,
     pub id: Uuid,
     pub start: NaiveDate,
     /// Exclusive: the morning the claim ends.
@@ -53,18 +52,11 @@ pub fn ranges_in(calendar: &PropertyCalendar, from: NaiveDate, to: NaiveDate) ->
         .active_claims()
         .filter(|(_, _, nights)| nights.end > from && nights.start < to)
         .map(|(kind, id, nights)| ChannelRange {
-            kind: kind_name(kind).to_owned(),
+            kind,
             id,
             start: nights.start,
             end: nights.end,
-            status: match kind {
-                ClaimKind::Booking => calendar
-                    .bookings
-                    .get(&id)
-                    .map_or("confirmed", |b| b.status.as_str())
-                    .to_owned(),
-                ClaimKind::Block => BLOCKED.to_owned(),
-            },
+            status: calendar.claim_status(kind, id).to_owned(),
         })
         .collect();
     in_canonical_order(ranges)
@@ -72,13 +64,6 @@ pub fn ranges_in(calendar: &PropertyCalendar, from: NaiveDate, to: NaiveDate) ->
 
 /// The status a block's range carries.
 pub const BLOCKED: &str = "blocked";
-
-pub fn kind_name(kind: ClaimKind) -> &'static str {
-    match kind {
-        ClaimKind::Booking => "booking",
-        ClaimKind::Block => "block",
-    }
-}
 
 /// Sorts ranges by start, then id: the order of the canonical text.
 pub fn in_canonical_order(mut ranges: Vec<ChannelRange>) -> Vec<ChannelRange> {
@@ -93,7 +78,16 @@ pub fn canonical_text(ranges: &[ChannelRange]) -> String {
     sorted.sort_by_key(|a| (a.start, a.id));
     sorted
         .iter()
-        .map(|r| format!("{}|{}|{}|{}|{}", r.kind, r.id, r.start, r.end, r.status))
+        .map(|r| {
+            format!(
+                "{}|{}|{}|{}|{}",
+                r.kind.as_str(),
+                r.id,
+                r.start,
+                r.end,
+                r.status
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -107,17 +101,16 @@ pub fn checksum(ranges: &[ChannelRange]) -> String {
 mod tests {
     use super::*;
 
-    fn range(kind: &str, id: u128, start: (i32, u32, u32), nights: u64) -> ChannelRange {
+    fn range(kind: ClaimKind, id: u128, start: (i32, u32, u32), nights: u64) -> ChannelRange {
         let start = NaiveDate::from_ymd_opt(start.0, start.1, start.2).expect("a date");
         ChannelRange {
-            kind: kind.into(),
+            kind,
             id: Uuid::from_u128(id),
             start,
             end: start + Days::new(nights),
-            status: if kind == "block" {
-                "blocked"
-            } else {
-                "confirmed"
+            status: match kind {
+                ClaimKind::Block => BLOCKED,
+                ClaimKind::Booking => "confirmed",
             }
             .into(),
         }
@@ -125,8 +118,8 @@ mod tests {
 
     #[test]
     fn the_canonical_text_is_one_line_per_range_in_start_then_id_order() {
-        let late = range("booking", 1, (2027, 7, 10), 2);
-        let early = range("block", 2, (2027, 7, 1), 3);
+        let late = range(ClaimKind::Booking, 1, (2027, 7, 10), 2);
+        let early = range(ClaimKind::Block, 2, (2027, 7, 1), 3);
         let text = canonical_text(&[late, early]);
         assert_eq!(
             text,
@@ -137,8 +130,8 @@ mod tests {
 
     #[test]
     fn the_checksum_does_not_depend_on_the_order_given() {
-        let a = range("booking", 1, (2027, 7, 10), 2);
-        let b = range("block", 2, (2027, 7, 1), 3);
+        let a = range(ClaimKind::Booking, 1, (2027, 7, 10), 2);
+        let b = range(ClaimKind::Block, 2, (2027, 7, 1), 3);
         assert_eq!(
             checksum(&[a.clone(), b.clone()]),
             checksum(&[b.clone(), a.clone()])

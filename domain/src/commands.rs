@@ -52,6 +52,25 @@ pub enum CalendarCommand {
     ReleaseBlock {
         block_id: Uuid,
     },
+    CreateRoomType(CreateRoomType),
+    UpdateRoomType(UpdateRoomType),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateRoomType {
+    pub room_type_id: Uuid,
+    pub name: String,
+    pub units: u32,
+    pub external_ref: Option<String>,
+}
+
+/// `None` leaves a field as it is; `Some(None)` clears `external_ref`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpdateRoomType {
+    pub room_type_id: Uuid,
+    pub name: Option<String>,
+    pub units: Option<u32>,
+    pub external_ref: Option<Option<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +106,9 @@ pub struct ReserveStay {
     pub external_ref: Option<String>,
     pub price: Option<Price>,
     pub notes: Option<String>,
+    /// Required on a property with room types, refused elsewhere.
+    #[serde(default)]
+    pub room_type_id: Option<Uuid>,
 }
 
 impl ReserveStay {
@@ -120,4 +142,10 @@ pub struct BlockNights {
     pub note: Option<String>,
     /// The channel's id for what this block mirrors (an iCal feed's `UID`).
     pub external_ref: Option<String>,
+    /// Required on a property with room types, refused elsewhere.
+    #[serde(default)]
+    pub room_type_id: Option<Uuid>,
+    /// How many units of the room type it closes (default 1).
+    #[serde(default)]
+    pub units: Option<u32>,
 }

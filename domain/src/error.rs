@@ -16,6 +16,15 @@ pub struct Conflict {
     pub end: NaiveDate,
 }
 
+/// A night of a room type that cannot take what was asked: `taken` of its
+/// `units` are held by other active claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FullNight {
+    pub date: NaiveDate,
+    pub units: u32,
+    pub taken: u32,
+}
+
 /// The resource a conditional command was about, as it is now.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Current {
@@ -57,6 +66,16 @@ pub enum CalendarError {
     PropertyArchived,
     #[error("the nights overlap {} active booking(s) or block(s)", conflicts.len())]
     NightsTaken { conflicts: Vec<Conflict> },
+    /// A room type has no unit left on these nights (they are listed).
+    #[error("{} night(s) of the room type have no unit left", nights.len())]
+    NightsFull { nights: Vec<FullNight> },
+    #[error("the room type does not exist")]
+    RoomTypeNotFound,
+    #[error("the property has bookings or blocks without a room type")]
+    PropertyHasSingleUnitClaims,
+    /// Lowering a room type's units below what these nights hold.
+    #[error("{} night(s) hold more than the new units", nights.len())]
+    CapacityExceeded { nights: Vec<FullNight> },
     #[error("a {from} booking cannot become {to}")]
     InvalidTransition {
         from: &'static str,

@@ -41,6 +41,28 @@ pub enum CalendarEvent {
         property_id: Uuid,
         at: DateTime<Utc>,
     },
+    /// The property sells `units` identical units of this type; from the
+    /// first one on, every booking and block on it names a room type.
+    #[serde(rename = "room_type.created")]
+    RoomTypeCreated {
+        room_type_id: Uuid,
+        property_id: Uuid,
+        name: String,
+        units: u32,
+        external_ref: Option<String>,
+        at: DateTime<Utc>,
+    },
+    /// Carries the room type's full state after the change and which fields changed.
+    #[serde(rename = "room_type.updated")]
+    RoomTypeUpdated {
+        room_type_id: Uuid,
+        property_id: Uuid,
+        name: String,
+        units: u32,
+        external_ref: Option<String>,
+        changed: Vec<String>,
+        at: DateTime<Utc>,
+    },
     #[serde(rename = "booking.reserved")]
     BookingReserved {
         booking_id: Uuid,
@@ -56,6 +78,10 @@ pub enum CalendarEvent {
         price: Option<Price>,
         notes: Option<String>,
         hold_expires_at: Option<DateTime<Utc>>,
+        /// The room type the booking takes a unit of; absent on a
+        /// single-unit property (and in events from before room types).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room_type_id: Option<Uuid>,
         at: DateTime<Utc>,
     },
     /// Carries the booking's modifiable fields after the change, the stay
@@ -139,6 +165,14 @@ pub enum CalendarEvent {
         /// Added after v1: absent in older events.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         external_ref: Option<String>,
+        /// The room type the block closes units of; absent on a single-unit
+        /// property.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room_type_id: Option<Uuid>,
+        /// How many units it closes: always 1 on a single-unit property,
+        /// where it is not written.
+        #[serde(default = "one_unit", skip_serializing_if = "is_one_unit")]
+        units: u32,
         at: DateTime<Utc>,
     },
     #[serde(rename = "availability.released")]
@@ -159,6 +193,8 @@ impl CalendarEvent {
             Self::PropertyRegistered { .. } => "property.registered",
             Self::PropertyUpdated { .. } => "property.updated",
             Self::PropertyArchived { .. } => "property.archived",
+            Self::RoomTypeCreated { .. } => "room_type.created",
+            Self::RoomTypeUpdated { .. } => "room_type.updated",
             Self::BookingReserved { .. } => "booking.reserved",
             Self::BookingModified { .. } => "booking.modified",
             Self::BookingConfirmed { .. } => "booking.confirmed",
@@ -172,12 +208,14 @@ impl CalendarEvent {
         }
     }
 
-    /// The booking or block the event is about, when there is one.
+    /// The booking, block or room type the event is about, when there is one.
     pub fn subject(&self) -> Option<Uuid> {
         match self {
             Self::PropertyRegistered { .. }
             | Self::PropertyUpdated { .. }
             | Self::PropertyArchived { .. } => None,
+            Self::RoomTypeCreated { room_type_id, .. }
+            | Self::RoomTypeUpdated { room_type_id, .. } => Some(*room_type_id),
             Self::BookingReserved { booking_id, .. }
             | Self::BookingModified { booking_id, .. }
             | Self::BookingConfirmed { booking_id, .. }
@@ -211,6 +249,14 @@ impl CalendarEvent {
         tagged.insert(event_type.to_owned(), payload);
         serde_json::from_value(serde_json::Value::Object(tagged))
     }
+}
+
+fn one_unit() -> u32 {
+    1
+}
+
+fn is_one_unit(units: &u32) -> bool {
+    *units == 1
 }
 
 impl DomainEvent for CalendarEvent {

@@ -7,6 +7,7 @@
 
 pub mod calendar;
 pub mod checksum;
+pub mod claims;
 pub mod commands;
 pub mod error;
 pub mod events;
@@ -15,9 +16,9 @@ pub mod outcome;
 pub mod policy;
 pub mod values;
 
-pub use calendar::{Block, Booking, Property, PropertyCalendar};
+pub use calendar::{Block, Booking, Property, PropertyCalendar, RoomType};
 pub use commands::{CalendarCommand, Command};
-pub use error::{CalendarError, Conflict, Current};
+pub use error::{CalendarError, Conflict, Current, FullNight};
 pub use events::CalendarEvent;
 pub use outcome::Outcome;
 pub use policy::{Action, Actor, Role};

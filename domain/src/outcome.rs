@@ -44,11 +44,12 @@ impl PropertyCalendar {
             CalendarCommand::RegisterProperty(register) => Outcome::Created(register.property_id),
             CalendarCommand::ReserveStay(reserve) => Outcome::Created(reserve.booking_id),
             CalendarCommand::BlockNights(block) => Outcome::Created(block.block_id),
+            CalendarCommand::CreateRoomType(create) => Outcome::Created(create.room_type_id),
             _ => Outcome::Changed,
         }
     }
 
-    /// The property and the bookings and blocks that `events` touch, with
+    /// The property and the bookings, blocks and room types that `events` touch, with
     /// the events applied: enough to show what a command did, at the cost of
     /// copying only those records, never the whole calendar.
     pub fn preview(&self, events: &[CalendarEvent]) -> PropertyCalendar {
@@ -66,6 +67,12 @@ impl PropertyCalendar {
             .map(|(id, b)| (*id, b.clone()))
             .collect();
         let mut preview = PropertyCalendar::from_parts(self.property.clone(), bookings, blocks);
+        preview.room_types = self
+            .room_types
+            .iter()
+            .filter(|(id, _)| touched(id))
+            .map(|(id, t)| (*id, t.clone()))
+            .collect();
         for event in events {
             preview.apply(event.clone());
         }

@@ -168,12 +168,29 @@ pub enum BlockReason {
     Other,
 }
 
-/// What kind of claim holds a night.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// What kind of claim holds a night: the one kind type of the ledger, in
+/// the aggregate, the read models (`kind` columns of `inventory_ranges`,
+/// `resource_refs` and the iCal export, all `text` with these names: the
+/// `sqlx` feature maps it), conflicts and channel ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(
+    feature = "sqlx",
+    derive(sqlx::Type),
+    sqlx(type_name = "text", rename_all = "snake_case")
+)]
 pub enum ClaimKind {
     Booking,
     Block,
+}
+
+impl ClaimKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimKind::Booking => "booking",
+            ClaimKind::Block => "block",
+        }
+    }
 }
 
 /// The first calendar date the ledger holds.

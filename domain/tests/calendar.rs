@@ -135,6 +135,7 @@ fn reserve(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> Reser
         external_ref: None,
         price: Some(price()),
         notes: None,
+        room_type_id: None,
     }
 }
 
@@ -204,6 +205,7 @@ fn reserved_as(
         notes: None,
         hold_expires_at,
         at: at(0),
+        room_type_id: None,
     }
 }
 
@@ -264,6 +266,8 @@ fn block(block_id: Uuid, start: NaiveDate, end: NaiveDate, reason: BlockReason) 
         reason,
         note: None,
         external_ref: None,
+        room_type_id: None,
+        units: None,
     })
 }
 
@@ -277,6 +281,8 @@ fn blocked(block_id: Uuid, start: NaiveDate, end: NaiveDate, reason: BlockReason
         note: None,
         external_ref: None,
         at: at(0),
+        room_type_id: None,
+        units: 1,
     }
 }
 

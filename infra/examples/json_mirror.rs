@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use ledger_domain::checksum::{self, ChannelRange};
-use ledger_domain::CalendarEvent;
+use ledger_domain::claims;
 use ledger_infra::channel::{
     AdapterState, Binding, ChannelConsumer, ChannelError, LedgerEvent, Snapshot, StateError,
 };
@@ -54,74 +54,10 @@ impl Mirror {
         std::fs::write(&self.path, serde_json::to_vec_pretty(&file)?)
     }
 
-    /// One event: active bookings and unreleased blocks hold nights.
+    /// One event, folded with the domain's rule of held nights.
     pub fn apply(&self, event: &LedgerEvent) -> std::io::Result<()> {
-        let range = |kind: &str, id: Uuid, start, end, status: &str| ChannelRange {
-            kind: kind.into(),
-            id,
-            start,
-            end,
-            status: status.into(),
-        };
-        self.change(event.property_id, |held| match &event.event {
-            CalendarEvent::BookingReserved {
-                booking_id,
-                status,
-                check_in,
-                check_out,
-                ..
-            } if status.is_active() => {
-                held.insert(
-                    *booking_id,
-                    range(
-                        "booking",
-                        *booking_id,
-                        *check_in,
-                        *check_out,
-                        status.as_str(),
-                    ),
-                );
-            }
-            CalendarEvent::AvailabilityBlocked {
-                block_id,
-                start,
-                end,
-                ..
-            } => {
-                held.insert(
-                    *block_id,
-                    range("block", *block_id, *start, *end, checksum::BLOCKED),
-                );
-            }
-            CalendarEvent::BookingModified {
-                booking_id,
-                check_in,
-                check_out,
-                ..
-            } => {
-                if let Some(r) = held.get_mut(booking_id) {
-                    (r.start, r.end) = (*check_in, *check_out);
-                }
-            }
-            CalendarEvent::BookingConfirmed { booking_id: id, .. }
-            | CalendarEvent::BookingCheckedIn { booking_id: id, .. } => {
-                let status = if matches!(event.event, CalendarEvent::BookingConfirmed { .. }) {
-                    "confirmed"
-                } else {
-                    "checked_in"
-                };
-                if let Some(r) = held.get_mut(id) {
-                    r.status = status.into();
-                }
-            }
-            CalendarEvent::BookingCancelled { booking_id: id, .. }
-            | CalendarEvent::BookingCheckedOut { booking_id: id, .. }
-            | CalendarEvent::BookingNoShow { booking_id: id, .. }
-            | CalendarEvent::BookingHoldExpired { booking_id: id, .. }
-            | CalendarEvent::AvailabilityReleased { block_id: id, .. } => {
-                held.remove(id);
-            }
-            _ => {}
+        self.change(event.property_id, |held| {
+            claims::fold_ranges(held, &event.event)
         })
     }
 }

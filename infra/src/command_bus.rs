@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::Duration;
 
+use ledger_domain::values::ClaimKind;
 use ledger_domain::{CalendarError, CalendarEvent, Command, Outcome, PropertyCalendar};
 use serde_json::Value;
 use sqlx::Row;
@@ -28,9 +29,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::db::{unique_violation, DbError};
-use crate::event_store::{
-    Append, EventMetadata, EventStore, KeptReply, Loaded, RefKind, StoreError,
-};
+use crate::event_store::{Append, EventMetadata, EventStore, KeptReply, Loaded, StoreError};
 use crate::tail::LogWaker;
 
 const MAX_ATTEMPTS: u32 = 16;
@@ -385,7 +384,7 @@ impl CommandBus {
             recorded_at: execution.command.now,
             idempotency_key: execution.idempotency.as_ref().map(|i| i.key.clone()),
         };
-        let refs: Vec<(Uuid, RefKind)> = events.iter().filter_map(created_ref).collect();
+        let refs: Vec<(Uuid, ClaimKind)> = events.iter().filter_map(created_ref).collect();
         // Shown from a copy of what the events touch: the cached calendar
         // stays as the log has it until the append is committed.
         let preview = state.calendar.preview(&events);
@@ -568,11 +567,26 @@ impl CommandBus {
 }
 
 /// The booking or block an event brings into existence.
-fn created_ref(event: &CalendarEvent) -> Option<(Uuid, RefKind)> {
+fn created_ref(event: &CalendarEvent) -> Option<(Uuid, ClaimKind)> {
     match event {
-        CalendarEvent::BookingReserved { booking_id, .. } => Some((*booking_id, RefKind::Booking)),
-        CalendarEvent::AvailabilityBlocked { block_id, .. } => Some((*block_id, RefKind::Block)),
-        _ => None,
+        CalendarEvent::BookingReserved { booking_id, .. } => {
+            Some((*booking_id, ClaimKind::Booking))
+        }
+        CalendarEvent::AvailabilityBlocked { block_id, .. } => Some((*block_id, ClaimKind::Block)),
+        CalendarEvent::PropertyRegistered { .. }
+        | CalendarEvent::PropertyUpdated { .. }
+        | CalendarEvent::PropertyArchived { .. }
+        // Room types are addressed under their property's path.
+        | CalendarEvent::RoomTypeCreated { .. }
+        | CalendarEvent::RoomTypeUpdated { .. }
+        | CalendarEvent::BookingModified { .. }
+        | CalendarEvent::BookingConfirmed { .. }
+        | CalendarEvent::BookingCancelled { .. }
+        | CalendarEvent::BookingCheckedIn { .. }
+        | CalendarEvent::BookingCheckedOut { .. }
+        | CalendarEvent::BookingNoShow { .. }
+        | CalendarEvent::BookingHoldExpired { .. }
+        | CalendarEvent::AvailabilityReleased { .. } => None,
     }
 }
 

@@ -6,6 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use cqrs_es::{Aggregate, DomainEvent};
+use ledger_domain::values::ClaimKind;
 use ledger_domain::{CalendarEvent, PropertyCalendar};
 use serde::Serialize;
 use serde_json::Value;
@@ -32,7 +33,7 @@ pub struct Loaded {
 /// Version of the calendar snapshots written by this build. Bump it when
 /// `PropertyCalendar`'s fields or its `apply` change meaning: older
 /// snapshots are then ignored (and replaced) instead of being trusted.
-pub const SNAPSHOT_VERSION: i32 = 1;
+pub const SNAPSHOT_VERSION: i32 = 2;
 
 /// A load that folds at least this many events past the newest snapshot
 /// writes a new one.
@@ -83,21 +84,6 @@ pub struct EventMetadata {
     pub idempotency_key: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefKind {
-    Booking,
-    Block,
-}
-
-impl RefKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefKind::Booking => "booking",
-            RefKind::Block => "block",
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
@@ -134,7 +120,7 @@ pub struct Append<'a> {
     pub events: &'a [CalendarEvent],
     pub metadata: &'a EventMetadata,
     /// The bookings and blocks the events bring into existence.
-    pub refs: &'a [(Uuid, RefKind)],
+    pub refs: &'a [(Uuid, ClaimKind)],
     pub kept: Option<KeptReply<'a>>,
 }
 
@@ -152,7 +138,7 @@ impl Append<'_> {
         let metadata = serde_json::to_string(self.metadata).unwrap_or_else(|_| "{}".into());
         let ids: Vec<Uuid> = self.events.iter().map(|_| Uuid::now_v7()).collect();
         let ref_ids: Vec<Uuid> = self.refs.iter().map(|(id, _)| *id).collect();
-        let ref_kinds: Vec<&str> = self.refs.iter().map(|(_, kind)| kind.as_str()).collect();
+        let ref_kinds: Vec<ClaimKind> = self.refs.iter().map(|(_, kind)| *kind).collect();
         let kept = self.kept.as_ref();
         let rows = sqlx::query(
             "WITH appended AS (
@@ -374,7 +360,7 @@ impl EventStore {
     pub async fn record_ref(
         tx: &mut Transaction<'_, Postgres>,
         ref_id: Uuid,
-        kind: RefKind,
+        kind: ClaimKind,
         agency_id: Uuid,
         property_id: Uuid,
     ) -> Result<(), sqlx::Error> {
@@ -382,7 +368,7 @@ impl EventStore {
             "INSERT INTO resource_refs (ref_id, kind, agency_id, property_id) VALUES ($1, $2, $3, $4)",
         )
         .bind(ref_id)
-        .bind(kind.as_str())
+        .bind(kind)
         .bind(agency_id)
         .bind(property_id)
         .execute(&mut **tx)
@@ -395,14 +381,14 @@ impl EventStore {
     pub async fn resolve_ref(
         &self,
         ref_id: Uuid,
-        kind: RefKind,
+        kind: ClaimKind,
         agency_id: Uuid,
     ) -> Result<Option<Uuid>, DbError> {
         let property: Option<Uuid> = sqlx::query_scalar(
             "SELECT property_id FROM resource_refs WHERE ref_id = $1 AND kind = $2 AND agency_id = $3",
         )
         .bind(ref_id)
-        .bind(kind.as_str())
+        .bind(kind)
         .bind(agency_id)
         .fetch_optional(&self.pool)
         .await?;

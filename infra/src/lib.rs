@@ -21,4 +21,4 @@ pub mod telemetry;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use command_bus::{Answer, CommandBus, Decided, ExecuteError, Execution, Reply, ReplyHook};
 pub use db::{connect, migrate, DbError};
-pub use event_store::{EventStore, Loaded, RefKind, StoredEvent};
+pub use event_store::{EventStore, Loaded, StoredEvent};

@@ -12,6 +12,8 @@ pub fn action(event: &CalendarEvent) -> (&'static str, &'static str) {
         CalendarEvent::PropertyRegistered { .. } => ("property.create", "property"),
         CalendarEvent::PropertyUpdated { .. } => ("property.update", "property"),
         CalendarEvent::PropertyArchived { .. } => ("property.archive", "property"),
+        CalendarEvent::RoomTypeCreated { .. } => ("room_type.create", "room_type"),
+        CalendarEvent::RoomTypeUpdated { .. } => ("room_type.update", "room_type"),
         CalendarEvent::BookingReserved { .. } => ("booking.create", "booking"),
         CalendarEvent::BookingModified { .. } => ("booking.modify", "booking"),
         CalendarEvent::BookingConfirmed { .. } => ("booking.confirm", "booking"),

@@ -1,12 +1,18 @@
-//! `inventory_ranges`: one row per active booking or unreleased block. The
-//! batch is folded in memory (rows it touches are read first), then written
-//! as deletes followed by inserts, so the EXCLUSION constraint sees only the
-//! batch's final state, never a transient overlap.
+//! `inventory_ranges`: one row per active booking or unreleased block;
+//! `inventory_room_types` and `inventory_nights`, the units each room type
+//! has and holds per night (migration 0013). The batch is folded in memory
+//! (rows it touches are read first), then written as deletes followed by
+//! inserts, so the EXCLUSION constraint sees only the batch's final state,
+//! never a transient overlap; each night's count moves once, by the batch's
+//! net change, straight to its final units, so its CHECK never sees a
+//! transient overfill either.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::NaiveDate;
-use ledger_domain::CalendarEvent;
+use ledger_domain::claims::{claim_change, ClaimChange};
+use ledger_domain::values::ClaimKind;
+use ledger_domain::{CalendarEvent, RoomType};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
@@ -16,11 +22,42 @@ use crate::tail::Envelope;
 struct Range {
     agency_id: Uuid,
     property_id: Uuid,
-    kind: &'static str,
+    kind: ClaimKind,
     start: NaiveDate,
     end: NaiveDate,
     status: String,
     position: i64,
+    room_type_id: Option<Uuid>,
+    units: i32,
+}
+
+impl Range {
+    /// Adds (or, with `sign` -1, takes away) the units the range holds on
+    /// each of its nights, when it is a room type's.
+    fn count(&self, sign: i32, nights: &mut BTreeMap<(Uuid, NaiveDate), i32>) {
+        let Some(room_type) = self.room_type_id else {
+            return;
+        };
+        for night in self.start.iter_days().take_while(|d| *d < self.end) {
+            *nights.entry((room_type, night)).or_default() += sign * self.units;
+        }
+    }
+}
+
+/// The room types a batch touches, folded with the domain's own rule, and
+/// what their rows add: the agency and the position of the last change.
+#[derive(Debug, Default)]
+struct RoomTypes {
+    types: BTreeMap<Uuid, RoomType>,
+    rows: HashMap<Uuid, (Uuid, i64)>,
+}
+
+impl RoomTypes {
+    fn units(&self, id: &Uuid) -> i32 {
+        self.types
+            .get(id)
+            .map_or(0, |t| i32::try_from(t.units).unwrap_or(i32::MAX))
+    }
 }
 
 pub async fn apply(
@@ -29,6 +66,8 @@ pub async fn apply(
     events: &[Envelope],
 ) -> Result<(), sqlx::Error> {
     let table = format!("{schema}.inventory_ranges");
+    let types_table = format!("{schema}.inventory_room_types");
+    let nights_table = format!("{schema}.inventory_nights");
     // Rows to read first: every ref the batch touches, except those it
     // creates (a ref's first event creates it, so no row can exist yet).
     // A replay is mostly creations, and then reads and deletes nothing.
@@ -51,7 +90,7 @@ pub async fn apply(
     } else {
         sqlx::query(&format!(
             "SELECT ref_id, agency_id, property_id, kind, lower(during) AS start_night,
-                    upper(during) AS end_night, status, position
+                    upper(during) AS end_night, status, position, room_type_id, units
                FROM {table} WHERE ref_id = ANY($1)"
         ))
         .bind(&touched)
@@ -59,23 +98,42 @@ pub async fn apply(
         .await?
     };
     for row in existing {
-        let kind: String = row.try_get("kind")?;
         ranges.insert(
             row.try_get("ref_id")?,
             Some(Range {
                 agency_id: row.try_get("agency_id")?,
                 property_id: row.try_get("property_id")?,
-                kind: if kind == "block" { "block" } else { "booking" },
+                kind: row.try_get("kind")?,
                 start: row.try_get("start_night")?,
                 end: row.try_get("end_night")?,
                 status: row.try_get("status")?,
                 position: row.try_get("position")?,
+                room_type_id: row.try_get("room_type_id")?,
+                units: row.try_get("units")?,
             }),
         );
     }
+    let before: Vec<Range> = ranges.values().flatten().cloned().collect();
+    let mut room_types = load_room_types(conn, &types_table, events, &before).await?;
+    let mut changed_types: HashSet<Uuid> = HashSet::new();
     for envelope in events {
+        if let Some(id) = RoomType::fold(&mut room_types.types, &envelope.event) {
+            room_types
+                .rows
+                .insert(id, (envelope.meta.agency_id, envelope.position));
+            changed_types.insert(id);
+        }
         fold(&mut ranges, envelope);
     }
+    // The net change of every room type's nights over the batch.
+    let mut nights: BTreeMap<(Uuid, NaiveDate), i32> = BTreeMap::new();
+    for range in &before {
+        range.count(-1, &mut nights);
+    }
+    for range in ranges.values().flatten() {
+        range.count(1, &mut nights);
+    }
+    nights.retain(|_, delta| *delta != 0);
 
     if !touched.is_empty() {
         sqlx::query(&format!("DELETE FROM {table} WHERE ref_id = ANY($1)"))
@@ -87,14 +145,25 @@ pub async fn apply(
         .into_iter()
         .filter_map(|(id, range)| range.map(|r| (id, r)))
         .collect();
-    if live.is_empty() {
-        return Ok(());
+    write_room_types(conn, &types_table, &room_types, &changed_types).await?;
+    if !live.is_empty() {
+        insert_ranges(conn, &table, &live).await?;
     }
+    write_nights(conn, &nights_table, &room_types, &changed_types, &nights).await
+}
+
+async fn insert_ranges(
+    conn: &mut PgConnection,
+    table: &str,
+    live: &[(Uuid, Range)],
+) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
-        "INSERT INTO {table} (ref_id, agency_id, property_id, kind, during, status, position)
-         SELECT r, a, p, k, daterange(s, e), st, pos
+        "INSERT INTO {table} (ref_id, agency_id, property_id, kind, during, status, position,
+                              room_type_id, units)
+         SELECT r, a, p, k, daterange(s, e), st, pos, rt, u
            FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::date[], $6::date[],
-                       $7::text[], $8::bigint[]) AS x(r, a, p, k, s, e, st, pos)"
+                       $7::text[], $8::bigint[], $9::uuid[], $10::int[])
+                AS x(r, a, p, k, s, e, st, pos, rt, u)"
     ))
     .bind(live.iter().map(|(id, _)| *id).collect::<Vec<_>>())
     .bind(live.iter().map(|(_, r)| r.agency_id).collect::<Vec<_>>())
@@ -108,94 +177,244 @@ pub async fn apply(
             .collect::<Vec<_>>(),
     )
     .bind(live.iter().map(|(_, r)| r.position).collect::<Vec<_>>())
-    .execute(&mut *conn)
+    .bind(live.iter().map(|(_, r)| r.room_type_id).collect::<Vec<_>>())
+    .bind(live.iter().map(|(_, r)| r.units).collect::<Vec<_>>())
+    .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Whether the event is the first of its booking or block.
+/// Whether the event is the first of its booking, block or room type.
 fn creates(event: &CalendarEvent) -> bool {
     matches!(
         event,
-        CalendarEvent::BookingReserved { .. } | CalendarEvent::AvailabilityBlocked { .. }
+        CalendarEvent::BookingReserved { .. }
+            | CalendarEvent::AvailabilityBlocked { .. }
+            | CalendarEvent::RoomTypeCreated { .. }
     )
 }
 
+/// The room types the batch changes or counts nights of, as they stand
+/// before it (those it creates are folded in from their event).
+async fn load_room_types(
+    conn: &mut PgConnection,
+    table: &str,
+    events: &[Envelope],
+    before: &[Range],
+) -> Result<RoomTypes, sqlx::Error> {
+    let mut wanted: HashSet<Uuid> = before.iter().filter_map(|r| r.room_type_id).collect();
+    for envelope in events {
+        match &envelope.event {
+            CalendarEvent::RoomTypeUpdated { room_type_id, .. }
+            | CalendarEvent::BookingReserved {
+                room_type_id: Some(room_type_id),
+                ..
+            }
+            | CalendarEvent::AvailabilityBlocked {
+                room_type_id: Some(room_type_id),
+                ..
+            } => {
+                wanted.insert(*room_type_id);
+            }
+            _ => {}
+        }
+    }
+    let mut room_types = RoomTypes::default();
+    if wanted.is_empty() {
+        return Ok(room_types);
+    }
+    let rows = sqlx::query(&format!(
+        "SELECT room_type_id, agency_id, property_id, name, units, external_ref, version,
+                created_at, updated_at, position
+           FROM {table} WHERE room_type_id = ANY($1)"
+    ))
+    .bind(wanted.into_iter().collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in rows {
+        let id: Uuid = row.try_get("room_type_id")?;
+        let units: i32 = row.try_get("units")?;
+        let version: i64 = row.try_get("version")?;
+        room_types.types.insert(
+            id,
+            RoomType {
+                id,
+                property_id: row.try_get("property_id")?,
+                name: row.try_get("name")?,
+                units: u32::try_from(units).unwrap_or(0),
+                external_ref: row.try_get("external_ref")?,
+                version: u64::try_from(version).unwrap_or(0),
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+            },
+        );
+        room_types
+            .rows
+            .insert(id, (row.try_get("agency_id")?, row.try_get("position")?));
+    }
+    Ok(room_types)
+}
+
+async fn write_room_types(
+    conn: &mut PgConnection,
+    table: &str,
+    room_types: &RoomTypes,
+    changed: &HashSet<Uuid>,
+) -> Result<(), sqlx::Error> {
+    for id in changed {
+        let (Some(t), Some((agency_id, position))) =
+            (room_types.types.get(id), room_types.rows.get(id))
+        else {
+            continue;
+        };
+        sqlx::query(&format!(
+            "INSERT INTO {table} (room_type_id, agency_id, property_id, name, units, external_ref,
+                                  version, created_at, updated_at, position)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (room_type_id) DO UPDATE SET name = EXCLUDED.name,
+                 units = EXCLUDED.units, external_ref = EXCLUDED.external_ref,
+                 version = EXCLUDED.version, updated_at = EXCLUDED.updated_at,
+                 position = EXCLUDED.position"
+        ))
+        .bind(id)
+        .bind(agency_id)
+        .bind(t.property_id)
+        .bind(&t.name)
+        .bind(room_types.units(id))
+        .bind(&t.external_ref)
+        .bind(i64::try_from(t.version).unwrap_or(i64::MAX))
+        .bind(t.created_at)
+        .bind(t.updated_at)
+        .bind(position)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Moves each night by its net change, to the room type's final units, then
+/// gives the other nights of a room type whose units changed their new
+/// units, and drops the nights that hold nothing any more.
+async fn write_nights(
+    conn: &mut PgConnection,
+    table: &str,
+    room_types: &RoomTypes,
+    changed_types: &HashSet<Uuid>,
+    nights: &BTreeMap<(Uuid, NaiveDate), i32>,
+) -> Result<(), sqlx::Error> {
+    if !nights.is_empty() {
+        // A night of a room type the projection does not have cannot be
+        // counted: the CHECK (0 units) parks the property loudly.
+        let units_of = |id: &Uuid| room_types.units(id);
+        let owner = |id: &Uuid| {
+            let agency = room_types.rows.get(id).map_or(Uuid::nil(), |r| r.0);
+            let property = room_types
+                .types
+                .get(id)
+                .map_or(Uuid::nil(), |t| t.property_id);
+            (agency, property)
+        };
+        // An update of the nights that have a row, then an insert of the
+        // others: with INSERT ... ON CONFLICT the CHECKs would judge the
+        // proposed row (a bare delta, maybe negative) before the conflict.
+        let rows = (
+            nights.keys().map(|(r, _)| *r).collect::<Vec<_>>(),
+            nights.keys().map(|(_, n)| *n).collect::<Vec<_>>(),
+            nights.keys().map(|(r, _)| owner(r).0).collect::<Vec<_>>(),
+            nights.keys().map(|(r, _)| owner(r).1).collect::<Vec<_>>(),
+            nights.keys().map(|(r, _)| units_of(r)).collect::<Vec<_>>(),
+            nights.values().copied().collect::<Vec<_>>(),
+        );
+        sqlx::query(&format!(
+            "WITH x AS (
+                 SELECT * FROM UNNEST($1::uuid[], $2::date[], $3::uuid[], $4::uuid[], $5::int[],
+                                      $6::int[]) AS x(r, n, a, p, u, d)),
+             moved AS (
+                 UPDATE {table} t SET taken = t.taken + x.d, units = x.u
+                   FROM x WHERE t.room_type_id = x.r AND t.night = x.n
+                 RETURNING t.room_type_id, t.night)
+             INSERT INTO {table} (room_type_id, night, agency_id, property_id, units, taken)
+             SELECT x.r, x.n, x.a, x.p, x.u, x.d FROM x
+              WHERE NOT EXISTS (SELECT 1 FROM moved m WHERE m.room_type_id = x.r AND m.night = x.n)"
+        ))
+        .bind(rows.0)
+        .bind(rows.1)
+        .bind(rows.2)
+        .bind(rows.3)
+        .bind(rows.4)
+        .bind(rows.5)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !changed_types.is_empty() {
+        let ids: Vec<Uuid> = changed_types.iter().copied().collect();
+        sqlx::query(&format!(
+            "UPDATE {table} n SET units = x.u
+               FROM UNNEST($1::uuid[], $2::int[]) AS x(r, u)
+              WHERE n.room_type_id = x.r AND n.units <> x.u"
+        ))
+        .bind(&ids)
+        .bind(
+            ids.iter()
+                .map(|id| room_types.units(id))
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !nights.is_empty() {
+        let ids: Vec<Uuid> = nights.keys().map(|(r, _)| *r).collect();
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE room_type_id = ANY($1) AND taken = 0"
+        ))
+        .bind(&ids)
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Folds one event with the domain's rule of held nights.
 fn fold(ranges: &mut HashMap<Uuid, Option<Range>>, envelope: &Envelope) {
-    let position = envelope.position;
-    let claim = |kind, property_id, start, end, status: &str| Range {
-        agency_id: envelope.meta.agency_id,
-        property_id,
-        kind,
-        start,
-        end,
-        status: status.to_owned(),
-        position,
+    let Some(change) = claim_change(&envelope.event) else {
+        return;
     };
+    let position = envelope.position;
     let mut update = |id: Uuid, change: &dyn Fn(&mut Range)| {
         if let Some(Some(range)) = ranges.get_mut(&id) {
             change(range);
             range.position = position;
         }
     };
-    match &envelope.event {
-        CalendarEvent::BookingReserved {
-            booking_id,
-            property_id,
+    match change {
+        ClaimChange::Hold {
+            kind,
+            id,
+            nights,
             status,
-            check_in,
-            check_out,
-            ..
+            room_type_id,
+            units,
         } => {
-            let range = status.is_active().then(|| {
-                claim(
-                    "booking",
-                    *property_id,
-                    *check_in,
-                    *check_out,
-                    status.as_str(),
-                )
-            });
-            ranges.insert(*booking_id, range);
+            let range = Range {
+                agency_id: envelope.meta.agency_id,
+                property_id: envelope.property_id,
+                kind,
+                start: nights.start,
+                end: nights.end,
+                status: status.into(),
+                position,
+                room_type_id,
+                units: i32::try_from(units).unwrap_or(i32::MAX),
+            };
+            ranges.insert(id, Some(range));
         }
-        CalendarEvent::BookingModified {
-            booking_id,
-            check_in,
-            check_out,
-            ..
-        } => update(*booking_id, &|r| {
-            r.start = *check_in;
-            r.end = *check_out;
+        ClaimChange::Move { id, nights } => update(id, &|r| {
+            r.start = nights.start;
+            r.end = nights.end;
         }),
-        CalendarEvent::BookingConfirmed { booking_id, .. } => {
-            update(*booking_id, &|r| r.status = "confirmed".into())
+        ClaimChange::Restatus { id, status } => update(id, &|r| r.status = status.into()),
+        ClaimChange::Release { id, .. } => {
+            ranges.insert(id, None);
         }
-        CalendarEvent::BookingCheckedIn { booking_id, .. } => {
-            update(*booking_id, &|r| r.status = "checked_in".into())
-        }
-        CalendarEvent::BookingCancelled { booking_id, .. }
-        | CalendarEvent::BookingCheckedOut { booking_id, .. }
-        | CalendarEvent::BookingNoShow { booking_id, .. }
-        | CalendarEvent::BookingHoldExpired { booking_id, .. } => {
-            ranges.insert(*booking_id, None);
-        }
-        CalendarEvent::AvailabilityBlocked {
-            block_id,
-            property_id,
-            start,
-            end,
-            ..
-        } => {
-            ranges.insert(
-                *block_id,
-                Some(claim("block", *property_id, *start, *end, "blocked")),
-            );
-        }
-        CalendarEvent::AvailabilityReleased { block_id, .. } => {
-            ranges.insert(*block_id, None);
-        }
-        CalendarEvent::PropertyRegistered { .. }
-        | CalendarEvent::PropertyUpdated { .. }
-        | CalendarEvent::PropertyArchived { .. } => {}
     }
 }

@@ -50,7 +50,11 @@ impl Projection {
     /// The tables this projection owns (and rebuilds on replay).
     pub fn tables(self) -> &'static [&'static str] {
         match self {
-            Projection::Inventory => &["inventory_ranges"],
+            Projection::Inventory => &[
+                "inventory_ranges",
+                "inventory_room_types",
+                "inventory_nights",
+            ],
             Projection::Views => &["properties_view", "bookings_view"],
             Projection::Audit => &["audit_log"],
         }

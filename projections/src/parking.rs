@@ -28,6 +28,9 @@ use crate::Projection;
 
 /// `exclusion_violation`: an event would give a property overlapping claims.
 const EXCLUSION_VIOLATION: &str = "23P01";
+/// The CHECK that a room type's night holds no more than its units
+/// (migration 0013): the same line of defence, counted per night.
+const CAPACITY_CHECK: &str = "inventory_nights_capacity";
 
 /// Failures that say nothing about the event: the database unavailable, a
 /// deadlock or serialization failure (class 40), out of resources (53), a
@@ -231,18 +234,20 @@ async fn park(
     error: &sqlx::Error,
 ) -> Result<(), sqlx::Error> {
     let exclusion = matches!(error, sqlx::Error::Database(e)
-        if e.code().as_deref() == Some(EXCLUSION_VIOLATION));
+        if e.code().as_deref() == Some(EXCLUSION_VIOLATION)
+            || e.constraint() == Some(CAPACITY_CHECK));
     let text = format!("event at position {}: {error}", event.position);
     if exclusion {
         // Invariant 1's second line of defence fired: the write side let
-        // overlapping claims through, or someone wrote into the read model.
+        // overlapping claims (or more claims than a room type has units)
+        // through, or someone wrote into the read model.
         tracing::error!(
             projection = checkpoint,
             agency_id = %event.meta.agency_id,
             property_id = %event.property_id,
             position = event.position,
             %error,
-            "EXCLUSION VIOLATION in inventory_ranges; property parked"
+            "EXCLUSION VIOLATION in inventory_ranges or inventory_nights; property parked"
         );
     } else {
         tracing::error!(

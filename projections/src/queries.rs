@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use ledger_domain::values::ClaimKind;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
@@ -205,11 +206,13 @@ pub async fn booking(
 /// One active claim on a property's nights.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClaimedRange {
-    pub kind: String,
+    pub kind: ClaimKind,
     pub id: Uuid,
     pub start: NaiveDate,
     pub end: NaiveDate,
     pub status: String,
+    /// The room type the claim holds units of; `None` on a single unit.
+    pub room_type_id: Option<Uuid>,
 }
 
 /// Active claims of a property overlapping `[from, to)`, in date order.
@@ -221,7 +224,8 @@ pub async fn ranges(
     to: NaiveDate,
 ) -> Result<Vec<ClaimedRange>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT kind, ref_id, lower(during) AS start_night, upper(during) AS end_night, status
+        "SELECT kind, ref_id, lower(during) AS start_night, upper(during) AS end_night, status,
+                room_type_id
            FROM inventory_ranges
           WHERE agency_id = $1 AND property_id = $2 AND during && daterange($3, $4)
           ORDER BY lower(during)",
@@ -240,6 +244,7 @@ pub async fn ranges(
                 start: row.try_get("start_night")?,
                 end: row.try_get("end_night")?,
                 status: row.try_get("status")?,
+                room_type_id: row.try_get("room_type_id")?,
             })
         })
         .collect()
@@ -365,11 +370,12 @@ mod tests {
 
     fn range(start: u32, end: u32) -> ClaimedRange {
         ClaimedRange {
-            kind: "booking".into(),
+            kind: ClaimKind::Booking,
             id: Uuid::nil(),
             start: d(start),
             end: d(end),
             status: "confirmed".into(),
+            room_type_id: None,
         }
     }
 

@@ -82,6 +82,9 @@ pub struct BookingRow {
     pub notes: Option<String>,
     pub hold_expires_at: Option<DateTime<Utc>>,
     pub cancel_reason: Option<String>,
+    /// Added with room types (migration 0013).
+    #[serde(default)]
+    pub room_type_id: Option<Uuid>,
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -106,6 +109,7 @@ impl BookingRow {
             notes: b.notes.clone(),
             hold_expires_at: b.hold_expires_at,
             cancel_reason: b.cancel_reason.clone(),
+            room_type_id: b.room_type_id,
             version: b.version as i64,
             created_at: b.created_at,
             updated_at: b.updated_at,
@@ -134,6 +138,7 @@ impl BookingRow {
             version: self.version as u64,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            room_type_id: self.room_type_id,
         }
     }
 }
@@ -231,8 +236,10 @@ pub async fn apply(
     property_ids.dedup();
     let mut booking_ids: Vec<Uuid> = events
         .iter()
-        .filter(|e| e.event.kind().starts_with("booking."))
-        .filter_map(|e| e.event.subject())
+        .filter_map(|e| match view_row(&e.event) {
+            ViewRow::Booking(id) => Some(id),
+            ViewRow::Property | ViewRow::Nothing => None,
+        })
         .collect();
     booking_ids.sort_unstable();
     booking_ids.dedup();
@@ -270,19 +277,15 @@ pub async fn apply(
             .entry(envelope.property_id)
             .or_default()
             .apply(envelope.event.clone());
-        match &envelope.event {
-            CalendarEvent::PropertyRegistered { .. }
-            | CalendarEvent::PropertyUpdated { .. }
-            | CalendarEvent::PropertyArchived { .. } => {
+        match view_row(&envelope.event) {
+            ViewRow::Property => {
                 property_positions.insert(envelope.property_id, envelope.position);
             }
-            event if event.kind().starts_with("booking.") => {
-                if let Some(id) = event.subject() {
-                    booking_agency.entry(id).or_insert(envelope.meta.agency_id);
-                    booking_positions.insert(id, (envelope.property_id, envelope.position));
-                }
+            ViewRow::Booking(id) => {
+                booking_agency.entry(id).or_insert(envelope.meta.agency_id);
+                booking_positions.insert(id, (envelope.property_id, envelope.position));
             }
-            _ => {}
+            ViewRow::Nothing => {}
         }
     }
 
@@ -321,4 +324,34 @@ pub async fn apply(
     )
     .await?;
     Ok(())
+}
+
+/// The row of the views an event changes.
+enum ViewRow {
+    Property,
+    Booking(Uuid),
+    Nothing,
+}
+
+/// Exhaustive on purpose: a new event type does not compile until it says
+/// which view row it changes.
+fn view_row(event: &CalendarEvent) -> ViewRow {
+    match event {
+        CalendarEvent::PropertyRegistered { .. }
+        | CalendarEvent::PropertyUpdated { .. }
+        | CalendarEvent::PropertyArchived { .. } => ViewRow::Property,
+        CalendarEvent::BookingReserved { booking_id, .. }
+        | CalendarEvent::BookingModified { booking_id, .. }
+        | CalendarEvent::BookingConfirmed { booking_id, .. }
+        | CalendarEvent::BookingCancelled { booking_id, .. }
+        | CalendarEvent::BookingCheckedIn { booking_id, .. }
+        | CalendarEvent::BookingCheckedOut { booking_id, .. }
+        | CalendarEvent::BookingNoShow { booking_id, .. }
+        | CalendarEvent::BookingHoldExpired { booking_id, .. } => ViewRow::Booking(*booking_id),
+        // Blocks and room types have no view of their own yet.
+        CalendarEvent::AvailabilityBlocked { .. }
+        | CalendarEvent::AvailabilityReleased { .. }
+        | CalendarEvent::RoomTypeCreated { .. }
+        | CalendarEvent::RoomTypeUpdated { .. } => ViewRow::Nothing,
+    }
 }

@@ -173,6 +173,8 @@ fn command(
             },
             note: Some("painting".into()),
             external_ref: None,
+            room_type_id: None,
+            units: None,
         }),
         Op::Release(target) => CalendarCommand::ReleaseBlock {
             block_id: pick(&subject.blocks, target)?,

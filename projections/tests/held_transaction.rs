@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use common::*;
 use ledger_domain::commands::BlockNights;
-use ledger_domain::values::BlockReason;
+use ledger_domain::values::{BlockReason, ClaimKind};
 use ledger_domain::CalendarCommand;
-use ledger_infra::event_store::{EventStore, RefKind};
+use ledger_infra::event_store::EventStore;
 use ledger_projections::{runner, tail, Projection};
 use uuid::Uuid;
 
@@ -46,7 +46,7 @@ async fn held_open_transaction_is_never_skipped() {
     EventStore::record_ref(
         &mut held,
         held_booking,
-        RefKind::Booking,
+        ClaimKind::Booking,
         agency,
         held_property,
     )
@@ -70,6 +70,8 @@ async fn held_open_transaction_is_never_skipped() {
             reason: BlockReason::Maintenance,
             note: None,
             external_ref: None,
+            room_type_id: None,
+            units: None,
         }),
     )
     .await

@@ -8,6 +8,7 @@ mod consistency;
 mod failure;
 mod held_transaction;
 mod postgres_es;
+mod room_types;
 mod snapshots;
 mod tail_order;
 mod watermark_plan;

@@ -33,6 +33,14 @@ pub struct BlockBody {
     #[serde(default)]
     #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub external_ref: Option<String>,
+    /// Required on a property with room types, refused elsewhere.
+    #[serde(default)]
+    pub room_type_id: Option<Uuid>,
+    /// How many units of the room type the block closes: 1 when absent, at
+    /// most the room type's units; only 1 on a single-unit property.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub units: Option<u32>,
 }
 
 impl BlockBody {
@@ -44,6 +52,8 @@ impl BlockBody {
             reason: self.reason.into(),
             note: self.note,
             external_ref: self.external_ref,
+            room_type_id: self.room_type_id,
+            units: self.units,
         }
     }
 }
@@ -59,6 +69,11 @@ pub struct BlockView {
     pub reason: BlockReason,
     pub note: Option<String>,
     pub external_ref: Option<String>,
+    /// On a property with room types only, with the units it closes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_type_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub units: Option<u32>,
     pub released: bool,
     pub created_at: DateTime<Utc>,
     pub position: i64,
@@ -75,6 +90,8 @@ impl BlockView {
             reason: b.reason,
             note: b.note.clone(),
             external_ref: b.external_ref.clone(),
+            room_type_id: b.room_type_id,
+            units: b.room_type_id.map(|_| b.units),
             released: b.released,
             created_at: b.created_at,
             position,

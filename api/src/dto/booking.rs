@@ -51,6 +51,9 @@ pub struct ReserveBody {
         pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"
     )]
     pub notes: Option<String>,
+    /// Required on a property with room types, refused elsewhere.
+    #[serde(default)]
+    pub room_type_id: Option<Uuid>,
 }
 
 impl ReserveBody {
@@ -71,6 +74,7 @@ impl ReserveBody {
             external_ref: self.external_ref,
             price: self.price.map(Into::into),
             notes: self.notes,
+            room_type_id: self.room_type_id,
         }
     }
 }
@@ -146,6 +150,9 @@ pub struct BookingView {
     pub price: Option<PriceDto>,
     pub notes: Option<String>,
     pub hold_expires_at: Option<DateTime<Utc>>,
+    /// On a property with room types only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_type_id: Option<Uuid>,
     pub version: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -170,6 +177,7 @@ impl BookingView {
             price: b.price.as_ref().map(Into::into),
             notes: b.notes.clone(),
             hold_expires_at: b.hold_expires_at,
+            room_type_id: b.room_type_id,
             version: b.version,
             created_at: b.created_at,
             updated_at: b.updated_at,

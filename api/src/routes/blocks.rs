@@ -3,8 +3,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use ledger_domain::values::ClaimKind;
 use ledger_domain::{Action, CalendarCommand};
-use ledger_infra::RefKind;
 use uuid::Uuid;
 
 use super::{execute, not_found_as, read_reply, PathId};
@@ -39,7 +39,7 @@ pub async fn create(
 async fn property_of(state: &AppState, caller: &Caller, block_id: Uuid) -> Result<Uuid, ApiError> {
     state
         .store()
-        .resolve_ref(block_id, RefKind::Block, caller.0.agency_id)
+        .resolve_ref(block_id, ClaimKind::Block, caller.0.agency_id)
         .await?
         .ok_or(ApiError::BlockNotFound)
 }

@@ -3,8 +3,8 @@
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use ledger_domain::values::ClaimKind;
 use ledger_domain::{CalendarCommand, Outcome};
-use ledger_infra::RefKind;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
@@ -51,7 +51,7 @@ async fn property_of(
 ) -> Result<Uuid, ApiError> {
     state
         .store()
-        .resolve_ref(booking_id, RefKind::Booking, caller.0.agency_id)
+        .resolve_ref(booking_id, ClaimKind::Booking, caller.0.agency_id)
         .await?
         .ok_or(ApiError::BookingNotFound)
 }

@@ -9,6 +9,7 @@ pub mod ops;
 pub mod properties;
 pub mod reads;
 pub mod resync;
+pub mod room_types;
 pub mod stream;
 
 use axum::extract::{FromRequestParts, Path};

@@ -330,7 +330,7 @@ pub async fn availability(
     let ranges = ranges
         .into_iter()
         .map(|r| RangeView {
-            kind: r.kind,
+            kind: r.kind.as_str().into(),
             id: r.id,
             start: r.start,
             end: r.end,

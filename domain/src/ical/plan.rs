@@ -128,6 +128,8 @@ mod tests {
             released: false,
             created_at: DateTime::from_timestamp(0, 0).expect("a time"),
             released_at: None,
+            room_type_id: None,
+            units: 1,
         }
     }
 

@@ -5,31 +5,17 @@ use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
 use super::text::{escape_text, push_line};
+use crate::values::ClaimKind;
 
 /// The domain part of every exported UID.
 pub const UID_DOMAIN: &str = "booking-ledger";
 pub const PRODID: &str = "-//Booking Ledger//iCal export 1.0//EN";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RangeKind {
-    Booking,
-    Block,
-}
-
-impl RangeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RangeKind::Booking => "booking",
-            RangeKind::Block => "block",
-        }
-    }
-
-    /// The VEVENT's SUMMARY: never anything about the guest.
-    fn summary(self) -> &'static str {
-        match self {
-            RangeKind::Booking => "Reserved",
-            RangeKind::Block => "Blocked",
-        }
+/// The VEVENT's SUMMARY: never anything about the guest.
+fn summary(kind: ClaimKind) -> &'static str {
+    match kind {
+        ClaimKind::Booking => "Reserved",
+        ClaimKind::Block => "Blocked",
     }
 }
 
@@ -37,7 +23,7 @@ impl RangeKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportRange {
     pub ref_id: Uuid,
-    pub kind: RangeKind,
+    pub kind: ClaimKind,
     pub start: NaiveDate,
     pub end: NaiveDate,
     pub changed_at: DateTime<Utc>,
@@ -79,7 +65,7 @@ pub fn render(property_id: Uuid, ranges: &[ExportRange]) -> String {
             &mut out,
             &format!("DTEND;VALUE=DATE:{}", range.end.format("%Y%m%d")),
         );
-        line(&mut out, &format!("SUMMARY:{}", range.kind.summary()));
+        line(&mut out, &format!("SUMMARY:{}", summary(range.kind)));
         line(&mut out, "TRANSP:OPAQUE");
         line(&mut out, "END:VEVENT");
     }
@@ -96,7 +82,7 @@ mod tests {
     fn the_document_reads_back_as_its_ranges() {
         let range = ExportRange {
             ref_id: Uuid::nil(),
-            kind: RangeKind::Booking,
+            kind: ClaimKind::Booking,
             start: NaiveDate::from_ymd_opt(2027, 7, 1).expect("a date"),
             end: NaiveDate::from_ymd_opt(2027, 7, 4).expect("a date"),
             changed_at: DateTime::from_timestamp(0, 0).expect("the epoch"),

@@ -1,7 +1,7 @@
 //! The export adapter: follows the stream with the channel kit and keeps, per
-//! property, the ranges of nights that are held (the same rule as the
-//! `inventory_ranges` projection: active bookings and unreleased blocks),
-//! which `ledger_domain::ical::render` renders as an iCalendar document.
+//! property, the ranges of nights that are held (the domain's rule,
+//! `ledger_domain::claims`, which the `inventory_ranges` projection folds
+//! too), which `ledger_domain::ical::render` renders as an iCalendar document.
 //!
 //! Each event is applied in one transaction with the property's cursor (its
 //! last applied `ledgersequence`), then acked. An event at or below the
@@ -20,9 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use ledger_domain::checksum::{self, ChannelRange};
-pub use ledger_domain::ical::render::{ExportRange, RangeKind};
-use ledger_domain::CalendarEvent;
+use ledger_domain::checksum::ChannelRange;
+use ledger_domain::claims::{claim_change, ClaimChange};
+pub use ledger_domain::ical::render::ExportRange;
+use ledger_domain::values::ClaimKind;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
@@ -183,31 +184,23 @@ impl IcalExport {
         let mut loaded = Loaded::default();
         loaded.fold(events);
         let calendar = &loaded.calendar;
-        let bookings = calendar
-            .bookings
-            .values()
-            .filter(|b| b.status.is_active())
-            .map(|b| ExportRange {
-                ref_id: b.id,
-                kind: RangeKind::Booking,
-                start: b.nights.start,
-                end: b.nights.end,
-                changed_at: b.updated_at,
-                status: b.status.as_str().to_owned(),
-            });
-        let blocks = calendar
-            .blocks
-            .values()
-            .filter(|b| !b.released)
-            .map(|b| ExportRange {
-                ref_id: b.id,
-                kind: RangeKind::Block,
-                start: b.nights.start,
-                end: b.nights.end,
-                changed_at: b.created_at,
-                status: checksum::BLOCKED.to_owned(),
-            });
-        Ok(bookings.chain(blocks).collect())
+        Ok(calendar
+            .active_claims()
+            .map(|(kind, id, nights)| {
+                let changed_at = match kind {
+                    ClaimKind::Booking => calendar.bookings.get(&id).map(|b| b.updated_at),
+                    ClaimKind::Block => calendar.blocks.get(&id).map(|b| b.created_at),
+                };
+                ExportRange {
+                    ref_id: id,
+                    kind,
+                    start: nights.start,
+                    end: nights.end,
+                    changed_at: changed_at.unwrap_or_default(),
+                    status: calendar.claim_status(kind, id).to_owned(),
+                }
+            })
+            .collect())
     }
 }
 
@@ -222,14 +215,9 @@ pub async fn ranges(pool: &PgPool, property_id: Uuid) -> Result<Vec<ExportRange>
     .await?;
     rows.iter()
         .map(|row| {
-            let kind: String = row.try_get("kind")?;
             Ok(ExportRange {
                 ref_id: row.try_get("ref_id")?,
-                kind: if kind == "block" {
-                    RangeKind::Block
-                } else {
-                    RangeKind::Booking
-                },
+                kind: row.try_get("kind")?,
                 start: row.try_get("start_night")?,
                 end: row.try_get("end_night")?,
                 changed_at: row.try_get("changed_at")?,
@@ -268,11 +256,7 @@ impl AdapterState for IcalExport {
             .iter()
             .map(|r| ExportRange {
                 ref_id: r.id,
-                kind: if r.kind == "block" {
-                    RangeKind::Block
-                } else {
-                    RangeKind::Booking
-                },
+                kind: r.kind,
                 start: r.start,
                 end: r.end,
                 changed_at: snapshot.time,
@@ -304,7 +288,7 @@ impl AdapterState for IcalExport {
             .into_iter()
             .filter(|r| r.end > from && r.start < to)
             .map(|r| ChannelRange {
-                kind: r.kind.as_str().to_owned(),
+                kind: r.kind,
                 id: r.ref_id,
                 start: r.start,
                 end: r.end,
@@ -314,84 +298,58 @@ impl AdapterState for IcalExport {
     }
 }
 
+/// Folds one event with the domain's rule of held nights.
 async fn apply_event(conn: &mut PgConnection, event: &LedgerEvent) -> Result<(), sqlx::Error> {
-    let at = event.cloud.time;
-    let upsert = |ref_id, kind: RangeKind, start, end, status: &str| ExportRange {
-        ref_id,
-        kind,
-        start,
-        end,
-        changed_at: at,
-        status: status.to_owned(),
+    let Some(change) = claim_change(&event.event) else {
+        return Ok(());
     };
-    match &event.event {
-        CalendarEvent::BookingReserved {
-            booking_id,
+    let at = event.cloud.time;
+    match change {
+        // A room type's nights are exported by count, not per claim (not
+        // built yet: docs/api.md "Room types").
+        ClaimChange::Hold {
+            room_type_id: Some(_),
+            ..
+        } => Ok(()),
+        ClaimChange::Hold {
+            kind,
+            id,
+            nights,
             status,
-            check_in,
-            check_out,
-            ..
-        } if status.is_active() => {
-            let range = upsert(
-                *booking_id,
-                RangeKind::Booking,
-                *check_in,
-                *check_out,
-                status.as_str(),
-            );
-            insert(conn, event.agency_id, event.property_id, &range).await
-        }
-        CalendarEvent::AvailabilityBlocked {
-            block_id,
-            start,
-            end,
+            room_type_id: None,
             ..
         } => {
-            let range = upsert(*block_id, RangeKind::Block, *start, *end, checksum::BLOCKED);
+            let range = ExportRange {
+                ref_id: id,
+                kind,
+                start: nights.start,
+                end: nights.end,
+                changed_at: at,
+                status: status.to_owned(),
+            };
             insert(conn, event.agency_id, event.property_id, &range).await
         }
-        CalendarEvent::BookingModified {
-            booking_id,
-            check_in,
-            check_out,
-            ..
-        } => {
+        ClaimChange::Move { id, nights } => {
             sqlx::query(
                 "UPDATE ical_export_ranges SET start_night = $2, end_night = $3, changed_at = $4
                   WHERE ref_id = $1",
             )
-            .bind(booking_id)
-            .bind(check_in)
-            .bind(check_out)
+            .bind(id)
+            .bind(nights.start)
+            .bind(nights.end)
             .bind(at)
             .execute(conn)
             .await?;
             Ok(())
         }
-        CalendarEvent::BookingCancelled { booking_id: id, .. }
-        | CalendarEvent::BookingCheckedOut { booking_id: id, .. }
-        | CalendarEvent::BookingNoShow { booking_id: id, .. }
-        | CalendarEvent::BookingHoldExpired { booking_id: id, .. }
-        | CalendarEvent::AvailabilityReleased { block_id: id, .. } => {
+        ClaimChange::Restatus { id, status } => set_status(conn, id, status).await,
+        ClaimChange::Release { id, .. } => {
             sqlx::query("DELETE FROM ical_export_ranges WHERE ref_id = $1")
                 .bind(id)
                 .execute(conn)
                 .await?;
             Ok(())
         }
-        // Confirming or checking in keeps the nights held, with a new status.
-        CalendarEvent::BookingConfirmed { booking_id, .. } => {
-            set_status(conn, *booking_id, "confirmed").await
-        }
-        CalendarEvent::BookingCheckedIn { booking_id, .. } => {
-            set_status(conn, *booking_id, "checked_in").await
-        }
-        // Property events hold no nights; a reservation that is not active
-        // holds none.
-        CalendarEvent::BookingReserved { .. }
-        | CalendarEvent::PropertyRegistered { .. }
-        | CalendarEvent::PropertyUpdated { .. }
-        | CalendarEvent::PropertyArchived { .. } => Ok(()),
     }
 }
 
@@ -424,7 +382,7 @@ async fn insert(
     .bind(range.ref_id)
     .bind(agency_id)
     .bind(property_id)
-    .bind(range.kind.as_str())
+    .bind(range.kind)
     .bind(range.start)
     .bind(range.end)
     .bind(range.changed_at)

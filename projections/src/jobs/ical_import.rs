@@ -288,6 +288,8 @@ impl ImportRun<'_> {
             reason: BlockReason::Other,
             note: Some(self.note.to_owned()),
             external_ref: Some(event.uid.clone()),
+            room_type_id: None,
+            units: None,
         });
         match self.execute(command).await? {
             Ok(position) => {

@@ -137,6 +137,7 @@ pub fn reserve_stay(booking: Uuid, start: u64, end: u64) -> ReserveStay {
         external_ref: None,
         price: None,
         notes: None,
+        room_type_id: None,
     }
 }
 
@@ -504,5 +505,6 @@ pub fn reserved_event(property: Uuid, booking: Uuid, start: u64, end: u64) -> Ca
         notes: None,
         hold_expires_at: None,
         at: at(1),
+        room_type_id: None,
     }
 }

@@ -1,0 +1,197 @@
+//! Room type routes (docs/api.md "Room types"): create, update and list the
+//! room types of a property. Room types live in the property's calendar, so
+//! they are decided and read like its bookings and blocks.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use ledger_domain::commands::{CreateRoomType, UpdateRoomType};
+use ledger_domain::{Action, CalendarCommand, PropertyCalendar, RoomType};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{execute, read_reply, PathId};
+use crate::auth::Caller;
+use crate::dto::{not_null, nullable};
+use crate::error::ApiError;
+use crate::extract::{Body, WriteCtx};
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoomTypeBody {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
+    pub name: String,
+    #[schema(minimum = 1, maximum = 1000)]
+    pub units: u32,
+    #[serde(default)]
+    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    pub external_ref: Option<String>,
+}
+
+/// Any of the fields; `null` clears `external_ref` and is refused for the others.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRoomTypeBody {
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = String, min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(value_type = u32, minimum = 1, maximum = 1000)]
+    pub units: Option<u32>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    pub external_ref: Option<Option<String>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoomTypeView {
+    pub id: Uuid,
+    pub property_id: Uuid,
+    pub name: String,
+    pub units: u32,
+    pub external_ref: Option<String>,
+    pub version: u64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub position: i64,
+}
+
+impl RoomTypeView {
+    fn new(t: &RoomType, position: i64) -> Self {
+        RoomTypeView {
+            id: t.id,
+            property_id: t.property_id,
+            name: t.name.clone(),
+            units: t.units,
+            external_ref: t.external_ref.clone(),
+            version: t.version,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+            position,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoomTypeList {
+    pub data: Vec<RoomTypeView>,
+}
+
+fn room_type_view(calendar: &PropertyCalendar, id: Uuid, position: i64) -> Option<RoomTypeView> {
+    calendar
+        .room_types
+        .get(&id)
+        .map(|t| RoomTypeView::new(t, position))
+}
+
+#[utoipa::path(post, path = "/api/v1/properties/{id}/room-types", tag = "room types",
+    request_body = CreateRoomTypeBody,
+    responses((status = 201, body = RoomTypeView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<AppState>,
+    PathId(property_id): PathId,
+    ctx: WriteCtx,
+    Body(body): Body<CreateRoomTypeBody>,
+) -> Result<Response, ApiError> {
+    let room_type_id = Uuid::now_v7();
+    let command = CalendarCommand::CreateRoomType(CreateRoomType {
+        room_type_id,
+        name: body.name,
+        units: body.units,
+        external_ref: body.external_ref,
+    });
+    decide(
+        &state,
+        ctx,
+        property_id,
+        command,
+        room_type_id,
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+#[utoipa::path(patch, path = "/api/v1/properties/{id}/room-types/{room_type_id}", tag = "room types",
+    request_body = UpdateRoomTypeBody,
+    responses((status = 200, body = RoomTypeView), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update(
+    State(state): State<AppState>,
+    Path((property, room_type)): Path<(String, String)>,
+    ctx: WriteCtx,
+    Body(body): Body<UpdateRoomTypeBody>,
+) -> Result<Response, ApiError> {
+    let property_id = uuid_in_path(&property)?;
+    let room_type_id = uuid_in_path(&room_type)?;
+    let command = CalendarCommand::UpdateRoomType(UpdateRoomType {
+        room_type_id,
+        name: body.name,
+        units: body.units,
+        external_ref: body.external_ref,
+    });
+    decide(
+        &state,
+        ctx,
+        property_id,
+        command,
+        room_type_id,
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// Runs a room type's command and answers with the room type after it.
+async fn decide(
+    state: &AppState,
+    ctx: WriteCtx,
+    property_id: Uuid,
+    command: CalendarCommand,
+    room_type_id: Uuid,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let execution = ctx.execution(property_id, command);
+    execute(state, execution, status, move |calendar, position| {
+        room_type_view(calendar, room_type_id, position)
+    })
+    .await
+}
+
+#[utoipa::path(get, path = "/api/v1/properties/{id}/room-types", tag = "room types",
+    responses((status = 200, body = RoomTypeList), (status = "4XX", body = crate::dto::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    PathId(property_id): PathId,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let (position, list) = state
+        .bus
+        .read(property_id, |loaded| {
+            loaded
+                .calendar
+                .property_for(&caller.0, Action::ReadCalendar)
+                .map_err(ApiError::from)?;
+            let data = loaded
+                .calendar
+                .room_types
+                .values()
+                .map(|t| RoomTypeView::new(t, loaded.position))
+                .collect();
+            Ok::<_, ApiError>((loaded.position, RoomTypeList { data }))
+        })
+        .await??;
+    Ok(read_reply(position, list))
+}
+
+fn uuid_in_path(raw: &str) -> Result<Uuid, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::validation(format!("{raw:?} is not a UUID")))
+}
