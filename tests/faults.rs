@@ -1,4 +1,4 @@
-//! Fault drill "PostgreSQL down" (QUALITY.md R4, API.md "Health and ops"):
+//! Fault drill "PostgreSQL down" (docs/quality.md R4, docs/api.md "Health and ops"):
 //! with the database stopped, liveness stays 200, readiness and the routes
 //! that need the database answer 503 `DATABASE_UNAVAILABLE` fast, and the same
 //! ledger process recovers by itself once PostgreSQL is back.

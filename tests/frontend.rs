@@ -1,4 +1,4 @@
-//! The front end's half of the contract (API.md "For browser front ends"):
+//! The front end's half of the contract (docs/api.md "For browser front ends"):
 //! CORS preflights and headers, conditional writes (`ETag`, `If-Match`,
 //! `If-None-Match`), and live updates over Server-Sent Events.
 

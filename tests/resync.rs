@@ -1,4 +1,4 @@
-//! Channels that can always get back in step (API.md "Channel resync and
+//! Channels that can always get back in step (docs/api.md "Channel resync and
 //! drift checks"; docs/channels.md): availability snapshots in order with the
 //! property's events, resync on request (one property, one agency, all),
 //! periodic drift checksums, and the channel kit recovering by itself. Each

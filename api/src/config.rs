@@ -1,5 +1,5 @@
 //! Typed configuration: every `ledger serve` flag is also an environment
-//! variable of the same name (API.md "Configuration").
+//! variable of the same name (docs/api.md "Configuration").
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;

@@ -1,5 +1,5 @@
 //! What a channel must hold for a property, and the one checksum that says
-//! whether it does (API.md "Channel resync and drift checks").
+//! whether it does (docs/api.md "Channel resync and drift checks").
 //!
 //! A snapshot, a periodic checksum message, the checksum route (over the
 //! `inventory_ranges` read model) and the channel kit (over an adapter's own

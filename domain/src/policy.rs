@@ -1,4 +1,4 @@
-//! Who may do what: the role table of PRODUCT.md, as one function, so the
+//! Who may do what: the role table of docs/product.md, as one function, so the
 //! table and the code can be compared line by line.
 
 use serde::{Deserialize, Serialize};

@@ -37,7 +37,7 @@
 //!   drops republished events only within its duplicate window; this catches
 //!   the rest.
 //!
-//! Getting back in step (API.md "Channel resync and drift checks";
+//! Getting back in step (docs/api.md "Channel resync and drift checks";
 //! docs/channels.md): an adapter that gives the kit its state
 //! ([`ChannelConsumer::with_state`], an [`AdapterState`]) has snapshots and
 //! checksums handled for it. A snapshot replaces what the adapter holds for

@@ -1,5 +1,5 @@
 //! The document every event is published as: CloudEvents 1.0, structured
-//! JSON mode, with the two ledger extensions (API.md "Event stream on NATS
+//! JSON mode, with the two ledger extensions (docs/api.md "Event stream on NATS
 //! JetStream"). The publisher writes it; the channel kit and `ledger tail`
 //! read it. Nothing here talks to NATS.
 
@@ -105,7 +105,7 @@ impl CloudEvent {
     }
 }
 
-/// The `<event_type>` of availability snapshots (API.md "Channel resync and
+/// The `<event_type>` of availability snapshots (docs/api.md "Channel resync and
 /// drift checks"): not an event of the log, a picture of the property's
 /// active claims as of `ledgersequence`.
 pub const SNAPSHOT: &str = "availability.snapshot";

@@ -2,7 +2,7 @@
 //! everything that must be atomic with the events in the same transaction
 //! (booking/block refs, the Idempotency-Key reply).
 //!
-//! All or nothing, whatever the caller does (PRODUCT.md invariant 7):
+//! All or nothing, whatever the caller does (docs/product.md invariant 7):
 //! - a command runs in a task of its own, so a client that hangs up does not
 //!   cut it short: it commits or rolls back whole, and a retry with its key
 //!   finds the reply;

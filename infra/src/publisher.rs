@@ -1,5 +1,5 @@
 //! Publishes the log to NATS JetStream, in order, at least once, with no gaps
-//! (API.md "Event stream on NATS JetStream").
+//! (docs/api.md "Event stream on NATS JetStream").
 //!
 //! The publisher tails `events` by global position with the same gap-free
 //! reader as the projections (`crate::tail`), publishes a batch as CloudEvents
@@ -54,7 +54,7 @@ use crate::tail::{self, Cursor, Envelope, LogSignal, TailError};
 /// The publisher's row in `projection_checkpoints`.
 pub const CHECKPOINT: &str = "publisher";
 /// Events per batch: published back to back, then their acks awaited in
-/// order (≈10,000 acked messages/s with a window this size, EVENT-STORE.md).
+/// order (≈10,000 acked messages/s with a window this size, docs/event-store.md).
 pub const BATCH: i64 = 1000;
 /// How often an idle publisher looks for work without a NOTIFY.
 const POLL: Duration = Duration::from_millis(500);

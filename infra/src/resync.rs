@@ -1,4 +1,4 @@
-//! Resync and drift-check requests (API.md "Channel resync and drift
+//! Resync and drift-check requests (docs/api.md "Channel resync and drift
 //! checks"; docs/channels.md).
 //!
 //! A request is a row of `resync_requests`. Nothing here publishes: the

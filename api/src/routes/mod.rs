@@ -1,4 +1,4 @@
-//! The routes of API.md and the helpers every handler shares.
+//! The routes of docs/api.md and the helpers every handler shares.
 
 pub mod agencies;
 pub mod blocks;

@@ -1,4 +1,4 @@
-//! The read routes of API.md, served from the projections. Every read
+//! The read routes of docs/api.md, served from the projections. Every read
 //! accepts `?min_position=` (read-your-writes, at most 5 s of waiting) and
 //! answers with `x-ledger-position`, the position the read models reached.
 

@@ -1,4 +1,4 @@
-//! Channel resync and drift checks (API.md "Channel resync and drift
+//! Channel resync and drift checks (docs/api.md "Channel resync and drift
 //! checks"): ask for a snapshot of one property, or a background resync of
 //! many, and read a property's drift checksum from the read model. The
 //! snapshots themselves are published by the NATS publisher
