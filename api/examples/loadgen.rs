@@ -702,35 +702,6 @@ async fn open_loop(api: &Api, properties: Arc<Vec<Uuid>>, rate: f64, seconds: u6
         .unwrap_or_default()
 }
 
-/// Appends `count` valid `property.updated` events to a property, in SQL.
-async fn write_history(pool: &PgPool, property: Uuid, count: i64) -> BenchResult<()> {
-    let chunk = 20_000;
-    let mut written = 0;
-    while written < count {
-        let rows = chunk.min(count - written);
-        sqlx::query(
-            "WITH head AS (
-                 SELECT max(sequence) AS sequence, (array_agg(metadata::text))[1] AS metadata
-                   FROM events WHERE aggregate_type = 'property' AND aggregate_id = $1)
-             INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                                 event_version, payload, metadata, event_id)
-             SELECT 'property', $1, h.sequence + g, 'property.updated', '1',
-                    json_build_object('property_id', $1, 'name', 'History ' || g,
-                        'timezone', 'Europe/Lisbon', 'owner_id', NULL, 'external_ref', NULL,
-                        'changed', json_build_array('name'), 'at', now()),
-                    h.metadata::json, gen_random_uuid()
-               FROM head h, generate_series(1, $2) g
-              ORDER BY g",
-        )
-        .bind(property.to_string())
-        .bind(rows)
-        .execute(pool)
-        .await?;
-        written += rows;
-    }
-    Ok(())
-}
-
 /// `samples` reserves one after the other on a property, on distinct nights.
 async fn sequential(api: &Api, property: Uuid, offset: u64, samples: usize) -> Tally {
     let mut tally = Tally::default();
@@ -861,7 +832,7 @@ async fn run(settings: &Settings, database_url: &str, pool: &PgPool) -> BenchRes
     let hot = properties[0];
     let fresh = properties[1];
     let started = Instant::now();
-    write_history(pool, hot, settings.p3_events).await?;
+    ledger_test_support::write_history(pool, hot, settings.p3_events).await?;
     println!(
         "  wrote {} events in {:.1} s",
         settings.p3_events,

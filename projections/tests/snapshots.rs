@@ -11,31 +11,9 @@ use std::time::Duration;
 use common::*;
 use ledger_infra::event_store::{EventStore, SNAPSHOT_EVERY, SNAPSHOT_VERSION};
 use ledger_infra::CommandBus;
+use ledger_test_support::write_history;
 use sqlx::PgPool;
 use uuid::Uuid;
-
-/// Appends `count` `property.updated` events named "History <n>", in SQL.
-async fn write_history(pool: &PgPool, property: Uuid, count: i64) {
-    sqlx::query(
-        "WITH head AS (
-             SELECT max(sequence) AS sequence, (array_agg(metadata::text))[1] AS metadata
-               FROM events WHERE aggregate_type = 'property' AND aggregate_id = $1)
-         INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
-                             event_version, payload, metadata, event_id)
-         SELECT 'property', $1, h.sequence + g, 'property.updated', '1',
-                json_build_object('property_id', $1, 'name', 'History ' || (h.sequence + g),
-                    'timezone', 'Europe/Lisbon', 'owner_id', NULL, 'external_ref', NULL,
-                    'changed', json_build_array('name'), 'at', now()),
-                h.metadata::json, gen_random_uuid()
-           FROM head h, generate_series(1, $2) g
-          ORDER BY g",
-    )
-    .bind(property.to_string())
-    .bind(count)
-    .execute(pool)
-    .await
-    .expect("write the history");
-}
 
 /// The property's name as a fresh bus (nothing cached) loads it.
 async fn name_after_restart(store: &EventStore, property: Uuid) -> String {
@@ -69,7 +47,9 @@ async fn long_histories_load_from_a_snapshot_that_is_only_a_cache() {
     let property = Uuid::new_v4();
     register(&CommandBus::new(store.clone()), agency, property).await;
     let history = SNAPSHOT_EVERY + 200;
-    write_history(pool, property, history).await;
+    write_history(pool, property, history)
+        .await
+        .expect("write the history");
     let head = history + 1;
 
     // The first load folds the whole history and writes a snapshot of it.
@@ -124,7 +104,9 @@ async fn long_histories_load_from_a_snapshot_that_is_only_a_cache() {
         .execute(pool)
         .await
         .expect("restore the snapshot");
-    write_history(pool, property, 5).await;
+    write_history(pool, property, 5)
+        .await
+        .expect("write the history");
     let bus = CommandBus::new(store.clone());
     let through_snapshot = bus
         .read(property, |loaded| {

@@ -6,6 +6,7 @@
 //! kill them ([`pg`], [`nats`]).
 
 mod db;
+mod history;
 mod http;
 pub mod nats;
 pub mod pg;
@@ -14,6 +15,7 @@ mod token;
 mod wait;
 
 pub use db::{server_url, TestDb};
+pub use history::write_history;
 pub use http::{answers, assert_error, created, with_status, Api, Reply};
 pub use token::{agency, b64url, now_secs, operator, raw_token, token, token_with, SECRET};
 pub use wait::eventually;
