@@ -16,7 +16,7 @@ use common::nats::NatsServer;
 use common::stream::published;
 use common::{
     agency, assert_error, created, eventually, operator, spawn_app_with_env, token, with_status,
-    TestApp,
+    Reply, TestApp,
 };
 use futures::StreamExt;
 use ledger_domain::checksum::{self, ChannelRange};
@@ -175,15 +175,7 @@ async fn a_wiped_adapter_is_back_in_step_from_one_snapshot_and_the_events_after_
     published(&app, WAIT).await;
     let memory = Arc::new(Memory::default());
     run_adapter(&nats, "wiped", memory.clone()).await;
-    let reply = with_status(
-        StatusCode::ACCEPTED,
-        app.post(
-            &format!("/api/v1/properties/{property}/resync"),
-            &admin,
-            json!({}),
-        )
-        .await,
-    );
+    let reply = resync(&app, &admin, property).await;
     assert!(reply.body["as_of_position"].as_i64().unwrap_or(0) > 0);
     holds("the snapshot is applied", || async {
         !memory.snapshots.lock().unwrap().is_empty()
@@ -248,12 +240,7 @@ async fn a_faked_drift_is_found_by_the_checksum_and_mended_by_the_resync_it_trig
     published(&app, WAIT).await;
     let memory = Arc::new(Memory::default());
     run_adapter(&nats, "drifting", memory.clone()).await;
-    app.post(
-        &format!("/api/v1/properties/{property}/resync"),
-        &admin,
-        json!({}),
-    )
-    .await;
+    resync(&app, &admin, property).await;
     let expected = truth(&app, &admin, property).await;
     holds("the adapter is in step", || async {
         memory.held(property) == expected
@@ -344,6 +331,19 @@ async fn stream_messages(nats: &NatsServer, subject: &str) -> Vec<(String, Value
     out
 }
 
+/// `POST /api/v1/properties/{id}/resync`, answered 202.
+async fn resync(app: &TestApp, token: &str, property: Uuid) -> Reply {
+    with_status(
+        StatusCode::ACCEPTED,
+        app.post(
+            &format!("/api/v1/properties/{property}/resync"),
+            token,
+            json!({}),
+        )
+        .await,
+    )
+}
+
 async fn finished_job(app: &TestApp, op: &str, body: Value) -> Value {
     let reply = with_status(
         StatusCode::ACCEPTED,
@@ -385,15 +385,7 @@ async fn snapshots_resyncs_and_checksums_are_on_the_stream_as_the_contract_says(
     booking_id(&app.reserve(&admin, other, &day(1), &day(2)).await);
 
     // One property, on request.
-    let reply = with_status(
-        StatusCode::ACCEPTED,
-        app.post(
-            &format!("/api/v1/properties/{property}/resync"),
-            &admin,
-            json!({}),
-        )
-        .await,
-    );
+    let reply = resync(&app, &admin, property).await;
     let as_of_position = reply.body["as_of_position"].as_i64().expect("a position");
     booking_id(&app.reserve(&admin, property, &day(9), &day(11)).await);
     let all = format!("ledger.{agency_id}.{property}.>");
@@ -883,12 +875,7 @@ async fn the_example_adapter_mirrors_availability_into_a_json_file() {
     )
     .await;
     // A snapshot on request changes nothing for an adapter in step.
-    app.post(
-        &format!("/api/v1/properties/{property}/resync"),
-        &admin,
-        json!({}),
-    )
-    .await;
+    resync(&app, &admin, property).await;
     let expected = truth(&app, &admin, property).await;
     assert_eq!(expected.len(), 1);
     holds("the file follows the cancellation", || async {

@@ -245,9 +245,16 @@ impl CalendarEvent {
         event_type: &str,
         payload: serde_json::Value,
     ) -> Result<Self, serde_json::Error> {
+        serde_json::from_value(Self::tagged(event_type, payload))
+    }
+
+    /// A stored payload as serde (and cqrs-es) spell the event: externally
+    /// tagged, `{"booking.reserved": {...}}`. The log keeps the tag in
+    /// `event_type` only.
+    pub fn tagged(event_type: &str, payload: serde_json::Value) -> serde_json::Value {
         let mut tagged = serde_json::Map::with_capacity(1);
         tagged.insert(event_type.to_owned(), payload);
-        serde_json::from_value(serde_json::Value::Object(tagged))
+        serde_json::Value::Object(tagged)
     }
 }
 

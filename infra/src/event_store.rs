@@ -479,9 +479,7 @@ impl cqrs_es::persist::EventUpcaster for TagPayload {
         &self,
         mut event: cqrs_es::persist::SerializedEvent,
     ) -> cqrs_es::persist::SerializedEvent {
-        let mut tagged = serde_json::Map::with_capacity(1);
-        tagged.insert(event.event_type.clone(), event.payload.take());
-        event.payload = Value::Object(tagged);
+        event.payload = CalendarEvent::tagged(&event.event_type, event.payload.take());
         event
     }
 }
