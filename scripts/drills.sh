@@ -69,7 +69,7 @@ r8() {
     run drills commands_whose_clients_hang_up_then_retry_with_their_keys_match_the_log "$@"
 }
 scale() {
-  DRILL_CLUSTER=1 run cluster killing_the_stream_leader_under_load_loses_no_acknowledged_event "$@"
+  run cluster killing_the_stream_leader_under_load_loses_no_acknowledged_event "$@"
   run standby a_write_is_read_back_through_the_standby_with_min_position "$@"
   scripts/scale-drill.sh
 }

@@ -133,6 +133,10 @@ pub enum ChannelError {
         #[source]
         source: CloudEventError,
     },
+    /// Stream `LEDGER` does not exist: no ledger has published to this NATS
+    /// yet (its publisher creates the stream).
+    #[error("stream LEDGER does not exist yet: the ledger's publisher creates it")]
+    NoStream,
     /// The ledger did not take a resync request.
     #[error("the ledger refused the resync request: {0}")]
     Refused(String),
@@ -287,8 +291,9 @@ pub struct ChannelConsumer {
 }
 
 impl ChannelConsumer {
-    /// Creates the durable consumer if it does not exist yet (and the stream,
-    /// if no publisher has yet) and starts pulling.
+    /// Creates the durable consumer if it does not exist yet and starts
+    /// pulling. A stream the ledger has not created yet is waited for (see
+    /// [`STREAM_WAIT`]).
     ///
     /// The stream is not asked for its info: an agency's user may not see
     /// it (it would tell every agency's subjects), only its own consumers.
@@ -314,19 +319,9 @@ impl ChannelConsumer {
             max_deliver: -1,
             ..Default::default()
         };
-        let consumer = match stream
-            .get_or_create_consumer(&binding.name, config.clone())
-            .await
-        {
-            Err(error) if is_stream_missing(&error) => context
-                .get_or_create_stream(nats::stream_config())
-                .await
-                .map_err(nats_error)?
-                .get_or_create_consumer(&binding.name, config)
-                .await
-                .map_err(nats_error)?,
-            other => other.map_err(nats_error)?,
-        };
+        let consumer =
+            once_the_stream_exists(|| stream.get_or_create_consumer(&binding.name, config.clone()))
+                .await?;
         let messages = consumer.messages().await.map_err(nats_error)?;
         Ok(ChannelConsumer {
             messages,
@@ -617,21 +612,19 @@ impl Follower {
     ) -> Result<Follower, ChannelError> {
         let context = jetstream::new(client.clone());
         let stream = context
-            .get_or_create_stream(nats::stream_config())
+            .get_stream_no_info(nats::STREAM)
             .await
             .map_err(nats_error)?;
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: cloudevent::filter(agency_id, property_id),
-                deliver_policy: if from_position.is_some() {
-                    DeliverPolicy::All
-                } else {
-                    DeliverPolicy::New
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(nats_error)?;
+        let config = pull::OrderedConfig {
+            filter_subject: cloudevent::filter(agency_id, property_id),
+            deliver_policy: if from_position.is_some() {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::New
+            },
+            ..Default::default()
+        };
+        let consumer = once_the_stream_exists(|| stream.create_consumer(config.clone())).await?;
         Ok(Follower {
             messages: consumer.messages().await.map_err(nats_error)?,
             from_position: from_position.unwrap_or(0),
@@ -706,6 +699,36 @@ pub async fn consumers(client: &Client) -> Result<Vec<ConsumerLag>, ChannelError
     }
     lags.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(lags)
+}
+
+/// How long the kit waits for stream `LEDGER` to exist.
+///
+/// The kit never creates the stream: the ledger's publisher does, with the
+/// replica count it is configured with (`LEDGER_STREAM_REPLICAS`). When a
+/// kit created it first, at one replica, and the publisher then scaled it to
+/// three, killing the stream's leader left it without a leader for good
+/// (nats-server 2.15 here: tests/cluster.rs failed 5 runs of 5 that way, and
+/// passed every run once the stream was born with three replicas).
+const STREAM_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs `attempt` (a consumer creation) until stream `LEDGER` exists, for
+/// at most [`STREAM_WAIT`].
+async fn once_the_stream_exists<T, Attempt>(
+    mut attempt: impl FnMut() -> Attempt,
+) -> Result<T, ChannelError>
+where
+    Attempt: std::future::Future<Output = Result<T, async_nats::jetstream::stream::ConsumerError>>,
+{
+    let deadline = Instant::now() + STREAM_WAIT;
+    loop {
+        match attempt().await {
+            Err(error) if is_stream_missing(&error) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) if is_stream_missing(&error) => return Err(ChannelError::NoStream),
+            other => return other.map_err(nats_error),
+        }
+    }
 }
 
 fn is_stream_missing(error: &async_nats::jetstream::stream::ConsumerError) -> bool {

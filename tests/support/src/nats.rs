@@ -108,6 +108,12 @@ impl NatsServer {
         }
     }
 
+    /// What the server has written to its log so far (stderr), for a
+    /// failure message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("nats.log")).unwrap_or_default()
+    }
+
     /// kill -9: the server dies at once, nothing flushed, no goodbye to its
     /// clients or its cluster.
     pub fn kill(&mut self) {
@@ -184,6 +190,28 @@ impl NatsCluster {
             .map(|server| server.url.as_str())
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The last `lines` lines of every server's log, for a failure message.
+    pub fn logs(&self, lines: usize) -> String {
+        self.servers
+            .iter()
+            .enumerate()
+            .map(|(i, server)| {
+                let log = server.log();
+                // A dead peer's route is retried every second: those lines
+                // would hide everything else.
+                let tail: Vec<&str> = log
+                    .lines()
+                    .filter(|line| !line.contains("Error trying to connect to route"))
+                    .rev()
+                    .take(lines)
+                    .collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- n{i} ---\n{}", tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The server JetStream calls `name` (`n0`, `n1`, ...).
