@@ -27,11 +27,7 @@ pub fn action(event: &CalendarEvent) -> (&'static str, &'static str) {
     }
 }
 
-pub async fn apply(
-    conn: &mut PgConnection,
-    schema: &str,
-    events: &[Envelope],
-) -> Result<(), sqlx::Error> {
+pub async fn apply(conn: &mut PgConnection, events: &[Envelope]) -> Result<(), sqlx::Error> {
     let mut ids = Vec::with_capacity(events.len());
     let mut agencies = Vec::with_capacity(events.len());
     let mut users = Vec::with_capacity(events.len());
@@ -53,13 +49,11 @@ pub async fn apply(
         created.push(e.recorded_at);
         positions.push(e.position);
     }
-    sqlx::query(&format!(
-        "INSERT INTO {schema}.audit_log
+    sqlx::query("INSERT INTO audit_log
                 (id, agency_id, user_id, action, resource_type, resource_id, details, created_at, position)
          SELECT i, a, u, ac, t, r, d::jsonb, c, p
            FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::uuid[],
-                       $7::text[], $8::timestamptz[], $9::bigint[]) AS x(i, a, u, ac, t, r, d, c, p)"
-    ))
+                       $7::text[], $8::timestamptz[], $9::bigint[]) AS x(i, a, u, ac, t, r, d, c, p)")
     .bind(ids)
     .bind(agencies)
     .bind(users)

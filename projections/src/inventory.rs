@@ -60,14 +60,7 @@ impl RoomTypes {
     }
 }
 
-pub async fn apply(
-    conn: &mut PgConnection,
-    schema: &str,
-    events: &[Envelope],
-) -> Result<(), sqlx::Error> {
-    let table = format!("{schema}.inventory_ranges");
-    let types_table = format!("{schema}.inventory_room_types");
-    let nights_table = format!("{schema}.inventory_nights");
+pub async fn apply(conn: &mut PgConnection, events: &[Envelope]) -> Result<(), sqlx::Error> {
     // Rows to read first: every ref the batch touches, except those it
     // creates (a ref's first event creates it, so no row can exist yet).
     // A replay is mostly creations, and then reads and deletes nothing.
@@ -88,11 +81,11 @@ pub async fn apply(
     let existing = if touched.is_empty() {
         Vec::new()
     } else {
-        sqlx::query(&format!(
+        sqlx::query(
             "SELECT ref_id, agency_id, property_id, kind, lower(during) AS start_night,
                     upper(during) AS end_night, status, position, room_type_id, units
-               FROM {table} WHERE ref_id = ANY($1)"
-        ))
+               FROM inventory_ranges WHERE ref_id = ANY($1)",
+        )
         .bind(&touched)
         .fetch_all(&mut *conn)
         .await?
@@ -114,7 +107,7 @@ pub async fn apply(
         );
     }
     let before: Vec<Range> = ranges.values().flatten().cloned().collect();
-    let mut room_types = load_room_types(conn, &types_table, events, &before).await?;
+    let mut room_types = load_room_types(conn, events, &before).await?;
     let mut changed_types: HashSet<Uuid> = HashSet::new();
     for envelope in events {
         if let Some(id) = RoomType::fold(&mut room_types.types, &envelope.event) {
@@ -136,7 +129,7 @@ pub async fn apply(
     nights.retain(|_, delta| *delta != 0);
 
     if !touched.is_empty() {
-        sqlx::query(&format!("DELETE FROM {table} WHERE ref_id = ANY($1)"))
+        sqlx::query("DELETE FROM inventory_ranges WHERE ref_id = ANY($1)")
             .bind(&touched)
             .execute(&mut *conn)
             .await?;
@@ -145,26 +138,20 @@ pub async fn apply(
         .into_iter()
         .filter_map(|(id, range)| range.map(|r| (id, r)))
         .collect();
-    write_room_types(conn, &types_table, &room_types, &changed_types).await?;
+    write_room_types(conn, &room_types, &changed_types).await?;
     if !live.is_empty() {
-        insert_ranges(conn, &table, &live).await?;
+        insert_ranges(conn, &live).await?;
     }
-    write_nights(conn, &nights_table, &room_types, &changed_types, &nights).await
+    write_nights(conn, &room_types, &changed_types, &nights).await
 }
 
-async fn insert_ranges(
-    conn: &mut PgConnection,
-    table: &str,
-    live: &[(Uuid, Range)],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "INSERT INTO {table} (ref_id, agency_id, property_id, kind, during, status, position,
+async fn insert_ranges(conn: &mut PgConnection, live: &[(Uuid, Range)]) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO inventory_ranges (ref_id, agency_id, property_id, kind, during, status, position,
                               room_type_id, units)
          SELECT r, a, p, k, daterange(s, e), st, pos, rt, u
            FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::date[], $6::date[],
                        $7::text[], $8::bigint[], $9::uuid[], $10::int[])
-                AS x(r, a, p, k, s, e, st, pos, rt, u)"
-    ))
+                AS x(r, a, p, k, s, e, st, pos, rt, u)")
     .bind(live.iter().map(|(id, _)| *id).collect::<Vec<_>>())
     .bind(live.iter().map(|(_, r)| r.agency_id).collect::<Vec<_>>())
     .bind(live.iter().map(|(_, r)| r.property_id).collect::<Vec<_>>())
@@ -198,7 +185,6 @@ fn creates(event: &CalendarEvent) -> bool {
 /// before it (those it creates are folded in from their event).
 async fn load_room_types(
     conn: &mut PgConnection,
-    table: &str,
     events: &[Envelope],
     before: &[Range],
 ) -> Result<RoomTypes, sqlx::Error> {
@@ -223,11 +209,11 @@ async fn load_room_types(
     if wanted.is_empty() {
         return Ok(room_types);
     }
-    let rows = sqlx::query(&format!(
+    let rows = sqlx::query(
         "SELECT room_type_id, agency_id, property_id, name, units, external_ref, version,
                 created_at, updated_at, position
-           FROM {table} WHERE room_type_id = ANY($1)"
-    ))
+           FROM inventory_room_types WHERE room_type_id = ANY($1)",
+    )
     .bind(wanted.into_iter().collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await?;
@@ -257,7 +243,6 @@ async fn load_room_types(
 
 async fn write_room_types(
     conn: &mut PgConnection,
-    table: &str,
     room_types: &RoomTypes,
     changed: &HashSet<Uuid>,
 ) -> Result<(), sqlx::Error> {
@@ -267,15 +252,13 @@ async fn write_room_types(
         else {
             continue;
         };
-        sqlx::query(&format!(
-            "INSERT INTO {table} (room_type_id, agency_id, property_id, name, units, external_ref,
+        sqlx::query("INSERT INTO inventory_room_types (room_type_id, agency_id, property_id, name, units, external_ref,
                                   version, created_at, updated_at, position)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (room_type_id) DO UPDATE SET name = EXCLUDED.name,
                  units = EXCLUDED.units, external_ref = EXCLUDED.external_ref,
                  version = EXCLUDED.version, updated_at = EXCLUDED.updated_at,
-                 position = EXCLUDED.position"
-        ))
+                 position = EXCLUDED.position")
         .bind(id)
         .bind(agency_id)
         .bind(t.property_id)
@@ -297,7 +280,6 @@ async fn write_room_types(
 /// units, and drops the nights that hold nothing any more.
 async fn write_nights(
     conn: &mut PgConnection,
-    table: &str,
     room_types: &RoomTypes,
     changed_types: &HashSet<Uuid>,
     nights: &BTreeMap<(Uuid, NaiveDate), i32>,
@@ -325,18 +307,16 @@ async fn write_nights(
             nights.keys().map(|(r, _)| units_of(r)).collect::<Vec<_>>(),
             nights.values().copied().collect::<Vec<_>>(),
         );
-        sqlx::query(&format!(
-            "WITH x AS (
+        sqlx::query("WITH x AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::date[], $3::uuid[], $4::uuid[], $5::int[],
                                       $6::int[]) AS x(r, n, a, p, u, d)),
              moved AS (
-                 UPDATE {table} t SET taken = t.taken + x.d, units = x.u
+                 UPDATE inventory_nights t SET taken = t.taken + x.d, units = x.u
                    FROM x WHERE t.room_type_id = x.r AND t.night = x.n
                  RETURNING t.room_type_id, t.night)
-             INSERT INTO {table} (room_type_id, night, agency_id, property_id, units, taken)
+             INSERT INTO inventory_nights (room_type_id, night, agency_id, property_id, units, taken)
              SELECT x.r, x.n, x.a, x.p, x.u, x.d FROM x
-              WHERE NOT EXISTS (SELECT 1 FROM moved m WHERE m.room_type_id = x.r AND m.night = x.n)"
-        ))
+              WHERE NOT EXISTS (SELECT 1 FROM moved m WHERE m.room_type_id = x.r AND m.night = x.n)")
         .bind(rows.0)
         .bind(rows.1)
         .bind(rows.2)
@@ -348,11 +328,11 @@ async fn write_nights(
     }
     if !changed_types.is_empty() {
         let ids: Vec<Uuid> = changed_types.iter().copied().collect();
-        sqlx::query(&format!(
-            "UPDATE {table} n SET units = x.u
+        sqlx::query(
+            "UPDATE inventory_nights n SET units = x.u
                FROM UNNEST($1::uuid[], $2::int[]) AS x(r, u)
-              WHERE n.room_type_id = x.r AND n.units <> x.u"
-        ))
+              WHERE n.room_type_id = x.r AND n.units <> x.u",
+        )
         .bind(&ids)
         .bind(
             ids.iter()
@@ -364,12 +344,10 @@ async fn write_nights(
     }
     if !nights.is_empty() {
         let ids: Vec<Uuid> = nights.keys().map(|(r, _)| *r).collect();
-        sqlx::query(&format!(
-            "DELETE FROM {table} WHERE room_type_id = ANY($1) AND taken = 0"
-        ))
-        .bind(&ids)
-        .execute(conn)
-        .await?;
+        sqlx::query("DELETE FROM inventory_nights WHERE room_type_id = ANY($1) AND taken = 0")
+            .bind(&ids)
+            .execute(conn)
+            .await?;
     }
     Ok(())
 }

@@ -60,18 +60,19 @@ impl Projection {
         }
     }
 
-    /// Applies a batch of events, in order, to this projection's tables in
-    /// `schema` (`public`, or `ledger_replay` while rebuilding).
+    /// Applies a batch of events, in order, to this projection's tables.
+    /// The statements name the tables without a schema: the live ones, or
+    /// a replay's copies when the transaction put them first on its
+    /// `search_path` ([`runner::Tables`]).
     pub async fn apply(
         self,
         conn: &mut PgConnection,
-        schema: &str,
         events: &[Envelope],
     ) -> Result<(), sqlx::Error> {
         match self {
-            Projection::Inventory => inventory::apply(conn, schema, events).await,
-            Projection::Views => views::apply(conn, schema, events).await,
-            Projection::Audit => audit::apply(conn, schema, events).await,
+            Projection::Inventory => inventory::apply(conn, events).await,
+            Projection::Views => views::apply(conn, events).await,
+            Projection::Audit => audit::apply(conn, events).await,
         }
     }
 }

@@ -146,7 +146,6 @@ async fn undo(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
 pub(crate) async fn apply_or_park(
     conn: &mut PgConnection,
     projection: Projection,
-    schema: &str,
     checkpoint: &str,
     events: &[Envelope],
 ) -> Result<(), StepError> {
@@ -154,7 +153,7 @@ pub(crate) async fn apply_or_park(
         return Ok(());
     }
     savepoint(conn, "SAVEPOINT ledger_batch").await?;
-    match projection.apply(conn, schema, events).await {
+    match projection.apply(conn, events).await {
         Ok(()) => return Ok(savepoint(conn, "RELEASE SAVEPOINT ledger_batch").await?),
         Err(e) if not_the_property(&e) => return Err(retry_whole(events, e)),
         Err(_) => undo(conn, "ledger_batch").await?,
@@ -172,7 +171,7 @@ pub(crate) async fn apply_or_park(
             .filter(|e| e.property_id == property)
             .cloned()
             .collect();
-        if let Some((at, error)) = apply_property(conn, projection, schema, &mine).await? {
+        if let Some((at, error)) = apply_property(conn, projection, &mine).await? {
             park(conn, projection, checkpoint, at, &error).await?;
         }
     }
@@ -192,14 +191,13 @@ fn retry_whole(events: &[Envelope], source: sqlx::Error) -> StepError {
 async fn apply_property<'a>(
     conn: &mut PgConnection,
     projection: Projection,
-    schema: &str,
     events: &'a [Envelope],
 ) -> Result<Option<(&'a Envelope, sqlx::Error)>, StepError> {
     if events.is_empty() {
         return Ok(None);
     }
     savepoint(conn, "SAVEPOINT ledger_property").await?;
-    match projection.apply(conn, schema, events).await {
+    match projection.apply(conn, events).await {
         Ok(()) => {
             savepoint(conn, "RELEASE SAVEPOINT ledger_property").await?;
             return Ok(None);
@@ -209,10 +207,7 @@ async fn apply_property<'a>(
     }
     for event in events {
         savepoint(conn, "SAVEPOINT ledger_event").await?;
-        match projection
-            .apply(conn, schema, std::slice::from_ref(event))
-            .await
-        {
+        match projection.apply(conn, std::slice::from_ref(event)).await {
             Ok(()) => savepoint(conn, "RELEASE SAVEPOINT ledger_event").await?,
             Err(e) if not_the_property(&e) => return Err(retry_whole(events, e)),
             Err(e) => {
@@ -310,7 +305,7 @@ pub async fn retry(pool: &PgPool, projection: Projection) -> Result<Retried, Ste
         let property: Uuid = row.try_get("property_id")?;
         let from: i64 = row.try_get("position")?;
         let events = tail::read_property(&mut tx, property, from, upto).await?;
-        match apply_property(&mut tx, projection, runner::LIVE_SCHEMA, &events).await? {
+        match apply_property(&mut tx, projection, &events).await? {
             None => {
                 sqlx::query(
                     "DELETE FROM projection_parked WHERE projection = $1 AND property_id = $2",

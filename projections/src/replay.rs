@@ -19,9 +19,10 @@ use serde::Serialize;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::runner::{self, StepError, BATCH};
+use crate::runner::{self, StepError, Tables, BATCH};
 use crate::{parking, tail, Projection};
 
+/// Where a replay builds its copies (named in `runner::Tables::select` too).
 pub const SHADOW_SCHEMA: &str = "ledger_replay";
 /// A running replay whose heartbeat is older than this died with its process.
 const STALE_AFTER_SECS: i64 = 30;
@@ -182,7 +183,7 @@ async fn rebuild_and_swap(
 ) -> Result<(), ReplayError> {
     let shadow = checkpoint(projection);
     loop {
-        let applied = runner::step(pool, projection, SHADOW_SCHEMA, &shadow, BATCH).await?;
+        let applied = runner::step(pool, projection, Tables::Shadow, &shadow, BATCH).await?;
         let position = shadow_position(pool, projection).await?;
         record(pool, id, "running", position, None).await;
         if applied < BATCH as usize {
@@ -282,9 +283,10 @@ async fn try_swap(pool: &PgPool, projection: Projection) -> Result<(), ReplayErr
     let mut tx = pool.begin().await?;
     runner::lock(&mut tx, projection.name()).await?;
     runner::lock(&mut tx, &shadow).await?;
+    Tables::Shadow.select(&mut tx).await?;
     // Catch up before taking the table locks, so reads wait only for the
     // last few events and the rename.
-    while runner::apply_next(&mut tx, projection, SHADOW_SCHEMA, &shadow, BATCH).await? > 0 {}
+    while runner::apply_next(&mut tx, projection, &shadow, BATCH).await? > 0 {}
     let live = projection
         .tables()
         .iter()
@@ -300,7 +302,7 @@ async fn try_swap(pool: &PgPool, projection: Projection) -> Result<(), ReplayErr
     sqlx::query("SET LOCAL lock_timeout = 0")
         .execute(&mut *tx)
         .await?;
-    while runner::apply_next(&mut tx, projection, SHADOW_SCHEMA, &shadow, BATCH).await? > 0 {}
+    while runner::apply_next(&mut tx, projection, &shadow, BATCH).await? > 0 {}
     for table in projection.tables() {
         sqlx::query("SELECT ledger_secure_read_model($1::regclass)")
             .bind(format!("{SHADOW_SCHEMA}.{table}"))

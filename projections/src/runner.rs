@@ -21,7 +21,30 @@ use crate::Projection;
 /// Moved to `ledger_infra::tail` (the publisher uses it too); kept here by name.
 pub use ledger_infra::tail::LogSignal;
 
-pub const LIVE_SCHEMA: &str = "public";
+/// Which copy of a projection's tables a batch writes.
+///
+/// Projection SQL names its tables without a schema, so it is static text.
+/// A replay builds copies in `ledger_replay` (`replay::SHADOW_SCHEMA`); its
+/// transactions put that schema first on their `search_path`, and the same
+/// statements then write the copies. (PostgreSQL plans a prepared statement
+/// again when the `search_path` it was planned under changes.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tables {
+    Live,
+    Shadow,
+}
+
+impl Tables {
+    /// Points the rest of `conn`'s open transaction at these tables.
+    pub(crate) async fn select(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self == Tables::Shadow {
+            sqlx::query("SET LOCAL search_path = ledger_replay, public")
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }
+}
 pub const BATCH: i64 = 1000;
 /// How often a runner looks for work when no notification arrives.
 const POLL: Duration = Duration::from_millis(500);
@@ -84,7 +107,6 @@ pub(crate) async fn lock(conn: &mut PgConnection, checkpoint: &str) -> Result<()
 pub(crate) async fn apply_next(
     conn: &mut PgConnection,
     projection: Projection,
-    schema: &str,
     checkpoint: &str,
     limit: i64,
 ) -> Result<usize, StepError> {
@@ -104,7 +126,7 @@ pub(crate) async fn apply_next(
             .filter(|e| !parked.contains(&e.property_id))
             .collect()
     };
-    parking::apply_or_park(conn, projection, schema, checkpoint, &events).await?;
+    parking::apply_or_park(conn, projection, checkpoint, &events).await?;
     tail::store_checkpoint(conn, checkpoint, last).await?;
     Ok(count)
 }
@@ -114,7 +136,7 @@ pub(crate) async fn apply_next(
 pub async fn step(
     pool: &PgPool,
     projection: Projection,
-    schema: &str,
+    tables: Tables,
     checkpoint: &str,
     limit: i64,
 ) -> Result<usize, StepError> {
@@ -128,7 +150,8 @@ pub async fn step(
     sqlx::query("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
-    let applied = apply_next(&mut tx, projection, schema, checkpoint, limit).await?;
+    tables.select(&mut tx).await?;
+    let applied = apply_next(&mut tx, projection, checkpoint, limit).await?;
     tx.commit().await?;
     Ok(applied)
 }
@@ -137,7 +160,7 @@ pub async fn step(
 pub async fn catch_up(pool: &PgPool, projection: Projection) -> Result<usize, StepError> {
     let mut total = 0;
     loop {
-        let applied = step(pool, projection, LIVE_SCHEMA, projection.name(), BATCH).await?;
+        let applied = step(pool, projection, Tables::Live, projection.name(), BATCH).await?;
         total += applied;
         if applied < BATCH as usize {
             return Ok(total);
@@ -164,7 +187,7 @@ pub async fn run(pool: PgPool, projection: Projection, mut signal: LogSignal) {
     let name = projection.name();
     let mut backoff = Duration::from_millis(100);
     loop {
-        match step(&pool, projection, LIVE_SCHEMA, name, BATCH).await {
+        match step(&pool, projection, Tables::Live, name, BATCH).await {
             Ok(applied) => {
                 backoff = Duration::from_millis(100);
                 if applied < BATCH as usize {

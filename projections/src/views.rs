@@ -223,14 +223,7 @@ async fn upsert_rows<T: Serialize>(
     Ok(())
 }
 
-pub async fn apply(
-    conn: &mut PgConnection,
-    schema: &str,
-    events: &[Envelope],
-) -> Result<(), sqlx::Error> {
-    let properties_table = format!("{schema}.properties_view");
-    let bookings_table = format!("{schema}.bookings_view");
-
+pub async fn apply(conn: &mut PgConnection, events: &[Envelope]) -> Result<(), sqlx::Error> {
     let mut property_ids: Vec<Uuid> = events.iter().map(|e| e.property_id).collect();
     property_ids.sort_unstable();
     property_ids.dedup();
@@ -247,12 +240,12 @@ pub async fn apply(
     // The calendars of the touched properties, holding just the touched rows.
     let mut parts: HashMap<Uuid, (Option<Property>, BTreeMap<Uuid, Booking>)> = HashMap::new();
     for row in
-        load_rows::<PropertyRow>(conn, &properties_table, "property_id", &property_ids).await?
+        load_rows::<PropertyRow>(conn, "properties_view", "property_id", &property_ids).await?
     {
         parts.entry(row.property_id).or_default().0 = Some(row.to_domain());
     }
     let mut booking_agency: HashMap<Uuid, Uuid> = HashMap::new();
-    for row in load_rows::<BookingRow>(conn, &bookings_table, "booking_id", &booking_ids).await? {
+    for row in load_rows::<BookingRow>(conn, "bookings_view", "booking_id", &booking_ids).await? {
         booking_agency.insert(row.booking_id, row.agency_id);
         parts
             .entry(row.property_id)
@@ -309,7 +302,7 @@ pub async fn apply(
         .collect();
     upsert_rows(
         conn,
-        &properties_table,
+        "properties_view",
         "property_id",
         PROPERTY_COLUMNS,
         &properties,
@@ -317,7 +310,7 @@ pub async fn apply(
     .await?;
     upsert_rows(
         conn,
-        &bookings_table,
+        "bookings_view",
         "booking_id",
         BOOKING_COLUMNS,
         &bookings,

@@ -388,7 +388,7 @@ async fn a_failure_of_the_database_parks_nothing() {
         let step = runner::step(
             pool,
             Projection::Views,
-            runner::LIVE_SCHEMA,
+            runner::Tables::Live,
             "views",
             runner::BATCH,
         );
