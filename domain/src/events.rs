@@ -255,6 +255,29 @@ impl CalendarEvent {
         }
     }
 
+    /// The room type the event is about or takes units of: on a room-type
+    /// property every event but the `property.*` ones names one; on a
+    /// single-unit property none does.
+    pub fn room_type_id(&self) -> Option<Uuid> {
+        match self {
+            Self::PropertyRegistered { .. }
+            | Self::PropertyUpdated { .. }
+            | Self::PropertyArchived { .. } => None,
+            Self::RoomTypeCreated { room_type_id, .. }
+            | Self::RoomTypeUpdated { room_type_id, .. } => Some(*room_type_id),
+            Self::BookingReserved { room_type_id, .. }
+            | Self::BookingModified { room_type_id, .. }
+            | Self::BookingConfirmed { room_type_id, .. }
+            | Self::BookingCancelled { room_type_id, .. }
+            | Self::BookingCheckedIn { room_type_id, .. }
+            | Self::BookingCheckedOut { room_type_id, .. }
+            | Self::BookingNoShow { room_type_id, .. }
+            | Self::BookingHoldExpired { room_type_id, .. }
+            | Self::AvailabilityBlocked { room_type_id, .. }
+            | Self::AvailabilityReleased { room_type_id, .. } => *room_type_id,
+        }
+    }
+
     /// The event body without its type tag: what is stored in `payload`.
     pub fn payload(&self) -> serde_json::Value {
         match serde_json::to_value(self) {
