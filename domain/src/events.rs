@@ -260,11 +260,10 @@ impl CalendarEvent {
     /// single-unit property none does.
     pub fn room_type_id(&self) -> Option<Uuid> {
         match self {
+            Self::RoomTypeCreated { .. } | Self::RoomTypeUpdated { .. } => self.subject(),
             Self::PropertyRegistered { .. }
             | Self::PropertyUpdated { .. }
             | Self::PropertyArchived { .. } => None,
-            Self::RoomTypeCreated { room_type_id, .. }
-            | Self::RoomTypeUpdated { room_type_id, .. } => Some(*room_type_id),
             Self::BookingReserved { room_type_id, .. }
             | Self::BookingModified { room_type_id, .. }
             | Self::BookingConfirmed { room_type_id, .. }
