@@ -2,7 +2,7 @@
 # The reliability drills in their full (long) forms, one command each; what
 # each proves and the figures last seen are in docs/reliability.md.
 #
-#   scripts/drills.sh hangup   # hang-up probe, 1,000 rounds
+#   scripts/drills.sh hangup   # hang-up probe, 1,000 rounds, single unit and a 3-unit room type
 #   scripts/drills.sh r1       # 500 overlapping reserves via 3 processes, 20 rounds
 #   scripts/drills.sh r2       # kill -9 under mixed load, 10 times
 #   scripts/drills.sh r3       # NATS stopped for 30 s under load
@@ -45,6 +45,8 @@ run() { # run MODULE TEST_NAME [args]: one test of the integration binary (tests
 hangup() {
   HANGUP_ROUNDS="${HANGUP_ROUNDS:-1000}" \
     run drills a_client_hanging_up_on_a_cancel_never_leaves_a_double_booking "$@"
+  HANGUP_ROUNDS="${HANGUP_ROUNDS:-1000}" \
+    run drills a_client_hanging_up_on_a_cancel_never_overfills_a_room_type "$@"
 }
 r1() {
   R1_ROUNDS="${R1_ROUNDS:-20}" \

@@ -159,6 +159,18 @@ fn active_claims(calendar: &PropertyCalendar) -> Vec<ActiveClaim> {
     bookings.chain(blocks).collect()
 }
 
+/// The units the room-type claims among `claims` hold, per room type and night.
+fn held_per_night(claims: &[ActiveClaim]) -> HashMap<(Uuid, NaiveDate), u32> {
+    let mut held = HashMap::new();
+    for (_, _, nights, room_type, units) in claims {
+        let Some(room_type) = room_type else { continue };
+        for night in nights.start.iter_days().take_while(|d| *d < nights.end) {
+            *held.entry((*room_type, night)).or_default() += units;
+        }
+    }
+    held
+}
+
 /// Every pair of single-unit claims that share a night, and every night of
 /// a room type that holds more than its units.
 fn overlapping_pairs(calendar: &PropertyCalendar) -> Vec<String> {
@@ -175,14 +187,7 @@ fn overlapping_pairs(calendar: &PropertyCalendar) -> Vec<String> {
             }
         }
     }
-    let mut held: HashMap<(Uuid, NaiveDate), u32> = HashMap::new();
-    for (_, _, nights, room_type, units) in &claims {
-        let Some(room_type) = room_type else { continue };
-        for night in nights.start.iter_days().take_while(|d| *d < nights.end) {
-            *held.entry((*room_type, night)).or_default() += units;
-        }
-    }
-    for ((room_type, night), taken) in held {
+    for ((room_type, night), taken) in held_per_night(&claims) {
         let units = calendar.room_types.get(&room_type).map_or(0, |t| t.units);
         if taken > units {
             pairs.push(format!(
@@ -224,15 +229,8 @@ async fn audit_log(app: &TestApp) -> LogAudit {
             ));
         }
     }
-    let properties: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT aggregate_id FROM events WHERE event_type = 'property.registered'",
-    )
-    .fetch_all(&pool)
-    .await
-    .expect("list the properties");
     let store = EventStore::new(pool.clone());
-    for property in properties {
-        let id: Uuid = property.parse().expect("a property id");
+    for id in properties(&pool).await {
         let events = store.load_after(id, 0).await.expect("every event decodes");
         let mut loaded = Loaded::default();
         let mut seen = HashSet::new();
@@ -275,6 +273,34 @@ async fn positions_of(pool: &PgPool, event_type: &str, field: &str, id: Uuid) ->
 /// two active claims on one night.
 #[tokio::test]
 async fn a_client_hanging_up_on_a_cancel_never_leaves_a_double_booking() {
+    hang_ups_on_cancels(None).await;
+}
+
+/// The hang-up probe on a room type of 3 units, filled Jul 1-4 by three
+/// bookings: after the storm no night holds more than 3, and the read
+/// models (`inventory_ranges`, `inventory_nights`) are what the log folds to.
+#[tokio::test]
+async fn a_client_hanging_up_on_a_cancel_never_overfills_a_room_type() {
+    hang_ups_on_cancels(Some(3)).await;
+}
+
+/// A fresh room type of `units` on `property`.
+async fn room_type(app: &TestApp, token: &str, property: Uuid, units: u32) -> Uuid {
+    let reply = app
+        .post(
+            &format!("/api/v1/properties/{property}/room-types"),
+            token,
+            json!({"name": "Double", "units": units}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    reply.id()
+}
+
+/// Rounds of the hang-up probe on a single-unit property, or on a room type
+/// of `units` whose Jul 1-4 is full: the cancel whose client hangs up is of
+/// one of the bookings that fill it.
+async fn hang_ups_on_cancels(units: Option<u32>) {
     let _heavy = common::heavy().await;
     let rounds = size("HANGUP_ROUNDS", 150);
     let app = spawn_app().await;
@@ -285,11 +311,18 @@ async fn a_client_hanging_up_on_a_cancel_never_leaves_a_double_booking() {
     let mut conflicts = 0;
     for round in 0..rounds {
         let property = app.property(&token, None).await;
-        let first = created(
-            app.reserve(&token, property, "2027-07-01", "2027-07-04")
-                .await,
-        );
-        let booking = first.id();
+        let on = match units {
+            Some(units) => json!({"room_type_id": room_type(&app, &token, property, units).await}),
+            None => json!({}),
+        };
+        let mut filling = Vec::new();
+        for _ in 0..units.unwrap_or(1) {
+            let reply = app
+                .reserve_with(&token, property, "2027-07-01", "2027-07-04", on.clone())
+                .await;
+            filling.push(created(reply).id());
+        }
+        let booking = filling[random_below(filling.len() as u64) as usize];
         let after = Duration::from_micros(random_below(4_001));
         hang_up(
             &app,
@@ -302,7 +335,7 @@ async fn a_client_hanging_up_on_a_cancel_never_leaves_a_double_booking() {
         )
         .await;
         let second = app
-            .reserve(&token, property, "2027-07-02", "2027-07-03")
+            .reserve_with(&token, property, "2027-07-02", "2027-07-03", on)
             .await;
         match second.status {
             StatusCode::CREATED => second_created.push((round, booking, second.id())),
@@ -332,23 +365,36 @@ async fn a_client_hanging_up_on_a_cancel_never_leaves_a_double_booking() {
         }
     }
     let audit = audit_log(&app).await;
+    caught_up(&app, Duration::from_secs(60)).await;
+    let mut mismatched = inventory_matches_the_log(&pool).await;
+    mismatched.extend(nights_match_the_log(&pool).await);
     eprintln!(
-        "hang-up probe: {rounds} rounds in {:?}; second reserve 201 in {}, \
-         409 in {conflicts}; log: {} events over {} properties, {} overlapping pairs, \
-         {} sequence gaps, {} rounds with 201 but no cancel before it",
+        "hang-up probe ({}): {rounds} rounds in {:?}; second reserve 201 in {}, \
+         409 in {conflicts}; log: {} events over {} properties, {} overlapping pairs \
+         or overfilled nights, {} sequence gaps, {} rounds with 201 but no cancel before it; \
+         {} differences between the read models and the log",
+        units.map_or("single unit".to_owned(), |u| format!(
+            "room type of {u} units"
+        )),
         started.elapsed(),
         second_created.len(),
         audit.events,
         audit.properties,
         audit.overlaps.len(),
         audit.gaps.len(),
-        without_cancel.len()
+        without_cancel.len(),
+        mismatched.len()
     );
     audit.assert_sound();
     assert!(
         without_cancel.is_empty(),
         "DOUBLE BOOKING: the second reserve got 201 without the cancel in the log before it \
          in rounds {without_cancel:?}"
+    );
+    assert!(
+        mismatched.is_empty(),
+        "the read models differ from the log: {:?}",
+        &mismatched[..mismatched.len().min(10)]
     );
 }
 
@@ -708,17 +754,7 @@ async fn overlapping_reserves_through_three_processes(units: Option<u32>) {
     for round in 0..rounds {
         let property = first.property(&token, None).await;
         let room_type = match units {
-            Some(units) => {
-                let reply = first
-                    .post(
-                        &format!("/api/v1/properties/{property}/room-types"),
-                        &token,
-                        json!({"name": "Double", "units": units}),
-                    )
-                    .await;
-                assert_eq!(reply.status, 201, "{:?}", reply.body);
-                Some(reply.id())
-            }
+            Some(units) => Some(room_type(&first, &token, property, units).await),
             None => None,
         };
         let round_started = Instant::now();
@@ -1062,6 +1098,63 @@ async fn kill_nine_under_load_loses_no_acknowledged_write() {
     );
 }
 
+/// Compares `inventory_nights` with what the log folds to: the units each
+/// room type's claims hold per night (a night held by none has no row).
+async fn nights_match_the_log(pool: &PgPool) -> Vec<String> {
+    let stored: HashSet<(Uuid, NaiveDate, i32, i32)> =
+        sqlx::query_as("SELECT room_type_id, night, units, taken FROM inventory_nights")
+            .fetch_all(pool)
+            .await
+            .expect("read inventory_nights")
+            .into_iter()
+            .collect();
+    let store = EventStore::new(pool.clone());
+    let mut folded = HashSet::new();
+    for property in properties(pool).await {
+        let calendar = store
+            .load(property)
+            .await
+            .expect("the events decode")
+            .calendar;
+        for ((room_type, night), taken) in held_per_night(&active_claims(&calendar)) {
+            let units = calendar.room_types.get(&room_type).map_or(0, |t| t.units);
+            folded.insert((room_type, night, units as i32, taken as i32));
+        }
+    }
+    differences("inventory_nights", &stored, &folded)
+}
+
+/// The rows only one side has, named.
+fn differences<T: std::fmt::Debug + Eq + std::hash::Hash>(
+    table: &str,
+    stored: &HashSet<T>,
+    folded: &HashSet<T>,
+) -> Vec<String> {
+    let mut differences: Vec<String> = stored
+        .difference(folded)
+        .map(|row| format!("only in {table}: {row:?}"))
+        .collect();
+    differences.extend(
+        folded
+            .difference(stored)
+            .map(|row| format!("only in the log: {row:?}")),
+    );
+    differences
+}
+
+/// Every property of the log.
+async fn properties(pool: &PgPool) -> Vec<Uuid> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT aggregate_id FROM events WHERE event_type = 'property.registered'",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("list the properties");
+    ids.iter()
+        .map(|id| id.parse().expect("a property id"))
+        .collect()
+}
+
 /// Compares `inventory_ranges` with the active claims the log folds to.
 async fn inventory_matches_the_log(pool: &PgPool) -> Vec<String> {
     let rows = sqlx::query(
@@ -1083,31 +1176,15 @@ async fn inventory_matches_the_log(pool: &PgPool) -> Vec<String> {
             )
         })
         .collect();
-    let properties: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT aggregate_id FROM events WHERE event_type = 'property.registered'",
-    )
-    .fetch_all(pool)
-    .await
-    .expect("list the properties");
     let store = EventStore::new(pool.clone());
     let mut folded = HashSet::new();
-    for property in properties {
-        let id: Uuid = property.parse().expect("a property id");
+    for id in properties(pool).await {
         let loaded = store.load(id).await.expect("the events decode");
         for (kind, ref_id, nights, ..) in active_claims(&loaded.calendar) {
             folded.insert((ref_id, id, kind.to_owned(), nights.start, nights.end));
         }
     }
-    let mut differences: Vec<String> = stored
-        .difference(&folded)
-        .map(|row| format!("only in inventory_ranges: {row:?}"))
-        .collect();
-    differences.extend(
-        folded
-            .difference(&stored)
-            .map(|row| format!("only in the log: {row:?}")),
-    );
-    differences
+    differences("inventory_ranges", &stored, &folded)
 }
 
 // ------------------------------------------------------------------ R3

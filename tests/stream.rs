@@ -17,8 +17,9 @@ use common::stream::{assert_in_log_order, next, properties, published, receive_a
 use common::{agency, created, operator, spawn_process_with_env, TestApp};
 use futures::StreamExt;
 use ledger_domain::CalendarEvent;
-use ledger_infra::channel::{Binding, ChannelConsumer};
-use serde_json::Value;
+use ledger_infra::channel::{Binding, ChannelConsumer, ChannelError};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// A ledger publishing to a private nats-server. The app is declared last so
@@ -364,4 +365,152 @@ fn publisher_entry(body: &Value) -> Value {
     body.as_array()
         .and_then(|all| all.iter().find(|p| p["name"] == "publisher").cloned())
         .unwrap_or_else(|| panic!("no publisher in {body}"))
+}
+
+#[tokio::test]
+async fn every_booking_and_block_event_of_a_room_type_names_it_on_the_stream() {
+    let (nats, app) = start().await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let double = created(
+        app.post(
+            &format!("/api/v1/properties/{property}/room-types"),
+            &admin,
+            json!({"name": "Double", "units": 2}),
+        )
+        .await,
+    )
+    .id();
+    let on_double = |extra: Value| {
+        let mut body = json!({"room_type_id": double});
+        body.as_object_mut()
+            .expect("an object")
+            .extend(extra.as_object().cloned().unwrap_or_default());
+        body
+    };
+    let reserve = |check_in: &'static str, check_out: &'static str, extra: Value| {
+        let body = on_double(extra);
+        let (app, admin) = (&app, &admin);
+        async move {
+            created(
+                app.reserve_with(admin, property, check_in, check_out, body)
+                    .await,
+            )
+            .id()
+        }
+    };
+    let step = |path: String, body: Value| {
+        let (app, admin) = (&app, &admin);
+        async move {
+            let reply = app.post(&path, admin, body).await;
+            assert_eq!(reply.status, StatusCode::OK, "{path}: {:?}", reply.body);
+        }
+    };
+    let tentative = json!({"status": "tentative"});
+
+    // Every booking event: reserved, confirmed, modified, checked in and out;
+    // cancelled; no-show; a hold that lapses and is expired by the booking
+    // that needs its unit.
+    let stay = reserve("2027-06-01", "2027-06-03", tentative.clone()).await;
+    step(format!("/api/v1/bookings/{stay}/confirm"), json!({})).await;
+    let modified = app
+        .patch(
+            &format!("/api/v1/bookings/{stay}"),
+            &admin,
+            json!({"check_out": "2027-06-04"}),
+        )
+        .await;
+    assert_eq!(modified.status, StatusCode::OK, "{:?}", modified.body);
+    step(format!("/api/v1/bookings/{stay}/check-in"), json!({})).await;
+    step(format!("/api/v1/bookings/{stay}/check-out"), json!({})).await;
+    let cancelled = reserve("2027-06-10", "2027-06-12", json!({})).await;
+    step(format!("/api/v1/bookings/{cancelled}/cancel"), json!({})).await;
+    let no_show = reserve("2027-06-14", "2027-06-15", json!({})).await;
+    step(format!("/api/v1/bookings/{no_show}/no-show"), json!({})).await;
+    let lapses = chrono::Utc::now() + chrono::TimeDelta::seconds(2);
+    let mut hold = tentative.clone();
+    hold["hold_expires_at"] = json!(lapses);
+    reserve("2027-06-20", "2027-06-21", hold).await;
+    reserve("2027-06-20", "2027-06-21", json!({})).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    reserve("2027-06-20", "2027-06-21", json!({})).await;
+    // A block of one unit, released.
+    let block = created(
+        app.post(
+            "/api/v1/availability/blocks",
+            &admin,
+            on_double(json!({
+                "property_id": property, "start": "2027-06-25", "end": "2027-06-26",
+                "reason": "maintenance", "units": 1,
+            })),
+        )
+        .await,
+    )
+    .id();
+    let released = app
+        .delete(&format!("/api/v1/availability/blocks/{block}"), &admin)
+        .await;
+    assert_eq!(released.status, StatusCode::OK, "{:?}", released.body);
+    published(&app, Duration::from_secs(10)).await;
+
+    let client = connect(&nats).await;
+    let binding = Binding::new("room-type-adapter").property(property);
+    let mut kit = ChannelConsumer::bind(&client, binding)
+        .await
+        .expect("bind the kit");
+    let count = app.property_events(property).await as usize;
+    let events = receive_all(&mut kit, count).await;
+    assert_in_log_order(&events);
+    let mut kinds = HashSet::new();
+    for event in &events {
+        let kind = event.event.kind();
+        kinds.insert(kind);
+        let expected = (!kind.starts_with("property.")).then_some(double);
+        assert_eq!(event.room_type_id(), expected, "{:?}", event.cloud);
+        assert_eq!(event.cloud.ledgerroomtypeid, expected, "{:?}", event.cloud);
+        if kind.starts_with("booking.") || kind.starts_with("availability.") {
+            assert_eq!(event.cloud.data["room_type_id"], double.to_string());
+        }
+    }
+    for kind in [
+        "room_type.created",
+        "booking.reserved",
+        "booking.modified",
+        "booking.confirmed",
+        "booking.cancelled",
+        "booking.checked_in",
+        "booking.checked_out",
+        "booking.no_show",
+        "booking.hold_expired",
+        "availability.blocked",
+        "availability.released",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} among {kinds:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_kit_reads_the_contracts_error_when_a_resync_names_no_property_of_the_agency() {
+    let (nats, app) = start().await;
+    let (agency_id, admin) = agency();
+    let (other_agency, _) = agency();
+    let property = app.property(&admin, None).await;
+    let client = connect(&nats).await;
+    let mut kit = ChannelConsumer::bind(&client, Binding::new("resync-adapter").agency(agency_id))
+        .await
+        .expect("bind the kit");
+    for (agency, property) in [(agency_id, Uuid::new_v4()), (other_agency, property)] {
+        match kit.request_resync(agency, property).await {
+            Err(ChannelError::Refused { code, message }) => {
+                assert_eq!(code, "PROPERTY_NOT_FOUND", "{message}");
+                assert!(!message.is_empty());
+            }
+            other => panic!("expected PROPERTY_NOT_FOUND, got {other:?}"),
+        }
+    }
+    let requested = kit
+        .request_resync(agency_id, property)
+        .await
+        .expect("the agency's own property");
+    assert!(requested.is_some_and(|r| r.as_of_position > 0));
 }

@@ -22,6 +22,10 @@
 //!   7 % cancel, 5 % read, over `--properties` properties registered first;
 //!   every command carries an Idempotency-Key.
 //! - P8: the server's peak RSS (VmHWM) after P1.
+//! - P1r: P1's clients all reserving on one room type of `--room-units`
+//!   units (default 1,000) of one hotel: every command on one aggregate,
+//!   1-3 night stays over three years, so nearly all succeed; printed
+//!   against P1's single-unit command rate of the same run.
 //! - P2: reserves open-loop at half the P1 command rate; latency is measured
 //!   from each request's scheduled time, so a stall counts for every request
 //!   it delays.
@@ -68,6 +72,7 @@ struct Settings {
     properties: usize,
     p3_events: i64,
     p3_samples: usize,
+    room_units: u32,
     ledger: PathBuf,
     nats_url: String,
 }
@@ -89,6 +94,7 @@ impl Settings {
             properties: arg("--properties", if quick { 200 } else { 10_000 }),
             p3_events: arg("--p3-events", if quick { 5_000 } else { 100_000 }),
             p3_samples: arg("--p3-samples", if quick { 20 } else { 200 }),
+            room_units: arg("--room-units", 1000),
             ledger,
             nats_url: std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
         })
@@ -524,19 +530,35 @@ impl Api {
         Answer { status, code, body }
     }
 
-    async fn reserve(&self, property: Uuid, from: NaiveDate, to: NaiveDate) -> Answer {
-        self.send(
-            reqwest::Method::POST,
-            "/api/v1/bookings",
-            Some(json!({
-                "property_id": property,
-                "check_in": from.to_string(),
-                "check_out": to.to_string(),
-                "guest": {"name": "Load Guest", "email": "guest@example.com"},
-                "adults": 2,
-            })),
-        )
-        .await
+    /// Reserves `[from, to)` on a single-unit property, or on `room_type` of it.
+    async fn reserve(
+        &self,
+        property: Uuid,
+        room_type: Option<Uuid>,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Answer {
+        let mut body = json!({
+            "property_id": property,
+            "check_in": from.to_string(),
+            "check_out": to.to_string(),
+            "guest": {"name": "Load Guest", "email": "guest@example.com"},
+            "adults": 2,
+        });
+        if let Some(room_type) = room_type {
+            body["room_type_id"] = json!(room_type);
+        }
+        self.send(reqwest::Method::POST, "/api/v1/bookings", Some(body))
+            .await
+    }
+
+    /// POSTs `body` to `path` and reads the id of what it created.
+    async fn create(&self, path: &str, body: Value) -> Result<Uuid, String> {
+        let answer = self.send(reqwest::Method::POST, path, Some(body)).await;
+        answer.body["id"]
+            .as_str()
+            .and_then(|id| id.parse::<Uuid>().ok())
+            .ok_or_else(|| format!("{path}: {} {}", answer.status, answer.code))
     }
 }
 
@@ -550,18 +572,8 @@ async fn register(api: &Api, settings: &Settings) -> BenchResult<Vec<Uuid>> {
         tasks.spawn(async move {
             let mut ids = Vec::with_capacity(count);
             for i in 0..count {
-                let answer = api
-                    .send(
-                        reqwest::Method::POST,
-                        "/api/v1/properties",
-                        Some(json!({"name": format!("Load {c}-{i}"), "timezone": "Europe/Lisbon"})),
-                    )
-                    .await;
-                let id = answer.body["id"]
-                    .as_str()
-                    .and_then(|id| id.parse::<Uuid>().ok())
-                    .ok_or_else(|| format!("register: {} {}", answer.status, answer.code))?;
-                ids.push(id);
+                let body = json!({"name": format!("Load {c}-{i}"), "timezone": "Europe/Lisbon"});
+                ids.push(api.create("/api/v1/properties", body).await?);
             }
             Ok::<_, String>(ids)
         });
@@ -605,15 +617,34 @@ struct Booking {
     check_out: NaiveDate,
 }
 
+/// `clients` closed-loop clients at once, each made by `client` and told
+/// when to stop; the seconds they took and their tallies merged.
+async fn closed_loop<F, Fut>(clients: usize, seconds: u64, client: F) -> (f64, Tally)
+where
+    F: Fn(Instant) -> Fut,
+    Fut: std::future::Future<Output = Tally> + Send + 'static,
+{
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut running = JoinSet::new();
+    for _ in 0..clients {
+        running.spawn(client(until));
+    }
+    let mut tally = Tally::default();
+    while let Some(done) = running.join_next().await {
+        if let Ok(t) = done {
+            tally.merge(t);
+        }
+    }
+    (started.elapsed().as_secs_f64(), tally)
+}
+
 /// P1: closed-loop mixed load.
 async fn mixed(api: &Api, properties: Arc<Vec<Uuid>>, settings: &Settings) -> (f64, Tally) {
-    let until = Instant::now() + Duration::from_secs(settings.seconds);
-    let started = Instant::now();
-    let mut clients = JoinSet::new();
-    for _ in 0..settings.clients {
+    closed_loop(settings.clients, settings.seconds, |until| {
         let api = api.clone();
         let properties = properties.clone();
-        clients.spawn(async move {
+        async move {
             let mut rng = Rng::new();
             let mut tally = Tally::default();
             let mut mine: Vec<Booking> = Vec::new();
@@ -623,7 +654,7 @@ async fn mixed(api: &Api, properties: Arc<Vec<Uuid>>, settings: &Settings) -> (f
                 let (op, answer) = if dice < 80 || mine.is_empty() {
                     let property = properties[rng.below(properties.len() as u64) as usize];
                     let (from, to) = stay(&mut rng);
-                    let answer = api.reserve(property, from, to).await;
+                    let answer = api.reserve(property, None, from, to).await;
                     if let Some(id) = answer.body["id"].as_str().and_then(|s| s.parse().ok()) {
                         mine.push(Booking { id, check_out: to });
                     }
@@ -661,15 +692,40 @@ async fn mixed(api: &Api, properties: Arc<Vec<Uuid>>, settings: &Settings) -> (f
                 tally.record(op, sent.elapsed(), answer.status, &answer.code);
             }
             tally
-        });
-    }
-    let mut tally = Tally::default();
-    while let Some(done) = clients.join_next().await {
-        if let Ok(t) = done {
-            tally.merge(t);
         }
-    }
-    (started.elapsed().as_secs_f64(), tally)
+    })
+    .await
+}
+
+/// P1r: every client reserves on one room type of one hotel.
+async fn one_room_type(api: &Api, settings: &Settings) -> BenchResult<(f64, Tally)> {
+    let hotel = api
+        .create(
+            "/api/v1/properties",
+            json!({"name": "Load hotel", "timezone": "Europe/Lisbon"}),
+        )
+        .await?;
+    let room_type = api
+        .create(
+            &format!("/api/v1/properties/{hotel}/room-types"),
+            json!({"name": "Double", "units": settings.room_units}),
+        )
+        .await?;
+    Ok(closed_loop(settings.clients, settings.seconds, |until| {
+        let api = api.clone();
+        async move {
+            let mut rng = Rng::new();
+            let mut tally = Tally::default();
+            while Instant::now() < until {
+                let (from, to) = stay(&mut rng);
+                let sent = Instant::now();
+                let answer = api.reserve(hotel, Some(room_type), from, to).await;
+                tally.record("reserve", sent.elapsed(), answer.status, &answer.code);
+            }
+            tally
+        }
+    })
+    .await)
 }
 
 /// P2: reserves sent on a fixed schedule; latency from the scheduled time.
@@ -688,7 +744,7 @@ async fn open_loop(api: &Api, properties: Arc<Vec<Uuid>>, rate: f64, seconds: u6
         let api = api.clone();
         let tally = tally.clone();
         in_flight.spawn(async move {
-            let answer = api.reserve(property, from, to).await;
+            let answer = api.reserve(property, None, from, to).await;
             let elapsed = scheduled.elapsed();
             if let Ok(mut t) = tally.lock() {
                 t.record("reserve", elapsed, answer.status, &answer.code);
@@ -708,10 +764,19 @@ async fn sequential(api: &Api, property: Uuid, offset: u64, samples: usize) -> T
     for i in 0..samples as u64 {
         let from = first_night() + Days::new(offset + 2 * i);
         let sent = Instant::now();
-        let answer = api.reserve(property, from, from + Days::new(1)).await;
+        let answer = api.reserve(property, None, from, from + Days::new(1)).await;
         tally.record("reserve", sent.elapsed(), answer.status, &answer.code);
     }
     tally
+}
+
+/// How many of a tally's answers were 2xx.
+fn admitted(t: &Tally) -> u64 {
+    t.answers
+        .iter()
+        .filter(|((_, s, _), _)| (200..300).contains(s))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 fn p50(t: &Tally) -> f64 {
@@ -811,6 +876,22 @@ async fn run(settings: &Settings, database_url: &str, pool: &PgPool) -> BenchRes
         rss.map_or("unknown".into(), |m| format!("{m:.1} MiB"))
     );
 
+    println!(
+        "P1r: {} clients closed-loop for {} s: reserves on one room type of {} units \
+         (one hotel, one aggregate)",
+        settings.clients, settings.seconds, settings.room_units
+    );
+    let (elapsed, busy) = one_room_type(&api, settings).await?;
+    busy.print("  ");
+    let busy_rate = busy.count("reserve") as f64 / elapsed;
+    println!(
+        "  {busy_rate:.0} commands/s, {} admitted; single-unit P1 {command_rate:.0} commands/s \
+         -> P1r/P1 = {:.2} x",
+        admitted(&busy),
+        busy_rate / command_rate
+    );
+    unexpected += busy.unexpected();
+
     let rate = command_rate / 2.0;
     println!(
         "P2: reserves open-loop at {rate:.0}/s (half the P1 rate) for {} s",
@@ -883,12 +964,7 @@ async fn run(settings: &Settings, database_url: &str, pool: &PgPool) -> BenchRes
         &after_fresh,
     ] {
         unexpected += t.unexpected();
-        let refused = t.count("reserve")
-            - t.answers
-                .iter()
-                .filter(|((_, s, _), _)| (200..300).contains(s))
-                .map(|(_, n)| n)
-                .sum::<u64>();
+        let refused = t.count("reserve") - admitted(t);
         // Distinct nights on one property: every one must succeed.
         unexpected += refused;
     }

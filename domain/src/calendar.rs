@@ -296,12 +296,14 @@ impl PropertyCalendar {
                     &[BookingStatus::Tentative],
                     BookingStatus::Confirmed,
                 )?;
-                let (booking_id, property_id, check_in, check_out) = booking_facts(booking);
+                let (booking_id, property_id, check_in, check_out, room_type_id) =
+                    booking_facts(booking);
                 Ok(vec![CalendarEvent::BookingConfirmed {
                     booking_id,
                     property_id,
                     check_in,
                     check_out,
+                    room_type_id,
                     at: now,
                 }])
             }
@@ -313,12 +315,14 @@ impl PropertyCalendar {
                     &[BookingStatus::Tentative, BookingStatus::Confirmed],
                     BookingStatus::Cancelled,
                 )?;
-                let (booking_id, property_id, check_in, check_out) = booking_facts(booking);
+                let (booking_id, property_id, check_in, check_out, room_type_id) =
+                    booking_facts(booking);
                 Ok(vec![CalendarEvent::BookingCancelled {
                     booking_id,
                     property_id,
                     check_in,
                     check_out,
+                    room_type_id,
                     previous_status: booking.status,
                     reason: reason.clone(),
                     at: now,
@@ -331,12 +335,14 @@ impl PropertyCalendar {
                     &[BookingStatus::Confirmed],
                     BookingStatus::CheckedIn,
                 )?;
-                let (booking_id, property_id, check_in, check_out) = booking_facts(booking);
+                let (booking_id, property_id, check_in, check_out, room_type_id) =
+                    booking_facts(booking);
                 Ok(vec![CalendarEvent::BookingCheckedIn {
                     booking_id,
                     property_id,
                     check_in,
                     check_out,
+                    room_type_id,
                     at: now,
                 }])
             }
@@ -347,24 +353,28 @@ impl PropertyCalendar {
                     &[BookingStatus::CheckedIn],
                     BookingStatus::CheckedOut,
                 )?;
-                let (booking_id, property_id, check_in, check_out) = booking_facts(booking);
+                let (booking_id, property_id, check_in, check_out, room_type_id) =
+                    booking_facts(booking);
                 Ok(vec![CalendarEvent::BookingCheckedOut {
                     booking_id,
                     property_id,
                     check_in,
                     check_out,
+                    room_type_id,
                     at: now,
                 }])
             }
             CalendarCommand::MarkNoShow { booking_id } => {
                 let booking = self.booking(*booking_id)?;
                 require_status(booking, &[BookingStatus::Confirmed], BookingStatus::NoShow)?;
-                let (booking_id, property_id, check_in, check_out) = booking_facts(booking);
+                let (booking_id, property_id, check_in, check_out, room_type_id) =
+                    booking_facts(booking);
                 Ok(vec![CalendarEvent::BookingNoShow {
                     booking_id,
                     property_id,
                     check_in,
                     check_out,
+                    room_type_id,
                     at: now,
                 }])
             }
@@ -392,6 +402,7 @@ impl PropertyCalendar {
                     start: block.nights.start,
                     end: block.nights.end,
                     reason: block.reason,
+                    room_type_id: block.room_type_id,
                     at: now,
                 }])
             }
@@ -788,6 +799,7 @@ impl PropertyCalendar {
             price,
             notes,
             changed,
+            room_type_id: booking.room_type_id,
             at: now,
         });
         Ok(events)
@@ -971,12 +983,13 @@ impl PropertyCalendar {
     }
 
     fn hold_expired_event(&self, booking: &Booking, now: DateTime<Utc>) -> CalendarEvent {
-        let (booking_id, property_id, check_in, check_out) = booking_facts(booking);
+        let (booking_id, property_id, check_in, check_out, room_type_id) = booking_facts(booking);
         CalendarEvent::BookingHoldExpired {
             booking_id,
             property_id,
             check_in,
             check_out,
+            room_type_id,
             hold_expires_at: booking.hold_expires_at.unwrap_or(now),
             at: now,
         }
@@ -1113,12 +1126,15 @@ impl PropertyCalendar {
     }
 }
 
-fn booking_facts(booking: &Booking) -> (Uuid, Uuid, NaiveDate, NaiveDate) {
+/// What every event about a booking's status repeats of it, room type
+/// included, so a reader of one event never looks the booking up.
+fn booking_facts(booking: &Booking) -> (Uuid, Uuid, NaiveDate, NaiveDate, Option<Uuid>) {
     (
         booking.id,
         booking.property_id,
         booking.nights.start,
         booking.nights.end,
+        booking.room_type_id,
     )
 }
 

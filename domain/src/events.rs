@@ -100,6 +100,10 @@ pub enum CalendarEvent {
         price: Option<Price>,
         notes: Option<String>,
         changed: Vec<String>,
+        /// The room type the booking holds a unit of; absent on a
+        /// single-unit property (and in events from before v1.1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room_type_id: Option<Uuid>,
         at: DateTime<Utc>,
     },
     #[serde(rename = "booking.confirmed")]
@@ -108,6 +112,9 @@ pub enum CalendarEvent {
         property_id: Uuid,
         check_in: NaiveDate,
         check_out: NaiveDate,
+        /// As on `booking.modified`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room_type_id: Option<Uuid>,
         at: DateTime<Utc>,
     },
     #[serde(rename = "booking.cancelled")]
@@ -118,6 +125,9 @@ pub enum CalendarEvent {
         check_out: NaiveDate,
         previous_status: BookingStatus,
         reason: Option<String>,
+        /// As on `booking.modified`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room_type_id: Option<Uuid>,
         at: DateTime<Utc>,
     },
     #[serde(rename = "booking.checked_in")]
@@ -126,6 +136,9 @@ pub enum CalendarEvent {
         property_id: Uuid,
         check_in: NaiveDate,
         check_out: NaiveDate,
+        /// As on `booking.modified`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room_type_id: Option<Uuid>,
         at: DateTime<Utc>,
     },
     #[serde(rename = "booking.checked_out")]
@@ -134,6 +147,9 @@ pub enum CalendarEvent {
         property_id: Uuid,
         check_in: NaiveDate,
         check_out: NaiveDate,
+        /// As on `booking.modified`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room_type_id: Option<Uuid>,
         at: DateTime<Utc>,
     },
     #[serde(rename = "booking.no_show")]
@@ -142,6 +158,9 @@ pub enum CalendarEvent {
         property_id: Uuid,
         check_in: NaiveDate,
         check_out: NaiveDate,
+        /// As on `booking.modified`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room_type_id: Option<Uuid>,
         at: DateTime<Utc>,
     },
     /// A tentative hold passed its `hold_expires_at`; its nights are free.
@@ -152,6 +171,9 @@ pub enum CalendarEvent {
         check_in: NaiveDate,
         check_out: NaiveDate,
         hold_expires_at: DateTime<Utc>,
+        /// As on `booking.modified`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room_type_id: Option<Uuid>,
         at: DateTime<Utc>,
     },
     #[serde(rename = "availability.blocked")]
@@ -182,6 +204,10 @@ pub enum CalendarEvent {
         start: NaiveDate,
         end: NaiveDate,
         reason: BlockReason,
+        /// The room type the block closed units of; absent on a
+        /// single-unit property (and in events from before v1.1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room_type_id: Option<Uuid>,
         at: DateTime<Utc>,
     },
 }
@@ -226,6 +252,28 @@ impl CalendarEvent {
             | Self::BookingHoldExpired { booking_id, .. } => Some(*booking_id),
             Self::AvailabilityBlocked { block_id, .. }
             | Self::AvailabilityReleased { block_id, .. } => Some(*block_id),
+        }
+    }
+
+    /// The room type the event is about or takes units of: on a room-type
+    /// property every event but the `property.*` ones names one; on a
+    /// single-unit property none does.
+    pub fn room_type_id(&self) -> Option<Uuid> {
+        match self {
+            Self::RoomTypeCreated { .. } | Self::RoomTypeUpdated { .. } => self.subject(),
+            Self::PropertyRegistered { .. }
+            | Self::PropertyUpdated { .. }
+            | Self::PropertyArchived { .. } => None,
+            Self::BookingReserved { room_type_id, .. }
+            | Self::BookingModified { room_type_id, .. }
+            | Self::BookingConfirmed { room_type_id, .. }
+            | Self::BookingCancelled { room_type_id, .. }
+            | Self::BookingCheckedIn { room_type_id, .. }
+            | Self::BookingCheckedOut { room_type_id, .. }
+            | Self::BookingNoShow { room_type_id, .. }
+            | Self::BookingHoldExpired { room_type_id, .. }
+            | Self::AvailabilityBlocked { room_type_id, .. }
+            | Self::AvailabilityReleased { room_type_id, .. } => *room_type_id,
         }
     }
 

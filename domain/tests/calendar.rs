@@ -222,6 +222,7 @@ fn hold_expired(
         check_in,
         check_out,
         hold_expires_at: expires,
+        room_type_id: None,
         at: now,
     }
 }
@@ -232,6 +233,7 @@ fn confirmed(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> Cal
         property_id: PROPERTY,
         check_in,
         check_out,
+        room_type_id: None,
         at: at(0),
     }
 }
@@ -244,6 +246,7 @@ fn cancelled(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> Cal
         check_out,
         previous_status: BookingStatus::Confirmed,
         reason: Some("guest asked".into()),
+        room_type_id: None,
         at: at(0),
     }
 }
@@ -254,6 +257,7 @@ fn checked_in(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> Ca
         property_id: PROPERTY,
         check_in,
         check_out,
+        room_type_id: None,
         at: at(0),
     }
 }
@@ -298,6 +302,7 @@ fn released(
         start,
         end,
         reason,
+        room_type_id: None,
         at: at(0),
     }
 }
@@ -348,6 +353,7 @@ fn modified(
         price: Some(price()),
         notes: None,
         changed: changed.iter().map(|c| c.to_string()).collect(),
+        room_type_id: None,
         at: at(0),
     }
 }
@@ -943,6 +949,7 @@ fn modify_booking_of_guest_details_only_records_just_those_fields() {
             price: Some(price()),
             notes: Some("late arrival".into()),
             changed: vec!["guest".into(), "notes".into()],
+            room_type_id: None,
             at: at(0),
         }]
     );
@@ -1235,6 +1242,7 @@ fn check_out_a_checked_in_booking_records_the_departure() {
         property_id: PROPERTY,
         check_in: day(1),
         check_out: day(4),
+        room_type_id: None,
         at: at(0),
     }]);
 }
@@ -1258,6 +1266,7 @@ fn mark_no_show_on_a_confirmed_booking_records_it() {
             property_id: PROPERTY,
             check_in: day(1),
             check_out: day(4),
+            room_type_id: None,
             at: at(0),
         }]);
 }
@@ -1676,6 +1685,7 @@ fn another_booking_on_the_property_leaves_a_bookings_version_as_it_was() {
         check_out: day(3),
         previous_status: BookingStatus::Confirmed,
         reason: None,
+        room_type_id: None,
         at: at(0),
     }]);
 }

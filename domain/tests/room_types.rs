@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, TimeZone, Utc};
+use cqrs_es::test::TestFramework;
 use cqrs_es::Aggregate;
 use ledger_domain::commands::{
     BlockNights, CreateRoomType, ModifyBooking, RegisterProperty, ReserveStay, UpdateRoomType,
@@ -425,31 +426,149 @@ fn a_lapsed_hold_on_a_full_night_is_expired_by_the_booking_that_needs_its_unit()
     ));
 }
 
-#[test]
-fn single_unit_events_are_written_as_before_room_types() {
-    let mut hotel = Hotel::new();
+/// Takes bookings and a block through every event they can have: reserved,
+/// modified, confirmed, checked in and out, cancelled, no-show, hold
+/// expired, blocked and released.
+fn every_claim_event(hotel: &mut Hotel, room_type: Option<Uuid>) {
+    let [stay, cancelled, no_show, hold, closed] = [1, 2, 3, 4, 5].map(Uuid::from_u128);
+    for (id, from) in [(stay, 0), (cancelled, 2), (no_show, 4)] {
+        hotel
+            .run(CalendarCommand::ReserveStay(reserve(
+                id,
+                room_type,
+                from,
+                from + 1,
+            )))
+            .expect("a booking");
+    }
+    hotel
+        .run(CalendarCommand::ReserveStay(ReserveStay {
+            status: Some(BookingStatus::Tentative),
+            hold_expires_at: Some(at(1)),
+            ..reserve(hold, room_type, 6, 7)
+        }))
+        .expect("a hold");
     hotel
         .run(CalendarCommand::BlockNights(block(
-            Uuid::from_u128(2),
-            None,
-            None,
-            0,
-            1,
+            closed, room_type, None, 8, 9,
         )))
         .expect("a block");
+    let commands = [
+        CalendarCommand::ModifyBooking(ModifyBooking {
+            booking_id: stay,
+            check_out: Some(day(2)),
+            ..ModifyBooking::default()
+        }),
+        CalendarCommand::CheckIn { booking_id: stay },
+        CalendarCommand::CheckOut { booking_id: stay },
+        CalendarCommand::CancelBooking {
+            booking_id: cancelled,
+            reason: None,
+        },
+        CalendarCommand::MarkNoShow {
+            booking_id: no_show,
+        },
+        CalendarCommand::ReleaseBlock { block_id: closed },
+    ];
+    for action in commands {
+        hotel.run(action).expect("a step of the life cycle");
+    }
+    hotel.now = at(2);
+    hotel
+        .run(CalendarCommand::ExpireHold { booking_id: hold })
+        .expect("the hold lapsed");
+}
+
+/// The kinds of events [`every_claim_event`] wrote, in order.
+fn kinds(hotel: &Hotel) -> Vec<&'static str> {
+    hotel.log.iter().map(CalendarEvent::kind).collect()
+}
+
+#[test]
+fn every_booking_and_block_event_on_a_room_type_names_it() {
+    let mut hotel = Hotel::with_room_types(&[(DOUBLE, 2)]);
+    every_claim_event(&mut hotel, Some(DOUBLE));
+    let claims: Vec<_> = hotel
+        .log
+        .iter()
+        .filter(|e| !e.kind().starts_with("property.") && !e.kind().starts_with("room_type."))
+        .collect();
+    assert_eq!(claims.len(), 12, "{:?}", kinds(&hotel));
+    for event in claims {
+        let payload = event.payload();
+        assert_eq!(
+            payload["room_type_id"],
+            serde_json::json!(DOUBLE),
+            "{payload}"
+        );
+    }
+}
+
+#[test]
+fn a_status_event_names_the_room_type_the_aggregate_knows_for_the_booking() {
+    let mut hotel = Hotel::with_room_types(&[(DOUBLE, 2)]);
+    let booking = Uuid::from_u128(1);
     hotel
         .run(CalendarCommand::ReserveStay(reserve(
-            Uuid::from_u128(1),
-            None,
-            1,
+            booking,
+            Some(DOUBLE),
+            0,
             2,
         )))
         .expect("a booking");
+    TestFramework::<PropertyCalendar>::with(())
+        .given(hotel.log)
+        .when(command(
+            at(1),
+            CalendarCommand::CancelBooking {
+                booking_id: booking,
+                reason: None,
+            },
+        ))
+        .then_expect_events(vec![CalendarEvent::BookingCancelled {
+            booking_id: booking,
+            property_id: PROPERTY,
+            check_in: day(0),
+            check_out: day(2),
+            previous_status: BookingStatus::Confirmed,
+            reason: None,
+            room_type_id: Some(DOUBLE),
+            at: at(1),
+        }]);
+}
+
+#[test]
+fn single_unit_events_are_written_as_before_room_types() {
+    let mut hotel = Hotel::new();
+    every_claim_event(&mut hotel, None);
+    assert_eq!(hotel.log.len(), 13, "{:?}", kinds(&hotel));
     for event in &hotel.log {
         let payload = event.payload();
         assert!(payload.get("room_type_id").is_none(), "{payload}");
         assert!(payload.get("units").is_none(), "{payload}");
     }
+}
+
+#[test]
+fn stored_events_from_before_room_types_still_decode() {
+    let payload = serde_json::json!({
+        "booking_id": Uuid::from_u128(1),
+        "property_id": PROPERTY,
+        "check_in": "2025-07-01",
+        "check_out": "2025-07-03",
+        "previous_status": "confirmed",
+        "reason": null,
+        "at": "2025-06-01T09:00:00Z",
+    });
+    let event = CalendarEvent::from_stored("booking.cancelled", payload.clone()).expect("decodes");
+    assert!(matches!(
+        event,
+        CalendarEvent::BookingCancelled {
+            room_type_id: None,
+            ..
+        }
+    ));
+    assert_eq!(event.payload(), payload, "written back byte for byte");
 }
 
 // ------------------------------------------------- property-based testing

@@ -64,7 +64,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::StreamExt;
 use ledger_domain::checksum::{self, ChannelRange};
 use ledger_domain::CalendarEvent;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::cloudevent::{self, ChecksumData, CloudEvent, CloudEventError, SnapshotData};
@@ -117,6 +117,21 @@ pub struct Recovery {
     pub checksums_matched: u64,
 }
 
+/// The answer to a resync request: what was requested, or the contract's
+/// error body.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ResyncReply {
+    Requested(Requested),
+    Refused { error: ReplyError },
+}
+
+#[derive(Deserialize)]
+struct ReplyError {
+    code: String,
+    message: String,
+}
+
 /// How many handled event ids the kit remembers, beyond the per-property
 /// sequence check.
 const SEEN_IDS: usize = 100_000;
@@ -137,9 +152,13 @@ pub enum ChannelError {
     /// yet (its publisher creates the stream).
     #[error("stream LEDGER does not exist yet: the ledger's publisher creates it")]
     NoStream,
-    /// The ledger did not take a resync request.
-    #[error("the ledger refused the resync request: {0}")]
-    Refused(String),
+    /// The ledger did not take a resync request: the contract's error
+    /// `code` (docs/api.md "Errors", e.g. `PROPERTY_NOT_FOUND`) and message.
+    #[error("the ledger refused the resync request: {code}: {message}")]
+    Refused { code: String, message: String },
+    /// The answer to a resync request was neither a request nor an error.
+    #[error("the ledger's answer to the resync request does not decode: {0}")]
+    UnreadableReply(String),
 }
 
 fn nats_error(error: impl Into<async_nats::Error>) -> ChannelError {
@@ -266,6 +285,13 @@ impl LedgerEvent {
     pub fn sequence(&self) -> i64 {
         self.cloud.ledgersequence
     }
+
+    /// The room type the event names, from the decoded event (so also for
+    /// a document published without the `ledgerroomtypeid` attribute);
+    /// `None` on a single-unit property.
+    pub fn room_type_id(&self) -> Option<Uuid> {
+        self.event.room_type_id()
+    }
 }
 
 /// `ledgersequence` jumped: events `expected..received` of the property were
@@ -366,11 +392,19 @@ impl ChannelConsumer {
             .await
             .map_err(nats_error)?
             .map_err(nats_error)?;
-        let requested: Requested = serde_json::from_slice(&reply.payload).map_err(|e| {
-            ChannelError::Refused(
-                String::from_utf8_lossy(&reply.payload).into_owned() + ": " + &e.to_string(),
-            )
-        })?;
+        let requested = match serde_json::from_slice::<ResyncReply>(&reply.payload) {
+            Ok(ResyncReply::Requested(requested)) => requested,
+            Ok(ResyncReply::Refused { error }) => {
+                return Err(ChannelError::Refused {
+                    code: error.code,
+                    message: error.message,
+                })
+            }
+            Err(error) => {
+                let reply = String::from_utf8_lossy(&reply.payload);
+                return Err(ChannelError::UnreadableReply(format!("{reply}: {error}")));
+            }
+        };
         self.asked.insert(property_id, Instant::now());
         self.recovery.resyncs_requested += 1;
         tracing::info!(%property_id, as_of_position = requested.as_of_position, "channel: resync requested");

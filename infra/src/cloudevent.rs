@@ -1,5 +1,5 @@
 //! The document every event is published as: CloudEvents 1.0, structured
-//! JSON mode, with the two ledger extensions (docs/api.md "Event stream on NATS
+//! JSON mode, with the ledger extensions (docs/api.md "Event stream on NATS
 //! JetStream"). The publisher writes it; the channel kit and `ledger tail`
 //! read it. Nothing here talks to NATS.
 
@@ -38,6 +38,12 @@ pub struct CloudEvent {
     pub ledgerposition: i64,
     /// Position in the property's own stream: 1, 2, 3, ... with no gaps.
     pub ledgersequence: i64,
+    /// The room type the event names (`data.room_type_id`, or the room type
+    /// a `room_type.*` event is about); absent on a single-unit property.
+    /// An attribute so that a consumer (or a broker's CloudEvents filter)
+    /// can pick one room type's events without decoding `data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledgerroomtypeid: Option<Uuid>,
     /// The event's payload (its current version, after upcasting).
     pub data: Value,
 }
@@ -68,6 +74,7 @@ impl CloudEvent {
             datacontenttype: CONTENT_TYPE.to_owned(),
             ledgerposition: envelope.position,
             ledgersequence: envelope.sequence,
+            ledgerroomtypeid: event.room_type_id(),
             data: event.payload(),
         }
     }
@@ -156,6 +163,7 @@ impl CloudEvent {
             datacontenttype: CONTENT_TYPE.to_owned(),
             ledgerposition: position,
             ledgersequence: sequence,
+            ledgerroomtypeid: None,
             data,
         }
     }
@@ -211,6 +219,7 @@ mod tests {
             datacontenttype: CONTENT_TYPE.into(),
             ledgerposition: 7,
             ledgersequence: 3,
+            ledgerroomtypeid: None,
             data: Value::Null,
         };
         assert_eq!(event.origin().ok(), Some((a, p)));
@@ -220,6 +229,10 @@ mod tests {
         assert!(
             json.get("subject").is_none(),
             "no subject when there is none"
+        );
+        assert!(
+            json.get("ledgerroomtypeid").is_none(),
+            "no room type attribute on a single-unit property"
         );
     }
 }

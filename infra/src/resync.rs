@@ -287,20 +287,24 @@ async fn answer(pool: &PgPool, subject: &str) -> serde_json::Value {
         tokens.next().and_then(|t| t.parse::<Uuid>().ok()),
     );
     let (Some(agency_id), Some(property_id)) = ids else {
-        return serde_json::json!({"error": "the subject is ledger-resync.<agency_id>.<property_id>"});
+        return serde_json::json!({"error": {"code": "VALIDATION_ERROR",
+            "message": "the subject is ledger-resync.<agency_id>.<property_id>"}});
     };
     match agency_of(pool, property_id).await {
         Ok(Some(owner)) if owner == agency_id => match request_snapshot(pool, property_id).await {
             Ok(requested) => serde_json::json!(requested),
             Err(error) => {
                 tracing::warn!(%error, %property_id, "resync request not recorded");
-                serde_json::json!({"error": "the ledger cannot record the request now"})
+                serde_json::json!({"error": {"code": "DATABASE_UNAVAILABLE",
+                    "message": "the ledger cannot record the request now"}})
             }
         },
-        Ok(_) => serde_json::json!({"error": "no such property"}),
+        Ok(_) => serde_json::json!({"error": {"code": "PROPERTY_NOT_FOUND",
+            "message": "no such property in this agency"}}),
         Err(error) => {
             tracing::warn!(%error, "resync request not checked");
-            serde_json::json!({"error": "the ledger cannot record the request now"})
+            serde_json::json!({"error": {"code": "DATABASE_UNAVAILABLE",
+                    "message": "the ledger cannot record the request now"}})
         }
     }
 }
