@@ -5,12 +5,11 @@
 
 use crate::common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    agency, answers, assert_error, created, now_secs, operator, raw_token, spawn_app, token,
-    token_with, with_status, Reply, TestApp, SECRET,
+    agency, answers, assert_error, created, ledger, ledger_ok, now_secs, operator, raw_token,
+    spawn_app, token, token_with, with_status, Reply, TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -1003,18 +1002,6 @@ async fn another_agency_gets_404_on_everything_of_this_one() {
 
 // ------------------------------------------------------------------ suspension
 
-fn ledger(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
-    command
-        .args(args)
-        .env_remove("JWT_SECRET")
-        .env_remove("DATABASE_URL");
-    for (name, value) in envs {
-        command.env(name, value);
-    }
-    command.output().expect("run the ledger binary")
-}
-
 /// How long a suspension made by another process (the CLI) may take to hold
 /// here: the server refreshes suspensions every few seconds.
 const SUSPENSION_REFRESH: Duration = Duration::from_secs(10);
@@ -1033,14 +1020,9 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
     let agency_text = agency_id.to_string();
     let db = [("DATABASE_URL", app.database_url.as_str())];
 
-    let out = ledger(
+    ledger_ok(
         &["agency", "suspend", &agency_text, "--reason", "unpaid"],
         &db,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let path = format!("{PROPERTIES}/{property}");
     let reply = answers(StatusCode::FORBIDDEN, SUSPENSION_REFRESH, || {
@@ -1081,12 +1063,7 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
     let reply = app.send("GET", "/health", None, None, &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
 
-    let out = ledger(&["agency", "reinstate", &agency_text], &db);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ledger_ok(&["agency", "reinstate", &agency_text], &db);
     let reply = answers(StatusCode::OK, SUSPENSION_REFRESH, || {
         app.read(&path, &admin)
     })
@@ -1107,7 +1084,7 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
     let agency_text = agency_id.to_string();
     let secret = [("JWT_SECRET", SECRET)];
 
-    let out = ledger(
+    let minted = ledger_ok(
         &[
             "token",
             "--agency",
@@ -1121,15 +1098,6 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
         ],
         &secret,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let minted = String::from_utf8(out.stdout)
-        .expect("UTF-8")
-        .trim()
-        .to_owned();
     assert_eq!(minted.split('.').count(), 3, "a JWT: {minted}");
 
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
@@ -1162,7 +1130,7 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
     );
 
     // A staff token from the CLI is held to the role table.
-    let out = ledger(
+    let staff = ledger_ok(
         &[
             "token",
             "--agency",
@@ -1174,11 +1142,6 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
         ],
         &secret,
     );
-    assert!(out.status.success());
-    let staff = String::from_utf8(out.stdout)
-        .expect("UTF-8")
-        .trim()
-        .to_owned();
     let reply = app.post(PROPERTIES, &staff, json!({"name": "Nope"})).await;
     assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
     created(
@@ -1187,7 +1150,7 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
     );
 
     // Signed with another secret: refused by the server.
-    let out = ledger(
+    let foreign = ledger_ok(
         &[
             "token",
             "--agency",
@@ -1199,11 +1162,6 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
         ],
         &[("JWT_SECRET", "a-different-secret-that-is-long-enough")],
     );
-    assert!(out.status.success());
-    let foreign = String::from_utf8(out.stdout)
-        .expect("UTF-8")
-        .trim()
-        .to_owned();
     let reply = app
         .read(&format!("{PROPERTIES}/{property}"), &foreign)
         .await;

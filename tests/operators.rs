@@ -8,12 +8,11 @@
 
 use crate::common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    agency, answers, assert_error, created, eventually, operator, spawn_app, spawn_app_with_env,
-    token, token_with, with_status, Reply, TestApp, SECRET,
+    agency, answers, assert_error, created, eventually, ledger, ledger_ok, operator, spawn_app,
+    spawn_app_with_env, token, token_with, with_status, Reply, TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -217,7 +216,7 @@ async fn a_suspension_made_in_another_process_holds_here_within_2_s() {
     let (agency_id, admin) = agency();
     let (_, ics) = exported_property(&app, &admin).await;
     // The CLI is another process on the same database.
-    let out = ledger(
+    ledger_ok(
         &[
             "agency",
             "suspend",
@@ -226,11 +225,6 @@ async fn a_suspension_made_in_another_process_holds_here_within_2_s() {
             "cli",
         ],
         &[("DATABASE_URL", app.database_url.as_str())],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let started = Instant::now();
     let reply = answers(StatusCode::FORBIDDEN, Duration::from_secs(3), || {
@@ -609,25 +603,9 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
     }
 }
 
-fn ledger(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
-    command
-        .args(args)
-        .env_remove("JWT_SECRET")
-        .env_remove("DATABASE_URL");
-    for (name, value) in envs {
-        command.env(name, value);
-    }
-    command.output().expect("run the ledger binary")
-}
-
-fn stdout_json(out: &std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+/// What a `ledger agency ...` command printed: the agency's record.
+fn ledger_json(args: &[&str], envs: &[(&str, &str)]) -> Value {
+    serde_json::from_str(&ledger_ok(args, envs)).expect("JSON on stdout")
 }
 
 #[tokio::test]
@@ -635,19 +613,10 @@ async fn the_cli_mints_operator_tokens_and_administers_agencies_as_the_routes_do
     let app = spawn_app().await;
     let db = [("DATABASE_URL", app.database_url.as_str())];
 
-    let out = ledger(
+    let minted = ledger_ok(
         &["token", "--role", "operator", "--sub", "ops-cli"],
         &[("JWT_SECRET", SECRET)],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let minted = String::from_utf8(out.stdout)
-        .expect("UTF-8")
-        .trim()
-        .to_owned();
     with_status(StatusCode::OK, app.get(AGENCIES, &minted).await);
     let out = ledger(
         &["token", "--role", "admin", "--sub", "x"],
@@ -655,16 +624,10 @@ async fn the_cli_mints_operator_tokens_and_administers_agencies_as_the_routes_do
     );
     assert!(!out.status.success(), "an admin token needs --agency");
 
-    let created = stdout_json(&ledger(
-        &["agency", "create", "--name", "From the CLI"],
-        &db,
-    ));
+    let created = ledger_json(&["agency", "create", "--name", "From the CLI"], &db);
     let id = created["id"].as_str().expect("an id").to_owned();
     assert_eq!(created["status"], "active");
-    let features = stdout_json(&ledger(
-        &["agency", "features", &id, "--ical-export", "false"],
-        &db,
-    ));
+    let features = ledger_json(&["agency", "features", &id, "--ical-export", "false"], &db);
     assert_eq!(
         features["features"],
         json!({"ical_export": false, "ical_import": true})
