@@ -97,6 +97,15 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with_env(&[]).await
 }
 
+/// Where most tests start: the application, the admin token of a new agency
+/// and one property of that agency.
+pub async fn app_with_property() -> (TestApp, String, uuid::Uuid) {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+    (app, admin, property)
+}
+
 /// `spawn_app` with `ledger serve`'s environment variables (e.g.
 /// `LEDGER_RATE_LIMIT`) set for this app only.
 pub async fn spawn_app_with_env(env: &[(&str, &str)]) -> TestApp {
