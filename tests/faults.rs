@@ -50,6 +50,39 @@ async fn timed(
     (reply, started.elapsed())
 }
 
+/// Liveness while the database is out (`when` says how, for the log): 200
+/// `{"status": "ok"}` within [`FAST`].
+async fn live_fast(app: &TestApp, path: &str, when: &str) {
+    let (reply, took) = timed(app, "GET", path, None, None).await;
+    eprintln!("{when}: GET {path} -> {} in {took:?}", reply.status);
+    assert_eq!(reply.status, StatusCode::OK, "{path}: {:?}", reply.body);
+    assert_eq!(reply.body["status"], "ok", "{path}: {:?}", reply.body);
+    assert!(took < FAST, "GET {path} took {took:?} ({when})");
+}
+
+/// Anything that needs the database while it is out: 503
+/// `DATABASE_UNAVAILABLE` within [`FAST`].
+async fn unavailable_fast(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+    when: &str,
+) {
+    let (reply, took) = timed(app, method, path, token, body).await;
+    eprintln!(
+        "{when}: {method} {path} -> {} {} in {took:?}",
+        reply.status, reply.body
+    );
+    assert_error(
+        &reply,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "DATABASE_UNAVAILABLE",
+    );
+    assert!(took < FAST, "{method} {path} took {took:?} ({when})");
+}
+
 /// Polls `/readyz` until it answers 200, for at most `limit`; returns how
 /// long that took and the last reply.
 async fn until_ready(app: &TestApp, limit: Duration) -> (Duration, Reply) {
@@ -63,24 +96,10 @@ async fn until_ready(app: &TestApp, limit: Duration) -> (Duration, Reply) {
     }
 }
 
-fn booking(property: Uuid, check_in: &str, check_out: &str) -> Value {
-    json!({
-        "property_id": property,
-        "check_in": check_in,
-        "check_out": check_out,
-        "guest": {"name": "Ana Guest", "email": "ana@example.com"},
-    })
-}
-
-#[tokio::test]
-async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
-    let _heavy = common::heavy().await;
-    // The ledger is declared last so that it is killed before the servers.
-    let (mut pg, nats, app) = private_stack().await;
-    let pid = app.pid().expect("the ledger runs");
-
-    // Up: ready, and writes work.
-    let (waited, ready) = until_ready(&app, Duration::from_secs(30)).await;
+/// Before a drill: the app is ready and writes work. Returns an agency
+/// admin's token, a property and a booking of it.
+async fn ready_with_a_booking(app: &TestApp) -> (String, Uuid, Uuid) {
+    let (waited, ready) = until_ready(app, Duration::from_secs(30)).await;
     assert_eq!(
         ready.status,
         StatusCode::OK,
@@ -94,21 +113,45 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
         app.reserve(&token, property, "2027-06-01", "2027-06-03")
             .await,
     );
-    let first_booking = first.id();
+    (token, property, first.id())
+}
+
+fn booking(property: Uuid, check_in: &str, check_out: &str) -> Value {
+    json!({
+        "property_id": property,
+        "check_in": check_in,
+        "check_out": check_out,
+        "guest": {"name": "Ana Guest", "email": "ana@example.com"},
+    })
+}
+
+/// A reservation, [`timed`].
+async fn reserve(
+    app: &TestApp,
+    token: &str,
+    property: Uuid,
+    check_in: &str,
+    check_out: &str,
+) -> (Reply, Duration) {
+    let body = booking(property, check_in, check_out);
+    timed(app, "POST", "/api/v1/bookings", Some(token), Some(&body)).await
+}
+
+#[tokio::test]
+async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
+    let _heavy = common::heavy().await;
+    // The ledger is declared last so that it is killed before the servers.
+    let (mut pg, nats, app) = private_stack().await;
+    let pid = app.pid().expect("the ledger runs");
+
+    let (token, property, first_booking) = ready_with_a_booking(&app).await;
 
     // Down.
     pg.stop();
     eprintln!("PostgreSQL stopped (pg_ctl -m immediate stop)");
 
     for path in ["/health", "/healthz"] {
-        let (reply, took) = timed(&app, "GET", path, None, None).await;
-        eprintln!("DB down: GET {path} -> {} in {took:?}", reply.status);
-        assert_eq!(reply.status, StatusCode::OK, "{path}: {:?}", reply.body);
-        assert_eq!(reply.body["status"], "ok", "{path}: {:?}", reply.body);
-        assert!(
-            took < FAST,
-            "GET {path} took {took:?} with the database down"
-        );
+        live_fast(&app, path, "DB down").await;
     }
 
     // Several rounds: the first probes meet the pool's idle connections that
@@ -117,20 +160,8 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
     // acquire timeout): both must answer 503 fast.
     for round in 1..=ROUNDS {
         for path in ["/health/ready", "/readyz"] {
-            let (reply, took) = timed(&app, "GET", path, None, None).await;
-            eprintln!(
-                "DB down (round {round}): GET {path} -> {} {} in {took:?}",
-                reply.status, reply.body
-            );
-            assert_error(
-                &reply,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "DATABASE_UNAVAILABLE",
-            );
-            assert!(
-                took < FAST,
-                "GET {path} took {took:?} with the database down"
-            );
+            let when = format!("DB down (round {round})");
+            unavailable_fast(&app, "GET", path, None, None, &when).await;
         }
     }
 
@@ -152,35 +183,10 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
         ),
     ];
     for (method, path, body) in &writes {
-        let (reply, took) = timed(&app, method, path, Some(&token), body.as_ref()).await;
-        eprintln!(
-            "DB down: {method} {path} -> {} {} in {took:?}",
-            reply.status, reply.body
-        );
-        assert_error(
-            &reply,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "DATABASE_UNAVAILABLE",
-        );
-        assert!(
-            took < FAST,
-            "{method} {path} took {took:?} with the database down"
-        );
+        unavailable_fast(&app, method, path, Some(&token), body.as_ref(), "DB down").await;
     }
-    let (reply, took) = timed(&app, "GET", "/readyz", None, None).await;
-    eprintln!(
-        "DB down, after the writes: GET /readyz -> {} in {took:?}",
-        reply.status
-    );
-    assert_error(
-        &reply,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "DATABASE_UNAVAILABLE",
-    );
-    assert!(
-        took < FAST,
-        "GET /readyz took {took:?} with the database down"
-    );
+    let when = "DB down, after the writes";
+    unavailable_fast(&app, "GET", "/readyz", None, None, when).await;
     assert!(
         app.is_running(),
         "the ledger exited with the database down:\n{}",
@@ -204,14 +210,7 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
     );
     assert_eq!(ready.body["db"], "ok", "{:?}", ready.body);
 
-    let (reply, took) = timed(
-        &app,
-        "POST",
-        "/api/v1/bookings",
-        Some(&token),
-        Some(&booking(property, "2027-07-01", "2027-07-04")),
-    )
-    .await;
+    let (reply, took) = reserve(&app, &token, property, "2027-07-01", "2027-07-04").await;
     eprintln!("after the restart: reserve -> {} in {took:?}", reply.status);
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     let second = reply.id();
@@ -264,20 +263,7 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
     let _heavy = common::heavy().await;
     let (pg, nats, app) = private_stack().await;
     let pid = app.pid().expect("the ledger runs");
-    let (waited, ready) = until_ready(&app, Duration::from_secs(30)).await;
-    assert_eq!(
-        ready.status,
-        StatusCode::OK,
-        "ready before the drill: {ready:?}"
-    );
-    eprintln!("ready 200 before the drill after {waited:?}");
-    let (_, token) = agency();
-    let property = app.property(&token, None).await;
-    let first = created(
-        app.reserve(&token, property, "2027-06-01", "2027-06-03")
-            .await,
-    );
-    let first_booking = first.id();
+    let (token, property, first_booking) = ready_with_a_booking(&app).await;
     let head = app.head().await;
     // The pool now holds open connections: those are the ones a frozen
     // server leaves hanging (a stopped server's sockets accept, never answer).
@@ -290,16 +276,8 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
 
     let read = format!("/api/v1/bookings/{first_booking}?min_position={head}");
     for round in 1..=ROUNDS {
-        let (reply, took) = timed(&app, "GET", "/healthz", None, None).await;
-        eprintln!(
-            "DB frozen (round {round}): GET /healthz -> {} in {took:?}",
-            reply.status
-        );
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-        assert!(
-            took < FAST,
-            "GET /healthz took {took:?} with the database frozen"
-        );
+        let when = format!("DB frozen (round {round})");
+        live_fast(&app, "/healthz", &when).await;
         let requests = [
             ("GET", "/readyz".to_owned(), None, None),
             (
@@ -311,20 +289,7 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
             ("GET", read.clone(), Some(token.as_str()), None),
         ];
         for (method, path, token, body) in &requests {
-            let (reply, took) = timed(&app, method, path, *token, body.as_ref()).await;
-            eprintln!(
-                "DB frozen (round {round}): {method} {path} -> {} {} in {took:?}",
-                reply.status, reply.body
-            );
-            assert_error(
-                &reply,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "DATABASE_UNAVAILABLE",
-            );
-            assert!(
-                took < FAST,
-                "{method} {path} took {took:?} with the database frozen"
-            );
+            unavailable_fast(&app, method, path, *token, body.as_ref(), &when).await;
         }
     }
     assert!(
@@ -338,14 +303,7 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
     let thawed = Instant::now();
     let deadline = thawed + Duration::from_secs(30);
     let created = loop {
-        let (reply, _) = timed(
-            &app,
-            "POST",
-            "/api/v1/bookings",
-            Some(&token),
-            Some(&booking(property, "2027-08-01", "2027-08-04")),
-        )
-        .await;
+        let (reply, _) = reserve(&app, &token, property, "2027-08-01", "2027-08-04").await;
         if reply.status == StatusCode::CREATED {
             break reply;
         }
