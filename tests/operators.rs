@@ -128,12 +128,10 @@ async fn an_agency_admin_only_reads_the_ops_status_without_error_texts() {
             json!({}),
         )
         .await,
-        app.send(
-            "PUT",
+        app.put(
             &format!("{AGENCIES}/{agency_id}/features"),
-            Some(&admin),
-            Some(&json!({"ical_export": true})),
-            &[],
+            &admin,
+            json!({"ical_export": true}),
         )
         .await,
         app.get(HISTORY, &admin).await,
@@ -173,7 +171,7 @@ async fn a_suspended_agency_is_locked_out_within_2_s_and_its_feed_is_gone_until_
     assert_eq!(reply.body["reason"], "unpaid");
 
     let reply = answers(StatusCode::FORBIDDEN, Duration::from_secs(2), || {
-        app.send("GET", &property_path, Some(&admin), None, &[])
+        app.get(&property_path, &admin)
     })
     .await;
     assert_error(&reply, StatusCode::FORBIDDEN, "AGENCY_SUSPENDED");
@@ -203,7 +201,7 @@ async fn a_suspended_agency_is_locked_out_within_2_s_and_its_feed_is_gone_until_
     with_status(
         StatusCode::OK,
         answers(StatusCode::OK, Duration::from_secs(2), || {
-            app.send("GET", &property_path, Some(&admin), None, &[])
+            app.get(&property_path, &admin)
         })
         .await,
     );
@@ -228,7 +226,7 @@ async fn a_suspension_made_in_another_process_holds_here_within_2_s() {
     );
     let started = Instant::now();
     let reply = answers(StatusCode::FORBIDDEN, Duration::from_secs(3), || {
-        app.send("GET", "/api/v1/properties", Some(&admin), None, &[])
+        app.get("/api/v1/properties", &admin)
     })
     .await;
     assert_error(&reply, StatusCode::FORBIDDEN, "AGENCY_SUSPENDED");
@@ -251,10 +249,7 @@ async fn features_turned_off_refuse_their_routes() {
     let token_path = format!("/api/v1/properties/{property}/ical-token");
     let put = |body: Value| {
         let (app, features, operator) = (&app, &features, &operator);
-        async move {
-            app.send("PUT", features, Some(operator), Some(&body), &[])
-                .await
-        }
+        async move { app.put(features, operator, body).await }
     };
 
     let reply = with_status(StatusCode::OK, put(json!({"ical_export": false})).await);
@@ -292,12 +287,10 @@ async fn features_turned_off_refuse_their_routes() {
         json!({"ical_export": true, "ical_import": false})
     );
     let reply = app
-        .send(
-            "PUT",
+        .put(
             &format!("{AGENCIES}/{}/features", Uuid::new_v4()),
-            Some(&operator),
-            Some(&json!({"ical_import": true})),
-            &[],
+            &operator,
+            json!({"ical_import": true}),
         )
         .await;
     assert_error(&reply, StatusCode::NOT_FOUND, "AGENCY_NOT_FOUND");
@@ -316,12 +309,10 @@ async fn the_import_job_skips_feeds_of_agencies_with_imports_off_or_suspended() 
     let on_property = app.property(&on_admin, None).await;
     with_status(
         StatusCode::OK,
-        app.send(
-            "PUT",
+        app.put(
             &format!("{AGENCIES}/{off_agency}/features"),
-            Some(&operator),
-            Some(&json!({"ical_import": false})),
-            &[],
+            &operator,
+            json!({"ical_import": false}),
         )
         .await,
     );
@@ -498,12 +489,10 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
     assert_eq!(reply.body["status"], "active", "{:?}", reply.body);
     with_status(
         StatusCode::OK,
-        app.send(
-            "PUT",
+        app.put(
             &format!("{base}/features"),
-            Some(&operator),
-            Some(&json!({"ical_import": false})),
-            &[],
+            &operator,
+            json!({"ical_import": false}),
         )
         .await,
     );

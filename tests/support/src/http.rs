@@ -132,6 +132,10 @@ impl Api {
             .await
     }
 
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.send("PUT", path, Some(token), Some(&body), &[]).await
+    }
+
     pub async fn delete(&self, path: &str, token: &str) -> Reply {
         self.send("DELETE", path, Some(token), None, &[]).await
     }
