@@ -29,6 +29,11 @@ fn hs(algorithm: jsonwebtoken::Algorithm, claims: &Value, secret: &str) -> Strin
     .expect("encode a token")
 }
 
+/// An `Authorization` header value of the Bearer scheme.
+fn bearer(token: impl std::fmt::Display) -> Option<String> {
+    Some(format!("Bearer {token}"))
+}
+
 /// Sends with a raw `Authorization` header value (or none).
 async fn with_authorization(
     app: &TestApp,
@@ -92,96 +97,68 @@ async fn bad_tokens_get_401_in_the_contract_format_and_change_nothing() {
         ("three garbage parts", Some("Bearer a.b.c".into())),
         (
             "wrong key",
-            Some(format!(
-                "Bearer {}",
-                token_with(valid.clone(), "another-secret-of-at-least-32-bytes!")
+            bearer(token_with(
+                valid.clone(),
+                "another-secret-of-at-least-32-bytes!",
             )),
         ),
-        ("tampered payload", Some(format!("Bearer {tampered}"))),
+        ("tampered payload", bearer(&tampered)),
         (
             "alg none",
-            Some(format!(
-                "Bearer {}",
-                raw_token(json!({"alg": "none", "typ": "JWT"}), valid.clone(), "")
+            bearer(raw_token(
+                json!({"alg": "none", "typ": "JWT"}),
+                valid.clone(),
+                "",
             )),
         ),
         (
             "alg None",
-            Some(format!(
-                "Bearer {}",
-                raw_token(json!({"alg": "None", "typ": "JWT"}), valid.clone(), "")
+            bearer(raw_token(
+                json!({"alg": "None", "typ": "JWT"}),
+                valid.clone(),
+                "",
             )),
         ),
         (
             "alg none with a signature",
-            Some(format!(
-                "Bearer {}",
-                raw_token(
-                    json!({"alg": "none", "typ": "JWT"}),
-                    valid.clone(),
-                    &valid_signature
-                )
+            bearer(raw_token(
+                json!({"alg": "none", "typ": "JWT"}),
+                valid.clone(),
+                &valid_signature,
             )),
         ),
         (
             "HS384",
-            Some(format!(
-                "Bearer {}",
-                hs(jsonwebtoken::Algorithm::HS384, &valid, SECRET)
-            )),
+            bearer(hs(jsonwebtoken::Algorithm::HS384, &valid, SECRET)),
         ),
         (
             "HS512",
-            Some(format!(
-                "Bearer {}",
-                hs(jsonwebtoken::Algorithm::HS512, &valid, SECRET)
-            )),
+            bearer(hs(jsonwebtoken::Algorithm::HS512, &valid, SECRET)),
         ),
-        (
-            "no sub",
-            Some(format!("Bearer {}", signed(json!({"sub": null})))),
-        ),
-        (
-            "empty sub",
-            Some(format!("Bearer {}", signed(json!({"sub": ""})))),
-        ),
-        (
-            "no agency_id",
-            Some(format!("Bearer {}", signed(json!({"agency_id": null})))),
-        ),
+        ("no sub", bearer(signed(json!({"sub": null})))),
+        ("empty sub", bearer(signed(json!({"sub": ""})))),
+        ("no agency_id", bearer(signed(json!({"agency_id": null})))),
         (
             "agency_id not a UUID",
-            Some(format!("Bearer {}", signed(json!({"agency_id": "acme"})))),
+            bearer(signed(json!({"agency_id": "acme"}))),
         ),
-        (
-            "no role",
-            Some(format!("Bearer {}", signed(json!({"role": null})))),
-        ),
-        (
-            "unknown role",
-            Some(format!("Bearer {}", signed(json!({"role": "superuser"})))),
-        ),
-        (
-            "no exp",
-            Some(format!("Bearer {}", signed(json!({"exp": null})))),
-        ),
+        ("no role", bearer(signed(json!({"role": null})))),
+        ("unknown role", bearer(signed(json!({"role": "superuser"})))),
+        ("no exp", bearer(signed(json!({"exp": null})))),
         (
             "exp not a number",
-            Some(format!("Bearer {}", signed(json!({"exp": "tomorrow"})))),
+            bearer(signed(json!({"exp": "tomorrow"}))),
         ),
         (
             "nbf in the future",
-            Some(format!("Bearer {}", signed(json!({"nbf": now + 600})))),
+            bearer(signed(json!({"nbf": now + 600}))),
         ),
         (
             "iat in the future",
-            Some(format!("Bearer {}", signed(json!({"iat": now + 600})))),
+            bearer(signed(json!({"iat": now + 600}))),
         ),
     ];
-    let expired = format!(
-        "Bearer {}",
-        signed(json!({"exp": now - 3600, "iat": now - 7200}))
-    );
+    let expired = bearer(signed(json!({"exp": now - 3600, "iat": now - 7200})));
 
     let targets: Vec<(&str, String, Option<Value>)> = vec![
         (
@@ -223,7 +200,7 @@ async fn bad_tokens_get_401_in_the_contract_format_and_change_nothing() {
             );
             assert_error(&reply, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
         }
-        let reply = with_authorization(&app, method, path, Some(&expired), body.as_ref()).await;
+        let reply = with_authorization(&app, method, path, expired.as_deref(), body.as_ref()).await;
         assert_error(&reply, StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED");
     }
     assert_eq!(
@@ -234,13 +211,10 @@ async fn bad_tokens_get_401_in_the_contract_format_and_change_nothing() {
 
     // nbf and iat in the past are honoured and fine; the valid token works.
     let property_path = format!("{PROPERTIES}/{property}?min_position={}", app.head().await);
-    let fine = format!(
-        "Bearer {}",
-        signed(json!({"nbf": now - 60, "iat": now - 60}))
-    );
+    let fine = bearer(signed(json!({"nbf": now - 60, "iat": now - 60})));
     with_status(
         StatusCode::OK,
-        with_authorization(&app, "GET", &property_path, Some(&fine), None).await,
+        with_authorization(&app, "GET", &property_path, fine.as_deref(), None).await,
     );
     let lower = format!("bearer {admin}");
     let reply = with_authorization(&app, "GET", &property_path, Some(&lower), None).await;
