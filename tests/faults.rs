@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use common::nats::NatsServer;
 use common::pg::PgServer;
-use common::{agency, assert_error, created, spawn_app_on, with_status, Reply, TestApp};
+use common::{
+    agency, assert_error, create_database, created, spawn_app_on, with_status, Reply, TestApp,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -244,14 +246,10 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
 /// on them; the ledger is declared last so that it is killed first.
 async fn private_stack() -> (PgServer, NatsServer, TestApp) {
     let pg = PgServer::start();
-    let db_name = format!("ledger_fault_{}", Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&pg.url("postgres"))
         .await
         .expect("connect to the private PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {db_name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create the test database");
+    let db_name = create_database(&mut admin, "ledger_fault").await;
     admin.close().await.expect("close the admin connection");
     let nats = NatsServer::start();
     let app = spawn_app_on(&pg.url(&db_name), &db_name, &[("NATS_URL", &nats.url)]).await;
