@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use common::nats::NatsServer;
 use common::pg::PgServer;
 use common::{
-    agency, assert_error, create_database, created, spawn_app_on, with_status, Reply, TestApp,
+    agency, assert_error, create_database, created, reservation, spawn_app_on, with_status, Reply,
+    TestApp,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -118,15 +119,6 @@ async fn ready_with_a_booking(app: &TestApp) -> (String, Uuid, Uuid) {
     (token, property, first.id())
 }
 
-fn booking(property: Uuid, check_in: &str, check_out: &str) -> Value {
-    json!({
-        "property_id": property,
-        "check_in": check_in,
-        "check_out": check_out,
-        "guest": {"name": "Ana Guest", "email": "ana@example.com"},
-    })
-}
-
 /// A reservation, [`timed`].
 async fn reserve(
     app: &TestApp,
@@ -135,7 +127,7 @@ async fn reserve(
     check_in: &str,
     check_out: &str,
 ) -> (Reply, Duration) {
-    let body = booking(property, check_in, check_out);
+    let body = reservation(property, check_in, check_out);
     timed(app, "POST", "/api/v1/bookings", Some(token), Some(&body)).await
 }
 
@@ -171,7 +163,7 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
         (
             "POST",
             "/api/v1/bookings".to_owned(),
-            Some(booking(property, "2027-07-01", "2027-07-04")),
+            Some(reservation(property, "2027-07-01", "2027-07-04")),
         ),
         (
             "POST",
@@ -282,7 +274,7 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
                 "POST",
                 "/api/v1/bookings".to_owned(),
                 Some(token.as_str()),
-                Some(booking(property, "2027-07-01", "2027-07-04")),
+                Some(reservation(property, "2027-07-01", "2027-07-04")),
             ),
             ("GET", read.clone(), Some(token.as_str()), None),
         ];

@@ -7,8 +7,8 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::{
-    agency, app_with_property, assert_error, created, free_port, spawn_app, spawn_app_at,
-    spawn_app_with_env, spawn_process, token, with_status, Reply, TestApp,
+    agency, app_with_property, assert_error, created, free_port, reservation, spawn_app,
+    spawn_app_at, spawn_app_with_env, spawn_process, token, with_status, Reply, TestApp,
 };
 use futures::future::join_all;
 use ledger_infra::{Clock, ManualClock};
@@ -1272,12 +1272,7 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     let app = spawn_app().await;
     let (agency_id, admin) = agency();
     let property = app.property(&admin, None).await;
-    let body = json!({
-        "property_id": property,
-        "check_in": "2027-03-01",
-        "check_out": "2027-03-05",
-        "guest": {"name": "Ana Guest"},
-    });
+    let body = reservation(property, "2027-03-01", "2027-03-05");
     let key = [("idempotency-key", "reserve-0001")];
 
     let first = created(
@@ -1404,12 +1399,7 @@ async fn an_idempotent_reply_is_replayed_after_a_restart() {
     let mut app = spawn_process().await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
-    let body = json!({
-        "property_id": property,
-        "check_in": "2027-03-01",
-        "check_out": "2027-03-05",
-        "guest": {"name": "Ana Guest"},
-    });
+    let body = reservation(property, "2027-03-01", "2027-03-05");
     let key = [("idempotency-key", "survives-restarts")];
     let first = created(
         app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
@@ -1428,12 +1418,7 @@ async fn an_idempotent_reply_is_replayed_after_a_restart() {
 #[tokio::test]
 async fn fifty_concurrent_requests_with_one_key_make_one_booking() {
     let (app, admin, property) = app_with_property().await;
-    let body = json!({
-        "property_id": property,
-        "check_in": "2027-03-01",
-        "check_out": "2027-03-05",
-        "guest": {"name": "Ana Guest"},
-    });
+    let body = reservation(property, "2027-03-01", "2027-03-05");
     let requests = (0..50).map(|_| {
         app.client
             .post(format!("{}{BOOKINGS}", app.base))
