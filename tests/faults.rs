@@ -63,12 +63,11 @@ async fn live_fast(app: &TestApp, path: &str, when: &str) {
     assert!(took < FAST, "GET {path} took {took:?} ({when})");
 }
 
-/// Anything that needs the database while it is out: 503
+/// A request (`method path`) that needs the database while it is out: 503
 /// `DATABASE_UNAVAILABLE` within [`FAST`].
 async fn unavailable_fast(
     app: &TestApp,
-    method: &str,
-    path: &str,
+    (method, path): (&str, &str),
     token: Option<&str>,
     body: Option<&Value>,
     when: &str,
@@ -155,7 +154,7 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
     for round in 1..=ROUNDS {
         for path in ["/health/ready", "/readyz"] {
             let when = format!("DB down (round {round})");
-            unavailable_fast(&app, "GET", path, None, None, &when).await;
+            unavailable_fast(&app, ("GET", path), None, None, &when).await;
         }
     }
 
@@ -177,10 +176,10 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
         ),
     ];
     for (method, path, body) in &writes {
-        unavailable_fast(&app, method, path, Some(&token), body.as_ref(), "DB down").await;
+        unavailable_fast(&app, (method, path), Some(&token), body.as_ref(), "DB down").await;
     }
     let when = "DB down, after the writes";
-    unavailable_fast(&app, "GET", "/readyz", None, None, when).await;
+    unavailable_fast(&app, ("GET", "/readyz"), None, None, when).await;
     assert!(
         app.is_running(),
         "the ledger exited with the database down:\n{}",
@@ -279,7 +278,7 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
             ("GET", read.clone(), Some(token.as_str()), None),
         ];
         for (method, path, token, body) in &requests {
-            unavailable_fast(&app, method, path, *token, body.as_ref(), &when).await;
+            unavailable_fast(&app, (method, path), *token, body.as_ref(), &when).await;
         }
     }
     assert!(
