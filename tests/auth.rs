@@ -5,12 +5,11 @@
 
 use crate::common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    agency, answers, assert_error, created, now_secs, operator, raw_token, spawn_app, token,
-    token_with, with_status, Reply, TestApp, SECRET,
+    agency, answers, assert_error, created, ledger, ledger_ok, now_secs, operator, raw_token,
+    spawn_app, token, token_with, with_status, Reply, TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -28,6 +27,11 @@ fn hs(algorithm: jsonwebtoken::Algorithm, claims: &Value, secret: &str) -> Strin
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("encode a token")
+}
+
+/// An `Authorization` header value of the Bearer scheme.
+fn bearer(token: impl std::fmt::Display) -> Option<String> {
+    Some(format!("Bearer {token}"))
 }
 
 /// Sends with a raw `Authorization` header value (or none).
@@ -93,96 +97,68 @@ async fn bad_tokens_get_401_in_the_contract_format_and_change_nothing() {
         ("three garbage parts", Some("Bearer a.b.c".into())),
         (
             "wrong key",
-            Some(format!(
-                "Bearer {}",
-                token_with(valid.clone(), "another-secret-of-at-least-32-bytes!")
+            bearer(token_with(
+                valid.clone(),
+                "another-secret-of-at-least-32-bytes!",
             )),
         ),
-        ("tampered payload", Some(format!("Bearer {tampered}"))),
+        ("tampered payload", bearer(&tampered)),
         (
             "alg none",
-            Some(format!(
-                "Bearer {}",
-                raw_token(json!({"alg": "none", "typ": "JWT"}), valid.clone(), "")
+            bearer(raw_token(
+                json!({"alg": "none", "typ": "JWT"}),
+                valid.clone(),
+                "",
             )),
         ),
         (
             "alg None",
-            Some(format!(
-                "Bearer {}",
-                raw_token(json!({"alg": "None", "typ": "JWT"}), valid.clone(), "")
+            bearer(raw_token(
+                json!({"alg": "None", "typ": "JWT"}),
+                valid.clone(),
+                "",
             )),
         ),
         (
             "alg none with a signature",
-            Some(format!(
-                "Bearer {}",
-                raw_token(
-                    json!({"alg": "none", "typ": "JWT"}),
-                    valid.clone(),
-                    &valid_signature
-                )
+            bearer(raw_token(
+                json!({"alg": "none", "typ": "JWT"}),
+                valid.clone(),
+                &valid_signature,
             )),
         ),
         (
             "HS384",
-            Some(format!(
-                "Bearer {}",
-                hs(jsonwebtoken::Algorithm::HS384, &valid, SECRET)
-            )),
+            bearer(hs(jsonwebtoken::Algorithm::HS384, &valid, SECRET)),
         ),
         (
             "HS512",
-            Some(format!(
-                "Bearer {}",
-                hs(jsonwebtoken::Algorithm::HS512, &valid, SECRET)
-            )),
+            bearer(hs(jsonwebtoken::Algorithm::HS512, &valid, SECRET)),
         ),
-        (
-            "no sub",
-            Some(format!("Bearer {}", signed(json!({"sub": null})))),
-        ),
-        (
-            "empty sub",
-            Some(format!("Bearer {}", signed(json!({"sub": ""})))),
-        ),
-        (
-            "no agency_id",
-            Some(format!("Bearer {}", signed(json!({"agency_id": null})))),
-        ),
+        ("no sub", bearer(signed(json!({"sub": null})))),
+        ("empty sub", bearer(signed(json!({"sub": ""})))),
+        ("no agency_id", bearer(signed(json!({"agency_id": null})))),
         (
             "agency_id not a UUID",
-            Some(format!("Bearer {}", signed(json!({"agency_id": "acme"})))),
+            bearer(signed(json!({"agency_id": "acme"}))),
         ),
-        (
-            "no role",
-            Some(format!("Bearer {}", signed(json!({"role": null})))),
-        ),
-        (
-            "unknown role",
-            Some(format!("Bearer {}", signed(json!({"role": "superuser"})))),
-        ),
-        (
-            "no exp",
-            Some(format!("Bearer {}", signed(json!({"exp": null})))),
-        ),
+        ("no role", bearer(signed(json!({"role": null})))),
+        ("unknown role", bearer(signed(json!({"role": "superuser"})))),
+        ("no exp", bearer(signed(json!({"exp": null})))),
         (
             "exp not a number",
-            Some(format!("Bearer {}", signed(json!({"exp": "tomorrow"})))),
+            bearer(signed(json!({"exp": "tomorrow"}))),
         ),
         (
             "nbf in the future",
-            Some(format!("Bearer {}", signed(json!({"nbf": now + 600})))),
+            bearer(signed(json!({"nbf": now + 600}))),
         ),
         (
             "iat in the future",
-            Some(format!("Bearer {}", signed(json!({"iat": now + 600})))),
+            bearer(signed(json!({"iat": now + 600}))),
         ),
     ];
-    let expired = format!(
-        "Bearer {}",
-        signed(json!({"exp": now - 3600, "iat": now - 7200}))
-    );
+    let expired = bearer(signed(json!({"exp": now - 3600, "iat": now - 7200})));
 
     let targets: Vec<(&str, String, Option<Value>)> = vec![
         (
@@ -224,7 +200,7 @@ async fn bad_tokens_get_401_in_the_contract_format_and_change_nothing() {
             );
             assert_error(&reply, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
         }
-        let reply = with_authorization(&app, method, path, Some(&expired), body.as_ref()).await;
+        let reply = with_authorization(&app, method, path, expired.as_deref(), body.as_ref()).await;
         assert_error(&reply, StatusCode::UNAUTHORIZED, "TOKEN_EXPIRED");
     }
     assert_eq!(
@@ -235,13 +211,10 @@ async fn bad_tokens_get_401_in_the_contract_format_and_change_nothing() {
 
     // nbf and iat in the past are honoured and fine; the valid token works.
     let property_path = format!("{PROPERTIES}/{property}?min_position={}", app.head().await);
-    let fine = format!(
-        "Bearer {}",
-        signed(json!({"nbf": now - 60, "iat": now - 60}))
-    );
+    let fine = bearer(signed(json!({"nbf": now - 60, "iat": now - 60})));
     with_status(
         StatusCode::OK,
-        with_authorization(&app, "GET", &property_path, Some(&fine), None).await,
+        with_authorization(&app, "GET", &property_path, fine.as_deref(), None).await,
     );
     let lower = format!("bearer {admin}");
     let reply = with_authorization(&app, "GET", &property_path, Some(&lower), None).await;
@@ -1003,18 +976,6 @@ async fn another_agency_gets_404_on_everything_of_this_one() {
 
 // ------------------------------------------------------------------ suspension
 
-fn ledger(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
-    command
-        .args(args)
-        .env_remove("JWT_SECRET")
-        .env_remove("DATABASE_URL");
-    for (name, value) in envs {
-        command.env(name, value);
-    }
-    command.output().expect("run the ledger binary")
-}
-
 /// How long a suspension made by another process (the CLI) may take to hold
 /// here: the server refreshes suspensions every few seconds.
 const SUSPENSION_REFRESH: Duration = Duration::from_secs(10);
@@ -1033,14 +994,9 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
     let agency_text = agency_id.to_string();
     let db = [("DATABASE_URL", app.database_url.as_str())];
 
-    let out = ledger(
+    ledger_ok(
         &["agency", "suspend", &agency_text, "--reason", "unpaid"],
         &db,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let path = format!("{PROPERTIES}/{property}");
     let reply = answers(StatusCode::FORBIDDEN, SUSPENSION_REFRESH, || {
@@ -1081,12 +1037,7 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
     let reply = app.send("GET", "/health", None, None, &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
 
-    let out = ledger(&["agency", "reinstate", &agency_text], &db);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ledger_ok(&["agency", "reinstate", &agency_text], &db);
     let reply = answers(StatusCode::OK, SUSPENSION_REFRESH, || {
         app.read(&path, &admin)
     })
@@ -1107,7 +1058,7 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
     let agency_text = agency_id.to_string();
     let secret = [("JWT_SECRET", SECRET)];
 
-    let out = ledger(
+    let minted = ledger_ok(
         &[
             "token",
             "--agency",
@@ -1121,15 +1072,6 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
         ],
         &secret,
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let minted = String::from_utf8(out.stdout)
-        .expect("UTF-8")
-        .trim()
-        .to_owned();
     assert_eq!(minted.split('.').count(), 3, "a JWT: {minted}");
 
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
@@ -1162,7 +1104,7 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
     );
 
     // A staff token from the CLI is held to the role table.
-    let out = ledger(
+    let staff = ledger_ok(
         &[
             "token",
             "--agency",
@@ -1174,11 +1116,6 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
         ],
         &secret,
     );
-    assert!(out.status.success());
-    let staff = String::from_utf8(out.stdout)
-        .expect("UTF-8")
-        .trim()
-        .to_owned();
     let reply = app.post(PROPERTIES, &staff, json!({"name": "Nope"})).await;
     assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
     created(
@@ -1187,7 +1124,7 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
     );
 
     // Signed with another secret: refused by the server.
-    let out = ledger(
+    let foreign = ledger_ok(
         &[
             "token",
             "--agency",
@@ -1199,11 +1136,6 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
         ],
         &[("JWT_SECRET", "a-different-secret-that-is-long-enough")],
     );
-    assert!(out.status.success());
-    let foreign = String::from_utf8(out.stdout)
-        .expect("UTF-8")
-        .trim()
-        .to_owned();
     let reply = app
         .read(&format!("{PROPERTIES}/{property}"), &foreign)
         .await;

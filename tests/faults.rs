@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 
 use common::nats::NatsServer;
 use common::pg::PgServer;
-use common::{agency, assert_error, created, spawn_app_on, with_status, Reply, TestApp};
+use common::{
+    agency, assert_error, create_database, created, reservation, spawn_app_on, with_status, Reply,
+    TestApp,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -50,6 +53,38 @@ async fn timed(
     (reply, started.elapsed())
 }
 
+/// Liveness while the database is out (`when` says how, for the log): 200
+/// `{"status": "ok"}` within [`FAST`].
+async fn live_fast(app: &TestApp, path: &str, when: &str) {
+    let (reply, took) = timed(app, "GET", path, None, None).await;
+    eprintln!("{when}: GET {path} -> {} in {took:?}", reply.status);
+    assert_eq!(reply.status, StatusCode::OK, "{path}: {:?}", reply.body);
+    assert_eq!(reply.body["status"], "ok", "{path}: {:?}", reply.body);
+    assert!(took < FAST, "GET {path} took {took:?} ({when})");
+}
+
+/// A request (`method path`) that needs the database while it is out: 503
+/// `DATABASE_UNAVAILABLE` within [`FAST`].
+async fn unavailable_fast(
+    app: &TestApp,
+    (method, path): (&str, &str),
+    token: Option<&str>,
+    body: Option<&Value>,
+    when: &str,
+) {
+    let (reply, took) = timed(app, method, path, token, body).await;
+    eprintln!(
+        "{when}: {method} {path} -> {} {} in {took:?}",
+        reply.status, reply.body
+    );
+    assert_error(
+        &reply,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "DATABASE_UNAVAILABLE",
+    );
+    assert!(took < FAST, "{method} {path} took {took:?} ({when})");
+}
+
 /// Polls `/readyz` until it answers 200, for at most `limit`; returns how
 /// long that took and the last reply.
 async fn until_ready(app: &TestApp, limit: Duration) -> (Duration, Reply) {
@@ -63,24 +98,10 @@ async fn until_ready(app: &TestApp, limit: Duration) -> (Duration, Reply) {
     }
 }
 
-fn booking(property: Uuid, check_in: &str, check_out: &str) -> Value {
-    json!({
-        "property_id": property,
-        "check_in": check_in,
-        "check_out": check_out,
-        "guest": {"name": "Ana Guest", "email": "ana@example.com"},
-    })
-}
-
-#[tokio::test]
-async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
-    let _heavy = common::heavy().await;
-    // The ledger is declared last so that it is killed before the servers.
-    let (mut pg, nats, app) = private_stack().await;
-    let pid = app.pid().expect("the ledger runs");
-
-    // Up: ready, and writes work.
-    let (waited, ready) = until_ready(&app, Duration::from_secs(30)).await;
+/// Before a drill: the app is ready and writes work. Returns an agency
+/// admin's token, a property and a booking of it.
+async fn ready_with_a_booking(app: &TestApp) -> (String, Uuid, Uuid) {
+    let (waited, ready) = until_ready(app, Duration::from_secs(30)).await;
     assert_eq!(
         ready.status,
         StatusCode::OK,
@@ -94,21 +115,36 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
         app.reserve(&token, property, "2027-06-01", "2027-06-03")
             .await,
     );
-    let first_booking = first.id();
+    (token, property, first.id())
+}
+
+/// A reservation, [`timed`].
+async fn reserve(
+    app: &TestApp,
+    token: &str,
+    property: Uuid,
+    check_in: &str,
+    check_out: &str,
+) -> (Reply, Duration) {
+    let body = reservation(property, check_in, check_out);
+    timed(app, "POST", "/api/v1/bookings", Some(token), Some(&body)).await
+}
+
+#[tokio::test]
+async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
+    let _heavy = common::heavy().await;
+    // The ledger is declared last so that it is killed before the servers.
+    let (mut pg, nats, app) = private_stack().await;
+    let pid = app.pid().expect("the ledger runs");
+
+    let (token, property, first_booking) = ready_with_a_booking(&app).await;
 
     // Down.
     pg.stop();
     eprintln!("PostgreSQL stopped (pg_ctl -m immediate stop)");
 
     for path in ["/health", "/healthz"] {
-        let (reply, took) = timed(&app, "GET", path, None, None).await;
-        eprintln!("DB down: GET {path} -> {} in {took:?}", reply.status);
-        assert_eq!(reply.status, StatusCode::OK, "{path}: {:?}", reply.body);
-        assert_eq!(reply.body["status"], "ok", "{path}: {:?}", reply.body);
-        assert!(
-            took < FAST,
-            "GET {path} took {took:?} with the database down"
-        );
+        live_fast(&app, path, "DB down").await;
     }
 
     // Several rounds: the first probes meet the pool's idle connections that
@@ -117,20 +153,8 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
     // acquire timeout): both must answer 503 fast.
     for round in 1..=ROUNDS {
         for path in ["/health/ready", "/readyz"] {
-            let (reply, took) = timed(&app, "GET", path, None, None).await;
-            eprintln!(
-                "DB down (round {round}): GET {path} -> {} {} in {took:?}",
-                reply.status, reply.body
-            );
-            assert_error(
-                &reply,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "DATABASE_UNAVAILABLE",
-            );
-            assert!(
-                took < FAST,
-                "GET {path} took {took:?} with the database down"
-            );
+            let when = format!("DB down (round {round})");
+            unavailable_fast(&app, ("GET", path), None, None, &when).await;
         }
     }
 
@@ -138,7 +162,7 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
         (
             "POST",
             "/api/v1/bookings".to_owned(),
-            Some(booking(property, "2027-07-01", "2027-07-04")),
+            Some(reservation(property, "2027-07-01", "2027-07-04")),
         ),
         (
             "POST",
@@ -152,35 +176,10 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
         ),
     ];
     for (method, path, body) in &writes {
-        let (reply, took) = timed(&app, method, path, Some(&token), body.as_ref()).await;
-        eprintln!(
-            "DB down: {method} {path} -> {} {} in {took:?}",
-            reply.status, reply.body
-        );
-        assert_error(
-            &reply,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "DATABASE_UNAVAILABLE",
-        );
-        assert!(
-            took < FAST,
-            "{method} {path} took {took:?} with the database down"
-        );
+        unavailable_fast(&app, (method, path), Some(&token), body.as_ref(), "DB down").await;
     }
-    let (reply, took) = timed(&app, "GET", "/readyz", None, None).await;
-    eprintln!(
-        "DB down, after the writes: GET /readyz -> {} in {took:?}",
-        reply.status
-    );
-    assert_error(
-        &reply,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "DATABASE_UNAVAILABLE",
-    );
-    assert!(
-        took < FAST,
-        "GET /readyz took {took:?} with the database down"
-    );
+    let when = "DB down, after the writes";
+    unavailable_fast(&app, ("GET", "/readyz"), None, None, when).await;
     assert!(
         app.is_running(),
         "the ledger exited with the database down:\n{}",
@@ -204,14 +203,7 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
     );
     assert_eq!(ready.body["db"], "ok", "{:?}", ready.body);
 
-    let (reply, took) = timed(
-        &app,
-        "POST",
-        "/api/v1/bookings",
-        Some(&token),
-        Some(&booking(property, "2027-07-01", "2027-07-04")),
-    )
-    .await;
+    let (reply, took) = reserve(&app, &token, property, "2027-07-01", "2027-07-04").await;
     eprintln!("after the restart: reserve -> {} in {took:?}", reply.status);
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     let second = reply.id();
@@ -245,14 +237,10 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
 /// on them; the ledger is declared last so that it is killed first.
 async fn private_stack() -> (PgServer, NatsServer, TestApp) {
     let pg = PgServer::start();
-    let db_name = format!("ledger_fault_{}", Uuid::new_v4().simple());
     let mut admin = PgConnection::connect(&pg.url("postgres"))
         .await
         .expect("connect to the private PostgreSQL");
-    sqlx::query(&format!("CREATE DATABASE {db_name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create the test database");
+    let db_name = create_database(&mut admin, "ledger_fault").await;
     admin.close().await.expect("close the admin connection");
     let nats = NatsServer::start();
     let app = spawn_app_on(&pg.url(&db_name), &db_name, &[("NATS_URL", &nats.url)]).await;
@@ -264,20 +252,7 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
     let _heavy = common::heavy().await;
     let (pg, nats, app) = private_stack().await;
     let pid = app.pid().expect("the ledger runs");
-    let (waited, ready) = until_ready(&app, Duration::from_secs(30)).await;
-    assert_eq!(
-        ready.status,
-        StatusCode::OK,
-        "ready before the drill: {ready:?}"
-    );
-    eprintln!("ready 200 before the drill after {waited:?}");
-    let (_, token) = agency();
-    let property = app.property(&token, None).await;
-    let first = created(
-        app.reserve(&token, property, "2027-06-01", "2027-06-03")
-            .await,
-    );
-    let first_booking = first.id();
+    let (token, property, first_booking) = ready_with_a_booking(&app).await;
     let head = app.head().await;
     // The pool now holds open connections: those are the ones a frozen
     // server leaves hanging (a stopped server's sockets accept, never answer).
@@ -290,41 +265,20 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
 
     let read = format!("/api/v1/bookings/{first_booking}?min_position={head}");
     for round in 1..=ROUNDS {
-        let (reply, took) = timed(&app, "GET", "/healthz", None, None).await;
-        eprintln!(
-            "DB frozen (round {round}): GET /healthz -> {} in {took:?}",
-            reply.status
-        );
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-        assert!(
-            took < FAST,
-            "GET /healthz took {took:?} with the database frozen"
-        );
+        let when = format!("DB frozen (round {round})");
+        live_fast(&app, "/healthz", &when).await;
         let requests = [
             ("GET", "/readyz".to_owned(), None, None),
             (
                 "POST",
                 "/api/v1/bookings".to_owned(),
                 Some(token.as_str()),
-                Some(booking(property, "2027-07-01", "2027-07-04")),
+                Some(reservation(property, "2027-07-01", "2027-07-04")),
             ),
             ("GET", read.clone(), Some(token.as_str()), None),
         ];
         for (method, path, token, body) in &requests {
-            let (reply, took) = timed(&app, method, path, *token, body.as_ref()).await;
-            eprintln!(
-                "DB frozen (round {round}): {method} {path} -> {} {} in {took:?}",
-                reply.status, reply.body
-            );
-            assert_error(
-                &reply,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "DATABASE_UNAVAILABLE",
-            );
-            assert!(
-                took < FAST,
-                "{method} {path} took {took:?} with the database frozen"
-            );
+            unavailable_fast(&app, (method, path), *token, body.as_ref(), &when).await;
         }
     }
     assert!(
@@ -338,14 +292,7 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
     let thawed = Instant::now();
     let deadline = thawed + Duration::from_secs(30);
     let created = loop {
-        let (reply, _) = timed(
-            &app,
-            "POST",
-            "/api/v1/bookings",
-            Some(&token),
-            Some(&booking(property, "2027-08-01", "2027-08-04")),
-        )
-        .await;
+        let (reply, _) = reserve(&app, &token, property, "2027-08-01", "2027-08-04").await;
         if reply.status == StatusCode::CREATED {
             break reply;
         }

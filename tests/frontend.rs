@@ -204,9 +204,7 @@ async fn patch_if(app: &TestApp, path: &str, token: &str, version: &str, body: V
 
 #[tokio::test]
 async fn of_two_edits_from_the_same_version_exactly_one_wins() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let booking = app
         .reserve(&admin, property, "2031-03-01", "2031-03-04")
         .await;
@@ -249,9 +247,7 @@ async fn of_two_edits_from_the_same_version_exactly_one_wins() {
 
 #[tokio::test]
 async fn a_channel_booking_leaves_versions_alone_and_a_stale_version_is_refused() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let booking = app
         .reserve(&admin, property, "2031-05-01", "2031-05-03")
         .await;
@@ -351,9 +347,7 @@ async fn a_channel_booking_leaves_versions_alone_and_a_stale_version_is_refused(
 
 #[tokio::test]
 async fn a_412_is_kept_for_its_idempotency_key() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let path = format!("/api/v1/properties/{property}");
     let headers = [("if-match", "\"7\""), ("idempotency-key", "edit-42")];
     let body = json!({"name": "Casa"});
@@ -375,9 +369,7 @@ async fn a_412_is_kept_for_its_idempotency_key() {
 
 #[tokio::test]
 async fn get_by_id_answers_304_while_the_version_is_the_one_named() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let booking = app
         .reserve(&admin, property, "2031-07-01", "2031-07-02")
         .await;

@@ -8,12 +8,11 @@
 
 use crate::common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    agency, answers, assert_error, created, eventually, operator, spawn_app, spawn_app_with_env,
-    token, token_with, with_status, Reply, TestApp, SECRET,
+    agency, answers, assert_error, created, eventually, ledger, ledger_ok, operator, spawn_app,
+    spawn_app_with_env, token, token_with, with_status, Reply, TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -129,12 +128,10 @@ async fn an_agency_admin_only_reads_the_ops_status_without_error_texts() {
             json!({}),
         )
         .await,
-        app.send(
-            "PUT",
+        app.put(
             &format!("{AGENCIES}/{agency_id}/features"),
-            Some(&admin),
-            Some(&json!({"ical_export": true})),
-            &[],
+            &admin,
+            json!({"ical_export": true}),
         )
         .await,
         app.get(HISTORY, &admin).await,
@@ -174,7 +171,7 @@ async fn a_suspended_agency_is_locked_out_within_2_s_and_its_feed_is_gone_until_
     assert_eq!(reply.body["reason"], "unpaid");
 
     let reply = answers(StatusCode::FORBIDDEN, Duration::from_secs(2), || {
-        app.send("GET", &property_path, Some(&admin), None, &[])
+        app.get(&property_path, &admin)
     })
     .await;
     assert_error(&reply, StatusCode::FORBIDDEN, "AGENCY_SUSPENDED");
@@ -204,7 +201,7 @@ async fn a_suspended_agency_is_locked_out_within_2_s_and_its_feed_is_gone_until_
     with_status(
         StatusCode::OK,
         answers(StatusCode::OK, Duration::from_secs(2), || {
-            app.send("GET", &property_path, Some(&admin), None, &[])
+            app.get(&property_path, &admin)
         })
         .await,
     );
@@ -217,7 +214,7 @@ async fn a_suspension_made_in_another_process_holds_here_within_2_s() {
     let (agency_id, admin) = agency();
     let (_, ics) = exported_property(&app, &admin).await;
     // The CLI is another process on the same database.
-    let out = ledger(
+    ledger_ok(
         &[
             "agency",
             "suspend",
@@ -227,14 +224,9 @@ async fn a_suspension_made_in_another_process_holds_here_within_2_s() {
         ],
         &[("DATABASE_URL", app.database_url.as_str())],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let started = Instant::now();
     let reply = answers(StatusCode::FORBIDDEN, Duration::from_secs(3), || {
-        app.send("GET", "/api/v1/properties", Some(&admin), None, &[])
+        app.get("/api/v1/properties", &admin)
     })
     .await;
     assert_error(&reply, StatusCode::FORBIDDEN, "AGENCY_SUSPENDED");
@@ -257,10 +249,7 @@ async fn features_turned_off_refuse_their_routes() {
     let token_path = format!("/api/v1/properties/{property}/ical-token");
     let put = |body: Value| {
         let (app, features, operator) = (&app, &features, &operator);
-        async move {
-            app.send("PUT", features, Some(operator), Some(&body), &[])
-                .await
-        }
+        async move { app.put(features, operator, body).await }
     };
 
     let reply = with_status(StatusCode::OK, put(json!({"ical_export": false})).await);
@@ -298,12 +287,10 @@ async fn features_turned_off_refuse_their_routes() {
         json!({"ical_export": true, "ical_import": false})
     );
     let reply = app
-        .send(
-            "PUT",
+        .put(
             &format!("{AGENCIES}/{}/features", Uuid::new_v4()),
-            Some(&operator),
-            Some(&json!({"ical_import": true})),
-            &[],
+            &operator,
+            json!({"ical_import": true}),
         )
         .await;
     assert_error(&reply, StatusCode::NOT_FOUND, "AGENCY_NOT_FOUND");
@@ -322,12 +309,10 @@ async fn the_import_job_skips_feeds_of_agencies_with_imports_off_or_suspended() 
     let on_property = app.property(&on_admin, None).await;
     with_status(
         StatusCode::OK,
-        app.send(
-            "PUT",
+        app.put(
             &format!("{AGENCIES}/{off_agency}/features"),
-            Some(&operator),
-            Some(&json!({"ical_import": false})),
-            &[],
+            &operator,
+            json!({"ical_import": false}),
         )
         .await,
     );
@@ -504,12 +489,10 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
     assert_eq!(reply.body["status"], "active", "{:?}", reply.body);
     with_status(
         StatusCode::OK,
-        app.send(
-            "PUT",
+        app.put(
             &format!("{base}/features"),
-            Some(&operator),
-            Some(&json!({"ical_import": false})),
-            &[],
+            &operator,
+            json!({"ical_import": false}),
         )
         .await,
     );
@@ -609,25 +592,9 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
     }
 }
 
-fn ledger(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
-    command
-        .args(args)
-        .env_remove("JWT_SECRET")
-        .env_remove("DATABASE_URL");
-    for (name, value) in envs {
-        command.env(name, value);
-    }
-    command.output().expect("run the ledger binary")
-}
-
-fn stdout_json(out: &std::process::Output) -> Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+/// What a `ledger agency ...` command printed: the agency's record.
+fn ledger_json(args: &[&str], envs: &[(&str, &str)]) -> Value {
+    serde_json::from_str(&ledger_ok(args, envs)).expect("JSON on stdout")
 }
 
 #[tokio::test]
@@ -635,19 +602,10 @@ async fn the_cli_mints_operator_tokens_and_administers_agencies_as_the_routes_do
     let app = spawn_app().await;
     let db = [("DATABASE_URL", app.database_url.as_str())];
 
-    let out = ledger(
+    let minted = ledger_ok(
         &["token", "--role", "operator", "--sub", "ops-cli"],
         &[("JWT_SECRET", SECRET)],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let minted = String::from_utf8(out.stdout)
-        .expect("UTF-8")
-        .trim()
-        .to_owned();
     with_status(StatusCode::OK, app.get(AGENCIES, &minted).await);
     let out = ledger(
         &["token", "--role", "admin", "--sub", "x"],
@@ -655,16 +613,10 @@ async fn the_cli_mints_operator_tokens_and_administers_agencies_as_the_routes_do
     );
     assert!(!out.status.success(), "an admin token needs --agency");
 
-    let created = stdout_json(&ledger(
-        &["agency", "create", "--name", "From the CLI"],
-        &db,
-    ));
+    let created = ledger_json(&["agency", "create", "--name", "From the CLI"], &db);
     let id = created["id"].as_str().expect("an id").to_owned();
     assert_eq!(created["status"], "active");
-    let features = stdout_json(&ledger(
-        &["agency", "features", &id, "--ical-export", "false"],
-        &db,
-    ));
+    let features = ledger_json(&["agency", "features", &id, "--ical-export", "false"], &db);
     assert_eq!(
         features["features"],
         json!({"ical_export": false, "ical_import": true})

@@ -92,11 +92,7 @@ async fn metrics(listen: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let listen = format!("127.0.0.1:{metrics_port}");
+    let listen = format!("127.0.0.1:{}", free_port());
     let app = spawn_process_with_env(&[("LEDGER_METRICS_LISTEN", &listen)]).await;
     let (agency_a, admin_a) = agency();
     let (_, admin_b) = agency();

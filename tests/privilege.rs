@@ -9,13 +9,13 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use common::{
-    agency, created, eventually, operator, server_url, spawn_app_on, with_status, TestApp,
+    agency, create_database, created, eventually, operator, server_url, spawn_app_on, with_status,
+    TestApp,
 };
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
-use uuid::Uuid;
 
 const SERVING_ROLE: &str = "ledger_app";
 /// `insufficient_privilege`.
@@ -23,7 +23,6 @@ const PERMISSION_DENIED: &str = "42501";
 
 /// A fresh database on the shared server; (owner URL, serving-role URL, name).
 async fn database() -> (String, String, String) {
-    let name = format!("ledger_test_{}", Uuid::new_v4().simple());
     let server = PgConnectOptions::from_str(&server_url()).expect("DATABASE_URL parses");
     let mut maintenance = server
         .clone()
@@ -31,10 +30,7 @@ async fn database() -> (String, String, String) {
         .connect()
         .await
         .expect("PostgreSQL is reachable");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut maintenance)
-        .await
-        .expect("create the test database");
+    let name = create_database(&mut maintenance, "ledger_test").await;
     let owner = server.clone().database(&name).to_url_lossy().to_string();
     let serving = server
         .username(SERVING_ROLE)

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{Days, NaiveDate, Utc};
 use common::{
-    agency, assert_error, created, eventually, operator, spawn_app, spawn_app_at, spawn_app_on,
-    spawn_process, token, with_status, Reply, TestApp,
+    agency, app_with_property, assert_error, created, eventually, operator, spawn_app,
+    spawn_app_at, spawn_app_on, spawn_process, token, with_status, Reply, TestApp,
 };
 use ledger_infra::{Clock, ManualClock};
 use reqwest::StatusCode;
@@ -1153,9 +1153,7 @@ async fn audit_log_has_one_row_per_event_and_filters() {
 
 #[tokio::test]
 async fn min_position_waits_for_the_projection_and_gives_up_after_5_s() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let (_, caught_up) = booked(&app, &admin, property, "2031-10-01", "2031-10-02").await;
     read(&app, &format!("{PROPERTIES}/{property}"), &admin, caught_up).await;
 

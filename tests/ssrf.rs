@@ -8,17 +8,15 @@ use crate::channel;
 use crate::common;
 
 use channel::{all_ran, feeds_when, register, Answer, Channel, EMPTY_CALENDAR};
-use common::{agency, assert_error, spawn_app_with_env};
+use common::{agency, app_with_property, assert_error, spawn_app, spawn_app_with_env};
 use reqwest::StatusCode;
 use serde_json::json;
 use uuid::Uuid;
 
 #[tokio::test]
 async fn feed_urls_naming_inside_addresses_are_refused_at_registration() {
-    let app = spawn_app_with_env(&[]).await;
+    let (app, admin, property) = app_with_property().await;
     let inside = Channel::start(Answer::feed(EMPTY_CALENDAR)).await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
     let feeds = format!("/api/v1/properties/{property}/ical-feeds");
     let port = inside.port;
     let urls = [
@@ -55,7 +53,7 @@ async fn feed_urls_naming_inside_addresses_are_refused_at_registration() {
 
 #[tokio::test]
 async fn a_name_that_resolves_inside_when_the_feed_runs_is_not_fetched() {
-    let app = spawn_app_with_env(&[]).await;
+    let app = spawn_app().await;
     let inside = Channel::start(Answer::feed(EMPTY_CALENDAR)).await;
     let (agency_id, admin) = agency();
     let property = app.property(&admin, None).await;

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use common::pg::PgServer;
 use common::{
-    agency, assert_error, created, eventually, spawn_app_on, with_status, Reply, TestApp,
+    agency, assert_error, create_database, created, eventually, spawn_app_on, with_status, Reply,
+    TestApp,
 };
 use reqwest::StatusCode;
 use sqlx::{Connection, PgConnection};
@@ -40,12 +41,8 @@ async fn get_booking(app: &TestApp, token: &str, id: Uuid, min_position: Option<
 #[tokio::test]
 async fn a_write_is_read_back_through_the_standby_with_min_position() {
     let primary = PgServer::start();
-    let db_name = format!("ledger_standby_{}", Uuid::new_v4().simple());
     let mut primary_db = connect(&primary.url("postgres"), Duration::from_secs(5)).await;
-    sqlx::query(&format!("CREATE DATABASE {db_name}"))
-        .execute(&mut primary_db)
-        .await
-        .expect("create the database on the primary");
+    let db_name = create_database(&mut primary_db, "ledger_standby").await;
     let standby = PgServer::standby_of(&primary);
     let mut standby_db = connect(&standby.url(&db_name), Duration::from_secs(20)).await;
     let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")

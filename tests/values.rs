@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use common::nats::NatsServer;
-use common::{agency, assert_error, operator, spawn_app, spawn_app_with_env, Reply, TestApp};
+use common::{
+    agency, app_with_property, assert_error, operator, spawn_app, spawn_app_with_env, Reply,
+    TestApp,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use reqwest::StatusCode;
@@ -367,9 +370,7 @@ fn assert_refused(reply: &Reply, expected_field: &str) {
 
 #[tokio::test]
 async fn a_nul_in_the_guest_name_is_refused_naming_guest_name() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let reply = app
         .post(
             "/api/v1/bookings",
@@ -384,9 +385,7 @@ async fn a_nul_in_the_guest_name_is_refused_naming_guest_name() {
 
 #[tokio::test]
 async fn stays_and_blocks_far_outside_the_calendar_are_refused_naming_the_field() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     for (check_in, check_out, named) in [
         ("-5000-01-01", "-5000-01-03", "check_in"),
         ("+12000-01-01", "+12000-01-03", "check_in"),
@@ -446,9 +445,7 @@ async fn stays_and_blocks_far_outside_the_calendar_are_refused_naming_the_field(
 
 #[tokio::test]
 async fn read_queries_with_dates_outside_the_calendar_are_400_naming_the_field() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     for (from, to, named) in [
         ("-5000-01-01", "-4999-01-01", "from"),
         ("+12000-01-01", "+12001-01-01", "from"),
@@ -530,9 +527,7 @@ async fn control_characters_in_one_line_fields_are_refused_naming_the_field() {
 
 #[tokio::test]
 async fn tab_and_newline_in_notes_and_note_are_accepted_and_read_back() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let notes = "late arrival\n\tkey under the mat\nüñíçødé ✓";
     let reserved = app
         .reserve_with(
@@ -566,9 +561,7 @@ async fn tab_and_newline_in_notes_and_note_are_accepted_and_read_back() {
 
 #[tokio::test]
 async fn null_for_a_field_that_cannot_be_empty_is_refused_naming_it() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let path = format!("/api/v1/properties/{property}");
     for name in ["name", "timezone"] {
         let reply = app.patch(&path, &admin, json!({ name: null })).await;

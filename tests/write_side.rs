@@ -7,8 +7,8 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::{
-    agency, assert_error, created, spawn_app, spawn_app_at, spawn_app_with_env, spawn_process,
-    token, with_status, Reply, TestApp,
+    agency, app_with_property, assert_error, created, free_port, reservation, spawn_app,
+    spawn_app_at, spawn_app_with_env, spawn_process, token, with_status, Reply, TestApp,
 };
 use futures::future::join_all;
 use ledger_infra::{Clock, ManualClock};
@@ -263,9 +263,7 @@ async fn updating_a_property() {
 
 #[tokio::test]
 async fn an_archived_property_refuses_every_command() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let booking = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
     let block = created(
         app.block(&admin, property, "2027-04-01", "2027-04-03", "maintenance")
@@ -430,9 +428,7 @@ async fn reserving_returns_201_and_the_booking() {
 
 #[tokio::test]
 async fn reserving_refuses_bad_bodies_and_dates() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let past = "2020-01-01T00:00:00Z";
     let cases: Vec<(&str, &str, Value)> = vec![
         ("2027-03-05", "2027-03-05", json!({})),
@@ -551,9 +547,7 @@ async fn reserving_refuses_bad_bodies_and_dates() {
 
 #[tokio::test]
 async fn a_single_night_overlap_conflicts_with_details_and_back_to_back_is_allowed() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let first = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
 
     // The last night of the stay (03-04) is taken.
@@ -628,9 +622,7 @@ async fn a_single_night_overlap_conflicts_with_details_and_back_to_back_is_allow
 
 #[tokio::test]
 async fn cancelling_frees_the_nights_and_cancelled_is_final() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let booking = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
 
     let too_long = app
@@ -697,9 +689,7 @@ async fn cancelling_frees_the_nights_and_cancelled_is_final() {
 
 #[tokio::test]
 async fn the_booking_life_cycle_and_its_invalid_transitions() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
 
     // tentative -> confirmed
     let hold = "2099-01-01T00:00:00Z";
@@ -837,9 +827,7 @@ async fn an_expired_hold_cannot_be_confirmed_and_frees_its_nights() {
 
 #[tokio::test]
 async fn modifying_a_booking() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let booking = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
     let neighbour = booked(&app, &admin, property, "2027-03-08", "2027-03-10").await;
     let path = booking_path(booking, "");
@@ -1185,9 +1173,7 @@ async fn axum_rejections_come_in_the_contract_format() {
 
 #[tokio::test]
 async fn every_response_carries_x_request_id_and_echoes_the_one_sent() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
 
     let mut replies = vec![
         app.send("GET", "/health", None, None, &[]).await,
@@ -1286,12 +1272,7 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     let app = spawn_app().await;
     let (agency_id, admin) = agency();
     let property = app.property(&admin, None).await;
-    let body = json!({
-        "property_id": property,
-        "check_in": "2027-03-01",
-        "check_out": "2027-03-05",
-        "guest": {"name": "Ana Guest"},
-    });
+    let body = reservation(property, "2027-03-01", "2027-03-05");
     let key = [("idempotency-key", "reserve-0001")];
 
     let first = created(
@@ -1418,12 +1399,7 @@ async fn an_idempotent_reply_is_replayed_after_a_restart() {
     let mut app = spawn_process().await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
-    let body = json!({
-        "property_id": property,
-        "check_in": "2027-03-01",
-        "check_out": "2027-03-05",
-        "guest": {"name": "Ana Guest"},
-    });
+    let body = reservation(property, "2027-03-01", "2027-03-05");
     let key = [("idempotency-key", "survives-restarts")];
     let first = created(
         app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
@@ -1441,15 +1417,8 @@ async fn an_idempotent_reply_is_replayed_after_a_restart() {
 
 #[tokio::test]
 async fn fifty_concurrent_requests_with_one_key_make_one_booking() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
-    let body = json!({
-        "property_id": property,
-        "check_in": "2027-03-01",
-        "check_out": "2027-03-05",
-        "guest": {"name": "Ana Guest"},
-    });
+    let (app, admin, property) = app_with_property().await;
+    let body = reservation(property, "2027-03-01", "2027-03-05");
     let requests = (0..50).map(|_| {
         app.client
             .post(format!("{}{BOOKINGS}", app.base))
@@ -1494,9 +1463,7 @@ async fn fifty_concurrent_requests_with_one_key_make_one_booking() {
 
 #[tokio::test]
 async fn two_hundred_concurrent_overlapping_reserves_give_one_201() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let requests = (0..200u64).map(|i| {
         // All overlap the night of 2027-03-10.
         let start = chrono::NaiveDate::from_ymd_opt(2027, 3, 10).expect("a date")
@@ -1613,9 +1580,7 @@ async fn health_readiness_openapi_and_docs() {
 
 #[tokio::test]
 async fn an_inbound_booking_sent_twice_returns_the_first_booking() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let inbound = json!({"channel": "airbnb", "external_ref": "HM-4242"});
     let first = created(
         app.reserve_with(
@@ -1669,11 +1634,7 @@ async fn an_inbound_booking_sent_twice_returns_the_first_booking() {
 
 #[tokio::test]
 async fn metrics_count_responses_and_report_each_tailer() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", free_port());
     let app = spawn_app_with_env(&[("LEDGER_METRICS_LISTEN", &listen)]).await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
@@ -1720,9 +1681,7 @@ async fn metrics_count_responses_and_report_each_tailer() {
 
 #[tokio::test]
 async fn a_refusal_decided_from_state_is_the_first_reply_for_its_key() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let taken = created(
         app.reserve(&admin, property, "2027-04-01", "2027-04-05")
             .await,

@@ -54,28 +54,27 @@ impl PropertyCalendar {
     /// copying only those records, never the whole calendar.
     pub fn preview(&self, events: &[CalendarEvent]) -> PropertyCalendar {
         let touched = |id: &Uuid| events.iter().any(|e| e.subject() == Some(*id));
-        let bookings: BTreeMap<_, _> = self
-            .bookings
-            .iter()
-            .filter(|(id, _)| touched(id))
-            .map(|(id, b)| (*id, b.clone()))
-            .collect();
-        let blocks: BTreeMap<_, _> = self
-            .blocks
-            .iter()
-            .filter(|(id, _)| touched(id))
-            .map(|(id, b)| (*id, b.clone()))
-            .collect();
-        let mut preview = PropertyCalendar::from_parts(self.property.clone(), bookings, blocks);
-        preview.room_types = self
-            .room_types
-            .iter()
-            .filter(|(id, _)| touched(id))
-            .map(|(id, t)| (*id, t.clone()))
-            .collect();
+        let mut preview = PropertyCalendar::from_parts(
+            self.property.clone(),
+            touched_only(&self.bookings, touched),
+            touched_only(&self.blocks, touched),
+        );
+        preview.room_types = touched_only(&self.room_types, touched);
         for event in events {
             preview.apply(event.clone());
         }
         preview
     }
+}
+
+/// The records of `records` that `touched` names, copied.
+fn touched_only<T: Clone>(
+    records: &BTreeMap<Uuid, T>,
+    touched: impl Fn(&Uuid) -> bool,
+) -> BTreeMap<Uuid, T> {
+    records
+        .iter()
+        .filter(|(id, _)| touched(id))
+        .map(|(id, record)| (*id, record.clone()))
+        .collect()
 }

@@ -80,6 +80,21 @@ impl Envelope {
     }
 }
 
+/// A read of envelopes from `events`: the columns `decode_row` takes, then
+/// the read's own `WHERE ...`. A macro, not a `format!`, so that the SQL
+/// stays static text.
+macro_rules! select_envelopes {
+    ($rest:literal) => {
+        concat!(
+            "SELECT txid::text::bigint AS txid, position, aggregate_id, sequence, event_id,
+                    event_type, event_version, payload, metadata, recorded_at
+               FROM events
+              ",
+            $rest
+        )
+    };
+}
+
 /// Up to `limit` events after `after`, in `(txid, position)` order, none of
 /// which a still-running transaction could precede.
 pub async fn read_batch(
@@ -87,17 +102,14 @@ pub async fn read_batch(
     after: Cursor,
     limit: i64,
 ) -> Result<Vec<Envelope>, TailError> {
-    let rows = sqlx::query(
-        "SELECT txid::text::bigint AS txid, position, aggregate_id, sequence, event_id,
-                event_type, event_version, payload, metadata, recorded_at
-           FROM events
-          WHERE (txid, position) > ($1::text::xid8, $2)
+    let rows = sqlx::query(select_envelopes!(
+        "WHERE (txid, position) > ($1::text::xid8, $2)
             AND txid < pg_snapshot_xmin(pg_current_snapshot())
           -- events.txid, not the bigint output column of the same name: the
           -- index gives this order without sorting the rest of the log.
           ORDER BY events.txid, events.position
-          LIMIT $3",
-    )
+          LIMIT $3"
+    ))
     .bind(after.txid.to_string())
     .bind(after.position)
     .bind(limit)
@@ -115,14 +127,11 @@ pub async fn read_property(
     from_position: i64,
     upto: Cursor,
 ) -> Result<Vec<Envelope>, TailError> {
-    let rows = sqlx::query(
-        "SELECT txid::text::bigint AS txid, position, aggregate_id, sequence, event_id,
-                event_type, event_version, payload, metadata, recorded_at
-           FROM events
-          WHERE aggregate_type = $1 AND aggregate_id = $2 AND position >= $3
+    let rows = sqlx::query(select_envelopes!(
+        "WHERE aggregate_type = $1 AND aggregate_id = $2 AND position >= $3
             AND (txid, position) <= ($4::text::xid8, $5)
-          ORDER BY sequence",
-    )
+          ORDER BY sequence"
+    ))
     .bind(<ledger_domain::PropertyCalendar as cqrs_es::Aggregate>::TYPE)
     .bind(property_id.to_string())
     .bind(from_position)

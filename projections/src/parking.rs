@@ -232,28 +232,22 @@ async fn park(
         if e.code().as_deref() == Some(EXCLUSION_VIOLATION)
             || e.constraint() == Some(CAPACITY_CHECK));
     let text = format!("event at position {}: {error}", event.position);
-    if exclusion {
+    let what = if exclusion {
         // Invariant 1's second line of defence fired: the write side let
         // overlapping claims (or more claims than a room type has units)
         // through, or someone wrote into the read model.
-        tracing::error!(
-            projection = checkpoint,
-            agency_id = %event.meta.agency_id,
-            property_id = %event.property_id,
-            position = event.position,
-            %error,
-            "EXCLUSION VIOLATION in inventory_ranges or inventory_nights; property parked"
-        );
+        "EXCLUSION VIOLATION in inventory_ranges or inventory_nights"
     } else {
-        tracing::error!(
-            projection = checkpoint,
-            agency_id = %event.meta.agency_id,
-            property_id = %event.property_id,
-            position = event.position,
-            %error,
-            "cannot apply an event; property parked"
-        );
-    }
+        "cannot apply an event"
+    };
+    tracing::error!(
+        projection = checkpoint,
+        agency_id = %event.meta.agency_id,
+        property_id = %event.property_id,
+        position = event.position,
+        %error,
+        "{what}; property parked"
+    );
     sqlx::query(
         "INSERT INTO projection_parked (projection, property_id, agency_id, position, error)
          VALUES ($1, $2, $3, $4, $5)

@@ -8,7 +8,7 @@ pub mod stream;
 
 use std::ops::Deref;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -95,6 +95,15 @@ pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
 /// The application in this process on a fresh database, on the machine's clock.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with_env(&[]).await
+}
+
+/// Where most tests start: the application, the admin token of a new agency
+/// and one property of that agency.
+pub async fn app_with_property() -> (TestApp, String, uuid::Uuid) {
+    let app = spawn_app().await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+    (app, admin, property)
 }
 
 /// `spawn_app` with `ledger serve`'s environment variables (e.g.
@@ -381,4 +390,34 @@ impl Drop for TestApp {
         self.kill();
         self.running = None;
     }
+}
+
+/// Runs a `ledger` subcommand (the CLI, not a server) with only the
+/// `JWT_SECRET` and `DATABASE_URL` that `envs` gives it, not the test
+/// process's: each test says which secret and database the command uses.
+pub fn ledger(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ledger"));
+    command
+        .args(args)
+        .env_remove("JWT_SECRET")
+        .env_remove("DATABASE_URL");
+    for (name, value) in envs {
+        command.env(name, value);
+    }
+    command.output().expect("run the ledger binary")
+}
+
+/// `ledger`, which must succeed: what it printed, trimmed (a minted token,
+/// a JSON record).
+pub fn ledger_ok(args: &[&str], envs: &[(&str, &str)]) -> String {
+    let out = ledger(args, envs);
+    assert!(
+        out.status.success(),
+        "ledger {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_owned()
 }

@@ -92,27 +92,22 @@ pub fn assert_in_log_order(events: &[LedgerEvent]) {
     // can get its transaction id, and so its place in the tail, after
     // another's. Per property the primary key serialises the appends, so
     // there positions do ascend.
-    let mut last_position: HashMap<Uuid, i64> = HashMap::new();
+    // The last (position, sequence) of each property.
+    let mut last: HashMap<Uuid, (i64, i64)> = HashMap::new();
     for event in events {
-        let previous = last_position
-            .insert(event.property_id, event.position())
-            .unwrap_or(0);
+        let (position, sequence) = last
+            .insert(event.property_id, (event.position(), event.sequence()))
+            .unwrap_or((0, 0));
         assert!(
-            previous < event.position(),
-            "property {}: position {} arrived after {previous}",
+            position < event.position(),
+            "property {}: position {} arrived after {position}",
             event.property_id,
             event.position()
         );
-    }
-    let mut last: HashMap<Uuid, i64> = HashMap::new();
-    for event in events {
-        let previous = last
-            .insert(event.property_id, event.sequence())
-            .unwrap_or(0);
         assert_eq!(
             event.sequence(),
-            previous + 1,
-            "property {} jumped from {previous}",
+            sequence + 1,
+            "property {} jumped from {sequence}",
             event.property_id
         );
     }

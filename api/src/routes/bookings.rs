@@ -123,15 +123,27 @@ pub async fn modify(change: Change<ModifyBookingBody>) -> Result<Response, ApiEr
         .await
 }
 
-#[utoipa::path(post, path = "/api/v1/bookings/{id}/confirm", tag = "bookings",
-    request_body = EmptyBody,
-    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn confirm(change: Change<EmptyBody>) -> Result<Response, ApiError> {
-    change
-        .run(|id, EmptyBody {}| CalendarCommand::ConfirmBooking { booking_id: id })
-        .await
+/// A status change that takes no body: the route's handler runs `$command`
+/// on the booking of the path. Written once for the four of them, with
+/// their OpenAPI annotation.
+macro_rules! status_change {
+    ($name:ident, $path:literal, $command:ident) => {
+        #[utoipa::path(post, path = $path, tag = "bookings",
+            request_body = EmptyBody,
+            responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
+            security(("bearer" = [])))]
+        pub async fn $name(change: Change<EmptyBody>) -> Result<Response, ApiError> {
+            change
+                .run(|id, EmptyBody {}| CalendarCommand::$command { booking_id: id })
+                .await
+        }
+    };
 }
+
+status_change!(confirm, "/api/v1/bookings/{id}/confirm", ConfirmBooking);
+status_change!(check_in, "/api/v1/bookings/{id}/check-in", CheckIn);
+status_change!(check_out, "/api/v1/bookings/{id}/check-out", CheckOut);
+status_change!(no_show, "/api/v1/bookings/{id}/no-show", MarkNoShow);
 
 #[utoipa::path(post, path = "/api/v1/bookings/{id}/cancel", tag = "bookings",
     request_body = CancelBody,
@@ -143,35 +155,5 @@ pub async fn cancel(change: Change<CancelBody>) -> Result<Response, ApiError> {
             booking_id: id,
             reason: body.reason,
         })
-        .await
-}
-
-#[utoipa::path(post, path = "/api/v1/bookings/{id}/check-in", tag = "bookings",
-    request_body = EmptyBody,
-    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn check_in(change: Change<EmptyBody>) -> Result<Response, ApiError> {
-    change
-        .run(|id, EmptyBody {}| CalendarCommand::CheckIn { booking_id: id })
-        .await
-}
-
-#[utoipa::path(post, path = "/api/v1/bookings/{id}/check-out", tag = "bookings",
-    request_body = EmptyBody,
-    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn check_out(change: Change<EmptyBody>) -> Result<Response, ApiError> {
-    change
-        .run(|id, EmptyBody {}| CalendarCommand::CheckOut { booking_id: id })
-        .await
-}
-
-#[utoipa::path(post, path = "/api/v1/bookings/{id}/no-show", tag = "bookings",
-    request_body = EmptyBody,
-    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn no_show(change: Change<EmptyBody>) -> Result<Response, ApiError> {
-    change
-        .run(|id, EmptyBody {}| CalendarCommand::MarkNoShow { booking_id: id })
         .await
 }

@@ -13,6 +13,7 @@ use ledger_domain::{Actor, CalendarCommand, CalendarEvent, Command, PropertyCale
 use ledger_infra::command_bus::{ExecuteError, Execution};
 use ledger_infra::event_store::{EventMetadata, EventStore};
 use ledger_infra::CommandBus;
+use ledger_projections::queries::AuditEntry;
 use ledger_projections::runner;
 use ledger_projections::views::{BookingRow, PropertyRow};
 use ledger_projections::Projection;
@@ -245,27 +246,13 @@ pub struct InventoryRow {
     pub position: i64,
 }
 
-/// A row of `audit_log`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AuditRow {
-    pub id: Uuid,
-    pub agency_id: Uuid,
-    pub user_id: String,
-    pub action: String,
-    pub resource_type: String,
-    pub resource_id: Uuid,
-    pub details: Value,
-    pub created_at: DateTime<Utc>,
-    pub position: i64,
-}
-
 /// All four read models, each in key order.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ReadModels {
     pub properties: Vec<PropertyRow>,
     pub bookings: Vec<BookingRow>,
     pub inventory: Vec<InventoryRow>,
-    pub audit: Vec<AuditRow>,
+    pub audit: Vec<AuditEntry>,
 }
 
 async fn json_rows<T: for<'de> serde::Deserialize<'de>>(
@@ -309,28 +296,9 @@ pub async fn inventory_rows(pool: &PgPool) -> Vec<InventoryRow> {
     .collect()
 }
 
-pub async fn audit_rows(pool: &PgPool) -> Vec<AuditRow> {
-    sqlx::query(
-        "SELECT id, agency_id, user_id, action, resource_type, resource_id, details,
-                created_at, position
-           FROM audit_log ORDER BY position, id",
-    )
-    .fetch_all(pool)
-    .await
-    .expect("read audit_log")
-    .into_iter()
-    .map(|row| AuditRow {
-        id: row.get("id"),
-        agency_id: row.get("agency_id"),
-        user_id: row.get("user_id"),
-        action: row.get("action"),
-        resource_type: row.get("resource_type"),
-        resource_id: row.get("resource_id"),
-        details: row.get("details"),
-        created_at: row.get("created_at"),
-        position: row.get("position"),
-    })
-    .collect()
+/// The rows of `audit_log`, in the order the audit routes read them.
+pub async fn audit_rows(pool: &PgPool) -> Vec<AuditEntry> {
+    json_rows(pool, "audit_log", "position, id").await
 }
 
 /// The read models as they are in `public`.
@@ -383,7 +351,7 @@ pub async fn expected_read_models(store: &EventStore) -> ReadModels {
                 None => last_property_event = *position,
             }
             let (action, resource_type) = ledger_projections::audit::action(event);
-            expected.audit.push(AuditRow {
+            expected.audit.push(AuditEntry {
                 id: stored.event_id,
                 agency_id: stored.metadata["agency_id"]
                     .as_str()

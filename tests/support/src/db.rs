@@ -26,6 +26,17 @@ async fn maintenance() -> PgConnection {
         .expect("PostgreSQL is reachable (run scripts/test.sh, which starts it)")
 }
 
+/// Creates an empty database named `{prefix}_{uuid}` through `maintenance`
+/// (a connection to a server's `postgres` database) and returns its name.
+pub async fn create_database(maintenance: &mut PgConnection, prefix: &str) -> String {
+    let name = format!("{prefix}_{}", Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(maintenance)
+        .await
+        .expect("create the test database");
+    name
+}
+
 /// An empty database of one test's own on the shared server, dropped (with
 /// whatever still holds a connection to it) when this value is dropped.
 pub struct TestDb {
@@ -35,12 +46,8 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn create() -> TestDb {
-        let name = format!("ledger_test_{}", Uuid::new_v4().simple());
         let mut conn = maintenance().await;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create the test database");
+        let name = create_database(&mut conn, "ledger_test").await;
         let _ = conn.close().await;
         let url = options(&name).to_url_lossy().to_string();
         TestDb { name, url }
