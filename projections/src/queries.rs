@@ -417,30 +417,43 @@ pub async fn free_units(
         Some((property, room_type)) => (Some(property), room_type.unwrap_or(Uuid::nil())),
         None => (None, Uuid::nil()),
     };
+    // Two searches, each ordered and cut at the page, merged. A room type is
+    // excluded when any night of the window lacks the units: the set of
+    // such room types is built once from the window's rows of
+    // inventory_nights (an agency's room types x nights at most) and hashed,
+    // which is several times cheaper than probing the nights of each room
+    // type when few match (a search for many units).
     let rows = sqlx::query(
-        "SELECT p.property_id, p.name, rt.room_type_id
-           FROM properties_view p
-           LEFT JOIN inventory_room_types rt
-                  ON rt.agency_id = p.agency_id AND rt.property_id = p.property_id
-          WHERE p.agency_id = $1 AND NOT p.archived
-            AND ($2::text IS NULL OR p.owner_id = $2)
-            AND ($5::uuid IS NULL OR p.property_id >= $5)
-            AND ($5::uuid IS NULL
-                 OR (p.property_id, coalesce(rt.room_type_id, $6)) > ($5, $6))
-            AND CASE WHEN rt.room_type_id IS NULL THEN
-                     $7 = 1 AND NOT EXISTS (
-                         SELECT 1 FROM inventory_ranges r
-                          WHERE r.agency_id = p.agency_id AND r.property_id = p.property_id
-                            AND r.during && daterange($3, $4))
-                 ELSE
-                     rt.units >= $7 AND NOT EXISTS (
-                         SELECT 1 FROM inventory_nights n
-                          WHERE n.room_type_id = rt.room_type_id
-                            AND n.night >= $3 AND n.night < $4
-                            AND n.taken > rt.units - $7)
-                 END
-          ORDER BY p.property_id, rt.room_type_id NULLS FIRST
-          LIMIT $8",
+        "(SELECT p.property_id, p.name, NULL::uuid AS room_type_id
+            FROM properties_view p
+           WHERE $7 = 1 AND p.agency_id = $1 AND NOT p.archived
+             AND ($2::text IS NULL OR p.owner_id = $2)
+             AND ($5::uuid IS NULL OR p.property_id > $5)
+             AND NOT EXISTS (
+                 SELECT 1 FROM inventory_ranges r
+                  WHERE r.agency_id = p.agency_id AND r.property_id = p.property_id
+                    AND r.during && daterange($3, $4))
+             AND NOT EXISTS (
+                 SELECT 1 FROM inventory_room_types t
+                  WHERE t.agency_id = p.agency_id AND t.property_id = p.property_id)
+           ORDER BY p.property_id
+           LIMIT $8)
+         UNION ALL
+         (SELECT p.property_id, p.name, rt.room_type_id
+            FROM inventory_room_types rt
+            JOIN properties_view p ON p.property_id = rt.property_id
+           WHERE rt.agency_id = $1 AND p.agency_id = $1 AND NOT p.archived
+             AND ($2::text IS NULL OR p.owner_id = $2)
+             AND ($5::uuid IS NULL OR (rt.property_id, rt.room_type_id) > ($5, $6))
+             AND rt.units >= $7
+             AND rt.room_type_id NOT IN (
+                 SELECT n.room_type_id FROM inventory_nights n
+                  WHERE n.agency_id = $1 AND n.night >= $3 AND n.night < $4
+                    AND n.taken > n.units - $7)
+           ORDER BY rt.property_id, rt.room_type_id
+           LIMIT $8)
+         ORDER BY property_id, room_type_id NULLS FIRST
+         LIMIT $8",
     )
     .bind(agency_id)
     .bind(search.owner)
