@@ -22,6 +22,7 @@ use common::{agency, created, eventually, spawn_app_with_env, with_status, Reply
 use futures::StreamExt;
 use ledger_domain::checksum::{self, ChannelRange};
 use ledger_domain::claims;
+use ledger_domain::CalendarEvent;
 use ledger_infra::channel::{AdapterState, Binding, ChannelConsumer, Snapshot, Start, StateError};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -46,6 +47,12 @@ impl Held {
         let all = self.0.lock().unwrap();
         let held = all.get(&property).map(|r| r.values().cloned().collect());
         held.unwrap_or_default()
+    }
+
+    /// The domain's rule of held nights, as every adapter on the kit folds it.
+    fn fold(&self, property: Uuid, event: &CalendarEvent) {
+        let mut all = self.0.lock().unwrap();
+        claims::fold_ranges(all.entry(property).or_default(), event);
     }
 }
 
@@ -321,10 +328,7 @@ async fn availability_search_snapshot_checksum_kit_and_ical_agree_on_per_night_c
             tokio::time::timeout(Duration::from_millis(300), kit.next()).await
         {
             let delivery = delivery.expect("a delivery");
-            let event = &delivery.event;
-            let mut all = held.0.lock().unwrap();
-            claims::fold_ranges(all.entry(event.property_id).or_default(), &event.event);
-            drop(all);
+            held.fold(delivery.event.property_id, &delivery.event.event);
             delivery.ack().await.expect("ack");
         }
     }
