@@ -7,25 +7,21 @@
 //! crate) must all say the same thing.
 
 use crate::common;
+use crate::resync::{resync, stream_messages, Memory};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::BufReader;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use chrono::{Days, NaiveDate, Utc};
 use common::nats::NatsServer;
 use common::{agency, created, eventually, spawn_app_with_env, with_status, Reply, TestApp};
-use futures::StreamExt;
 use ledger_domain::checksum::{self, ChannelRange};
-use ledger_domain::claims;
-use ledger_domain::CalendarEvent;
-use ledger_infra::channel::{AdapterState, Binding, ChannelConsumer, Snapshot, Start, StateError};
+use ledger_infra::channel::{Binding, ChannelConsumer, Start};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -36,43 +32,6 @@ type Taken = BTreeMap<(Uuid, NaiveDate), u32>;
 
 fn day(offset: u64) -> NaiveDate {
     Utc::now().date_naive() + Days::new(offset)
-}
-
-/// What a channel adapter holds: property -> claim id -> range.
-#[derive(Default)]
-struct Held(Mutex<HashMap<Uuid, BTreeMap<Uuid, ChannelRange>>>);
-
-impl Held {
-    fn of(&self, property: Uuid) -> Vec<ChannelRange> {
-        let all = self.0.lock().unwrap();
-        let held = all.get(&property).map(|r| r.values().cloned().collect());
-        held.unwrap_or_default()
-    }
-
-    /// The domain's rule of held nights, as every adapter on the kit folds it.
-    fn fold(&self, property: Uuid, event: &CalendarEvent) {
-        let mut all = self.0.lock().unwrap();
-        claims::fold_ranges(all.entry(property).or_default(), event);
-    }
-}
-
-#[async_trait::async_trait]
-impl AdapterState for Held {
-    async fn replace(&self, snapshot: &Snapshot) -> Result<(), StateError> {
-        let data = &snapshot.data;
-        let ranges = data.ranges.iter().map(|r| (r.id, r.clone())).collect();
-        self.0.lock().unwrap().insert(data.property_id, ranges);
-        Ok(())
-    }
-
-    async fn ranges(
-        &self,
-        property_id: Uuid,
-        _from: NaiveDate,
-        _to: NaiveDate,
-    ) -> Result<Vec<ChannelRange>, StateError> {
-        Ok(self.of(property_id))
-    }
 }
 
 fn counts(ranges: &[ChannelRange]) -> Taken {
@@ -149,30 +108,6 @@ async fn search(
         .collect()
 }
 
-/// The latest availability snapshot of the property on the stream.
-async fn snapshot(nats: &NatsServer, agency_id: Uuid, property: Uuid) -> Value {
-    let client = async_nats::connect(&nats.url).await.expect("connect");
-    let stream = async_nats::jetstream::new(client)
-        .get_stream("LEDGER")
-        .await
-        .expect("the stream");
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: format!("ledger.{agency_id}.{property}.availability.snapshot"),
-            deliver_policy: DeliverPolicy::Last,
-            ..Default::default()
-        })
-        .await
-        .expect("an ordered consumer");
-    let mut messages = consumer.messages().await.expect("messages");
-    let message = tokio::time::timeout(WAIT, messages.next())
-        .await
-        .expect("a snapshot in time")
-        .expect("a message")
-        .expect("a message");
-    serde_json::from_slice(&message.payload).expect("JSON")
-}
-
 /// The nights each event of the feed covers, read with the `ical` crate.
 fn full_nights(text: &str) -> BTreeSet<NaiveDate> {
     let calendar = ical::IcalParser::new(BufReader::new(text.as_bytes()))
@@ -210,7 +145,7 @@ async fn availability_search_snapshot_checksum_kit_and_ical_agree_on_per_night_c
     let client = ledger_infra::nats::connect_now(&nats.url, "rooms-agree")
         .await
         .expect("connect");
-    let held = Arc::new(Held::default());
+    let held = Arc::new(Memory::default());
     let mut kit = ChannelConsumer::bind(&client, Binding::new("rooms-agree").start(Start::New))
         .await
         .expect("bind the adapter")
@@ -284,15 +219,18 @@ async fn availability_search_snapshot_checksum_kit_and_ical_agree_on_per_night_c
 
     // 3. A resync snapshot off NATS: its ranges sum to the same counts.
     let (from, to) = checksum::window("Europe/Lisbon", Utc::now());
-    let reply = app
-        .post(
-            &format!("/api/v1/properties/{hotel}/resync"),
-            &admin,
-            json!({}),
-        )
-        .await;
-    with_status(StatusCode::ACCEPTED, reply);
-    let snapshot = snapshot(&nats, agency_id, hotel).await;
+    let asked = resync(&app, &admin, hotel).await.body["as_of_position"].clone();
+    let asked = asked.as_i64().expect("a position");
+    let subject = format!("ledger.{agency_id}.{hotel}.availability.snapshot");
+    // The one asked for, not one the kit may have asked for on its own.
+    let snapshot = eventually(WAIT, || async {
+        let messages = stream_messages(&nats, &subject).await;
+        let mut answers = messages.into_iter().map(|(_, document)| document);
+        answers
+            .find(|s| s["data"]["as_of_position"].as_i64() >= Some(asked))
+            .ok_or("the snapshot is not on the stream yet")
+    })
+    .await;
     let data = &snapshot["data"];
     let ranges: Vec<ChannelRange> = serde_json::from_value(data["ranges"].clone()).expect("ranges");
     assert_eq!(
@@ -328,12 +266,13 @@ async fn availability_search_snapshot_checksum_kit_and_ical_agree_on_per_night_c
             tokio::time::timeout(Duration::from_millis(300), kit.next()).await
         {
             let delivery = delivery.expect("a delivery");
-            held.fold(delivery.event.property_id, &delivery.event.event);
+            let event = &delivery.event;
+            held.apply(event.property_id, event.sequence(), &event.event);
             delivery.ack().await.expect("ack");
         }
     }
     assert_eq!(kit.recovery().drifts, 0, "{:?}", kit.recovery());
-    let own = held.of(hotel);
+    let own = held.held(hotel);
     assert_eq!(counts(&own), expected, "the kit's state per night");
     assert_eq!(
         checksum::checksum(&own),
