@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use chrono::{Days, NaiveDate, Utc};
 use common::nats::NatsServer;
-use common::{agency, created, eventually, spawn_app_with_env, with_status, Reply, TestApp};
+use common::{
+    agency, assert_error, created, eventually, spawn_app_with_env, with_status, Reply, TestApp,
+};
 use ledger_domain::checksum::{self, ChannelRange};
 use ledger_infra::channel::{Binding, ChannelConsumer, Start};
 use reqwest::StatusCode;
@@ -89,7 +91,8 @@ async fn availability(
     (units, taken)
 }
 
-/// `GET /api/v1/availability/search`: `(property_id, room_type_id)` hits.
+/// `GET /api/v1/availability/search`: `(property_id, room_type_id)` hits,
+/// one per page, so that every hit's cursor is followed.
 async fn search(
     app: &TestApp,
     token: &str,
@@ -97,15 +100,31 @@ async fn search(
     to: NaiveDate,
     units: u32,
 ) -> BTreeSet<(Uuid, Option<Uuid>)> {
-    let path = format!("/api/v1/availability/search?from={from}&to={to}&units={units}&limit=500");
-    let reply = with_status(StatusCode::OK, app.read(&path, token).await);
     let id = |v: &Value| v.as_str().map(|s| s.parse::<Uuid>().expect("a UUID"));
-    reply.body["items"]
-        .as_array()
-        .expect("a page")
-        .iter()
-        .map(|hit| (id(&hit["property_id"]).unwrap(), id(&hit["room_type_id"])))
-        .collect()
+    let mut hits = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let path = format!(
+            "/api/v1/availability/search?from={from}&to={to}&units={units}&limit=1&cursor={cursor}"
+        );
+        let reply = with_status(StatusCode::OK, app.read(&path, token).await);
+        let page = reply.body["items"].as_array().expect("a page");
+        hits.extend(
+            page.iter()
+                .map(|hit| (id(&hit["property_id"]).unwrap(), id(&hit["room_type_id"]))),
+        );
+        match reply.body["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    assert!(
+        hits.is_sorted(),
+        "in property then room type order: {hits:?}"
+    );
+    let unique: BTreeSet<_> = hits.iter().copied().collect();
+    assert_eq!(unique.len(), hits.len(), "no hit twice: {hits:?}");
+    unique
 }
 
 /// The nights each event of the feed covers, read with the `ical` crate.
@@ -215,6 +234,19 @@ async fn availability_search_snapshot_checksum_kit_and_ical_agree_on_per_night_c
             }
             assert_eq!(hits, expected, "search {from}..{to} for {wanted} units");
         }
+    }
+
+    for units in ["0", "1001", "two"] {
+        let path = format!(
+            "/api/v1/availability/search?from={}&to={}&units={units}",
+            day(1),
+            day(2)
+        );
+        assert_error(
+            &app.get(&path, &admin).await,
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+        );
     }
 
     // 3. A resync snapshot off NATS: its ranges sum to the same counts.
