@@ -290,7 +290,7 @@ pub fn free_runs(
 }
 
 /// A room type's free units on each night of a window.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoomTypeNights {
     pub id: Uuid,
     pub name: String,
@@ -328,12 +328,12 @@ pub async fn room_type_nights(
         .collect::<Result<Vec<Uuid>, _>>()?;
     let taken: HashMap<(Uuid, NaiveDate), i32> = sqlx::query_as(
         "SELECT room_type_id, night, taken FROM inventory_nights
-          WHERE agency_id = $4 AND room_type_id = ANY($1) AND night >= $2 AND night < $3",
+          WHERE agency_id = $1 AND room_type_id = ANY($2) AND night >= $3 AND night < $4",
     )
+    .bind(agency_id)
     .bind(&ids)
     .bind(from)
     .bind(to)
-    .bind(agency_id)
     .fetch_all(&mut *conn)
     .await?
     .into_iter()
