@@ -21,6 +21,7 @@ mod privilege;
 mod read_side;
 mod resync;
 mod room_types;
+mod room_types_agree;
 mod ssrf;
 mod standby;
 mod stream;

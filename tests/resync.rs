@@ -48,7 +48,7 @@ fn day(offset: u64) -> String {
 /// An adapter's state kept in memory: property -> claim id -> range, plus
 /// what it was asked to do.
 #[derive(Default)]
-struct Memory {
+pub(crate) struct Memory {
     ranges: Mutex<HashMap<Uuid, BTreeMap<Uuid, ChannelRange>>>,
     /// `(property, sequence)` of every event applied, in order.
     applied: Mutex<Vec<(Uuid, i64)>>,
@@ -77,7 +77,7 @@ impl AdapterState for Memory {
 }
 
 impl Memory {
-    fn held(&self, property: Uuid) -> Vec<ChannelRange> {
+    pub(crate) fn held(&self, property: Uuid) -> Vec<ChannelRange> {
         let ranges = self.ranges.lock().unwrap();
         let held = ranges.get(&property).map(|r| r.values().cloned().collect());
         checksum::in_canonical_order(held.unwrap_or_default())
@@ -85,7 +85,7 @@ impl Memory {
 
     /// What the adapter does with one event: the domain's rule of held
     /// nights, as every adapter on the kit applies it.
-    fn apply(&self, property: Uuid, sequence: i64, event: &CalendarEvent) {
+    pub(crate) fn apply(&self, property: Uuid, sequence: i64, event: &CalendarEvent) {
         self.applied.lock().unwrap().push((property, sequence));
         let mut all = self.ranges.lock().unwrap();
         claims::fold_ranges(all.entry(property).or_default(), event);
@@ -300,7 +300,7 @@ async fn sqlx_pool(app: &TestApp) -> sqlx::PgPool {
 
 /// The messages of the stream under `subject` (a filter), as
 /// `(subject, document)`, in stream order: everything there is now.
-async fn stream_messages(nats: &NatsServer, subject: &str) -> Vec<(String, Value)> {
+pub(crate) async fn stream_messages(nats: &NatsServer, subject: &str) -> Vec<(String, Value)> {
     let client = async_nats::connect(&nats.url).await.expect("connect");
     let Ok(stream) = async_nats::jetstream::new(client)
         .get_stream("LEDGER")
@@ -332,7 +332,7 @@ async fn stream_messages(nats: &NatsServer, subject: &str) -> Vec<(String, Value
 }
 
 /// `POST /api/v1/properties/{id}/resync`, answered 202.
-async fn resync(app: &TestApp, token: &str, property: Uuid) -> Reply {
+pub(crate) async fn resync(app: &TestApp, token: &str, property: Uuid) -> Reply {
     with_status(
         StatusCode::ACCEPTED,
         app.post(

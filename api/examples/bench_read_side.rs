@@ -12,9 +12,11 @@
 //! - P5: a full rebuild (`replay`) of inventory_ranges from the log, against
 //!   raw GiST ingest (`INSERT ... SELECT` of as many ranges into a copy of
 //!   the table with the same EXCLUSION constraint); and of the audit log.
-//! - P7: availability search (`queries::free_properties`, in the same
+//! - P7: availability search (`queries::free_units`, in the same
 //!   RLS-confined read transaction the API uses) over 10,000 properties and
-//!   the generated ranges, random 7-night windows, 500 queries.
+//!   the generated ranges, random 7-night windows, 500 queries; then again
+//!   with 2,000 hotels of 5 room types x 20 units beside them, for 1, 5 and
+//!   20 units.
 #[path = "../benches/support.rs"]
 mod support;
 use support::{arg, percentile, BenchResult};
@@ -268,7 +270,7 @@ async fn p5(pool: &PgPool, ranges: i64) -> BenchResult<()> {
          SELECT gen_random_uuid(), $1, md5('p' || p)::uuid, 'booking',
                 daterange(date '2027-01-01' + (k * 10 + (p * 7 + k * 13) % 5)::int,
                           date '2027-01-01' + (k * 10 + (p * 7 + k * 13) % 5 + 2 + (p * 3 + k * 5) % 5)::int),
-                'confirmed', 0
+                'confirmed', 0, NULL, 1
            FROM generate_series(1, $2) p, generate_series(1, $3::bigint) k",
     )
     .bind(AGENCY)
@@ -341,7 +343,19 @@ async fn p7(pool: &PgPool) -> BenchResult<()> {
         let to = from + chrono::Duration::days(7);
         let started = Instant::now();
         let mut tx = queries::begin(pool, AGENCY).await?;
-        let rows = queries::free_properties(&mut tx, AGENCY, None, from, to, None, 51).await?;
+        let rows = queries::free_units(
+            &mut tx,
+            AGENCY,
+            &queries::FreeSearch {
+                owner: None,
+                from,
+                to,
+                units: 1,
+                after: None,
+                limit: 51,
+            },
+        )
+        .await?;
         tx.commit().await?;
         latencies.push(started.elapsed().as_secs_f64() * 1000.0);
         found += rows.len();
@@ -382,6 +396,97 @@ async fn p7(pool: &PgPool) -> BenchResult<()> {
     Ok(())
 }
 
+const HOTELS: i64 = 2_000;
+const ROOM_TYPES_PER_HOTEL: i64 = 5;
+const UNITS_PER_ROOM_TYPE: i32 = 20;
+/// The nights of the hotels' calendars that hold claims.
+const HOTEL_NIGHTS: i64 = 365;
+
+/// P7 with room types: 2,000 hotels of 5 room types x 20 units beside the
+/// single units, written straight into the read models (the inventory
+/// projection's output; its speed is P4/P5's business). Every night of the
+/// first year has a count that varies by room type and night, so a search
+/// for many units finds few room types and has to look at all of them.
+async fn p7_room_types(pool: &PgPool) -> BenchResult<()> {
+    let started = Instant::now();
+    pool.execute(
+        sqlx::query(
+            "INSERT INTO properties_view (property_id, agency_id, name, timezone, archived,
+                                          version, created_at, updated_at, position)
+             SELECT gen_random_uuid(), $1, 'Hotel ' || h, 'UTC', false, 1, now(), now(), 0
+               FROM generate_series(1, $2) AS h",
+        )
+        .bind(AGENCY)
+        .bind(HOTELS),
+    )
+    .await?;
+    pool.execute(
+        sqlx::query(
+            "INSERT INTO inventory_room_types (room_type_id, agency_id, property_id, name, units,
+                                               version, created_at, updated_at, position)
+             SELECT gen_random_uuid(), p.agency_id, p.property_id, 'Type ' || t, $2, 1,
+                    now(), now(), 0
+               FROM properties_view p, generate_series(1, $3) AS t
+              WHERE p.name LIKE 'Hotel %'",
+        )
+        .bind(AGENCY)
+        .bind(UNITS_PER_ROOM_TYPE)
+        .bind(ROOM_TYPES_PER_HOTEL),
+    )
+    .await?;
+    let nights = pool
+        .execute(
+            sqlx::query(
+                "INSERT INTO inventory_nights (room_type_id, night, agency_id, property_id,
+                                               units, taken)
+                 SELECT rt.room_type_id, $1::date + n, rt.agency_id, rt.property_id, rt.units,
+                        (hashtext(rt.room_type_id::text || n) & 2147483647) % (rt.units + 1)
+                   FROM inventory_room_types rt, generate_series(0, $2 - 1) AS n",
+            )
+            .bind(day(0))
+            .bind(HOTEL_NIGHTS as i32),
+        )
+        .await?
+        .rows_affected();
+    pool.execute("ANALYZE").await?;
+    println!(
+        "    wrote {HOTELS} hotels x {ROOM_TYPES_PER_HOTEL} room types x \
+         {UNITS_PER_ROOM_TYPE} units, {nights} nights, in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let queries_to_run = 500;
+    for units in [1, 5, UNITS_PER_ROOM_TYPE] {
+        let mut latencies = Vec::new();
+        let mut found = 0usize;
+        for i in 0..queries_to_run {
+            let from = day((i * 7919) % (HOTEL_NIGHTS - 7));
+            let search = queries::FreeSearch {
+                owner: None,
+                from,
+                to: from + chrono::Duration::days(7),
+                units,
+                after: None,
+                limit: 51,
+            };
+            let started = Instant::now();
+            let mut tx = queries::begin(pool, AGENCY).await?;
+            let rows = queries::free_units(&mut tx, AGENCY, &search).await?;
+            tx.commit().await?;
+            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+            found += rows.len();
+        }
+        latencies.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "P7  availability search with room types, units={units}, {queries_to_run} queries \
+             (first page of 50, {:.1} hits avg): p50 {:.2} ms, p99 {:.2} ms (target p99 <= 20 ms)",
+            found as f64 / queries_to_run as f64,
+            percentile(&latencies, 50.0),
+            percentile(&latencies, 99.0),
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> BenchResult<()> {
     let ranges = arg("--ranges", 1_000_000);
@@ -399,5 +504,6 @@ async fn main() -> BenchResult<()> {
     );
     p5(&pool, ranges).await?;
     p7(&pool).await?;
+    p7_room_types(&pool).await?;
     Ok(())
 }

@@ -96,6 +96,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(ical::delete_feed),
         )
         .route("/ical/{file}", get(ical::export_feed))
+        .route(
+            "/ical/{property_id}/{file}",
+            get(ical::export_room_type_feed),
+        )
         .route("/health", get(health::live))
         .route("/healthz", get(health::live))
         .route("/health/ready", get(health::ready))

@@ -27,7 +27,7 @@ use crate::state::AppState;
         agencies::features, agencies::audit_log,
         reads::list_properties, reads::get_property, reads::list_bookings, reads::get_booking,
         reads::availability, reads::search, reads::audit_log,
-        ical::export_feed, ical::rotate_token, ical::add_feed, ical::list_feeds, ical::delete_feed,
+        ical::export_feed, ical::export_room_type_feed, ical::rotate_token, ical::add_feed, ical::list_feeds, ical::delete_feed,
         resync::property, resync::checksum, resync::start, resync::progress, ops::consumers,
         stream::stream,
         room_types::create, room_types::update, room_types::list,

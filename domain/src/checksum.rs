@@ -7,6 +7,8 @@
 //! window of nights. They agree only if they compute the checksum the same
 //! way, so it is defined here, once: the lowercase hex SHA-256 of one line
 //! per range, `kind|id|start|end|status`, `\n`-joined, in start then id order.
+//! A claim on a room type adds `|room_type_id|units` to its line: the units
+//! it holds on each of its nights, so the lines sum to the per-night counts.
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -30,6 +32,34 @@ pub struct ChannelRange {
     /// A booking's status (`tentative`, `confirmed`, `checked_in`), or
     /// `blocked` for a block.
     pub status: String,
+    /// The room type the claim holds units of; absent on a single unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_type_id: Option<Uuid>,
+    /// How many of the room type's units it holds on each night (a block
+    /// may close several); absent on a single unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units: Option<u32>,
+}
+
+impl ChannelRange {
+    /// A claim on the single unit.
+    pub fn single(
+        kind: ClaimKind,
+        id: Uuid,
+        start: NaiveDate,
+        end: NaiveDate,
+        status: String,
+    ) -> Self {
+        ChannelRange {
+            kind,
+            id,
+            start,
+            end,
+            status,
+            room_type_id: None,
+            units: None,
+        }
+    }
 }
 
 /// The window a snapshot covers: from "today" in the property's time zone
@@ -47,17 +77,55 @@ pub fn window(timezone: &str, now: DateTime<Utc>) -> (NaiveDate, NaiveDate) {
 
 /// The active claims of a calendar that end after `from` and start before
 /// `to`, in start then id order.
+/// Claims on room types included, with the units they hold.
 pub fn ranges_in(calendar: &PropertyCalendar, from: NaiveDate, to: NaiveDate) -> Vec<ChannelRange> {
-    let ranges = calendar
-        .active_claims()
-        .filter(|(_, _, nights)| nights.end > from && nights.start < to)
-        .map(|(kind, id, nights)| ChannelRange {
+    let single = calendar.active_claims().map(|(kind, id, nights)| {
+        ChannelRange::single(
             kind,
             id,
-            start: nights.start,
-            end: nights.end,
-            status: calendar.claim_status(kind, id).to_owned(),
-        })
+            nights.start,
+            nights.end,
+            calendar.claim_status(kind, id).to_owned(),
+        )
+    });
+    let bookings = calendar
+        .bookings
+        .values()
+        .filter(|b| b.status.is_active())
+        .filter_map(|b| {
+            Some(ChannelRange {
+                room_type_id: Some(b.room_type_id?),
+                units: Some(1),
+                ..ChannelRange::single(
+                    ClaimKind::Booking,
+                    b.id,
+                    b.nights.start,
+                    b.nights.end,
+                    b.status.as_str().to_owned(),
+                )
+            })
+        });
+    let blocks = calendar
+        .blocks
+        .values()
+        .filter(|b| !b.released)
+        .filter_map(|b| {
+            Some(ChannelRange {
+                room_type_id: Some(b.room_type_id?),
+                units: Some(b.units),
+                ..ChannelRange::single(
+                    ClaimKind::Block,
+                    b.id,
+                    b.nights.start,
+                    b.nights.end,
+                    BLOCKED.to_owned(),
+                )
+            })
+        });
+    let ranges = single
+        .chain(bookings)
+        .chain(blocks)
+        .filter(|r| r.end > from && r.start < to)
         .collect();
     in_canonical_order(ranges)
 }
@@ -71,22 +139,27 @@ pub fn in_canonical_order(mut ranges: Vec<ChannelRange>) -> Vec<ChannelRange> {
     ranges
 }
 
-/// The canonical text: one `kind|id|start|end|status` line per range, in
-/// start then id order, joined with `\n` (no trailing newline).
+/// The canonical text: one `kind|id|start|end|status` line per range
+/// (`kind|id|start|end|status|room_type_id|units` for a claim on a room
+/// type), in start then id order, joined with `\n` (no trailing newline).
 pub fn canonical_text(ranges: &[ChannelRange]) -> String {
     let mut sorted: Vec<&ChannelRange> = ranges.iter().collect();
     sorted.sort_by_key(|a| (a.start, a.id));
     sorted
         .iter()
         .map(|r| {
-            format!(
+            let line = format!(
                 "{}|{}|{}|{}|{}",
                 r.kind.as_str(),
                 r.id,
                 r.start,
                 r.end,
                 r.status
-            )
+            );
+            match r.room_type_id {
+                Some(room_type) => format!("{line}|{room_type}|{}", r.units.unwrap_or(1)),
+                None => line,
+            }
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -103,17 +176,33 @@ mod tests {
 
     fn range(kind: ClaimKind, id: u128, start: (i32, u32, u32), nights: u64) -> ChannelRange {
         let start = NaiveDate::from_ymd_opt(start.0, start.1, start.2).expect("a date");
-        ChannelRange {
+        ChannelRange::single(
             kind,
-            id: Uuid::from_u128(id),
+            Uuid::from_u128(id),
             start,
-            end: start + Days::new(nights),
-            status: match kind {
+            start + Days::new(nights),
+            match kind {
                 ClaimKind::Block => BLOCKED,
                 ClaimKind::Booking => "confirmed",
             }
             .into(),
-        }
+        )
+    }
+
+    #[test]
+    fn a_claim_on_a_room_type_names_it_and_its_units_on_its_line() {
+        let single = range(ClaimKind::Booking, 1, (2027, 7, 10), 2);
+        let block = ChannelRange {
+            room_type_id: Some(Uuid::from_u128(9)),
+            units: Some(3),
+            ..range(ClaimKind::Block, 2, (2027, 7, 1), 3)
+        };
+        assert_eq!(
+            canonical_text(&[single, block]),
+            "block|00000000-0000-0000-0000-000000000002|2027-07-01|2027-07-04|blocked\
+             |00000000-0000-0000-0000-000000000009|3\n\
+             booking|00000000-0000-0000-0000-000000000001|2027-07-10|2027-07-12|confirmed"
+        );
     }
 
     #[test]

@@ -121,9 +121,9 @@ pub fn claim_change(event: &CalendarEvent) -> Option<ClaimChange> {
 }
 
 /// Folds `event` into a channel's held ranges of one property, by claim id:
-/// what an adapter on the channel kit keeps (docs/channels.md). Claims on a
-/// room type are not ranges a channel holds (their nights go to channels
-/// as counts, not built yet), as in snapshots and checksums.
+/// what an adapter on the channel kit keeps (docs/channels.md). A claim on
+/// a room type is a range with its room type and units, as in snapshots
+/// and checksums.
 pub fn fold_ranges(held: &mut BTreeMap<Uuid, ChannelRange>, event: &CalendarEvent) {
     match claim_change(event) {
         Some(ClaimChange::Hold {
@@ -131,15 +131,13 @@ pub fn fold_ranges(held: &mut BTreeMap<Uuid, ChannelRange>, event: &CalendarEven
             id,
             nights,
             status,
-            room_type_id: None,
-            ..
+            room_type_id,
+            units,
         }) => {
             let range = ChannelRange {
-                kind,
-                id,
-                start: nights.start,
-                end: nights.end,
-                status: status.to_owned(),
+                room_type_id,
+                units: room_type_id.map(|_| units),
+                ..ChannelRange::single(kind, id, nights.start, nights.end, status.to_owned())
             };
             held.insert(id, range);
         }
@@ -156,6 +154,6 @@ pub fn fold_ranges(held: &mut BTreeMap<Uuid, ChannelRange>, event: &CalendarEven
         Some(ClaimChange::Release { id, .. }) => {
             held.remove(&id);
         }
-        Some(ClaimChange::Hold { .. }) | None => {}
+        None => {}
     }
 }

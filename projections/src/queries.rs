@@ -4,9 +4,11 @@
 //! `ledger.agency_id` set, so row-level security confines it to one agency
 //! even if a query forgot its `agency_id` filter; the queries filter anyway.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use ledger_domain::checksum::ChannelRange;
 use ledger_domain::values::ClaimKind;
 use serde::Serialize;
 use serde_json::Value;
@@ -213,6 +215,19 @@ pub struct ClaimedRange {
     pub status: String,
     /// The room type the claim holds units of; `None` on a single unit.
     pub room_type_id: Option<Uuid>,
+    /// The units of the room type it holds (1 on a single unit).
+    pub units: i32,
+}
+
+/// The claim as channels see it (snapshots and checksums).
+impl From<ClaimedRange> for ChannelRange {
+    fn from(r: ClaimedRange) -> Self {
+        ChannelRange {
+            room_type_id: r.room_type_id,
+            units: r.room_type_id.map(|_| u32::try_from(r.units).unwrap_or(1)),
+            ..ChannelRange::single(r.kind, r.id, r.start, r.end, r.status)
+        }
+    }
 }
 
 /// Active claims of a property overlapping `[from, to)`, in date order.
@@ -225,7 +240,7 @@ pub async fn ranges(
 ) -> Result<Vec<ClaimedRange>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT kind, ref_id, lower(during) AS start_night, upper(during) AS end_night, status,
-                room_type_id
+                room_type_id, units
            FROM inventory_ranges
           WHERE agency_id = $1 AND property_id = $2 AND during && daterange($3, $4)
           ORDER BY lower(during)",
@@ -245,6 +260,7 @@ pub async fn ranges(
                 end: row.try_get("end_night")?,
                 status: row.try_get("status")?,
                 room_type_id: row.try_get("room_type_id")?,
+                units: row.try_get("units")?,
             })
         })
         .collect()
@@ -273,38 +289,190 @@ pub fn free_runs(
     free
 }
 
-/// Unarchived properties with every night of `[from, to)` free.
-pub async fn free_properties(
+/// A room type's free units on each night of a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomTypeNights {
+    pub id: Uuid,
+    pub name: String,
+    pub units: i32,
+    /// `(night, free)` for every night of the window, in date order.
+    pub nights: Vec<(NaiveDate, i32)>,
+}
+
+/// The room types of a property (by id, as `GET .../room-types` lists
+/// them) with their free units on every night of `[from, to)`; empty for a
+/// single-unit property. A night no claim holds has no `inventory_nights`
+/// row: all its units are free.
+pub async fn room_type_nights(
     conn: &mut PgConnection,
     agency_id: Uuid,
-    owner: Option<&str>,
+    property_id: Uuid,
     from: NaiveDate,
     to: NaiveDate,
-    after: Option<Uuid>,
-    limit: i64,
-) -> Result<Vec<(Uuid, String)>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT p.property_id, p.name FROM properties_view p
-          WHERE p.agency_id = $1 AND NOT p.archived
-            AND ($2::text IS NULL OR p.owner_id = $2)
-            AND ($5::uuid IS NULL OR p.property_id > $5)
-            AND NOT EXISTS (
-                SELECT 1 FROM inventory_ranges r
-                 WHERE r.agency_id = p.agency_id AND r.property_id = p.property_id
-                   AND r.during && daterange($3, $4))
-          ORDER BY p.property_id
-          LIMIT $6",
+) -> Result<Vec<RoomTypeNights>, sqlx::Error> {
+    let types = sqlx::query(
+        "SELECT room_type_id, name, units FROM inventory_room_types
+          WHERE agency_id = $1 AND property_id = $2
+          ORDER BY room_type_id",
     )
     .bind(agency_id)
-    .bind(owner)
+    .bind(property_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    if types.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = types
+        .iter()
+        .map(|row| row.try_get("room_type_id"))
+        .collect::<Result<Vec<Uuid>, _>>()?;
+    let taken: HashMap<(Uuid, NaiveDate), i32> = sqlx::query_as(
+        "SELECT room_type_id, night, taken FROM inventory_nights
+          WHERE agency_id = $1 AND room_type_id = ANY($2) AND night >= $3 AND night < $4",
+    )
+    .bind(agency_id)
+    .bind(&ids)
     .bind(from)
     .bind(to)
-    .bind(after)
-    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|(id, night, taken)| ((id, night), taken))
+    .collect();
+    types
+        .into_iter()
+        .map(|row| {
+            let id: Uuid = row.try_get("room_type_id")?;
+            let units: i32 = row.try_get("units")?;
+            let nights = from
+                .iter_days()
+                .take_while(|night| *night < to)
+                .map(|night| {
+                    let taken = taken.get(&(id, night)).copied().unwrap_or(0);
+                    (night, units - taken)
+                })
+                .collect();
+            Ok(RoomTypeNights {
+                id,
+                name: row.try_get("name")?,
+                units,
+                nights,
+            })
+        })
+        .collect()
+}
+
+/// The units of a room type of the property, if it has that room type.
+pub async fn room_type_units(
+    conn: &mut PgConnection,
+    agency_id: Uuid,
+    property_id: Uuid,
+    room_type_id: Uuid,
+) -> Result<Option<i32>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT units FROM inventory_room_types
+          WHERE agency_id = $1 AND property_id = $2 AND room_type_id = $3",
+    )
+    .bind(agency_id)
+    .bind(property_id)
+    .bind(room_type_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// What the availability search looks for.
+#[derive(Debug, Clone)]
+pub struct FreeSearch<'a> {
+    pub owner: Option<&'a str>,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    /// Units wanted on every night: a single-unit property matches only 1.
+    pub units: i32,
+    /// The last hit of the previous page: `(property_id, room_type_id)`.
+    pub after: Option<(Uuid, Option<Uuid>)>,
+    pub limit: i64,
+}
+
+/// One hit of the availability search: a single-unit property
+/// (`room_type_id` `None`) or one room type of a property.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreeUnit {
+    pub property_id: Uuid,
+    pub name: String,
+    pub room_type_id: Option<Uuid>,
+}
+
+/// Unarchived single-unit properties with every night of `[from, to)` free
+/// (only when one unit is wanted), and room types with at least `units`
+/// free on every night of it, ordered by property and then room type (the
+/// single unit, having none, first).
+pub async fn free_units(
+    conn: &mut PgConnection,
+    agency_id: Uuid,
+    search: &FreeSearch<'_>,
+) -> Result<Vec<FreeUnit>, sqlx::Error> {
+    // The nil UUID stands for "no room type" in the paging key, so that a
+    // single unit's key sorts before any room type's.
+    let (after_property, after_room_type) = match search.after {
+        Some((property, room_type)) => (Some(property), room_type.unwrap_or(Uuid::nil())),
+        None => (None, Uuid::nil()),
+    };
+    // Two searches, each ordered and cut at the page, merged. A room type is
+    // excluded when any night of the window lacks the units: the set of
+    // such room types is built once from the window's rows of
+    // inventory_nights (an agency's room types x nights at most) and hashed,
+    // which is several times cheaper than probing the nights of each room
+    // type when few match (a search for many units).
+    let rows = sqlx::query(
+        "(SELECT p.property_id, p.name, NULL::uuid AS room_type_id
+            FROM properties_view p
+           WHERE $7 = 1 AND p.agency_id = $1 AND NOT p.archived
+             AND ($2::text IS NULL OR p.owner_id = $2)
+             AND ($5::uuid IS NULL OR p.property_id > $5)
+             AND NOT EXISTS (
+                 SELECT 1 FROM inventory_ranges r
+                  WHERE r.agency_id = p.agency_id AND r.property_id = p.property_id
+                    AND r.during && daterange($3, $4))
+             AND NOT EXISTS (
+                 SELECT 1 FROM inventory_room_types t
+                  WHERE t.agency_id = p.agency_id AND t.property_id = p.property_id)
+           ORDER BY p.property_id
+           LIMIT $8)
+         UNION ALL
+         (SELECT p.property_id, p.name, rt.room_type_id
+            FROM inventory_room_types rt
+            JOIN properties_view p ON p.property_id = rt.property_id
+           WHERE rt.agency_id = $1 AND p.agency_id = $1 AND NOT p.archived
+             AND ($2::text IS NULL OR p.owner_id = $2)
+             AND ($5::uuid IS NULL OR (rt.property_id, rt.room_type_id) > ($5, $6))
+             AND rt.units >= $7
+             AND rt.room_type_id NOT IN (
+                 SELECT n.room_type_id FROM inventory_nights n
+                  WHERE n.agency_id = $1 AND n.night >= $3 AND n.night < $4
+                    AND n.taken > n.units - $7)
+           ORDER BY rt.property_id, rt.room_type_id
+           LIMIT $8)
+         ORDER BY property_id, room_type_id NULLS FIRST
+         LIMIT $8",
+    )
+    .bind(agency_id)
+    .bind(search.owner)
+    .bind(search.from)
+    .bind(search.to)
+    .bind(after_property)
+    .bind(after_room_type)
+    .bind(search.units)
+    .bind(search.limit)
     .fetch_all(conn)
     .await?;
     rows.into_iter()
-        .map(|row| Ok((row.try_get("property_id")?, row.try_get("name")?)))
+        .map(|row| {
+            Ok(FreeUnit {
+                property_id: row.try_get("property_id")?,
+                name: row.try_get("name")?,
+                room_type_id: row.try_get("room_type_id")?,
+            })
+        })
         .collect()
 }
 
@@ -376,6 +544,7 @@ mod tests {
             end: d(end),
             status: "confirmed".into(),
             room_type_id: None,
+            units: 1,
         }
     }
 

@@ -7,10 +7,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use ledger_domain::ical::render;
 use ledger_domain::Action;
 use ledger_infra::agencies;
 use ledger_infra::ical::fetch::AddressRules;
 use ledger_infra::ical::{self, export, FeedRow};
+use ledger_projections::queries;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -43,10 +45,54 @@ pub async fn export_feed(
     Path(file): Path<String>,
     Query(query): Query<FeedQuery>,
 ) -> Result<Response, ApiError> {
-    let property_id: Uuid = file
-        .strip_suffix(".ics")
-        .and_then(|id| id.parse().ok())
+    let property_id = ics_file(&file)?;
+    exported(&state, property_id, query).await?;
+    let ranges = export::ranges(&state.pool, property_id).await?;
+    Ok(calendar(render::render(property_id, &ranges)))
+}
+
+/// `{property_id}/{room_type_id}.ics`: the room type's nights, each taken
+/// only when no unit of it is free. Under the property's secret, with the
+/// same 404 for anything that is not a room type of that property.
+#[utoipa::path(get, path = "/ical/{property_id}/{file}", tag = "ical",
+    params(("property_id" = Uuid, Path),
+           ("file" = String, Path, description = "<room_type_id>.ics"),
+           ("token" = String, Query, description = "the property's export secret")),
+    responses((status = 200, content_type = "text/calendar", body = String),
+              (status = 404, body = crate::dto::ErrorBody)))]
+pub async fn export_room_type_feed(
+    State(state): State<AppState>,
+    Path((property_id, file)): Path<(String, String)>,
+    Query(query): Query<FeedQuery>,
+) -> Result<Response, ApiError> {
+    let property_id: Uuid = property_id.parse().map_err(|_| ApiError::NotFound)?;
+    let room_type_id = ics_file(&file)?;
+    let agency_id = exported(&state, property_id, query).await?;
+    let mut tx = queries::begin(&state.pool, agency_id).await?;
+    let units = queries::room_type_units(&mut tx, agency_id, property_id, room_type_id)
+        .await?
         .ok_or(ApiError::NotFound)?;
+    tx.commit().await?;
+    let ranges = export::ranges(&state.pool, property_id).await?;
+    let units = u32::try_from(units).unwrap_or(u32::MAX);
+    Ok(calendar(render::render_room_type(
+        property_id,
+        room_type_id,
+        units,
+        &ranges,
+    )))
+}
+
+/// The id of `<id>.ics`.
+fn ics_file(file: &str) -> Result<Uuid, ApiError> {
+    file.strip_suffix(".ics")
+        .and_then(|id| id.parse().ok())
+        .ok_or(ApiError::NotFound)
+}
+
+/// The property's agency, when `token` is its export secret and the agency
+/// exports: else the one 404.
+async fn exported(state: &AppState, property_id: Uuid, query: FeedQuery) -> Result<Uuid, ApiError> {
     let token = query
         .token
         .filter(|t| !t.is_empty())
@@ -60,16 +106,18 @@ pub async fn export_feed(
     if !state.agencies.allows(agency_id, Feature::IcalExport) {
         return Err(ApiError::NotFound);
     }
-    let ranges = export::ranges(&state.pool, property_id).await?;
-    let body = ledger_domain::ical::render::render(property_id, &ranges);
-    Ok((
+    Ok(agency_id)
+}
+
+fn calendar(body: String) -> Response {
+    (
         [(
             CONTENT_TYPE,
             HeaderValue::from_static(CALENDAR_CONTENT_TYPE),
         )],
         body,
     )
-        .into_response())
+        .into_response()
 }
 
 #[derive(Debug, Serialize, ToSchema)]

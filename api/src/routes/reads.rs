@@ -11,14 +11,14 @@ use chrono::NaiveDate;
 use ledger_domain::policy::{sees_property, Scope};
 use ledger_domain::values;
 use ledger_domain::{Action, CalendarError};
-use ledger_projections::queries::{self, AuditFilter, BookingFilter};
+use ledger_projections::queries::{self, AuditFilter, BookingFilter, FreeSearch};
 use ledger_projections::Projection;
 use serde::{Deserialize, Serialize};
 use sqlx::{Postgres, Transaction};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{read_reply, serde_urlencoded_query, Paging, Params, PathId};
+use super::{parse_cursor, read_reply, serde_urlencoded_query, Paging, Params, PathId};
 use crate::auth::Caller;
 use crate::dto::{AuditEntryView, BookingView, Page, PropertyView};
 use crate::error::ApiError;
@@ -297,9 +297,43 @@ pub struct AvailabilityView {
     pub free: Vec<FreeRun>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct FreeNight {
+    pub date: NaiveDate,
+    /// Units of the room type no claim holds on this night.
+    pub free: i32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RoomTypeNightsView {
+    pub id: Uuid,
+    pub name: String,
+    pub units: i32,
+    /// Every night of `[from, to)`, in date order.
+    pub nights: Vec<FreeNight>,
+}
+
+/// The availability of a property with room types: free units per night.
+#[derive(Serialize, ToSchema)]
+pub struct RoomTypeAvailabilityView {
+    pub property_id: Uuid,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    pub room_types: Vec<RoomTypeNightsView>,
+}
+
+/// A single unit's claims and free runs, or a hotel's free units per room
+/// type and night.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum AvailabilityReply {
+    SingleUnit(AvailabilityView),
+    RoomTypes(RoomTypeAvailabilityView),
+}
+
 #[utoipa::path(get, path = "/api/v1/availability", tag = "availability",
     params(AvailabilityQuery, ("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = AvailabilityView), (status = "4XX", body = crate::dto::ErrorBody)),
+    responses((status = 200, body = AvailabilityReply), (status = "4XX", body = crate::dto::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn availability(
     State(state): State<AppState>,
@@ -322,6 +356,32 @@ pub async fn availability(
         .await?
         .filter(|r| sees_property(&caller.0, scope, r.owner_id.as_deref()))
         .ok_or(ApiError::PropertyNotFound)?;
+    let room_types =
+        queries::room_type_nights(&mut tx, caller.0.agency_id, property_id, from, to).await?;
+    if !room_types.is_empty() {
+        let room_types = room_types
+            .into_iter()
+            .map(|t| RoomTypeNightsView {
+                id: t.id,
+                name: t.name,
+                units: t.units,
+                nights: t
+                    .nights
+                    .into_iter()
+                    .map(|(date, free)| FreeNight { date, free })
+                    .collect(),
+            })
+            .collect();
+        return Ok(read_reply(
+            position,
+            AvailabilityReply::RoomTypes(RoomTypeAvailabilityView {
+                property_id,
+                from,
+                to,
+                room_types,
+            }),
+        ));
+    }
     let ranges = queries::ranges(&mut tx, caller.0.agency_id, property_id, from, to).await?;
     let free = queries::free_runs(&ranges, from, to)
         .into_iter()
@@ -339,13 +399,13 @@ pub async fn availability(
         .collect();
     Ok(read_reply(
         position,
-        AvailabilityView {
+        AvailabilityReply::SingleUnit(AvailabilityView {
             property_id,
             from,
             to,
             ranges,
             free,
-        },
+        }),
     ))
 }
 
@@ -357,12 +417,32 @@ pub struct SearchQuery {
     /// A date from 1900-01-01 to 2199-12-31, after `from`.
     #[param(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     to: Option<String>,
+    /// Units wanted on every night, 1 to 1000 (default 1). A single-unit
+    /// property matches only 1.
+    units: Option<String>,
 }
+
+/// The most units a search asks for: the most a room type can have.
+const MAX_UNITS: i32 = 1000;
 
 #[derive(Serialize, ToSchema)]
 pub struct FreeProperty {
     pub property_id: Uuid,
     pub name: String,
+    /// The room type with the units free; `null` for a single-unit property.
+    pub room_type_id: Option<Uuid>,
+}
+
+/// The cursor of the search: `property_id`, or `property_id.room_type_id`
+/// after a room type.
+fn search_cursor(page: &Paging) -> Result<Option<(Uuid, Option<Uuid>)>, ApiError> {
+    let Some(cursor) = page.cursor.as_deref() else {
+        return Ok(None);
+    };
+    Ok(Some(match cursor.split_once('.') {
+        Some((property, room_type)) => (parse_cursor(property)?, Some(parse_cursor(room_type)?)),
+        None => (parse_cursor(cursor)?, None),
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/availability/search", tag = "availability",
@@ -378,7 +458,15 @@ pub async fn search(
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
     let (from, to) = window(&query.from, &query.to)?;
-    let after = page.after_id()?;
+    let units = match query.units.as_deref().filter(|u| !u.is_empty()) {
+        None => 1,
+        Some(raw) => raw
+            .parse::<i32>()
+            .ok()
+            .filter(|u| (1..=MAX_UNITS).contains(u))
+            .ok_or_else(|| invalid("units", format!("must be an integer from 1 to {MAX_UNITS}")))?,
+    };
+    let after = search_cursor(&page)?;
     let (position, mut tx) = settle(
         &state,
         &[Projection::Views, Projection::Inventory],
@@ -387,20 +475,26 @@ pub async fn search(
     )
     .await?;
     let owner = owner_filter(&caller, scope);
-    let rows = queries::free_properties(
-        &mut tx,
-        caller.0.agency_id,
-        owner.as_deref(),
+    let search = FreeSearch {
+        owner: owner.as_deref(),
         from,
         to,
+        units,
         after,
-        page.fetch(),
-    )
-    .await?;
+        limit: page.fetch(),
+    };
+    let rows = queries::free_units(&mut tx, caller.0.agency_id, &search).await?;
     let free = page.page(
         rows,
-        |(id, _)| id.to_string(),
-        |(property_id, name)| FreeProperty { property_id, name },
+        |hit| match hit.room_type_id {
+            Some(room_type) => format!("{}.{room_type}", hit.property_id),
+            None => hit.property_id.to_string(),
+        },
+        |hit| FreeProperty {
+            property_id: hit.property_id,
+            name: hit.name,
+            room_type_id: hit.room_type_id,
+        },
     );
     Ok(read_reply(position, free))
 }

@@ -196,16 +196,7 @@ pub async fn checksum(
     let ranges: Vec<ChannelRange> = queries::ranges(&mut tx, agency_id, id, from, to)
         .await?
         .into_iter()
-        // Channels get a room type's nights as counts (not built yet), never
-        // its claims one by one: the same ranges as a snapshot.
-        .filter(|r| r.room_type_id.is_none())
-        .map(|r| ChannelRange {
-            kind: r.kind,
-            id: r.id,
-            start: r.start,
-            end: r.end,
-            status: r.status,
-        })
+        .map(ChannelRange::from)
         .collect();
     let body = ChecksumView {
         as_of_position: reached,

@@ -1,10 +1,13 @@
 //! The `.ics` document the export serves: the held ranges of one property,
 //! one all-day VEVENT each, saying nothing about the guest.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
 use super::text::{escape_text, push_line};
+use crate::checksum::ChannelRange;
 use crate::values::ClaimKind;
 
 /// The domain part of every exported UID.
@@ -29,43 +32,145 @@ pub struct ExportRange {
     pub changed_at: DateTime<Utc>,
     /// The booking's status, or `blocked` (what the drift checksum covers).
     pub status: String,
+    /// The room type it holds `units` of; both `None` on a single unit.
+    pub room_type_id: Option<Uuid>,
+    pub units: Option<u32>,
+}
+
+impl ExportRange {
+    /// The range as a channel holds it, for the drift checksum.
+    pub fn channel_range(&self) -> ChannelRange {
+        ChannelRange {
+            room_type_id: self.room_type_id,
+            units: self.units,
+            ..ChannelRange::single(
+                self.kind,
+                self.ref_id,
+                self.start,
+                self.end,
+                self.status.clone(),
+            )
+        }
+    }
+}
+
+/// One all-day VEVENT over the nights `[start, end)`.
+struct Vevent {
+    uid: String,
+    stamp: DateTime<Utc>,
+    start: NaiveDate,
+    end: NaiveDate,
+    summary: &'static str,
 }
 
 /// The iCalendar document of a property's held nights: one all-day VEVENT
-/// per booking or block, CRLF line endings, lines folded at 75 octets.
+/// per booking or block on its single unit, CRLF line endings, lines folded
+/// at 75 octets. Claims on room types are in their room type's document
+/// ([`render_room_type`]), never here.
 pub fn render(property_id: Uuid, ranges: &[ExportRange]) -> String {
-    let mut out = String::with_capacity(256 + ranges.len() * 200);
+    let events = ranges
+        .iter()
+        .filter(|r| r.room_type_id.is_none())
+        .map(|range| Vevent {
+            uid: range.ref_id.to_string(),
+            stamp: range.changed_at,
+            start: range.start,
+            end: range.end,
+            summary: summary(range.kind),
+        });
+    document(
+        &format!("Booking Ledger, nights held at property {property_id}"),
+        events,
+    )
+}
+
+/// The nights of `[start, end)` on which the claims on `room_type_id` hold
+/// all of its `units`, as maximal runs, each with the latest change of the
+/// claims on it.
+pub fn full_runs(
+    ranges: &[ExportRange],
+    room_type_id: Uuid,
+    units: u32,
+) -> Vec<(NaiveDate, NaiveDate, DateTime<Utc>)> {
+    let mut nights: BTreeMap<NaiveDate, (u32, DateTime<Utc>)> = BTreeMap::new();
+    for range in ranges
+        .iter()
+        .filter(|r| r.room_type_id == Some(room_type_id))
+    {
+        for night in range.start.iter_days().take_while(|n| *n < range.end) {
+            let (taken, changed) = nights.entry(night).or_insert((0, range.changed_at));
+            *taken += range.units.unwrap_or(1);
+            *changed = (*changed).max(range.changed_at);
+        }
+    }
+    let mut runs: Vec<(NaiveDate, NaiveDate, DateTime<Utc>)> = Vec::new();
+    for (night, (taken, changed)) in nights {
+        if taken < units {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((_, end, stamp)) if *end == night => {
+                *end = night.succ_opt().unwrap_or(night);
+                *stamp = (*stamp).max(changed);
+            }
+            _ => runs.push((night, night.succ_opt().unwrap_or(night), changed)),
+        }
+    }
+    runs
+}
+
+/// The iCalendar document of one room type: a night is taken only when no
+/// unit of it is free. One VEVENT per run of full nights, its UID the room
+/// type and the run's first night (a run that grows or shrinks at its end
+/// keeps its UID).
+pub fn render_room_type(
+    property_id: Uuid,
+    room_type_id: Uuid,
+    units: u32,
+    ranges: &[ExportRange],
+) -> String {
+    let events = full_runs(ranges, room_type_id, units)
+        .into_iter()
+        .map(|(start, end, stamp)| Vevent {
+            uid: format!("{room_type_id}-{}", start.format("%Y%m%d")),
+            stamp,
+            start,
+            end,
+            summary: "Full",
+        });
+    document(
+        &format!(
+            "Booking Ledger, full nights of room type {room_type_id} at property {property_id}"
+        ),
+        events,
+    )
+}
+
+fn document(name: &str, events: impl Iterator<Item = Vevent>) -> String {
+    let mut out = String::with_capacity(1024);
     let line = |out: &mut String, text: &str| push_line(out, text);
     line(&mut out, "BEGIN:VCALENDAR");
     line(&mut out, "VERSION:2.0");
     line(&mut out, &format!("PRODID:{PRODID}"));
     line(&mut out, "CALSCALE:GREGORIAN");
     line(&mut out, "METHOD:PUBLISH");
-    line(
-        &mut out,
-        &format!(
-            "X-WR-CALNAME:{}",
-            escape_text(&format!(
-                "Booking Ledger, nights held at property {property_id}"
-            ))
-        ),
-    );
-    for range in ranges {
+    line(&mut out, &format!("X-WR-CALNAME:{}", escape_text(name)));
+    for event in events {
         line(&mut out, "BEGIN:VEVENT");
-        line(&mut out, &format!("UID:{}@{UID_DOMAIN}", range.ref_id));
+        line(&mut out, &format!("UID:{}@{UID_DOMAIN}", event.uid));
         line(
             &mut out,
-            &format!("DTSTAMP:{}", range.changed_at.format("%Y%m%dT%H%M%SZ")),
+            &format!("DTSTAMP:{}", event.stamp.format("%Y%m%dT%H%M%SZ")),
         );
         line(
             &mut out,
-            &format!("DTSTART;VALUE=DATE:{}", range.start.format("%Y%m%d")),
+            &format!("DTSTART;VALUE=DATE:{}", event.start.format("%Y%m%d")),
         );
         line(
             &mut out,
-            &format!("DTEND;VALUE=DATE:{}", range.end.format("%Y%m%d")),
+            &format!("DTEND;VALUE=DATE:{}", event.end.format("%Y%m%d")),
         );
-        line(&mut out, &format!("SUMMARY:{}", summary(range.kind)));
+        line(&mut out, &format!("SUMMARY:{}", event.summary));
         line(&mut out, "TRANSP:OPAQUE");
         line(&mut out, "END:VEVENT");
     }
@@ -87,6 +192,8 @@ mod tests {
             end: NaiveDate::from_ymd_opt(2027, 7, 4).expect("a date"),
             changed_at: DateTime::from_timestamp(0, 0).expect("the epoch"),
             status: "confirmed".into(),
+            room_type_id: None,
+            units: None,
         };
         let text = render(Uuid::nil(), std::slice::from_ref(&range));
         assert!(text.contains("DTSTAMP:19700101T000000Z\r\n"));
@@ -100,5 +207,37 @@ mod tests {
             parsed.events[0].uid,
             format!("{}@{UID_DOMAIN}", Uuid::nil())
         );
+    }
+
+    #[test]
+    fn a_room_type_night_is_full_only_when_its_claims_hold_every_unit() {
+        let day = |d: u32| NaiveDate::from_ymd_opt(2027, 7, d).expect("a date");
+        let double = Uuid::from_u128(7);
+        let claim = |id: u128, start: u32, end: u32, units: u32| ExportRange {
+            ref_id: Uuid::from_u128(id),
+            kind: ClaimKind::Booking,
+            start: day(start),
+            end: day(end),
+            changed_at: DateTime::from_timestamp(id as i64, 0).expect("a time"),
+            status: "confirmed".into(),
+            room_type_id: Some(double),
+            units: Some(units),
+        };
+        // Two units: nights 2..4 hold 2, night 5 holds 2 again, night 4 holds 1.
+        let ranges = [claim(1, 1, 6, 1), claim(2, 2, 4, 1), claim(3, 5, 7, 1)];
+        let runs = full_runs(&ranges, double, 2);
+        let stamp = |s: i64| DateTime::from_timestamp(s, 0).expect("a time");
+        assert_eq!(
+            runs,
+            vec![(day(2), day(4), stamp(2)), (day(5), day(6), stamp(3))]
+        );
+        assert!(full_runs(&ranges, Uuid::nil(), 1).is_empty());
+        let text = render_room_type(Uuid::nil(), double, 2, &ranges);
+        let parsed = feed::parse(&text).expect("a calendar");
+        assert_eq!(parsed.events.len(), 2);
+        assert_eq!(parsed.events[1].start, day(5));
+        // The property's own document leaves room types out.
+        let property = feed::parse(&render(Uuid::nil(), &ranges)).expect("a calendar");
+        assert!(property.events.is_empty());
     }
 }

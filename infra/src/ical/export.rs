@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use ledger_domain::checksum::ChannelRange;
+use ledger_domain::checksum::{self, ChannelRange};
 use ledger_domain::claims::{claim_change, ClaimChange};
 pub use ledger_domain::ical::render::ExportRange;
 use ledger_domain::values::ClaimKind;
@@ -184,30 +184,37 @@ impl IcalExport {
         let mut loaded = Loaded::default();
         loaded.fold(events);
         let calendar = &loaded.calendar;
-        Ok(calendar
-            .active_claims()
-            .map(|(kind, id, nights)| {
-                let changed_at = match kind {
-                    ClaimKind::Booking => calendar.bookings.get(&id).map(|b| b.updated_at),
-                    ClaimKind::Block => calendar.blocks.get(&id).map(|b| b.created_at),
-                };
-                ExportRange {
-                    ref_id: id,
-                    kind,
-                    start: nights.start,
-                    end: nights.end,
-                    changed_at: changed_at.unwrap_or_default(),
-                    status: calendar.claim_status(kind, id).to_owned(),
-                }
-            })
-            .collect())
+        // Every active claim, on the single unit or a room type: what a
+        // snapshot over all nights would list.
+        Ok(
+            checksum::ranges_in(calendar, NaiveDate::MIN, NaiveDate::MAX)
+                .into_iter()
+                .map(|r| {
+                    let changed_at = match r.kind {
+                        ClaimKind::Booking => calendar.bookings.get(&r.id).map(|b| b.updated_at),
+                        ClaimKind::Block => calendar.blocks.get(&r.id).map(|b| b.created_at),
+                    };
+                    ExportRange {
+                        ref_id: r.id,
+                        kind: r.kind,
+                        start: r.start,
+                        end: r.end,
+                        changed_at: changed_at.unwrap_or_default(),
+                        status: r.status,
+                        room_type_id: r.room_type_id,
+                        units: r.units,
+                    }
+                })
+                .collect(),
+        )
     }
 }
 
 /// The held ranges of a property as the adapter has them, by first night.
 pub async fn ranges(pool: &PgPool, property_id: Uuid) -> Result<Vec<ExportRange>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT ref_id, kind, start_night, end_night, changed_at, status FROM ical_export_ranges
+        "SELECT ref_id, kind, start_night, end_night, changed_at, status, room_type_id, units
+           FROM ical_export_ranges
           WHERE property_id = $1 ORDER BY start_night, ref_id",
     )
     .bind(property_id)
@@ -222,6 +229,10 @@ pub async fn ranges(pool: &PgPool, property_id: Uuid) -> Result<Vec<ExportRange>
                 end: row.try_get("end_night")?,
                 changed_at: row.try_get("changed_at")?,
                 status: row.try_get("status")?,
+                room_type_id: row.try_get("room_type_id")?,
+                units: row
+                    .try_get::<Option<i32>, _>("units")?
+                    .map(|u| u32::try_from(u).unwrap_or(1)),
             })
         })
         .collect()
@@ -261,6 +272,8 @@ impl AdapterState for IcalExport {
                 end: r.end,
                 changed_at: snapshot.time,
                 status: r.status.clone(),
+                room_type_id: r.room_type_id,
+                units: r.units,
             })
             .collect();
         replace_property(&mut tx, snapshot.agency_id, data.property_id, &ranges).await?;
@@ -287,13 +300,7 @@ impl AdapterState for IcalExport {
         Ok(held
             .into_iter()
             .filter(|r| r.end > from && r.start < to)
-            .map(|r| ChannelRange {
-                kind: r.kind,
-                id: r.ref_id,
-                start: r.start,
-                end: r.end,
-                status: r.status,
-            })
+            .map(|r| r.channel_range())
             .collect())
     }
 }
@@ -305,19 +312,13 @@ async fn apply_event(conn: &mut PgConnection, event: &LedgerEvent) -> Result<(),
     };
     let at = event.cloud.time;
     match change {
-        // A room type's nights are exported by count, not per claim (not
-        // built yet: docs/api.md "Room types").
-        ClaimChange::Hold {
-            room_type_id: Some(_),
-            ..
-        } => Ok(()),
         ClaimChange::Hold {
             kind,
             id,
             nights,
             status,
-            room_type_id: None,
-            ..
+            room_type_id,
+            units,
         } => {
             let range = ExportRange {
                 ref_id: id,
@@ -326,6 +327,8 @@ async fn apply_event(conn: &mut PgConnection, event: &LedgerEvent) -> Result<(),
                 end: nights.end,
                 changed_at: at,
                 status: status.to_owned(),
+                room_type_id,
+                units: room_type_id.map(|_| units),
             };
             insert(conn, event.agency_id, event.property_id, &range).await
         }
@@ -373,8 +376,9 @@ async fn insert(
     range: &ExportRange,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO ical_export_ranges (ref_id, agency_id, property_id, kind, start_night, end_night, changed_at, status)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        "INSERT INTO ical_export_ranges (ref_id, agency_id, property_id, kind, start_night, end_night,
+                                         changed_at, status, room_type_id, units)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (ref_id) DO UPDATE SET start_night = EXCLUDED.start_night,
              end_night = EXCLUDED.end_night, changed_at = EXCLUDED.changed_at,
              status = EXCLUDED.status",
@@ -387,6 +391,8 @@ async fn insert(
     .bind(range.end)
     .bind(range.changed_at)
     .bind(&range.status)
+    .bind(range.room_type_id)
+    .bind(range.units.map(|u| i32::try_from(u).unwrap_or(i32::MAX)))
     .execute(conn)
     .await?;
     Ok(())
