@@ -23,9 +23,8 @@
 //!   too.
 #[path = "support.rs"]
 mod support;
-use support::{arg, percentile, BenchResult};
+use support::{arg, percentile, BenchResult, Ledger};
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,56 +48,6 @@ struct Sample {
     kind: String,
     latency_ms: f64,
     received: Instant,
-}
-
-struct Ledger {
-    child: Option<Child>,
-    base: String,
-}
-
-impl Ledger {
-    async fn start(database_url: &str, nats_url: &str) -> BenchResult<Ledger> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_ledger"))
-            .arg("serve")
-            .env("DATABASE_URL", database_url)
-            .env("NATS_URL", nats_url)
-            .env("JWT_SECRET", SECRET)
-            .env("LEDGER_LISTEN", format!("127.0.0.1:{port}"))
-            .env("LEDGER_METRICS_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()?;
-        let ledger = Ledger {
-            child: Some(child),
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while client
-            .get(format!("{}/health", ledger.base))
-            .send()
-            .await
-            .is_err()
-        {
-            if Instant::now() > deadline {
-                return Err("ledger did not come up in 30 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(ledger)
-    }
-}
-
-impl Drop for Ledger {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 async fn scratch_database() -> BenchResult<(String, String, PgPool)> {
@@ -161,7 +110,15 @@ async fn run(
     seconds: u64,
     backlog: u64,
 ) -> BenchResult<()> {
-    let ledger = Ledger::start(database_url, &nats.url).await?;
+    let ledger = Ledger::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_ledger")),
+        &[
+            ("DATABASE_URL", database_url),
+            ("NATS_URL", &nats.url),
+            ("JWT_SECRET", SECRET),
+        ],
+    )
+    .await?;
     let agency = Uuid::new_v4();
     let token =
         Keys::new(SECRET.as_bytes()).mint(agency, Role::Admin, "bench", Duration::from_secs(3600));

@@ -51,3 +51,67 @@ impl Rng {
         self.next_u64() % n.max(1)
     }
 }
+
+/// A `ledger serve` process of the benchmark's own, on a free port, killed
+/// when dropped.
+pub struct Ledger {
+    child: Option<std::process::Child>,
+    pub base: String,
+    pub pid: u32,
+}
+
+impl Ledger {
+    /// Starts `binary serve` with `env` (`DATABASE_URL`, `NATS_URL`,
+    /// `JWT_SECRET`, ...) and waits until `/health/ready` answers 2xx.
+    pub async fn start(binary: &std::path::Path, env: &[(&str, &str)]) -> BenchResult<Ledger> {
+        use std::time::{Duration, Instant};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new(binary)
+            .arg("serve")
+            .env("LEDGER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("LEDGER_METRICS_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "error")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let ledger = Ledger {
+            pid: child.id(),
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = client
+                .get(format!("{}/health/ready", ledger.base))
+                .send()
+                .await;
+            if matches!(&ready, Ok(reply) if reply.status().is_success()) {
+                return Ok(ledger);
+            }
+            if Instant::now() > deadline {
+                return Err("ledger did not become ready in 60 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Peak resident set size in MiB (VmHWM).
+    pub fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -37,11 +37,10 @@
 //! `BOOKING_CONFLICT` is expected), never on speed.
 #[path = "../benches/support.rs"]
 mod support;
-use support::{arg, flag, BenchResult, Rng};
+use support::{arg, flag, BenchResult, Ledger, Rng};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -208,67 +207,18 @@ fn expected(status: u16, code: &str) -> bool {
     (200..300).contains(&status) || (status == 409 && code == "BOOKING_CONFLICT")
 }
 
-/// The running `ledger serve`.
-struct Ledger {
-    child: Option<Child>,
-    base: String,
-    pid: u32,
-}
-
-impl Ledger {
-    async fn start(settings: &Settings, database_url: &str) -> BenchResult<Ledger> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new(&settings.ledger)
-            .arg("serve")
-            .env("DATABASE_URL", database_url)
-            .env("NATS_URL", &settings.nats_url)
-            .env("JWT_SECRET", SECRET)
-            .env("LEDGER_LISTEN", format!("127.0.0.1:{port}"))
-            .env("LEDGER_METRICS_LISTEN", "127.0.0.1:0")
-            .env("LEDGER_RATE_LIMIT", "off")
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()?;
-        let ledger = Ledger {
-            pid: child.id(),
-            child: Some(child),
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let ready = client
-                .get(format!("{}/health/ready", ledger.base))
-                .send()
-                .await;
-            if matches!(&ready, Ok(reply) if reply.status().is_success()) {
-                return Ok(ledger);
-            }
-            if Instant::now() > deadline {
-                return Err("ledger did not become ready in 60 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Peak resident set size in MiB (VmHWM).
-    fn peak_rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024.0)
-    }
-}
-
-impl Drop for Ledger {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// The running `ledger serve`: no rate limit, so the load is all served.
+async fn start_ledger(settings: &Settings, database_url: &str) -> BenchResult<Ledger> {
+    Ledger::start(
+        &settings.ledger,
+        &[
+            ("DATABASE_URL", database_url),
+            ("NATS_URL", &settings.nats_url),
+            ("JWT_SECRET", SECRET),
+            ("LEDGER_RATE_LIMIT", "off"),
+        ],
+    )
+    .await
 }
 
 fn server_options() -> BenchResult<PgConnectOptions> {
@@ -824,7 +774,7 @@ async fn run(settings: &Settings, database_url: &str, pool: &PgPool) -> BenchRes
     let (baseline_tps, baseline_h) = baseline(pool, settings).await?;
     println!("  {baseline_tps:.0} tps; {}", summary(&baseline_h));
 
-    let mut ledger = Ledger::start(settings, database_url).await?;
+    let mut ledger = start_ledger(settings, database_url).await?;
     println!("ledger serve: pid {}", ledger.pid);
     let agency = Uuid::new_v4();
     let keys = Keys::new(SECRET.as_bytes());
@@ -935,7 +885,7 @@ async fn run(settings: &Settings, database_url: &str, pool: &PgPool) -> BenchRes
         p50(&warm_hot) / p50(&warm_fresh)
     );
     drop(ledger);
-    ledger = Ledger::start(settings, database_url).await?;
+    ledger = start_ledger(settings, database_url).await?;
     let api = Api {
         base: ledger.base.clone(),
         ..api
