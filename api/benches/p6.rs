@@ -23,7 +23,7 @@
 //!   too.
 #[path = "support.rs"]
 mod support;
-use support::{arg, percentile, BenchResult, Ledger};
+use support::{arg, drop_database, percentile, scratch_database, BenchResult, Ledger};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,8 +35,7 @@ use ledger_domain::Role;
 use ledger_infra::channel::{Binding, ChannelConsumer, Start};
 use ledger_test_support::nats::NatsServer;
 use serde_json::json;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 const SECRET: &str = "p6-benchmark-secret-at-least-32-bytes-long";
@@ -48,35 +47,6 @@ struct Sample {
     kind: String,
     latency_ms: f64,
     received: Instant,
-}
-
-async fn scratch_database() -> BenchResult<(String, String, PgPool)> {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/ledger".into());
-    let options: PgConnectOptions = url.parse()?;
-    let name = format!("ledger_bench_p6_{}", Uuid::new_v4().simple());
-    let mut admin = options.clone().database("postgres").connect().await?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await?;
-    let options = options.database(&name);
-    let database_url = options.to_url_lossy().to_string();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await?;
-    Ok((name, database_url, pool))
-}
-
-async fn drop_database(name: &str) -> BenchResult<()> {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/ledger".into());
-    let options: PgConnectOptions = url.parse()?;
-    let mut admin = options.database("postgres").connect().await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
-    Ok(())
 }
 
 /// (position of the publisher's checkpoint, head of the log)
@@ -95,7 +65,7 @@ async fn main() -> BenchResult<()> {
     let seconds = arg("--seconds", 20);
     let backlog = arg("--backlog", 100_000);
     let mut nats = NatsServer::start();
-    let (db_name, database_url, pool) = scratch_database().await?;
+    let (db_name, database_url, pool) = scratch_database("ledger_bench_p6", 4).await?;
     let outcome = run(&mut nats, &database_url, &pool, rate, seconds, backlog).await;
     pool.close().await;
     drop_database(&db_name).await?;

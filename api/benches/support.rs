@@ -115,3 +115,44 @@ impl Drop for Ledger {
         }
     }
 }
+
+/// The server's connection options: the owner's URL
+/// (`DATABASE_MIGRATE_URL`) when the service's own is least-privileged.
+pub fn server_options() -> BenchResult<sqlx::postgres::PgConnectOptions> {
+    let url = std::env::var("DATABASE_MIGRATE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/ledger".into());
+    Ok(url.parse()?)
+}
+
+/// A new empty database `<prefix>_<uuid>` on the server: its name, URL and
+/// a pool of `connections` to it. [`drop_database`] removes it.
+pub async fn scratch_database(
+    prefix: &str,
+    connections: u32,
+) -> BenchResult<(String, String, sqlx::PgPool)> {
+    use sqlx::ConnectOptions;
+    let options = server_options()?;
+    let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = options.clone().database("postgres").connect().await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await?;
+    let options = options.database(&name);
+    let database_url = options.to_url_lossy().to_string();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(connections)
+        .connect_with(options)
+        .await?;
+    Ok((name, database_url, pool))
+}
+
+/// Drops a database [`scratch_database`] made, whoever is still connected.
+pub async fn drop_database(name: &str) -> BenchResult<()> {
+    use sqlx::ConnectOptions;
+    let mut admin = server_options()?.database("postgres").connect().await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await?;
+    Ok(())
+}

@@ -37,7 +37,7 @@
 //! `BOOKING_CONFLICT` is expected), never on speed.
 #[path = "../benches/support.rs"]
 mod support;
-use support::{arg, flag, BenchResult, Ledger, Rng};
+use support::{arg, drop_database, flag, scratch_database, BenchResult, Ledger, Rng};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -49,8 +49,7 @@ use hdrhistogram::Histogram;
 use ledger_api::auth::Keys;
 use ledger_domain::Role;
 use serde_json::{json, Value};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, PgPool};
+use sqlx::PgPool;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -219,39 +218,6 @@ async fn start_ledger(settings: &Settings, database_url: &str) -> BenchResult<Le
         ],
     )
     .await
-}
-
-fn server_options() -> BenchResult<PgConnectOptions> {
-    // The owner's URL when the service's own is least-privileged.
-    let url = std::env::var("DATABASE_MIGRATE_URL")
-        .or_else(|_| std::env::var("DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/ledger".into());
-    Ok(url.parse()?)
-}
-
-async fn scratch_database(connections: u32) -> BenchResult<(String, String, PgPool)> {
-    let options = server_options()?;
-    let name = format!("ledger_loadgen_{}", Uuid::new_v4().simple());
-    let mut admin = options.clone().database("postgres").connect().await?;
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await?;
-    let options = options.database(&name);
-    let database_url = options.to_url_lossy().to_string();
-    let pool = PgPoolOptions::new()
-        .max_connections(connections)
-        .connect_with(options)
-        .await?;
-    ledger_infra::migrate(&pool).await?;
-    Ok((name, database_url, pool))
-}
-
-async fn drop_database(name: &str) -> BenchResult<()> {
-    let mut admin = server_options()?.database("postgres").connect().await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
-    Ok(())
 }
 
 /// CPU time (user + system) a process has used so far, in seconds.
@@ -744,7 +710,9 @@ fn p99(t: &Tally) -> f64 {
 #[tokio::main]
 async fn main() -> BenchResult<()> {
     let settings = Settings::from_args()?;
-    let (name, database_url, pool) = scratch_database(settings.clients as u32 + 4).await?;
+    let (name, database_url, pool) =
+        scratch_database("ledger_loadgen", settings.clients as u32 + 4).await?;
+    ledger_infra::migrate(&pool).await?;
     let outcome = run(&settings, &database_url, &pool).await;
     pool.close().await;
     drop_database(&name).await?;
