@@ -159,6 +159,19 @@ async fn room_types_answer_with_their_error_codes() {
 
     let hotel = app.property(&admin, None).await;
     let double = room_type(&app, &admin, hotel, 2).await;
+    // Either id of the path that is not a UUID: 400, naming it.
+    for path in [
+        format!("{}/not-a-uuid", room_types(hotel)),
+        format!("/api/v1/properties/not-a-uuid/room-types/{double}"),
+    ] {
+        let reply = app.patch(&path, &admin, json!({"units": 3})).await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+        let message = reply.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("\"not-a-uuid\" is not a UUID"),
+            "{message}"
+        );
+    }
     let reply = app
         .post(
             BOOKINGS,

@@ -18,7 +18,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::PathId;
+use super::{PathId, PathIds};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::Body;
@@ -249,14 +249,9 @@ pub async fn list_feeds(
     security(("bearer" = [])))]
 pub async fn delete_feed(
     State(state): State<AppState>,
-    Path((id, feed_id)): Path<(String, String)>,
+    PathIds(id, feed_id): PathIds,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let parse = |raw: &str| {
-        raw.parse::<Uuid>()
-            .map_err(|_| ApiError::validation(format!("{raw:?} is not a UUID")))
-    };
-    let (id, feed_id) = (parse(&id)?, parse(&feed_id)?);
     admin_property(&state, &caller, id).await?;
     let row = ical::delete_feed(&state.pool, id, feed_id)
         .await?

@@ -41,11 +41,33 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
-            .map_err(|_| ApiError::validation("the path is malformed"))?;
-        raw.parse()
-            .map(PathId)
-            .map_err(|_| ApiError::validation(format!("{raw:?} is not a UUID")))
+            .map_err(|_| malformed())?;
+        path_uuid(&raw).map(PathId)
     }
+}
+
+/// Two UUIDs from the path (a property and one of its room types or
+/// feeds), checked in order like [`PathId`].
+pub struct PathIds(pub Uuid, pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathIds {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((first, second)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| malformed())?;
+        Ok(PathIds(path_uuid(&first)?, path_uuid(&second)?))
+    }
+}
+
+fn malformed() -> ApiError {
+    ApiError::validation("the path is malformed")
+}
+
+fn path_uuid(raw: &str) -> Result<Uuid, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::validation(format!("{raw:?} is not a UUID")))
 }
 
 /// Runs a command and answers with the view `view` finds in the calendar

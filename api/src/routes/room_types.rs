@@ -2,7 +2,7 @@
 //! room types of a property. Room types live in the property's calendar, so
 //! they are decided and read like its bookings and blocks.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{execute, read_reply, PathId};
+use super::{execute, read_reply, PathId, PathIds};
 use crate::auth::Caller;
 use crate::dto::{not_null, nullable};
 use crate::error::ApiError;
@@ -125,12 +125,10 @@ pub async fn create(
     security(("bearer" = [])))]
 pub async fn update(
     State(state): State<AppState>,
-    Path((property, room_type)): Path<(String, String)>,
+    PathIds(property_id, room_type_id): PathIds,
     ctx: WriteCtx,
     Body(body): Body<UpdateRoomTypeBody>,
 ) -> Result<Response, ApiError> {
-    let property_id = uuid_in_path(&property)?;
-    let room_type_id = uuid_in_path(&room_type)?;
     let command = CalendarCommand::UpdateRoomType(UpdateRoomType {
         room_type_id,
         name: body.name,
@@ -189,9 +187,4 @@ pub async fn list(
         })
         .await??;
     Ok(read_reply(position, list))
-}
-
-fn uuid_in_path(raw: &str) -> Result<Uuid, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::validation(format!("{raw:?} is not a UUID")))
 }
