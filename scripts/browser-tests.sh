@@ -23,33 +23,12 @@ VENV="$LOCAL/venv"
 cargo test -p ledger-api --test integration --no-run
 LEDGER="$ROOT/target/debug/ledger"
 
-owner="${DATABASE_MIGRATE_URL:-$DATABASE_URL}"
-admin_url="${owner%/*}/postgres"
-db="ledger_browser_$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-psql "$admin_url" -qc "create database $db" >/dev/null
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 JWT_SECRET="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export JWT_SECRET
 artifacts="$ROOT/target/browser-artifacts"
-mkdir -p "$artifacts"
-
-pid=""
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  psql "$admin_url" -qc "drop database if exists $db with (force)" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-
-DATABASE_URL="${owner%/*}/$db" LEDGER_LISTEN="127.0.0.1:$port" \
-  LEDGER_METRICS_LISTEN=127.0.0.1:0 RUST_LOG=warn \
-  "$LEDGER" serve >"$artifacts/ledger.log" 2>&1 &
-pid=$!
-base="http://127.0.0.1:$port"
-for _ in $(seq 1 300); do
-  curl -fsS "$base/health" >/dev/null 2>&1 && break
-  kill -0 "$pid" 2>/dev/null || { cat "$artifacts/ledger.log" >&2; exit 1; }
-  sleep 0.1
-done
+. scripts/scratch-ledger.sh
+scratch_ledger ledger_browser "$artifacts/ledger.log"
+base="$SCRATCH_BASE"
 
 agency_a="$(python3 -c 'import uuid; print(uuid.uuid4())')"
 agency_b="$(python3 -c 'import uuid; print(uuid.uuid4())')"

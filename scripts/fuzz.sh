@@ -36,36 +36,13 @@ log "building the ledger"
 cargo build -q -p ledger-api --bin ledger
 LEDGER="$ROOT/target/debug/ledger"
 
-# A fresh database on the server DATABASE_URL names.
-db_name="ledger_fuzz_$(date +%s)_$$"
-server_url="${DATABASE_URL%/*}"
-psql_bin="$(pg_bin)/psql"
-"$psql_bin" "$server_url/postgres" -qc "CREATE DATABASE $db_name" >/dev/null
-
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+# A private ledger on a fresh database, with a secret of its own.
 secret="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
-log_file="$ROOT/.local/fuzz-$db_name.log"
-mkdir -p "$ROOT/.local"
-
-ledger_pid=""
-cleanup() {
-  [ -n "$ledger_pid" ] && kill "$ledger_pid" 2>/dev/null && wait "$ledger_pid" 2>/dev/null || true
-  "$psql_bin" "$server_url/postgres" -qc "DROP DATABASE IF EXISTS $db_name WITH (FORCE)" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
-
-DATABASE_URL="$server_url/$db_name" JWT_SECRET="$secret" \
-  LEDGER_LISTEN="127.0.0.1:$port" LEDGER_METRICS_LISTEN="127.0.0.1:0" RUST_LOG=warn \
-  "$LEDGER" serve 2>"$log_file" &
-ledger_pid=$!
-
-base="http://127.0.0.1:$port"
-for _ in $(seq 1 300); do
-  curl -fs "$base/health" >/dev/null 2>&1 && break
-  kill -0 "$ledger_pid" 2>/dev/null || { cat "$log_file" >&2; exit 1; }
-  sleep 0.1
-done
-curl -fs "$base/health" >/dev/null || { log "the ledger did not come up"; cat "$log_file" >&2; exit 1; }
+log_file="$ROOT/.local/fuzz-$(date +%s)-$$.log"
+# shellcheck source=scripts/scratch-ledger.sh
+source "$ROOT/scripts/scratch-ledger.sh"
+scratch_ledger ledger_fuzz "$log_file" JWT_SECRET="$secret"
+base="$SCRATCH_BASE"
 
 agency="$(python3 -c 'import uuid; print(uuid.uuid4())')"
 token="$(JWT_SECRET="$secret" "$LEDGER" token --agency "$agency" --role admin --sub fuzz --ttl 2h)"
