@@ -30,6 +30,25 @@ const MAX_REASON: usize = 500;
 /// The most units a room type may have.
 pub const MAX_UNITS: u32 = 1000;
 
+/// An event about an existing booking (`booking.confirmed`, `.cancelled`,
+/// ...): each repeats the booking's stay and room type, so a reader of one
+/// event never looks the booking up; `field: value` pairs are the facts the
+/// variant adds.
+macro_rules! booking_event {
+    ($variant:ident, $booking:expr, $at:expr $(, $field:ident: $value:expr)* $(,)?) => {{
+        let booking: &Booking = $booking;
+        CalendarEvent::$variant {
+            booking_id: booking.id,
+            property_id: booking.property_id,
+            check_in: booking.nights.start,
+            check_out: booking.nights.end,
+            room_type_id: booking.room_type_id,
+            $($field: $value,)*
+            at: $at,
+        }
+    }};
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Property {
     pub id: Uuid,
@@ -291,92 +310,28 @@ impl PropertyCalendar {
                 if booking.hold_expired(now) {
                     return Err(CalendarError::HoldExpired);
                 }
-                require_status(
-                    booking,
-                    &[BookingStatus::Tentative],
-                    BookingStatus::Confirmed,
-                )?;
-                let (booking_id, property_id, check_in, check_out, room_type_id) =
-                    booking_facts(booking);
-                Ok(vec![CalendarEvent::BookingConfirmed {
-                    booking_id,
-                    property_id,
-                    check_in,
-                    check_out,
-                    room_type_id,
-                    at: now,
-                }])
+                restatus(booking, BookingStatus::Confirmed, now)
             }
             CalendarCommand::CancelBooking { booking_id, reason } => {
                 let booking = self.booking(*booking_id)?;
                 values::optional_text("reason", reason.as_deref(), MAX_REASON)?;
-                require_status(
+                require_status(booking, BookingStatus::Cancelled)?;
+                Ok(vec![booking_event!(
+                    BookingCancelled,
                     booking,
-                    &[BookingStatus::Tentative, BookingStatus::Confirmed],
-                    BookingStatus::Cancelled,
-                )?;
-                let (booking_id, property_id, check_in, check_out, room_type_id) =
-                    booking_facts(booking);
-                Ok(vec![CalendarEvent::BookingCancelled {
-                    booking_id,
-                    property_id,
-                    check_in,
-                    check_out,
-                    room_type_id,
+                    now,
                     previous_status: booking.status,
                     reason: reason.clone(),
-                    at: now,
-                }])
+                )])
             }
             CalendarCommand::CheckIn { booking_id } => {
-                let booking = self.booking(*booking_id)?;
-                require_status(
-                    booking,
-                    &[BookingStatus::Confirmed],
-                    BookingStatus::CheckedIn,
-                )?;
-                let (booking_id, property_id, check_in, check_out, room_type_id) =
-                    booking_facts(booking);
-                Ok(vec![CalendarEvent::BookingCheckedIn {
-                    booking_id,
-                    property_id,
-                    check_in,
-                    check_out,
-                    room_type_id,
-                    at: now,
-                }])
+                restatus(self.booking(*booking_id)?, BookingStatus::CheckedIn, now)
             }
             CalendarCommand::CheckOut { booking_id } => {
-                let booking = self.booking(*booking_id)?;
-                require_status(
-                    booking,
-                    &[BookingStatus::CheckedIn],
-                    BookingStatus::CheckedOut,
-                )?;
-                let (booking_id, property_id, check_in, check_out, room_type_id) =
-                    booking_facts(booking);
-                Ok(vec![CalendarEvent::BookingCheckedOut {
-                    booking_id,
-                    property_id,
-                    check_in,
-                    check_out,
-                    room_type_id,
-                    at: now,
-                }])
+                restatus(self.booking(*booking_id)?, BookingStatus::CheckedOut, now)
             }
             CalendarCommand::MarkNoShow { booking_id } => {
-                let booking = self.booking(*booking_id)?;
-                require_status(booking, &[BookingStatus::Confirmed], BookingStatus::NoShow)?;
-                let (booking_id, property_id, check_in, check_out, room_type_id) =
-                    booking_facts(booking);
-                Ok(vec![CalendarEvent::BookingNoShow {
-                    booking_id,
-                    property_id,
-                    check_in,
-                    check_out,
-                    room_type_id,
-                    at: now,
-                }])
+                restatus(self.booking(*booking_id)?, BookingStatus::NoShow, now)
             }
             CalendarCommand::ExpireHold { booking_id } => {
                 let booking = self.booking(*booking_id)?;
@@ -983,16 +938,12 @@ impl PropertyCalendar {
     }
 
     fn hold_expired_event(&self, booking: &Booking, now: DateTime<Utc>) -> CalendarEvent {
-        let (booking_id, property_id, check_in, check_out, room_type_id) = booking_facts(booking);
-        CalendarEvent::BookingHoldExpired {
-            booking_id,
-            property_id,
-            check_in,
-            check_out,
-            room_type_id,
+        booking_event!(
+            BookingHoldExpired,
+            booking,
+            now,
             hold_expires_at: booking.hold_expires_at.unwrap_or(now),
-            at: now,
-        }
+        )
     }
 
     /// Holds `nights`: `units` of a room type, or the single unit.
@@ -1126,29 +1077,38 @@ impl PropertyCalendar {
     }
 }
 
-/// What every event about a booking's status repeats of it, room type
-/// included, so a reader of one event never looks the booking up.
-fn booking_facts(booking: &Booking) -> (Uuid, Uuid, NaiveDate, NaiveDate, Option<Uuid>) {
-    (
-        booking.id,
-        booking.property_id,
-        booking.nights.start,
-        booking.nights.end,
-        booking.room_type_id,
-    )
-}
-
 /// A stay `[check_in, check_out)`; refusals name `check_in` or `check_out`.
 fn stay(check_in: NaiveDate, check_out: NaiveDate) -> Result<Nights, CalendarError> {
     Nights::new(check_in, check_out)
 }
 
-fn require_status(
+/// Moves a booking along its life cycle to a status whose event carries
+/// nothing but the booking's facts: confirmed, checked in, checked out or
+/// no-show.
+fn restatus(
     booking: &Booking,
-    allowed_from: &[BookingStatus],
     to: BookingStatus,
-) -> Result<(), CalendarError> {
-    if allowed_from.contains(&booking.status) {
+    now: DateTime<Utc>,
+) -> Result<Vec<CalendarEvent>, CalendarError> {
+    require_status(booking, to)?;
+    let event = match to {
+        BookingStatus::Confirmed => booking_event!(BookingConfirmed, booking, now),
+        BookingStatus::CheckedIn => booking_event!(BookingCheckedIn, booking, now),
+        BookingStatus::CheckedOut => booking_event!(BookingCheckedOut, booking, now),
+        BookingStatus::NoShow => booking_event!(BookingNoShow, booking, now),
+        // Not moves of this kind: a cancellation carries its reason (its
+        // own arm of `decide`), and no booking goes back to tentative.
+        BookingStatus::Cancelled | BookingStatus::Tentative => {
+            return Err(CalendarError::transition(booking.status, to))
+        }
+    };
+    Ok(vec![event])
+}
+
+/// Refuses a move to `to` that the booking life cycle does not allow from
+/// the booking's status.
+fn require_status(booking: &Booking, to: BookingStatus) -> Result<(), CalendarError> {
+    if booking.status.may_become(to) {
         Ok(())
     } else {
         Err(CalendarError::transition(booking.status, to))
