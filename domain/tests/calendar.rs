@@ -4,9 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, Days, NaiveDate, TimeDelta, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use cqrs_es::test::{AggregateTestExecutor, TestFramework};
-use cqrs_es::Aggregate;
 use ledger_domain::commands::{
     BlockNights, ModifyBooking, RegisterProperty, ReserveStay, UpdateProperty,
 };
@@ -19,9 +18,10 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use uuid::Uuid;
 
-const AGENCY: Uuid = Uuid::from_u128(0xA6E0);
+mod common;
+use common::{at, day, Session, AGENCY, PROPERTY};
+
 const OTHER_AGENCY: Uuid = Uuid::from_u128(0xA6E1);
-const PROPERTY: Uuid = Uuid::from_u128(0x960);
 const OWNER: &str = "owner-1";
 const B1: Uuid = Uuid::from_u128(0xB1);
 const B2: Uuid = Uuid::from_u128(0xB2);
@@ -30,16 +30,6 @@ const K1: Uuid = Uuid::from_u128(0xC1);
 const K2: Uuid = Uuid::from_u128(0xC2);
 
 // ---------------------------------------------------------------- helpers
-
-/// `hours` after the fixed instant every scenario starts at.
-fn at(hours: i64) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2025, 6, 1, 9, 0, 0).unwrap() + TimeDelta::hours(hours)
-}
-
-/// The night `n` days after 1 July 2025.
-fn day(n: u64) -> NaiveDate {
-    NaiveDate::from_ymd_opt(2025, 7, 1).unwrap() + Days::new(n)
-}
 
 fn actor(role: Role) -> Actor {
     Actor {
@@ -1878,20 +1868,9 @@ enum Step {
         start: u64,
         nights: u64,
     },
-    Cancel {
+    OnBooking {
         pick: Index,
-    },
-    Confirm {
-        pick: Index,
-    },
-    CheckIn {
-        pick: Index,
-    },
-    CheckOut {
-        pick: Index,
-    },
-    ExpireHold {
-        pick: Index,
+        change: Change,
     },
     Block {
         start: u64,
@@ -1905,6 +1884,31 @@ enum Step {
     },
 }
 
+/// What a step does to the booking it picks, whatever its status.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Cancel,
+    Confirm,
+    CheckIn,
+    CheckOut,
+    ExpireHold,
+}
+
+impl Change {
+    fn command(self, booking_id: Uuid) -> CalendarCommand {
+        match self {
+            Change::Cancel => CalendarCommand::CancelBooking {
+                booking_id,
+                reason: None,
+            },
+            Change::Confirm => CalendarCommand::ConfirmBooking { booking_id },
+            Change::CheckIn => CalendarCommand::CheckIn { booking_id },
+            Change::CheckOut => CalendarCommand::CheckOut { booking_id },
+            Change::ExpireHold => CalendarCommand::ExpireHold { booking_id },
+        }
+    }
+}
+
 fn step() -> impl Strategy<Value = Step> {
     let start = 0u64..30;
     let nights = 1u64..8;
@@ -1913,59 +1917,18 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(start, nights, hold_hours)| Step::Reserve { start, nights, hold_hours }),
         3 => (any::<Index>(), start.clone(), nights.clone())
             .prop_map(|(pick, start, nights)| Step::Modify { pick, start, nights }),
-        2 => any::<Index>().prop_map(|pick| Step::Cancel { pick }),
-        1 => any::<Index>().prop_map(|pick| Step::Confirm { pick }),
-        1 => any::<Index>().prop_map(|pick| Step::CheckIn { pick }),
-        1 => any::<Index>().prop_map(|pick| Step::CheckOut { pick }),
-        1 => any::<Index>().prop_map(|pick| Step::ExpireHold { pick }),
+        2 => any::<Index>().prop_map(|pick| Step::OnBooking { pick, change: Change::Cancel }),
+        1 => any::<Index>().prop_map(|pick| Step::OnBooking { pick, change: Change::Confirm }),
+        1 => any::<Index>().prop_map(|pick| Step::OnBooking { pick, change: Change::CheckIn }),
+        1 => any::<Index>().prop_map(|pick| Step::OnBooking { pick, change: Change::CheckOut }),
+        1 => any::<Index>().prop_map(|pick| Step::OnBooking { pick, change: Change::ExpireHold }),
         3 => (start, nights).prop_map(|(start, nights)| Step::Block { start, nights }),
         1 => any::<Index>().prop_map(|pick| Step::Release { pick }),
         1 => (1i64..36).prop_map(|hours| Step::Wait { hours }),
     ]
 }
 
-/// A calendar driven command by command, as the aggregate is in production:
-/// decide, then apply every emitted event in order.
-struct Session {
-    calendar: PropertyCalendar,
-    history: Vec<CalendarEvent>,
-    now: DateTime<Utc>,
-    next_id: u128,
-}
-
 impl Session {
-    fn new() -> Self {
-        Self {
-            calendar: PropertyCalendar::replay([registered()]),
-            history: vec![registered()],
-            now: at(0),
-            next_id: 0x1000,
-        }
-    }
-
-    fn fresh_id(&mut self) -> Uuid {
-        self.next_id += 1;
-        Uuid::from_u128(self.next_id)
-    }
-
-    fn run(&mut self, action: CalendarCommand) -> Result<Vec<CalendarEvent>, CalendarError> {
-        let command = by(actor(Role::Staff), self.now, action);
-        let events = self.calendar.decide(&command)?;
-        for event in &events {
-            self.calendar.apply(event.clone());
-        }
-        self.history.extend(events.clone());
-        Ok(events)
-    }
-
-    fn booking_ids(&self) -> Vec<Uuid> {
-        self.calendar.bookings.keys().copied().collect()
-    }
-
-    fn block_ids(&self) -> Vec<Uuid> {
-        self.calendar.blocks.keys().copied().collect()
-    }
-
     /// Claims that stand in the way of new nights at `now`, computed from the
     /// records alone: active bookings other than lapsed holds, unreleased blocks.
     fn standing_claims(&self, nights: Nights, except: Option<Uuid>) -> BTreeSet<Uuid> {
@@ -2067,7 +2030,7 @@ proptest! {
     fn random_sessions_never_leave_two_active_claims_sharing_a_night(
         steps in proptest::collection::vec(step(), 1..60)
     ) {
-        let mut session = Session::new();
+        let mut session = Session::new(actor(Role::Staff), vec![registered()]);
         for step in steps {
             match step {
                 Step::Reserve { start, nights, hold_hours } => {
@@ -2088,11 +2051,8 @@ proptest! {
                     check_claim_outcome(&outcome, &expected)?;
                 }
                 Step::Modify { pick, start, nights } => {
-                    let ids = session.booking_ids();
-                    if ids.is_empty() {
-                        continue;
-                    }
-                    let booking = session.calendar.bookings[pick.get(&ids)].clone();
+                    let Some(id) = session.pick_booking(&pick) else { continue };
+                    let booking = session.calendar.bookings[&id].clone();
                     let wanted = range(start, nights);
                     let expected = session.standing_claims(wanted, Some(booking.id));
                     let outcome = session.run(CalendarCommand::ModifyBooking(ModifyBooking {
@@ -2114,57 +2074,22 @@ proptest! {
                         check_claim_outcome(&outcome, &expected)?;
                     }
                 }
-                Step::Cancel { pick } => {
-                    let ids = session.booking_ids();
-                    if ids.is_empty() {
-                        continue;
+                Step::OnBooking { pick, change } => {
+                    if let Some(booking_id) = session.pick_booking(&pick) {
+                        let _ = session.run(change.command(booking_id));
                     }
-                    let _ = session.run(CalendarCommand::CancelBooking {
-                        booking_id: *pick.get(&ids),
-                        reason: None,
-                    });
-                }
-                Step::Confirm { pick } => {
-                    let ids = session.booking_ids();
-                    if ids.is_empty() {
-                        continue;
-                    }
-                    let _ = session.run(CalendarCommand::ConfirmBooking { booking_id: *pick.get(&ids) });
-                }
-                Step::CheckIn { pick } => {
-                    let ids = session.booking_ids();
-                    if ids.is_empty() {
-                        continue;
-                    }
-                    let _ = session.run(CalendarCommand::CheckIn { booking_id: *pick.get(&ids) });
-                }
-                Step::CheckOut { pick } => {
-                    let ids = session.booking_ids();
-                    if ids.is_empty() {
-                        continue;
-                    }
-                    let _ = session.run(CalendarCommand::CheckOut { booking_id: *pick.get(&ids) });
-                }
-                Step::ExpireHold { pick } => {
-                    let ids = session.booking_ids();
-                    if ids.is_empty() {
-                        continue;
-                    }
-                    let _ = session.run(CalendarCommand::ExpireHold { booking_id: *pick.get(&ids) });
                 }
                 Step::Release { pick } => {
-                    let ids = session.block_ids();
-                    if ids.is_empty() {
-                        continue;
+                    if let Some(block_id) = session.pick_block(&pick) {
+                        let _ = session.run(CalendarCommand::ReleaseBlock { block_id });
                     }
-                    let _ = session.run(CalendarCommand::ReleaseBlock { block_id: *pick.get(&ids) });
                 }
                 Step::Wait { hours } => session.now += TimeDelta::hours(hours),
             }
             check_no_shared_night(&session.calendar)?;
         }
         // Replay equals live state: the events alone rebuild the calendar.
-        prop_assert_eq!(PropertyCalendar::replay(session.history.clone()), session.calendar);
+        prop_assert_eq!(PropertyCalendar::replay(session.log.clone()), session.calendar);
     }
 }
 
