@@ -113,19 +113,9 @@ fn archived() -> CalendarEvent {
 /// A reserve command leaving status, children and channel to their defaults.
 fn reserve(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> ReserveStay {
     ReserveStay {
-        booking_id,
-        check_in,
-        check_out,
-        guest: guest(),
         adults: Some(2),
-        children: None,
-        status: None,
-        hold_expires_at: None,
-        channel: None,
-        external_ref: None,
         price: Some(price()),
-        notes: None,
-        room_type_id: None,
+        ..ReserveStay::new(booking_id, check_in, check_out, guest())
     }
 }
 

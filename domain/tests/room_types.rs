@@ -43,24 +43,14 @@ fn command(now: DateTime<Utc>, action: CalendarCommand) -> Command {
 }
 
 fn reserve(id: Uuid, room_type: Option<Uuid>, from: u64, to: u64) -> ReserveStay {
+    let guest = Guest {
+        name: "Ada Lovelace".into(),
+        email: None,
+        phone: None,
+    };
     ReserveStay {
-        booking_id: id,
-        check_in: day(from),
-        check_out: day(to),
-        guest: Guest {
-            name: "Ada Lovelace".into(),
-            email: None,
-            phone: None,
-        },
-        adults: None,
-        children: None,
-        status: None,
-        hold_expires_at: None,
-        channel: None,
-        external_ref: None,
-        price: None,
-        notes: None,
         room_type_id: room_type,
+        ..ReserveStay::new(id, day(from), day(to), guest)
     }
 }
 
