@@ -338,6 +338,14 @@ fn modified(
     }
 }
 
+/// The field a validation refusal names; any other refusal fails the test.
+fn field_of(error: CalendarError) -> &'static str {
+    match error {
+        CalendarError::Invalid { field, .. } => field,
+        other => panic!("not a validation refusal: {other:?}"),
+    }
+}
+
 fn is_invalid(error: &CalendarError) -> bool {
     matches!(error, CalendarError::Invalid { .. })
 }
@@ -395,16 +403,7 @@ fn register_property_with_an_unknown_timezone_is_invalid() {
             external_ref: None,
         })),
     );
-    assert!(
-        matches!(
-            error,
-            CalendarError::Invalid {
-                field: "timezone",
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert_eq!(field_of(error), "timezone");
 }
 
 #[test]
@@ -671,16 +670,7 @@ fn reserve_stay_filling_the_gap_between_two_stays_exactly_is_allowed() {
 fn reserve_stay_with_check_out_on_or_before_check_in_is_invalid() {
     for (check_in, check_out) in [(day(5), day(5)), (day(5), day(4))] {
         let error = refusal(vec![registered()], reserve_cmd(B1, check_in, check_out));
-        assert!(
-            matches!(
-                error,
-                CalendarError::Invalid {
-                    field: "check_out",
-                    ..
-                }
-            ),
-            "{error:?}"
-        );
+        assert_eq!(field_of(error), "check_out");
     }
 }
 
@@ -690,16 +680,7 @@ fn reserve_stay_of_366_nights_is_allowed_and_of_367_is_invalid() {
         .when(reserve_cmd(B1, day(0), day(366)))
         .then_expect_events(vec![reserved(B1, day(0), day(366))]);
     let error = refusal(vec![registered()], reserve_cmd(B1, day(0), day(367)));
-    assert!(
-        matches!(
-            error,
-            CalendarError::Invalid {
-                field: "check_out",
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert_eq!(field_of(error), "check_out");
 }
 
 #[test]
@@ -712,16 +693,7 @@ fn reserve_stay_reusing_a_booking_id_is_invalid() {
         ],
         reserve_cmd(B1, day(10), day(12)),
     );
-    assert!(
-        matches!(
-            error,
-            CalendarError::Invalid {
-                field: "booking_id",
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert_eq!(field_of(error), "booking_id");
 }
 
 #[test]
@@ -732,16 +704,7 @@ fn reserve_stay_confirmed_with_a_hold_expiry_is_invalid() {
         vec![registered()],
         staff(CalendarCommand::ReserveStay(command)),
     );
-    assert!(
-        matches!(
-            error,
-            CalendarError::Invalid {
-                field: "hold_expires_at",
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert_eq!(field_of(error), "hold_expires_at");
 }
 
 #[test]
@@ -754,16 +717,7 @@ fn reserve_stay_as_a_hold_expiring_in_the_past_is_invalid() {
             CalendarCommand::ReserveStay(hold(B1, day(1), day(4), at(5))),
         ),
     );
-    assert!(
-        matches!(
-            error,
-            CalendarError::Invalid {
-                field: "hold_expires_at",
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert_eq!(field_of(error), "hold_expires_at");
 }
 
 #[test]
@@ -774,16 +728,7 @@ fn reserve_stay_in_a_state_other_than_tentative_or_confirmed_is_invalid() {
         vec![registered()],
         staff(CalendarCommand::ReserveStay(command)),
     );
-    assert!(
-        matches!(
-            error,
-            CalendarError::Invalid {
-                field: "status",
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert_eq!(field_of(error), "status");
 }
 
 // ---------------------------------------------------------------- modify
@@ -862,16 +807,7 @@ fn modify_booking_with_check_out_on_or_before_check_in_is_invalid() {
             vec![registered(), reserved(B1, day(1), day(4))],
             modify_stay(B1, check_in, check_out),
         );
-        assert!(
-            matches!(
-                error,
-                CalendarError::Invalid {
-                    field: "check_out",
-                    ..
-                }
-            ),
-            "{error:?}"
-        );
+        assert_eq!(field_of(error), "check_out");
     }
 }
 
@@ -886,16 +822,7 @@ fn modify_booking_moving_check_in_past_the_old_check_out_is_invalid() {
             ..ModifyBooking::default()
         })),
     );
-    assert!(
-        matches!(
-            error,
-            CalendarError::Invalid {
-                field: "check_out",
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert_eq!(field_of(error), "check_out");
 }
 
 #[test]
@@ -1535,10 +1462,7 @@ fn block_nights_with_end_on_or_before_start_names_the_end_field() {
         vec![registered()],
         staff(block(K1, day(4), day(4), BlockReason::Maintenance)),
     );
-    assert!(
-        matches!(error, CalendarError::Invalid { field: "end", .. }),
-        "{error:?}"
-    );
+    assert_eq!(field_of(error), "end");
 }
 
 #[test]
@@ -1551,16 +1475,7 @@ fn block_nights_reusing_a_block_id_is_invalid() {
         ],
         staff(block(K1, day(5), day(6), BlockReason::Other)),
     );
-    assert!(
-        matches!(
-            error,
-            CalendarError::Invalid {
-                field: "block_id",
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert_eq!(field_of(error), "block_id");
 }
 
 #[test]
@@ -2084,13 +1999,6 @@ proptest! {
 }
 
 // ------------------------------------------------------------ values every layer can hold
-
-fn field_of(error: CalendarError) -> &'static str {
-    match error {
-        CalendarError::Invalid { field, .. } => field,
-        other => panic!("not a validation refusal: {other:?}"),
-    }
-}
 
 #[test]
 fn a_stay_outside_the_calendar_years_is_refused_naming_its_date() {
