@@ -532,15 +532,9 @@ impl PropertyCalendar {
             .room_types
             .get(&update.room_type_id)
             .ok_or(CalendarError::RoomTypeNotFound)?;
-        let name = update
-            .name
-            .clone()
-            .unwrap_or_else(|| room_type.name.clone());
+        let name = or_current(&update.name, &room_type.name);
         let units = update.units.unwrap_or(room_type.units);
-        let external_ref = update
-            .external_ref
-            .clone()
-            .unwrap_or_else(|| room_type.external_ref.clone());
+        let external_ref = or_current(&update.external_ref, &room_type.external_ref);
         validate_room_type(&name, units, &external_ref)?;
         let changed = changed_fields([
             ("name", name != room_type.name),
@@ -703,20 +697,11 @@ impl PropertyCalendar {
             modify.check_in.unwrap_or(booking.nights.start),
             modify.check_out.unwrap_or(booking.nights.end),
         )?;
-        let guest = modify
-            .guest
-            .clone()
-            .unwrap_or_else(|| booking.guest.clone());
+        let guest = or_current(&modify.guest, &booking.guest);
         let adults = modify.adults.unwrap_or(booking.adults);
         let children = modify.children.unwrap_or(booking.children);
-        let price = modify
-            .price
-            .clone()
-            .unwrap_or_else(|| booking.price.clone());
-        let notes = modify
-            .notes
-            .clone()
-            .unwrap_or_else(|| booking.notes.clone());
+        let price = or_current(&modify.price, &booking.price);
+        let notes = or_current(&modify.notes, &booking.notes);
         validate_booking_details(&guest, adults, children, price.as_ref(), notes.as_deref())?;
 
         let mut changed = Vec::new();
@@ -1127,6 +1112,12 @@ fn validate_property(
     values::optional_text("external_ref", external_ref.as_deref(), MAX_REF)
 }
 
+/// The value a change command gives a field, or the field's current one
+/// when the command leaves it as it is (`None`).
+fn or_current<T: Clone>(new: &Option<T>, current: &T) -> T {
+    new.clone().unwrap_or_else(|| current.clone())
+}
+
 /// The names of the fields that differ, for an `*.updated` event's `changed`.
 fn changed_fields<const N: usize>(fields: [(&str, bool); N]) -> Vec<String> {
     fields
@@ -1182,19 +1173,10 @@ fn update_property(
     update: &UpdateProperty,
     now: DateTime<Utc>,
 ) -> Result<Vec<CalendarEvent>, CalendarError> {
-    let name = update.name.clone().unwrap_or_else(|| property.name.clone());
-    let timezone = update
-        .timezone
-        .clone()
-        .unwrap_or_else(|| property.timezone.clone());
-    let owner_id = update
-        .owner_id
-        .clone()
-        .unwrap_or_else(|| property.owner_id.clone());
-    let external_ref = update
-        .external_ref
-        .clone()
-        .unwrap_or_else(|| property.external_ref.clone());
+    let name = or_current(&update.name, &property.name);
+    let timezone = or_current(&update.timezone, &property.timezone);
+    let owner_id = or_current(&update.owner_id, &property.owner_id);
+    let external_ref = or_current(&update.external_ref, &property.external_ref);
     validate_property(&name, &timezone, &owner_id, &external_ref)?;
     let changed = changed_fields([
         ("name", name != property.name),
