@@ -991,20 +991,6 @@ fn modify_unknown_booking_is_not_found() {
 }
 
 #[test]
-fn modify_a_lapsed_hold_is_refused_as_expired() {
-    given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(staff_at(
-            at(24),
-            CalendarCommand::ModifyBooking(ModifyBooking {
-                booking_id: B1,
-                check_out: Some(day(5)),
-                ..ModifyBooking::default()
-            }),
-        ))
-        .then_expect_error(CalendarError::HoldExpired);
-}
-
-#[test]
 fn modified_booking_frees_its_old_nights_and_holds_the_new_ones() {
     let mut history = vec![registered(), reserved(B1, day(1), day(4))];
     history.extend(
@@ -1033,16 +1019,6 @@ fn confirmed_hold_no_longer_expires() {
         moved(BookingStatus::Tentative, BookingStatus::Confirmed),
     ]);
     assert_eq!(calendar.bookings[&B1].hold_expires_at, None);
-}
-
-#[test]
-fn confirm_a_lapsed_hold_is_refused_as_expired() {
-    given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(staff_at(
-            at(25),
-            CalendarCommand::ConfirmBooking { booking_id: B1 },
-        ))
-        .then_expect_error(CalendarError::HoldExpired);
 }
 
 #[test]
@@ -1168,71 +1144,85 @@ fn a_booking_that_holds_no_nights_any_more_is_neither_modified_nor_expired() {
     }
 }
 
-#[test]
-fn a_hold_that_expired_cannot_be_confirmed_afterwards() {
-    given(vec![
-        registered(),
-        held(B1, day(1), day(4), at(24)),
-        hold_expired(B1, day(1), day(4), at(24), at(25)),
-    ])
-    .when(staff_at(
-        at(26),
-        CalendarCommand::ConfirmBooking { booking_id: B1 },
-    ))
-    .then_expect_error(CalendarError::InvalidTransition {
-        from: "cancelled",
-        to: "confirmed",
-    });
-}
-
 // ---------------------------------------------------------------- check in / out, no-show
 
 // ---------------------------------------------------------------- hold expiry
 
+/// A hold lapses at its `hold_expires_at` (invariant 3), by the clock of the
+/// command: from then on it may be expired, and no longer confirmed or
+/// modified.
 #[test]
-fn expire_hold_after_its_expiry_records_it() {
-    given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(staff_at(
-            at(30),
-            CalendarCommand::ExpireHold { booking_id: B1 },
-        ))
-        .then_expect_events(vec![hold_expired(B1, day(1), day(4), at(24), at(30))]);
-}
-
-#[test]
-fn expire_hold_at_exactly_its_expiry_instant_records_it() {
-    given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(staff_at(
-            at(24),
-            CalendarCommand::ExpireHold { booking_id: B1 },
-        ))
-        .then_expect_events(vec![hold_expired(B1, day(1), day(4), at(24), at(24))]);
-}
-
-#[test]
-fn expire_hold_before_its_expiry_is_refused() {
-    given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(staff_at(
-            at(23),
-            CalendarCommand::ExpireHold { booking_id: B1 },
-        ))
-        .then_expect_error(CalendarError::InvalidTransition {
-            from: "tentative",
-            to: "hold_expired",
-        });
-}
-
-#[test]
-fn expire_hold_on_a_confirmed_booking_is_refused() {
-    given(vec![registered(), reserved(B1, day(1), day(4))])
-        .when(staff_at(
-            at(100),
-            CalendarCommand::ExpireHold { booking_id: B1 },
-        ))
-        .then_expect_error(CalendarError::InvalidTransition {
-            from: "confirmed",
-            to: "hold_expired",
-        });
+fn a_hold_lapses_at_its_expiry_instant() {
+    let hold = || booking_in(BookingStatus::Tentative);
+    let expire = CalendarCommand::ExpireHold { booking_id: B1 };
+    let confirm = CalendarCommand::ConfirmBooking { booking_id: B1 };
+    let cases = [
+        (
+            "expired after its expiry",
+            hold(),
+            staff_at(at(30), expire.clone()),
+            Ok(vec![hold_expired(B1, day(1), day(4), at(24), at(30))]),
+        ),
+        (
+            "expired at exactly its expiry instant",
+            hold(),
+            staff_at(at(24), expire.clone()),
+            Ok(vec![hold_expired(B1, day(1), day(4), at(24), at(24))]),
+        ),
+        (
+            "expired before its expiry",
+            hold(),
+            staff_at(at(23), expire.clone()),
+            Err(CalendarError::InvalidTransition {
+                from: "tentative",
+                to: "hold_expired",
+            }),
+        ),
+        (
+            "a confirmed booking expired",
+            booking_in(BookingStatus::Confirmed),
+            staff_at(at(100), expire),
+            Err(CalendarError::InvalidTransition {
+                from: "confirmed",
+                to: "hold_expired",
+            }),
+        ),
+        (
+            "a lapsed hold confirmed",
+            hold(),
+            staff_at(at(25), confirm.clone()),
+            Err(CalendarError::HoldExpired),
+        ),
+        (
+            "a lapsed hold modified",
+            hold(),
+            staff_at(
+                at(24),
+                CalendarCommand::ModifyBooking(ModifyBooking {
+                    booking_id: B1,
+                    check_out: Some(day(5)),
+                    ..ModifyBooking::default()
+                }),
+            ),
+            Err(CalendarError::HoldExpired),
+        ),
+        (
+            "an expired hold confirmed afterwards",
+            vec![
+                registered(),
+                held(B1, day(1), day(4), at(24)),
+                hold_expired(B1, day(1), day(4), at(24), at(25)),
+            ],
+            staff_at(at(26), confirm),
+            Err(CalendarError::InvalidTransition {
+                from: "cancelled",
+                to: "confirmed",
+            }),
+        ),
+    ];
+    for (case, history, command, outcome) in cases {
+        assert_eq!(decided(history, command), outcome, "{case}");
+    }
 }
 
 #[test]
@@ -1282,54 +1272,38 @@ fn a_lapsed_hold_no_longer_blocks_its_nights() {
     );
 }
 
+/// A block or a moved stay over a lapsed hold expires the hold first, like a
+/// new stay does.
 #[test]
-fn a_lapsed_hold_no_longer_blocks_a_block() {
-    let events = given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(staff_at(
-            at(30),
+fn a_lapsed_hold_no_longer_blocks_a_block_or_a_moved_stay() {
+    let cases = [
+        (
+            booking_in(BookingStatus::Tentative),
             block(K1, day(1), day(2), BlockReason::Maintenance),
-        ))
-        .inspect_result()
-        .unwrap();
-    assert!(
-        matches!(
-            events.as_slice(),
-            [
-                CalendarEvent::BookingHoldExpired { booking_id: B1, .. },
-                CalendarEvent::AvailabilityBlocked { block_id: K1, .. },
-            ]
+            [("booking.hold_expired", B1), ("availability.blocked", K1)],
         ),
-        "{events:?}"
-    );
-}
-
-#[test]
-fn a_lapsed_hold_no_longer_blocks_a_modified_stay() {
-    let events = given(vec![
-        registered(),
-        reserved(B1, day(1), day(4)),
-        held(B2, day(4), day(6), at(24)),
-    ])
-    .when(staff_at(
-        at(30),
-        CalendarCommand::ModifyBooking(ModifyBooking {
-            booking_id: B1,
-            check_out: Some(day(5)),
-            ..ModifyBooking::default()
-        }),
-    ))
-    .inspect_result()
-    .unwrap();
-    assert!(
-        matches!(
-            events.as_slice(),
-            [
-                CalendarEvent::BookingHoldExpired { booking_id: B2, .. },
-                CalendarEvent::BookingModified { booking_id: B1, .. },
-            ]
+        (
+            vec![
+                registered(),
+                reserved(B1, day(1), day(4)),
+                held(B2, day(4), day(6), at(24)),
+            ],
+            CalendarCommand::ModifyBooking(ModifyBooking {
+                booking_id: B1,
+                check_out: Some(day(5)),
+                ..ModifyBooking::default()
+            }),
+            [("booking.hold_expired", B2), ("booking.modified", B1)],
         ),
-        "{events:?}"
-    );
+    ];
+    for (history, action, expected) in cases {
+        let events = decided(history, staff_at(at(30), action)).expect("decided");
+        let recorded: Vec<(&str, Uuid)> = events
+            .iter()
+            .map(|e| (e.kind(), e.subject().expect("a subject")))
+            .collect();
+        assert_eq!(recorded, expected);
+    }
 }
 
 // ---------------------------------------------------------------- blocks
