@@ -82,6 +82,14 @@ fn refusal(events: Vec<CalendarEvent>, command: Command) -> CalendarError {
         .expect_err("the command should be refused")
 }
 
+/// Decides `command` on the calendar `history` folds into.
+fn decided(
+    history: Vec<CalendarEvent>,
+    command: Command,
+) -> Result<Vec<CalendarEvent>, CalendarError> {
+    given(history).when(command).inspect_result()
+}
+
 fn guest() -> Guest {
     Guest {
         name: "Ada Lovelace".into(),
@@ -242,6 +250,34 @@ fn moved(from: BookingStatus, to: BookingStatus) -> CalendarEvent {
     CalendarEvent::from_stored(&format!("booking.{}", to.as_str()), payload)
         .expect("a booking event")
 }
+
+/// B1, booked for nights 1 to 4 (a hold expiring at `at(24)` when
+/// tentative), taken to `status` the shortest way.
+fn booking_in(status: BookingStatus) -> Vec<CalendarEvent> {
+    use BookingStatus::*;
+    let mut history = vec![registered()];
+    if status == Tentative {
+        history.push(held(B1, day(1), day(4), at(24)));
+        return history;
+    }
+    history.push(reserved(B1, day(1), day(4)));
+    let path: &[(BookingStatus, BookingStatus)] = match status {
+        Tentative | Confirmed => &[],
+        Cancelled | CheckedIn | NoShow => &[(Confirmed, status)],
+        CheckedOut => &[(Confirmed, CheckedIn), (CheckedIn, CheckedOut)],
+    };
+    history.extend(path.iter().map(|(from, to)| moved(*from, *to)));
+    history
+}
+
+const EVERY_STATUS: [BookingStatus; 6] = [
+    BookingStatus::Tentative,
+    BookingStatus::Confirmed,
+    BookingStatus::Cancelled,
+    BookingStatus::CheckedIn,
+    BookingStatus::CheckedOut,
+    BookingStatus::NoShow,
+];
 
 fn block(block_id: Uuid, start: NaiveDate, end: NaiveDate, reason: BlockReason) -> CalendarCommand {
     CalendarCommand::BlockNights(BlockNights {
@@ -545,13 +581,65 @@ fn reserve_stay_as_a_tentative_hold_records_its_expiry() {
         .then_expect_events(vec![held(B1, day(1), day(4), at(24))]);
 }
 
-/// Decides `command` on the calendar `history` folds into.
-fn decided(
-    history: Vec<CalendarEvent>,
-    command: Command,
-) -> Result<Vec<CalendarEvent>, CalendarError> {
-    given(history).when(command).inspect_result()
+fn from_airbnb(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> ReserveStay {
+    ReserveStay {
+        channel: Some(Channel::Airbnb),
+        external_ref: Some("HM-123".into()),
+        ..reserve(booking_id, check_in, check_out)
+    }
 }
+
+#[test]
+fn an_inbound_booking_sent_twice_records_nothing_the_second_time() {
+    let mut first = reserved(B1, day(1), day(4));
+    if let CalendarEvent::BookingReserved {
+        channel,
+        external_ref,
+        ..
+    } = &mut first
+    {
+        *channel = Channel::Airbnb;
+        *external_ref = Some("HM-123".into());
+    }
+    let calendar = calendar_after(vec![registered(), first.clone()]);
+    assert_eq!(
+        calendar
+            .booking_from_channel(Channel::Airbnb, "HM-123")
+            .map(|b| b.id),
+        Some(B1)
+    );
+    // Same channel and ref: no event, whatever the dates say (even a cancelled
+    // first booking is the answer, not a new one).
+    given(vec![registered(), first.clone()])
+        .when(staff(CalendarCommand::ReserveStay(from_airbnb(
+            B2,
+            day(1),
+            day(4),
+        ))))
+        .then_expect_events(vec![]);
+    given(vec![
+        registered(),
+        first.clone(),
+        moved(BookingStatus::Confirmed, BookingStatus::Cancelled),
+    ])
+    .when(staff(CalendarCommand::ReserveStay(from_airbnb(
+        B2,
+        day(10),
+        day(12),
+    ))))
+    .then_expect_events(vec![]);
+    // Another channel with the same ref is another booking: a real overlap.
+    given(vec![registered(), first])
+        .when(staff(CalendarCommand::ReserveStay(ReserveStay {
+            channel: Some(Channel::Vrbo),
+            ..from_airbnb(B2, day(3), day(5))
+        })))
+        .then_expect_error(CalendarError::NightsTaken {
+            conflicts: vec![booking_conflict(B1, day(1), day(4))],
+        });
+}
+
+// ---------------------------------------------------------------- invariant 1: held, touching and freed nights
 
 /// Invariant 1: a claim on a night an active claim holds is refused, naming
 /// every claim in its way in night order, and none that is not.
@@ -779,161 +867,6 @@ fn a_claim_that_ended_frees_its_nights() {
     }
 }
 
-fn from_airbnb(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> ReserveStay {
-    ReserveStay {
-        channel: Some(Channel::Airbnb),
-        external_ref: Some("HM-123".into()),
-        ..reserve(booking_id, check_in, check_out)
-    }
-}
-
-#[test]
-fn an_inbound_booking_sent_twice_records_nothing_the_second_time() {
-    let mut first = reserved(B1, day(1), day(4));
-    if let CalendarEvent::BookingReserved {
-        channel,
-        external_ref,
-        ..
-    } = &mut first
-    {
-        *channel = Channel::Airbnb;
-        *external_ref = Some("HM-123".into());
-    }
-    let calendar = calendar_after(vec![registered(), first.clone()]);
-    assert_eq!(
-        calendar
-            .booking_from_channel(Channel::Airbnb, "HM-123")
-            .map(|b| b.id),
-        Some(B1)
-    );
-    // Same channel and ref: no event, whatever the dates say (even a cancelled
-    // first booking is the answer, not a new one).
-    given(vec![registered(), first.clone()])
-        .when(staff(CalendarCommand::ReserveStay(from_airbnb(
-            B2,
-            day(1),
-            day(4),
-        ))))
-        .then_expect_events(vec![]);
-    given(vec![
-        registered(),
-        first.clone(),
-        moved(BookingStatus::Confirmed, BookingStatus::Cancelled),
-    ])
-    .when(staff(CalendarCommand::ReserveStay(from_airbnb(
-        B2,
-        day(10),
-        day(12),
-    ))))
-    .then_expect_events(vec![]);
-    // Another channel with the same ref is another booking: a real overlap.
-    given(vec![registered(), first])
-        .when(staff(CalendarCommand::ReserveStay(ReserveStay {
-            channel: Some(Channel::Vrbo),
-            ..from_airbnb(B2, day(3), day(5))
-        })))
-        .then_expect_error(CalendarError::NightsTaken {
-            conflicts: vec![booking_conflict(B1, day(1), day(4))],
-        });
-}
-
-/// Nights run from a first night up to an end that comes after it: a stay
-/// or block ending on or before its first night is refused naming its end.
-#[test]
-fn a_stay_or_block_ending_on_or_before_its_first_night_is_refused() {
-    for (first, end) in [(day(3), day(3)), (day(3), day(2))] {
-        let cases = [
-            (vec![registered()], reserve_cmd(B1, first, end), "check_out"),
-            (
-                booking_in(BookingStatus::Confirmed),
-                modify_stay(B1, first, end),
-                "check_out",
-            ),
-            (
-                vec![registered()],
-                staff(block(K1, first, end, BlockReason::Maintenance)),
-                "end",
-            ),
-        ];
-        for (history, command, field) in cases {
-            assert_eq!(field_of(refusal(history, command)), field);
-        }
-    }
-}
-
-/// A command that names a value the calendar cannot hold is refused naming
-/// the field at fault.
-#[test]
-fn a_value_out_of_bounds_is_refused_naming_its_field() {
-    let reserving = |stay| staff(CalendarCommand::ReserveStay(stay));
-    let stay = || reserve(B1, day(1), day(4));
-    let cases = [
-        (
-            "a stay of 367 nights",
-            vec![registered()],
-            reserve_cmd(B1, day(0), day(367)),
-            "check_out",
-        ),
-        (
-            "a booking id that was taken before",
-            booking_in(BookingStatus::Cancelled),
-            reserve_cmd(B1, day(10), day(12)),
-            "booking_id",
-        ),
-        (
-            "a confirmed stay with a hold expiry",
-            vec![registered()],
-            reserving(ReserveStay {
-                hold_expires_at: Some(at(24)),
-                ..stay()
-            }),
-            "hold_expires_at",
-        ),
-        (
-            "a hold expiring as it is made",
-            vec![registered()],
-            staff_at(
-                at(5),
-                CalendarCommand::ReserveStay(hold(B1, day(1), day(4), at(5))),
-            ),
-            "hold_expires_at",
-        ),
-        (
-            "a new booking in a status other than tentative or confirmed",
-            vec![registered()],
-            reserving(ReserveStay {
-                status: Some(BookingStatus::CheckedIn),
-                ..stay()
-            }),
-            "status",
-        ),
-        // Only check_in is given: it is checked against the current check_out.
-        (
-            "a booking moved to arrive on its current check-out day",
-            booking_in(BookingStatus::Confirmed),
-            staff(CalendarCommand::ModifyBooking(ModifyBooking {
-                booking_id: B1,
-                check_in: Some(day(4)),
-                ..ModifyBooking::default()
-            })),
-            "check_out",
-        ),
-        (
-            "a block id that was taken before",
-            vec![
-                registered(),
-                blocked(K1, day(1), day(2), BlockReason::Other),
-                released(K1, day(1), day(2), BlockReason::Other),
-            ],
-            staff(block(K1, day(5), day(6), BlockReason::Other)),
-            "block_id",
-        ),
-    ];
-    for (case, history, command, field) in cases {
-        assert_eq!(field_of(refusal(history, command)), field, "{case}");
-    }
-}
-
 // ---------------------------------------------------------------- modify
 
 #[test]
@@ -1018,7 +951,7 @@ fn modified_booking_frees_its_old_nights_and_holds_the_new_ones() {
         });
 }
 
-// ---------------------------------------------------------------- confirm
+// ---------------------------------------------------------------- the booking life cycle
 
 #[test]
 fn confirmed_hold_no_longer_expires() {
@@ -1036,36 +969,6 @@ fn confirm_unknown_booking_is_not_found() {
         .when(staff(CalendarCommand::ConfirmBooking { booking_id: B1 }))
         .then_expect_error(CalendarError::BookingNotFound);
 }
-
-// ---------------------------------------------------------------- cancel
-
-/// B1, booked for nights 1 to 4 (a hold expiring at `at(24)` when
-/// tentative), taken to `status` the shortest way.
-fn booking_in(status: BookingStatus) -> Vec<CalendarEvent> {
-    use BookingStatus::*;
-    let mut history = vec![registered()];
-    if status == Tentative {
-        history.push(held(B1, day(1), day(4), at(24)));
-        return history;
-    }
-    history.push(reserved(B1, day(1), day(4)));
-    let path: &[(BookingStatus, BookingStatus)] = match status {
-        Tentative | Confirmed => &[],
-        Cancelled | CheckedIn | NoShow => &[(Confirmed, status)],
-        CheckedOut => &[(Confirmed, CheckedIn), (CheckedIn, CheckedOut)],
-    };
-    history.extend(path.iter().map(|(from, to)| moved(*from, *to)));
-    history
-}
-
-const EVERY_STATUS: [BookingStatus; 6] = [
-    BookingStatus::Tentative,
-    BookingStatus::Confirmed,
-    BookingStatus::Cancelled,
-    BookingStatus::CheckedIn,
-    BookingStatus::CheckedOut,
-    BookingStatus::NoShow,
-];
 
 /// The booking life cycle (docs/product.md, invariant 3), move by move: each
 /// command takes a booking to one status from the statuses listed, records
@@ -1152,8 +1055,6 @@ fn a_booking_that_holds_no_nights_any_more_is_neither_modified_nor_expired() {
         }
     }
 }
-
-// ---------------------------------------------------------------- check in / out, no-show
 
 // ---------------------------------------------------------------- hold expiry
 
@@ -1825,6 +1726,103 @@ proptest! {
 }
 
 // ------------------------------------------------------------ values every layer can hold
+
+/// Nights run from a first night up to an end that comes after it: a stay
+/// or block ending on or before its first night is refused naming its end.
+#[test]
+fn a_stay_or_block_ending_on_or_before_its_first_night_is_refused() {
+    for (first, end) in [(day(3), day(3)), (day(3), day(2))] {
+        let cases = [
+            (vec![registered()], reserve_cmd(B1, first, end), "check_out"),
+            (
+                booking_in(BookingStatus::Confirmed),
+                modify_stay(B1, first, end),
+                "check_out",
+            ),
+            (
+                vec![registered()],
+                staff(block(K1, first, end, BlockReason::Maintenance)),
+                "end",
+            ),
+        ];
+        for (history, command, field) in cases {
+            assert_eq!(field_of(refusal(history, command)), field);
+        }
+    }
+}
+
+/// A command that names a value the calendar cannot hold is refused naming
+/// the field at fault.
+#[test]
+fn a_value_out_of_bounds_is_refused_naming_its_field() {
+    let reserving = |stay| staff(CalendarCommand::ReserveStay(stay));
+    let stay = || reserve(B1, day(1), day(4));
+    let cases = [
+        (
+            "a stay of 367 nights",
+            vec![registered()],
+            reserve_cmd(B1, day(0), day(367)),
+            "check_out",
+        ),
+        (
+            "a booking id that was taken before",
+            booking_in(BookingStatus::Cancelled),
+            reserve_cmd(B1, day(10), day(12)),
+            "booking_id",
+        ),
+        (
+            "a confirmed stay with a hold expiry",
+            vec![registered()],
+            reserving(ReserveStay {
+                hold_expires_at: Some(at(24)),
+                ..stay()
+            }),
+            "hold_expires_at",
+        ),
+        (
+            "a hold expiring as it is made",
+            vec![registered()],
+            staff_at(
+                at(5),
+                CalendarCommand::ReserveStay(hold(B1, day(1), day(4), at(5))),
+            ),
+            "hold_expires_at",
+        ),
+        (
+            "a new booking in a status other than tentative or confirmed",
+            vec![registered()],
+            reserving(ReserveStay {
+                status: Some(BookingStatus::CheckedIn),
+                ..stay()
+            }),
+            "status",
+        ),
+        // Only check_in is given: it is checked against the current check_out.
+        (
+            "a booking moved to arrive on its current check-out day",
+            booking_in(BookingStatus::Confirmed),
+            staff(CalendarCommand::ModifyBooking(ModifyBooking {
+                booking_id: B1,
+                check_in: Some(day(4)),
+                ..ModifyBooking::default()
+            })),
+            "check_out",
+        ),
+        (
+            "a block id that was taken before",
+            vec![
+                registered(),
+                blocked(K1, day(1), day(2), BlockReason::Other),
+                released(K1, day(1), day(2), BlockReason::Other),
+            ],
+            staff(block(K1, day(5), day(6), BlockReason::Other)),
+            "block_id",
+        ),
+    ];
+    for (case, history, command, field) in cases {
+        assert_eq!(field_of(refusal(history, command)), field, "{case}");
+    }
+}
 
 #[test]
 fn a_stay_outside_the_calendar_years_is_refused_naming_its_date() {
