@@ -647,12 +647,14 @@ fn an_inbound_booking_sent_twice_records_nothing_the_second_time() {
 fn a_claim_on_a_held_night_is_refused_naming_every_claim_in_its_way() {
     let b1 = || vec![booking_conflict(B1, day(1), day(4))];
     let k1 = || vec![block_conflict(K1, day(3), day(8))];
+    // B1, confirmed for nights 1 to 4.
+    let booked = || booking_in(BookingStatus::Confirmed);
     let maintenance = |id, from, to| blocked(id, day(from), day(to), BlockReason::Maintenance);
     let cases = [
         // B1 holds the nights of the 1st, 2nd and 3rd; B2 wants the 3rd and 4th.
         (
             "a stay overlapping a single night",
-            vec![registered(), reserved(B1, day(1), day(4))],
+            booked(),
             reserve_cmd(B2, day(3), day(5)),
             b1(),
         ),
@@ -686,7 +688,7 @@ fn a_claim_on_a_held_night_is_refused_naming_every_claim_in_its_way() {
         ),
         (
             "a block over a booked night",
-            vec![registered(), reserved(B1, day(1), day(4))],
+            booked(),
             staff(block(K1, day(3), day(8), BlockReason::Maintenance)),
             b1(),
         ),
@@ -703,48 +705,14 @@ fn a_claim_on_a_held_night_is_refused_naming_every_claim_in_its_way() {
             b1(),
         ),
         (
-            "a stay over a hold that runs until at(24), at(23)",
-            booking_in(BookingStatus::Tentative),
-            reserve_at(at(23), B2, day(3), day(5)),
-            b1(),
-        ),
-        (
-            "a stay over a confirmed hold after its expiry",
-            vec![
-                registered(),
-                held(B1, day(1), day(4), at(24)),
-                moved(BookingStatus::Tentative, BookingStatus::Confirmed),
-            ],
-            reserve_at(at(48), B2, day(2), day(3)),
-            b1(),
-        ),
-        (
-            "a stay over a lapsed hold and a booking: only the booking is named",
-            vec![
-                registered(),
-                held(B1, day(1), day(4), at(24)),
-                reserved(B2, day(4), day(6)),
-            ],
-            reserve_at(at(30), B3, day(2), day(5)),
-            vec![booking_conflict(B2, day(4), day(6))],
-        ),
-        (
             "a booking moved onto one night of another booking",
-            vec![
-                registered(),
-                reserved(B1, day(1), day(4)),
-                reserved(B2, day(4), day(7)),
-            ],
+            [booked(), vec![reserved(B2, day(4), day(7))]].concat(),
             modify_stay(B1, day(1), day(5)),
             vec![booking_conflict(B2, day(4), day(7))],
         ),
         (
             "a booking moved onto a block",
-            vec![
-                registered(),
-                reserved(B1, day(1), day(4)),
-                maintenance(K1, 5, 8),
-            ],
+            [booked(), vec![maintenance(K1, 5, 8)]].concat(),
             modify_stay(B1, day(1), day(6)),
             vec![block_conflict(K1, day(5), day(8))],
         ),
@@ -1143,6 +1111,39 @@ fn an_expired_hold_is_cancelled() {
         hold_expired(B1, day(1), day(4), at(24), at(25)),
     ]);
     assert_eq!(calendar.bookings[&B1].status, BookingStatus::Cancelled);
+}
+
+/// A hold holds its nights until it lapses (at `at(24)`), and for good once
+/// confirmed: a stay on them is refused naming what stands in its way.
+#[test]
+fn a_hold_stands_in_the_way_until_it_lapses() {
+    let hold = booking_in(BookingStatus::Tentative);
+    let confirmed = moved(BookingStatus::Tentative, BookingStatus::Confirmed);
+    let b1 = booking_conflict(B1, day(1), day(4));
+    let cases = [
+        ("a running hold", at(23), hold.clone(), b1.clone()),
+        (
+            "a confirmed hold after its expiry",
+            at(48),
+            [hold.clone(), vec![confirmed]].concat(),
+            b1,
+        ),
+        (
+            "a lapsed hold beside a booking: only the booking",
+            at(30),
+            [hold, vec![reserved(B2, day(4), day(6))]].concat(),
+            booking_conflict(B2, day(4), day(6)),
+        ),
+    ];
+    for (case, now, history, in_the_way) in cases {
+        assert_eq!(
+            decided(history, reserve_at(now, B3, day(2), day(5))),
+            Err(CalendarError::NightsTaken {
+                conflicts: vec![in_the_way],
+            }),
+            "{case}"
+        );
+    }
 }
 
 #[test]
