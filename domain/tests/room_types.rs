@@ -88,6 +88,7 @@ fn set_units(id: Uuid, units: u32) -> CalendarCommand {
 type Hotel = Session;
 
 impl Hotel {
+    /// A registered property with no room types yet.
     fn single_unit() -> Hotel {
         let mut hotel = Session::new(manager(), Vec::new());
         hotel
