@@ -30,6 +30,25 @@ const MAX_REASON: usize = 500;
 /// The most units a room type may have.
 pub const MAX_UNITS: u32 = 1000;
 
+/// An event about an existing booking (`booking.confirmed`, `.cancelled`,
+/// ...): each repeats the booking's stay and room type, so a reader of one
+/// event never looks the booking up; `field: value` pairs are the facts the
+/// variant adds.
+macro_rules! booking_event {
+    ($variant:ident, $booking:expr, $at:expr $(, $field:ident: $value:expr)* $(,)?) => {{
+        let booking: &Booking = $booking;
+        CalendarEvent::$variant {
+            booking_id: booking.id,
+            property_id: booking.property_id,
+            check_in: booking.nights.start,
+            check_out: booking.nights.end,
+            room_type_id: booking.room_type_id,
+            $($field: $value,)*
+            at: $at,
+        }
+    }};
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Property {
     pub id: Uuid,
@@ -291,92 +310,28 @@ impl PropertyCalendar {
                 if booking.hold_expired(now) {
                     return Err(CalendarError::HoldExpired);
                 }
-                require_status(
-                    booking,
-                    &[BookingStatus::Tentative],
-                    BookingStatus::Confirmed,
-                )?;
-                let (booking_id, property_id, check_in, check_out, room_type_id) =
-                    booking_facts(booking);
-                Ok(vec![CalendarEvent::BookingConfirmed {
-                    booking_id,
-                    property_id,
-                    check_in,
-                    check_out,
-                    room_type_id,
-                    at: now,
-                }])
+                restatus(booking, BookingStatus::Confirmed, now)
             }
             CalendarCommand::CancelBooking { booking_id, reason } => {
                 let booking = self.booking(*booking_id)?;
                 values::optional_text("reason", reason.as_deref(), MAX_REASON)?;
-                require_status(
+                require_status(booking, BookingStatus::Cancelled)?;
+                Ok(vec![booking_event!(
+                    BookingCancelled,
                     booking,
-                    &[BookingStatus::Tentative, BookingStatus::Confirmed],
-                    BookingStatus::Cancelled,
-                )?;
-                let (booking_id, property_id, check_in, check_out, room_type_id) =
-                    booking_facts(booking);
-                Ok(vec![CalendarEvent::BookingCancelled {
-                    booking_id,
-                    property_id,
-                    check_in,
-                    check_out,
-                    room_type_id,
+                    now,
                     previous_status: booking.status,
                     reason: reason.clone(),
-                    at: now,
-                }])
+                )])
             }
             CalendarCommand::CheckIn { booking_id } => {
-                let booking = self.booking(*booking_id)?;
-                require_status(
-                    booking,
-                    &[BookingStatus::Confirmed],
-                    BookingStatus::CheckedIn,
-                )?;
-                let (booking_id, property_id, check_in, check_out, room_type_id) =
-                    booking_facts(booking);
-                Ok(vec![CalendarEvent::BookingCheckedIn {
-                    booking_id,
-                    property_id,
-                    check_in,
-                    check_out,
-                    room_type_id,
-                    at: now,
-                }])
+                restatus(self.booking(*booking_id)?, BookingStatus::CheckedIn, now)
             }
             CalendarCommand::CheckOut { booking_id } => {
-                let booking = self.booking(*booking_id)?;
-                require_status(
-                    booking,
-                    &[BookingStatus::CheckedIn],
-                    BookingStatus::CheckedOut,
-                )?;
-                let (booking_id, property_id, check_in, check_out, room_type_id) =
-                    booking_facts(booking);
-                Ok(vec![CalendarEvent::BookingCheckedOut {
-                    booking_id,
-                    property_id,
-                    check_in,
-                    check_out,
-                    room_type_id,
-                    at: now,
-                }])
+                restatus(self.booking(*booking_id)?, BookingStatus::CheckedOut, now)
             }
             CalendarCommand::MarkNoShow { booking_id } => {
-                let booking = self.booking(*booking_id)?;
-                require_status(booking, &[BookingStatus::Confirmed], BookingStatus::NoShow)?;
-                let (booking_id, property_id, check_in, check_out, room_type_id) =
-                    booking_facts(booking);
-                Ok(vec![CalendarEvent::BookingNoShow {
-                    booking_id,
-                    property_id,
-                    check_in,
-                    check_out,
-                    room_type_id,
-                    at: now,
-                }])
+                restatus(self.booking(*booking_id)?, BookingStatus::NoShow, now)
             }
             CalendarCommand::ExpireHold { booking_id } => {
                 let booking = self.booking(*booking_id)?;
@@ -577,15 +532,9 @@ impl PropertyCalendar {
             .room_types
             .get(&update.room_type_id)
             .ok_or(CalendarError::RoomTypeNotFound)?;
-        let name = update
-            .name
-            .clone()
-            .unwrap_or_else(|| room_type.name.clone());
+        let name = or_current(&update.name, &room_type.name);
         let units = update.units.unwrap_or(room_type.units);
-        let external_ref = update
-            .external_ref
-            .clone()
-            .unwrap_or_else(|| room_type.external_ref.clone());
+        let external_ref = or_current(&update.external_ref, &room_type.external_ref);
         validate_room_type(&name, units, &external_ref)?;
         let changed = changed_fields([
             ("name", name != room_type.name),
@@ -748,20 +697,11 @@ impl PropertyCalendar {
             modify.check_in.unwrap_or(booking.nights.start),
             modify.check_out.unwrap_or(booking.nights.end),
         )?;
-        let guest = modify
-            .guest
-            .clone()
-            .unwrap_or_else(|| booking.guest.clone());
+        let guest = or_current(&modify.guest, &booking.guest);
         let adults = modify.adults.unwrap_or(booking.adults);
         let children = modify.children.unwrap_or(booking.children);
-        let price = modify
-            .price
-            .clone()
-            .unwrap_or_else(|| booking.price.clone());
-        let notes = modify
-            .notes
-            .clone()
-            .unwrap_or_else(|| booking.notes.clone());
+        let price = or_current(&modify.price, &booking.price);
+        let notes = or_current(&modify.notes, &booking.notes);
         validate_booking_details(&guest, adults, children, price.as_ref(), notes.as_deref())?;
 
         let mut changed = Vec::new();
@@ -983,16 +923,12 @@ impl PropertyCalendar {
     }
 
     fn hold_expired_event(&self, booking: &Booking, now: DateTime<Utc>) -> CalendarEvent {
-        let (booking_id, property_id, check_in, check_out, room_type_id) = booking_facts(booking);
-        CalendarEvent::BookingHoldExpired {
-            booking_id,
-            property_id,
-            check_in,
-            check_out,
-            room_type_id,
+        booking_event!(
+            BookingHoldExpired,
+            booking,
+            now,
             hold_expires_at: booking.hold_expires_at.unwrap_or(now),
-            at: now,
-        }
+        )
     }
 
     /// Holds `nights`: `units` of a room type, or the single unit.
@@ -1126,29 +1062,38 @@ impl PropertyCalendar {
     }
 }
 
-/// What every event about a booking's status repeats of it, room type
-/// included, so a reader of one event never looks the booking up.
-fn booking_facts(booking: &Booking) -> (Uuid, Uuid, NaiveDate, NaiveDate, Option<Uuid>) {
-    (
-        booking.id,
-        booking.property_id,
-        booking.nights.start,
-        booking.nights.end,
-        booking.room_type_id,
-    )
-}
-
 /// A stay `[check_in, check_out)`; refusals name `check_in` or `check_out`.
 fn stay(check_in: NaiveDate, check_out: NaiveDate) -> Result<Nights, CalendarError> {
     Nights::new(check_in, check_out)
 }
 
-fn require_status(
+/// Moves a booking along its life cycle to a status whose event carries
+/// nothing but the booking's facts: confirmed, checked in, checked out or
+/// no-show.
+fn restatus(
     booking: &Booking,
-    allowed_from: &[BookingStatus],
     to: BookingStatus,
-) -> Result<(), CalendarError> {
-    if allowed_from.contains(&booking.status) {
+    now: DateTime<Utc>,
+) -> Result<Vec<CalendarEvent>, CalendarError> {
+    require_status(booking, to)?;
+    let event = match to {
+        BookingStatus::Confirmed => booking_event!(BookingConfirmed, booking, now),
+        BookingStatus::CheckedIn => booking_event!(BookingCheckedIn, booking, now),
+        BookingStatus::CheckedOut => booking_event!(BookingCheckedOut, booking, now),
+        BookingStatus::NoShow => booking_event!(BookingNoShow, booking, now),
+        // Not moves of this kind: a cancellation carries its reason (its
+        // own arm of `decide`), and no booking goes back to tentative.
+        BookingStatus::Cancelled | BookingStatus::Tentative => {
+            return Err(CalendarError::transition(booking.status, to))
+        }
+    };
+    Ok(vec![event])
+}
+
+/// Refuses a move to `to` that the booking life cycle does not allow from
+/// the booking's status.
+fn require_status(booking: &Booking, to: BookingStatus) -> Result<(), CalendarError> {
+    if booking.status.may_become(to) {
         Ok(())
     } else {
         Err(CalendarError::transition(booking.status, to))
@@ -1165,6 +1110,12 @@ fn validate_property(
     values::timezone(timezone)?;
     values::optional_text("owner_id", owner_id.as_deref(), MAX_REF)?;
     values::optional_text("external_ref", external_ref.as_deref(), MAX_REF)
+}
+
+/// The value a change command gives a field, or the field's current one
+/// when the command leaves it as it is (`None`).
+fn or_current<T: Clone>(new: &Option<T>, current: &T) -> T {
+    new.clone().unwrap_or_else(|| current.clone())
 }
 
 /// The names of the fields that differ, for an `*.updated` event's `changed`.
@@ -1222,19 +1173,10 @@ fn update_property(
     update: &UpdateProperty,
     now: DateTime<Utc>,
 ) -> Result<Vec<CalendarEvent>, CalendarError> {
-    let name = update.name.clone().unwrap_or_else(|| property.name.clone());
-    let timezone = update
-        .timezone
-        .clone()
-        .unwrap_or_else(|| property.timezone.clone());
-    let owner_id = update
-        .owner_id
-        .clone()
-        .unwrap_or_else(|| property.owner_id.clone());
-    let external_ref = update
-        .external_ref
-        .clone()
-        .unwrap_or_else(|| property.external_ref.clone());
+    let name = or_current(&update.name, &property.name);
+    let timezone = or_current(&update.timezone, &property.timezone);
+    let owner_id = or_current(&update.owner_id, &property.owner_id);
+    let external_ref = or_current(&update.external_ref, &property.external_ref);
     validate_property(&name, &timezone, &owner_id, &external_ref)?;
     let changed = changed_fields([
         ("name", name != property.name),

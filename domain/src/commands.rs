@@ -112,6 +112,27 @@ pub struct ReserveStay {
 }
 
 impl ReserveStay {
+    /// A stay with nothing but what a reservation needs: every optional
+    /// field is absent, so `decide` takes its default (confirmed, one adult,
+    /// booked direct, on a single-unit property).
+    pub fn new(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate, guest: Guest) -> Self {
+        Self {
+            booking_id,
+            check_in,
+            check_out,
+            guest,
+            adults: None,
+            children: None,
+            status: None,
+            hold_expires_at: None,
+            channel: None,
+            external_ref: None,
+            price: None,
+            notes: None,
+            room_type_id: None,
+        }
+    }
+
     /// The key inbound bookings are deduplicated on within a property: the
     /// channel (`direct` when none is given) and the channel's own reference.
     pub fn inbound_key(&self) -> Option<(Channel, &str)> {

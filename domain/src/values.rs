@@ -136,6 +136,21 @@ impl BookingStatus {
         matches!(self, Self::Tentative | Self::Confirmed | Self::CheckedIn)
     }
 
+    /// The booking life cycle (invariant 3): whether a booking may move from
+    /// this status to `to`. A new booking starts tentative or confirmed; a
+    /// lapsed hold's expiry is decided with the clock, apart from this.
+    pub fn may_become(self, to: Self) -> bool {
+        let from: &[Self] = match to {
+            Self::Tentative => &[],
+            Self::Confirmed => &[Self::Tentative],
+            Self::Cancelled => &[Self::Tentative, Self::Confirmed],
+            Self::CheckedIn => &[Self::Confirmed],
+            Self::CheckedOut => &[Self::CheckedIn],
+            Self::NoShow => &[Self::Confirmed],
+        };
+        from.contains(&self)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Tentative => "tentative",

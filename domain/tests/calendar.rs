@@ -4,9 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, Days, NaiveDate, TimeDelta, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use cqrs_es::test::{AggregateTestExecutor, TestFramework};
-use cqrs_es::Aggregate;
 use ledger_domain::commands::{
     BlockNights, ModifyBooking, RegisterProperty, ReserveStay, UpdateProperty,
 };
@@ -17,11 +16,13 @@ use ledger_domain::{
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
+use serde_json::json;
 use uuid::Uuid;
 
-const AGENCY: Uuid = Uuid::from_u128(0xA6E0);
+mod common;
+use common::{at, day, Session, AGENCY, PROPERTY};
+
 const OTHER_AGENCY: Uuid = Uuid::from_u128(0xA6E1);
-const PROPERTY: Uuid = Uuid::from_u128(0x960);
 const OWNER: &str = "owner-1";
 const B1: Uuid = Uuid::from_u128(0xB1);
 const B2: Uuid = Uuid::from_u128(0xB2);
@@ -30,16 +31,6 @@ const K1: Uuid = Uuid::from_u128(0xC1);
 const K2: Uuid = Uuid::from_u128(0xC2);
 
 // ---------------------------------------------------------------- helpers
-
-/// `hours` after the fixed instant every scenario starts at.
-fn at(hours: i64) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2025, 6, 1, 9, 0, 0).unwrap() + TimeDelta::hours(hours)
-}
-
-/// The night `n` days after 1 July 2025.
-fn day(n: u64) -> NaiveDate {
-    NaiveDate::from_ymd_opt(2025, 7, 1).unwrap() + Days::new(n)
-}
 
 fn actor(role: Role) -> Actor {
     Actor {
@@ -66,9 +57,14 @@ fn by(actor: Actor, now: DateTime<Utc>, action: CalendarCommand) -> Command {
     }
 }
 
-/// A command by staff (who may run every booking and block command) at `at(0)`.
+/// A command by staff (who may run every booking and block command) at `now`.
+fn staff_at(now: DateTime<Utc>, action: CalendarCommand) -> Command {
+    by(actor(Role::Staff), now, action)
+}
+
+/// A command by staff at `at(0)`.
 fn staff(action: CalendarCommand) -> Command {
-    by(actor(Role::Staff), at(0), action)
+    staff_at(at(0), action)
 }
 
 fn manager(action: CalendarCommand) -> Command {
@@ -84,6 +80,14 @@ fn refusal(events: Vec<CalendarEvent>, command: Command) -> CalendarError {
         .when(command)
         .inspect_result()
         .expect_err("the command should be refused")
+}
+
+/// Decides `command` on the calendar `history` folds into.
+fn decided(
+    history: Vec<CalendarEvent>,
+    command: Command,
+) -> Result<Vec<CalendarEvent>, CalendarError> {
+    given(history).when(command).inspect_result()
 }
 
 fn guest() -> Guest {
@@ -123,19 +127,9 @@ fn archived() -> CalendarEvent {
 /// A reserve command leaving status, children and channel to their defaults.
 fn reserve(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> ReserveStay {
     ReserveStay {
-        booking_id,
-        check_in,
-        check_out,
-        guest: guest(),
         adults: Some(2),
-        children: None,
-        status: None,
-        hold_expires_at: None,
-        channel: None,
-        external_ref: None,
         price: Some(price()),
-        notes: None,
-        room_type_id: None,
+        ..ReserveStay::new(booking_id, check_in, check_out, guest())
     }
 }
 
@@ -153,9 +147,20 @@ fn hold(
 }
 
 fn reserve_cmd(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> Command {
-    staff(CalendarCommand::ReserveStay(reserve(
-        booking_id, check_in, check_out,
-    )))
+    reserve_at(at(0), booking_id, check_in, check_out)
+}
+
+/// [`reserve`] by staff at `now`.
+fn reserve_at(
+    now: DateTime<Utc>,
+    booking_id: Uuid,
+    check_in: NaiveDate,
+    check_out: NaiveDate,
+) -> Command {
+    staff_at(
+        now,
+        CalendarCommand::ReserveStay(reserve(booking_id, check_in, check_out)),
+    )
 }
 
 /// The event [`reserve`] produces at `at(0)`: confirmed, one party of two
@@ -227,40 +232,52 @@ fn hold_expired(
     }
 }
 
-fn confirmed(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> CalendarEvent {
-    CalendarEvent::BookingConfirmed {
-        booking_id,
-        property_id: PROPERTY,
-        check_in,
-        check_out,
-        room_type_id: None,
-        at: at(0),
+/// The event that moves B1, booked for nights 1 to 4, from `from` to `to`
+/// at `at(0)`; a cancellation also records the status it left and the
+/// guest's reason.
+fn moved(from: BookingStatus, to: BookingStatus) -> CalendarEvent {
+    let mut payload = json!({
+        "booking_id": B1,
+        "property_id": PROPERTY,
+        "check_in": day(1),
+        "check_out": day(4),
+        "at": at(0),
+    });
+    if to == BookingStatus::Cancelled {
+        payload["previous_status"] = json!(from);
+        payload["reason"] = json!("guest asked");
     }
+    CalendarEvent::from_stored(&format!("booking.{}", to.as_str()), payload)
+        .expect("a booking event")
 }
 
-fn cancelled(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> CalendarEvent {
-    CalendarEvent::BookingCancelled {
-        booking_id,
-        property_id: PROPERTY,
-        check_in,
-        check_out,
-        previous_status: BookingStatus::Confirmed,
-        reason: Some("guest asked".into()),
-        room_type_id: None,
-        at: at(0),
+/// B1, booked for nights 1 to 4 (a hold expiring at `at(24)` when
+/// tentative), taken to `status` the shortest way.
+fn booking_in(status: BookingStatus) -> Vec<CalendarEvent> {
+    use BookingStatus::*;
+    let mut history = vec![registered()];
+    if status == Tentative {
+        history.push(held(B1, day(1), day(4), at(24)));
+        return history;
     }
+    history.push(reserved(B1, day(1), day(4)));
+    let path: &[(BookingStatus, BookingStatus)] = match status {
+        Tentative | Confirmed => &[],
+        Cancelled | CheckedIn | NoShow => &[(Confirmed, status)],
+        CheckedOut => &[(Confirmed, CheckedIn), (CheckedIn, CheckedOut)],
+    };
+    history.extend(path.iter().map(|(from, to)| moved(*from, *to)));
+    history
 }
 
-fn checked_in(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> CalendarEvent {
-    CalendarEvent::BookingCheckedIn {
-        booking_id,
-        property_id: PROPERTY,
-        check_in,
-        check_out,
-        room_type_id: None,
-        at: at(0),
-    }
-}
+const EVERY_STATUS: [BookingStatus; 6] = [
+    BookingStatus::Tentative,
+    BookingStatus::Confirmed,
+    BookingStatus::Cancelled,
+    BookingStatus::CheckedIn,
+    BookingStatus::CheckedOut,
+    BookingStatus::NoShow,
+];
 
 fn block(block_id: Uuid, start: NaiveDate, end: NaiveDate, reason: BlockReason) -> CalendarCommand {
     CalendarCommand::BlockNights(BlockNights {
@@ -358,8 +375,12 @@ fn modified(
     }
 }
 
-fn is_invalid(error: &CalendarError) -> bool {
-    matches!(error, CalendarError::Invalid { .. })
+/// The field a validation refusal names; any other refusal fails the test.
+fn field_of(error: CalendarError) -> &'static str {
+    match error {
+        CalendarError::Invalid { field, .. } => field,
+        other => panic!("not a validation refusal: {other:?}"),
+    }
 }
 
 fn calendar_after(events: Vec<CalendarEvent>) -> PropertyCalendar {
@@ -415,16 +436,7 @@ fn register_property_with_an_unknown_timezone_is_invalid() {
             external_ref: None,
         })),
     );
-    assert!(
-        matches!(
-            error,
-            CalendarError::Invalid {
-                field: "timezone",
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert_eq!(field_of(error), "timezone");
 }
 
 #[test]
@@ -549,9 +561,12 @@ fn another_agencys_property_is_not_found() {
 
 #[test]
 fn reserve_stay_on_free_nights_records_a_confirmed_booking_with_defaults() {
-    given(vec![registered()])
-        .when(reserve_cmd(B1, day(1), day(4)))
-        .then_expect_events(vec![reserved(B1, day(1), day(4))]);
+    // Up to the longest stay there is: 366 nights.
+    for (check_in, check_out) in [(day(1), day(4)), (day(0), day(366))] {
+        given(vec![registered()])
+            .when(reserve_cmd(B1, check_in, check_out))
+            .then_expect_events(vec![reserved(B1, check_in, check_out)]);
+    }
 }
 
 #[test]
@@ -564,16 +579,6 @@ fn reserve_stay_as_a_tentative_hold_records_its_expiry() {
             at(24),
         ))))
         .then_expect_events(vec![held(B1, day(1), day(4), at(24))]);
-}
-
-#[test]
-fn reserve_stay_overlapping_a_single_night_is_refused_with_the_conflicting_booking() {
-    // B1 holds the nights of the 1st, 2nd and 3rd; B2 wants the 3rd and 4th.
-    given(vec![registered(), reserved(B1, day(1), day(4))])
-        .when(reserve_cmd(B2, day(3), day(5)))
-        .then_expect_error(CalendarError::NightsTaken {
-            conflicts: vec![booking_conflict(B1, day(1), day(4))],
-        });
 }
 
 fn from_airbnb(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> ReserveStay {
@@ -615,7 +620,7 @@ fn an_inbound_booking_sent_twice_records_nothing_the_second_time() {
     given(vec![
         registered(),
         first.clone(),
-        cancelled(B1, day(1), day(4)),
+        moved(BookingStatus::Confirmed, BookingStatus::Cancelled),
     ])
     .when(staff(CalendarCommand::ReserveStay(from_airbnb(
         B2,
@@ -634,176 +639,200 @@ fn an_inbound_booking_sent_twice_records_nothing_the_second_time() {
         });
 }
 
-#[test]
-fn reserve_stay_ending_on_a_taken_first_night_is_refused() {
-    given(vec![registered(), reserved(B1, day(5), day(8))])
-        .when(reserve_cmd(B2, day(2), day(6)))
-        .then_expect_error(CalendarError::NightsTaken {
-            conflicts: vec![booking_conflict(B1, day(5), day(8))],
-        });
-}
+// ---------------------------------------------------------------- invariant 1: held, touching and freed nights
 
+/// Invariant 1: a claim on a night an active claim holds is refused, naming
+/// every claim in its way in night order, and none that is not.
 #[test]
-fn reserve_stay_spanning_several_claims_lists_every_conflict_in_night_order() {
-    given(vec![
-        registered(),
-        reserved(B1, day(1), day(3)),
-        blocked(K1, day(4), day(6), BlockReason::Maintenance),
-        reserved(B2, day(7), day(9)),
-        reserved(B3, day(20), day(22)),
-    ])
-    .when(reserve_cmd(Uuid::from_u128(0xB9), day(2), day(8)))
-    .then_expect_error(CalendarError::NightsTaken {
-        conflicts: vec![
-            booking_conflict(B1, day(1), day(3)),
-            block_conflict(K1, day(4), day(6)),
-            booking_conflict(B2, day(7), day(9)),
-        ],
-    });
-}
-
-#[test]
-fn reserve_stay_arriving_on_the_previous_guests_check_out_day_is_allowed() {
-    given(vec![registered(), reserved(B1, day(1), day(4))])
-        .when(reserve_cmd(B2, day(4), day(6)))
-        .then_expect_events(vec![reserved(B2, day(4), day(6))]);
-}
-
-#[test]
-fn reserve_stay_leaving_on_the_next_guests_check_in_day_is_allowed() {
-    given(vec![registered(), reserved(B1, day(4), day(6))])
-        .when(reserve_cmd(B2, day(1), day(4)))
-        .then_expect_events(vec![reserved(B2, day(1), day(4))]);
-}
-
-#[test]
-fn reserve_stay_filling_the_gap_between_two_stays_exactly_is_allowed() {
-    given(vec![
-        registered(),
-        reserved(B1, day(1), day(4)),
-        reserved(B2, day(6), day(9)),
-    ])
-    .when(reserve_cmd(B3, day(4), day(6)))
-    .then_expect_events(vec![reserved(B3, day(4), day(6))]);
-}
-
-#[test]
-fn reserve_stay_with_check_out_on_or_before_check_in_is_invalid() {
-    for (check_in, check_out) in [(day(5), day(5)), (day(5), day(4))] {
-        let error = refusal(vec![registered()], reserve_cmd(B1, check_in, check_out));
-        assert!(
-            matches!(
-                error,
-                CalendarError::Invalid {
-                    field: "check_out",
-                    ..
-                }
-            ),
-            "{error:?}"
+fn a_claim_on_a_held_night_is_refused_naming_every_claim_in_its_way() {
+    let b1 = || vec![booking_conflict(B1, day(1), day(4))];
+    let k1 = || vec![block_conflict(K1, day(3), day(8))];
+    // B1, confirmed for nights 1 to 4.
+    let booked = || booking_in(BookingStatus::Confirmed);
+    let maintenance = |id, from, to| blocked(id, day(from), day(to), BlockReason::Maintenance);
+    let cases = [
+        // B1 holds the nights of the 1st, 2nd and 3rd; B2 wants the 3rd and 4th.
+        (
+            "a stay overlapping a single night",
+            booked(),
+            reserve_cmd(B2, day(3), day(5)),
+            b1(),
+        ),
+        (
+            "a stay ending on a taken first night",
+            vec![registered(), reserved(B1, day(5), day(8))],
+            reserve_cmd(B2, day(2), day(6)),
+            vec![booking_conflict(B1, day(5), day(8))],
+        ),
+        (
+            "a stay spanning several claims",
+            vec![
+                registered(),
+                reserved(B1, day(1), day(3)),
+                maintenance(K1, 4, 6),
+                reserved(B2, day(7), day(9)),
+                reserved(B3, day(20), day(22)),
+            ],
+            reserve_cmd(Uuid::from_u128(0xB9), day(2), day(8)),
+            vec![
+                booking_conflict(B1, day(1), day(3)),
+                block_conflict(K1, day(4), day(6)),
+                booking_conflict(B2, day(7), day(9)),
+            ],
+        ),
+        (
+            "a stay over a blocked night",
+            vec![registered(), maintenance(K1, 3, 8)],
+            reserve_cmd(B1, day(1), day(4)),
+            k1(),
+        ),
+        (
+            "a block over a booked night",
+            booked(),
+            staff(block(K1, day(3), day(8), BlockReason::Maintenance)),
+            b1(),
+        ),
+        (
+            "a block over another block",
+            vec![registered(), maintenance(K1, 3, 8)],
+            staff(block(K2, day(7), day(9), BlockReason::OwnerStay)),
+            k1(),
+        ),
+        (
+            "a stay over a checked-in booking",
+            booking_in(BookingStatus::CheckedIn),
+            reserve_cmd(B2, day(3), day(5)),
+            b1(),
+        ),
+        (
+            "a booking moved onto one night of another booking",
+            [booked(), vec![reserved(B2, day(4), day(7))]].concat(),
+            modify_stay(B1, day(1), day(5)),
+            vec![booking_conflict(B2, day(4), day(7))],
+        ),
+        (
+            "a booking moved onto a block",
+            [booked(), vec![maintenance(K1, 5, 8)]].concat(),
+            modify_stay(B1, day(1), day(6)),
+            vec![block_conflict(K1, day(5), day(8))],
+        ),
+    ];
+    for (case, history, command, conflicts) in cases {
+        assert_eq!(
+            decided(history, command),
+            Err(CalendarError::NightsTaken { conflicts }),
+            "{case}"
         );
     }
 }
 
+/// Stays are half-open: a claim may start on the night another one ends
+/// (its check-out day) and end where the next one starts.
 #[test]
-fn reserve_stay_of_366_nights_is_allowed_and_of_367_is_invalid() {
-    given(vec![registered()])
-        .when(reserve_cmd(B1, day(0), day(366)))
-        .then_expect_events(vec![reserved(B1, day(0), day(366))]);
-    let error = refusal(vec![registered()], reserve_cmd(B1, day(0), day(367)));
-    assert!(
-        matches!(
-            error,
-            CalendarError::Invalid {
-                field: "check_out",
-                ..
-            }
-        ),
-        "{error:?}"
-    );
-}
-
-#[test]
-fn reserve_stay_reusing_a_booking_id_is_invalid() {
-    let error = refusal(
+fn a_claim_that_only_touches_others_is_taken() {
+    let between = || {
         vec![
             registered(),
             reserved(B1, day(1), day(4)),
-            cancelled(B1, day(1), day(4)),
-        ],
-        reserve_cmd(B1, day(10), day(12)),
-    );
-    assert!(
-        matches!(
-            error,
-            CalendarError::Invalid {
-                field: "booking_id",
-                ..
-            }
+            reserved(B2, day(6), day(9)),
+        ]
+    };
+    let cases = [
+        (
+            "a stay arriving on the previous guest's check-out day",
+            vec![registered(), reserved(B1, day(1), day(4))],
+            reserve_cmd(B2, day(4), day(6)),
+            reserved(B2, day(4), day(6)),
         ),
-        "{error:?}"
-    );
+        (
+            "a stay leaving on the next guest's check-in day",
+            vec![registered(), reserved(B1, day(4), day(6))],
+            reserve_cmd(B2, day(1), day(4)),
+            reserved(B2, day(1), day(4)),
+        ),
+        (
+            "a stay filling the gap between two stays exactly",
+            between(),
+            reserve_cmd(B3, day(4), day(6)),
+            reserved(B3, day(4), day(6)),
+        ),
+        (
+            "a block back to back with bookings",
+            between(),
+            staff(block(K1, day(4), day(6), BlockReason::Maintenance)),
+            blocked(K1, day(4), day(6), BlockReason::Maintenance),
+        ),
+        (
+            "a booking moved up to the next guest's arrival",
+            between(),
+            modify_stay(B1, day(1), day(6)),
+            modified(B1, (day(1), day(6)), (day(1), day(4)), &["check_out"]),
+        ),
+        // Shift by one night and extend: every old night but the first is reused.
+        (
+            "a booking moved over its own nights",
+            vec![registered(), reserved(B1, day(1), day(4))],
+            modify_stay(B1, day(2), day(6)),
+            modified(
+                B1,
+                (day(2), day(6)),
+                (day(1), day(4)),
+                &["check_in", "check_out"],
+            ),
+        ),
+    ];
+    for (case, history, command, event) in cases {
+        assert_eq!(decided(history, command), Ok(vec![event]), "{case}");
+    }
 }
 
+/// A booking that is no longer active, and a released block, hold no
+/// night: a new stay or block may take them at once.
 #[test]
-fn reserve_stay_confirmed_with_a_hold_expiry_is_invalid() {
-    let mut command = reserve(B1, day(1), day(4));
-    command.hold_expires_at = Some(at(24));
-    let error = refusal(
-        vec![registered()],
-        staff(CalendarCommand::ReserveStay(command)),
-    );
-    assert!(
-        matches!(
-            error,
-            CalendarError::Invalid {
-                field: "hold_expires_at",
-                ..
-            }
+fn a_claim_that_ended_frees_its_nights() {
+    // The claim that takes the freed nights, and what it records.
+    let stay = || {
+        (
+            reserve_cmd(B2, day(1), day(4)),
+            reserved(B2, day(1), day(4)),
+        )
+    };
+    let cases = [
+        ("cancelled", booking_in(BookingStatus::Cancelled), stay()),
+        (
+            "cancelled, for a block",
+            booking_in(BookingStatus::Cancelled),
+            (
+                staff(block(K2, day(1), day(4), BlockReason::Maintenance)),
+                blocked(K2, day(1), day(4), BlockReason::Maintenance),
+            ),
         ),
-        "{error:?}"
-    );
-}
-
-#[test]
-fn reserve_stay_as_a_hold_expiring_in_the_past_is_invalid() {
-    let error = refusal(
-        vec![registered()],
-        by(
-            actor(Role::Staff),
-            at(5),
-            CalendarCommand::ReserveStay(hold(B1, day(1), day(4), at(5))),
+        ("checked out", booking_in(BookingStatus::CheckedOut), stay()),
+        ("a no-show", booking_in(BookingStatus::NoShow), stay()),
+        (
+            "an expired hold",
+            vec![
+                registered(),
+                held(B1, day(1), day(4), at(24)),
+                hold_expired(B1, day(1), day(4), at(24), at(25)),
+            ],
+            stay(),
         ),
-    );
-    assert!(
-        matches!(
-            error,
-            CalendarError::Invalid {
-                field: "hold_expires_at",
-                ..
-            }
+        (
+            "a released block",
+            vec![
+                registered(),
+                blocked(K1, day(1), day(4), BlockReason::Maintenance),
+                released(K1, day(1), day(4), BlockReason::Maintenance),
+            ],
+            stay(),
         ),
-        "{error:?}"
-    );
-}
-
-#[test]
-fn reserve_stay_in_a_state_other_than_tentative_or_confirmed_is_invalid() {
-    let mut command = reserve(B1, day(1), day(4));
-    command.status = Some(BookingStatus::CheckedIn);
-    let error = refusal(
-        vec![registered()],
-        staff(CalendarCommand::ReserveStay(command)),
-    );
-    assert!(
-        matches!(
-            error,
-            CalendarError::Invalid {
-                field: "status",
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    ];
+    for (case, history, (command, event)) in cases {
+        let calendar = calendar_after(history.clone());
+        assert_eq!(calendar.active_claims().count(), 0, "{case}");
+        assert_eq!(decided(history, command), Ok(vec![event]), "{case}");
+    }
 }
 
 // ---------------------------------------------------------------- modify
@@ -818,104 +847,6 @@ fn modify_booking_records_the_new_stay_and_the_previous_one() {
             (day(1), day(4)),
             &["check_in", "check_out"],
         )]);
-}
-
-#[test]
-fn modify_booking_overlapping_only_its_own_nights_is_allowed() {
-    // Shift by one night and extend: every old night but the first is reused.
-    given(vec![registered(), reserved(B1, day(1), day(4))])
-        .when(modify_stay(B1, day(2), day(6)))
-        .then_expect_events(vec![modified(
-            B1,
-            (day(2), day(6)),
-            (day(1), day(4)),
-            &["check_in", "check_out"],
-        )]);
-}
-
-#[test]
-fn modify_booking_onto_one_night_of_another_booking_is_refused_with_that_booking() {
-    given(vec![
-        registered(),
-        reserved(B1, day(1), day(4)),
-        reserved(B2, day(4), day(7)),
-    ])
-    .when(modify_stay(B1, day(1), day(5)))
-    .then_expect_error(CalendarError::NightsTaken {
-        conflicts: vec![booking_conflict(B2, day(4), day(7))],
-    });
-}
-
-#[test]
-fn modify_booking_up_to_the_next_guests_arrival_is_allowed() {
-    given(vec![
-        registered(),
-        reserved(B1, day(1), day(4)),
-        reserved(B2, day(6), day(9)),
-    ])
-    .when(modify_stay(B1, day(1), day(6)))
-    .then_expect_events(vec![modified(
-        B1,
-        (day(1), day(6)),
-        (day(1), day(4)),
-        &["check_out"],
-    )]);
-}
-
-#[test]
-fn modify_booking_onto_a_block_is_refused_with_the_block() {
-    given(vec![
-        registered(),
-        reserved(B1, day(1), day(4)),
-        blocked(K1, day(5), day(8), BlockReason::Maintenance),
-    ])
-    .when(modify_stay(B1, day(1), day(6)))
-    .then_expect_error(CalendarError::NightsTaken {
-        conflicts: vec![block_conflict(K1, day(5), day(8))],
-    });
-}
-
-#[test]
-fn modify_booking_with_check_out_on_or_before_check_in_is_invalid() {
-    for (check_in, check_out) in [(day(3), day(3)), (day(3), day(2))] {
-        let error = refusal(
-            vec![registered(), reserved(B1, day(1), day(4))],
-            modify_stay(B1, check_in, check_out),
-        );
-        assert!(
-            matches!(
-                error,
-                CalendarError::Invalid {
-                    field: "check_out",
-                    ..
-                }
-            ),
-            "{error:?}"
-        );
-    }
-}
-
-#[test]
-fn modify_booking_moving_check_in_past_the_old_check_out_is_invalid() {
-    // Only check_in is given: it is checked against the current check_out.
-    let error = refusal(
-        vec![registered(), reserved(B1, day(1), day(4))],
-        staff(CalendarCommand::ModifyBooking(ModifyBooking {
-            booking_id: B1,
-            check_in: Some(day(4)),
-            ..ModifyBooking::default()
-        })),
-    );
-    assert!(
-        matches!(
-            error,
-            CalendarError::Invalid {
-                field: "check_out",
-                ..
-            }
-        ),
-        "{error:?}"
-    );
 }
 
 #[test]
@@ -970,21 +901,6 @@ fn modify_unknown_booking_is_not_found() {
 }
 
 #[test]
-fn modify_a_lapsed_hold_is_refused_as_expired() {
-    given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(by(
-            actor(Role::Staff),
-            at(24),
-            CalendarCommand::ModifyBooking(ModifyBooking {
-                booking_id: B1,
-                check_out: Some(day(5)),
-                ..ModifyBooking::default()
-            }),
-        ))
-        .then_expect_error(CalendarError::HoldExpired);
-}
-
-#[test]
 fn modified_booking_frees_its_old_nights_and_holds_the_new_ones() {
     let mut history = vec![registered(), reserved(B1, day(1), day(4))];
     history.extend(
@@ -1003,57 +919,16 @@ fn modified_booking_frees_its_old_nights_and_holds_the_new_ones() {
         });
 }
 
-// ---------------------------------------------------------------- confirm
-
-#[test]
-fn confirm_a_tentative_hold_records_the_confirmation() {
-    given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(staff(CalendarCommand::ConfirmBooking { booking_id: B1 }))
-        .then_expect_events(vec![confirmed(B1, day(1), day(4))]);
-}
+// ---------------------------------------------------------------- the booking life cycle
 
 #[test]
 fn confirmed_hold_no_longer_expires() {
     let calendar = calendar_after(vec![
         registered(),
         held(B1, day(1), day(4), at(24)),
-        confirmed(B1, day(1), day(4)),
+        moved(BookingStatus::Tentative, BookingStatus::Confirmed),
     ]);
     assert_eq!(calendar.bookings[&B1].hold_expires_at, None);
-    given(vec![
-        registered(),
-        held(B1, day(1), day(4), at(24)),
-        confirmed(B1, day(1), day(4)),
-    ])
-    .when(by(
-        actor(Role::Staff),
-        at(48),
-        CalendarCommand::ReserveStay(reserve(B2, day(2), day(3))),
-    ))
-    .then_expect_error(CalendarError::NightsTaken {
-        conflicts: vec![booking_conflict(B1, day(1), day(4))],
-    });
-}
-
-#[test]
-fn confirm_a_confirmed_booking_is_an_invalid_transition() {
-    given(vec![registered(), reserved(B1, day(1), day(4))])
-        .when(staff(CalendarCommand::ConfirmBooking { booking_id: B1 }))
-        .then_expect_error(CalendarError::InvalidTransition {
-            from: "confirmed",
-            to: "confirmed",
-        });
-}
-
-#[test]
-fn confirm_a_lapsed_hold_is_refused_as_expired() {
-    given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(by(
-            actor(Role::Staff),
-            at(25),
-            CalendarCommand::ConfirmBooking { booking_id: B1 },
-        ))
-        .then_expect_error(CalendarError::HoldExpired);
 }
 
 #[test]
@@ -1063,330 +938,219 @@ fn confirm_unknown_booking_is_not_found() {
         .then_expect_error(CalendarError::BookingNotFound);
 }
 
-// ---------------------------------------------------------------- cancel
-
+/// The booking life cycle (docs/product.md, invariant 3), move by move: each
+/// command takes a booking to one status from the statuses listed, records
+/// the move, and is refused from every other status, naming both.
 #[test]
-fn cancel_booking_records_the_previous_status_and_the_reason() {
-    given(vec![registered(), reserved(B1, day(1), day(4))])
-        .when(staff(CalendarCommand::CancelBooking {
-            booking_id: B1,
-            reason: Some("guest asked".into()),
-        }))
-        .then_expect_events(vec![cancelled(B1, day(1), day(4))]);
-}
-
-#[test]
-fn cancel_a_tentative_hold_records_tentative_as_previous_status() {
-    let events = given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(staff(CalendarCommand::CancelBooking {
-            booking_id: B1,
-            reason: None,
-        }))
-        .inspect_result()
-        .unwrap();
-    assert!(matches!(
-        events.as_slice(),
-        [CalendarEvent::BookingCancelled {
-            previous_status: BookingStatus::Tentative,
-            ..
-        }]
-    ));
-}
-
-#[test]
-fn cancel_frees_the_nights_for_a_new_reserve() {
-    let history = vec![
-        registered(),
-        reserved(B1, day(1), day(4)),
-        cancelled(B1, day(1), day(4)),
-    ];
-    assert_eq!(calendar_after(history.clone()).active_claims().count(), 0);
-    given(history)
-        .when(reserve_cmd(B2, day(1), day(4)))
-        .then_expect_events(vec![reserved(B2, day(1), day(4))]);
-}
-
-#[test]
-fn cancel_frees_the_nights_for_a_new_block() {
-    given(vec![
-        registered(),
-        reserved(B1, day(1), day(4)),
-        cancelled(B1, day(1), day(4)),
-    ])
-    .when(staff(block(K1, day(2), day(3), BlockReason::Maintenance)))
-    .then_expect_events(vec![blocked(K1, day(2), day(3), BlockReason::Maintenance)]);
-}
-
-#[test]
-fn cancel_a_checked_in_booking_is_an_invalid_transition() {
-    given(vec![
-        registered(),
-        reserved(B1, day(1), day(4)),
-        checked_in(B1, day(1), day(4)),
-    ])
-    .when(staff(CalendarCommand::CancelBooking {
-        booking_id: B1,
-        reason: None,
-    }))
-    .then_expect_error(CalendarError::InvalidTransition {
-        from: "checked_in",
-        to: "cancelled",
-    });
-}
-
-#[test]
-fn every_transition_out_of_cancelled_is_refused() {
-    let history = vec![
-        registered(),
-        reserved(B1, day(1), day(4)),
-        cancelled(B1, day(1), day(4)),
-    ];
-    let cases = [
+fn the_life_cycle_allows_exactly_its_moves() {
+    use BookingStatus::*;
+    let moves: [(CalendarCommand, BookingStatus, &[BookingStatus]); 5] = [
         (
             CalendarCommand::ConfirmBooking { booking_id: B1 },
-            "confirmed",
+            Confirmed,
+            &[Tentative],
         ),
         (
             CalendarCommand::CancelBooking {
                 booking_id: B1,
-                reason: None,
+                reason: Some("guest asked".into()),
             },
-            "cancelled",
-        ),
-        (CalendarCommand::CheckIn { booking_id: B1 }, "checked_in"),
-        (CalendarCommand::CheckOut { booking_id: B1 }, "checked_out"),
-        (CalendarCommand::MarkNoShow { booking_id: B1 }, "no_show"),
-        (
-            CalendarCommand::ExpireHold { booking_id: B1 },
-            "hold_expired",
+            Cancelled,
+            &[Tentative, Confirmed],
         ),
         (
-            CalendarCommand::ModifyBooking(ModifyBooking {
-                booking_id: B1,
-                check_out: Some(day(5)),
-                ..ModifyBooking::default()
-            }),
-            "modified",
+            CalendarCommand::CheckIn { booking_id: B1 },
+            CheckedIn,
+            &[Confirmed],
+        ),
+        (
+            CalendarCommand::CheckOut { booking_id: B1 },
+            CheckedOut,
+            &[CheckedIn],
+        ),
+        (
+            CalendarCommand::MarkNoShow { booking_id: B1 },
+            NoShow,
+            &[Confirmed],
         ),
     ];
-    for (action, to) in cases {
-        given(history.clone())
-            .when(staff(action))
-            .then_expect_error(CalendarError::InvalidTransition {
-                from: "cancelled",
-                to,
-            });
+    for from in EVERY_STATUS {
+        for (action, to, allowed_from) in &moves {
+            let outcome = given(booking_in(from))
+                .when(staff(action.clone()))
+                .inspect_result();
+            let expected = if allowed_from.contains(&from) {
+                Ok(vec![moved(from, *to)])
+            } else {
+                Err(CalendarError::InvalidTransition {
+                    from: from.as_str(),
+                    to: to.as_str(),
+                })
+            };
+            assert_eq!(outcome, expected, "{from:?} to {to:?}");
+        }
     }
 }
 
 #[test]
-fn a_hold_that_expired_cannot_be_confirmed_afterwards() {
-    given(vec![
-        registered(),
-        held(B1, day(1), day(4), at(24)),
-        hold_expired(B1, day(1), day(4), at(24), at(25)),
-    ])
-    .when(by(
-        actor(Role::Staff),
-        at(26),
-        CalendarCommand::ConfirmBooking { booking_id: B1 },
-    ))
-    .then_expect_error(CalendarError::InvalidTransition {
-        from: "cancelled",
-        to: "confirmed",
-    });
-}
-
-// ---------------------------------------------------------------- check in / out, no-show
-
-#[test]
-fn check_in_a_confirmed_booking_records_the_arrival() {
-    given(vec![registered(), reserved(B1, day(1), day(4))])
-        .when(staff(CalendarCommand::CheckIn { booking_id: B1 }))
-        .then_expect_events(vec![checked_in(B1, day(1), day(4))]);
-}
-
-#[test]
-fn check_in_a_tentative_hold_is_an_invalid_transition() {
-    given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(staff(CalendarCommand::CheckIn { booking_id: B1 }))
-        .then_expect_error(CalendarError::InvalidTransition {
-            from: "tentative",
-            to: "checked_in",
-        });
-}
-
-#[test]
-fn checked_in_booking_still_holds_its_nights() {
-    given(vec![
-        registered(),
-        reserved(B1, day(1), day(4)),
-        checked_in(B1, day(1), day(4)),
-    ])
-    .when(reserve_cmd(B2, day(3), day(5)))
-    .then_expect_error(CalendarError::NightsTaken {
-        conflicts: vec![booking_conflict(B1, day(1), day(4))],
-    });
-}
-
-#[test]
-fn check_out_a_checked_in_booking_records_the_departure() {
-    given(vec![
-        registered(),
-        reserved(B1, day(1), day(4)),
-        checked_in(B1, day(1), day(4)),
-    ])
-    .when(staff(CalendarCommand::CheckOut { booking_id: B1 }))
-    .then_expect_events(vec![CalendarEvent::BookingCheckedOut {
-        booking_id: B1,
-        property_id: PROPERTY,
-        check_in: day(1),
-        check_out: day(4),
-        room_type_id: None,
-        at: at(0),
-    }]);
-}
-
-#[test]
-fn check_out_a_booking_not_checked_in_is_an_invalid_transition() {
-    given(vec![registered(), reserved(B1, day(1), day(4))])
-        .when(staff(CalendarCommand::CheckOut { booking_id: B1 }))
-        .then_expect_error(CalendarError::InvalidTransition {
-            from: "confirmed",
-            to: "checked_out",
-        });
-}
-
-#[test]
-fn mark_no_show_on_a_confirmed_booking_records_it() {
-    given(vec![registered(), reserved(B1, day(1), day(4))])
-        .when(staff(CalendarCommand::MarkNoShow { booking_id: B1 }))
-        .then_expect_events(vec![CalendarEvent::BookingNoShow {
-            booking_id: B1,
-            property_id: PROPERTY,
-            check_in: day(1),
-            check_out: day(4),
-            room_type_id: None,
-            at: at(0),
-        }]);
-}
-
-#[test]
-fn mark_no_show_on_a_checked_in_booking_is_an_invalid_transition() {
-    given(vec![
-        registered(),
-        reserved(B1, day(1), day(4)),
-        checked_in(B1, day(1), day(4)),
-    ])
-    .when(staff(CalendarCommand::MarkNoShow { booking_id: B1 }))
-    .then_expect_error(CalendarError::InvalidTransition {
-        from: "checked_in",
-        to: "no_show",
-    });
-}
-
-#[test]
-fn no_show_frees_the_nights() {
-    let events = given(vec![registered(), reserved(B1, day(1), day(4))])
-        .when(staff(CalendarCommand::MarkNoShow { booking_id: B1 }))
-        .inspect_result()
-        .unwrap();
-    let mut history = vec![registered(), reserved(B1, day(1), day(4))];
-    history.extend(events);
-    given(history)
-        .when(reserve_cmd(B2, day(1), day(4)))
-        .then_expect_events(vec![reserved(B2, day(1), day(4))]);
+fn a_booking_that_holds_no_nights_any_more_is_neither_modified_nor_expired() {
+    for from in [
+        BookingStatus::Cancelled,
+        BookingStatus::CheckedOut,
+        BookingStatus::NoShow,
+    ] {
+        let cases = [
+            (
+                CalendarCommand::ModifyBooking(ModifyBooking {
+                    booking_id: B1,
+                    check_out: Some(day(5)),
+                    ..ModifyBooking::default()
+                }),
+                "modified",
+            ),
+            (
+                CalendarCommand::ExpireHold { booking_id: B1 },
+                "hold_expired",
+            ),
+        ];
+        for (action, to) in cases {
+            given(booking_in(from))
+                .when(staff(action))
+                .then_expect_error(CalendarError::InvalidTransition {
+                    from: from.as_str(),
+                    to,
+                });
+        }
+    }
 }
 
 // ---------------------------------------------------------------- hold expiry
 
+/// A hold lapses at its `hold_expires_at` (invariant 3), by the clock of the
+/// command: from then on it may be expired, and no longer confirmed or
+/// modified.
 #[test]
-fn expire_hold_after_its_expiry_records_it() {
-    given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(by(
-            actor(Role::Staff),
-            at(30),
-            CalendarCommand::ExpireHold { booking_id: B1 },
-        ))
-        .then_expect_events(vec![hold_expired(B1, day(1), day(4), at(24), at(30))]);
+fn a_hold_lapses_at_its_expiry_instant() {
+    let hold = || booking_in(BookingStatus::Tentative);
+    let expire = CalendarCommand::ExpireHold { booking_id: B1 };
+    let confirm = CalendarCommand::ConfirmBooking { booking_id: B1 };
+    let cases = [
+        (
+            "expired after its expiry",
+            hold(),
+            staff_at(at(30), expire.clone()),
+            Ok(vec![hold_expired(B1, day(1), day(4), at(24), at(30))]),
+        ),
+        (
+            "expired at exactly its expiry instant",
+            hold(),
+            staff_at(at(24), expire.clone()),
+            Ok(vec![hold_expired(B1, day(1), day(4), at(24), at(24))]),
+        ),
+        (
+            "expired before its expiry",
+            hold(),
+            staff_at(at(23), expire.clone()),
+            Err(CalendarError::InvalidTransition {
+                from: "tentative",
+                to: "hold_expired",
+            }),
+        ),
+        (
+            "a confirmed booking expired",
+            booking_in(BookingStatus::Confirmed),
+            staff_at(at(100), expire),
+            Err(CalendarError::InvalidTransition {
+                from: "confirmed",
+                to: "hold_expired",
+            }),
+        ),
+        (
+            "a lapsed hold confirmed",
+            hold(),
+            staff_at(at(25), confirm.clone()),
+            Err(CalendarError::HoldExpired),
+        ),
+        (
+            "a lapsed hold modified",
+            hold(),
+            staff_at(
+                at(24),
+                CalendarCommand::ModifyBooking(ModifyBooking {
+                    booking_id: B1,
+                    check_out: Some(day(5)),
+                    ..ModifyBooking::default()
+                }),
+            ),
+            Err(CalendarError::HoldExpired),
+        ),
+        (
+            "an expired hold confirmed afterwards",
+            vec![
+                registered(),
+                held(B1, day(1), day(4), at(24)),
+                hold_expired(B1, day(1), day(4), at(24), at(25)),
+            ],
+            staff_at(at(26), confirm),
+            Err(CalendarError::InvalidTransition {
+                from: "cancelled",
+                to: "confirmed",
+            }),
+        ),
+    ];
+    for (case, history, command, outcome) in cases {
+        assert_eq!(decided(history, command), outcome, "{case}");
+    }
 }
 
 #[test]
-fn expire_hold_at_exactly_its_expiry_instant_records_it() {
-    given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(by(
-            actor(Role::Staff),
-            at(24),
-            CalendarCommand::ExpireHold { booking_id: B1 },
-        ))
-        .then_expect_events(vec![hold_expired(B1, day(1), day(4), at(24), at(24))]);
-}
-
-#[test]
-fn expire_hold_before_its_expiry_is_refused() {
-    given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(by(
-            actor(Role::Staff),
-            at(23),
-            CalendarCommand::ExpireHold { booking_id: B1 },
-        ))
-        .then_expect_error(CalendarError::InvalidTransition {
-            from: "tentative",
-            to: "hold_expired",
-        });
-}
-
-#[test]
-fn expire_hold_on_a_confirmed_booking_is_refused() {
-    given(vec![registered(), reserved(B1, day(1), day(4))])
-        .when(by(
-            actor(Role::Staff),
-            at(100),
-            CalendarCommand::ExpireHold { booking_id: B1 },
-        ))
-        .then_expect_error(CalendarError::InvalidTransition {
-            from: "confirmed",
-            to: "hold_expired",
-        });
-}
-
-#[test]
-fn an_expired_hold_frees_its_nights() {
-    let history = vec![
+fn an_expired_hold_is_cancelled() {
+    let calendar = calendar_after(vec![
         registered(),
         held(B1, day(1), day(4), at(24)),
         hold_expired(B1, day(1), day(4), at(24), at(25)),
-    ];
-    let calendar = calendar_after(history.clone());
+    ]);
     assert_eq!(calendar.bookings[&B1].status, BookingStatus::Cancelled);
-    assert_eq!(calendar.active_claims().count(), 0);
-    given(history)
-        .when(reserve_cmd(B2, day(1), day(4)))
-        .then_expect_events(vec![reserved(B2, day(1), day(4))]);
 }
 
+/// A hold holds its nights until it lapses (at `at(24)`), and for good once
+/// confirmed: a stay on them is refused naming what stands in its way.
 #[test]
-fn a_running_hold_blocks_its_nights() {
-    given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(by(
-            actor(Role::Staff),
-            at(23),
-            CalendarCommand::ReserveStay(reserve(B2, day(3), day(5))),
-        ))
-        .then_expect_error(CalendarError::NightsTaken {
-            conflicts: vec![booking_conflict(B1, day(1), day(4))],
-        });
+fn a_hold_stands_in_the_way_until_it_lapses() {
+    let hold = booking_in(BookingStatus::Tentative);
+    let confirmed = moved(BookingStatus::Tentative, BookingStatus::Confirmed);
+    let b1 = booking_conflict(B1, day(1), day(4));
+    let cases = [
+        ("a running hold", at(23), hold.clone(), b1.clone()),
+        (
+            "a confirmed hold after its expiry",
+            at(48),
+            [hold.clone(), vec![confirmed]].concat(),
+            b1,
+        ),
+        (
+            "a lapsed hold beside a booking: only the booking",
+            at(30),
+            [hold, vec![reserved(B2, day(4), day(6))]].concat(),
+            booking_conflict(B2, day(4), day(6)),
+        ),
+    ];
+    for (case, now, history, in_the_way) in cases {
+        assert_eq!(
+            decided(history, reserve_at(now, B3, day(2), day(5))),
+            Err(CalendarError::NightsTaken {
+                conflicts: vec![in_the_way],
+            }),
+            "{case}"
+        );
+    }
 }
 
 #[test]
 fn a_lapsed_hold_no_longer_blocks_its_nights() {
     // The expiry task has not run yet: the reserve expires the hold itself.
     let events = given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(by(
-            actor(Role::Staff),
-            at(24),
-            CalendarCommand::ReserveStay(reserve(B2, day(3), day(5))),
-        ))
+        .when(reserve_at(at(24), B2, day(3), day(5)))
         .inspect_result()
         .unwrap();
     let mut expected_reserved = reserved(B2, day(3), day(5));
@@ -1416,73 +1180,38 @@ fn a_lapsed_hold_no_longer_blocks_its_nights() {
     );
 }
 
+/// A block or a moved stay over a lapsed hold expires the hold first, like a
+/// new stay does.
 #[test]
-fn a_lapsed_hold_no_longer_blocks_a_block() {
-    let events = given(vec![registered(), held(B1, day(1), day(4), at(24))])
-        .when(by(
-            actor(Role::Staff),
-            at(30),
+fn a_lapsed_hold_no_longer_blocks_a_block_or_a_moved_stay() {
+    let cases = [
+        (
+            booking_in(BookingStatus::Tentative),
             block(K1, day(1), day(2), BlockReason::Maintenance),
-        ))
-        .inspect_result()
-        .unwrap();
-    assert!(
-        matches!(
-            events.as_slice(),
-            [
-                CalendarEvent::BookingHoldExpired { booking_id: B1, .. },
-                CalendarEvent::AvailabilityBlocked { block_id: K1, .. },
-            ]
+            [("booking.hold_expired", B1), ("availability.blocked", K1)],
         ),
-        "{events:?}"
-    );
-}
-
-#[test]
-fn a_lapsed_hold_no_longer_blocks_a_modified_stay() {
-    let events = given(vec![
-        registered(),
-        reserved(B1, day(1), day(4)),
-        held(B2, day(4), day(6), at(24)),
-    ])
-    .when(by(
-        actor(Role::Staff),
-        at(30),
-        CalendarCommand::ModifyBooking(ModifyBooking {
-            booking_id: B1,
-            check_out: Some(day(5)),
-            ..ModifyBooking::default()
-        }),
-    ))
-    .inspect_result()
-    .unwrap();
-    assert!(
-        matches!(
-            events.as_slice(),
-            [
-                CalendarEvent::BookingHoldExpired { booking_id: B2, .. },
-                CalendarEvent::BookingModified { booking_id: B1, .. },
-            ]
+        (
+            vec![
+                registered(),
+                reserved(B1, day(1), day(4)),
+                held(B2, day(4), day(6), at(24)),
+            ],
+            CalendarCommand::ModifyBooking(ModifyBooking {
+                booking_id: B1,
+                check_out: Some(day(5)),
+                ..ModifyBooking::default()
+            }),
+            [("booking.hold_expired", B2), ("booking.modified", B1)],
         ),
-        "{events:?}"
-    );
-}
-
-#[test]
-fn a_lapsed_hold_is_not_reported_among_real_conflicts() {
-    given(vec![
-        registered(),
-        held(B1, day(1), day(4), at(24)),
-        reserved(B2, day(4), day(6)),
-    ])
-    .when(by(
-        actor(Role::Staff),
-        at(30),
-        CalendarCommand::ReserveStay(reserve(B3, day(2), day(5))),
-    ))
-    .then_expect_error(CalendarError::NightsTaken {
-        conflicts: vec![booking_conflict(B2, day(4), day(6))],
-    });
+    ];
+    for (history, action, expected) in cases {
+        let events = decided(history, staff_at(at(30), action)).expect("decided");
+        let recorded: Vec<(&str, Uuid)> = events
+            .iter()
+            .map(|e| (e.kind(), e.subject().expect("a subject")))
+            .collect();
+        assert_eq!(recorded, expected);
+    }
 }
 
 // ---------------------------------------------------------------- blocks
@@ -1494,132 +1223,27 @@ fn block_nights_on_free_nights_records_the_block() {
         .then_expect_events(vec![blocked(K1, day(1), day(5), BlockReason::Maintenance)]);
 }
 
+/// A block is released once: the release is recorded, a second one and one
+/// of a block that never was are refused.
 #[test]
-fn block_nights_over_a_booked_night_is_refused_with_the_booking() {
-    given(vec![registered(), reserved(B1, day(1), day(4))])
-        .when(staff(block(K1, day(3), day(8), BlockReason::Maintenance)))
-        .then_expect_error(CalendarError::NightsTaken {
-            conflicts: vec![booking_conflict(B1, day(1), day(4))],
-        });
-}
-
-#[test]
-fn reserve_stay_over_a_blocked_night_is_refused_with_the_block() {
-    given(vec![
-        registered(),
-        blocked(K1, day(3), day(8), BlockReason::OwnerStay),
-    ])
-    .when(reserve_cmd(B1, day(1), day(4)))
-    .then_expect_error(CalendarError::NightsTaken {
-        conflicts: vec![block_conflict(K1, day(3), day(8))],
-    });
-}
-
-#[test]
-fn block_nights_over_another_block_is_refused() {
-    given(vec![
-        registered(),
-        blocked(K1, day(3), day(8), BlockReason::OwnerStay),
-    ])
-    .when(staff(block(K2, day(7), day(9), BlockReason::Maintenance)))
-    .then_expect_error(CalendarError::NightsTaken {
-        conflicts: vec![block_conflict(K1, day(3), day(8))],
-    });
-}
-
-#[test]
-fn block_nights_back_to_back_with_bookings_is_allowed() {
-    given(vec![
-        registered(),
-        reserved(B1, day(1), day(4)),
-        reserved(B2, day(6), day(9)),
-    ])
-    .when(staff(block(K1, day(4), day(6), BlockReason::Maintenance)))
-    .then_expect_events(vec![blocked(K1, day(4), day(6), BlockReason::Maintenance)]);
-}
-
-#[test]
-fn block_nights_with_end_on_or_before_start_is_invalid() {
-    for (start, end) in [(day(4), day(4)), (day(4), day(2))] {
-        let error = refusal(
-            vec![registered()],
-            staff(block(K1, start, end, BlockReason::Maintenance)),
-        );
-        assert!(is_invalid(&error), "{error:?}");
-    }
-}
-
-#[test]
-fn block_nights_with_end_on_or_before_start_names_the_end_field() {
-    let error = refusal(
-        vec![registered()],
-        staff(block(K1, day(4), day(4), BlockReason::Maintenance)),
-    );
-    assert!(
-        matches!(error, CalendarError::Invalid { field: "end", .. }),
-        "{error:?}"
-    );
-}
-
-#[test]
-fn block_nights_reusing_a_block_id_is_invalid() {
-    let error = refusal(
-        vec![
-            registered(),
-            blocked(K1, day(1), day(2), BlockReason::Other),
-            released(K1, day(1), day(2), BlockReason::Other),
-        ],
-        staff(block(K1, day(5), day(6), BlockReason::Other)),
-    );
-    assert!(
-        matches!(
-            error,
-            CalendarError::Invalid {
-                field: "block_id",
-                ..
-            }
+fn release_block_records_the_release_once() {
+    let maintenance = blocked(K1, day(3), day(8), BlockReason::Maintenance);
+    let release = released(K1, day(3), day(8), BlockReason::Maintenance);
+    let cases = [
+        (
+            vec![registered(), maintenance.clone()],
+            Ok(vec![release.clone()]),
         ),
-        "{error:?}"
-    );
-}
-
-#[test]
-fn release_block_records_the_release() {
-    given(vec![
-        registered(),
-        blocked(K1, day(3), day(8), BlockReason::Maintenance),
-    ])
-    .when(staff(CalendarCommand::ReleaseBlock { block_id: K1 }))
-    .then_expect_events(vec![released(K1, day(3), day(8), BlockReason::Maintenance)]);
-}
-
-#[test]
-fn release_block_frees_the_nights_for_a_new_reserve() {
-    given(vec![
-        registered(),
-        blocked(K1, day(3), day(8), BlockReason::Maintenance),
-        released(K1, day(3), day(8), BlockReason::Maintenance),
-    ])
-    .when(reserve_cmd(B1, day(3), day(8)))
-    .then_expect_events(vec![reserved(B1, day(3), day(8))]);
-}
-
-#[test]
-fn release_a_released_block_is_refused() {
-    given(vec![
-        registered(),
-        blocked(K1, day(3), day(8), BlockReason::Maintenance),
-        released(K1, day(3), day(8), BlockReason::Maintenance),
-    ])
-    .when(staff(CalendarCommand::ReleaseBlock { block_id: K1 }))
-    .then_expect_error(CalendarError::BlockAlreadyReleased);
-}
-
-#[test]
-fn release_unknown_block_is_not_found() {
-    given(vec![registered()])
-        .when(staff(CalendarCommand::ReleaseBlock { block_id: K1 }))
-        .then_expect_error(CalendarError::BlockNotFound);
+        (
+            vec![registered(), maintenance, release],
+            Err(CalendarError::BlockAlreadyReleased),
+        ),
+        (vec![registered()], Err(CalendarError::BlockNotFound)),
+    ];
+    for (history, outcome) in cases {
+        let command = staff(CalendarCommand::ReleaseBlock { block_id: K1 });
+        assert_eq!(decided(history, command), outcome);
+    }
 }
 
 // ---------------------------------------------------------------- expected versions
@@ -1722,8 +1346,7 @@ fn forbidden_role(error: &CalendarError) -> Option<&'static str> {
 fn staff_may_not_register_or_archive_a_property() {
     let error = refusal(
         vec![],
-        by(
-            actor(Role::Staff),
+        staff_at(
             at(0),
             CalendarCommand::RegisterProperty(RegisterProperty {
                 property_id: PROPERTY,
@@ -1878,20 +1501,9 @@ enum Step {
         start: u64,
         nights: u64,
     },
-    Cancel {
+    OnBooking {
         pick: Index,
-    },
-    Confirm {
-        pick: Index,
-    },
-    CheckIn {
-        pick: Index,
-    },
-    CheckOut {
-        pick: Index,
-    },
-    ExpireHold {
-        pick: Index,
+        change: Change,
     },
     Block {
         start: u64,
@@ -1905,6 +1517,31 @@ enum Step {
     },
 }
 
+/// What a step does to the booking it picks, whatever its status.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Cancel,
+    Confirm,
+    CheckIn,
+    CheckOut,
+    ExpireHold,
+}
+
+impl Change {
+    fn command(self, booking_id: Uuid) -> CalendarCommand {
+        match self {
+            Change::Cancel => CalendarCommand::CancelBooking {
+                booking_id,
+                reason: None,
+            },
+            Change::Confirm => CalendarCommand::ConfirmBooking { booking_id },
+            Change::CheckIn => CalendarCommand::CheckIn { booking_id },
+            Change::CheckOut => CalendarCommand::CheckOut { booking_id },
+            Change::ExpireHold => CalendarCommand::ExpireHold { booking_id },
+        }
+    }
+}
+
 fn step() -> impl Strategy<Value = Step> {
     let start = 0u64..30;
     let nights = 1u64..8;
@@ -1913,59 +1550,18 @@ fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(start, nights, hold_hours)| Step::Reserve { start, nights, hold_hours }),
         3 => (any::<Index>(), start.clone(), nights.clone())
             .prop_map(|(pick, start, nights)| Step::Modify { pick, start, nights }),
-        2 => any::<Index>().prop_map(|pick| Step::Cancel { pick }),
-        1 => any::<Index>().prop_map(|pick| Step::Confirm { pick }),
-        1 => any::<Index>().prop_map(|pick| Step::CheckIn { pick }),
-        1 => any::<Index>().prop_map(|pick| Step::CheckOut { pick }),
-        1 => any::<Index>().prop_map(|pick| Step::ExpireHold { pick }),
+        2 => any::<Index>().prop_map(|pick| Step::OnBooking { pick, change: Change::Cancel }),
+        1 => any::<Index>().prop_map(|pick| Step::OnBooking { pick, change: Change::Confirm }),
+        1 => any::<Index>().prop_map(|pick| Step::OnBooking { pick, change: Change::CheckIn }),
+        1 => any::<Index>().prop_map(|pick| Step::OnBooking { pick, change: Change::CheckOut }),
+        1 => any::<Index>().prop_map(|pick| Step::OnBooking { pick, change: Change::ExpireHold }),
         3 => (start, nights).prop_map(|(start, nights)| Step::Block { start, nights }),
         1 => any::<Index>().prop_map(|pick| Step::Release { pick }),
         1 => (1i64..36).prop_map(|hours| Step::Wait { hours }),
     ]
 }
 
-/// A calendar driven command by command, as the aggregate is in production:
-/// decide, then apply every emitted event in order.
-struct Session {
-    calendar: PropertyCalendar,
-    history: Vec<CalendarEvent>,
-    now: DateTime<Utc>,
-    next_id: u128,
-}
-
 impl Session {
-    fn new() -> Self {
-        Self {
-            calendar: PropertyCalendar::replay([registered()]),
-            history: vec![registered()],
-            now: at(0),
-            next_id: 0x1000,
-        }
-    }
-
-    fn fresh_id(&mut self) -> Uuid {
-        self.next_id += 1;
-        Uuid::from_u128(self.next_id)
-    }
-
-    fn run(&mut self, action: CalendarCommand) -> Result<Vec<CalendarEvent>, CalendarError> {
-        let command = by(actor(Role::Staff), self.now, action);
-        let events = self.calendar.decide(&command)?;
-        for event in &events {
-            self.calendar.apply(event.clone());
-        }
-        self.history.extend(events.clone());
-        Ok(events)
-    }
-
-    fn booking_ids(&self) -> Vec<Uuid> {
-        self.calendar.bookings.keys().copied().collect()
-    }
-
-    fn block_ids(&self) -> Vec<Uuid> {
-        self.calendar.blocks.keys().copied().collect()
-    }
-
     /// Claims that stand in the way of new nights at `now`, computed from the
     /// records alone: active bookings other than lapsed holds, unreleased blocks.
     fn standing_claims(&self, nights: Nights, except: Option<Uuid>) -> BTreeSet<Uuid> {
@@ -2067,7 +1663,7 @@ proptest! {
     fn random_sessions_never_leave_two_active_claims_sharing_a_night(
         steps in proptest::collection::vec(step(), 1..60)
     ) {
-        let mut session = Session::new();
+        let mut session = Session::new(actor(Role::Staff), vec![registered()]);
         for step in steps {
             match step {
                 Step::Reserve { start, nights, hold_hours } => {
@@ -2088,11 +1684,8 @@ proptest! {
                     check_claim_outcome(&outcome, &expected)?;
                 }
                 Step::Modify { pick, start, nights } => {
-                    let ids = session.booking_ids();
-                    if ids.is_empty() {
-                        continue;
-                    }
-                    let booking = session.calendar.bookings[pick.get(&ids)].clone();
+                    let Some(id) = session.pick_booking(&pick) else { continue };
+                    let booking = session.calendar.bookings[&id].clone();
                     let wanted = range(start, nights);
                     let expected = session.standing_claims(wanted, Some(booking.id));
                     let outcome = session.run(CalendarCommand::ModifyBooking(ModifyBooking {
@@ -2114,66 +1707,121 @@ proptest! {
                         check_claim_outcome(&outcome, &expected)?;
                     }
                 }
-                Step::Cancel { pick } => {
-                    let ids = session.booking_ids();
-                    if ids.is_empty() {
-                        continue;
+                Step::OnBooking { pick, change } => {
+                    if let Some(booking_id) = session.pick_booking(&pick) {
+                        let _ = session.run(change.command(booking_id));
                     }
-                    let _ = session.run(CalendarCommand::CancelBooking {
-                        booking_id: *pick.get(&ids),
-                        reason: None,
-                    });
-                }
-                Step::Confirm { pick } => {
-                    let ids = session.booking_ids();
-                    if ids.is_empty() {
-                        continue;
-                    }
-                    let _ = session.run(CalendarCommand::ConfirmBooking { booking_id: *pick.get(&ids) });
-                }
-                Step::CheckIn { pick } => {
-                    let ids = session.booking_ids();
-                    if ids.is_empty() {
-                        continue;
-                    }
-                    let _ = session.run(CalendarCommand::CheckIn { booking_id: *pick.get(&ids) });
-                }
-                Step::CheckOut { pick } => {
-                    let ids = session.booking_ids();
-                    if ids.is_empty() {
-                        continue;
-                    }
-                    let _ = session.run(CalendarCommand::CheckOut { booking_id: *pick.get(&ids) });
-                }
-                Step::ExpireHold { pick } => {
-                    let ids = session.booking_ids();
-                    if ids.is_empty() {
-                        continue;
-                    }
-                    let _ = session.run(CalendarCommand::ExpireHold { booking_id: *pick.get(&ids) });
                 }
                 Step::Release { pick } => {
-                    let ids = session.block_ids();
-                    if ids.is_empty() {
-                        continue;
+                    if let Some(block_id) = session.pick_block(&pick) {
+                        let _ = session.run(CalendarCommand::ReleaseBlock { block_id });
                     }
-                    let _ = session.run(CalendarCommand::ReleaseBlock { block_id: *pick.get(&ids) });
                 }
                 Step::Wait { hours } => session.now += TimeDelta::hours(hours),
             }
             check_no_shared_night(&session.calendar)?;
         }
         // Replay equals live state: the events alone rebuild the calendar.
-        prop_assert_eq!(PropertyCalendar::replay(session.history.clone()), session.calendar);
+        prop_assert_eq!(PropertyCalendar::replay(session.log.clone()), session.calendar);
     }
 }
 
 // ------------------------------------------------------------ values every layer can hold
 
-fn field_of(error: CalendarError) -> &'static str {
-    match error {
-        CalendarError::Invalid { field, .. } => field,
-        other => panic!("not a validation refusal: {other:?}"),
+/// Nights run from a first night up to an end that comes after it: a stay
+/// or block ending on or before its first night is refused naming its end.
+#[test]
+fn a_stay_or_block_ending_on_or_before_its_first_night_is_refused() {
+    for (first, end) in [(day(3), day(3)), (day(3), day(2))] {
+        let cases = [
+            (vec![registered()], reserve_cmd(B1, first, end), "check_out"),
+            (
+                booking_in(BookingStatus::Confirmed),
+                modify_stay(B1, first, end),
+                "check_out",
+            ),
+            (
+                vec![registered()],
+                staff(block(K1, first, end, BlockReason::Maintenance)),
+                "end",
+            ),
+        ];
+        for (history, command, field) in cases {
+            assert_eq!(field_of(refusal(history, command)), field);
+        }
+    }
+}
+
+/// A command that names a value the calendar cannot hold is refused naming
+/// the field at fault.
+#[test]
+fn a_value_out_of_bounds_is_refused_naming_its_field() {
+    let reserving = |stay| staff(CalendarCommand::ReserveStay(stay));
+    let stay = || reserve(B1, day(1), day(4));
+    let cases = [
+        (
+            "a stay of 367 nights",
+            vec![registered()],
+            reserve_cmd(B1, day(0), day(367)),
+            "check_out",
+        ),
+        (
+            "a booking id that was taken before",
+            booking_in(BookingStatus::Cancelled),
+            reserve_cmd(B1, day(10), day(12)),
+            "booking_id",
+        ),
+        (
+            "a confirmed stay with a hold expiry",
+            vec![registered()],
+            reserving(ReserveStay {
+                hold_expires_at: Some(at(24)),
+                ..stay()
+            }),
+            "hold_expires_at",
+        ),
+        (
+            "a hold expiring as it is made",
+            vec![registered()],
+            staff_at(
+                at(5),
+                CalendarCommand::ReserveStay(hold(B1, day(1), day(4), at(5))),
+            ),
+            "hold_expires_at",
+        ),
+        (
+            "a new booking in a status other than tentative or confirmed",
+            vec![registered()],
+            reserving(ReserveStay {
+                status: Some(BookingStatus::CheckedIn),
+                ..stay()
+            }),
+            "status",
+        ),
+        // Only check_in is given: it is checked against the current check_out.
+        (
+            "a booking moved to arrive on its current check-out day",
+            booking_in(BookingStatus::Confirmed),
+            staff(CalendarCommand::ModifyBooking(ModifyBooking {
+                booking_id: B1,
+                check_in: Some(day(4)),
+                ..ModifyBooking::default()
+            })),
+            "check_out",
+        ),
+        (
+            "a block id that was taken before",
+            vec![
+                registered(),
+                blocked(K1, day(1), day(2), BlockReason::Other),
+                released(K1, day(1), day(2), BlockReason::Other),
+            ],
+            staff(block(K1, day(5), day(6), BlockReason::Other)),
+            "block_id",
+        ),
+    ];
+    for (case, history, command, field) in cases {
+        assert_eq!(field_of(refusal(history, command)), field, "{case}");
     }
 }
 

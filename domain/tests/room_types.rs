@@ -5,9 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Days, NaiveDate, TimeDelta, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use cqrs_es::test::TestFramework;
-use cqrs_es::Aggregate;
 use ledger_domain::commands::{
     BlockNights, CreateRoomType, ModifyBooking, RegisterProperty, ReserveStay, UpdateRoomType,
 };
@@ -20,18 +19,11 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use uuid::Uuid;
 
-const AGENCY: Uuid = Uuid::from_u128(0xA6E0);
-const PROPERTY: Uuid = Uuid::from_u128(0x960);
+mod common;
+use common::{at, day, Session, AGENCY, PROPERTY};
+
 const DOUBLE: Uuid = Uuid::from_u128(0xD0);
 const SUITE: Uuid = Uuid::from_u128(0xD1);
-
-fn at(hours: i64) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2025, 6, 1, 9, 0, 0).unwrap() + TimeDelta::hours(hours)
-}
-
-fn day(n: u64) -> NaiveDate {
-    NaiveDate::from_ymd_opt(2025, 7, 1).unwrap() + Days::new(n)
-}
 
 fn manager() -> Actor {
     Actor {
@@ -51,24 +43,14 @@ fn command(now: DateTime<Utc>, action: CalendarCommand) -> Command {
 }
 
 fn reserve(id: Uuid, room_type: Option<Uuid>, from: u64, to: u64) -> ReserveStay {
+    let guest = Guest {
+        name: "Ada Lovelace".into(),
+        email: None,
+        phone: None,
+    };
     ReserveStay {
-        booking_id: id,
-        check_in: day(from),
-        check_out: day(to),
-        guest: Guest {
-            name: "Ada Lovelace".into(),
-            email: None,
-            phone: None,
-        },
-        adults: None,
-        children: None,
-        status: None,
-        hold_expires_at: None,
-        channel: None,
-        external_ref: None,
-        price: None,
-        notes: None,
         room_type_id: room_type,
+        ..ReserveStay::new(id, day(from), day(to), guest)
     }
 }
 
@@ -102,22 +84,13 @@ fn set_units(id: Uuid, units: u32) -> CalendarCommand {
     })
 }
 
-/// A calendar that folds every decided command, like the command bus.
-struct Hotel {
-    calendar: PropertyCalendar,
-    log: Vec<CalendarEvent>,
-    now: DateTime<Utc>,
-    next_id: u128,
-}
+/// A property whose commands a manager runs: with room types, or a single unit.
+type Hotel = Session;
 
 impl Hotel {
-    fn new() -> Hotel {
-        let mut hotel = Hotel {
-            calendar: PropertyCalendar::default(),
-            log: Vec::new(),
-            now: at(0),
-            next_id: 0x1000,
-        };
+    /// A registered property with no room types yet.
+    fn single_unit() -> Hotel {
+        let mut hotel = Session::new(manager(), Vec::new());
         hotel
             .run(CalendarCommand::RegisterProperty(RegisterProperty {
                 property_id: PROPERTY,
@@ -131,25 +104,11 @@ impl Hotel {
     }
 
     fn with_room_types(types: &[(Uuid, u32)]) -> Hotel {
-        let mut hotel = Hotel::new();
+        let mut hotel = Hotel::single_unit();
         for (id, units) in types {
             hotel.run(create(*id, *units)).expect("a room type");
         }
         hotel
-    }
-
-    fn fresh_id(&mut self) -> Uuid {
-        self.next_id += 1;
-        Uuid::from_u128(self.next_id)
-    }
-
-    fn run(&mut self, action: CalendarCommand) -> Result<Vec<CalendarEvent>, CalendarError> {
-        let events = self.calendar.decide(&command(self.now, action))?;
-        for event in &events {
-            self.calendar.apply(event.clone());
-            self.log.push(event.clone());
-        }
-        Ok(events)
     }
 
     fn reserve(&mut self, room_type: Uuid, from: u64, to: u64) -> Result<Uuid, CalendarError> {
@@ -231,7 +190,7 @@ fn room_types_are_counted_apart() {
 
 #[test]
 fn a_booking_on_a_property_with_room_types_names_one_and_only_there() {
-    let mut single = Hotel::new();
+    let mut single = Hotel::single_unit();
     let refused = single.run(CalendarCommand::ReserveStay(reserve(
         Uuid::from_u128(1),
         Some(DOUBLE),
@@ -267,7 +226,7 @@ fn a_booking_on_a_property_with_room_types_names_one_and_only_there() {
 
 #[test]
 fn a_property_with_active_single_unit_claims_cannot_get_room_types_until_they_end() {
-    let mut hotel = Hotel::new();
+    let mut hotel = Hotel::single_unit();
     hotel
         .run(CalendarCommand::ReserveStay(reserve(
             Uuid::from_u128(1),
@@ -324,7 +283,7 @@ fn a_block_closes_several_units_and_no_more_than_the_room_type_has() {
         too_many,
         Err(CalendarError::Invalid { field: "units", .. })
     ));
-    let mut single = Hotel::new();
+    let mut single = Hotel::single_unit();
     let units_on_single = single.run(CalendarCommand::BlockNights(block(
         Uuid::from_u128(9),
         None,
@@ -539,7 +498,7 @@ fn a_status_event_names_the_room_type_the_aggregate_knows_for_the_booking() {
 
 #[test]
 fn single_unit_events_are_written_as_before_room_types() {
-    let mut hotel = Hotel::new();
+    let mut hotel = Hotel::single_unit();
     every_claim_event(&mut hotel, None);
     assert_eq!(hotel.log.len(), 13, "{:?}", kinds(&hotel));
     for event in &hotel.log {
@@ -627,10 +586,6 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-fn pick<T: Copy>(ids: &[T], index: &Index) -> Option<T> {
-    (!ids.is_empty()).then(|| ids[index.index(ids.len())])
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -655,30 +610,26 @@ proptest! {
                     let id = hotel.fresh_id();
                     CalendarCommand::BlockNights(block(id, Some(type_of(double)), Some(units), start, start + nights))
                 }
-                Step::Modify { pick: index, start, nights } => {
-                    let ids: Vec<Uuid> = hotel.calendar.bookings.keys().copied().collect();
-                    let Some(id) = pick(&ids, &index) else { continue };
+                Step::Modify { pick, start, nights } => {
+                    let Some(booking_id) = hotel.pick_booking(&pick) else { continue };
                     CalendarCommand::ModifyBooking(ModifyBooking {
-                        booking_id: id,
+                        booking_id,
                         check_in: Some(day(start)),
                         check_out: Some(day(start + nights)),
                         ..ModifyBooking::default()
                     })
                 }
-                Step::Cancel { pick: index } => {
-                    let ids: Vec<Uuid> = hotel.calendar.bookings.keys().copied().collect();
-                    let Some(id) = pick(&ids, &index) else { continue };
-                    CalendarCommand::CancelBooking { booking_id: id, reason: None }
+                Step::Cancel { pick } => {
+                    let Some(booking_id) = hotel.pick_booking(&pick) else { continue };
+                    CalendarCommand::CancelBooking { booking_id, reason: None }
                 }
-                Step::Confirm { pick: index } => {
-                    let ids: Vec<Uuid> = hotel.calendar.bookings.keys().copied().collect();
-                    let Some(id) = pick(&ids, &index) else { continue };
-                    CalendarCommand::ConfirmBooking { booking_id: id }
+                Step::Confirm { pick } => {
+                    let Some(booking_id) = hotel.pick_booking(&pick) else { continue };
+                    CalendarCommand::ConfirmBooking { booking_id }
                 }
-                Step::Release { pick: index } => {
-                    let ids: Vec<Uuid> = hotel.calendar.blocks.keys().copied().collect();
-                    let Some(id) = pick(&ids, &index) else { continue };
-                    CalendarCommand::ReleaseBlock { block_id: id }
+                Step::Release { pick } => {
+                    let Some(block_id) = hotel.pick_block(&pick) else { continue };
+                    CalendarCommand::ReleaseBlock { block_id }
                 }
                 Step::SetUnits { double, units } => set_units(type_of(double), units),
                 Step::Wait { hours } => {
