@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use ledger_domain::checksum::{self, ChannelRange};
 use ledger_domain::claims::{claim_change, ClaimChange};
 pub use ledger_domain::ical::render::ExportRange;
@@ -174,19 +174,25 @@ impl IcalExport {
                         ClaimKind::Booking => calendar.bookings.get(&r.id).map(|b| b.updated_at),
                         ClaimKind::Block => calendar.blocks.get(&r.id).map(|b| b.created_at),
                     };
-                    ExportRange {
-                        ref_id: r.id,
-                        kind: r.kind,
-                        start: r.start,
-                        end: r.end,
-                        changed_at: changed_at.unwrap_or_default(),
-                        status: r.status,
-                        room_type_id: r.room_type_id,
-                        units: r.units,
-                    }
+                    held_since(r, changed_at.unwrap_or_default())
                 })
                 .collect(),
         )
+    }
+}
+
+/// A claim as the channel kit has it (from the log or a snapshot), last
+/// changed at `changed_at`.
+fn held_since(range: ChannelRange, changed_at: DateTime<Utc>) -> ExportRange {
+    ExportRange {
+        ref_id: range.id,
+        kind: range.kind,
+        start: range.start,
+        end: range.end,
+        changed_at,
+        status: range.status,
+        room_type_id: range.room_type_id,
+        units: range.units,
     }
 }
 
@@ -232,16 +238,7 @@ impl AdapterState for IcalExport {
         let ranges: Vec<ExportRange> = data
             .ranges
             .iter()
-            .map(|r| ExportRange {
-                ref_id: r.id,
-                kind: r.kind,
-                start: r.start,
-                end: r.end,
-                changed_at: snapshot.time,
-                status: r.status.clone(),
-                room_type_id: r.room_type_id,
-                units: r.units,
-            })
+            .map(|r| held_since(r.clone(), snapshot.time))
             .collect();
         replace_property(&mut tx, snapshot.agency_id, data.property_id, &ranges).await?;
         move_cursor(&mut tx, data.property_id, data.as_of_sequence).await?;
