@@ -8,14 +8,13 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
-use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 /// Who made a change that no person asked for: an agency's first token.
 pub const FIRST_USE: &str = "first-use";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Features {
     pub ical_export: bool,
     pub ical_import: bool,
@@ -30,13 +29,15 @@ impl Default for Features {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Agency {
     pub id: Uuid,
     pub name: Option<String>,
     /// `active` or `suspended`.
     pub status: String,
     pub reason: Option<String>,
+    /// Stored as the columns `ical_export` and `ical_import`.
+    #[sqlx(flatten)]
     pub features: Features,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -45,21 +46,6 @@ pub struct Agency {
 impl Agency {
     pub fn is_suspended(&self) -> bool {
         self.status == SUSPENDED
-    }
-
-    fn from_row(row: &PgRow) -> Result<Agency, sqlx::Error> {
-        Ok(Agency {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            status: row.try_get("status")?,
-            reason: row.try_get("reason")?,
-            features: Features {
-                ical_export: row.try_get("ical_export")?,
-                ical_import: row.try_get("ical_import")?,
-            },
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-        })
     }
 }
 
@@ -115,11 +101,10 @@ pub struct HistoryEntry {
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Agency>, sqlx::Error> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM agencies WHERE id = $1"))
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM agencies WHERE id = $1"))
         .bind(id)
         .fetch_optional(pool)
-        .await?;
-    row.as_ref().map(Agency::from_row).transpose()
+        .await
 }
 
 /// Agencies in id order after `after`, at most `limit`.
@@ -128,26 +113,24 @@ pub async fn list(
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Agency>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM agencies WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2"
     ))
     .bind(after)
     .bind(limit)
     .fetch_all(pool)
-    .await?;
-    rows.iter().map(Agency::from_row).collect()
+    .await
 }
 
 /// The agencies whose status or features differ from the defaults: all an
 /// agency cache needs to hold.
 pub async fn restricted(pool: &PgPool) -> Result<Vec<Agency>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM agencies
           WHERE status <> 'active' OR NOT ical_export OR NOT ical_import"
     ))
     .fetch_all(pool)
-    .await?;
-    rows.iter().map(Agency::from_row).collect()
+    .await
 }
 
 /// Creates the record of agency `id` named `name`; an agency that got a
@@ -159,7 +142,7 @@ pub async fn create(
     by: &str,
 ) -> Result<(Agency, Created), AgencyError> {
     let mut tx = pool.begin().await?;
-    let inserted = sqlx::query(&format!(
+    let inserted: Option<Agency> = sqlx::query_as(&format!(
         "INSERT INTO agencies (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING
          RETURNING {COLUMNS}"
     ))
@@ -168,13 +151,13 @@ pub async fn create(
     .fetch_optional(&mut *tx)
     .await?;
     let (agency, created) = match inserted {
-        Some(row) => (Agency::from_row(&row)?, Created::New),
+        Some(agency) => (agency, Created::New),
         None => {
             let unnamed = locked(&mut tx, id).await?.is_some_and(|a| a.name.is_none());
             if !unnamed {
                 return Err(AgencyError::AlreadyExists);
             }
-            let row = sqlx::query(&format!(
+            let agency = sqlx::query_as(&format!(
                 "UPDATE agencies SET name = $2, updated_at = now() WHERE id = $1
                  RETURNING {COLUMNS}"
             ))
@@ -182,7 +165,7 @@ pub async fn create(
             .bind(name)
             .fetch_one(&mut *tx)
             .await?;
-            (Agency::from_row(&row)?, Created::Named)
+            (agency, Created::Named)
         }
     };
     let action = match created {
@@ -253,7 +236,7 @@ pub async fn change(
     if next == current {
         return Ok(current);
     }
-    let row = sqlx::query(&format!(
+    let updated = sqlx::query_as(&format!(
         "UPDATE agencies SET status = $2, reason = $3, ical_export = $4, ical_import = $5,
                 updated_at = now()
           WHERE id = $1 RETURNING {COLUMNS}"
@@ -267,7 +250,7 @@ pub async fn change(
     .await?;
     record(&mut tx, id, by, action, details).await?;
     tx.commit().await?;
-    Ok(Agency::from_row(&row)?)
+    Ok(updated)
 }
 
 /// The agency history after `after` (a position), oldest first.
@@ -303,13 +286,12 @@ pub async fn history(
 }
 
 async fn locked(conn: &mut PgConnection, id: Uuid) -> Result<Option<Agency>, sqlx::Error> {
-    let row = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM agencies WHERE id = $1 FOR UPDATE"
     ))
     .bind(id)
     .fetch_optional(conn)
-    .await?;
-    row.as_ref().map(Agency::from_row).transpose()
+    .await
 }
 
 async fn record(

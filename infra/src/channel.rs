@@ -165,6 +165,16 @@ fn nats_error(error: impl Into<async_nats::Error>) -> ChannelError {
     ChannelError::Nats(error.into())
 }
 
+/// A handle on the `LEDGER` stream to create consumers on. The stream is not
+/// asked for its info: an agency's user may not see it (it would tell every
+/// agency's subjects), only its own consumers.
+async fn ledger_stream(client: &Client) -> Result<jetstream::stream::Stream<()>, ChannelError> {
+    jetstream::new(client.clone())
+        .get_stream_no_info(nats::STREAM)
+        .await
+        .map_err(nats_error)
+}
+
 impl From<async_nats::ConnectError> for ChannelError {
     fn from(error: async_nats::ConnectError) -> Self {
         nats_error(error)
@@ -320,15 +330,8 @@ impl ChannelConsumer {
     /// Creates the durable consumer if it does not exist yet and starts
     /// pulling. A stream the ledger has not created yet is waited for (see
     /// [`STREAM_WAIT`]).
-    ///
-    /// The stream is not asked for its info: an agency's user may not see
-    /// it (it would tell every agency's subjects), only its own consumers.
     pub async fn bind(client: &Client, binding: Binding) -> Result<ChannelConsumer, ChannelError> {
-        let context = jetstream::new(client.clone());
-        let stream = context
-            .get_stream_no_info(nats::STREAM)
-            .await
-            .map_err(nats_error)?;
+        let stream = ledger_stream(client).await?;
         let config = pull::Config {
             durable_name: Some(binding.name.clone()),
             filter_subject: binding.filter_subject(),
@@ -644,11 +647,7 @@ impl Follower {
         property_id: Option<Uuid>,
         from_position: Option<i64>,
     ) -> Result<Follower, ChannelError> {
-        let context = jetstream::new(client.clone());
-        let stream = context
-            .get_stream_no_info(nats::STREAM)
-            .await
-            .map_err(nats_error)?;
+        let stream = ledger_stream(client).await?;
         let config = pull::OrderedConfig {
             filter_subject: cloudevent::filter(agency_id, property_id),
             deliver_policy: if from_position.is_some() {
@@ -872,6 +871,16 @@ mod tests {
         (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4())
     }
 
+    /// A tracker that has delivered and handled event 1 (id `a`) of
+    /// property `p`; `b` is a fresh event id.
+    fn after_first_event() -> (Tracker, Uuid, Uuid, Uuid) {
+        let mut tracker = Tracker::default();
+        let (p, a, b) = ids();
+        tracker.admit(p, 1, a);
+        tracker.handled(p, 1, a);
+        (tracker, p, a, b)
+    }
+
     #[test]
     fn events_in_sequence_are_delivered_without_a_gap() {
         let mut tracker = Tracker::default();
@@ -883,10 +892,7 @@ mod tests {
 
     #[test]
     fn a_jump_in_ledgersequence_is_reported_as_a_gap() {
-        let mut tracker = Tracker::default();
-        let (p, a, b) = ids();
-        tracker.admit(p, 1, a);
-        tracker.handled(p, 1, a);
+        let (mut tracker, p, _, b) = after_first_event();
         let gap = Gap {
             property_id: p,
             expected: 2,
@@ -904,10 +910,7 @@ mod tests {
 
     #[test]
     fn a_handled_id_or_an_old_sequence_is_a_duplicate() {
-        let mut tracker = Tracker::default();
-        let (p, a, b) = ids();
-        tracker.admit(p, 1, a);
-        tracker.handled(p, 1, a);
+        let (mut tracker, p, a, b) = after_first_event();
         assert_eq!(tracker.admit(p, 1, a), Verdict::Duplicate);
         assert_eq!(tracker.admit(p, 1, b), Verdict::Duplicate, "same sequence");
         assert_eq!(tracker.duplicates, 2);
@@ -927,10 +930,7 @@ mod tests {
 
     #[test]
     fn a_later_event_waits_while_an_earlier_one_is_outstanding() {
-        let mut tracker = Tracker::default();
-        let (p, a, b) = ids();
-        tracker.admit(p, 1, a);
-        tracker.handled(p, 1, a);
+        let (mut tracker, p, _, b) = after_first_event();
         let c = Uuid::new_v4();
         assert_eq!(tracker.admit(p, 2, b), Verdict::Deliver { gap: None });
         // 2 was naked (or is still being handled): 3 must not overtake it.

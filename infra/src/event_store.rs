@@ -10,7 +10,7 @@ use ledger_domain::values::ClaimKind;
 use ledger_domain::{CalendarEvent, PropertyCalendar};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::db::DbError;
@@ -60,7 +60,7 @@ impl Loaded {
 }
 
 /// One row of the log as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct StoredEvent {
     pub position: i64,
     pub sequence: i64,
@@ -140,7 +140,7 @@ impl Append<'_> {
         let ref_ids: Vec<Uuid> = self.refs.iter().map(|(id, _)| *id).collect();
         let ref_kinds: Vec<ClaimKind> = self.refs.iter().map(|(_, kind)| *kind).collect();
         let kept = self.kept.as_ref();
-        let rows = sqlx::query(
+        sqlx::query_scalar(
             "WITH appended AS (
                 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
                                     event_version, payload, metadata, event_id)
@@ -182,10 +182,7 @@ impl Append<'_> {
         .bind(kept.map(|k| k.status))
         .bind(kept.map(|k| k.body))
         .fetch_all(executor)
-        .await?;
-        rows.iter()
-            .map(|row| row.try_get::<i64, _>("position"))
-            .collect()
+        .await
     }
 }
 
@@ -211,7 +208,7 @@ impl EventStore {
         property_id: Uuid,
         after_sequence: i64,
     ) -> Result<Vec<(i64, i64, CalendarEvent)>, StoreError> {
-        let rows = sqlx::query(
+        let rows: Vec<(i64, i64, String, String, Value)> = sqlx::query_as(
             "SELECT sequence, position, event_type, event_version, payload
                FROM events
               WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
@@ -223,19 +220,15 @@ impl EventStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|row| {
-                let sequence: i64 = row.try_get("sequence")?;
-                let event = decode(
-                    row.try_get("event_type")?,
-                    row.try_get("event_version")?,
-                    row.try_get("payload")?,
-                )
-                .map_err(|reason| StoreError::Unreadable {
-                    property_id,
-                    sequence,
-                    reason,
+            .map(|(sequence, position, event_type, event_version, payload)| {
+                let event = decode(event_type, event_version, payload).map_err(|reason| {
+                    StoreError::Unreadable {
+                        property_id,
+                        sequence,
+                        reason,
+                    }
                 })?;
-                Ok((sequence, row.try_get("position")?, event))
+                Ok((sequence, position, event))
             })
             .collect()
     }
@@ -410,7 +403,7 @@ impl EventStore {
         after_sequence: i64,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, DbError> {
-        let rows = sqlx::query(
+        let events = sqlx::query_as(
             "SELECT position, sequence, event_id, event_type, event_version,
                     payload::jsonb AS payload, metadata::jsonb AS metadata, recorded_at
                FROM events
@@ -424,21 +417,6 @@ impl EventStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let events = rows
-            .into_iter()
-            .map(|row| {
-                Ok(StoredEvent {
-                    position: row.try_get("position")?,
-                    sequence: row.try_get("sequence")?,
-                    event_id: row.try_get("event_id")?,
-                    event_type: row.try_get("event_type")?,
-                    event_version: row.try_get("event_version")?,
-                    payload: row.try_get("payload")?,
-                    metadata: row.try_get("metadata")?,
-                    recorded_at: row.try_get("recorded_at")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
         Ok(events)
     }
 }

@@ -18,7 +18,7 @@ use cqrs_es::Aggregate;
 use futures::StreamExt;
 use ledger_domain::PropertyCalendar;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::nats::Client;
@@ -42,7 +42,7 @@ pub struct Requested {
 }
 
 /// A request the publisher has still to serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
 pub struct Pending {
     pub id: i64,
     pub property_id: Uuid,
@@ -51,7 +51,9 @@ pub struct Pending {
     pub min_sequence: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Stored as `snapshot` or `checksum`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum RequestKind {
     Snapshot,
     Checksum,
@@ -60,7 +62,7 @@ pub enum RequestKind {
 /// Asks for a snapshot of one property, as of at least what the log holds
 /// now.
 pub async fn request_snapshot(pool: &PgPool, property_id: Uuid) -> Result<Requested, sqlx::Error> {
-    let row = sqlx::query(
+    let as_of_position = sqlx::query_scalar(
         "WITH head AS (
              SELECT coalesce(max(sequence), 0) AS sequence, coalesce(max(position), 0) AS position
                FROM events WHERE aggregate_type = $1 AND aggregate_id = $2)
@@ -73,9 +75,7 @@ pub async fn request_snapshot(pool: &PgPool, property_id: Uuid) -> Result<Reques
     .bind(property_id)
     .fetch_one(pool)
     .await?;
-    Ok(Requested {
-        as_of_position: row.try_get("position")?,
-    })
+    Ok(Requested { as_of_position })
 }
 
 /// The agency a property belongs to, read from its first event; `None` for
@@ -138,8 +138,17 @@ pub struct JobProgress {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// A resync job and what its requests have done so far.
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    total: i64,
+    started_at: DateTime<Utc>,
+    processed: i64,
+    last_done: Option<DateTime<Utc>>,
+}
+
 pub async fn progress(pool: &PgPool, job_id: Uuid) -> Result<Option<JobProgress>, sqlx::Error> {
-    let row = sqlx::query(
+    let row: Option<JobRow> = sqlx::query_as(
         "SELECT j.total, j.started_at,
                 (SELECT count(*) FROM resync_requests r WHERE r.job_id = j.job_id AND r.done_at IS NOT NULL) AS processed,
                 (SELECT max(done_at) FROM resync_requests r WHERE r.job_id = j.job_id) AS last_done
@@ -148,11 +157,15 @@ pub async fn progress(pool: &PgPool, job_id: Uuid) -> Result<Option<JobProgress>
     .bind(job_id)
     .fetch_optional(pool)
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    let total: i64 = row.try_get("total")?;
-    let processed: i64 = row.try_get("processed")?;
-    let started_at: DateTime<Utc> = row.try_get("started_at")?;
-    let last_done: Option<DateTime<Utc>> = row.try_get("last_done")?;
+    let Some(JobRow {
+        total,
+        started_at,
+        processed,
+        last_done,
+    }) = row
+    else {
+        return Ok(None);
+    };
     let finished = processed >= total;
     Ok(Some(JobProgress {
         state: if finished { "finished" } else { "running" },
@@ -220,28 +233,13 @@ pub async fn queue_checksums(pool: &PgPool, interval: Duration) -> Result<u64, s
 
 /// The oldest pending requests, at most `limit`.
 pub async fn pending(conn: &mut PgConnection, limit: i64) -> Result<Vec<Pending>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT id, property_id, kind, min_sequence FROM resync_requests
           WHERE done_at IS NULL ORDER BY id LIMIT $1",
     )
     .bind(limit)
     .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let kind: String = row.try_get("kind")?;
-            Ok(Pending {
-                id: row.try_get("id")?,
-                property_id: row.try_get("property_id")?,
-                kind: if kind == "checksum" {
-                    RequestKind::Checksum
-                } else {
-                    RequestKind::Snapshot
-                },
-                min_sequence: row.try_get("min_sequence")?,
-            })
-        })
-        .collect()
+    .await
 }
 
 /// Marks requests served.

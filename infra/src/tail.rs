@@ -33,7 +33,7 @@ use tokio::sync::{watch, Notify};
 use uuid::Uuid;
 
 /// Where a tailer is in the log: the last event it took, in `(txid, position)` order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, sqlx::FromRow)]
 pub struct Cursor {
     pub txid: i64,
     pub position: i64,
@@ -145,15 +145,10 @@ pub async fn read_property(
 /// A tailer's checkpoint (a row of `projection_checkpoints`), locked for
 /// the rest of the transaction.
 pub async fn load_checkpoint(conn: &mut PgConnection, name: &str) -> Result<Cursor, sqlx::Error> {
-    let row =
-        sqlx::query("SELECT txid, position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
-            .bind(name)
-            .fetch_one(conn)
-            .await?;
-    Ok(Cursor {
-        txid: row.try_get("txid")?,
-        position: row.try_get("position")?,
-    })
+    sqlx::query_as("SELECT txid, position FROM projection_checkpoints WHERE name = $1 FOR UPDATE")
+        .bind(name)
+        .fetch_one(conn)
+        .await
 }
 
 /// Moves a checkpoint forward to `to` (never back) and marks it running.
@@ -234,7 +229,7 @@ pub async fn head(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
 /// The last event no running transaction can precede: every event at or
 /// behind it is visible already.
 pub async fn horizon(pool: &PgPool) -> Result<Cursor, sqlx::Error> {
-    let row = sqlx::query(
+    let cursor = sqlx::query_as(
         "SELECT txid::text::bigint AS txid, position FROM events
           WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
           ORDER BY events.txid DESC, events.position DESC
@@ -242,13 +237,7 @@ pub async fn horizon(pool: &PgPool) -> Result<Cursor, sqlx::Error> {
     )
     .fetch_optional(pool)
     .await?;
-    match row {
-        Some(row) => Ok(Cursor {
-            txid: row.try_get("txid")?,
-            position: row.try_get("position")?,
-        }),
-        None => Ok(Cursor::default()),
-    }
+    Ok(cursor.unwrap_or_default())
 }
 
 /// The cursor of the event at `position` (the empty cursor for 0); `None`

@@ -18,17 +18,27 @@ use uuid::Uuid;
 
 use crate::tail::Envelope;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct Range {
     agency_id: Uuid,
     property_id: Uuid,
     kind: ClaimKind,
+    #[sqlx(rename = "start_night")]
     start: NaiveDate,
+    #[sqlx(rename = "end_night")]
     end: NaiveDate,
     status: String,
     position: i64,
     room_type_id: Option<Uuid>,
     units: i32,
+}
+
+/// A row of `inventory_ranges`: the range and the booking or block it is of.
+#[derive(sqlx::FromRow)]
+struct StoredRange {
+    ref_id: Uuid,
+    #[sqlx(flatten)]
+    range: Range,
 }
 
 impl Range {
@@ -78,10 +88,10 @@ pub async fn apply(conn: &mut PgConnection, events: &[Envelope]) -> Result<(), s
         return Ok(());
     }
     let mut ranges: HashMap<Uuid, Option<Range>> = HashMap::with_capacity(seen.len());
-    let existing = if touched.is_empty() {
+    let existing: Vec<StoredRange> = if touched.is_empty() {
         Vec::new()
     } else {
-        sqlx::query(
+        sqlx::query_as(
             "SELECT ref_id, agency_id, property_id, kind, lower(during) AS start_night,
                     upper(during) AS end_night, status, position, room_type_id, units
                FROM inventory_ranges WHERE ref_id = ANY($1)",
@@ -90,21 +100,8 @@ pub async fn apply(conn: &mut PgConnection, events: &[Envelope]) -> Result<(), s
         .fetch_all(&mut *conn)
         .await?
     };
-    for row in existing {
-        ranges.insert(
-            row.try_get("ref_id")?,
-            Some(Range {
-                agency_id: row.try_get("agency_id")?,
-                property_id: row.try_get("property_id")?,
-                kind: row.try_get("kind")?,
-                start: row.try_get("start_night")?,
-                end: row.try_get("end_night")?,
-                status: row.try_get("status")?,
-                position: row.try_get("position")?,
-                room_type_id: row.try_get("room_type_id")?,
-                units: row.try_get("units")?,
-            }),
-        );
+    for StoredRange { ref_id, range } in existing {
+        ranges.insert(ref_id, Some(range));
     }
     let before: Vec<Range> = ranges.values().flatten().cloned().collect();
     let mut room_types = load_room_types(conn, events, &before).await?;

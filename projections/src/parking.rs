@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::runner::{self, StepError};
@@ -44,7 +44,7 @@ fn not_the_property(error: &sqlx::Error) -> bool {
 }
 
 /// A parked property, as ops see it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Parked {
     pub agency_id: Uuid,
     pub property_id: Uuid,
@@ -52,6 +52,15 @@ pub struct Parked {
     pub position: i64,
     pub error: String,
     pub parked_at: DateTime<Utc>,
+}
+
+/// A row of `projection_parked`: a parked property and the checkpoint it is
+/// parked for.
+#[derive(sqlx::FromRow)]
+struct ParkedRow {
+    projection: String,
+    #[sqlx(flatten)]
+    parked: Parked,
 }
 
 /// How many times this process parked a property, by projection and cause.
@@ -103,28 +112,18 @@ pub async fn parked(
     pool: &PgPool,
     checkpoints: &[&str],
 ) -> Result<Vec<(String, Parked)>, sqlx::Error> {
-    sqlx::query(
+    let rows: Vec<ParkedRow> = sqlx::query_as(
         "SELECT projection, agency_id, property_id, position, error, parked_at
            FROM projection_parked
           WHERE projection = ANY($1) ORDER BY parked_at, property_id",
     )
     .bind(checkpoints)
     .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(|row| {
-        Ok((
-            row.try_get("projection")?,
-            Parked {
-                agency_id: row.try_get("agency_id")?,
-                property_id: row.try_get("property_id")?,
-                position: row.try_get("position")?,
-                error: row.try_get("error")?,
-                parked_at: row.try_get("parked_at")?,
-            },
-        ))
-    })
-    .collect()
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.projection, row.parked))
+        .collect())
 }
 
 async fn savepoint(conn: &mut PgConnection, command: &str) -> Result<(), sqlx::Error> {
@@ -287,7 +286,7 @@ pub async fn retry(pool: &PgPool, projection: Projection) -> Result<Retried, Ste
     let mut tx = pool.begin().await?;
     runner::lock(&mut tx, checkpoint).await?;
     let upto = tail::load_checkpoint(&mut tx, checkpoint).await?;
-    let rows = sqlx::query(
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
         "SELECT property_id, position FROM projection_parked
           WHERE projection = $1 ORDER BY position FOR UPDATE",
     )
@@ -295,9 +294,7 @@ pub async fn retry(pool: &PgPool, projection: Projection) -> Result<Retried, Ste
     .fetch_all(&mut *tx)
     .await?;
     let mut retried = Retried::default();
-    for row in rows {
-        let property: Uuid = row.try_get("property_id")?;
-        let from: i64 = row.try_get("position")?;
+    for (property, from) in rows {
         let events = tail::read_property(&mut tx, property, from, upto).await?;
         match apply_property(&mut tx, projection, &events).await? {
             None => {

@@ -12,7 +12,7 @@ use ledger_domain::checksum::ChannelRange;
 use ledger_domain::values::ClaimKind;
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::views::{BookingRow, PropertyRow};
@@ -187,7 +187,7 @@ pub async fn booking(
     agency_id: Uuid,
     booking_id: Uuid,
 ) -> Result<Option<(BookingRow, Option<String>)>, sqlx::Error> {
-    let row = sqlx::query(
+    let row: Option<(Value, Option<String>)> = sqlx::query_as(
         "SELECT to_jsonb(b) AS booking, p.owner_id
            FROM bookings_view b
            LEFT JOIN properties_view p ON p.property_id = b.property_id
@@ -197,20 +197,23 @@ pub async fn booking(
     .bind(booking_id)
     .fetch_optional(conn)
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    let booking: Value = row.try_get("booking")?;
-    let owner: Option<String> = row.try_get("owner_id")?;
+    let Some((booking, owner)) = row else {
+        return Ok(None);
+    };
     Ok(decode::<BookingRow>(vec![booking])?
         .pop()
         .map(|b| (b, owner)))
 }
 
 /// One active claim on a property's nights.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct ClaimedRange {
     pub kind: ClaimKind,
+    #[sqlx(rename = "ref_id")]
     pub id: Uuid,
+    #[sqlx(rename = "start_night")]
     pub start: NaiveDate,
+    #[sqlx(rename = "end_night")]
     pub end: NaiveDate,
     pub status: String,
     /// The room type the claim holds units of; `None` on a single unit.
@@ -238,7 +241,7 @@ pub async fn ranges(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Vec<ClaimedRange>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query_as(
         "SELECT kind, ref_id, lower(during) AS start_night, upper(during) AS end_night, status,
                 room_type_id, units
            FROM inventory_ranges
@@ -250,20 +253,7 @@ pub async fn ranges(
     .bind(from)
     .bind(to)
     .fetch_all(conn)
-    .await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(ClaimedRange {
-                kind: row.try_get("kind")?,
-                id: row.try_get("ref_id")?,
-                start: row.try_get("start_night")?,
-                end: row.try_get("end_night")?,
-                status: row.try_get("status")?,
-                room_type_id: row.try_get("room_type_id")?,
-                units: row.try_get("units")?,
-            })
-        })
-        .collect()
+    .await
 }
 
 /// The nights of `[from, to)` no range covers, as maximal runs.
@@ -310,7 +300,7 @@ pub async fn room_type_nights(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Vec<RoomTypeNights>, sqlx::Error> {
-    let types = sqlx::query(
+    let types: Vec<(Uuid, String, i32)> = sqlx::query_as(
         "SELECT room_type_id, name, units FROM inventory_room_types
           WHERE agency_id = $1 AND property_id = $2
           ORDER BY room_type_id",
@@ -322,10 +312,7 @@ pub async fn room_type_nights(
     if types.is_empty() {
         return Ok(Vec::new());
     }
-    let ids = types
-        .iter()
-        .map(|row| row.try_get("room_type_id"))
-        .collect::<Result<Vec<Uuid>, _>>()?;
+    let ids: Vec<Uuid> = types.iter().map(|(id, _, _)| *id).collect();
     let taken: HashMap<(Uuid, NaiveDate), i32> = sqlx::query_as(
         "SELECT room_type_id, night, taken FROM inventory_nights
           WHERE agency_id = $1 AND room_type_id = ANY($2) AND night >= $3 AND night < $4",
@@ -339,11 +326,9 @@ pub async fn room_type_nights(
     .into_iter()
     .map(|(id, night, taken)| ((id, night), taken))
     .collect();
-    types
+    Ok(types
         .into_iter()
-        .map(|row| {
-            let id: Uuid = row.try_get("room_type_id")?;
-            let units: i32 = row.try_get("units")?;
+        .map(|(id, name, units)| {
             let nights = from
                 .iter_days()
                 .take_while(|night| *night < to)
@@ -352,14 +337,14 @@ pub async fn room_type_nights(
                     (night, units - taken)
                 })
                 .collect();
-            Ok(RoomTypeNights {
+            RoomTypeNights {
                 id,
-                name: row.try_get("name")?,
+                name,
                 units,
                 nights,
-            })
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// The units of a room type of the property, if it has that room type.
@@ -395,7 +380,7 @@ pub struct FreeSearch<'a> {
 
 /// One hit of the availability search: a single-unit property
 /// (`room_type_id` `None`) or one room type of a property.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct FreeUnit {
     pub property_id: Uuid,
     pub name: String,
@@ -474,7 +459,7 @@ pub async fn free_units(
     } else {
         free_units_sql!("n.taken > n.units - $7")
     };
-    let rows = sqlx::query(sql)
+    sqlx::query_as(sql)
         .bind(agency_id)
         .bind(search.owner)
         .bind(search.from)
@@ -484,16 +469,7 @@ pub async fn free_units(
         .bind(search.units)
         .bind(search.limit)
         .fetch_all(conn)
-        .await?;
-    rows.into_iter()
-        .map(|row| {
-            Ok(FreeUnit {
-                property_id: row.try_get("property_id")?,
-                name: row.try_get("name")?,
-                room_type_id: row.try_get("room_type_id")?,
-            })
-        })
-        .collect()
+        .await
 }
 
 /// One row of the audit log.

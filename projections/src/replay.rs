@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::runner::{self, StepError, Tables, BATCH};
@@ -41,17 +41,28 @@ pub enum ReplayError {
 }
 
 /// The progress of a replay, as ops see it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Progress {
+    #[sqlx(rename = "id")]
     pub replay_id: Uuid,
     pub name: String,
     pub state: String,
     pub processed: i64,
     pub total: i64,
+    /// Not stored: worked out from `processed` and the time taken.
+    #[sqlx(skip)]
     pub events_per_sec: f64,
     pub error: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A row of `projection_replays` with the seconds the replay has taken.
+#[derive(sqlx::FromRow)]
+struct ProgressRow {
+    #[sqlx(flatten)]
+    progress: Progress,
+    elapsed: f64,
 }
 
 fn checkpoint(projection: Projection) -> String {
@@ -100,13 +111,13 @@ pub async fn start(pool: &PgPool, projection: Projection) -> Result<Uuid, Replay
         };
     }
     for table in projection.tables() {
-        sqlx::query(&format!("DROP TABLE IF EXISTS {SHADOW_SCHEMA}.{table}"))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&format!(
-            "CREATE TABLE {SHADOW_SCHEMA}.{table} (LIKE public.{table} INCLUDING ALL)"
-        ))
-        .execute(&mut *tx)
+        execute_all(
+            &mut tx,
+            [
+                format!("DROP TABLE IF EXISTS {SHADOW_SCHEMA}.{table}"),
+                format!("CREATE TABLE {SHADOW_SCHEMA}.{table} (LIKE public.{table} INCLUDING ALL)"),
+            ],
+        )
         .await?;
         // Indexes that back no constraint are built in one pass once the
         // copy is full (`build_deferred_indexes`) rather than kept up to date
@@ -119,11 +130,13 @@ pub async fn start(pool: &PgPool, projection: Projection) -> Result<Uuid, Replay
         .bind(format!("{SHADOW_SCHEMA}.{table}"))
         .fetch_all(&mut *tx)
         .await?;
-        for index in deferred {
-            sqlx::query(&format!("DROP INDEX {index}"))
-                .execute(&mut *tx)
-                .await?;
-        }
+        execute_all(
+            &mut tx,
+            deferred
+                .into_iter()
+                .map(|index| format!("DROP INDEX {index}")),
+        )
+        .await?;
     }
     parking::forget(&mut tx, &checkpoint(projection)).await?;
     sqlx::query(
@@ -293,28 +306,28 @@ async fn try_swap(pool: &PgPool, projection: Projection) -> Result<(), ReplayErr
         .map(|table| format!("public.{table}"))
         .collect::<Vec<_>>()
         .join(", ");
-    sqlx::query("SET LOCAL lock_timeout = '200ms'")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(&format!("LOCK TABLE {live} IN ACCESS EXCLUSIVE MODE"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("SET LOCAL lock_timeout = 0")
-        .execute(&mut *tx)
-        .await?;
+    execute_all(
+        &mut tx,
+        [
+            "SET LOCAL lock_timeout = '200ms'".to_owned(),
+            format!("LOCK TABLE {live} IN ACCESS EXCLUSIVE MODE"),
+            "SET LOCAL lock_timeout = 0".to_owned(),
+        ],
+    )
+    .await?;
     while runner::apply_next(&mut tx, projection, &shadow, BATCH).await? > 0 {}
     for table in projection.tables() {
         sqlx::query("SELECT ledger_secure_read_model($1::regclass)")
             .bind(format!("{SHADOW_SCHEMA}.{table}"))
             .execute(&mut *tx)
             .await?;
-        sqlx::query(&format!("DROP TABLE public.{table}"))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(&format!(
-            "ALTER TABLE {SHADOW_SCHEMA}.{table} SET SCHEMA public"
-        ))
-        .execute(&mut *tx)
+        execute_all(
+            &mut tx,
+            [
+                format!("DROP TABLE public.{table}"),
+                format!("ALTER TABLE {SHADOW_SCHEMA}.{table} SET SCHEMA public"),
+            ],
+        )
         .await?;
     }
     sqlx::query(
@@ -338,12 +351,24 @@ async fn try_swap(pool: &PgPool, projection: Projection) -> Result<(), ReplayErr
     Ok(())
 }
 
+/// Runs statements built from table and index names (so not static text),
+/// in order, in `conn`'s open transaction.
+async fn execute_all(
+    conn: &mut PgConnection,
+    statements: impl IntoIterator<Item = String>,
+) -> Result<(), sqlx::Error> {
+    for statement in statements {
+        sqlx::query(&statement).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// The latest replay of a projection.
 pub async fn progress(
     pool: &PgPool,
     projection: Projection,
 ) -> Result<Option<Progress>, sqlx::Error> {
-    let row = sqlx::query(
+    let row: Option<ProgressRow> = sqlx::query_as(
         "SELECT id, name, state, processed, total, error, started_at, finished_at,
                 extract(epoch FROM coalesce(finished_at, now()) - started_at)::float8 AS elapsed
            FROM projection_replays WHERE name = $1
@@ -352,24 +377,15 @@ pub async fn progress(
     .bind(projection.name())
     .fetch_optional(pool)
     .await?;
-    row.map(|row| {
-        let processed: i64 = row.try_get("processed")?;
-        let elapsed: f64 = row.try_get("elapsed")?;
-        Ok(Progress {
-            replay_id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            state: row.try_get("state")?,
-            processed,
-            total: row.try_get("total")?,
-            events_per_sec: if elapsed > 0.0 {
-                (processed as f64 / elapsed).round()
-            } else {
-                0.0
-            },
-            error: row.try_get("error")?,
-            started_at: row.try_get("started_at")?,
-            finished_at: row.try_get("finished_at")?,
-        })
-    })
-    .transpose()
+    Ok(row.map(
+        |ProgressRow {
+             mut progress,
+             elapsed,
+         }| {
+            if elapsed > 0.0 {
+                progress.events_per_sec = (progress.processed as f64 / elapsed).round();
+            }
+            progress
+        },
+    ))
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 
 use crate::parking::{self, Parked};
 use crate::tail::{self, TailError};
@@ -211,24 +211,28 @@ pub async fn run(pool: PgPool, projection: Projection, mut signal: LogSignal) {
 }
 
 /// A projection's progress, for ops and readiness.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Status {
     pub name: String,
     pub position: i64,
     pub head_position: i64,
+    /// Not stored: how far `position` is behind `head_position`.
+    #[sqlx(skip)]
     pub lag: i64,
     /// `running`, `degraded` (some properties parked) or `failed`.
     pub status: String,
     pub last_error: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// Not stored here: read from `projection_parked`.
+    #[sqlx(skip)]
     pub parked: Vec<Parked>,
 }
 
 pub async fn statuses(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
-    let rows = sqlx::query(
+    let mut statuses: Vec<Status> = sqlx::query_as(
         "SELECT c.name, ledger_watermark(c.txid, c.position) AS position, c.status,
                 c.last_error, c.updated_at,
-                (SELECT coalesce(max(position), 0) FROM events) AS head
+                (SELECT coalesce(max(position), 0) FROM events) AS head_position
            FROM projection_checkpoints c
           WHERE c.name = ANY($1)
           ORDER BY c.name",
@@ -237,31 +241,17 @@ pub async fn statuses(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
     .fetch_all(pool)
     .await?;
     let mut parked = parking::parked(pool, &status_names()).await?;
-    rows.into_iter()
-        .map(|row| {
-            let name: String = row.try_get("name")?;
-            let position: i64 = row.try_get("position")?;
-            let head: i64 = row.try_get("head")?;
-            let mut status: String = row.try_get("status")?;
-            let (mine, others): (Vec<_>, Vec<_>) =
-                parked.drain(..).partition(|(of, _)| *of == name);
-            parked = others;
-            let mine: Vec<Parked> = mine.into_iter().map(|(_, p)| p).collect();
-            if status == "running" && !mine.is_empty() {
-                status = "degraded".to_owned();
-            }
-            Ok(Status {
-                name,
-                position,
-                head_position: head,
-                lag: (head - position).max(0),
-                status,
-                last_error: row.try_get("last_error")?,
-                updated_at: row.try_get("updated_at")?,
-                parked: mine,
-            })
-        })
-        .collect()
+    for status in &mut statuses {
+        status.lag = (status.head_position - status.position).max(0);
+        let (mine, others): (Vec<_>, Vec<_>) =
+            parked.drain(..).partition(|(of, _)| *of == status.name);
+        parked = others;
+        status.parked = mine.into_iter().map(|(_, p)| p).collect();
+        if status.status == "running" && !status.parked.is_empty() {
+            status.status = "degraded".to_owned();
+        }
+    }
+    Ok(statuses)
 }
 
 /// The checkpoints ops see: every projection, and the NATS publisher.

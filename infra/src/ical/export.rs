@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use ledger_domain::checksum::{self, ChannelRange};
 use ledger_domain::claims::{claim_change, ClaimChange};
 pub use ledger_domain::ical::render::ExportRange;
@@ -121,12 +121,11 @@ impl IcalExport {
 
     /// The last applied sequence of every property.
     pub async fn cursors(&self) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
-        let rows = sqlx::query("SELECT property_id, sequence FROM ical_export_cursors")
-            .fetch_all(self.pool())
-            .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("property_id")?, row.try_get("sequence")?)))
-            .collect()
+        let rows: Vec<(Uuid, i64)> =
+            sqlx::query_as("SELECT property_id, sequence FROM ical_export_cursors")
+                .fetch_all(self.pool())
+                .await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Applies one event idempotently (see the module docs).
@@ -135,20 +134,7 @@ impl IcalExport {
         let property_id = event.property_id;
         let sequence = event.sequence();
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO ical_export_cursors (property_id, agency_id, sequence) VALUES ($1, $2, 0)
-             ON CONFLICT (property_id) DO NOTHING",
-        )
-        .bind(property_id)
-        .bind(event.agency_id)
-        .execute(&mut *tx)
-        .await?;
-        let last: i64 = sqlx::query_scalar(
-            "SELECT sequence FROM ical_export_cursors WHERE property_id = $1 FOR UPDATE",
-        )
-        .bind(property_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let last = lock_cursor(&mut tx, event.agency_id, property_id).await?;
         let applied = if sequence <= last {
             Applied::Duplicate
         } else if sequence == last + 1 {
@@ -161,13 +147,7 @@ impl IcalExport {
             Applied::Resynchronised
         };
         if applied != Applied::Duplicate {
-            sqlx::query(
-                "UPDATE ical_export_cursors SET sequence = $2, updated_at = now() WHERE property_id = $1",
-            )
-            .bind(property_id)
-            .bind(sequence)
-            .execute(&mut *tx)
-            .await?;
+            move_cursor(&mut tx, property_id, sequence).await?;
         }
         tx.commit().await?;
         Ok(applied)
@@ -194,19 +174,25 @@ impl IcalExport {
                         ClaimKind::Booking => calendar.bookings.get(&r.id).map(|b| b.updated_at),
                         ClaimKind::Block => calendar.blocks.get(&r.id).map(|b| b.created_at),
                     };
-                    ExportRange {
-                        ref_id: r.id,
-                        kind: r.kind,
-                        start: r.start,
-                        end: r.end,
-                        changed_at: changed_at.unwrap_or_default(),
-                        status: r.status,
-                        room_type_id: r.room_type_id,
-                        units: r.units,
-                    }
+                    held_since(r, changed_at.unwrap_or_default())
                 })
                 .collect(),
         )
+    }
+}
+
+/// A claim as the channel kit has it (from the log or a snapshot), last
+/// changed at `changed_at`.
+fn held_since(range: ChannelRange, changed_at: DateTime<Utc>) -> ExportRange {
+    ExportRange {
+        ref_id: range.id,
+        kind: range.kind,
+        start: range.start,
+        end: range.end,
+        changed_at,
+        status: range.status,
+        room_type_id: range.room_type_id,
+        units: range.units,
     }
 }
 
@@ -245,45 +231,17 @@ impl AdapterState for IcalExport {
     async fn replace(&self, snapshot: &Snapshot) -> Result<(), StateError> {
         let data = &snapshot.data;
         let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO ical_export_cursors (property_id, agency_id, sequence) VALUES ($1, $2, 0)
-             ON CONFLICT (property_id) DO NOTHING",
-        )
-        .bind(data.property_id)
-        .bind(snapshot.agency_id)
-        .execute(&mut *tx)
-        .await?;
-        let last: i64 = sqlx::query_scalar(
-            "SELECT sequence FROM ical_export_cursors WHERE property_id = $1 FOR UPDATE",
-        )
-        .bind(data.property_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let last = lock_cursor(&mut tx, snapshot.agency_id, data.property_id).await?;
         if last > data.as_of_sequence {
             return Ok(());
         }
         let ranges: Vec<ExportRange> = data
             .ranges
             .iter()
-            .map(|r| ExportRange {
-                ref_id: r.id,
-                kind: r.kind,
-                start: r.start,
-                end: r.end,
-                changed_at: snapshot.time,
-                status: r.status.clone(),
-                room_type_id: r.room_type_id,
-                units: r.units,
-            })
+            .map(|r| held_since(r.clone(), snapshot.time))
             .collect();
         replace_property(&mut tx, snapshot.agency_id, data.property_id, &ranges).await?;
-        sqlx::query(
-            "UPDATE ical_export_cursors SET sequence = $2, updated_at = now() WHERE property_id = $1",
-        )
-        .bind(data.property_id)
-        .bind(data.as_of_sequence)
-        .execute(&mut *tx)
-        .await?;
+        move_cursor(&mut tx, data.property_id, data.as_of_sequence).await?;
         tx.commit().await?;
         tracing::info!(property_id = %data.property_id, as_of_sequence = data.as_of_sequence,
             "ical export: snapshot applied");
@@ -303,6 +261,42 @@ impl AdapterState for IcalExport {
             .map(|r| r.channel_range())
             .collect())
     }
+}
+
+/// The property's cursor (0 for a property not seen yet), locked until the
+/// transaction ends, so one process at a time moves it.
+async fn lock_cursor(
+    conn: &mut PgConnection,
+    agency_id: Uuid,
+    property_id: Uuid,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO ical_export_cursors (property_id, agency_id, sequence) VALUES ($1, $2, 0)
+         ON CONFLICT (property_id) DO NOTHING",
+    )
+    .bind(property_id)
+    .bind(agency_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query_scalar("SELECT sequence FROM ical_export_cursors WHERE property_id = $1 FOR UPDATE")
+        .bind(property_id)
+        .fetch_one(conn)
+        .await
+}
+
+async fn move_cursor(
+    conn: &mut PgConnection,
+    property_id: Uuid,
+    sequence: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE ical_export_cursors SET sequence = $2, updated_at = now() WHERE property_id = $1",
+    )
+    .bind(property_id)
+    .bind(sequence)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Folds one event with the domain's rule of held nights.

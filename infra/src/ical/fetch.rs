@@ -450,36 +450,44 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_error_status_is_reported_by_its_code_only() {
-        let base = server("404 Secret Admin Console".into(), 12).await;
-        assert_eq!(fetcher().fetch(&base).await, Err(FetchError::Status(404)));
-    }
-
-    #[tokio::test]
-    async fn a_feed_over_5_mib_is_refused() {
-        let base = server("200 OK".into(), MAX_FEED_BYTES + 1).await;
-        assert_eq!(fetcher().fetch(&base).await, Err(FetchError::TooLarge));
-    }
-
-    #[tokio::test]
-    async fn redirects_are_followed_5_times_at_most() {
-        let base = server("302 Found\r\nlocation: /again".into(), 0).await;
-        assert_eq!(
-            fetcher().fetch(&base).await,
-            Err(FetchError::TooManyRedirects)
-        );
-    }
-
-    #[tokio::test]
-    async fn a_redirect_to_an_inside_address_is_refused_before_it_is_followed() {
-        let base = server("302 Found\r\nlocation: http://10.0.0.1/".into(), 0).await;
-        assert_eq!(
-            fetcher().fetch(&base).await,
-            Err(FetchError::AddressNotAllowed)
-        );
-        let base = server("302 Found\r\nlocation: file:///etc/passwd".into(), 0).await;
-        // The client follows no other scheme at all: the redirect is the answer.
-        assert_eq!(fetcher().fetch(&base).await, Err(FetchError::Status(302)));
+    async fn a_bad_answer_is_reported_in_our_words() {
+        let cases = [
+            (
+                "an error status, by its code only",
+                "404 Secret Admin Console",
+                12,
+                FetchError::Status(404),
+            ),
+            (
+                "a feed over 5 MiB",
+                "200 OK",
+                MAX_FEED_BYTES + 1,
+                FetchError::TooLarge,
+            ),
+            (
+                "redirects, followed 5 times at most",
+                "302 Found\r\nlocation: /again",
+                0,
+                FetchError::TooManyRedirects,
+            ),
+            (
+                "a redirect to an inside address, refused before it is followed",
+                "302 Found\r\nlocation: http://10.0.0.1/",
+                0,
+                FetchError::AddressNotAllowed,
+            ),
+            // The client follows no other scheme at all: the redirect is the answer.
+            (
+                "a redirect to a file",
+                "302 Found\r\nlocation: file:///etc/passwd",
+                0,
+                FetchError::Status(302),
+            ),
+        ];
+        for (case, head, body_len, error) in cases {
+            let base = server(head.into(), body_len).await;
+            assert_eq!(fetcher().fetch(&base).await, Err(error), "{case}");
+        }
     }
 
     #[tokio::test]

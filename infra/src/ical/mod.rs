@@ -18,8 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// A new export secret: 64 hex digits (244 random bits from two UUIDv4s).
@@ -76,7 +75,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A feed `ledger serve` imports into a property every `interval_minutes`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct FeedRow {
     pub feed_id: Uuid,
     pub agency_id: Uuid,
@@ -88,23 +87,6 @@ pub struct FeedRow {
     pub last_run_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub last_result: Option<Value>,
-}
-
-impl FeedRow {
-    fn from_row(row: &PgRow) -> Result<FeedRow, sqlx::Error> {
-        Ok(FeedRow {
-            feed_id: row.try_get("feed_id")?,
-            agency_id: row.try_get("agency_id")?,
-            property_id: row.try_get("property_id")?,
-            url: row.try_get("url")?,
-            interval_minutes: row.try_get("interval_minutes")?,
-            created_at: row.try_get("created_at")?,
-            next_run_at: row.try_get("next_run_at")?,
-            last_run_at: row.try_get("last_run_at")?,
-            last_error: row.try_get("last_error")?,
-            last_result: row.try_get("last_result")?,
-        })
-    }
 }
 
 const FEED_COLUMNS: &str = "feed_id, agency_id, property_id, url, interval_minutes, created_at, \
@@ -121,7 +103,7 @@ pub async fn add_feed(
     interval_minutes: i32,
     now: DateTime<Utc>,
 ) -> Result<FeedRow, sqlx::Error> {
-    let row = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "INSERT INTO ical_feeds (feed_id, agency_id, property_id, url, interval_minutes, next_run_at)
          VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (property_id, url) DO UPDATE SET interval_minutes = EXCLUDED.interval_minutes
@@ -134,18 +116,16 @@ pub async fn add_feed(
     .bind(interval_minutes)
     .bind(now)
     .fetch_one(pool)
-    .await?;
-    FeedRow::from_row(&row)
+    .await
 }
 
 pub async fn list_feeds(pool: &PgPool, property_id: Uuid) -> Result<Vec<FeedRow>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "SELECT {FEED_COLUMNS} FROM ical_feeds WHERE property_id = $1 ORDER BY feed_id"
     ))
     .bind(property_id)
     .fetch_all(pool)
-    .await?;
-    rows.iter().map(FeedRow::from_row).collect()
+    .await
 }
 
 /// Removes a feed of the property; `None` when there is no such feed.
@@ -155,14 +135,13 @@ pub async fn delete_feed(
     property_id: Uuid,
     feed_id: Uuid,
 ) -> Result<Option<FeedRow>, sqlx::Error> {
-    let row = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "DELETE FROM ical_feeds WHERE property_id = $1 AND feed_id = $2 RETURNING {FEED_COLUMNS}"
     ))
     .bind(property_id)
     .bind(feed_id)
     .fetch_optional(pool)
-    .await?;
-    row.as_ref().map(FeedRow::from_row).transpose()
+    .await
 }
 
 /// Takes the feed that is most overdue at `now`, if any, and moves its next
@@ -174,7 +153,7 @@ pub async fn claim_due_feed(
     busy_agencies: &[Uuid],
     now: DateTime<Utc>,
 ) -> Result<Option<FeedRow>, sqlx::Error> {
-    let row = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "UPDATE ical_feeds SET next_run_at = $2 + make_interval(mins => interval_minutes)
           WHERE feed_id = (SELECT feed_id FROM ical_feeds WHERE next_run_at <= $2
                               AND agency_id <> ALL($1)
@@ -184,8 +163,7 @@ pub async fn claim_due_feed(
     .bind(busy_agencies)
     .bind(now)
     .fetch_optional(pool)
-    .await?;
-    row.as_ref().map(FeedRow::from_row).transpose()
+    .await
 }
 
 /// Records how a feed's run went.
