@@ -89,8 +89,7 @@ pub struct FeatureChange {
 
 #[utoipa::path(get, path = "/ops/agencies", operation_id = "list_agencies", tag = "ops",
     params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, description = "a page of agencies", body = Page<AgencyView>), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, description = "a page of agencies", body = Page<AgencyView>), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -109,8 +108,7 @@ pub async fn list(
 /// from its first token; 400 when the id already has a named record.
 #[utoipa::path(post, path = "/ops/agencies", operation_id = "create_agency", tag = "ops", request_body = NewAgency,
     responses((status = 201, description = "the new agency", body = AgencyView), (status = 200, description = "an existing unnamed agency, now named", body = AgencyView),
-              (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+              (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -131,8 +129,7 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/ops/agencies/{id}", operation_id = "get_agency", tag = "ops",
     params(("id" = Uuid, Path)),
-    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -147,8 +144,7 @@ pub async fn get(
 
 #[utoipa::path(post, path = "/ops/agencies/{id}/suspend", operation_id = "suspend_agency", tag = "ops",
     params(("id" = Uuid, Path)), request_body = StatusChange,
-    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn suspend(
     State(state): State<AppState>,
     caller: Caller,
@@ -163,8 +159,7 @@ pub async fn suspend(
 
 #[utoipa::path(post, path = "/ops/agencies/{id}/reinstate", operation_id = "reinstate_agency", tag = "ops",
     params(("id" = Uuid, Path)), request_body = StatusChange,
-    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn reinstate(
     State(state): State<AppState>,
     caller: Caller,
@@ -192,8 +187,7 @@ async fn change_status(
 
 #[utoipa::path(put, path = "/ops/agencies/{id}/features", operation_id = "set_agency_features", tag = "ops",
     params(("id" = Uuid, Path)), request_body = FeatureChange,
-    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn features(
     State(state): State<AppState>,
     caller: Caller,
@@ -229,8 +223,7 @@ async fn apply(
 /// (`resource_type` is `agency`; `position` is the history's own order).
 #[utoipa::path(get, path = "/ops/audit-log", operation_id = "agency_audit_log", tag = "ops",
     params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, description = "a page of the agency history", body = Page<AuditEntryView>), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, description = "a page of the agency history", body = Page<AuditEntryView>), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn audit_log(
     State(state): State<AppState>,
     caller: Caller,

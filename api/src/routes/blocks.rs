@@ -16,8 +16,7 @@ use crate::state::AppState;
 
 #[utoipa::path(post, path = "/api/v1/availability/blocks", tag = "availability",
     request_body = BlockBody,
-    responses((status = 201, body = BlockView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 201, body = BlockView)))]
 pub async fn create(
     State(state): State<AppState>,
     ctx: WriteCtx,
@@ -45,8 +44,7 @@ async fn property_of(state: &AppState, caller: &Caller, block_id: Uuid) -> Resul
 }
 
 #[utoipa::path(delete, path = "/api/v1/availability/blocks/{id}", tag = "availability",
-    responses((status = 200, body = BlockView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = BlockView)))]
 pub async fn release(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -65,8 +63,7 @@ pub async fn release(
 }
 
 #[utoipa::path(get, path = "/api/v1/availability/blocks/{id}", tag = "availability",
-    responses((status = 200, body = BlockView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = BlockView)))]
 pub async fn get(
     State(state): State<AppState>,
     PathId(id): PathId,

@@ -20,8 +20,7 @@ use crate::state::AppState;
 
 #[utoipa::path(post, path = "/api/v1/bookings", tag = "bookings",
     request_body = ReserveBody,
-    responses((status = 201, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 201, body = BookingView)))]
 pub async fn reserve(
     State(state): State<AppState>,
     ctx: WriteCtx,
@@ -115,8 +114,7 @@ impl<B> Change<B> {
 
 #[utoipa::path(patch, path = "/api/v1/bookings/{id}", tag = "bookings",
     request_body = ModifyBookingBody,
-    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = BookingView)))]
 pub async fn modify(change: Change<ModifyBookingBody>) -> Result<Response, ApiError> {
     change
         .run(|id, body| CalendarCommand::ModifyBooking(body.into_command(id)))
@@ -129,9 +127,8 @@ pub async fn modify(change: Change<ModifyBookingBody>) -> Result<Response, ApiEr
 macro_rules! status_change {
     ($name:ident, $path:literal, $command:ident) => {
         #[utoipa::path(post, path = $path, tag = "bookings",
-            request_body = EmptyBody,
-            responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
-            security(("bearer" = [])))]
+                    request_body = EmptyBody,
+                    responses((status = 200, body = BookingView)))]
         pub async fn $name(change: Change<EmptyBody>) -> Result<Response, ApiError> {
             change
                 .run(|id, EmptyBody {}| CalendarCommand::$command { booking_id: id })
@@ -147,8 +144,7 @@ status_change!(no_show, "/api/v1/bookings/{id}/no-show", MarkNoShow);
 
 #[utoipa::path(post, path = "/api/v1/bookings/{id}/cancel", tag = "bookings",
     request_body = CancelBody,
-    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = BookingView)))]
 pub async fn cancel(change: Change<CancelBody>) -> Result<Response, ApiError> {
     change
         .run(|id, body| CalendarCommand::CancelBooking {

@@ -20,11 +20,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::sync::Arc;
 
-use ledger_domain::{CalendarError, Outcome, PropertyCalendar};
+use ledger_domain::{Action, CalendarError, Outcome, PropertyCalendar};
 use ledger_infra::{Answer, Decided, Execution, Reply, ReplyHook};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::conditional;
 use crate::dto::Page;
 use crate::error::ApiError;
@@ -164,6 +165,24 @@ pub fn read_reply<V: Serialize>(position: i64, body: V) -> Response {
         .headers_mut()
         .insert(POSITION_HEADER, HeaderValue::from(position));
     response
+}
+
+/// 404 for a property the caller may not see, 403 for a role that may not
+/// take `action`.
+pub async fn visible_property(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    action: Action,
+) -> Result<(), ApiError> {
+    caller.require(action)?;
+    state
+        .bus
+        .read(id, |loaded| {
+            loaded.calendar.property_for(&caller.0, action).map(|_| ())
+        })
+        .await??;
+    Ok(())
 }
 
 /// On routes addressed by a booking or block id, a property the caller may

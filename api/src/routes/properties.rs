@@ -7,7 +7,7 @@ use ledger_domain::commands::UpdateProperty;
 use ledger_domain::{Action, CalendarCommand};
 use uuid::Uuid;
 
-use super::{execute, read_reply, Paging, PathId};
+use super::{execute, read_reply, visible_property, Paging, PathId};
 use crate::auth::Caller;
 use crate::conditional::IfMatch;
 use crate::dto::{
@@ -20,8 +20,7 @@ use crate::state::AppState;
 
 #[utoipa::path(post, path = "/api/v1/properties", tag = "properties",
     request_body = RegisterPropertyBody,
-    responses((status = 201, body = PropertyView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 201, body = PropertyView)))]
 pub async fn register(
     State(state): State<AppState>,
     ctx: WriteCtx,
@@ -35,8 +34,7 @@ pub async fn register(
 
 #[utoipa::path(patch, path = "/api/v1/properties/{id}", tag = "properties",
     request_body = UpdatePropertyBody,
-    responses((status = 200, body = PropertyView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = PropertyView)))]
 pub async fn update(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -51,8 +49,7 @@ pub async fn update(
 
 #[utoipa::path(post, path = "/api/v1/properties/{id}/archive", tag = "properties",
     request_body = EmptyBody,
-    responses((status = 200, body = PropertyView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = PropertyView)))]
 pub async fn archive(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -66,24 +63,14 @@ pub async fn archive(
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}/events", tag = "properties",
     params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = Page<EventView>), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = Page<EventView>)))]
 pub async fn events(
     State(state): State<AppState>,
     PathId(id): PathId,
     caller: Caller,
     page: Paging,
 ) -> Result<Response, ApiError> {
-    caller.require(Action::ReadEventHistory)?;
-    state
-        .bus
-        .read(id, |loaded| {
-            loaded
-                .calendar
-                .property_for(&caller.0, Action::ReadEventHistory)
-                .map(|_| ())
-        })
-        .await??;
+    visible_property(&state, &caller, id, Action::ReadEventHistory).await?;
     let rows = state
         .store()
         .history(id, page.after_number()?, page.fetch())

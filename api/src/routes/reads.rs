@@ -25,7 +25,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// How long a read waits for `min_position`.
-const MIN_POSITION_WAIT: Duration = Duration::from_secs(5);
+pub(super) const MIN_POSITION_WAIT: Duration = Duration::from_secs(5);
 /// The widest date window a read accepts.
 const MAX_WINDOW_DAYS: i64 = 3 * 366;
 
@@ -88,7 +88,10 @@ fn parse_uuid(field: &'static str, raw: &Option<String>) -> Result<Option<Uuid>,
 }
 
 /// A date parameter: `YYYY-MM-DD`, within the dates the ledger holds.
-fn parse_date(field: &'static str, raw: &Option<String>) -> Result<Option<NaiveDate>, ApiError> {
+pub(super) fn parse_date(
+    field: &'static str,
+    raw: &Option<String>,
+) -> Result<Option<NaiveDate>, ApiError> {
     raw.as_deref()
         .filter(|s| !s.is_empty())
         .map(|s| {
@@ -130,8 +133,7 @@ fn check_window(from: NaiveDate, to: NaiveDate) -> Result<(), ApiError> {
 
 #[utoipa::path(get, path = "/api/v1/properties", tag = "properties",
     params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = Page<PropertyView>), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = Page<PropertyView>)))]
 pub async fn list_properties(
     State(state): State<AppState>,
     caller: Caller,
@@ -160,8 +162,7 @@ pub async fn list_properties(
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}", tag = "properties",
     params(("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = PropertyView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = PropertyView)))]
 pub async fn get_property(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -200,8 +201,7 @@ const STATUSES: [&str; 6] = [
 
 #[utoipa::path(get, path = "/api/v1/bookings", tag = "bookings",
     params(BookingQuery, ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = Page<BookingView>), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = Page<BookingView>)))]
 pub async fn list_bookings(
     State(state): State<AppState>,
     caller: Caller,
@@ -244,8 +244,7 @@ pub async fn list_bookings(
 
 #[utoipa::path(get, path = "/api/v1/bookings/{id}", tag = "bookings",
     params(("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = BookingView)))]
 pub async fn get_booking(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -333,8 +332,7 @@ pub enum AvailabilityReply {
 
 #[utoipa::path(get, path = "/api/v1/availability", tag = "availability",
     params(AvailabilityQuery, ("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = AvailabilityReply), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = AvailabilityReply)))]
 pub async fn availability(
     State(state): State<AppState>,
     caller: Caller,
@@ -447,8 +445,7 @@ fn search_cursor(page: &Paging) -> Result<Option<(Uuid, Option<Uuid>)>, ApiError
 
 #[utoipa::path(get, path = "/api/v1/availability/search", tag = "availability",
     params(SearchQuery, ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = Page<FreeProperty>), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = Page<FreeProperty>)))]
 pub async fn search(
     State(state): State<AppState>,
     caller: Caller,
@@ -512,8 +509,7 @@ pub struct AuditQuery {
 
 #[utoipa::path(get, path = "/api/v1/audit-log", tag = "audit",
     params(AuditQuery, ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = Page<AuditEntryView>), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = Page<AuditEntryView>)))]
 pub async fn audit_log(
     State(state): State<AppState>,
     caller: Caller,

@@ -93,8 +93,7 @@ fn room_type_view(calendar: &PropertyCalendar, id: Uuid, position: i64) -> Optio
 
 #[utoipa::path(post, path = "/api/v1/properties/{id}/room-types", tag = "room types",
     request_body = CreateRoomTypeBody,
-    responses((status = 201, body = RoomTypeView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 201, body = RoomTypeView)))]
 pub async fn create(
     State(state): State<AppState>,
     PathId(property_id): PathId,
@@ -121,8 +120,7 @@ pub async fn create(
 
 #[utoipa::path(patch, path = "/api/v1/properties/{id}/room-types/{room_type_id}", tag = "room types",
     request_body = UpdateRoomTypeBody,
-    responses((status = 200, body = RoomTypeView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = RoomTypeView)))]
 pub async fn update(
     State(state): State<AppState>,
     PathIds(property_id, room_type_id): PathIds,
@@ -163,8 +161,7 @@ async fn decide(
 }
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}/room-types", tag = "room types",
-    responses((status = 200, body = RoomTypeList), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = RoomTypeList)))]
 pub async fn list(
     State(state): State<AppState>,
     PathId(property_id): PathId,
