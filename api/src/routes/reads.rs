@@ -12,9 +12,10 @@ use ledger_domain::policy::{sees_property, Scope};
 use ledger_domain::values;
 use ledger_domain::{Action, CalendarError};
 use ledger_projections::queries::{self, AuditFilter, BookingFilter, FreeSearch};
+use ledger_projections::views::PropertyRow;
 use ledger_projections::Projection;
 use serde::{Deserialize, Serialize};
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -69,6 +70,20 @@ async fn settle(
         .ok_or(ApiError::ProjectionLagging(min))?;
     let tx = queries::begin(&state.read_pool, agency_id).await?;
     Ok((reached, tx))
+}
+
+/// The property `id` if the caller may see it (an owner sees only their
+/// own), else 404.
+pub(super) async fn visible_row(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    scope: Scope,
+    id: Uuid,
+) -> Result<PropertyRow, ApiError> {
+    queries::property(conn, caller.0.agency_id, id)
+        .await?
+        .filter(|r| sees_property(&caller.0, scope, r.owner_id.as_deref()))
+        .ok_or(ApiError::PropertyNotFound)
 }
 
 fn owner_filter(caller: &Caller, scope: Scope) -> Option<String> {
@@ -171,10 +186,7 @@ pub async fn get_property(
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
     let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
-    let row = queries::property(&mut tx, caller.0.agency_id, id)
-        .await?
-        .filter(|r| sees_property(&caller.0, scope, r.owner_id.as_deref()))
-        .ok_or(ApiError::PropertyNotFound)?;
+    let row = visible_row(&mut tx, &caller, scope, id).await?;
     Ok(read_reply(position, PropertyView::from(&row)))
 }
 
@@ -350,10 +362,7 @@ pub async fn availability(
         caller.0.agency_id,
     )
     .await?;
-    queries::property(&mut tx, caller.0.agency_id, property_id)
-        .await?
-        .filter(|r| sees_property(&caller.0, scope, r.owner_id.as_deref()))
-        .ok_or(ApiError::PropertyNotFound)?;
+    visible_row(&mut tx, &caller, scope, property_id).await?;
     let room_types =
         queries::room_type_nights(&mut tx, caller.0.agency_id, property_id, from, to).await?;
     if !room_types.is_empty() {

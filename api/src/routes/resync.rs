@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{NaiveDate, Utc};
 use ledger_domain::checksum::{self, ChannelRange};
-use ledger_domain::policy::sees_property;
 use ledger_domain::{Action, CalendarError};
 use ledger_infra::resync::{self, JobProgress};
 use ledger_projections::{queries, Projection};
@@ -18,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::reads::{parse_date, MinPosition, MIN_POSITION_WAIT};
+use super::reads::{parse_date, visible_row, MinPosition, MIN_POSITION_WAIT};
 use super::{read_reply, visible_property, Params, PathId};
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -166,10 +165,7 @@ pub async fn checksum(
     .ok_or(ApiError::ProjectionLagging(min))?;
     let agency_id = caller.0.agency_id;
     let mut tx = queries::begin(&state.pool, agency_id).await?;
-    let property = queries::property(&mut tx, agency_id, id)
-        .await?
-        .filter(|p| sees_property(&caller.0, scope, p.owner_id.as_deref()))
-        .ok_or(ApiError::PropertyNotFound)?;
+    let property = visible_row(&mut tx, &caller, scope, id).await?;
     let (default_from, _) = checksum::window(&property.timezone, state.now());
     let from = from.unwrap_or(default_from);
     let to = match to {
