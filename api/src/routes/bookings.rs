@@ -126,9 +126,7 @@ pub async fn modify(change: Change<ModifyBookingBody>) -> Result<Response, ApiEr
 /// their OpenAPI annotation.
 macro_rules! status_change {
     ($name:ident, $path:literal, $command:ident) => {
-        #[utoipa::path(post, path = $path, tag = "bookings",
-                                    request_body = EmptyBody,
-                                    responses((status = 200, body = BookingView)))]
+        #[utoipa::path(post, path = $path, tag = "bookings", request_body = EmptyBody, responses((status = 200, body = BookingView)))]
         pub async fn $name(change: Change<EmptyBody>) -> Result<Response, ApiError> {
             change
                 .run(|id, EmptyBody {}| CalendarCommand::$command { booking_id: id })
