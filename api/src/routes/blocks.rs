@@ -7,7 +7,7 @@ use ledger_domain::values::ClaimKind;
 use ledger_domain::{Action, CalendarCommand};
 use uuid::Uuid;
 
-use super::{execute, not_found_as, read_reply, PathId};
+use super::{execute, execute_on, not_found_as, property_of, read_reply, PathId};
 use crate::auth::Caller;
 use crate::dto::{block_view, BlockBody, BlockView};
 use crate::error::ApiError;
@@ -35,14 +35,6 @@ pub async fn create(
     .await
 }
 
-async fn property_of(state: &AppState, caller: &Caller, block_id: Uuid) -> Result<Uuid, ApiError> {
-    state
-        .store()
-        .resolve_ref(block_id, ClaimKind::Block, caller.0.agency_id)
-        .await?
-        .ok_or(ApiError::BlockNotFound)
-}
-
 #[utoipa::path(delete, path = "/api/v1/availability/blocks/{id}", tag = "availability",
     responses((status = 200, body = BlockView)))]
 pub async fn release(
@@ -50,16 +42,9 @@ pub async fn release(
     PathId(id): PathId,
     ctx: WriteCtx,
 ) -> Result<Response, ApiError> {
-    let property_id = property_of(&state, &ctx.caller, id).await?;
+    let property_id = property_of(&state, &ctx.caller, ClaimKind::Block, id).await?;
     let execution = ctx.execution(property_id, CalendarCommand::ReleaseBlock { block_id: id });
-    execute(
-        &state,
-        execution,
-        StatusCode::OK,
-        move |calendar, position| block_view(calendar, id, position),
-    )
-    .await
-    .map_err(not_found_as(|| ApiError::BlockNotFound))
+    execute_on(&state, execution, ClaimKind::Block, id, block_view).await
 }
 
 #[utoipa::path(get, path = "/api/v1/availability/blocks/{id}", tag = "availability",
@@ -69,7 +54,7 @@ pub async fn get(
     PathId(id): PathId,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let property_id = property_of(&state, &caller, id).await?;
+    let property_id = property_of(&state, &caller, ClaimKind::Block, id).await?;
     let (position, view) = state
         .bus
         .read(property_id, |loaded| {
@@ -77,7 +62,7 @@ pub async fn get(
                 .calendar
                 .property_for(&caller.0, Action::ReadCalendar)
                 .map_err(ApiError::from)
-                .map_err(not_found_as(|| ApiError::BlockNotFound))?;
+                .map_err(not_found_as(ClaimKind::Block))?;
             block_view(&loaded.calendar, id, loaded.position)
                 .map(|view| (loaded.position, view))
                 .ok_or(ApiError::BlockNotFound)

@@ -8,8 +8,7 @@ use ledger_domain::{CalendarCommand, Outcome};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use super::{execute, execute_as, not_found_as, PathId};
-use crate::auth::Caller;
+use super::{execute_as, execute_on, property_of, PathId};
 use crate::conditional::IfMatch;
 use crate::dto::{
     booking_view, BookingView, CancelBody, EmptyBody, ModifyBookingBody, ReserveBody,
@@ -39,20 +38,6 @@ pub async fn reserve(
         booking_view(calendar, id, position).map(|view| (status, view))
     })
     .await
-}
-
-/// The property of one of the caller's agency's bookings, even when read
-/// models lag (the ref is written with the event that creates the booking).
-async fn property_of(
-    state: &AppState,
-    caller: &Caller,
-    booking_id: Uuid,
-) -> Result<Uuid, ApiError> {
-    state
-        .store()
-        .resolve_ref(booking_id, ClaimKind::Booking, caller.0.agency_id)
-        .await?
-        .ok_or(ApiError::BookingNotFound)
 }
 
 /// A request that changes an existing booking: its id, the command context,
@@ -99,16 +84,16 @@ impl<B> Change<B> {
             if_match: IfMatch(expected_version),
             body,
         } = self;
-        let property_id = property_of(&state, &ctx.caller, booking_id).await?;
+        let property_id = property_of(&state, &ctx.caller, ClaimKind::Booking, booking_id).await?;
         let execution = ctx.execution_at(property_id, command(booking_id, body), expected_version);
-        execute(
+        execute_on(
             &state,
             execution,
-            StatusCode::OK,
-            move |calendar, position| booking_view(calendar, booking_id, position),
+            ClaimKind::Booking,
+            booking_id,
+            booking_view,
         )
         .await
-        .map_err(not_found_as(|| ApiError::BookingNotFound))
     }
 }
 

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::sync::Arc;
 
+use ledger_domain::values::ClaimKind;
 use ledger_domain::{Action, CalendarError, Outcome, PropertyCalendar};
 use ledger_infra::{Answer, Decided, Execution, Reply, ReplyHook};
 use serde::Serialize;
@@ -185,12 +186,52 @@ pub async fn visible_property(
     Ok(())
 }
 
+/// The property of one of the caller's agency's bookings or blocks, even
+/// when read models lag (the ref is written with the event that creates it).
+pub async fn property_of(
+    state: &AppState,
+    caller: &Caller,
+    kind: ClaimKind,
+    id: Uuid,
+) -> Result<Uuid, ApiError> {
+    state
+        .store()
+        .resolve_ref(id, kind, caller.0.agency_id)
+        .await?
+        .ok_or(not_found(kind))
+}
+
+/// Runs a command on a booking or block and answers 200 with `view` of it.
+pub async fn execute_on<V: Serialize + 'static>(
+    state: &AppState,
+    execution: Execution,
+    kind: ClaimKind,
+    id: Uuid,
+    view: fn(&PropertyCalendar, Uuid, i64) -> Option<V>,
+) -> Result<Response, ApiError> {
+    execute(
+        state,
+        execution,
+        StatusCode::OK,
+        move |calendar, position| view(calendar, id, position),
+    )
+    .await
+    .map_err(not_found_as(kind))
+}
+
 /// On routes addressed by a booking or block id, a property the caller may
 /// not see means the booking or block is not found.
-pub fn not_found_as(replacement: fn() -> ApiError) -> impl Fn(ApiError) -> ApiError {
+pub fn not_found_as(kind: ClaimKind) -> impl Fn(ApiError) -> ApiError {
     move |error| match error {
-        ApiError::PropertyNotFound => replacement(),
+        ApiError::PropertyNotFound => not_found(kind),
         other => other,
+    }
+}
+
+fn not_found(kind: ClaimKind) -> ApiError {
+    match kind {
+        ClaimKind::Booking => ApiError::BookingNotFound,
+        ClaimKind::Block => ApiError::BlockNotFound,
     }
 }
 
