@@ -1,14 +1,13 @@
 //! Booking routes: reserve, modify, the status changes, read one.
 
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use ledger_domain::values::ClaimKind;
 use ledger_domain::{CalendarCommand, Outcome};
-use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use super::{execute_as, execute_on, property_of, PathId};
+use super::{execute_as, execute_on, property_of, Change};
 use crate::conditional::IfMatch;
 use crate::dto::{
     booking_view, BookingView, CancelBody, EmptyBody, ModifyBookingBody, ReserveBody,
@@ -40,35 +39,6 @@ pub async fn reserve(
     .await
 }
 
-/// A request that changes an existing booking: its id, the command context,
-/// `If-Match` and the body, extracted in the order every write route uses.
-pub struct Change<B> {
-    state: AppState,
-    booking_id: Uuid,
-    ctx: WriteCtx,
-    if_match: IfMatch,
-    body: B,
-}
-
-impl<B: DeserializeOwned> FromRequest<AppState> for Change<B> {
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        let (mut parts, body) = request.into_parts();
-        let PathId(booking_id) = PathId::from_request_parts(&mut parts, state).await?;
-        let ctx = WriteCtx::from_request_parts(&mut parts, state).await?;
-        let if_match = IfMatch::from_request_parts(&mut parts, state).await?;
-        let Body(body) = Body::from_request(Request::from_parts(parts, body), state).await?;
-        Ok(Change {
-            state: state.clone(),
-            booking_id,
-            ctx,
-            if_match,
-            body,
-        })
-    }
-}
-
 impl<B> Change<B> {
     /// Runs the command made from the booking id (and the body) and answers
     /// with the booking; with `If-Match`, only while the booking is at that
@@ -79,7 +49,7 @@ impl<B> Change<B> {
     ) -> Result<Response, ApiError> {
         let Change {
             state,
-            booking_id,
+            id: booking_id,
             ctx,
             if_match: IfMatch(expected_version),
             body,

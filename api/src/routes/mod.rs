@@ -12,7 +12,7 @@ pub mod resync;
 pub mod room_types;
 pub mod stream;
 
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::ETAG;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
@@ -23,13 +23,15 @@ use std::sync::Arc;
 use ledger_domain::values::ClaimKind;
 use ledger_domain::{Action, CalendarError, Outcome, PropertyCalendar};
 use ledger_infra::{Answer, Decided, Execution, Reply, ReplyHook};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::conditional;
+use crate::conditional::{self, IfMatch};
 use crate::dto::Page;
 use crate::error::ApiError;
+use crate::extract::{Body, WriteCtx};
 use crate::state::AppState;
 
 pub const POSITION_HEADER: &str = "x-ledger-position";
@@ -70,6 +72,36 @@ fn malformed() -> ApiError {
 fn path_uuid(raw: &str) -> Result<Uuid, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::validation(format!("{raw:?} is not a UUID")))
+}
+
+/// A request that changes an existing property or booking: its id, the
+/// command context, `If-Match` and the body, extracted in the order every
+/// write route uses.
+pub struct Change<B> {
+    state: AppState,
+    id: Uuid,
+    ctx: WriteCtx,
+    if_match: IfMatch,
+    body: B,
+}
+
+impl<B: DeserializeOwned> FromRequest<AppState> for Change<B> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let PathId(id) = PathId::from_request_parts(&mut parts, state).await?;
+        let ctx = WriteCtx::from_request_parts(&mut parts, state).await?;
+        let if_match = IfMatch::from_request_parts(&mut parts, state).await?;
+        let Body(body) = Body::from_request(Request::from_parts(parts, body), state).await?;
+        Ok(Change {
+            state: state.clone(),
+            id,
+            ctx,
+            if_match,
+            body,
+        })
+    }
 }
 
 /// Runs a command and answers with the view `view` finds in the calendar

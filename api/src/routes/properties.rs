@@ -7,7 +7,7 @@ use ledger_domain::commands::UpdateProperty;
 use ledger_domain::{Action, CalendarCommand};
 use uuid::Uuid;
 
-use super::{execute, read_reply, visible_property, Paging, PathId};
+use super::{execute, read_reply, visible_property, Change, Paging, PathId};
 use crate::auth::Caller;
 use crate::conditional::IfMatch;
 use crate::dto::{
@@ -35,29 +35,34 @@ pub async fn register(
 #[utoipa::path(patch, path = "/api/v1/properties/{id}", tag = "properties",
     request_body = UpdatePropertyBody,
     responses((status = 200, body = PropertyView)))]
-pub async fn update(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    ctx: WriteCtx,
-    IfMatch(expected_version): IfMatch,
-    Body(body): Body<UpdatePropertyBody>,
-) -> Result<Response, ApiError> {
-    let command = CalendarCommand::UpdateProperty(UpdateProperty::from(body));
-    let execution = ctx.execution_at(id, command, expected_version);
-    execute(&state, execution, StatusCode::OK, property_view).await
+pub async fn update(change: Change<UpdatePropertyBody>) -> Result<Response, ApiError> {
+    run(change, |body| {
+        CalendarCommand::UpdateProperty(UpdateProperty::from(body))
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/api/v1/properties/{id}/archive", tag = "properties",
     request_body = EmptyBody,
     responses((status = 200, body = PropertyView)))]
-pub async fn archive(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    ctx: WriteCtx,
-    IfMatch(expected_version): IfMatch,
-    Body(EmptyBody {}): Body<EmptyBody>,
+pub async fn archive(change: Change<EmptyBody>) -> Result<Response, ApiError> {
+    run(change, |EmptyBody {}| CalendarCommand::ArchiveProperty).await
+}
+
+/// Runs the command made from the body on the property and answers with
+/// it; with `If-Match`, only while the property is at that version.
+async fn run<B>(
+    change: Change<B>,
+    command: impl FnOnce(B) -> CalendarCommand,
 ) -> Result<Response, ApiError> {
-    let execution = ctx.execution_at(id, CalendarCommand::ArchiveProperty, expected_version);
+    let Change {
+        state,
+        id,
+        ctx,
+        if_match: IfMatch(expected_version),
+        body,
+    } = change;
+    let execution = ctx.execution_at(id, command(body), expected_version);
     execute(&state, execution, StatusCode::OK, property_view).await
 }
 
