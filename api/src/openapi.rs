@@ -140,18 +140,44 @@ fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
 
 /// `id`-like names are UUIDs; any other (a projection's name, a file) a string.
 fn path_parameter(name: &str) -> Parameter {
-    let schema = if name == "id" || name.ends_with("_id") {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
-    } else {
-        ObjectBuilder::new().schema_type(Type::String)
-    };
+    let format = (name == "id" || name.ends_with("_id")).then_some(KnownFormat::Uuid);
+    parameter(
+        name,
+        ParameterIn::Path,
+        Required::True,
+        Type::String,
+        format,
+    )
+}
+
+/// An optional query parameter: how the extractors that read one
+/// (`Paging`, `MinPosition`) document it.
+pub fn query_parameter(name: &str, schema_type: Type, format: Option<KnownFormat>) -> Parameter {
+    parameter(
+        name,
+        ParameterIn::Query,
+        Required::False,
+        schema_type,
+        format,
+    )
+}
+
+fn parameter(
+    name: &str,
+    parameter_in: ParameterIn,
+    required: Required,
+    schema_type: Type,
+    format: Option<KnownFormat>,
+) -> Parameter {
     ParameterBuilder::new()
         .name(name)
-        .parameter_in(ParameterIn::Path)
-        .required(Required::True)
-        .schema(Some(schema))
+        .parameter_in(parameter_in)
+        .required(required)
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(schema_type)
+                .format(format.map(SchemaFormat::KnownFormat)),
+        ))
         .build()
 }
 

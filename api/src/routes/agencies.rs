@@ -52,7 +52,7 @@ pub struct FeatureChange {
 }
 
 #[utoipa::path(get, path = "/ops/agencies", operation_id = "list_agencies", tag = "ops",
-    params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
+    params(Paging),
     responses((status = 200, description = "a page of agencies", body = Page<Agency>), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -186,7 +186,7 @@ async fn apply(
 /// The agencies' life-cycle changes, oldest first, in the audit log's shape
 /// (`resource_type` is `agency`; `position` is the history's own order).
 #[utoipa::path(get, path = "/ops/audit-log", operation_id = "agency_audit_log", tag = "ops",
-    params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
+    params(Paging),
     responses((status = 200, description = "a page of the agency history", body = Page<AuditEntryView>), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn audit_log(
     State(state): State<AppState>,

@@ -25,6 +25,9 @@ use ledger_domain::{Action, CalendarError, Outcome, PropertyCalendar};
 use ledger_infra::{Answer, Decided, Execution, Reply, ReplyHook};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use utoipa::openapi::path::{Parameter, ParameterIn};
+use utoipa::openapi::{KnownFormat, Type};
+use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -32,6 +35,7 @@ use crate::conditional::{self, IfMatch};
 use crate::dto::Page;
 use crate::error::ApiError;
 use crate::extract::{Body, WriteCtx};
+use crate::openapi::query_parameter;
 use crate::state::AppState;
 
 pub const POSITION_HEADER: &str = "x-ledger-position";
@@ -309,6 +313,16 @@ impl Paging {
             items: rows.into_iter().map(item).collect(),
             next_cursor,
         }
+    }
+}
+
+/// `?limit=` and `?cursor=` in the OpenAPI document: `params(Paging)`.
+impl IntoParams for Paging {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            query_parameter("limit", Type::Integer, Some(KnownFormat::Int64)),
+            query_parameter("cursor", Type::String, None),
+        ]
     }
 }
 

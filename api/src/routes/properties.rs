@@ -67,7 +67,7 @@ async fn run<B>(
 }
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}/events", tag = "properties",
-    params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
+    params(Paging),
     responses((status = 200, body = Page<EventView>)))]
 pub async fn events(
     State(state): State<AppState>,

@@ -16,6 +16,8 @@ use ledger_projections::views::PropertyRow;
 use ledger_projections::Projection;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, Postgres, Transaction};
+use utoipa::openapi::path::{Parameter, ParameterIn};
+use utoipa::openapi::{KnownFormat, Type};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -23,6 +25,7 @@ use super::{parse_cursor, read_reply, serde_urlencoded_query, Paging, Params, Pa
 use crate::auth::Caller;
 use crate::dto::{AuditEntryView, BookingView, Page, PropertyView};
 use crate::error::ApiError;
+use crate::openapi::query_parameter;
 use crate::state::AppState;
 
 /// How long a read waits for `min_position`.
@@ -52,6 +55,17 @@ impl<S: Send + Sync> FromRequestParts<S> for MinPosition {
                 .map(MinPosition)
                 .ok_or_else(|| ApiError::validation("min_position must be a non-negative integer")),
         }
+    }
+}
+
+/// `?min_position=` in the OpenAPI document: `params(MinPosition)`.
+impl IntoParams for MinPosition {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![query_parameter(
+            "min_position",
+            Type::Integer,
+            Some(KnownFormat::Int64),
+        )]
     }
 }
 
@@ -147,7 +161,7 @@ fn check_window(from: NaiveDate, to: NaiveDate) -> Result<(), ApiError> {
 }
 
 #[utoipa::path(get, path = "/api/v1/properties", tag = "properties",
-    params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
+    params(Paging, MinPosition),
     responses((status = 200, body = Page<PropertyView>)))]
 pub async fn list_properties(
     State(state): State<AppState>,
@@ -176,7 +190,7 @@ pub async fn list_properties(
 }
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}", tag = "properties",
-    params(("min_position" = Option<i64>, Query)),
+    params(MinPosition),
     responses((status = 200, body = PropertyView)))]
 pub async fn get_property(
     State(state): State<AppState>,
@@ -212,7 +226,7 @@ const STATUSES: [&str; 6] = [
 ];
 
 #[utoipa::path(get, path = "/api/v1/bookings", tag = "bookings",
-    params(BookingQuery, ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
+    params(BookingQuery, Paging, MinPosition),
     responses((status = 200, body = Page<BookingView>)))]
 pub async fn list_bookings(
     State(state): State<AppState>,
@@ -255,7 +269,7 @@ pub async fn list_bookings(
 }
 
 #[utoipa::path(get, path = "/api/v1/bookings/{id}", tag = "bookings",
-    params(("min_position" = Option<i64>, Query)),
+    params(MinPosition),
     responses((status = 200, body = BookingView)))]
 pub async fn get_booking(
     State(state): State<AppState>,
@@ -343,7 +357,7 @@ pub enum AvailabilityReply {
 }
 
 #[utoipa::path(get, path = "/api/v1/availability", tag = "availability",
-    params(AvailabilityQuery, ("min_position" = Option<i64>, Query)),
+    params(AvailabilityQuery, MinPosition),
     responses((status = 200, body = AvailabilityReply)))]
 pub async fn availability(
     State(state): State<AppState>,
@@ -453,7 +467,7 @@ fn search_cursor(page: &Paging) -> Result<Option<(Uuid, Option<Uuid>)>, ApiError
 }
 
 #[utoipa::path(get, path = "/api/v1/availability/search", tag = "availability",
-    params(SearchQuery, ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
+    params(SearchQuery, Paging, MinPosition),
     responses((status = 200, body = Page<FreeProperty>)))]
 pub async fn search(
     State(state): State<AppState>,
@@ -517,7 +531,7 @@ pub struct AuditQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/audit-log", tag = "audit",
-    params(AuditQuery, ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
+    params(AuditQuery, Paging, MinPosition),
     responses((status = 200, body = Page<AuditEntryView>)))]
 pub async fn audit_log(
     State(state): State<AppState>,
