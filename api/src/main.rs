@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use ledger_api::auth::Keys;
 use ledger_api::config::{DatabaseArgs, SecretArgs, ServeConfig};
 use ledger_api::startup::{self, migrate_database, StartError};
@@ -151,20 +151,8 @@ enum AgencyAction {
         #[command(flatten)]
         database: DatabaseArgs,
     },
-    Suspend {
-        agency: Uuid,
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        database: DatabaseArgs,
-    },
-    Reinstate {
-        agency: Uuid,
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        database: DatabaseArgs,
-    },
+    Suspend(StatusArgs),
+    Reinstate(StatusArgs),
     /// Turn an agency's features on or off.
     Features {
         agency: Uuid,
@@ -175,6 +163,17 @@ enum AgencyAction {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+}
+
+// `ledger agency suspend|reinstate AGENCY [--reason ...]`. No doc comment:
+// clap would show it as both subcommands' help.
+#[derive(Args)]
+struct StatusArgs {
+    agency: Uuid,
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    database: DatabaseArgs,
 }
 
 fn parse_role(value: &str) -> Result<Role, String> {
@@ -306,6 +305,9 @@ async fn agency(action: AgencyAction) -> Result<(), StartError> {
 
     const BY: &str = "cli";
     let connect = |database: &DatabaseArgs| ledger_infra::connect(&database.database_url, 1);
+    let change = |agency, change, database: DatabaseArgs| async move {
+        Ok::<_, StartError>(agencies::change(&connect(&database)?, agency, change, BY).await?)
+    };
     let agency = match action {
         AgencyAction::Create { id, name, database } => {
             let pool = connect(&database)?;
@@ -315,33 +317,27 @@ async fn agency(action: AgencyAction) -> Result<(), StartError> {
         AgencyAction::Show { agency, database } => agencies::get(&connect(&database)?, agency)
             .await?
             .ok_or_else(|| format!("agency {agency} has no record"))?,
-        AgencyAction::Suspend {
+        AgencyAction::Suspend(StatusArgs {
             agency,
             reason,
             database,
-        } => {
-            let change = Change::Suspend { reason };
-            agencies::change(&connect(&database)?, agency, change, BY).await?
-        }
-        AgencyAction::Reinstate {
+        }) => change(agency, Change::Suspend { reason }, database).await?,
+        AgencyAction::Reinstate(StatusArgs {
             agency,
             reason,
             database,
-        } => {
-            let change = Change::Reinstate { reason };
-            agencies::change(&connect(&database)?, agency, change, BY).await?
-        }
+        }) => change(agency, Change::Reinstate { reason }, database).await?,
         AgencyAction::Features {
             agency,
             ical_export,
             ical_import,
             database,
         } => {
-            let change = Change::SetFeatures {
+            let features = Change::SetFeatures {
                 ical_export,
                 ical_import,
             };
-            agencies::change(&connect(&database)?, agency, change, BY).await?
+            change(agency, features, database).await?
         }
     };
     println!("{}", serde_json::to_string_pretty(&agency)?);

@@ -2,12 +2,16 @@
 //! Swagger UI that renders it (assets compiled into the binary: no CDN).
 
 use axum::Router;
-use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{KnownFormat, ObjectBuilder, RefOr, Required, SchemaFormat, Type};
+use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn, PathItem};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{
+    ContentBuilder, KnownFormat, ObjectBuilder, Ref, RefOr, Required, ResponseBuilder,
+    SchemaFormat, Type,
+};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::dto::ErrorBody;
 use crate::routes::{
     agencies, blocks, bookings, health, ical, ops, properties, reads, resync, room_types, stream,
 };
@@ -32,7 +36,8 @@ use crate::state::AppState;
         stream::stream,
         room_types::create, room_types::update, room_types::list,
     ),
-    modifiers(&BearerAuth, &HealthAliases, &PathParameters)
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth, &HealthAliases, &PathParameters, &TokenRoutes)
 )]
 pub struct ApiDoc;
 
@@ -67,14 +72,7 @@ impl Modify for PathParameters {
                 .skip(1)
                 .filter_map(|rest| rest.split_once('}').map(|(name, _)| name.to_owned()))
                 .collect();
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for operation in operations.into_iter().flatten() {
+            for operation in operations(item) {
                 let parameters = operation.parameters.get_or_insert_with(Vec::new);
                 for name in &names {
                     let declared = parameters.iter().any(|p| {
@@ -89,20 +87,97 @@ impl Modify for PathParameters {
     }
 }
 
+/// The routes under `/api/` and `/ops/` take a bearer token and refuse with
+/// the error body: declared here once for all of them rather than on each
+/// handler. The health probes, the `.ics` feeds (their secret is in the
+/// query) and this document take no token. A handler that documents its
+/// refusals itself keeps its own `4XX`.
+struct TokenRoutes;
+
+impl Modify for TokenRoutes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !(path.starts_with("/api/") || path.starts_with("/ops/")) {
+                continue;
+            }
+            for operation in operations(item) {
+                operation
+                    .responses
+                    .responses
+                    .entry("4XX".to_owned())
+                    .or_insert_with(|| {
+                        ResponseBuilder::new()
+                            .content(
+                                "application/json",
+                                ContentBuilder::new()
+                                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                    .build(),
+                            )
+                            .build()
+                            .into()
+                    });
+                operation
+                    .security
+                    .get_or_insert_with(Vec::new)
+                    .push(SecurityRequirement::new("bearer", Vec::<String>::new()));
+            }
+        }
+    }
+}
+
+/// The operations of a path, whatever their method.
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// `id`-like names are UUIDs; any other (a projection's name, a file) a string.
 fn path_parameter(name: &str) -> Parameter {
-    let schema = if name == "id" || name.ends_with("_id") {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
-    } else {
-        ObjectBuilder::new().schema_type(Type::String)
-    };
+    let format = (name == "id" || name.ends_with("_id")).then_some(KnownFormat::Uuid);
+    parameter(
+        name,
+        ParameterIn::Path,
+        Required::True,
+        Type::String,
+        format,
+    )
+}
+
+/// An optional query parameter: how the extractors that read one
+/// (`Paging`, `MinPosition`) document it.
+pub fn query_parameter(name: &str, schema_type: Type, format: Option<KnownFormat>) -> Parameter {
+    parameter(
+        name,
+        ParameterIn::Query,
+        Required::False,
+        schema_type,
+        format,
+    )
+}
+
+fn parameter(
+    name: &str,
+    parameter_in: ParameterIn,
+    required: Required,
+    schema_type: Type,
+    format: Option<KnownFormat>,
+) -> Parameter {
     ParameterBuilder::new()
         .name(name)
-        .parameter_in(ParameterIn::Path)
-        .required(Required::True)
-        .schema(Some(schema))
+        .parameter_in(parameter_in)
+        .required(required)
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(schema_type)
+                .format(format.map(SchemaFormat::KnownFormat)),
+        ))
         .build()
 }
 

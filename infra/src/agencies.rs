@@ -15,6 +15,7 @@ use uuid::Uuid;
 pub const FIRST_USE: &str = "first-use";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = FeaturesView))]
 pub struct Features {
     pub ical_export: bool,
     pub ical_import: bool,
@@ -30,6 +31,7 @@ impl Default for Features {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = AgencyView))]
 pub struct Agency {
     pub id: Uuid,
     pub name: Option<String>,

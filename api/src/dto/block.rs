@@ -31,6 +31,7 @@ pub struct BlockBody {
     pub note: Option<String>,
     /// The channel's id for what the block mirrors (an iCal `UID`).
     #[serde(default)]
+    // Not `optional_line`: a `schema_with` schema drops the description.
     #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub external_ref: Option<String>,
     /// Required on a property with room types, refused elsewhere.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{not_null, nullable, ChannelDto, GuestDto, NewBookingStatus, PriceDto};
+use super::{not_null, nullable, optional_line, ChannelDto, GuestDto, NewBookingStatus, PriceDto};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -40,7 +40,7 @@ pub struct ReserveBody {
     #[serde(default)]
     pub channel: Option<ChannelDto>,
     #[serde(default)]
-    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(schema_with = optional_line::<0, 255>)]
     pub external_ref: Option<String>,
     #[serde(default)]
     pub price: Option<PriceDto>,
@@ -126,7 +126,7 @@ impl ModifyBookingBody {
 #[serde(deny_unknown_fields)]
 pub struct CancelBody {
     #[serde(default)]
-    #[schema(max_length = 500, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(schema_with = optional_line::<0, 500>)]
     pub reason: Option<String>,
 }
 

@@ -18,6 +18,8 @@ pub use property::*;
 pub use values::*;
 
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::openapi::schema::SchemaType;
+use utoipa::openapi::{Object, ObjectBuilder, Type};
 use utoipa::ToSchema;
 
 // The request schemas carry the limits the domain enforces
@@ -25,6 +27,26 @@ use utoipa::ToSchema;
 // see them: one-line texts match `^[^\u0000-\u001F\u007F-\u009F]*$` (no
 // control characters), `notes`/`note` also allow tab and newline, dates are
 // within 1900-01-01..2199-12-31 and timestamps within those years.
+
+/// The schema of a one-line text field (`#[schema(schema_with = line::<1, 200>)]`):
+/// `MIN` to `MAX` characters (0: no lower bound), no control characters.
+pub(crate) fn line<const MIN: usize, const MAX: usize>() -> Object {
+    one_line(MIN, MAX).schema_type(Type::String).build()
+}
+
+/// [`line`] for a field that may be left out or null.
+pub(crate) fn optional_line<const MIN: usize, const MAX: usize>() -> Object {
+    one_line(MIN, MAX)
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .build()
+}
+
+fn one_line(min: usize, max: usize) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .min_length((min > 0).then_some(min))
+        .max_length(Some(max))
+        .pattern(Some(r"^[^\u0000-\u001F\u007F-\u009F]*$"))
+}
 
 /// A field that may be left out but, when given, may not be null: `null`
 /// for a name or a date that cannot be empty is a 400 naming the field,

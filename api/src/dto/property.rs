@@ -8,19 +8,16 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{not_null, nullable};
+use super::{line, not_null, nullable, optional_line};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterPropertyBody {
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
-    )]
+    #[schema(schema_with = line::<1, 200>)]
     pub name: String,
     /// IANA time zone; `UTC` when absent.
     #[serde(default)]
+    // Not `optional_line`: a `schema_with` schema drops the description.
     #[schema(
         min_length = 1,
         max_length = 64,
@@ -28,10 +25,10 @@ pub struct RegisterPropertyBody {
     )]
     pub timezone: Option<String>,
     #[serde(default)]
-    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(schema_with = optional_line::<0, 255>)]
     pub owner_id: Option<String>,
     #[serde(default)]
-    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(schema_with = optional_line::<0, 255>)]
     pub external_ref: Option<String>,
 }
 
@@ -53,16 +50,16 @@ impl RegisterPropertyBody {
 #[serde(deny_unknown_fields)]
 pub struct UpdatePropertyBody {
     #[serde(default, deserialize_with = "not_null")]
-    #[schema(value_type = String, min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(schema_with = line::<1, 200>)]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "not_null")]
-    #[schema(value_type = String, min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(schema_with = line::<1, 64>)]
     pub timezone: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(schema_with = optional_line::<0, 255>)]
     pub owner_id: Option<Option<String>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(schema_with = optional_line::<0, 255>)]
     pub external_ref: Option<Option<String>>,
 }
 

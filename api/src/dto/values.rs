@@ -5,24 +5,18 @@ use ledger_domain::values::{self, BlockReason, Channel};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::{line, optional_line};
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestDto {
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
-    )]
+    #[schema(schema_with = line::<1, 200>)]
     pub name: String,
     #[serde(default)]
-    #[schema(
-        min_length = 3,
-        max_length = 254,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
-    )]
+    #[schema(schema_with = optional_line::<3, 254>)]
     pub email: Option<String>,
     #[serde(default)]
-    #[schema(max_length = 50, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(schema_with = optional_line::<0, 50>)]
     pub phone: Option<String>,
 }
 

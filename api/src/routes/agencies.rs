@@ -8,10 +8,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
 use ledger_domain::{values, Action};
 use ledger_infra::agencies::{self, Agency, Change, Created};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -24,41 +23,6 @@ use crate::state::AppState;
 
 const NAME_MAX: usize = 200;
 const REASON_MAX: usize = 500;
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct FeaturesView {
-    pub ical_export: bool,
-    pub ical_import: bool,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AgencyView {
-    pub id: Uuid,
-    pub name: Option<String>,
-    /// `active` or `suspended`.
-    pub status: String,
-    pub reason: Option<String>,
-    pub features: FeaturesView,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl From<Agency> for AgencyView {
-    fn from(agency: Agency) -> Self {
-        AgencyView {
-            id: agency.id,
-            name: agency.name,
-            status: agency.status,
-            reason: agency.reason,
-            features: FeaturesView {
-                ical_export: agency.features.ical_export,
-                ical_import: agency.features.ical_import,
-            },
-            created_at: agency.created_at,
-            updated_at: agency.updated_at,
-        }
-    }
-}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -88,29 +52,27 @@ pub struct FeatureChange {
 }
 
 #[utoipa::path(get, path = "/ops/agencies", operation_id = "list_agencies", tag = "ops",
-    params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, description = "a page of agencies", body = Page<AgencyView>), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    params(Paging),
+    responses((status = 200, description = "a page of agencies", body = Page<Agency>), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     page: Paging,
-) -> Result<Json<Page<AgencyView>>, ApiError> {
+) -> Result<Json<Page<Agency>>, ApiError> {
     caller.require(Action::AdministerAgencies)?;
     let rows = agencies::list(&state.pool, page.after_id()?, page.fetch()).await?;
     Ok(Json(page.page(
         rows,
         |a| a.id.to_string(),
-        AgencyView::from,
+        std::convert::identity,
     )))
 }
 
 /// 201 for a new agency; 200 when it names an agency that got its record
 /// from its first token; 400 when the id already has a named record.
 #[utoipa::path(post, path = "/ops/agencies", operation_id = "create_agency", tag = "ops", request_body = NewAgency,
-    responses((status = 201, description = "the new agency", body = AgencyView), (status = 200, description = "an existing unnamed agency, now named", body = AgencyView),
-              (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 201, description = "the new agency", body = Agency), (status = 200, description = "an existing unnamed agency, now named", body = Agency),
+              (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -126,35 +88,33 @@ pub async fn create(
         Created::New => StatusCode::CREATED,
         Created::Named => StatusCode::OK,
     };
-    Ok((status, Json(AgencyView::from(agency))).into_response())
+    Ok((status, Json(agency)).into_response())
 }
 
 #[utoipa::path(get, path = "/ops/agencies/{id}", operation_id = "get_agency", tag = "ops",
     params(("id" = Uuid, Path)),
-    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, description = "the agency", body = Agency), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId,
-) -> Result<Json<AgencyView>, ApiError> {
+) -> Result<Json<Agency>, ApiError> {
     caller.require(Action::AdministerAgencies)?;
     let agency = agencies::get(&state.pool, id)
         .await?
         .ok_or(ApiError::AgencyNotFound)?;
-    Ok(Json(agency.into()))
+    Ok(Json(agency))
 }
 
 #[utoipa::path(post, path = "/ops/agencies/{id}/suspend", operation_id = "suspend_agency", tag = "ops",
     params(("id" = Uuid, Path)), request_body = StatusChange,
-    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, description = "the agency", body = Agency), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn suspend(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId,
     Body(body): Body<StatusChange>,
-) -> Result<Json<AgencyView>, ApiError> {
+) -> Result<Json<Agency>, ApiError> {
     change_status(&state, &caller, id, body, |reason| Change::Suspend {
         reason,
     })
@@ -163,14 +123,13 @@ pub async fn suspend(
 
 #[utoipa::path(post, path = "/ops/agencies/{id}/reinstate", operation_id = "reinstate_agency", tag = "ops",
     params(("id" = Uuid, Path)), request_body = StatusChange,
-    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, description = "the agency", body = Agency), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn reinstate(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId,
     Body(body): Body<StatusChange>,
-) -> Result<Json<AgencyView>, ApiError> {
+) -> Result<Json<Agency>, ApiError> {
     change_status(&state, &caller, id, body, |reason| Change::Reinstate {
         reason,
     })
@@ -184,7 +143,7 @@ async fn change_status(
     id: Uuid,
     body: StatusChange,
     change: fn(Option<String>) -> Change,
-) -> Result<Json<AgencyView>, ApiError> {
+) -> Result<Json<Agency>, ApiError> {
     caller.require(Action::AdministerAgencies)?;
     values::optional_text("reason", body.reason.as_deref(), REASON_MAX)?;
     apply(state, caller, id, change(body.reason)).await
@@ -192,14 +151,13 @@ async fn change_status(
 
 #[utoipa::path(put, path = "/ops/agencies/{id}/features", operation_id = "set_agency_features", tag = "ops",
     params(("id" = Uuid, Path)), request_body = FeatureChange,
-    responses((status = 200, description = "the agency", body = AgencyView), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, description = "the agency", body = Agency), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn features(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId,
     Body(body): Body<FeatureChange>,
-) -> Result<Json<AgencyView>, ApiError> {
+) -> Result<Json<Agency>, ApiError> {
     caller.require(Action::AdministerAgencies)?;
     let change = Change::SetFeatures {
         ical_export: body.ical_export,
@@ -215,22 +173,21 @@ async fn apply(
     caller: &Caller,
     id: Uuid,
     change: Change,
-) -> Result<Json<AgencyView>, ApiError> {
+) -> Result<Json<Agency>, ApiError> {
     let pool = state.pool.clone();
     let by = caller.0.user_id.clone();
     let agency = tokio::spawn(async move { agencies::change(&pool, id, change, &by).await })
         .await
         .map_err(ApiError::internal)??;
     state.agencies.note(&agency);
-    Ok(Json(agency.into()))
+    Ok(Json(agency))
 }
 
 /// The agencies' life-cycle changes, oldest first, in the audit log's shape
 /// (`resource_type` is `agency`; `position` is the history's own order).
 #[utoipa::path(get, path = "/ops/audit-log", operation_id = "agency_audit_log", tag = "ops",
-    params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, description = "a page of the agency history", body = Page<AuditEntryView>), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    params(Paging),
+    responses((status = 200, description = "a page of the agency history", body = Page<AuditEntryView>), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn audit_log(
     State(state): State<AppState>,
     caller: Caller,

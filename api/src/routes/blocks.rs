@@ -7,7 +7,7 @@ use ledger_domain::values::ClaimKind;
 use ledger_domain::{Action, CalendarCommand};
 use uuid::Uuid;
 
-use super::{execute, not_found_as, read_reply, PathId};
+use super::{execute, execute_on, not_found_as, property_of, read_reply, PathId};
 use crate::auth::Caller;
 use crate::dto::{block_view, BlockBody, BlockView};
 use crate::error::ApiError;
@@ -16,8 +16,7 @@ use crate::state::AppState;
 
 #[utoipa::path(post, path = "/api/v1/availability/blocks", tag = "availability",
     request_body = BlockBody,
-    responses((status = 201, body = BlockView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 201, body = BlockView)))]
 pub async fn create(
     State(state): State<AppState>,
     ctx: WriteCtx,
@@ -36,43 +35,26 @@ pub async fn create(
     .await
 }
 
-async fn property_of(state: &AppState, caller: &Caller, block_id: Uuid) -> Result<Uuid, ApiError> {
-    state
-        .store()
-        .resolve_ref(block_id, ClaimKind::Block, caller.0.agency_id)
-        .await?
-        .ok_or(ApiError::BlockNotFound)
-}
-
 #[utoipa::path(delete, path = "/api/v1/availability/blocks/{id}", tag = "availability",
-    responses((status = 200, body = BlockView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = BlockView)))]
 pub async fn release(
     State(state): State<AppState>,
     PathId(id): PathId,
     ctx: WriteCtx,
 ) -> Result<Response, ApiError> {
-    let property_id = property_of(&state, &ctx.caller, id).await?;
+    let property_id = property_of(&state, &ctx.caller, ClaimKind::Block, id).await?;
     let execution = ctx.execution(property_id, CalendarCommand::ReleaseBlock { block_id: id });
-    execute(
-        &state,
-        execution,
-        StatusCode::OK,
-        move |calendar, position| block_view(calendar, id, position),
-    )
-    .await
-    .map_err(not_found_as(|| ApiError::BlockNotFound))
+    execute_on(&state, execution, ClaimKind::Block, id, block_view).await
 }
 
 #[utoipa::path(get, path = "/api/v1/availability/blocks/{id}", tag = "availability",
-    responses((status = 200, body = BlockView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = BlockView)))]
 pub async fn get(
     State(state): State<AppState>,
     PathId(id): PathId,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let property_id = property_of(&state, &caller, id).await?;
+    let property_id = property_of(&state, &caller, ClaimKind::Block, id).await?;
     let (position, view) = state
         .bus
         .read(property_id, |loaded| {
@@ -80,7 +62,7 @@ pub async fn get(
                 .calendar
                 .property_for(&caller.0, Action::ReadCalendar)
                 .map_err(ApiError::from)
-                .map_err(not_found_as(|| ApiError::BlockNotFound))?;
+                .map_err(not_found_as(ClaimKind::Block))?;
             block_view(&loaded.calendar, id, loaded.position)
                 .map(|view| (loaded.position, view))
                 .ok_or(ApiError::BlockNotFound)

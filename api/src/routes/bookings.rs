@@ -1,15 +1,13 @@
 //! Booking routes: reserve, modify, the status changes, read one.
 
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use ledger_domain::values::ClaimKind;
 use ledger_domain::{CalendarCommand, Outcome};
-use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use super::{execute, execute_as, not_found_as, PathId};
-use crate::auth::Caller;
+use super::{execute_as, execute_on, property_of, Change};
 use crate::conditional::IfMatch;
 use crate::dto::{
     booking_view, BookingView, CancelBody, EmptyBody, ModifyBookingBody, ReserveBody,
@@ -20,8 +18,7 @@ use crate::state::AppState;
 
 #[utoipa::path(post, path = "/api/v1/bookings", tag = "bookings",
     request_body = ReserveBody,
-    responses((status = 201, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 201, body = BookingView)))]
 pub async fn reserve(
     State(state): State<AppState>,
     ctx: WriteCtx,
@@ -42,49 +39,6 @@ pub async fn reserve(
     .await
 }
 
-/// The property of one of the caller's agency's bookings, even when read
-/// models lag (the ref is written with the event that creates the booking).
-async fn property_of(
-    state: &AppState,
-    caller: &Caller,
-    booking_id: Uuid,
-) -> Result<Uuid, ApiError> {
-    state
-        .store()
-        .resolve_ref(booking_id, ClaimKind::Booking, caller.0.agency_id)
-        .await?
-        .ok_or(ApiError::BookingNotFound)
-}
-
-/// A request that changes an existing booking: its id, the command context,
-/// `If-Match` and the body, extracted in the order every write route uses.
-pub struct Change<B> {
-    state: AppState,
-    booking_id: Uuid,
-    ctx: WriteCtx,
-    if_match: IfMatch,
-    body: B,
-}
-
-impl<B: DeserializeOwned> FromRequest<AppState> for Change<B> {
-    type Rejection = ApiError;
-
-    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        let (mut parts, body) = request.into_parts();
-        let PathId(booking_id) = PathId::from_request_parts(&mut parts, state).await?;
-        let ctx = WriteCtx::from_request_parts(&mut parts, state).await?;
-        let if_match = IfMatch::from_request_parts(&mut parts, state).await?;
-        let Body(body) = Body::from_request(Request::from_parts(parts, body), state).await?;
-        Ok(Change {
-            state: state.clone(),
-            booking_id,
-            ctx,
-            if_match,
-            body,
-        })
-    }
-}
-
 impl<B> Change<B> {
     /// Runs the command made from the booking id (and the body) and answers
     /// with the booking; with `If-Match`, only while the booking is at that
@@ -95,28 +49,27 @@ impl<B> Change<B> {
     ) -> Result<Response, ApiError> {
         let Change {
             state,
-            booking_id,
+            id: booking_id,
             ctx,
             if_match: IfMatch(expected_version),
             body,
         } = self;
-        let property_id = property_of(&state, &ctx.caller, booking_id).await?;
+        let property_id = property_of(&state, &ctx.caller, ClaimKind::Booking, booking_id).await?;
         let execution = ctx.execution_at(property_id, command(booking_id, body), expected_version);
-        execute(
+        execute_on(
             &state,
             execution,
-            StatusCode::OK,
-            move |calendar, position| booking_view(calendar, booking_id, position),
+            ClaimKind::Booking,
+            booking_id,
+            booking_view,
         )
         .await
-        .map_err(not_found_as(|| ApiError::BookingNotFound))
     }
 }
 
 #[utoipa::path(patch, path = "/api/v1/bookings/{id}", tag = "bookings",
     request_body = ModifyBookingBody,
-    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = BookingView)))]
 pub async fn modify(change: Change<ModifyBookingBody>) -> Result<Response, ApiError> {
     change
         .run(|id, body| CalendarCommand::ModifyBooking(body.into_command(id)))
@@ -128,10 +81,7 @@ pub async fn modify(change: Change<ModifyBookingBody>) -> Result<Response, ApiEr
 /// their OpenAPI annotation.
 macro_rules! status_change {
     ($name:ident, $path:literal, $command:ident) => {
-        #[utoipa::path(post, path = $path, tag = "bookings",
-            request_body = EmptyBody,
-            responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
-            security(("bearer" = [])))]
+        #[utoipa::path(post, path = $path, tag = "bookings", request_body = EmptyBody, responses((status = 200, body = BookingView)))]
         pub async fn $name(change: Change<EmptyBody>) -> Result<Response, ApiError> {
             change
                 .run(|id, EmptyBody {}| CalendarCommand::$command { booking_id: id })
@@ -147,8 +97,7 @@ status_change!(no_show, "/api/v1/bookings/{id}/no-show", MarkNoShow);
 
 #[utoipa::path(post, path = "/api/v1/bookings/{id}/cancel", tag = "bookings",
     request_body = CancelBody,
-    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = BookingView)))]
 pub async fn cancel(change: Change<CancelBody>) -> Result<Response, ApiError> {
     change
         .run(|id, body| CalendarCommand::CancelBooking {

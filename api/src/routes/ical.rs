@@ -18,7 +18,7 @@ use serde_json::json;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{PathId, PathIds};
+use super::{visible_property, PathId, PathIds};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::Body;
@@ -132,8 +132,7 @@ pub struct IcalTokenView {
 /// Creates or rotates the property's export secret (the old URL stops
 /// working). Admin and manager: it is property management.
 #[utoipa::path(post, path = "/api/v1/properties/{id}/ical-token", tag = "ical",
-    responses((status = 201, body = IcalTokenView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 201, body = IcalTokenView)))]
 pub async fn rotate_token(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -207,8 +206,7 @@ pub struct FeedList {
 /// The first run is due at once.
 #[utoipa::path(post, path = "/api/v1/properties/{id}/ical-feeds", tag = "ical",
     request_body = FeedBody,
-    responses((status = 201, body = FeedView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 201, body = FeedView)))]
 pub async fn add_feed(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -229,8 +227,7 @@ pub async fn add_feed(
 }
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}/ical-feeds", tag = "ical",
-    responses((status = 200, body = FeedList), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = FeedList)))]
 pub async fn list_feeds(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -245,8 +242,7 @@ pub async fn list_feeds(
 
 /// Stops importing a feed. The blocks it imported stay.
 #[utoipa::path(delete, path = "/api/v1/properties/{id}/ical-feeds/{feed_id}", tag = "ical",
-    responses((status = 200, body = FeedView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = FeedView)))]
 pub async fn delete_feed(
     State(state): State<AppState>,
     PathIds(id, feed_id): PathIds,
@@ -257,24 +253,6 @@ pub async fn delete_feed(
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(Json(FeedView::from(row)).into_response())
-}
-
-/// 404 for a property the caller may not see, 403 for a role that may not
-/// take `action`.
-async fn visible_property(
-    state: &AppState,
-    caller: &Caller,
-    id: Uuid,
-    action: Action,
-) -> Result<(), ApiError> {
-    caller.require(action)?;
-    state
-        .bus
-        .read(id, |loaded| {
-            loaded.calendar.property_for(&caller.0, action).map(|_| ())
-        })
-        .await??;
-    Ok(())
 }
 
 /// Feeds are the admin's (`Action::ManageFeeds`). Returns the property's

@@ -12,7 +12,7 @@ pub mod resync;
 pub mod room_types;
 pub mod stream;
 
-use axum::extract::{FromRequestParts, Path};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::ETAG;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
@@ -20,14 +20,22 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::sync::Arc;
 
-use ledger_domain::{CalendarError, Outcome, PropertyCalendar};
+use ledger_domain::values::ClaimKind;
+use ledger_domain::{Action, CalendarError, Outcome, PropertyCalendar};
 use ledger_infra::{Answer, Decided, Execution, Reply, ReplyHook};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
+use utoipa::openapi::path::{Parameter, ParameterIn};
+use utoipa::openapi::{KnownFormat, Type};
+use utoipa::IntoParams;
 use uuid::Uuid;
 
-use crate::conditional;
+use crate::auth::Caller;
+use crate::conditional::{self, IfMatch};
 use crate::dto::Page;
 use crate::error::ApiError;
+use crate::extract::{Body, WriteCtx};
+use crate::openapi::query_parameter;
 use crate::state::AppState;
 
 pub const POSITION_HEADER: &str = "x-ledger-position";
@@ -68,6 +76,36 @@ fn malformed() -> ApiError {
 fn path_uuid(raw: &str) -> Result<Uuid, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::validation(format!("{raw:?} is not a UUID")))
+}
+
+/// A request that changes an existing property or booking: its id, the
+/// command context, `If-Match` and the body, extracted in the order every
+/// write route uses.
+pub struct Change<B> {
+    state: AppState,
+    id: Uuid,
+    ctx: WriteCtx,
+    if_match: IfMatch,
+    body: B,
+}
+
+impl<B: DeserializeOwned> FromRequest<AppState> for Change<B> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let PathId(id) = PathId::from_request_parts(&mut parts, state).await?;
+        let ctx = WriteCtx::from_request_parts(&mut parts, state).await?;
+        let if_match = IfMatch::from_request_parts(&mut parts, state).await?;
+        let Body(body) = Body::from_request(Request::from_parts(parts, body), state).await?;
+        Ok(Change {
+            state: state.clone(),
+            id,
+            ctx,
+            if_match,
+            body,
+        })
+    }
 }
 
 /// Runs a command and answers with the view `view` finds in the calendar
@@ -166,12 +204,70 @@ pub fn read_reply<V: Serialize>(position: i64, body: V) -> Response {
     response
 }
 
+/// 404 for a property the caller may not see, 403 for a role that may not
+/// take `action`.
+pub async fn visible_property(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    action: Action,
+) -> Result<(), ApiError> {
+    caller.require(action)?;
+    state
+        .bus
+        .read(id, |loaded| {
+            loaded.calendar.property_for(&caller.0, action).map(|_| ())
+        })
+        .await??;
+    Ok(())
+}
+
+/// The property of one of the caller's agency's bookings or blocks, even
+/// when read models lag (the ref is written with the event that creates it).
+pub async fn property_of(
+    state: &AppState,
+    caller: &Caller,
+    kind: ClaimKind,
+    id: Uuid,
+) -> Result<Uuid, ApiError> {
+    state
+        .store()
+        .resolve_ref(id, kind, caller.0.agency_id)
+        .await?
+        .ok_or(not_found(kind))
+}
+
+/// Runs a command on a booking or block and answers 200 with `view` of it.
+pub async fn execute_on<V: Serialize + 'static>(
+    state: &AppState,
+    execution: Execution,
+    kind: ClaimKind,
+    id: Uuid,
+    view: fn(&PropertyCalendar, Uuid, i64) -> Option<V>,
+) -> Result<Response, ApiError> {
+    execute(
+        state,
+        execution,
+        StatusCode::OK,
+        move |calendar, position| view(calendar, id, position),
+    )
+    .await
+    .map_err(not_found_as(kind))
+}
+
 /// On routes addressed by a booking or block id, a property the caller may
 /// not see means the booking or block is not found.
-pub fn not_found_as(replacement: fn() -> ApiError) -> impl Fn(ApiError) -> ApiError {
+pub fn not_found_as(kind: ClaimKind) -> impl Fn(ApiError) -> ApiError {
     move |error| match error {
-        ApiError::PropertyNotFound => replacement(),
+        ApiError::PropertyNotFound => not_found(kind),
         other => other,
+    }
+}
+
+fn not_found(kind: ClaimKind) -> ApiError {
+    match kind {
+        ClaimKind::Booking => ApiError::BookingNotFound,
+        ClaimKind::Block => ApiError::BlockNotFound,
     }
 }
 
@@ -217,6 +313,16 @@ impl Paging {
             items: rows.into_iter().map(item).collect(),
             next_cursor,
         }
+    }
+}
+
+/// `?limit=` and `?cursor=` in the OpenAPI document: `params(Paging)`.
+impl IntoParams for Paging {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            query_parameter("limit", Type::Integer, Some(KnownFormat::Int64)),
+            query_parameter("cursor", Type::String, None),
+        ]
     }
 }
 

@@ -35,8 +35,7 @@ pub struct CurrentCommit {
 }
 
 #[utoipa::path(get, path = "/ops/current-commit", tag = "ops",
-    responses((status = 200, body = CurrentCommit), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = CurrentCommit)))]
 pub async fn current_commit(
     State(state): State<AppState>,
     caller: Caller,
@@ -61,8 +60,7 @@ pub struct EnvSanity {
 }
 
 #[utoipa::path(get, path = "/ops/env-sanity", tag = "ops",
-    responses((status = 200, body = EnvSanity), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = EnvSanity)))]
 pub async fn env_sanity(
     State(state): State<AppState>,
     caller: Caller,
@@ -78,8 +76,7 @@ pub async fn env_sanity(
 }
 
 #[utoipa::path(get, path = "/ops/projections", tag = "ops",
-    responses((status = 200, body = Vec<Object>), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = Vec<Object>)))]
 pub async fn projections(
     State(state): State<AppState>,
     caller: Caller,
@@ -118,8 +115,7 @@ pub struct ReplayStarted {
 }
 
 #[utoipa::path(post, path = "/ops/projections/{name}/replay", tag = "ops",
-    responses((status = 202, body = ReplayStarted), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 202, body = ReplayStarted)))]
 pub async fn start_replay(
     State(state): State<AppState>,
     caller: Caller,
@@ -148,8 +144,7 @@ pub async fn start_replay(
 }
 
 #[utoipa::path(get, path = "/ops/projections/{name}/replay", tag = "ops",
-    responses((status = 200, body = Object), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = Object)))]
 pub async fn replay_progress(
     State(state): State<AppState>,
     caller: Caller,
@@ -173,9 +168,8 @@ pub struct ParkedRetried {
 
 #[utoipa::path(post, path = "/ops/projections/{name}/parked/retry", tag = "ops",
     params(("name" = String, Path, description = "inventory, views or audit")),
-    responses((status = 202, body = ParkedRetried), (status = "4XX", body = crate::dto::ErrorBody),
-              (status = 503, body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 202, body = ParkedRetried),
+              (status = 503, body = crate::dto::ErrorBody)))]
 pub async fn retry_parked(
     State(state): State<AppState>,
     caller: Caller,
@@ -206,9 +200,8 @@ pub async fn retry_parked(
 /// channel adapter) with what it has still to take: an operator sees them
 /// all, an agency admin its agency's own durables (`agency-<id>-...`).
 #[utoipa::path(get, path = "/ops/consumers", tag = "ops",
-    responses((status = 200, body = Vec<Object>), (status = "4XX", body = crate::dto::ErrorBody),
-              (status = 503, body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = Vec<Object>),
+              (status = 503, body = crate::dto::ErrorBody)))]
 pub async fn consumers(
     State(state): State<AppState>,
     caller: Caller,

@@ -7,7 +7,7 @@ use ledger_domain::commands::UpdateProperty;
 use ledger_domain::{Action, CalendarCommand};
 use uuid::Uuid;
 
-use super::{execute, read_reply, Paging, PathId};
+use super::{execute, read_reply, visible_property, Change, Paging, PathId};
 use crate::auth::Caller;
 use crate::conditional::IfMatch;
 use crate::dto::{
@@ -20,8 +20,7 @@ use crate::state::AppState;
 
 #[utoipa::path(post, path = "/api/v1/properties", tag = "properties",
     request_body = RegisterPropertyBody,
-    responses((status = 201, body = PropertyView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 201, body = PropertyView)))]
 pub async fn register(
     State(state): State<AppState>,
     ctx: WriteCtx,
@@ -35,55 +34,48 @@ pub async fn register(
 
 #[utoipa::path(patch, path = "/api/v1/properties/{id}", tag = "properties",
     request_body = UpdatePropertyBody,
-    responses((status = 200, body = PropertyView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn update(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    ctx: WriteCtx,
-    IfMatch(expected_version): IfMatch,
-    Body(body): Body<UpdatePropertyBody>,
-) -> Result<Response, ApiError> {
-    let command = CalendarCommand::UpdateProperty(UpdateProperty::from(body));
-    let execution = ctx.execution_at(id, command, expected_version);
-    execute(&state, execution, StatusCode::OK, property_view).await
+    responses((status = 200, body = PropertyView)))]
+pub async fn update(change: Change<UpdatePropertyBody>) -> Result<Response, ApiError> {
+    run(change, |body| {
+        CalendarCommand::UpdateProperty(UpdateProperty::from(body))
+    })
+    .await
 }
 
 #[utoipa::path(post, path = "/api/v1/properties/{id}/archive", tag = "properties",
     request_body = EmptyBody,
-    responses((status = 200, body = PropertyView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
-pub async fn archive(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    ctx: WriteCtx,
-    IfMatch(expected_version): IfMatch,
-    Body(EmptyBody {}): Body<EmptyBody>,
+    responses((status = 200, body = PropertyView)))]
+pub async fn archive(change: Change<EmptyBody>) -> Result<Response, ApiError> {
+    run(change, |EmptyBody {}| CalendarCommand::ArchiveProperty).await
+}
+
+/// Runs the command made from the body on the property and answers with
+/// it; with `If-Match`, only while the property is at that version.
+async fn run<B>(
+    change: Change<B>,
+    command: impl FnOnce(B) -> CalendarCommand,
 ) -> Result<Response, ApiError> {
-    let execution = ctx.execution_at(id, CalendarCommand::ArchiveProperty, expected_version);
+    let Change {
+        state,
+        id,
+        ctx,
+        if_match: IfMatch(expected_version),
+        body,
+    } = change;
+    let execution = ctx.execution_at(id, command(body), expected_version);
     execute(&state, execution, StatusCode::OK, property_view).await
 }
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}/events", tag = "properties",
-    params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = Page<EventView>), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    params(Paging),
+    responses((status = 200, body = Page<EventView>)))]
 pub async fn events(
     State(state): State<AppState>,
     PathId(id): PathId,
     caller: Caller,
     page: Paging,
 ) -> Result<Response, ApiError> {
-    caller.require(Action::ReadEventHistory)?;
-    state
-        .bus
-        .read(id, |loaded| {
-            loaded
-                .calendar
-                .property_for(&caller.0, Action::ReadEventHistory)
-                .map(|_| ())
-        })
-        .await??;
+    visible_property(&state, &caller, id, Action::ReadEventHistory).await?;
     let rows = state
         .store()
         .history(id, page.after_number()?, page.fetch())

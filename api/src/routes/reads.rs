@@ -12,9 +12,12 @@ use ledger_domain::policy::{sees_property, Scope};
 use ledger_domain::values;
 use ledger_domain::{Action, CalendarError};
 use ledger_projections::queries::{self, AuditFilter, BookingFilter, FreeSearch};
+use ledger_projections::views::PropertyRow;
 use ledger_projections::Projection;
 use serde::{Deserialize, Serialize};
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
+use utoipa::openapi::path::{Parameter, ParameterIn};
+use utoipa::openapi::{KnownFormat, Type};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -22,10 +25,11 @@ use super::{parse_cursor, read_reply, serde_urlencoded_query, Paging, Params, Pa
 use crate::auth::Caller;
 use crate::dto::{AuditEntryView, BookingView, Page, PropertyView};
 use crate::error::ApiError;
+use crate::openapi::query_parameter;
 use crate::state::AppState;
 
 /// How long a read waits for `min_position`.
-const MIN_POSITION_WAIT: Duration = Duration::from_secs(5);
+pub(super) const MIN_POSITION_WAIT: Duration = Duration::from_secs(5);
 /// The widest date window a read accepts.
 const MAX_WINDOW_DAYS: i64 = 3 * 366;
 
@@ -54,6 +58,17 @@ impl<S: Send + Sync> FromRequestParts<S> for MinPosition {
     }
 }
 
+/// `?min_position=` in the OpenAPI document: `params(MinPosition)`.
+impl IntoParams for MinPosition {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![query_parameter(
+            "min_position",
+            Type::Integer,
+            Some(KnownFormat::Int64),
+        )]
+    }
+}
+
 /// Waits for the read models `which` to reach `min`, then opens the
 /// caller's agency-confined read transaction. Both on the read pool: on a
 /// standby the checkpoints are the ones it has replayed, so the wait is
@@ -69,6 +84,20 @@ async fn settle(
         .ok_or(ApiError::ProjectionLagging(min))?;
     let tx = queries::begin(&state.read_pool, agency_id).await?;
     Ok((reached, tx))
+}
+
+/// The property `id` if the caller may see it (an owner sees only their
+/// own), else 404.
+pub(super) async fn visible_row(
+    conn: &mut PgConnection,
+    caller: &Caller,
+    scope: Scope,
+    id: Uuid,
+) -> Result<PropertyRow, ApiError> {
+    queries::property(conn, caller.0.agency_id, id)
+        .await?
+        .filter(|r| sees_property(&caller.0, scope, r.owner_id.as_deref()))
+        .ok_or(ApiError::PropertyNotFound)
 }
 
 fn owner_filter(caller: &Caller, scope: Scope) -> Option<String> {
@@ -88,7 +117,10 @@ fn parse_uuid(field: &'static str, raw: &Option<String>) -> Result<Option<Uuid>,
 }
 
 /// A date parameter: `YYYY-MM-DD`, within the dates the ledger holds.
-fn parse_date(field: &'static str, raw: &Option<String>) -> Result<Option<NaiveDate>, ApiError> {
+pub(super) fn parse_date(
+    field: &'static str,
+    raw: &Option<String>,
+) -> Result<Option<NaiveDate>, ApiError> {
     raw.as_deref()
         .filter(|s| !s.is_empty())
         .map(|s| {
@@ -129,9 +161,8 @@ fn check_window(from: NaiveDate, to: NaiveDate) -> Result<(), ApiError> {
 }
 
 #[utoipa::path(get, path = "/api/v1/properties", tag = "properties",
-    params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = Page<PropertyView>), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    params(Paging, MinPosition),
+    responses((status = 200, body = Page<PropertyView>)))]
 pub async fn list_properties(
     State(state): State<AppState>,
     caller: Caller,
@@ -159,9 +190,8 @@ pub async fn list_properties(
 }
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}", tag = "properties",
-    params(("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = PropertyView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    params(MinPosition),
+    responses((status = 200, body = PropertyView)))]
 pub async fn get_property(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -170,10 +200,7 @@ pub async fn get_property(
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
     let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
-    let row = queries::property(&mut tx, caller.0.agency_id, id)
-        .await?
-        .filter(|r| sees_property(&caller.0, scope, r.owner_id.as_deref()))
-        .ok_or(ApiError::PropertyNotFound)?;
+    let row = visible_row(&mut tx, &caller, scope, id).await?;
     Ok(read_reply(position, PropertyView::from(&row)))
 }
 
@@ -199,9 +226,8 @@ const STATUSES: [&str; 6] = [
 ];
 
 #[utoipa::path(get, path = "/api/v1/bookings", tag = "bookings",
-    params(BookingQuery, ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = Page<BookingView>), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    params(BookingQuery, Paging, MinPosition),
+    responses((status = 200, body = Page<BookingView>)))]
 pub async fn list_bookings(
     State(state): State<AppState>,
     caller: Caller,
@@ -243,9 +269,8 @@ pub async fn list_bookings(
 }
 
 #[utoipa::path(get, path = "/api/v1/bookings/{id}", tag = "bookings",
-    params(("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = BookingView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    params(MinPosition),
+    responses((status = 200, body = BookingView)))]
 pub async fn get_booking(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -332,9 +357,8 @@ pub enum AvailabilityReply {
 }
 
 #[utoipa::path(get, path = "/api/v1/availability", tag = "availability",
-    params(AvailabilityQuery, ("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = AvailabilityReply), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    params(AvailabilityQuery, MinPosition),
+    responses((status = 200, body = AvailabilityReply)))]
 pub async fn availability(
     State(state): State<AppState>,
     caller: Caller,
@@ -352,10 +376,7 @@ pub async fn availability(
         caller.0.agency_id,
     )
     .await?;
-    queries::property(&mut tx, caller.0.agency_id, property_id)
-        .await?
-        .filter(|r| sees_property(&caller.0, scope, r.owner_id.as_deref()))
-        .ok_or(ApiError::PropertyNotFound)?;
+    visible_row(&mut tx, &caller, scope, property_id).await?;
     let room_types =
         queries::room_type_nights(&mut tx, caller.0.agency_id, property_id, from, to).await?;
     if !room_types.is_empty() {
@@ -446,9 +467,8 @@ fn search_cursor(page: &Paging) -> Result<Option<(Uuid, Option<Uuid>)>, ApiError
 }
 
 #[utoipa::path(get, path = "/api/v1/availability/search", tag = "availability",
-    params(SearchQuery, ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = Page<FreeProperty>), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    params(SearchQuery, Paging, MinPosition),
+    responses((status = 200, body = Page<FreeProperty>)))]
 pub async fn search(
     State(state): State<AppState>,
     caller: Caller,
@@ -511,9 +531,8 @@ pub struct AuditQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/audit-log", tag = "audit",
-    params(AuditQuery, ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query), ("min_position" = Option<i64>, Query)),
-    responses((status = 200, body = Page<AuditEntryView>), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    params(AuditQuery, Paging, MinPosition),
+    responses((status = 200, body = Page<AuditEntryView>)))]
 pub async fn audit_log(
     State(state): State<AppState>,
     caller: Caller,

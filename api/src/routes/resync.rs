@@ -10,23 +10,19 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{NaiveDate, Utc};
 use ledger_domain::checksum::{self, ChannelRange};
-use ledger_domain::policy::sees_property;
-use ledger_domain::{values, Action, CalendarError};
+use ledger_domain::{Action, CalendarError};
 use ledger_infra::resync::{self, JobProgress};
 use ledger_projections::{queries, Projection};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::reads::MinPosition;
-use super::{read_reply, Params, PathId};
+use super::reads::{parse_date, visible_row, MinPosition, MIN_POSITION_WAIT};
+use super::{read_reply, visible_property, Params, PathId};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::Body;
 use crate::state::AppState;
-
-/// How long a checksum read waits for `min_position`.
-const MIN_POSITION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Serialize, ToSchema)]
 pub struct ResyncRequested {
@@ -35,23 +31,13 @@ pub struct ResyncRequested {
 }
 
 #[utoipa::path(post, path = "/api/v1/properties/{id}/resync", tag = "channels",
-    responses((status = 202, body = ResyncRequested), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 202, body = ResyncRequested)))]
 pub async fn property(
     State(state): State<AppState>,
     PathId(id): PathId,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    caller.require(Action::ResyncChannel)?;
-    state
-        .bus
-        .read(id, |loaded| {
-            loaded
-                .calendar
-                .property_for(&caller.0, Action::ResyncChannel)
-                .map(|_| ())
-        })
-        .await??;
+    visible_property(&state, &caller, id, Action::ResyncChannel).await?;
     let requested = resync::request_snapshot(&state.pool, id).await?;
     let body = ResyncRequested {
         as_of_position: requested.as_of_position,
@@ -76,8 +62,7 @@ pub struct ResyncStarted {
 }
 
 #[utoipa::path(post, path = "/ops/resync", tag = "ops", request_body = ResyncScope,
-    responses((status = 202, body = ResyncStarted), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 202, body = ResyncStarted)))]
 pub async fn start(
     State(state): State<AppState>,
     caller: Caller,
@@ -119,8 +104,7 @@ impl From<JobProgress> for ResyncProgress {
 }
 
 #[utoipa::path(get, path = "/ops/resync/{job_id}", tag = "ops",
-    responses((status = 200, body = ResyncProgress), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = ResyncProgress)))]
 pub async fn progress(
     State(state): State<AppState>,
     caller: Caller,
@@ -157,8 +141,7 @@ pub struct ChecksumView {
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}/checksum", tag = "channels",
     params(ChecksumQuery),
-    responses((status = 200, body = ChecksumView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = ChecksumView)))]
 pub async fn checksum(
     State(state): State<AppState>,
     PathId(id): PathId,
@@ -167,8 +150,8 @@ pub async fn checksum(
     Params(query): Params<ChecksumQuery>,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
-    let from = date("from", &query.from)?;
-    let to = date("to", &query.to)?;
+    let from = parse_date("from", &query.from)?;
+    let to = parse_date("to", &query.to)?;
     if let (Some(from), Some(to)) = (from, to) {
         check_window(from, to)?;
     }
@@ -182,10 +165,7 @@ pub async fn checksum(
     .ok_or(ApiError::ProjectionLagging(min))?;
     let agency_id = caller.0.agency_id;
     let mut tx = queries::begin(&state.pool, agency_id).await?;
-    let property = queries::property(&mut tx, agency_id, id)
-        .await?
-        .filter(|p| sees_property(&caller.0, scope, p.owner_id.as_deref()))
-        .ok_or(ApiError::PropertyNotFound)?;
+    let property = visible_row(&mut tx, &caller, scope, id).await?;
     let (default_from, _) = checksum::window(&property.timezone, state.now());
     let from = from.unwrap_or(default_from);
     let to = match to {
@@ -212,16 +192,4 @@ fn check_window(from: NaiveDate, to: NaiveDate) -> Result<(), ApiError> {
         return Err(CalendarError::invalid("to", "must be after from").into());
     }
     Ok(())
-}
-
-/// A date parameter: `YYYY-MM-DD`, within the dates the ledger holds.
-fn date(field: &'static str, raw: &Option<String>) -> Result<Option<NaiveDate>, ApiError> {
-    raw.as_deref()
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            let date = NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                .map_err(|_| CalendarError::invalid(field, "must be a date YYYY-MM-DD"))?;
-            Ok(values::date(field, date)?)
-        })
-        .transpose()
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{execute, read_reply, PathId, PathIds};
 use crate::auth::Caller;
-use crate::dto::{not_null, nullable};
+use crate::dto::{line, not_null, nullable, optional_line};
 use crate::error::ApiError;
 use crate::extract::{Body, WriteCtx};
 use crate::state::AppState;
@@ -22,16 +22,12 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRoomTypeBody {
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
-    )]
+    #[schema(schema_with = line::<1, 200>)]
     pub name: String,
     #[schema(minimum = 1, maximum = 1000)]
     pub units: u32,
     #[serde(default)]
-    #[schema(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(schema_with = optional_line::<0, 255>)]
     pub external_ref: Option<String>,
 }
 
@@ -40,13 +36,13 @@ pub struct CreateRoomTypeBody {
 #[serde(deny_unknown_fields)]
 pub struct UpdateRoomTypeBody {
     #[serde(default, deserialize_with = "not_null")]
-    #[schema(value_type = String, min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(schema_with = line::<1, 200>)]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "not_null")]
     #[schema(value_type = u32, minimum = 1, maximum = 1000)]
     pub units: Option<u32>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(schema_with = optional_line::<0, 255>)]
     pub external_ref: Option<Option<String>>,
 }
 
@@ -93,8 +89,7 @@ fn room_type_view(calendar: &PropertyCalendar, id: Uuid, position: i64) -> Optio
 
 #[utoipa::path(post, path = "/api/v1/properties/{id}/room-types", tag = "room types",
     request_body = CreateRoomTypeBody,
-    responses((status = 201, body = RoomTypeView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 201, body = RoomTypeView)))]
 pub async fn create(
     State(state): State<AppState>,
     PathId(property_id): PathId,
@@ -121,8 +116,7 @@ pub async fn create(
 
 #[utoipa::path(patch, path = "/api/v1/properties/{id}/room-types/{room_type_id}", tag = "room types",
     request_body = UpdateRoomTypeBody,
-    responses((status = 200, body = RoomTypeView), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = RoomTypeView)))]
 pub async fn update(
     State(state): State<AppState>,
     PathIds(property_id, room_type_id): PathIds,
@@ -163,8 +157,7 @@ async fn decide(
 }
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}/room-types", tag = "room types",
-    responses((status = 200, body = RoomTypeList), (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+    responses((status = 200, body = RoomTypeList)))]
 pub async fn list(
     State(state): State<AppState>,
     PathId(property_id): PathId,

@@ -24,7 +24,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::serde_urlencoded_query;
+use super::{serde_urlencoded_query, visible_property};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::live::{Hub, Live, PAGE};
@@ -53,9 +53,7 @@ struct StreamQuery {
         ("Last-Event-ID" = Option<i64>, Header, description = "resume after this position"),
     ),
     responses(
-        (status = 200, description = "text/event-stream of CloudEvents", content_type = "text/event-stream", body = String),
-        (status = "4XX", body = crate::dto::ErrorBody)),
-    security(("bearer" = [])))]
+        (status = 200, description = "text/event-stream of CloudEvents", content_type = "text/event-stream", body = String)))]
 pub async fn stream(
     State(state): State<AppState>,
     Extension(hub): Extension<Arc<Hub>>,
@@ -75,15 +73,7 @@ pub async fn stream(
         ),
     };
     if let Some(property_id) = property_id {
-        state
-            .bus
-            .read(property_id, |loaded| {
-                loaded
-                    .calendar
-                    .property_for(&caller.0, Action::ReadCalendar)
-                    .map(|_| ())
-            })
-            .await??;
+        visible_property(&state, &caller, property_id, Action::ReadCalendar).await?;
     }
     let resume =
         match resume_position(&headers, query.from_position.as_deref())? {
