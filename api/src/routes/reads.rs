@@ -205,6 +205,7 @@ pub async fn get_property(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BookingQuery {
     property_id: Option<String>,
     status: Option<String>,
@@ -287,13 +288,21 @@ pub async fn get_booking(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AvailabilityQuery {
+    #[param(required = true)]
     property_id: Option<String>,
     /// A date from 1900-01-01 to 2199-12-31.
-    #[param(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
+    #[param(
+        required = true,
+        pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$"
+    )]
     from: Option<String>,
     /// A date from 1900-01-01 to 2199-12-31, after `from`.
-    #[param(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
+    #[param(
+        required = true,
+        pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$"
+    )]
     to: Option<String>,
 }
 
@@ -431,12 +440,19 @@ pub async fn availability(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// A date from 1900-01-01 to 2199-12-31.
-    #[param(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
+    #[param(
+        required = true,
+        pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$"
+    )]
     from: Option<String>,
     /// A date from 1900-01-01 to 2199-12-31, after `from`.
-    #[param(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
+    #[param(
+        required = true,
+        pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$"
+    )]
     to: Option<String>,
     /// Units wanted on every night, 1 to 1000 (default 1). A single-unit
     /// property matches only 1.
@@ -520,6 +536,7 @@ pub async fn search(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     #[param(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     resource_type: Option<String>,

@@ -118,6 +118,7 @@ pub async fn progress(
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ChecksumQuery {
     /// A date from 1900-01-01 to 2199-12-31; default today in the
     /// property's time zone.
