@@ -40,12 +40,6 @@ async fn booked(
     reply.id()
 }
 
-/// Posts a status change with an empty JSON body.
-async fn act(app: &TestApp, token: &str, booking: Uuid, action: &str) -> Reply {
-    app.post(&booking_path(booking, action), token, json!({}))
-        .await
-}
-
 fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
     reply.headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -88,10 +82,7 @@ async fn registering_a_property_returns_201_and_the_property() {
     assert!(minimal.body["position"].as_i64() > p["position"].as_i64());
 
     // GET by id gives the same property.
-    let read = with_status(
-        StatusCode::OK,
-        app.read(&format!("{PROPERTIES}/{id}"), &admin).await,
-    );
+    let read = app.read_ok(&format!("{PROPERTIES}/{id}"), &admin).await;
     for field in [
         "id",
         "agency_id",
@@ -240,11 +231,7 @@ async fn updating_a_property() {
         assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     }
     let missing = app
-        .patch(
-            &format!("{PROPERTIES}/{}", Uuid::new_v4()),
-            &admin,
-            json!({"name": "Other"}),
-        )
+        .edit_property(&admin, Uuid::new_v4(), json!({"name": "Other"}))
         .await;
     assert_error(&missing, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
     let not_uuid = app
@@ -283,21 +270,17 @@ async fn an_archived_property_refuses_every_command() {
 
     let refused = [
         app.post(&archive, &admin, json!({})).await,
-        app.patch(
-            &format!("{PROPERTIES}/{property}"),
-            &admin,
-            json!({"name": "New"}),
-        )
-        .await,
+        app.edit_property(&admin, property, json!({"name": "New"}))
+            .await,
         app.reserve(&admin, property, "2027-05-01", "2027-05-03")
             .await,
         app.block(&admin, property, "2027-06-01", "2027-06-03", "other")
             .await,
         app.patch(&booking_path(booking, ""), &admin, json!({"notes": "late"}))
             .await,
-        act(&app, &admin, booking, "cancel").await,
-        act(&app, &admin, booking, "check-in").await,
-        app.delete(&format!("{BLOCKS}/{block}"), &admin).await,
+        app.act(&admin, booking, "cancel").await,
+        app.act(&admin, booking, "check-in").await,
+        app.release(&admin, block).await,
     ];
     for reply in &refused {
         assert_error(reply, StatusCode::CONFLICT, "PROPERTY_ARCHIVED");
@@ -377,10 +360,7 @@ async fn reserving_returns_201_and_the_booking() {
     assert!(b["position"].as_i64().is_some_and(|n| n > 0));
     let id = reply.id();
 
-    let read = with_status(
-        StatusCode::OK,
-        app.read(&booking_path(id, ""), &admin).await,
-    );
+    let read = app.read_ok(&booking_path(id, ""), &admin).await;
     for field in [
         "id",
         "property_id",
@@ -659,7 +639,7 @@ async fn cancelling_frees_the_nights_and_cancelled_is_final() {
     booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
 
     for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
-        let reply = act(&app, &admin, booking, action).await;
+        let reply = app.act(&admin, booking, action).await;
         assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
     }
     let reply = app
@@ -709,23 +689,23 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
         .is_some_and(|t| t.starts_with("2099-01-01")));
     let booking = reply.id();
     for action in ["check-in", "check-out", "no-show"] {
-        let reply = act(&app, &admin, booking, action).await;
+        let reply = app.act(&admin, booking, action).await;
         assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
     }
-    let reply = with_status(StatusCode::OK, act(&app, &admin, booking, "confirm").await);
+    let reply = with_status(StatusCode::OK, app.act(&admin, booking, "confirm").await);
     assert_eq!(reply.body["status"], "confirmed");
     assert_eq!(reply.body["hold_expires_at"], Value::Null);
     assert_eq!(reply.body["version"], 2);
 
     // confirmed -> checked_in -> checked_out
     for action in ["confirm", "check-out"] {
-        let reply = act(&app, &admin, booking, action).await;
+        let reply = app.act(&admin, booking, action).await;
         assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
     }
-    let reply = with_status(StatusCode::OK, act(&app, &admin, booking, "check-in").await);
+    let reply = with_status(StatusCode::OK, app.act(&admin, booking, "check-in").await);
     assert_eq!(reply.body["status"], "checked_in");
     for action in ["confirm", "cancel", "check-in", "no-show"] {
-        let reply = act(&app, &admin, booking, action).await;
+        let reply = app.act(&admin, booking, action).await;
         assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
     }
     // A checked-in guest still holds the nights.
@@ -734,16 +714,13 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
         .await;
     assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
 
-    let reply = with_status(
-        StatusCode::OK,
-        act(&app, &admin, booking, "check-out").await,
-    );
+    let reply = with_status(StatusCode::OK, app.act(&admin, booking, "check-out").await);
     assert_eq!(reply.body["status"], "checked_out");
     assert_eq!(reply.body["version"], 4);
     // A checked-out stay no longer holds its nights.
     booked(&app, &admin, property, "2027-03-04", "2027-03-06").await;
     for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
-        let reply = act(&app, &admin, booking, action).await;
+        let reply = app.act(&admin, booking, action).await;
         assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
     }
     let reply = app
@@ -753,10 +730,10 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
 
     // confirmed -> no_show, which frees the nights.
     let guest = booked(&app, &admin, property, "2027-05-01", "2027-05-03").await;
-    let reply = with_status(StatusCode::OK, act(&app, &admin, guest, "no-show").await);
+    let reply = with_status(StatusCode::OK, app.act(&admin, guest, "no-show").await);
     assert_eq!(reply.body["status"], "no_show");
     for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
-        let reply = act(&app, &admin, guest, action).await;
+        let reply = app.act(&admin, guest, action).await;
         assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
     }
     booked(&app, &admin, property, "2027-05-01", "2027-05-03").await;
@@ -764,14 +741,14 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
     // Unknown bookings, on every route.
     let unknown = Uuid::new_v4();
     for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
-        let reply = act(&app, &admin, unknown, action).await;
+        let reply = app.act(&admin, unknown, action).await;
         assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
     }
     let reply = app
         .patch(&booking_path(unknown, ""), &admin, json!({"notes": "x"}))
         .await;
     assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
-    let reply = act(&app, &admin, booking, "teleport").await;
+    let reply = app.act(&admin, booking, "teleport").await;
     assert_error(&reply, StatusCode::NOT_FOUND, "NOT_FOUND");
     let reply = app
         .post(
@@ -807,7 +784,7 @@ async fn an_expired_hold_cannot_be_confirmed_and_frees_its_nights() {
     assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
 
     clock.advance(chrono::Duration::seconds(2));
-    let reply = act(&app, &admin, hold, "confirm").await;
+    let reply = app.act(&admin, hold, "confirm").await;
     assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
     let reply = app
         .reserve(&admin, property, "2027-03-02", "2027-03-03")
@@ -818,10 +795,7 @@ async fn an_expired_hold_cannot_be_confirmed_and_frees_its_nights() {
         "an expired hold frees its nights: {:?}",
         reply.body
     );
-    let read = with_status(
-        StatusCode::OK,
-        app.read(&booking_path(hold, ""), &admin).await,
-    );
+    let read = app.read_ok(&booking_path(hold, ""), &admin).await;
     assert_eq!(read.body["status"], "cancelled", "{:?}", read.body);
 }
 
@@ -974,30 +948,22 @@ async fn blocks_are_created_conflict_and_are_released() {
         .await;
     assert_error(&missing, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
 
-    let read = with_status(
-        StatusCode::OK,
-        app.read(&format!("{BLOCKS}/{block}"), &admin).await,
-    );
+    let read = app.read_ok(&format!("{BLOCKS}/{block}"), &admin).await;
     assert_eq!(read.body["id"], block.to_string());
 
-    let reply = with_status(
-        StatusCode::OK,
-        app.delete(&format!("{BLOCKS}/{block}"), &admin).await,
-    );
+    let reply = with_status(StatusCode::OK, app.release(&admin, block).await);
     assert_eq!(reply.body["released"], true);
     assert_eq!(reply.body["id"], block.to_string());
     // Released nights are free.
     booked(&app, &admin, property, "2027-03-05", "2027-03-10").await;
 
-    let again = app.delete(&format!("{BLOCKS}/{block}"), &admin).await;
+    let again = app.release(&admin, block).await;
     assert_error(&again, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
-    let unknown = app
-        .delete(&format!("{BLOCKS}/{}", Uuid::new_v4()), &admin)
-        .await;
+    let unknown = app.release(&admin, Uuid::new_v4()).await;
     assert_error(&unknown, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
-    let booking_as_block = app.delete(&format!("{BLOCKS}/{booking}"), &admin).await;
+    let booking_as_block = app.release(&admin, booking).await;
     assert_error(&booking_as_block, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
-    let block_as_booking = act(&app, &admin, block, "cancel").await;
+    let block_as_booking = app.act(&admin, block, "cancel").await;
     assert_error(
         &block_as_booking,
         StatusCode::NOT_FOUND,
@@ -1106,11 +1072,10 @@ async fn axum_rejections_come_in_the_contract_format() {
     let reply = app.post(PROPERTIES, &admin, big.clone()).await;
     assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
     let reply = app
-        .send(
-            "POST",
+        .post_with(
             PROPERTIES,
-            Some(&admin),
-            Some(&big),
+            &admin,
+            big.clone(),
             &[("idempotency-key", "big-1")],
         )
         .await;
@@ -1218,24 +1183,17 @@ async fn every_response_carries_x_request_id_and_echoes_the_one_sent() {
     // A request id sent by the client comes back, in the header and the error body.
     let sent = "client-req-42";
     let reply = app
-        .send(
-            "POST",
+        .post_with(
             PROPERTIES,
-            Some(&admin),
-            Some(&json!({"name": "Three"})),
+            &admin,
+            json!({"name": "Three"}),
             &[("x-request-id", sent)],
         )
         .await;
     assert_eq!(reply.status, StatusCode::CREATED);
     assert_eq!(header(&reply, "x-request-id"), Some(sent));
     let reply = app
-        .send(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            Some(&json!({})),
-            &[("x-request-id", sent)],
-        )
+        .post_with(PROPERTIES, &admin, json!({}), &[("x-request-id", sent)])
         .await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     assert_eq!(header(&reply, "x-request-id"), Some(sent));
@@ -1275,14 +1233,8 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     let body = reservation(property, "2027-03-01", "2027-03-05");
     let key = [("idempotency-key", "reserve-0001")];
 
-    let first = created(
-        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-            .await,
-    );
-    let second = created(
-        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-            .await,
-    );
+    let first = created(app.post_with(BOOKINGS, &admin, body.clone(), &key).await);
+    let second = created(app.post_with(BOOKINGS, &admin, body.clone(), &key).await);
     assert_eq!(second.body, first.body, "the same reply, position included");
     assert_eq!(
         app.count_events("booking.reserved").await,
@@ -1293,22 +1245,14 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     // The same key with another body, or on another route.
     let mut other = body.clone();
     other["check_out"] = json!("2027-03-06");
-    let reply = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&other), &key)
-        .await;
+    let reply = app.post_with(BOOKINGS, &admin, other.clone(), &key).await;
     assert_error(
         &reply,
         StatusCode::UNPROCESSABLE_ENTITY,
         "IDEMPOTENCY_KEY_REUSED",
     );
     let reply = app
-        .send(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            Some(&json!({"name": "Other"})),
-            &key,
-        )
+        .post_with(PROPERTIES, &admin, json!({"name": "Other"}), &key)
         .await;
     assert_error(
         &reply,
@@ -1323,14 +1267,8 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     let stranger = token(other_agency, "admin", "admin-2");
     assert_ne!(other_agency, agency_id);
     created(
-        app.send(
-            "POST",
-            PROPERTIES,
-            Some(&stranger),
-            Some(&json!({"name": "Theirs"})),
-            &key,
-        )
-        .await,
+        app.post_with(PROPERTIES, &stranger, json!({"name": "Theirs"}), &key)
+            .await,
     );
 
     // Status changes and deletes replay too.
@@ -1339,12 +1277,9 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     let path = booking_path(booking, "cancel");
     let c1 = with_status(
         StatusCode::OK,
-        app.send("POST", &path, Some(&admin), Some(&json!({})), &cancel_key)
-            .await,
+        app.post_with(&path, &admin, json!({}), &cancel_key).await,
     );
-    let c2 = app
-        .send("POST", &path, Some(&admin), Some(&json!({})), &cancel_key)
-        .await;
+    let c2 = app.post_with(&path, &admin, json!({}), &cancel_key).await;
     assert_eq!(
         c2.status,
         StatusCode::OK,
@@ -1372,22 +1307,20 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     // Keys must be 1 to 255 printable ASCII characters.
     let long = "k".repeat(256);
     let reply = app
-        .send(
-            "POST",
+        .post_with(
             PROPERTIES,
-            Some(&admin),
-            Some(&json!({"name": "Z"})),
+            &admin,
+            json!({"name": "Z"}),
             &[("idempotency-key", long.as_str())],
         )
         .await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     let longest = "k".repeat(255);
     created(
-        app.send(
-            "POST",
+        app.post_with(
             PROPERTIES,
-            Some(&admin),
-            Some(&json!({"name": "Z"})),
+            &admin,
+            json!({"name": "Z"}),
             &[("idempotency-key", longest.as_str())],
         )
         .await,
@@ -1401,16 +1334,10 @@ async fn an_idempotent_reply_is_replayed_after_a_restart() {
     let property = app.property(&admin, None).await;
     let body = reservation(property, "2027-03-01", "2027-03-05");
     let key = [("idempotency-key", "survives-restarts")];
-    let first = created(
-        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-            .await,
-    );
+    let first = created(app.post_with(BOOKINGS, &admin, body.clone(), &key).await);
     app.kill();
     app.start().await;
-    let again = created(
-        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-            .await,
-    );
+    let again = created(app.post_with(BOOKINGS, &admin, body.clone(), &key).await);
     assert_eq!(again.body, first.body);
     assert_eq!(app.count_events("booking.reserved").await, 1);
 }
@@ -1682,10 +1609,9 @@ async fn metrics_count_responses_and_report_each_tailer() {
 #[tokio::test]
 async fn a_refusal_decided_from_state_is_the_first_reply_for_its_key() {
     let (app, admin, property) = app_with_property().await;
-    let taken = created(
-        app.reserve(&admin, property, "2027-04-01", "2027-04-05")
-            .await,
-    );
+    let (taken, _) = app
+        .booked(&admin, property, "2027-04-01", "2027-04-05")
+        .await;
     let body = json!({
         "property_id": property,
         "check_in": "2027-04-02",
@@ -1693,25 +1619,14 @@ async fn a_refusal_decided_from_state_is_the_first_reply_for_its_key() {
         "guest": {"name": "Bo Guest"},
     });
     let key = [("idempotency-key", "refused-0001")];
-    let refused = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-        .await;
+    let refused = app.post_with(BOOKINGS, &admin, body.clone(), &key).await;
     assert_error(&refused, StatusCode::CONFLICT, "BOOKING_CONFLICT");
 
     // The nights come free, but the key keeps its first answer.
-    with_status(
-        StatusCode::OK,
-        app.post(
-            &format!("{BOOKINGS}/{}/cancel", taken.id()),
-            &admin,
-            json!({}),
-        )
-        .await,
-    );
+    with_status(StatusCode::OK, app.cancel(&admin, taken).await);
     let retry = with_status(
         StatusCode::CONFLICT,
-        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-            .await,
+        app.post_with(BOOKINGS, &admin, body.clone(), &key).await,
     );
     assert_eq!(retry.body, refused.body, "the same reply as the first time");
     assert_eq!(app.count_events("booking.reserved").await, 1);
@@ -1719,22 +1634,15 @@ async fn a_refusal_decided_from_state_is_the_first_reply_for_its_key() {
     // A booking id never given out is 404 on every try; a 400 is not kept.
     let missing = format!("{BOOKINGS}/{}/confirm", Uuid::now_v7());
     let key = [("idempotency-key", "missing-0001")];
-    let reply = app
-        .send("POST", &missing, Some(&admin), Some(&json!({})), &key)
-        .await;
+    let reply = app.post_with(&missing, &admin, json!({}), &key).await;
     assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
     let key = [("idempotency-key", "invalid-0001")];
     let mut bad = body.clone();
     bad["check_out"] = json!("2027-04-01");
-    let reply = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&bad), &key)
-        .await;
+    let reply = app.post_with(BOOKINGS, &admin, bad.clone(), &key).await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     // Not kept: the corrected request with the same key is decided afresh.
-    created(
-        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-            .await,
-    );
+    created(app.post_with(BOOKINGS, &admin, body.clone(), &key).await);
     let mut db = app.db().await;
     let kept: Vec<(String, i16)> =
         sqlx::query_as("SELECT key, status_code FROM idempotency_keys ORDER BY key")
@@ -1757,26 +1665,14 @@ async fn idempotency_keys_expire_after_their_ttl() {
     let (_, admin) = agency();
     let key = [("idempotency-key", "short-lived-0001")];
     let first = created(
-        app.send(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            Some(&json!({"name": "First"})),
-            &key,
-        )
-        .await,
+        app.post_with(PROPERTIES, &admin, json!({"name": "First"}), &key)
+            .await,
     );
     // Past the TTL the key is free again: another body is decided afresh.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let reply = app
-            .send(
-                "POST",
-                PROPERTIES,
-                Some(&admin),
-                Some(&json!({"name": "Second"})),
-                &key,
-            )
+            .post_with(PROPERTIES, &admin, json!({"name": "Second"}), &key)
             .await;
         if reply.status == StatusCode::CREATED {
             assert_ne!(reply.id(), first.id());
