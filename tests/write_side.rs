@@ -44,6 +44,95 @@ fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
     reply.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// A tentative booking of 1-5 March 2027 held until `until`, which must
+/// be created.
+async fn tentative(app: &TestApp, token: &str, property: Uuid, until: &str) -> Reply {
+    let hold = json!({"status": "tentative", "hold_expires_at": until});
+    created(
+        app.reserve_with(token, property, "2027-03-01", "2027-03-05", hold)
+            .await,
+    )
+}
+
+/// Every status change a booking has.
+const ACTIONS: [&str; 5] = ["confirm", "cancel", "check-in", "check-out", "no-show"];
+
+/// Each of `actions` on `booking` is refused with `status` and `code`.
+async fn refused_actions(
+    app: &TestApp,
+    token: &str,
+    booking: Uuid,
+    actions: &[&str],
+    (status, code): (StatusCode, &str),
+) {
+    for action in actions {
+        let reply = app.act(token, booking, action).await;
+        assert_eq!(reply.code(), code, "{action}: {:?}", reply.body);
+        assert_error(&reply, status, code);
+    }
+}
+
+const INVALID_TRANSITION: (StatusCode, &str) = (StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
+
+/// A 409 `BOOKING_CONFLICT` that names `conflicts`.
+#[track_caller]
+fn assert_conflicts(reply: &Reply, conflicts: Value) {
+    assert_error(reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+    assert_eq!(
+        reply.body["error"]["details"]["conflicts"], conflicts,
+        "{:?}",
+        reply.body
+    );
+}
+
+/// Each field of `expected` has its value in `body`.
+#[track_caller]
+fn assert_fields(body: &Value, expected: Value) {
+    for (field, value) in expected.as_object().expect("an object of fields") {
+        assert_eq!(&body[field], value, "{field} of {body}");
+    }
+}
+
+/// `POST /api/v1/properties` with `body` sent as it is.
+async fn register_raw(
+    app: &TestApp,
+    token: &str,
+    body: impl Into<Vec<u8>>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    app.send_bytes("POST", PROPERTIES, Some(token), body.into(), headers)
+        .await
+}
+
+/// `count` copies of one POST with the same Idempotency-Key, all at once;
+/// each must be 201. The ids they name, consecutive repeats removed.
+async fn same_key_at_once(
+    app: &TestApp,
+    token: &str,
+    path: &str,
+    key: &str,
+    body: &Value,
+    count: usize,
+) -> Vec<String> {
+    let requests = (0..count).map(|_| {
+        app.client
+            .post(format!("{}{path}", app.base))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+    });
+    let mut ids = Vec::new();
+    for response in join_all(requests).await {
+        let response = response.expect("answered");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let reply: Value = response.json().await.expect("a JSON body");
+        ids.push(reply["id"].as_str().expect("an id").to_owned());
+    }
+    ids.dedup();
+    ids
+}
+
 // ------------------------------------------------------------------ properties
 
 #[tokio::test]
@@ -59,13 +148,11 @@ async fn registering_a_property_returns_201_and_the_property() {
         )
         .await);
     let p = &reply.body;
-    assert_eq!(p["agency_id"], agency_id.to_string());
-    assert_eq!(p["name"], "Sea View");
-    assert_eq!(p["timezone"], "Europe/Lisbon");
-    assert_eq!(p["owner_id"], "owner-7");
-    assert_eq!(p["external_ref"], "PMS-1");
-    assert_eq!(p["archived"], false);
-    assert_eq!(p["version"], 1);
+    assert_fields(
+        p,
+        json!({"agency_id": agency_id, "name": "Sea View", "timezone": "Europe/Lisbon",
+               "owner_id": "owner-7", "external_ref": "PMS-1", "archived": false, "version": 1}),
+    );
     assert!(
         p["created_at"].as_str().is_some_and(|t| t.ends_with('Z')),
         "{p}"
@@ -157,26 +244,15 @@ async fn json_arrays_are_not_accepted_as_bodies_or_objects() {
     assert_eq!(app.count_events("property.registered").await, 0);
 
     let property = app.property(&admin, None).await;
-    let reply = app
-        .reserve_with(
-            &admin,
-            property,
-            "2027-03-01",
-            "2027-03-02",
-            json!({"guest": ["Ana", null, null]}),
-        )
-        .await;
-    assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
-    let reply = app
-        .reserve_with(
-            &admin,
-            property,
-            "2027-03-01",
-            "2027-03-02",
-            json!({"price": [100, "EUR"]}),
-        )
-        .await;
-    assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    for tuple in [
+        json!({"guest": ["Ana", null, null]}),
+        json!({"price": [100, "EUR"]}),
+    ] {
+        let reply = app
+            .reserve_with(&admin, property, "2027-03-01", "2027-03-02", tuple)
+            .await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
     assert_eq!(app.count_events("booking.reserved").await, 0);
 }
 
@@ -189,9 +265,9 @@ async fn updating_a_property() {
 
     let reply = with_status(
         StatusCode::OK,
-        app.patch(
-            &path,
+        app.edit_property(
             &admin,
+            property,
             json!({"name": "Sea View II", "timezone": "Europe/Paris"}),
         )
         .await,
@@ -209,9 +285,9 @@ async fn updating_a_property() {
     // null clears the owner and the external reference.
     let reply = with_status(
         StatusCode::OK,
-        app.patch(
-            &path,
+        app.edit_property(
             &admin,
+            property,
             json!({"owner_id": null, "external_ref": "X-9"}),
         )
         .await,
@@ -227,7 +303,7 @@ async fn updating_a_property() {
         json!({"archived": true}),
         json!({"name": ["a"]}),
     ] {
-        let reply = app.patch(&path, &admin, bad).await;
+        let reply = app.edit_property(&admin, property, bad).await;
         assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     }
     let missing = app
@@ -276,7 +352,7 @@ async fn an_archived_property_refuses_every_command() {
             .await,
         app.block(&admin, property, "2027-06-01", "2027-06-03", "other")
             .await,
-        app.patch(&booking_path(booking, ""), &admin, json!({"notes": "late"}))
+        app.edit_booking(&admin, booking, json!({"notes": "late"}))
             .await,
         app.act(&admin, booking, "cancel").await,
         app.act(&admin, booking, "check-in").await,
@@ -394,14 +470,11 @@ async fn reserving_returns_201_and_the_booking() {
     );
     assert_eq!(year.body["nights"], 366);
 
-    let missing = app.read(&booking_path(Uuid::new_v4(), ""), &admin).await;
-    assert_error(&missing, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
-    let property_as_booking = app.read(&booking_path(property, ""), &admin).await;
-    assert_error(
-        &property_as_booking,
-        StatusCode::NOT_FOUND,
-        "BOOKING_NOT_FOUND",
-    );
+    // Neither an unknown id nor a property's is a booking.
+    for id in [Uuid::new_v4(), property] {
+        let reply = app.read(&booking_path(id, ""), &admin).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
+    }
     let not_uuid = app.read(&format!("{BOOKINGS}/abc"), &admin).await;
     assert_error(&not_uuid, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 }
@@ -530,30 +603,20 @@ async fn a_single_night_overlap_conflicts_with_details_and_back_to_back_is_allow
     let (app, admin, property) = app_with_property().await;
     let first = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
 
-    // The last night of the stay (03-04) is taken.
-    let reply = app
-        .reserve(&admin, property, "2027-03-04", "2027-03-06")
-        .await;
-    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
-    assert_eq!(
-        reply.body["error"]["details"]["conflicts"],
-        json!([{"kind": "booking", "id": first, "start": "2027-03-01", "end": "2027-03-05"}]),
-        "{:?}",
-        reply.body
-    );
-    // The first night (03-01) is taken.
-    let reply = app
-        .reserve(&admin, property, "2027-02-27", "2027-03-02")
-        .await;
-    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
-    // Inside and around.
+    // Each names the stay it runs into.
+    let taken =
+        json!([{"kind": "booking", "id": first, "start": "2027-03-01", "end": "2027-03-05"}]);
     for (check_in, check_out) in [
+        // Its last night (03-04), its first (03-01).
+        ("2027-03-04", "2027-03-06"),
+        ("2027-02-27", "2027-03-02"),
+        // Inside and around.
         ("2027-03-02", "2027-03-03"),
         ("2027-02-01", "2027-04-01"),
         ("2027-03-01", "2027-03-05"),
     ] {
         let reply = app.reserve(&admin, property, check_in, check_out).await;
-        assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+        assert_conflicts(&reply, taken.clone());
     }
 
     // Back to back on both sides: the check-out day is free for the next arrival.
@@ -605,22 +668,13 @@ async fn cancelling_frees_the_nights_and_cancelled_is_final() {
     let (app, admin, property) = app_with_property().await;
     let booking = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
 
-    let too_long = app
-        .post(
-            &booking_path(booking, "cancel"),
-            &admin,
-            json!({"reason": "r".repeat(501)}),
-        )
-        .await;
-    assert_error(&too_long, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
-    let unknown = app
-        .post(
-            &booking_path(booking, "cancel"),
-            &admin,
-            json!({"why": "no"}),
-        )
-        .await;
-    assert_error(&unknown, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    // A reason too long, a field the route does not know.
+    for bad in [json!({"reason": "r".repeat(501)}), json!({"why": "no"})] {
+        let reply = app
+            .post(&booking_path(booking, "cancel"), &admin, bad)
+            .await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
 
     let reply = with_status(
         StatusCode::OK,
@@ -638,16 +692,9 @@ async fn cancelling_frees_the_nights_and_cancelled_is_final() {
     // The nights are free at once.
     booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
 
-    for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
-        let reply = app.act(&admin, booking, action).await;
-        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
-    }
+    refused_actions(&app, &admin, booking, &ACTIONS, INVALID_TRANSITION).await;
     let reply = app
-        .patch(
-            &booking_path(booking, ""),
-            &admin,
-            json!({"notes": "again"}),
-        )
+        .edit_booking(&admin, booking, json!({"notes": "again"}))
         .await;
     assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
 
@@ -673,41 +720,44 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
 
     // tentative -> confirmed
     let hold = "2099-01-01T00:00:00Z";
-    let reply = created(
-        app.reserve_with(
-            &admin,
-            property,
-            "2027-03-01",
-            "2027-03-05",
-            json!({"status": "tentative", "hold_expires_at": hold}),
-        )
-        .await,
-    );
+    let reply = tentative(&app, &admin, property, hold).await;
     assert_eq!(reply.body["status"], "tentative");
     assert!(reply.body["hold_expires_at"]
         .as_str()
         .is_some_and(|t| t.starts_with("2099-01-01")));
     let booking = reply.id();
-    for action in ["check-in", "check-out", "no-show"] {
-        let reply = app.act(&admin, booking, action).await;
-        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
-    }
+    refused_actions(
+        &app,
+        &admin,
+        booking,
+        &["check-in", "check-out", "no-show"],
+        INVALID_TRANSITION,
+    )
+    .await;
     let reply = with_status(StatusCode::OK, app.act(&admin, booking, "confirm").await);
     assert_eq!(reply.body["status"], "confirmed");
     assert_eq!(reply.body["hold_expires_at"], Value::Null);
     assert_eq!(reply.body["version"], 2);
 
     // confirmed -> checked_in -> checked_out
-    for action in ["confirm", "check-out"] {
-        let reply = app.act(&admin, booking, action).await;
-        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
-    }
+    refused_actions(
+        &app,
+        &admin,
+        booking,
+        &["confirm", "check-out"],
+        INVALID_TRANSITION,
+    )
+    .await;
     let reply = with_status(StatusCode::OK, app.act(&admin, booking, "check-in").await);
     assert_eq!(reply.body["status"], "checked_in");
-    for action in ["confirm", "cancel", "check-in", "no-show"] {
-        let reply = app.act(&admin, booking, action).await;
-        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
-    }
+    refused_actions(
+        &app,
+        &admin,
+        booking,
+        &["confirm", "cancel", "check-in", "no-show"],
+        INVALID_TRANSITION,
+    )
+    .await;
     // A checked-in guest still holds the nights.
     let reply = app
         .reserve(&admin, property, "2027-03-04", "2027-03-06")
@@ -719,12 +769,9 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
     assert_eq!(reply.body["version"], 4);
     // A checked-out stay no longer holds its nights.
     booked(&app, &admin, property, "2027-03-04", "2027-03-06").await;
-    for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
-        let reply = app.act(&admin, booking, action).await;
-        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
-    }
+    refused_actions(&app, &admin, booking, &ACTIONS, INVALID_TRANSITION).await;
     let reply = app
-        .patch(&booking_path(booking, ""), &admin, json!({"adults": 3}))
+        .edit_booking(&admin, booking, json!({"adults": 3}))
         .await;
     assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
 
@@ -732,20 +779,15 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
     let guest = booked(&app, &admin, property, "2027-05-01", "2027-05-03").await;
     let reply = with_status(StatusCode::OK, app.act(&admin, guest, "no-show").await);
     assert_eq!(reply.body["status"], "no_show");
-    for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
-        let reply = app.act(&admin, guest, action).await;
-        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
-    }
+    refused_actions(&app, &admin, guest, &ACTIONS, INVALID_TRANSITION).await;
     booked(&app, &admin, property, "2027-05-01", "2027-05-03").await;
 
     // Unknown bookings, on every route.
     let unknown = Uuid::new_v4();
-    for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
-        let reply = app.act(&admin, unknown, action).await;
-        assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
-    }
+    let not_found = (StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
+    refused_actions(&app, &admin, unknown, &ACTIONS, not_found).await;
     let reply = app
-        .patch(&booking_path(unknown, ""), &admin, json!({"notes": "x"}))
+        .edit_booking(&admin, unknown, json!({"notes": "x"}))
         .await;
     assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
     let reply = app.act(&admin, booking, "teleport").await;
@@ -767,16 +809,7 @@ async fn an_expired_hold_cannot_be_confirmed_and_frees_its_nights() {
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
     let expires = clock.now() + chrono::Duration::milliseconds(1500);
-    let reply = created(
-        app.reserve_with(
-            &admin,
-            property,
-            "2027-03-01",
-            "2027-03-05",
-            json!({"status": "tentative", "hold_expires_at": expires.to_rfc3339()}),
-        )
-        .await,
-    );
+    let reply = tentative(&app, &admin, property, &expires.to_rfc3339()).await;
     let hold = reply.id();
     let reply = app
         .reserve(&admin, property, "2027-03-02", "2027-03-03")
@@ -805,16 +838,12 @@ async fn modifying_a_booking() {
     let booking = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
     let neighbour = booked(&app, &admin, property, "2027-03-08", "2027-03-10").await;
     let path = booking_path(booking, "");
+    let modify = |changes| app.edit_booking(&admin, booking, changes);
 
     // Shifting over its own nights is fine; up to the neighbour's arrival too.
     let reply = with_status(
         StatusCode::OK,
-        app.patch(
-            &path,
-            &admin,
-            json!({"check_in": "2027-03-03", "check_out": "2027-03-08"}),
-        )
-        .await,
+        modify(json!({"check_in": "2027-03-03", "check_out": "2027-03-08"})).await,
     );
     assert_eq!(reply.body["check_in"], "2027-03-03");
     assert_eq!(reply.body["check_out"], "2027-03-08");
@@ -824,12 +853,7 @@ async fn modifying_a_booking() {
     // The released nights are free again.
     booked(&app, &admin, property, "2027-03-01", "2027-03-03").await;
 
-    let reply = with_status(StatusCode::OK, app
-        .patch(
-            &path,
-            &admin,
-            json!({"guest": {"name": "Bo Guest"}, "adults": 3, "children": 2, "price": {"amount_minor": 100, "currency": "GBP"}, "notes": "cot"}),
-        )
+    let reply = with_status(StatusCode::OK, modify(json!({"guest": {"name": "Bo Guest"}, "adults": 3, "children": 2, "price": {"amount_minor": 100, "currency": "GBP"}, "notes": "cot"}))
         .await);
     assert_eq!(reply.body["guest"]["name"], "Bo Guest");
     assert_eq!(reply.body["adults"], 3);
@@ -842,20 +866,16 @@ async fn modifying_a_booking() {
     );
     let reply = with_status(
         StatusCode::OK,
-        app.patch(&path, &admin, json!({"price": null, "notes": null}))
-            .await,
+        modify(json!({"price": null, "notes": null})).await,
     );
     assert_eq!(reply.body["price"], Value::Null);
     assert_eq!(reply.body["notes"], Value::Null);
 
     // One night into the neighbour's stay.
-    let reply = app
-        .patch(&path, &admin, json!({"check_out": "2027-03-09"}))
-        .await;
-    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
-    assert_eq!(
-        reply.body["error"]["details"]["conflicts"],
-        json!([{"kind": "booking", "id": neighbour, "start": "2027-03-08", "end": "2027-03-10"}])
+    let reply = modify(json!({"check_out": "2027-03-09"})).await;
+    assert_conflicts(
+        &reply,
+        json!([{"kind": "booking", "id": neighbour, "start": "2027-03-08", "end": "2027-03-10"}]),
     );
     for bad in [
         json!({"check_out": "2027-03-03"}),
@@ -866,7 +886,7 @@ async fn modifying_a_booking() {
         json!({"status": "cancelled"}),
         json!({"property_id": property}),
     ] {
-        let reply = app.patch(&path, &admin, bad.clone()).await;
+        let reply = modify(bad.clone()).await;
         assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     }
     let read = app.read(&path, &admin).await;
@@ -897,13 +917,11 @@ async fn blocks_are_created_conflict_and_are_released() {
         reply.body
     );
     let b = &reply.body;
-    assert_eq!(b["agency_id"], agency_id.to_string());
-    assert_eq!(b["property_id"], property.to_string());
-    assert_eq!(b["start"], "2027-03-05");
-    assert_eq!(b["end"], "2027-03-10");
-    assert_eq!(b["reason"], "maintenance");
-    assert_eq!(b["note"], "paint");
-    assert_eq!(b["released"], false);
+    assert_fields(
+        b,
+        json!({"agency_id": agency_id, "property_id": property, "start": "2027-03-05",
+               "end": "2027-03-10", "reason": "maintenance", "note": "paint", "released": false}),
+    );
     assert!(b["created_at"].is_string() && b["position"].as_i64().is_some());
     let block = reply.id();
 
@@ -911,10 +929,9 @@ async fn blocks_are_created_conflict_and_are_released() {
     let reply = app
         .reserve(&admin, property, "2027-03-09", "2027-03-11")
         .await;
-    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
-    assert_eq!(
-        reply.body["error"]["details"]["conflicts"],
-        json!([{"kind": "block", "id": block, "start": "2027-03-05", "end": "2027-03-10"}])
+    assert_conflicts(
+        &reply,
+        json!([{"kind": "block", "id": block, "start": "2027-03-05", "end": "2027-03-10"}]),
     );
     let reply = app
         .block(&admin, property, "2027-03-04", "2027-03-05", "owner_stay")
@@ -957,20 +974,42 @@ async fn blocks_are_created_conflict_and_are_released() {
     // Released nights are free.
     booked(&app, &admin, property, "2027-03-05", "2027-03-10").await;
 
-    let again = app.release(&admin, block).await;
-    assert_error(&again, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
-    let unknown = app.release(&admin, Uuid::new_v4()).await;
-    assert_error(&unknown, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
-    let booking_as_block = app.release(&admin, booking).await;
-    assert_error(&booking_as_block, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
-    let block_as_booking = app.act(&admin, block, "cancel").await;
-    assert_error(
-        &block_as_booking,
-        StatusCode::NOT_FOUND,
-        "BOOKING_NOT_FOUND",
-    );
-    let not_uuid = app.delete(&format!("{BLOCKS}/zzz"), &admin).await;
-    assert_error(&not_uuid, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    // Released once; then a second release, ids of no block, not an id.
+    for (case, reply, status, code) in [
+        (
+            "again",
+            app.release(&admin, block).await,
+            StatusCode::CONFLICT,
+            "INVALID_STATE_TRANSITION",
+        ),
+        (
+            "unknown",
+            app.release(&admin, Uuid::new_v4()).await,
+            StatusCode::NOT_FOUND,
+            "BLOCK_NOT_FOUND",
+        ),
+        (
+            "a booking as a block",
+            app.release(&admin, booking).await,
+            StatusCode::NOT_FOUND,
+            "BLOCK_NOT_FOUND",
+        ),
+        (
+            "a block as a booking",
+            app.act(&admin, block, "cancel").await,
+            StatusCode::NOT_FOUND,
+            "BOOKING_NOT_FOUND",
+        ),
+        (
+            "not a UUID",
+            app.delete(&format!("{BLOCKS}/zzz"), &admin).await,
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+        ),
+    ] {
+        assert_eq!(reply.code(), code, "{case}: {:?}", reply.body);
+        assert_error(&reply, status, code);
+    }
 }
 
 // ------------------------------------------------------------------ HTTP edges
@@ -981,38 +1020,20 @@ async fn axum_rejections_come_in_the_contract_format() {
     let (_, admin) = agency();
     let json_type = [("content-type", "application/json")];
 
-    let malformed = app
-        .send_bytes(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            b"{\"name\": \"Sea".to_vec(),
-            &json_type,
-        )
-        .await;
+    let malformed = register_raw(&app, &admin, b"{\"name\": \"Sea", &json_type).await;
     assert_error(&malformed, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
-    let not_json = app
-        .send_bytes(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            b"name=Sea".to_vec(),
-            &json_type,
-        )
-        .await;
+    let not_json = register_raw(&app, &admin, b"name=Sea", &json_type).await;
     assert_error(&not_json, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 
     // A JSON body under another content type (or none) is refused.
     for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
-        let reply = app
-            .send_bytes(
-                "POST",
-                PROPERTIES,
-                Some(&admin),
-                br#"{"name": "Sea View"}"#.to_vec(),
-                &[("content-type", content_type)],
-            )
-            .await;
+        let reply = register_raw(
+            &app,
+            &admin,
+            br#"{"name": "Sea View"}"#,
+            &[("content-type", content_type)],
+        )
+        .await;
         assert!(
             reply.status == StatusCode::BAD_REQUEST
                 || reply.status == StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -1024,15 +1045,7 @@ async fn axum_rejections_come_in_the_contract_format() {
         }
         assert!(reply.body["error"]["request_id"].is_string(), "{reply:?}");
     }
-    let untyped = app
-        .send_bytes(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            br#"{"name": "Sea View"}"#.to_vec(),
-            &[],
-        )
-        .await;
+    let untyped = register_raw(&app, &admin, br#"{"name": "Sea View"}"#, &[]).await;
     assert!(untyped.status.is_client_error(), "{untyped:?}");
     assert!(untyped.body["error"]["code"].is_string(), "{untyped:?}");
 
@@ -1089,25 +1102,9 @@ async fn axum_rejections_come_in_the_contract_format() {
         assert_eq!(body.len(), len);
         body
     };
-    let reply = app
-        .send_bytes(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            sized(64 * 1024),
-            &json_type,
-        )
-        .await;
+    let reply = register_raw(&app, &admin, sized(64 * 1024), &json_type).await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
-    let reply = app
-        .send_bytes(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            sized(64 * 1024 + 1),
-            &json_type,
-        )
-        .await;
+    let reply = register_raw(&app, &admin, sized(64 * 1024 + 1), &json_type).await;
     assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
 
     // Other ways for a body to be malformed.
@@ -1117,21 +1114,17 @@ async fn axum_rejections_come_in_the_contract_format() {
         b"{\"name\": \"\xff\xfe\"}".to_vec(),
         b"null".to_vec(),
     ] {
-        let reply = app
-            .send_bytes("POST", PROPERTIES, Some(&admin), body, &json_type)
-            .await;
+        let reply = register_raw(&app, &admin, body, &json_type).await;
         assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     }
     // A charset parameter is fine.
-    let reply = app
-        .send_bytes(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            br#"{"name": "Charset"}"#.to_vec(),
-            &[("content-type", "application/json; charset=utf-8")],
-        )
-        .await;
+    let reply = register_raw(
+        &app,
+        &admin,
+        br#"{"name": "Charset"}"#,
+        &[("content-type", "application/json; charset=utf-8")],
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     assert_eq!(app.total_events().await, 1);
 }
@@ -1346,42 +1339,13 @@ async fn an_idempotent_reply_is_replayed_after_a_restart() {
 async fn fifty_concurrent_requests_with_one_key_make_one_booking() {
     let (app, admin, property) = app_with_property().await;
     let body = reservation(property, "2027-03-01", "2027-03-05");
-    let requests = (0..50).map(|_| {
-        app.client
-            .post(format!("{}{BOOKINGS}", app.base))
-            .bearer_auth(&admin)
-            .header("idempotency-key", "one-key-for-fifty")
-            .json(&body)
-            .send()
-    });
-    let mut ids = Vec::new();
-    for response in join_all(requests).await {
-        let response = response.expect("answered");
-        assert_eq!(response.status(), StatusCode::CREATED);
-        let reply: Value = response.json().await.expect("a JSON body");
-        ids.push(reply["id"].as_str().expect("an id").to_owned());
-    }
-    ids.dedup();
+    let ids = same_key_at_once(&app, &admin, BOOKINGS, "one-key-for-fifty", &body, 50).await;
     assert_eq!(ids.len(), 1, "every reply names the same booking");
     assert_eq!(app.count_events("booking.reserved").await, 1);
 
     // Concurrent registrations with one key (each would be its own property).
-    let requests = (0..20).map(|_| {
-        app.client
-            .post(format!("{}{PROPERTIES}", app.base))
-            .bearer_auth(&admin)
-            .header("idempotency-key", "one-key-for-twenty")
-            .json(&json!({"name": "Twin"}))
-            .send()
-    });
-    let mut ids = Vec::new();
-    for response in join_all(requests).await {
-        let response = response.expect("answered");
-        assert_eq!(response.status(), StatusCode::CREATED);
-        let reply: Value = response.json().await.expect("a JSON body");
-        ids.push(reply["id"].as_str().expect("an id").to_owned());
-    }
-    ids.dedup();
+    let twin = json!({"name": "Twin"});
+    let ids = same_key_at_once(&app, &admin, PROPERTIES, "one-key-for-twenty", &twin, 20).await;
     assert_eq!(ids.len(), 1, "every reply names the same property");
     assert_eq!(app.count_events("property.registered").await, 2);
 }
@@ -1509,7 +1473,7 @@ async fn health_readiness_openapi_and_docs() {
 async fn an_inbound_booking_sent_twice_returns_the_first_booking() {
     let (app, admin, property) = app_with_property().await;
     let inbound = json!({"channel": "airbnb", "external_ref": "HM-4242"});
-    let first = created(
+    let send = || {
         app.reserve_with(
             &admin,
             property,
@@ -1517,23 +1481,13 @@ async fn an_inbound_booking_sent_twice_returns_the_first_booking() {
             "2027-05-04",
             inbound.clone(),
         )
-        .await,
-    );
+    };
+    let first = created(send().await);
     assert_eq!(first.body["channel"], "airbnb");
     assert_eq!(first.body["external_ref"], "HM-4242");
 
     // The channel sends it again (a retry, a re-sync): the first booking, 200.
-    let again = with_status(
-        StatusCode::OK,
-        app.reserve_with(
-            &admin,
-            property,
-            "2027-05-01",
-            "2027-05-04",
-            inbound.clone(),
-        )
-        .await,
-    );
+    let again = with_status(StatusCode::OK, send().await);
     assert_eq!(again.id(), first.id());
     assert_eq!(app.count_events("booking.reserved").await, 1);
 
