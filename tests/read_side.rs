@@ -91,6 +91,13 @@ fn items(reply: &Reply) -> Vec<Value> {
         .clone()
 }
 
+/// The text `field` of each of `rows` ("" where it has none).
+fn texts<'a>(rows: &'a [Value], field: &str) -> Vec<&'a str> {
+    rows.iter()
+        .map(|r| r[field].as_str().unwrap_or(""))
+        .collect()
+}
+
 fn uuid_of(value: &Value, field: &str) -> Uuid {
     value[field]
         .as_str()
@@ -98,8 +105,13 @@ fn uuid_of(value: &Value, field: &str) -> Uuid {
         .unwrap_or_else(|| panic!("no {field} in {value}"))
 }
 
+/// The `field` of each item of a page.
+fn field_ids(reply: &Reply, field: &str) -> Vec<Uuid> {
+    items(reply).iter().map(|i| uuid_of(i, field)).collect()
+}
+
 fn ids(reply: &Reply) -> Vec<Uuid> {
-    items(reply).iter().map(|i| uuid_of(i, "id")).collect()
+    field_ids(reply, "id")
 }
 
 /// Walks a list with `limit` per page, following `next_cursor`; asserts
@@ -272,25 +284,13 @@ async fn assert_consistent_with_log(app: &TestApp) {
     )
     .await;
     assert_eq!(missing, 0, "events without their audit row");
-    let registered = scalar(
-        &mut conn,
-        "SELECT count(*) FROM events WHERE event_type = 'property.registered'",
-    )
-    .await;
+    let registered = app.count_events("property.registered").await;
     let properties = scalar(&mut conn, "SELECT count(*) FROM properties_view").await;
     assert_eq!(properties, registered, "properties_view rows");
-    let reserved = scalar(
-        &mut conn,
-        "SELECT count(*) FROM events WHERE event_type = 'booking.reserved'",
-    )
-    .await;
+    let reserved = app.count_events("booking.reserved").await;
     let bookings = scalar(&mut conn, "SELECT count(*) FROM bookings_view").await;
     assert_eq!(bookings, reserved, "bookings_view rows");
-    let cancelled_events = scalar(
-        &mut conn,
-        "SELECT count(*) FROM events WHERE event_type = 'booking.cancelled'",
-    )
-    .await;
+    let cancelled_events = app.count_events("booking.cancelled").await;
     let cancelled = scalar(
         &mut conn,
         "SELECT count(*) FROM bookings_view WHERE status = 'cancelled'",
@@ -349,11 +349,43 @@ async fn resume_projections(conn: PgConnection) {
 
 // ------------------------------------------------------------------ properties
 
+/// Where the tests of what each caller sees start: the app and two new
+/// agencies, each as (its id, its admin's token).
+async fn app_with_two_agencies() -> (TestApp, (Uuid, String), (Uuid, String)) {
+    (spawn_app().await, agency(), agency())
+}
+
+/// Each `(path, token)` (another agency's, another owner's, an unknown id)
+/// is a 404 `code` at `min`.
+async fn not_found_at(app: &TestApp, min: i64, code: &str, cases: &[(String, &String)]) {
+    for (path, token) in cases {
+        let reply = app.get(&format!("{path}?min_position={min}"), token).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, code);
+    }
+}
+
+/// Whether a writer's `reply` has `status`: then the writers' `last`
+/// position takes its position; if not, `failures` says what failed.
+fn tracked(
+    reply: &Reply,
+    (what, status): (&str, StatusCode),
+    last: &AtomicI64,
+    failures: &mut Vec<String>,
+) -> bool {
+    if reply.status != status {
+        failures.push(format!("{what}: {} {}", reply.status, reply.body));
+        return false;
+    }
+    last.fetch_max(
+        reply.body["position"].as_i64().unwrap_or(0),
+        Ordering::Relaxed,
+    );
+    true
+}
+
 #[tokio::test]
 async fn properties_list_pages_and_confines_to_agency_and_owner() {
-    let app = spawn_app().await;
-    let (agency_a, admin) = agency();
-    let (_, other) = agency();
+    let (app, (agency_a, admin), (_, other)) = app_with_two_agencies().await;
     let owner = token(agency_a, "owner", "owner-1");
 
     let mut mine = Vec::new();
@@ -434,15 +466,13 @@ async fn properties_list_pages_and_confines_to_agency_and_owner() {
     assert_eq!(uuid_of(&reply.body, "id"), alpha);
     // Not the owner's, another agency's, unknown: 404.
     let (beta, _, _) = mine[1];
-    for (path, tok) in [
+    let cases = [
         (format!("{PROPERTIES}/{beta}"), &owner),
         (format!("{PROPERTIES}/{theirs}"), &admin),
         (format!("{PROPERTIES}/{alpha}"), &other),
         (format!("{PROPERTIES}/{}", Uuid::new_v4()), &admin),
-    ] {
-        let reply = app.get(&format!("{path}?min_position={min}"), tok).await;
-        assert_error(&reply, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
-    }
+    ];
+    not_found_at(&app, min, "PROPERTY_NOT_FOUND", &cases).await;
 
     // Read-your-writes: a rename is visible at once at its position.
     let reply = app
@@ -487,9 +517,7 @@ async fn properties_list_pages_and_confines_to_agency_and_owner() {
 
 #[tokio::test]
 async fn bookings_list_filters_by_property_status_and_overlap() {
-    let app = spawn_app().await;
-    let (agency_a, admin) = agency();
-    let (_, other) = agency();
+    let (app, (agency_a, admin), (_, other)) = app_with_two_agencies().await;
     let owner = token(agency_a, "owner", "owner-1");
 
     let p1 = app.property(&admin, Some("owner-1")).await;
@@ -602,15 +630,13 @@ async fn bookings_list_filters_by_property_status_and_overlap() {
     assert_eq!(uuid_of(&reply.body, "id"), b1);
 
     // Another agency's, another owner's, unknown: 404.
-    for (path, tok) in [
+    let cases = [
         (format!("{BOOKINGS}/{b_other}"), &admin),
         (format!("{BOOKINGS}/{b1}"), &other),
         (format!("{BOOKINGS}/{b3}"), &owner),
         (format!("{BOOKINGS}/{}", Uuid::new_v4()), &admin),
-    ] {
-        let reply = app.get(&format!("{path}?min_position={min}"), tok).await;
-        assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
-    }
+    ];
+    not_found_at(&app, min, "BOOKING_NOT_FOUND", &cases).await;
 
     // Read-your-writes on a modification.
     let reply = app
@@ -649,9 +675,7 @@ async fn bookings_list_filters_by_property_status_and_overlap() {
 
 #[tokio::test]
 async fn availability_shows_ranges_and_free_runs() {
-    let app = spawn_app().await;
-    let (agency_a, admin) = agency();
-    let (_, other) = agency();
+    let (app, (agency_a, admin), (_, other)) = app_with_two_agencies().await;
     let property = app.property(&admin, Some("owner-1")).await;
     let theirs = app.property(&other, None).await;
 
@@ -787,9 +811,7 @@ async fn availability_shows_ranges_and_free_runs() {
 
 #[tokio::test]
 async fn availability_search_excludes_overlaps_and_keeps_back_to_back_stays() {
-    let app = spawn_app().await;
-    let (agency_a, admin) = agency();
-    let (_, other) = agency();
+    let (app, (agency_a, admin), (_, other)) = app_with_two_agencies().await;
 
     let mut props = BTreeMap::new();
     for name in [
@@ -842,10 +864,7 @@ async fn availability_search_excludes_overlaps_and_keeps_back_to_back_stays() {
 
     let path = format!("{SEARCH}?from=2031-07-10&to=2031-07-14");
     let reply = read(&app, &path, &admin, min).await;
-    let found: Vec<Uuid> = items(&reply)
-        .iter()
-        .map(|i| uuid_of(i, "property_id"))
-        .collect();
+    let found = field_ids(&reply, "property_id");
     let expected = sorted(vec![
         props["starts_on_to"],
         props["ends_on_from"],
@@ -873,19 +892,13 @@ async fn availability_search_excludes_overlaps_and_keeps_back_to_back_stays() {
 
     // Another agency: only its own property, which is free.
     let reply = read(&app, &path, &other, min).await;
-    let found: Vec<Uuid> = items(&reply)
-        .iter()
-        .map(|i| uuid_of(i, "property_id"))
-        .collect();
+    let found = field_ids(&reply, "property_id");
     assert_eq!(found, vec![theirs]);
 
     // An owner: only their own property.
     let owner = token(agency_a, "owner", "empty");
     let reply = read(&app, &path, &owner, min).await;
-    let found: Vec<Uuid> = items(&reply)
-        .iter()
-        .map(|i| uuid_of(i, "property_id"))
-        .collect();
+    let found = field_ids(&reply, "property_id");
     assert_eq!(found, vec![props["empty"]]);
 
     // A one-night window on the overlapping stay's last night.
@@ -896,10 +909,7 @@ async fn availability_search_excludes_overlaps_and_keeps_back_to_back_stays() {
         min,
     )
     .await;
-    let found: BTreeSet<Uuid> = items(&reply)
-        .iter()
-        .map(|i| uuid_of(i, "property_id"))
-        .collect();
+    let found: BTreeSet<Uuid> = field_ids(&reply, "property_id").into_iter().collect();
     assert!(!found.contains(&props["overlapping"]));
     assert!(!found.contains(&props["covering"]));
     assert!(found.contains(&props["blocked"]));
@@ -924,9 +934,7 @@ async fn availability_search_excludes_overlaps_and_keeps_back_to_back_stays() {
 
 #[tokio::test]
 async fn audit_log_has_one_row_per_event_and_filters() {
-    let app = spawn_app().await;
-    let (agency_a, admin) = agency();
-    let (agency_b, other) = agency();
+    let (app, (agency_a, admin), (agency_b, other)) = app_with_two_agencies().await;
     let manager = token(agency_a, "manager", "manager-7");
 
     let reply = property_named(&app, &admin, "Audited", None).await;
@@ -968,10 +976,7 @@ async fn audit_log_has_one_row_per_event_and_filters() {
 
     let reply = read(&app, AUDIT, &admin, min).await;
     let rows = items(&reply);
-    let actions: Vec<&str> = rows
-        .iter()
-        .map(|r| r["action"].as_str().unwrap_or(""))
-        .collect();
+    let actions = texts(&rows, "action");
     assert_eq!(
         actions,
         vec![
@@ -988,22 +993,17 @@ async fn audit_log_has_one_row_per_event_and_filters() {
     );
     // One row per event of this agency, in log order, with the event's position.
     let mut conn = app.db().await;
-    let positions: Vec<i64> = sqlx::query_scalar(
-        "SELECT position FROM events WHERE metadata::jsonb->>'agency_id' = $1 ORDER BY position",
+    let logged: Vec<(i64, Uuid)> = sqlx::query_as(
+        "SELECT position, event_id FROM events WHERE metadata::jsonb->>'agency_id' = $1
+          ORDER BY position",
     )
     .bind(agency_a.to_string())
     .fetch_all(&mut conn)
     .await
     .expect("read the log");
+    let (positions, event_ids): (Vec<i64>, Vec<Uuid>) = logged.into_iter().unzip();
     let listed: Vec<i64> = rows.iter().filter_map(|r| r["position"].as_i64()).collect();
     assert_eq!(listed, positions, "one audit row per event");
-    let event_ids: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT event_id FROM events WHERE metadata::jsonb->>'agency_id' = $1 ORDER BY position",
-    )
-    .bind(agency_a.to_string())
-    .fetch_all(&mut conn)
-    .await
-    .expect("read the log");
     let row_ids: Vec<Uuid> = rows.iter().map(|r| uuid_of(r, "id")).collect();
     assert_eq!(row_ids, event_ids, "audit ids are event ids");
     for row in &rows {
@@ -1265,10 +1265,7 @@ async fn a_lapsed_hold_expires_without_traffic_and_frees_its_nights() {
         at,
     )
     .await;
-    let free: Vec<Uuid> = items(&reply)
-        .iter()
-        .map(|i| uuid_of(i, "property_id"))
-        .collect();
+    let free = field_ids(&reply, "property_id");
     assert_eq!(free, vec![property], "the spare property is still held");
     let reply = read(&app, &format!("{BOOKINGS}?status=tentative"), &admin, at).await;
     assert_eq!(ids(&reply), vec![long_hold]);
@@ -1280,10 +1277,7 @@ async fn a_lapsed_hold_expires_without_traffic_and_frees_its_nights() {
             .await,
     );
     let events = items(&reply);
-    let types: Vec<&str> = events
-        .iter()
-        .map(|e| e["event_type"].as_str().unwrap_or(""))
-        .collect();
+    let types = texts(&events, "event_type");
     assert_eq!(
         types,
         vec![
@@ -1606,24 +1600,13 @@ async fn replay_under_writes(read_bookings: bool) {
                         )
                         .await;
                     writes += 1;
-                    if reply.status != StatusCode::CREATED {
-                        failures.push(format!("reserve: {} {}", reply.status, reply.body));
+                    let reserved = ("reserve", StatusCode::CREATED);
+                    if !tracked(&reply, reserved, &last, &mut failures) {
                         continue;
                     }
-                    last.fetch_max(
-                        reply.body["position"].as_i64().unwrap_or(0),
-                        Ordering::Relaxed,
-                    );
                     if writes.is_multiple_of(2) {
                         let reply = app.cancel(&admin, reply.id()).await;
-                        if reply.status != StatusCode::OK {
-                            failures.push(format!("cancel: {} {}", reply.status, reply.body));
-                            continue;
-                        }
-                        last.fetch_max(
-                            reply.body["position"].as_i64().unwrap_or(0),
-                            Ordering::Relaxed,
-                        );
+                        tracked(&reply, ("cancel", StatusCode::OK), &last, &mut failures);
                     }
                 }
                 (writes, failures)
