@@ -50,15 +50,22 @@ async fn with_authorization(
 
 // ------------------------------------------------------------------ 401
 
-#[tokio::test]
-async fn bad_tokens_get_401_in_the_contract_format_and_change_nothing() {
+/// Where the tests of who may touch what start: the app, a new agency (its
+/// id and its admin's token), a property of it and a confirmed booking of
+/// 1-5 March 2027 there.
+async fn app_with_booking() -> (TestApp, Uuid, String, Uuid, Uuid) {
     let app = spawn_app().await;
     let (agency_id, admin) = agency();
     let property = app.property(&admin, None).await;
-    let booking = app
-        .reserve(&admin, property, "2027-03-01", "2027-03-05")
-        .await
-        .id();
+    let (booking, _) = app
+        .booked(&admin, property, "2027-03-01", "2027-03-05")
+        .await;
+    (app, agency_id, admin, property, booking)
+}
+
+#[tokio::test]
+async fn bad_tokens_get_401_in_the_contract_format_and_change_nothing() {
+    let (app, agency_id, admin, property, booking) = app_with_booking().await;
     let events = app.total_events().await;
 
     let now = now_secs();
@@ -312,12 +319,8 @@ async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, U
                 .await
         }
         Route::UpdateProperty => {
-            app.patch(
-                &format!("{PROPERTIES}/{property}"),
-                token,
-                json!({"name": "Renamed"}),
-            )
-            .await
+            app.edit_property(token, property, json!({"name": "Renamed"}))
+                .await
         }
         Route::ArchiveProperty => {
             app.post(
@@ -333,13 +336,11 @@ async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, U
         }
         Route::Modify => {
             let id = booking("confirmed").await;
-            app.patch(&format!("{BOOKINGS}/{id}"), token, json!({"notes": "late"}))
-                .await
+            app.edit_booking(token, id, json!({"notes": "late"})).await
         }
         Route::Confirm => {
             let id = booking("tentative").await;
-            app.post(&format!("{BOOKINGS}/{id}/confirm"), token, json!({}))
-                .await
+            app.confirm(token, id).await
         }
         Route::Cancel => {
             let id = booking("confirmed").await;
@@ -352,23 +353,16 @@ async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, U
         }
         Route::CheckIn => {
             let id = booking("confirmed").await;
-            app.post(&format!("{BOOKINGS}/{id}/check-in"), token, json!({}))
-                .await
+            app.act(token, id, "check-in").await
         }
         Route::CheckOut => {
             let id = booking("confirmed").await;
-            with_status(
-                StatusCode::OK,
-                app.post(&format!("{BOOKINGS}/{id}/check-in"), admin, json!({}))
-                    .await,
-            );
-            app.post(&format!("{BOOKINGS}/{id}/check-out"), token, json!({}))
-                .await
+            with_status(StatusCode::OK, app.act(admin, id, "check-in").await);
+            app.act(token, id, "check-out").await
         }
         Route::NoShow => {
             let id = booking("confirmed").await;
-            app.post(&format!("{BOOKINGS}/{id}/no-show"), token, json!({}))
-                .await
+            app.act(token, id, "no-show").await
         }
         Route::CreateBlock(reason) => {
             app.block(token, property, "2027-03-01", "2027-03-05", reason)
@@ -379,7 +373,7 @@ async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, U
                 app.block(admin, property, "2027-03-01", "2027-03-05", reason)
                     .await,
             );
-            app.delete(&format!("{BLOCKS}/{}", reply.id()), token).await
+            app.release(token, reply.id()).await
         }
     };
     (reply, property)
@@ -528,19 +522,24 @@ async fn every_role_of_either_agency_against_every_ops_route_follows_the_role_ta
     with_status(StatusCode::OK, app.get(PROPERTIES, &own_admin).await);
 }
 
+/// What the role tests look for in a calendar: a booking of 1-3 March 2027
+/// and a block of 1-3 April in `property`, made by its `admin`; their ids.
+async fn a_booking_and_a_block(app: &TestApp, admin: &str, property: Uuid) -> (Uuid, Uuid) {
+    let booking = app
+        .reserve(admin, property, "2027-03-01", "2027-03-03")
+        .await;
+    let block = app
+        .block(admin, property, "2027-04-01", "2027-04-03", "other")
+        .await;
+    (booking.id(), block.id())
+}
+
 #[tokio::test]
 async fn operators_need_no_agency_and_are_refused_every_agency_route() {
     let app = spawn_app().await;
     let (agency_id, admin) = agency();
     let property = app.property(&admin, Some(OWNER)).await;
-    let booking = app
-        .reserve(&admin, property, "2027-03-01", "2027-03-03")
-        .await
-        .id();
-    let block = app
-        .block(&admin, property, "2027-04-01", "2027-04-03", "other")
-        .await
-        .id();
+    let (booking, block) = a_booking_and_a_block(&app, &admin, property).await;
     let no_agency = operator();
     let garbage_agency = token_with(
         json!({"sub": "op", "role": "operator", "agency_id": "acme", "exp": now_secs() + 600}),
@@ -615,18 +614,13 @@ async fn owners_act_on_their_own_properties_only() {
     let unowned = app.property(&admin, None).await;
 
     // Reads: own properties only; the others do not exist for the owner.
-    with_status(
-        StatusCode::OK,
-        app.read(&format!("{PROPERTIES}/{own}"), &owner).await,
-    );
+    app.read_ok(&format!("{PROPERTIES}/{own}"), &owner).await;
     let own_booking = app
         .reserve(&admin, own, "2027-03-01", "2027-03-03")
         .await
         .id();
-    with_status(
-        StatusCode::OK,
-        app.read(&format!("{BOOKINGS}/{own_booking}"), &owner).await,
-    );
+    app.read_ok(&format!("{BOOKINGS}/{own_booking}"), &owner)
+        .await;
 
     for other in [someone_elses, unowned] {
         let reply = app.read(&format!("{PROPERTIES}/{other}"), &owner).await;
@@ -648,7 +642,7 @@ async fn owners_act_on_their_own_properties_only() {
             .block(&admin, other, "2027-06-01", "2027-06-03", "owner_stay")
             .await
             .id();
-        let reply = app.delete(&format!("{BLOCKS}/{block}"), &owner).await;
+        let reply = app.release(&owner, block).await;
         assert_error(&reply, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
         let reply = app.read(&format!("{BLOCKS}/{block}"), &owner).await;
         assert_error(&reply, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
@@ -664,11 +658,7 @@ async fn owners_act_on_their_own_properties_only() {
         app.block(&owner, own, "2027-05-01", "2027-05-03", "owner_stay")
             .await,
     );
-    let reply = with_status(
-        StatusCode::OK,
-        app.delete(&format!("{BLOCKS}/{}", reply.id()), &owner)
-            .await,
-    );
+    let reply = with_status(StatusCode::OK, app.release(&owner, reply.id()).await);
     assert_eq!(reply.body["released"], true);
     for reason in ["maintenance", "other"] {
         let reply = app
@@ -678,32 +668,18 @@ async fn owners_act_on_their_own_properties_only() {
     }
     let reply = app.reserve(&owner, own, "2027-08-01", "2027-08-03").await;
     assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
-    let reply = app
-        .post(
-            &format!("{BOOKINGS}/{own_booking}/cancel"),
-            &owner,
-            json!({}),
-        )
-        .await;
+    let reply = app.cancel(&owner, own_booking).await;
     assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
     let reply = app
-        .patch(
-            &format!("{PROPERTIES}/{own}"),
-            &owner,
-            json!({"owner_id": "owner-9"}),
-        )
+        .edit_property(&owner, own, json!({"owner_id": "owner-9"}))
         .await;
     assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
 
     // Once the property is given to someone else, the owner loses it.
     with_status(
         StatusCode::OK,
-        app.patch(
-            &format!("{PROPERTIES}/{own}"),
-            &admin,
-            json!({"owner_id": "owner-2"}),
-        )
-        .await,
+        app.edit_property(&admin, own, json!({"owner_id": "owner-2"}))
+            .await,
     );
     let reply = app.read(&format!("{PROPERTIES}/{own}"), &owner).await;
     assert_error(&reply, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
@@ -718,14 +694,7 @@ async fn every_role_but_the_owner_reads_the_agencys_calendar() {
     let app = spawn_app().await;
     let (agency_id, admin) = agency();
     let property = app.property(&admin, None).await;
-    let booking = app
-        .reserve(&admin, property, "2027-03-01", "2027-03-03")
-        .await
-        .id();
-    let block = app
-        .block(&admin, property, "2027-04-01", "2027-04-03", "other")
-        .await
-        .id();
+    let (booking, block) = a_booking_and_a_block(&app, &admin, property).await;
     for role in ["admin", "manager", "staff", "accountant"] {
         let caller = token(agency_id, role, "reader");
         for path in [
@@ -755,12 +724,9 @@ async fn an_idempotency_key_replay_is_still_held_to_the_role_table() {
 
     let body = json!({"name": "Admin's"});
     let key = [("idempotency-key", "admin-key-1")];
-    let first = created(
-        app.send("POST", PROPERTIES, Some(&admin), Some(&body), &key)
-            .await,
-    );
+    let first = created(app.post_with(PROPERTIES, &admin, body.clone(), &key).await);
     let replay = app
-        .send("POST", PROPERTIES, Some(&accountant), Some(&body), &key)
+        .post_with(PROPERTIES, &accountant, body.clone(), &key)
         .await;
     assert_error(&replay, StatusCode::FORBIDDEN, "FORBIDDEN");
 
@@ -774,14 +740,10 @@ async fn an_idempotency_key_replay_is_still_held_to_the_role_table() {
         "guest": {"name": "Private Guest", "email": "private@example.com"},
     });
     let key = [("idempotency-key", "admin-key-2")];
-    created(
-        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-            .await,
-    );
+    created(app.post_with(BOOKINGS, &admin, body.clone(), &key).await);
     let replay = with_status(
         StatusCode::FORBIDDEN,
-        app.send("POST", BOOKINGS, Some(&owner), Some(&body), &key)
-            .await,
+        app.post_with(BOOKINGS, &owner, body.clone(), &key).await,
     );
     assert!(
         replay.body["guest"].is_null(),
@@ -794,14 +756,8 @@ async fn an_idempotency_key_replay_is_still_held_to_the_role_table() {
 
 #[tokio::test]
 async fn another_agency_gets_404_on_everything_of_this_one() {
-    let app = spawn_app().await;
-    let (_, admin_a) = agency();
+    let (app, _, admin_a, property, booking) = app_with_booking().await;
     let (_, admin_b) = agency();
-    let property = app.property(&admin_a, None).await;
-    let booking = app
-        .reserve(&admin_a, property, "2027-03-01", "2027-03-05")
-        .await
-        .id();
     let tentative = app
         .reserve_with(
             &admin_a,
@@ -832,12 +788,8 @@ async fn another_agency_gets_404_on_everything_of_this_one() {
     let property_routes: Vec<Reply> = vec![
         app.read(&format!("{PROPERTIES}/{property}"), &admin_b)
             .await,
-        app.patch(
-            &format!("{PROPERTIES}/{property}"),
-            &admin_b,
-            json!({"name": "Mine now"}),
-        )
-        .await,
+        app.edit_property(&admin_b, property, json!({"name": "Mine now"}))
+            .await,
         app.post(
             &format!("{PROPERTIES}/{property}/archive"),
             &admin_b,
@@ -865,38 +817,13 @@ async fn another_agency_gets_404_on_everything_of_this_one() {
     }
     let booking_routes: Vec<Reply> = vec![
         app.read(&format!("{BOOKINGS}/{booking}"), &admin_b).await,
-        app.patch(
-            &format!("{BOOKINGS}/{booking}"),
-            &admin_b,
-            json!({"notes": "x"}),
-        )
-        .await,
-        app.post(
-            &format!("{BOOKINGS}/{tentative}/confirm"),
-            &admin_b,
-            json!({}),
-        )
-        .await,
-        app.post(&format!("{BOOKINGS}/{booking}/cancel"), &admin_b, json!({}))
+        app.edit_booking(&admin_b, booking, json!({"notes": "x"}))
             .await,
-        app.post(
-            &format!("{BOOKINGS}/{booking}/check-in"),
-            &admin_b,
-            json!({}),
-        )
-        .await,
-        app.post(
-            &format!("{BOOKINGS}/{booking}/check-out"),
-            &admin_b,
-            json!({}),
-        )
-        .await,
-        app.post(
-            &format!("{BOOKINGS}/{booking}/no-show"),
-            &admin_b,
-            json!({}),
-        )
-        .await,
+        app.confirm(&admin_b, tentative).await,
+        app.cancel(&admin_b, booking).await,
+        app.act(&admin_b, booking, "check-in").await,
+        app.act(&admin_b, booking, "check-out").await,
+        app.act(&admin_b, booking, "no-show").await,
     ];
     for reply in &booking_routes {
         assert_error(reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
@@ -907,7 +834,7 @@ async fn another_agency_gets_404_on_everything_of_this_one() {
     }
     for reply in [
         app.read(&format!("{BLOCKS}/{block}"), &admin_b).await,
-        app.delete(&format!("{BLOCKS}/{block}"), &admin_b).await,
+        app.release(&admin_b, block).await,
     ] {
         assert_error(&reply, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
     }
@@ -947,22 +874,10 @@ async fn another_agency_gets_404_on_everything_of_this_one() {
     // An Idempotency-Key of agency A means nothing to agency B.
     let key = [("idempotency-key", "shared-key")];
     let a = app
-        .send(
-            "POST",
-            PROPERTIES,
-            Some(&admin_a),
-            Some(&json!({"name": "A's"})),
-            &key,
-        )
+        .post_with(PROPERTIES, &admin_a, json!({"name": "A's"}), &key)
         .await;
     let b = app
-        .send(
-            "POST",
-            PROPERTIES,
-            Some(&admin_b),
-            Some(&json!({"name": "B's"})),
-            &key,
-        )
+        .post_with(PROPERTIES, &admin_b, json!({"name": "B's"}), &key)
         .await;
     assert_eq!(
         (a.status, b.status),
@@ -982,14 +897,8 @@ const SUSPENSION_REFRESH: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
-    let app = spawn_app().await;
-    let (agency_id, admin) = agency();
+    let (app, agency_id, admin, property, booking) = app_with_booking().await;
     let (_, other_admin) = agency();
-    let property = app.property(&admin, None).await;
-    let booking = app
-        .reserve(&admin, property, "2027-03-01", "2027-03-05")
-        .await
-        .id();
     let other_property = app.property(&other_admin, None).await;
     let agency_text = agency_id.to_string();
     let db = [("DATABASE_URL", app.database_url.as_str())];
@@ -1013,8 +922,7 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
         app.reserve(&staff, property, "2027-04-01", "2027-04-02")
             .await,
         app.read(&format!("{BOOKINGS}/{booking}"), &staff).await,
-        app.post(&format!("{BOOKINGS}/{booking}/cancel"), &admin, json!({}))
-            .await,
+        app.cancel(&admin, booking).await,
         app.block(&admin, property, "2027-05-01", "2027-05-02", "other")
             .await,
         app.read("/ops/current-commit", &admin).await,
@@ -1029,11 +937,8 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
     );
 
     // Other agencies are unaffected; health needs no token.
-    with_status(
-        StatusCode::OK,
-        app.read(&format!("{PROPERTIES}/{other_property}"), &other_admin)
-            .await,
-    );
+    app.read_ok(&format!("{PROPERTIES}/{other_property}"), &other_admin)
+        .await;
     let reply = app.send("GET", "/health", None, None, &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
 
@@ -1051,6 +956,11 @@ async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
 
 // ------------------------------------------------------------------ ledger token
 
+/// The arguments of `ledger token` for `sub` as `role` of `agency`.
+fn token_command<'a>(agency: &'a str, role: &'a str, sub: &'a str) -> [&'a str; 7] {
+    ["token", "--agency", agency, "--role", role, "--sub", sub]
+}
+
 #[tokio::test]
 async fn ledger_token_mints_a_token_the_server_accepts() {
     let app = spawn_app().await;
@@ -1060,16 +970,10 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
 
     let minted = ledger_ok(
         &[
-            "token",
-            "--agency",
-            &agency_text,
-            "--role",
-            "manager",
-            "--sub",
-            "cli-user",
-            "--ttl",
-            "10m",
-        ],
+            &token_command(&agency_text, "manager", "cli-user")[..],
+            &["--ttl", "10m"],
+        ]
+        .concat(),
         &secret,
     );
     assert_eq!(minted.split('.').count(), 3, "a JWT: {minted}");
@@ -1098,24 +1002,11 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
     );
     assert_eq!(reply.body["agency_id"], agency_text);
     let property = reply.id();
-    with_status(
-        StatusCode::OK,
-        app.read(&format!("{PROPERTIES}/{property}"), &minted).await,
-    );
+    app.read_ok(&format!("{PROPERTIES}/{property}"), &minted)
+        .await;
 
     // A staff token from the CLI is held to the role table.
-    let staff = ledger_ok(
-        &[
-            "token",
-            "--agency",
-            &agency_text,
-            "--role",
-            "staff",
-            "--sub",
-            "cli-staff",
-        ],
-        &secret,
-    );
+    let staff = ledger_ok(&token_command(&agency_text, "staff", "cli-staff"), &secret);
     let reply = app.post(PROPERTIES, &staff, json!({"name": "Nope"})).await;
     assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
     created(
@@ -1125,15 +1016,7 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
 
     // Signed with another secret: refused by the server.
     let foreign = ledger_ok(
-        &[
-            "token",
-            "--agency",
-            &agency_text,
-            "--role",
-            "admin",
-            "--sub",
-            "x",
-        ],
+        &token_command(&agency_text, "admin", "x"),
         &[("JWT_SECRET", "a-different-secret-that-is-long-enough")],
     );
     let reply = app
@@ -1142,35 +1025,13 @@ async fn ledger_token_mints_a_token_the_server_accepts() {
     assert_error(&reply, StatusCode::UNAUTHORIZED, "UNAUTHENTICATED");
 
     // The CLI refuses what the server would refuse.
-    let out = ledger(
-        &[
-            "token",
-            "--agency",
-            &agency_text,
-            "--role",
-            "root",
-            "--sub",
-            "x",
-        ],
-        &secret,
-    );
+    let out = ledger(&token_command(&agency_text, "root", "x"), &secret);
     assert!(!out.status.success(), "an unknown role is refused");
     let out = ledger(
-        &[
-            "token",
-            "--agency",
-            &agency_text,
-            "--role",
-            "admin",
-            "--sub",
-            "x",
-        ],
+        &token_command(&agency_text, "admin", "x"),
         &[("JWT_SECRET", "too-short")],
     );
     assert!(!out.status.success(), "a secret under 32 bytes is refused");
-    let out = ledger(
-        &["token", "--agency", "acme", "--role", "admin", "--sub", "x"],
-        &secret,
-    );
+    let out = ledger(&token_command("acme", "admin", "x"), &secret);
     assert!(!out.status.success(), "the agency is a UUID");
 }

@@ -17,8 +17,8 @@ use chrono::{Days, NaiveDate};
 use common::nats::NatsServer;
 use common::stream::acknowledged;
 use common::{
-    agency, created, eventually, spawn_app, spawn_app_on, spawn_app_with_env, spawn_process,
-    spawn_process_with_env, TestApp,
+    agency, created, eventually, properties_in_log, spawn_app, spawn_app_on, spawn_app_with_env,
+    spawn_process, spawn_process_with_env, TestApp,
 };
 use ledger_domain::values::Nights;
 use ledger_domain::PropertyCalendar;
@@ -230,7 +230,7 @@ async fn audit_log(app: &TestApp) -> LogAudit {
         }
     }
     let store = EventStore::new(pool.clone());
-    for id in properties(&pool).await {
+    for id in properties_in_log(&pool).await {
         let events = store.load_after(id, 0).await.expect("every event decodes");
         let mut loaded = Loaded::default();
         let mut seen = HashSet::new();
@@ -1110,7 +1110,7 @@ async fn nights_match_the_log(pool: &PgPool) -> Vec<String> {
             .collect();
     let store = EventStore::new(pool.clone());
     let mut folded = HashSet::new();
-    for property in properties(pool).await {
+    for property in properties_in_log(pool).await {
         let calendar = store
             .load(property)
             .await
@@ -1142,19 +1142,6 @@ fn differences<T: std::fmt::Debug + Eq + std::hash::Hash>(
     differences
 }
 
-/// Every property of the log.
-async fn properties(pool: &PgPool) -> Vec<Uuid> {
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT aggregate_id FROM events WHERE event_type = 'property.registered'",
-    )
-    .fetch_all(pool)
-    .await
-    .expect("list the properties");
-    ids.iter()
-        .map(|id| id.parse().expect("a property id"))
-        .collect()
-}
-
 /// Compares `inventory_ranges` with the active claims the log folds to.
 async fn inventory_matches_the_log(pool: &PgPool) -> Vec<String> {
     let rows = sqlx::query(
@@ -1178,7 +1165,7 @@ async fn inventory_matches_the_log(pool: &PgPool) -> Vec<String> {
         .collect();
     let store = EventStore::new(pool.clone());
     let mut folded = HashSet::new();
-    for id in properties(pool).await {
+    for id in properties_in_log(pool).await {
         let loaded = store.load(id).await.expect("the events decode");
         for (kind, ref_id, nights, ..) in active_claims(&loaded.calendar) {
             folded.insert((ref_id, id, kind.to_owned(), nights.start, nights.end));

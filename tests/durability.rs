@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{agency, created, spawn_process, with_status};
+use common::{agency, assert_error, spawn_process};
 use reqwest::StatusCode;
 use sqlx::Row;
 
@@ -13,12 +13,9 @@ async fn a_booking_acknowledged_with_201_survives_kill_9_right_after() {
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
 
-    let reply = created(
-        app.reserve(&admin, property, "2027-03-01", "2027-03-05")
-            .await,
-    );
-    let booking = reply.id();
-    let position = reply.body["position"].as_i64().expect("a position");
+    let (booking, position) = app
+        .booked(&admin, property, "2027-03-01", "2027-03-05")
+        .await;
     app.kill();
 
     let row = sqlx::query(
@@ -32,20 +29,15 @@ async fn a_booking_acknowledged_with_201_survives_kill_9_right_after() {
     assert_eq!(row.get::<String, _>("booking"), booking.to_string());
 
     app.start().await;
-    let reply = with_status(
-        StatusCode::OK,
-        app.read(&format!("/api/v1/bookings/{booking}"), &admin)
-            .await,
-    );
+    let reply = app
+        .read_ok(&format!("/api/v1/bookings/{booking}"), &admin)
+        .await;
     assert_eq!(reply.body["status"], "confirmed");
+    // The restarted service still holds the nights.
     let again = app
         .reserve(&admin, property, "2027-03-04", "2027-03-06")
         .await;
-    assert_eq!(
-        again.status,
-        StatusCode::CONFLICT,
-        "the restarted service still holds the nights"
-    );
+    assert_error(&again, StatusCode::CONFLICT, "BOOKING_CONFLICT");
 }
 
 #[tokio::test]

@@ -18,10 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::nats::NatsServer;
 use common::pg::PgServer;
-use common::{
-    agency, assert_error, create_database, created, reservation, spawn_app_on, with_status, Reply,
-    TestApp,
-};
+use common::{agency, assert_error, create_database, reservation, spawn_app_on, Reply, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
@@ -111,11 +108,10 @@ async fn ready_with_a_booking(app: &TestApp) -> (String, Uuid, Uuid) {
     eprintln!("ready 200 before the drill after {waited:?}");
     let (_, token) = agency();
     let property = app.property(&token, None).await;
-    let first = created(
-        app.reserve(&token, property, "2027-06-01", "2027-06-03")
-            .await,
-    );
-    (token, property, first.id())
+    let (first, _) = app
+        .booked(&token, property, "2027-06-01", "2027-06-03")
+        .await;
+    (token, property, first)
 }
 
 /// A reservation, [`timed`].
@@ -218,13 +214,16 @@ async fn postgres_down_answers_503_fast_and_recovers_without_restart() {
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
 
     // The read side caught up too: a read of the new booking at the log's head.
-    with_status(
-        StatusCode::OK,
-        app.read(&format!("/api/v1/bookings/{second}"), &token)
-            .await,
-    );
+    app.read_ok(&format!("/api/v1/bookings/{second}"), &token)
+        .await;
 
     assert!(app.is_running(), "the ledger exited:\n{}", app.log_text());
+    came_through((pg, nats, app), pid);
+}
+
+/// How a drill ends: the ledger is the process that started it, never
+/// restarted and never panicking; then the stack goes down, the ledger first.
+fn came_through((pg, nats, app): (PgServer, NatsServer, TestApp), pid: u32) {
     assert_eq!(app.pid(), Some(pid), "the ledger was not restarted");
     let log = app.log_text();
     assert!(!log.contains("panicked"), "the ledger panicked:\n{log}");
@@ -308,17 +307,9 @@ async fn a_hanging_postgres_answers_503_fast_and_recovers_when_it_thaws() {
         "after the thaw: a reserve succeeded {:?} later",
         thawed.elapsed()
     );
-    with_status(
-        StatusCode::OK,
-        app.read(&format!("/api/v1/bookings/{}", created.id()), &token)
-            .await,
-    );
+    app.read_ok(&format!("/api/v1/bookings/{}", created.id()), &token)
+        .await;
     let (_, ready) = until_ready(&app, Duration::from_secs(30)).await;
     assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.body);
-    assert_eq!(app.pid(), Some(pid), "the ledger was not restarted");
-    let log = app.log_text();
-    assert!(!log.contains("panicked"), "the ledger panicked:\n{log}");
-    drop(app);
-    drop(nats);
-    drop(pg);
+    came_through((pg, nats, app), pid);
 }

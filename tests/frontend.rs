@@ -108,13 +108,13 @@ async fn a_preflight_from_a_listed_origin_answers_204_with_the_routes_methods() 
 async fn a_listed_origins_replies_expose_the_headers_a_front_end_reads() {
     let app = spawn_app_with_env(&[("LEDGER_CORS_ORIGINS", ORIGIN)]).await;
     let (_, admin) = agency();
+    let from_the_desk = [("origin", ORIGIN)];
     let created = app
-        .send(
-            "POST",
-            "/api/v1/properties",
-            Some(&admin),
-            Some(&json!({"name": "Casa"})),
-            &[("origin", ORIGIN)],
+        .post_with(
+            routes::PROPERTIES,
+            &admin,
+            json!({"name": "Casa"}),
+            &from_the_desk,
         )
         .await;
     assert_eq!(created.status, StatusCode::CREATED);
@@ -191,6 +191,20 @@ fn etag(reply: &Reply) -> &str {
         .unwrap_or("")
 }
 
+/// A property of a new agency with one booking of `[check_in, check_out)`:
+/// the app, the admin's token, the property and the booking's path.
+async fn app_with_booking(check_in: &str, check_out: &str) -> (TestApp, String, Uuid, String) {
+    let (app, admin, property) = app_with_property().await;
+    let (booking, _) = app.booked(&admin, property, check_in, check_out).await;
+    (app, admin, property, format!("/api/v1/bookings/{booking}"))
+}
+
+/// A GET of `path` that the client already holds at `etag` (`If-None-Match`).
+async fn get_if_none_match(app: &TestApp, path: &str, token: &str, etag: &str) -> Reply {
+    let headers = [("if-none-match", etag)];
+    app.send("GET", path, Some(token), None, &headers).await
+}
+
 async fn patch_if(app: &TestApp, path: &str, token: &str, version: &str, body: Value) -> Reply {
     app.send(
         "PATCH",
@@ -247,11 +261,7 @@ async fn of_two_edits_from_the_same_version_exactly_one_wins() {
 
 #[tokio::test]
 async fn a_channel_booking_leaves_versions_alone_and_a_stale_version_is_refused() {
-    let (app, admin, property) = app_with_property().await;
-    let booking = app
-        .reserve(&admin, property, "2031-05-01", "2031-05-03")
-        .await;
-    let booking_path = format!("/api/v1/bookings/{}", booking.id());
+    let (app, admin, property, booking_path) = app_with_booking("2031-05-01", "2031-05-03").await;
     let property_path = format!("/api/v1/properties/{property}");
     let seen = app.read(&property_path, &admin).await;
     assert_eq!(etag(&seen), "\"1\"");
@@ -302,30 +312,14 @@ async fn a_channel_booking_leaves_versions_alone_and_a_stale_version_is_refused(
         stale.body["error"]["details"]["current"]["name"],
         "Casa Nova"
     );
-    let archive = app
-        .send(
-            "POST",
-            &format!("{property_path}/archive"),
-            Some(&admin),
-            Some(&json!({})),
-            &[("if-match", "\"1\"")],
-        )
-        .await;
-    assert_error(
-        &archive,
-        StatusCode::PRECONDITION_FAILED,
-        "VERSION_MISMATCH",
-    );
-    let cancel = app
-        .send(
-            "POST",
-            &format!("{booking_path}/cancel"),
-            Some(&admin),
-            Some(&json!({})),
-            &[("if-match", "\"1\"")],
-        )
-        .await;
-    assert_error(&cancel, StatusCode::PRECONDITION_FAILED, "VERSION_MISMATCH");
+    for action in [
+        format!("{property_path}/archive"),
+        format!("{booking_path}/cancel"),
+    ] {
+        let stale = [("if-match", "\"1\"")];
+        let reply = app.post_with(&action, &admin, json!({}), &stale).await;
+        assert_error(&reply, StatusCode::PRECONDITION_FAILED, "VERSION_MISMATCH");
+    }
     assert_eq!(
         app.property_events(property).await,
         events,
@@ -369,54 +363,27 @@ async fn a_412_is_kept_for_its_idempotency_key() {
 
 #[tokio::test]
 async fn get_by_id_answers_304_while_the_version_is_the_one_named() {
-    let (app, admin, property) = app_with_property().await;
-    let booking = app
-        .reserve(&admin, property, "2031-07-01", "2031-07-02")
-        .await;
-    let path = format!("/api/v1/bookings/{}", booking.id());
+    let (app, admin, property, path) = app_with_booking("2031-07-01", "2031-07-02").await;
     let first = app.read(&path, &admin).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(etag(&first), "\"1\"");
 
-    let cached = app
-        .send(
-            "GET",
-            &path,
-            Some(&admin),
-            None,
-            &[("if-none-match", "\"1\"")],
-        )
-        .await;
+    let cached = get_if_none_match(&app, &path, &admin, "\"1\"").await;
     assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
     assert_eq!(etag(&cached), "\"1\"");
 
-    let confirm = app.post(&format!("{path}/cancel"), &admin, json!({})).await;
-    assert_eq!(confirm.status, StatusCode::OK);
+    let cancel = app.post(&format!("{path}/cancel"), &admin, json!({})).await;
+    assert_eq!(cancel.status, StatusCode::OK);
     let head = app.head().await;
-    let changed = app
-        .send(
-            "GET",
-            &format!("{path}?min_position={head}"),
-            Some(&admin),
-            None,
-            &[("if-none-match", "\"1\"")],
-        )
-        .await;
+    let current = format!("{path}?min_position={head}");
+    let changed = get_if_none_match(&app, &current, &admin, "\"1\"").await;
     assert_eq!(changed.status, StatusCode::OK);
     assert_eq!(etag(&changed), "\"2\"");
     assert_eq!(changed.body["status"], "cancelled");
 
     let property_path = format!("/api/v1/properties/{property}");
     let seen = app.read(&property_path, &admin).await;
-    let cached = app
-        .send(
-            "GET",
-            &property_path,
-            Some(&admin),
-            None,
-            &[("if-none-match", etag(&seen))],
-        )
-        .await;
+    let cached = get_if_none_match(&app, &property_path, &admin, etag(&seen)).await;
     assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
 }
 
@@ -624,9 +591,7 @@ async fn an_owner_streams_only_their_own_properties() {
     let mut stream = Sse::open(&app, "/api/v1/stream", &owner, &[]).await;
     app.reserve(&admin, not_theirs, "2031-10-01", "2031-10-03")
         .await;
-    let booked = app
-        .reserve(&admin, theirs, "2031-10-01", "2031-10-03")
-        .await;
+    let (booked, _) = app.booked(&admin, theirs, "2031-10-01", "2031-10-03").await;
     app.reserve(&admin, not_theirs, "2031-10-05", "2031-10-07")
         .await;
     // A new stream starts at the reader's horizon, which a transaction still
@@ -637,7 +602,7 @@ async fn an_owner_streams_only_their_own_properties() {
         let event = stream.take(1).await.remove(0);
         assert_eq!(event.data["source"], source.as_str(), "{event:?}");
         if event.event == "booking.reserved" {
-            assert_eq!(event.data["subject"], booked.body["id"]);
+            assert_eq!(event.data["subject"], booked.to_string());
             break;
         }
     }

@@ -76,19 +76,25 @@ async fn fetch_ics(app: &TestApp, url: &str) -> (StatusCode, String, String) {
     (status, content_type, text)
 }
 
-/// The held ranges the availability API shows for the property, as UIDs.
-async fn inventory(app: &TestApp, admin: &str, property: Uuid) -> BTreeSet<Range> {
-    let reply = with_status(
-        StatusCode::OK,
-        app.read(
+/// The ranges the availability API shows for the property in 2027-2028,
+/// once the read side caught up.
+async fn availability_ranges(app: &TestApp, admin: &str, property: Uuid) -> Vec<Value> {
+    let mut reply = app
+        .read_ok(
             &format!("/api/v1/availability?property_id={property}&from=2027-01-01&to=2028-12-31"),
             admin,
         )
-        .await,
-    );
-    reply.body["ranges"]
-        .as_array()
-        .expect("ranges")
+        .await;
+    match reply.body["ranges"].take() {
+        Value::Array(ranges) => ranges,
+        other => panic!("ranges: {other}"),
+    }
+}
+
+/// The held ranges the availability API shows for the property, as UIDs.
+async fn inventory(app: &TestApp, admin: &str, property: Uuid) -> BTreeSet<Range> {
+    availability_ranges(app, admin, property)
+        .await
         .iter()
         .map(|r| {
             (
@@ -152,30 +158,21 @@ async fn the_export_lists_exactly_the_nights_the_inventory_holds() {
     let property = app.property(&admin, None).await;
     let other = app.property(&admin, None).await;
 
-    let kept = created(
-        app.reserve(&admin, property, "2027-07-01", "2027-07-04")
-            .await,
-    );
+    let (kept, _) = app
+        .booked(&admin, property, "2027-07-01", "2027-07-04")
+        .await;
     let cancelled = app
         .reserve(&admin, property, "2027-07-10", "2027-07-12")
         .await;
-    with_status(
-        StatusCode::OK,
-        app.post(
-            &format!("/api/v1/bookings/{}/cancel", cancelled.id()),
-            &admin,
-            json!({}),
-        )
-        .await,
-    );
+    with_status(StatusCode::OK, app.cancel(&admin, cancelled.id()).await);
     let modified = app
         .reserve(&admin, property, "2027-07-20", "2027-07-23")
         .await;
     with_status(
         StatusCode::OK,
-        app.patch(
-            &format!("/api/v1/bookings/{}", modified.id()),
+        app.edit_booking(
             &admin,
+            modified.id(),
             json!({"check_in": "2027-07-21", "check_out": "2027-07-25"}),
         )
         .await,
@@ -197,14 +194,7 @@ async fn the_export_lists_exactly_the_nights_the_inventory_holds() {
     let released = app
         .block(&admin, property, "2027-09-10", "2027-09-12", "owner_stay")
         .await;
-    with_status(
-        StatusCode::OK,
-        app.delete(
-            &format!("/api/v1/availability/blocks/{}", released.id()),
-            &admin,
-        )
-        .await,
-    );
+    with_status(StatusCode::OK, app.release(&admin, released.id()).await);
     let elsewhere = app.reserve(&admin, other, "2027-07-01", "2027-07-04").await;
     assert_eq!(elsewhere.status, StatusCode::CREATED);
 
@@ -245,7 +235,7 @@ async fn the_export_lists_exactly_the_nights_the_inventory_holds() {
 
     let held = inventory(&app, &admin, property).await;
     let expected: BTreeSet<Range> = [
-        (kept.id(), "2027-07-01", "2027-07-04"),
+        (kept, "2027-07-01", "2027-07-04"),
         (modified.id(), "2027-07-21", "2027-07-25"),
         (tentative.id(), "2027-08-01", "2027-08-03"),
         (block.id(), "2027-09-01", "2027-09-05"),
@@ -257,13 +247,7 @@ async fn the_export_lists_exactly_the_nights_the_inventory_holds() {
     assert_eq!(exported, held, "the export equals the inventory");
 
     // A later change shows up too.
-    let reply = app
-        .post(
-            &format!("/api/v1/bookings/{}/cancel", kept.id()),
-            &admin,
-            json!({}),
-        )
-        .await;
+    let reply = app.cancel(&admin, kept).await;
     assert_eq!(reply.status, StatusCode::OK);
     export_caught_up(&app, property).await;
     let (_, _, text) = fetch_ics(&app, &url).await;
@@ -419,16 +403,8 @@ fn import_cli(app: &TestApp, property: Uuid, url: &str) -> Value {
 /// The property's unreleased blocks, as (external_ref, start, end), read
 /// from the write side's own block route after the inventory caught up.
 async fn imported_blocks(app: &TestApp, admin: &str, property: Uuid) -> BTreeSet<Range> {
-    let reply = with_status(
-        StatusCode::OK,
-        app.read(
-            &format!("/api/v1/availability?property_id={property}&from=2027-01-01&to=2028-12-31"),
-            admin,
-        )
-        .await,
-    );
     let mut blocks = BTreeSet::new();
-    for range in reply.body["ranges"].as_array().expect("ranges") {
+    for range in availability_ranges(app, admin, property).await {
         if range["kind"] != "block" {
             continue;
         }
@@ -471,15 +447,21 @@ fn ranges(items: &[(&str, &str, &str)]) -> BTreeSet<Range> {
         .collect()
 }
 
+/// A property and a confirmed booking of its nights of 20-21 July 2027,
+/// which the feeds' `clash@channel` (21-22 July) runs into.
+async fn property_with_a_stay(app: &TestApp, admin: &str) -> (Uuid, Uuid) {
+    let property = app.property(admin, None).await;
+    let (booked, _) = app
+        .booked(admin, property, "2027-07-20", "2027-07-22")
+        .await;
+    (property, booked)
+}
+
 #[tokio::test]
 async fn the_import_makes_the_blocks_match_the_feed_and_is_idempotent() {
     let (_nats, app) = start().await;
     let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
-    let booked = app
-        .reserve(&admin, property, "2027-07-20", "2027-07-22")
-        .await;
-    assert_eq!(booked.status, StatusCode::CREATED);
+    let (property, booked) = property_with_a_stay(&app, &admin).await;
     let dir = std::env::temp_dir().join(format!("ledger-ical-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("a temp dir");
 
@@ -501,7 +483,7 @@ async fn the_import_makes_the_blocks_match_the_feed_and_is_idempotent() {
     let skipped = report["skipped"].as_array().expect("skipped");
     assert_eq!(skipped.len(), 1, "{report}");
     assert_eq!(skipped[0]["uid"], "clash@channel");
-    assert_eq!(skipped[0]["conflicts"][0]["id"], booked.id().to_string());
+    assert_eq!(skipped[0]["conflicts"][0]["id"], booked.to_string());
     assert_eq!(
         imported_blocks(&app, &admin, property).await,
         ranges(&[
@@ -574,11 +556,7 @@ async fn the_import_makes_the_blocks_match_the_feed_and_is_idempotent() {
 async fn feeds_registered_by_an_admin_are_imported_by_the_service() {
     let (_nats, app) = start().await;
     let (agency_id, admin) = agency();
-    let property = app.property(&admin, None).await;
-    let booked = app
-        .reserve(&admin, property, "2027-07-20", "2027-07-22")
-        .await;
-    assert_eq!(booked.status, StatusCode::CREATED);
+    let (property, _) = property_with_a_stay(&app, &admin).await;
     let channel = Channel::start(Answer::feed(feed(&[
         "UID:x@channel\nDTSTART;VALUE=DATE:20270601\nDTEND;VALUE=DATE:20270605",
         "UID:clash@channel\nDTSTART;VALUE=DATE:20270721\nDTEND;VALUE=DATE:20270723",

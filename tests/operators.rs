@@ -38,6 +38,18 @@ fn items(reply: &Reply) -> Vec<Value> {
     reply.body["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// `POST /ops/agencies/{agency}/{step}` (suspend, reinstate) with `body`.
+async fn agency_step(app: &TestApp, token: &str, agency: Uuid, step: &str, body: Value) -> Reply {
+    app.post(&format!("{AGENCIES}/{agency}/{step}"), token, body)
+        .await
+}
+
+/// `PUT /ops/agencies/{agency}/features` with `features`.
+async fn set_features(app: &TestApp, token: &str, agency: Uuid, features: Value) -> Reply {
+    app.put(&format!("{AGENCIES}/{agency}/features"), token, features)
+        .await
+}
+
 #[tokio::test]
 async fn operators_run_every_ops_route_and_nothing_of_an_agencys_api() {
     let app = spawn_app().await;
@@ -122,18 +134,8 @@ async fn an_agency_admin_only_reads_the_ops_status_without_error_texts() {
         app.get(AGENCIES, &admin).await,
         app.post(AGENCIES, &admin, json!({"name": "Mine"})).await,
         app.get(&format!("{AGENCIES}/{agency_id}"), &admin).await,
-        app.post(
-            &format!("{AGENCIES}/{agency_id}/reinstate"),
-            &admin,
-            json!({}),
-        )
-        .await,
-        app.put(
-            &format!("{AGENCIES}/{agency_id}/features"),
-            &admin,
-            json!({"ical_export": true}),
-        )
-        .await,
+        agency_step(&app, &admin, agency_id, "reinstate", json!({})).await,
+        set_features(&app, &admin, agency_id, json!({"ical_export": true})).await,
         app.get(HISTORY, &admin).await,
     ];
     for reply in &refused {
@@ -160,9 +162,11 @@ async fn a_suspended_agency_is_locked_out_within_2_s_and_its_feed_is_gone_until_
 
     let reply = with_status(
         StatusCode::OK,
-        app.post(
-            &format!("{AGENCIES}/{agency_id}/suspend"),
+        agency_step(
+            &app,
             &operator,
+            agency_id,
+            "suspend",
             json!({"reason": "unpaid"}),
         )
         .await,
@@ -190,12 +194,7 @@ async fn a_suspended_agency_is_locked_out_within_2_s_and_its_feed_is_gone_until_
 
     let reply = with_status(
         StatusCode::OK,
-        app.post(
-            &format!("{AGENCIES}/{agency_id}/reinstate"),
-            &operator,
-            json!({}),
-        )
-        .await,
+        agency_step(&app, &operator, agency_id, "reinstate", json!({})).await,
     );
     assert_eq!(reply.body["status"], "active");
     with_status(
@@ -244,13 +243,9 @@ async fn features_turned_off_refuse_their_routes() {
     let operator = operator();
     let (agency_id, admin) = agency();
     let (property, ics) = exported_property(&app, &admin).await;
-    let features = format!("{AGENCIES}/{agency_id}/features");
     let feeds = format!("/api/v1/properties/{property}/ical-feeds");
     let token_path = format!("/api/v1/properties/{property}/ical-token");
-    let put = |body: Value| {
-        let (app, features, operator) = (&app, &features, &operator);
-        async move { app.put(features, operator, body).await }
-    };
+    let put = |body: Value| set_features(&app, &operator, agency_id, body);
 
     let reply = with_status(StatusCode::OK, put(json!({"ical_export": false})).await);
     assert_eq!(
@@ -286,13 +281,13 @@ async fn features_turned_off_refuse_their_routes() {
         reply.body["features"],
         json!({"ical_export": true, "ical_import": false})
     );
-    let reply = app
-        .put(
-            &format!("{AGENCIES}/{}/features", Uuid::new_v4()),
-            &operator,
-            json!({"ical_import": true}),
-        )
-        .await;
+    let reply = set_features(
+        &app,
+        &operator,
+        Uuid::new_v4(),
+        json!({"ical_import": true}),
+    )
+    .await;
     assert_error(&reply, StatusCode::NOT_FOUND, "AGENCY_NOT_FOUND");
 }
 
@@ -309,21 +304,11 @@ async fn the_import_job_skips_feeds_of_agencies_with_imports_off_or_suspended() 
     let on_property = app.property(&on_admin, None).await;
     with_status(
         StatusCode::OK,
-        app.put(
-            &format!("{AGENCIES}/{off_agency}/features"),
-            &operator,
-            json!({"ical_import": false}),
-        )
-        .await,
+        set_features(&app, &operator, off_agency, json!({"ical_import": false})).await,
     );
     with_status(
         StatusCode::OK,
-        app.post(
-            &format!("{AGENCIES}/{suspended_agency}/suspend"),
-            &operator,
-            json!({}),
-        )
-        .await,
+        agency_step(&app, &operator, suspended_agency, "suspend", json!({})).await,
     );
 
     // Three due feeds; the two refused ones are the most overdue, so the job
@@ -451,18 +436,8 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
     let unknown = Uuid::new_v4();
     for reply in [
         app.get(&format!("{AGENCIES}/{unknown}"), &operator).await,
-        app.post(
-            &format!("{AGENCIES}/{unknown}/suspend"),
-            &operator,
-            json!({}),
-        )
-        .await,
-        app.post(
-            &format!("{AGENCIES}/{unknown}/reinstate"),
-            &operator,
-            json!({}),
-        )
-        .await,
+        agency_step(&app, &operator, unknown, "suspend", json!({})).await,
+        agency_step(&app, &operator, unknown, "reinstate", json!({})).await,
     ] {
         assert_error(&reply, StatusCode::NOT_FOUND, "AGENCY_NOT_FOUND");
     }
@@ -470,37 +445,22 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
     assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 
     // The life cycle of one agency.
-    let base = format!("{AGENCIES}/{agency_id}");
-    let reply = app
-        .post(
-            &format!("{base}/suspend"),
-            &operator,
-            json!({"reason": "unpaid"}),
-        )
-        .await;
-    assert_eq!(reply.body["status"], "suspended", "{:?}", reply.body);
-    let reply = app
-        .post(
-            &format!("{base}/reinstate"),
-            &operator,
-            json!({"reason": "paid"}),
-        )
-        .await;
-    assert_eq!(reply.body["status"], "active", "{:?}", reply.body);
+    for (step, reason, status) in [
+        ("suspend", "unpaid", "suspended"),
+        ("reinstate", "paid", "active"),
+    ] {
+        let body = json!({"reason": reason});
+        let reply = agency_step(&app, &operator, agency_id, step, body).await;
+        assert_eq!(reply.body["status"], status, "{step}: {:?}", reply.body);
+    }
     with_status(
         StatusCode::OK,
-        app.put(
-            &format!("{base}/features"),
-            &operator,
-            json!({"ical_import": false}),
-        )
-        .await,
+        set_features(&app, &operator, agency_id, json!({"ical_import": false})).await,
     );
     // Reinstating an active agency changes nothing and records nothing.
     with_status(
         StatusCode::OK,
-        app.post(&format!("{base}/reinstate"), &operator, json!({}))
-            .await,
+        agency_step(&app, &operator, agency_id, "reinstate", json!({})).await,
     );
 
     // Listed, one page at a time.

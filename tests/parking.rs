@@ -132,15 +132,7 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
     );
     let (waiting, parked_at) = (reserved.id(), reserved.body["position"].clone());
     // A later event of the same property: it waits behind the first.
-    with_status(
-        StatusCode::OK,
-        app.post(
-            &format!("/api/v1/bookings/{waiting}/cancel"),
-            &admin_a,
-            json!({}),
-        )
-        .await,
-    );
+    with_status(StatusCode::OK, app.cancel(&admin_a, waiting).await);
 
     // Everyone else's writes are read back within the bound.
     let parked_reads = others_read_back(
@@ -250,11 +242,9 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
     );
     assert_eq!(retried.body["released"], json!([stuck]));
     assert_eq!(retried.body["still_parked"], json!([]));
-    let booking = with_status(
-        StatusCode::OK,
-        app.read(&format!("/api/v1/bookings/{waiting}"), &admin_a)
-            .await,
-    );
+    let booking = app
+        .read_ok(&format!("/api/v1/bookings/{waiting}"), &admin_a)
+        .await;
     assert_eq!(booking.body["status"], "cancelled", "{:?}", booking.body);
 
     let ops = app.get(OPS, &admin_a).await;

@@ -125,29 +125,26 @@ async fn serve_as_the_serving_role_works_end_to_end_with_replays() {
     .await;
 
     let property = app.property(&admin, None).await;
-    let booking = created(
-        app.reserve(&admin, property, "2031-05-01", "2031-05-04")
-            .await,
-    );
+    let (booking, _) = app
+        .booked(&admin, property, "2031-05-01", "2031-05-04")
+        .await;
     created(
         app.block(&admin, property, "2031-05-04", "2031-05-06", "maintenance")
             .await,
     );
-    let read = with_status(
-        StatusCode::OK,
-        app.read(&format!("/api/v1/bookings/{}", booking.id()), &admin)
-            .await,
-    );
+    let read = app
+        .read_ok(&format!("/api/v1/bookings/{}", booking), &admin)
+        .await;
     assert_eq!(read.body["check_in"], "2031-05-01");
     // A retry with the same key answers from idempotency_keys.
     let body = json!({"property_id": property, "check_in": "2031-06-01",
                       "check_out": "2031-06-03", "guest": {"name": "Bo"}});
     let key = [("Idempotency-Key", "k-1")];
     let first = app
-        .send("POST", "/api/v1/bookings", Some(&admin), Some(&body), &key)
+        .post_with("/api/v1/bookings", &admin, body.clone(), &key)
         .await;
     let again = app
-        .send("POST", "/api/v1/bookings", Some(&admin), Some(&body), &key)
+        .post_with("/api/v1/bookings", &admin, body.clone(), &key)
         .await;
     assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
     assert_eq!(again.body, first.body);
@@ -188,17 +185,15 @@ async fn serve_as_the_serving_role_works_end_to_end_with_replays() {
     let id = again.body["replay_id"].as_str().expect("a replay_id");
     wait_for_replay(&app, &operator, "inventory", id).await;
 
-    let availability = with_status(
-        StatusCode::OK,
-        app.read(
+    let availability = app
+        .read_ok(
             &format!("/api/v1/availability?property_id={property}&from=2031-04-01&to=2031-07-01"),
             &admin,
         )
-        .await,
-    );
+        .await;
     let ranges = availability.body["ranges"].as_array().expect("ranges");
     assert_eq!(ranges.len(), 3, "{}", availability.body);
-    let audit = with_status(StatusCode::OK, app.read("/api/v1/audit-log", &admin).await);
+    let audit = app.read_ok("/api/v1/audit-log", &admin).await;
     assert_eq!(
         audit.body["items"].as_array().map(Vec::len),
         Some(4),

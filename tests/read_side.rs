@@ -26,7 +26,6 @@ const BOOKINGS: &str = "/api/v1/bookings";
 const AVAILABILITY: &str = "/api/v1/availability";
 const SEARCH: &str = "/api/v1/availability/search";
 const AUDIT: &str = "/api/v1/audit-log";
-const BLOCKS: &str = "/api/v1/availability/blocks";
 const OPS: &str = "/ops/projections";
 const PROJECTIONS: [&str; 3] = ["inventory", "views", "audit"];
 /// Read-model tables and the key each is ordered by in a snapshot.
@@ -92,6 +91,13 @@ fn items(reply: &Reply) -> Vec<Value> {
         .clone()
 }
 
+/// The text `field` of each of `rows` ("" where it has none).
+fn texts<'a>(rows: &'a [Value], field: &str) -> Vec<&'a str> {
+    rows.iter()
+        .map(|r| r[field].as_str().unwrap_or(""))
+        .collect()
+}
+
 fn uuid_of(value: &Value, field: &str) -> Uuid {
     value[field]
         .as_str()
@@ -99,8 +105,13 @@ fn uuid_of(value: &Value, field: &str) -> Uuid {
         .unwrap_or_else(|| panic!("no {field} in {value}"))
 }
 
+/// The `field` of each item of a page.
+fn field_ids(reply: &Reply, field: &str) -> Vec<Uuid> {
+    items(reply).iter().map(|i| uuid_of(i, field)).collect()
+}
+
 fn ids(reply: &Reply) -> Vec<Uuid> {
-    items(reply).iter().map(|i| uuid_of(i, "id")).collect()
+    field_ids(reply, "id")
 }
 
 /// Walks a list with `limit` per page, following `next_cursor`; asserts
@@ -143,13 +154,6 @@ async fn property_named(app: &TestApp, token: &str, name: &str, owner: Option<&s
         json!({"name": name, "timezone": "Europe/Lisbon", "owner_id": owner}),
     )
     .await
-}
-
-/// Reserves and returns (id, position), asserting a 201.
-async fn booked(app: &TestApp, token: &str, property: Uuid, from: &str, to: &str) -> (Uuid, i64) {
-    let reply = app.reserve(token, property, from, to).await;
-    let position = written(&reply, StatusCode::CREATED);
-    (reply.id(), position)
 }
 
 /// `/ops/projections` as an operator sees it, as a map name -> entry.
@@ -280,25 +284,13 @@ async fn assert_consistent_with_log(app: &TestApp) {
     )
     .await;
     assert_eq!(missing, 0, "events without their audit row");
-    let registered = scalar(
-        &mut conn,
-        "SELECT count(*) FROM events WHERE event_type = 'property.registered'",
-    )
-    .await;
+    let registered = app.count_events("property.registered").await;
     let properties = scalar(&mut conn, "SELECT count(*) FROM properties_view").await;
     assert_eq!(properties, registered, "properties_view rows");
-    let reserved = scalar(
-        &mut conn,
-        "SELECT count(*) FROM events WHERE event_type = 'booking.reserved'",
-    )
-    .await;
+    let reserved = app.count_events("booking.reserved").await;
     let bookings = scalar(&mut conn, "SELECT count(*) FROM bookings_view").await;
     assert_eq!(bookings, reserved, "bookings_view rows");
-    let cancelled_events = scalar(
-        &mut conn,
-        "SELECT count(*) FROM events WHERE event_type = 'booking.cancelled'",
-    )
-    .await;
+    let cancelled_events = app.count_events("booking.cancelled").await;
     let cancelled = scalar(
         &mut conn,
         "SELECT count(*) FROM bookings_view WHERE status = 'cancelled'",
@@ -357,11 +349,43 @@ async fn resume_projections(conn: PgConnection) {
 
 // ------------------------------------------------------------------ properties
 
+/// Where the tests of what each caller sees start: the app and two new
+/// agencies, each as (its id, its admin's token).
+async fn app_with_two_agencies() -> (TestApp, (Uuid, String), (Uuid, String)) {
+    (spawn_app().await, agency(), agency())
+}
+
+/// Each `(path, token)` (another agency's, another owner's, an unknown id)
+/// is a 404 `code` at `min`.
+async fn not_found_at(app: &TestApp, min: i64, code: &str, cases: &[(String, &String)]) {
+    for (path, token) in cases {
+        let reply = app.get(&format!("{path}?min_position={min}"), token).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, code);
+    }
+}
+
+/// Whether a writer's `reply` has `status`: then the writers' `last`
+/// position takes its position; if not, `failures` says what failed.
+fn tracked(
+    reply: &Reply,
+    (what, status): (&str, StatusCode),
+    last: &AtomicI64,
+    failures: &mut Vec<String>,
+) -> bool {
+    if reply.status != status {
+        failures.push(format!("{what}: {} {}", reply.status, reply.body));
+        return false;
+    }
+    last.fetch_max(
+        reply.body["position"].as_i64().unwrap_or(0),
+        Ordering::Relaxed,
+    );
+    true
+}
+
 #[tokio::test]
 async fn properties_list_pages_and_confines_to_agency_and_owner() {
-    let app = spawn_app().await;
-    let (agency_a, admin) = agency();
-    let (_, other) = agency();
+    let (app, (agency_a, admin), (_, other)) = app_with_two_agencies().await;
     let owner = token(agency_a, "owner", "owner-1");
 
     let mut mine = Vec::new();
@@ -442,23 +466,17 @@ async fn properties_list_pages_and_confines_to_agency_and_owner() {
     assert_eq!(uuid_of(&reply.body, "id"), alpha);
     // Not the owner's, another agency's, unknown: 404.
     let (beta, _, _) = mine[1];
-    for (path, tok) in [
+    let cases = [
         (format!("{PROPERTIES}/{beta}"), &owner),
         (format!("{PROPERTIES}/{theirs}"), &admin),
         (format!("{PROPERTIES}/{alpha}"), &other),
         (format!("{PROPERTIES}/{}", Uuid::new_v4()), &admin),
-    ] {
-        let reply = app.get(&format!("{path}?min_position={min}"), tok).await;
-        assert_error(&reply, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
-    }
+    ];
+    not_found_at(&app, min, "PROPERTY_NOT_FOUND", &cases).await;
 
     // Read-your-writes: a rename is visible at once at its position.
     let reply = app
-        .patch(
-            &format!("{PROPERTIES}/{alpha}"),
-            &admin,
-            json!({"name": "Alpha Renamed"}),
-        )
+        .edit_property(&admin, alpha, json!({"name": "Alpha Renamed"}))
         .await;
     let renamed_at = written(&reply, StatusCode::OK);
     let reply = read(&app, &format!("{PROPERTIES}/{alpha}"), &admin, renamed_at).await;
@@ -499,17 +517,15 @@ async fn properties_list_pages_and_confines_to_agency_and_owner() {
 
 #[tokio::test]
 async fn bookings_list_filters_by_property_status_and_overlap() {
-    let app = spawn_app().await;
-    let (agency_a, admin) = agency();
-    let (_, other) = agency();
+    let (app, (agency_a, admin), (_, other)) = app_with_two_agencies().await;
     let owner = token(agency_a, "owner", "owner-1");
 
     let p1 = app.property(&admin, Some("owner-1")).await;
     let p2 = app.property(&admin, None).await;
     let theirs = app.property(&other, None).await;
 
-    let (b1, _) = booked(&app, &admin, p1, "2031-03-01", "2031-03-05").await;
-    let (b2, _) = booked(&app, &admin, p1, "2031-03-05", "2031-03-08").await;
+    let (b1, _) = app.booked(&admin, p1, "2031-03-01", "2031-03-05").await;
+    let (b2, _) = app.booked(&admin, p1, "2031-03-05", "2031-03-08").await;
     let reply = app
         .reserve_with(
             &admin,
@@ -521,7 +537,7 @@ async fn bookings_list_filters_by_property_status_and_overlap() {
         .await;
     written(&reply, StatusCode::CREATED);
     let b3 = reply.id();
-    let (b4, _) = booked(&app, &admin, p1, "2031-03-10", "2031-03-12").await;
+    let (b4, _) = app.booked(&admin, p1, "2031-03-10", "2031-03-12").await;
     let reply = app
         .post(
             &format!("{BOOKINGS}/{b4}/cancel"),
@@ -530,7 +546,7 @@ async fn bookings_list_filters_by_property_status_and_overlap() {
         )
         .await;
     let mut min = written(&reply, StatusCode::OK);
-    let (b_other, p) = booked(&app, &other, theirs, "2031-03-01", "2031-03-20").await;
+    let (b_other, p) = app.booked(&other, theirs, "2031-03-01", "2031-03-20").await;
     min = min.max(p);
 
     let all = sorted(vec![b1, b2, b3, b4]);
@@ -614,23 +630,17 @@ async fn bookings_list_filters_by_property_status_and_overlap() {
     assert_eq!(uuid_of(&reply.body, "id"), b1);
 
     // Another agency's, another owner's, unknown: 404.
-    for (path, tok) in [
+    let cases = [
         (format!("{BOOKINGS}/{b_other}"), &admin),
         (format!("{BOOKINGS}/{b1}"), &other),
         (format!("{BOOKINGS}/{b3}"), &owner),
         (format!("{BOOKINGS}/{}", Uuid::new_v4()), &admin),
-    ] {
-        let reply = app.get(&format!("{path}?min_position={min}"), tok).await;
-        assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
-    }
+    ];
+    not_found_at(&app, min, "BOOKING_NOT_FOUND", &cases).await;
 
     // Read-your-writes on a modification.
     let reply = app
-        .patch(
-            &format!("{BOOKINGS}/{b2}"),
-            &admin,
-            json!({"check_out": "2031-03-09"}),
-        )
+        .edit_booking(&admin, b2, json!({"check_out": "2031-03-09"}))
         .await;
     let at = written(&reply, StatusCode::OK);
     let reply = read(&app, &format!("{BOOKINGS}/{b2}"), &admin, at).await;
@@ -665,13 +675,13 @@ async fn bookings_list_filters_by_property_status_and_overlap() {
 
 #[tokio::test]
 async fn availability_shows_ranges_and_free_runs() {
-    let app = spawn_app().await;
-    let (agency_a, admin) = agency();
-    let (_, other) = agency();
+    let (app, (agency_a, admin), (_, other)) = app_with_two_agencies().await;
     let property = app.property(&admin, Some("owner-1")).await;
     let theirs = app.property(&other, None).await;
 
-    let (booking, _) = booked(&app, &admin, property, "2031-05-02", "2031-05-04").await;
+    let (booking, _) = app
+        .booked(&admin, property, "2031-05-02", "2031-05-04")
+        .await;
     let reply = app
         .reserve_with(
             &admin,
@@ -689,7 +699,7 @@ async fn availability_shows_ranges_and_free_runs() {
     let min = written(&reply, StatusCode::CREATED);
     let block = reply.id();
     // Another agency's claim on its own property does not show.
-    booked(&app, &other, theirs, "2031-05-01", "2031-05-31").await;
+    app.booked(&other, theirs, "2031-05-01", "2031-05-31").await;
 
     let path = format!("{AVAILABILITY}?property_id={property}&from=2031-05-01&to=2031-05-10");
     let reply = read(&app, &path, &admin, min).await;
@@ -738,11 +748,9 @@ async fn availability_shows_ranges_and_free_runs() {
     read(&app, &path, &owner, min).await;
 
     // Cancel the booking and release the block: read-your-writes frees them.
-    let reply = app
-        .post(&format!("{BOOKINGS}/{booking}/cancel"), &admin, json!({}))
-        .await;
+    let reply = app.cancel(&admin, booking).await;
     written(&reply, StatusCode::OK);
-    let reply = app.delete(&format!("{BLOCKS}/{block}"), &admin).await;
+    let reply = app.release(&admin, block).await;
     let at = written(&reply, StatusCode::OK);
     let reply = read(&app, &path, &admin, at).await;
     assert_eq!(
@@ -803,9 +811,7 @@ async fn availability_shows_ranges_and_free_runs() {
 
 #[tokio::test]
 async fn availability_search_excludes_overlaps_and_keeps_back_to_back_stays() {
-    let app = spawn_app().await;
-    let (agency_a, admin) = agency();
-    let (_, other) = agency();
+    let (app, (agency_a, admin), (_, other)) = app_with_two_agencies().await;
 
     let mut props = BTreeMap::new();
     for name in [
@@ -824,31 +830,14 @@ async fn availability_search_excludes_overlaps_and_keeps_back_to_back_stays() {
     }
     let theirs = property_named(&app, &other, "theirs", None).await.id();
 
-    booked(
-        &app,
-        &admin,
-        props["overlapping"],
-        "2031-07-09",
-        "2031-07-11",
-    )
-    .await;
-    booked(
-        &app,
-        &admin,
-        props["starts_on_to"],
-        "2031-07-14",
-        "2031-07-16",
-    )
-    .await;
-    booked(
-        &app,
-        &admin,
-        props["ends_on_from"],
-        "2031-07-07",
-        "2031-07-10",
-    )
-    .await;
-    booked(&app, &admin, props["covering"], "2031-07-01", "2031-07-30").await;
+    for (name, check_in, check_out) in [
+        ("overlapping", "2031-07-09", "2031-07-11"),
+        ("starts_on_to", "2031-07-14", "2031-07-16"),
+        ("ends_on_from", "2031-07-07", "2031-07-10"),
+        ("covering", "2031-07-01", "2031-07-30"),
+    ] {
+        app.booked(&admin, props[name], check_in, check_out).await;
+    }
     let reply = app
         .block(
             &admin,
@@ -859,10 +848,10 @@ async fn availability_search_excludes_overlaps_and_keeps_back_to_back_stays() {
         )
         .await;
     written(&reply, StatusCode::CREATED);
-    let (cancelled, _) = booked(&app, &admin, props["cancelled"], "2031-07-10", "2031-07-14").await;
-    let reply = app
-        .post(&format!("{BOOKINGS}/{cancelled}/cancel"), &admin, json!({}))
+    let (cancelled, _) = app
+        .booked(&admin, props["cancelled"], "2031-07-10", "2031-07-14")
         .await;
+    let reply = app.cancel(&admin, cancelled).await;
     written(&reply, StatusCode::OK);
     let reply = app
         .post(
@@ -875,10 +864,7 @@ async fn availability_search_excludes_overlaps_and_keeps_back_to_back_stays() {
 
     let path = format!("{SEARCH}?from=2031-07-10&to=2031-07-14");
     let reply = read(&app, &path, &admin, min).await;
-    let found: Vec<Uuid> = items(&reply)
-        .iter()
-        .map(|i| uuid_of(i, "property_id"))
-        .collect();
+    let found = field_ids(&reply, "property_id");
     let expected = sorted(vec![
         props["starts_on_to"],
         props["ends_on_from"],
@@ -906,19 +892,13 @@ async fn availability_search_excludes_overlaps_and_keeps_back_to_back_stays() {
 
     // Another agency: only its own property, which is free.
     let reply = read(&app, &path, &other, min).await;
-    let found: Vec<Uuid> = items(&reply)
-        .iter()
-        .map(|i| uuid_of(i, "property_id"))
-        .collect();
+    let found = field_ids(&reply, "property_id");
     assert_eq!(found, vec![theirs]);
 
     // An owner: only their own property.
     let owner = token(agency_a, "owner", "empty");
     let reply = read(&app, &path, &owner, min).await;
-    let found: Vec<Uuid> = items(&reply)
-        .iter()
-        .map(|i| uuid_of(i, "property_id"))
-        .collect();
+    let found = field_ids(&reply, "property_id");
     assert_eq!(found, vec![props["empty"]]);
 
     // A one-night window on the overlapping stay's last night.
@@ -929,10 +909,7 @@ async fn availability_search_excludes_overlaps_and_keeps_back_to_back_stays() {
         min,
     )
     .await;
-    let found: BTreeSet<Uuid> = items(&reply)
-        .iter()
-        .map(|i| uuid_of(i, "property_id"))
-        .collect();
+    let found: BTreeSet<Uuid> = field_ids(&reply, "property_id").into_iter().collect();
     assert!(!found.contains(&props["overlapping"]));
     assert!(!found.contains(&props["covering"]));
     assert!(found.contains(&props["blocked"]));
@@ -957,23 +934,19 @@ async fn availability_search_excludes_overlaps_and_keeps_back_to_back_stays() {
 
 #[tokio::test]
 async fn audit_log_has_one_row_per_event_and_filters() {
-    let app = spawn_app().await;
-    let (agency_a, admin) = agency();
-    let (agency_b, other) = agency();
+    let (app, (agency_a, admin), (agency_b, other)) = app_with_two_agencies().await;
     let manager = token(agency_a, "manager", "manager-7");
 
     let reply = property_named(&app, &admin, "Audited", None).await;
     written(&reply, StatusCode::CREATED);
     let property = reply.id();
     let reply = app
-        .patch(
-            &format!("{PROPERTIES}/{property}"),
-            &admin,
-            json!({"name": "Audited Too"}),
-        )
+        .edit_property(&admin, property, json!({"name": "Audited Too"}))
         .await;
     written(&reply, StatusCode::OK);
-    let (booking, _) = booked(&app, &admin, property, "2031-09-01", "2031-09-03").await;
+    let (booking, _) = app
+        .booked(&admin, property, "2031-09-01", "2031-09-03")
+        .await;
     let reply = app
         .post(
             &format!("{BOOKINGS}/{booking}/cancel"),
@@ -987,12 +960,12 @@ async fn audit_log_has_one_row_per_event_and_filters() {
         .await;
     written(&reply, StatusCode::CREATED);
     let block = reply.id();
-    let reply = app.delete(&format!("{BLOCKS}/{block}"), &admin).await;
+    let reply = app.release(&admin, block).await;
     written(&reply, StatusCode::OK);
-    let (kept, _) = booked(&app, &admin, property, "2031-09-05", "2031-09-06").await;
-    let reply = app
-        .post(&format!("{BOOKINGS}/{kept}/confirm"), &admin, json!({}))
+    let (kept, _) = app
+        .booked(&admin, property, "2031-09-05", "2031-09-06")
         .await;
+    let reply = app.confirm(&admin, kept).await;
     // A confirmed booking cannot be confirmed again: no event, no audit row.
     assert_eq!(reply.status, StatusCode::CONFLICT, "{:?}", reply.body);
     let other_property = app.property(&other, None).await;
@@ -1003,10 +976,7 @@ async fn audit_log_has_one_row_per_event_and_filters() {
 
     let reply = read(&app, AUDIT, &admin, min).await;
     let rows = items(&reply);
-    let actions: Vec<&str> = rows
-        .iter()
-        .map(|r| r["action"].as_str().unwrap_or(""))
-        .collect();
+    let actions = texts(&rows, "action");
     assert_eq!(
         actions,
         vec![
@@ -1023,22 +993,17 @@ async fn audit_log_has_one_row_per_event_and_filters() {
     );
     // One row per event of this agency, in log order, with the event's position.
     let mut conn = app.db().await;
-    let positions: Vec<i64> = sqlx::query_scalar(
-        "SELECT position FROM events WHERE metadata::jsonb->>'agency_id' = $1 ORDER BY position",
+    let logged: Vec<(i64, Uuid)> = sqlx::query_as(
+        "SELECT position, event_id FROM events WHERE metadata::jsonb->>'agency_id' = $1
+          ORDER BY position",
     )
     .bind(agency_a.to_string())
     .fetch_all(&mut conn)
     .await
     .expect("read the log");
+    let (positions, event_ids): (Vec<i64>, Vec<Uuid>) = logged.into_iter().unzip();
     let listed: Vec<i64> = rows.iter().filter_map(|r| r["position"].as_i64()).collect();
     assert_eq!(listed, positions, "one audit row per event");
-    let event_ids: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT event_id FROM events WHERE metadata::jsonb->>'agency_id' = $1 ORDER BY position",
-    )
-    .bind(agency_a.to_string())
-    .fetch_all(&mut conn)
-    .await
-    .expect("read the log");
     let row_ids: Vec<Uuid> = rows.iter().map(|r| uuid_of(r, "id")).collect();
     assert_eq!(row_ids, event_ids, "audit ids are event ids");
     for row in &rows {
@@ -1154,17 +1119,15 @@ async fn audit_log_has_one_row_per_event_and_filters() {
 #[tokio::test]
 async fn min_position_waits_for_the_projection_and_gives_up_after_5_s() {
     let (app, admin, property) = app_with_property().await;
-    let (_, caught_up) = booked(&app, &admin, property, "2031-10-01", "2031-10-02").await;
+    let (_, caught_up) = app
+        .booked(&admin, property, "2031-10-01", "2031-10-02")
+        .await;
     read(&app, &format!("{PROPERTIES}/{property}"), &admin, caught_up).await;
 
     // With the views paused, a write's position is not reached until they resume.
     let paused = pause_projections(&app, &["views"]).await;
     let reply = app
-        .patch(
-            &format!("{PROPERTIES}/{property}"),
-            &admin,
-            json!({"name": "Renamed While Paused"}),
-        )
+        .edit_property(&admin, property, json!({"name": "Renamed While Paused"}))
         .await;
     let at = written(&reply, StatusCode::OK);
     let started = Instant::now();
@@ -1259,7 +1222,7 @@ async fn a_lapsed_hold_expires_without_traffic_and_frees_its_nights() {
         .await;
     written(&reply, StatusCode::CREATED);
     let long_hold = reply.id();
-    let (confirmed, min2) = booked(&app, &admin, spare, "2031-11-10", "2031-11-12").await;
+    let (confirmed, min2) = app.booked(&admin, spare, "2031-11-10", "2031-11-12").await;
     let min = min.max(min2);
 
     let window = format!("{AVAILABILITY}?property_id={property}&from=2031-11-01&to=2031-11-05");
@@ -1302,10 +1265,7 @@ async fn a_lapsed_hold_expires_without_traffic_and_frees_its_nights() {
         at,
     )
     .await;
-    let free: Vec<Uuid> = items(&reply)
-        .iter()
-        .map(|i| uuid_of(i, "property_id"))
-        .collect();
+    let free = field_ids(&reply, "property_id");
     assert_eq!(free, vec![property], "the spare property is still held");
     let reply = read(&app, &format!("{BOOKINGS}?status=tentative"), &admin, at).await;
     assert_eq!(ids(&reply), vec![long_hold]);
@@ -1317,10 +1277,7 @@ async fn a_lapsed_hold_expires_without_traffic_and_frees_its_nights() {
             .await,
     );
     let events = items(&reply);
-    let types: Vec<&str> = events
-        .iter()
-        .map(|e| e["event_type"].as_str().unwrap_or(""))
-        .collect();
+    let types = texts(&events, "event_type");
     assert_eq!(
         types,
         vec![
@@ -1369,7 +1326,8 @@ async fn a_lapsed_hold_expires_without_traffic_and_frees_its_nights() {
     assert_eq!(reply.body["status"], "tentative");
     let reply = read(&app, &format!("{BOOKINGS}/{confirmed}"), &admin, at).await;
     assert_eq!(reply.body["status"], "confirmed");
-    booked(&app, &admin, property, "2031-11-01", "2031-11-04").await;
+    app.booked(&admin, property, "2031-11-01", "2031-11-04")
+        .await;
     assert_eq!(app.count_events("booking.hold_expired").await, 1);
 }
 
@@ -1398,9 +1356,7 @@ async fn load(
                 let id = reply.id();
                 booked_ids.push(id);
                 if cancel_every > 0 && i % cancel_every == 0 {
-                    let reply = app
-                        .post(&format!("{BOOKINGS}/{id}/cancel"), &tok, json!({}))
-                        .await;
+                    let reply = app.cancel(&tok, id).await;
                     written(&reply, StatusCode::OK);
                     cancelled.push(id);
                 }
@@ -1460,7 +1416,9 @@ async fn kill_9_while_projections_catch_up_loses_and_doubles_nothing() {
     assert!(paused_at < head - 1000, "the backlog is there");
     resume_projections(paused).await;
     // One more event wakes the runners at once (NOTIFY).
-    let (_, last) = booked(&app, &admin, properties[0].0, "2035-01-01", "2035-01-02").await;
+    let (_, last) = app
+        .booked(&admin, properties[0].0, "2035-01-01", "2035-01-02")
+        .await;
     eventually(Duration::from_secs(10), || async {
         let advanced: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM projection_checkpoints
@@ -1642,30 +1600,13 @@ async fn replay_under_writes(read_bookings: bool) {
                         )
                         .await;
                     writes += 1;
-                    if reply.status != StatusCode::CREATED {
-                        failures.push(format!("reserve: {} {}", reply.status, reply.body));
+                    let reserved = ("reserve", StatusCode::CREATED);
+                    if !tracked(&reply, reserved, &last, &mut failures) {
                         continue;
                     }
-                    last.fetch_max(
-                        reply.body["position"].as_i64().unwrap_or(0),
-                        Ordering::Relaxed,
-                    );
                     if writes.is_multiple_of(2) {
-                        let reply = app
-                            .post(
-                                &format!("{BOOKINGS}/{}/cancel", reply.id()),
-                                &admin,
-                                json!({}),
-                            )
-                            .await;
-                        if reply.status != StatusCode::OK {
-                            failures.push(format!("cancel: {} {}", reply.status, reply.body));
-                            continue;
-                        }
-                        last.fetch_max(
-                            reply.body["position"].as_i64().unwrap_or(0),
-                            Ordering::Relaxed,
-                        );
+                        let reply = app.cancel(&admin, reply.id()).await;
+                        tracked(&reply, ("cancel", StatusCode::OK), &last, &mut failures);
                     }
                 }
                 (writes, failures)
@@ -1802,7 +1743,9 @@ async fn ops_and_readiness_report_each_projection_with_its_lag() {
     let app = spawn_app().await;
     let (agency_id, admin) = agency();
     let property = app.property(&admin, None).await;
-    let (_, at) = booked(&app, &admin, property, "2031-12-01", "2031-12-03").await;
+    let (_, at) = app
+        .booked(&admin, property, "2031-12-01", "2031-12-03")
+        .await;
 
     let ops = wait_caught_up(&app, &operator(), 10).await;
     assert_eq!(
@@ -1820,8 +1763,12 @@ async fn ops_and_readiness_report_each_projection_with_its_lag() {
 
     // A paused projection lags by exactly the events written meanwhile.
     let paused = pause_projections(&app, &["audit"]).await;
-    let (_, b1) = booked(&app, &admin, property, "2031-12-05", "2031-12-06").await;
-    let (_, b2) = booked(&app, &admin, property, "2031-12-07", "2031-12-08").await;
+    let (_, b1) = app
+        .booked(&admin, property, "2031-12-05", "2031-12-06")
+        .await;
+    let (_, b2) = app
+        .booked(&admin, property, "2031-12-07", "2031-12-08")
+        .await;
     read(&app, BOOKINGS, &admin, b2).await;
     // The bookings read waited for `views`; `inventory` runs on its own.
     let ops = eventually(Duration::from_secs(10), || async {
@@ -1979,11 +1926,7 @@ async fn two_processes_apply_each_event_once_and_the_survivor_takes_over() {
             let reply = created(app.reserve(&admin, property, &from.to_string(), &to).await);
             if i % 5 == 0 {
                 let id = reply.id();
-                with_status(
-                    StatusCode::OK,
-                    app.post(&format!("{BOOKINGS}/{id}/cancel"), &admin, json!({}))
-                        .await,
-                );
+                with_status(StatusCode::OK, app.cancel(&admin, id).await);
             }
         }
     });
@@ -2019,14 +1962,9 @@ async fn two_processes_apply_each_event_once_and_the_survivor_takes_over() {
     first.kill();
     for (i, property) in properties.iter().enumerate() {
         let from = day("2033-01-01") + chrono::Days::new(i as u64 * 10);
-        booked(
-            &second,
-            &admin,
-            *property,
-            &from.to_string(),
-            &plus(from, 3),
-        )
-        .await;
+        second
+            .booked(&admin, *property, &from.to_string(), &plus(from, 3))
+            .await;
     }
     let ops = wait_caught_up(&second, &operator(), 20).await;
     assert_consistent_with_log(&second).await;

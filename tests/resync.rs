@@ -41,6 +41,15 @@ async fn start(env: &[(&str, &str)]) -> (NatsServer, TestApp) {
     (nats, app)
 }
 
+/// `start` with the checksum job every `checksum_interval` ("0": never),
+/// and a property of a new agency with its admin's token.
+async fn with_a_property(checksum_interval: &str) -> (NatsServer, TestApp, String, Uuid) {
+    let (nats, app) = start(&[("LEDGER_CHECKSUM_INTERVAL", checksum_interval)]).await;
+    let (_, admin) = agency();
+    let property = app.property(&admin, None).await;
+    (nats, app, admin, property)
+}
+
 fn day(offset: u64) -> String {
     (Utc::now().date_naive() + Days::new(offset)).to_string()
 }
@@ -123,14 +132,12 @@ async fn run_adapter(nats: &NatsServer, name: &str, memory: Arc<Memory>) {
 /// The property's ranges in the snapshot window, from the read model.
 async fn truth(app: &TestApp, token: &str, property: Uuid) -> Vec<ChannelRange> {
     let (from, to) = checksum::window("Europe/Lisbon", Utc::now());
-    let reply = with_status(
-        StatusCode::OK,
-        app.read(
+    let reply = app
+        .read_ok(
             &format!("/api/v1/availability?property_id={property}&from={from}&to={to}"),
             token,
         )
-        .await,
-    );
+        .await;
     let ranges = serde_json::from_value(reply.body["ranges"].clone()).expect("ranges");
     checksum::in_canonical_order(ranges)
 }
@@ -155,9 +162,7 @@ fn booking_id(reply: &common::Reply) -> Uuid {
 
 #[tokio::test]
 async fn a_wiped_adapter_is_back_in_step_from_one_snapshot_and_the_events_after_it() {
-    let (nats, app) = start(&[("LEDGER_CHECKSUM_INTERVAL", "0")]).await;
-    let (_agency, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (nats, app, admin, property) = with_a_property("0").await;
     let first = booking_id(&app.reserve(&admin, property, &day(10), &day(13)).await);
     let second = booking_id(
         &app.reserve_with(
@@ -182,24 +187,8 @@ async fn a_wiped_adapter_is_back_in_step_from_one_snapshot_and_the_events_after_
     })
     .await;
     // The events after the snapshot.
-    with_status(
-        StatusCode::OK,
-        app.post(
-            &format!("/api/v1/bookings/{second}/confirm"),
-            &admin,
-            json!({}),
-        )
-        .await,
-    );
-    with_status(
-        StatusCode::OK,
-        app.post(
-            &format!("/api/v1/bookings/{first}/cancel"),
-            &admin,
-            json!({}),
-        )
-        .await,
-    );
+    with_status(StatusCode::OK, app.confirm(&admin, second).await);
+    with_status(StatusCode::OK, app.cancel(&admin, first).await);
     booking_id(&app.reserve(&admin, property, &day(40), &day(45)).await);
 
     let expected = truth(&app, &admin, property).await;
@@ -232,9 +221,7 @@ async fn a_wiped_adapter_is_back_in_step_from_one_snapshot_and_the_events_after_
 
 #[tokio::test]
 async fn a_faked_drift_is_found_by_the_checksum_and_mended_by_the_resync_it_triggers() {
-    let (nats, app) = start(&[("LEDGER_CHECKSUM_INTERVAL", "1s")]).await;
-    let (_agency, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (nats, app, admin, property) = with_a_property("1s").await;
     let kept = booking_id(&app.reserve(&admin, property, &day(3), &day(5)).await);
     app.block(&admin, property, &day(8), &day(9), "other").await;
     published(&app, WAIT).await;
@@ -442,14 +429,12 @@ async fn snapshots_resyncs_and_checksums_are_on_the_stream_as_the_contract_says(
         "in start order"
     );
     assert_eq!(data["checksum"], checksum::checksum(&ranges));
-    let route = with_status(
-        StatusCode::OK,
-        app.read(
+    let route = app
+        .read_ok(
             &format!("/api/v1/properties/{property}/checksum?from={from}&to={to}"),
             &admin,
         )
-        .await,
-    );
+        .await;
     assert_eq!(route.body["from"], from.to_string());
     assert!(route.body["as_of_position"].as_i64().is_some());
     // The event it does not include comes after it; those it does, before.
@@ -760,20 +745,15 @@ async fn resync_under_live_load() {
         "resync of {} properties: {:.1} s ({:.0} snapshots/s); live reserves at {rate}/s over 20 properties",
         progress["total"], seconds, progress["total"].as_f64().unwrap_or(0.0) / seconds
     );
-    println!(
-        "  without resync: {} events, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        baseline.len(),
-        percentile(&baseline, 0.5),
-        percentile(&baseline, 0.99),
-        percentile(&baseline, 1.0)
-    );
-    println!(
-        "  during resync:  {} events, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        during.len(),
-        percentile(&during, 0.5),
-        percentile(&during, 0.99),
-        percentile(&during, 1.0)
-    );
+    for (when, latencies) in [("without resync:", &baseline), ("during resync: ", &during)] {
+        println!(
+            "  {when} {} events, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            latencies.len(),
+            percentile(latencies, 0.5),
+            percentile(latencies, 0.99),
+            percentile(latencies, 1.0)
+        );
+    }
     assert_eq!(progress["processed"], progress["total"]);
 }
 
@@ -851,9 +831,7 @@ fn mirrored(path: &std::path::Path, property: Uuid) -> Option<Vec<ChannelRange>>
 
 #[tokio::test]
 async fn the_example_adapter_mirrors_availability_into_a_json_file() {
-    let (nats, app) = start(&[("LEDGER_CHECKSUM_INTERVAL", "0")]).await;
-    let (_agency, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (nats, app, admin, property) = with_a_property("0").await;
     let booking = booking_id(&app.reserve(&admin, property, &day(5), &day(7)).await);
     app.block(&admin, property, &day(9), &day(10), "maintenance")
         .await;
@@ -868,12 +846,7 @@ async fn the_example_adapter_mirrors_availability_into_a_json_file() {
         mirrored(&path, property) == Some(expected.clone())
     })
     .await;
-    app.post(
-        &format!("/api/v1/bookings/{booking}/cancel"),
-        &admin,
-        json!({}),
-    )
-    .await;
+    app.cancel(&admin, booking).await;
     // A snapshot on request changes nothing for an adapter in step.
     resync(&app, &admin, property).await;
     let expected = truth(&app, &admin, property).await;

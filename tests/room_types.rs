@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{agency, assert_error, spawn_app, TestApp};
+use common::{agency, assert_error, spawn_app, Reply, TestApp};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -18,14 +18,20 @@ fn room_types(property: Uuid) -> String {
     format!("/api/v1/properties/{property}/room-types")
 }
 
+/// `POST .../room-types`: a room type of `units` units named `name`.
+async fn add_room_type(
+    app: &TestApp,
+    token: &str,
+    property: Uuid,
+    name: &str,
+    units: u32,
+) -> Reply {
+    let body = json!({"name": name, "units": units});
+    app.post(&room_types(property), token, body).await
+}
+
 async fn room_type(app: &TestApp, token: &str, property: Uuid, units: u32) -> Uuid {
-    let reply = app
-        .post(
-            &room_types(property),
-            token,
-            json!({"name": "Double", "units": units}),
-        )
-        .await;
+    let reply = add_room_type(app, token, property, "Double", units).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     assert_eq!(reply.body["units"], units);
     assert_eq!(reply.body["property_id"], property.to_string());
@@ -43,6 +49,26 @@ fn stay(property: Uuid, room_type: Option<Uuid>, check_in: &str, check_out: &str
         body["room_type_id"] = json!(room_type);
     }
     body
+}
+
+/// A 409 `BOOKING_CONFLICT` naming the `nights` that are full.
+#[track_caller]
+fn assert_full(reply: &Reply, nights: Value) {
+    assert_error(reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+    assert_eq!(reply.body["error"]["details"]["nights"], nights);
+}
+
+/// Books `[check_in, check_out)` of `property`, in `room_type` if given.
+async fn book(
+    app: &TestApp,
+    token: &str,
+    property: Uuid,
+    room_type: Option<Uuid>,
+    check_in: &str,
+    check_out: &str,
+) -> Reply {
+    let body = stay(property, room_type, check_in, check_out);
+    app.post(BOOKINGS, token, body).await
 }
 
 #[tokio::test]
@@ -89,25 +115,14 @@ async fn a_twelve_unit_room_type_takes_twelve_concurrent_bookings_and_names_the_
     assert_eq!(app.count_events("booking.reserved").await, 12);
 
     // The 13th, overlapping one night only, names that night.
-    let reply = app
-        .post(
-            BOOKINGS,
-            &admin,
-            stay(property, Some(double), "2027-03-03", "2027-03-06"),
-        )
-        .await;
-    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
-    assert_eq!(
-        reply.body["error"]["details"]["nights"],
-        json!([{"date": "2027-03-03", "units": 12, "taken": 12}])
+    let double_stay =
+        |check_in, check_out| book(&app, &admin, property, Some(double), check_in, check_out);
+    let reply = double_stay("2027-03-03", "2027-03-06").await;
+    assert_full(
+        &reply,
+        json!([{"date": "2027-03-03", "units": 12, "taken": 12}]),
     );
-    let reply = app
-        .post(
-            BOOKINGS,
-            &admin,
-            stay(property, Some(double), "2027-03-04", "2027-03-06"),
-        )
-        .await;
+    let reply = double_stay("2027-03-04", "2027-03-06").await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
 
     // Fewer units than a night holds.
@@ -128,34 +143,14 @@ async fn room_types_answer_with_their_error_codes() {
     let app = spawn_app().await;
     let (_, admin) = agency();
     let single = app.property(&admin, None).await;
-    let reply = app
-        .post(
-            BOOKINGS,
-            &admin,
-            stay(single, None, "2027-05-01", "2027-05-03"),
-        )
-        .await;
+    let reply = book(&app, &admin, single, None, "2027-05-01", "2027-05-03").await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-    let reply = app
-        .post(
-            &room_types(single),
-            &admin,
-            json!({"name": "Double", "units": 2}),
-        )
-        .await;
+    let reply = add_room_type(&app, &admin, single, "Double", 2).await;
     assert_error(
         &reply,
         StatusCode::CONFLICT,
         "PROPERTY_HAS_SINGLE_UNIT_CLAIMS",
     );
-    let reply = app
-        .post(
-            BOOKINGS,
-            &admin,
-            stay(single, Some(Uuid::new_v4()), "2027-06-01", "2027-06-03"),
-        )
-        .await;
-    assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 
     let hotel = app.property(&admin, None).await;
     let double = room_type(&app, &admin, hotel, 2).await;
@@ -172,22 +167,27 @@ async fn room_types_answer_with_their_error_codes() {
             "{message}"
         );
     }
-    let reply = app
-        .post(
-            BOOKINGS,
+    // A booking names a room type exactly when its property has them.
+    let unknown = Some(Uuid::new_v4());
+    let invalid = (StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    let not_found = (StatusCode::NOT_FOUND, "ROOM_TYPE_NOT_FOUND");
+    for (case, property, room_type, (status, code)) in [
+        ("a room type in a single unit", single, unknown, invalid),
+        ("no room type in a hotel", hotel, None, invalid),
+        ("an unknown room type", hotel, unknown, not_found),
+    ] {
+        let reply = book(
+            &app,
             &admin,
-            stay(hotel, None, "2027-06-01", "2027-06-03"),
+            property,
+            room_type,
+            "2027-06-01",
+            "2027-06-03",
         )
         .await;
-    assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
-    let reply = app
-        .post(
-            BOOKINGS,
-            &admin,
-            stay(hotel, Some(Uuid::new_v4()), "2027-06-01", "2027-06-03"),
-        )
-        .await;
-    assert_error(&reply, StatusCode::NOT_FOUND, "ROOM_TYPE_NOT_FOUND");
+        assert_eq!(reply.status, status, "{case}: {:?}", reply.body);
+        assert_error(&reply, status, code);
+    }
     let reply = app
         .patch(
             &format!("{}/{}", room_types(hotel), Uuid::new_v4()),
@@ -196,13 +196,7 @@ async fn room_types_answer_with_their_error_codes() {
         )
         .await;
     assert_error(&reply, StatusCode::NOT_FOUND, "ROOM_TYPE_NOT_FOUND");
-    let reply = app
-        .post(
-            &room_types(hotel),
-            &admin,
-            json!({"name": "Huge", "units": 1001}),
-        )
-        .await;
+    let reply = add_room_type(&app, &admin, hotel, "Huge", 1001).await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 
     // A block closes both units; the booking that finds none names the night.
@@ -216,17 +210,18 @@ async fn room_types_answer_with_their_error_codes() {
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     assert_eq!(reply.body["units"], 2);
-    let reply = app
-        .post(
-            BOOKINGS,
-            &admin,
-            stay(hotel, Some(double), "2027-06-09", "2027-06-11"),
-        )
-        .await;
-    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
-    assert_eq!(
-        reply.body["error"]["details"]["nights"],
-        json!([{"date": "2027-06-10", "units": 2, "taken": 2}])
+    let reply = book(
+        &app,
+        &admin,
+        hotel,
+        Some(double),
+        "2027-06-09",
+        "2027-06-11",
+    )
+    .await;
+    assert_full(
+        &reply,
+        json!([{"date": "2027-06-10", "units": 2, "taken": 2}]),
     );
 
     // Another agency sees no room types of this property.

@@ -70,7 +70,7 @@ async fn availability(
     (from, to): (NaiveDate, NaiveDate),
 ) -> (HashMap<Uuid, u32>, Taken) {
     let path = format!("/api/v1/availability?property_id={property}&from={from}&to={to}");
-    let reply = with_status(StatusCode::OK, app.read(&path, token).await);
+    let reply = app.read_ok(&path, token).await;
     assert!(reply.body.get("ranges").is_none(), "{}", reply.body);
     let mut units = HashMap::new();
     let mut taken = Taken::new();
@@ -107,7 +107,7 @@ async fn search(
         let path = format!(
             "/api/v1/availability/search?from={from}&to={to}&units={units}&limit=1&cursor={cursor}"
         );
-        let reply = with_status(StatusCode::OK, app.read(&path, token).await);
+        let reply = app.read_ok(&path, token).await;
         let page = reply.body["items"].as_array().expect("a page");
         hits.extend(
             page.iter()
@@ -176,8 +176,7 @@ async fn availability_search_snapshot_checksum_kit_and_ical_agree_on_per_night_c
     book(&app, &admin, hotel, double, 12, 16).await;
     book(&app, &admin, hotel, double, 12, 13).await;
     let cancelled = book(&app, &admin, hotel, double, 13, 15).await;
-    let path = format!("{BOOKINGS}/{}/cancel", cancelled.id());
-    with_status(StatusCode::OK, app.post(&path, &admin, json!({})).await);
+    with_status(StatusCode::OK, app.cancel(&admin, cancelled.id()).await);
     let block = json!({"property_id": hotel, "start": day(11), "end": day(13),
                        "reason": "maintenance", "room_type_id": suite, "units": 2});
     created(app.post("/api/v1/availability/blocks", &admin, block).await);
@@ -275,7 +274,7 @@ async fn availability_search_snapshot_checksum_kit_and_ical_agree_on_per_night_c
 
     // 4. The checksum route over the read model.
     let path = format!("/api/v1/properties/{hotel}/checksum?from={from}&to={to}");
-    let route = with_status(StatusCode::OK, app.read(&path, &admin).await);
+    let route = app.read_ok(&path, &admin).await;
     assert_eq!(
         route.body["checksum"], data["checksum"],
         "route and snapshot"

@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use common::pg::PgServer;
 use common::{
-    agency, assert_error, create_database, created, eventually, spawn_app_on, with_status, Reply,
-    TestApp,
+    agency, assert_error, create_database, eventually, spawn_app_on, with_status, Reply, TestApp,
 };
 use reqwest::StatusCode;
 use sqlx::{Connection, PgConnection};
@@ -59,14 +58,13 @@ async fn a_write_is_read_back_through_the_standby_with_min_position() {
     .await;
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
-    let first = created(
-        app.reserve(&admin, property, "2031-03-01", "2031-03-04")
-            .await,
-    );
+    let (first, _) = app
+        .booked(&admin, property, "2031-03-01", "2031-03-04")
+        .await;
     let head = app.head().await;
     with_status(
         StatusCode::OK,
-        get_booking(&app, &admin, first.id(), Some(head)).await,
+        get_booking(&app, &admin, first, Some(head)).await,
     );
 
     // The standby stops replaying: it keeps receiving WAL but its tables,
@@ -75,10 +73,9 @@ async fn a_write_is_read_back_through_the_standby_with_min_position() {
         .execute(&mut standby_db)
         .await
         .expect("pause the standby's replay");
-    let second = created(
-        app.reserve(&admin, property, "2031-04-01", "2031-04-03")
-            .await,
-    );
+    let (second, _) = app
+        .booked(&admin, property, "2031-04-01", "2031-04-03")
+        .await;
     let head = app.head().await;
     // The primary's read model of bookings has it (the projection runs there).
     eventually(Duration::from_secs(10), || async {
@@ -95,9 +92,9 @@ async fn a_write_is_read_back_through_the_standby_with_min_position() {
     })
     .await;
 
-    let stale = get_booking(&app, &admin, second.id(), None).await;
+    let stale = get_booking(&app, &admin, second, None).await;
     assert_error(&stale, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
-    let waited = get_booking(&app, &admin, second.id(), Some(head)).await;
+    let waited = get_booking(&app, &admin, second, Some(head)).await;
     assert_error(
         &waited,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -110,7 +107,7 @@ async fn a_write_is_read_back_through_the_standby_with_min_position() {
         .expect("resume the standby's replay");
     let fresh = with_status(
         StatusCode::OK,
-        get_booking(&app, &admin, second.id(), Some(head)).await,
+        get_booking(&app, &admin, second, Some(head)).await,
     );
     assert_eq!(fresh.body["check_in"], "2031-04-01");
     let position: i64 = fresh.headers["x-ledger-position"]

@@ -68,12 +68,9 @@ async fn a_reserve_is_published_as_the_documented_cloudevent() {
     let (nats, app) = start().await;
     let (agency_id, admin) = agency();
     let property = app.property(&admin, None).await;
-    let reply = created(
-        app.reserve(&admin, property, "2027-05-01", "2027-05-04")
-            .await,
-    );
-    let booking = reply.id();
-    let position = reply.body["position"].as_i64().expect("a position");
+    let (booking, position) = app
+        .booked(&admin, property, "2027-05-01", "2027-05-04")
+        .await;
     published(&app, Duration::from_secs(10)).await;
     let event_id: Uuid = sqlx::query_scalar("SELECT event_id FROM events WHERE position = $1")
         .bind(position)
@@ -241,10 +238,7 @@ async fn a_thousand_events_over_fifty_properties_arrive_in_order_without_gaps() 
 #[tokio::test]
 async fn events_committed_while_nats_is_down_are_published_in_order_when_it_is_back() {
     let (mut nats, app) = start().await;
-    let (_, admin) = agency();
-    let properties = properties(&app, &admin, 5).await;
-    let load = Load::start(&app, &admin, &properties, 4);
-    load.until(40).await;
+    let load = Load::on_new_properties(&app, 5, 4, 40).await;
 
     nats.stop();
     let stopped_at = load.acknowledged();
@@ -295,10 +289,7 @@ async fn events_committed_while_nats_is_down_are_published_in_order_when_it_is_b
 async fn a_publisher_killed_mid_load_republishes_and_the_kit_sees_each_event_once() {
     let _heavy = common::heavy().await;
     let (nats, mut app) = start().await;
-    let (_, admin) = agency();
-    let properties = properties(&app, &admin, 10).await;
-    let load = Load::start(&app, &admin, &properties, 8);
-    load.until(60).await;
+    let load = Load::on_new_properties(&app, 10, 8, 60).await;
     app.kill();
     let killed_at = load.acknowledged();
     app.start().await;
@@ -414,11 +405,7 @@ async fn every_booking_and_block_event_of_a_room_type_names_it_on_the_stream() {
     let stay = reserve("2027-06-01", "2027-06-03", tentative.clone()).await;
     step(format!("/api/v1/bookings/{stay}/confirm"), json!({})).await;
     let modified = app
-        .patch(
-            &format!("/api/v1/bookings/{stay}"),
-            &admin,
-            json!({"check_out": "2027-06-04"}),
-        )
+        .edit_booking(&admin, stay, json!({"check_out": "2027-06-04"}))
         .await;
     assert_eq!(modified.status, StatusCode::OK, "{:?}", modified.body);
     step(format!("/api/v1/bookings/{stay}/check-in"), json!({})).await;
@@ -447,9 +434,7 @@ async fn every_booking_and_block_event_of_a_room_type_names_it_on_the_stream() {
         .await,
     )
     .id();
-    let released = app
-        .delete(&format!("/api/v1/availability/blocks/{block}"), &admin)
-        .await;
+    let released = app.release(&admin, block).await;
     assert_eq!(released.status, StatusCode::OK, "{:?}", released.body);
     published(&app, Duration::from_secs(10)).await;
 

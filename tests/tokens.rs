@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use axum::{Json, Router};
-use common::{
-    agency, assert_error, now_secs, spawn_app_with_env, token, with_status, Reply, TestApp,
-};
+use common::{agency, assert_error, now_secs, spawn_app_with_env, token, Reply, TestApp};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
@@ -321,11 +319,8 @@ async fn iss_and_aud_must_match_and_claims_may_be_nested() {
     };
     let good = nested("https://idp.example.test/", json!(["ledger", "other"]));
     let property = app.property(&rsa.sign(&good), None).await;
-    with_status(
-        StatusCode::OK,
-        app.read(&format!("{PROPERTIES}/{property}"), &rsa.sign(&good))
-            .await,
-    );
+    app.read_ok(&format!("{PROPERTIES}/{property}"), &rsa.sign(&good))
+        .await;
 
     let wrong_iss = nested("https://evil.example.test/", json!("ledger"));
     assert_401(

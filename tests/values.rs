@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use common::nats::NatsServer;
+use common::routes::{BOOKINGS, PROPERTIES};
 use common::{
-    agency, app_with_property, assert_error, operator, spawn_app, spawn_app_with_env, Reply,
-    TestApp,
+    agency, app_with_property, assert_error, operator, reservation, spawn_app, spawn_app_with_env,
+    Reply, TestApp,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -406,16 +407,11 @@ async fn stays_and_blocks_far_outside_the_calendar_are_refused_naming_the_field(
                 .replace("check_out", "end"),
         );
     }
-    let booking = app
-        .reserve(&admin, property, "2030-01-01", "2030-01-03")
-        .await
-        .id();
+    let (booking, _) = app
+        .booked(&admin, property, "2030-01-01", "2030-01-03")
+        .await;
     let reply = app
-        .patch(
-            &format!("/api/v1/bookings/{booking}"),
-            &admin,
-            json!({"check_in": "-5000-01-01"}),
-        )
+        .edit_booking(&admin, booking, json!({"check_in": "-5000-01-01"}))
         .await;
     assert_refused(&reply, "check_in");
     let reply = app
@@ -478,51 +474,35 @@ async fn text_filters_of_the_audit_log_refuse_control_characters() {
 
 #[tokio::test]
 async fn control_characters_in_one_line_fields_are_refused_naming_the_field() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let reply = app
-        .post(
-            "/api/v1/properties",
-            &admin,
+    let (app, admin, property) = app_with_property().await;
+    let mut noted = reservation(property, "2030-02-01", "2030-02-03");
+    noted["notes"] = json!("bell\u{7}");
+    let (booking, _) = app
+        .booked(&admin, property, "2030-01-01", "2030-01-03")
+        .await;
+    for (path, body, named) in [
+        (
+            PROPERTIES.to_owned(),
             json!({"name": "Sea\u{1b}View"}),
-        )
-        .await;
-    assert_refused(&reply, "name");
-    let reply = app
-        .post("/api/v1/properties", &admin, json!({"name": "Sea\nView"}))
-        .await;
-    assert_refused(&reply, "name");
-    let reply = app
-        .post(
-            "/api/v1/properties",
-            &admin,
+            "name",
+        ),
+        (PROPERTIES.to_owned(), json!({"name": "Sea\nView"}), "name"),
+        (
+            PROPERTIES.to_owned(),
             json!({"name": "Sea View", "owner_id": "o\u{85}"}),
-        )
-        .await;
-    assert_refused(&reply, "owner_id");
-    let property = app.property(&admin, None).await;
-    let booking = app
-        .reserve(&admin, property, "2030-01-01", "2030-01-03")
-        .await
-        .id();
-    let reply = app
-        .post(
-            &format!("/api/v1/bookings/{booking}/cancel"),
-            &admin,
+            "owner_id",
+        ),
+        (
+            format!("{BOOKINGS}/{booking}/cancel"),
             json!({"reason": "no\tshow"}),
-        )
-        .await;
-    assert_refused(&reply, "reason");
-    let reply = app
-        .reserve_with(
-            &admin,
-            property,
-            "2030-02-01",
-            "2030-02-03",
-            json!({"notes": "bell\u{7}"}),
-        )
-        .await;
-    assert_refused(&reply, "notes");
+            "reason",
+        ),
+        (BOOKINGS.to_owned(), noted, "notes"),
+    ] {
+        let reply = app.post(&path, &admin, body.clone()).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path} {body}");
+        assert_refused(&reply, named);
+    }
 }
 
 #[tokio::test]
@@ -587,14 +567,9 @@ async fn an_idempotency_key_outside_printable_ascii_is_refused() {
     let (_, admin) = agency();
     let long = "k".repeat(256);
     for key in ["", "tab\there", long.as_str()] {
+        let keyed = [("idempotency-key", key)];
         let reply = app
-            .send(
-                "POST",
-                "/api/v1/properties",
-                Some(&admin),
-                Some(&json!({"name": "Sea View"})),
-                &[("idempotency-key", key)],
-            )
+            .post_with(PROPERTIES, &admin, json!({"name": "Sea View"}), &keyed)
             .await;
         assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
         let message = reply.body["error"]["message"].as_str().unwrap_or("");

@@ -40,14 +40,97 @@ async fn booked(
     reply.id()
 }
 
-/// Posts a status change with an empty JSON body.
-async fn act(app: &TestApp, token: &str, booking: Uuid, action: &str) -> Reply {
-    app.post(&booking_path(booking, action), token, json!({}))
+fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
+    reply.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A tentative booking of 1-5 March 2027 held until `until`, which must
+/// be created.
+async fn tentative(app: &TestApp, token: &str, property: Uuid, until: &str) -> Reply {
+    let hold = json!({"status": "tentative", "hold_expires_at": until});
+    created(
+        app.reserve_with(token, property, "2027-03-01", "2027-03-05", hold)
+            .await,
+    )
+}
+
+/// Every status change a booking has.
+const ACTIONS: [&str; 5] = ["confirm", "cancel", "check-in", "check-out", "no-show"];
+
+/// Each of `actions` on `booking` is refused with `status` and `code`.
+async fn refused_actions(
+    app: &TestApp,
+    token: &str,
+    booking: Uuid,
+    actions: &[&str],
+    (status, code): (StatusCode, &str),
+) {
+    for action in actions {
+        let reply = app.act(token, booking, action).await;
+        assert_eq!(reply.code(), code, "{action}: {:?}", reply.body);
+        assert_error(&reply, status, code);
+    }
+}
+
+const INVALID_TRANSITION: (StatusCode, &str) = (StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
+
+/// A 409 `BOOKING_CONFLICT` that names `conflicts`.
+#[track_caller]
+fn assert_conflicts(reply: &Reply, conflicts: Value) {
+    assert_error(reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+    assert_eq!(
+        reply.body["error"]["details"]["conflicts"], conflicts,
+        "{:?}",
+        reply.body
+    );
+}
+
+/// Each field of `expected` has its value in `body`.
+#[track_caller]
+fn assert_fields(body: &Value, expected: Value) {
+    for (field, value) in expected.as_object().expect("an object of fields") {
+        assert_eq!(&body[field], value, "{field} of {body}");
+    }
+}
+
+/// `POST /api/v1/properties` with `body` sent as it is.
+async fn register_raw(
+    app: &TestApp,
+    token: &str,
+    body: impl Into<Vec<u8>>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    app.send_bytes("POST", PROPERTIES, Some(token), body.into(), headers)
         .await
 }
 
-fn header<'a>(reply: &'a Reply, name: &str) -> Option<&'a str> {
-    reply.headers.get(name).and_then(|v| v.to_str().ok())
+/// `count` copies of one POST with the same Idempotency-Key, all at once;
+/// each must be 201. The ids they name, consecutive repeats removed.
+async fn same_key_at_once(
+    app: &TestApp,
+    token: &str,
+    path: &str,
+    key: &str,
+    body: &Value,
+    count: usize,
+) -> Vec<String> {
+    let requests = (0..count).map(|_| {
+        app.client
+            .post(format!("{}{path}", app.base))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+    });
+    let mut ids = Vec::new();
+    for response in join_all(requests).await {
+        let response = response.expect("answered");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let reply: Value = response.json().await.expect("a JSON body");
+        ids.push(reply["id"].as_str().expect("an id").to_owned());
+    }
+    ids.dedup();
+    ids
 }
 
 // ------------------------------------------------------------------ properties
@@ -65,13 +148,11 @@ async fn registering_a_property_returns_201_and_the_property() {
         )
         .await);
     let p = &reply.body;
-    assert_eq!(p["agency_id"], agency_id.to_string());
-    assert_eq!(p["name"], "Sea View");
-    assert_eq!(p["timezone"], "Europe/Lisbon");
-    assert_eq!(p["owner_id"], "owner-7");
-    assert_eq!(p["external_ref"], "PMS-1");
-    assert_eq!(p["archived"], false);
-    assert_eq!(p["version"], 1);
+    assert_fields(
+        p,
+        json!({"agency_id": agency_id, "name": "Sea View", "timezone": "Europe/Lisbon",
+               "owner_id": "owner-7", "external_ref": "PMS-1", "archived": false, "version": 1}),
+    );
     assert!(
         p["created_at"].as_str().is_some_and(|t| t.ends_with('Z')),
         "{p}"
@@ -88,10 +169,7 @@ async fn registering_a_property_returns_201_and_the_property() {
     assert!(minimal.body["position"].as_i64() > p["position"].as_i64());
 
     // GET by id gives the same property.
-    let read = with_status(
-        StatusCode::OK,
-        app.read(&format!("{PROPERTIES}/{id}"), &admin).await,
-    );
+    let read = app.read_ok(&format!("{PROPERTIES}/{id}"), &admin).await;
     for field in [
         "id",
         "agency_id",
@@ -166,26 +244,15 @@ async fn json_arrays_are_not_accepted_as_bodies_or_objects() {
     assert_eq!(app.count_events("property.registered").await, 0);
 
     let property = app.property(&admin, None).await;
-    let reply = app
-        .reserve_with(
-            &admin,
-            property,
-            "2027-03-01",
-            "2027-03-02",
-            json!({"guest": ["Ana", null, null]}),
-        )
-        .await;
-    assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
-    let reply = app
-        .reserve_with(
-            &admin,
-            property,
-            "2027-03-01",
-            "2027-03-02",
-            json!({"price": [100, "EUR"]}),
-        )
-        .await;
-    assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    for tuple in [
+        json!({"guest": ["Ana", null, null]}),
+        json!({"price": [100, "EUR"]}),
+    ] {
+        let reply = app
+            .reserve_with(&admin, property, "2027-03-01", "2027-03-02", tuple)
+            .await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
     assert_eq!(app.count_events("booking.reserved").await, 0);
 }
 
@@ -198,9 +265,9 @@ async fn updating_a_property() {
 
     let reply = with_status(
         StatusCode::OK,
-        app.patch(
-            &path,
+        app.edit_property(
             &admin,
+            property,
             json!({"name": "Sea View II", "timezone": "Europe/Paris"}),
         )
         .await,
@@ -218,9 +285,9 @@ async fn updating_a_property() {
     // null clears the owner and the external reference.
     let reply = with_status(
         StatusCode::OK,
-        app.patch(
-            &path,
+        app.edit_property(
             &admin,
+            property,
             json!({"owner_id": null, "external_ref": "X-9"}),
         )
         .await,
@@ -236,15 +303,11 @@ async fn updating_a_property() {
         json!({"archived": true}),
         json!({"name": ["a"]}),
     ] {
-        let reply = app.patch(&path, &admin, bad).await;
+        let reply = app.edit_property(&admin, property, bad).await;
         assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     }
     let missing = app
-        .patch(
-            &format!("{PROPERTIES}/{}", Uuid::new_v4()),
-            &admin,
-            json!({"name": "Other"}),
-        )
+        .edit_property(&admin, Uuid::new_v4(), json!({"name": "Other"}))
         .await;
     assert_error(&missing, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
     let not_uuid = app
@@ -283,21 +346,17 @@ async fn an_archived_property_refuses_every_command() {
 
     let refused = [
         app.post(&archive, &admin, json!({})).await,
-        app.patch(
-            &format!("{PROPERTIES}/{property}"),
-            &admin,
-            json!({"name": "New"}),
-        )
-        .await,
+        app.edit_property(&admin, property, json!({"name": "New"}))
+            .await,
         app.reserve(&admin, property, "2027-05-01", "2027-05-03")
             .await,
         app.block(&admin, property, "2027-06-01", "2027-06-03", "other")
             .await,
-        app.patch(&booking_path(booking, ""), &admin, json!({"notes": "late"}))
+        app.edit_booking(&admin, booking, json!({"notes": "late"}))
             .await,
-        act(&app, &admin, booking, "cancel").await,
-        act(&app, &admin, booking, "check-in").await,
-        app.delete(&format!("{BLOCKS}/{block}"), &admin).await,
+        app.act(&admin, booking, "cancel").await,
+        app.act(&admin, booking, "check-in").await,
+        app.release(&admin, block).await,
     ];
     for reply in &refused {
         assert_error(reply, StatusCode::CONFLICT, "PROPERTY_ARCHIVED");
@@ -377,10 +436,7 @@ async fn reserving_returns_201_and_the_booking() {
     assert!(b["position"].as_i64().is_some_and(|n| n > 0));
     let id = reply.id();
 
-    let read = with_status(
-        StatusCode::OK,
-        app.read(&booking_path(id, ""), &admin).await,
-    );
+    let read = app.read_ok(&booking_path(id, ""), &admin).await;
     for field in [
         "id",
         "property_id",
@@ -414,14 +470,11 @@ async fn reserving_returns_201_and_the_booking() {
     );
     assert_eq!(year.body["nights"], 366);
 
-    let missing = app.read(&booking_path(Uuid::new_v4(), ""), &admin).await;
-    assert_error(&missing, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
-    let property_as_booking = app.read(&booking_path(property, ""), &admin).await;
-    assert_error(
-        &property_as_booking,
-        StatusCode::NOT_FOUND,
-        "BOOKING_NOT_FOUND",
-    );
+    // Neither an unknown id nor a property's is a booking.
+    for id in [Uuid::new_v4(), property] {
+        let reply = app.read(&booking_path(id, ""), &admin).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
+    }
     let not_uuid = app.read(&format!("{BOOKINGS}/abc"), &admin).await;
     assert_error(&not_uuid, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 }
@@ -550,30 +603,20 @@ async fn a_single_night_overlap_conflicts_with_details_and_back_to_back_is_allow
     let (app, admin, property) = app_with_property().await;
     let first = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
 
-    // The last night of the stay (03-04) is taken.
-    let reply = app
-        .reserve(&admin, property, "2027-03-04", "2027-03-06")
-        .await;
-    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
-    assert_eq!(
-        reply.body["error"]["details"]["conflicts"],
-        json!([{"kind": "booking", "id": first, "start": "2027-03-01", "end": "2027-03-05"}]),
-        "{:?}",
-        reply.body
-    );
-    // The first night (03-01) is taken.
-    let reply = app
-        .reserve(&admin, property, "2027-02-27", "2027-03-02")
-        .await;
-    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
-    // Inside and around.
+    // Each names the stay it runs into.
+    let taken =
+        json!([{"kind": "booking", "id": first, "start": "2027-03-01", "end": "2027-03-05"}]);
     for (check_in, check_out) in [
+        // Its last night (03-04), its first (03-01).
+        ("2027-03-04", "2027-03-06"),
+        ("2027-02-27", "2027-03-02"),
+        // Inside and around.
         ("2027-03-02", "2027-03-03"),
         ("2027-02-01", "2027-04-01"),
         ("2027-03-01", "2027-03-05"),
     ] {
         let reply = app.reserve(&admin, property, check_in, check_out).await;
-        assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
+        assert_conflicts(&reply, taken.clone());
     }
 
     // Back to back on both sides: the check-out day is free for the next arrival.
@@ -625,22 +668,13 @@ async fn cancelling_frees_the_nights_and_cancelled_is_final() {
     let (app, admin, property) = app_with_property().await;
     let booking = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
 
-    let too_long = app
-        .post(
-            &booking_path(booking, "cancel"),
-            &admin,
-            json!({"reason": "r".repeat(501)}),
-        )
-        .await;
-    assert_error(&too_long, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
-    let unknown = app
-        .post(
-            &booking_path(booking, "cancel"),
-            &admin,
-            json!({"why": "no"}),
-        )
-        .await;
-    assert_error(&unknown, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    // A reason too long, a field the route does not know.
+    for bad in [json!({"reason": "r".repeat(501)}), json!({"why": "no"})] {
+        let reply = app
+            .post(&booking_path(booking, "cancel"), &admin, bad)
+            .await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    }
 
     let reply = with_status(
         StatusCode::OK,
@@ -658,16 +692,9 @@ async fn cancelling_frees_the_nights_and_cancelled_is_final() {
     // The nights are free at once.
     booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
 
-    for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
-        let reply = act(&app, &admin, booking, action).await;
-        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
-    }
+    refused_actions(&app, &admin, booking, &ACTIONS, INVALID_TRANSITION).await;
     let reply = app
-        .patch(
-            &booking_path(booking, ""),
-            &admin,
-            json!({"notes": "again"}),
-        )
+        .edit_booking(&admin, booking, json!({"notes": "again"}))
         .await;
     assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
 
@@ -693,85 +720,77 @@ async fn the_booking_life_cycle_and_its_invalid_transitions() {
 
     // tentative -> confirmed
     let hold = "2099-01-01T00:00:00Z";
-    let reply = created(
-        app.reserve_with(
-            &admin,
-            property,
-            "2027-03-01",
-            "2027-03-05",
-            json!({"status": "tentative", "hold_expires_at": hold}),
-        )
-        .await,
-    );
+    let reply = tentative(&app, &admin, property, hold).await;
     assert_eq!(reply.body["status"], "tentative");
     assert!(reply.body["hold_expires_at"]
         .as_str()
         .is_some_and(|t| t.starts_with("2099-01-01")));
     let booking = reply.id();
-    for action in ["check-in", "check-out", "no-show"] {
-        let reply = act(&app, &admin, booking, action).await;
-        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
-    }
-    let reply = with_status(StatusCode::OK, act(&app, &admin, booking, "confirm").await);
+    refused_actions(
+        &app,
+        &admin,
+        booking,
+        &["check-in", "check-out", "no-show"],
+        INVALID_TRANSITION,
+    )
+    .await;
+    let reply = with_status(StatusCode::OK, app.act(&admin, booking, "confirm").await);
     assert_eq!(reply.body["status"], "confirmed");
     assert_eq!(reply.body["hold_expires_at"], Value::Null);
     assert_eq!(reply.body["version"], 2);
 
     // confirmed -> checked_in -> checked_out
-    for action in ["confirm", "check-out"] {
-        let reply = act(&app, &admin, booking, action).await;
-        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
-    }
-    let reply = with_status(StatusCode::OK, act(&app, &admin, booking, "check-in").await);
+    refused_actions(
+        &app,
+        &admin,
+        booking,
+        &["confirm", "check-out"],
+        INVALID_TRANSITION,
+    )
+    .await;
+    let reply = with_status(StatusCode::OK, app.act(&admin, booking, "check-in").await);
     assert_eq!(reply.body["status"], "checked_in");
-    for action in ["confirm", "cancel", "check-in", "no-show"] {
-        let reply = act(&app, &admin, booking, action).await;
-        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
-    }
+    refused_actions(
+        &app,
+        &admin,
+        booking,
+        &["confirm", "cancel", "check-in", "no-show"],
+        INVALID_TRANSITION,
+    )
+    .await;
     // A checked-in guest still holds the nights.
     let reply = app
         .reserve(&admin, property, "2027-03-04", "2027-03-06")
         .await;
     assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
 
-    let reply = with_status(
-        StatusCode::OK,
-        act(&app, &admin, booking, "check-out").await,
-    );
+    let reply = with_status(StatusCode::OK, app.act(&admin, booking, "check-out").await);
     assert_eq!(reply.body["status"], "checked_out");
     assert_eq!(reply.body["version"], 4);
     // A checked-out stay no longer holds its nights.
     booked(&app, &admin, property, "2027-03-04", "2027-03-06").await;
-    for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
-        let reply = act(&app, &admin, booking, action).await;
-        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
-    }
+    refused_actions(&app, &admin, booking, &ACTIONS, INVALID_TRANSITION).await;
     let reply = app
-        .patch(&booking_path(booking, ""), &admin, json!({"adults": 3}))
+        .edit_booking(&admin, booking, json!({"adults": 3}))
         .await;
     assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
 
     // confirmed -> no_show, which frees the nights.
     let guest = booked(&app, &admin, property, "2027-05-01", "2027-05-03").await;
-    let reply = with_status(StatusCode::OK, act(&app, &admin, guest, "no-show").await);
+    let reply = with_status(StatusCode::OK, app.act(&admin, guest, "no-show").await);
     assert_eq!(reply.body["status"], "no_show");
-    for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
-        let reply = act(&app, &admin, guest, action).await;
-        assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
-    }
+    refused_actions(&app, &admin, guest, &ACTIONS, INVALID_TRANSITION).await;
     booked(&app, &admin, property, "2027-05-01", "2027-05-03").await;
 
     // Unknown bookings, on every route.
     let unknown = Uuid::new_v4();
-    for action in ["confirm", "cancel", "check-in", "check-out", "no-show"] {
-        let reply = act(&app, &admin, unknown, action).await;
-        assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
-    }
+    let not_found = (StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
+    refused_actions(&app, &admin, unknown, &ACTIONS, not_found).await;
     let reply = app
-        .patch(&booking_path(unknown, ""), &admin, json!({"notes": "x"}))
+        .edit_booking(&admin, unknown, json!({"notes": "x"}))
         .await;
     assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
-    let reply = act(&app, &admin, booking, "teleport").await;
+    let reply = app.act(&admin, booking, "teleport").await;
     assert_error(&reply, StatusCode::NOT_FOUND, "NOT_FOUND");
     let reply = app
         .post(
@@ -790,16 +809,7 @@ async fn an_expired_hold_cannot_be_confirmed_and_frees_its_nights() {
     let (_, admin) = agency();
     let property = app.property(&admin, None).await;
     let expires = clock.now() + chrono::Duration::milliseconds(1500);
-    let reply = created(
-        app.reserve_with(
-            &admin,
-            property,
-            "2027-03-01",
-            "2027-03-05",
-            json!({"status": "tentative", "hold_expires_at": expires.to_rfc3339()}),
-        )
-        .await,
-    );
+    let reply = tentative(&app, &admin, property, &expires.to_rfc3339()).await;
     let hold = reply.id();
     let reply = app
         .reserve(&admin, property, "2027-03-02", "2027-03-03")
@@ -807,7 +817,7 @@ async fn an_expired_hold_cannot_be_confirmed_and_frees_its_nights() {
     assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
 
     clock.advance(chrono::Duration::seconds(2));
-    let reply = act(&app, &admin, hold, "confirm").await;
+    let reply = app.act(&admin, hold, "confirm").await;
     assert_error(&reply, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
     let reply = app
         .reserve(&admin, property, "2027-03-02", "2027-03-03")
@@ -818,10 +828,7 @@ async fn an_expired_hold_cannot_be_confirmed_and_frees_its_nights() {
         "an expired hold frees its nights: {:?}",
         reply.body
     );
-    let read = with_status(
-        StatusCode::OK,
-        app.read(&booking_path(hold, ""), &admin).await,
-    );
+    let read = app.read_ok(&booking_path(hold, ""), &admin).await;
     assert_eq!(read.body["status"], "cancelled", "{:?}", read.body);
 }
 
@@ -831,16 +838,12 @@ async fn modifying_a_booking() {
     let booking = booked(&app, &admin, property, "2027-03-01", "2027-03-05").await;
     let neighbour = booked(&app, &admin, property, "2027-03-08", "2027-03-10").await;
     let path = booking_path(booking, "");
+    let modify = |changes| app.edit_booking(&admin, booking, changes);
 
     // Shifting over its own nights is fine; up to the neighbour's arrival too.
     let reply = with_status(
         StatusCode::OK,
-        app.patch(
-            &path,
-            &admin,
-            json!({"check_in": "2027-03-03", "check_out": "2027-03-08"}),
-        )
-        .await,
+        modify(json!({"check_in": "2027-03-03", "check_out": "2027-03-08"})).await,
     );
     assert_eq!(reply.body["check_in"], "2027-03-03");
     assert_eq!(reply.body["check_out"], "2027-03-08");
@@ -850,12 +853,7 @@ async fn modifying_a_booking() {
     // The released nights are free again.
     booked(&app, &admin, property, "2027-03-01", "2027-03-03").await;
 
-    let reply = with_status(StatusCode::OK, app
-        .patch(
-            &path,
-            &admin,
-            json!({"guest": {"name": "Bo Guest"}, "adults": 3, "children": 2, "price": {"amount_minor": 100, "currency": "GBP"}, "notes": "cot"}),
-        )
+    let reply = with_status(StatusCode::OK, modify(json!({"guest": {"name": "Bo Guest"}, "adults": 3, "children": 2, "price": {"amount_minor": 100, "currency": "GBP"}, "notes": "cot"}))
         .await);
     assert_eq!(reply.body["guest"]["name"], "Bo Guest");
     assert_eq!(reply.body["adults"], 3);
@@ -868,20 +866,16 @@ async fn modifying_a_booking() {
     );
     let reply = with_status(
         StatusCode::OK,
-        app.patch(&path, &admin, json!({"price": null, "notes": null}))
-            .await,
+        modify(json!({"price": null, "notes": null})).await,
     );
     assert_eq!(reply.body["price"], Value::Null);
     assert_eq!(reply.body["notes"], Value::Null);
 
     // One night into the neighbour's stay.
-    let reply = app
-        .patch(&path, &admin, json!({"check_out": "2027-03-09"}))
-        .await;
-    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
-    assert_eq!(
-        reply.body["error"]["details"]["conflicts"],
-        json!([{"kind": "booking", "id": neighbour, "start": "2027-03-08", "end": "2027-03-10"}])
+    let reply = modify(json!({"check_out": "2027-03-09"})).await;
+    assert_conflicts(
+        &reply,
+        json!([{"kind": "booking", "id": neighbour, "start": "2027-03-08", "end": "2027-03-10"}]),
     );
     for bad in [
         json!({"check_out": "2027-03-03"}),
@@ -892,7 +886,7 @@ async fn modifying_a_booking() {
         json!({"status": "cancelled"}),
         json!({"property_id": property}),
     ] {
-        let reply = app.patch(&path, &admin, bad.clone()).await;
+        let reply = modify(bad.clone()).await;
         assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     }
     let read = app.read(&path, &admin).await;
@@ -923,13 +917,11 @@ async fn blocks_are_created_conflict_and_are_released() {
         reply.body
     );
     let b = &reply.body;
-    assert_eq!(b["agency_id"], agency_id.to_string());
-    assert_eq!(b["property_id"], property.to_string());
-    assert_eq!(b["start"], "2027-03-05");
-    assert_eq!(b["end"], "2027-03-10");
-    assert_eq!(b["reason"], "maintenance");
-    assert_eq!(b["note"], "paint");
-    assert_eq!(b["released"], false);
+    assert_fields(
+        b,
+        json!({"agency_id": agency_id, "property_id": property, "start": "2027-03-05",
+               "end": "2027-03-10", "reason": "maintenance", "note": "paint", "released": false}),
+    );
     assert!(b["created_at"].is_string() && b["position"].as_i64().is_some());
     let block = reply.id();
 
@@ -937,10 +929,9 @@ async fn blocks_are_created_conflict_and_are_released() {
     let reply = app
         .reserve(&admin, property, "2027-03-09", "2027-03-11")
         .await;
-    assert_error(&reply, StatusCode::CONFLICT, "BOOKING_CONFLICT");
-    assert_eq!(
-        reply.body["error"]["details"]["conflicts"],
-        json!([{"kind": "block", "id": block, "start": "2027-03-05", "end": "2027-03-10"}])
+    assert_conflicts(
+        &reply,
+        json!([{"kind": "block", "id": block, "start": "2027-03-05", "end": "2027-03-10"}]),
     );
     let reply = app
         .block(&admin, property, "2027-03-04", "2027-03-05", "owner_stay")
@@ -974,37 +965,51 @@ async fn blocks_are_created_conflict_and_are_released() {
         .await;
     assert_error(&missing, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
 
-    let read = with_status(
-        StatusCode::OK,
-        app.read(&format!("{BLOCKS}/{block}"), &admin).await,
-    );
+    let read = app.read_ok(&format!("{BLOCKS}/{block}"), &admin).await;
     assert_eq!(read.body["id"], block.to_string());
 
-    let reply = with_status(
-        StatusCode::OK,
-        app.delete(&format!("{BLOCKS}/{block}"), &admin).await,
-    );
+    let reply = with_status(StatusCode::OK, app.release(&admin, block).await);
     assert_eq!(reply.body["released"], true);
     assert_eq!(reply.body["id"], block.to_string());
     // Released nights are free.
     booked(&app, &admin, property, "2027-03-05", "2027-03-10").await;
 
-    let again = app.delete(&format!("{BLOCKS}/{block}"), &admin).await;
-    assert_error(&again, StatusCode::CONFLICT, "INVALID_STATE_TRANSITION");
-    let unknown = app
-        .delete(&format!("{BLOCKS}/{}", Uuid::new_v4()), &admin)
-        .await;
-    assert_error(&unknown, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
-    let booking_as_block = app.delete(&format!("{BLOCKS}/{booking}"), &admin).await;
-    assert_error(&booking_as_block, StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND");
-    let block_as_booking = act(&app, &admin, block, "cancel").await;
-    assert_error(
-        &block_as_booking,
-        StatusCode::NOT_FOUND,
-        "BOOKING_NOT_FOUND",
-    );
-    let not_uuid = app.delete(&format!("{BLOCKS}/zzz"), &admin).await;
-    assert_error(&not_uuid, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
+    // Released once; then a second release, ids of no block, not an id.
+    for (case, reply, status, code) in [
+        (
+            "again",
+            app.release(&admin, block).await,
+            StatusCode::CONFLICT,
+            "INVALID_STATE_TRANSITION",
+        ),
+        (
+            "unknown",
+            app.release(&admin, Uuid::new_v4()).await,
+            StatusCode::NOT_FOUND,
+            "BLOCK_NOT_FOUND",
+        ),
+        (
+            "a booking as a block",
+            app.release(&admin, booking).await,
+            StatusCode::NOT_FOUND,
+            "BLOCK_NOT_FOUND",
+        ),
+        (
+            "a block as a booking",
+            app.act(&admin, block, "cancel").await,
+            StatusCode::NOT_FOUND,
+            "BOOKING_NOT_FOUND",
+        ),
+        (
+            "not a UUID",
+            app.delete(&format!("{BLOCKS}/zzz"), &admin).await,
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+        ),
+    ] {
+        assert_eq!(reply.code(), code, "{case}: {:?}", reply.body);
+        assert_error(&reply, status, code);
+    }
 }
 
 // ------------------------------------------------------------------ HTTP edges
@@ -1015,38 +1020,20 @@ async fn axum_rejections_come_in_the_contract_format() {
     let (_, admin) = agency();
     let json_type = [("content-type", "application/json")];
 
-    let malformed = app
-        .send_bytes(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            b"{\"name\": \"Sea".to_vec(),
-            &json_type,
-        )
-        .await;
+    let malformed = register_raw(&app, &admin, b"{\"name\": \"Sea", &json_type).await;
     assert_error(&malformed, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
-    let not_json = app
-        .send_bytes(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            b"name=Sea".to_vec(),
-            &json_type,
-        )
-        .await;
+    let not_json = register_raw(&app, &admin, b"name=Sea", &json_type).await;
     assert_error(&not_json, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
 
     // A JSON body under another content type (or none) is refused.
     for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
-        let reply = app
-            .send_bytes(
-                "POST",
-                PROPERTIES,
-                Some(&admin),
-                br#"{"name": "Sea View"}"#.to_vec(),
-                &[("content-type", content_type)],
-            )
-            .await;
+        let reply = register_raw(
+            &app,
+            &admin,
+            br#"{"name": "Sea View"}"#,
+            &[("content-type", content_type)],
+        )
+        .await;
         assert!(
             reply.status == StatusCode::BAD_REQUEST
                 || reply.status == StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -1058,15 +1045,7 @@ async fn axum_rejections_come_in_the_contract_format() {
         }
         assert!(reply.body["error"]["request_id"].is_string(), "{reply:?}");
     }
-    let untyped = app
-        .send_bytes(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            br#"{"name": "Sea View"}"#.to_vec(),
-            &[],
-        )
-        .await;
+    let untyped = register_raw(&app, &admin, br#"{"name": "Sea View"}"#, &[]).await;
     assert!(untyped.status.is_client_error(), "{untyped:?}");
     assert!(untyped.body["error"]["code"].is_string(), "{untyped:?}");
 
@@ -1106,11 +1085,10 @@ async fn axum_rejections_come_in_the_contract_format() {
     let reply = app.post(PROPERTIES, &admin, big.clone()).await;
     assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
     let reply = app
-        .send(
-            "POST",
+        .post_with(
             PROPERTIES,
-            Some(&admin),
-            Some(&big),
+            &admin,
+            big.clone(),
             &[("idempotency-key", "big-1")],
         )
         .await;
@@ -1124,25 +1102,9 @@ async fn axum_rejections_come_in_the_contract_format() {
         assert_eq!(body.len(), len);
         body
     };
-    let reply = app
-        .send_bytes(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            sized(64 * 1024),
-            &json_type,
-        )
-        .await;
+    let reply = register_raw(&app, &admin, sized(64 * 1024), &json_type).await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
-    let reply = app
-        .send_bytes(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            sized(64 * 1024 + 1),
-            &json_type,
-        )
-        .await;
+    let reply = register_raw(&app, &admin, sized(64 * 1024 + 1), &json_type).await;
     assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE");
 
     // Other ways for a body to be malformed.
@@ -1152,21 +1114,17 @@ async fn axum_rejections_come_in_the_contract_format() {
         b"{\"name\": \"\xff\xfe\"}".to_vec(),
         b"null".to_vec(),
     ] {
-        let reply = app
-            .send_bytes("POST", PROPERTIES, Some(&admin), body, &json_type)
-            .await;
+        let reply = register_raw(&app, &admin, body, &json_type).await;
         assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     }
     // A charset parameter is fine.
-    let reply = app
-        .send_bytes(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            br#"{"name": "Charset"}"#.to_vec(),
-            &[("content-type", "application/json; charset=utf-8")],
-        )
-        .await;
+    let reply = register_raw(
+        &app,
+        &admin,
+        br#"{"name": "Charset"}"#,
+        &[("content-type", "application/json; charset=utf-8")],
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
     assert_eq!(app.total_events().await, 1);
 }
@@ -1218,24 +1176,17 @@ async fn every_response_carries_x_request_id_and_echoes_the_one_sent() {
     // A request id sent by the client comes back, in the header and the error body.
     let sent = "client-req-42";
     let reply = app
-        .send(
-            "POST",
+        .post_with(
             PROPERTIES,
-            Some(&admin),
-            Some(&json!({"name": "Three"})),
+            &admin,
+            json!({"name": "Three"}),
             &[("x-request-id", sent)],
         )
         .await;
     assert_eq!(reply.status, StatusCode::CREATED);
     assert_eq!(header(&reply, "x-request-id"), Some(sent));
     let reply = app
-        .send(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            Some(&json!({})),
-            &[("x-request-id", sent)],
-        )
+        .post_with(PROPERTIES, &admin, json!({}), &[("x-request-id", sent)])
         .await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     assert_eq!(header(&reply, "x-request-id"), Some(sent));
@@ -1275,14 +1226,8 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     let body = reservation(property, "2027-03-01", "2027-03-05");
     let key = [("idempotency-key", "reserve-0001")];
 
-    let first = created(
-        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-            .await,
-    );
-    let second = created(
-        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-            .await,
-    );
+    let first = created(app.post_with(BOOKINGS, &admin, body.clone(), &key).await);
+    let second = created(app.post_with(BOOKINGS, &admin, body.clone(), &key).await);
     assert_eq!(second.body, first.body, "the same reply, position included");
     assert_eq!(
         app.count_events("booking.reserved").await,
@@ -1293,22 +1238,14 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     // The same key with another body, or on another route.
     let mut other = body.clone();
     other["check_out"] = json!("2027-03-06");
-    let reply = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&other), &key)
-        .await;
+    let reply = app.post_with(BOOKINGS, &admin, other.clone(), &key).await;
     assert_error(
         &reply,
         StatusCode::UNPROCESSABLE_ENTITY,
         "IDEMPOTENCY_KEY_REUSED",
     );
     let reply = app
-        .send(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            Some(&json!({"name": "Other"})),
-            &key,
-        )
+        .post_with(PROPERTIES, &admin, json!({"name": "Other"}), &key)
         .await;
     assert_error(
         &reply,
@@ -1323,14 +1260,8 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     let stranger = token(other_agency, "admin", "admin-2");
     assert_ne!(other_agency, agency_id);
     created(
-        app.send(
-            "POST",
-            PROPERTIES,
-            Some(&stranger),
-            Some(&json!({"name": "Theirs"})),
-            &key,
-        )
-        .await,
+        app.post_with(PROPERTIES, &stranger, json!({"name": "Theirs"}), &key)
+            .await,
     );
 
     // Status changes and deletes replay too.
@@ -1339,12 +1270,9 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     let path = booking_path(booking, "cancel");
     let c1 = with_status(
         StatusCode::OK,
-        app.send("POST", &path, Some(&admin), Some(&json!({})), &cancel_key)
-            .await,
+        app.post_with(&path, &admin, json!({}), &cancel_key).await,
     );
-    let c2 = app
-        .send("POST", &path, Some(&admin), Some(&json!({})), &cancel_key)
-        .await;
+    let c2 = app.post_with(&path, &admin, json!({}), &cancel_key).await;
     assert_eq!(
         c2.status,
         StatusCode::OK,
@@ -1372,22 +1300,20 @@ async fn an_idempotency_key_replays_the_first_reply_and_refuses_another_body() {
     // Keys must be 1 to 255 printable ASCII characters.
     let long = "k".repeat(256);
     let reply = app
-        .send(
-            "POST",
+        .post_with(
             PROPERTIES,
-            Some(&admin),
-            Some(&json!({"name": "Z"})),
+            &admin,
+            json!({"name": "Z"}),
             &[("idempotency-key", long.as_str())],
         )
         .await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     let longest = "k".repeat(255);
     created(
-        app.send(
-            "POST",
+        app.post_with(
             PROPERTIES,
-            Some(&admin),
-            Some(&json!({"name": "Z"})),
+            &admin,
+            json!({"name": "Z"}),
             &[("idempotency-key", longest.as_str())],
         )
         .await,
@@ -1401,16 +1327,10 @@ async fn an_idempotent_reply_is_replayed_after_a_restart() {
     let property = app.property(&admin, None).await;
     let body = reservation(property, "2027-03-01", "2027-03-05");
     let key = [("idempotency-key", "survives-restarts")];
-    let first = created(
-        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-            .await,
-    );
+    let first = created(app.post_with(BOOKINGS, &admin, body.clone(), &key).await);
     app.kill();
     app.start().await;
-    let again = created(
-        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-            .await,
-    );
+    let again = created(app.post_with(BOOKINGS, &admin, body.clone(), &key).await);
     assert_eq!(again.body, first.body);
     assert_eq!(app.count_events("booking.reserved").await, 1);
 }
@@ -1419,42 +1339,13 @@ async fn an_idempotent_reply_is_replayed_after_a_restart() {
 async fn fifty_concurrent_requests_with_one_key_make_one_booking() {
     let (app, admin, property) = app_with_property().await;
     let body = reservation(property, "2027-03-01", "2027-03-05");
-    let requests = (0..50).map(|_| {
-        app.client
-            .post(format!("{}{BOOKINGS}", app.base))
-            .bearer_auth(&admin)
-            .header("idempotency-key", "one-key-for-fifty")
-            .json(&body)
-            .send()
-    });
-    let mut ids = Vec::new();
-    for response in join_all(requests).await {
-        let response = response.expect("answered");
-        assert_eq!(response.status(), StatusCode::CREATED);
-        let reply: Value = response.json().await.expect("a JSON body");
-        ids.push(reply["id"].as_str().expect("an id").to_owned());
-    }
-    ids.dedup();
+    let ids = same_key_at_once(&app, &admin, BOOKINGS, "one-key-for-fifty", &body, 50).await;
     assert_eq!(ids.len(), 1, "every reply names the same booking");
     assert_eq!(app.count_events("booking.reserved").await, 1);
 
     // Concurrent registrations with one key (each would be its own property).
-    let requests = (0..20).map(|_| {
-        app.client
-            .post(format!("{}{PROPERTIES}", app.base))
-            .bearer_auth(&admin)
-            .header("idempotency-key", "one-key-for-twenty")
-            .json(&json!({"name": "Twin"}))
-            .send()
-    });
-    let mut ids = Vec::new();
-    for response in join_all(requests).await {
-        let response = response.expect("answered");
-        assert_eq!(response.status(), StatusCode::CREATED);
-        let reply: Value = response.json().await.expect("a JSON body");
-        ids.push(reply["id"].as_str().expect("an id").to_owned());
-    }
-    ids.dedup();
+    let twin = json!({"name": "Twin"});
+    let ids = same_key_at_once(&app, &admin, PROPERTIES, "one-key-for-twenty", &twin, 20).await;
     assert_eq!(ids.len(), 1, "every reply names the same property");
     assert_eq!(app.count_events("property.registered").await, 2);
 }
@@ -1582,7 +1473,7 @@ async fn health_readiness_openapi_and_docs() {
 async fn an_inbound_booking_sent_twice_returns_the_first_booking() {
     let (app, admin, property) = app_with_property().await;
     let inbound = json!({"channel": "airbnb", "external_ref": "HM-4242"});
-    let first = created(
+    let send = || {
         app.reserve_with(
             &admin,
             property,
@@ -1590,23 +1481,13 @@ async fn an_inbound_booking_sent_twice_returns_the_first_booking() {
             "2027-05-04",
             inbound.clone(),
         )
-        .await,
-    );
+    };
+    let first = created(send().await);
     assert_eq!(first.body["channel"], "airbnb");
     assert_eq!(first.body["external_ref"], "HM-4242");
 
     // The channel sends it again (a retry, a re-sync): the first booking, 200.
-    let again = with_status(
-        StatusCode::OK,
-        app.reserve_with(
-            &admin,
-            property,
-            "2027-05-01",
-            "2027-05-04",
-            inbound.clone(),
-        )
-        .await,
-    );
+    let again = with_status(StatusCode::OK, send().await);
     assert_eq!(again.id(), first.id());
     assert_eq!(app.count_events("booking.reserved").await, 1);
 
@@ -1682,10 +1563,9 @@ async fn metrics_count_responses_and_report_each_tailer() {
 #[tokio::test]
 async fn a_refusal_decided_from_state_is_the_first_reply_for_its_key() {
     let (app, admin, property) = app_with_property().await;
-    let taken = created(
-        app.reserve(&admin, property, "2027-04-01", "2027-04-05")
-            .await,
-    );
+    let (taken, _) = app
+        .booked(&admin, property, "2027-04-01", "2027-04-05")
+        .await;
     let body = json!({
         "property_id": property,
         "check_in": "2027-04-02",
@@ -1693,25 +1573,14 @@ async fn a_refusal_decided_from_state_is_the_first_reply_for_its_key() {
         "guest": {"name": "Bo Guest"},
     });
     let key = [("idempotency-key", "refused-0001")];
-    let refused = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-        .await;
+    let refused = app.post_with(BOOKINGS, &admin, body.clone(), &key).await;
     assert_error(&refused, StatusCode::CONFLICT, "BOOKING_CONFLICT");
 
     // The nights come free, but the key keeps its first answer.
-    with_status(
-        StatusCode::OK,
-        app.post(
-            &format!("{BOOKINGS}/{}/cancel", taken.id()),
-            &admin,
-            json!({}),
-        )
-        .await,
-    );
+    with_status(StatusCode::OK, app.cancel(&admin, taken).await);
     let retry = with_status(
         StatusCode::CONFLICT,
-        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-            .await,
+        app.post_with(BOOKINGS, &admin, body.clone(), &key).await,
     );
     assert_eq!(retry.body, refused.body, "the same reply as the first time");
     assert_eq!(app.count_events("booking.reserved").await, 1);
@@ -1719,22 +1588,15 @@ async fn a_refusal_decided_from_state_is_the_first_reply_for_its_key() {
     // A booking id never given out is 404 on every try; a 400 is not kept.
     let missing = format!("{BOOKINGS}/{}/confirm", Uuid::now_v7());
     let key = [("idempotency-key", "missing-0001")];
-    let reply = app
-        .send("POST", &missing, Some(&admin), Some(&json!({})), &key)
-        .await;
+    let reply = app.post_with(&missing, &admin, json!({}), &key).await;
     assert_error(&reply, StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND");
     let key = [("idempotency-key", "invalid-0001")];
     let mut bad = body.clone();
     bad["check_out"] = json!("2027-04-01");
-    let reply = app
-        .send("POST", BOOKINGS, Some(&admin), Some(&bad), &key)
-        .await;
+    let reply = app.post_with(BOOKINGS, &admin, bad.clone(), &key).await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "VALIDATION_ERROR");
     // Not kept: the corrected request with the same key is decided afresh.
-    created(
-        app.send("POST", BOOKINGS, Some(&admin), Some(&body), &key)
-            .await,
-    );
+    created(app.post_with(BOOKINGS, &admin, body.clone(), &key).await);
     let mut db = app.db().await;
     let kept: Vec<(String, i16)> =
         sqlx::query_as("SELECT key, status_code FROM idempotency_keys ORDER BY key")
@@ -1757,26 +1619,14 @@ async fn idempotency_keys_expire_after_their_ttl() {
     let (_, admin) = agency();
     let key = [("idempotency-key", "short-lived-0001")];
     let first = created(
-        app.send(
-            "POST",
-            PROPERTIES,
-            Some(&admin),
-            Some(&json!({"name": "First"})),
-            &key,
-        )
-        .await,
+        app.post_with(PROPERTIES, &admin, json!({"name": "First"}), &key)
+            .await,
     );
     // Past the TTL the key is free again: another body is decided afresh.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let reply = app
-            .send(
-                "POST",
-                PROPERTIES,
-                Some(&admin),
-                Some(&json!({"name": "Second"})),
-                &key,
-            )
+            .post_with(PROPERTIES, &admin, json!({"name": "Second"}), &key)
             .await;
         if reply.status == StatusCode::CREATED {
             assert_ne!(reply.id(), first.id());

@@ -8,7 +8,6 @@ use crate::common;
 use std::time::Duration;
 
 use common::*;
-use ledger_domain::CalendarCommand;
 use ledger_infra::event_store::EventStore;
 use ledger_infra::CommandBus;
 use ledger_projections::parking::{self, Parked};
@@ -61,11 +60,8 @@ async fn booking_ids(pool: &PgPool) -> Vec<Uuid> {
 }
 
 async fn booking_status(pool: &PgPool, booking: Uuid) -> Option<String> {
-    sqlx::query_scalar("SELECT status FROM bookings_view WHERE booking_id = $1")
-        .bind(booking)
-        .fetch_optional(pool)
-        .await
-        .expect("read bookings_view")
+    let sql = "SELECT status FROM bookings_view WHERE booking_id = $1";
+    value_of(pool, sql, booking).await
 }
 
 /// A trigger on `table` that refuses every row of `property`.
@@ -96,21 +92,6 @@ async fn stop_refusing(pool: &PgPool, table: &str) {
         .execute(pool)
         .await
         .expect("drop the refusing trigger");
-}
-
-async fn cancel(bus: &CommandBus, agency: Uuid, property: Uuid, booking: Uuid) -> i64 {
-    exec(
-        bus,
-        agency,
-        property,
-        at(2),
-        CalendarCommand::CancelBooking {
-            booking_id: booking,
-            reason: Some("plans changed".into()),
-        },
-    )
-    .await
-    .expect("cancel a booking")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -259,7 +240,7 @@ async fn a_refused_row_parks_its_property_and_a_retry_applies_its_events_in_orde
     let (refused, theirs) = (Uuid::new_v4(), Uuid::new_v4());
     let refused_position = reserve(&bus, agency, property, refused, 1, 4).await;
     // The cancel comes after: applied alone it would find no row to change.
-    cancel(&bus, agency, property, refused).await;
+    cancel(&bus, agency, property, refused, at(2)).await;
     let theirs_position = reserve(&bus, other_agency, elsewhere, theirs, 1, 4).await;
 
     let degraded = wait_for_status(pool, "views", "degraded", |s| {

@@ -76,18 +76,7 @@ async fn held_open_transaction_is_never_skipped() {
     )
     .await
     .expect("block nights");
-    exec(
-        &bus,
-        agency,
-        other,
-        at(3),
-        CalendarCommand::CancelBooking {
-            booking_id: later_booking,
-            reason: Some("plans changed".into()),
-        },
-    )
-    .await
-    .expect("cancel");
+    cancel(&bus, agency, other, later_booking, at(3)).await;
     let committed_head = head(pool).await;
     assert_eq!(committed_head, held_position + 3);
 
@@ -122,12 +111,8 @@ async fn held_open_transaction_is_never_skipped() {
     // Nothing after the held event took effect.
     let models = read_models(pool).await;
     assert!(models.audit.iter().all(|a| a.position <= before));
-    let committed_before: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE position <= $1")
-            .bind(before)
-            .fetch_one(pool)
-            .await
-            .expect("count events");
+    let counted = "SELECT count(*) FROM events WHERE position <= $1";
+    let committed_before: i64 = value_of(pool, counted, before).await.expect("a count");
     assert_eq!(models.audit.len() as i64, committed_before);
     assert!(models.inventory.iter().all(|r| r.property_id != other));
     assert!(models.bookings.iter().all(|b| b.property_id != other));

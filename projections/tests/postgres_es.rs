@@ -8,7 +8,7 @@ use crate::common;
 use common::*;
 use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore};
 use cqrs_es::EventStore as _;
-use ledger_domain::{CalendarCommand, PropertyCalendar};
+use ledger_domain::PropertyCalendar;
 use ledger_infra::event_store::{EventStore, TagPayload};
 use ledger_infra::CommandBus;
 use postgres_es::PostgresEventRepository;
@@ -26,18 +26,7 @@ async fn postgres_es_reads_our_log_as_we_do() {
     reserve(&bus, agency, property, kept, 0, 3).await;
     let cancelled = Uuid::new_v4();
     reserve(&bus, agency, property, cancelled, 5, 7).await;
-    exec(
-        &bus,
-        agency,
-        property,
-        at(2),
-        CalendarCommand::CancelBooking {
-            booking_id: cancelled,
-            reason: None,
-        },
-    )
-    .await
-    .expect("cancel");
+    cancel(&bus, agency, property, cancelled, at(2)).await;
 
     let ours = store.load(property).await.expect("our load");
     let repo = PostgresEventRepository::new(db.pool.clone());

@@ -182,18 +182,11 @@ async fn a_night_over_its_units_parks_the_property_loudly() {
     let double = Uuid::new_v4();
     register(&bus, agency, property).await;
     register(&bus, agency, other).await;
-    exec(&bus, agency, property, at(1), create(double, 2))
+    let run = |action| exec(&bus, agency, property, at(1), action);
+    run(create(double, 2)).await.expect("a double");
+    run(reserve_unit(Uuid::new_v4(), double, 0, 2))
         .await
-        .expect("a double");
-    exec(
-        &bus,
-        agency,
-        property,
-        at(1),
-        reserve_unit(Uuid::new_v4(), double, 0, 2),
-    )
-    .await
-    .expect("a unit");
+        .expect("a unit");
     catch_up_all(pool).await;
     // Someone wrote into the read model: the nights now say they are full.
     sqlx::query("UPDATE inventory_nights SET taken = units")
@@ -201,15 +194,9 @@ async fn a_night_over_its_units_parks_the_property_loudly() {
         .await
         .expect("corrupt the read model");
     let (_, before) = ledger_projections::parking::parkings(Projection::Inventory);
-    exec(
-        &bus,
-        agency,
-        property,
-        at(1),
-        reserve_unit(Uuid::new_v4(), double, 1, 3),
-    )
-    .await
-    .expect("the aggregate has room");
+    run(reserve_unit(Uuid::new_v4(), double, 1, 3))
+        .await
+        .expect("the aggregate has room");
     reserve(&bus, agency, other, Uuid::new_v4(), 0, 2).await;
     catch_up_all(pool).await;
     let parked: Vec<(Uuid, String)> = sqlx::query_as(
@@ -227,11 +214,7 @@ async fn a_night_over_its_units_parks_the_property_loudly() {
     );
     let (_, after) = ledger_projections::parking::parkings(Projection::Inventory);
     assert_eq!(after, before + 1, "counted as invariant 1's backstop");
-    let others: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM inventory_ranges WHERE property_id = $1")
-            .bind(other)
-            .fetch_one(pool)
-            .await
-            .expect("the other property's ranges");
+    let counted = "SELECT count(*) FROM inventory_ranges WHERE property_id = $1";
+    let others: i64 = value_of(pool, counted, other).await.expect("a count");
     assert_eq!(others, 1, "the other property goes on");
 }

@@ -31,11 +31,8 @@ async fn name_after_restart(store: &EventStore, property: Uuid) -> String {
 }
 
 async fn snapshot_sequence(pool: &PgPool, property: Uuid) -> Option<i64> {
-    sqlx::query_scalar("SELECT sequence FROM calendar_snapshots WHERE property_id = $1")
-        .bind(property)
-        .fetch_optional(pool)
-        .await
-        .expect("read the snapshot")
+    let sql = "SELECT sequence FROM calendar_snapshots WHERE property_id = $1";
+    value_of(pool, sql, property).await
 }
 
 #[tokio::test]

@@ -332,6 +332,11 @@ impl TestApp {
             .await
     }
 
+    /// [`read`](Self::read), which must answer 200.
+    pub async fn read_ok(&self, path: &str, token: &str) -> Reply {
+        with_status(reqwest::StatusCode::OK, self.read(path, token).await)
+    }
+
     /// How many events of `event_type` the whole log holds.
     pub async fn count_events(&self, event_type: &str) -> i64 {
         self.scalar(

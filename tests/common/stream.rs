@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::{eventually, TestApp};
+use super::{agency, eventually, TestApp};
 
 /// Waits until `count` writes were acknowledged, as `acknowledged` counts
 /// them (the loads of these tests and of the drills).
@@ -174,6 +174,21 @@ impl Load {
 
     pub fn acknowledged(&self) -> usize {
         self.acknowledged.load(Ordering::Relaxed)
+    }
+
+    /// `writers` writers over `properties` new properties of a new agency,
+    /// once `warm_up` of their writes were acknowledged.
+    pub async fn on_new_properties(
+        app: &TestApp,
+        properties: usize,
+        writers: usize,
+        warm_up: usize,
+    ) -> Load {
+        let (_, admin) = agency();
+        let properties = self::properties(app, &admin, properties).await;
+        let load = Load::start(app, &admin, &properties, writers);
+        load.until(warm_up).await;
+        load
     }
 
     /// Waits until `count` writes were acknowledged.

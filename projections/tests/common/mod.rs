@@ -18,10 +18,11 @@ use ledger_projections::runner;
 use ledger_projections::views::{BookingRow, PropertyRow};
 use ledger_projections::Projection;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Postgres, Row};
 use uuid::Uuid;
 
-pub use ledger_test_support::eventually;
+pub use ledger_test_support::{eventually, properties_in_log};
 
 /// A database of its own, migrated; dropped when this value is dropped.
 pub struct TestDb {
@@ -162,6 +163,23 @@ pub async fn reserve(
     .expect("reserve a stay")
 }
 
+/// Cancels `booking` at `now` and returns the position.
+pub async fn cancel(
+    bus: &CommandBus,
+    agency: Uuid,
+    property: Uuid,
+    booking: Uuid,
+    now: DateTime<Utc>,
+) -> i64 {
+    let action = CalendarCommand::CancelBooking {
+        booking_id: booking,
+        reason: Some("plans changed".into()),
+    };
+    exec(bus, agency, property, now, action)
+        .await
+        .expect("cancel a booking")
+}
+
 /// What the command bus writes into `metadata` for an admin of `agency`.
 pub fn metadata(agency: Uuid) -> EventMetadata {
     EventMetadata {
@@ -181,6 +199,20 @@ pub async fn head(pool: &PgPool) -> i64 {
         .fetch_one(pool)
         .await
         .expect("read the head")
+}
+
+/// The value `sql` selects with `$1` bound to `parameter`, if a row has it.
+pub async fn value_of<T, P>(pool: &PgPool, sql: &str, parameter: P) -> Option<T>
+where
+    (T,): for<'r> sqlx::FromRow<'r, PgRow>,
+    T: Send + Unpin,
+    P: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Send + 'static,
+{
+    sqlx::query_scalar(sql)
+        .bind(parameter)
+        .fetch_optional(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 /// The position of the last event a checkpoint's cursor took.
@@ -309,18 +341,6 @@ pub async fn read_models(pool: &PgPool) -> ReadModels {
         inventory: inventory_rows(pool).await,
         audit: audit_rows(pool).await,
     }
-}
-
-/// Every property (aggregate) id in the log.
-pub async fn properties_in_log(pool: &PgPool) -> Vec<Uuid> {
-    let ids: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT aggregate_id FROM events ORDER BY aggregate_id")
-            .fetch_all(pool)
-            .await
-            .expect("list the properties");
-    ids.iter()
-        .map(|id| id.parse().expect("aggregate ids are UUIDs"))
-        .collect()
 }
 
 /// The read models as the aggregates themselves say they must be: each

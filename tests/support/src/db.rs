@@ -96,3 +96,15 @@ impl Drop for TestDb {
         .join();
     }
 }
+
+/// Every property of the log (its aggregates), in id order.
+pub async fn properties_in_log(pool: &PgPool) -> Vec<Uuid> {
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT aggregate_id FROM events ORDER BY aggregate_id")
+            .fetch_all(pool)
+            .await
+            .expect("list the properties");
+    ids.iter()
+        .map(|id| id.parse().expect("aggregate ids are UUIDs"))
+        .collect()
+}

@@ -127,6 +127,18 @@ impl Api {
         self.send("POST", path, Some(token), Some(&body), &[]).await
     }
 
+    /// A POST with extra headers (`Idempotency-Key`, `Origin`, ...).
+    pub async fn post_with(
+        &self,
+        path: &str,
+        token: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        self.send("POST", path, Some(token), Some(&body), headers)
+            .await
+    }
+
     pub async fn patch(&self, path: &str, token: &str, body: Value) -> Reply {
         self.send("PATCH", path, Some(token), Some(&body), &[])
             .await
@@ -177,6 +189,18 @@ impl Api {
         created(self.post(PROPERTIES, token, body).await).id()
     }
 
+    /// `PATCH`es `property` with `changes` and returns the reply.
+    pub async fn edit_property(&self, token: &str, property: Uuid, changes: Value) -> Reply {
+        let path = format!("{PROPERTIES}/{property}");
+        self.patch(&path, token, changes).await
+    }
+
+    /// `PATCH`es `booking` with `changes` and returns the reply.
+    pub async fn edit_booking(&self, token: &str, booking: Uuid, changes: Value) -> Reply {
+        let path = format!("{BOOKINGS}/{booking}");
+        self.patch(&path, token, changes).await
+    }
+
     /// A new iCal export secret of `property`: `(token, url)`.
     pub async fn export_token(&self, token: &str, property: Uuid) -> (String, String) {
         let path = format!("{PROPERTIES}/{property}/ical-token");
@@ -197,6 +221,21 @@ impl Api {
             .await
     }
 
+    /// Reserves `[check_in, check_out)`, which must be created; returns the
+    /// booking's id and the position of its event.
+    pub async fn booked(
+        &self,
+        token: &str,
+        property: Uuid,
+        check_in: &str,
+        check_out: &str,
+    ) -> (Uuid, i64) {
+        let reply = created(self.reserve(token, property, check_in, check_out).await);
+        let position = reply.body["position"].as_i64();
+        let position = position.unwrap_or_else(|| panic!("no position in {:?}", reply.body));
+        (reply.id(), position)
+    }
+
     /// Reserves a booking with any extra fields merged into the default body.
     pub async fn reserve_with(
         &self,
@@ -213,6 +252,28 @@ impl Api {
             }
         }
         self.post(BOOKINGS, token, body).await
+    }
+
+    /// Confirms a tentative `booking` and returns the reply.
+    pub async fn confirm(&self, token: &str, booking: Uuid) -> Reply {
+        self.act(token, booking, "confirm").await
+    }
+
+    /// Cancels `booking` without a reason and returns the reply.
+    pub async fn cancel(&self, token: &str, booking: Uuid) -> Reply {
+        self.act(token, booking, "cancel").await
+    }
+
+    /// Releases (deletes) `block` and returns the reply.
+    pub async fn release(&self, token: &str, block: Uuid) -> Reply {
+        self.delete(&format!("{BLOCKS}/{block}"), token).await
+    }
+
+    /// `POST /api/v1/bookings/{booking}/{action}` (confirm, cancel, check-in,
+    /// check-out, no-show) with an empty body.
+    pub async fn act(&self, token: &str, booking: Uuid, action: &str) -> Reply {
+        let path = format!("{BOOKINGS}/{booking}/{action}");
+        self.post(&path, token, json!({})).await
     }
 
     /// Blocks `[start, end)` for `reason` and returns the reply.
