@@ -136,25 +136,17 @@ async fn p4(pool: &PgPool) -> BenchResult<()> {
         let property = properties[(i as usize) % properties.len()];
         let n = (i as usize / properties.len()) as i64;
         commits.push(tokio::spawn(async move {
-            let reserve = CalendarCommand::ReserveStay(ReserveStay {
-                booking_id: Uuid::now_v7(),
-                check_in: day(n * 2),
-                check_out: day(n * 2 + 1),
-                guest: Guest {
-                    name: "Bench".into(),
-                    email: None,
-                    phone: None,
-                },
-                adults: None,
-                children: None,
-                status: None,
-                hold_expires_at: None,
-                channel: None,
-                external_ref: None,
-                price: None,
-                notes: None,
-                room_type_id: None,
-            });
+            let guest = Guest {
+                name: "Bench".into(),
+                email: None,
+                phone: None,
+            };
+            let reserve = CalendarCommand::ReserveStay(ReserveStay::new(
+                Uuid::now_v7(),
+                day(n * 2),
+                day(n * 2 + 1),
+                guest,
+            ));
             let decided = bus.run_unkeyed(execution(property, reserve)).await;
             let at = Instant::now();
             decided.map(|d| (d.position, at))

@@ -127,19 +127,8 @@ pub fn guest() -> Guest {
 
 pub fn reserve_stay(booking: Uuid, start: u64, end: u64) -> ReserveStay {
     ReserveStay {
-        booking_id: booking,
-        check_in: day(start),
-        check_out: day(end),
-        guest: guest(),
         adults: Some(2),
-        children: None,
-        status: None,
-        hold_expires_at: None,
-        channel: None,
-        external_ref: None,
-        price: None,
-        notes: None,
-        room_type_id: None,
+        ..ReserveStay::new(booking, day(start), day(end), guest())
     }
 }
 
