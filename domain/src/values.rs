@@ -131,6 +131,17 @@ pub enum BookingStatus {
 }
 
 impl BookingStatus {
+    /// Every status, in the order of the life cycle (the order error
+    /// messages list them in).
+    pub const ALL: [Self; 6] = [
+        Self::Tentative,
+        Self::Confirmed,
+        Self::CheckedIn,
+        Self::CheckedOut,
+        Self::Cancelled,
+        Self::NoShow,
+    ];
+
     /// Active bookings hold their nights (invariant 1).
     pub fn is_active(self) -> bool {
         matches!(self, Self::Tentative | Self::Confirmed | Self::CheckedIn)

@@ -9,7 +9,7 @@ use axum::http::request::Parts;
 use axum::response::Response;
 use chrono::NaiveDate;
 use ledger_domain::policy::{sees_property, Scope};
-use ledger_domain::values;
+use ledger_domain::values::{self, BookingStatus};
 use ledger_domain::{Action, CalendarError};
 use ledger_projections::queries::{self, AuditFilter, BookingFilter, FreeSearch};
 use ledger_projections::views::PropertyRow;
@@ -217,15 +217,6 @@ pub struct BookingQuery {
     to: Option<String>,
 }
 
-const STATUSES: [&str; 6] = [
-    "tentative",
-    "confirmed",
-    "checked_in",
-    "checked_out",
-    "cancelled",
-    "no_show",
-];
-
 #[utoipa::path(get, path = "/api/v1/bookings", tag = "bookings",
     params(BookingQuery, Paging, MinPosition),
     responses((status = 200, body = Page<BookingView>)))]
@@ -239,10 +230,11 @@ pub async fn list_bookings(
     let scope = caller.require(Action::ReadCalendar)?;
     let status = query.status.filter(|s| !s.is_empty());
     if let Some(status) = &status {
-        if !STATUSES.contains(&status.as_str()) {
+        let names = BookingStatus::ALL.map(BookingStatus::as_str);
+        if !names.contains(&status.as_str()) {
             return Err(invalid(
                 "status",
-                format!("must be one of {}", STATUSES.join(", ")),
+                format!("must be one of {}", names.join(", ")),
             ));
         }
     }
