@@ -991,14 +991,13 @@ impl PropertyCalendar {
     /// nights it held.
     fn change_claims(&mut self, change: ClaimChange) {
         match change {
-            ClaimChange::Hold {
-                kind,
-                id,
-                nights,
-                room_type_id,
-                units,
-                ..
-            } => self.hold(kind, id, nights, room_type_id, units),
+            ClaimChange::Hold(hold) => self.hold(
+                hold.kind,
+                hold.id,
+                hold.nights,
+                hold.room_type_id,
+                hold.units,
+            ),
             ClaimChange::Move { id, nights } => {
                 let Some(booking) = self.bookings.get(&id) else {
                     return;
