@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use crate::checksum::{ChannelRange, BLOCKED};
-use crate::events::CalendarEvent;
+use crate::events::{BookingStay, CalendarEvent};
 use crate::values::{BookingStatus, ClaimKind, Nights};
 
 /// A booking or block that holds `nights`, under `status` (a booking's
@@ -112,18 +112,22 @@ pub fn claim_change(event: &CalendarEvent) -> Option<ClaimChange> {
             },
         }),
         // Confirming or checking in keeps the nights held, with a new status.
-        CalendarEvent::BookingConfirmed { booking_id, .. } => Some(ClaimChange::Restatus {
-            id: *booking_id,
-            status: BookingStatus::Confirmed.as_str(),
-        }),
-        CalendarEvent::BookingCheckedIn { booking_id, .. } => Some(ClaimChange::Restatus {
-            id: *booking_id,
-            status: BookingStatus::CheckedIn.as_str(),
-        }),
+        CalendarEvent::BookingConfirmed(BookingStay { booking_id, .. }) => {
+            Some(ClaimChange::Restatus {
+                id: *booking_id,
+                status: BookingStatus::Confirmed.as_str(),
+            })
+        }
+        CalendarEvent::BookingCheckedIn(BookingStay { booking_id, .. }) => {
+            Some(ClaimChange::Restatus {
+                id: *booking_id,
+                status: BookingStatus::CheckedIn.as_str(),
+            })
+        }
         // A checked-out stay is history: its nights are no longer held.
         CalendarEvent::BookingCancelled { booking_id, .. }
-        | CalendarEvent::BookingCheckedOut { booking_id, .. }
-        | CalendarEvent::BookingNoShow { booking_id, .. }
+        | CalendarEvent::BookingCheckedOut(BookingStay { booking_id, .. })
+        | CalendarEvent::BookingNoShow(BookingStay { booking_id, .. })
         | CalendarEvent::BookingHoldExpired { booking_id, .. } => Some(ClaimChange::Release {
             kind: ClaimKind::Booking,
             id: *booking_id,
