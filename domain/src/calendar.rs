@@ -17,7 +17,7 @@ use crate::commands::{
     ReserveStay, UpdateProperty, UpdateRoomType,
 };
 use crate::error::{CalendarError, Conflict, Current, FullNight};
-use crate::events::CalendarEvent;
+use crate::events::{BookingStay, CalendarEvent};
 use crate::policy::{self, Action, Actor};
 use crate::values::{self, BlockReason, BookingStatus, Channel, ClaimKind, Guest, Nights, Price};
 
@@ -30,10 +30,10 @@ const MAX_REASON: usize = 500;
 /// The most units a room type may have.
 pub const MAX_UNITS: u32 = 1000;
 
-/// An event about an existing booking (`booking.confirmed`, `.cancelled`,
-/// ...): each repeats the booking's stay and room type, so a reader of one
-/// event never looks the booking up; `field: value` pairs are the facts the
-/// variant adds.
+/// An event about an existing booking that adds facts to its stay
+/// (`booking.cancelled`, `.hold_expired`): like a [`BookingStay`] it repeats
+/// the booking's stay and room type, so a reader of one event never looks
+/// the booking up; `field: value` pairs are the facts the variant adds.
 macro_rules! booking_event {
     ($variant:ident, $booking:expr, $at:expr $(, $field:ident: $value:expr)* $(,)?) => {{
         let booking: &Booking = $booking;
@@ -991,14 +991,13 @@ impl PropertyCalendar {
     /// nights it held.
     fn change_claims(&mut self, change: ClaimChange) {
         match change {
-            ClaimChange::Hold {
-                kind,
-                id,
-                nights,
-                room_type_id,
-                units,
-                ..
-            } => self.hold(kind, id, nights, room_type_id, units),
+            ClaimChange::Hold(hold) => self.hold(
+                hold.kind,
+                hold.id,
+                hold.nights,
+                hold.room_type_id,
+                hold.units,
+            ),
             ClaimChange::Move { id, nights } => {
                 let Some(booking) = self.bookings.get(&id) else {
                     return;
@@ -1076,11 +1075,12 @@ fn restatus(
     now: DateTime<Utc>,
 ) -> Result<Vec<CalendarEvent>, CalendarError> {
     require_status(booking, to)?;
+    let stay = BookingStay::of(booking, now);
     let event = match to {
-        BookingStatus::Confirmed => booking_event!(BookingConfirmed, booking, now),
-        BookingStatus::CheckedIn => booking_event!(BookingCheckedIn, booking, now),
-        BookingStatus::CheckedOut => booking_event!(BookingCheckedOut, booking, now),
-        BookingStatus::NoShow => booking_event!(BookingNoShow, booking, now),
+        BookingStatus::Confirmed => CalendarEvent::BookingConfirmed(stay),
+        BookingStatus::CheckedIn => CalendarEvent::BookingCheckedIn(stay),
+        BookingStatus::CheckedOut => CalendarEvent::BookingCheckedOut(stay),
+        BookingStatus::NoShow => CalendarEvent::BookingNoShow(stay),
         // Not moves of this kind: a cancellation carries its reason (its
         // own arm of `decide`), and no booking goes back to tentative.
         BookingStatus::Cancelled | BookingStatus::Tentative => {
@@ -1338,7 +1338,7 @@ impl Aggregate for PropertyCalendar {
                 booking.version += 1;
                 booking.updated_at = at;
             }
-            CalendarEvent::BookingConfirmed { booking_id, at, .. } => {
+            CalendarEvent::BookingConfirmed(BookingStay { booking_id, at, .. }) => {
                 self.set_status(booking_id, BookingStatus::Confirmed, at);
                 if let Some(booking) = self.bookings.get_mut(&booking_id) {
                     booking.hold_expires_at = None;
@@ -1361,13 +1361,13 @@ impl Aggregate for PropertyCalendar {
                     booking.cancel_reason = Some("hold_expired".into());
                 }
             }
-            CalendarEvent::BookingCheckedIn { booking_id, at, .. } => {
+            CalendarEvent::BookingCheckedIn(BookingStay { booking_id, at, .. }) => {
                 self.set_status(booking_id, BookingStatus::CheckedIn, at)
             }
-            CalendarEvent::BookingCheckedOut { booking_id, at, .. } => {
+            CalendarEvent::BookingCheckedOut(BookingStay { booking_id, at, .. }) => {
                 self.set_status(booking_id, BookingStatus::CheckedOut, at)
             }
-            CalendarEvent::BookingNoShow { booking_id, at, .. } => {
+            CalendarEvent::BookingNoShow(BookingStay { booking_id, at, .. }) => {
                 self.set_status(booking_id, BookingStatus::NoShow, at)
             }
             CalendarEvent::AvailabilityBlocked {

@@ -13,23 +13,44 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use crate::checksum::{ChannelRange, BLOCKED};
-use crate::events::CalendarEvent;
+use crate::events::{BookingStay, CalendarEvent};
 use crate::values::{BookingStatus, ClaimKind, Nights};
+
+/// A booking or block that holds `nights`, under `status` (a booking's
+/// status, or [`BLOCKED`]): the whole property, or `units` of a room type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub kind: ClaimKind,
+    pub id: Uuid,
+    pub nights: Nights,
+    pub status: &'static str,
+    pub room_type_id: Option<Uuid>,
+    pub units: u32,
+}
+
+impl Hold {
+    /// The claim as channels see it: on a room type it has its room type
+    /// and units, as in snapshots and checksums.
+    pub fn channel_range(&self) -> ChannelRange {
+        ChannelRange {
+            room_type_id: self.room_type_id,
+            units: self.room_type_id.map(|_| self.units),
+            ..ChannelRange::single(
+                self.kind,
+                self.id,
+                self.nights.start,
+                self.nights.end,
+                self.status.to_owned(),
+            )
+        }
+    }
+}
 
 /// How one event changes the nights held at its property.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimChange {
-    /// A booking or block starts holding `nights`, under `status` (a
-    /// booking's status, or [`BLOCKED`]): the whole property, or `units` of
-    /// a room type.
-    Hold {
-        kind: ClaimKind,
-        id: Uuid,
-        nights: Nights,
-        status: &'static str,
-        room_type_id: Option<Uuid>,
-        units: u32,
-    },
+    /// A booking or block starts holding nights.
+    Hold(Hold),
     /// A booking moves to other nights. Changes nothing when it holds none.
     Move { id: Uuid, nights: Nights },
     /// A booking keeps its nights under a new status. Changes nothing when
@@ -49,7 +70,7 @@ pub fn claim_change(event: &CalendarEvent) -> Option<ClaimChange> {
             check_out,
             room_type_id,
             ..
-        } => status.is_active().then_some(ClaimChange::Hold {
+        } => status.is_active().then_some(ClaimChange::Hold(Hold {
             kind: ClaimKind::Booking,
             id: *booking_id,
             nights: Nights {
@@ -59,7 +80,7 @@ pub fn claim_change(event: &CalendarEvent) -> Option<ClaimChange> {
             status: status.as_str(),
             room_type_id: *room_type_id,
             units: 1,
-        }),
+        })),
         CalendarEvent::AvailabilityBlocked {
             block_id,
             start,
@@ -67,7 +88,7 @@ pub fn claim_change(event: &CalendarEvent) -> Option<ClaimChange> {
             room_type_id,
             units,
             ..
-        } => Some(ClaimChange::Hold {
+        } => Some(ClaimChange::Hold(Hold {
             kind: ClaimKind::Block,
             id: *block_id,
             nights: Nights {
@@ -77,7 +98,7 @@ pub fn claim_change(event: &CalendarEvent) -> Option<ClaimChange> {
             status: BLOCKED,
             room_type_id: *room_type_id,
             units: *units,
-        }),
+        })),
         CalendarEvent::BookingModified {
             booking_id,
             check_in,
@@ -91,18 +112,22 @@ pub fn claim_change(event: &CalendarEvent) -> Option<ClaimChange> {
             },
         }),
         // Confirming or checking in keeps the nights held, with a new status.
-        CalendarEvent::BookingConfirmed { booking_id, .. } => Some(ClaimChange::Restatus {
-            id: *booking_id,
-            status: BookingStatus::Confirmed.as_str(),
-        }),
-        CalendarEvent::BookingCheckedIn { booking_id, .. } => Some(ClaimChange::Restatus {
-            id: *booking_id,
-            status: BookingStatus::CheckedIn.as_str(),
-        }),
+        CalendarEvent::BookingConfirmed(BookingStay { booking_id, .. }) => {
+            Some(ClaimChange::Restatus {
+                id: *booking_id,
+                status: BookingStatus::Confirmed.as_str(),
+            })
+        }
+        CalendarEvent::BookingCheckedIn(BookingStay { booking_id, .. }) => {
+            Some(ClaimChange::Restatus {
+                id: *booking_id,
+                status: BookingStatus::CheckedIn.as_str(),
+            })
+        }
         // A checked-out stay is history: its nights are no longer held.
         CalendarEvent::BookingCancelled { booking_id, .. }
-        | CalendarEvent::BookingCheckedOut { booking_id, .. }
-        | CalendarEvent::BookingNoShow { booking_id, .. }
+        | CalendarEvent::BookingCheckedOut(BookingStay { booking_id, .. })
+        | CalendarEvent::BookingNoShow(BookingStay { booking_id, .. })
         | CalendarEvent::BookingHoldExpired { booking_id, .. } => Some(ClaimChange::Release {
             kind: ClaimKind::Booking,
             id: *booking_id,
@@ -121,25 +146,11 @@ pub fn claim_change(event: &CalendarEvent) -> Option<ClaimChange> {
 }
 
 /// Folds `event` into a channel's held ranges of one property, by claim id:
-/// what an adapter on the channel kit keeps (docs/channels.md). A claim on
-/// a room type is a range with its room type and units, as in snapshots
-/// and checksums.
+/// what an adapter on the channel kit keeps (docs/channels.md).
 pub fn fold_ranges(held: &mut BTreeMap<Uuid, ChannelRange>, event: &CalendarEvent) {
     match claim_change(event) {
-        Some(ClaimChange::Hold {
-            kind,
-            id,
-            nights,
-            status,
-            room_type_id,
-            units,
-        }) => {
-            let range = ChannelRange {
-                room_type_id,
-                units: room_type_id.map(|_| units),
-                ..ChannelRange::single(kind, id, nights.start, nights.end, status.to_owned())
-            };
-            held.insert(id, range);
+        Some(ClaimChange::Hold(hold)) => {
+            held.insert(hold.id, hold.channel_range());
         }
         Some(ClaimChange::Move { id, nights }) => {
             if let Some(range) = held.get_mut(&id) {

@@ -7,6 +7,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::calendar::Booking;
 use crate::values::{BlockReason, BookingStatus, Channel, Guest, Price};
 
 /// The version every event type is written with today. An event type that
@@ -107,16 +108,7 @@ pub enum CalendarEvent {
         at: DateTime<Utc>,
     },
     #[serde(rename = "booking.confirmed")]
-    BookingConfirmed {
-        booking_id: Uuid,
-        property_id: Uuid,
-        check_in: NaiveDate,
-        check_out: NaiveDate,
-        /// As on `booking.modified`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        room_type_id: Option<Uuid>,
-        at: DateTime<Utc>,
-    },
+    BookingConfirmed(BookingStay),
     #[serde(rename = "booking.cancelled")]
     BookingCancelled {
         booking_id: Uuid,
@@ -131,38 +123,11 @@ pub enum CalendarEvent {
         at: DateTime<Utc>,
     },
     #[serde(rename = "booking.checked_in")]
-    BookingCheckedIn {
-        booking_id: Uuid,
-        property_id: Uuid,
-        check_in: NaiveDate,
-        check_out: NaiveDate,
-        /// As on `booking.modified`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        room_type_id: Option<Uuid>,
-        at: DateTime<Utc>,
-    },
+    BookingCheckedIn(BookingStay),
     #[serde(rename = "booking.checked_out")]
-    BookingCheckedOut {
-        booking_id: Uuid,
-        property_id: Uuid,
-        check_in: NaiveDate,
-        check_out: NaiveDate,
-        /// As on `booking.modified`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        room_type_id: Option<Uuid>,
-        at: DateTime<Utc>,
-    },
+    BookingCheckedOut(BookingStay),
     #[serde(rename = "booking.no_show")]
-    BookingNoShow {
-        booking_id: Uuid,
-        property_id: Uuid,
-        check_in: NaiveDate,
-        check_out: NaiveDate,
-        /// As on `booking.modified`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        room_type_id: Option<Uuid>,
-        at: DateTime<Utc>,
-    },
+    BookingNoShow(BookingStay),
     /// A tentative hold passed its `hold_expires_at`; its nights are free.
     #[serde(rename = "booking.hold_expired")]
     BookingHoldExpired {
@@ -212,6 +177,36 @@ pub enum CalendarEvent {
     },
 }
 
+/// What a booking's status event carries (`booking.confirmed`,
+/// `.checked_in`, `.checked_out`, `.no_show`): the booking's stay and room
+/// type as they are when its status moves. Serialized as the event's body,
+/// so the stored and published JSON is that of a struct variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BookingStay {
+    pub booking_id: Uuid,
+    pub property_id: Uuid,
+    pub check_in: NaiveDate,
+    pub check_out: NaiveDate,
+    /// As on `booking.modified`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_type_id: Option<Uuid>,
+    pub at: DateTime<Utc>,
+}
+
+impl BookingStay {
+    /// `booking`'s stay at `at`.
+    pub fn of(booking: &Booking, at: DateTime<Utc>) -> Self {
+        BookingStay {
+            booking_id: booking.id,
+            property_id: booking.property_id,
+            check_in: booking.nights.start,
+            check_out: booking.nights.end,
+            room_type_id: booking.room_type_id,
+            at,
+        }
+    }
+}
+
 impl CalendarEvent {
     /// The stable name of the event type, as stored and as published.
     pub fn kind(&self) -> &'static str {
@@ -244,12 +239,12 @@ impl CalendarEvent {
             | Self::RoomTypeUpdated { room_type_id, .. } => Some(*room_type_id),
             Self::BookingReserved { booking_id, .. }
             | Self::BookingModified { booking_id, .. }
-            | Self::BookingConfirmed { booking_id, .. }
             | Self::BookingCancelled { booking_id, .. }
-            | Self::BookingCheckedIn { booking_id, .. }
-            | Self::BookingCheckedOut { booking_id, .. }
-            | Self::BookingNoShow { booking_id, .. }
             | Self::BookingHoldExpired { booking_id, .. } => Some(*booking_id),
+            Self::BookingConfirmed(stay)
+            | Self::BookingCheckedIn(stay)
+            | Self::BookingCheckedOut(stay)
+            | Self::BookingNoShow(stay) => Some(stay.booking_id),
             Self::AvailabilityBlocked { block_id, .. }
             | Self::AvailabilityReleased { block_id, .. } => Some(*block_id),
         }
@@ -264,13 +259,13 @@ impl CalendarEvent {
             Self::PropertyRegistered { .. }
             | Self::PropertyUpdated { .. }
             | Self::PropertyArchived { .. } => None,
+            Self::BookingConfirmed(stay)
+            | Self::BookingCheckedIn(stay)
+            | Self::BookingCheckedOut(stay)
+            | Self::BookingNoShow(stay) => stay.room_type_id,
             Self::BookingReserved { room_type_id, .. }
             | Self::BookingModified { room_type_id, .. }
-            | Self::BookingConfirmed { room_type_id, .. }
             | Self::BookingCancelled { room_type_id, .. }
-            | Self::BookingCheckedIn { room_type_id, .. }
-            | Self::BookingCheckedOut { room_type_id, .. }
-            | Self::BookingNoShow { room_type_id, .. }
             | Self::BookingHoldExpired { room_type_id, .. }
             | Self::AvailabilityBlocked { room_type_id, .. }
             | Self::AvailabilityReleased { room_type_id, .. } => *room_type_id,

@@ -362,26 +362,19 @@ fn fold(ranges: &mut HashMap<Uuid, Option<Range>>, envelope: &Envelope) {
         }
     };
     match change {
-        ClaimChange::Hold {
-            kind,
-            id,
-            nights,
-            status,
-            room_type_id,
-            units,
-        } => {
+        ClaimChange::Hold(hold) => {
             let range = Range {
                 agency_id: envelope.meta.agency_id,
                 property_id: envelope.property_id,
-                kind,
-                start: nights.start,
-                end: nights.end,
-                status: status.into(),
+                kind: hold.kind,
+                start: hold.nights.start,
+                end: hold.nights.end,
+                status: hold.status.into(),
                 position,
-                room_type_id,
-                units: i32::try_from(units).unwrap_or(i32::MAX),
+                room_type_id: hold.room_type_id,
+                units: i32::try_from(hold.units).unwrap_or(i32::MAX),
             };
-            ranges.insert(id, Some(range));
+            ranges.insert(hold.id, Some(range));
         }
         ClaimChange::Move { id, nights } => update(id, &|r| {
             r.start = nights.start;

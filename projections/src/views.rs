@@ -335,12 +335,12 @@ fn view_row(event: &CalendarEvent) -> ViewRow {
         | CalendarEvent::PropertyArchived { .. } => ViewRow::Property,
         CalendarEvent::BookingReserved { booking_id, .. }
         | CalendarEvent::BookingModified { booking_id, .. }
-        | CalendarEvent::BookingConfirmed { booking_id, .. }
         | CalendarEvent::BookingCancelled { booking_id, .. }
-        | CalendarEvent::BookingCheckedIn { booking_id, .. }
-        | CalendarEvent::BookingCheckedOut { booking_id, .. }
-        | CalendarEvent::BookingNoShow { booking_id, .. }
         | CalendarEvent::BookingHoldExpired { booking_id, .. } => ViewRow::Booking(*booking_id),
+        CalendarEvent::BookingConfirmed(stay)
+        | CalendarEvent::BookingCheckedIn(stay)
+        | CalendarEvent::BookingCheckedOut(stay)
+        | CalendarEvent::BookingNoShow(stay) => ViewRow::Booking(stay.booking_id),
         // Blocks and room types have no view of their own yet.
         CalendarEvent::AvailabilityBlocked { .. }
         | CalendarEvent::AvailabilityReleased { .. }

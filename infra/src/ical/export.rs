@@ -181,8 +181,8 @@ impl IcalExport {
     }
 }
 
-/// A claim as the channel kit has it (from the log or a snapshot), last
-/// changed at `changed_at`.
+/// A claim as the channel kit has it (from an event, the log or a
+/// snapshot), last changed at `changed_at`.
 fn held_since(range: ChannelRange, changed_at: DateTime<Utc>) -> ExportRange {
     ExportRange {
         ref_id: range.id,
@@ -306,24 +306,8 @@ async fn apply_event(conn: &mut PgConnection, event: &LedgerEvent) -> Result<(),
     };
     let at = event.cloud.time;
     match change {
-        ClaimChange::Hold {
-            kind,
-            id,
-            nights,
-            status,
-            room_type_id,
-            units,
-        } => {
-            let range = ExportRange {
-                ref_id: id,
-                kind,
-                start: nights.start,
-                end: nights.end,
-                changed_at: at,
-                status: status.to_owned(),
-                room_type_id,
-                units: room_type_id.map(|_| units),
-            };
+        ClaimChange::Hold(hold) => {
+            let range = held_since(hold.channel_range(), at);
             insert(conn, event.agency_id, event.property_id, &range).await
         }
         ClaimChange::Move { id, nights } => {
