@@ -1450,6 +1450,44 @@ async fn health_readiness_openapi_and_docs() {
             "{method} {path} is in /openapi.json"
         );
     }
+    // Every parameter sits where the route reads it: a path parameter is a
+    // segment of its path, and the read filters are query parameters (the
+    // query structs once lacked `parameter_in = Query` and were published as
+    // path parameters that no path has).
+    let operations = paths
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, item)| {
+            let item = item.as_object().expect("a path item");
+            item.iter().map(move |(method, op)| (path, method, op))
+        });
+    let mut query_parameters = 0;
+    for (path, method, op) in operations {
+        for parameter in op["parameters"].as_array().into_iter().flatten() {
+            let name = parameter["name"].as_str().expect("a parameter name");
+            let place = parameter["in"].as_str().expect("where the parameter is");
+            let in_path = path.contains(&format!("{{{name}}}"));
+            assert_eq!(
+                place == "path",
+                in_path,
+                "{method} {path}: parameter {name} is in {place}"
+            );
+            query_parameters += usize::from(place == "query");
+        }
+    }
+    assert!(query_parameters > 0, "no query parameter at all");
+    let filters = &paths["/api/v1/availability"]["get"]["parameters"];
+    for name in ["property_id", "from", "to"] {
+        let parameter = filters
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("availability has {name}: {filters}"));
+        assert_eq!(parameter["in"], "query", "{parameter}");
+        assert_eq!(parameter["required"], true, "{parameter}");
+    }
 
     let response = app.raw_get("/docs/").await;
     assert_eq!(response.status(), StatusCode::OK);
