@@ -88,6 +88,11 @@ impl AppState {
 pub struct AgencyCache {
     restricted: RwLock<HashMap<Uuid, Restriction>>,
     recorded: Mutex<HashSet<Uuid>>,
+    /// One lock per agency being recorded, so that a burst of first requests
+    /// makes one `ensure` and the rest wait for it, instead of each taking a
+    /// pooled connection to insert the same row (a new agency's first 500
+    /// requests would otherwise hold the pool against every other request).
+    recording: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -158,27 +163,46 @@ impl AgencyCache {
         if self.is_suspended(actor.agency_id) {
             return Err(ApiError::AgencySuspended);
         }
-        let first = self
-            .recorded
-            .lock()
-            .map(|recorded| !recorded.contains(&actor.agency_id))
-            .unwrap_or(false);
-        if first {
-            // Noted only once the record surely exists, so a failure (or a
-            // dropped request) is tried again on the agency's next request.
-            match agencies::ensure(pool, actor.agency_id).await {
-                Ok(_) => {
-                    if let Ok(mut recorded) = self.recorded.lock() {
-                        recorded.insert(actor.agency_id);
-                    }
-                }
-                // Debug: while the database is down every request would say it.
-                Err(error) => {
-                    tracing::debug!(%error, agency_id = %actor.agency_id, "could not record the agency")
-                }
-            }
+        if !self.is_recorded(actor.agency_id) {
+            self.record(actor.agency_id, pool).await;
         }
         Ok(())
+    }
+
+    fn is_recorded(&self, agency_id: Uuid) -> bool {
+        self.recorded
+            .lock()
+            .map(|recorded| recorded.contains(&agency_id))
+            .unwrap_or(true)
+    }
+
+    /// Makes sure the agency has a record, once per process: concurrent first
+    /// requests wait for the one that records it. Noted only once the record
+    /// surely exists, so a failure (or a dropped request) is tried again by
+    /// the next request.
+    async fn record(&self, agency_id: Uuid, pool: &PgPool) {
+        let lock = match self.recording.lock() {
+            Ok(mut recording) => recording.entry(agency_id).or_default().clone(),
+            Err(_) => return,
+        };
+        let _turn = lock.lock().await;
+        if self.is_recorded(agency_id) {
+            return;
+        }
+        match agencies::ensure(pool, agency_id).await {
+            Ok(_) => {
+                if let Ok(mut recorded) = self.recorded.lock() {
+                    recorded.insert(agency_id);
+                }
+                if let Ok(mut recording) = self.recording.lock() {
+                    recording.remove(&agency_id);
+                }
+            }
+            // Debug: while the database is down every request would say it.
+            Err(error) => {
+                tracing::debug!(%error, %agency_id, "could not record the agency")
+            }
+        }
     }
 
     /// Takes a change this process just committed at once, ahead of the
