@@ -73,16 +73,22 @@ fi
 grep -rlE --include='*.rs' 'sqlx::query[a-z_]*!' domain infra projections api tests \
   | xargs -r touch || true
 log "describing the statements against $db"
-SQLX_OFFLINE=false DATABASE_URL="$scratch" SQLX_OFFLINE_DIR="$out" \
-  cargo check -q --workspace --all-targets
+if ! SQLX_OFFLINE=false DATABASE_URL="$scratch" SQLX_OFFLINE_DIR="$out" \
+  cargo check -q --workspace --all-targets; then
+  log "the statements above do not fit the schema the migrations give"
+  exit 1
+fi
 
 if $check; then
   committed="$ROOT/.sqlx"
   [ -d "$committed" ] || committed="$(mktemp -d)"
   if ! difference="$(diff -ru "$committed" "$out")"; then
     log ".sqlx/ is not what the statements and migrations give (run scripts/sqlx-prepare.sh, commit .sqlx/)"
-    log "files: < committed, > wanted"
-    diff <(ls "$committed") <(ls "$out") >&2 || true
+    names="$(diff <(ls "$committed") <(ls "$out") || true)"
+    if [ -n "$names" ]; then
+      log "statements (< committed, > wanted):"
+      printf '%s\n' "$names" >&2
+    fi
     printf '%s\n' "$difference" >&2
     exit 1
   fi

@@ -121,7 +121,7 @@ pub async fn read_batch(
     let rows = select_envelopes!(
         "WHERE (txid, position) > ($1::text::xid8, $2)
             AND txid < pg_snapshot_xmin(pg_current_snapshot())
-          -- events.txid, not the bigint output column of the same name: the
+          -- events.txid, the xid8 column, not the bigint output: the
           -- index gives this order without sorting the rest of the log.
           ORDER BY events.txid, events.position
           LIMIT $3",
