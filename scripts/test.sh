@@ -11,6 +11,9 @@ export JWT_SECRET="${JWT_SECRET:-test-secret-for-the-ledger-integration-tests}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The committed shapes of the macro-checked statements (.sqlx/) against the
+# migrations: a renamed column fails here even though the build reads .sqlx/.
+scripts/sqlx-prepare.sh --check
 cargo test --workspace -- "$@"
 # The write-path load generator, short (P1-P3, P8): fails on errors, never on speed.
 cargo run -q -p ledger-api --example loadgen -- --quick --ledger "${CARGO_TARGET_DIR:-target}/debug/ledger"

@@ -24,7 +24,6 @@ use std::time::Duration;
 use ledger_domain::values::ClaimKind;
 use ledger_domain::{CalendarError, CalendarEvent, Command, Outcome, PropertyCalendar};
 use serde_json::Value;
-use sqlx::Row;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -484,41 +483,39 @@ impl CommandBus {
             return Ok(None);
         };
         let agency_id = execution.command.actor.agency_id;
-        let row = sqlx::query(
-            "SELECT request_hash, status_code, response,
-                    created_at <= now() - make_interval(secs => $3) AS expired
+        let row = sqlx::query!(
+            r#"SELECT request_hash, status_code, response,
+                    created_at <= now() - make_interval(secs => $3) AS "expired!"
                FROM idempotency_keys
-              WHERE agency_id = $1 AND key = $2",
+              WHERE agency_id = $1 AND key = $2"#,
+            agency_id,
+            &idempotency.key,
+            self.ttl_secs(),
         )
-        .bind(agency_id)
-        .bind(&idempotency.key)
-        .bind(self.ttl_secs())
         .fetch_optional(self.pool())
         .await?;
         let Some(row) = row else {
             return Ok(None);
         };
-        if row.try_get::<bool, _>("expired")? {
-            sqlx::query(
+        if row.expired {
+            sqlx::query!(
                 "DELETE FROM idempotency_keys
                   WHERE agency_id = $1 AND key = $2
                     AND created_at <= now() - make_interval(secs => $3)",
+                agency_id,
+                &idempotency.key,
+                self.ttl_secs(),
             )
-            .bind(agency_id)
-            .bind(&idempotency.key)
-            .bind(self.ttl_secs())
             .execute(self.pool())
             .await?;
             return Ok(None);
         }
-        let hash: String = row.try_get("request_hash")?;
-        if hash != idempotency.request_hash {
+        if row.request_hash != idempotency.request_hash {
             return Err(ExecuteError::IdempotencyKeyReused);
         }
-        let status: i16 = row.try_get("status_code")?;
         Ok(Some(Reply {
-            status: status as u16,
-            body: row.try_get("response")?,
+            status: row.status_code as u16,
+            body: row.response,
         }))
     }
 
@@ -548,13 +545,13 @@ impl CommandBus {
     pub async fn purge_expired_keys(&self) -> Result<u64, DbError> {
         let mut total = 0;
         loop {
-            let purged = sqlx::query(
+            let purged = sqlx::query!(
                 "DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
                     SELECT ctid FROM idempotency_keys
                      WHERE created_at <= now() - make_interval(secs => $1)
                      LIMIT 5000))",
+                self.ttl_secs(),
             )
-            .bind(self.ttl_secs())
             .execute(self.pool())
             .await?
             .rows_affected();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
 /// A database failure, classified for the caller.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +52,17 @@ pub fn unique_violation(error: &sqlx::Error) -> Option<&str> {
 
 /// Whether PostgreSQL answers a query on `pool` within `within`.
 pub async fn answers(pool: &PgPool, within: Duration) -> bool {
-    let probe = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool);
-    matches!(tokio::time::timeout(within, probe).await, Ok(Ok(1)))
+    matches!(
+        tokio::time::timeout(within, select_one(pool)).await,
+        Ok(Ok(1))
+    )
+}
+
+/// The query that shows the server answers.
+async fn select_one(conn: impl PgExecutor<'_>) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT 1 AS "one!""#)
+        .fetch_one(conn)
+        .await
 }
 
 /// A lazily connecting pool: the process starts and keeps running while the
@@ -119,9 +128,7 @@ impl DatabaseWatch {
                     Some(conn) => conn,
                     None => connection.insert(self.options.connect().await?),
                 };
-                sqlx::query_scalar::<_, i32>("SELECT 1")
-                    .fetch_one(&mut *conn)
-                    .await
+                select_one(&mut *conn).await
             };
             match tokio::time::timeout(Self::PROBE_TIMEOUT, probe).await {
                 Ok(Ok(_)) => {

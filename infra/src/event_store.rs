@@ -60,7 +60,7 @@ impl Loaded {
 }
 
 /// One row of the log as stored.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct StoredEvent {
     pub position: i64,
     pub sequence: i64,
@@ -140,12 +140,14 @@ impl Append<'_> {
         let ref_ids: Vec<Uuid> = self.refs.iter().map(|(id, _)| *id).collect();
         let ref_kinds: Vec<ClaimKind> = self.refs.iter().map(|(_, kind)| *kind).collect();
         let kept = self.kept.as_ref();
-        sqlx::query_scalar(
-            "WITH appended AS (
+        // `$3::text::json`: the metadata goes in as the text serde wrote,
+        // keys in that order, as a `String` argument.
+        sqlx::query_scalar!(
+            r#"WITH appended AS (
                 INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
                                     event_version, payload, metadata, event_id)
                 SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload::json,
-                       $3::json, e.event_id
+                       $3::text::json, e.event_id
                   FROM UNNEST($4::bigint[], $5::text[], $6::text[], $7::text[], $8::uuid[])
                        WITH ORDINALITY AS e(sequence, event_type, event_version, payload, event_id, n)
                  ORDER BY e.n
@@ -163,24 +165,24 @@ impl Append<'_> {
                             ELSE $16::jsonb END
                  WHERE $13::text IS NOT NULL
              )
-             SELECT position FROM appended ORDER BY position",
+             SELECT position AS "position!" FROM appended ORDER BY position"#,
+            AGGREGATE_TYPE,
+            self.property_id.to_string(),
+            metadata,
+            &sequences,
+            &types as &[&str],
+            &versions,
+            &payloads,
+            &ids,
+            self.metadata.agency_id,
+            self.property_id,
+            &ref_ids,
+            &ref_kinds as &[ClaimKind],
+            kept.map(|k| k.key),
+            kept.map(|k| k.request_hash),
+            kept.map(|k| k.status),
+            kept.map(|k| k.body),
         )
-        .bind(AGGREGATE_TYPE)
-        .bind(self.property_id.to_string())
-        .bind(metadata)
-        .bind(&sequences)
-        .bind(&types)
-        .bind(&versions)
-        .bind(&payloads)
-        .bind(&ids)
-        .bind(self.metadata.agency_id)
-        .bind(self.property_id)
-        .bind(&ref_ids)
-        .bind(&ref_kinds)
-        .bind(kept.map(|k| k.key))
-        .bind(kept.map(|k| k.request_hash))
-        .bind(kept.map(|k| k.status))
-        .bind(kept.map(|k| k.body))
         .fetch_all(executor)
         .await
     }
@@ -208,27 +210,29 @@ impl EventStore {
         property_id: Uuid,
         after_sequence: i64,
     ) -> Result<Vec<(i64, i64, CalendarEvent)>, StoreError> {
-        let rows: Vec<(i64, i64, String, String, Value)> = sqlx::query_as(
+        let rows = sqlx::query!(
             "SELECT sequence, position, event_type, event_version, payload
                FROM events
               WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
               ORDER BY sequence",
+            AGGREGATE_TYPE,
+            property_id.to_string(),
+            after_sequence,
         )
-        .bind(AGGREGATE_TYPE)
-        .bind(property_id.to_string())
-        .bind(after_sequence)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(sequence, position, event_type, event_version, payload)| {
-                let event = decode(event_type, event_version, payload).map_err(|reason| {
-                    StoreError::Unreadable {
-                        property_id,
-                        sequence,
-                        reason,
-                    }
-                })?;
-                Ok((sequence, position, event))
+            .map(|row| {
+                let sequence = row.sequence;
+                let event =
+                    decode(row.event_type, row.event_version, row.payload).map_err(|reason| {
+                        StoreError::Unreadable {
+                            property_id,
+                            sequence,
+                            reason,
+                        }
+                    })?;
+                Ok((sequence, row.position, event))
             })
             .collect()
     }
@@ -237,16 +241,17 @@ impl EventStore {
     /// [`SNAPSHOT_VERSION`] that decodes. A snapshot that does not decode is
     /// logged and ignored: the history is the truth, the snapshot a cache.
     pub async fn load_snapshot(&self, property_id: Uuid) -> Result<Option<Loaded>, StoreError> {
-        let row: Option<(i64, i64, Value)> = sqlx::query_as(
+        let row = sqlx::query!(
             "SELECT sequence, position, state FROM calendar_snapshots
               WHERE property_id = $1 AND version = $2",
+            property_id,
+            SNAPSHOT_VERSION,
         )
-        .bind(property_id)
-        .bind(SNAPSHOT_VERSION)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.and_then(|(sequence, position, state)| {
-            match serde_json::from_value::<PropertyCalendar>(state) {
+        Ok(row.and_then(|row| {
+            let (sequence, position) = (row.sequence, row.position);
+            match serde_json::from_value::<PropertyCalendar>(row.state) {
                 Ok(calendar) => Some(Loaded {
                     calendar,
                     sequence,
@@ -270,7 +275,7 @@ impl EventStore {
     ) -> Result<(), sqlx::Error> {
         let state = serde_json::to_value(&loaded.calendar)
             .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO calendar_snapshots (property_id, version, sequence, position, state)
              VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (property_id) DO UPDATE
@@ -278,12 +283,12 @@ impl EventStore {
                     position = EXCLUDED.position, state = EXCLUDED.state, taken_at = now()
               WHERE calendar_snapshots.version <> EXCLUDED.version
                  OR calendar_snapshots.sequence < EXCLUDED.sequence",
+            property_id,
+            SNAPSHOT_VERSION,
+            loaded.sequence,
+            loaded.position,
+            state,
         )
-        .bind(property_id)
-        .bind(SNAPSHOT_VERSION)
-        .bind(loaded.sequence)
-        .bind(loaded.position)
-        .bind(state)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -334,15 +339,15 @@ impl EventStore {
         agency_id: Uuid,
         kept: &KeptReply<'_>,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO idempotency_keys (agency_id, key, request_hash, status_code, response)
              VALUES ($1, $2, $3, $4, $5)",
+            agency_id,
+            kept.key,
+            kept.request_hash,
+            kept.status,
+            kept.body,
         )
-        .bind(agency_id)
-        .bind(kept.key)
-        .bind(kept.request_hash)
-        .bind(kept.status)
-        .bind(kept.body)
         .execute(executor)
         .await?;
         Ok(())
@@ -357,13 +362,13 @@ impl EventStore {
         agency_id: Uuid,
         property_id: Uuid,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO resource_refs (ref_id, kind, agency_id, property_id) VALUES ($1, $2, $3, $4)",
+            ref_id,
+            kind as ClaimKind,
+            agency_id,
+            property_id,
         )
-        .bind(ref_id)
-        .bind(kind)
-        .bind(agency_id)
-        .bind(property_id)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -377,12 +382,12 @@ impl EventStore {
         kind: ClaimKind,
         agency_id: Uuid,
     ) -> Result<Option<Uuid>, DbError> {
-        let property: Option<Uuid> = sqlx::query_scalar(
+        let property = sqlx::query_scalar!(
             "SELECT property_id FROM resource_refs WHERE ref_id = $1 AND kind = $2 AND agency_id = $3",
+            ref_id,
+            kind as ClaimKind,
+            agency_id,
         )
-        .bind(ref_id)
-        .bind(kind)
-        .bind(agency_id)
         .fetch_optional(&self.pool)
         .await?;
         Ok(property)
@@ -390,10 +395,7 @@ impl EventStore {
 
     /// The highest position in the log: a read of the log itself has reached it.
     pub async fn head(&self) -> Result<i64, DbError> {
-        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(head)
+        Ok(crate::tail::head(&self.pool).await?)
     }
 
     /// A page of a property's raw history, in order, after `after_sequence`.
@@ -403,18 +405,19 @@ impl EventStore {
         after_sequence: i64,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, DbError> {
-        let events = sqlx::query_as(
-            "SELECT position, sequence, event_id, event_type, event_version,
-                    payload::jsonb AS payload, metadata::jsonb AS metadata, recorded_at
+        let events = sqlx::query_as!(
+            StoredEvent,
+            r#"SELECT position, sequence, event_id, event_type, event_version,
+                    payload::jsonb AS "payload!", metadata::jsonb AS "metadata!", recorded_at
                FROM events
               WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
               ORDER BY sequence
-              LIMIT $4",
+              LIMIT $4"#,
+            AGGREGATE_TYPE,
+            property_id.to_string(),
+            after_sequence,
+            limit,
         )
-        .bind(AGGREGATE_TYPE)
-        .bind(property_id.to_string())
-        .bind(after_sequence)
-        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         Ok(events)

@@ -42,7 +42,7 @@ pub struct Requested {
 }
 
 /// A request the publisher has still to serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pending {
     pub id: i64,
     pub property_id: Uuid,
@@ -62,17 +62,17 @@ pub enum RequestKind {
 /// Asks for a snapshot of one property, as of at least what the log holds
 /// now.
 pub async fn request_snapshot(pool: &PgPool, property_id: Uuid) -> Result<Requested, sqlx::Error> {
-    let as_of_position = sqlx::query_scalar(
-        "WITH head AS (
+    let as_of_position = sqlx::query_scalar!(
+        r#"WITH head AS (
              SELECT coalesce(max(sequence), 0) AS sequence, coalesce(max(position), 0) AS position
                FROM events WHERE aggregate_type = $1 AND aggregate_id = $2)
          INSERT INTO resync_requests (property_id, kind, min_sequence)
          SELECT $3, 'snapshot', sequence FROM head
-         RETURNING (SELECT position FROM head) AS position",
+         RETURNING (SELECT position FROM head) AS "position!""#,
+        PropertyCalendar::TYPE,
+        property_id.to_string(),
+        property_id,
     )
-    .bind(PropertyCalendar::TYPE)
-    .bind(property_id.to_string())
-    .bind(property_id)
     .fetch_one(pool)
     .await?;
     Ok(Requested { as_of_position })
@@ -81,12 +81,12 @@ pub async fn request_snapshot(pool: &PgPool, property_id: Uuid) -> Result<Reques
 /// The agency a property belongs to, read from its first event; `None` for
 /// a property the log does not know.
 pub async fn agency_of(pool: &PgPool, property_id: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
-    let agency: Option<String> = sqlx::query_scalar(
+    let agency: Option<String> = sqlx::query_scalar!(
         "SELECT metadata->>'agency_id' FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence LIMIT 1",
+        PropertyCalendar::TYPE,
+        property_id.to_string(),
     )
-    .bind(PropertyCalendar::TYPE)
-    .bind(property_id.to_string())
     .fetch_optional(pool)
     .await?
     .flatten();
@@ -102,25 +102,25 @@ pub async fn start_job(
 ) -> Result<Uuid, sqlx::Error> {
     let job_id = Uuid::now_v7();
     let mut tx = pool.begin().await?;
-    let queued = sqlx::query(
+    let queued = sqlx::query!(
         "INSERT INTO resync_requests (property_id, kind, job_id)
          SELECT property_id, 'snapshot', $1 FROM properties_view
           WHERE ($2::uuid IS NULL OR agency_id = $2) AND ($3::uuid IS NULL OR property_id = $3)
           ORDER BY property_id",
+        job_id,
+        agency_id,
+        property_id,
     )
-    .bind(job_id)
-    .bind(agency_id)
-    .bind(property_id)
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO resync_jobs (job_id, agency_id, property_id, total) VALUES ($1, $2, $3, $4)",
+        job_id,
+        agency_id,
+        property_id,
+        queued as i64,
     )
-    .bind(job_id)
-    .bind(agency_id)
-    .bind(property_id)
-    .bind(queued as i64)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -139,7 +139,6 @@ pub struct JobProgress {
 }
 
 /// A resync job and what its requests have done so far.
-#[derive(sqlx::FromRow)]
 struct JobRow {
     total: i64,
     started_at: DateTime<Utc>,
@@ -148,13 +147,14 @@ struct JobRow {
 }
 
 pub async fn progress(pool: &PgPool, job_id: Uuid) -> Result<Option<JobProgress>, sqlx::Error> {
-    let row: Option<JobRow> = sqlx::query_as(
-        "SELECT j.total, j.started_at,
-                (SELECT count(*) FROM resync_requests r WHERE r.job_id = j.job_id AND r.done_at IS NOT NULL) AS processed,
+    let row = sqlx::query_as!(
+        JobRow,
+        r#"SELECT j.total, j.started_at,
+                (SELECT count(*) FROM resync_requests r WHERE r.job_id = j.job_id AND r.done_at IS NOT NULL) AS "processed!",
                 (SELECT max(done_at) FROM resync_requests r WHERE r.job_id = j.job_id) AS last_done
-           FROM resync_jobs j WHERE j.job_id = $1",
+           FROM resync_jobs j WHERE j.job_id = $1"#,
+        job_id,
     )
-    .bind(job_id)
     .fetch_optional(pool)
     .await?;
     let Some(JobRow {
@@ -183,11 +183,11 @@ pub async fn progress(pool: &PgPool, job_id: Uuid) -> Result<Option<JobProgress>
 /// served. Returns how many were queued.
 pub async fn queue_checksums(pool: &PgPool, interval: Duration) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let due: Option<Option<bool>> = sqlx::query_scalar(
+    let due: Option<Option<bool>> = sqlx::query_scalar!(
         "SELECT last_run_at + make_interval(secs => $1) <= now()
            FROM checksum_rounds WHERE name = 'availability' FOR UPDATE SKIP LOCKED",
+        interval.as_secs_f64(),
     )
-    .bind(interval.as_secs_f64())
     .fetch_optional(&mut *tx)
     .await?;
     match due {
@@ -195,18 +195,14 @@ pub async fn queue_checksums(pool: &PgPool, interval: Duration) -> Result<u64, s
         // Never run: the first round comes one interval after the first
         // publisher started, not at once.
         Some(None) => {
-            sqlx::query(
-                "UPDATE checksum_rounds SET last_run_at = now() WHERE name = 'availability'",
-            )
-            .execute(&mut *tx)
-            .await?;
+            round_ran(&mut tx).await?;
             tx.commit().await?;
             return Ok(0);
         }
         _ => return Ok(0),
     }
-    let unfinished: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM resync_requests WHERE kind = 'checksum' AND done_at IS NULL)",
+    let unfinished = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM resync_requests WHERE kind = 'checksum' AND done_at IS NULL) AS "unfinished!""#,
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -216,7 +212,7 @@ pub async fn queue_checksums(pool: &PgPool, interval: Duration) -> Result<u64, s
     // Every time zone's "today" lies within a day of UTC's: the window here
     // is a little wider than any property's, and the publisher skips a
     // property that turns out to hold nothing in its own.
-    let queued = sqlx::query(
+    let queued = sqlx::query!(
         "INSERT INTO resync_requests (property_id, kind)
          SELECT DISTINCT property_id, 'checksum' FROM inventory_ranges
           WHERE upper(during) > current_date - 1 AND lower(during) < current_date + 552",
@@ -224,30 +220,39 @@ pub async fn queue_checksums(pool: &PgPool, interval: Duration) -> Result<u64, s
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    sqlx::query("UPDATE checksum_rounds SET last_run_at = now() WHERE name = 'availability'")
-        .execute(&mut *tx)
-        .await?;
+    round_ran(&mut tx).await?;
     tx.commit().await?;
     Ok(queued)
 }
 
+/// Records that a checksum round ran now.
+async fn round_ran(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query!("UPDATE checksum_rounds SET last_run_at = now() WHERE name = 'availability'")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// The oldest pending requests, at most `limit`.
 pub async fn pending(conn: &mut PgConnection, limit: i64) -> Result<Vec<Pending>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, property_id, kind, min_sequence FROM resync_requests
-          WHERE done_at IS NULL ORDER BY id LIMIT $1",
+    sqlx::query_as!(
+        Pending,
+        r#"SELECT id, property_id, kind AS "kind: RequestKind", min_sequence FROM resync_requests
+          WHERE done_at IS NULL ORDER BY id LIMIT $1"#,
+        limit,
     )
-    .bind(limit)
     .fetch_all(conn)
     .await
 }
 
 /// Marks requests served.
 pub async fn finish(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE resync_requests SET done_at = now() WHERE id = ANY($1)")
-        .bind(ids)
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "UPDATE resync_requests SET done_at = now() WHERE id = ANY($1)",
+        ids
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

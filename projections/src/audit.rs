@@ -49,20 +49,21 @@ pub async fn apply(conn: &mut PgConnection, events: &[Envelope]) -> Result<(), s
         created.push(e.recorded_at);
         positions.push(e.position);
     }
-    sqlx::query("INSERT INTO audit_log
+    sqlx::query!("INSERT INTO audit_log
                 (id, agency_id, user_id, action, resource_type, resource_id, details, created_at, position)
          SELECT i, a, u, ac, t, r, d::jsonb, c, p
            FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::uuid[],
-                       $7::text[], $8::timestamptz[], $9::bigint[]) AS x(i, a, u, ac, t, r, d, c, p)")
-    .bind(ids)
-    .bind(agencies)
-    .bind(users)
-    .bind(actions)
-    .bind(types)
-    .bind(resources)
-    .bind(details)
-    .bind(created)
-    .bind(positions)
+                       $7::text[], $8::timestamptz[], $9::bigint[]) AS x(i, a, u, ac, t, r, d, c, p)",
+        &ids,
+        &agencies,
+        &users,
+        &actions as &[&str],
+        &types as &[&str],
+        &resources,
+        &details,
+        &created,
+        &positions,
+    )
     .execute(conn)
     .await?;
     Ok(())

@@ -38,7 +38,7 @@ impl Tables {
     /// Points the rest of `conn`'s open transaction at these tables.
     pub(crate) async fn select(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         if self == Tables::Shadow {
-            sqlx::query("SET LOCAL search_path = ledger_replay, public")
+            sqlx::query!("SET LOCAL search_path = ledger_replay, public")
                 .execute(conn)
                 .await?;
         }
@@ -84,19 +84,21 @@ pub(crate) async fn try_lock(
     conn: &mut PgConnection,
     checkpoint: &str,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT pg_try_advisory_xact_lock(hashtextextended('ledger.projection.' || $1, 0))",
+    sqlx::query_scalar!(
+        r#"SELECT pg_try_advisory_xact_lock(hashtextextended('ledger.projection.' || $1, 0)) AS "locked!""#,
+        checkpoint
     )
-    .bind(checkpoint)
     .fetch_one(conn)
     .await
 }
 
 pub(crate) async fn lock(conn: &mut PgConnection, checkpoint: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('ledger.projection.' || $1, 0))")
-        .bind(checkpoint)
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtextextended('ledger.projection.' || $1, 0))",
+        checkpoint
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -147,7 +149,7 @@ pub async fn step(
     // A read model is derived: should a crash lose the last batches (at most
     // ~3 x wal_writer_delay), their rows and their checkpoint go together and
     // the batches are applied again. The events themselves commit durably.
-    sqlx::query("SET LOCAL synchronous_commit = off")
+    sqlx::query!("SET LOCAL synchronous_commit = off")
         .execute(&mut *tx)
         .await?;
     tables.select(&mut tx).await?;
@@ -169,12 +171,12 @@ pub async fn catch_up(pool: &PgPool, projection: Projection) -> Result<usize, St
 }
 
 async fn record_failure(pool: &PgPool, checkpoint: &str, error: &StepError) {
-    let result = sqlx::query(
+    let result = sqlx::query!(
         "UPDATE projection_checkpoints SET status = 'failed', last_error = $2, updated_at = now()
           WHERE name = $1",
+        checkpoint,
+        error.to_string(),
     )
-    .bind(checkpoint)
-    .bind(error.to_string())
     .execute(pool)
     .await;
     if let Err(e) = result {
@@ -211,38 +213,46 @@ pub async fn run(pool: PgPool, projection: Projection, mut signal: LogSignal) {
 }
 
 /// A projection's progress, for ops and readiness.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub name: String,
     pub position: i64,
     pub head_position: i64,
     /// Not stored: how far `position` is behind `head_position`.
-    #[sqlx(skip)]
     pub lag: i64,
     /// `running`, `degraded` (some properties parked) or `failed`.
     pub status: String,
     pub last_error: Option<String>,
     pub updated_at: DateTime<Utc>,
     /// Not stored here: read from `projection_parked`.
-    #[sqlx(skip)]
     pub parked: Vec<Parked>,
 }
 
 pub async fn statuses(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
-    let mut statuses: Vec<Status> = sqlx::query_as(
-        "SELECT c.name, ledger_watermark(c.txid, c.position) AS position, c.status,
+    let rows = sqlx::query!(
+        r#"SELECT c.name, ledger_watermark(c.txid, c.position) AS "position!", c.status,
                 c.last_error, c.updated_at,
-                (SELECT coalesce(max(position), 0) FROM events) AS head_position
+                (SELECT coalesce(max(position), 0) FROM events) AS "head_position!"
            FROM projection_checkpoints c
           WHERE c.name = ANY($1)
-          ORDER BY c.name",
+          ORDER BY c.name"#,
+        &status_names() as &[&str],
     )
-    .bind(status_names())
     .fetch_all(pool)
     .await?;
     let mut parked = parking::parked(pool, &status_names()).await?;
-    for status in &mut statuses {
-        status.lag = (status.head_position - status.position).max(0);
+    let mut statuses = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut status = Status {
+            lag: (row.head_position - row.position).max(0),
+            name: row.name,
+            position: row.position,
+            head_position: row.head_position,
+            status: row.status,
+            last_error: row.last_error,
+            updated_at: row.updated_at,
+            parked: Vec::new(),
+        };
         let (mine, others): (Vec<_>, Vec<_>) =
             parked.drain(..).partition(|(of, _)| *of == status.name);
         parked = others;
@@ -250,6 +260,7 @@ pub async fn statuses(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
         if status.status == "running" && !status.parked.is_empty() {
             status.status = "degraded".to_owned();
         }
+        statuses.push(status);
     }
     Ok(statuses)
 }
@@ -264,11 +275,11 @@ fn status_names() -> Vec<&'static str> {
 /// The position every projection in `which` has reached: every event at
 /// or below it has been applied.
 pub async fn reached(pool: &PgPool, which: &[Projection]) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT coalesce(min(ledger_watermark(txid, position)), 0)
-           FROM projection_checkpoints WHERE name = ANY($1)",
+    sqlx::query_scalar!(
+        r#"SELECT coalesce(min(ledger_watermark(txid, position)), 0) AS "reached!"
+           FROM projection_checkpoints WHERE name = ANY($1)"#,
+        &which.iter().map(|p| p.name()).collect::<Vec<_>>() as &[&str],
     )
-    .bind(which.iter().map(|p| p.name()).collect::<Vec<_>>())
     .fetch_one(pool)
     .await
 }
