@@ -8,13 +8,13 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// Who made a change that no person asked for: an agency's first token.
 pub const FIRST_USE: &str = "first-use";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = FeaturesView))]
 pub struct Features {
     pub ical_export: bool,
@@ -30,7 +30,7 @@ impl Default for Features {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = AgencyView))]
 pub struct Agency {
     pub id: Uuid,
@@ -39,7 +39,6 @@ pub struct Agency {
     pub status: String,
     pub reason: Option<String>,
     /// Stored as the columns `ical_export` and `ical_import`.
-    #[sqlx(flatten)]
     pub features: Features,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -53,7 +52,32 @@ impl Agency {
 
 const ACTIVE: &str = "active";
 const SUSPENDED: &str = "suspended";
-const COLUMNS: &str = "id, name, status, reason, ical_export, ical_import, created_at, updated_at";
+
+/// A statement that reads agency records: the record's columns go between
+/// `$head` and `$tail` (the macros take only literal text, so the column
+/// list cannot be a `const`), and each row becomes an [`Agency`].
+macro_rules! agency_query {
+    ($head:literal, $tail:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query!(
+            $head
+                + " id, name, status, reason, ical_export, ical_import, created_at, updated_at "
+                + $tail
+            $(, $arg)*
+        )
+        .map(|row| Agency {
+            id: row.id,
+            name: row.name,
+            status: row.status,
+            reason: row.reason,
+            features: Features {
+                ical_export: row.ical_export,
+                ical_import: row.ical_import,
+            },
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    };
+}
 
 /// A life-cycle change of an agency.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,8 +127,7 @@ pub struct HistoryEntry {
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Agency>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLUMNS} FROM agencies WHERE id = $1"))
-        .bind(id)
+    agency_query!("SELECT", "FROM agencies WHERE id = $1", id)
         .fetch_optional(pool)
         .await
 }
@@ -115,11 +138,12 @@ pub async fn list(
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<Agency>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM agencies WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2"
-    ))
-    .bind(after)
-    .bind(limit)
+    agency_query!(
+        "SELECT",
+        "FROM agencies WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2",
+        after,
+        limit,
+    )
     .fetch_all(pool)
     .await
 }
@@ -127,10 +151,10 @@ pub async fn list(
 /// The agencies whose status or features differ from the defaults: all an
 /// agency cache needs to hold.
 pub async fn restricted(pool: &PgPool) -> Result<Vec<Agency>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM agencies
-          WHERE status <> 'active' OR NOT ical_export OR NOT ical_import"
-    ))
+    agency_query!(
+        "SELECT",
+        "FROM agencies WHERE status <> 'active' OR NOT ical_export OR NOT ical_import"
+    )
     .fetch_all(pool)
     .await
 }
@@ -144,12 +168,12 @@ pub async fn create(
     by: &str,
 ) -> Result<(Agency, Created), AgencyError> {
     let mut tx = pool.begin().await?;
-    let inserted: Option<Agency> = sqlx::query_as(&format!(
-        "INSERT INTO agencies (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING
-         RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(name)
+    let inserted = agency_query!(
+        "INSERT INTO agencies (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING RETURNING",
+        "",
+        id,
+        name,
+    )
     .fetch_optional(&mut *tx)
     .await?;
     let (agency, created) = match inserted {
@@ -159,12 +183,12 @@ pub async fn create(
             if !unnamed {
                 return Err(AgencyError::AlreadyExists);
             }
-            let agency = sqlx::query_as(&format!(
-                "UPDATE agencies SET name = $2, updated_at = now() WHERE id = $1
-                 RETURNING {COLUMNS}"
-            ))
-            .bind(id)
-            .bind(name)
+            let agency = agency_query!(
+                "UPDATE agencies SET name = $2, updated_at = now() WHERE id = $1 RETURNING",
+                "",
+                id,
+                name,
+            )
             .fetch_one(&mut *tx)
             .await?;
             (agency, Created::Named)
@@ -183,11 +207,13 @@ pub async fn create(
 /// token is used before an operator created it. Returns whether it made one.
 pub async fn ensure(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let made = sqlx::query("INSERT INTO agencies (id) VALUES ($1) ON CONFLICT (id) DO NOTHING")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
+    let made = sqlx::query!(
+        "INSERT INTO agencies (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
+        id
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
         == 1;
     if made {
         record(
@@ -238,16 +264,17 @@ pub async fn change(
     if next == current {
         return Ok(current);
     }
-    let updated = sqlx::query_as(&format!(
+    let updated = agency_query!(
         "UPDATE agencies SET status = $2, reason = $3, ical_export = $4, ical_import = $5,
                 updated_at = now()
-          WHERE id = $1 RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(&next.status)
-    .bind(&next.reason)
-    .bind(next.features.ical_export)
-    .bind(next.features.ical_import)
+          WHERE id = $1 RETURNING",
+        "",
+        id,
+        next.status,
+        next.reason,
+        next.features.ical_export,
+        next.features.ical_import,
+    )
     .fetch_one(&mut *tx)
     .await?;
     record(&mut tx, id, by, action, details).await?;
@@ -261,39 +288,31 @@ pub async fn history(
     after: i64,
     limit: i64,
 ) -> Result<Vec<HistoryEntry>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query!(
         "SELECT position, id, agency_id, user_id, action, details, created_at
            FROM agency_history WHERE position > $1 ORDER BY position LIMIT $2",
+        after,
+        limit,
     )
-    .bind(after)
-    .bind(limit)
+    .map(|row| HistoryEntry {
+        id: row.id,
+        agency_id: row.agency_id,
+        user_id: row.user_id,
+        action: row.action,
+        resource_type: "agency",
+        resource_id: row.agency_id,
+        details: row.details,
+        created_at: row.created_at,
+        position: row.position,
+    })
     .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let agency_id: Uuid = row.try_get("agency_id")?;
-            Ok(HistoryEntry {
-                id: row.try_get("id")?,
-                agency_id,
-                user_id: row.try_get("user_id")?,
-                action: row.try_get("action")?,
-                resource_type: "agency",
-                resource_id: agency_id,
-                details: row.try_get("details")?,
-                created_at: row.try_get("created_at")?,
-                position: row.try_get("position")?,
-            })
-        })
-        .collect()
+    .await
 }
 
 async fn locked(conn: &mut PgConnection, id: Uuid) -> Result<Option<Agency>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM agencies WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await
+    agency_query!("SELECT", "FROM agencies WHERE id = $1 FOR UPDATE", id)
+        .fetch_optional(conn)
+        .await
 }
 
 async fn record(
@@ -303,15 +322,15 @@ async fn record(
     action: &str,
     details: Value,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO agency_history (id, agency_id, user_id, action, details)
          VALUES ($1, $2, $3, $4, $5)",
+        Uuid::now_v7(),
+        agency_id,
+        by,
+        action,
+        details,
     )
-    .bind(Uuid::now_v7())
-    .bind(agency_id)
-    .bind(by)
-    .bind(action)
-    .bind(details)
     .execute(conn)
     .await?;
     Ok(())
@@ -319,8 +338,10 @@ async fn record(
 
 /// The agency of a property that has an iCal export secret.
 pub async fn of_ical_export(pool: &PgPool, property_id: Uuid) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("SELECT agency_id FROM ical_tokens WHERE property_id = $1")
-        .bind(property_id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_scalar!(
+        "SELECT agency_id FROM ical_tokens WHERE property_id = $1",
+        property_id
+    )
+    .fetch_optional(pool)
+    .await
 }

@@ -331,8 +331,8 @@ impl Publisher {
         let Some((conn, held)) = self.lease.as_mut() else {
             return Ok(false);
         };
-        *held = sqlx::query_scalar(
-            "SELECT pg_try_advisory_lock(hashtextextended('ledger.publisher', 0))",
+        *held = sqlx::query_scalar!(
+            r#"SELECT pg_try_advisory_lock(hashtextextended('ledger.publisher', 0)) AS "held!""#
         )
         .fetch_one(&mut *conn)
         .await?;
@@ -351,11 +351,11 @@ impl Publisher {
         }
         tracing::warn!(problem, "NATS publisher is behind");
         self.problem = Some(problem.to_owned());
-        let recorded = sqlx::query(
+        let recorded = sqlx::query!(
             "UPDATE projection_checkpoints SET last_error = $2, updated_at = now() WHERE name = $1",
+            CHECKPOINT,
+            problem,
         )
-        .bind(CHECKPOINT)
-        .bind(problem)
         .execute(&self.pool)
         .await;
         if let Err(error) = recorded {
@@ -368,10 +368,10 @@ impl Publisher {
             return;
         }
         tracing::info!("NATS publisher has recovered");
-        let cleared = sqlx::query(
+        let cleared = sqlx::query!(
             "UPDATE projection_checkpoints SET last_error = NULL, updated_at = now() WHERE name = $1",
+            CHECKPOINT,
         )
-        .bind(CHECKPOINT)
         .execute(&self.pool)
         .await;
         if let Err(error) = cleared {

@@ -24,7 +24,7 @@ use ledger_domain::checksum::{self, ChannelRange};
 use ledger_domain::claims::{claim_change, ClaimChange};
 pub use ledger_domain::ical::render::ExportRange;
 use ledger_domain::values::ClaimKind;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::channel::{
@@ -121,11 +121,13 @@ impl IcalExport {
 
     /// The last applied sequence of every property.
     pub async fn cursors(&self) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
-        let rows: Vec<(Uuid, i64)> =
-            sqlx::query_as("SELECT property_id, sequence FROM ical_export_cursors")
-                .fetch_all(self.pool())
-                .await?;
-        Ok(rows.into_iter().collect())
+        let rows = sqlx::query!("SELECT property_id, sequence FROM ical_export_cursors")
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.property_id, row.sequence))
+            .collect())
     }
 
     /// Applies one event idempotently (see the module docs).
@@ -198,30 +200,25 @@ fn held_since(range: ChannelRange, changed_at: DateTime<Utc>) -> ExportRange {
 
 /// The held ranges of a property as the adapter has them, by first night.
 pub async fn ranges(pool: &PgPool, property_id: Uuid) -> Result<Vec<ExportRange>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT ref_id, kind, start_night, end_night, changed_at, status, room_type_id, units
-           FROM ical_export_ranges
-          WHERE property_id = $1 ORDER BY start_night, ref_id",
+    sqlx::query!(
+        r#"SELECT ref_id, kind AS "kind: ClaimKind", start_night, end_night, changed_at, status,
+                  room_type_id, units
+             FROM ical_export_ranges
+            WHERE property_id = $1 ORDER BY start_night, ref_id"#,
+        property_id,
     )
-    .bind(property_id)
+    .map(|row| ExportRange {
+        ref_id: row.ref_id,
+        kind: row.kind,
+        start: row.start_night,
+        end: row.end_night,
+        changed_at: row.changed_at,
+        status: row.status,
+        room_type_id: row.room_type_id,
+        units: row.units.map(|u| u32::try_from(u).unwrap_or(1)),
+    })
     .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(ExportRange {
-                ref_id: row.try_get("ref_id")?,
-                kind: row.try_get("kind")?,
-                start: row.try_get("start_night")?,
-                end: row.try_get("end_night")?,
-                changed_at: row.try_get("changed_at")?,
-                status: row.try_get("status")?,
-                room_type_id: row.try_get("room_type_id")?,
-                units: row
-                    .try_get::<Option<i32>, _>("units")?
-                    .map(|u| u32::try_from(u).unwrap_or(1)),
-            })
-        })
-        .collect()
+    .await
 }
 
 #[async_trait::async_trait]
@@ -270,18 +267,20 @@ async fn lock_cursor(
     agency_id: Uuid,
     property_id: Uuid,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO ical_export_cursors (property_id, agency_id, sequence) VALUES ($1, $2, 0)
          ON CONFLICT (property_id) DO NOTHING",
+        property_id,
+        agency_id,
     )
-    .bind(property_id)
-    .bind(agency_id)
     .execute(&mut *conn)
     .await?;
-    sqlx::query_scalar("SELECT sequence FROM ical_export_cursors WHERE property_id = $1 FOR UPDATE")
-        .bind(property_id)
-        .fetch_one(conn)
-        .await
+    sqlx::query_scalar!(
+        "SELECT sequence FROM ical_export_cursors WHERE property_id = $1 FOR UPDATE",
+        property_id
+    )
+    .fetch_one(conn)
+    .await
 }
 
 async fn move_cursor(
@@ -289,11 +288,11 @@ async fn move_cursor(
     property_id: Uuid,
     sequence: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE ical_export_cursors SET sequence = $2, updated_at = now() WHERE property_id = $1",
+        property_id,
+        sequence,
     )
-    .bind(property_id)
-    .bind(sequence)
     .execute(conn)
     .await?;
     Ok(())
@@ -311,22 +310,21 @@ async fn apply_event(conn: &mut PgConnection, event: &LedgerEvent) -> Result<(),
             insert(conn, event.agency_id, event.property_id, &range).await
         }
         ClaimChange::Move { id, nights } => {
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE ical_export_ranges SET start_night = $2, end_night = $3, changed_at = $4
                   WHERE ref_id = $1",
+                id,
+                nights.start,
+                nights.end,
+                at,
             )
-            .bind(id)
-            .bind(nights.start)
-            .bind(nights.end)
-            .bind(at)
             .execute(conn)
             .await?;
             Ok(())
         }
         ClaimChange::Restatus { id, status } => set_status(conn, id, status).await,
         ClaimChange::Release { id, .. } => {
-            sqlx::query("DELETE FROM ical_export_ranges WHERE ref_id = $1")
-                .bind(id)
+            sqlx::query!("DELETE FROM ical_export_ranges WHERE ref_id = $1", id)
                 .execute(conn)
                 .await?;
             Ok(())
@@ -339,11 +337,13 @@ async fn set_status(
     ref_id: Uuid,
     status: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE ical_export_ranges SET status = $2 WHERE ref_id = $1")
-        .bind(ref_id)
-        .bind(status)
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "UPDATE ical_export_ranges SET status = $2 WHERE ref_id = $1",
+        ref_id,
+        status
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -353,24 +353,24 @@ async fn insert(
     property_id: Uuid,
     range: &ExportRange,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO ical_export_ranges (ref_id, agency_id, property_id, kind, start_night, end_night,
                                          changed_at, status, room_type_id, units)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (ref_id) DO UPDATE SET start_night = EXCLUDED.start_night,
              end_night = EXCLUDED.end_night, changed_at = EXCLUDED.changed_at,
              status = EXCLUDED.status",
+        range.ref_id,
+        agency_id,
+        property_id,
+        range.kind as ClaimKind,
+        range.start,
+        range.end,
+        range.changed_at,
+        range.status,
+        range.room_type_id,
+        range.units.map(|u| i32::try_from(u).unwrap_or(i32::MAX)),
     )
-    .bind(range.ref_id)
-    .bind(agency_id)
-    .bind(property_id)
-    .bind(range.kind)
-    .bind(range.start)
-    .bind(range.end)
-    .bind(range.changed_at)
-    .bind(&range.status)
-    .bind(range.room_type_id)
-    .bind(range.units.map(|u| i32::try_from(u).unwrap_or(i32::MAX)))
     .execute(conn)
     .await?;
     Ok(())
@@ -382,10 +382,12 @@ async fn replace_property(
     property_id: Uuid,
     ranges: &[ExportRange],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM ical_export_ranges WHERE property_id = $1")
-        .bind(property_id)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM ical_export_ranges WHERE property_id = $1",
+        property_id
+    )
+    .execute(&mut *conn)
+    .await?;
     for range in ranges {
         insert(conn, agency_id, property_id, range).await?;
     }

@@ -40,16 +40,16 @@ pub async fn rotate_token(
     created_by: &str,
 ) -> Result<String, sqlx::Error> {
     let token = new_token();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO ical_tokens (property_id, agency_id, token_hash, created_by)
          VALUES ($1, $2, $3, $4)
          ON CONFLICT (property_id) DO UPDATE SET token_hash = EXCLUDED.token_hash,
              created_by = EXCLUDED.created_by, created_at = now()",
+        property_id,
+        agency_id,
+        hash_token(&token),
+        created_by,
     )
-    .bind(property_id)
-    .bind(agency_id)
-    .bind(hash_token(&token))
-    .bind(created_by)
     .execute(pool)
     .await?;
     Ok(token)
@@ -61,11 +61,12 @@ pub async fn token_matches(
     property_id: Uuid,
     token: &str,
 ) -> Result<bool, sqlx::Error> {
-    let stored: Option<String> =
-        sqlx::query_scalar("SELECT token_hash FROM ical_tokens WHERE property_id = $1")
-            .bind(property_id)
-            .fetch_optional(pool)
-            .await?;
+    let stored = sqlx::query_scalar!(
+        "SELECT token_hash FROM ical_tokens WHERE property_id = $1",
+        property_id
+    )
+    .fetch_optional(pool)
+    .await?;
     Ok(stored
         .is_some_and(|stored| constant_time_eq(stored.as_bytes(), hash_token(token).as_bytes())))
 }
@@ -75,7 +76,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A feed `ledger serve` imports into a property every `interval_minutes`.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct FeedRow {
     pub feed_id: Uuid,
     pub agency_id: Uuid,
@@ -89,8 +90,21 @@ pub struct FeedRow {
     pub last_result: Option<Value>,
 }
 
-const FEED_COLUMNS: &str = "feed_id, agency_id, property_id, url, interval_minutes, created_at, \
-                            next_run_at, last_run_at, last_error, last_result";
+/// A statement that reads feeds into [`FeedRow`]s: the feed's columns go
+/// between `$head` and `$tail` (the macros take only literal text, so the
+/// column list cannot be a `const`).
+macro_rules! feed_query {
+    ($head:literal, $tail:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            FeedRow,
+            $head
+                + " feed_id, agency_id, property_id, url, interval_minutes, created_at,
+                    next_run_at, last_run_at, last_error, last_result "
+                + $tail
+            $(, $arg)*
+        )
+    };
+}
 
 /// Adds a feed, due at `now`; the same URL again only changes its interval.
 /// The schedule's times (`now` here and in [`claim_due_feed`] and
@@ -103,27 +117,29 @@ pub async fn add_feed(
     interval_minutes: i32,
     now: DateTime<Utc>,
 ) -> Result<FeedRow, sqlx::Error> {
-    sqlx::query_as(&format!(
+    feed_query!(
         "INSERT INTO ical_feeds (feed_id, agency_id, property_id, url, interval_minutes, next_run_at)
          VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (property_id, url) DO UPDATE SET interval_minutes = EXCLUDED.interval_minutes
-         RETURNING {FEED_COLUMNS}"
-    ))
-    .bind(Uuid::now_v7())
-    .bind(agency_id)
-    .bind(property_id)
-    .bind(url)
-    .bind(interval_minutes)
-    .bind(now)
+         RETURNING",
+        "",
+        Uuid::now_v7(),
+        agency_id,
+        property_id,
+        url,
+        interval_minutes,
+        now,
+    )
     .fetch_one(pool)
     .await
 }
 
 pub async fn list_feeds(pool: &PgPool, property_id: Uuid) -> Result<Vec<FeedRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {FEED_COLUMNS} FROM ical_feeds WHERE property_id = $1 ORDER BY feed_id"
-    ))
-    .bind(property_id)
+    feed_query!(
+        "SELECT",
+        "FROM ical_feeds WHERE property_id = $1 ORDER BY feed_id",
+        property_id,
+    )
     .fetch_all(pool)
     .await
 }
@@ -135,11 +151,12 @@ pub async fn delete_feed(
     property_id: Uuid,
     feed_id: Uuid,
 ) -> Result<Option<FeedRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "DELETE FROM ical_feeds WHERE property_id = $1 AND feed_id = $2 RETURNING {FEED_COLUMNS}"
-    ))
-    .bind(property_id)
-    .bind(feed_id)
+    feed_query!(
+        "DELETE FROM ical_feeds WHERE property_id = $1 AND feed_id = $2 RETURNING",
+        "",
+        property_id,
+        feed_id,
+    )
     .fetch_optional(pool)
     .await
 }
@@ -153,15 +170,16 @@ pub async fn claim_due_feed(
     busy_agencies: &[Uuid],
     now: DateTime<Utc>,
 ) -> Result<Option<FeedRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    feed_query!(
         "UPDATE ical_feeds SET next_run_at = $2 + make_interval(mins => interval_minutes)
           WHERE feed_id = (SELECT feed_id FROM ical_feeds WHERE next_run_at <= $2
                               AND agency_id <> ALL($1)
                             ORDER BY next_run_at LIMIT 1 FOR UPDATE SKIP LOCKED)
-          RETURNING {FEED_COLUMNS}"
-    ))
-    .bind(busy_agencies)
-    .bind(now)
+          RETURNING",
+        "",
+        busy_agencies,
+        now,
+    )
     .fetch_optional(pool)
     .await
 }
@@ -174,14 +192,14 @@ pub async fn record_run(
     last_result: Option<&Value>,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE ical_feeds SET last_run_at = $4, last_error = $2, last_result = $3
           WHERE feed_id = $1",
+        feed_id,
+        last_error,
+        last_result,
+        now,
     )
-    .bind(feed_id)
-    .bind(last_error)
-    .bind(last_result)
-    .bind(now)
     .execute(pool)
     .await?;
     Ok(())
