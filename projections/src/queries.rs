@@ -391,12 +391,12 @@ pub struct FreeUnit {
 }
 
 /// The units search, with the test that leaves a room type's night out (see
-/// [`free_units`]). A macro, not a `format!`, so that the SQL stays static
-/// text the query macro checks. The first arm names the output columns;
-/// the overrides (`"property_id!"`) are their names, so the final ORDER BY
-/// quotes them.
+/// [`free_units`]), run on `$conn`; `$key` is the paging key. A macro, not a
+/// `format!`, so that the SQL stays static text the query macro checks. The
+/// first arm names the output columns; the overrides (`"property_id!"`) are
+/// their names, so the final ORDER BY quotes them.
 macro_rules! free_units_query {
-    ($short_night:literal, $agency_id:expr, $search:expr, $after_property:expr, $after_room_type:expr) => {
+    ($short_night:literal, $conn:expr, $agency_id:expr, $search:expr, $key:expr) => {
         sqlx::query_as!(
             FreeUnit,
             r#"(SELECT p.property_id AS "property_id!", p.name AS "name!",
@@ -436,11 +436,13 @@ macro_rules! free_units_query {
             $search.owner,
             $search.from,
             $search.to,
-            $after_property,
-            $after_room_type,
+            $key.0,
+            $key.1,
             $search.units,
             $search.limit,
         )
+        .fetch_all($conn)
+        .await
     };
 }
 
@@ -455,7 +457,7 @@ pub async fn free_units(
 ) -> Result<Vec<FreeUnit>, sqlx::Error> {
     // The nil UUID stands for "no room type" in the paging key, so that a
     // single unit's key sorts before any room type's.
-    let (after_property, after_room_type) = match search.after {
+    let key = match search.after {
         Some((property, room_type)) => (Some(property), room_type.unwrap_or(Uuid::nil())),
         None => (None, Uuid::nil()),
     };
@@ -471,25 +473,9 @@ pub async fn free_units(
     // with both arms in one NOT IN, the planner set up a parallel scan for
     // the arm that could not match.
     if search.units == 1 {
-        free_units_query!(
-            "n.taken >= n.units",
-            agency_id,
-            search,
-            after_property,
-            after_room_type
-        )
-        .fetch_all(conn)
-        .await
+        free_units_query!("n.taken >= n.units", conn, agency_id, search, key)
     } else {
-        free_units_query!(
-            "n.taken > n.units - $7",
-            agency_id,
-            search,
-            after_property,
-            after_room_type
-        )
-        .fetch_all(conn)
-        .await
+        free_units_query!("n.taken > n.units - $7", conn, agency_id, search, key)
     }
 }
 
