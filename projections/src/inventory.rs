@@ -13,32 +13,22 @@ use chrono::NaiveDate;
 use ledger_domain::claims::{claim_change, ClaimChange};
 use ledger_domain::values::ClaimKind;
 use ledger_domain::{CalendarEvent, RoomType};
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::tail::Envelope;
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 struct Range {
     agency_id: Uuid,
     property_id: Uuid,
     kind: ClaimKind,
-    #[sqlx(rename = "start_night")]
     start: NaiveDate,
-    #[sqlx(rename = "end_night")]
     end: NaiveDate,
     status: String,
     position: i64,
     room_type_id: Option<Uuid>,
     units: i32,
-}
-
-/// A row of `inventory_ranges`: the range and the booking or block it is of.
-#[derive(sqlx::FromRow)]
-struct StoredRange {
-    ref_id: Uuid,
-    #[sqlx(flatten)]
-    range: Range,
 }
 
 impl Range {
@@ -88,20 +78,30 @@ pub async fn apply(conn: &mut PgConnection, events: &[Envelope]) -> Result<(), s
         return Ok(());
     }
     let mut ranges: HashMap<Uuid, Option<Range>> = HashMap::with_capacity(seen.len());
-    let existing: Vec<StoredRange> = if touched.is_empty() {
-        Vec::new()
-    } else {
-        sqlx::query_as(
-            "SELECT ref_id, agency_id, property_id, kind, lower(during) AS start_night,
-                    upper(during) AS end_night, status, position, room_type_id, units
-               FROM inventory_ranges WHERE ref_id = ANY($1)",
+    if !touched.is_empty() {
+        let existing = sqlx::query!(
+            r#"SELECT ref_id, agency_id, property_id, kind AS "kind: ClaimKind",
+                    lower(during) AS "start!", upper(during) AS "end!", status, position,
+                    room_type_id, units
+               FROM inventory_ranges WHERE ref_id = ANY($1)"#,
+            &touched,
         )
-        .bind(&touched)
         .fetch_all(&mut *conn)
-        .await?
-    };
-    for StoredRange { ref_id, range } in existing {
-        ranges.insert(ref_id, Some(range));
+        .await?;
+        for row in existing {
+            let range = Range {
+                agency_id: row.agency_id,
+                property_id: row.property_id,
+                kind: row.kind,
+                start: row.start,
+                end: row.end,
+                status: row.status,
+                position: row.position,
+                room_type_id: row.room_type_id,
+                units: row.units,
+            };
+            ranges.insert(row.ref_id, Some(range));
+        }
     }
     let before: Vec<Range> = ranges.values().flatten().cloned().collect();
     let mut room_types = load_room_types(conn, events, &before).await?;
@@ -126,10 +126,12 @@ pub async fn apply(conn: &mut PgConnection, events: &[Envelope]) -> Result<(), s
     nights.retain(|_, delta| *delta != 0);
 
     if !touched.is_empty() {
-        sqlx::query("DELETE FROM inventory_ranges WHERE ref_id = ANY($1)")
-            .bind(&touched)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query!(
+            "DELETE FROM inventory_ranges WHERE ref_id = ANY($1)",
+            &touched
+        )
+        .execute(&mut *conn)
+        .await?;
     }
     let live: Vec<(Uuid, Range)> = ranges
         .into_iter()
@@ -143,26 +145,25 @@ pub async fn apply(conn: &mut PgConnection, events: &[Envelope]) -> Result<(), s
 }
 
 async fn insert_ranges(conn: &mut PgConnection, live: &[(Uuid, Range)]) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO inventory_ranges (ref_id, agency_id, property_id, kind, during, status, position,
+    let kinds: Vec<ClaimKind> = live.iter().map(|(_, r)| r.kind).collect();
+    let room_types: Vec<Option<Uuid>> = live.iter().map(|(_, r)| r.room_type_id).collect();
+    sqlx::query!("INSERT INTO inventory_ranges (ref_id, agency_id, property_id, kind, during, status, position,
                               room_type_id, units)
          SELECT r, a, p, k, daterange(s, e), st, pos, rt, u
            FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::date[], $6::date[],
                        $7::text[], $8::bigint[], $9::uuid[], $10::int[])
-                AS x(r, a, p, k, s, e, st, pos, rt, u)")
-    .bind(live.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-    .bind(live.iter().map(|(_, r)| r.agency_id).collect::<Vec<_>>())
-    .bind(live.iter().map(|(_, r)| r.property_id).collect::<Vec<_>>())
-    .bind(live.iter().map(|(_, r)| r.kind).collect::<Vec<_>>())
-    .bind(live.iter().map(|(_, r)| r.start).collect::<Vec<_>>())
-    .bind(live.iter().map(|(_, r)| r.end).collect::<Vec<_>>())
-    .bind(
-        live.iter()
-            .map(|(_, r)| r.status.clone())
-            .collect::<Vec<_>>(),
+                AS x(r, a, p, k, s, e, st, pos, rt, u)",
+        &live.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        &live.iter().map(|(_, r)| r.agency_id).collect::<Vec<_>>(),
+        &live.iter().map(|(_, r)| r.property_id).collect::<Vec<_>>(),
+        &kinds as &[ClaimKind],
+        &live.iter().map(|(_, r)| r.start).collect::<Vec<_>>(),
+        &live.iter().map(|(_, r)| r.end).collect::<Vec<_>>(),
+        &live.iter().map(|(_, r)| r.status.clone()).collect::<Vec<_>>(),
+        &live.iter().map(|(_, r)| r.position).collect::<Vec<_>>(),
+        &room_types as &[Option<Uuid>],
+        &live.iter().map(|(_, r)| r.units).collect::<Vec<_>>(),
     )
-    .bind(live.iter().map(|(_, r)| r.position).collect::<Vec<_>>())
-    .bind(live.iter().map(|(_, r)| r.room_type_id).collect::<Vec<_>>())
-    .bind(live.iter().map(|(_, r)| r.units).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
@@ -206,34 +207,30 @@ async fn load_room_types(
     if wanted.is_empty() {
         return Ok(room_types);
     }
-    let rows = sqlx::query(
+    let rows = sqlx::query!(
         "SELECT room_type_id, agency_id, property_id, name, units, external_ref, version,
                 created_at, updated_at, position
            FROM inventory_room_types WHERE room_type_id = ANY($1)",
+        &wanted.into_iter().collect::<Vec<_>>(),
     )
-    .bind(wanted.into_iter().collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await?;
     for row in rows {
-        let id: Uuid = row.try_get("room_type_id")?;
-        let units: i32 = row.try_get("units")?;
-        let version: i64 = row.try_get("version")?;
+        let id = row.room_type_id;
         room_types.types.insert(
             id,
             RoomType {
                 id,
-                property_id: row.try_get("property_id")?,
-                name: row.try_get("name")?,
-                units: u32::try_from(units).unwrap_or(0),
-                external_ref: row.try_get("external_ref")?,
-                version: u64::try_from(version).unwrap_or(0),
-                created_at: row.try_get("created_at")?,
-                updated_at: row.try_get("updated_at")?,
+                property_id: row.property_id,
+                name: row.name,
+                units: u32::try_from(row.units).unwrap_or(0),
+                external_ref: row.external_ref,
+                version: u64::try_from(row.version).unwrap_or(0),
+                created_at: row.created_at,
+                updated_at: row.updated_at,
             },
         );
-        room_types
-            .rows
-            .insert(id, (row.try_get("agency_id")?, row.try_get("position")?));
+        room_types.rows.insert(id, (row.agency_id, row.position));
     }
     Ok(room_types)
 }
@@ -249,23 +246,24 @@ async fn write_room_types(
         else {
             continue;
         };
-        sqlx::query("INSERT INTO inventory_room_types (room_type_id, agency_id, property_id, name, units, external_ref,
+        sqlx::query!("INSERT INTO inventory_room_types (room_type_id, agency_id, property_id, name, units, external_ref,
                                   version, created_at, updated_at, position)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (room_type_id) DO UPDATE SET name = EXCLUDED.name,
                  units = EXCLUDED.units, external_ref = EXCLUDED.external_ref,
                  version = EXCLUDED.version, updated_at = EXCLUDED.updated_at,
-                 position = EXCLUDED.position")
-        .bind(id)
-        .bind(agency_id)
-        .bind(t.property_id)
-        .bind(&t.name)
-        .bind(room_types.units(id))
-        .bind(&t.external_ref)
-        .bind(i64::try_from(t.version).unwrap_or(i64::MAX))
-        .bind(t.created_at)
-        .bind(t.updated_at)
-        .bind(position)
+                 position = EXCLUDED.position",
+            id,
+            agency_id,
+            t.property_id,
+            &t.name,
+            room_types.units(id),
+            t.external_ref.as_deref(),
+            i64::try_from(t.version).unwrap_or(i64::MAX),
+            t.created_at,
+            t.updated_at,
+            position,
+        )
         .execute(&mut *conn)
         .await?;
     }
@@ -304,7 +302,7 @@ async fn write_nights(
             nights.keys().map(|(r, _)| units_of(r)).collect::<Vec<_>>(),
             nights.values().copied().collect::<Vec<_>>(),
         );
-        sqlx::query("WITH x AS (
+        sqlx::query!("WITH x AS (
                  SELECT * FROM UNNEST($1::uuid[], $2::date[], $3::uuid[], $4::uuid[], $5::int[],
                                       $6::int[]) AS x(r, n, a, p, u, d)),
              moved AS (
@@ -313,26 +311,25 @@ async fn write_nights(
                  RETURNING t.room_type_id, t.night)
              INSERT INTO inventory_nights (room_type_id, night, agency_id, property_id, units, taken)
              SELECT x.r, x.n, x.a, x.p, x.u, x.d FROM x
-              WHERE NOT EXISTS (SELECT 1 FROM moved m WHERE m.room_type_id = x.r AND m.night = x.n)")
-        .bind(rows.0)
-        .bind(rows.1)
-        .bind(rows.2)
-        .bind(rows.3)
-        .bind(rows.4)
-        .bind(rows.5)
+              WHERE NOT EXISTS (SELECT 1 FROM moved m WHERE m.room_type_id = x.r AND m.night = x.n)",
+            &rows.0,
+            &rows.1,
+            &rows.2,
+            &rows.3,
+            &rows.4,
+            &rows.5,
+        )
         .execute(&mut *conn)
         .await?;
     }
     if !changed_types.is_empty() {
         let ids: Vec<Uuid> = changed_types.iter().copied().collect();
-        sqlx::query(
+        sqlx::query!(
             "UPDATE inventory_nights n SET units = x.u
                FROM UNNEST($1::uuid[], $2::int[]) AS x(r, u)
               WHERE n.room_type_id = x.r AND n.units <> x.u",
-        )
-        .bind(&ids)
-        .bind(
-            ids.iter()
+            &ids,
+            &ids.iter()
                 .map(|id| room_types.units(id))
                 .collect::<Vec<_>>(),
         )
@@ -341,10 +338,12 @@ async fn write_nights(
     }
     if !nights.is_empty() {
         let ids: Vec<Uuid> = nights.keys().map(|(r, _)| *r).collect();
-        sqlx::query("DELETE FROM inventory_nights WHERE room_type_id = ANY($1) AND taken = 0")
-            .bind(&ids)
-            .execute(conn)
-            .await?;
+        sqlx::query!(
+            "DELETE FROM inventory_nights WHERE room_type_id = ANY($1) AND taken = 0",
+            &ids,
+        )
+        .execute(conn)
+        .await?;
     }
     Ok(())
 }

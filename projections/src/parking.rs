@@ -44,7 +44,7 @@ fn not_the_property(error: &sqlx::Error) -> bool {
 }
 
 /// A parked property, as ops see it.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Parked {
     pub agency_id: Uuid,
     pub property_id: Uuid,
@@ -52,15 +52,6 @@ pub struct Parked {
     pub position: i64,
     pub error: String,
     pub parked_at: DateTime<Utc>,
-}
-
-/// A row of `projection_parked`: a parked property and the checkpoint it is
-/// parked for.
-#[derive(sqlx::FromRow)]
-struct ParkedRow {
-    projection: String,
-    #[sqlx(flatten)]
-    parked: Parked,
 }
 
 /// How many times this process parked a property, by projection and cause.
@@ -98,11 +89,12 @@ pub(crate) async fn parked_properties(
     conn: &mut PgConnection,
     checkpoint: &str,
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
-    let ids: Vec<Uuid> =
-        sqlx::query_scalar("SELECT property_id FROM projection_parked WHERE projection = $1")
-            .bind(checkpoint)
-            .fetch_all(conn)
-            .await?;
+    let ids = sqlx::query_scalar!(
+        "SELECT property_id FROM projection_parked WHERE projection = $1",
+        checkpoint,
+    )
+    .fetch_all(conn)
+    .await?;
     Ok(ids.into_iter().collect())
 }
 
@@ -112,20 +104,32 @@ pub async fn parked(
     pool: &PgPool,
     checkpoints: &[&str],
 ) -> Result<Vec<(String, Parked)>, sqlx::Error> {
-    let rows: Vec<ParkedRow> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT projection, agency_id, property_id, position, error, parked_at
            FROM projection_parked
           WHERE projection = ANY($1) ORDER BY parked_at, property_id",
+        checkpoints as &[&str],
     )
-    .bind(checkpoints)
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|row| (row.projection, row.parked))
+        .map(|row| {
+            let parked = Parked {
+                agency_id: row.agency_id,
+                property_id: row.property_id,
+                position: row.position,
+                error: row.error,
+                parked_at: row.parked_at,
+            };
+            (row.projection, parked)
+        })
         .collect())
 }
 
+/// Runs a savepoint command. Not a query macro: `undo` builds its commands
+/// around the savepoint's name, an identifier no statement can take as an
+/// argument.
 async fn savepoint(conn: &mut PgConnection, command: &str) -> Result<(), sqlx::Error> {
     sqlx::query(command).execute(conn).await?;
     Ok(())
@@ -247,17 +251,17 @@ async fn park(
         %error,
         "{what}; property parked"
     );
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO projection_parked (projection, property_id, agency_id, position, error)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (projection, property_id)
          DO UPDATE SET position = excluded.position, error = excluded.error, parked_at = now()",
+        checkpoint,
+        event.property_id,
+        event.meta.agency_id,
+        event.position,
+        &text,
     )
-    .bind(checkpoint)
-    .bind(event.property_id)
-    .bind(event.meta.agency_id)
-    .bind(event.position)
-    .bind(&text)
     .execute(conn)
     .await?;
     let [all, exclusions] = &PARKINGS.counts[index(projection)];
@@ -286,23 +290,24 @@ pub async fn retry(pool: &PgPool, projection: Projection) -> Result<Retried, Ste
     let mut tx = pool.begin().await?;
     runner::lock(&mut tx, checkpoint).await?;
     let upto = tail::load_checkpoint(&mut tx, checkpoint).await?;
-    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT property_id, position FROM projection_parked
           WHERE projection = $1 ORDER BY position FOR UPDATE",
+        checkpoint,
     )
-    .bind(checkpoint)
     .fetch_all(&mut *tx)
     .await?;
     let mut retried = Retried::default();
-    for (property, from) in rows {
-        let events = tail::read_property(&mut tx, property, from, upto).await?;
+    for row in rows {
+        let property = row.property_id;
+        let events = tail::read_property(&mut tx, property, row.position, upto).await?;
         match apply_property(&mut tx, projection, &events).await? {
             None => {
-                sqlx::query(
+                sqlx::query!(
                     "DELETE FROM projection_parked WHERE projection = $1 AND property_id = $2",
+                    checkpoint,
+                    property,
                 )
-                .bind(checkpoint)
-                .bind(property)
                 .execute(&mut *tx)
                 .await?;
                 tracing::info!(projection = checkpoint, %property, "parked property released");
@@ -325,23 +330,24 @@ pub(crate) async fn hand_over(
     live: &str,
     shadow: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM projection_parked WHERE projection = $1")
-        .bind(live)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("UPDATE projection_parked SET projection = $1 WHERE projection = $2")
-        .bind(live)
-        .bind(shadow)
-        .execute(&mut *conn)
-        .await?;
+    forget(&mut *conn, live).await?;
+    sqlx::query!(
+        "UPDATE projection_parked SET projection = $1 WHERE projection = $2",
+        live,
+        shadow,
+    )
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
 /// Forgets a replay's parked properties (a new replay starts from 0).
 pub(crate) async fn forget(conn: &mut PgConnection, checkpoint: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM projection_parked WHERE projection = $1")
-        .bind(checkpoint)
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM projection_parked WHERE projection = $1",
+        checkpoint,
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }

@@ -29,14 +29,16 @@ pub async fn begin(
     agency_id: Uuid,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
-        "SELECT set_config('transaction_read_only', 'on', true),
-                set_config('role', 'ledger_reader', true),
-                set_config('ledger.agency_id', $1, true),
-                set_config('plan_cache_mode', 'force_custom_plan', true)",
+    // Named columns: the query macro makes a field of each (and has no
+    // `execute` once it has columns: the one row is read and dropped).
+    sqlx::query!(
+        "SELECT set_config('transaction_read_only', 'on', true) AS read_only,
+                set_config('role', 'ledger_reader', true) AS role,
+                set_config('ledger.agency_id', $1, true) AS agency,
+                set_config('plan_cache_mode', 'force_custom_plan', true) AS plan_cache_mode",
+        agency_id.to_string(),
     )
-    .bind(agency_id.to_string())
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
     Ok(tx)
 }
@@ -72,7 +74,7 @@ fn decode<T: for<'de> serde::Deserialize<'de>>(rows: Vec<Value>) -> Result<Vec<T
 }
 
 /// A tentative booking whose hold has lapsed.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct LapsedHold {
     pub booking_id: Uuid,
     pub property_id: Uuid,
@@ -86,13 +88,14 @@ pub async fn lapsed_holds(
     now: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<LapsedHold>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        LapsedHold,
         "SELECT booking_id, property_id, agency_id FROM bookings_view
           WHERE status = 'tentative' AND hold_expires_at <= $1
           ORDER BY hold_expires_at LIMIT $2",
+        now,
+        limit,
     )
-    .bind(now)
-    .bind(limit)
     .fetch_all(pool)
     .await
 }
@@ -105,18 +108,18 @@ pub async fn properties(
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<PropertyRow>, sqlx::Error> {
-    let rows = sqlx::query_scalar(
-        "SELECT to_jsonb(p) FROM properties_view p
+    let rows = sqlx::query_scalar!(
+        r#"SELECT to_jsonb(p) AS "row!" FROM properties_view p
           WHERE p.agency_id = $1
             AND ($2::text IS NULL OR p.owner_id = $2)
             AND ($3::uuid IS NULL OR p.property_id > $3)
           ORDER BY p.property_id
-          LIMIT $4",
+          LIMIT $4"#,
+        agency_id,
+        owner,
+        after,
+        limit,
     )
-    .bind(agency_id)
-    .bind(owner)
-    .bind(after)
-    .bind(limit)
     .fetch_all(conn)
     .await?;
     decode(rows)
@@ -127,11 +130,12 @@ pub async fn property(
     agency_id: Uuid,
     property_id: Uuid,
 ) -> Result<Option<PropertyRow>, sqlx::Error> {
-    let row: Option<Value> = sqlx::query_scalar(
-        "SELECT to_jsonb(p) FROM properties_view p WHERE p.agency_id = $1 AND p.property_id = $2",
+    let row = sqlx::query_scalar!(
+        r#"SELECT to_jsonb(p) AS "row!" FROM properties_view p
+            WHERE p.agency_id = $1 AND p.property_id = $2"#,
+        agency_id,
+        property_id,
     )
-    .bind(agency_id)
-    .bind(property_id)
     .fetch_optional(conn)
     .await?;
     Ok(decode(row.into_iter().collect())?.pop())
@@ -154,8 +158,8 @@ pub async fn bookings(
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<BookingRow>, sqlx::Error> {
-    let rows = sqlx::query_scalar(
-        "SELECT to_jsonb(b) FROM bookings_view b
+    let rows = sqlx::query_scalar!(
+        r#"SELECT to_jsonb(b) AS "row!" FROM bookings_view b
           WHERE b.agency_id = $1
             AND ($2::uuid IS NULL OR b.property_id = $2)
             AND ($3::text IS NULL OR b.status = $3)
@@ -166,16 +170,16 @@ pub async fn bookings(
                    WHERE p.property_id = b.property_id AND p.owner_id = $6))
             AND ($7::uuid IS NULL OR b.booking_id > $7)
           ORDER BY b.booking_id
-          LIMIT $8",
+          LIMIT $8"#,
+        agency_id,
+        filter.property_id,
+        filter.status.as_deref(),
+        filter.from,
+        filter.to,
+        filter.owner.as_deref(),
+        after,
+        limit,
     )
-    .bind(agency_id)
-    .bind(filter.property_id)
-    .bind(filter.status.as_deref())
-    .bind(filter.from)
-    .bind(filter.to)
-    .bind(filter.owner.as_deref())
-    .bind(after)
-    .bind(limit)
     .fetch_all(conn)
     .await?;
     decode(rows)
@@ -187,33 +191,30 @@ pub async fn booking(
     agency_id: Uuid,
     booking_id: Uuid,
 ) -> Result<Option<(BookingRow, Option<String>)>, sqlx::Error> {
-    let row: Option<(Value, Option<String>)> = sqlx::query_as(
-        "SELECT to_jsonb(b) AS booking, p.owner_id
+    let row = sqlx::query!(
+        r#"SELECT to_jsonb(b) AS "booking!", p.owner_id AS "owner_id?"
            FROM bookings_view b
            LEFT JOIN properties_view p ON p.property_id = b.property_id
-          WHERE b.agency_id = $1 AND b.booking_id = $2",
+          WHERE b.agency_id = $1 AND b.booking_id = $2"#,
+        agency_id,
+        booking_id,
     )
-    .bind(agency_id)
-    .bind(booking_id)
     .fetch_optional(conn)
     .await?;
-    let Some((booking, owner)) = row else {
+    let Some(row) = row else {
         return Ok(None);
     };
-    Ok(decode::<BookingRow>(vec![booking])?
+    Ok(decode::<BookingRow>(vec![row.booking])?
         .pop()
-        .map(|b| (b, owner)))
+        .map(|b| (b, row.owner_id)))
 }
 
 /// One active claim on a property's nights.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ClaimedRange {
     pub kind: ClaimKind,
-    #[sqlx(rename = "ref_id")]
     pub id: Uuid,
-    #[sqlx(rename = "start_night")]
     pub start: NaiveDate,
-    #[sqlx(rename = "end_night")]
     pub end: NaiveDate,
     pub status: String,
     /// The room type the claim holds units of; `None` on a single unit.
@@ -241,17 +242,18 @@ pub async fn ranges(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Vec<ClaimedRange>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT kind, ref_id, lower(during) AS start_night, upper(during) AS end_night, status,
-                room_type_id, units
+    sqlx::query_as!(
+        ClaimedRange,
+        r#"SELECT kind AS "kind: ClaimKind", ref_id AS id, lower(during) AS "start!",
+                upper(during) AS "end!", status, room_type_id, units
            FROM inventory_ranges
           WHERE agency_id = $1 AND property_id = $2 AND during && daterange($3, $4)
-          ORDER BY lower(during)",
+          ORDER BY lower(during)"#,
+        agency_id,
+        property_id,
+        from,
+        to,
     )
-    .bind(agency_id)
-    .bind(property_id)
-    .bind(from)
-    .bind(to)
     .fetch_all(conn)
     .await
 }
@@ -300,35 +302,36 @@ pub async fn room_type_nights(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Vec<RoomTypeNights>, sqlx::Error> {
-    let types: Vec<(Uuid, String, i32)> = sqlx::query_as(
+    let types = sqlx::query!(
         "SELECT room_type_id, name, units FROM inventory_room_types
           WHERE agency_id = $1 AND property_id = $2
           ORDER BY room_type_id",
+        agency_id,
+        property_id,
     )
-    .bind(agency_id)
-    .bind(property_id)
     .fetch_all(&mut *conn)
     .await?;
     if types.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<Uuid> = types.iter().map(|(id, _, _)| *id).collect();
-    let taken: HashMap<(Uuid, NaiveDate), i32> = sqlx::query_as(
+    let ids: Vec<Uuid> = types.iter().map(|t| t.room_type_id).collect();
+    let taken: HashMap<(Uuid, NaiveDate), i32> = sqlx::query!(
         "SELECT room_type_id, night, taken FROM inventory_nights
           WHERE agency_id = $1 AND room_type_id = ANY($2) AND night >= $3 AND night < $4",
+        agency_id,
+        &ids,
+        from,
+        to,
     )
-    .bind(agency_id)
-    .bind(&ids)
-    .bind(from)
-    .bind(to)
     .fetch_all(&mut *conn)
     .await?
     .into_iter()
-    .map(|(id, night, taken)| ((id, night), taken))
+    .map(|row| ((row.room_type_id, row.night), row.taken))
     .collect();
     Ok(types
         .into_iter()
-        .map(|(id, name, units)| {
+        .map(|t| {
+            let (id, name, units) = (t.room_type_id, t.name, t.units);
             let nights = from
                 .iter_days()
                 .take_while(|night| *night < to)
@@ -354,13 +357,13 @@ pub async fn room_type_units(
     property_id: Uuid,
     room_type_id: Uuid,
 ) -> Result<Option<i32>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "SELECT units FROM inventory_room_types
           WHERE agency_id = $1 AND property_id = $2 AND room_type_id = $3",
+        agency_id,
+        property_id,
+        room_type_id,
     )
-    .bind(agency_id)
-    .bind(property_id)
-    .bind(room_type_id)
     .fetch_optional(conn)
     .await
 }
@@ -380,19 +383,24 @@ pub struct FreeSearch<'a> {
 
 /// One hit of the availability search: a single-unit property
 /// (`room_type_id` `None`) or one room type of a property.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FreeUnit {
     pub property_id: Uuid,
     pub name: String,
     pub room_type_id: Option<Uuid>,
 }
 
-/// The units search's statement, with the test that leaves a room type's
-/// night out (see [`free_units`]).
-macro_rules! free_units_sql {
-    ($short_night:literal) => {
-        concat!(
-            "(SELECT p.property_id, p.name, NULL::uuid AS room_type_id
+/// The units search, with the test that leaves a room type's night out (see
+/// [`free_units`]), run on `$conn`; `$key` is the paging key. A macro, not a
+/// `format!`, so that the SQL stays static text the query macro checks. The
+/// first arm names the output columns; the overrides (`"property_id!"`) are
+/// their names, so the final ORDER BY quotes them.
+macro_rules! free_units_query {
+    ($short_night:literal, $conn:expr, $agency_id:expr, $search:expr, $key:expr) => {
+        sqlx::query_as!(
+            FreeUnit,
+            r#"(SELECT p.property_id AS "property_id!", p.name AS "name!",
+                    NULL::uuid AS "room_type_id?"
             FROM properties_view p
            WHERE $7 = 1 AND p.agency_id = $1 AND NOT p.archived
              AND ($2::text IS NULL OR p.owner_id = $2)
@@ -417,14 +425,24 @@ macro_rules! free_units_sql {
              AND rt.room_type_id NOT IN (
                  SELECT n.room_type_id FROM inventory_nights n
                   WHERE n.agency_id = $1 AND n.night >= $3 AND n.night < $4
-                    AND ",
-            $short_night,
-            ")
+                    AND "#
+                + $short_night
+                + r#")
            ORDER BY rt.property_id, rt.room_type_id
            LIMIT $8)
-         ORDER BY property_id, room_type_id NULLS FIRST
-         LIMIT $8"
+         ORDER BY "property_id!", "room_type_id?" NULLS FIRST
+         LIMIT $8"#,
+            $agency_id,
+            $search.owner,
+            $search.from,
+            $search.to,
+            $key.0,
+            $key.1,
+            $search.units,
+            $search.limit,
         )
+        .fetch_all($conn)
+        .await
     };
 }
 
@@ -439,7 +457,7 @@ pub async fn free_units(
 ) -> Result<Vec<FreeUnit>, sqlx::Error> {
     // The nil UUID stands for "no room type" in the paging key, so that a
     // single unit's key sorts before any room type's.
-    let (after_property, after_room_type) = match search.after {
+    let key = match search.after {
         Some((property, room_type)) => (Some(property), room_type.unwrap_or(Uuid::nil())),
         None => (None, Uuid::nil()),
     };
@@ -454,22 +472,11 @@ pub async fn free_units(
     // docs/benchmarks.md). Two statements rather than one with both tests:
     // with both arms in one NOT IN, the planner set up a parallel scan for
     // the arm that could not match.
-    let sql = if search.units == 1 {
-        free_units_sql!("n.taken >= n.units")
+    if search.units == 1 {
+        free_units_query!("n.taken >= n.units", conn, agency_id, search, key)
     } else {
-        free_units_sql!("n.taken > n.units - $7")
-    };
-    sqlx::query_as(sql)
-        .bind(agency_id)
-        .bind(search.owner)
-        .bind(search.from)
-        .bind(search.to)
-        .bind(after_property)
-        .bind(after_room_type)
-        .bind(search.units)
-        .bind(search.limit)
-        .fetch_all(conn)
-        .await
+        free_units_query!("n.taken > n.units - $7", conn, agency_id, search, key)
+    }
 }
 
 /// One row of the audit log.
@@ -501,8 +508,8 @@ pub async fn audit_log(
     after: i64,
     limit: i64,
 ) -> Result<Vec<AuditEntry>, sqlx::Error> {
-    let rows = sqlx::query_scalar(
-        "SELECT to_jsonb(a) FROM audit_log a
+    let rows = sqlx::query_scalar!(
+        r#"SELECT to_jsonb(a) AS "row!" FROM audit_log a
           WHERE a.agency_id = $1
             AND ($2::text IS NULL OR a.resource_type = $2)
             AND ($3::uuid IS NULL OR a.resource_id = $3)
@@ -510,15 +517,15 @@ pub async fn audit_log(
             AND ($5::text IS NULL OR a.action = $5)
             AND a.position > $6
           ORDER BY a.position
-          LIMIT $7",
+          LIMIT $7"#,
+        agency_id,
+        filter.resource_type.as_deref(),
+        filter.resource_id,
+        filter.user_id.as_deref(),
+        filter.action.as_deref(),
+        after,
+        limit,
     )
-    .bind(agency_id)
-    .bind(filter.resource_type.as_deref())
-    .bind(filter.resource_id)
-    .bind(filter.user_id.as_deref())
-    .bind(filter.action.as_deref())
-    .bind(after)
-    .bind(limit)
     .fetch_all(conn)
     .await?;
     decode(rows)

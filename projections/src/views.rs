@@ -177,7 +177,8 @@ const BOOKING_COLUMNS: &[&str] = &[
     "position",
 ];
 
-/// Rows of a table as JSON, read back into their row type.
+/// Rows of a table as JSON, read back into their row type. The table is an
+/// argument, so the statement is built here rather than checked by a macro.
 async fn load_rows<T: for<'de> Deserialize<'de>>(
     conn: &mut PgConnection,
     table: &str,
@@ -195,7 +196,8 @@ async fn load_rows<T: for<'de> Deserialize<'de>>(
         .collect()
 }
 
-/// Writes rows (serialised with their column names) with one upsert.
+/// Writes rows (serialised with their column names) with one upsert; built
+/// here, like [`load_rows`]'s, from the table and its columns.
 async fn upsert_rows<T: Serialize>(
     conn: &mut PgConnection,
     table: &str,
