@@ -41,28 +41,18 @@ pub enum ReplayError {
 }
 
 /// The progress of a replay, as ops see it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Progress {
-    #[sqlx(rename = "id")]
     pub replay_id: Uuid,
     pub name: String,
     pub state: String,
     pub processed: i64,
     pub total: i64,
     /// Not stored: worked out from `processed` and the time taken.
-    #[sqlx(skip)]
     pub events_per_sec: f64,
     pub error: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-}
-
-/// A row of `projection_replays` with the seconds the replay has taken.
-#[derive(sqlx::FromRow)]
-struct ProgressRow {
-    #[sqlx(flatten)]
-    progress: Progress,
-    elapsed: f64,
 }
 
 fn checkpoint(projection: Projection) -> String {
@@ -74,30 +64,30 @@ fn checkpoint(projection: Projection) -> String {
 pub async fn start(pool: &PgPool, projection: Projection) -> Result<Uuid, ReplayError> {
     let id = Uuid::now_v7();
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE projection_replays
             SET state = 'failed', error = 'abandoned: its process stopped', finished_at = now()
           WHERE name = $1 AND state IN ('running', 'swapping')
             AND heartbeat_at < now() - make_interval(secs => $2)",
+        projection.name(),
+        STALE_AFTER_SECS as f64,
     )
-    .bind(projection.name())
-    .bind(STALE_AFTER_SECS as f64)
     .execute(&mut *tx)
     .await?;
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "INSERT INTO projection_replays (id, name, state, total)
          VALUES ($1, $2, 'running', (SELECT coalesce(max(position), 0) FROM events))
          ON CONFLICT DO NOTHING",
+        id,
+        projection.name(),
     )
-    .bind(id)
-    .bind(projection.name())
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
-        let running: Option<Uuid> = sqlx::query_scalar(
+        let running = sqlx::query_scalar!(
             "SELECT id FROM projection_replays WHERE name = $1 AND state IN ('running', 'swapping')",
+            projection.name(),
         )
-        .bind(projection.name())
         .fetch_optional(&mut *tx)
         .await?;
         return match running {
@@ -122,12 +112,12 @@ pub async fn start(pool: &PgPool, projection: Projection) -> Result<Uuid, Replay
         // Indexes that back no constraint are built in one pass once the
         // copy is full (`build_deferred_indexes`) rather than kept up to date
         // row by row through the whole rebuild (docs/benchmarks.md, P5).
-        let deferred: Vec<String> = sqlx::query_scalar(
-            "SELECT i.indexrelid::regclass::text FROM pg_index i
-              WHERE i.indrelid = $1::regclass
-                AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)",
+        let deferred = sqlx::query_scalar!(
+            r#"SELECT i.indexrelid::regclass::text AS "index!" FROM pg_index i
+              WHERE i.indrelid = $1::text::regclass
+                AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)"#,
+            format!("{SHADOW_SCHEMA}.{table}"),
         )
-        .bind(format!("{SHADOW_SCHEMA}.{table}"))
         .fetch_all(&mut *tx)
         .await?;
         execute_all(
@@ -139,12 +129,12 @@ pub async fn start(pool: &PgPool, projection: Projection) -> Result<Uuid, Replay
         .await?;
     }
     parking::forget(&mut tx, &checkpoint(projection)).await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO projection_checkpoints (name, position) VALUES ($1, 0)
          ON CONFLICT (name) DO UPDATE SET txid = 0, position = 0, status = 'running', last_error = NULL,
                                           updated_at = now()",
+        checkpoint(projection),
     )
-    .bind(checkpoint(projection))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -152,17 +142,17 @@ pub async fn start(pool: &PgPool, projection: Projection) -> Result<Uuid, Replay
 }
 
 async fn record(pool: &PgPool, id: Uuid, state: &str, processed: i64, error: Option<String>) {
-    let result = sqlx::query(
+    let result = sqlx::query!(
         "UPDATE projection_replays
             SET state = $2, processed = $3, error = $4, heartbeat_at = now(),
                 total = greatest(total, (SELECT coalesce(max(position), 0) FROM events)),
                 finished_at = CASE WHEN $2 IN ('done', 'failed') THEN now() END
           WHERE id = $1",
+        id,
+        state,
+        processed,
+        error,
     )
-    .bind(id)
-    .bind(state)
-    .bind(processed)
-    .bind(error)
     .execute(pool)
     .await;
     if let Err(error) = result {
@@ -183,10 +173,17 @@ pub async fn run(pool: &PgPool, projection: Projection, id: Uuid) -> Result<(), 
 }
 
 async fn shadow_position(pool: &PgPool, projection: Projection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
-        .bind(checkpoint(projection))
-        .fetch_one(pool)
-        .await
+    position_of(pool, &checkpoint(projection)).await
+}
+
+/// Where the checkpoint `name` (a live projection's or a copy's) stands.
+async fn position_of(pool: &PgPool, name: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT position FROM projection_checkpoints WHERE name = $1",
+        name
+    )
+    .fetch_one(pool)
+    .await
 }
 
 async fn rebuild_and_swap(
@@ -220,11 +217,7 @@ async fn rebuild_and_swap(
     )
     .await;
     swap(pool, projection).await?;
-    let processed: i64 =
-        sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE name = $1")
-            .bind(projection.name())
-            .fetch_one(pool)
-            .await?;
+    let processed = position_of(pool, projection.name()).await?;
     record(pool, id, "done", processed, None).await;
     Ok(())
 }
@@ -233,17 +226,17 @@ async fn rebuild_and_swap(
 /// the same names (the copies live in another schema until the swap).
 async fn build_deferred_indexes(pool: &PgPool, projection: Projection) -> Result<(), ReplayError> {
     for table in projection.tables() {
-        let definitions: Vec<String> = sqlx::query_scalar(
-            "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i
+        let definitions = sqlx::query_scalar!(
+            r#"SELECT pg_get_indexdef(i.indexrelid) AS "definition!" FROM pg_index i
                JOIN pg_class ic ON ic.oid = i.indexrelid
-              WHERE i.indrelid = $1::regclass
+              WHERE i.indrelid = $1::text::regclass
                 AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)
                 AND NOT EXISTS (SELECT 1 FROM pg_class sc
                                   JOIN pg_namespace n ON n.oid = sc.relnamespace
-                                 WHERE n.nspname = $2 AND sc.relname = ic.relname)",
+                                 WHERE n.nspname = $2 AND sc.relname = ic.relname)"#,
+            format!("public.{table}"),
+            SHADOW_SCHEMA,
         )
-        .bind(format!("public.{table}"))
-        .bind(SHADOW_SCHEMA)
         .fetch_all(pool)
         .await?;
         for definition in definitions {
@@ -317,6 +310,8 @@ async fn try_swap(pool: &PgPool, projection: Projection) -> Result<(), ReplayErr
     .await?;
     while runner::apply_next(&mut tx, projection, &shadow, BATCH).await? > 0 {}
     for table in projection.tables() {
+        // A runtime statement: the function returns `void`, a type the
+        // query macros cannot describe.
         sqlx::query("SELECT ledger_secure_read_model($1::regclass)")
             .bind(format!("{SHADOW_SCHEMA}.{table}"))
             .execute(&mut *tx)
@@ -330,23 +325,25 @@ async fn try_swap(pool: &PgPool, projection: Projection) -> Result<(), ReplayErr
         )
         .await?;
     }
-    sqlx::query(
+    sqlx::query!(
         "UPDATE projection_checkpoints live
             SET txid = shadow.txid, position = shadow.position, status = 'running',
                 last_error = NULL, updated_at = now()
            FROM projection_checkpoints shadow
           WHERE live.name = $1 AND shadow.name = $2",
+        projection.name(),
+        &shadow,
     )
-    .bind(projection.name())
-    .bind(&shadow)
     .execute(&mut *tx)
     .await?;
     // The copy's parked properties are the ones the new tables lack.
     parking::hand_over(&mut tx, projection.name(), &shadow).await?;
-    sqlx::query("DELETE FROM projection_checkpoints WHERE name = $1")
-        .bind(&shadow)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM projection_checkpoints WHERE name = $1",
+        &shadow
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -368,24 +365,29 @@ pub async fn progress(
     pool: &PgPool,
     projection: Projection,
 ) -> Result<Option<Progress>, sqlx::Error> {
-    let row: Option<ProgressRow> = sqlx::query_as(
-        "SELECT id, name, state, processed, total, error, started_at, finished_at,
-                extract(epoch FROM coalesce(finished_at, now()) - started_at)::float8 AS elapsed
-           FROM projection_replays WHERE name = $1
-          ORDER BY started_at DESC LIMIT 1",
+    let row = sqlx::query!(
+        r#"SELECT id, name, state, processed, total, error, started_at, finished_at,
+                  extract(epoch FROM coalesce(finished_at, now()) - started_at)::float8 AS "elapsed!"
+             FROM projection_replays WHERE name = $1
+            ORDER BY started_at DESC LIMIT 1"#,
+        projection.name(),
     )
-    .bind(projection.name())
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(
-        |ProgressRow {
-             mut progress,
-             elapsed,
-         }| {
-            if elapsed > 0.0 {
-                progress.events_per_sec = (progress.processed as f64 / elapsed).round();
-            }
-            progress
+    Ok(row.map(|row| Progress {
+        replay_id: row.id,
+        name: row.name,
+        state: row.state,
+        processed: row.processed,
+        total: row.total,
+        // Events per second over the time taken so far.
+        events_per_sec: if row.elapsed > 0.0 {
+            (row.processed as f64 / row.elapsed).round()
+        } else {
+            0.0
         },
-    ))
+        error: row.error,
+        started_at: row.started_at,
+        finished_at: row.finished_at,
+    }))
 }
