@@ -88,11 +88,10 @@ impl AppState {
 pub struct AgencyCache {
     restricted: RwLock<HashMap<Uuid, Restriction>>,
     recorded: Mutex<HashSet<Uuid>>,
-    /// One lock per agency being recorded, so that a burst of first requests
-    /// makes one `ensure` and the rest wait for it, instead of each taking a
-    /// pooled connection to insert the same row (a new agency's first 500
-    /// requests would otherwise hold the pool against every other request).
-    recording: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// The agencies a request of this process is recording right now, so
+    /// that a burst of first requests makes one `ensure` instead of each
+    /// taking a pooled connection to insert the same row.
+    recording: Mutex<HashSet<Uuid>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -113,6 +112,31 @@ impl Feature {
         match self {
             Feature::IcalExport => features.ical_export,
             Feature::IcalImport => features.ical_import,
+        }
+    }
+}
+
+/// One request's claim on recording an agency, given up when it ends (also
+/// when the request is dropped half way).
+struct Recording<'a> {
+    set: &'a Mutex<HashSet<Uuid>>,
+    agency_id: Uuid,
+}
+
+impl<'a> Recording<'a> {
+    /// `None` when another request is recording the agency already.
+    fn start(set: &'a Mutex<HashSet<Uuid>>, agency_id: Uuid) -> Option<Self> {
+        // The claim is made only after the set's lock is let go: its drop
+        // takes that lock again.
+        let claimed = set.lock().ok()?.insert(agency_id);
+        claimed.then(|| Recording { set, agency_id })
+    }
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut recording) = self.set.lock() {
+            recording.remove(&self.agency_id);
         }
     }
 }
@@ -176,26 +200,21 @@ impl AgencyCache {
             .unwrap_or(true)
     }
 
-    /// Makes sure the agency has a record, once per process: concurrent first
-    /// requests wait for the one that records it. Noted only once the record
+    /// Makes sure the agency has a record, once per process. A request
+    /// that finds another one recording the agency goes on without waiting:
+    /// nothing it does needs the record, and while the database is down a
+    /// queue behind failing attempts would hold every first request far past
+    /// the 1 s in which it must get its 503. Noted only once the record
     /// surely exists, so a failure (or a dropped request) is tried again by
     /// the next request.
     async fn record(&self, agency_id: Uuid, pool: &PgPool) {
-        let lock = match self.recording.lock() {
-            Ok(mut recording) => recording.entry(agency_id).or_default().clone(),
-            Err(_) => return,
-        };
-        let _turn = lock.lock().await;
-        if self.is_recorded(agency_id) {
+        let Some(_recording) = Recording::start(&self.recording, agency_id) else {
             return;
-        }
+        };
         match agencies::ensure(pool, agency_id).await {
             Ok(_) => {
                 if let Ok(mut recorded) = self.recorded.lock() {
                     recorded.insert(agency_id);
-                }
-                if let Ok(mut recording) = self.recording.lock() {
-                    recording.remove(&agency_id);
                 }
             }
             // Debug: while the database is down every request would say it.
