@@ -36,11 +36,7 @@ fn bearer(token: impl std::fmt::Display) -> Option<String> {
 
 /// Sends with a raw `Authorization` header value (or none).
 async fn with_authorization(
-    app: &TestApp,
-    method: &str,
-    path: &str,
-    authorization: Option<&str>,
-    body: Option<&Value>,
+    app: &TestApp, method: &str, path: &str, authorization: Option<&str>, body: Option<&Value>,
 ) -> Reply {
     let headers: Vec<(&str, &str)> = authorization
         .map(|value| vec![("authorization", value)])

@@ -64,12 +64,7 @@ fn night(base: NaiveDate, offset: u64) -> String {
 /// the connection `after` later without reading the reply: a client that
 /// hangs up while its command runs.
 async fn hang_up(
-    app: &TestApp,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: &[u8],
-    headers: &[(&str, &str)],
+    app: &TestApp, method: &str, path: &str, token: &str, body: &[u8], headers: &[(&str, &str)],
     after: Duration,
 ) {
     let mut stream = TcpStream::connect(("127.0.0.1", app.port))
@@ -1126,9 +1121,7 @@ async fn nights_match_the_log(pool: &PgPool) -> Vec<String> {
 
 /// The rows only one side has, named.
 fn differences<T: std::fmt::Debug + Eq + std::hash::Hash>(
-    table: &str,
-    stored: &HashSet<T>,
-    folded: &HashSet<T>,
+    table: &str, stored: &HashSet<T>, folded: &HashSet<T>,
 ) -> Vec<String> {
     let mut differences: Vec<String> = stored
         .difference(folded)

@@ -34,11 +34,7 @@ const ROUNDS: usize = 4;
 /// One request, with how long it took; a request that hangs fails the test
 /// with the path named instead of waiting for the client's own timeout.
 async fn timed(
-    app: &TestApp,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
+    app: &TestApp, method: &str, path: &str, token: Option<&str>, body: Option<&Value>,
 ) -> (Reply, Duration) {
     let started = Instant::now();
     let reply = tokio::time::timeout(
@@ -63,10 +59,7 @@ async fn live_fast(app: &TestApp, path: &str, when: &str) {
 /// A request (`method path`) that needs the database while it is out: 503
 /// `DATABASE_UNAVAILABLE` within [`FAST`].
 async fn unavailable_fast(
-    app: &TestApp,
-    (method, path): (&str, &str),
-    token: Option<&str>,
-    body: Option<&Value>,
+    app: &TestApp, (method, path): (&str, &str), token: Option<&str>, body: Option<&Value>,
     when: &str,
 ) {
     let (reply, took) = timed(app, method, path, token, body).await;
@@ -116,11 +109,7 @@ async fn ready_with_a_booking(app: &TestApp) -> (String, Uuid, Uuid) {
 
 /// A reservation, [`timed`].
 async fn reserve(
-    app: &TestApp,
-    token: &str,
-    property: Uuid,
-    check_in: &str,
-    check_out: &str,
+    app: &TestApp, token: &str, property: Uuid, check_in: &str, check_out: &str,
 ) -> (Reply, Duration) {
     let body = reservation(property, check_in, check_out);
     timed(app, "POST", "/api/v1/bookings", Some(token), Some(&body)).await

@@ -43,8 +43,7 @@ fn url(nats: &NatsServer, user: &str, password: &str) -> String {
 
 /// Server errors (permission violations) the client is told about.
 async fn watched_client(
-    nats: &NatsServer,
-    a: Uuid,
+    nats: &NatsServer, a: Uuid,
 ) -> (async_nats::Client, mpsc::UnboundedReceiver<String>) {
     let (errors, received) = mpsc::unbounded_channel();
     let client = async_nats::ConnectOptions::with_user_and_password(

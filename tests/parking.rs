@@ -28,11 +28,7 @@ fn entry<'a>(ops: &'a Value, name: &str) -> &'a Value {
 /// Reserves, then reads the booking back with `min_position`; returns the
 /// booking's id, its position and how long commit -> visible took.
 async fn reserve_and_read(
-    app: &TestApp,
-    token: &str,
-    property: Uuid,
-    check_in: &str,
-    check_out: &str,
+    app: &TestApp, token: &str, property: Uuid, check_in: &str, check_out: &str,
 ) -> (Uuid, i64, Duration) {
     let reply = created(app.reserve(token, property, check_in, check_out).await);
     let committed = Instant::now();
@@ -53,10 +49,7 @@ async fn reserve_and_read(
 /// `first_night` days after 1 January 2031 on), each read back with `min_position` within the bound; the
 /// commit -> visible times, sorted.
 async fn others_read_back(
-    app: &TestApp,
-    properties: [(&String, Uuid); 2],
-    first_night: u64,
-    count: usize,
+    app: &TestApp, properties: [(&String, Uuid); 2], first_night: u64, count: usize,
 ) -> Vec<Duration> {
     let mut latencies = Vec::new();
     for (i, (token, property)) in properties.into_iter().cycle().take(count).enumerate() {

@@ -367,10 +367,7 @@ async fn not_found_at(app: &TestApp, min: i64, code: &str, cases: &[(String, &St
 /// Whether a writer's `reply` has `status`: then the writers' `last`
 /// position takes its position; if not, `failures` says what failed.
 fn tracked(
-    reply: &Reply,
-    (what, status): (&str, StatusCode),
-    last: &AtomicI64,
-    failures: &mut Vec<String>,
+    reply: &Reply, (what, status): (&str, StatusCode), last: &AtomicI64, failures: &mut Vec<String>,
 ) -> bool {
     if reply.status != status {
         failures.push(format!("{what}: {} {}", reply.status, reply.body));
@@ -1337,11 +1334,7 @@ async fn a_lapsed_hold_expires_without_traffic_and_frees_its_nights() {
 /// property), cancelling every `cancel_every`-th; returns the ids of the
 /// bookings acknowledged and of those cancelled.
 async fn load(
-    app: &TestApp,
-    properties: &[(Uuid, String)],
-    count: u64,
-    first: NaiveDate,
-    cancel_every: u64,
+    app: &TestApp, properties: &[(Uuid, String)], count: u64, first: NaiveDate, cancel_every: u64,
 ) -> (Vec<Uuid>, Vec<Uuid>) {
     let tasks = properties.iter().map(|(property, tok)| {
         let (property, tok) = (*property, tok.clone());

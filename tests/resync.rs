@@ -76,10 +76,7 @@ impl AdapterState for Memory {
     }
 
     async fn ranges(
-        &self,
-        property_id: Uuid,
-        _from: NaiveDate,
-        _to: NaiveDate,
+        &self, property_id: Uuid, _from: NaiveDate, _to: NaiveDate,
     ) -> Result<Vec<ChannelRange>, StateError> {
         Ok(self.held(property_id))
     }
@@ -616,12 +613,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// Live reserves at `rate` a second for as long as `until` says, over
 /// `live`; returns commit -> received latencies (ms) of their events.
 async fn live_load(
-    app: &TestApp,
-    token: &str,
-    nats: &NatsServer,
-    live: &[Uuid],
-    rate: u64,
-    first_night: u64,
+    app: &TestApp, token: &str, nats: &NatsServer, live: &[Uuid], rate: u64, first_night: u64,
     mut until: impl FnMut(usize) -> bool,
 ) -> Vec<f64> {
     let client = ledger_infra::nats::connect_now(&nats.url, "latency")

@@ -20,11 +20,7 @@ fn room_types(property: Uuid) -> String {
 
 /// `POST .../room-types`: a room type of `units` units named `name`.
 async fn add_room_type(
-    app: &TestApp,
-    token: &str,
-    property: Uuid,
-    name: &str,
-    units: u32,
+    app: &TestApp, token: &str, property: Uuid, name: &str, units: u32,
 ) -> Reply {
     let body = json!({"name": name, "units": units});
     app.post(&room_types(property), token, body).await
@@ -60,11 +56,7 @@ fn assert_full(reply: &Reply, nights: Value) {
 
 /// Books `[check_in, check_out)` of `property`, in `room_type` if given.
 async fn book(
-    app: &TestApp,
-    token: &str,
-    property: Uuid,
-    room_type: Option<Uuid>,
-    check_in: &str,
+    app: &TestApp, token: &str, property: Uuid, room_type: Option<Uuid>, check_in: &str,
     check_out: &str,
 ) -> Reply {
     let body = stay(property, room_type, check_in, check_out);

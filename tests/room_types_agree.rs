@@ -64,10 +64,7 @@ async fn book(app: &TestApp, token: &str, property: Uuid, room: Uuid, from: u64,
 
 /// `GET /api/v1/availability` of the hotel: units and taken per night.
 async fn availability(
-    app: &TestApp,
-    token: &str,
-    property: Uuid,
-    (from, to): (NaiveDate, NaiveDate),
+    app: &TestApp, token: &str, property: Uuid, (from, to): (NaiveDate, NaiveDate),
 ) -> (HashMap<Uuid, u32>, Taken) {
     let path = format!("/api/v1/availability?property_id={property}&from={from}&to={to}");
     let reply = app.read_ok(&path, token).await;
@@ -94,11 +91,7 @@ async fn availability(
 /// `GET /api/v1/availability/search`: `(property_id, room_type_id)` hits,
 /// one per page, so that every hit's cursor is followed.
 async fn search(
-    app: &TestApp,
-    token: &str,
-    from: NaiveDate,
-    to: NaiveDate,
-    units: u32,
+    app: &TestApp, token: &str, from: NaiveDate, to: NaiveDate, units: u32,
 ) -> BTreeSet<(Uuid, Option<Uuid>)> {
     let id = |v: &Value| v.as_str().map(|s| s.parse::<Uuid>().expect("a UUID"));
     let mut hits = Vec::new();

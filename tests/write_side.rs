@@ -30,11 +30,7 @@ fn booking_path(id: Uuid, action: &str) -> String {
 
 /// Reserves and returns the booking's id, asserting a 201.
 async fn booked(
-    app: &TestApp,
-    token: &str,
-    property: Uuid,
-    check_in: &str,
-    check_out: &str,
+    app: &TestApp, token: &str, property: Uuid, check_in: &str, check_out: &str,
 ) -> Uuid {
     let reply = created(app.reserve(token, property, check_in, check_out).await);
     reply.id()
@@ -59,11 +55,7 @@ const ACTIONS: [&str; 5] = ["confirm", "cancel", "check-in", "check-out", "no-sh
 
 /// Each of `actions` on `booking` is refused with `status` and `code`.
 async fn refused_actions(
-    app: &TestApp,
-    token: &str,
-    booking: Uuid,
-    actions: &[&str],
-    (status, code): (StatusCode, &str),
+    app: &TestApp, token: &str, booking: Uuid, actions: &[&str], (status, code): (StatusCode, &str),
 ) {
     for action in actions {
         let reply = app.act(token, booking, action).await;
@@ -95,10 +87,7 @@ fn assert_fields(body: &Value, expected: Value) {
 
 /// `POST /api/v1/properties` with `body` sent as it is.
 async fn register_raw(
-    app: &TestApp,
-    token: &str,
-    body: impl Into<Vec<u8>>,
-    headers: &[(&str, &str)],
+    app: &TestApp, token: &str, body: impl Into<Vec<u8>>, headers: &[(&str, &str)],
 ) -> Reply {
     app.send_bytes("POST", PROPERTIES, Some(token), body.into(), headers)
         .await
@@ -107,12 +96,7 @@ async fn register_raw(
 /// `count` copies of one POST with the same Idempotency-Key, all at once;
 /// each must be 201. The ids they name, consecutive repeats removed.
 async fn same_key_at_once(
-    app: &TestApp,
-    token: &str,
-    path: &str,
-    key: &str,
-    body: &Value,
-    count: usize,
+    app: &TestApp, token: &str, path: &str, key: &str, body: &Value, count: usize,
 ) -> Vec<String> {
     let requests = (0..count).map(|_| {
         app.client

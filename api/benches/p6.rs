@@ -73,12 +73,7 @@ async fn main() -> BenchResult<()> {
 }
 
 async fn run(
-    nats: &mut NatsServer,
-    database_url: &str,
-    pool: &PgPool,
-    rate: u64,
-    seconds: u64,
-    backlog: u64,
+    nats: &mut NatsServer, database_url: &str, pool: &PgPool, rate: u64, seconds: u64, backlog: u64,
 ) -> BenchResult<()> {
     let ledger = Ledger::start(
         std::path::Path::new(env!("CARGO_BIN_EXE_ledger")),

@@ -128,8 +128,7 @@ pub fn server_options() -> BenchResult<sqlx::postgres::PgConnectOptions> {
 /// A new empty database `<prefix>_<uuid>` on the server: its name, URL and
 /// a pool of `connections` to it. [`drop_database`] removes it.
 pub async fn scratch_database(
-    prefix: &str,
-    connections: u32,
+    prefix: &str, connections: u32,
 ) -> BenchResult<(String, String, sqlx::PgPool)> {
     use sqlx::ConnectOptions;
     let options = server_options()?;

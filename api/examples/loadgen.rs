@@ -448,11 +448,7 @@ impl Api {
 
     /// Reserves `[from, to)` on a single-unit property, or on `room_type` of it.
     async fn reserve(
-        &self,
-        property: Uuid,
-        room_type: Option<Uuid>,
-        from: NaiveDate,
-        to: NaiveDate,
+        &self, property: Uuid, room_type: Option<Uuid>, from: NaiveDate, to: NaiveDate,
     ) -> Answer {
         let mut body = json!({
             "property_id": property,

@@ -129,8 +129,7 @@ async fn run(layer: CorsLayer, next: Next, request: Request) -> Response {
 /// request id it was given (the preflight's answer carries it too); the
 /// router's answer when it names none (no such route).
 async fn route_methods(
-    next: &Next,
-    uri: Uri,
+    next: &Next, uri: Uri,
 ) -> Result<(Vec<Method>, Option<HeaderValue>), Response> {
     let mut probe = Request::new(Body::empty());
     *probe.method_mut() = Method::OPTIONS;

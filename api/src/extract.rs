@@ -130,10 +130,7 @@ impl WriteCtx {
     /// A command that holds only while its resource is at
     /// `expected_version` (`If-Match`), when there is one.
     pub fn execution_at(
-        &self,
-        property_id: Uuid,
-        action: CalendarCommand,
-        expected_version: Option<u64>,
+        &self, property_id: Uuid, action: CalendarCommand, expected_version: Option<u64>,
     ) -> Execution {
         let mut execution = self.execution(property_id, action);
         execution.command.expected_version = expected_version;

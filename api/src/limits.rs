@@ -69,9 +69,7 @@ pub fn around(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
 /// the headers and then trickles the body holds nothing past it. (An idle
 /// timeout between chunks would not do: one byte a second never trips it.)
 pub async fn body_deadline(
-    State(timeout): State<Duration>,
-    request: Request,
-    next: Next,
+    State(timeout): State<Duration>, request: Request, next: Next,
 ) -> Response {
     let has_body = request
         .headers()
@@ -125,9 +123,7 @@ impl AgencyLimiter {
 /// 429 `RATE_LIMITED` past the agency's rate. Only a verified token names an
 /// agency: anything else passes here and is refused (or not) by the route.
 pub async fn rate_limit(
-    State((state, limiter)): State<(AppState, Arc<AgencyLimiter>)>,
-    request: Request,
-    next: Next,
+    State((state, limiter)): State<(AppState, Arc<AgencyLimiter>)>, request: Request, next: Next,
 ) -> Response {
     let token = request
         .headers()

@@ -70,9 +70,7 @@ impl Hub {
     /// sends in between is read from the log (and the channel's copy is
     /// dropped as a double).
     pub async fn subscribe(
-        &self,
-        agency_id: Uuid,
-        resume_after: Option<Cursor>,
+        &self, agency_id: Uuid, resume_after: Option<Cursor>,
     ) -> Result<Subscription, sqlx::Error> {
         self.started.get_or_try_init(|| self.start()).await?;
         let from = resume_after.unwrap_or_else(|| self.sent_cursor());

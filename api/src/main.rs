@@ -398,9 +398,7 @@ async fn replay(name: &str, database: DatabaseArgs) -> Result<(), StartError> {
 /// Starts a resync job (the same as `POST /ops/resync`) and follows its
 /// progress until every snapshot is published.
 async fn resync(
-    agency: Option<Uuid>,
-    property: Option<Uuid>,
-    database: DatabaseArgs,
+    agency: Option<Uuid>, property: Option<Uuid>, database: DatabaseArgs,
 ) -> Result<(), StartError> {
     use indicatif::{ProgressBar, ProgressStyle};
     use ledger_infra::resync;

@@ -163,10 +163,7 @@ pub fn query_parameter(name: &str, schema_type: Type, format: Option<KnownFormat
 }
 
 fn parameter(
-    name: &str,
-    parameter_in: ParameterIn,
-    required: Required,
-    schema_type: Type,
+    name: &str, parameter_in: ParameterIn, required: Required, schema_type: Type,
     format: Option<KnownFormat>,
 ) -> Parameter {
     ParameterBuilder::new()

@@ -99,9 +99,7 @@ fn flatten(served: Result<std::io::Result<()>, JoinError>) -> std::io::Result<()
 
 /// The router and the background jobs, until `shutdown`; the jobs end with it.
 async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let mut jobs = JoinSet::new();
     jobs.spawn(state.agencies.clone().run(state.pool.clone()));

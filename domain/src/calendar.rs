@@ -212,8 +212,7 @@ impl PropertyCalendar {
     /// A calendar from its records, e.g. rows of a read model; the index of
     /// active claims is rebuilt from them.
     pub fn from_parts(
-        property: Option<Property>,
-        bookings: BTreeMap<Uuid, Booking>,
+        property: Option<Property>, bookings: BTreeMap<Uuid, Booking>,
         blocks: BTreeMap<Uuid, Block>,
     ) -> Self {
         let mut calendar = Self {
@@ -431,10 +430,7 @@ impl PropertyCalendar {
     /// changes to that booking: another booking on the same property changes
     /// neither.
     fn require_version(
-        &self,
-        property: &Property,
-        action: &CalendarCommand,
-        expected: u64,
+        &self, property: &Property, action: &CalendarCommand, expected: u64,
     ) -> Result<(), CalendarError> {
         let current = match action {
             CalendarCommand::UpdateProperty(_) | CalendarCommand::ArchiveProperty => {
@@ -498,10 +494,7 @@ impl PropertyCalendar {
     }
 
     fn create_room_type(
-        &self,
-        property_id: Uuid,
-        create: &CreateRoomType,
-        now: DateTime<Utc>,
+        &self, property_id: Uuid, create: &CreateRoomType, now: DateTime<Utc>,
     ) -> Result<Vec<CalendarEvent>, CalendarError> {
         validate_room_type(&create.name, create.units, &create.external_ref)?;
         if self.room_types.contains_key(&create.room_type_id) {
@@ -524,9 +517,7 @@ impl PropertyCalendar {
     }
 
     fn update_room_type(
-        &self,
-        update: &UpdateRoomType,
-        now: DateTime<Utc>,
+        &self, update: &UpdateRoomType, now: DateTime<Utc>,
     ) -> Result<Vec<CalendarEvent>, CalendarError> {
         let room_type = self
             .room_types
@@ -573,10 +564,7 @@ impl PropertyCalendar {
     }
 
     fn register(
-        &self,
-        actor: &Actor,
-        register: &RegisterProperty,
-        now: DateTime<Utc>,
+        &self, actor: &Actor, register: &RegisterProperty, now: DateTime<Utc>,
     ) -> Result<Vec<CalendarEvent>, CalendarError> {
         policy::require(actor, Action::ManageProperty)?;
         if self.property.is_some() {
@@ -604,10 +592,7 @@ impl PropertyCalendar {
     }
 
     fn reserve(
-        &self,
-        property_id: Uuid,
-        reserve: &ReserveStay,
-        now: DateTime<Utc>,
+        &self, property_id: Uuid, reserve: &ReserveStay, now: DateTime<Utc>,
     ) -> Result<Vec<CalendarEvent>, CalendarError> {
         let nights = stay(reserve.check_in, reserve.check_out)?;
         let status = reserve.status.unwrap_or(BookingStatus::Confirmed);
@@ -678,10 +663,7 @@ impl PropertyCalendar {
     }
 
     fn modify(
-        &self,
-        property_id: Uuid,
-        modify: &ModifyBooking,
-        now: DateTime<Utc>,
+        &self, property_id: Uuid, modify: &ModifyBooking, now: DateTime<Utc>,
     ) -> Result<Vec<CalendarEvent>, CalendarError> {
         let booking = self.booking(modify.booking_id)?;
         if !booking.status.is_active() {
@@ -746,10 +728,7 @@ impl PropertyCalendar {
     }
 
     fn block(
-        &self,
-        property_id: Uuid,
-        block: &BlockNights,
-        now: DateTime<Utc>,
+        &self, property_id: Uuid, block: &BlockNights, now: DateTime<Utc>,
     ) -> Result<Vec<CalendarEvent>, CalendarError> {
         let nights = Nights::block(block.start, block.end)?;
         values::optional_note("note", block.note.as_deref(), MAX_NOTES)?;
@@ -789,11 +768,7 @@ impl PropertyCalendar {
     /// of the single unit when there is none. `except` is the booking being
     /// moved, whose own nights do not count against it.
     fn make_room(
-        &self,
-        room_type: Option<&RoomType>,
-        nights: Nights,
-        units: u32,
-        except: Option<Uuid>,
+        &self, room_type: Option<&RoomType>, nights: Nights, units: u32, except: Option<Uuid>,
         now: DateTime<Utc>,
     ) -> Result<Vec<CalendarEvent>, CalendarError> {
         let Some(room_type) = room_type else {
@@ -837,11 +812,7 @@ impl PropertyCalendar {
     /// The nights of `nights` on which the room type cannot take `units`
     /// more, not counting one unit for each of `freed` that covers the night.
     fn full_nights(
-        &self,
-        room_type: &RoomType,
-        nights: Nights,
-        units: u32,
-        freed: &[Nights],
+        &self, room_type: &RoomType, nights: Nights, units: u32, freed: &[Nights],
     ) -> Vec<FullNight> {
         let taken = self.taken.get(&room_type.id);
         nights
@@ -868,10 +839,7 @@ impl PropertyCalendar {
     /// and expires the holds that lapsed but were not expired yet (invariant 3:
     /// an expired hold frees its nights, even before the expiry task runs).
     fn clear_nights(
-        &self,
-        nights: Nights,
-        except: Option<Uuid>,
-        now: DateTime<Utc>,
+        &self, nights: Nights, except: Option<Uuid>, now: DateTime<Utc>,
     ) -> Result<Vec<CalendarEvent>, CalendarError> {
         let overlap = self.overlap(nights, except, now);
         if !overlap.conflicts.is_empty() {
@@ -933,12 +901,7 @@ impl PropertyCalendar {
 
     /// Holds `nights`: `units` of a room type, or the single unit.
     fn hold(
-        &mut self,
-        kind: ClaimKind,
-        id: Uuid,
-        nights: Nights,
-        room_type: Option<Uuid>,
-        units: u32,
+        &mut self, kind: ClaimKind, id: Uuid, nights: Nights, room_type: Option<Uuid>, units: u32,
     ) {
         match room_type {
             Some(room_type) => self.count(room_type, nights, units, true),
@@ -1070,9 +1033,7 @@ fn stay(check_in: NaiveDate, check_out: NaiveDate) -> Result<Nights, CalendarErr
 /// nothing but the booking's facts: confirmed, checked in, checked out or
 /// no-show.
 fn restatus(
-    booking: &Booking,
-    to: BookingStatus,
-    now: DateTime<Utc>,
+    booking: &Booking, to: BookingStatus, now: DateTime<Utc>,
 ) -> Result<Vec<CalendarEvent>, CalendarError> {
     require_status(booking, to)?;
     let stay = BookingStay::of(booking, now);
@@ -1101,10 +1062,7 @@ fn require_status(booking: &Booking, to: BookingStatus) -> Result<(), CalendarEr
 }
 
 fn validate_property(
-    name: &str,
-    timezone: &str,
-    owner_id: &Option<String>,
-    external_ref: &Option<String>,
+    name: &str, timezone: &str, owner_id: &Option<String>, external_ref: &Option<String>,
 ) -> Result<(), CalendarError> {
     values::text("name", name, 1, 200)?;
     values::timezone(timezone)?;
@@ -1128,9 +1086,7 @@ fn changed_fields<const N: usize>(fields: [(&str, bool); N]) -> Vec<String> {
 }
 
 fn validate_room_type(
-    name: &str,
-    units: u32,
-    external_ref: &Option<String>,
+    name: &str, units: u32, external_ref: &Option<String>,
 ) -> Result<(), CalendarError> {
     values::text("name", name, 1, 200)?;
     if !(1..=MAX_UNITS).contains(&units) {
@@ -1143,11 +1099,7 @@ fn validate_room_type(
 }
 
 fn validate_booking_details(
-    guest: &Guest,
-    adults: u32,
-    children: u32,
-    price: Option<&Price>,
-    notes: Option<&str>,
+    guest: &Guest, adults: u32, children: u32, price: Option<&Price>, notes: Option<&str>,
 ) -> Result<(), CalendarError> {
     guest.validate()?;
     if !(1..=MAX_PARTY).contains(&adults) {
@@ -1169,9 +1121,7 @@ fn validate_booking_details(
 }
 
 fn update_property(
-    property: &Property,
-    update: &UpdateProperty,
-    now: DateTime<Utc>,
+    property: &Property, update: &UpdateProperty, now: DateTime<Utc>,
 ) -> Result<Vec<CalendarEvent>, CalendarError> {
     let name = or_current(&update.name, &property.name);
     let timezone = or_current(&update.timezone, &property.timezone);
@@ -1206,10 +1156,7 @@ impl Aggregate for PropertyCalendar {
     type Services = ();
 
     async fn handle(
-        &mut self,
-        command: Self::Command,
-        _services: &Self::Services,
-        sink: &EventSink<Self>,
+        &mut self, command: Self::Command, _services: &Self::Services, sink: &EventSink<Self>,
     ) -> Result<(), Self::Error> {
         for event in self.decide(&command)? {
             sink.write(event, self).await;

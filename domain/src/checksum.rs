@@ -44,11 +44,7 @@ pub struct ChannelRange {
 impl ChannelRange {
     /// A claim on the single unit.
     pub fn single(
-        kind: ClaimKind,
-        id: Uuid,
-        start: NaiveDate,
-        end: NaiveDate,
-        status: String,
+        kind: ClaimKind, id: Uuid, start: NaiveDate, end: NaiveDate, status: String,
     ) -> Self {
         ChannelRange {
             kind,

@@ -285,8 +285,7 @@ impl CalendarEvent {
 
     /// Rebuilds an event from its stored type and payload.
     pub fn from_stored(
-        event_type: &str,
-        payload: serde_json::Value,
+        event_type: &str, payload: serde_json::Value,
     ) -> Result<Self, serde_json::Error> {
         serde_json::from_value(Self::tagged(event_type, payload))
     }

@@ -69,8 +69,7 @@ impl PropertyCalendar {
 
 /// The records of `records` that `touched` names, copied.
 fn touched_only<T: Clone>(
-    records: &BTreeMap<Uuid, T>,
-    touched: impl Fn(&Uuid) -> bool,
+    records: &BTreeMap<Uuid, T>, touched: impl Fn(&Uuid) -> bool,
 ) -> BTreeMap<Uuid, T> {
     records
         .iter()

@@ -37,9 +37,7 @@ impl Nights {
     }
 
     fn named(
-        start: NaiveDate,
-        end: NaiveDate,
-        (first, last): (&'static str, &'static str),
+        start: NaiveDate, end: NaiveDate, (first, last): (&'static str, &'static str),
     ) -> Result<Self, CalendarError> {
         date(first, start)?;
         date(last, end)?;
@@ -238,8 +236,7 @@ pub fn date(field: &'static str, value: NaiveDate) -> Result<NaiveDate, Calendar
 
 /// Checks that a timestamp falls within the years dates may take.
 pub fn timestamp(
-    field: &'static str,
-    value: DateTime<Utc>,
+    field: &'static str, value: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, CalendarError> {
     let years = FIRST_DATE.year()..=LAST_DATE.year();
     if years.contains(&value.year()) {
@@ -274,10 +271,7 @@ impl Lines {
 /// Checks a text against the characters its field may hold and its length
 /// in characters (`min` counts what is left after trimming whitespace).
 pub fn checked_text(
-    field: &'static str,
-    value: &str,
-    lines: Lines,
-    (min, max): (usize, usize),
+    field: &'static str, value: &str, lines: Lines, (min, max): (usize, usize),
 ) -> Result<(), CalendarError> {
     if let Some(c) = value.chars().find(|c| !lines.allows(*c)) {
         let allowed = match lines {
@@ -311,9 +305,7 @@ pub fn text(field: &'static str, value: &str, min: usize, max: usize) -> Result<
 
 /// Checks an optional one-line text field: absent is fine, present must fit.
 pub fn optional_text(
-    field: &'static str,
-    value: Option<&str>,
-    max: usize,
+    field: &'static str, value: Option<&str>, max: usize,
 ) -> Result<(), CalendarError> {
     value.map_or(Ok(()), |v| checked_text(field, v, Lines::One, (0, max)))
 }
@@ -321,9 +313,7 @@ pub fn optional_text(
 /// Checks an optional free-text field that may run over several lines
 /// (`notes`, `note`).
 pub fn optional_note(
-    field: &'static str,
-    value: Option<&str>,
-    max: usize,
+    field: &'static str, value: Option<&str>, max: usize,
 ) -> Result<(), CalendarError> {
     value.map_or(Ok(()), |v| checked_text(field, v, Lines::Many, (0, max)))
 }

@@ -84,8 +84,7 @@ fn refusal(events: Vec<CalendarEvent>, command: Command) -> CalendarError {
 
 /// Decides `command` on the calendar `history` folds into.
 fn decided(
-    history: Vec<CalendarEvent>,
-    command: Command,
+    history: Vec<CalendarEvent>, command: Command,
 ) -> Result<Vec<CalendarEvent>, CalendarError> {
     given(history).when(command).inspect_result()
 }
@@ -134,10 +133,7 @@ fn reserve(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> Reser
 }
 
 fn hold(
-    booking_id: Uuid,
-    check_in: NaiveDate,
-    check_out: NaiveDate,
-    expires: DateTime<Utc>,
+    booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate, expires: DateTime<Utc>,
 ) -> ReserveStay {
     ReserveStay {
         status: Some(BookingStatus::Tentative),
@@ -152,10 +148,7 @@ fn reserve_cmd(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> C
 
 /// [`reserve`] by staff at `now`.
 fn reserve_at(
-    now: DateTime<Utc>,
-    booking_id: Uuid,
-    check_in: NaiveDate,
-    check_out: NaiveDate,
+    now: DateTime<Utc>, booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate,
 ) -> Command {
     staff_at(
         now,
@@ -176,10 +169,7 @@ fn reserved(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> Cale
 
 /// The event [`hold`] produces at `at(0)`.
 fn held(
-    booking_id: Uuid,
-    check_in: NaiveDate,
-    check_out: NaiveDate,
-    expires: DateTime<Utc>,
+    booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate, expires: DateTime<Utc>,
 ) -> CalendarEvent {
     reserved_as(
         booking_id,
@@ -190,9 +180,7 @@ fn held(
 }
 
 fn reserved_as(
-    booking_id: Uuid,
-    (check_in, check_out): (NaiveDate, NaiveDate),
-    status: BookingStatus,
+    booking_id: Uuid, (check_in, check_out): (NaiveDate, NaiveDate), status: BookingStatus,
     hold_expires_at: Option<DateTime<Utc>>,
 ) -> CalendarEvent {
     CalendarEvent::BookingReserved {
@@ -215,10 +203,7 @@ fn reserved_as(
 }
 
 fn hold_expired(
-    booking_id: Uuid,
-    check_in: NaiveDate,
-    check_out: NaiveDate,
-    expires: DateTime<Utc>,
+    booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate, expires: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> CalendarEvent {
     CalendarEvent::BookingHoldExpired {
@@ -308,10 +293,7 @@ fn blocked(block_id: Uuid, start: NaiveDate, end: NaiveDate, reason: BlockReason
 }
 
 fn released(
-    block_id: Uuid,
-    start: NaiveDate,
-    end: NaiveDate,
-    reason: BlockReason,
+    block_id: Uuid, start: NaiveDate, end: NaiveDate, reason: BlockReason,
 ) -> CalendarEvent {
     CalendarEvent::AvailabilityReleased {
         block_id,
@@ -352,10 +334,8 @@ fn modify_stay(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> C
 }
 
 fn modified(
-    booking_id: Uuid,
-    (check_in, check_out): (NaiveDate, NaiveDate),
-    (previous_check_in, previous_check_out): (NaiveDate, NaiveDate),
-    changed: &[&str],
+    booking_id: Uuid, (check_in, check_out): (NaiveDate, NaiveDate),
+    (previous_check_in, previous_check_out): (NaiveDate, NaiveDate), changed: &[&str],
 ) -> CalendarEvent {
     CalendarEvent::BookingModified {
         booking_id,
@@ -1601,8 +1581,7 @@ fn range(start: u64, nights: u64) -> Nights {
 /// A claim on new nights is accepted exactly when no standing claim overlaps
 /// them, and a refusal names exactly the standing claims that do.
 fn check_claim_outcome(
-    outcome: &Result<Vec<CalendarEvent>, CalendarError>,
-    expected_conflicts: &BTreeSet<Uuid>,
+    outcome: &Result<Vec<CalendarEvent>, CalendarError>, expected_conflicts: &BTreeSet<Uuid>,
 ) -> Result<(), TestCaseError> {
     match outcome {
         Ok(_) => prop_assert!(

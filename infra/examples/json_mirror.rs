@@ -36,9 +36,7 @@ impl Mirror {
     }
 
     fn change(
-        &self,
-        property: Uuid,
-        edit: impl FnOnce(&mut BTreeMap<Uuid, ChannelRange>),
+        &self, property: Uuid, edit: impl FnOnce(&mut BTreeMap<Uuid, ChannelRange>),
     ) -> std::io::Result<()> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         edit(held.entry(property).or_default());
@@ -75,10 +73,7 @@ impl AdapterState for Mirror {
     }
 
     async fn ranges(
-        &self,
-        property: Uuid,
-        _: NaiveDate,
-        _: NaiveDate,
+        &self, property: Uuid, _: NaiveDate, _: NaiveDate,
     ) -> Result<Vec<ChannelRange>, StateError> {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         Ok(held
@@ -91,10 +86,7 @@ impl AdapterState for Mirror {
 /// Follows the stream into `mirror` under the durable `name` until the
 /// subscription ends.
 pub async fn run(
-    nats_url: &str,
-    name: &str,
-    agency: Option<Uuid>,
-    mirror: Arc<Mirror>,
+    nats_url: &str, name: &str, agency: Option<Uuid>, mirror: Arc<Mirror>,
 ) -> Result<(), ChannelError> {
     let client = ledger_infra::nats::connect_now(nats_url, name).await?;
     let binding = match agency {

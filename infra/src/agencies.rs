@@ -134,9 +134,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Agency>, sqlx::Error>
 
 /// Agencies in id order after `after`, at most `limit`.
 pub async fn list(
-    pool: &PgPool,
-    after: Option<Uuid>,
-    limit: i64,
+    pool: &PgPool, after: Option<Uuid>, limit: i64,
 ) -> Result<Vec<Agency>, sqlx::Error> {
     agency_query!(
         "SELECT",
@@ -162,10 +160,7 @@ pub async fn restricted(pool: &PgPool) -> Result<Vec<Agency>, sqlx::Error> {
 /// Creates the record of agency `id` named `name`; an agency that got a
 /// record without a name (from its first token) gets the name instead.
 pub async fn create(
-    pool: &PgPool,
-    id: Uuid,
-    name: &str,
-    by: &str,
+    pool: &PgPool, id: Uuid, name: &str, by: &str,
 ) -> Result<(Agency, Created), AgencyError> {
     let mut tx = pool.begin().await?;
     let inserted = agency_query!(
@@ -232,10 +227,7 @@ pub async fn ensure(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
 /// Applies a life-cycle change to agency `id` and records it. A change that
 /// changes nothing (reinstating an active agency) records nothing.
 pub async fn change(
-    pool: &PgPool,
-    id: Uuid,
-    change: Change,
-    by: &str,
+    pool: &PgPool, id: Uuid, change: Change, by: &str,
 ) -> Result<Agency, AgencyError> {
     let mut tx = pool.begin().await?;
     let current = locked(&mut tx, id).await?.ok_or(AgencyError::NotFound)?;
@@ -284,9 +276,7 @@ pub async fn change(
 
 /// The agency history after `after` (a position), oldest first.
 pub async fn history(
-    pool: &PgPool,
-    after: i64,
-    limit: i64,
+    pool: &PgPool, after: i64, limit: i64,
 ) -> Result<Vec<HistoryEntry>, sqlx::Error> {
     sqlx::query!(
         "SELECT position, id, agency_id, user_id, action, details, created_at
@@ -316,11 +306,7 @@ async fn locked(conn: &mut PgConnection, id: Uuid) -> Result<Option<Agency>, sql
 }
 
 async fn record(
-    conn: &mut PgConnection,
-    agency_id: Uuid,
-    by: &str,
-    action: &str,
-    details: Value,
+    conn: &mut PgConnection, agency_id: Uuid, by: &str, action: &str, details: Value,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "INSERT INTO agency_history (id, agency_id, user_id, action, details)

@@ -99,10 +99,7 @@ pub trait AdapterState: Send + Sync {
     /// The ranges the adapter holds for the property that end after `from`
     /// and start before `to`.
     async fn ranges(
-        &self,
-        property_id: Uuid,
-        from: NaiveDate,
-        to: NaiveDate,
+        &self, property_id: Uuid, from: NaiveDate, to: NaiveDate,
     ) -> Result<Vec<ChannelRange>, StateError>;
 }
 
@@ -378,9 +375,7 @@ impl ChannelConsumer {
     /// Asks the ledger for a snapshot of a property (at most once per
     /// [`RESYNC_PATIENCE`] while none arrives).
     pub async fn request_resync(
-        &mut self,
-        agency_id: Uuid,
-        property_id: Uuid,
+        &mut self, agency_id: Uuid, property_id: Uuid,
     ) -> Result<Option<Requested>, ChannelError> {
         if self
             .asked
@@ -429,8 +424,7 @@ impl ChannelConsumer {
     /// handled, or it is older than what the adapter already applied.
     #[allow(clippy::type_complexity)]
     fn availability<T: AvailabilityData>(
-        &self,
-        cloud: &CloudEvent,
+        &self, cloud: &CloudEvent,
     ) -> Result<(Arc<dyn AdapterState>, Uuid, T), AckKind> {
         let Some(state) = self.state.clone() else {
             return Err(AckKind::Ack);
@@ -642,9 +636,7 @@ pub struct Follower {
 
 impl Follower {
     pub async fn open(
-        client: &Client,
-        agency_id: Option<Uuid>,
-        property_id: Option<Uuid>,
+        client: &Client, agency_id: Option<Uuid>, property_id: Option<Uuid>,
         from_position: Option<i64>,
     ) -> Result<Follower, ChannelError> {
         let stream = ledger_stream(client).await?;

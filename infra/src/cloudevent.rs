@@ -146,12 +146,7 @@ impl CloudEvent {
     /// `ledgersequence` are those of the last event it takes into account,
     /// so it sits in the property's sequence where it was taken.
     pub fn availability(
-        agency_id: Uuid,
-        property_id: Uuid,
-        kind: &str,
-        position: i64,
-        sequence: i64,
-        data: Value,
+        agency_id: Uuid, property_id: Uuid, kind: &str, position: i64, sequence: i64, data: Value,
     ) -> CloudEvent {
         CloudEvent {
             specversion: SPEC_VERSION.to_owned(),

@@ -233,9 +233,7 @@ impl CommandBus {
 
     /// Reads a property's calendar as of the latest committed event.
     pub async fn read<T>(
-        &self,
-        property_id: Uuid,
-        view: impl FnOnce(&Loaded) -> T,
+        &self, property_id: Uuid, view: impl FnOnce(&Loaded) -> T,
     ) -> Result<T, ExecuteError> {
         let slot = self.slot(property_id);
         let mut state = slot.lock().await;
@@ -252,10 +250,7 @@ impl CommandBus {
     /// it; with an Idempotency-Key, `replies` says what to keep, and a
     /// repeated request gets the first reply back and appends nothing.
     pub async fn execute<V: Send + 'static>(
-        &self,
-        execution: Execution,
-        view: impl View<V>,
-        replies: Option<Arc<dyn ReplyHook<V>>>,
+        &self, execution: Execution, view: impl View<V>, replies: Option<Arc<dyn ReplyHook<V>>>,
     ) -> Result<Answer<V>, ExecuteError> {
         let bus = self.clone();
         let task =
@@ -283,10 +278,7 @@ impl CommandBus {
 
     #[tracing::instrument(skip_all, fields(property_id = %execution.property_id, request_id = %execution.request_id))]
     async fn run<V>(
-        &self,
-        execution: &Execution,
-        view: &dyn View<V>,
-        replies: Option<&dyn ReplyHook<V>>,
+        &self, execution: &Execution, view: &dyn View<V>, replies: Option<&dyn ReplyHook<V>>,
     ) -> Result<Answer<V>, ExecuteError> {
         let slot = self.slot(execution.property_id);
         // The first attempt decides on the cached calendar as it is: when
@@ -319,11 +311,7 @@ impl CommandBus {
     }
 
     async fn attempt<V>(
-        &self,
-        execution: &Execution,
-        state: &mut Loaded,
-        read_first: bool,
-        view: &dyn View<V>,
+        &self, execution: &Execution, state: &mut Loaded, read_first: bool, view: &dyn View<V>,
         replies: Option<&dyn ReplyHook<V>>,
     ) -> Result<Attempt<V>, ExecuteError> {
         let property_id = execution.property_id;
@@ -438,10 +426,7 @@ impl CommandBus {
     /// A refusal decided from state is the first reply too: with a key, it is
     /// kept, so a retry gets it again even if the state changes meanwhile.
     async fn refuse<V>(
-        &self,
-        execution: &Execution,
-        refusal: CalendarError,
-        replies: Option<&dyn ReplyHook<V>>,
+        &self, execution: &Execution, refusal: CalendarError, replies: Option<&dyn ReplyHook<V>>,
     ) -> Result<Attempt<V>, ExecuteError> {
         let kept = execution
             .idempotency
@@ -459,9 +444,7 @@ impl CommandBus {
     /// and the caller may take the command now: a replay is held to the role
     /// table and the agency's visibility rules like a fresh request.
     async fn replay(
-        &self,
-        execution: &Execution,
-        state: &mut Loaded,
+        &self, execution: &Execution, state: &mut Loaded,
     ) -> Result<Option<Reply>, ExecuteError> {
         let Some(reply) = self.stored_reply(execution).await? else {
             return Ok(None);
@@ -522,10 +505,7 @@ impl CommandBus {
     /// Keeps `reply` for the key, with no event; `false` when another
     /// request holds the key.
     async fn keep_reply(
-        &self,
-        execution: &Execution,
-        idempotency: &Idempotency,
-        reply: &Reply,
+        &self, execution: &Execution, idempotency: &Idempotency, reply: &Reply,
     ) -> Result<bool, ExecuteError> {
         let kept = KeptReply {
             key: &idempotency.key,

@@ -206,9 +206,7 @@ impl EventStore {
     /// `(sequence, position, event)`.
     #[tracing::instrument(skip(self), level = "debug")]
     pub async fn load_after(
-        &self,
-        property_id: Uuid,
-        after_sequence: i64,
+        &self, property_id: Uuid, after_sequence: i64,
     ) -> Result<Vec<(i64, i64, CalendarEvent)>, StoreError> {
         let rows = sqlx::query!(
             "SELECT sequence, position, event_type, event_version, payload
@@ -269,9 +267,7 @@ impl EventStore {
     /// Stores `loaded` as the property's snapshot, unless a newer one of
     /// this version is already there (two processes may write at once).
     pub async fn save_snapshot(
-        &self,
-        property_id: Uuid,
-        loaded: &Loaded,
+        &self, property_id: Uuid, loaded: &Loaded,
     ) -> Result<(), sqlx::Error> {
         let state = serde_json::to_value(&loaded.calendar)
             .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
@@ -305,11 +301,8 @@ impl EventStore {
     /// global positions in order. A concurrent append shows up as a unique
     /// violation on `events_pkey` when the transaction writes or commits.
     pub async fn append(
-        tx: &mut Transaction<'_, Postgres>,
-        property_id: Uuid,
-        expected_sequence: i64,
-        events: &[CalendarEvent],
-        metadata: &EventMetadata,
+        tx: &mut Transaction<'_, Postgres>, property_id: Uuid, expected_sequence: i64,
+        events: &[CalendarEvent], metadata: &EventMetadata,
     ) -> Result<Vec<i64>, sqlx::Error> {
         let append = Append {
             property_id,
@@ -335,9 +328,7 @@ impl EventStore {
     /// Keeps a reply for an Idempotency-Key that no event goes with (a
     /// refusal, or a command that changed nothing).
     pub async fn keep_reply<'e>(
-        executor: impl sqlx::PgExecutor<'e>,
-        agency_id: Uuid,
-        kept: &KeptReply<'_>,
+        executor: impl sqlx::PgExecutor<'e>, agency_id: Uuid, kept: &KeptReply<'_>,
     ) -> Result<(), sqlx::Error> {
         sqlx::query!(
             "INSERT INTO idempotency_keys (agency_id, key, request_hash, status_code, response)
@@ -356,10 +347,7 @@ impl EventStore {
     /// Records which property a new booking or block belongs to, in the
     /// transaction of the event that creates it.
     pub async fn record_ref(
-        tx: &mut Transaction<'_, Postgres>,
-        ref_id: Uuid,
-        kind: ClaimKind,
-        agency_id: Uuid,
+        tx: &mut Transaction<'_, Postgres>, ref_id: Uuid, kind: ClaimKind, agency_id: Uuid,
         property_id: Uuid,
     ) -> Result<(), sqlx::Error> {
         sqlx::query!(
@@ -377,10 +365,7 @@ impl EventStore {
     /// The property of an agency's booking or block; `None` when the id is
     /// unknown or belongs to another agency (the caller answers 404 for both).
     pub async fn resolve_ref(
-        &self,
-        ref_id: Uuid,
-        kind: ClaimKind,
-        agency_id: Uuid,
+        &self, ref_id: Uuid, kind: ClaimKind, agency_id: Uuid,
     ) -> Result<Option<Uuid>, DbError> {
         let property = sqlx::query_scalar!(
             "SELECT property_id FROM resource_refs WHERE ref_id = $1 AND kind = $2 AND agency_id = $3",
@@ -400,10 +385,7 @@ impl EventStore {
 
     /// A page of a property's raw history, in order, after `after_sequence`.
     pub async fn history(
-        &self,
-        property_id: Uuid,
-        after_sequence: i64,
-        limit: i64,
+        &self, property_id: Uuid, after_sequence: i64, limit: i64,
     ) -> Result<Vec<StoredEvent>, DbError> {
         let events = sqlx::query_as!(
             StoredEvent,
@@ -427,9 +409,7 @@ impl EventStore {
 /// Decodes a stored event, upcasting older versions first. Version "1" is the
 /// only one so far; a new version adds a step here, never an edit of the log.
 pub fn decode(
-    event_type: String,
-    event_version: String,
-    payload: Value,
+    event_type: String, event_version: String, payload: Value,
 ) -> Result<CalendarEvent, String> {
     let payload = upcast(&event_type, &event_version, payload)?;
     CalendarEvent::from_stored(&event_type, payload).map_err(|e| e.to_string())
@@ -457,8 +437,7 @@ impl cqrs_es::persist::EventUpcaster for TagPayload {
     }
 
     fn upcast(
-        &self,
-        mut event: cqrs_es::persist::SerializedEvent,
+        &self, mut event: cqrs_es::persist::SerializedEvent,
     ) -> cqrs_es::persist::SerializedEvent {
         event.payload = CalendarEvent::tagged(&event.event_type, event.payload.take());
         event

@@ -190,10 +190,7 @@ pub fn agency_inbox_prefix(agency_id: uuid::Uuid) -> String {
 /// - subscribe `_INBOX.agency-<agency>.>`: the pulled messages and the API's
 ///   answers (not `_INBOX.>`, where other users' deliveries arrive).
 pub fn agency_permissions(
-    agency_id: uuid::Uuid,
-    user: &str,
-    password: &str,
-    durables: &[String],
+    agency_id: uuid::Uuid, user: &str, password: &str, durables: &[String],
 ) -> String {
     let agency = agency_id.to_string();
     let mut publish = Vec::new();

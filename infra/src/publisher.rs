@@ -392,9 +392,7 @@ impl Publisher {
 /// behind it is on the stream). Returns how many it served, `None` when
 /// none were pending.
 async fn serve_requests(
-    conn: &mut PgConnection,
-    jetstream: &jetstream::Context,
-    budget: &mut TokenBucket,
+    conn: &mut PgConnection, jetstream: &jetstream::Context, budget: &mut TokenBucket,
     published: Cursor,
 ) -> Result<Option<usize>, PublisherError> {
     let requests = resync::pending(&mut *conn, RESYNC_SLICE as i64).await?;
@@ -536,8 +534,7 @@ fn availability_document(request: &Pending, events: Vec<Envelope>) -> Option<Opt
 /// the position of the last event acked with none missing before it, and the
 /// first failure, if any.
 async fn publish(
-    jetstream: &jetstream::Context,
-    events: &[Envelope],
+    jetstream: &jetstream::Context, events: &[Envelope],
 ) -> (Option<i64>, Option<PublisherError>) {
     let mut pending = Vec::with_capacity(events.len());
     let mut failure = None;

@@ -96,9 +96,7 @@ pub async fn agency_of(pool: &PgPool, property_id: Uuid) -> Result<Option<Uuid>,
 /// Starts a resync of one property, one agency's properties or every
 /// property: one request per property, served in the background.
 pub async fn start_job(
-    pool: &PgPool,
-    agency_id: Option<Uuid>,
-    property_id: Option<Uuid>,
+    pool: &PgPool, agency_id: Option<Uuid>, property_id: Option<Uuid>,
 ) -> Result<Uuid, sqlx::Error> {
     let job_id = Uuid::now_v7();
     let mut tx = pool.begin().await?;

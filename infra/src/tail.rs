@@ -114,9 +114,7 @@ macro_rules! select_envelopes {
 /// Up to `limit` events after `after`, in `(txid, position)` order, none of
 /// which a still-running transaction could precede.
 pub async fn read_batch(
-    conn: &mut PgConnection,
-    after: Cursor,
-    limit: i64,
+    conn: &mut PgConnection, after: Cursor, limit: i64,
 ) -> Result<Vec<Envelope>, TailError> {
     let rows = select_envelopes!(
         "WHERE (txid, position) > ($1::text::xid8, $2)
@@ -138,10 +136,7 @@ pub async fn read_batch(
 /// the cursor `upto`, in order: what a projection skipped while the property
 /// was parked.
 pub async fn read_property(
-    conn: &mut PgConnection,
-    property_id: Uuid,
-    from_position: i64,
-    upto: Cursor,
+    conn: &mut PgConnection, property_id: Uuid, from_position: i64, upto: Cursor,
 ) -> Result<Vec<Envelope>, TailError> {
     let rows = select_envelopes!(
         "WHERE aggregate_type = $1 AND aggregate_id = $2 AND position >= $3
@@ -172,9 +167,7 @@ pub async fn load_checkpoint(conn: &mut PgConnection, name: &str) -> Result<Curs
 
 /// Moves a checkpoint forward to `to` (never back) and marks it running.
 pub async fn store_checkpoint(
-    conn: &mut PgConnection,
-    name: &str,
-    to: Cursor,
+    conn: &mut PgConnection, name: &str, to: Cursor,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE projection_checkpoints

@@ -182,9 +182,7 @@ fn creates(event: &CalendarEvent) -> bool {
 /// The room types the batch changes or counts nights of, as they stand
 /// before it (those it creates are folded in from their event).
 async fn load_room_types(
-    conn: &mut PgConnection,
-    events: &[Envelope],
-    before: &[Range],
+    conn: &mut PgConnection, events: &[Envelope], before: &[Range],
 ) -> Result<RoomTypes, sqlx::Error> {
     let mut wanted: HashSet<Uuid> = before.iter().filter_map(|r| r.room_type_id).collect();
     for envelope in events {
@@ -236,9 +234,7 @@ async fn load_room_types(
 }
 
 async fn write_room_types(
-    conn: &mut PgConnection,
-    room_types: &RoomTypes,
-    changed: &HashSet<Uuid>,
+    conn: &mut PgConnection, room_types: &RoomTypes, changed: &HashSet<Uuid>,
 ) -> Result<(), sqlx::Error> {
     for id in changed {
         let (Some(t), Some((agency_id, position))) =
@@ -274,9 +270,7 @@ async fn write_room_types(
 /// gives the other nights of a room type whose units changed their new
 /// units, and drops the nights that hold nothing any more.
 async fn write_nights(
-    conn: &mut PgConnection,
-    room_types: &RoomTypes,
-    changed_types: &HashSet<Uuid>,
+    conn: &mut PgConnection, room_types: &RoomTypes, changed_types: &HashSet<Uuid>,
     nights: &BTreeMap<(Uuid, NaiveDate), i32>,
 ) -> Result<(), sqlx::Error> {
     if !nights.is_empty() {

@@ -65,9 +65,7 @@ impl Projection {
     /// a replay's copies when the transaction put them first on its
     /// `search_path` ([`runner::Tables`]).
     pub async fn apply(
-        self,
-        conn: &mut PgConnection,
-        events: &[Envelope],
+        self, conn: &mut PgConnection, events: &[Envelope],
     ) -> Result<(), sqlx::Error> {
         match self {
             Projection::Inventory => inventory::apply(conn, events).await,

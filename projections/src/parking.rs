@@ -86,8 +86,7 @@ fn index(projection: Projection) -> usize {
 
 /// The properties parked for a checkpoint, by name.
 pub(crate) async fn parked_properties(
-    conn: &mut PgConnection,
-    checkpoint: &str,
+    conn: &mut PgConnection, checkpoint: &str,
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
     let ids = sqlx::query_scalar!(
         "SELECT property_id FROM projection_parked WHERE projection = $1",
@@ -101,8 +100,7 @@ pub(crate) async fn parked_properties(
 /// Every parked property of the checkpoints named, by checkpoint name,
 /// oldest parking first.
 pub async fn parked(
-    pool: &PgPool,
-    checkpoints: &[&str],
+    pool: &PgPool, checkpoints: &[&str],
 ) -> Result<Vec<(String, Parked)>, sqlx::Error> {
     let rows = sqlx::query!(
         "SELECT projection, agency_id, property_id, position, error, parked_at
@@ -147,10 +145,7 @@ async fn undo(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
 /// its first event that cannot be applied; the events before it stay
 /// applied. Only a failure that is not the property's is an error.
 pub(crate) async fn apply_or_park(
-    conn: &mut PgConnection,
-    projection: Projection,
-    checkpoint: &str,
-    events: &[Envelope],
+    conn: &mut PgConnection, projection: Projection, checkpoint: &str, events: &[Envelope],
 ) -> Result<(), StepError> {
     if events.is_empty() {
         return Ok(());
@@ -192,9 +187,7 @@ fn retry_whole(events: &[Envelope], source: sqlx::Error) -> StepError {
 /// Applies one property's events in order; on a failure, the event it
 /// stopped at and the error (the events before it stay applied).
 async fn apply_property<'a>(
-    conn: &mut PgConnection,
-    projection: Projection,
-    events: &'a [Envelope],
+    conn: &mut PgConnection, projection: Projection, events: &'a [Envelope],
 ) -> Result<Option<(&'a Envelope, sqlx::Error)>, StepError> {
     if events.is_empty() {
         return Ok(None);
@@ -225,10 +218,7 @@ async fn apply_property<'a>(
 
 /// Parks (or keeps parked, with the new error) the property of `event`.
 async fn park(
-    conn: &mut PgConnection,
-    projection: Projection,
-    checkpoint: &str,
-    event: &Envelope,
+    conn: &mut PgConnection, projection: Projection, checkpoint: &str, event: &Envelope,
     error: &sqlx::Error,
 ) -> Result<(), sqlx::Error> {
     let exclusion = matches!(error, sqlx::Error::Database(e)
@@ -326,9 +316,7 @@ pub async fn retry(pool: &PgPool, projection: Projection) -> Result<Retried, Ste
 /// Hands a replay's parked properties to the live projection it replaces
 /// (inside the swap's transaction).
 pub(crate) async fn hand_over(
-    conn: &mut PgConnection,
-    live: &str,
-    shadow: &str,
+    conn: &mut PgConnection, live: &str, shadow: &str,
 ) -> Result<(), sqlx::Error> {
     forget(&mut *conn, live).await?;
     sqlx::query!(

@@ -25,8 +25,7 @@ use crate::Projection;
 /// prepared statement switches to after five runs cannot use the indexes
 /// for them (the free search went from ~20 ms to ~250 ms).
 pub async fn begin(
-    pool: &PgPool,
-    agency_id: Uuid,
+    pool: &PgPool, agency_id: Uuid,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // Named columns: the query macro makes a field of each (and has no
@@ -47,10 +46,7 @@ pub async fn begin(
 /// `min_position` (at most `timeout`); returns the position they have
 /// reached, or `None` when the wait ran out.
 pub async fn wait_for(
-    pool: &PgPool,
-    which: &[Projection],
-    min_position: i64,
-    timeout: Duration,
+    pool: &PgPool, which: &[Projection], min_position: i64, timeout: Duration,
 ) -> Result<Option<i64>, sqlx::Error> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut pause = Duration::from_millis(2);
@@ -84,9 +80,7 @@ pub struct LapsedHold {
 /// Holds lapsed by `now`, of every agency, the longest lapsed first (the
 /// hold expiry job's work; not confined to an agency).
 pub async fn lapsed_holds(
-    pool: &PgPool,
-    now: DateTime<Utc>,
-    limit: i64,
+    pool: &PgPool, now: DateTime<Utc>, limit: i64,
 ) -> Result<Vec<LapsedHold>, sqlx::Error> {
     sqlx::query_as!(
         LapsedHold,
@@ -102,11 +96,7 @@ pub async fn lapsed_holds(
 
 /// `owner` restricts to properties whose `owner_id` is that user.
 pub async fn properties(
-    conn: &mut PgConnection,
-    agency_id: Uuid,
-    owner: Option<&str>,
-    after: Option<Uuid>,
-    limit: i64,
+    conn: &mut PgConnection, agency_id: Uuid, owner: Option<&str>, after: Option<Uuid>, limit: i64,
 ) -> Result<Vec<PropertyRow>, sqlx::Error> {
     let rows = sqlx::query_scalar!(
         r#"SELECT to_jsonb(p) AS "row!" FROM properties_view p
@@ -126,9 +116,7 @@ pub async fn properties(
 }
 
 pub async fn property(
-    conn: &mut PgConnection,
-    agency_id: Uuid,
-    property_id: Uuid,
+    conn: &mut PgConnection, agency_id: Uuid, property_id: Uuid,
 ) -> Result<Option<PropertyRow>, sqlx::Error> {
     let row = sqlx::query_scalar!(
         r#"SELECT to_jsonb(p) AS "row!" FROM properties_view p
@@ -152,10 +140,7 @@ pub struct BookingFilter {
 }
 
 pub async fn bookings(
-    conn: &mut PgConnection,
-    agency_id: Uuid,
-    filter: &BookingFilter,
-    after: Option<Uuid>,
+    conn: &mut PgConnection, agency_id: Uuid, filter: &BookingFilter, after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<BookingRow>, sqlx::Error> {
     let rows = sqlx::query_scalar!(
@@ -187,9 +172,7 @@ pub async fn bookings(
 
 /// A booking with the owner of its property (for the owner-only rule).
 pub async fn booking(
-    conn: &mut PgConnection,
-    agency_id: Uuid,
-    booking_id: Uuid,
+    conn: &mut PgConnection, agency_id: Uuid, booking_id: Uuid,
 ) -> Result<Option<(BookingRow, Option<String>)>, sqlx::Error> {
     let row = sqlx::query!(
         r#"SELECT to_jsonb(b) AS "booking!", p.owner_id AS "owner_id?"
@@ -236,11 +219,7 @@ impl From<ClaimedRange> for ChannelRange {
 
 /// Active claims of a property overlapping `[from, to)`, in date order.
 pub async fn ranges(
-    conn: &mut PgConnection,
-    agency_id: Uuid,
-    property_id: Uuid,
-    from: NaiveDate,
-    to: NaiveDate,
+    conn: &mut PgConnection, agency_id: Uuid, property_id: Uuid, from: NaiveDate, to: NaiveDate,
 ) -> Result<Vec<ClaimedRange>, sqlx::Error> {
     sqlx::query_as!(
         ClaimedRange,
@@ -260,9 +239,7 @@ pub async fn ranges(
 
 /// The nights of `[from, to)` no range covers, as maximal runs.
 pub fn free_runs(
-    ranges: &[ClaimedRange],
-    from: NaiveDate,
-    to: NaiveDate,
+    ranges: &[ClaimedRange], from: NaiveDate, to: NaiveDate,
 ) -> Vec<(NaiveDate, NaiveDate)> {
     let mut free = Vec::new();
     let mut cursor = from;
@@ -296,11 +273,7 @@ pub struct RoomTypeNights {
 /// single-unit property. A night no claim holds has no `inventory_nights`
 /// row: all its units are free.
 pub async fn room_type_nights(
-    conn: &mut PgConnection,
-    agency_id: Uuid,
-    property_id: Uuid,
-    from: NaiveDate,
-    to: NaiveDate,
+    conn: &mut PgConnection, agency_id: Uuid, property_id: Uuid, from: NaiveDate, to: NaiveDate,
 ) -> Result<Vec<RoomTypeNights>, sqlx::Error> {
     let types = sqlx::query!(
         "SELECT room_type_id, name, units FROM inventory_room_types
@@ -352,10 +325,7 @@ pub async fn room_type_nights(
 
 /// The units of a room type of the property, if it has that room type.
 pub async fn room_type_units(
-    conn: &mut PgConnection,
-    agency_id: Uuid,
-    property_id: Uuid,
-    room_type_id: Uuid,
+    conn: &mut PgConnection, agency_id: Uuid, property_id: Uuid, room_type_id: Uuid,
 ) -> Result<Option<i32>, sqlx::Error> {
     sqlx::query_scalar!(
         "SELECT units FROM inventory_room_types
@@ -451,9 +421,7 @@ macro_rules! free_units_query {
 /// free on every night of it, ordered by property and then room type (the
 /// single unit, having none, first).
 pub async fn free_units(
-    conn: &mut PgConnection,
-    agency_id: Uuid,
-    search: &FreeSearch<'_>,
+    conn: &mut PgConnection, agency_id: Uuid, search: &FreeSearch<'_>,
 ) -> Result<Vec<FreeUnit>, sqlx::Error> {
     // The nil UUID stands for "no room type" in the paging key, so that a
     // single unit's key sorts before any room type's.
@@ -502,11 +470,7 @@ pub struct AuditFilter {
 }
 
 pub async fn audit_log(
-    conn: &mut PgConnection,
-    agency_id: Uuid,
-    filter: &AuditFilter,
-    after: i64,
-    limit: i64,
+    conn: &mut PgConnection, agency_id: Uuid, filter: &AuditFilter, after: i64, limit: i64,
 ) -> Result<Vec<AuditEntry>, sqlx::Error> {
     let rows = sqlx::query_scalar!(
         r#"SELECT to_jsonb(a) AS "row!" FROM audit_log a

@@ -187,9 +187,7 @@ async fn position_of(pool: &PgPool, name: &str) -> Result<i64, sqlx::Error> {
 }
 
 async fn rebuild_and_swap(
-    pool: &PgPool,
-    projection: Projection,
-    id: Uuid,
+    pool: &PgPool, projection: Projection, id: Uuid,
 ) -> Result<(), ReplayError> {
     let shadow = checkpoint(projection);
     loop {
@@ -351,8 +349,7 @@ async fn try_swap(pool: &PgPool, projection: Projection) -> Result<(), ReplayErr
 /// Runs statements built from table and index names (so not static text),
 /// in order, in `conn`'s open transaction.
 async fn execute_all(
-    conn: &mut PgConnection,
-    statements: impl IntoIterator<Item = String>,
+    conn: &mut PgConnection, statements: impl IntoIterator<Item = String>,
 ) -> Result<(), sqlx::Error> {
     for statement in statements {
         sqlx::query(&statement).execute(&mut *conn).await?;
@@ -362,8 +359,7 @@ async fn execute_all(
 
 /// The latest replay of a projection.
 pub async fn progress(
-    pool: &PgPool,
-    projection: Projection,
+    pool: &PgPool, projection: Projection,
 ) -> Result<Option<Progress>, sqlx::Error> {
     let row = sqlx::query!(
         r#"SELECT id, name, state, processed, total, error, started_at, finished_at,

@@ -81,8 +81,7 @@ impl StepError {
 
 /// The advisory lock key of a checkpoint name.
 pub(crate) async fn try_lock(
-    conn: &mut PgConnection,
-    checkpoint: &str,
+    conn: &mut PgConnection, checkpoint: &str,
 ) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar!(
         r#"SELECT pg_try_advisory_xact_lock(hashtextextended('ledger.projection.' || $1, 0)) AS "locked!""#,
@@ -107,10 +106,7 @@ pub(crate) async fn lock(conn: &mut PgConnection, checkpoint: &str) -> Result<()
 /// (see `parking`); returns how many events it took from the log. The
 /// caller holds the lock.
 pub(crate) async fn apply_next(
-    conn: &mut PgConnection,
-    projection: Projection,
-    checkpoint: &str,
-    limit: i64,
+    conn: &mut PgConnection, projection: Projection, checkpoint: &str, limit: i64,
 ) -> Result<usize, StepError> {
     let after = tail::load_checkpoint(conn, checkpoint).await?;
     let events = tail::read_batch(conn, after, limit).await?;
@@ -136,11 +132,7 @@ pub(crate) async fn apply_next(
 /// One batch in its own transaction. `Ok(0)` also when another process is
 /// running this projection right now.
 pub async fn step(
-    pool: &PgPool,
-    projection: Projection,
-    tables: Tables,
-    checkpoint: &str,
-    limit: i64,
+    pool: &PgPool, projection: Projection, tables: Tables, checkpoint: &str, limit: i64,
 ) -> Result<usize, StepError> {
     let mut tx = pool.begin().await?;
     if !try_lock(&mut tx, checkpoint).await? {

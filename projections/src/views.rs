@@ -180,10 +180,7 @@ const BOOKING_COLUMNS: &[&str] = &[
 /// Rows of a table as JSON, read back into their row type. The table is an
 /// argument, so the statement is built here rather than checked by a macro.
 async fn load_rows<T: for<'de> Deserialize<'de>>(
-    conn: &mut PgConnection,
-    table: &str,
-    key: &str,
-    ids: &[Uuid],
+    conn: &mut PgConnection, table: &str, key: &str, ids: &[Uuid],
 ) -> Result<Vec<T>, sqlx::Error> {
     let rows: Vec<serde_json::Value> = sqlx::query_scalar(&format!(
         "SELECT to_jsonb(t) FROM {table} t WHERE {key} = ANY($1)"
@@ -199,11 +196,7 @@ async fn load_rows<T: for<'de> Deserialize<'de>>(
 /// Writes rows (serialised with their column names) with one upsert; built
 /// here, like [`load_rows`]'s, from the table and its columns.
 async fn upsert_rows<T: Serialize>(
-    conn: &mut PgConnection,
-    table: &str,
-    key: &str,
-    columns: &[&str],
-    rows: &[T],
+    conn: &mut PgConnection, table: &str, key: &str, columns: &[&str], rows: &[T],
 ) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());

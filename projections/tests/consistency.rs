@@ -113,11 +113,8 @@ fn pick(ids: &[Uuid], index: &Index) -> Option<Uuid> {
 
 /// The command an op stands for (`None`: it refers to nothing yet).
 fn command(
-    op: &Op,
-    subject: &Subject,
-    next_booking: &mut impl Iterator<Item = Uuid>,
-    next_block: &mut impl Iterator<Item = Uuid>,
-    now: chrono::DateTime<chrono::Utc>,
+    op: &Op, subject: &Subject, next_booking: &mut impl Iterator<Item = Uuid>,
+    next_block: &mut impl Iterator<Item = Uuid>, now: chrono::DateTime<chrono::Utc>,
 ) -> Option<CalendarCommand> {
     let booking = |index: &Index| pick(&subject.bookings, index);
     Some(match op {

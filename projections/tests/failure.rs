@@ -27,10 +27,7 @@ async fn status(pool: &PgPool, name: &str) -> Status {
 
 /// Polls a projection's status until `done` says so (at most 15 s).
 async fn wait_for_status(
-    pool: &PgPool,
-    name: &str,
-    what: &str,
-    done: impl Fn(&Status) -> bool,
+    pool: &PgPool, name: &str, what: &str, done: impl Fn(&Status) -> bool,
 ) -> Status {
     eventually(Duration::from_secs(15), || async {
         let status = status(pool, name).await;

@@ -32,8 +32,7 @@ async fn nights(pool: &PgPool) -> BTreeMap<(Uuid, NaiveDate), (i32, i32)> {
 
 /// The same, counted by the aggregate from its own records.
 async fn expected_nights(
-    bus: &CommandBus,
-    property: Uuid,
+    bus: &CommandBus, property: Uuid,
 ) -> BTreeMap<(Uuid, NaiveDate), (i32, i32)> {
     bus.read(property, |loaded| {
         let calendar = &loaded.calendar;

@@ -147,9 +147,7 @@ pub const EMPTY_CALENDAR: &str =
 /// The property's feeds as listed, once `done` holds for them (polled,
 /// 60 s at most).
 pub async fn feeds_when(
-    app: &crate::common::TestApp,
-    admin: &str,
-    property: uuid::Uuid,
+    app: &crate::common::TestApp, admin: &str, property: uuid::Uuid,
     done: impl Fn(&[serde_json::Value]) -> bool,
 ) -> Vec<serde_json::Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -177,10 +175,7 @@ pub fn all_ran(items: &[serde_json::Value]) -> bool {
 
 /// Registers `url` as a feed of the property; asserts the 201.
 pub async fn register(
-    app: &crate::common::TestApp,
-    admin: &str,
-    property: uuid::Uuid,
-    url: &str,
+    app: &crate::common::TestApp, admin: &str, property: uuid::Uuid, url: &str,
 ) -> uuid::Uuid {
     let reply = app
         .post(

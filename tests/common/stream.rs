@@ -179,10 +179,7 @@ impl Load {
     /// `writers` writers over `properties` new properties of a new agency,
     /// once `warm_up` of their writes were acknowledged.
     pub async fn on_new_properties(
-        app: &TestApp,
-        properties: usize,
-        writers: usize,
-        warm_up: usize,
+        app: &TestApp, properties: usize, writers: usize, warm_up: usize,
     ) -> Load {
         let (_, admin) = agency();
         let properties = self::properties(app, &admin, properties).await;

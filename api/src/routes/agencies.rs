@@ -55,9 +55,7 @@ pub struct FeatureChange {
     params(Paging),
     responses((status = 200, description = "a page of agencies", body = Page<Agency>), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn list(
-    State(state): State<AppState>,
-    caller: Caller,
-    page: Paging,
+    State(state): State<AppState>, caller: Caller, page: Paging,
 ) -> Result<Json<Page<Agency>>, ApiError> {
     caller.require(Action::AdministerAgencies)?;
     let rows = agencies::list(&state.pool, page.after_id()?, page.fetch()).await?;
@@ -74,9 +72,7 @@ pub async fn list(
     responses((status = 201, description = "the new agency", body = Agency), (status = 200, description = "an existing unnamed agency, now named", body = Agency),
               (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn create(
-    State(state): State<AppState>,
-    caller: Caller,
-    Body(body): Body<NewAgency>,
+    State(state): State<AppState>, caller: Caller, Body(body): Body<NewAgency>,
 ) -> Result<Response, ApiError> {
     caller.require(Action::AdministerAgencies)?;
     values::text("name", &body.name, 1, NAME_MAX)?;
@@ -95,9 +91,7 @@ pub async fn create(
     params(("id" = Uuid, Path)),
     responses((status = 200, description = "the agency", body = Agency), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn get(
-    State(state): State<AppState>,
-    caller: Caller,
-    PathId(id): PathId,
+    State(state): State<AppState>, caller: Caller, PathId(id): PathId,
 ) -> Result<Json<Agency>, ApiError> {
     caller.require(Action::AdministerAgencies)?;
     let agency = agencies::get(&state.pool, id)
@@ -110,9 +104,7 @@ pub async fn get(
     params(("id" = Uuid, Path)), request_body = StatusChange,
     responses((status = 200, description = "the agency", body = Agency), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn suspend(
-    State(state): State<AppState>,
-    caller: Caller,
-    PathId(id): PathId,
+    State(state): State<AppState>, caller: Caller, PathId(id): PathId,
     Body(body): Body<StatusChange>,
 ) -> Result<Json<Agency>, ApiError> {
     change_status(&state, &caller, id, body, |reason| Change::Suspend {
@@ -125,9 +117,7 @@ pub async fn suspend(
     params(("id" = Uuid, Path)), request_body = StatusChange,
     responses((status = 200, description = "the agency", body = Agency), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn reinstate(
-    State(state): State<AppState>,
-    caller: Caller,
-    PathId(id): PathId,
+    State(state): State<AppState>, caller: Caller, PathId(id): PathId,
     Body(body): Body<StatusChange>,
 ) -> Result<Json<Agency>, ApiError> {
     change_status(&state, &caller, id, body, |reason| Change::Reinstate {
@@ -138,10 +128,7 @@ pub async fn reinstate(
 
 /// Suspend and reinstate: an operator's change with a checked reason.
 async fn change_status(
-    state: &AppState,
-    caller: &Caller,
-    id: Uuid,
-    body: StatusChange,
+    state: &AppState, caller: &Caller, id: Uuid, body: StatusChange,
     change: fn(Option<String>) -> Change,
 ) -> Result<Json<Agency>, ApiError> {
     caller.require(Action::AdministerAgencies)?;
@@ -153,9 +140,7 @@ async fn change_status(
     params(("id" = Uuid, Path)), request_body = FeatureChange,
     responses((status = 200, description = "the agency", body = Agency), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn features(
-    State(state): State<AppState>,
-    caller: Caller,
-    PathId(id): PathId,
+    State(state): State<AppState>, caller: Caller, PathId(id): PathId,
     Body(body): Body<FeatureChange>,
 ) -> Result<Json<Agency>, ApiError> {
     caller.require(Action::AdministerAgencies)?;
@@ -169,10 +154,7 @@ pub async fn features(
 /// Runs a change in its own task (a client that hangs up cannot cut the
 /// transaction short), then takes it into this process's cache.
 async fn apply(
-    state: &AppState,
-    caller: &Caller,
-    id: Uuid,
-    change: Change,
+    state: &AppState, caller: &Caller, id: Uuid, change: Change,
 ) -> Result<Json<Agency>, ApiError> {
     let pool = state.pool.clone();
     let by = caller.0.user_id.clone();
@@ -189,9 +171,7 @@ async fn apply(
     params(Paging),
     responses((status = 200, description = "a page of the agency history", body = Page<AuditEntryView>), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
 pub async fn audit_log(
-    State(state): State<AppState>,
-    caller: Caller,
-    page: Paging,
+    State(state): State<AppState>, caller: Caller, page: Paging,
 ) -> Result<Json<Page<AuditEntryView>>, ApiError> {
     caller.require(Action::AdministerAgencies)?;
     let rows = agencies::history(&state.pool, page.after_number()?, page.fetch()).await?;

@@ -18,9 +18,7 @@ use crate::state::AppState;
     request_body = BlockBody,
     responses((status = 201, body = BlockView)))]
 pub async fn create(
-    State(state): State<AppState>,
-    ctx: WriteCtx,
-    Body(body): Body<BlockBody>,
+    State(state): State<AppState>, ctx: WriteCtx, Body(body): Body<BlockBody>,
 ) -> Result<Response, ApiError> {
     let block_id = Uuid::now_v7();
     let property_id = body.property_id;
@@ -38,9 +36,7 @@ pub async fn create(
 #[utoipa::path(delete, path = "/api/v1/availability/blocks/{id}", tag = "availability",
     responses((status = 200, body = BlockView)))]
 pub async fn release(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    ctx: WriteCtx,
+    State(state): State<AppState>, PathId(id): PathId, ctx: WriteCtx,
 ) -> Result<Response, ApiError> {
     let property_id = property_of(&state, &ctx.caller, ClaimKind::Block, id).await?;
     let execution = ctx.execution(property_id, CalendarCommand::ReleaseBlock { block_id: id });
@@ -50,9 +46,7 @@ pub async fn release(
 #[utoipa::path(get, path = "/api/v1/availability/blocks/{id}", tag = "availability",
     responses((status = 200, body = BlockView)))]
 pub async fn get(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    caller: Caller,
+    State(state): State<AppState>, PathId(id): PathId, caller: Caller,
 ) -> Result<Response, ApiError> {
     let property_id = property_of(&state, &caller, ClaimKind::Block, id).await?;
     let (position, view) = state

@@ -20,9 +20,7 @@ use crate::state::AppState;
     request_body = ReserveBody,
     responses((status = 201, body = BookingView)))]
 pub async fn reserve(
-    State(state): State<AppState>,
-    ctx: WriteCtx,
-    Body(body): Body<ReserveBody>,
+    State(state): State<AppState>, ctx: WriteCtx, Body(body): Body<ReserveBody>,
 ) -> Result<Response, ApiError> {
     let booking_id = Uuid::now_v7();
     let property_id = body.property_id;
@@ -44,8 +42,7 @@ impl<B> Change<B> {
     /// with the booking; with `If-Match`, only while the booking is at that
     /// version.
     async fn run(
-        self,
-        command: impl FnOnce(Uuid, B) -> CalendarCommand,
+        self, command: impl FnOnce(Uuid, B) -> CalendarCommand,
     ) -> Result<Response, ApiError> {
         let Change {
             state,

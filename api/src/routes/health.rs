@@ -134,9 +134,7 @@ const PATIENCE: Duration = Duration::from_millis(400);
 /// never mistaken for a hung server. The handler's future is dropped, exactly as
 /// when its client disconnects, which every handler must survive anyway.
 pub async fn bounded_by_database(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
+    State(state): State<AppState>, request: Request, next: Next,
 ) -> Response {
     if matches!(request.uri().path(), "/health" | "/healthz") {
         return next.run(request).await;

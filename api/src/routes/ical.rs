@@ -41,9 +41,7 @@ pub struct FeedQuery {
     responses((status = 200, content_type = "text/calendar", body = String),
               (status = 404, body = crate::dto::ErrorBody)))]
 pub async fn export_feed(
-    State(state): State<AppState>,
-    Path(file): Path<String>,
-    Query(query): Query<FeedQuery>,
+    State(state): State<AppState>, Path(file): Path<String>, Query(query): Query<FeedQuery>,
 ) -> Result<Response, ApiError> {
     let property_id = ics_file(&file)?;
     exported(&state, property_id, query).await?;
@@ -61,8 +59,7 @@ pub async fn export_feed(
     responses((status = 200, content_type = "text/calendar", body = String),
               (status = 404, body = crate::dto::ErrorBody)))]
 pub async fn export_room_type_feed(
-    State(state): State<AppState>,
-    Path((property_id, file)): Path<(String, String)>,
+    State(state): State<AppState>, Path((property_id, file)): Path<(String, String)>,
     Query(query): Query<FeedQuery>,
 ) -> Result<Response, ApiError> {
     let property_id: Uuid = property_id.parse().map_err(|_| ApiError::NotFound)?;
@@ -134,10 +131,7 @@ pub struct IcalTokenView {
 #[utoipa::path(post, path = "/api/v1/properties/{id}/ical-token", tag = "ical",
     responses((status = 201, body = IcalTokenView)))]
 pub async fn rotate_token(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    caller: Caller,
-    headers: HeaderMap,
+    State(state): State<AppState>, PathId(id): PathId, caller: Caller, headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     visible_property(&state, &caller, id, Action::ManageProperty).await?;
     state
@@ -208,10 +202,7 @@ pub struct FeedList {
     request_body = FeedBody,
     responses((status = 201, body = FeedView)))]
 pub async fn add_feed(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    caller: Caller,
-    Body(body): Body<FeedBody>,
+    State(state): State<AppState>, PathId(id): PathId, caller: Caller, Body(body): Body<FeedBody>,
 ) -> Result<Response, ApiError> {
     let agency_id = admin_property(&state, &caller, id).await?;
     state.agencies.require(agency_id, Feature::IcalImport)?;
@@ -229,9 +220,7 @@ pub async fn add_feed(
 #[utoipa::path(get, path = "/api/v1/properties/{id}/ical-feeds", tag = "ical",
     responses((status = 200, body = FeedList)))]
 pub async fn list_feeds(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    caller: Caller,
+    State(state): State<AppState>, PathId(id): PathId, caller: Caller,
 ) -> Result<Response, ApiError> {
     let agency_id = admin_property(&state, &caller, id).await?;
     state.agencies.require(agency_id, Feature::IcalImport)?;
@@ -244,9 +233,7 @@ pub async fn list_feeds(
 #[utoipa::path(delete, path = "/api/v1/properties/{id}/ical-feeds/{feed_id}", tag = "ical",
     responses((status = 200, body = FeedView)))]
 pub async fn delete_feed(
-    State(state): State<AppState>,
-    PathIds(id, feed_id): PathIds,
-    caller: Caller,
+    State(state): State<AppState>, PathIds(id, feed_id): PathIds, caller: Caller,
 ) -> Result<Response, ApiError> {
     admin_property(&state, &caller, id).await?;
     let row = ical::delete_feed(&state.pool, id, feed_id)

@@ -111,10 +111,7 @@ impl<B: DeserializeOwned> FromRequest<AppState> for Change<B> {
 /// Runs a command and answers with the view `view` finds in the calendar
 /// after it (a stored reply, when the Idempotency-Key was seen before).
 pub async fn execute<V, F>(
-    state: &AppState,
-    execution: Execution,
-    status: StatusCode,
-    view: F,
+    state: &AppState, execution: Execution, status: StatusCode, view: F,
 ) -> Result<Response, ApiError>
 where
     V: Serialize,
@@ -128,9 +125,7 @@ where
 
 /// Like [`execute`], with the status chosen by the view from the outcome.
 pub async fn execute_as<V, F>(
-    state: &AppState,
-    execution: Execution,
-    view: F,
+    state: &AppState, execution: Execution, view: F,
 ) -> Result<Response, ApiError>
 where
     V: Serialize,
@@ -207,10 +202,7 @@ pub fn read_reply<V: Serialize>(position: i64, body: V) -> Response {
 /// 404 for a property the caller may not see, 403 for a role that may not
 /// take `action`.
 pub async fn visible_property(
-    state: &AppState,
-    caller: &Caller,
-    id: Uuid,
-    action: Action,
+    state: &AppState, caller: &Caller, id: Uuid, action: Action,
 ) -> Result<(), ApiError> {
     caller.require(action)?;
     state
@@ -225,10 +217,7 @@ pub async fn visible_property(
 /// The property of one of the caller's agency's bookings or blocks, even
 /// when read models lag (the ref is written with the event that creates it).
 pub async fn property_of(
-    state: &AppState,
-    caller: &Caller,
-    kind: ClaimKind,
-    id: Uuid,
+    state: &AppState, caller: &Caller, kind: ClaimKind, id: Uuid,
 ) -> Result<Uuid, ApiError> {
     state
         .store()
@@ -239,10 +228,7 @@ pub async fn property_of(
 
 /// Runs a command on a booking or block and answers 200 with `view` of it.
 pub async fn execute_on<V: Serialize + 'static>(
-    state: &AppState,
-    execution: Execution,
-    kind: ClaimKind,
-    id: Uuid,
+    state: &AppState, execution: Execution, kind: ClaimKind, id: Uuid,
     view: fn(&PropertyCalendar, Uuid, i64) -> Option<V>,
 ) -> Result<Response, ApiError> {
     execute(
@@ -298,10 +284,7 @@ impl Paging {
     /// The page of `rows` (fetched with [`Paging::fetch`]): at most `limit`
     /// items, and the cursor of the last one when more follow.
     pub fn page<R, T>(
-        &self,
-        mut rows: Vec<R>,
-        key: impl Fn(&R) -> String,
-        item: impl FnMut(R) -> T,
+        &self, mut rows: Vec<R>, key: impl Fn(&R) -> String, item: impl FnMut(R) -> T,
     ) -> Page<T> {
         let next_cursor = if rows.len() as i64 > self.limit {
             rows.truncate(self.limit as usize);

@@ -37,8 +37,7 @@ pub struct CurrentCommit {
 #[utoipa::path(get, path = "/ops/current-commit", tag = "ops",
     responses((status = 200, body = CurrentCommit)))]
 pub async fn current_commit(
-    State(state): State<AppState>,
-    caller: Caller,
+    State(state): State<AppState>, caller: Caller,
 ) -> Result<Json<CurrentCommit>, ApiError> {
     caller.require(Action::ReadOpsStatus)?;
     Ok(Json(CurrentCommit {
@@ -62,8 +61,7 @@ pub struct EnvSanity {
 #[utoipa::path(get, path = "/ops/env-sanity", tag = "ops",
     responses((status = 200, body = EnvSanity)))]
 pub async fn env_sanity(
-    State(state): State<AppState>,
-    caller: Caller,
+    State(state): State<AppState>, caller: Caller,
 ) -> Result<Json<EnvSanity>, ApiError> {
     caller.require(Action::Operate)?;
     let (db, nats) = tokio::join!(database_answers(&state), nats_answers(&state));
@@ -78,8 +76,7 @@ pub async fn env_sanity(
 #[utoipa::path(get, path = "/ops/projections", tag = "ops",
     responses((status = 200, body = Vec<Object>)))]
 pub async fn projections(
-    State(state): State<AppState>,
-    caller: Caller,
+    State(state): State<AppState>, caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
     let scope = caller.require(Action::ReadOpsStatus)?;
     let mut statuses = runner::statuses(&state.pool).await?;
@@ -117,8 +114,7 @@ pub struct ReplayStarted {
 #[utoipa::path(post, path = "/ops/projections/{name}/replay", tag = "ops",
     responses((status = 202, body = ReplayStarted)))]
 pub async fn start_replay(
-    State(state): State<AppState>,
-    caller: Caller,
+    State(state): State<AppState>, caller: Caller,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Action::Operate)?;
@@ -146,8 +142,7 @@ pub async fn start_replay(
 #[utoipa::path(get, path = "/ops/projections/{name}/replay", tag = "ops",
     responses((status = 200, body = Object)))]
 pub async fn replay_progress(
-    State(state): State<AppState>,
-    caller: Caller,
+    State(state): State<AppState>, caller: Caller,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Json<replay::Progress>, ApiError> {
     caller.require(Action::Operate)?;
@@ -171,8 +166,7 @@ pub struct ParkedRetried {
     responses((status = 202, body = ParkedRetried),
               (status = 503, body = crate::dto::ErrorBody)))]
 pub async fn retry_parked(
-    State(state): State<AppState>,
-    caller: Caller,
+    State(state): State<AppState>, caller: Caller,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Action::Operate)?;
@@ -203,8 +197,7 @@ pub async fn retry_parked(
     responses((status = 200, body = Vec<Object>),
               (status = 503, body = crate::dto::ErrorBody)))]
 pub async fn consumers(
-    State(state): State<AppState>,
-    caller: Caller,
+    State(state): State<AppState>, caller: Caller,
 ) -> Result<Json<Vec<ledger_infra::channel::ConsumerLag>>, ApiError> {
     let scope = caller.require(Action::ReadOpsStatus)?;
     let client = state

@@ -22,9 +22,7 @@ use crate::state::AppState;
     request_body = RegisterPropertyBody,
     responses((status = 201, body = PropertyView)))]
 pub async fn register(
-    State(state): State<AppState>,
-    ctx: WriteCtx,
-    Body(body): Body<RegisterPropertyBody>,
+    State(state): State<AppState>, ctx: WriteCtx, Body(body): Body<RegisterPropertyBody>,
 ) -> Result<Response, ApiError> {
     let property_id = Uuid::now_v7();
     let command = CalendarCommand::RegisterProperty(body.into_command(property_id));
@@ -52,8 +50,7 @@ pub async fn archive(change: Change<EmptyBody>) -> Result<Response, ApiError> {
 /// Runs the command made from the body on the property and answers with
 /// it; with `If-Match`, only while the property is at that version.
 async fn run<B>(
-    change: Change<B>,
-    command: impl FnOnce(B) -> CalendarCommand,
+    change: Change<B>, command: impl FnOnce(B) -> CalendarCommand,
 ) -> Result<Response, ApiError> {
     let Change {
         state,
@@ -70,10 +67,7 @@ async fn run<B>(
     params(Paging),
     responses((status = 200, body = Page<EventView>)))]
 pub async fn events(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    caller: Caller,
-    page: Paging,
+    State(state): State<AppState>, PathId(id): PathId, caller: Caller, page: Paging,
 ) -> Result<Response, ApiError> {
     visible_property(&state, &caller, id, Action::ReadEventHistory).await?;
     let rows = state

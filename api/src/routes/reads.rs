@@ -74,10 +74,7 @@ impl IntoParams for MinPosition {
 /// standby the checkpoints are the ones it has replayed, so the wait is
 /// read-your-writes there too.
 async fn settle(
-    state: &AppState,
-    which: &[Projection],
-    MinPosition(min): MinPosition,
-    agency_id: Uuid,
+    state: &AppState, which: &[Projection], MinPosition(min): MinPosition, agency_id: Uuid,
 ) -> Result<(i64, Transaction<'static, Postgres>), ApiError> {
     let reached = queries::wait_for(&state.read_pool, which, min, MIN_POSITION_WAIT)
         .await?
@@ -89,10 +86,7 @@ async fn settle(
 /// The property `id` if the caller may see it (an owner sees only their
 /// own), else 404.
 pub(super) async fn visible_row(
-    conn: &mut PgConnection,
-    caller: &Caller,
-    scope: Scope,
-    id: Uuid,
+    conn: &mut PgConnection, caller: &Caller, scope: Scope, id: Uuid,
 ) -> Result<PropertyRow, ApiError> {
     queries::property(conn, caller.0.agency_id, id)
         .await?
@@ -118,8 +112,7 @@ fn parse_uuid(field: &'static str, raw: &Option<String>) -> Result<Option<Uuid>,
 
 /// A date parameter: `YYYY-MM-DD`, within the dates the ledger holds.
 pub(super) fn parse_date(
-    field: &'static str,
-    raw: &Option<String>,
+    field: &'static str, raw: &Option<String>,
 ) -> Result<Option<NaiveDate>, ApiError> {
     raw.as_deref()
         .filter(|s| !s.is_empty())
@@ -164,10 +157,7 @@ fn check_window(from: NaiveDate, to: NaiveDate) -> Result<(), ApiError> {
     params(Paging, MinPosition),
     responses((status = 200, body = Page<PropertyView>)))]
 pub async fn list_properties(
-    State(state): State<AppState>,
-    caller: Caller,
-    page: Paging,
-    min: MinPosition,
+    State(state): State<AppState>, caller: Caller, page: Paging, min: MinPosition,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
     let after = page.after_id()?;
@@ -193,10 +183,7 @@ pub async fn list_properties(
     params(MinPosition),
     responses((status = 200, body = PropertyView)))]
 pub async fn get_property(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    caller: Caller,
-    min: MinPosition,
+    State(state): State<AppState>, PathId(id): PathId, caller: Caller, min: MinPosition,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
     let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
@@ -221,10 +208,7 @@ pub struct BookingQuery {
     params(BookingQuery, Paging, MinPosition),
     responses((status = 200, body = Page<BookingView>)))]
 pub async fn list_bookings(
-    State(state): State<AppState>,
-    caller: Caller,
-    page: Paging,
-    min: MinPosition,
+    State(state): State<AppState>, caller: Caller, page: Paging, min: MinPosition,
     Params(query): Params<BookingQuery>,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
@@ -265,10 +249,7 @@ pub async fn list_bookings(
     params(MinPosition),
     responses((status = 200, body = BookingView)))]
 pub async fn get_booking(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    caller: Caller,
-    min: MinPosition,
+    State(state): State<AppState>, PathId(id): PathId, caller: Caller, min: MinPosition,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
     let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
@@ -361,9 +342,7 @@ pub enum AvailabilityReply {
     params(AvailabilityQuery, MinPosition),
     responses((status = 200, body = AvailabilityReply)))]
 pub async fn availability(
-    State(state): State<AppState>,
-    caller: Caller,
-    min: MinPosition,
+    State(state): State<AppState>, caller: Caller, min: MinPosition,
     Params(query): Params<AvailabilityQuery>,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
@@ -478,10 +457,7 @@ fn search_cursor(page: &Paging) -> Result<Option<(Uuid, Option<Uuid>)>, ApiError
     params(SearchQuery, Paging, MinPosition),
     responses((status = 200, body = Page<FreeProperty>)))]
 pub async fn search(
-    State(state): State<AppState>,
-    caller: Caller,
-    page: Paging,
-    min: MinPosition,
+    State(state): State<AppState>, caller: Caller, page: Paging, min: MinPosition,
     Params(query): Params<SearchQuery>,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
@@ -543,10 +519,7 @@ pub struct AuditQuery {
     params(AuditQuery, Paging, MinPosition),
     responses((status = 200, body = Page<AuditEntryView>)))]
 pub async fn audit_log(
-    State(state): State<AppState>,
-    caller: Caller,
-    page: Paging,
-    min: MinPosition,
+    State(state): State<AppState>, caller: Caller, page: Paging, min: MinPosition,
     Params(query): Params<AuditQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(Action::ReadAuditLog)?;

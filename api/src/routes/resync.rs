@@ -33,9 +33,7 @@ pub struct ResyncRequested {
 #[utoipa::path(post, path = "/api/v1/properties/{id}/resync", tag = "channels",
     responses((status = 202, body = ResyncRequested)))]
 pub async fn property(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    caller: Caller,
+    State(state): State<AppState>, PathId(id): PathId, caller: Caller,
 ) -> Result<Response, ApiError> {
     visible_property(&state, &caller, id, Action::ResyncChannel).await?;
     let requested = resync::request_snapshot(&state.pool, id).await?;
@@ -64,9 +62,7 @@ pub struct ResyncStarted {
 #[utoipa::path(post, path = "/ops/resync", tag = "ops", request_body = ResyncScope,
     responses((status = 202, body = ResyncStarted)))]
 pub async fn start(
-    State(state): State<AppState>,
-    caller: Caller,
-    Body(scope): Body<ResyncScope>,
+    State(state): State<AppState>, caller: Caller, Body(scope): Body<ResyncScope>,
 ) -> Result<Response, ApiError> {
     caller.require(Action::Operate)?;
     // One statement queues every property; its own task, so a client that
@@ -106,9 +102,7 @@ impl From<JobProgress> for ResyncProgress {
 #[utoipa::path(get, path = "/ops/resync/{job_id}", tag = "ops",
     responses((status = 200, body = ResyncProgress)))]
 pub async fn progress(
-    State(state): State<AppState>,
-    caller: Caller,
-    PathId(job_id): PathId,
+    State(state): State<AppState>, caller: Caller, PathId(job_id): PathId,
 ) -> Result<Json<ResyncProgress>, ApiError> {
     caller.require(Action::Operate)?;
     resync::progress(&state.pool, job_id)
@@ -144,11 +138,8 @@ pub struct ChecksumView {
     params(ChecksumQuery),
     responses((status = 200, body = ChecksumView)))]
 pub async fn checksum(
-    State(state): State<AppState>,
-    PathId(id): PathId,
-    caller: Caller,
-    MinPosition(min): MinPosition,
-    Params(query): Params<ChecksumQuery>,
+    State(state): State<AppState>, PathId(id): PathId, caller: Caller,
+    MinPosition(min): MinPosition, Params(query): Params<ChecksumQuery>,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
     let from = parse_date("from", &query.from)?;

@@ -91,9 +91,7 @@ fn room_type_view(calendar: &PropertyCalendar, id: Uuid, position: i64) -> Optio
     request_body = CreateRoomTypeBody,
     responses((status = 201, body = RoomTypeView)))]
 pub async fn create(
-    State(state): State<AppState>,
-    PathId(property_id): PathId,
-    ctx: WriteCtx,
+    State(state): State<AppState>, PathId(property_id): PathId, ctx: WriteCtx,
     Body(body): Body<CreateRoomTypeBody>,
 ) -> Result<Response, ApiError> {
     let room_type_id = Uuid::now_v7();
@@ -118,9 +116,7 @@ pub async fn create(
     request_body = UpdateRoomTypeBody,
     responses((status = 200, body = RoomTypeView)))]
 pub async fn update(
-    State(state): State<AppState>,
-    PathIds(property_id, room_type_id): PathIds,
-    ctx: WriteCtx,
+    State(state): State<AppState>, PathIds(property_id, room_type_id): PathIds, ctx: WriteCtx,
     Body(body): Body<UpdateRoomTypeBody>,
 ) -> Result<Response, ApiError> {
     let command = CalendarCommand::UpdateRoomType(UpdateRoomType {
@@ -142,12 +138,8 @@ pub async fn update(
 
 /// Runs a room type's command and answers with the room type after it.
 async fn decide(
-    state: &AppState,
-    ctx: WriteCtx,
-    property_id: Uuid,
-    command: CalendarCommand,
-    room_type_id: Uuid,
-    status: StatusCode,
+    state: &AppState, ctx: WriteCtx, property_id: Uuid, command: CalendarCommand,
+    room_type_id: Uuid, status: StatusCode,
 ) -> Result<Response, ApiError> {
     let execution = ctx.execution(property_id, command);
     execute(state, execution, status, move |calendar, position| {
@@ -159,9 +151,7 @@ async fn decide(
 #[utoipa::path(get, path = "/api/v1/properties/{id}/room-types", tag = "room types",
     responses((status = 200, body = RoomTypeList)))]
 pub async fn list(
-    State(state): State<AppState>,
-    PathId(property_id): PathId,
-    caller: Caller,
+    State(state): State<AppState>, PathId(property_id): PathId, caller: Caller,
 ) -> Result<Response, ApiError> {
     let (position, list) = state
         .bus

@@ -55,9 +55,7 @@ struct StreamQuery {
     responses(
         (status = 200, description = "text/event-stream of CloudEvents", content_type = "text/event-stream", body = String)))]
 pub async fn stream(
-    State(state): State<AppState>,
-    Extension(hub): Extension<Arc<Hub>>,
-    headers: HeaderMap,
+    State(state): State<AppState>, Extension(hub): Extension<Arc<Hub>>, headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
     let query: StreamQuery = serde_urlencoded_query(uri.query().unwrap_or(""))?;
@@ -109,10 +107,7 @@ pub async fn stream(
 /// The caller, from the Authorization header or else `?access_token=`, and
 /// when its token expires.
 async fn authenticate(
-    state: &AppState,
-    headers: &HeaderMap,
-    access_token: Option<String>,
-    path: &str,
+    state: &AppState, headers: &HeaderMap, access_token: Option<String>, path: &str,
 ) -> Result<(Caller, Instant), ApiError> {
     let token = match headers.get(AUTHORIZATION) {
         Some(header) => header
@@ -147,8 +142,7 @@ async fn authenticate(
 /// `Last-Event-ID` (what a reconnecting EventSource sends), else
 /// `?from_position=`: a position, 0 meaning the start of the log.
 fn resume_position(
-    headers: &HeaderMap,
-    from_position: Option<&str>,
+    headers: &HeaderMap, from_position: Option<&str>,
 ) -> Result<Option<i64>, ApiError> {
     let raw = match headers.get("last-event-id") {
         Some(value) => Some(

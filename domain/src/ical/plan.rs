@@ -42,10 +42,7 @@ pub enum Step {
 /// (ending on or before `today`) are neither imported nor released: feeds
 /// drop their past, and history is not rewritten.
 pub fn plan(
-    calendar: &PropertyCalendar,
-    events: &[FeedEvent],
-    note: &str,
-    today: NaiveDate,
+    calendar: &PropertyCalendar, events: &[FeedEvent], note: &str, today: NaiveDate,
 ) -> (Vec<Step>, usize) {
     let mut wanted: BTreeMap<&str, &FeedEvent> = BTreeMap::new();
     for event in events.iter().filter(|e| e.end > today) {

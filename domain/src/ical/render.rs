@@ -88,9 +88,7 @@ pub fn render(property_id: Uuid, ranges: &[ExportRange]) -> String {
 /// all of its `units`, as maximal runs, each with the latest change of the
 /// claims on it.
 pub fn full_runs(
-    ranges: &[ExportRange],
-    room_type_id: Uuid,
-    units: u32,
+    ranges: &[ExportRange], room_type_id: Uuid, units: u32,
 ) -> Vec<(NaiveDate, NaiveDate, DateTime<Utc>)> {
     let mut nights: BTreeMap<NaiveDate, (u32, DateTime<Utc>)> = BTreeMap::new();
     for range in ranges
@@ -124,10 +122,7 @@ pub fn full_runs(
 /// type and the run's first night (a run that grows or shrinks at its end
 /// keeps its UID).
 pub fn render_room_type(
-    property_id: Uuid,
-    room_type_id: Uuid,
-    units: u32,
-    ranges: &[ExportRange],
+    property_id: Uuid, room_type_id: Uuid, units: u32, ranges: &[ExportRange],
 ) -> String {
     let events = full_runs(ranges, room_type_id, units)
         .into_iter()

@@ -88,8 +88,7 @@ impl IcalExport {
     }
 
     async fn follow(
-        &self,
-        client: &Client,
+        &self, client: &Client,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let cursors = self.cursors().await?;
         let mut consumer = ChannelConsumer::bind(client, Binding::new(CONSUMER))
@@ -157,9 +156,7 @@ impl IcalExport {
 
     /// The held ranges of a property after its first `up_to` events.
     async fn ranges_from_log(
-        &self,
-        property_id: Uuid,
-        up_to: i64,
+        &self, property_id: Uuid, up_to: i64,
     ) -> Result<Vec<ExportRange>, StoreError> {
         let mut events = self.store.load_after(property_id, 0).await?;
         events.retain(|(sequence, _, _)| *sequence <= up_to);
@@ -246,10 +243,7 @@ impl AdapterState for IcalExport {
     }
 
     async fn ranges(
-        &self,
-        property_id: Uuid,
-        from: NaiveDate,
-        to: NaiveDate,
+        &self, property_id: Uuid, from: NaiveDate, to: NaiveDate,
     ) -> Result<Vec<ChannelRange>, StateError> {
         let held = ranges(self.pool(), property_id).await?;
         Ok(held
@@ -263,9 +257,7 @@ impl AdapterState for IcalExport {
 /// The property's cursor (0 for a property not seen yet), locked until the
 /// transaction ends, so one process at a time moves it.
 async fn lock_cursor(
-    conn: &mut PgConnection,
-    agency_id: Uuid,
-    property_id: Uuid,
+    conn: &mut PgConnection, agency_id: Uuid, property_id: Uuid,
 ) -> Result<i64, sqlx::Error> {
     sqlx::query!(
         "INSERT INTO ical_export_cursors (property_id, agency_id, sequence) VALUES ($1, $2, 0)
@@ -284,9 +276,7 @@ async fn lock_cursor(
 }
 
 async fn move_cursor(
-    conn: &mut PgConnection,
-    property_id: Uuid,
-    sequence: i64,
+    conn: &mut PgConnection, property_id: Uuid, sequence: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE ical_export_cursors SET sequence = $2, updated_at = now() WHERE property_id = $1",
@@ -333,9 +323,7 @@ async fn apply_event(conn: &mut PgConnection, event: &LedgerEvent) -> Result<(),
 }
 
 async fn set_status(
-    conn: &mut PgConnection,
-    ref_id: Uuid,
-    status: &str,
+    conn: &mut PgConnection, ref_id: Uuid, status: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "UPDATE ical_export_ranges SET status = $2 WHERE ref_id = $1",
@@ -348,10 +336,7 @@ async fn set_status(
 }
 
 async fn insert(
-    conn: &mut PgConnection,
-    agency_id: Uuid,
-    property_id: Uuid,
-    range: &ExportRange,
+    conn: &mut PgConnection, agency_id: Uuid, property_id: Uuid, range: &ExportRange,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "INSERT INTO ical_export_ranges (ref_id, agency_id, property_id, kind, start_night, end_night,
@@ -377,10 +362,7 @@ async fn insert(
 }
 
 async fn replace_property(
-    conn: &mut PgConnection,
-    agency_id: Uuid,
-    property_id: Uuid,
-    ranges: &[ExportRange],
+    conn: &mut PgConnection, agency_id: Uuid, property_id: Uuid, ranges: &[ExportRange],
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "DELETE FROM ical_export_ranges WHERE property_id = $1",

@@ -34,10 +34,7 @@ pub fn hash_token(token: &str) -> String {
 /// Creates or replaces the property's export secret; returns the new token.
 /// The old one stops working at once.
 pub async fn rotate_token(
-    pool: &PgPool,
-    agency_id: Uuid,
-    property_id: Uuid,
-    created_by: &str,
+    pool: &PgPool, agency_id: Uuid, property_id: Uuid, created_by: &str,
 ) -> Result<String, sqlx::Error> {
     let token = new_token();
     sqlx::query!(
@@ -57,9 +54,7 @@ pub async fn rotate_token(
 
 /// Whether `token` is the property's current export secret.
 pub async fn token_matches(
-    pool: &PgPool,
-    property_id: Uuid,
-    token: &str,
+    pool: &PgPool, property_id: Uuid, token: &str,
 ) -> Result<bool, sqlx::Error> {
     let stored = sqlx::query_scalar!(
         "SELECT token_hash FROM ical_tokens WHERE property_id = $1",
@@ -110,11 +105,7 @@ macro_rules! feed_query {
 /// The schedule's times (`now` here and in [`claim_due_feed`] and
 /// [`record_run`]) are the application clock's, not the database's.
 pub async fn add_feed(
-    pool: &PgPool,
-    agency_id: Uuid,
-    property_id: Uuid,
-    url: &str,
-    interval_minutes: i32,
+    pool: &PgPool, agency_id: Uuid, property_id: Uuid, url: &str, interval_minutes: i32,
     now: DateTime<Utc>,
 ) -> Result<FeedRow, sqlx::Error> {
     feed_query!(
@@ -147,9 +138,7 @@ pub async fn list_feeds(pool: &PgPool, property_id: Uuid) -> Result<Vec<FeedRow>
 /// Removes a feed of the property; `None` when there is no such feed.
 /// The blocks it imported stay (docs/ical.md).
 pub async fn delete_feed(
-    pool: &PgPool,
-    property_id: Uuid,
-    feed_id: Uuid,
+    pool: &PgPool, property_id: Uuid, feed_id: Uuid,
 ) -> Result<Option<FeedRow>, sqlx::Error> {
     feed_query!(
         "DELETE FROM ical_feeds WHERE property_id = $1 AND feed_id = $2 RETURNING",
@@ -166,9 +155,7 @@ pub async fn delete_feed(
 /// Feeds of the `busy_agencies` (those at their cap of concurrent imports)
 /// wait.
 pub async fn claim_due_feed(
-    pool: &PgPool,
-    busy_agencies: &[Uuid],
-    now: DateTime<Utc>,
+    pool: &PgPool, busy_agencies: &[Uuid], now: DateTime<Utc>,
 ) -> Result<Option<FeedRow>, sqlx::Error> {
     feed_query!(
         "UPDATE ical_feeds SET next_run_at = $2 + make_interval(mins => interval_minutes)
@@ -186,10 +173,7 @@ pub async fn claim_due_feed(
 
 /// Records how a feed's run went.
 pub async fn record_run(
-    pool: &PgPool,
-    feed_id: Uuid,
-    last_error: Option<&str>,
-    last_result: Option<&Value>,
+    pool: &PgPool, feed_id: Uuid, last_error: Option<&str>, last_result: Option<&Value>,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query!(

@@ -139,22 +139,14 @@ async fn read_source(source: &str, allow_files: bool) -> Result<String, ImportEr
 /// Reads `source` and imports it into the property (see the module docs):
 /// the operator's `ledger ical import`.
 pub async fn import(
-    bus: &CommandBus,
-    clock: &dyn Clock,
-    property_id: Uuid,
-    source: &str,
-    allow_files: bool,
+    bus: &CommandBus, clock: &dyn Clock, property_id: Uuid, source: &str, allow_files: bool,
 ) -> Result<ImportReport, ImportError> {
     let text = read_source(source, allow_files).await?;
     import_text(bus, clock, property_id, source, &text).await
 }
 
 async fn import_text(
-    bus: &CommandBus,
-    clock: &dyn Clock,
-    property_id: Uuid,
-    source: &str,
-    text: &str,
+    bus: &CommandBus, clock: &dyn Clock, property_id: Uuid, source: &str, text: &str,
 ) -> Result<ImportReport, ImportError> {
     let feed = feed::parse(text)?;
     apply_feed(bus, clock, property_id, &feed, &source_note(source)).await
@@ -162,11 +154,7 @@ async fn import_text(
 
 /// Makes the property's blocks of the feed marked `note` match `feed`.
 pub async fn apply_feed(
-    bus: &CommandBus,
-    clock: &dyn Clock,
-    property_id: Uuid,
-    feed: &feed::Feed,
-    note: &str,
+    bus: &CommandBus, clock: &dyn Clock, property_id: Uuid, feed: &feed::Feed, note: &str,
 ) -> Result<ImportReport, ImportError> {
     let calendar = bus
         .read(property_id, |loaded| loaded.calendar.clone())
@@ -236,8 +224,7 @@ struct ImportRun<'a> {
 
 impl ImportRun<'_> {
     async fn execute(
-        &self,
-        action: CalendarCommand,
+        &self, action: CalendarCommand,
     ) -> Result<Result<i64, CalendarError>, ImportError> {
         let execution = Execution {
             property_id: self.property_id,
@@ -258,9 +245,7 @@ impl ImportRun<'_> {
     }
 
     async fn release(
-        &self,
-        block_id: Uuid,
-        report: &mut ImportReport,
+        &self, block_id: Uuid, report: &mut ImportReport,
     ) -> Result<bool, ImportError> {
         match self
             .execute(CalendarCommand::ReleaseBlock { block_id })
@@ -277,9 +262,7 @@ impl ImportRun<'_> {
     }
 
     async fn block(
-        &self,
-        event: &FeedEvent,
-        report: &mut ImportReport,
+        &self, event: &FeedEvent, report: &mut ImportReport,
     ) -> Result<bool, ImportError> {
         let command = CalendarCommand::BlockNights(BlockNights {
             block_id: Uuid::now_v7(),

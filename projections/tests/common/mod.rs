@@ -79,11 +79,7 @@ pub fn admin(agency: Uuid) -> Actor {
 
 /// Runs one command on a property; `Ok` holds the position of its last event.
 pub async fn exec(
-    bus: &CommandBus,
-    agency: Uuid,
-    property: Uuid,
-    now: DateTime<Utc>,
-    action: CalendarCommand,
+    bus: &CommandBus, agency: Uuid, property: Uuid, now: DateTime<Utc>, action: CalendarCommand,
 ) -> Result<i64, ExecuteError> {
     let execution = Execution {
         property_id: property,
@@ -134,12 +130,7 @@ pub fn reserve_stay(booking: Uuid, start: u64, end: u64) -> ReserveStay {
 
 /// Reserves `[day(start), day(end))` (confirmed) and returns the position.
 pub async fn reserve(
-    bus: &CommandBus,
-    agency: Uuid,
-    property: Uuid,
-    booking: Uuid,
-    start: u64,
-    end: u64,
+    bus: &CommandBus, agency: Uuid, property: Uuid, booking: Uuid, start: u64, end: u64,
 ) -> i64 {
     exec(
         bus,
@@ -154,11 +145,7 @@ pub async fn reserve(
 
 /// Cancels `booking` at `now` and returns the position.
 pub async fn cancel(
-    bus: &CommandBus,
-    agency: Uuid,
-    property: Uuid,
-    booking: Uuid,
-    now: DateTime<Utc>,
+    bus: &CommandBus, agency: Uuid, property: Uuid, booking: Uuid, now: DateTime<Utc>,
 ) -> i64 {
     let action = CalendarCommand::CancelBooking {
         booking_id: booking,
@@ -277,9 +264,7 @@ pub struct ReadModels {
 }
 
 async fn json_rows<T: for<'de> serde::Deserialize<'de>>(
-    pool: &PgPool,
-    table: &str,
-    key: &str,
+    pool: &PgPool, table: &str, key: &str,
 ) -> Vec<T> {
     let rows: Vec<Value> =
         sqlx::query_scalar(&format!("SELECT to_jsonb(t) FROM {table} t ORDER BY {key}"))

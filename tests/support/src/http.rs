@@ -75,11 +75,7 @@ impl Api {
 
     /// A request to `path` with an optional bearer token and extra headers.
     pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        headers: &[(&str, &str)],
+        &self, method: &str, path: &str, token: Option<&str>, headers: &[(&str, &str)],
     ) -> RequestBuilder {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
         let mut request = self.client.request(method, format!("{}{path}", self.base));
@@ -93,11 +89,7 @@ impl Api {
     }
 
     pub async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
+        &self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> Reply {
         let mut request = self.request(method, path, token, headers);
@@ -109,11 +101,7 @@ impl Api {
 
     /// Sends `body` as raw bytes (not necessarily JSON) with the given headers.
     pub async fn send_bytes(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Vec<u8>,
+        &self, method: &str, path: &str, token: Option<&str>, body: Vec<u8>,
         headers: &[(&str, &str)],
     ) -> Reply {
         answer(self.request(method, path, token, headers).body(body)).await
@@ -129,11 +117,7 @@ impl Api {
 
     /// A POST with extra headers (`Idempotency-Key`, `Origin`, ...).
     pub async fn post_with(
-        &self,
-        path: &str,
-        token: &str,
-        body: Value,
-        headers: &[(&str, &str)],
+        &self, path: &str, token: &str, body: Value, headers: &[(&str, &str)],
     ) -> Reply {
         self.send("POST", path, Some(token), Some(&body), headers)
             .await
@@ -163,11 +147,7 @@ impl Api {
     /// GETs `path` until `done` holds for its body, for at most `within`;
     /// returns that body.
     pub async fn poll(
-        &self,
-        path: &str,
-        token: Option<&str>,
-        within: Duration,
-        done: impl Fn(&Value) -> bool,
+        &self, path: &str, token: Option<&str>, within: Duration, done: impl Fn(&Value) -> bool,
     ) -> Value {
         eventually(within, || async {
             let reply = self.send("GET", path, token, None, &[]).await;
@@ -211,11 +191,7 @@ impl Api {
 
     /// Reserves `[check_in, check_out)` and returns the reply.
     pub async fn reserve(
-        &self,
-        token: &str,
-        property: Uuid,
-        check_in: &str,
-        check_out: &str,
+        &self, token: &str, property: Uuid, check_in: &str, check_out: &str,
     ) -> Reply {
         self.reserve_with(token, property, check_in, check_out, json!({}))
             .await
@@ -224,11 +200,7 @@ impl Api {
     /// Reserves `[check_in, check_out)`, which must be created; returns the
     /// booking's id and the position of its event.
     pub async fn booked(
-        &self,
-        token: &str,
-        property: Uuid,
-        check_in: &str,
-        check_out: &str,
+        &self, token: &str, property: Uuid, check_in: &str, check_out: &str,
     ) -> (Uuid, i64) {
         let reply = created(self.reserve(token, property, check_in, check_out).await);
         let position = reply.body["position"].as_i64();
@@ -238,12 +210,7 @@ impl Api {
 
     /// Reserves a booking with any extra fields merged into the default body.
     pub async fn reserve_with(
-        &self,
-        token: &str,
-        property: Uuid,
-        check_in: &str,
-        check_out: &str,
-        extra: Value,
+        &self, token: &str, property: Uuid, check_in: &str, check_out: &str, extra: Value,
     ) -> Reply {
         let mut body = reservation(property, check_in, check_out);
         if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
@@ -278,12 +245,7 @@ impl Api {
 
     /// Blocks `[start, end)` for `reason` and returns the reply.
     pub async fn block(
-        &self,
-        token: &str,
-        property: Uuid,
-        start: &str,
-        end: &str,
-        reason: &str,
+        &self, token: &str, property: Uuid, start: &str, end: &str, reason: &str,
     ) -> Reply {
         self.post(
             BLOCKS,
