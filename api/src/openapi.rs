@@ -107,6 +107,7 @@ impl Modify for TokenRoutes {
                     .entry("4XX".to_owned())
                     .or_insert_with(|| {
                         ResponseBuilder::new()
+                            .description("refused: see the error code")
                             .content(
                                 "application/json",
                                 ContentBuilder::new()

@@ -53,7 +53,7 @@ pub struct FeatureChange {
 
 #[utoipa::path(get, path = "/ops/agencies", operation_id = "list_agencies", tag = "ops",
     params(Paging),
-    responses((status = 200, description = "a page of agencies", body = Page<Agency>), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
+    responses((status = 200, description = "a page of agencies", body = Page<Agency>)))]
 pub async fn list(
     State(state): State<AppState>, caller: Caller, page: Paging,
 ) -> Result<Json<Page<Agency>>, ApiError> {
@@ -69,8 +69,7 @@ pub async fn list(
 /// 201 for a new agency; 200 when it names an agency that got its record
 /// from its first token; 400 when the id already has a named record.
 #[utoipa::path(post, path = "/ops/agencies", operation_id = "create_agency", tag = "ops", request_body = NewAgency,
-    responses((status = 201, description = "the new agency", body = Agency), (status = 200, description = "an existing unnamed agency, now named", body = Agency),
-              (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
+    responses((status = 201, description = "the new agency", body = Agency), (status = 200, description = "an existing unnamed agency, now named", body = Agency)))]
 pub async fn create(
     State(state): State<AppState>, caller: Caller, Body(body): Body<NewAgency>,
 ) -> Result<Response, ApiError> {
@@ -88,8 +87,7 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/ops/agencies/{id}", operation_id = "get_agency", tag = "ops",
-    params(("id" = Uuid, Path)),
-    responses((status = 200, description = "the agency", body = Agency), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
+    responses((status = 200, description = "the agency", body = Agency)))]
 pub async fn get(
     State(state): State<AppState>, caller: Caller, PathId(id): PathId,
 ) -> Result<Json<Agency>, ApiError> {
@@ -101,8 +99,8 @@ pub async fn get(
 }
 
 #[utoipa::path(post, path = "/ops/agencies/{id}/suspend", operation_id = "suspend_agency", tag = "ops",
-    params(("id" = Uuid, Path)), request_body = StatusChange,
-    responses((status = 200, description = "the agency", body = Agency), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
+    request_body = StatusChange,
+    responses((status = 200, description = "the agency", body = Agency)))]
 pub async fn suspend(
     State(state): State<AppState>, caller: Caller, PathId(id): PathId,
     Body(body): Body<StatusChange>,
@@ -114,8 +112,8 @@ pub async fn suspend(
 }
 
 #[utoipa::path(post, path = "/ops/agencies/{id}/reinstate", operation_id = "reinstate_agency", tag = "ops",
-    params(("id" = Uuid, Path)), request_body = StatusChange,
-    responses((status = 200, description = "the agency", body = Agency), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
+    request_body = StatusChange,
+    responses((status = 200, description = "the agency", body = Agency)))]
 pub async fn reinstate(
     State(state): State<AppState>, caller: Caller, PathId(id): PathId,
     Body(body): Body<StatusChange>,
@@ -137,8 +135,8 @@ async fn change_status(
 }
 
 #[utoipa::path(put, path = "/ops/agencies/{id}/features", operation_id = "set_agency_features", tag = "ops",
-    params(("id" = Uuid, Path)), request_body = FeatureChange,
-    responses((status = 200, description = "the agency", body = Agency), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
+    request_body = FeatureChange,
+    responses((status = 200, description = "the agency", body = Agency)))]
 pub async fn features(
     State(state): State<AppState>, caller: Caller, PathId(id): PathId,
     Body(body): Body<FeatureChange>,
@@ -169,7 +167,7 @@ async fn apply(
 /// (`resource_type` is `agency`; `position` is the history's own order).
 #[utoipa::path(get, path = "/ops/audit-log", operation_id = "agency_audit_log", tag = "ops",
     params(Paging),
-    responses((status = 200, description = "a page of the agency history", body = Page<AuditEntryView>), (status = "4XX", description = "refused: see the error code", body = crate::dto::ErrorBody)))]
+    responses((status = 200, description = "a page of the agency history", body = Page<AuditEntryView>)))]
 pub async fn audit_log(
     State(state): State<AppState>, caller: Caller, page: Paging,
 ) -> Result<Json<Page<AuditEntryView>>, ApiError> {
