@@ -30,6 +30,9 @@ use crate::state::AppState;
 
 /// How long a read waits for `min_position`.
 pub(super) const MIN_POSITION_WAIT: Duration = Duration::from_secs(5);
+/// What the availability reads read: the properties (who may see which)
+/// and the claims.
+const AVAILABILITY: &[Projection] = &[Projection::Views, Projection::Inventory];
 /// The widest date window a read accepts.
 const MAX_WINDOW_DAYS: i64 = 3 * 366;
 
@@ -74,12 +77,12 @@ impl IntoParams for MinPosition {
 /// standby the checkpoints are the ones it has replayed, so the wait is
 /// read-your-writes there too.
 async fn settle(
-    state: &AppState, which: &[Projection], MinPosition(min): MinPosition, agency_id: Uuid,
+    state: &AppState, which: &[Projection], MinPosition(min): MinPosition, caller: &Caller,
 ) -> Result<(i64, Transaction<'static, Postgres>), ApiError> {
     let reached = queries::wait_for(&state.read_pool, which, min, MIN_POSITION_WAIT)
         .await?
         .ok_or(ApiError::ProjectionLagging(min))?;
-    let tx = queries::begin(&state.read_pool, agency_id).await?;
+    let tx = queries::begin(&state.read_pool, caller.0.agency_id).await?;
     Ok((reached, tx))
 }
 
@@ -132,12 +135,32 @@ fn parse_text(field: &'static str, raw: Option<String>) -> Result<Option<String>
     Ok(text)
 }
 
-/// A required `[from, to)` window: from < to, at most three years.
-fn window(from: &Option<String>, to: &Option<String>) -> Result<(NaiveDate, NaiveDate), ApiError> {
-    let from = parse_date("from", from)?.ok_or_else(|| invalid("from", "is required"))?;
-    let to = parse_date("to", to)?.ok_or_else(|| invalid("to", "is required"))?;
-    check_window(from, to)?;
-    Ok((from, to))
+/// The required `[from, to)` window of the availability reads.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WindowQuery {
+    /// A date from 1900-01-01 to 2199-12-31.
+    #[param(
+        required = true,
+        pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$"
+    )]
+    from: Option<String>,
+    /// A date from 1900-01-01 to 2199-12-31, after `from`.
+    #[param(
+        required = true,
+        pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$"
+    )]
+    to: Option<String>,
+}
+
+impl WindowQuery {
+    /// from < to, at most three years.
+    fn parse(&self) -> Result<(NaiveDate, NaiveDate), ApiError> {
+        let from = parse_date("from", &self.from)?.ok_or_else(|| invalid("from", "is required"))?;
+        let to = parse_date("to", &self.to)?.ok_or_else(|| invalid("to", "is required"))?;
+        check_window(from, to)?;
+        Ok((from, to))
+    }
 }
 
 fn check_window(from: NaiveDate, to: NaiveDate) -> Result<(), ApiError> {
@@ -161,7 +184,7 @@ pub async fn list_properties(
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
     let after = page.after_id()?;
-    let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
+    let (position, mut tx) = settle(&state, &[Projection::Views], min, &caller).await?;
     let owner = owner_filter(&caller, scope);
     let rows = queries::properties(
         &mut tx,
@@ -186,7 +209,7 @@ pub async fn get_property(
     State(state): State<AppState>, PathId(id): PathId, caller: Caller, min: MinPosition,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
-    let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
+    let (position, mut tx) = settle(&state, &[Projection::Views], min, &caller).await?;
     let row = visible_row(&mut tx, &caller, scope, id).await?;
     Ok(read_reply(position, PropertyView::from(&row)))
 }
@@ -235,7 +258,7 @@ pub async fn list_bookings(
         }
     }
     let after = page.after_id()?;
-    let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
+    let (position, mut tx) = settle(&state, &[Projection::Views], min, &caller).await?;
     let rows = queries::bookings(&mut tx, caller.0.agency_id, &filter, after, page.fetch()).await?;
     let bookings = page.page(
         rows,
@@ -252,7 +275,7 @@ pub async fn get_booking(
     State(state): State<AppState>, PathId(id): PathId, caller: Caller, min: MinPosition,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
-    let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
+    let (position, mut tx) = settle(&state, &[Projection::Views], min, &caller).await?;
     let (row, _owner) = queries::booking(&mut tx, caller.0.agency_id, id)
         .await?
         .filter(|(_, owner)| sees_property(&caller.0, scope, owner.as_deref()))
@@ -265,18 +288,6 @@ pub async fn get_booking(
 pub struct AvailabilityQuery {
     #[param(required = true)]
     property_id: Option<String>,
-    /// A date from 1900-01-01 to 2199-12-31.
-    #[param(
-        required = true,
-        pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$"
-    )]
-    from: Option<String>,
-    /// A date from 1900-01-01 to 2199-12-31, after `from`.
-    #[param(
-        required = true,
-        pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$"
-    )]
-    to: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -339,23 +350,17 @@ pub enum AvailabilityReply {
 }
 
 #[utoipa::path(get, path = "/api/v1/availability", tag = "availability",
-    params(AvailabilityQuery, MinPosition),
+    params(AvailabilityQuery, WindowQuery, MinPosition),
     responses((status = 200, body = AvailabilityReply)))]
 pub async fn availability(
     State(state): State<AppState>, caller: Caller, min: MinPosition,
-    Params(query): Params<AvailabilityQuery>,
+    Params(query): Params<AvailabilityQuery>, Params(window): Params<WindowQuery>,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
     let property_id = parse_uuid("property_id", &query.property_id)?
         .ok_or_else(|| ApiError::validation("property_id is required"))?;
-    let (from, to) = window(&query.from, &query.to)?;
-    let (position, mut tx) = settle(
-        &state,
-        &[Projection::Views, Projection::Inventory],
-        min,
-        caller.0.agency_id,
-    )
-    .await?;
+    let (from, to) = window.parse()?;
+    let (position, mut tx) = settle(&state, AVAILABILITY, min, &caller).await?;
     visible_row(&mut tx, &caller, scope, property_id).await?;
     let room_types =
         queries::room_type_nights(&mut tx, caller.0.agency_id, property_id, from, to).await?;
@@ -413,18 +418,6 @@ pub async fn availability(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
-    /// A date from 1900-01-01 to 2199-12-31.
-    #[param(
-        required = true,
-        pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$"
-    )]
-    from: Option<String>,
-    /// A date from 1900-01-01 to 2199-12-31, after `from`.
-    #[param(
-        required = true,
-        pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$"
-    )]
-    to: Option<String>,
     /// Units wanted on every night, 1 to 1000 (default 1). A single-unit
     /// property matches only 1.
     units: Option<String>,
@@ -454,14 +447,14 @@ fn search_cursor(page: &Paging) -> Result<Option<(Uuid, Option<Uuid>)>, ApiError
 }
 
 #[utoipa::path(get, path = "/api/v1/availability/search", tag = "availability",
-    params(SearchQuery, Paging, MinPosition),
+    params(WindowQuery, SearchQuery, Paging, MinPosition),
     responses((status = 200, body = Page<FreeProperty>)))]
 pub async fn search(
     State(state): State<AppState>, caller: Caller, page: Paging, min: MinPosition,
-    Params(query): Params<SearchQuery>,
+    Params(window): Params<WindowQuery>, Params(query): Params<SearchQuery>,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
-    let (from, to) = window(&query.from, &query.to)?;
+    let (from, to) = window.parse()?;
     let units = match query.units.as_deref().filter(|u| !u.is_empty()) {
         None => 1,
         Some(raw) => raw
@@ -471,13 +464,7 @@ pub async fn search(
             .ok_or_else(|| invalid("units", format!("must be an integer from 1 to {MAX_UNITS}")))?,
     };
     let after = search_cursor(&page)?;
-    let (position, mut tx) = settle(
-        &state,
-        &[Projection::Views, Projection::Inventory],
-        min,
-        caller.0.agency_id,
-    )
-    .await?;
+    let (position, mut tx) = settle(&state, AVAILABILITY, min, &caller).await?;
     let owner = owner_filter(&caller, scope);
     let search = FreeSearch {
         owner: owner.as_deref(),
@@ -530,7 +517,7 @@ pub async fn audit_log(
         action: parse_text("action", query.action)?,
     };
     let after = page.after_number()?;
-    let (position, mut tx) = settle(&state, &[Projection::Audit], min, caller.0.agency_id).await?;
+    let (position, mut tx) = settle(&state, &[Projection::Audit], min, &caller).await?;
     let rows =
         queries::audit_log(&mut tx, caller.0.agency_id, &filter, after, page.fetch()).await?;
     let entries = page.page(rows, |r| r.position.to_string(), AuditEntryView::from);
