@@ -3,7 +3,7 @@
 //! projections' status (without error texts, which can carry another
 //! agency's data) and the current commit.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use ledger_domain::policy::Scope;
@@ -101,8 +101,10 @@ pub async fn projections(
     Ok(Json(body))
 }
 
-/// The projection of a path, or 404 as for any unknown resource.
-fn projection(name: &str) -> Result<Projection, ApiError> {
+/// The projection a path names, for an operator (else 403); 404 as for any
+/// unknown resource.
+fn operated_projection(caller: &Caller, name: &str) -> Result<Projection, ApiError> {
+    caller.require(Action::Operate)?;
     Projection::parse(name).ok_or(ApiError::NotFound)
 }
 
@@ -114,11 +116,9 @@ pub struct ReplayStarted {
 #[utoipa::path(post, path = "/ops/projections/{name}/replay", tag = "ops",
     responses((status = 202, body = ReplayStarted)))]
 pub async fn start_replay(
-    State(state): State<AppState>, caller: Caller,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    State(state): State<AppState>, caller: Caller, Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.require(Action::Operate)?;
-    let projection = projection(&name)?;
+    let projection = operated_projection(&caller, &name)?;
     // Asking again while a replay runs answers with the running one.
     let replay_id = match replay::start(&state.pool, projection).await {
         Ok(id) => id,
@@ -142,11 +142,9 @@ pub async fn start_replay(
 #[utoipa::path(get, path = "/ops/projections/{name}/replay", tag = "ops",
     responses((status = 200, body = Object)))]
 pub async fn replay_progress(
-    State(state): State<AppState>, caller: Caller,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    State(state): State<AppState>, caller: Caller, Path(name): Path<String>,
 ) -> Result<Json<replay::Progress>, ApiError> {
-    caller.require(Action::Operate)?;
-    let projection = projection(&name)?;
+    let projection = operated_projection(&caller, &name)?;
     replay::progress(&state.pool, projection)
         .await?
         .map(Json)
@@ -166,11 +164,9 @@ pub struct ParkedRetried {
     responses((status = 202, body = ParkedRetried),
               (status = 503, body = crate::dto::ErrorBody)))]
 pub async fn retry_parked(
-    State(state): State<AppState>, caller: Caller,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    State(state): State<AppState>, caller: Caller, Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.require(Action::Operate)?;
-    let projection = projection(&name)?;
+    let projection = operated_projection(&caller, &name)?;
     // One transaction; its own task, so a client that hangs up cannot cut it short.
     let pool = state.pool.clone();
     let retried = tokio::spawn(async move { parking::retry(&pool, projection).await })
