@@ -245,12 +245,7 @@ pub struct ServeConfig {
     pub checksum_interval: Duration,
     /// Host names whose iCal feeds are fetched whatever address they
     /// resolve to (on-premises channel servers), comma-separated.
-    #[arg(
-        long,
-        env = "LEDGER_FEED_ALLOW_HOSTS",
-        value_delimiter = ',',
-        default_value = ""
-    )]
+    #[arg(long, env = "LEDGER_FEED_ALLOW_HOSTS", value_delimiter = ',')]
     pub feed_allow_hosts: Vec<String>,
     /// The Ops Console at `/console/` (`on` or `off`; off, it answers 404).
     #[arg(long, env = "LEDGER_CONSOLE", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
