@@ -28,7 +28,6 @@ const REASON_MAX: usize = 500;
 #[serde(deny_unknown_fields)]
 pub struct NewAgency {
     /// Chosen by the service when left out.
-    #[serde(default)]
     pub id: Option<Uuid>,
     #[schema(min_length = 1, max_length = 200)]
     pub name: String,
@@ -37,7 +36,6 @@ pub struct NewAgency {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatusChange {
-    #[serde(default)]
     #[schema(max_length = 500)]
     pub reason: Option<String>,
 }
@@ -45,9 +43,7 @@ pub struct StatusChange {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureChange {
-    #[serde(default)]
     pub ical_export: Option<bool>,
-    #[serde(default)]
     pub ical_import: Option<bool>,
 }
 

@@ -47,10 +47,8 @@ pub async fn property(
 #[serde(deny_unknown_fields)]
 pub struct ResyncScope {
     /// Only this agency's properties.
-    #[serde(default)]
     pub agency_id: Option<Uuid>,
     /// Only this property.
-    #[serde(default)]
     pub property_id: Option<Uuid>,
 }
 
