@@ -22,10 +22,12 @@ pub mod startup;
 pub mod state;
 
 use axum::extract::DefaultBodyLimit;
-use axum::handler::Handler;
-use axum::routing::{get, patch, post, put};
+use axum::routing::get;
 use axum::{middleware, Extension, Router};
 use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::routes::resync;
@@ -37,94 +39,86 @@ use crate::state::AppState;
 /// Request bodies over this many bytes get 413 `PAYLOAD_TOO_LARGE`.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-pub fn router(state: AppState) -> Router {
-    let routes = Router::new()
-        .route(
-            "/api/v1/properties",
-            get(reads::list_properties).post(properties::register),
-        )
-        .route(
-            "/api/v1/properties/{id}",
-            get(reads::get_property.layer(middleware::from_fn(conditional::on_read)))
-                .patch(properties::update),
-        )
-        .route("/api/v1/properties/{id}/archive", post(properties::archive))
-        .route("/api/v1/properties/{id}/events", get(properties::events))
-        .route("/api/v1/properties/{id}/resync", post(resync::property))
-        .route("/api/v1/properties/{id}/checksum", get(resync::checksum))
-        .route(
-            "/api/v1/properties/{id}/room-types",
-            get(room_types::list).post(room_types::create),
-        )
-        .route(
-            "/api/v1/properties/{id}/room-types/{room_type_id}",
-            patch(room_types::update),
-        )
-        .route(
-            "/api/v1/bookings",
-            get(reads::list_bookings).post(bookings::reserve),
-        )
-        .route(
-            "/api/v1/bookings/{id}",
-            get(reads::get_booking.layer(middleware::from_fn(conditional::on_read)))
-                .patch(bookings::modify),
-        )
-        .route("/api/v1/bookings/{id}/confirm", post(bookings::confirm))
-        .route("/api/v1/bookings/{id}/cancel", post(bookings::cancel))
-        .route("/api/v1/bookings/{id}/check-in", post(bookings::check_in))
-        .route("/api/v1/bookings/{id}/check-out", post(bookings::check_out))
-        .route("/api/v1/bookings/{id}/no-show", post(bookings::no_show))
-        .route("/api/v1/stream", get(stream::stream))
-        .route("/api/v1/availability", get(reads::availability))
-        .route("/api/v1/availability/search", get(reads::search))
-        .route("/api/v1/audit-log", get(reads::audit_log))
-        .route("/api/v1/availability/blocks", post(blocks::create))
-        .route(
-            "/api/v1/availability/blocks/{id}",
-            get(blocks::get).delete(blocks::release),
-        )
-        .route(
-            "/api/v1/properties/{id}/ical-token",
-            post(ical::rotate_token),
-        )
-        .route(
-            "/api/v1/properties/{id}/ical-feeds",
-            get(ical::list_feeds).post(ical::add_feed),
-        )
-        .route(
-            "/api/v1/properties/{id}/ical-feeds/{feed_id}",
-            axum::routing::delete(ical::delete_feed),
-        )
-        .route("/ical/{file}", get(ical::export_feed))
-        .route(
-            "/ical/{property_id}/{file}",
-            get(ical::export_room_type_feed),
-        )
-        .route("/health", get(health::live))
+/// Every documented route. A handler answers at the path of its
+/// `#[utoipa::path]`, so a route is written once and the router and
+/// `/openapi.json` cannot disagree.
+pub fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        // `GET` of one property or booking: with an `ETag`, and 304 when
+        // `If-None-Match` names it.
+        .routes(conditional_read(routes!(reads::get_property)))
+        .routes(conditional_read(routes!(reads::get_booking)))
+        // One handler a line; those of one path share it.
+        .routes(routes!(reads::list_properties))
+        .routes(routes!(properties::register))
+        .routes(routes!(properties::update))
+        .routes(routes!(properties::archive))
+        .routes(routes!(properties::events))
+        .routes(routes!(resync::property))
+        .routes(routes!(resync::checksum))
+        .routes(routes!(room_types::list))
+        .routes(routes!(room_types::create))
+        .routes(routes!(room_types::update))
+        .routes(routes!(reads::list_bookings))
+        .routes(routes!(bookings::reserve))
+        .routes(routes!(bookings::modify))
+        .routes(routes!(bookings::confirm))
+        .routes(routes!(bookings::cancel))
+        .routes(routes!(bookings::check_in))
+        .routes(routes!(bookings::check_out))
+        .routes(routes!(bookings::no_show))
+        .routes(routes!(stream::stream))
+        .routes(routes!(reads::availability))
+        .routes(routes!(reads::search))
+        .routes(routes!(reads::audit_log))
+        .routes(routes!(blocks::create))
+        .routes(routes!(blocks::get))
+        .routes(routes!(blocks::release))
+        .routes(routes!(ical::rotate_token))
+        .routes(routes!(ical::list_feeds))
+        .routes(routes!(ical::add_feed))
+        .routes(routes!(ical::delete_feed))
+        .routes(routes!(ical::export_feed))
+        .routes(routes!(ical::export_room_type_feed))
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(ops::current_commit))
+        .routes(routes!(ops::env_sanity))
+        .routes(routes!(ops::projections))
+        .routes(routes!(ops::retry_parked))
+        .routes(routes!(ops::replay_progress))
+        .routes(routes!(ops::start_replay))
+        .routes(routes!(agencies::list))
+        .routes(routes!(agencies::create))
+        .routes(routes!(agencies::get))
+        .routes(routes!(agencies::suspend))
+        .routes(routes!(agencies::reinstate))
+        .routes(routes!(agencies::features))
+        .routes(routes!(agencies::audit_log))
+        .routes(routes!(resync::start))
+        .routes(routes!(resync::progress))
+        .routes(routes!(ops::consumers))
+        // The probes again under the names Kubernetes users expect; the
+        // document lists them through `openapi::HealthAliases`.
         .route("/healthz", get(health::live))
-        .route("/health/ready", get(health::ready))
         .route("/readyz", get(health::ready))
-        .route("/ops/current-commit", get(ops::current_commit))
-        .route("/ops/env-sanity", get(ops::env_sanity))
-        .route("/ops/projections", get(ops::projections))
-        .route(
-            "/ops/projections/{name}/parked/retry",
-            post(ops::retry_parked),
-        )
-        .route(
-            "/ops/projections/{name}/replay",
-            get(ops::replay_progress).post(ops::start_replay),
-        )
-        .route("/ops/agencies", get(agencies::list).post(agencies::create))
-        .route("/ops/agencies/{id}", get(agencies::get))
-        .route("/ops/agencies/{id}/suspend", post(agencies::suspend))
-        .route("/ops/agencies/{id}/reinstate", post(agencies::reinstate))
-        .route("/ops/agencies/{id}/features", put(agencies::features))
-        .route("/ops/audit-log", get(agencies::audit_log))
-        .route("/ops/resync", post(resync::start))
-        .route("/ops/resync/{job_id}", get(resync::progress))
-        .route("/ops/consumers", get(ops::consumers))
-        .merge(openapi::routes())
+}
+
+/// Answers a read with the `ETag` of the resource's version (`conditional::on_read`).
+fn conditional_read(
+    (schemas, paths, method): UtoipaMethodRouter<AppState>,
+) -> UtoipaMethodRouter<AppState> {
+    (
+        schemas,
+        paths,
+        method.layer(middleware::from_fn(conditional::on_read)),
+    )
+}
+
+pub fn router(state: AppState) -> Router {
+    let (routes, document) = openapi::split(api_routes());
+    let routes = routes
+        .merge(openapi::routes(document))
         .merge(console::routes(&state.config))
         .fallback(|| async { ApiError::NotFound })
         .layer(middleware::from_fn(idempotency::middleware))
