@@ -5,27 +5,24 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use ledger_domain::values::ClaimKind;
 use ledger_domain::{Action, CalendarCommand};
-use uuid::Uuid;
 
-use super::{execute, execute_on, not_found_as, property_of, read_reply, PathId};
+use super::{execute, execute_on, not_found_as, property_of, read_reply, New, PathId};
 use crate::auth::Caller;
 use crate::dto::{block_view, BlockBody, BlockView};
 use crate::error::ApiError;
-use crate::extract::{Body, WriteCtx};
+use crate::extract::WriteCtx;
 use crate::state::AppState;
 
 #[utoipa::path(post, path = "/api/v1/availability/blocks", tag = "availability",
     request_body = BlockBody,
     responses((status = 201, body = BlockView)))]
-pub async fn create(
-    State(state): State<AppState>, ctx: WriteCtx, Body(body): Body<BlockBody>,
-) -> Result<Response, ApiError> {
-    let block_id = Uuid::now_v7();
-    let property_id = body.property_id;
-    let command = CalendarCommand::BlockNights(body.into_command(block_id));
-    let execution = ctx.execution(property_id, command);
+pub async fn create(new: New<BlockBody>) -> Result<Response, ApiError> {
+    let property_id = new.body.property_id;
+    let command = CalendarCommand::BlockNights(new.body.into_command(new.id));
+    let execution = new.ctx.execution(property_id, command);
+    let block_id = new.id;
     execute(
-        &state,
+        &new.state,
         execution,
         StatusCode::CREATED,
         move |calendar, position| block_view(calendar, block_id, position),

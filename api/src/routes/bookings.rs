@@ -1,32 +1,29 @@
 //! Booking routes: reserve, modify, the status changes, read one.
 
-use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use ledger_domain::values::ClaimKind;
 use ledger_domain::{CalendarCommand, Outcome};
 use uuid::Uuid;
 
-use super::{execute_as, execute_on, property_of, Change};
+use super::{execute_as, execute_on, property_of, Change, New};
 use crate::conditional::IfMatch;
 use crate::dto::{
     booking_view, BookingView, CancelBody, EmptyBody, ModifyBookingBody, ReserveBody,
 };
 use crate::error::ApiError;
-use crate::extract::{Body, WriteCtx};
-use crate::state::AppState;
 
 #[utoipa::path(post, path = "/api/v1/bookings", tag = "bookings",
     request_body = ReserveBody,
     responses((status = 201, body = BookingView)))]
-pub async fn reserve(
-    State(state): State<AppState>, ctx: WriteCtx, Body(body): Body<ReserveBody>,
-) -> Result<Response, ApiError> {
-    let booking_id = Uuid::now_v7();
-    let property_id = body.property_id;
-    let reserve = body.into_command(booking_id);
-    let execution = ctx.execution(property_id, CalendarCommand::ReserveStay(reserve));
-    execute_as(&state, execution, move |calendar, outcome, position| {
+pub async fn reserve(new: New<ReserveBody>) -> Result<Response, ApiError> {
+    let property_id = new.body.property_id;
+    let reserve = new.body.into_command(new.id);
+    let execution = new
+        .ctx
+        .execution(property_id, CalendarCommand::ReserveStay(reserve));
+    let booking_id = new.id;
+    execute_as(&new.state, execution, move |calendar, outcome, position| {
         let (id, status) = match outcome {
             // A channel sent this booking before: 200 with the first booking.
             Outcome::AlreadyRecorded(first) => (*first, StatusCode::OK),

@@ -78,6 +78,32 @@ fn path_uuid(raw: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::validation(format!("{raw:?} is not a UUID")))
 }
 
+/// A request that creates a property, booking or block: the id the new
+/// resource gets (a UUIDv7, so ids sort by creation), the command context
+/// and the body, extracted in that order.
+pub struct New<B> {
+    pub state: AppState,
+    pub id: Uuid,
+    pub ctx: WriteCtx,
+    pub body: B,
+}
+
+impl<B: DeserializeOwned> FromRequest<AppState> for New<B> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let ctx = WriteCtx::from_request_parts(&mut parts, state).await?;
+        let Body(body) = Body::from_request(Request::from_parts(parts, body), state).await?;
+        Ok(New {
+            state: state.clone(),
+            id: Uuid::now_v7(),
+            ctx,
+            body,
+        })
+    }
+}
+
 /// A request that changes an existing property or booking: its id, the
 /// command context, `If-Match` and the body, extracted in the order every
 /// write route uses.

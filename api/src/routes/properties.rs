@@ -5,9 +5,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use ledger_domain::commands::UpdateProperty;
 use ledger_domain::{Action, CalendarCommand};
-use uuid::Uuid;
 
-use super::{execute, read_reply, visible_property, Change, Paging, PathId};
+use super::{execute, read_reply, visible_property, Change, New, Paging, PathId};
 use crate::auth::Caller;
 use crate::conditional::IfMatch;
 use crate::dto::{
@@ -15,19 +14,15 @@ use crate::dto::{
     UpdatePropertyBody,
 };
 use crate::error::ApiError;
-use crate::extract::{Body, WriteCtx};
 use crate::state::AppState;
 
 #[utoipa::path(post, path = "/api/v1/properties", tag = "properties",
     request_body = RegisterPropertyBody,
     responses((status = 201, body = PropertyView)))]
-pub async fn register(
-    State(state): State<AppState>, ctx: WriteCtx, Body(body): Body<RegisterPropertyBody>,
-) -> Result<Response, ApiError> {
-    let property_id = Uuid::now_v7();
-    let command = CalendarCommand::RegisterProperty(body.into_command(property_id));
-    let execution = ctx.execution(property_id, command);
-    execute(&state, execution, StatusCode::CREATED, property_view).await
+pub async fn register(new: New<RegisterPropertyBody>) -> Result<Response, ApiError> {
+    let command = CalendarCommand::RegisterProperty(new.body.into_command(new.id));
+    let execution = new.ctx.execution(new.id, command);
+    execute(&new.state, execution, StatusCode::CREATED, property_view).await
 }
 
 #[utoipa::path(patch, path = "/api/v1/properties/{id}", tag = "properties",
