@@ -94,41 +94,35 @@ pub async fn get(
     Ok(Json(agency))
 }
 
-#[utoipa::path(post, path = "/ops/agencies/{id}/suspend", operation_id = "suspend_agency", tag = "ops",
-    request_body = StatusChange,
-    responses((status = 200, description = "the agency", body = Agency)))]
-pub async fn suspend(
-    State(state): State<AppState>, caller: Caller, PathId(id): PathId,
-    Body(body): Body<StatusChange>,
-) -> Result<Json<Agency>, ApiError> {
-    change_status(&state, &caller, id, body, |reason| Change::Suspend {
-        reason,
-    })
-    .await
-}
-
-#[utoipa::path(post, path = "/ops/agencies/{id}/reinstate", operation_id = "reinstate_agency", tag = "ops",
-    request_body = StatusChange,
-    responses((status = 200, description = "the agency", body = Agency)))]
-pub async fn reinstate(
-    State(state): State<AppState>, caller: Caller, PathId(id): PathId,
-    Body(body): Body<StatusChange>,
-) -> Result<Json<Agency>, ApiError> {
-    change_status(&state, &caller, id, body, |reason| Change::Reinstate {
-        reason,
-    })
-    .await
-}
-
 /// Suspend and reinstate: an operator's change with a checked reason.
-async fn change_status(
-    state: &AppState, caller: &Caller, id: Uuid, body: StatusChange,
-    change: fn(Option<String>) -> Change,
-) -> Result<Json<Agency>, ApiError> {
-    caller.require(Action::AdministerAgencies)?;
-    values::optional_text("reason", body.reason.as_deref(), REASON_MAX)?;
-    apply(state, caller, id, change(body.reason)).await
+/// Written once for both routes, with their OpenAPI annotation.
+macro_rules! status_change {
+    ($name:ident, $path:literal, $operation_id:literal, $change:ident) => {
+        #[utoipa::path(post, path = $path, operation_id = $operation_id, tag = "ops", request_body = StatusChange,
+            responses((status = 200, description = "the agency", body = Agency)))]
+        pub async fn $name(
+            State(state): State<AppState>, caller: Caller, PathId(id): PathId,
+            Body(body): Body<StatusChange>,
+        ) -> Result<Json<Agency>, ApiError> {
+            caller.require(Action::AdministerAgencies)?;
+            values::optional_text("reason", body.reason.as_deref(), REASON_MAX)?;
+            apply(&state, &caller, id, Change::$change { reason: body.reason }).await
+        }
+    };
 }
+
+status_change!(
+    suspend,
+    "/ops/agencies/{id}/suspend",
+    "suspend_agency",
+    Suspend
+);
+status_change!(
+    reinstate,
+    "/ops/agencies/{id}/reinstate",
+    "reinstate_agency",
+    Reinstate
+);
 
 #[utoipa::path(put, path = "/ops/agencies/{id}/features", operation_id = "set_agency_features", tag = "ops",
     request_body = FeatureChange,
