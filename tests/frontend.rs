@@ -279,21 +279,15 @@ async fn a_channel_booking_leaves_versions_alone_and_a_stale_version_is_refused(
     );
 
     // Neither the booking's nor the property's version moved.
-    with_status(
-        StatusCode::OK,
-        patch_if(&app, &booking_path, &admin, "\"1\"", json!({"adults": 3})).await,
-    );
-    let renamed = with_status(
-        StatusCode::OK,
-        patch_if(
-            &app,
-            &property_path,
-            &admin,
-            "\"1\"",
-            json!({"name": "Casa Nova"}),
-        )
-        .await,
-    );
+    ok(patch_if(&app, &booking_path, &admin, "\"1\"", json!({"adults": 3})).await);
+    let renamed = ok(patch_if(
+        &app,
+        &property_path,
+        &admin,
+        "\"1\"",
+        json!({"name": "Casa Nova"}),
+    )
+    .await);
     assert_eq!(etag(&renamed), "\"2\"");
 
     // Now the first version is stale: refused, with the property as it is.

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{Days, NaiveDate, Utc};
 use common::{
-    agency, app_with_property, assert_error, created, eventually, operator, spawn_app,
-    spawn_app_at, spawn_app_on, spawn_process, token, with_status, Reply, TestApp,
+    agency, app_with_agency_property, app_with_property, assert_error, created, eventually, ok,
+    operator, spawn_app, spawn_app_at, spawn_app_on, spawn_process, token, with_status, Reply,
+    TestApp,
 };
 use ledger_infra::{Clock, ManualClock};
 use reqwest::StatusCode;
@@ -158,7 +159,7 @@ async fn property_named(app: &TestApp, token: &str, name: &str, owner: Option<&s
 
 /// `/ops/projections` as an operator sees it, as a map name -> entry.
 async fn projections(app: &TestApp, operator: &str) -> BTreeMap<String, Value> {
-    let reply = with_status(StatusCode::OK, app.get(OPS, operator).await);
+    let reply = ok(app.get(OPS, operator).await);
     reply
         .body
         .as_array()
@@ -199,10 +200,7 @@ async fn replay(app: &TestApp, operator: &str, name: &str) -> Value {
 async fn wait_replay(app: &TestApp, operator: &str, name: &str, id: Uuid) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let reply = with_status(
-            StatusCode::OK,
-            app.get(&format!("{OPS}/{name}/replay"), operator).await,
-        );
+        let reply = ok(app.get(&format!("{OPS}/{name}/replay"), operator).await);
         let progress = reply.body;
         if progress.get("replay_id").is_some() {
             assert_eq!(uuid_of(&progress, "replay_id"), id, "{progress}");
@@ -680,13 +678,7 @@ async fn availability_shows_ranges_and_free_runs() {
         .booked(&admin, property, "2031-05-02", "2031-05-04")
         .await;
     let reply = app
-        .reserve_with(
-            &admin,
-            property,
-            "2031-05-04",
-            "2031-05-05",
-            json!({"status": "tentative"}),
-        )
+        .hold(&admin, property, "2031-05-04", "2031-05-05", None)
         .await;
     written(&reply, StatusCode::CREATED);
     let hold = reply.id();
@@ -1195,27 +1187,21 @@ async fn a_lapsed_hold_expires_without_traffic_and_frees_its_nights() {
 
     let expires = clock.now() + chrono::Duration::seconds(2);
     let reply = app
-        .reserve_with(
+        .hold(
             &admin,
             property,
             "2031-11-01",
             "2031-11-04",
-            json!({"status": "tentative", "hold_expires_at": expires.to_rfc3339()}),
+            Some(&expires.to_rfc3339()),
         )
         .await;
     let min = written(&reply, StatusCode::CREATED);
     let hold = reply.id();
     assert_eq!(reply.body["status"], "tentative");
     // Holds that must not expire: a far-future hold and a confirmed booking.
+    let far = (clock.now() + chrono::Duration::hours(1)).to_rfc3339();
     let reply = app
-        .reserve_with(
-            &admin,
-            spare,
-            "2031-11-01",
-            "2031-11-04",
-            json!({"status": "tentative",
-                   "hold_expires_at": (clock.now() + chrono::Duration::hours(1)).to_rfc3339()}),
-        )
+        .hold(&admin, spare, "2031-11-01", "2031-11-04", Some(&far))
         .await;
     written(&reply, StatusCode::CREATED);
     let long_hold = reply.id();
@@ -1268,11 +1254,9 @@ async fn a_lapsed_hold_expires_without_traffic_and_frees_its_nights() {
     assert_eq!(ids(&reply), vec![long_hold]);
 
     // The log holds booking.hold_expired for it, after its reservation.
-    let reply = with_status(
-        StatusCode::OK,
-        app.get(&format!("{PROPERTIES}/{property}/events?limit=500"), &admin)
-            .await,
-    );
+    let reply = ok(app
+        .get(&format!("{PROPERTIES}/{property}/events?limit=500"), &admin)
+        .await);
     let events = items(&reply);
     let types = texts(&events, "event_type");
     assert_eq!(
@@ -1733,9 +1717,7 @@ async fn replay_under_writes(read_bookings: bool) {
 
 #[tokio::test]
 async fn ops_and_readiness_report_each_projection_with_its_lag() {
-    let app = spawn_app().await;
-    let (agency_id, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, agency_id, admin, property) = app_with_agency_property().await;
     let (_, at) = app
         .booked(&admin, property, "2031-12-01", "2031-12-03")
         .await;
@@ -1919,7 +1901,7 @@ async fn two_processes_apply_each_event_once_and_the_survivor_takes_over() {
             let reply = created(app.reserve(&admin, property, &from.to_string(), &to).await);
             if i % 5 == 0 {
                 let id = reply.id();
-                with_status(StatusCode::OK, app.cancel(&admin, id).await);
+                ok(app.cancel(&admin, id).await);
             }
         }
     });

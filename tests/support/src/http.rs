@@ -221,6 +221,21 @@ impl Api {
         self.post(BOOKINGS, token, body).await
     }
 
+    /// Reserves `[check_in, check_out)` as a tentative booking held until
+    /// `expires_at` (RFC 3339), or for the default hold when None; returns
+    /// the reply.
+    pub async fn hold(
+        &self, token: &str, property: Uuid, check_in: &str, check_out: &str,
+        expires_at: Option<&str>,
+    ) -> Reply {
+        let mut tentative = json!({"status": "tentative"});
+        if let Some(expires_at) = expires_at {
+            tentative["hold_expires_at"] = json!(expires_at);
+        }
+        self.reserve_with(token, property, check_in, check_out, tentative)
+            .await
+    }
+
     /// Confirms a tentative `booking` and returns the reply.
     pub async fn confirm(&self, token: &str, booking: Uuid) -> Reply {
         self.act(token, booking, "confirm").await
@@ -294,6 +309,11 @@ where
 /// `reply`, once asserted to be 201 Created.
 pub fn created(reply: Reply) -> Reply {
     with_status(StatusCode::CREATED, reply)
+}
+
+/// `reply`, once asserted to be 200 OK.
+pub fn ok(reply: Reply) -> Reply {
+    with_status(StatusCode::OK, reply)
 }
 
 /// `reply`, once asserted to have `status`.
