@@ -8,8 +8,9 @@ use crate::common;
 use std::time::Duration;
 
 use common::{
-    agency, answers, app_with_agency_property, assert_error, created, ledger, ledger_ok, now_secs,
-    ok, operator, raw_token, spawn_app, token, token_with, with_status, Reply, TestApp, SECRET,
+    agency, answers, app_with_agency_property, app_with_booking, assert_error, created, ledger,
+    ledger_ok, now_secs, ok, operator, raw_token, spawn_app, token, token_with, with_status, Reply,
+    TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -46,20 +47,10 @@ async fn with_authorization(
 
 // ------------------------------------------------------------------ 401
 
-/// Where the tests of who may touch what start: the app, a new agency (its
-/// id and its admin's token), a property of it and a confirmed booking of
-/// 1-5 March 2027 there.
-async fn app_with_booking() -> (TestApp, Uuid, String, Uuid, Uuid) {
-    let (app, agency_id, admin, property) = app_with_agency_property().await;
-    let (booking, _) = app
-        .booked(&admin, property, "2027-03-01", "2027-03-05")
-        .await;
-    (app, agency_id, admin, property, booking)
-}
-
 #[tokio::test]
 async fn bad_tokens_get_401_in_the_contract_format_and_change_nothing() {
-    let (app, agency_id, admin, property, booking) = app_with_booking().await;
+    let (app, agency_id, admin, property, (booking, _)) =
+        app_with_booking("2027-03-01", "2027-03-05").await;
     let events = app.total_events().await;
 
     let now = now_secs();
@@ -335,12 +326,7 @@ async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, U
         }
         Route::Cancel => {
             let id = booking("confirmed").await;
-            app.post(
-                &format!("{BOOKINGS}/{id}/cancel"),
-                token,
-                json!({"reason": "r"}),
-            )
-            .await
+            app.cancel_for(token, id, "r").await
         }
         Route::CheckIn => {
             let id = booking("confirmed").await;
@@ -743,7 +729,8 @@ async fn an_idempotency_key_replay_is_still_held_to_the_role_table() {
 
 #[tokio::test]
 async fn another_agency_gets_404_on_everything_of_this_one() {
-    let (app, _, admin_a, property, booking) = app_with_booking().await;
+    let (app, _, admin_a, property, (booking, _)) =
+        app_with_booking("2027-03-01", "2027-03-05").await;
     let (_, admin_b) = agency();
     let tentative = app
         .hold(&admin_a, property, "2027-04-01", "2027-04-05", None)
@@ -878,7 +865,8 @@ const SUSPENSION_REFRESH: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
-    let (app, agency_id, admin, property, booking) = app_with_booking().await;
+    let (app, agency_id, admin, property, (booking, _)) =
+        app_with_booking("2027-03-01", "2027-03-05").await;
     let (_, other_admin) = agency();
     let other_property = app.property(&other_admin, None).await;
     let agency_text = agency_id.to_string();

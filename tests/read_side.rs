@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{Days, NaiveDate, Utc};
 use common::{
-    agency, app_with_agency_property, app_with_property, assert_error, created, eventually, ok,
-    operator, spawn_app, spawn_app_at, spawn_app_on, spawn_process, token, with_status, Reply,
-    TestApp,
+    agency, app_with_booking, assert_error, created, eventually, ok, operator, spawn_app,
+    spawn_app_at, spawn_app_on, spawn_process, token, with_status, Reply, TestApp,
 };
 use ledger_infra::{Clock, ManualClock};
 use reqwest::StatusCode;
@@ -141,6 +140,12 @@ async fn walk(app: &TestApp, path: &str, token: &str, limit: usize, min: i64) ->
         }
     }
     panic!("{path} never ended");
+}
+
+/// The ids of the items [`walk`] visits, in order.
+async fn walk_ids(app: &TestApp, path: &str, token: &str, limit: usize, min: i64) -> Vec<Uuid> {
+    let items = walk(app, path, token, limit, min).await;
+    items.iter().map(|i| uuid_of(i, "id")).collect()
 }
 
 fn sorted(mut ids: Vec<Uuid>) -> Vec<Uuid> {
@@ -423,11 +428,7 @@ async fn properties_list_pages_and_confines_to_agency_and_owner() {
 
     // limit=1 walks every property exactly once; limit=2 too.
     for limit in [1, 2] {
-        let walked: Vec<Uuid> = walk(&app, PROPERTIES, &admin, limit, min)
-            .await
-            .iter()
-            .map(|i| uuid_of(i, "id"))
-            .collect();
+        let walked = walk_ids(&app, PROPERTIES, &admin, limit, min).await;
         assert_eq!(walked, expected, "walking with limit={limit}");
     }
 
@@ -444,11 +445,7 @@ async fn properties_list_pages_and_confines_to_agency_and_owner() {
             .collect(),
     );
     assert_eq!(ids(&reply), owned, "owner-1's properties only");
-    let walked: Vec<Uuid> = walk(&app, PROPERTIES, &owner, 1, min)
-        .await
-        .iter()
-        .map(|i| uuid_of(i, "id"))
-        .collect();
+    let walked = walk_ids(&app, PROPERTIES, &owner, 1, min).await;
     assert_eq!(walked, owned);
 
     // One property.
@@ -533,13 +530,7 @@ async fn bookings_list_filters_by_property_status_and_overlap() {
     written(&reply, StatusCode::CREATED);
     let b3 = reply.id();
     let (b4, _) = app.booked(&admin, p1, "2031-03-10", "2031-03-12").await;
-    let reply = app
-        .post(
-            &format!("{BOOKINGS}/{b4}/cancel"),
-            &admin,
-            json!({"reason": "guest"}),
-        )
-        .await;
+    let reply = app.cancel_for(&admin, b4, "guest").await;
     let mut min = written(&reply, StatusCode::OK);
     let (b_other, p) = app.booked(&other, theirs, "2031-03-01", "2031-03-20").await;
     min = min.max(p);
@@ -581,17 +572,9 @@ async fn bookings_list_filters_by_property_status_and_overlap() {
     }
 
     // Cursor pagination walks every booking once, in id order.
-    let walked: Vec<Uuid> = walk(&app, BOOKINGS, &admin, 1, min)
-        .await
-        .iter()
-        .map(|i| uuid_of(i, "id"))
-        .collect();
+    let walked = walk_ids(&app, BOOKINGS, &admin, 1, min).await;
     assert_eq!(walked, all);
-    let walked: Vec<Uuid> = walk(&app, &list(&format!("property_id={p1}")), &admin, 2, min)
-        .await
-        .iter()
-        .map(|i| uuid_of(i, "id"))
-        .collect();
+    let walked = walk_ids(&app, &list(&format!("property_id={p1}")), &admin, 2, min).await;
     assert_eq!(walked, sorted(vec![b1, b2, b4]));
 
     // The other agency sees only its own booking.
@@ -936,13 +919,7 @@ async fn audit_log_has_one_row_per_event_and_filters() {
     let (booking, _) = app
         .booked(&admin, property, "2031-09-01", "2031-09-03")
         .await;
-    let reply = app
-        .post(
-            &format!("{BOOKINGS}/{booking}/cancel"),
-            &manager,
-            json!({"reason": "changed plans"}),
-        )
-        .await;
+    let reply = app.cancel_for(&manager, booking, "changed plans").await;
     written(&reply, StatusCode::OK);
     let reply = app
         .block(&admin, property, "2031-09-10", "2031-09-12", "maintenance")
@@ -1107,10 +1084,8 @@ async fn audit_log_has_one_row_per_event_and_filters() {
 
 #[tokio::test]
 async fn min_position_waits_for_the_projection_and_gives_up_after_5_s() {
-    let (app, admin, property) = app_with_property().await;
-    let (_, caught_up) = app
-        .booked(&admin, property, "2031-10-01", "2031-10-02")
-        .await;
+    let (app, _, admin, property, (_, caught_up)) =
+        app_with_booking("2031-10-01", "2031-10-02").await;
     read(&app, &format!("{PROPERTIES}/{property}"), &admin, caught_up).await;
 
     // With the views paused, a write's position is not reached until they resume.
@@ -1717,10 +1692,8 @@ async fn replay_under_writes(read_bookings: bool) {
 
 #[tokio::test]
 async fn ops_and_readiness_report_each_projection_with_its_lag() {
-    let (app, agency_id, admin, property) = app_with_agency_property().await;
-    let (_, at) = app
-        .booked(&admin, property, "2031-12-01", "2031-12-03")
-        .await;
+    let (app, agency_id, admin, property, (_, at)) =
+        app_with_booking("2031-12-01", "2031-12-03").await;
 
     let ops = wait_caught_up(&app, &operator(), 10).await;
     assert_eq!(

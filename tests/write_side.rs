@@ -7,9 +7,9 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::{
-    agency, app_with_agency_property, app_with_property, assert_error, created, free_port, ok,
-    reservation, spawn_app, spawn_app_at, spawn_app_with_env, spawn_process, token, with_status,
-    Reply, TestApp,
+    agency, app_with_agency_property, app_with_booking, app_with_property, assert_error, created,
+    free_port, ok, reservation, spawn_app, spawn_app_at, spawn_app_with_env, spawn_process, token,
+    with_status, Reply, TestApp,
 };
 use futures::future::join_all;
 use ledger_infra::{Clock, ManualClock};
@@ -1545,10 +1545,7 @@ async fn metrics_count_responses_and_report_each_tailer() {
 
 #[tokio::test]
 async fn a_refusal_decided_from_state_is_the_first_reply_for_its_key() {
-    let (app, admin, property) = app_with_property().await;
-    let (taken, _) = app
-        .booked(&admin, property, "2027-04-01", "2027-04-05")
-        .await;
+    let (app, _, admin, property, (taken, _)) = app_with_booking("2027-04-01", "2027-04-05").await;
     let body = json!({
         "property_id": property,
         "check_in": "2027-04-02",

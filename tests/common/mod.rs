@@ -113,6 +113,16 @@ pub async fn app_with_agency_property() -> (TestApp, uuid::Uuid, String, uuid::U
     (app, agency_id, admin, property)
 }
 
+/// [`app_with_agency_property`] with a confirmed booking of `[check_in,
+/// check_out)` on the property: its id and the position of its event.
+pub async fn app_with_booking(
+    check_in: &str, check_out: &str,
+) -> (TestApp, uuid::Uuid, String, uuid::Uuid, (uuid::Uuid, i64)) {
+    let (app, agency_id, admin, property) = app_with_agency_property().await;
+    let booked = app.booked(&admin, property, check_in, check_out).await;
+    (app, agency_id, admin, property, booked)
+}
+
 /// `spawn_app` with `ledger serve`'s environment variables (e.g.
 /// `LEDGER_RATE_LIMIT`) set for this app only.
 pub async fn spawn_app_with_env(env: &[(&str, &str)]) -> TestApp {

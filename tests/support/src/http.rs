@@ -246,6 +246,12 @@ impl Api {
         self.act(token, booking, "cancel").await
     }
 
+    /// Cancels `booking` for `reason` and returns the reply.
+    pub async fn cancel_for(&self, token: &str, booking: Uuid, reason: &str) -> Reply {
+        let path = format!("{BOOKINGS}/{booking}/cancel");
+        self.post(&path, token, json!({"reason": reason})).await
+    }
+
     /// Releases (deletes) `block` and returns the reply.
     pub async fn release(&self, token: &str, block: Uuid) -> Reply {
         self.delete(&format!("{BLOCKS}/{block}"), token).await
