@@ -277,8 +277,6 @@ impl Api {
     }
 }
 
-/// Asks `ask` until it answers `status`, for at most `within` (what a
-/// refresh or another process makes visible); returns that reply.
 /// The body of a reservation of `[check_in, check_out)` with the tests'
 /// usual guest, the least `POST /api/v1/bookings` takes.
 pub fn reservation(property: Uuid, check_in: &str, check_out: &str) -> Value {
@@ -290,6 +288,8 @@ pub fn reservation(property: Uuid, check_in: &str, check_out: &str) -> Value {
     })
 }
 
+/// Asks `ask` until it answers `status`, for at most `within` (what a
+/// refresh or another process makes visible); returns that reply.
 pub async fn answers<F, Fut>(status: StatusCode, within: Duration, mut ask: F) -> Reply
 where
     F: FnMut() -> Fut,
