@@ -8,8 +8,9 @@ use crate::common;
 use std::time::Duration;
 
 use common::{
-    agency, answers, assert_error, created, ledger, ledger_ok, now_secs, operator, raw_token,
-    spawn_app, token, token_with, with_status, Reply, TestApp, SECRET,
+    agency, answers, app_with_agency_property, app_with_booking, assert_error, created, ledger,
+    ledger_ok, now_secs, ok, operator, raw_token, spawn_app, token, token_with, with_status, Reply,
+    TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -46,22 +47,10 @@ async fn with_authorization(
 
 // ------------------------------------------------------------------ 401
 
-/// Where the tests of who may touch what start: the app, a new agency (its
-/// id and its admin's token), a property of it and a confirmed booking of
-/// 1-5 March 2027 there.
-async fn app_with_booking() -> (TestApp, Uuid, String, Uuid, Uuid) {
-    let app = spawn_app().await;
-    let (agency_id, admin) = agency();
-    let property = app.property(&admin, None).await;
-    let (booking, _) = app
-        .booked(&admin, property, "2027-03-01", "2027-03-05")
-        .await;
-    (app, agency_id, admin, property, booking)
-}
-
 #[tokio::test]
 async fn bad_tokens_get_401_in_the_contract_format_and_change_nothing() {
-    let (app, agency_id, admin, property, booking) = app_with_booking().await;
+    let (app, agency_id, admin, property, (booking, _)) =
+        app_with_booking("2027-03-01", "2027-03-05").await;
     let events = app.total_events().await;
 
     let now = now_secs();
@@ -215,10 +204,7 @@ async fn bad_tokens_get_401_in_the_contract_format_and_change_nothing() {
     // nbf and iat in the past are honoured and fine; the valid token works.
     let property_path = format!("{PROPERTIES}/{property}?min_position={}", app.head().await);
     let fine = bearer(signed(json!({"nbf": now - 60, "iat": now - 60})));
-    with_status(
-        StatusCode::OK,
-        with_authorization(&app, "GET", &property_path, fine.as_deref(), None).await,
-    );
+    ok(with_authorization(&app, "GET", &property_path, fine.as_deref(), None).await);
     let lower = format!("bearer {admin}");
     let reply = with_authorization(&app, "GET", &property_path, Some(&lower), None).await;
     assert_eq!(
@@ -340,12 +326,7 @@ async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, U
         }
         Route::Cancel => {
             let id = booking("confirmed").await;
-            app.post(
-                &format!("{BOOKINGS}/{id}/cancel"),
-                token,
-                json!({"reason": "r"}),
-            )
-            .await
+            app.cancel_for(token, id, "r").await
         }
         Route::CheckIn => {
             let id = booking("confirmed").await;
@@ -353,7 +334,7 @@ async fn run(app: &TestApp, admin: &str, token: &str, route: Route) -> (Reply, U
         }
         Route::CheckOut => {
             let id = booking("confirmed").await;
-            with_status(StatusCode::OK, app.act(admin, id, "check-in").await);
+            ok(app.act(admin, id, "check-in").await);
             app.act(token, id, "check-out").await
         }
         Route::NoShow => {
@@ -515,7 +496,7 @@ async fn every_role_of_either_agency_against_every_ops_route_follows_the_role_ta
         failures.join("\n")
     );
     // The operator's suspend was followed by its reinstate: the agency works.
-    with_status(StatusCode::OK, app.get(PROPERTIES, &own_admin).await);
+    ok(app.get(PROPERTIES, &own_admin).await);
 }
 
 /// What the role tests look for in a calendar: a booking of 1-3 March 2027
@@ -654,7 +635,7 @@ async fn owners_act_on_their_own_properties_only() {
         app.block(&owner, own, "2027-05-01", "2027-05-03", "owner_stay")
             .await,
     );
-    let reply = with_status(StatusCode::OK, app.release(&owner, reply.id()).await);
+    let reply = ok(app.release(&owner, reply.id()).await);
     assert_eq!(reply.body["released"], true);
     for reason in ["maintenance", "other"] {
         let reply = app
@@ -672,11 +653,9 @@ async fn owners_act_on_their_own_properties_only() {
     assert_error(&reply, StatusCode::FORBIDDEN, "FORBIDDEN");
 
     // Once the property is given to someone else, the owner loses it.
-    with_status(
-        StatusCode::OK,
-        app.edit_property(&admin, own, json!({"owner_id": "owner-2"}))
-            .await,
-    );
+    ok(app
+        .edit_property(&admin, own, json!({"owner_id": "owner-2"}))
+        .await);
     let reply = app.read(&format!("{PROPERTIES}/{own}"), &owner).await;
     assert_error(&reply, StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND");
     let reply = app
@@ -687,9 +666,7 @@ async fn owners_act_on_their_own_properties_only() {
 
 #[tokio::test]
 async fn every_role_but_the_owner_reads_the_agencys_calendar() {
-    let app = spawn_app().await;
-    let (agency_id, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, agency_id, admin, property) = app_with_agency_property().await;
     let (booking, block) = a_booking_and_a_block(&app, &admin, property).await;
     for role in ["admin", "manager", "staff", "accountant"] {
         let caller = token(agency_id, role, "reader");
@@ -752,16 +729,11 @@ async fn an_idempotency_key_replay_is_still_held_to_the_role_table() {
 
 #[tokio::test]
 async fn another_agency_gets_404_on_everything_of_this_one() {
-    let (app, _, admin_a, property, booking) = app_with_booking().await;
+    let (app, _, admin_a, property, (booking, _)) =
+        app_with_booking("2027-03-01", "2027-03-05").await;
     let (_, admin_b) = agency();
     let tentative = app
-        .reserve_with(
-            &admin_a,
-            property,
-            "2027-04-01",
-            "2027-04-05",
-            json!({"status": "tentative"}),
-        )
+        .hold(&admin_a, property, "2027-04-01", "2027-04-05", None)
         .await
         .id();
     let block = app
@@ -893,7 +865,8 @@ const SUSPENSION_REFRESH: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn a_suspended_agency_gets_403_on_every_route_until_reinstated() {
-    let (app, agency_id, admin, property, booking) = app_with_booking().await;
+    let (app, agency_id, admin, property, (booking, _)) =
+        app_with_booking("2027-03-01", "2027-03-05").await;
     let (_, other_admin) = agency();
     let other_property = app.property(&other_admin, None).await;
     let agency_text = agency_id.to_string();

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{Days, NaiveDate};
 use common::nats::NatsServer;
-use common::stream::acknowledged;
+use common::stream::{acknowledged, Stays};
 use common::{
     agency, created, eventually, properties_in_log, spawn_app, spawn_app_on, spawn_app_with_env,
     spawn_process, spawn_process_with_env, TestApp,
@@ -834,17 +834,15 @@ struct Acknowledged {
 struct MixedLoad {
     acknowledged: Arc<Mutex<Vec<Acknowledged>>>,
     failed: Arc<Mutex<usize>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stays: Stays,
     writers: tokio::task::JoinSet<()>,
 }
 
 impl MixedLoad {
     fn start(app: &TestApp, token: &str, properties: &[Uuid], writers: usize) -> MixedLoad {
-        use std::sync::atomic::{AtomicUsize, Ordering};
         let acknowledged = Arc::new(Mutex::new(Vec::new()));
         let failed = Arc::new(Mutex::new(0));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let next_stay = Arc::new(AtomicUsize::new(0));
+        let stays = Stays::new(properties);
         let mut tasks = tokio::task::JoinSet::new();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
@@ -852,22 +850,13 @@ impl MixedLoad {
             .expect("an HTTP client");
         for writer in 0..writers {
             let (client, token, base) = (client.clone(), token.to_owned(), app.base.clone());
-            let properties = properties.to_vec();
-            let (acknowledged, failed, stop, next_stay) = (
-                acknowledged.clone(),
-                failed.clone(),
-                stop.clone(),
-                next_stay.clone(),
-            );
+            let (acknowledged, failed, stays) =
+                (acknowledged.clone(), failed.clone(), stays.clone());
             tasks.spawn(async move {
-                let first = NaiveDate::from_ymd_opt(2030, 1, 1).expect("a date");
                 let mut mine: Vec<Uuid> = Vec::new();
                 let mut turn = 0usize;
-                while !stop.load(Ordering::Relaxed) {
+                while let Some((property, start)) = stays.next_stay() {
                     turn += 1;
-                    let i = next_stay.fetch_add(1, Ordering::Relaxed);
-                    let property = properties[i % properties.len()];
-                    let start = first + Days::new(2 * (i / properties.len()) as u64);
                     let (request, event_type, field) = if turn.is_multiple_of(3) && !mine.is_empty()
                     {
                         let booking = mine.swap_remove(0);
@@ -935,7 +924,7 @@ impl MixedLoad {
         MixedLoad {
             acknowledged,
             failed,
-            stop,
+            stays,
             writers: tasks,
         }
     }
@@ -954,7 +943,7 @@ impl MixedLoad {
     }
 
     async fn finish(mut self) -> Vec<Acknowledged> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stays.stop();
         while self.writers.join_next().await.is_some() {}
         let all = self.acknowledged.lock().expect("not poisoned");
         all.clone()

@@ -193,9 +193,8 @@ fn etag(reply: &Reply) -> &str {
 
 /// A property of a new agency with one booking of `[check_in, check_out)`:
 /// the app, the admin's token, the property and the booking's path.
-async fn app_with_booking(check_in: &str, check_out: &str) -> (TestApp, String, Uuid, String) {
-    let (app, admin, property) = app_with_property().await;
-    let (booking, _) = app.booked(&admin, property, check_in, check_out).await;
+async fn app_with_booking_path(check_in: &str, check_out: &str) -> (TestApp, String, Uuid, String) {
+    let (app, _, admin, property, (booking, _)) = app_with_booking(check_in, check_out).await;
     (app, admin, property, format!("/api/v1/bookings/{booking}"))
 }
 
@@ -261,7 +260,8 @@ async fn of_two_edits_from_the_same_version_exactly_one_wins() {
 
 #[tokio::test]
 async fn a_channel_booking_leaves_versions_alone_and_a_stale_version_is_refused() {
-    let (app, admin, property, booking_path) = app_with_booking("2031-05-01", "2031-05-03").await;
+    let (app, admin, property, booking_path) =
+        app_with_booking_path("2031-05-01", "2031-05-03").await;
     let property_path = format!("/api/v1/properties/{property}");
     let seen = app.read(&property_path, &admin).await;
     assert_eq!(etag(&seen), "\"1\"");
@@ -279,21 +279,15 @@ async fn a_channel_booking_leaves_versions_alone_and_a_stale_version_is_refused(
     );
 
     // Neither the booking's nor the property's version moved.
-    with_status(
-        StatusCode::OK,
-        patch_if(&app, &booking_path, &admin, "\"1\"", json!({"adults": 3})).await,
-    );
-    let renamed = with_status(
-        StatusCode::OK,
-        patch_if(
-            &app,
-            &property_path,
-            &admin,
-            "\"1\"",
-            json!({"name": "Casa Nova"}),
-        )
-        .await,
-    );
+    ok(patch_if(&app, &booking_path, &admin, "\"1\"", json!({"adults": 3})).await);
+    let renamed = ok(patch_if(
+        &app,
+        &property_path,
+        &admin,
+        "\"1\"",
+        json!({"name": "Casa Nova"}),
+    )
+    .await);
     assert_eq!(etag(&renamed), "\"2\"");
 
     // Now the first version is stale: refused, with the property as it is.
@@ -363,7 +357,7 @@ async fn a_412_is_kept_for_its_idempotency_key() {
 
 #[tokio::test]
 async fn get_by_id_answers_304_while_the_version_is_the_one_named() {
-    let (app, admin, property, path) = app_with_booking("2031-07-01", "2031-07-02").await;
+    let (app, admin, property, path) = app_with_booking_path("2031-07-01", "2031-07-02").await;
     let first = app.read(&path, &admin).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(etag(&first), "\"1\"");

@@ -17,9 +17,7 @@ use std::time::Duration;
 use channel::{all_ran, feeds_when, register, Answer, Channel, EMPTY_CALENDAR};
 use chrono::{DateTime, NaiveDate, Utc};
 use common::nats::NatsServer;
-use common::{
-    agency, assert_error, created, eventually, spawn_app_with_env, token, with_status, TestApp,
-};
+use common::{agency, assert_error, created, eventually, ok, spawn_app_with_env, token, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -164,26 +162,24 @@ async fn the_export_lists_exactly_the_nights_the_inventory_holds() {
     let cancelled = app
         .reserve(&admin, property, "2027-07-10", "2027-07-12")
         .await;
-    with_status(StatusCode::OK, app.cancel(&admin, cancelled.id()).await);
+    ok(app.cancel(&admin, cancelled.id()).await);
     let modified = app
         .reserve(&admin, property, "2027-07-20", "2027-07-23")
         .await;
-    with_status(
-        StatusCode::OK,
-        app.edit_booking(
+    ok(app
+        .edit_booking(
             &admin,
             modified.id(),
             json!({"check_in": "2027-07-21", "check_out": "2027-07-25"}),
         )
-        .await,
-    );
+        .await);
     let tentative = created(
-        app.reserve_with(
+        app.hold(
             &admin,
             property,
             "2027-08-01",
             "2027-08-03",
-            json!({"status": "tentative", "hold_expires_at": "2030-01-01T00:00:00Z"}),
+            Some("2030-01-01T00:00:00Z"),
         )
         .await,
     );
@@ -194,7 +190,7 @@ async fn the_export_lists_exactly_the_nights_the_inventory_holds() {
     let released = app
         .block(&admin, property, "2027-09-10", "2027-09-12", "owner_stay")
         .await;
-    with_status(StatusCode::OK, app.release(&admin, released.id()).await);
+    ok(app.release(&admin, released.id()).await);
     let elsewhere = app.reserve(&admin, other, "2027-07-01", "2027-07-04").await;
     assert_eq!(elsewhere.status, StatusCode::CREATED);
 
@@ -409,11 +405,9 @@ async fn imported_blocks(app: &TestApp, admin: &str, property: Uuid) -> BTreeSet
             continue;
         }
         let id = range["id"].as_str().expect("an id");
-        let block = with_status(
-            StatusCode::OK,
-            app.get(&format!("/api/v1/availability/blocks/{id}"), admin)
-                .await,
-        );
+        let block = ok(app
+            .get(&format!("/api/v1/availability/blocks/{id}"), admin)
+            .await);
         assert_eq!(block.body["reason"], "other");
         blocks.insert((
             block.body["external_ref"]
@@ -589,7 +583,7 @@ async fn feeds_registered_by_an_admin_are_imported_by_the_service() {
 
     // The first run is due at once.
     let listed = eventually(Duration::from_secs(30), || async {
-        let reply = with_status(StatusCode::OK, app.get(&feeds, &admin).await);
+        let reply = ok(app.get(&feeds, &admin).await);
         let item = reply.body["items"][0].clone();
         if !item["last_run_at"].is_null() {
             Ok(item)
@@ -610,10 +604,7 @@ async fn feeds_registered_by_an_admin_are_imported_by_the_service() {
         ranges(&[("x@channel", "2027-06-01", "2027-06-05")])
     );
 
-    with_status(
-        StatusCode::OK,
-        app.delete(&format!("{feeds}/{feed_id}"), &admin).await,
-    );
+    ok(app.delete(&format!("{feeds}/{feed_id}"), &admin).await);
     let reply = app.get(&feeds, &admin).await;
     assert_eq!(reply.body["items"], json!([]));
     let reply = app.delete(&format!("{feeds}/{feed_id}"), &admin).await;

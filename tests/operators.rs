@@ -11,8 +11,9 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::{
-    agency, answers, assert_error, created, eventually, ledger, ledger_ok, operator, spawn_app,
-    spawn_app_with_env, token, token_with, with_status, Reply, TestApp, SECRET,
+    agency, answers, app_with_agency_property, assert_error, created, eventually, ledger,
+    ledger_ok, ok, operator, spawn_app, spawn_app_with_env, token, token_with, with_status, Reply,
+    TestApp, SECRET,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -22,12 +23,15 @@ use uuid::Uuid;
 const AGENCIES: &str = "/ops/agencies";
 const HISTORY: &str = "/ops/audit-log";
 
-/// A property of `admin`'s agency with an iCal export secret; returns the
-/// property and the `.ics` path with its token.
-async fn exported_property(app: &TestApp, admin: &str) -> (Uuid, String) {
-    let property = app.property(admin, None).await;
-    let (secret, _) = app.export_token(admin, property).await;
-    (property, format!("/ical/{property}.ics?token={secret}"))
+/// A new agency with a property that has an iCal export secret: the
+/// agency's id, its admin's token, the property and the `.ics` path with
+/// its token.
+async fn exported_agency(app: &TestApp) -> (Uuid, String, Uuid, String) {
+    let (agency_id, admin) = agency();
+    let property = app.property(&admin, None).await;
+    let (secret, _) = app.export_token(&admin, property).await;
+    let ics = format!("/ical/{property}.ics?token={secret}");
+    (agency_id, admin, property, ics)
 }
 
 async fn ics_status(app: &TestApp, path: &str) -> StatusCode {
@@ -52,9 +56,7 @@ async fn set_features(app: &TestApp, token: &str, agency: Uuid, features: Value)
 
 #[tokio::test]
 async fn operators_run_every_ops_route_and_nothing_of_an_agencys_api() {
-    let app = spawn_app().await;
-    let (agency_id, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, agency_id, _, property) = app_with_agency_property().await;
     let operator = operator();
 
     for path in ["/ops/projections", "/ops/current-commit", "/ops/env-sanity"] {
@@ -67,10 +69,7 @@ async fn operators_run_every_ops_route_and_nothing_of_an_agencys_api() {
             .await,
     );
     assert!(started.body["replay_id"].is_string(), "{:?}", started.body);
-    with_status(
-        StatusCode::OK,
-        app.get("/ops/projections/views/replay", &operator).await,
-    );
+    ok(app.get("/ops/projections/views/replay", &operator).await);
     let retried = with_status(
         StatusCode::ACCEPTED,
         app.post(
@@ -113,7 +112,7 @@ async fn an_agency_admin_only_reads_the_ops_status_without_error_texts() {
     let (agency_id, admin) = agency();
     app.property(&admin, None).await;
 
-    let reply = with_status(StatusCode::OK, app.get("/ops/projections", &admin).await);
+    let reply = ok(app.get("/ops/projections", &admin).await);
     let entries = reply.body.as_array().expect("a list");
     assert!(!entries.is_empty());
     for entry in entries {
@@ -122,7 +121,7 @@ async fn an_agency_admin_only_reads_the_ops_status_without_error_texts() {
             assert!(parked["error"].is_null(), "{parked}");
         }
     }
-    with_status(StatusCode::OK, app.get("/ops/current-commit", &admin).await);
+    ok(app.get("/ops/current-commit", &admin).await);
 
     let refused = [
         app.post("/ops/projections/views/replay", &admin, json!({}))
@@ -153,24 +152,19 @@ async fn an_agency_admin_only_reads_the_ops_status_without_error_texts() {
 async fn a_suspended_agency_is_locked_out_within_2_s_and_its_feed_is_gone_until_reinstated() {
     let app = spawn_app().await;
     let operator = operator();
-    let (agency_id, admin) = agency();
-    let (property, ics) = exported_property(&app, &admin).await;
-    let (_, other_admin) = agency();
-    let (_, other_ics) = exported_property(&app, &other_admin).await;
+    let (agency_id, admin, property, ics) = exported_agency(&app).await;
+    let (_, other_admin, _, other_ics) = exported_agency(&app).await;
     assert_eq!(ics_status(&app, &ics).await, StatusCode::OK);
     let property_path = format!("/api/v1/properties/{property}");
 
-    let reply = with_status(
-        StatusCode::OK,
-        agency_step(
-            &app,
-            &operator,
-            agency_id,
-            "suspend",
-            json!({"reason": "unpaid"}),
-        )
-        .await,
-    );
+    let reply = ok(agency_step(
+        &app,
+        &operator,
+        agency_id,
+        "suspend",
+        json!({"reason": "unpaid"}),
+    )
+    .await);
     assert_eq!(reply.body["status"], "suspended");
     assert_eq!(reply.body["reason"], "unpaid");
 
@@ -187,31 +181,21 @@ async fn a_suspended_agency_is_locked_out_within_2_s_and_its_feed_is_gone_until_
     assert_eq!(ics_status(&app, &ics).await, StatusCode::NOT_FOUND);
     // Another agency is untouched.
     assert_eq!(ics_status(&app, &other_ics).await, StatusCode::OK);
-    with_status(
-        StatusCode::OK,
-        app.get("/api/v1/properties", &other_admin).await,
-    );
+    ok(app.get("/api/v1/properties", &other_admin).await);
 
-    let reply = with_status(
-        StatusCode::OK,
-        agency_step(&app, &operator, agency_id, "reinstate", json!({})).await,
-    );
+    let reply = ok(agency_step(&app, &operator, agency_id, "reinstate", json!({})).await);
     assert_eq!(reply.body["status"], "active");
-    with_status(
-        StatusCode::OK,
-        answers(StatusCode::OK, Duration::from_secs(2), || {
-            app.get(&property_path, &admin)
-        })
-        .await,
-    );
+    ok(answers(StatusCode::OK, Duration::from_secs(2), || {
+        app.get(&property_path, &admin)
+    })
+    .await);
     assert_eq!(ics_status(&app, &ics).await, StatusCode::OK);
 }
 
 #[tokio::test]
 async fn a_suspension_made_in_another_process_holds_here_within_2_s() {
     let app = spawn_app().await;
-    let (agency_id, admin) = agency();
-    let (_, ics) = exported_property(&app, &admin).await;
+    let (agency_id, admin, _, ics) = exported_agency(&app).await;
     // The CLI is another process on the same database.
     ledger_ok(
         &[
@@ -241,13 +225,12 @@ async fn a_suspension_made_in_another_process_holds_here_within_2_s() {
 async fn features_turned_off_refuse_their_routes() {
     let app = spawn_app().await;
     let operator = operator();
-    let (agency_id, admin) = agency();
-    let (property, ics) = exported_property(&app, &admin).await;
+    let (agency_id, admin, property, ics) = exported_agency(&app).await;
     let feeds = format!("/api/v1/properties/{property}/ical-feeds");
     let token_path = format!("/api/v1/properties/{property}/ical-token");
     let put = |body: Value| set_features(&app, &operator, agency_id, body);
 
-    let reply = with_status(StatusCode::OK, put(json!({"ical_export": false})).await);
+    let reply = ok(put(json!({"ical_export": false})).await);
     assert_eq!(
         reply.body["features"],
         json!({"ical_export": false, "ical_import": true})
@@ -258,10 +241,7 @@ async fn features_turned_off_refuse_their_routes() {
     let reply = app.get(&feeds, &admin).await;
     assert_eq!(reply.status, StatusCode::OK, "imports are still on");
 
-    with_status(
-        StatusCode::OK,
-        put(json!({"ical_export": true, "ical_import": false})).await,
-    );
+    ok(put(json!({"ical_export": true, "ical_import": false})).await);
     assert_eq!(ics_status(&app, &ics).await, StatusCode::OK);
     let reply = app.get(&feeds, &admin).await;
     assert_error(&reply, StatusCode::FORBIDDEN, "FEATURE_DISABLED");
@@ -302,14 +282,8 @@ async fn the_import_job_skips_feeds_of_agencies_with_imports_off_or_suspended() 
     let off_property = app.property(&off_admin, None).await;
     let suspended_property = app.property(&suspended_admin, None).await;
     let on_property = app.property(&on_admin, None).await;
-    with_status(
-        StatusCode::OK,
-        set_features(&app, &operator, off_agency, json!({"ical_import": false})).await,
-    );
-    with_status(
-        StatusCode::OK,
-        agency_step(&app, &operator, suspended_agency, "suspend", json!({})).await,
-    );
+    ok(set_features(&app, &operator, off_agency, json!({"ical_import": false})).await);
+    ok(agency_step(&app, &operator, suspended_agency, "suspend", json!({})).await);
 
     // Three due feeds; the two refused ones are the most overdue, so the job
     // takes them before the one that runs.
@@ -382,10 +356,7 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
     // An agency whose token is used first gets a record without a name.
     let (first_use, admin) = agency();
     app.property(&admin, None).await;
-    let reply = with_status(
-        StatusCode::OK,
-        app.get(&format!("{AGENCIES}/{first_use}"), &operator).await,
-    );
+    let reply = ok(app.get(&format!("{AGENCIES}/{first_use}"), &operator).await);
     assert!(reply.body["name"].is_null(), "{:?}", reply.body);
     assert_eq!(reply.body["status"], "active");
     assert_eq!(
@@ -393,15 +364,13 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
         json!({"ical_export": true, "ical_import": true})
     );
     // Naming it later is 200 (it already existed).
-    let reply = with_status(
-        StatusCode::OK,
-        app.post(
+    let reply = ok(app
+        .post(
             AGENCIES,
             &operator,
             json!({"id": first_use, "name": "Early Bird"}),
         )
-        .await,
-    );
+        .await);
     assert_eq!(reply.body["name"], "Early Bird");
 
     let reply = created(
@@ -453,21 +422,15 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
         let reply = agency_step(&app, &operator, agency_id, step, body).await;
         assert_eq!(reply.body["status"], status, "{step}: {:?}", reply.body);
     }
-    with_status(
-        StatusCode::OK,
-        set_features(&app, &operator, agency_id, json!({"ical_import": false})).await,
-    );
+    ok(set_features(&app, &operator, agency_id, json!({"ical_import": false})).await);
     // Reinstating an active agency changes nothing and records nothing.
-    with_status(
-        StatusCode::OK,
-        agency_step(&app, &operator, agency_id, "reinstate", json!({})).await,
-    );
+    ok(agency_step(&app, &operator, agency_id, "reinstate", json!({})).await);
 
     // Listed, one page at a time.
     let mut listed = Vec::new();
     let mut path = format!("{AGENCIES}?limit=1");
     loop {
-        let reply = with_status(StatusCode::OK, app.get(&path, &operator).await);
+        let reply = ok(app.get(&path, &operator).await);
         let page = items(&reply);
         assert!(page.len() <= 1);
         listed.extend(page);
@@ -483,10 +446,7 @@ async fn agencies_are_created_listed_and_their_history_kept_in_order() {
     assert_eq!(ids.len(), 3, "{ids:?}");
 
     // The history, oldest first, in the audit log's shape.
-    let reply = with_status(
-        StatusCode::OK,
-        app.get(&format!("{HISTORY}?limit=500"), &operator).await,
-    );
+    let reply = ok(app.get(&format!("{HISTORY}?limit=500"), &operator).await);
     let history = items(&reply);
     let of = |agency: Uuid| -> Vec<(String, Value)> {
         history
@@ -566,7 +526,7 @@ async fn the_cli_mints_operator_tokens_and_administers_agencies_as_the_routes_do
         &["token", "--role", "operator", "--sub", "ops-cli"],
         &[("JWT_SECRET", SECRET)],
     );
-    with_status(StatusCode::OK, app.get(AGENCIES, &minted).await);
+    ok(app.get(AGENCIES, &minted).await);
     let out = ledger(
         &["token", "--role", "admin", "--sub", "x"],
         &[("JWT_SECRET", SECRET)],

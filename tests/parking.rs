@@ -125,7 +125,7 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
     );
     let (waiting, parked_at) = (reserved.id(), reserved.body["position"].clone());
     // A later event of the same property: it waits behind the first.
-    with_status(StatusCode::OK, app.cancel(&admin_a, waiting).await);
+    ok(app.cancel(&admin_a, waiting).await);
 
     // Everyone else's writes are read back within the bound.
     let parked_reads = others_read_back(
@@ -185,7 +185,7 @@ async fn an_unappliable_property_is_parked_while_every_other_goes_on() {
 
     // Readiness says degraded, with no error text at all.
     for path in ["/health/ready", "/readyz"] {
-        let ready = with_status(StatusCode::OK, app.send("GET", path, None, None, &[]).await);
+        let ready = ok(app.send("GET", path, None, None, &[]).await);
         assert_eq!(ready.body["status"], "degraded", "{:?}", ready.body);
         assert_eq!(
             entry(&ready.body["projections"], "views")["status"],

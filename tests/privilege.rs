@@ -9,8 +9,8 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use common::{
-    agency, create_database, created, eventually, operator, server_url, spawn_app_on, with_status,
-    TestApp,
+    agency, create_database, created, eventually, ok, operator, server_url, spawn_app_on,
+    with_status, TestApp,
 };
 use reqwest::StatusCode;
 use serde_json::json;
@@ -74,11 +74,9 @@ async fn sqlstate_of(conn: &mut PgConnection, statement: &str) -> Option<String>
 async fn wait_for_replay(app: &TestApp, token: &str, name: &str, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let progress = with_status(
-            StatusCode::OK,
-            app.get(&format!("/ops/projections/{name}/replay"), token)
-                .await,
-        );
+        let progress = ok(app
+            .get(&format!("/ops/projections/{name}/replay"), token)
+            .await);
         if progress.body["replay_id"] == json!(id) {
             match progress.body["state"].as_str() {
                 Some("done") => return,

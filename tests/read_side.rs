@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{Days, NaiveDate, Utc};
 use common::{
-    agency, app_with_property, assert_error, created, eventually, operator, spawn_app,
+    agency, app_with_booking, assert_error, created, eventually, ok, operator, spawn_app,
     spawn_app_at, spawn_app_on, spawn_process, token, with_status, Reply, TestApp,
 };
 use ledger_infra::{Clock, ManualClock};
@@ -142,6 +142,12 @@ async fn walk(app: &TestApp, path: &str, token: &str, limit: usize, min: i64) ->
     panic!("{path} never ended");
 }
 
+/// The ids of the items [`walk`] visits, in order.
+async fn walk_ids(app: &TestApp, path: &str, token: &str, limit: usize, min: i64) -> Vec<Uuid> {
+    let items = walk(app, path, token, limit, min).await;
+    items.iter().map(|i| uuid_of(i, "id")).collect()
+}
+
 fn sorted(mut ids: Vec<Uuid>) -> Vec<Uuid> {
     ids.sort();
     ids
@@ -158,7 +164,7 @@ async fn property_named(app: &TestApp, token: &str, name: &str, owner: Option<&s
 
 /// `/ops/projections` as an operator sees it, as a map name -> entry.
 async fn projections(app: &TestApp, operator: &str) -> BTreeMap<String, Value> {
-    let reply = with_status(StatusCode::OK, app.get(OPS, operator).await);
+    let reply = ok(app.get(OPS, operator).await);
     reply
         .body
         .as_array()
@@ -199,10 +205,7 @@ async fn replay(app: &TestApp, operator: &str, name: &str) -> Value {
 async fn wait_replay(app: &TestApp, operator: &str, name: &str, id: Uuid) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let reply = with_status(
-            StatusCode::OK,
-            app.get(&format!("{OPS}/{name}/replay"), operator).await,
-        );
+        let reply = ok(app.get(&format!("{OPS}/{name}/replay"), operator).await);
         let progress = reply.body;
         if progress.get("replay_id").is_some() {
             assert_eq!(uuid_of(&progress, "replay_id"), id, "{progress}");
@@ -425,11 +428,7 @@ async fn properties_list_pages_and_confines_to_agency_and_owner() {
 
     // limit=1 walks every property exactly once; limit=2 too.
     for limit in [1, 2] {
-        let walked: Vec<Uuid> = walk(&app, PROPERTIES, &admin, limit, min)
-            .await
-            .iter()
-            .map(|i| uuid_of(i, "id"))
-            .collect();
+        let walked = walk_ids(&app, PROPERTIES, &admin, limit, min).await;
         assert_eq!(walked, expected, "walking with limit={limit}");
     }
 
@@ -446,11 +445,7 @@ async fn properties_list_pages_and_confines_to_agency_and_owner() {
             .collect(),
     );
     assert_eq!(ids(&reply), owned, "owner-1's properties only");
-    let walked: Vec<Uuid> = walk(&app, PROPERTIES, &owner, 1, min)
-        .await
-        .iter()
-        .map(|i| uuid_of(i, "id"))
-        .collect();
+    let walked = walk_ids(&app, PROPERTIES, &owner, 1, min).await;
     assert_eq!(walked, owned);
 
     // One property.
@@ -535,13 +530,7 @@ async fn bookings_list_filters_by_property_status_and_overlap() {
     written(&reply, StatusCode::CREATED);
     let b3 = reply.id();
     let (b4, _) = app.booked(&admin, p1, "2031-03-10", "2031-03-12").await;
-    let reply = app
-        .post(
-            &format!("{BOOKINGS}/{b4}/cancel"),
-            &admin,
-            json!({"reason": "guest"}),
-        )
-        .await;
+    let reply = app.cancel_for(&admin, b4, "guest").await;
     let mut min = written(&reply, StatusCode::OK);
     let (b_other, p) = app.booked(&other, theirs, "2031-03-01", "2031-03-20").await;
     min = min.max(p);
@@ -583,17 +572,9 @@ async fn bookings_list_filters_by_property_status_and_overlap() {
     }
 
     // Cursor pagination walks every booking once, in id order.
-    let walked: Vec<Uuid> = walk(&app, BOOKINGS, &admin, 1, min)
-        .await
-        .iter()
-        .map(|i| uuid_of(i, "id"))
-        .collect();
+    let walked = walk_ids(&app, BOOKINGS, &admin, 1, min).await;
     assert_eq!(walked, all);
-    let walked: Vec<Uuid> = walk(&app, &list(&format!("property_id={p1}")), &admin, 2, min)
-        .await
-        .iter()
-        .map(|i| uuid_of(i, "id"))
-        .collect();
+    let walked = walk_ids(&app, &list(&format!("property_id={p1}")), &admin, 2, min).await;
     assert_eq!(walked, sorted(vec![b1, b2, b4]));
 
     // The other agency sees only its own booking.
@@ -680,13 +661,7 @@ async fn availability_shows_ranges_and_free_runs() {
         .booked(&admin, property, "2031-05-02", "2031-05-04")
         .await;
     let reply = app
-        .reserve_with(
-            &admin,
-            property,
-            "2031-05-04",
-            "2031-05-05",
-            json!({"status": "tentative"}),
-        )
+        .hold(&admin, property, "2031-05-04", "2031-05-05", None)
         .await;
     written(&reply, StatusCode::CREATED);
     let hold = reply.id();
@@ -944,13 +919,7 @@ async fn audit_log_has_one_row_per_event_and_filters() {
     let (booking, _) = app
         .booked(&admin, property, "2031-09-01", "2031-09-03")
         .await;
-    let reply = app
-        .post(
-            &format!("{BOOKINGS}/{booking}/cancel"),
-            &manager,
-            json!({"reason": "changed plans"}),
-        )
-        .await;
+    let reply = app.cancel_for(&manager, booking, "changed plans").await;
     written(&reply, StatusCode::OK);
     let reply = app
         .block(&admin, property, "2031-09-10", "2031-09-12", "maintenance")
@@ -1115,10 +1084,8 @@ async fn audit_log_has_one_row_per_event_and_filters() {
 
 #[tokio::test]
 async fn min_position_waits_for_the_projection_and_gives_up_after_5_s() {
-    let (app, admin, property) = app_with_property().await;
-    let (_, caught_up) = app
-        .booked(&admin, property, "2031-10-01", "2031-10-02")
-        .await;
+    let (app, _, admin, property, (_, caught_up)) =
+        app_with_booking("2031-10-01", "2031-10-02").await;
     read(&app, &format!("{PROPERTIES}/{property}"), &admin, caught_up).await;
 
     // With the views paused, a write's position is not reached until they resume.
@@ -1195,27 +1162,21 @@ async fn a_lapsed_hold_expires_without_traffic_and_frees_its_nights() {
 
     let expires = clock.now() + chrono::Duration::seconds(2);
     let reply = app
-        .reserve_with(
+        .hold(
             &admin,
             property,
             "2031-11-01",
             "2031-11-04",
-            json!({"status": "tentative", "hold_expires_at": expires.to_rfc3339()}),
+            Some(&expires.to_rfc3339()),
         )
         .await;
     let min = written(&reply, StatusCode::CREATED);
     let hold = reply.id();
     assert_eq!(reply.body["status"], "tentative");
     // Holds that must not expire: a far-future hold and a confirmed booking.
+    let far = (clock.now() + chrono::Duration::hours(1)).to_rfc3339();
     let reply = app
-        .reserve_with(
-            &admin,
-            spare,
-            "2031-11-01",
-            "2031-11-04",
-            json!({"status": "tentative",
-                   "hold_expires_at": (clock.now() + chrono::Duration::hours(1)).to_rfc3339()}),
-        )
+        .hold(&admin, spare, "2031-11-01", "2031-11-04", Some(&far))
         .await;
     written(&reply, StatusCode::CREATED);
     let long_hold = reply.id();
@@ -1268,11 +1229,9 @@ async fn a_lapsed_hold_expires_without_traffic_and_frees_its_nights() {
     assert_eq!(ids(&reply), vec![long_hold]);
 
     // The log holds booking.hold_expired for it, after its reservation.
-    let reply = with_status(
-        StatusCode::OK,
-        app.get(&format!("{PROPERTIES}/{property}/events?limit=500"), &admin)
-            .await,
-    );
+    let reply = ok(app
+        .get(&format!("{PROPERTIES}/{property}/events?limit=500"), &admin)
+        .await);
     let events = items(&reply);
     let types = texts(&events, "event_type");
     assert_eq!(
@@ -1733,12 +1692,8 @@ async fn replay_under_writes(read_bookings: bool) {
 
 #[tokio::test]
 async fn ops_and_readiness_report_each_projection_with_its_lag() {
-    let app = spawn_app().await;
-    let (agency_id, admin) = agency();
-    let property = app.property(&admin, None).await;
-    let (_, at) = app
-        .booked(&admin, property, "2031-12-01", "2031-12-03")
-        .await;
+    let (app, agency_id, admin, property, (_, at)) =
+        app_with_booking("2031-12-01", "2031-12-03").await;
 
     let ops = wait_caught_up(&app, &operator(), 10).await;
     assert_eq!(
@@ -1919,7 +1874,7 @@ async fn two_processes_apply_each_event_once_and_the_survivor_takes_over() {
             let reply = created(app.reserve(&admin, property, &from.to_string(), &to).await);
             if i % 5 == 0 {
                 let id = reply.id();
-                with_status(StatusCode::OK, app.cancel(&admin, id).await);
+                ok(app.cancel(&admin, id).await);
             }
         }
     });

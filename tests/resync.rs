@@ -15,8 +15,8 @@ use chrono::{Days, NaiveDate, Utc};
 use common::nats::NatsServer;
 use common::stream::published;
 use common::{
-    agency, assert_error, created, eventually, operator, spawn_app_with_env, token, with_status,
-    Reply, TestApp,
+    agency, assert_error, created, eventually, ok, operator, spawn_app_with_env, token,
+    with_status, Reply, TestApp,
 };
 use futures::StreamExt;
 use ledger_domain::checksum::{self, ChannelRange};
@@ -161,16 +161,7 @@ fn booking_id(reply: &common::Reply) -> Uuid {
 async fn a_wiped_adapter_is_back_in_step_from_one_snapshot_and_the_events_after_it() {
     let (nats, app, admin, property) = with_a_property("0").await;
     let first = booking_id(&app.reserve(&admin, property, &day(10), &day(13)).await);
-    let second = booking_id(
-        &app.reserve_with(
-            &admin,
-            property,
-            &day(20),
-            &day(22),
-            json!({"status": "tentative"}),
-        )
-        .await,
-    );
+    let second = booking_id(&app.hold(&admin, property, &day(20), &day(22), None).await);
     app.block(&admin, property, &day(30), &day(31), "maintenance")
         .await;
 
@@ -184,8 +175,8 @@ async fn a_wiped_adapter_is_back_in_step_from_one_snapshot_and_the_events_after_
     })
     .await;
     // The events after the snapshot.
-    with_status(StatusCode::OK, app.confirm(&admin, second).await);
-    with_status(StatusCode::OK, app.cancel(&admin, first).await);
+    ok(app.confirm(&admin, second).await);
+    ok(app.cancel(&admin, first).await);
     booking_id(&app.reserve(&admin, property, &day(40), &day(45)).await);
 
     let expected = truth(&app, &admin, property).await;
@@ -335,10 +326,7 @@ async fn finished_job(app: &TestApp, op: &str, body: Value) -> Value {
     );
     let job = reply.body["job_id"].as_str().expect("a job id").to_owned();
     eventually(WAIT, || async {
-        let reply = with_status(
-            StatusCode::OK,
-            app.get(&format!("/ops/resync/{job}"), op).await,
-        );
+        let reply = ok(app.get(&format!("/ops/resync/{job}"), op).await);
         if reply.body["state"] == "finished" {
             return Ok(reply.body);
         }
@@ -497,7 +485,7 @@ async fn snapshots_resyncs_and_checksums_are_on_the_stream_as_the_contract_says(
     assert_eq!(snapshots_of_other.len(), 3, "one per job that covered it");
 
     // Lag per channel: the iCal export's durable consumer.
-    let consumers = with_status(StatusCode::OK, app.get("/ops/consumers", &op).await);
+    let consumers = ok(app.get("/ops/consumers", &op).await);
     let export = consumers
         .body
         .as_array()

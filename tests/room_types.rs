@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{agency, assert_error, spawn_app, Reply, TestApp};
+use common::{agency, app_with_property, assert_error, spawn_app, Reply, TestApp};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -65,9 +65,7 @@ async fn book(
 
 #[tokio::test]
 async fn a_twelve_unit_room_type_takes_twelve_concurrent_bookings_and_names_the_full_nights() {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, admin, property) = app_with_property().await;
     let double = room_type(&app, &admin, property, 12).await;
     let body = stay(property, Some(double), "2027-03-01", "2027-03-04");
     let requests = (0..40).map(|_| {

@@ -16,9 +16,7 @@ use std::time::Duration;
 
 use chrono::{Days, NaiveDate, Utc};
 use common::nats::NatsServer;
-use common::{
-    agency, assert_error, created, eventually, spawn_app_with_env, with_status, Reply, TestApp,
-};
+use common::{agency, assert_error, created, eventually, ok, spawn_app_with_env, Reply, TestApp};
 use ledger_domain::checksum::{self, ChannelRange};
 use ledger_infra::channel::{Binding, ChannelConsumer, Start};
 use reqwest::StatusCode;
@@ -169,7 +167,7 @@ async fn availability_search_snapshot_checksum_kit_and_ical_agree_on_per_night_c
     book(&app, &admin, hotel, double, 12, 16).await;
     book(&app, &admin, hotel, double, 12, 13).await;
     let cancelled = book(&app, &admin, hotel, double, 13, 15).await;
-    with_status(StatusCode::OK, app.cancel(&admin, cancelled.id()).await);
+    ok(app.cancel(&admin, cancelled.id()).await);
     let block = json!({"property_id": hotel, "start": day(11), "end": day(13),
                        "reason": "maintenance", "room_type_id": suite, "units": 2});
     created(app.post("/api/v1/availability/blocks", &admin, block).await);

@@ -13,9 +13,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::pg::PgServer;
-use common::{
-    agency, assert_error, create_database, eventually, spawn_app_on, with_status, Reply, TestApp,
-};
+use common::{agency, assert_error, create_database, eventually, ok, spawn_app_on, Reply, TestApp};
 use reqwest::StatusCode;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
@@ -62,10 +60,7 @@ async fn a_write_is_read_back_through_the_standby_with_min_position() {
         .booked(&admin, property, "2031-03-01", "2031-03-04")
         .await;
     let head = app.head().await;
-    with_status(
-        StatusCode::OK,
-        get_booking(&app, &admin, first, Some(head)).await,
-    );
+    ok(get_booking(&app, &admin, first, Some(head)).await);
 
     // The standby stops replaying: it keeps receiving WAL but its tables,
     // checkpoints included, stay where they are.
@@ -105,10 +100,7 @@ async fn a_write_is_read_back_through_the_standby_with_min_position() {
         .execute(&mut standby_db)
         .await
         .expect("resume the standby's replay");
-    let fresh = with_status(
-        StatusCode::OK,
-        get_booking(&app, &admin, second, Some(head)).await,
-    );
+    let fresh = ok(get_booking(&app, &admin, second, Some(head)).await);
     assert_eq!(fresh.body["check_in"], "2031-04-01");
     let position: i64 = fresh.headers["x-ledger-position"]
         .to_str()

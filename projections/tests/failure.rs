@@ -8,8 +8,6 @@ use crate::common;
 use std::time::Duration;
 
 use common::*;
-use ledger_infra::event_store::EventStore;
-use ledger_infra::CommandBus;
 use ledger_projections::parking::{self, Parked};
 use ledger_projections::runner::{self, LogSignal, Status};
 use ledger_projections::{replay, Projection};
@@ -93,13 +91,9 @@ async fn stop_refusing(pool: &PgPool, table: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_exclusion_violation_parks_only_its_property() {
-    let db = TestDb::new().await;
+    let (db, bus, agency, [property, other]) = agency_with_properties().await;
     let pool = &db.pool;
-    let bus = CommandBus::new(EventStore::new(pool.clone()));
-    let (agency, other_agency) = (Uuid::new_v4(), Uuid::new_v4());
-    let (property, other, elsewhere) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-    register(&bus, agency, property).await;
-    register(&bus, agency, other).await;
+    let (other_agency, elsewhere) = (Uuid::new_v4(), Uuid::new_v4());
     register(&bus, other_agency, elsewhere).await;
     catch_up_all(pool).await;
 
@@ -213,18 +207,14 @@ async fn an_exclusion_violation_parks_only_its_property() {
         .find(|r| r.ref_id == bad)
         .expect("the booking holds its nights now");
     assert_eq!((bad_row.start, bad_row.end), (day(11), day(13)));
-    catch_up_all(pool).await;
-    assert_read_models_match_aggregates(pool).await;
+    assert_nothing_lost(pool).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refused_row_parks_its_property_and_a_retry_applies_its_events_in_order() {
-    let db = TestDb::new().await;
+    let (db, bus, agency, [property]) = agency_with_properties().await;
     let pool = &db.pool;
-    let bus = CommandBus::new(EventStore::new(pool.clone()));
-    let (agency, other_agency) = (Uuid::new_v4(), Uuid::new_v4());
-    let (property, elsewhere) = (Uuid::new_v4(), Uuid::new_v4());
-    register(&bus, agency, property).await;
+    let (other_agency, elsewhere) = (Uuid::new_v4(), Uuid::new_v4());
     register(&bus, other_agency, elsewhere).await;
     catch_up_all(pool).await;
     refuse_rows_of(pool, "bookings_view", property).await;
@@ -281,13 +271,12 @@ async fn a_refused_row_parks_its_property_and_a_retry_applies_its_events_in_orde
     runner_task.abort();
     let _ = runner_task.await;
     assert!(booking_ids(pool).await.contains(&next));
-    catch_up_all(pool).await;
-    assert_read_models_match_aggregates(pool).await;
+    assert_nothing_lost(pool).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replay_that_meets_an_unappliable_event_parks_it_and_still_swaps() {
-    let (db, bus, agency, [property, other]) = two_properties().await;
+    let (db, bus, agency, [property, other]) = agency_with_properties().await;
     let pool = &db.pool;
     let (refused, fine) = (Uuid::new_v4(), Uuid::new_v4());
     let refused_position = reserve(&bus, agency, property, refused, 1, 4).await;
@@ -328,13 +317,12 @@ async fn a_replay_that_meets_an_unappliable_event_parks_it_and_still_swaps() {
         .expect("retry");
     assert_eq!(retried.released, vec![property]);
     assert_eq!(status(pool, "views").await.status, "running");
-    catch_up_all(pool).await;
-    assert_read_models_match_aggregates(pool).await;
+    assert_nothing_lost(pool).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failure_of_the_database_parks_nothing() {
-    let (db, bus, agency, [property, other]) = two_properties().await;
+    let (db, bus, agency, [property, other]) = agency_with_properties().await;
     let pool = &db.pool;
     catch_up_all(pool).await;
     let start = checkpoint(pool, "views").await;

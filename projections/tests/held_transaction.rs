@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn held_open_transaction_is_never_skipped() {
-    let (db, bus, agency, [held_property, other]) = two_properties().await;
+    let (db, bus, agency, [held_property, other]) = agency_with_properties().await;
     let pool = &db.pool;
     reserve(&bus, agency, held_property, Uuid::new_v4(), 0, 3).await;
     let before = head(pool).await;

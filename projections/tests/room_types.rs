@@ -12,7 +12,6 @@ use common::*;
 use ledger_domain::commands::{BlockNights, CreateRoomType, ModifyBooking, UpdateRoomType};
 use ledger_domain::values::BlockReason;
 use ledger_domain::CalendarCommand;
-use ledger_infra::event_store::EventStore;
 use ledger_infra::CommandBus;
 use ledger_projections::{replay, Projection};
 use sqlx::PgPool;
@@ -80,12 +79,9 @@ fn reserve_unit(booking: Uuid, room_type: Uuid, start: u64, end: u64) -> Calenda
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nights_count_what_the_aggregate_counts_and_a_replay_rebuilds_them() {
-    let db = TestDb::new().await;
+    let (db, bus, agency, [property]) = agency_with_properties().await;
     let pool = &db.pool;
-    let bus = CommandBus::new(EventStore::new(pool.clone()));
-    let (agency, property) = (Uuid::new_v4(), Uuid::new_v4());
     let (double, suite) = (Uuid::new_v4(), Uuid::new_v4());
-    register(&bus, agency, property).await;
     let run = |action| exec(&bus, agency, property, at(1), action);
     run(create(double, 3)).await.expect("a double");
     run(create(suite, 1)).await.expect("a suite");
@@ -174,13 +170,9 @@ async fn the_nights_count_what_the_aggregate_counts_and_a_replay_rebuilds_them()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_night_over_its_units_parks_the_property_loudly() {
-    let db = TestDb::new().await;
+    let (db, bus, agency, [property, other]) = agency_with_properties().await;
     let pool = &db.pool;
-    let bus = CommandBus::new(EventStore::new(pool.clone()));
-    let (agency, property, other) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let double = Uuid::new_v4();
-    register(&bus, agency, property).await;
-    register(&bus, agency, other).await;
     let run = |action| exec(&bus, agency, property, at(1), action);
     run(create(double, 2)).await.expect("a double");
     run(reserve_unit(Uuid::new_v4(), double, 0, 2))

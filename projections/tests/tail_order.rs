@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_older_xid_with_a_newer_position_does_not_skip_an_in_flight_event() {
-    let (db, _bus, agency, [first, second]) = two_properties().await;
+    let (db, _bus, agency, [first, second]) = agency_with_properties().await;
     let pool = &db.pool;
     catch_up_all(pool).await;
 

@@ -100,10 +100,27 @@ pub async fn spawn_app() -> TestApp {
 /// Where most tests start: the application, the admin token of a new agency
 /// and one property of that agency.
 pub async fn app_with_property() -> (TestApp, String, uuid::Uuid) {
-    let app = spawn_app().await;
-    let (_, admin) = agency();
-    let property = app.property(&admin, None).await;
+    let (app, _, admin, property) = app_with_agency_property().await;
     (app, admin, property)
+}
+
+/// [`app_with_property`] with the agency's id, for the tests that mint
+/// other tokens of the agency or check the id a record carries.
+pub async fn app_with_agency_property() -> (TestApp, uuid::Uuid, String, uuid::Uuid) {
+    let app = spawn_app().await;
+    let (agency_id, admin) = agency();
+    let property = app.property(&admin, None).await;
+    (app, agency_id, admin, property)
+}
+
+/// [`app_with_agency_property`] with a confirmed booking of `[check_in,
+/// check_out)` on the property: its id and the position of its event.
+pub async fn app_with_booking(
+    check_in: &str, check_out: &str,
+) -> (TestApp, uuid::Uuid, String, uuid::Uuid, (uuid::Uuid, i64)) {
+    let (app, agency_id, admin, property) = app_with_agency_property().await;
+    let booked = app.booked(&admin, property, check_in, check_out).await;
+    (app, agency_id, admin, property, booked)
 }
 
 /// `spawn_app` with `ledger serve`'s environment variables (e.g.

@@ -118,33 +118,62 @@ pub fn assert_in_log_order(events: &[LedgerEvent]) {
 pub struct Load {
     acknowledged: Arc<AtomicUsize>,
     refused: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
+    stays: Stays,
     writers: tokio::task::JoinSet<()>,
+}
+
+/// The one-night stays the writers of a load take in turn until it stops:
+/// the i-th is on property i mod n, two nights after the one before it
+/// there, so no two overlap.
+#[derive(Clone)]
+pub struct Stays {
+    properties: Arc<[Uuid]>,
+    next: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Stays {
+    pub fn new(properties: &[Uuid]) -> Stays {
+        Stays {
+            properties: properties.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The next stay's property and night; None once the load stopped.
+    pub fn next_stay(&self) -> Option<(Uuid, NaiveDate)> {
+        if self.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let count = self.properties.len();
+        let first = NaiveDate::from_ymd_opt(2030, 1, 1).expect("a date");
+        Some((
+            self.properties[i % count],
+            first + Days::new(2 * (i / count) as u64),
+        ))
+    }
+
+    /// Every writer ends at its next turn.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Load {
     pub fn start(app: &TestApp, token: &str, properties: &[Uuid], writers: usize) -> Load {
         let acknowledged = Arc::new(AtomicUsize::new(0));
         let refused = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let next_stay = Arc::new(AtomicUsize::new(0));
+        let stays = Stays::new(properties);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..writers {
             let (client, token) = (app.client.clone(), token.to_owned());
             let url = format!("{}/api/v1/bookings", app.base);
-            let properties = properties.to_vec();
-            let (acknowledged, refused, stop, next_stay) = (
-                acknowledged.clone(),
-                refused.clone(),
-                stop.clone(),
-                next_stay.clone(),
-            );
+            let (acknowledged, refused, stays) =
+                (acknowledged.clone(), refused.clone(), stays.clone());
             tasks.spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let i = next_stay.fetch_add(1, Ordering::Relaxed);
-                    let property = properties[i % properties.len()];
-                    let night = NaiveDate::from_ymd_opt(2030, 1, 1).expect("a date")
-                        + Days::new(2 * (i / properties.len()) as u64);
+                while let Some((property, night)) = stays.next_stay() {
                     let body = json!({
                         "property_id": property,
                         "check_in": night.to_string(),
@@ -167,7 +196,7 @@ impl Load {
         Load {
             acknowledged,
             refused,
-            stop,
+            stays,
             writers: tasks,
         }
     }
@@ -195,7 +224,7 @@ impl Load {
 
     /// Stops the writers; returns (acknowledged, refused).
     pub async fn finish(mut self) -> (usize, usize) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stays.stop();
         while self.writers.join_next().await.is_some() {}
         (self.acknowledged(), self.refused.load(Ordering::Relaxed))
     }

@@ -43,13 +43,13 @@ impl TestDb {
     }
 }
 
-/// A fresh database, a command bus on it, and two properties one agency
+/// A fresh database, a command bus on it, and `N` properties one agency
 /// registered: where most scenarios start.
-pub async fn two_properties() -> (TestDb, CommandBus, Uuid, [Uuid; 2]) {
+pub async fn agency_with_properties<const N: usize>() -> (TestDb, CommandBus, Uuid, [Uuid; N]) {
     let db = TestDb::new().await;
     let bus = CommandBus::new(EventStore::new(db.pool.clone()));
     let agency = Uuid::new_v4();
-    let properties = [Uuid::new_v4(), Uuid::new_v4()];
+    let properties = [(); N].map(|()| Uuid::new_v4());
     for property in properties {
         register(&bus, agency, property).await;
     }
@@ -428,6 +428,14 @@ pub async fn assert_read_models_match_aggregates(pool: &PgPool) {
     assert_eq!(actual.bookings, expected.bookings, "bookings_view");
     assert_eq!(actual.inventory, expected.inventory, "inventory_ranges");
     assert_eq!(actual.audit, expected.audit, "audit_log");
+}
+
+/// How a scenario that parked or failed on the way ends: once every
+/// projection has caught up, the read models hold exactly what the
+/// aggregates do.
+pub async fn assert_nothing_lost(pool: &PgPool) {
+    catch_up_all(pool).await;
+    assert_read_models_match_aggregates(pool).await;
 }
 
 /// Each read-model table as JSON rows sorted by its key.

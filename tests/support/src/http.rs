@@ -221,6 +221,21 @@ impl Api {
         self.post(BOOKINGS, token, body).await
     }
 
+    /// Reserves `[check_in, check_out)` as a tentative booking held until
+    /// `expires_at` (RFC 3339), or for the default hold when None; returns
+    /// the reply.
+    pub async fn hold(
+        &self, token: &str, property: Uuid, check_in: &str, check_out: &str,
+        expires_at: Option<&str>,
+    ) -> Reply {
+        let mut tentative = json!({"status": "tentative"});
+        if let Some(expires_at) = expires_at {
+            tentative["hold_expires_at"] = json!(expires_at);
+        }
+        self.reserve_with(token, property, check_in, check_out, tentative)
+            .await
+    }
+
     /// Confirms a tentative `booking` and returns the reply.
     pub async fn confirm(&self, token: &str, booking: Uuid) -> Reply {
         self.act(token, booking, "confirm").await
@@ -229,6 +244,12 @@ impl Api {
     /// Cancels `booking` without a reason and returns the reply.
     pub async fn cancel(&self, token: &str, booking: Uuid) -> Reply {
         self.act(token, booking, "cancel").await
+    }
+
+    /// Cancels `booking` for `reason` and returns the reply.
+    pub async fn cancel_for(&self, token: &str, booking: Uuid, reason: &str) -> Reply {
+        let path = format!("{BOOKINGS}/{booking}/cancel");
+        self.post(&path, token, json!({"reason": reason})).await
     }
 
     /// Releases (deletes) `block` and returns the reply.
@@ -256,8 +277,6 @@ impl Api {
     }
 }
 
-/// Asks `ask` until it answers `status`, for at most `within` (what a
-/// refresh or another process makes visible); returns that reply.
 /// The body of a reservation of `[check_in, check_out)` with the tests'
 /// usual guest, the least `POST /api/v1/bookings` takes.
 pub fn reservation(property: Uuid, check_in: &str, check_out: &str) -> Value {
@@ -269,6 +288,8 @@ pub fn reservation(property: Uuid, check_in: &str, check_out: &str) -> Value {
     })
 }
 
+/// Asks `ask` until it answers `status`, for at most `within` (what a
+/// refresh or another process makes visible); returns that reply.
 pub async fn answers<F, Fut>(status: StatusCode, within: Duration, mut ask: F) -> Reply
 where
     F: FnMut() -> Fut,
@@ -294,6 +315,11 @@ where
 /// `reply`, once asserted to be 201 Created.
 pub fn created(reply: Reply) -> Reply {
     with_status(StatusCode::CREATED, reply)
+}
+
+/// `reply`, once asserted to be 200 OK.
+pub fn ok(reply: Reply) -> Reply {
+    with_status(StatusCode::OK, reply)
 }
 
 /// `reply`, once asserted to have `status`.

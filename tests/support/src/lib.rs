@@ -16,7 +16,7 @@ mod wait;
 
 pub use db::{create_database, properties_in_log, server_url, TestDb};
 pub use history::write_history;
-pub use http::{answers, assert_error, created, reservation, with_status, Api, Reply};
+pub use http::{answers, assert_error, created, ok, reservation, with_status, Api, Reply};
 pub use token::{agency, b64url, now_secs, operator, raw_token, token, token_with, SECRET};
 pub use wait::eventually;
 
