@@ -174,6 +174,7 @@ impl BookingStatus {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ChannelDto))]
 pub enum Channel {
     #[default]
     Direct,
@@ -186,6 +187,7 @@ pub enum Channel {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = BlockReasonDto))]
 pub enum BlockReason {
     OwnerStay,
     Maintenance,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{not_null, nullable, optional_line, ChannelDto, GuestDto, NewBookingStatus, PriceDto};
+use super::{not_null, nullable, optional_line, GuestDto, NewBookingStatus, PriceDto};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -38,7 +38,7 @@ pub struct ReserveBody {
     #[schema(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}T")]
     pub hold_expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
-    pub channel: Option<ChannelDto>,
+    pub channel: Option<Channel>,
     #[serde(default)]
     #[schema(schema_with = optional_line::<0, 255>)]
     pub external_ref: Option<String>,
@@ -70,7 +70,7 @@ impl ReserveBody {
                 NewBookingStatus::Confirmed => BookingStatus::Confirmed,
             }),
             hold_expires_at: self.hold_expires_at,
-            channel: self.channel.map(Into::into),
+            channel: self.channel,
             external_ref: self.external_ref,
             price: self.price.map(Into::into),
             notes: self.notes,

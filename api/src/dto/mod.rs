@@ -3,14 +3,12 @@
 //! conversions from domain records and read-model rows. Mirrors of domain
 //! values live here so the domain stays free of HTTP and schema concerns.
 
-mod audit;
 mod block;
 mod booking;
 mod event;
 mod property;
 mod values;
 
-pub use audit::*;
 pub use block::*;
 pub use booking::*;
 pub use event::*;

@@ -1,7 +1,8 @@
 //! Mirrors of the domain's values in the contract's JSON: guests, prices,
-//! channels, block reasons, the status a booking may be created with.
+//! the status a booking may be created with. Channels and block reasons are
+//! the domain's own enums (`ChannelDto`, `BlockReasonDto` in the schema).
 
-use ledger_domain::values::{self, BlockReason, Channel};
+use ledger_domain::values;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -73,46 +74,4 @@ impl From<&values::Price> for PriceDto {
 pub enum NewBookingStatus {
     Tentative,
     Confirmed,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ChannelDto {
-    Direct,
-    Airbnb,
-    BookingCom,
-    Vrbo,
-    Ical,
-    Other,
-}
-
-impl From<ChannelDto> for Channel {
-    fn from(c: ChannelDto) -> Self {
-        match c {
-            ChannelDto::Direct => Channel::Direct,
-            ChannelDto::Airbnb => Channel::Airbnb,
-            ChannelDto::BookingCom => Channel::BookingCom,
-            ChannelDto::Vrbo => Channel::Vrbo,
-            ChannelDto::Ical => Channel::Ical,
-            ChannelDto::Other => Channel::Other,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum BlockReasonDto {
-    OwnerStay,
-    Maintenance,
-    Other,
-}
-
-impl From<BlockReasonDto> for BlockReason {
-    fn from(r: BlockReasonDto) -> Self {
-        match r {
-            BlockReasonDto::OwnerStay => BlockReason::OwnerStay,
-            BlockReasonDto::Maintenance => BlockReason::Maintenance,
-            BlockReasonDto::Other => BlockReason::Other,
-        }
-    }
 }

@@ -2,6 +2,7 @@
 //! accepts `?min_position=` (read-your-writes, at most 5 s of waiting) and
 //! answers with `x-ledger-position`, the position the read models reached.
 
+use std::convert::identity;
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, State};
@@ -11,7 +12,7 @@ use chrono::NaiveDate;
 use ledger_domain::policy::{sees_property, Scope};
 use ledger_domain::values::{self, BookingStatus};
 use ledger_domain::{Action, CalendarError};
-use ledger_projections::queries::{self, AuditFilter, BookingFilter, FreeSearch};
+use ledger_projections::queries::{self, AuditEntry, AuditFilter, BookingFilter, FreeSearch};
 use ledger_projections::views::PropertyRow;
 use ledger_projections::Projection;
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,7 @@ use uuid::Uuid;
 
 use super::{parse_cursor, read_reply, serde_urlencoded_query, Paging, Params, PathId};
 use crate::auth::Caller;
-use crate::dto::{AuditEntryView, BookingView, Page, PropertyView};
+use crate::dto::{BookingView, Page, PropertyView};
 use crate::error::ApiError;
 use crate::openapi::query_parameter;
 use crate::state::AppState;
@@ -91,7 +92,7 @@ pub(super) async fn visible_row(
     queries::property(conn, caller.0.agency_id, id)
         .await?
         .filter(|r| sees_property(&caller.0, scope, r.owner_id.as_deref()))
-        .ok_or(ApiError::PropertyNotFound)
+        .ok_or(ApiError::Calendar(CalendarError::PropertyNotFound))
 }
 
 fn owner_filter(caller: &Caller, scope: Scope) -> Option<String> {
@@ -256,7 +257,7 @@ pub async fn get_booking(
     let (row, _owner) = queries::booking(&mut tx, caller.0.agency_id, id)
         .await?
         .filter(|(_, owner)| sees_property(&caller.0, scope, owner.as_deref()))
-        .ok_or(ApiError::BookingNotFound)?;
+        .ok_or(ApiError::Calendar(CalendarError::BookingNotFound))?;
     Ok(read_reply(position, BookingView::from(&row)))
 }
 
@@ -517,7 +518,7 @@ pub struct AuditQuery {
 
 #[utoipa::path(get, path = "/api/v1/audit-log", tag = "audit",
     params(AuditQuery, Paging, MinPosition),
-    responses((status = 200, body = Page<AuditEntryView>)))]
+    responses((status = 200, body = Page<AuditEntry>)))]
 pub async fn audit_log(
     State(state): State<AppState>, caller: Caller, page: Paging, min: MinPosition,
     Params(query): Params<AuditQuery>,
@@ -533,6 +534,6 @@ pub async fn audit_log(
     let (position, mut tx) = settle(&state, &[Projection::Audit], min, caller.0.agency_id).await?;
     let rows =
         queries::audit_log(&mut tx, caller.0.agency_id, &filter, after, page.fetch()).await?;
-    let entries = page.page(rows, |r| r.position.to_string(), AuditEntryView::from);
+    let entries = page.page(rows, |r| r.position.to_string(), identity);
     Ok(read_reply(position, entries))
 }
