@@ -8,9 +8,10 @@ use axum::Json;
 use ledger_domain::{CalendarError, Current};
 use ledger_infra::agencies::AgencyError;
 use ledger_infra::{ExecuteError, Reply};
+use ledger_projections::views::PropertyRow;
 use serde_json::{json, Value};
 
-use crate::dto::{BookingView, PropertyView};
+use crate::dto::BookingView;
 use crate::request_id;
 
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +213,7 @@ fn refusal_details(refusal: &CalendarError) -> Option<Value> {
 /// sends in `If-Match`.
 fn current_view(current: &Current) -> Value {
     let view = match current {
-        Current::Property(property) => serde_json::to_value(PropertyView::new(property, 0)),
+        Current::Property(property) => serde_json::to_value(PropertyRow::new(property, 0)),
         Current::Booking { agency_id, booking } => {
             serde_json::to_value(BookingView::new(*agency_id, booking, 0))
         }

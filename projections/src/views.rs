@@ -15,9 +15,13 @@ use uuid::Uuid;
 
 use crate::tail::Envelope;
 
-/// A row of `properties_view`; field names are its column names.
+// A row of `properties_view`; field names are its column names. It is also
+// the contract's view of a property (`PropertyView`), so its key serialises
+// as the property's `id` (see `upsert_rows`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = PropertyView))]
 pub struct PropertyRow {
+    #[serde(rename = "id", alias = "property_id")]
     pub property_id: Uuid,
     pub agency_id: Uuid,
     pub name: String,
@@ -25,9 +29,10 @@ pub struct PropertyRow {
     pub owner_id: Option<String>,
     pub external_ref: Option<String>,
     pub archived: bool,
-    pub version: i64,
+    pub version: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Global log position of the last event this reply reflects.
     pub position: i64,
 }
 
@@ -41,7 +46,7 @@ impl PropertyRow {
             owner_id: p.owner_id.clone(),
             external_ref: p.external_ref.clone(),
             archived: p.archived,
-            version: p.version as i64,
+            version: p.version,
             created_at: p.created_at,
             updated_at: p.updated_at,
             position,
@@ -57,16 +62,18 @@ impl PropertyRow {
             owner_id: self.owner_id.clone(),
             external_ref: self.external_ref.clone(),
             archived: self.archived,
-            version: self.version as u64,
+            version: self.version,
             created_at: self.created_at,
             updated_at: self.updated_at,
         }
     }
 }
 
-/// A row of `bookings_view`; field names are its column names.
+/// A row of `bookings_view`; field names are its column names, but for the
+/// key (`id`, as a property row's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BookingRow {
+    #[serde(rename = "id", alias = "booking_id")]
     pub booking_id: Uuid,
     pub agency_id: Uuid,
     pub property_id: Uuid,
@@ -193,8 +200,9 @@ async fn load_rows<T: for<'de> Deserialize<'de>>(
         .collect()
 }
 
-/// Writes rows (serialised with their column names) with one upsert; built
-/// here, like [`load_rows`]'s, from the table and its columns.
+/// Writes rows (serialised with their column names, but for the key, which
+/// is `id` as the contract shows it) with one upsert; built here, like
+/// [`load_rows`]'s, from the table and its columns.
 async fn upsert_rows<T: Serialize>(
     conn: &mut PgConnection, table: &str, key: &str, columns: &[&str], rows: &[T],
 ) -> Result<(), sqlx::Error> {
@@ -209,7 +217,9 @@ async fn upsert_rows<T: Serialize>(
         .collect::<Vec<_>>()
         .join(", ");
     sqlx::query(&format!(
-        "INSERT INTO {table} SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1)
+        "INSERT INTO {table}
+         SELECT t.* FROM jsonb_array_elements($1) r,
+                LATERAL jsonb_populate_record(NULL::{table}, r || jsonb_build_object('{key}', r -> 'id')) t
          ON CONFLICT ({key}) DO UPDATE SET ({targets}) = ({sources})"
     ))
     .bind(json)

@@ -5,14 +5,14 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use ledger_domain::commands::UpdateProperty;
 use ledger_domain::{Action, CalendarCommand};
+use ledger_projections::views::PropertyRow;
 use uuid::Uuid;
 
 use super::{execute, read_reply, visible_property, Change, Paging, PathId};
 use crate::auth::Caller;
 use crate::conditional::IfMatch;
 use crate::dto::{
-    property_view, EmptyBody, EventView, Page, PropertyView, RegisterPropertyBody,
-    UpdatePropertyBody,
+    property_view, EmptyBody, EventView, Page, RegisterPropertyBody, UpdatePropertyBody,
 };
 use crate::error::ApiError;
 use crate::extract::{Body, WriteCtx};
@@ -20,7 +20,7 @@ use crate::state::AppState;
 
 #[utoipa::path(post, path = "/api/v1/properties", tag = "properties",
     request_body = RegisterPropertyBody,
-    responses((status = 201, body = PropertyView)))]
+    responses((status = 201, body = PropertyRow)))]
 pub async fn register(
     State(state): State<AppState>, ctx: WriteCtx, Body(body): Body<RegisterPropertyBody>,
 ) -> Result<Response, ApiError> {
@@ -32,7 +32,7 @@ pub async fn register(
 
 #[utoipa::path(patch, path = "/api/v1/properties/{id}", tag = "properties",
     request_body = UpdatePropertyBody,
-    responses((status = 200, body = PropertyView)))]
+    responses((status = 200, body = PropertyRow)))]
 pub async fn update(change: Change<UpdatePropertyBody>) -> Result<Response, ApiError> {
     run(change, |body| {
         CalendarCommand::UpdateProperty(UpdateProperty::from(body))
@@ -42,7 +42,7 @@ pub async fn update(change: Change<UpdatePropertyBody>) -> Result<Response, ApiE
 
 #[utoipa::path(post, path = "/api/v1/properties/{id}/archive", tag = "properties",
     request_body = EmptyBody,
-    responses((status = 200, body = PropertyView)))]
+    responses((status = 200, body = PropertyRow)))]
 pub async fn archive(change: Change<EmptyBody>) -> Result<Response, ApiError> {
     run(change, |EmptyBody {}| CalendarCommand::ArchiveProperty).await
 }

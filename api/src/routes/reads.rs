@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::{parse_cursor, read_reply, serde_urlencoded_query, Paging, Params, PathId};
 use crate::auth::Caller;
-use crate::dto::{BookingView, Page, PropertyView};
+use crate::dto::{BookingView, Page};
 use crate::error::ApiError;
 use crate::openapi::query_parameter;
 use crate::state::AppState;
@@ -156,7 +156,7 @@ fn check_window(from: NaiveDate, to: NaiveDate) -> Result<(), ApiError> {
 
 #[utoipa::path(get, path = "/api/v1/properties", tag = "properties",
     params(Paging, MinPosition),
-    responses((status = 200, body = Page<PropertyView>)))]
+    responses((status = 200, body = Page<PropertyRow>)))]
 pub async fn list_properties(
     State(state): State<AppState>, caller: Caller, page: Paging, min: MinPosition,
 ) -> Result<Response, ApiError> {
@@ -172,24 +172,20 @@ pub async fn list_properties(
         page.fetch(),
     )
     .await?;
-    let properties = page.page(
-        rows,
-        |r| r.property_id.to_string(),
-        |r| PropertyView::from(&r),
-    );
+    let properties = page.page(rows, |r| r.property_id.to_string(), identity);
     Ok(read_reply(position, properties))
 }
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}", tag = "properties",
     params(MinPosition),
-    responses((status = 200, body = PropertyView)))]
+    responses((status = 200, body = PropertyRow)))]
 pub async fn get_property(
     State(state): State<AppState>, PathId(id): PathId, caller: Caller, min: MinPosition,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
     let (position, mut tx) = settle(&state, &[Projection::Views], min, caller.0.agency_id).await?;
     let row = visible_row(&mut tx, &caller, scope, id).await?;
-    Ok(read_reply(position, PropertyView::from(&row)))
+    Ok(read_reply(position, row))
 }
 
 #[derive(Deserialize, IntoParams)]
