@@ -8,9 +8,10 @@ use axum::Json;
 use ledger_domain::{CalendarError, Current};
 use ledger_infra::agencies::AgencyError;
 use ledger_infra::{ExecuteError, Reply};
+use ledger_projections::views::PropertyRow;
 use serde_json::{json, Value};
 
-use crate::dto::{BookingView, PropertyView};
+use crate::dto::BookingView;
 use crate::request_id;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,32 +30,14 @@ pub enum ApiError {
     AgencyNotFound,
     #[error("this feature is turned off for the agency")]
     FeatureDisabled,
-    #[error("the property does not exist")]
-    PropertyNotFound,
-    #[error("the booking does not exist")]
-    BookingNotFound,
-    #[error("the block does not exist")]
-    BlockNotFound,
-    #[error("the room type does not exist")]
-    RoomTypeNotFound,
+    /// A refusal of the calendar, with the domain's message; its status,
+    /// code and details are [`refusal_status`]'s and [`refusal_details`]'s.
+    #[error(transparent)]
+    Calendar(#[from] CalendarError),
     #[error("no such route")]
     NotFound,
     #[error("method not allowed on this route")]
     MethodNotAllowed,
-    #[error("{message}")]
-    BookingConflict { message: String, details: Value },
-    #[error("{0}")]
-    InvalidStateTransition(String),
-    #[error("the property is archived")]
-    PropertyArchived,
-    #[error("the property has bookings or blocks without a room type")]
-    PropertyHasSingleUnitClaims,
-    /// `details.nights`: the nights that hold more than the new units.
-    #[error("{message}")]
-    CapacityExceeded { message: String, details: Value },
-    /// `details.current`: the resource as it is now.
-    #[error("{message}")]
-    VersionMismatch { message: String, current: Value },
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
     #[error("the request body is larger than 64 KiB")]
@@ -93,20 +76,9 @@ impl ApiError {
             AgencySuspended => (StatusCode::FORBIDDEN, "AGENCY_SUSPENDED"),
             AgencyNotFound => (StatusCode::NOT_FOUND, "AGENCY_NOT_FOUND"),
             FeatureDisabled => (StatusCode::FORBIDDEN, "FEATURE_DISABLED"),
-            PropertyNotFound => (StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND"),
-            BookingNotFound => (StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND"),
-            BlockNotFound => (StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND"),
-            RoomTypeNotFound => (StatusCode::NOT_FOUND, "ROOM_TYPE_NOT_FOUND"),
+            Calendar(refusal) => refusal_status(refusal),
             NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
-            BookingConflict { .. } => (StatusCode::CONFLICT, "BOOKING_CONFLICT"),
-            InvalidStateTransition(_) => (StatusCode::CONFLICT, "INVALID_STATE_TRANSITION"),
-            PropertyArchived => (StatusCode::CONFLICT, "PROPERTY_ARCHIVED"),
-            PropertyHasSingleUnitClaims => {
-                (StatusCode::CONFLICT, "PROPERTY_HAS_SINGLE_UNIT_CLAIMS")
-            }
-            CapacityExceeded { .. } => (StatusCode::CONFLICT, "CAPACITY_EXCEEDED"),
-            VersionMismatch { .. } => (StatusCode::PRECONDITION_FAILED, "VERSION_MISMATCH"),
             IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "IDEMPOTENCY_KEY_REUSED"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
             DatabaseUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "DATABASE_UNAVAILABLE"),
@@ -149,18 +121,13 @@ impl ApiError {
             "message": self.to_string(),
             "request_id": request_id,
         });
-        match self {
-            ApiError::Validation { details, .. }
-            | ApiError::BookingConflict { details, .. }
-            | ApiError::CapacityExceeded { details, .. }
-                if !details.is_null() =>
-            {
-                error["details"] = details.clone();
-            }
-            ApiError::VersionMismatch { current, .. } => {
-                error["details"] = json!({ "current": current });
-            }
-            _ => {}
+        let details = match self {
+            ApiError::Validation { details, .. } if !details.is_null() => Some(details.clone()),
+            ApiError::Calendar(refusal) => refusal_details(refusal),
+            _ => None,
+        };
+        if let Some(details) = details {
+            error["details"] = details;
         }
         Reply {
             status: status.as_u16(),
@@ -198,45 +165,45 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<CalendarError> for ApiError {
-    fn from(error: CalendarError) -> Self {
-        match error {
-            CalendarError::Invalid { field, ref reason } => ApiError::Validation {
-                message: error.to_string(),
-                details: json!({ "field": field, "reason": reason }),
-            },
-            CalendarError::PropertyNotFound => ApiError::PropertyNotFound,
-            CalendarError::BookingNotFound => ApiError::BookingNotFound,
-            CalendarError::BlockNotFound => ApiError::BlockNotFound,
-            CalendarError::PropertyAlreadyRegistered => {
-                ApiError::validation("a property with this id is already registered")
-            }
-            CalendarError::Forbidden { .. } => ApiError::Forbidden(error.to_string()),
-            CalendarError::PropertyArchived => ApiError::PropertyArchived,
-            CalendarError::NightsTaken { ref conflicts } => ApiError::BookingConflict {
-                message: error.to_string(),
-                details: json!({ "conflicts": conflicts }),
-            },
-            CalendarError::NightsFull { ref nights } => ApiError::BookingConflict {
-                message: error.to_string(),
-                details: json!({ "nights": nights }),
-            },
-            CalendarError::RoomTypeNotFound => ApiError::RoomTypeNotFound,
-            CalendarError::PropertyHasSingleUnitClaims => ApiError::PropertyHasSingleUnitClaims,
-            CalendarError::CapacityExceeded { ref nights } => ApiError::CapacityExceeded {
-                message: error.to_string(),
-                details: json!({ "nights": nights }),
-            },
-            CalendarError::VersionMismatch { ref current, .. } => ApiError::VersionMismatch {
-                message: error.to_string(),
-                current: current_view(current),
-            },
-            CalendarError::InvalidTransition { .. }
-            | CalendarError::HoldExpired
-            | CalendarError::BlockAlreadyReleased => {
-                ApiError::InvalidStateTransition(error.to_string())
-            }
+/// The contract's status and code of each refusal of the calendar:
+/// exhaustive, so a new refusal does not compile until it has its own.
+fn refusal_status(refusal: &CalendarError) -> (StatusCode, &'static str) {
+    use CalendarError::*;
+    match refusal {
+        Invalid { .. } | PropertyAlreadyRegistered => (StatusCode::BAD_REQUEST, "VALIDATION_ERROR"),
+        Forbidden { .. } => (StatusCode::FORBIDDEN, "FORBIDDEN"),
+        PropertyNotFound => (StatusCode::NOT_FOUND, "PROPERTY_NOT_FOUND"),
+        BookingNotFound => (StatusCode::NOT_FOUND, "BOOKING_NOT_FOUND"),
+        BlockNotFound => (StatusCode::NOT_FOUND, "BLOCK_NOT_FOUND"),
+        RoomTypeNotFound => (StatusCode::NOT_FOUND, "ROOM_TYPE_NOT_FOUND"),
+        NightsTaken { .. } | NightsFull { .. } => (StatusCode::CONFLICT, "BOOKING_CONFLICT"),
+        InvalidTransition { .. } | HoldExpired | BlockAlreadyReleased => {
+            (StatusCode::CONFLICT, "INVALID_STATE_TRANSITION")
         }
+        PropertyArchived => (StatusCode::CONFLICT, "PROPERTY_ARCHIVED"),
+        PropertyHasSingleUnitClaims => (StatusCode::CONFLICT, "PROPERTY_HAS_SINGLE_UNIT_CLAIMS"),
+        CapacityExceeded { .. } => (StatusCode::CONFLICT, "CAPACITY_EXCEEDED"),
+        VersionMismatch { .. } => (StatusCode::PRECONDITION_FAILED, "VERSION_MISMATCH"),
+    }
+}
+
+/// The `details` of a refusal's error body, where it has any.
+fn refusal_details(refusal: &CalendarError) -> Option<Value> {
+    match refusal {
+        CalendarError::Invalid { field, reason } => {
+            Some(json!({ "field": field, "reason": reason }))
+        }
+        CalendarError::NightsTaken { conflicts } => Some(json!({ "conflicts": conflicts })),
+        // `details.nights`: the full nights, or those that hold more than
+        // the new units.
+        CalendarError::NightsFull { nights } | CalendarError::CapacityExceeded { nights } => {
+            Some(json!({ "nights": nights }))
+        }
+        // `details.current`: the resource as it is now.
+        CalendarError::VersionMismatch { current, .. } => {
+            Some(json!({ "current": current_view(current) }))
+        }
+        _ => None,
     }
 }
 
@@ -246,7 +213,7 @@ impl From<CalendarError> for ApiError {
 /// sends in `If-Match`.
 fn current_view(current: &Current) -> Value {
     let view = match current {
-        Current::Property(property) => serde_json::to_value(PropertyView::new(property, 0)),
+        Current::Property(property) => serde_json::to_value(PropertyRow::new(property, 0)),
         Current::Booking { agency_id, booking } => {
             serde_json::to_value(BookingView::new(*agency_id, booking, 0))
         }

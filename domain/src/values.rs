@@ -65,10 +65,18 @@ impl Nights {
     }
 }
 
+// The request bodies take a guest and a price as they are (`GuestDto` and
+// `PriceDto` in the schema): unknown fields are refused, and the schema
+// carries the limits `validate` checks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = GuestDto))]
 pub struct Guest {
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::line::<1, 200>))]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_line::<3, 254>))]
     pub email: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(schema_with = schema::optional_line::<0, 50>))]
     pub phone: Option<String>,
 }
 
@@ -91,10 +99,17 @@ impl Guest {
     }
 }
 
-/// Money as integer minor units (cents) with an ISO 4217 currency code.
+/// Money in integer minor units (cents) and an ISO 4217 currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = PriceDto))]
 pub struct Price {
+    #[cfg_attr(feature = "openapi", schema(minimum = 0))]
     pub amount_minor: i64,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 3, max_length = 3, pattern = "^[A-Z]{3}$")
+    )]
     pub currency: String,
 }
 
@@ -174,6 +189,7 @@ impl BookingStatus {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ChannelDto))]
 pub enum Channel {
     #[default]
     Direct,
@@ -186,6 +202,7 @@ pub enum Channel {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = BlockReasonDto))]
 pub enum BlockReason {
     OwnerStay,
     Maintenance,
@@ -316,6 +333,36 @@ pub fn optional_note(
     field: &'static str, value: Option<&str>, max: usize,
 ) -> Result<(), CalendarError> {
     value.map_or(Ok(()), |v| checked_text(field, v, Lines::Many, (0, max)))
+}
+
+/// The OpenAPI schemas of text fields, for the request bodies (the `openapi`
+/// feature): they carry the limits checked here, so generated clients and
+/// schema-driven fuzzers see them.
+#[cfg(feature = "openapi")]
+pub mod schema {
+    use utoipa::openapi::schema::SchemaType;
+    use utoipa::openapi::{Object, ObjectBuilder, Type};
+
+    /// A one-line text field (`#[schema(schema_with = line::<1, 200>)]`):
+    /// `MIN` to `MAX` characters (0: no lower bound), no control characters
+    /// ([`super::Lines::One`]).
+    pub fn line<const MIN: usize, const MAX: usize>() -> Object {
+        one_line(MIN, MAX).schema_type(Type::String).build()
+    }
+
+    /// [`line`] for a field that may be left out or null.
+    pub fn optional_line<const MIN: usize, const MAX: usize>() -> Object {
+        one_line(MIN, MAX)
+            .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+            .build()
+    }
+
+    fn one_line(min: usize, max: usize) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .min_length((min > 0).then_some(min))
+            .max_length(Some(max))
+            .pattern(Some(r"^[^\u0000-\u001F\u007F-\u009F]*$"))
+    }
 }
 
 /// Checks that a time zone is a known IANA name such as `Europe/Lisbon`.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use ledger_domain::checksum::ChannelRange;
 use ledger_domain::values::ClaimKind;
+use ledger_infra::agencies::HistoryEntry;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
@@ -447,8 +448,10 @@ pub async fn free_units(
     }
 }
 
-/// One row of the audit log.
+/// An entry of an audit log: the agency's (`/api/v1/audit-log`) or the
+/// agencies' history (`/ops/audit-log`), which has the same shape.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = AuditEntryView))]
 pub struct AuditEntry {
     pub id: Uuid,
     pub agency_id: Uuid,
@@ -459,6 +462,22 @@ pub struct AuditEntry {
     pub details: Value,
     pub created_at: DateTime<Utc>,
     pub position: i64,
+}
+
+impl From<HistoryEntry> for AuditEntry {
+    fn from(e: HistoryEntry) -> Self {
+        AuditEntry {
+            id: e.id,
+            agency_id: e.agency_id,
+            user_id: e.user_id,
+            action: e.action,
+            resource_type: e.resource_type.to_owned(),
+            resource_id: e.resource_id,
+            details: e.details,
+            created_at: e.created_at,
+            position: e.position,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -15,9 +15,13 @@ use uuid::Uuid;
 
 use crate::tail::Envelope;
 
-/// A row of `properties_view`; field names are its column names.
+// A row of `properties_view`; field names are its column names. It is also
+// the contract's view of a property (`PropertyView`), so its key serialises
+// as the property's `id` (see `upsert_rows`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = PropertyView))]
 pub struct PropertyRow {
+    #[serde(rename = "id", alias = "property_id")]
     pub property_id: Uuid,
     pub agency_id: Uuid,
     pub name: String,
@@ -25,9 +29,10 @@ pub struct PropertyRow {
     pub owner_id: Option<String>,
     pub external_ref: Option<String>,
     pub archived: bool,
-    pub version: i64,
+    pub version: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Global log position of the last event this reply reflects.
     pub position: i64,
 }
 
@@ -41,7 +46,7 @@ impl PropertyRow {
             owner_id: p.owner_id.clone(),
             external_ref: p.external_ref.clone(),
             archived: p.archived,
-            version: p.version as i64,
+            version: p.version,
             created_at: p.created_at,
             updated_at: p.updated_at,
             position,
@@ -57,88 +62,118 @@ impl PropertyRow {
             owner_id: self.owner_id.clone(),
             external_ref: self.external_ref.clone(),
             archived: self.archived,
-            version: self.version as u64,
+            version: self.version,
             created_at: self.created_at,
             updated_at: self.updated_at,
         }
     }
 }
 
-/// A row of `bookings_view`; field names are its column names.
+/// A row of `bookings_view`; field names are its column names, but for the
+/// key (`id`, as a property row's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BookingRow {
+    #[serde(rename = "id", alias = "booking_id")]
     pub booking_id: Uuid,
+    #[serde(flatten)]
+    pub booking: BookingRecord,
+    pub cancel_reason: Option<String>,
+}
+
+// What a booking's row shares with the contract's view of a booking
+// (`BookingView`): all but the key, the reason of a cancellation (kept, not
+// shown) and the count of nights (shown, not kept). Not a doc comment: it
+// would be the description of the schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BookingRecord {
     pub agency_id: Uuid,
     pub property_id: Uuid,
+    /// tentative, confirmed, cancelled, checked_in, checked_out or no_show.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub status: BookingStatus,
     pub check_in: NaiveDate,
     pub check_out: NaiveDate,
     pub guest: Guest,
-    pub adults: i32,
-    pub children: i32,
+    pub adults: u32,
+    pub children: u32,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub channel: Channel,
     pub external_ref: Option<String>,
     pub price: Option<Price>,
     pub notes: Option<String>,
     pub hold_expires_at: Option<DateTime<Utc>>,
-    pub cancel_reason: Option<String>,
-    /// Added with room types (migration 0013).
-    #[serde(default)]
+    /// On a property with room types only.
+    // The column came with room types (migration 0013).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room_type_id: Option<Uuid>,
-    pub version: i64,
+    pub version: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub position: i64,
 }
 
-impl BookingRow {
+impl BookingRecord {
     pub fn new(agency_id: Uuid, b: &Booking, position: i64) -> Self {
-        BookingRow {
-            booking_id: b.id,
+        BookingRecord {
             agency_id,
             property_id: b.property_id,
             status: b.status,
             check_in: b.nights.start,
             check_out: b.nights.end,
             guest: b.guest.clone(),
-            adults: b.adults as i32,
-            children: b.children as i32,
+            adults: b.adults,
+            children: b.children,
             channel: b.channel,
             external_ref: b.external_ref.clone(),
             price: b.price.clone(),
             notes: b.notes.clone(),
             hold_expires_at: b.hold_expires_at,
-            cancel_reason: b.cancel_reason.clone(),
             room_type_id: b.room_type_id,
-            version: b.version as i64,
+            version: b.version,
             created_at: b.created_at,
             updated_at: b.updated_at,
             position,
         }
     }
 
+    pub fn nights(&self) -> Nights {
+        Nights {
+            start: self.check_in,
+            end: self.check_out,
+        }
+    }
+}
+
+impl BookingRow {
+    pub fn new(agency_id: Uuid, b: &Booking, position: i64) -> Self {
+        BookingRow {
+            booking_id: b.id,
+            booking: BookingRecord::new(agency_id, b, position),
+            cancel_reason: b.cancel_reason.clone(),
+        }
+    }
+
     pub fn to_domain(&self) -> Booking {
+        let record = &self.booking;
         Booking {
             id: self.booking_id,
-            property_id: self.property_id,
-            status: self.status,
-            nights: Nights {
-                start: self.check_in,
-                end: self.check_out,
-            },
-            guest: self.guest.clone(),
-            adults: self.adults as u32,
-            children: self.children as u32,
-            channel: self.channel,
-            external_ref: self.external_ref.clone(),
-            price: self.price.clone(),
-            notes: self.notes.clone(),
-            hold_expires_at: self.hold_expires_at,
+            property_id: record.property_id,
+            status: record.status,
+            nights: record.nights(),
+            guest: record.guest.clone(),
+            adults: record.adults,
+            children: record.children,
+            channel: record.channel,
+            external_ref: record.external_ref.clone(),
+            price: record.price.clone(),
+            notes: record.notes.clone(),
+            hold_expires_at: record.hold_expires_at,
             cancel_reason: self.cancel_reason.clone(),
-            version: self.version as u64,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            room_type_id: self.room_type_id,
+            version: record.version,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            room_type_id: record.room_type_id,
         }
     }
 }
@@ -193,8 +228,9 @@ async fn load_rows<T: for<'de> Deserialize<'de>>(
         .collect()
 }
 
-/// Writes rows (serialised with their column names) with one upsert; built
-/// here, like [`load_rows`]'s, from the table and its columns.
+/// Writes rows (serialised with their column names, but for the key, which
+/// is `id` as the contract shows it) with one upsert; built here, like
+/// [`load_rows`]'s, from the table and its columns.
 async fn upsert_rows<T: Serialize>(
     conn: &mut PgConnection, table: &str, key: &str, columns: &[&str], rows: &[T],
 ) -> Result<(), sqlx::Error> {
@@ -209,7 +245,9 @@ async fn upsert_rows<T: Serialize>(
         .collect::<Vec<_>>()
         .join(", ");
     sqlx::query(&format!(
-        "INSERT INTO {table} SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1)
+        "INSERT INTO {table}
+         SELECT t.* FROM jsonb_array_elements($1) r,
+                LATERAL jsonb_populate_record(NULL::{table}, r || jsonb_build_object('{key}', r -> 'id')) t
          ON CONFLICT ({key}) DO UPDATE SET ({targets}) = ({sources})"
     ))
     .bind(json)
@@ -241,9 +279,9 @@ pub async fn apply(conn: &mut PgConnection, events: &[Envelope]) -> Result<(), s
     }
     let mut booking_agency: HashMap<Uuid, Uuid> = HashMap::new();
     for row in load_rows::<BookingRow>(conn, "bookings_view", "booking_id", &booking_ids).await? {
-        booking_agency.insert(row.booking_id, row.agency_id);
+        booking_agency.insert(row.booking_id, row.booking.agency_id);
         parts
-            .entry(row.property_id)
+            .entry(row.booking.property_id)
             .or_default()
             .1
             .insert(row.booking_id, row.to_domain());

@@ -115,7 +115,10 @@ async fn held_open_transaction_is_never_skipped() {
     let committed_before: i64 = value_of(pool, counted, before).await.expect("a count");
     assert_eq!(models.audit.len() as i64, committed_before);
     assert!(models.inventory.iter().all(|r| r.property_id != other));
-    assert!(models.bookings.iter().all(|b| b.property_id != other));
+    assert!(models
+        .bookings
+        .iter()
+        .all(|b| b.booking.property_id != other));
     assert!(models.inventory.iter().all(|r| r.ref_id != held_booking));
 
     held.commit().await.expect("commit the held transaction");

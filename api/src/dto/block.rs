@@ -8,8 +8,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::BlockReasonDto;
-
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlockBody {
@@ -21,7 +19,7 @@ pub struct BlockBody {
     /// after start).
     #[schema(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     pub end: NaiveDate,
-    pub reason: BlockReasonDto,
+    pub reason: BlockReason,
     /// Free text; tab and newline are the only control characters allowed.
     #[serde(default)]
     #[schema(
@@ -50,7 +48,7 @@ impl BlockBody {
             block_id,
             start: self.start,
             end: self.end,
-            reason: self.reason.into(),
+            reason: self.reason,
             note: self.note,
             external_ref: self.external_ref,
             room_type_id: self.room_type_id,

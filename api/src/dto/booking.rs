@@ -2,14 +2,14 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 use ledger_domain::commands::{ModifyBooking, ReserveStay};
-use ledger_domain::values::{BookingStatus, Channel};
+use ledger_domain::values::{BookingStatus, Channel, Guest, Price};
 use ledger_domain::{Booking, PropertyCalendar};
-use ledger_projections::views::BookingRow;
+use ledger_projections::views::{BookingRecord, BookingRow};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{not_null, nullable, optional_line, ChannelDto, GuestDto, NewBookingStatus, PriceDto};
+use super::{not_null, nullable, optional_line, NewBookingStatus};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -22,7 +22,7 @@ pub struct ReserveBody {
     /// most 366 nights after check_in).
     #[schema(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     pub check_out: NaiveDate,
-    pub guest: GuestDto,
+    pub guest: Guest,
     /// 1 when absent.
     #[serde(default)]
     #[schema(minimum = 1, maximum = 50)]
@@ -38,12 +38,12 @@ pub struct ReserveBody {
     #[schema(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}T")]
     pub hold_expires_at: Option<DateTime<Utc>>,
     #[serde(default)]
-    pub channel: Option<ChannelDto>,
+    pub channel: Option<Channel>,
     #[serde(default)]
     #[schema(schema_with = optional_line::<0, 255>)]
     pub external_ref: Option<String>,
     #[serde(default)]
-    pub price: Option<PriceDto>,
+    pub price: Option<Price>,
     /// Free text; tab and newline are the only control characters allowed.
     #[serde(default)]
     #[schema(
@@ -62,7 +62,7 @@ impl ReserveBody {
             booking_id,
             check_in: self.check_in,
             check_out: self.check_out,
-            guest: self.guest.into(),
+            guest: self.guest,
             adults: self.adults,
             children: self.children,
             status: self.status.map(|s| match s {
@@ -70,9 +70,9 @@ impl ReserveBody {
                 NewBookingStatus::Confirmed => BookingStatus::Confirmed,
             }),
             hold_expires_at: self.hold_expires_at,
-            channel: self.channel.map(Into::into),
+            channel: self.channel,
             external_ref: self.external_ref,
-            price: self.price.map(Into::into),
+            price: self.price,
             notes: self.notes,
             room_type_id: self.room_type_id,
         }
@@ -91,8 +91,8 @@ pub struct ModifyBookingBody {
     #[schema(value_type = NaiveDate, pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     pub check_out: Option<NaiveDate>,
     #[serde(default, deserialize_with = "not_null")]
-    #[schema(value_type = GuestDto)]
-    pub guest: Option<GuestDto>,
+    #[schema(value_type = Guest)]
+    pub guest: Option<Guest>,
     #[serde(default, deserialize_with = "not_null")]
     #[schema(value_type = u32, minimum = 1, maximum = 50)]
     pub adults: Option<u32>,
@@ -100,8 +100,8 @@ pub struct ModifyBookingBody {
     #[schema(value_type = u32, minimum = 0, maximum = 50)]
     pub children: Option<u32>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<PriceDto>)]
-    pub price: Option<Option<PriceDto>>,
+    #[schema(value_type = Option<Price>)]
+    pub price: Option<Option<Price>>,
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>, max_length = 2000, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
     pub notes: Option<Option<String>>,
@@ -113,10 +113,10 @@ impl ModifyBookingBody {
             booking_id,
             check_in: self.check_in,
             check_out: self.check_out,
-            guest: self.guest.map(Into::into),
+            guest: self.guest,
             adults: self.adults,
             children: self.children,
-            price: self.price.map(|p| p.map(Into::into)),
+            price: self.price,
             notes: self.notes,
         }
     }
@@ -130,65 +130,33 @@ pub struct CancelBody {
     pub reason: Option<String>,
 }
 
+// A booking as the contract shows it: its read model's record with the
+// booking's `id` and its count of `nights`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BookingView {
     pub id: Uuid,
-    pub agency_id: Uuid,
-    pub property_id: Uuid,
-    /// tentative, confirmed, cancelled, checked_in, checked_out or no_show.
-    #[schema(value_type = String)]
-    pub status: BookingStatus,
-    pub check_in: NaiveDate,
-    pub check_out: NaiveDate,
+    #[serde(flatten)]
+    pub booking: BookingRecord,
     pub nights: i64,
-    pub guest: GuestDto,
-    pub adults: u32,
-    pub children: u32,
-    #[schema(value_type = String)]
-    pub channel: Channel,
-    pub external_ref: Option<String>,
-    pub price: Option<PriceDto>,
-    pub notes: Option<String>,
-    pub hold_expires_at: Option<DateTime<Utc>>,
-    /// On a property with room types only.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub room_type_id: Option<Uuid>,
-    pub version: u64,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub position: i64,
 }
 
 impl BookingView {
     pub fn new(agency_id: Uuid, b: &Booking, position: i64) -> Self {
         BookingView {
             id: b.id,
-            agency_id,
-            property_id: b.property_id,
-            status: b.status,
-            check_in: b.nights.start,
-            check_out: b.nights.end,
+            booking: BookingRecord::new(agency_id, b, position),
             nights: b.nights.count(),
-            guest: (&b.guest).into(),
-            adults: b.adults,
-            children: b.children,
-            channel: b.channel,
-            external_ref: b.external_ref.clone(),
-            price: b.price.as_ref().map(Into::into),
-            notes: b.notes.clone(),
-            hold_expires_at: b.hold_expires_at,
-            room_type_id: b.room_type_id,
-            version: b.version,
-            created_at: b.created_at,
-            updated_at: b.updated_at,
-            position,
         }
     }
 }
 
 impl From<&BookingRow> for BookingView {
     fn from(row: &BookingRow) -> Self {
-        BookingView::new(row.agency_id, &row.to_domain(), row.position)
+        BookingView {
+            id: row.booking_id,
+            booking: row.booking.clone(),
+            nights: row.booking.nights().count(),
+        }
     }
 }
 

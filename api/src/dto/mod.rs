@@ -1,16 +1,15 @@
 //! The JSON shapes of the contract, a file per resource: request bodies
 //! (unknown fields refused) and the views written back, with their
-//! conversions from domain records and read-model rows. Mirrors of domain
-//! values live here so the domain stays free of HTTP and schema concerns.
+//! conversions from domain records and read-model rows. The domain's values
+//! that the contract takes as they are (guest, price, channel, block reason)
+//! carry their schemas behind ledger-domain's `openapi` feature.
 
-mod audit;
 mod block;
 mod booking;
 mod event;
 mod property;
 mod values;
 
-pub use audit::*;
 pub use block::*;
 pub use booking::*;
 pub use event::*;
@@ -18,8 +17,6 @@ pub use property::*;
 pub use values::*;
 
 use serde::{Deserialize, Deserializer, Serialize};
-use utoipa::openapi::schema::SchemaType;
-use utoipa::openapi::{Object, ObjectBuilder, Type};
 use utoipa::ToSchema;
 
 // The request schemas carry the limits the domain enforces
@@ -28,25 +25,8 @@ use utoipa::ToSchema;
 // control characters), `notes`/`note` also allow tab and newline, dates are
 // within 1900-01-01..2199-12-31 and timestamps within those years.
 
-/// The schema of a one-line text field (`#[schema(schema_with = line::<1, 200>)]`):
-/// `MIN` to `MAX` characters (0: no lower bound), no control characters.
-pub(crate) fn line<const MIN: usize, const MAX: usize>() -> Object {
-    one_line(MIN, MAX).schema_type(Type::String).build()
-}
-
-/// [`line`] for a field that may be left out or null.
-pub(crate) fn optional_line<const MIN: usize, const MAX: usize>() -> Object {
-    one_line(MIN, MAX)
-        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
-        .build()
-}
-
-fn one_line(min: usize, max: usize) -> ObjectBuilder {
-    ObjectBuilder::new()
-        .min_length((min > 0).then_some(min))
-        .max_length(Some(max))
-        .pattern(Some(r"^[^\u0000-\u001F\u007F-\u009F]*$"))
-}
+/// The schema of a one-line text field (`#[schema(schema_with = line::<1, 200>)]`).
+pub(crate) use ledger_domain::values::schema::{line, optional_line};
 
 /// A field that may be left out but, when given, may not be null: `null`
 /// for a name or a date that cannot be empty is a 400 naming the field,

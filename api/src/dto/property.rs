@@ -1,10 +1,10 @@
-//! Properties: the register and update bodies, and the property view.
+//! Properties: the register and update bodies. The property view is the
+//! read model's row, `ledger_projections::views::PropertyRow`.
 
-use chrono::{DateTime, Utc};
 use ledger_domain::commands::{RegisterProperty, UpdateProperty};
-use ledger_domain::{Property, PropertyCalendar};
+use ledger_domain::PropertyCalendar;
 use ledger_projections::views::PropertyRow;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -74,50 +74,10 @@ impl From<UpdatePropertyBody> for UpdateProperty {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PropertyView {
-    pub id: Uuid,
-    pub agency_id: Uuid,
-    pub name: String,
-    pub timezone: String,
-    pub owner_id: Option<String>,
-    pub external_ref: Option<String>,
-    pub archived: bool,
-    pub version: u64,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    /// Global log position of the last event this reply reflects.
-    pub position: i64,
-}
-
-impl PropertyView {
-    pub fn new(p: &Property, position: i64) -> Self {
-        PropertyView {
-            id: p.id,
-            agency_id: p.agency_id,
-            name: p.name.clone(),
-            timezone: p.timezone.clone(),
-            owner_id: p.owner_id.clone(),
-            external_ref: p.external_ref.clone(),
-            archived: p.archived,
-            version: p.version,
-            created_at: p.created_at,
-            updated_at: p.updated_at,
-            position,
-        }
-    }
-}
-
-impl From<&PropertyRow> for PropertyView {
-    fn from(row: &PropertyRow) -> Self {
-        PropertyView::new(&row.to_domain(), row.position)
-    }
-}
-
 /// The property of a calendar, after a command or for a read.
-pub fn property_view(calendar: &PropertyCalendar, position: i64) -> Option<PropertyView> {
+pub fn property_view(calendar: &PropertyCalendar, position: i64) -> Option<PropertyRow> {
     calendar
         .property
         .as_ref()
-        .map(|p| PropertyView::new(p, position))
+        .map(|p| PropertyRow::new(p, position))
 }

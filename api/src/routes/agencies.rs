@@ -10,13 +10,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ledger_domain::{values, Action};
 use ledger_infra::agencies::{self, Agency, Change, Created};
+use ledger_projections::queries::AuditEntry;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{Paging, PathId};
 use crate::auth::Caller;
-use crate::dto::{AuditEntryView, Page};
+use crate::dto::Page;
 use crate::error::ApiError;
 use crate::extract::Body;
 use crate::state::AppState;
@@ -157,15 +158,15 @@ async fn apply(
 /// (`resource_type` is `agency`; `position` is the history's own order).
 #[utoipa::path(get, path = "/ops/audit-log", operation_id = "agency_audit_log", tag = "ops",
     params(Paging),
-    responses((status = 200, description = "a page of the agency history", body = Page<AuditEntryView>)))]
+    responses((status = 200, description = "a page of the agency history", body = Page<AuditEntry>)))]
 pub async fn audit_log(
     State(state): State<AppState>, caller: Caller, page: Paging,
-) -> Result<Json<Page<AuditEntryView>>, ApiError> {
+) -> Result<Json<Page<AuditEntry>>, ApiError> {
     caller.require(Action::AdministerAgencies)?;
     let rows = agencies::history(&state.pool, page.after_number()?, page.fetch()).await?;
     Ok(Json(page.page(
         rows,
         |e| e.position.to_string(),
-        AuditEntryView::from,
+        AuditEntry::from,
     )))
 }

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use ledger_domain::values::ClaimKind;
-use ledger_domain::{Action, CalendarCommand};
+use ledger_domain::{Action, CalendarCommand, CalendarError};
 
 use super::{execute, execute_on, not_found_as, property_of, read_reply, New, PathId};
 use crate::auth::Caller;
@@ -56,7 +56,7 @@ pub async fn get(
                 .map_err(not_found_as(ClaimKind::Block))?;
             block_view(&loaded.calendar, id, loaded.position)
                 .map(|view| (loaded.position, view))
-                .ok_or(ApiError::BlockNotFound)
+                .ok_or(ApiError::Calendar(CalendarError::BlockNotFound))
         })
         .await??;
     Ok(read_reply(position, view))

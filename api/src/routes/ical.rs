@@ -6,7 +6,6 @@ use axum::http::header::{CONTENT_TYPE, HOST};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
 use ledger_domain::ical::render;
 use ledger_domain::Action;
 use ledger_infra::agencies;
@@ -160,47 +159,15 @@ pub struct FeedBody {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct FeedView {
-    pub id: Uuid,
-    pub property_id: Uuid,
-    pub url: String,
-    pub interval_minutes: i32,
-    pub created_at: DateTime<Utc>,
-    pub next_run_at: DateTime<Utc>,
-    pub last_run_at: Option<DateTime<Utc>>,
-    /// Why the last run failed, or which feed events it skipped.
-    pub last_error: Option<String>,
-    /// The last run's report: created, moved, released, skipped.
-    #[schema(value_type = Option<Object>)]
-    pub last_result: Option<serde_json::Value>,
-}
-
-impl From<FeedRow> for FeedView {
-    fn from(row: FeedRow) -> Self {
-        FeedView {
-            id: row.feed_id,
-            property_id: row.property_id,
-            url: row.url,
-            interval_minutes: row.interval_minutes,
-            created_at: row.created_at,
-            next_run_at: row.next_run_at,
-            last_run_at: row.last_run_at,
-            last_error: row.last_error,
-            last_result: row.last_result,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
 pub struct FeedList {
-    pub items: Vec<FeedView>,
+    pub items: Vec<FeedRow>,
 }
 
 /// Registers a feed to import (admin only: the service fetches the URL).
 /// The first run is due at once.
 #[utoipa::path(post, path = "/api/v1/properties/{id}/ical-feeds", tag = "ical",
     request_body = FeedBody,
-    responses((status = 201, body = FeedView)))]
+    responses((status = 201, body = FeedRow)))]
 pub async fn add_feed(
     State(state): State<AppState>, PathId(id): PathId, caller: Caller, Body(body): Body<FeedBody>,
 ) -> Result<Response, ApiError> {
@@ -214,7 +181,7 @@ pub async fn add_feed(
         ));
     }
     let row = ical::add_feed(&state.pool, agency_id, id, &url, interval, state.now()).await?;
-    Ok((StatusCode::CREATED, Json(FeedView::from(row))).into_response())
+    Ok((StatusCode::CREATED, Json(row)).into_response())
 }
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}/ical-feeds", tag = "ical",
@@ -225,13 +192,12 @@ pub async fn list_feeds(
     let agency_id = admin_property(&state, &caller, id).await?;
     state.agencies.require(agency_id, Feature::IcalImport)?;
     let items = ical::list_feeds(&state.pool, id).await?;
-    let items = items.into_iter().map(FeedView::from).collect();
     Ok(Json(FeedList { items }).into_response())
 }
 
 /// Stops importing a feed. The blocks it imported stay.
 #[utoipa::path(delete, path = "/api/v1/properties/{id}/ical-feeds/{feed_id}", tag = "ical",
-    responses((status = 200, body = FeedView)))]
+    responses((status = 200, body = FeedRow)))]
 pub async fn delete_feed(
     State(state): State<AppState>, PathIds(id, feed_id): PathIds, caller: Caller,
 ) -> Result<Response, ApiError> {
@@ -239,7 +205,7 @@ pub async fn delete_feed(
     let row = ical::delete_feed(&state.pool, id, feed_id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(Json(FeedView::from(row)).into_response())
+    Ok(Json(row).into_response())
 }
 
 /// Feeds are the admin's (`Action::ManageFeeds`). Returns the property's

@@ -271,15 +271,15 @@ pub async fn execute_on<V: Serialize + 'static>(
 /// not see means the booking or block is not found.
 pub fn not_found_as(kind: ClaimKind) -> impl Fn(ApiError) -> ApiError {
     move |error| match error {
-        ApiError::PropertyNotFound => not_found(kind),
+        ApiError::Calendar(CalendarError::PropertyNotFound) => not_found(kind),
         other => other,
     }
 }
 
 fn not_found(kind: ClaimKind) -> ApiError {
     match kind {
-        ClaimKind::Booking => ApiError::BookingNotFound,
-        ClaimKind::Block => ApiError::BlockNotFound,
+        ClaimKind::Booking => ApiError::Calendar(CalendarError::BookingNotFound),
+        ClaimKind::Block => ApiError::Calendar(CalendarError::BlockNotFound),
     }
 }
 

@@ -5,20 +5,20 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use ledger_domain::commands::UpdateProperty;
 use ledger_domain::{Action, CalendarCommand};
+use ledger_projections::views::PropertyRow;
 
 use super::{execute, read_reply, visible_property, Change, New, Paging, PathId};
 use crate::auth::Caller;
 use crate::conditional::IfMatch;
 use crate::dto::{
-    property_view, EmptyBody, EventView, Page, PropertyView, RegisterPropertyBody,
-    UpdatePropertyBody,
+    property_view, EmptyBody, EventView, Page, RegisterPropertyBody, UpdatePropertyBody,
 };
 use crate::error::ApiError;
 use crate::state::AppState;
 
 #[utoipa::path(post, path = "/api/v1/properties", tag = "properties",
     request_body = RegisterPropertyBody,
-    responses((status = 201, body = PropertyView)))]
+    responses((status = 201, body = PropertyRow)))]
 pub async fn register(new: New<RegisterPropertyBody>) -> Result<Response, ApiError> {
     let command = CalendarCommand::RegisterProperty(new.body.into_command(new.id));
     let execution = new.ctx.execution(new.id, command);
@@ -27,7 +27,7 @@ pub async fn register(new: New<RegisterPropertyBody>) -> Result<Response, ApiErr
 
 #[utoipa::path(patch, path = "/api/v1/properties/{id}", tag = "properties",
     request_body = UpdatePropertyBody,
-    responses((status = 200, body = PropertyView)))]
+    responses((status = 200, body = PropertyRow)))]
 pub async fn update(change: Change<UpdatePropertyBody>) -> Result<Response, ApiError> {
     run(change, |body| {
         CalendarCommand::UpdateProperty(UpdateProperty::from(body))
@@ -37,7 +37,7 @@ pub async fn update(change: Change<UpdatePropertyBody>) -> Result<Response, ApiE
 
 #[utoipa::path(post, path = "/api/v1/properties/{id}/archive", tag = "properties",
     request_body = EmptyBody,
-    responses((status = 200, body = PropertyView)))]
+    responses((status = 200, body = PropertyRow)))]
 pub async fn archive(change: Change<EmptyBody>) -> Result<Response, ApiError> {
     run(change, |EmptyBody {}| CalendarCommand::ArchiveProperty).await
 }

@@ -2,6 +2,7 @@
 //! accepts `?min_position=` (read-your-writes, at most 5 s of waiting) and
 //! answers with `x-ledger-position`, the position the read models reached.
 
+use std::convert::identity;
 use std::time::Duration;
 
 use axum::extract::{FromRequestParts, State};
@@ -11,7 +12,7 @@ use chrono::NaiveDate;
 use ledger_domain::policy::{sees_property, Scope};
 use ledger_domain::values::{self, BookingStatus};
 use ledger_domain::{Action, CalendarError};
-use ledger_projections::queries::{self, AuditFilter, BookingFilter, FreeSearch};
+use ledger_projections::queries::{self, AuditEntry, AuditFilter, BookingFilter, FreeSearch};
 use ledger_projections::views::PropertyRow;
 use ledger_projections::Projection;
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,7 @@ use uuid::Uuid;
 
 use super::{parse_cursor, read_reply, serde_urlencoded_query, Paging, Params, PathId};
 use crate::auth::Caller;
-use crate::dto::{AuditEntryView, BookingView, Page, PropertyView};
+use crate::dto::{BookingView, Page};
 use crate::error::ApiError;
 use crate::openapi::query_parameter;
 use crate::state::AppState;
@@ -94,7 +95,7 @@ pub(super) async fn visible_row(
     queries::property(conn, caller.0.agency_id, id)
         .await?
         .filter(|r| sees_property(&caller.0, scope, r.owner_id.as_deref()))
-        .ok_or(ApiError::PropertyNotFound)
+        .ok_or(ApiError::Calendar(CalendarError::PropertyNotFound))
 }
 
 fn owner_filter(caller: &Caller, scope: Scope) -> Option<String> {
@@ -178,7 +179,7 @@ fn check_window(from: NaiveDate, to: NaiveDate) -> Result<(), ApiError> {
 
 #[utoipa::path(get, path = "/api/v1/properties", tag = "properties",
     params(Paging, MinPosition),
-    responses((status = 200, body = Page<PropertyView>)))]
+    responses((status = 200, body = Page<PropertyRow>)))]
 pub async fn list_properties(
     State(state): State<AppState>, caller: Caller, page: Paging, min: MinPosition,
 ) -> Result<Response, ApiError> {
@@ -194,24 +195,20 @@ pub async fn list_properties(
         page.fetch(),
     )
     .await?;
-    let properties = page.page(
-        rows,
-        |r| r.property_id.to_string(),
-        |r| PropertyView::from(&r),
-    );
+    let properties = page.page(rows, |r| r.property_id.to_string(), identity);
     Ok(read_reply(position, properties))
 }
 
 #[utoipa::path(get, path = "/api/v1/properties/{id}", tag = "properties",
     params(MinPosition),
-    responses((status = 200, body = PropertyView)))]
+    responses((status = 200, body = PropertyRow)))]
 pub async fn get_property(
     State(state): State<AppState>, PathId(id): PathId, caller: Caller, min: MinPosition,
 ) -> Result<Response, ApiError> {
     let scope = caller.require(Action::ReadCalendar)?;
     let (position, mut tx) = settle(&state, &[Projection::Views], min, &caller).await?;
     let row = visible_row(&mut tx, &caller, scope, id).await?;
-    Ok(read_reply(position, PropertyView::from(&row)))
+    Ok(read_reply(position, row))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -279,7 +276,7 @@ pub async fn get_booking(
     let (row, _owner) = queries::booking(&mut tx, caller.0.agency_id, id)
         .await?
         .filter(|(_, owner)| sees_property(&caller.0, scope, owner.as_deref()))
-        .ok_or(ApiError::BookingNotFound)?;
+        .ok_or(ApiError::Calendar(CalendarError::BookingNotFound))?;
     Ok(read_reply(position, BookingView::from(&row)))
 }
 
@@ -504,7 +501,7 @@ pub struct AuditQuery {
 
 #[utoipa::path(get, path = "/api/v1/audit-log", tag = "audit",
     params(AuditQuery, Paging, MinPosition),
-    responses((status = 200, body = Page<AuditEntryView>)))]
+    responses((status = 200, body = Page<AuditEntry>)))]
 pub async fn audit_log(
     State(state): State<AppState>, caller: Caller, page: Paging, min: MinPosition,
     Params(query): Params<AuditQuery>,
@@ -520,6 +517,6 @@ pub async fn audit_log(
     let (position, mut tx) = settle(&state, &[Projection::Audit], min, &caller).await?;
     let rows =
         queries::audit_log(&mut tx, caller.0.agency_id, &filter, after, page.fetch()).await?;
-    let entries = page.page(rows, |r| r.position.to_string(), AuditEntryView::from);
+    let entries = page.page(rows, |r| r.position.to_string(), identity);
     Ok(read_reply(position, entries))
 }

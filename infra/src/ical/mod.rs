@@ -71,9 +71,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// A feed `ledger serve` imports into a property every `interval_minutes`.
+// Also the contract's view of a feed (`FeedView`), which names the feed
+// `id` and leaves out the agency (the caller's own).
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = FeedView))]
 pub struct FeedRow {
+    #[serde(rename = "id")]
     pub feed_id: Uuid,
+    #[serde(skip_serializing)]
     pub agency_id: Uuid,
     pub property_id: Uuid,
     pub url: String,
@@ -81,7 +86,10 @@ pub struct FeedRow {
     pub created_at: DateTime<Utc>,
     pub next_run_at: DateTime<Utc>,
     pub last_run_at: Option<DateTime<Utc>>,
+    /// Why the last run failed, or which feed events it skipped.
     pub last_error: Option<String>,
+    /// The last run's report: created, moved, released, skipped.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub last_result: Option<Value>,
 }
 
