@@ -69,13 +69,9 @@ pub struct Booking {
     pub property_id: Uuid,
     pub status: BookingStatus,
     pub nights: Nights,
-    pub guest: Guest,
-    pub adults: u32,
-    pub children: u32,
-    pub channel: Channel,
-    pub external_ref: Option<String>,
-    pub price: Option<Price>,
-    pub notes: Option<String>,
+    /// Flattened: a snapshot holds its fields as the booking's own.
+    #[serde(flatten)]
+    pub details: BookingDetails,
     pub hold_expires_at: Option<DateTime<Utc>>,
     pub cancel_reason: Option<String>,
     /// The room type it takes a unit of; `None` on a single-unit property.
@@ -89,6 +85,59 @@ pub struct Booking {
 impl Booking {
     fn hold_expired(&self, now: DateTime<Utc>) -> bool {
         self.status == BookingStatus::Tentative && self.hold_expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// What a booking says about its stay besides the nights and its status:
+/// who stays, how many, through which channel (and under the channel's own
+/// reference), at what price, with what notes. A reservation asks for it,
+/// `booking.reserved` carries it and the booking keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BookingDetails {
+    pub guest: Guest,
+    pub adults: u32,
+    pub children: u32,
+    pub channel: Channel,
+    pub external_ref: Option<String>,
+    pub price: Option<Price>,
+    pub notes: Option<String>,
+}
+
+impl BookingDetails {
+    /// `guest` alone, booked direct, with the defaults of the rest: one
+    /// adult, no children, no reference, price or notes.
+    pub fn new(guest: Guest) -> Self {
+        BookingDetails {
+            guest,
+            adults: DEFAULT_ADULTS,
+            children: 0,
+            channel: Channel::default(),
+            external_ref: None,
+            price: None,
+            notes: None,
+        }
+    }
+
+    /// Refuses details a booking may not have. The channel's reference is
+    /// checked where a booking comes in (a modification never changes it).
+    fn validate(&self) -> Result<(), CalendarError> {
+        self.guest.validate()?;
+        if !(1..=MAX_PARTY).contains(&self.adults) {
+            return Err(CalendarError::invalid(
+                "adults",
+                format!("must be between 1 and {MAX_PARTY}"),
+            ));
+        }
+        if self.children > MAX_PARTY {
+            return Err(CalendarError::invalid(
+                "children",
+                format!("must be at most {MAX_PARTY}"),
+            ));
+        }
+        if let Some(price) = &self.price {
+            price.validate()?;
+        }
+        values::optional_note("notes", self.notes.as_deref(), MAX_NOTES)
     }
 }
 
@@ -389,9 +438,9 @@ impl PropertyCalendar {
     /// The booking that came in from `channel` under its `external_ref`:
     /// inbound bookings are deduplicated on (property, channel, external_ref).
     pub fn booking_from_channel(&self, channel: Channel, external_ref: &str) -> Option<&Booking> {
-        self.bookings
-            .values()
-            .find(|b| b.channel == channel && b.external_ref.as_deref() == Some(external_ref))
+        self.bookings.values().find(|b| {
+            b.details.channel == channel && b.details.external_ref.as_deref() == Some(external_ref)
+        })
     }
 
     /// Whether the command's actor may take it on this calendar (the role
@@ -620,16 +669,9 @@ impl PropertyCalendar {
             }
             _ => {}
         }
-        let adults = reserve.adults.unwrap_or(DEFAULT_ADULTS);
-        let children = reserve.children.unwrap_or(0);
-        validate_booking_details(
-            &reserve.guest,
-            adults,
-            children,
-            reserve.price.as_ref(),
-            reserve.notes.as_deref(),
-        )?;
-        values::optional_text("external_ref", reserve.external_ref.as_deref(), MAX_REF)?;
+        reserve.details.validate()?;
+        let external_ref = reserve.details.external_ref.as_deref();
+        values::optional_text("external_ref", external_ref, MAX_REF)?;
         if let Some((channel, external_ref)) = reserve.inbound_key() {
             if self.booking_from_channel(channel, external_ref).is_some() {
                 // The channel sent this booking before: nothing new happens,
@@ -648,13 +690,7 @@ impl PropertyCalendar {
             status,
             check_in: nights.start,
             check_out: nights.end,
-            guest: reserve.guest.clone(),
-            adults,
-            children,
-            channel: reserve.channel.unwrap_or_default(),
-            external_ref: reserve.external_ref.clone(),
-            price: reserve.price.clone(),
-            notes: reserve.notes.clone(),
+            details: reserve.details.clone(),
             hold_expires_at: reserve.hold_expires_at,
             room_type_id: room_type.map(|t| t.id),
             at: now,
@@ -679,12 +715,16 @@ impl PropertyCalendar {
             modify.check_in.unwrap_or(booking.nights.start),
             modify.check_out.unwrap_or(booking.nights.end),
         )?;
-        let guest = or_current(&modify.guest, &booking.guest);
-        let adults = modify.adults.unwrap_or(booking.adults);
-        let children = modify.children.unwrap_or(booking.children);
-        let price = or_current(&modify.price, &booking.price);
-        let notes = or_current(&modify.notes, &booking.notes);
-        validate_booking_details(&guest, adults, children, price.as_ref(), notes.as_deref())?;
+        let current = &booking.details;
+        let details = BookingDetails {
+            guest: or_current(&modify.guest, &current.guest),
+            adults: modify.adults.unwrap_or(current.adults),
+            children: modify.children.unwrap_or(current.children),
+            price: or_current(&modify.price, &current.price),
+            notes: or_current(&modify.notes, &current.notes),
+            ..current.clone()
+        };
+        details.validate()?;
 
         let mut changed = Vec::new();
         let mut note_change = |field: &str, differs: bool| {
@@ -694,11 +734,11 @@ impl PropertyCalendar {
         };
         note_change("check_in", nights.start != booking.nights.start);
         note_change("check_out", nights.end != booking.nights.end);
-        note_change("guest", guest != booking.guest);
-        note_change("adults", adults != booking.adults);
-        note_change("children", children != booking.children);
-        note_change("price", price != booking.price);
-        note_change("notes", notes != booking.notes);
+        note_change("guest", details.guest != current.guest);
+        note_change("adults", details.adults != current.adults);
+        note_change("children", details.children != current.children);
+        note_change("price", details.price != current.price);
+        note_change("notes", details.notes != current.notes);
         if changed.is_empty() {
             return Ok(Vec::new());
         }
@@ -715,11 +755,11 @@ impl PropertyCalendar {
             check_out: nights.end,
             previous_check_in: booking.nights.start,
             previous_check_out: booking.nights.end,
-            guest,
-            adults,
-            children,
-            price,
-            notes,
+            guest: details.guest,
+            adults: details.adults,
+            children: details.children,
+            price: details.price,
+            notes: details.notes,
             changed,
             room_type_id: booking.room_type_id,
             at: now,
@@ -1098,28 +1138,6 @@ fn validate_room_type(
     values::optional_text("external_ref", external_ref.as_deref(), MAX_REF)
 }
 
-fn validate_booking_details(
-    guest: &Guest, adults: u32, children: u32, price: Option<&Price>, notes: Option<&str>,
-) -> Result<(), CalendarError> {
-    guest.validate()?;
-    if !(1..=MAX_PARTY).contains(&adults) {
-        return Err(CalendarError::invalid(
-            "adults",
-            format!("must be between 1 and {MAX_PARTY}"),
-        ));
-    }
-    if children > MAX_PARTY {
-        return Err(CalendarError::invalid(
-            "children",
-            format!("must be at most {MAX_PARTY}"),
-        ));
-    }
-    if let Some(price) = price {
-        price.validate()?;
-    }
-    values::optional_note("notes", notes, MAX_NOTES)
-}
-
 fn update_property(
     property: &Property, update: &UpdateProperty, now: DateTime<Utc>,
 ) -> Result<Vec<CalendarEvent>, CalendarError> {
@@ -1220,13 +1238,7 @@ impl Aggregate for PropertyCalendar {
                 status,
                 check_in,
                 check_out,
-                guest,
-                adults,
-                children,
-                channel,
-                external_ref,
-                price,
-                notes,
+                details,
                 hold_expires_at,
                 room_type_id,
                 at,
@@ -1242,13 +1254,7 @@ impl Aggregate for PropertyCalendar {
                         property_id,
                         status,
                         nights,
-                        guest,
-                        adults,
-                        children,
-                        channel,
-                        external_ref,
-                        price,
-                        notes,
+                        details,
                         hold_expires_at,
                         cancel_reason: None,
                         room_type_id,
@@ -1277,11 +1283,11 @@ impl Aggregate for PropertyCalendar {
                     start: check_in,
                     end: check_out,
                 };
-                booking.guest = guest;
-                booking.adults = adults;
-                booking.children = children;
-                booking.price = price;
-                booking.notes = notes;
+                booking.details.guest = guest;
+                booking.details.adults = adults;
+                booking.details.children = children;
+                booking.details.price = price;
+                booking.details.notes = notes;
                 booking.version += 1;
                 booking.updated_at = at;
             }

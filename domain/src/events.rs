@@ -7,8 +7,8 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::calendar::Booking;
-use crate::values::{BlockReason, BookingStatus, Channel, Guest, Price};
+use crate::calendar::{Booking, BookingDetails};
+use crate::values::{BlockReason, BookingStatus, Guest, Price};
 
 /// The version every event type is written with today. An event type that
 /// changes shape gets a new version and an upcaster for the old one.
@@ -71,13 +71,9 @@ pub enum CalendarEvent {
         status: BookingStatus,
         check_in: NaiveDate,
         check_out: NaiveDate,
-        guest: Guest,
-        adults: u32,
-        children: u32,
-        channel: Channel,
-        external_ref: Option<String>,
-        price: Option<Price>,
-        notes: Option<String>,
+        /// Flattened: the payload holds its fields as the event's own.
+        #[serde(flatten)]
+        details: BookingDetails,
         hold_expires_at: Option<DateTime<Utc>>,
         /// The room type the booking takes a unit of; absent on a
         /// single-unit property (and in events from before room types).

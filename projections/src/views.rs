@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use cqrs_es::Aggregate;
+use ledger_domain::calendar::BookingDetails;
 use ledger_domain::values::{BookingStatus, Channel, Guest, Nights, Price};
 use ledger_domain::{Booking, CalendarEvent, Property, PropertyCalendar};
 use serde::{Deserialize, Serialize};
@@ -100,13 +101,13 @@ impl BookingRow {
             status: b.status,
             check_in: b.nights.start,
             check_out: b.nights.end,
-            guest: b.guest.clone(),
-            adults: b.adults as i32,
-            children: b.children as i32,
-            channel: b.channel,
-            external_ref: b.external_ref.clone(),
-            price: b.price.clone(),
-            notes: b.notes.clone(),
+            guest: b.details.guest.clone(),
+            adults: b.details.adults as i32,
+            children: b.details.children as i32,
+            channel: b.details.channel,
+            external_ref: b.details.external_ref.clone(),
+            price: b.details.price.clone(),
+            notes: b.details.notes.clone(),
             hold_expires_at: b.hold_expires_at,
             cancel_reason: b.cancel_reason.clone(),
             room_type_id: b.room_type_id,
@@ -126,13 +127,15 @@ impl BookingRow {
                 start: self.check_in,
                 end: self.check_out,
             },
-            guest: self.guest.clone(),
-            adults: self.adults as u32,
-            children: self.children as u32,
-            channel: self.channel,
-            external_ref: self.external_ref.clone(),
-            price: self.price.clone(),
-            notes: self.notes.clone(),
+            details: BookingDetails {
+                guest: self.guest.clone(),
+                adults: self.adults as u32,
+                children: self.children as u32,
+                channel: self.channel,
+                external_ref: self.external_ref.clone(),
+                price: self.price.clone(),
+                notes: self.notes.clone(),
+            },
             hold_expires_at: self.hold_expires_at,
             cancel_reason: self.cancel_reason.clone(),
             version: self.version as u64,

@@ -1,6 +1,7 @@
 //! Bookings: the reserve, modify and cancel bodies, and the booking view.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use ledger_domain::calendar::BookingDetails;
 use ledger_domain::commands::{ModifyBooking, ReserveStay};
 use ledger_domain::values::{BookingStatus, Channel};
 use ledger_domain::{Booking, PropertyCalendar};
@@ -58,22 +59,26 @@ pub struct ReserveBody {
 
 impl ReserveBody {
     pub fn into_command(self, booking_id: Uuid) -> ReserveStay {
+        // What the body leaves out takes the domain's default.
+        let defaults = BookingDetails::new(self.guest.into());
         ReserveStay {
             booking_id,
             check_in: self.check_in,
             check_out: self.check_out,
-            guest: self.guest.into(),
-            adults: self.adults,
-            children: self.children,
+            details: BookingDetails {
+                adults: self.adults.unwrap_or(defaults.adults),
+                children: self.children.unwrap_or(defaults.children),
+                channel: self.channel.map_or(defaults.channel, Into::into),
+                external_ref: self.external_ref,
+                price: self.price.map(Into::into),
+                notes: self.notes,
+                ..defaults
+            },
             status: self.status.map(|s| match s {
                 NewBookingStatus::Tentative => BookingStatus::Tentative,
                 NewBookingStatus::Confirmed => BookingStatus::Confirmed,
             }),
             hold_expires_at: self.hold_expires_at,
-            channel: self.channel.map(Into::into),
-            external_ref: self.external_ref,
-            price: self.price.map(Into::into),
-            notes: self.notes,
             room_type_id: self.room_type_id,
         }
     }
@@ -169,13 +174,13 @@ impl BookingView {
             check_in: b.nights.start,
             check_out: b.nights.end,
             nights: b.nights.count(),
-            guest: (&b.guest).into(),
-            adults: b.adults,
-            children: b.children,
-            channel: b.channel,
-            external_ref: b.external_ref.clone(),
-            price: b.price.as_ref().map(Into::into),
-            notes: b.notes.clone(),
+            guest: (&b.details.guest).into(),
+            adults: b.details.adults,
+            children: b.details.children,
+            channel: b.details.channel,
+            external_ref: b.details.external_ref.clone(),
+            price: b.details.price.as_ref().map(Into::into),
+            notes: b.details.notes.clone(),
             hold_expires_at: b.hold_expires_at,
             room_type_id: b.room_type_id,
             version: b.version,
