@@ -53,14 +53,34 @@ macro_rules! booking_event {
 pub struct Property {
     pub id: Uuid,
     pub agency_id: Uuid,
-    pub name: String,
-    pub timezone: String,
-    pub owner_id: Option<String>,
-    pub external_ref: Option<String>,
+    /// Flattened: a snapshot holds its fields as the property's own.
+    #[serde(flatten)]
+    pub details: PropertyDetails,
     pub archived: bool,
     pub version: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// What a property's manager says about it: its name, its time zone, its
+/// owner and the channel's own reference. Registration and every update
+/// carry all of it; `property.registered` and `property.updated` embed it
+/// flattened, as the property does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PropertyDetails {
+    pub name: String,
+    pub timezone: String,
+    pub owner_id: Option<String>,
+    pub external_ref: Option<String>,
+}
+
+impl PropertyDetails {
+    fn validate(&self) -> Result<(), CalendarError> {
+        values::text("name", &self.name, 1, 200)?;
+        values::timezone(&self.timezone)?;
+        values::optional_text("owner_id", self.owner_id.as_deref(), MAX_REF)?;
+        values::optional_text("external_ref", self.external_ref.as_deref(), MAX_REF)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -465,7 +485,7 @@ impl PropertyCalendar {
             .filter(|p| p.agency_id == actor.agency_id)
             .ok_or(CalendarError::PropertyNotFound)?;
         let scope = policy::require(actor, action)?;
-        if !policy::sees_property(actor, scope, property.owner_id.as_deref()) {
+        if !policy::sees_property(actor, scope, property.details.owner_id.as_deref()) {
             return Err(CalendarError::PropertyNotFound);
         }
         Ok(property)
@@ -619,23 +639,20 @@ impl PropertyCalendar {
         if self.property.is_some() {
             return Err(CalendarError::PropertyAlreadyRegistered);
         }
-        let timezone = register
-            .timezone
-            .clone()
-            .unwrap_or_else(|| DEFAULT_TIMEZONE.into());
-        validate_property(
-            &register.name,
-            &timezone,
-            &register.owner_id,
-            &register.external_ref,
-        )?;
+        let details = PropertyDetails {
+            name: register.name.clone(),
+            timezone: register
+                .timezone
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TIMEZONE.into()),
+            owner_id: register.owner_id.clone(),
+            external_ref: register.external_ref.clone(),
+        };
+        details.validate()?;
         Ok(vec![CalendarEvent::PropertyRegistered {
             property_id: register.property_id,
             agency_id: actor.agency_id,
-            name: register.name.clone(),
-            timezone,
-            owner_id: register.owner_id.clone(),
-            external_ref: register.external_ref.clone(),
+            details,
             at: now,
         }])
     }
@@ -1101,15 +1118,6 @@ fn require_status(booking: &Booking, to: BookingStatus) -> Result<(), CalendarEr
     }
 }
 
-fn validate_property(
-    name: &str, timezone: &str, owner_id: &Option<String>, external_ref: &Option<String>,
-) -> Result<(), CalendarError> {
-    values::text("name", name, 1, 200)?;
-    values::timezone(timezone)?;
-    values::optional_text("owner_id", owner_id.as_deref(), MAX_REF)?;
-    values::optional_text("external_ref", external_ref.as_deref(), MAX_REF)
-}
-
 /// The value a change command gives a field, or the field's current one
 /// when the command leaves it as it is (`None`).
 fn or_current<T: Clone>(new: &Option<T>, current: &T) -> T {
@@ -1141,26 +1149,26 @@ fn validate_room_type(
 fn update_property(
     property: &Property, update: &UpdateProperty, now: DateTime<Utc>,
 ) -> Result<Vec<CalendarEvent>, CalendarError> {
-    let name = or_current(&update.name, &property.name);
-    let timezone = or_current(&update.timezone, &property.timezone);
-    let owner_id = or_current(&update.owner_id, &property.owner_id);
-    let external_ref = or_current(&update.external_ref, &property.external_ref);
-    validate_property(&name, &timezone, &owner_id, &external_ref)?;
+    let current = &property.details;
+    let details = PropertyDetails {
+        name: or_current(&update.name, &current.name),
+        timezone: or_current(&update.timezone, &current.timezone),
+        owner_id: or_current(&update.owner_id, &current.owner_id),
+        external_ref: or_current(&update.external_ref, &current.external_ref),
+    };
+    details.validate()?;
     let changed = changed_fields([
-        ("name", name != property.name),
-        ("timezone", timezone != property.timezone),
-        ("owner_id", owner_id != property.owner_id),
-        ("external_ref", external_ref != property.external_ref),
+        ("name", details.name != current.name),
+        ("timezone", details.timezone != current.timezone),
+        ("owner_id", details.owner_id != current.owner_id),
+        ("external_ref", details.external_ref != current.external_ref),
     ]);
     if changed.is_empty() {
         return Ok(Vec::new());
     }
     Ok(vec![CalendarEvent::PropertyUpdated {
         property_id: property.id,
-        name,
-        timezone,
-        owner_id,
-        external_ref,
+        details,
         changed,
         at: now,
     }])
@@ -1190,38 +1198,22 @@ impl Aggregate for PropertyCalendar {
             CalendarEvent::PropertyRegistered {
                 property_id,
                 agency_id,
-                name,
-                timezone,
-                owner_id,
-                external_ref,
+                details,
                 at,
             } => {
                 self.property = Some(Property {
                     id: property_id,
                     agency_id,
-                    name,
-                    timezone,
-                    owner_id,
-                    external_ref,
+                    details,
                     archived: false,
                     version: 1,
                     created_at: at,
                     updated_at: at,
                 });
             }
-            CalendarEvent::PropertyUpdated {
-                name,
-                timezone,
-                owner_id,
-                external_ref,
-                at,
-                ..
-            } => {
+            CalendarEvent::PropertyUpdated { details, at, .. } => {
                 if let Some(property) = self.touch_property(at) {
-                    property.name = name;
-                    property.timezone = timezone;
-                    property.owner_id = owner_id;
-                    property.external_ref = external_ref;
+                    property.details = details;
                 }
             }
             CalendarEvent::PropertyArchived { at, .. } => {

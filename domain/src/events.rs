@@ -7,7 +7,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::calendar::{Booking, BookingDetails};
+use crate::calendar::{Booking, BookingDetails, PropertyDetails};
 use crate::values::{BlockReason, BookingStatus, Guest, Price};
 
 /// The version every event type is written with today. An event type that
@@ -20,20 +20,18 @@ pub enum CalendarEvent {
     PropertyRegistered {
         property_id: Uuid,
         agency_id: Uuid,
-        name: String,
-        timezone: String,
-        owner_id: Option<String>,
-        external_ref: Option<String>,
+        /// Flattened: the payload holds its fields as the event's own.
+        #[serde(flatten)]
+        details: PropertyDetails,
         at: DateTime<Utc>,
     },
     /// Carries the property's full state after the change and which fields changed.
     #[serde(rename = "property.updated")]
     PropertyUpdated {
         property_id: Uuid,
-        name: String,
-        timezone: String,
-        owner_id: Option<String>,
-        external_ref: Option<String>,
+        /// As on `property.registered`.
+        #[serde(flatten)]
+        details: PropertyDetails,
         changed: Vec<String>,
         at: DateTime<Utc>,
     },

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use cqrs_es::test::{AggregateTestExecutor, TestFramework};
-use ledger_domain::calendar::BookingDetails;
+use ledger_domain::calendar::{BookingDetails, PropertyDetails};
 use ledger_domain::commands::{
     BlockNights, ModifyBooking, RegisterProperty, ReserveStay, UpdateProperty,
 };
@@ -105,14 +105,21 @@ fn price() -> Price {
     }
 }
 
-fn registered() -> CalendarEvent {
-    CalendarEvent::PropertyRegistered {
-        property_id: PROPERTY,
-        agency_id: AGENCY,
+/// Casa Azul in Lisbon, owned by [`OWNER`].
+fn casa_azul() -> PropertyDetails {
+    PropertyDetails {
         name: "Casa Azul".into(),
         timezone: "Europe/Lisbon".into(),
         owner_id: Some(OWNER.into()),
         external_ref: None,
+    }
+}
+
+fn registered() -> CalendarEvent {
+    CalendarEvent::PropertyRegistered {
+        property_id: PROPERTY,
+        agency_id: AGENCY,
+        details: casa_azul(),
         at: at(0),
     }
 }
@@ -403,7 +410,7 @@ fn register_property_without_a_timezone_defaults_to_utc() {
         .unwrap();
     assert!(matches!(
         events.as_slice(),
-        [CalendarEvent::PropertyRegistered { timezone, .. }] if timezone == "UTC"
+        [CalendarEvent::PropertyRegistered { details, .. }] if details.timezone == "UTC"
     ));
 }
 
@@ -447,10 +454,11 @@ fn update_property_records_the_new_state_and_the_changed_fields() {
         })))
         .then_expect_events(vec![CalendarEvent::PropertyUpdated {
             property_id: PROPERTY,
-            name: "Casa Verde".into(),
-            timezone: "Europe/Lisbon".into(),
-            owner_id: None,
-            external_ref: None,
+            details: PropertyDetails {
+                name: "Casa Verde".into(),
+                owner_id: None,
+                ..casa_azul()
+            },
             changed: vec!["name".into(), "owner_id".into()],
             at: at(0),
         }]);

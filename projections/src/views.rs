@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use cqrs_es::Aggregate;
-use ledger_domain::calendar::BookingDetails;
+use ledger_domain::calendar::{BookingDetails, PropertyDetails};
 use ledger_domain::values::{BookingStatus, Channel, Guest, Nights, Price};
 use ledger_domain::{Booking, CalendarEvent, Property, PropertyCalendar};
 use serde::{Deserialize, Serialize};
@@ -37,10 +37,10 @@ impl PropertyRow {
         PropertyRow {
             property_id: p.id,
             agency_id: p.agency_id,
-            name: p.name.clone(),
-            timezone: p.timezone.clone(),
-            owner_id: p.owner_id.clone(),
-            external_ref: p.external_ref.clone(),
+            name: p.details.name.clone(),
+            timezone: p.details.timezone.clone(),
+            owner_id: p.details.owner_id.clone(),
+            external_ref: p.details.external_ref.clone(),
             archived: p.archived,
             version: p.version as i64,
             created_at: p.created_at,
@@ -53,10 +53,12 @@ impl PropertyRow {
         Property {
             id: self.property_id,
             agency_id: self.agency_id,
-            name: self.name.clone(),
-            timezone: self.timezone.clone(),
-            owner_id: self.owner_id.clone(),
-            external_ref: self.external_ref.clone(),
+            details: PropertyDetails {
+                name: self.name.clone(),
+                timezone: self.timezone.clone(),
+                owner_id: self.owner_id.clone(),
+                external_ref: self.external_ref.clone(),
+            },
             archived: self.archived,
             version: self.version as u64,
             created_at: self.created_at,
