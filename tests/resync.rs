@@ -248,7 +248,7 @@ async fn a_faked_drift_is_found_by_the_checksum_and_mended_by_the_resync_it_trig
     holds("the export holds the booking", || async {
         ledger_infra::ical::export::ranges(&sqlx_pool(&app).await, property)
             .await
-            .is_ok_and(|r| r.iter().any(|r| r.ref_id == kept))
+            .is_ok_and(|r| r.iter().any(|r| r.claim.id == kept))
     })
     .await;
     sqlx::query("DELETE FROM ical_export_ranges WHERE ref_id = $1")
@@ -261,7 +261,7 @@ async fn a_faked_drift_is_found_by_the_checksum_and_mended_by_the_resync_it_trig
             .await
             .is_ok_and(|r| {
                 r.iter()
-                    .any(|r| r.ref_id == kept && r.status == "confirmed")
+                    .any(|r| r.claim.id == kept && r.claim.status == "confirmed")
             })
     })
     .await;

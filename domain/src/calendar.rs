@@ -53,14 +53,34 @@ macro_rules! booking_event {
 pub struct Property {
     pub id: Uuid,
     pub agency_id: Uuid,
-    pub name: String,
-    pub timezone: String,
-    pub owner_id: Option<String>,
-    pub external_ref: Option<String>,
+    /// Flattened: a snapshot holds its fields as the property's own.
+    #[serde(flatten)]
+    pub details: PropertyDetails,
     pub archived: bool,
     pub version: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// What a property's manager says about it: its name, its time zone, its
+/// owner and the channel's own reference. Registration and every update
+/// carry all of it; `property.registered` and `property.updated` embed it
+/// flattened, as the property does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PropertyDetails {
+    pub name: String,
+    pub timezone: String,
+    pub owner_id: Option<String>,
+    pub external_ref: Option<String>,
+}
+
+impl PropertyDetails {
+    fn validate(&self) -> Result<(), CalendarError> {
+        values::text("name", &self.name, 1, 200)?;
+        values::timezone(&self.timezone)?;
+        values::optional_text("owner_id", self.owner_id.as_deref(), MAX_REF)?;
+        values::optional_text("external_ref", self.external_ref.as_deref(), MAX_REF)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,13 +89,9 @@ pub struct Booking {
     pub property_id: Uuid,
     pub status: BookingStatus,
     pub nights: Nights,
-    pub guest: Guest,
-    pub adults: u32,
-    pub children: u32,
-    pub channel: Channel,
-    pub external_ref: Option<String>,
-    pub price: Option<Price>,
-    pub notes: Option<String>,
+    /// Flattened: a snapshot holds its fields as the booking's own.
+    #[serde(flatten)]
+    pub details: BookingDetails,
     pub hold_expires_at: Option<DateTime<Utc>>,
     pub cancel_reason: Option<String>,
     /// The room type it takes a unit of; `None` on a single-unit property.
@@ -89,6 +105,59 @@ pub struct Booking {
 impl Booking {
     fn hold_expired(&self, now: DateTime<Utc>) -> bool {
         self.status == BookingStatus::Tentative && self.hold_expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// What a booking says about its stay besides the nights and its status:
+/// who stays, how many, through which channel (and under the channel's own
+/// reference), at what price, with what notes. A reservation asks for it,
+/// `booking.reserved` carries it and the booking keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BookingDetails {
+    pub guest: Guest,
+    pub adults: u32,
+    pub children: u32,
+    pub channel: Channel,
+    pub external_ref: Option<String>,
+    pub price: Option<Price>,
+    pub notes: Option<String>,
+}
+
+impl BookingDetails {
+    /// `guest` alone, booked direct, with the defaults of the rest: one
+    /// adult, no children, no reference, price or notes.
+    pub fn new(guest: Guest) -> Self {
+        BookingDetails {
+            guest,
+            adults: DEFAULT_ADULTS,
+            children: 0,
+            channel: Channel::default(),
+            external_ref: None,
+            price: None,
+            notes: None,
+        }
+    }
+
+    /// Refuses details a booking may not have. The channel's reference is
+    /// checked where a booking comes in (a modification never changes it).
+    fn validate(&self) -> Result<(), CalendarError> {
+        self.guest.validate()?;
+        if !(1..=MAX_PARTY).contains(&self.adults) {
+            return Err(CalendarError::invalid(
+                "adults",
+                format!("must be between 1 and {MAX_PARTY}"),
+            ));
+        }
+        if self.children > MAX_PARTY {
+            return Err(CalendarError::invalid(
+                "children",
+                format!("must be at most {MAX_PARTY}"),
+            ));
+        }
+        if let Some(price) = &self.price {
+            price.validate()?;
+        }
+        values::optional_note("notes", self.notes.as_deref(), MAX_NOTES)
     }
 }
 
@@ -389,9 +458,9 @@ impl PropertyCalendar {
     /// The booking that came in from `channel` under its `external_ref`:
     /// inbound bookings are deduplicated on (property, channel, external_ref).
     pub fn booking_from_channel(&self, channel: Channel, external_ref: &str) -> Option<&Booking> {
-        self.bookings
-            .values()
-            .find(|b| b.channel == channel && b.external_ref.as_deref() == Some(external_ref))
+        self.bookings.values().find(|b| {
+            b.details.channel == channel && b.details.external_ref.as_deref() == Some(external_ref)
+        })
     }
 
     /// Whether the command's actor may take it on this calendar (the role
@@ -416,7 +485,7 @@ impl PropertyCalendar {
             .filter(|p| p.agency_id == actor.agency_id)
             .ok_or(CalendarError::PropertyNotFound)?;
         let scope = policy::require(actor, action)?;
-        if !policy::sees_property(actor, scope, property.owner_id.as_deref()) {
+        if !policy::sees_property(actor, scope, property.details.owner_id.as_deref()) {
             return Err(CalendarError::PropertyNotFound);
         }
         Ok(property)
@@ -570,23 +639,20 @@ impl PropertyCalendar {
         if self.property.is_some() {
             return Err(CalendarError::PropertyAlreadyRegistered);
         }
-        let timezone = register
-            .timezone
-            .clone()
-            .unwrap_or_else(|| DEFAULT_TIMEZONE.into());
-        validate_property(
-            &register.name,
-            &timezone,
-            &register.owner_id,
-            &register.external_ref,
-        )?;
+        let details = PropertyDetails {
+            name: register.name.clone(),
+            timezone: register
+                .timezone
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TIMEZONE.into()),
+            owner_id: register.owner_id.clone(),
+            external_ref: register.external_ref.clone(),
+        };
+        details.validate()?;
         Ok(vec![CalendarEvent::PropertyRegistered {
             property_id: register.property_id,
             agency_id: actor.agency_id,
-            name: register.name.clone(),
-            timezone,
-            owner_id: register.owner_id.clone(),
-            external_ref: register.external_ref.clone(),
+            details,
             at: now,
         }])
     }
@@ -620,16 +686,9 @@ impl PropertyCalendar {
             }
             _ => {}
         }
-        let adults = reserve.adults.unwrap_or(DEFAULT_ADULTS);
-        let children = reserve.children.unwrap_or(0);
-        validate_booking_details(
-            &reserve.guest,
-            adults,
-            children,
-            reserve.price.as_ref(),
-            reserve.notes.as_deref(),
-        )?;
-        values::optional_text("external_ref", reserve.external_ref.as_deref(), MAX_REF)?;
+        reserve.details.validate()?;
+        let external_ref = reserve.details.external_ref.as_deref();
+        values::optional_text("external_ref", external_ref, MAX_REF)?;
         if let Some((channel, external_ref)) = reserve.inbound_key() {
             if self.booking_from_channel(channel, external_ref).is_some() {
                 // The channel sent this booking before: nothing new happens,
@@ -648,13 +707,7 @@ impl PropertyCalendar {
             status,
             check_in: nights.start,
             check_out: nights.end,
-            guest: reserve.guest.clone(),
-            adults,
-            children,
-            channel: reserve.channel.unwrap_or_default(),
-            external_ref: reserve.external_ref.clone(),
-            price: reserve.price.clone(),
-            notes: reserve.notes.clone(),
+            details: reserve.details.clone(),
             hold_expires_at: reserve.hold_expires_at,
             room_type_id: room_type.map(|t| t.id),
             at: now,
@@ -679,12 +732,16 @@ impl PropertyCalendar {
             modify.check_in.unwrap_or(booking.nights.start),
             modify.check_out.unwrap_or(booking.nights.end),
         )?;
-        let guest = or_current(&modify.guest, &booking.guest);
-        let adults = modify.adults.unwrap_or(booking.adults);
-        let children = modify.children.unwrap_or(booking.children);
-        let price = or_current(&modify.price, &booking.price);
-        let notes = or_current(&modify.notes, &booking.notes);
-        validate_booking_details(&guest, adults, children, price.as_ref(), notes.as_deref())?;
+        let current = &booking.details;
+        let details = BookingDetails {
+            guest: or_current(&modify.guest, &current.guest),
+            adults: modify.adults.unwrap_or(current.adults),
+            children: modify.children.unwrap_or(current.children),
+            price: or_current(&modify.price, &current.price),
+            notes: or_current(&modify.notes, &current.notes),
+            ..current.clone()
+        };
+        details.validate()?;
 
         let mut changed = Vec::new();
         let mut note_change = |field: &str, differs: bool| {
@@ -694,11 +751,11 @@ impl PropertyCalendar {
         };
         note_change("check_in", nights.start != booking.nights.start);
         note_change("check_out", nights.end != booking.nights.end);
-        note_change("guest", guest != booking.guest);
-        note_change("adults", adults != booking.adults);
-        note_change("children", children != booking.children);
-        note_change("price", price != booking.price);
-        note_change("notes", notes != booking.notes);
+        note_change("guest", details.guest != current.guest);
+        note_change("adults", details.adults != current.adults);
+        note_change("children", details.children != current.children);
+        note_change("price", details.price != current.price);
+        note_change("notes", details.notes != current.notes);
         if changed.is_empty() {
             return Ok(Vec::new());
         }
@@ -715,11 +772,11 @@ impl PropertyCalendar {
             check_out: nights.end,
             previous_check_in: booking.nights.start,
             previous_check_out: booking.nights.end,
-            guest,
-            adults,
-            children,
-            price,
-            notes,
+            guest: details.guest,
+            adults: details.adults,
+            children: details.children,
+            price: details.price,
+            notes: details.notes,
             changed,
             room_type_id: booking.room_type_id,
             at: now,
@@ -1061,15 +1118,6 @@ fn require_status(booking: &Booking, to: BookingStatus) -> Result<(), CalendarEr
     }
 }
 
-fn validate_property(
-    name: &str, timezone: &str, owner_id: &Option<String>, external_ref: &Option<String>,
-) -> Result<(), CalendarError> {
-    values::text("name", name, 1, 200)?;
-    values::timezone(timezone)?;
-    values::optional_text("owner_id", owner_id.as_deref(), MAX_REF)?;
-    values::optional_text("external_ref", external_ref.as_deref(), MAX_REF)
-}
-
 /// The value a change command gives a field, or the field's current one
 /// when the command leaves it as it is (`None`).
 fn or_current<T: Clone>(new: &Option<T>, current: &T) -> T {
@@ -1098,51 +1146,29 @@ fn validate_room_type(
     values::optional_text("external_ref", external_ref.as_deref(), MAX_REF)
 }
 
-fn validate_booking_details(
-    guest: &Guest, adults: u32, children: u32, price: Option<&Price>, notes: Option<&str>,
-) -> Result<(), CalendarError> {
-    guest.validate()?;
-    if !(1..=MAX_PARTY).contains(&adults) {
-        return Err(CalendarError::invalid(
-            "adults",
-            format!("must be between 1 and {MAX_PARTY}"),
-        ));
-    }
-    if children > MAX_PARTY {
-        return Err(CalendarError::invalid(
-            "children",
-            format!("must be at most {MAX_PARTY}"),
-        ));
-    }
-    if let Some(price) = price {
-        price.validate()?;
-    }
-    values::optional_note("notes", notes, MAX_NOTES)
-}
-
 fn update_property(
     property: &Property, update: &UpdateProperty, now: DateTime<Utc>,
 ) -> Result<Vec<CalendarEvent>, CalendarError> {
-    let name = or_current(&update.name, &property.name);
-    let timezone = or_current(&update.timezone, &property.timezone);
-    let owner_id = or_current(&update.owner_id, &property.owner_id);
-    let external_ref = or_current(&update.external_ref, &property.external_ref);
-    validate_property(&name, &timezone, &owner_id, &external_ref)?;
+    let current = &property.details;
+    let details = PropertyDetails {
+        name: or_current(&update.name, &current.name),
+        timezone: or_current(&update.timezone, &current.timezone),
+        owner_id: or_current(&update.owner_id, &current.owner_id),
+        external_ref: or_current(&update.external_ref, &current.external_ref),
+    };
+    details.validate()?;
     let changed = changed_fields([
-        ("name", name != property.name),
-        ("timezone", timezone != property.timezone),
-        ("owner_id", owner_id != property.owner_id),
-        ("external_ref", external_ref != property.external_ref),
+        ("name", details.name != current.name),
+        ("timezone", details.timezone != current.timezone),
+        ("owner_id", details.owner_id != current.owner_id),
+        ("external_ref", details.external_ref != current.external_ref),
     ]);
     if changed.is_empty() {
         return Ok(Vec::new());
     }
     Ok(vec![CalendarEvent::PropertyUpdated {
         property_id: property.id,
-        name,
-        timezone,
-        owner_id,
-        external_ref,
+        details,
         changed,
         at: now,
     }])
@@ -1172,38 +1198,22 @@ impl Aggregate for PropertyCalendar {
             CalendarEvent::PropertyRegistered {
                 property_id,
                 agency_id,
-                name,
-                timezone,
-                owner_id,
-                external_ref,
+                details,
                 at,
             } => {
                 self.property = Some(Property {
                     id: property_id,
                     agency_id,
-                    name,
-                    timezone,
-                    owner_id,
-                    external_ref,
+                    details,
                     archived: false,
                     version: 1,
                     created_at: at,
                     updated_at: at,
                 });
             }
-            CalendarEvent::PropertyUpdated {
-                name,
-                timezone,
-                owner_id,
-                external_ref,
-                at,
-                ..
-            } => {
+            CalendarEvent::PropertyUpdated { details, at, .. } => {
                 if let Some(property) = self.touch_property(at) {
-                    property.name = name;
-                    property.timezone = timezone;
-                    property.owner_id = owner_id;
-                    property.external_ref = external_ref;
+                    property.details = details;
                 }
             }
             CalendarEvent::PropertyArchived { at, .. } => {
@@ -1220,13 +1230,7 @@ impl Aggregate for PropertyCalendar {
                 status,
                 check_in,
                 check_out,
-                guest,
-                adults,
-                children,
-                channel,
-                external_ref,
-                price,
-                notes,
+                details,
                 hold_expires_at,
                 room_type_id,
                 at,
@@ -1242,13 +1246,7 @@ impl Aggregate for PropertyCalendar {
                         property_id,
                         status,
                         nights,
-                        guest,
-                        adults,
-                        children,
-                        channel,
-                        external_ref,
-                        price,
-                        notes,
+                        details,
                         hold_expires_at,
                         cancel_reason: None,
                         room_type_id,
@@ -1277,11 +1275,11 @@ impl Aggregate for PropertyCalendar {
                     start: check_in,
                     end: check_out,
                 };
-                booking.guest = guest;
-                booking.adults = adults;
-                booking.children = children;
-                booking.price = price;
-                booking.notes = notes;
+                booking.details.guest = guest;
+                booking.details.adults = adults;
+                booking.details.children = children;
+                booking.details.price = price;
+                booking.details.notes = notes;
                 booking.version += 1;
                 booking.updated_at = at;
             }

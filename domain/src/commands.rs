@@ -5,6 +5,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::calendar::BookingDetails;
 use crate::policy::Actor;
 use crate::values::{BlockReason, BookingStatus, Channel, Guest, Price};
 
@@ -96,48 +97,40 @@ pub struct ReserveStay {
     pub booking_id: Uuid,
     pub check_in: NaiveDate,
     pub check_out: NaiveDate,
-    pub guest: Guest,
-    pub adults: Option<u32>,
-    pub children: Option<u32>,
+    /// The booking's details as they will be (a request's defaults are
+    /// [`BookingDetails::new`]'s).
+    #[serde(flatten)]
+    pub details: BookingDetails,
     /// `Tentative` or `Confirmed` (the default).
     pub status: Option<BookingStatus>,
     pub hold_expires_at: Option<DateTime<Utc>>,
-    pub channel: Option<Channel>,
-    pub external_ref: Option<String>,
-    pub price: Option<Price>,
-    pub notes: Option<String>,
     /// Required on a property with room types, refused elsewhere.
     #[serde(default)]
     pub room_type_id: Option<Uuid>,
 }
 
 impl ReserveStay {
-    /// A stay with nothing but what a reservation needs: every optional
-    /// field is absent, so `decide` takes its default (confirmed, one adult,
-    /// booked direct, on a single-unit property).
+    /// A stay with nothing but what a reservation needs: the details'
+    /// defaults (one adult, booked direct), and every optional field
+    /// absent, so `decide` takes its default (confirmed, on a single-unit
+    /// property).
     pub fn new(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate, guest: Guest) -> Self {
         Self {
             booking_id,
             check_in,
             check_out,
-            guest,
-            adults: None,
-            children: None,
+            details: BookingDetails::new(guest),
             status: None,
             hold_expires_at: None,
-            channel: None,
-            external_ref: None,
-            price: None,
-            notes: None,
             room_type_id: None,
         }
     }
 
     /// The key inbound bookings are deduplicated on within a property: the
-    /// channel (`direct` when none is given) and the channel's own reference.
+    /// channel and the channel's own reference.
     pub fn inbound_key(&self) -> Option<(Channel, &str)> {
-        let external_ref = self.external_ref.as_deref()?;
-        Some((self.channel.unwrap_or_default(), external_ref))
+        let external_ref = self.details.external_ref.as_deref()?;
+        Some((self.details.channel, external_ref))
     }
 }
 

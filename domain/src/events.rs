@@ -7,8 +7,8 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::calendar::Booking;
-use crate::values::{BlockReason, BookingStatus, Channel, Guest, Price};
+use crate::calendar::{Booking, BookingDetails, PropertyDetails};
+use crate::values::{BlockReason, BookingStatus, Guest, Price};
 
 /// The version every event type is written with today. An event type that
 /// changes shape gets a new version and an upcaster for the old one.
@@ -20,20 +20,18 @@ pub enum CalendarEvent {
     PropertyRegistered {
         property_id: Uuid,
         agency_id: Uuid,
-        name: String,
-        timezone: String,
-        owner_id: Option<String>,
-        external_ref: Option<String>,
+        /// Flattened: the payload holds its fields as the event's own.
+        #[serde(flatten)]
+        details: PropertyDetails,
         at: DateTime<Utc>,
     },
     /// Carries the property's full state after the change and which fields changed.
     #[serde(rename = "property.updated")]
     PropertyUpdated {
         property_id: Uuid,
-        name: String,
-        timezone: String,
-        owner_id: Option<String>,
-        external_ref: Option<String>,
+        /// As on `property.registered`.
+        #[serde(flatten)]
+        details: PropertyDetails,
         changed: Vec<String>,
         at: DateTime<Utc>,
     },
@@ -71,13 +69,9 @@ pub enum CalendarEvent {
         status: BookingStatus,
         check_in: NaiveDate,
         check_out: NaiveDate,
-        guest: Guest,
-        adults: u32,
-        children: u32,
-        channel: Channel,
-        external_ref: Option<String>,
-        price: Option<Price>,
-        notes: Option<String>,
+        /// Flattened: the payload holds its fields as the event's own.
+        #[serde(flatten)]
+        details: BookingDetails,
         hold_expires_at: Option<DateTime<Utc>>,
         /// The room type the booking takes a unit of; absent on a
         /// single-unit property (and in events from before room types).

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use cqrs_es::test::{AggregateTestExecutor, TestFramework};
+use ledger_domain::calendar::{BookingDetails, PropertyDetails};
 use ledger_domain::commands::{
     BlockNights, ModifyBooking, RegisterProperty, ReserveStay, UpdateProperty,
 };
@@ -104,14 +105,21 @@ fn price() -> Price {
     }
 }
 
-fn registered() -> CalendarEvent {
-    CalendarEvent::PropertyRegistered {
-        property_id: PROPERTY,
-        agency_id: AGENCY,
+/// Casa Azul in Lisbon, owned by [`OWNER`].
+fn casa_azul() -> PropertyDetails {
+    PropertyDetails {
         name: "Casa Azul".into(),
         timezone: "Europe/Lisbon".into(),
         owner_id: Some(OWNER.into()),
         external_ref: None,
+    }
+}
+
+fn registered() -> CalendarEvent {
+    CalendarEvent::PropertyRegistered {
+        property_id: PROPERTY,
+        agency_id: AGENCY,
+        details: casa_azul(),
         at: at(0),
     }
 }
@@ -123,11 +131,19 @@ fn archived() -> CalendarEvent {
     }
 }
 
-/// A reserve command leaving status, children and channel to their defaults.
+/// Two adults at [`price`], no children, booked direct.
+fn details() -> BookingDetails {
+    BookingDetails {
+        adults: 2,
+        price: Some(price()),
+        ..BookingDetails::new(guest())
+    }
+}
+
+/// A reserve command with [`details`], leaving the status to its default.
 fn reserve(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> ReserveStay {
     ReserveStay {
-        adults: Some(2),
-        price: Some(price()),
+        details: details(),
         ..ReserveStay::new(booking_id, check_in, check_out, guest())
     }
 }
@@ -189,13 +205,7 @@ fn reserved_as(
         status,
         check_in,
         check_out,
-        guest: guest(),
-        adults: 2,
-        children: 0,
-        channel: Channel::Direct,
-        external_ref: None,
-        price: Some(price()),
-        notes: None,
+        details: details(),
         hold_expires_at,
         at: at(0),
         room_type_id: None,
@@ -400,7 +410,7 @@ fn register_property_without_a_timezone_defaults_to_utc() {
         .unwrap();
     assert!(matches!(
         events.as_slice(),
-        [CalendarEvent::PropertyRegistered { timezone, .. }] if timezone == "UTC"
+        [CalendarEvent::PropertyRegistered { details, .. }] if details.timezone == "UTC"
     ));
 }
 
@@ -444,10 +454,11 @@ fn update_property_records_the_new_state_and_the_changed_fields() {
         })))
         .then_expect_events(vec![CalendarEvent::PropertyUpdated {
             property_id: PROPERTY,
-            name: "Casa Verde".into(),
-            timezone: "Europe/Lisbon".into(),
-            owner_id: None,
-            external_ref: None,
+            details: PropertyDetails {
+                name: "Casa Verde".into(),
+                owner_id: None,
+                ..casa_azul()
+            },
             changed: vec!["name".into(), "owner_id".into()],
             at: at(0),
         }]);
@@ -562,24 +573,18 @@ fn reserve_stay_as_a_tentative_hold_records_its_expiry() {
 }
 
 fn from_airbnb(booking_id: Uuid, check_in: NaiveDate, check_out: NaiveDate) -> ReserveStay {
-    ReserveStay {
-        channel: Some(Channel::Airbnb),
-        external_ref: Some("HM-123".into()),
-        ..reserve(booking_id, check_in, check_out)
-    }
+    let mut stay = reserve(booking_id, check_in, check_out);
+    stay.details.channel = Channel::Airbnb;
+    stay.details.external_ref = Some("HM-123".into());
+    stay
 }
 
 #[test]
 fn an_inbound_booking_sent_twice_records_nothing_the_second_time() {
     let mut first = reserved(B1, day(1), day(4));
-    if let CalendarEvent::BookingReserved {
-        channel,
-        external_ref,
-        ..
-    } = &mut first
-    {
-        *channel = Channel::Airbnb;
-        *external_ref = Some("HM-123".into());
+    if let CalendarEvent::BookingReserved { details, .. } = &mut first {
+        details.channel = Channel::Airbnb;
+        details.external_ref = Some("HM-123".into());
     }
     let calendar = calendar_after(vec![registered(), first.clone()]);
     assert_eq!(
@@ -609,11 +614,10 @@ fn an_inbound_booking_sent_twice_records_nothing_the_second_time() {
     ))))
     .then_expect_events(vec![]);
     // Another channel with the same ref is another booking: a real overlap.
+    let mut from_vrbo = from_airbnb(B2, day(3), day(5));
+    from_vrbo.details.channel = Channel::Vrbo;
     given(vec![registered(), first])
-        .when(staff(CalendarCommand::ReserveStay(ReserveStay {
-            channel: Some(Channel::Vrbo),
-            ..from_airbnb(B2, day(3), day(5))
-        })))
+        .when(staff(CalendarCommand::ReserveStay(from_vrbo)))
         .then_expect_error(CalendarError::NightsTaken {
             conflicts: vec![booking_conflict(B1, day(1), day(4))],
         });
@@ -1825,7 +1829,7 @@ fn a_stay_outside_the_calendar_years_is_refused_naming_its_date() {
 #[test]
 fn a_nul_in_the_guest_name_is_refused() {
     let mut stay = reserve(Uuid::new_v4(), day(1), day(3));
-    stay.guest.name = "Ana\u{0}".into();
+    stay.details.guest.name = "Ana\u{0}".into();
     let command = staff(CalendarCommand::ReserveStay(stay));
     assert_eq!(field_of(refusal(vec![registered()], command)), "guest.name");
 }
@@ -1833,7 +1837,7 @@ fn a_nul_in_the_guest_name_is_refused() {
 #[test]
 fn tab_and_newline_are_held_in_notes_but_not_in_a_cancel_reason() {
     let mut stay = reserve(Uuid::new_v4(), day(1), day(3));
-    stay.notes = Some("late\n\tarrival".into());
+    stay.details.notes = Some("late\n\tarrival".into());
     given(vec![registered()])
         .when(staff(CalendarCommand::ReserveStay(stay.clone())))
         .inspect_result()

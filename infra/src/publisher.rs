@@ -486,7 +486,7 @@ fn availability_document(request: &Pending, events: Vec<Envelope>) -> Option<Opt
         .property
         .as_ref()
         .map_or(ledger_domain::calendar::DEFAULT_TIMEZONE, |p| {
-            p.timezone.as_str()
+            p.details.timezone.as_str()
         });
     let (from, to) = checksum::window(timezone, Utc::now());
     let ranges = checksum::ranges_in(&loaded.calendar, from, to);

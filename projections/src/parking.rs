@@ -293,13 +293,6 @@ pub async fn retry(pool: &PgPool, projection: Projection) -> Result<Retried, Ste
         let events = tail::read_property(&mut tx, property, row.position, upto).await?;
         match apply_property(&mut tx, projection, &events).await? {
             None => {
-                sqlx::query!(
-                    "DELETE FROM projection_parked WHERE projection = $1 AND property_id = $2",
-                    checkpoint,
-                    property,
-                )
-                .execute(&mut *tx)
-                .await?;
                 tracing::info!(projection = checkpoint, %property, "parked property released");
                 retried.released.push(property);
             }
@@ -309,6 +302,14 @@ pub async fn retry(pool: &PgPool, projection: Projection) -> Result<Retried, Ste
             }
         }
     }
+    // One statement for all that applied, in the same transaction.
+    sqlx::query!(
+        "DELETE FROM projection_parked WHERE projection = $1 AND property_id = ANY($2)",
+        checkpoint,
+        &retried.released,
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(retried)
 }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use cqrs_es::Aggregate;
+use ledger_domain::calendar::{BookingDetails, PropertyDetails};
 use ledger_domain::values::{BookingStatus, Channel, Guest, Nights, Price};
 use ledger_domain::{Booking, CalendarEvent, Property, PropertyCalendar};
 use serde::{Deserialize, Serialize};
@@ -41,10 +42,10 @@ impl PropertyRow {
         PropertyRow {
             property_id: p.id,
             agency_id: p.agency_id,
-            name: p.name.clone(),
-            timezone: p.timezone.clone(),
-            owner_id: p.owner_id.clone(),
-            external_ref: p.external_ref.clone(),
+            name: p.details.name.clone(),
+            timezone: p.details.timezone.clone(),
+            owner_id: p.details.owner_id.clone(),
+            external_ref: p.details.external_ref.clone(),
             archived: p.archived,
             version: p.version,
             created_at: p.created_at,
@@ -57,10 +58,12 @@ impl PropertyRow {
         Property {
             id: self.property_id,
             agency_id: self.agency_id,
-            name: self.name.clone(),
-            timezone: self.timezone.clone(),
-            owner_id: self.owner_id.clone(),
-            external_ref: self.external_ref.clone(),
+            details: PropertyDetails {
+                name: self.name.clone(),
+                timezone: self.timezone.clone(),
+                owner_id: self.owner_id.clone(),
+                external_ref: self.external_ref.clone(),
+            },
             archived: self.archived,
             version: self.version,
             created_at: self.created_at,
@@ -121,13 +124,13 @@ impl BookingRecord {
             status: b.status,
             check_in: b.nights.start,
             check_out: b.nights.end,
-            guest: b.guest.clone(),
-            adults: b.adults,
-            children: b.children,
-            channel: b.channel,
-            external_ref: b.external_ref.clone(),
-            price: b.price.clone(),
-            notes: b.notes.clone(),
+            guest: b.details.guest.clone(),
+            adults: b.details.adults,
+            children: b.details.children,
+            channel: b.details.channel,
+            external_ref: b.details.external_ref.clone(),
+            price: b.details.price.clone(),
+            notes: b.details.notes.clone(),
             hold_expires_at: b.hold_expires_at,
             room_type_id: b.room_type_id,
             version: b.version,
@@ -161,13 +164,15 @@ impl BookingRow {
             property_id: record.property_id,
             status: record.status,
             nights: record.nights(),
-            guest: record.guest.clone(),
-            adults: record.adults,
-            children: record.children,
-            channel: record.channel,
-            external_ref: record.external_ref.clone(),
-            price: record.price.clone(),
-            notes: record.notes.clone(),
+            details: BookingDetails {
+                guest: record.guest.clone(),
+                adults: record.adults,
+                children: record.children,
+                channel: record.channel,
+                external_ref: record.external_ref.clone(),
+                price: record.price.clone(),
+                notes: record.notes.clone(),
+            },
             hold_expires_at: record.hold_expires_at,
             cancel_reason: self.cancel_reason.clone(),
             version: record.version,

@@ -127,7 +127,7 @@ fn command(
             let mut stay = reserve_stay(next_booking.next()?, *start, start + len);
             stay.status = tentative.then_some(BookingStatus::Tentative);
             stay.hold_expires_at = hold_hours.map(|h| now + TimeDelta::hours(h));
-            stay.price = Some(Price {
+            stay.details.price = Some(Price {
                 amount_minor: (*len as i64) * 12_050,
                 currency: "EUR".into(),
             });

@@ -23,7 +23,7 @@ async fn name_after_restart(store: &EventStore, property: Uuid) -> String {
                 .calendar
                 .property
                 .as_ref()
-                .map(|p| p.name.clone())
+                .map(|p| p.details.name.clone())
                 .unwrap_or_default()
         })
         .await

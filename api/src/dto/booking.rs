@@ -1,6 +1,7 @@
 //! Bookings: the reserve, modify and cancel bodies, and the booking view.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use ledger_domain::calendar::BookingDetails;
 use ledger_domain::commands::{ModifyBooking, ReserveStay};
 use ledger_domain::values::{BookingStatus, Channel, Guest, Price};
 use ledger_domain::{Booking, PropertyCalendar};
@@ -58,22 +59,26 @@ pub struct ReserveBody {
 
 impl ReserveBody {
     pub fn into_command(self, booking_id: Uuid) -> ReserveStay {
+        // What the body leaves out takes the domain's default.
+        let defaults = BookingDetails::new(self.guest);
         ReserveStay {
             booking_id,
             check_in: self.check_in,
             check_out: self.check_out,
-            guest: self.guest,
-            adults: self.adults,
-            children: self.children,
+            details: BookingDetails {
+                adults: self.adults.unwrap_or(defaults.adults),
+                children: self.children.unwrap_or(defaults.children),
+                channel: self.channel.unwrap_or(defaults.channel),
+                external_ref: self.external_ref,
+                price: self.price,
+                notes: self.notes,
+                ..defaults
+            },
             status: self.status.map(|s| match s {
                 NewBookingStatus::Tentative => BookingStatus::Tentative,
                 NewBookingStatus::Confirmed => BookingStatus::Confirmed,
             }),
             hold_expires_at: self.hold_expires_at,
-            channel: self.channel,
-            external_ref: self.external_ref,
-            price: self.price,
-            notes: self.notes,
             room_type_id: self.room_type_id,
         }
     }

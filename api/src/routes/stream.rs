@@ -255,8 +255,8 @@ impl Feed {
         // Owners see a property while they own it: the property's own
         // events say when that changes; otherwise its calendar is asked once.
         let owner_of_event = match &envelope.event {
-            CalendarEvent::PropertyRegistered { owner_id, .. }
-            | CalendarEvent::PropertyUpdated { owner_id, .. } => Some(owner_id.clone()),
+            CalendarEvent::PropertyRegistered { details, .. }
+            | CalendarEvent::PropertyUpdated { details, .. } => Some(details.owner_id.clone()),
             _ => None,
         };
         if let Some(owner_id) = owner_of_event {

@@ -22,36 +22,12 @@ fn summary(kind: ClaimKind) -> &'static str {
     }
 }
 
-/// One held range of nights `[start, end)`.
+/// One held range of nights: a claim as channels see it (its status is what
+/// the drift checksum covers), last changed at `changed_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportRange {
-    pub ref_id: Uuid,
-    pub kind: ClaimKind,
-    pub start: NaiveDate,
-    pub end: NaiveDate,
+    pub claim: ChannelRange,
     pub changed_at: DateTime<Utc>,
-    /// The booking's status, or `blocked` (what the drift checksum covers).
-    pub status: String,
-    /// The room type it holds `units` of; both `None` on a single unit.
-    pub room_type_id: Option<Uuid>,
-    pub units: Option<u32>,
-}
-
-impl ExportRange {
-    /// The range as a channel holds it, for the drift checksum.
-    pub fn channel_range(&self) -> ChannelRange {
-        ChannelRange {
-            room_type_id: self.room_type_id,
-            units: self.units,
-            ..ChannelRange::single(
-                self.kind,
-                self.ref_id,
-                self.start,
-                self.end,
-                self.status.clone(),
-            )
-        }
-    }
 }
 
 /// One all-day VEVENT over the nights `[start, end)`.
@@ -70,13 +46,13 @@ struct Vevent {
 pub fn render(property_id: Uuid, ranges: &[ExportRange]) -> String {
     let events = ranges
         .iter()
-        .filter(|r| r.room_type_id.is_none())
+        .filter(|r| r.claim.room_type_id.is_none())
         .map(|range| Vevent {
-            uid: range.ref_id.to_string(),
+            uid: range.claim.id.to_string(),
             stamp: range.changed_at,
-            start: range.start,
-            end: range.end,
-            summary: summary(range.kind),
+            start: range.claim.start,
+            end: range.claim.end,
+            summary: summary(range.claim.kind),
         });
     document(
         &format!("Booking Ledger, nights held at property {property_id}"),
@@ -91,14 +67,14 @@ pub fn full_runs(
     ranges: &[ExportRange], room_type_id: Uuid, units: u32,
 ) -> Vec<(NaiveDate, NaiveDate, DateTime<Utc>)> {
     let mut nights: BTreeMap<NaiveDate, (u32, DateTime<Utc>)> = BTreeMap::new();
-    for range in ranges
+    for ExportRange { claim, changed_at } in ranges
         .iter()
-        .filter(|r| r.room_type_id == Some(room_type_id))
+        .filter(|r| r.claim.room_type_id == Some(room_type_id))
     {
-        for night in range.start.iter_days().take_while(|n| *n < range.end) {
-            let (taken, changed) = nights.entry(night).or_insert((0, range.changed_at));
-            *taken += range.units.unwrap_or(1);
-            *changed = (*changed).max(range.changed_at);
+        for night in claim.start.iter_days().take_while(|n| *n < claim.end) {
+            let (taken, changed) = nights.entry(night).or_insert((0, *changed_at));
+            *taken += claim.units.unwrap_or(1);
+            *changed = (*changed).max(*changed_at);
         }
     }
     let mut runs: Vec<(NaiveDate, NaiveDate, DateTime<Utc>)> = Vec::new();
@@ -181,14 +157,14 @@ mod tests {
     #[test]
     fn the_document_reads_back_as_its_ranges() {
         let range = ExportRange {
-            ref_id: Uuid::nil(),
-            kind: ClaimKind::Booking,
-            start: NaiveDate::from_ymd_opt(2027, 7, 1).expect("a date"),
-            end: NaiveDate::from_ymd_opt(2027, 7, 4).expect("a date"),
+            claim: ChannelRange::single(
+                ClaimKind::Booking,
+                Uuid::nil(),
+                NaiveDate::from_ymd_opt(2027, 7, 1).expect("a date"),
+                NaiveDate::from_ymd_opt(2027, 7, 4).expect("a date"),
+                "confirmed".into(),
+            ),
             changed_at: DateTime::from_timestamp(0, 0).expect("the epoch"),
-            status: "confirmed".into(),
-            room_type_id: None,
-            units: None,
         };
         let text = render(Uuid::nil(), std::slice::from_ref(&range));
         assert!(text.contains("DTSTAMP:19700101T000000Z\r\n"));
@@ -196,8 +172,8 @@ mod tests {
         assert!(!text.replace("\r\n", "").contains('\n'));
         let parsed = feed::parse(&text).expect("a calendar");
         assert_eq!(parsed.events.len(), 1);
-        assert_eq!(parsed.events[0].start, range.start);
-        assert_eq!(parsed.events[0].end, range.end);
+        assert_eq!(parsed.events[0].start, range.claim.start);
+        assert_eq!(parsed.events[0].end, range.claim.end);
         assert_eq!(
             parsed.events[0].uid,
             format!("{}@{UID_DOMAIN}", Uuid::nil())
@@ -209,14 +185,18 @@ mod tests {
         let day = |d: u32| NaiveDate::from_ymd_opt(2027, 7, d).expect("a date");
         let double = Uuid::from_u128(7);
         let claim = |id: u128, start: u32, end: u32, units: u32| ExportRange {
-            ref_id: Uuid::from_u128(id),
-            kind: ClaimKind::Booking,
-            start: day(start),
-            end: day(end),
+            claim: ChannelRange {
+                room_type_id: Some(double),
+                units: Some(units),
+                ..ChannelRange::single(
+                    ClaimKind::Booking,
+                    Uuid::from_u128(id),
+                    day(start),
+                    day(end),
+                    "confirmed".into(),
+                )
+            },
             changed_at: DateTime::from_timestamp(id as i64, 0).expect("a time"),
-            status: "confirmed".into(),
-            room_type_id: Some(double),
-            units: Some(units),
         };
         // Two units: nights 2..4 hold 2, night 5 holds 2 again, night 4 holds 1.
         let ranges = [claim(1, 1, 6, 1), claim(2, 2, 4, 1), claim(3, 5, 7, 1)];

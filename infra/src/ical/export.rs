@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use ledger_domain::checksum::{self, ChannelRange};
 use ledger_domain::claims::{claim_change, ClaimChange};
 pub use ledger_domain::ical::render::ExportRange;
@@ -35,13 +35,6 @@ use crate::nats::Client;
 
 /// The durable consumer's name on the `LEDGER` stream.
 pub const CONSUMER: &str = "ical-export";
-#[derive(Debug, thiserror::Error)]
-pub enum ExportError {
-    #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
 
 /// What applying one event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +124,7 @@ impl IcalExport {
 
     /// Applies one event idempotently (see the module docs).
     #[tracing::instrument(skip_all, fields(property_id = %event.property_id, sequence = event.sequence()))]
-    pub async fn apply(&self, event: &LedgerEvent) -> Result<Applied, ExportError> {
+    pub async fn apply(&self, event: &LedgerEvent) -> Result<Applied, StoreError> {
         let property_id = event.property_id;
         let sequence = event.sequence();
         let mut tx = self.pool().begin().await?;
@@ -173,25 +166,13 @@ impl IcalExport {
                         ClaimKind::Booking => calendar.bookings.get(&r.id).map(|b| b.updated_at),
                         ClaimKind::Block => calendar.blocks.get(&r.id).map(|b| b.created_at),
                     };
-                    held_since(r, changed_at.unwrap_or_default())
+                    ExportRange {
+                        claim: r,
+                        changed_at: changed_at.unwrap_or_default(),
+                    }
                 })
                 .collect(),
         )
-    }
-}
-
-/// A claim as the channel kit has it (from an event, the log or a
-/// snapshot), last changed at `changed_at`.
-fn held_since(range: ChannelRange, changed_at: DateTime<Utc>) -> ExportRange {
-    ExportRange {
-        ref_id: range.id,
-        kind: range.kind,
-        start: range.start,
-        end: range.end,
-        changed_at,
-        status: range.status,
-        room_type_id: range.room_type_id,
-        units: range.units,
     }
 }
 
@@ -205,14 +186,16 @@ pub async fn ranges(pool: &PgPool, property_id: Uuid) -> Result<Vec<ExportRange>
         property_id,
     )
     .map(|row| ExportRange {
-        ref_id: row.ref_id,
-        kind: row.kind,
-        start: row.start_night,
-        end: row.end_night,
+        claim: ChannelRange {
+            kind: row.kind,
+            id: row.ref_id,
+            start: row.start_night,
+            end: row.end_night,
+            status: row.status,
+            room_type_id: row.room_type_id,
+            units: row.units.map(|u| u32::try_from(u).unwrap_or(1)),
+        },
         changed_at: row.changed_at,
-        status: row.status,
-        room_type_id: row.room_type_id,
-        units: row.units.map(|u| u32::try_from(u).unwrap_or(1)),
     })
     .fetch_all(pool)
     .await
@@ -232,7 +215,10 @@ impl AdapterState for IcalExport {
         let ranges: Vec<ExportRange> = data
             .ranges
             .iter()
-            .map(|r| held_since(r.clone(), snapshot.time))
+            .map(|r| ExportRange {
+                claim: r.clone(),
+                changed_at: snapshot.time,
+            })
             .collect();
         replace_property(&mut tx, snapshot.agency_id, data.property_id, &ranges).await?;
         move_cursor(&mut tx, data.property_id, data.as_of_sequence).await?;
@@ -248,8 +234,8 @@ impl AdapterState for IcalExport {
         let held = ranges(self.pool(), property_id).await?;
         Ok(held
             .into_iter()
+            .map(|r| r.claim)
             .filter(|r| r.end > from && r.start < to)
-            .map(|r| r.channel_range())
             .collect())
     }
 }
@@ -296,7 +282,10 @@ async fn apply_event(conn: &mut PgConnection, event: &LedgerEvent) -> Result<(),
     let at = event.cloud.time;
     match change {
         ClaimChange::Hold(hold) => {
-            let range = held_since(hold.channel_range(), at);
+            let range = ExportRange {
+                claim: hold.channel_range(),
+                changed_at: at,
+            };
             insert(conn, event.agency_id, event.property_id, &range).await
         }
         ClaimChange::Move { id, nights } => {
@@ -345,16 +334,16 @@ async fn insert(
          ON CONFLICT (ref_id) DO UPDATE SET start_night = EXCLUDED.start_night,
              end_night = EXCLUDED.end_night, changed_at = EXCLUDED.changed_at,
              status = EXCLUDED.status",
-        range.ref_id,
+        range.claim.id,
         agency_id,
         property_id,
-        range.kind as ClaimKind,
-        range.start,
-        range.end,
+        range.claim.kind as ClaimKind,
+        range.claim.start,
+        range.claim.end,
         range.changed_at,
-        range.status,
-        range.room_type_id,
-        range.units.map(|u| i32::try_from(u).unwrap_or(i32::MAX)),
+        range.claim.status,
+        range.claim.room_type_id,
+        range.claim.units.map(|u| i32::try_from(u).unwrap_or(i32::MAX)),
     )
     .execute(conn)
     .await?;

@@ -122,10 +122,9 @@ pub fn guest() -> Guest {
 }
 
 pub fn reserve_stay(booking: Uuid, start: u64, end: u64) -> ReserveStay {
-    ReserveStay {
-        adults: Some(2),
-        ..ReserveStay::new(booking, day(start), day(end), guest())
-    }
+    let mut stay = ReserveStay::new(booking, day(start), day(end), guest());
+    stay.details.adults = 2;
+    stay
 }
 
 /// Reserves `[day(start), day(end))` (confirmed) and returns the position.
@@ -466,13 +465,7 @@ pub fn reserved_event(property: Uuid, booking: Uuid, start: u64, end: u64) -> Ca
         status: BookingStatus::Confirmed,
         check_in: day(start),
         check_out: day(end),
-        guest: guest(),
-        adults: 2,
-        children: 0,
-        channel: Default::default(),
-        external_ref: None,
-        price: None,
-        notes: None,
+        details: reserve_stay(booking, start, end).details,
         hold_expires_at: None,
         at: at(1),
         room_type_id: None,
