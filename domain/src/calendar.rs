@@ -67,6 +67,7 @@ pub struct Property {
 /// carry all of it; `property.registered` and `property.updated` embed it
 /// flattened, as the property does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PropertyDetails {
     pub name: String,
     pub timezone: String,

@@ -25,10 +25,10 @@ pub struct PropertyRow {
     #[serde(rename = "id", alias = "property_id")]
     pub property_id: Uuid,
     pub agency_id: Uuid,
-    pub name: String,
-    pub timezone: String,
-    pub owner_id: Option<String>,
-    pub external_ref: Option<String>,
+    // Flattened, as in the property: the columns `name`, `timezone`,
+    // `owner_id` and `external_ref`.
+    #[serde(flatten)]
+    pub details: PropertyDetails,
     pub archived: bool,
     pub version: u64,
     pub created_at: DateTime<Utc>,
@@ -42,10 +42,7 @@ impl PropertyRow {
         PropertyRow {
             property_id: p.id,
             agency_id: p.agency_id,
-            name: p.details.name.clone(),
-            timezone: p.details.timezone.clone(),
-            owner_id: p.details.owner_id.clone(),
-            external_ref: p.details.external_ref.clone(),
+            details: p.details.clone(),
             archived: p.archived,
             version: p.version,
             created_at: p.created_at,
@@ -58,12 +55,7 @@ impl PropertyRow {
         Property {
             id: self.property_id,
             agency_id: self.agency_id,
-            details: PropertyDetails {
-                name: self.name.clone(),
-                timezone: self.timezone.clone(),
-                owner_id: self.owner_id.clone(),
-                external_ref: self.external_ref.clone(),
-            },
+            details: self.details.clone(),
             archived: self.archived,
             version: self.version,
             created_at: self.created_at,

@@ -94,7 +94,7 @@ pub(super) async fn visible_row(
 ) -> Result<PropertyRow, ApiError> {
     queries::property(conn, caller.0.agency_id, id)
         .await?
-        .filter(|r| sees_property(&caller.0, scope, r.owner_id.as_deref()))
+        .filter(|r| sees_property(&caller.0, scope, r.details.owner_id.as_deref()))
         .ok_or(ApiError::Calendar(CalendarError::PropertyNotFound))
 }
 

@@ -156,7 +156,7 @@ pub async fn checksum(
     let agency_id = caller.0.agency_id;
     let mut tx = queries::begin(&state.pool, agency_id).await?;
     let property = visible_row(&mut tx, &caller, scope, id).await?;
-    let (default_from, _) = checksum::window(&property.timezone, state.now());
+    let (default_from, _) = checksum::window(&property.details.timezone, state.now());
     let from = from.unwrap_or(default_from);
     let to = match to {
         Some(to) => to,
