@@ -102,7 +102,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     );
     if db {
         if let Ok(statuses) = ledger_projections::runner::statuses(&state.pool).await {
-            let head = statuses.first().map_or(0, |s| s.head_position);
+            let head = statuses.first().map_or(0, |s| s.checkpoint.head_position);
             header(
                 &mut out,
                 "ledger_log_head_position",
@@ -114,17 +114,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
                 (
                     "ledger_tailer_position",
                     "Every event at or below it is applied (projections) or published (publisher).",
-                    |s| s.position,
+                    |s| s.checkpoint.position,
                 ),
                 (
                     "ledger_tailer_lag",
                     "Events between the head of the log and the tailer's position.",
-                    |s| s.lag,
+                    |s| s.checkpoint.lag,
                 ),
                 (
                     "ledger_tailer_failed",
                     "1 when the tailer stopped at an event it cannot apply.",
-                    |s| i64::from(s.status == "failed"),
+                    |s| i64::from(s.checkpoint.status == "failed"),
                 ),
                 (
                     "ledger_projection_parked_properties",
@@ -135,7 +135,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
             for (metric, help, value) in series {
                 header(&mut out, metric, "gauge", help);
                 for s in &statuses {
-                    let _ = writeln!(out, "{metric}{{name=\"{}\"}} {}", s.name, value(s));
+                    let _ = writeln!(
+                        out,
+                        "{metric}{{name=\"{}\"}} {}",
+                        s.checkpoint.name,
+                        value(s)
+                    );
                 }
             }
         }

@@ -204,16 +204,26 @@ pub async fn run(pool: PgPool, projection: Projection, mut signal: LogSignal) {
     }
 }
 
-/// A projection's progress, for ops and readiness.
+/// Where a projection stands against the head of the log: what readiness
+/// shows anyone, and the start of what ops sees.
 #[derive(Debug, Clone, Serialize)]
-pub struct Status {
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Checkpoint {
     pub name: String,
     pub position: i64,
     pub head_position: i64,
-    /// Not stored: how far `position` is behind `head_position`.
+    /// How far `position` is behind `head_position`.
+    // Not stored: worked out when read.
     pub lag: i64,
     /// `running`, `degraded` (some properties parked) or `failed`.
     pub status: String,
+}
+
+/// A projection's progress, for ops and readiness.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    #[serde(flatten)]
+    pub checkpoint: Checkpoint,
     pub last_error: Option<String>,
     pub updated_at: DateTime<Utc>,
     /// Not stored here: read from `projection_parked`.
@@ -236,21 +246,24 @@ pub async fn statuses(pool: &PgPool) -> Result<Vec<Status>, sqlx::Error> {
     let mut statuses = Vec::with_capacity(rows.len());
     for row in rows {
         let mut status = Status {
-            lag: (row.head_position - row.position).max(0),
-            name: row.name,
-            position: row.position,
-            head_position: row.head_position,
-            status: row.status,
+            checkpoint: Checkpoint {
+                lag: (row.head_position - row.position).max(0),
+                name: row.name,
+                position: row.position,
+                head_position: row.head_position,
+                status: row.status,
+            },
             last_error: row.last_error,
             updated_at: row.updated_at,
             parked: Vec::new(),
         };
-        let (mine, others): (Vec<_>, Vec<_>) =
-            parked.drain(..).partition(|(of, _)| *of == status.name);
+        let (mine, others): (Vec<_>, Vec<_>) = parked
+            .drain(..)
+            .partition(|(of, _)| *of == status.checkpoint.name);
         parked = others;
         status.parked = mine.into_iter().map(|(_, p)| p).collect();
-        if status.status == "running" && !status.parked.is_empty() {
-            status.status = "degraded".to_owned();
+        if status.checkpoint.status == "running" && !status.parked.is_empty() {
+            status.checkpoint.status = "degraded".to_owned();
         }
         statuses.push(status);
     }

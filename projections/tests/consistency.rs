@@ -324,6 +324,7 @@ async fn run_case(plan: Vec<PropertyPlan>, replay_during_writes: bool) {
     for projection in Projection::ALL {
         let status = statuses
             .iter()
+            .map(|s| &s.checkpoint)
             .find(|s| s.name == projection.name())
             .expect("every projection has a status");
         assert_eq!(

@@ -19,7 +19,7 @@ async fn status(pool: &PgPool, name: &str) -> Status {
         .await
         .expect("read the statuses")
         .into_iter()
-        .find(|s| s.name == name)
+        .find(|s| s.checkpoint.name == name)
         .unwrap_or_else(|| panic!("no status for {name}"))
 }
 
@@ -156,13 +156,13 @@ async fn an_exclusion_violation_parks_only_its_property() {
     assert!(!refs.contains(&bad) && !refs.contains(&after_bad));
 
     let inventory_status = status(pool, "inventory").await;
-    assert_eq!(inventory_status.status, "degraded");
+    assert_eq!(inventory_status.checkpoint.status, "degraded");
     assert_eq!(inventory_status.parked, parked_now);
-    assert_eq!(inventory_status.lag, 0);
+    assert_eq!(inventory_status.checkpoint.lag, 0);
     for name in ["views", "audit"] {
         let other = status(pool, name).await;
         assert_eq!(
-            (other.status.as_str(), other.parked.len()),
+            (other.checkpoint.status.as_str(), other.parked.len()),
             ("running", 0),
             "{other:?}"
         );
@@ -183,7 +183,10 @@ async fn an_exclusion_violation_parks_only_its_property() {
         (retried.released.len(), retried.still_parked.as_slice()),
         (0, [property].as_slice())
     );
-    assert_eq!(status(pool, "inventory").await.status, "degraded");
+    assert_eq!(
+        status(pool, "inventory").await.checkpoint.status,
+        "degraded"
+    );
 
     // Once the intruder is gone, a retry applies the waiting events.
     sqlx::query("DELETE FROM inventory_ranges WHERE ref_id = $1")
@@ -198,7 +201,7 @@ async fn an_exclusion_violation_parks_only_its_property() {
     assert!(retried.still_parked.is_empty());
     let recovered = status(pool, "inventory").await;
     assert_eq!(
-        (recovered.status.as_str(), recovered.parked.len()),
+        (recovered.checkpoint.status.as_str(), recovered.parked.len()),
         ("running", 0)
     );
     let bad_row = inventory_rows(pool)
@@ -231,7 +234,7 @@ async fn a_refused_row_parks_its_property_and_a_retry_applies_its_events_in_orde
     let theirs_position = reserve(&bus, other_agency, elsewhere, theirs, 1, 4).await;
 
     let degraded = wait_for_status(pool, "views", "degraded", |s| {
-        s.status == "degraded" && s.position >= theirs_position
+        s.checkpoint.status == "degraded" && s.checkpoint.position >= theirs_position
     })
     .await;
     assert_eq!(degraded.parked.len(), 1, "{degraded:?}");
@@ -261,13 +264,19 @@ async fn a_refused_row_parks_its_property_and_a_retry_applies_its_events_in_orde
         booking_status(pool, refused).await.as_deref(),
         Some("cancelled")
     );
-    let running = wait_for_status(pool, "views", "running", |s| s.status == "running").await;
+    let running = wait_for_status(pool, "views", "running", |s| {
+        s.checkpoint.status == "running"
+    })
+    .await;
     assert!(running.parked.is_empty());
 
     // New events of the released property apply as usual again.
     let next = Uuid::new_v4();
     let next_position = reserve(&bus, agency, property, next, 10, 12).await;
-    wait_for_status(pool, "views", "caught up", |s| s.position >= next_position).await;
+    wait_for_status(pool, "views", "caught up", |s| {
+        s.checkpoint.position >= next_position
+    })
+    .await;
     runner_task.abort();
     let _ = runner_task.await;
     assert!(booking_ids(pool).await.contains(&next));
@@ -308,7 +317,7 @@ async fn a_replay_that_meets_an_unappliable_event_parks_it_and_still_swaps() {
     );
     let ids = booking_ids(pool).await;
     assert!(ids.contains(&fine) && !ids.contains(&refused), "{ids:?}");
-    assert_eq!(status(pool, "views").await.status, "degraded");
+    assert_eq!(status(pool, "views").await.checkpoint.status, "degraded");
 
     // The trigger moved with the table; without it the retry applies.
     stop_refusing(pool, "public.bookings_view").await;
@@ -316,7 +325,7 @@ async fn a_replay_that_meets_an_unappliable_event_parks_it_and_still_swaps() {
         .await
         .expect("retry");
     assert_eq!(retried.released, vec![property]);
-    assert_eq!(status(pool, "views").await.status, "running");
+    assert_eq!(status(pool, "views").await.checkpoint.status, "running");
     assert_nothing_lost(pool).await;
 }
 

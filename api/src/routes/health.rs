@@ -9,7 +9,7 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use ledger_projections::runner::{self, Status};
+use ledger_projections::runner::{self, Checkpoint, Status};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -33,12 +33,8 @@ pub struct Ready {
 /// is unauthenticated, and an error can carry an agency's data), no ids.
 #[derive(Serialize, ToSchema)]
 pub struct ReadyProjection {
-    pub name: String,
-    pub position: i64,
-    pub head_position: i64,
-    pub lag: i64,
-    /// `running`, `degraded` (some properties parked) or `failed`.
-    pub status: String,
+    #[serde(flatten)]
+    pub checkpoint: Checkpoint,
     /// How many properties are parked.
     pub parked: usize,
 }
@@ -46,12 +42,8 @@ pub struct ReadyProjection {
 impl From<Status> for ReadyProjection {
     fn from(s: Status) -> Self {
         ReadyProjection {
-            name: s.name,
-            position: s.position,
-            head_position: s.head_position,
-            lag: s.lag,
-            status: s.status,
             parked: s.parked.len(),
+            checkpoint: s.checkpoint,
         }
     }
 }
@@ -105,7 +97,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> 
         .collect();
     let all_running = projections
         .iter()
-        .all(|p| p.status == "running" && p.parked == 0);
+        .all(|p| p.checkpoint.status == "running" && p.parked == 0);
     Ok(Json(Ready {
         status: if nats && all_running {
             "ok"
