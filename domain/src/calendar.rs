@@ -182,6 +182,7 @@ pub struct Block {
 
 /// A kind of identical units a property sells by count (a "Double").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RoomType {
     pub id: Uuid,
     pub property_id: Uuid,

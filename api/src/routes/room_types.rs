@@ -5,9 +5,9 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use chrono::{DateTime, Utc};
 use ledger_domain::commands::{CreateRoomType, UpdateRoomType};
 use ledger_domain::{Action, CalendarCommand, PropertyCalendar, RoomType};
+use ledger_infra::Execution;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -46,30 +46,41 @@ pub struct UpdateRoomTypeBody {
     pub external_ref: Option<Option<String>>,
 }
 
+impl CreateRoomTypeBody {
+    fn into_command(self, room_type_id: Uuid) -> CreateRoomType {
+        CreateRoomType {
+            room_type_id,
+            name: self.name,
+            units: self.units,
+            external_ref: self.external_ref,
+        }
+    }
+}
+
+impl UpdateRoomTypeBody {
+    fn into_command(self, room_type_id: Uuid) -> UpdateRoomType {
+        UpdateRoomType {
+            room_type_id,
+            name: self.name,
+            units: self.units,
+            external_ref: self.external_ref,
+        }
+    }
+}
+
+/// A room type as the contract shows it: the calendar's record and the
+/// position it was read at.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RoomTypeView {
-    pub id: Uuid,
-    pub property_id: Uuid,
-    pub name: String,
-    pub units: u32,
-    pub external_ref: Option<String>,
-    pub version: u64,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub room_type: RoomType,
     pub position: i64,
 }
 
 impl RoomTypeView {
     fn new(t: &RoomType, position: i64) -> Self {
         RoomTypeView {
-            id: t.id,
-            property_id: t.property_id,
-            name: t.name.clone(),
-            units: t.units,
-            external_ref: t.external_ref.clone(),
-            version: t.version,
-            created_at: t.created_at,
-            updated_at: t.updated_at,
+            room_type: t.clone(),
             position,
         }
     }
@@ -95,21 +106,9 @@ pub async fn create(
     Body(body): Body<CreateRoomTypeBody>,
 ) -> Result<Response, ApiError> {
     let room_type_id = Uuid::now_v7();
-    let command = CalendarCommand::CreateRoomType(CreateRoomType {
-        room_type_id,
-        name: body.name,
-        units: body.units,
-        external_ref: body.external_ref,
-    });
-    decide(
-        &state,
-        ctx,
-        property_id,
-        command,
-        room_type_id,
-        StatusCode::CREATED,
-    )
-    .await
+    let command = CalendarCommand::CreateRoomType(body.into_command(room_type_id));
+    let execution = ctx.execution(property_id, command);
+    decide(&state, execution, room_type_id, StatusCode::CREATED).await
 }
 
 #[utoipa::path(patch, path = "/api/v1/properties/{id}/room-types/{room_type_id}", tag = "room types",
@@ -119,29 +118,15 @@ pub async fn update(
     State(state): State<AppState>, PathIds(property_id, room_type_id): PathIds, ctx: WriteCtx,
     Body(body): Body<UpdateRoomTypeBody>,
 ) -> Result<Response, ApiError> {
-    let command = CalendarCommand::UpdateRoomType(UpdateRoomType {
-        room_type_id,
-        name: body.name,
-        units: body.units,
-        external_ref: body.external_ref,
-    });
-    decide(
-        &state,
-        ctx,
-        property_id,
-        command,
-        room_type_id,
-        StatusCode::OK,
-    )
-    .await
+    let command = CalendarCommand::UpdateRoomType(body.into_command(room_type_id));
+    let execution = ctx.execution(property_id, command);
+    decide(&state, execution, room_type_id, StatusCode::OK).await
 }
 
 /// Runs a room type's command and answers with the room type after it.
 async fn decide(
-    state: &AppState, ctx: WriteCtx, property_id: Uuid, command: CalendarCommand,
-    room_type_id: Uuid, status: StatusCode,
+    state: &AppState, execution: Execution, room_type_id: Uuid, status: StatusCode,
 ) -> Result<Response, ApiError> {
-    let execution = ctx.execution(property_id, command);
     execute(state, execution, status, move |calendar, position| {
         room_type_view(calendar, room_type_id, position)
     })
