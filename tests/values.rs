@@ -384,6 +384,30 @@ async fn a_nul_in_the_guest_name_is_refused_naming_guest_name() {
     assert_eq!(app.property_events(property).await, 1, "nothing appended");
 }
 
+/// A guest or price of the wrong JSON type is refused under the contract's
+/// schema names, whatever the types behind them are called in the code.
+#[tokio::test]
+async fn a_guest_or_price_of_the_wrong_type_is_refused_under_its_schema_name() {
+    let (app, admin, property) = app_with_property().await;
+    for (field, value, schema) in [
+        ("guest", json!("Ana"), "GuestDto"),
+        ("price", json!(12), "PriceDto"),
+    ] {
+        let mut body = json!({"property_id": property, "check_in": "2030-01-01",
+                              "check_out": "2030-01-03", "guest": {"name": "Ana"}});
+        body[field] = value;
+        let reply = app.post("/api/v1/bookings", &admin, body).await;
+        assert_refused(&reply, field);
+        let message = reply.body["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains(&format!("expected struct {schema} ")),
+            "{}",
+            reply.body
+        );
+    }
+    assert_eq!(app.property_events(property).await, 1, "nothing appended");
+}
+
 /// Ranges with a date outside the calendar (1900-01-01 to 2199-12-31), or
 /// no date at all, and which of their ends (0 the first, 1 the last) every
 /// route that takes a range must name when it refuses them.

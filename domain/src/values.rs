@@ -66,10 +66,11 @@ impl Nights {
 }
 
 // The request bodies take a guest and a price as they are (`GuestDto` and
-// `PriceDto` in the schema): unknown fields are refused, and the schema
-// carries the limits `validate` checks.
+// `PriceDto` in the schema): unknown fields are refused, the schema carries
+// the limits `validate` checks, and a body of the wrong type is refused
+// under the schema's name (`expected struct GuestDto`), as before.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "struct GuestDto")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = GuestDto))]
 pub struct Guest {
     #[cfg_attr(feature = "openapi", schema(schema_with = schema::line::<1, 200>))]
@@ -101,7 +102,7 @@ impl Guest {
 
 /// Money in integer minor units (cents) and an ISO 4217 currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "struct PriceDto")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = PriceDto))]
 pub struct Price {
     #[cfg_attr(feature = "openapi", schema(minimum = 0))]
