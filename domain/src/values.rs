@@ -358,6 +358,21 @@ pub mod schema {
             .build()
     }
 
+    /// A free-text field that may be left out or null (`notes`, `note`):
+    /// at most `MAX` characters, tab and newline the only control
+    /// characters ([`super::Lines::Many`]). It carries its description:
+    /// a `schema_with` schema drops the field's doc comment.
+    pub fn optional_notes<const MAX: usize>() -> Object {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+            .description(Some(
+                "Free text; tab and newline are the only control characters allowed.",
+            ))
+            .max_length(Some(MAX))
+            .pattern(Some(r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"))
+            .build()
+    }
+
     fn one_line(min: usize, max: usize) -> ObjectBuilder {
         ObjectBuilder::new()
             .min_length((min > 0).then_some(min))

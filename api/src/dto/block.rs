@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::optional_notes;
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlockBody {
@@ -20,12 +22,8 @@ pub struct BlockBody {
     #[schema(pattern = r"^(19[0-9]{2}|2[01][0-9]{2})-[0-9]{2}-[0-9]{2}$")]
     pub end: NaiveDate,
     pub reason: BlockReason,
-    /// Free text; tab and newline are the only control characters allowed.
     #[serde(default)]
-    #[schema(
-        max_length = 2000,
-        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"
-    )]
+    #[schema(schema_with = optional_notes::<2000>)]
     pub note: Option<String>,
     /// The channel's id for what the block mirrors (an iCal `UID`).
     #[serde(default)]
@@ -100,9 +98,7 @@ impl BlockView {
 
 /// A block of a calendar, after a command or for a read.
 pub fn block_view(calendar: &PropertyCalendar, id: Uuid, position: i64) -> Option<BlockView> {
-    let agency_id = calendar.property.as_ref()?.agency_id;
-    calendar
-        .blocks
-        .get(&id)
-        .map(|b| BlockView::new(agency_id, b, position))
+    let property = calendar.property.as_ref()?;
+    let block = calendar.blocks.get(&id)?;
+    Some(BlockView::new(property.agency_id, block, position))
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{not_null, nullable, optional_line, NewBookingStatus};
+use super::{not_null, nullable, optional_line, optional_notes, NewBookingStatus};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -45,12 +45,8 @@ pub struct ReserveBody {
     pub external_ref: Option<String>,
     #[serde(default)]
     pub price: Option<Price>,
-    /// Free text; tab and newline are the only control characters allowed.
     #[serde(default)]
-    #[schema(
-        max_length = 2000,
-        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"
-    )]
+    #[schema(schema_with = optional_notes::<2000>)]
     pub notes: Option<String>,
     /// Required on a property with room types, refused elsewhere.
     #[serde(default)]
@@ -108,7 +104,7 @@ pub struct ModifyBookingBody {
     #[schema(value_type = Option<Price>)]
     pub price: Option<Option<Price>>,
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>, max_length = 2000, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
+    #[schema(schema_with = optional_notes::<2000>)]
     pub notes: Option<Option<String>>,
 }
 
@@ -167,9 +163,7 @@ impl From<&BookingRow> for BookingView {
 
 /// A booking of a calendar, after a command or for a read.
 pub fn booking_view(calendar: &PropertyCalendar, id: Uuid, position: i64) -> Option<BookingView> {
-    let agency_id = calendar.property.as_ref()?.agency_id;
-    calendar
-        .bookings
-        .get(&id)
-        .map(|b| BookingView::new(agency_id, b, position))
+    let property = calendar.property.as_ref()?;
+    let booking = calendar.bookings.get(&id)?;
+    Some(BookingView::new(property.agency_id, booking, position))
 }

@@ -26,7 +26,7 @@ use utoipa::ToSchema;
 // within 1900-01-01..2199-12-31 and timestamps within those years.
 
 /// The schema of a one-line text field (`#[schema(schema_with = line::<1, 200>)]`).
-pub(crate) use ledger_domain::values::schema::{line, optional_line};
+pub(crate) use ledger_domain::values::schema::{line, optional_line, optional_notes};
 
 /// A field that may be left out but, when given, may not be null: `null`
 /// for a name or a date that cannot be empty is a 400 naming the field,
