@@ -114,10 +114,12 @@ impl Booking {
 /// reference), at what price, with what notes. A reservation asks for it,
 /// `booking.reserved` carries it and the booking keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BookingDetails {
     pub guest: Guest,
     pub adults: u32,
     pub children: u32,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub channel: Channel,
     pub external_ref: Option<String>,
     pub price: Option<Price>,

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, NaiveDate, Utc};
 use cqrs_es::Aggregate;
 use ledger_domain::calendar::{BookingDetails, PropertyDetails};
-use ledger_domain::values::{BookingStatus, Channel, Guest, Nights, Price};
+use ledger_domain::values::{BookingStatus, Nights};
 use ledger_domain::{Booking, CalendarEvent, Property, PropertyCalendar};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -89,14 +89,9 @@ pub struct BookingRecord {
     pub status: BookingStatus,
     pub check_in: NaiveDate,
     pub check_out: NaiveDate,
-    pub guest: Guest,
-    pub adults: u32,
-    pub children: u32,
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub channel: Channel,
-    pub external_ref: Option<String>,
-    pub price: Option<Price>,
-    pub notes: Option<String>,
+    // Flattened, as in the booking: the columns `guest` to `notes`.
+    #[serde(flatten)]
+    pub details: BookingDetails,
     pub hold_expires_at: Option<DateTime<Utc>>,
     /// On a property with room types only.
     // The column came with room types (migration 0013).
@@ -116,13 +111,7 @@ impl BookingRecord {
             status: b.status,
             check_in: b.nights.start,
             check_out: b.nights.end,
-            guest: b.details.guest.clone(),
-            adults: b.details.adults,
-            children: b.details.children,
-            channel: b.details.channel,
-            external_ref: b.details.external_ref.clone(),
-            price: b.details.price.clone(),
-            notes: b.details.notes.clone(),
+            details: b.details.clone(),
             hold_expires_at: b.hold_expires_at,
             room_type_id: b.room_type_id,
             version: b.version,
@@ -156,15 +145,7 @@ impl BookingRow {
             property_id: record.property_id,
             status: record.status,
             nights: record.nights(),
-            details: BookingDetails {
-                guest: record.guest.clone(),
-                adults: record.adults,
-                children: record.children,
-                channel: record.channel,
-                external_ref: record.external_ref.clone(),
-                price: record.price.clone(),
-                notes: record.notes.clone(),
-            },
+            details: record.details.clone(),
             hold_expires_at: record.hold_expires_at,
             cancel_reason: self.cancel_reason.clone(),
             version: record.version,
