@@ -37,11 +37,6 @@ pub fn split(routes: OpenApiRouter<AppState>) -> (Router<AppState>, utoipa::open
     (router, document)
 }
 
-/// The document `/openapi.json` serves.
-pub fn document() -> utoipa::openapi::OpenApi {
-    split(crate::api_routes()).1
-}
-
 /// `/healthz` and `/readyz` answer exactly as `/health` and `/health/ready`:
 /// the same operations under a second path, each with its own operationId.
 struct HealthAliases;
